@@ -1,0 +1,229 @@
+#!/bin/sh
+# Builds every guest in Guests/ and writes OUTDIR/GuestImages.swift, which embeds them as byte arrays.
+#
+# Usage: Guests/build.sh OUTDIR [CLANG] [LD_LLD]
+#
+# CLANG and LD_LLD default to the clang and ld.lld next to the swiftc on PATH (the Swift
+# toolchain's own), then to whatever clang and ld.lld PATH finds. Nothing else is used: no
+# system assembler, no objcopy. The GuestBuilder plugin runs this script on every
+# `swift build` whose inputs changed; see Guests/README.md.
+#
+# What is a guest, by file name (NAME becomes the image's name):
+#   NAME.c        64-bit ELF guest in C, linked with common/crt0.S   -> OUTDIR/NAME.elf
+#   NAME.S        64-bit ELF guest in assembly, defines _start        -> OUTDIR/NAME.elf
+#   NAME.16.S     16-bit real-mode flat binary, loaded anywhere       -> OUTDIR/NAME.bin
+# ELF guests are also linked with every common/*.S except crt0.S (COM1 output, boot-info
+# parsing, the ring-3 switch); --gc-sections drops whatever a guest does not use.
+# The first line of a guest's source is a comment describing it: it becomes the doc
+# comment of its property in GuestImages.swift.
+set -eu
+LC_ALL=C
+export LC_ALL
+
+usage() {
+    echo "usage: $0 OUTDIR [CLANG] [LD_LLD]" >&2
+    exit 64
+}
+[ $# -ge 1 ] && [ $# -le 3 ] || usage
+[ -n "$1" ] || usage
+
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$1"
+out=$(cd "$1" && pwd)
+
+# The toolchain: arguments, else the Swift toolchain's directory, else PATH.
+toolchain_bin=
+if swiftc_path=$(command -v swiftc 2>/dev/null); then
+    toolchain_bin=$(dirname "$swiftc_path")
+fi
+find_tool() {
+    if [ -n "$toolchain_bin" ] && [ -x "$toolchain_bin/$1" ]; then
+        echo "$toolchain_bin/$1"
+    elif command -v "$1" >/dev/null 2>&1; then
+        command -v "$1"
+    else
+        echo "$0: cannot find $1; pass it as an argument (usage: $0 OUTDIR [CLANG] [LD_LLD])" >&2
+        exit 69
+    fi
+}
+clang=${2:-}
+lld=${3:-}
+[ -n "$clang" ] || clang=$(find_tool clang)
+[ -n "$lld" ] || lld=$(find_tool ld.lld)
+
+target="-target x86_64-unknown-none-elf"
+# Freestanding, no PIC, no red zone, integer registers only: CPL0 guest code is interpreted
+# by the host kernel on the project's machines and cannot use SSE/x87 state. -nostdlibinc
+# keeps the compiler's own stdint.h/stddef.h and keeps host headers out.
+cflags="$target -std=c11 -ffreestanding -fno-builtin -nostdlibinc -fno-pic -fno-stack-protector
+    -mno-red-zone -mno-sse -mno-mmx -mno-80387 -mgeneral-regs-only -O2
+    -fno-asynchronous-unwind-tables -fno-unwind-tables -ffunction-sections -fdata-sections
+    -Wall -Wextra"
+asflags="$target"
+# One RWX PT_LOAD at 0x100000 (guest.ld); -N packs it right after the headers in the file,
+# -s drops symbols, so an image is a few hundred bytes.
+ldflags="-static -nostdlib -N -s --build-id=none -z max-page-size=4096 -z noexecstack --gc-sections"
+
+obj="$out/obj"
+rm -rf "$obj"
+mkdir -p "$obj"
+
+# The objects every ELF guest links with.
+common_objs=
+crt0_obj=
+for src in "$here"/common/*.S; do
+    [ -e "$src" ] || continue
+    base=$(basename "$src" .S)
+    "$clang" $asflags -I "$here/common" -c "$src" -o "$obj/common_$base.o"
+    if [ "$base" = crt0 ]; then
+        crt0_obj="$obj/common_$base.o"
+    else
+        common_objs="$common_objs $obj/common_$base.o"
+    fi
+done
+
+link_elf() { # NAME OBJECT...
+    name=$1
+    shift
+    # $common_objs is a space-separated list of paths inside $out.
+    # shellcheck disable=SC2086
+    "$lld" $ldflags -T "$here/guest.ld" -o "$out/$name.elf" "$@" $common_objs
+}
+
+# The guests, as "NAME KIND SOURCE" lines, sorted by name.
+list="$obj/guests.txt"
+: >"$list"
+for src in "$here"/*.c "$here"/*.S; do
+    [ -e "$src" ] || continue
+    file=$(basename "$src")
+    case "$file" in
+        *.16.S) echo "${file%.16.S} real $src" >>"$list" ;;
+        *.S) echo "${file%.S} asm $src" >>"$list" ;;
+        *.c) echo "${file%.c} c $src" >>"$list" ;;
+    esac
+done
+sort -o "$list" "$list"
+dups=$(awk '{ print $1 }' "$list" | uniq -d)
+if [ -n "$dups" ]; then
+    echo "$0: more than one source for guest(s): $dups" >&2
+    exit 65
+fi
+
+while read -r name kind src; do
+    case "$name" in
+        [a-z]*) ;;
+        *) echo "$0: guest name '$name' must start with a lower-case letter" >&2; exit 65 ;;
+    esac
+    case "$name" in
+        *[!a-z0-9_]*) echo "$0: guest name '$name' may use only a-z, 0-9 and _" >&2; exit 65 ;;
+    esac
+    case "$kind" in
+        c)
+            # shellcheck disable=SC2086
+            "$clang" $cflags -I "$here/common" -c "$src" -o "$obj/$name.o"
+            [ -n "$crt0_obj" ] || { echo "$0: common/crt0.S is missing" >&2; exit 66; }
+            link_elf "$name" "$crt0_obj" "$obj/$name.o"
+            ;;
+        asm)
+            # shellcheck disable=SC2086
+            "$clang" $asflags -I "$here/common" -c "$src" -o "$obj/$name.o"
+            link_elf "$name" "$obj/$name.o"
+            ;;
+        real)
+            # shellcheck disable=SC2086
+            "$clang" $asflags -c "$src" -o "$obj/$name.o"
+            "$lld" --oformat=binary -Ttext=0 --image-base=0 --build-id=none -o "$out/$name.bin" "$obj/$name.o"
+            ;;
+    esac
+done <"$list"
+
+# NAME -> the Swift property name: snake_case to lowerCamelCase.
+swift_name() {
+    echo "$1" | awk -F_ '{ s = $1; for (i = 2; i <= NF; i++) s = s toupper(substr($i, 1, 1)) substr($i, 2); print s }'
+}
+# The first line of SOURCE without its comment markers.
+describe() {
+    sed -n '1{
+        s,^[[:space:]]*//[[:space:]]*,,
+        s,^[[:space:]]*/\*[[:space:]]*,,
+        s,[[:space:]]*\*/[[:space:]]*$,,
+        s,^[[:space:]]*[#;][[:space:]]*,,
+        p
+    }' "$1"
+}
+# A string literal's contents: backslashes and quotes escaped.
+swift_escape() {
+    printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'
+}
+
+swift="$out/GuestImages.swift.tmp"
+{
+    echo "// Generated by Guests/build.sh from the sources in Guests/. Do not edit."
+    echo
+    echo "/// The guest programs in Guests/, built from source by \`swift build\`."
+    echo "///"
+    echo "/// ELF images (magic 0x7F 'E' 'L' 'F') are 64-bit guests linked at 0x100000 with"
+    echo "/// p_paddr == p_vaddr; the others are 16-bit real-mode flat binaries."
+    echo "public enum GuestImages {"
+    while read -r name kind src; do
+        case "$kind" in
+            real) image="$out/$name.bin"; what="16-bit real-mode flat binary" ;;
+            *) image="$out/$name.elf"; what="64-bit ELF" ;;
+        esac
+        size=$(wc -c <"$image" | tr -d ' ')
+        echo "    /// $(describe "$src")"
+        echo "    ///"
+        echo "    /// \`$name\`: $what, $size bytes, from \`Guests/$(basename "$src")\`."
+        echo "    public static let $(swift_name "$name"): [UInt8] = ["
+        od -An -v -tx1 "$image" | awk 'NF > 0 {
+            line = "       "
+            for (i = 1; i <= NF; i++) line = line " 0x" $i ","
+            print line
+        }'
+        echo "    ]"
+        echo
+    done <"$list"
+    echo "    /// The guests' names, as their source files spell them (\"exit_status\"), sorted."
+    printf '    public static let names: [String] = ['
+    sep=
+    while read -r name kind src; do
+        printf '%s"%s"' "$sep" "$name"
+        sep=", "
+    done <"$list"
+    echo "]"
+    echo
+    echo "    /// The image of the guest called \`name\`: its source file's name (\"exit_status\") or its"
+    echo "    /// property's name here (\"exitStatus\"). Nil if there is no such guest."
+    echo "    public static func named(_ name: String) -> [UInt8]? {"
+    echo "        switch name {"
+    while read -r name kind src; do
+        sname=$(swift_name "$name")
+        if [ "$sname" = "$name" ]; then
+            echo "        case \"$name\": $sname"
+        else
+            echo "        case \"$name\", \"$sname\": $sname"
+        fi
+    done <"$list"
+    echo "        default: nil"
+    echo "        }"
+    echo "    }"
+    echo
+    echo "    /// The one-line description of the guest called \`name\` (as for \`named(_:)\`), or nil."
+    echo "    public static func summary(of name: String) -> String? {"
+    echo "        switch name {"
+    while read -r name kind src; do
+        sname=$(swift_name "$name")
+        if [ "$sname" = "$name" ]; then
+            label="\"$name\""
+        else
+            label="\"$name\", \"$sname\""
+        fi
+        echo "        case $label:"
+        echo "            \"$(swift_escape "$(describe "$src")")\""
+    done <"$list"
+    echo "        default: nil"
+    echo "        }"
+    echo "    }"
+    echo "}"
+} >"$swift"
+mv "$swift" "$out/GuestImages.swift"

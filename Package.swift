@@ -1,0 +1,64 @@
+// swift-tools-version: 6.1
+//
+// SwiftVisor: a KVM virtual machine monitor whose VM-exit handling layer is a Swift API.
+//
+// Layers import only downward:
+//   CKVM (C shim over <linux/kvm.h>)
+//   VisorKVM     typed handles for /dev/kvm, the VM and its vCPUs
+//   VisorMemory  guest RAM: mmap'd regions, bounds-checked access
+//   VisorCore    exits, port and MMIO buses, dispatch, statistics
+//   VisorDevices device models (16550 UART, debug-exit port)
+//   VisorLoader  ELF and flat-binary loaders, x86 boot layout
+//   SwiftVisor   the machine facade: wires the above and runs vCPU threads
+//   swiftvisor   the command-line tool
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "SwiftVisor",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "SwiftVisor", targets: ["SwiftVisor"]),
+        .executable(name: "swiftvisor", targets: ["swiftvisor"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(name: "CKVM"),
+        .target(name: "VisorKVM", dependencies: ["CKVM"], swiftSettings: strict),
+        .target(name: "VisorMemory", swiftSettings: strict),
+        .target(name: "VisorCore", dependencies: ["VisorKVM", "VisorMemory"], swiftSettings: strict),
+        .target(name: "VisorDevices", dependencies: ["VisorCore"], swiftSettings: strict),
+        .target(name: "VisorLoader", dependencies: ["VisorMemory"], swiftSettings: strict),
+        .target(
+            name: "SwiftVisor",
+            dependencies: ["VisorKVM", "VisorMemory", "VisorCore", "VisorDevices", "VisorLoader"],
+            swiftSettings: strict),
+        .plugin(name: "GuestBuilder", capability: .buildTool()),
+        .target(name: "SwiftVisorGuests", swiftSettings: strict, plugins: ["GuestBuilder"]),
+        .executableTarget(
+            name: "swiftvisor",
+            dependencies: [
+                "SwiftVisor", "SwiftVisorGuests",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+        .target(name: "CAllocCounter"),
+        .executableTarget(
+            name: "swiftvisor-bench",
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CAllocCounter"],
+            swiftSettings: strict),
+        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore"]),
+        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
+        .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CAllocCounter"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

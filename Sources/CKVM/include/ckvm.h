@@ -1,0 +1,120 @@
+// CKVM: the C shim between Swift and <linux/kvm.h> (Debian's linux-libc-dev).
+//
+// Swift cannot import function-like macros (the _IO/_IOW ioctl numbers) or call the
+// variadic ioctl(2), and reading kvm_run through its anonymous unions from Swift would copy
+// the whole page. This header fixes all three: every ioctl number is declared once as a
+// constant, ioctl is wrapped by three non-variadic inline functions, and the kvm_run fields
+// the exit path needs are read and written by inline accessors that compile to single loads
+// and stores. Every symbol is prefixed `ckvm_` / `CKVM_`.
+#ifndef CKVM_H
+#define CKVM_H
+
+#include <linux/kvm.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+
+// MARK: ioctl numbers (system, VM, vCPU)
+
+static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+
+static const unsigned long CKVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long CKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+
+static const unsigned long CKVM_RUN = KVM_RUN;
+static const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long CKVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long CKVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long CKVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
+static const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long CKVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+
+// MARK: constants that are macros in the kernel header
+
+static const int CKVM_API_VERSION = KVM_API_VERSION;
+static const uint32_t CKVM_MAX_CPUID_ENTRIES = 256;
+
+static const uint32_t CKVM_EXIT_IO_IN = KVM_EXIT_IO_IN;
+static const uint32_t CKVM_EXIT_IO_OUT = KVM_EXIT_IO_OUT;
+
+// MARK: non-variadic ioctl wrappers
+
+/// ioctl(fd, request) with no argument.
+static inline int ckvm_ioctl_none(int fd, unsigned long request) {
+    return ioctl(fd, request, 0);
+}
+
+/// ioctl(fd, request, value) with an integer argument.
+static inline int ckvm_ioctl_value(int fd, unsigned long request, unsigned long value) {
+    return ioctl(fd, request, value);
+}
+
+/// ioctl(fd, request, pointer): the kernel reads or writes the structure at `pointer`.
+static inline int ckvm_ioctl_pointer(int fd, unsigned long request, void *pointer) {
+    return ioctl(fd, request, pointer);
+}
+
+// MARK: kvm_run accessors (the exit path reads these on every exit)
+
+static inline uint32_t ckvm_run_exit_reason(const struct kvm_run *run) { return run->exit_reason; }
+static inline void ckvm_run_set_immediate_exit(struct kvm_run *run, uint8_t value) {
+    run->immediate_exit = value;
+}
+static inline uint8_t ckvm_run_if_flag(const struct kvm_run *run) { return run->if_flag; }
+
+static inline uint8_t ckvm_run_io_direction(const struct kvm_run *run) { return run->io.direction; }
+static inline uint8_t ckvm_run_io_size(const struct kvm_run *run) { return run->io.size; }
+static inline uint16_t ckvm_run_io_port(const struct kvm_run *run) { return run->io.port; }
+static inline uint32_t ckvm_run_io_count(const struct kvm_run *run) { return run->io.count; }
+static inline uint64_t ckvm_run_io_data_offset(const struct kvm_run *run) { return run->io.data_offset; }
+
+static inline uint64_t ckvm_run_mmio_phys_addr(const struct kvm_run *run) { return run->mmio.phys_addr; }
+static inline uint32_t ckvm_run_mmio_len(const struct kvm_run *run) { return run->mmio.len; }
+static inline uint8_t ckvm_run_mmio_is_write(const struct kvm_run *run) { return run->mmio.is_write; }
+/// The 8 data bytes of an MMIO exit as one little-endian value.
+static inline uint64_t ckvm_run_mmio_data(const struct kvm_run *run) {
+    uint64_t value;
+    __builtin_memcpy(&value, run->mmio.data, sizeof value);
+    return value;
+}
+static inline void ckvm_run_set_mmio_data(struct kvm_run *run, uint64_t value) {
+    __builtin_memcpy(run->mmio.data, &value, sizeof value);
+}
+
+static inline uint64_t ckvm_run_fail_entry_reason(const struct kvm_run *run) {
+    return run->fail_entry.hardware_entry_failure_reason;
+}
+static inline uint32_t ckvm_run_fail_entry_cpu(const struct kvm_run *run) { return run->fail_entry.cpu; }
+static inline uint32_t ckvm_run_internal_suberror(const struct kvm_run *run) { return run->internal.suberror; }
+static inline uint32_t ckvm_run_internal_ndata(const struct kvm_run *run) { return run->internal.ndata; }
+/// internal.data[index], or 0 when index is outside the array (the kernel's ndata is not trusted).
+static inline uint64_t ckvm_run_internal_data(const struct kvm_run *run, uint32_t index) {
+    const uint32_t capacity = sizeof run->internal.data / sizeof run->internal.data[0];
+    return index < capacity ? run->internal.data[index] : 0;
+}
+static inline uint32_t ckvm_run_internal_capacity(void) {
+    return sizeof ((struct kvm_run *)0)->internal.data / sizeof(uint64_t);
+}
+static inline uint32_t ckvm_run_system_event_type(const struct kvm_run *run) { return run->system_event.type; }
+static inline uint64_t ckvm_run_hw_exit_reason(const struct kvm_run *run) {
+    return run->hw.hardware_exit_reason;
+}
+static inline uint32_t ckvm_run_ex_exception(const struct kvm_run *run) { return run->ex.exception; }
+static inline uint32_t ckvm_run_ex_error_code(const struct kvm_run *run) { return run->ex.error_code; }
+
+_Static_assert(sizeof(struct kvm_regs) == 18 * 8, "kvm_regs layout");
+_Static_assert(sizeof(struct kvm_segment) == 24, "kvm_segment layout");
+
+#endif

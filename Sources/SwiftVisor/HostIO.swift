@@ -1,0 +1,60 @@
+import Glibc
+import VisorKVM
+
+/// Small host helpers over libc, so the VMM needs no Foundation.
+public enum HostIO {
+    /// Writes all of `bytes` to `fd`, retrying on EINTR and short writes; gives up silently
+    /// on other errors (a closed terminal must not stop the guest).
+    public static func write(_ bytes: some Collection<UInt8>, to fd: Int32) {
+        var remaining = Array(bytes)[...]
+        while !remaining.isEmpty {
+            let n = remaining.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            remaining = remaining.dropFirst(n)
+        }
+    }
+
+    /// Writes one line to standard error.
+    public static func printError(_ line: String) {
+        write(Array((line + "\n").utf8), to: 2)
+    }
+
+    /// Reads a whole regular file, refusing anything larger than `limit` bytes.
+    public static func readFile(_ path: String, limit: Int) throws(MachineError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .cannotReadFile(path: path, reason: errnoText(errno)) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .cannotReadFile(path: path, reason: errnoText(errno)) }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw .cannotReadFile(path: path, reason: "not a regular file")
+        }
+        guard info.st_size <= limit else {
+            throw .cannotReadFile(path: path, reason: "\(info.st_size) bytes is larger than guest RAM")
+        }
+        var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { throw .cannotReadFile(path: path, reason: n == 0 ? "file shrank while reading" : errnoText(errno)) }
+            done += n
+        }
+        return bytes
+    }
+
+    /// Physical RAM of the host in bytes.
+    public static var physicalMemory: UInt64 {
+        UInt64(max(0, sysconf(Int32(_SC_PHYS_PAGES)))) * UInt64(max(0, sysconf(Int32(_SC_PAGESIZE))))
+    }
+
+    /// Monotonic time in nanoseconds.
+    public static func monotonicNanoseconds() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+    }
+}

@@ -1,0 +1,34 @@
+public import VisorKVM
+public import VisorMemory
+public import VisorCore
+public import VisorLoader
+
+/// An error from building or running a machine. Each wraps the failing layer's error, whose
+/// message says what to do about it.
+public enum MachineError: Error, CustomStringConvertible {
+    case kvm(KVMError)
+    case memory(GuestMemoryError)
+    case loader(LoaderError)
+    case bus(BusError)
+    /// The requested RAM size is unusable.
+    case invalidMemorySize(String)
+    /// A guest file could not be read.
+    case cannotReadFile(path: String, reason: String)
+    /// The vCPU thread could not be started.
+    case cannotStartThread(errno: Int32)
+    /// `run` was called on a machine that already ran; build a new one.
+    case alreadyRan
+
+    public var description: String {
+        switch self {
+        case .kvm(let e): e.description
+        case .memory(let e): e.description
+        case .loader(let e): e.description
+        case .bus(let e): e.description
+        case .invalidMemorySize(let why): "invalid memory size: \(why)"
+        case .cannotReadFile(let path, let reason): "cannot read \(path): \(reason)"
+        case .cannotStartThread(let errno): "cannot start the vCPU thread: \(errnoText(errno))"
+        case .alreadyRan: "this machine has already run; create a new Machine to run again"
+        }
+    }
+}

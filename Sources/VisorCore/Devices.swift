@@ -1,0 +1,43 @@
+/// What a device asks of the VM after handling an access.
+public enum DeviceAction: Sendable, Equatable {
+    /// Carry on running the guest.
+    case `continue`
+    /// Stop the VM with this reason (for example a debug-exit port).
+    case stop(StopReason)
+}
+
+/// A device on the port I/O bus. It is told the port and the offset from the start of the
+/// range it was registered for, so one type can serve several ranges.
+///
+/// Handlers run on the vCPU thread that made the access; with several vCPUs they may run
+/// concurrently, so devices keep their state behind a lock (`Mutex`).
+public protocol PortDevice: AnyObject, Sendable {
+    /// An IN of `width` (1, 2 or 4) bytes. Only the low `width` bytes are used.
+    func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32
+    /// An OUT of `width` bytes; `value` holds them zero-extended.
+    func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction
+}
+
+/// A device on the MMIO bus, told the address and its offset into the device's region.
+public protocol MMIODevice: AnyObject, Sendable {
+    /// A read of `width` (1, 2, 4 or 8) bytes. Only the low `width` bytes are used.
+    func mmioRead(address: UInt64, offset: UInt64, width: UInt8) -> UInt64
+    /// A write of `width` bytes; `value` holds them zero-extended.
+    func mmioWrite(address: UInt64, offset: UInt64, width: UInt8, value: UInt64) -> DeviceAction
+}
+
+/// What happens to an access that no device claims.
+public enum UnclaimedAccessPolicy: String, Sendable, CaseIterable {
+    /// Reads return all ones at the access width; writes are dropped. The guest runs on.
+    case block
+    /// As `block`, and each access is logged.
+    case log
+    /// The VM stops with a diagnostic naming the access.
+    case stop
+}
+
+/// All ones at `width` bytes (0xFF, 0xFFFF, 0xFFFF_FFFF, or all 64 bits).
+@inline(__always)
+public func allOnes(width: UInt8) -> UInt64 {
+    width >= 8 ? UInt64.max : (UInt64(1) << (UInt64(width) * 8)) &- 1
+}

@@ -1,0 +1,208 @@
+/// Why a VM stopped without anything going wrong.
+public enum StopReason: Sendable, Equatable, CustomStringConvertible {
+    /// The guest executed HLT with interrupts off (or with nothing that could wake it).
+    case halted
+    /// The guest wrote its exit status to the debug-exit port.
+    case guestExit(status: UInt8)
+    /// An access nobody claimed, under the `stop` policy.
+    case unclaimedPort(port: UInt16, isWrite: Bool, width: UInt8)
+    case unclaimedMMIO(address: UInt64, isWrite: Bool, width: UInt8)
+    /// The guest asked for power-off or reset (`KVM_EXIT_SYSTEM_EVENT`).
+    case systemEvent(type: UInt32)
+    /// The host asked the VM to stop.
+    case requested
+
+    /// The process exit status the command-line tool uses: the guest's own status for a
+    /// debug-port exit, 0 for a halt or power-off, 120 for an access stopped by policy.
+    public var exitStatus: Int32 {
+        switch self {
+        case .halted, .systemEvent, .requested: 0
+        case .guestExit(let status): Int32(status)
+        case .unclaimedPort, .unclaimedMMIO: 120
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .halted: "guest halted"
+        case .guestExit(let status): "guest exited with status \(status)"
+        case .unclaimedPort(let port, let isWrite, let width):
+            "unclaimed port access: \(isWrite ? "OUT" : "IN") of \(width) bytes at port 0x\(hex(port))"
+        case .unclaimedMMIO(let address, let isWrite, let width):
+            "unclaimed MMIO access: \(isWrite ? "write" : "read") of \(width) bytes at 0x\(hex(address))"
+        case .systemEvent(let type): "guest requested system event \(type)"
+        case .requested: "stopped on request"
+        }
+    }
+}
+
+/// A fatal exit: the guest cannot continue.
+public enum FatalExit: Sendable, Equatable, CustomStringConvertible {
+    case tripleFault
+    case internalError(suberror: UInt32, data: [UInt64])
+    case failedEntry(hardwareReason: UInt64, cpu: UInt32)
+    case malformedExit(String)
+    case unhandledExit(reason: UInt32)
+    /// `KVM_RUN` itself failed.
+    case runFailed(String)
+
+    /// The process exit status the command-line tool uses for this failure.
+    public var exitStatus: Int32 {
+        switch self {
+        case .tripleFault: 121
+        case .internalError: 122
+        case .failedEntry: 123
+        case .malformedExit, .unhandledExit: 124
+        case .runFailed: 125
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .tripleFault:
+            "triple fault (KVM_EXIT_SHUTDOWN): the guest hit an exception it could not handle"
+        case .internalError(let suberror, let data):
+            "KVM internal error, suberror \(suberror)\(suberror == 1 ? " (instruction emulation failed)" : "")"
+                + (data.isEmpty ? "" : ", data " + data.map { "0x\(hex($0))" }.joined(separator: " "))
+        case .failedEntry(let reason, let cpu):
+            "VM entry failed on CPU \(cpu), hardware reason 0x\(hex(reason))"
+        case .malformedExit(let what): "malformed exit: \(what)"
+        case .unhandledExit(let reason):
+            "unhandled exit \(ExitReason(rawValue: reason)?.kernelName ?? "reason \(reason)")"
+        case .runFailed(let why): "running the vCPU failed: \(why)"
+        }
+    }
+}
+
+/// The result of handling one exit.
+public enum ExitOutcome: Sendable, Equatable {
+    /// Resume the guest.
+    case handled
+    /// End the VM normally.
+    case stop(StopReason)
+    /// End the VM with a diagnostic.
+    case fatal(FatalExit)
+}
+
+/// Routes exits to the port and MMIO buses and decides everything else.
+///
+/// `dispatch` is a plain function from an exit to an outcome: it needs no KVM, so unit
+/// tests drive it with hand-made exits and a fake data channel.
+public struct ExitDispatcher: Sendable {
+    public var ports: PortBus
+    public var mmio: MMIOBus
+    public var unclaimedPorts: UnclaimedAccessPolicy
+    public var unclaimedMMIO: UnclaimedAccessPolicy
+    /// Where `log`-policy messages go (the machine sends them to stderr).
+    public var log: @Sendable (String) -> Void
+
+    public init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
+                unclaimedPorts: UnclaimedAccessPolicy = .block,
+                unclaimedMMIO: UnclaimedAccessPolicy = .block,
+                log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.ports = ports
+        self.mmio = mmio
+        self.unclaimedPorts = unclaimedPorts
+        self.unclaimedMMIO = unclaimedMMIO
+        self.log = log
+    }
+
+    /// Handles one exit. `data` carries the exit's I/O elements and takes the MMIO read result.
+    @inline(__always)
+    public func dispatch(_ exit: VMExit, data: some ExitDataChannel) -> ExitOutcome {
+        switch exit {
+        case .io(let access):
+            return handlePort(access, data: data)
+        case .mmio(let access):
+            return handleMMIO(access, data: data)
+        case .halt:
+            return .stop(.halted)
+        case .shutdown:
+            return .fatal(.tripleFault)
+        case .internalError(let suberror, let payload):
+            return .fatal(.internalError(suberror: suberror, data: payload))
+        case .failEntry(let reason, let cpu):
+            return .fatal(.failedEntry(hardwareReason: reason, cpu: cpu))
+        case .systemEvent(let type):
+            return .stop(.systemEvent(type: type))
+        case .interrupted:
+            return .handled
+        case .malformedIO(let port, let width, let count):
+            return .fatal(.malformedExit("I/O exit at port 0x\(hex(port)) with width \(width) and count \(count) does not fit the run page"))
+        case .exception:
+            return .fatal(.unhandledExit(reason: ExitReason.exception.rawValue))
+        case .debug:
+            return .fatal(.unhandledExit(reason: ExitReason.debug.rawValue))
+        case .other(let reason, _):
+            return .fatal(.unhandledExit(reason: reason))
+        }
+    }
+
+    /// Delivers every element of a (possibly string) port access in order.
+    @inline(__always)
+    func handlePort(_ access: PortAccess, data: some ExitDataChannel) -> ExitOutcome {
+        let count = Int(access.count)
+        guard let entry = ports.entry(for: access.port) else {
+            switch unclaimedPorts {
+            case .block: break
+            case .log:
+                log("unclaimed port \(access.isWrite ? "OUT" : "IN") of \(access.width) bytes at 0x\(hex(access.port)) x\(count)")
+            case .stop:
+                return .stop(.unclaimedPort(port: access.port, isWrite: access.isWrite, width: access.width))
+            }
+            if !access.isWrite { fillAllOnes(count, access.width, data) }
+            return .handled
+        }
+        guard let device = entry.device else {
+            if !access.isWrite { fillAllOnes(count, access.width, data) }
+            return .handled
+        }
+        let offset = access.port &- entry.range.base
+        if access.isWrite {
+            for i in 0..<count {
+                let action = device.portWrite(port: access.port, offset: offset, width: access.width,
+                                              value: data.ioElement(i))
+                if case .stop(let reason) = action { return .stop(reason) }
+            }
+        } else {
+            for i in 0..<count {
+                data.setIOElement(i, device.portRead(port: access.port, offset: offset, width: access.width))
+            }
+        }
+        return .handled
+    }
+
+    @inline(__always)
+    func fillAllOnes(_ count: Int, _ width: UInt8, _ data: some ExitDataChannel) {
+        let ones = UInt32(truncatingIfNeeded: allOnes(width: width))
+        for i in 0..<count { data.setIOElement(i, ones) }
+    }
+
+    @inline(__always)
+    func handleMMIO(_ access: MMIOAccess, data: some ExitDataChannel) -> ExitOutcome {
+        guard let index = mmio.index(for: access.address) else {
+            switch unclaimedMMIO {
+            case .block: break
+            case .log:
+                log("unclaimed MMIO \(access.isWrite ? "write" : "read") of \(access.width) bytes at 0x\(hex(access.address))")
+            case .stop:
+                return .stop(.unclaimedMMIO(address: access.address, isWrite: access.isWrite, width: access.width))
+            }
+            if !access.isWrite { data.setMMIOData(allOnes(width: access.width)) }
+            return .handled
+        }
+        let entry = mmio.entries[index]
+        let offset = access.address - entry.range.start
+        if access.isWrite {
+            let value = access.value & allOnes(width: access.width)
+            if case .stop(let reason) = entry.device.mmioWrite(address: access.address, offset: offset,
+                                                               width: access.width, value: value) {
+                return .stop(reason)
+            }
+        } else {
+            data.setMMIOData(entry.device.mmioRead(address: access.address, offset: offset, width: access.width)
+                & allOnes(width: access.width))
+        }
+        return .handled
+    }
+}

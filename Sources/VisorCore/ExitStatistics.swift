@@ -1,0 +1,120 @@
+/// The kinds of exit that statistics and traces distinguish.
+public enum ExitKind: Int, Sendable, CaseIterable, CustomStringConvertible {
+    case portIn, portOut, mmioRead, mmioWrite, halt, shutdown, internalError, failEntry
+    case systemEvent, exception, debug, interrupted, other
+
+    public init(_ exit: VMExit) {
+        switch exit {
+        case .io(let a): self = a.isWrite ? .portOut : .portIn
+        case .malformedIO: self = .other
+        case .mmio(let a): self = a.isWrite ? .mmioWrite : .mmioRead
+        case .halt: self = .halt
+        case .shutdown: self = .shutdown
+        case .internalError: self = .internalError
+        case .failEntry: self = .failEntry
+        case .systemEvent: self = .systemEvent
+        case .exception: self = .exception
+        case .debug: self = .debug
+        case .interrupted: self = .interrupted
+        case .other: self = .other
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .portIn: "io-in"
+        case .portOut: "io-out"
+        case .mmioRead: "mmio-read"
+        case .mmioWrite: "mmio-write"
+        case .halt: "hlt"
+        case .shutdown: "shutdown"
+        case .internalError: "internal-error"
+        case .failEntry: "fail-entry"
+        case .systemEvent: "system-event"
+        case .exception: "exception"
+        case .debug: "debug"
+        case .interrupted: "interrupted"
+        case .other: "other"
+        }
+    }
+}
+
+/// Exit counts of one vCPU: by kind and by port. Recording is two array increments and
+/// never allocates; the per-port table (512 KiB) exists only when statistics are on.
+public struct ExitStatistics: Sendable {
+    public private(set) var byKind: [UInt64]
+    /// Exits (not elements) per port, indexed by port number.
+    public private(set) var byPort: [UInt64]
+    /// Exits per MMIO page address (4 KiB granularity), kept small: only pages that saw exits.
+    public private(set) var byMMIOPage: [UInt64: UInt64] = [:]
+
+    public init() {
+        byKind = Array(repeating: 0, count: ExitKind.allCases.count)
+        byPort = Array(repeating: 0, count: 0x10000)
+    }
+
+    @inline(__always)
+    public mutating func record(_ exit: VMExit) {
+        byKind[ExitKind(exit).rawValue] &+= 1
+        switch exit {
+        case .io(let access): byPort[Int(access.port)] &+= 1
+        case .mmio(let access): byMMIOPage[access.address & ~0xFFF, default: 0] &+= 1
+        default: break
+        }
+    }
+
+    public var total: UInt64 { byKind.reduce(0, &+) }
+
+    public func count(_ kind: ExitKind) -> UInt64 { byKind[kind.rawValue] }
+
+    /// Adds another vCPU's counts to these.
+    public mutating func merge(_ other: ExitStatistics) {
+        for i in byKind.indices { byKind[i] &+= other.byKind[i] }
+        for i in byPort.indices where other.byPort[i] != 0 { byPort[i] &+= other.byPort[i] }
+        for (page, n) in other.byMMIOPage { byMMIOPage[page, default: 0] &+= n }
+    }
+
+    /// A plain-text table: exits by kind, then by port and MMIO page, busiest first.
+    public func render(portNames: (UInt16) -> String? = { _ in nil }) -> String {
+        var lines = ["exits: \(total)"]
+        for kind in ExitKind.allCases where byKind[kind.rawValue] > 0 {
+            lines.append("  \(pad(kind.description, 16)) \(byKind[kind.rawValue])")
+        }
+        let ports = byPort.indices.filter { byPort[$0] > 0 }.sorted { byPort[$0] > byPort[$1] }
+        if !ports.isEmpty {
+            lines.append("port exits:")
+            for port in ports {
+                let name = portNames(UInt16(port)).map { " (\($0))" } ?? ""
+                lines.append("  \(pad("0x" + hex(port) + name, 24)) \(byPort[port])")
+            }
+        }
+        if !byMMIOPage.isEmpty {
+            lines.append("mmio exits by page:")
+            for (page, n) in byMMIOPage.sorted(by: { $0.value > $1.value }) {
+                lines.append("  \(pad("0x" + hex(page), 24)) \(n)")
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+func pad(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
+}
+
+/// One trace line for an exit: kind, port or address, width and value. Call it after the
+/// exit was dispatched, so that an IN shows the value the guest received.
+public func traceDescription(_ exit: VMExit, data: some ExitDataChannel) -> String {
+    switch exit {
+    case .io(let a):
+        let value = " value=0x\(hex(data.ioElement(0)))"
+        let count = a.count > 1 ? " count=\(a.count)" : ""
+        return "\(ExitKind(exit)) port=0x\(hex(a.port)) width=\(a.width)\(value)\(count)"
+    case .mmio(let a):
+        return "\(ExitKind(exit)) addr=0x\(hex(a.address)) width=\(a.width)" + (a.isWrite ? " value=0x\(hex(a.value))" : "")
+    case .halt(let interrupts):
+        return "hlt if=\(interrupts ? 1 : 0)"
+    default:
+        return "\(ExitKind(exit)) \(exit.reason?.kernelName ?? "")"
+    }
+}

@@ -1,0 +1,404 @@
+// A register-level model of a 16550A UART.
+//
+// The model is pure state: it knows the eight register offsets of the chip and
+// nothing about I/O ports, buses, threads or host file descriptors. A caller maps a
+// port range onto `read(offset:)` / `write(offset:value:)`, forwards the byte that
+// `write` returns to the outside world, feeds host input through `receive(_:)`, and
+// drives the guest's interrupt line from `interruptPending`.
+//
+// Deliberate simplifications, all invisible to a well-behaved driver:
+// - Transmission is instantaneous: LSR.THRE and LSR.TEMT are always set, and there is
+//   no transmit FIFO to hold bytes (FCR bit 2 is accepted and has nothing to clear).
+// - The receive FIFO holds `fifoCapacity` (64) bytes whether or not FCR enables the
+//   FIFOs; FCR bit 0 only changes IIR bits 7:6 (and, as on the chip, toggling it
+//   empties the receive FIFO). The receiver trigger level (FCR bits 7:6) is recorded
+//   but the data-available interrupt fires as soon as one byte is queued, so the
+//   character-timeout interrupt (IIR 0x0C) is never reported.
+// - Parity, framing and break errors never happen; overrun is the only line-status
+//   error, and LSR bit 7 (error in RX FIFO) is always clear.
+// - The baud-rate divisor is stored and reported, never used for timing.
+
+/// A 16550A UART modelled register by register. It knows register offsets (0...7), not ports or buses.
+///
+/// Register map (DLAB is LCR bit 7):
+///
+/// | offset | read                      | write                     |
+/// |--------|---------------------------|---------------------------|
+/// | 0      | RBR (DLAB=0) / DLL (DLAB=1) | THR (DLAB=0) / DLL (DLAB=1) |
+/// | 1      | IER (DLAB=0) / DLM (DLAB=1) | IER (DLAB=0) / DLM (DLAB=1) |
+/// | 2      | IIR                       | FCR                       |
+/// | 3      | LCR                       | LCR                       |
+/// | 4      | MCR                       | MCR                       |
+/// | 5      | LSR                       | ignored (factory test)    |
+/// | 6      | MSR                       | ignored                   |
+/// | 7      | SCR                       | SCR                       |
+///
+/// Offsets 8...255 read 0xFF and ignore writes. No input traps.
+///
+/// Interrupts: `interruptPending` is *not* gated by MCR.OUT2. On a PC the OUT2 pin
+/// enables the UART's IRQ driver, so a PC-style caller should use `pcInterruptLine`
+/// (or AND `interruptPending` with `mcr & 0x08` itself); a caller that wires the
+/// UART straight to an interrupt controller can use `interruptPending` directly.
+public struct Serial16550: Sendable {
+    /// Receive FIFO capacity in bytes; a byte arriving when the FIFO is full is dropped and flags overrun.
+    /// (An unbounded receive queue was CVE-2020-27173 in another VMM.)
+    public static let fifoCapacity = 64
+
+    /// Divisor latch value after reset: 115200 / 12 = 9600 baud. (The real chip leaves it undefined.)
+    public static let resetDivisor: UInt16 = 12
+
+    // MARK: Register offsets
+
+    /// Register offsets, for callers and tests that prefer names to numbers.
+    public enum Offset {
+        /// RBR (read) / THR (write) with DLAB=0; DLL with DLAB=1.
+        public static let data: UInt8 = 0
+        /// IER with DLAB=0; DLM with DLAB=1.
+        public static let interruptEnable: UInt8 = 1
+        /// IIR (read) / FCR (write).
+        public static let interruptIdentFifoControl: UInt8 = 2
+        /// LCR.
+        public static let lineControl: UInt8 = 3
+        /// MCR.
+        public static let modemControl: UInt8 = 4
+        /// LSR.
+        public static let lineStatus: UInt8 = 5
+        /// MSR.
+        public static let modemStatus: UInt8 = 6
+        /// SCR.
+        public static let scratch: UInt8 = 7
+    }
+
+    // MARK: Bit definitions
+
+    /// IER bit 0: interrupt when received data is available.
+    public static let ierReceivedData: UInt8 = 0x01
+    /// IER bit 1: interrupt when the transmit holding register is empty.
+    public static let ierTHREmpty: UInt8 = 0x02
+    /// IER bit 2: interrupt on a receiver line-status error (here: overrun).
+    public static let ierLineStatus: UInt8 = 0x04
+    /// IER bit 3: interrupt on a modem-status change (an MSR delta bit set).
+    public static let ierModemStatus: UInt8 = 0x08
+
+    /// IIR value when no interrupt is pending (bit 0 set means "none").
+    public static let iirNone: UInt8 = 0x01
+    /// IIR identification for a receiver line-status interrupt (highest priority).
+    public static let iirLineStatus: UInt8 = 0x06
+    /// IIR identification for a received-data-available interrupt.
+    public static let iirReceivedData: UInt8 = 0x04
+    /// IIR identification for a transmit-holding-register-empty interrupt.
+    public static let iirTHREmpty: UInt8 = 0x02
+    /// IIR identification for a modem-status interrupt (lowest priority).
+    public static let iirModemStatus: UInt8 = 0x00
+    /// IIR bits 7:6, set while the FIFOs are enabled by FCR bit 0.
+    public static let iirFifosEnabled: UInt8 = 0xC0
+
+    /// FCR bit 0: enable the FIFOs.
+    public static let fcrEnable: UInt8 = 0x01
+    /// FCR bit 1: empty the receive FIFO (self-clearing).
+    public static let fcrClearReceive: UInt8 = 0x02
+    /// FCR bit 2: empty the transmit FIFO (self-clearing; nothing to do here).
+    public static let fcrClearTransmit: UInt8 = 0x04
+
+    /// LCR bit 7: divisor latch access bit.
+    public static let lcrDLAB: UInt8 = 0x80
+
+    /// MCR bit 0: data terminal ready.
+    public static let mcrDTR: UInt8 = 0x01
+    /// MCR bit 1: request to send.
+    public static let mcrRTS: UInt8 = 0x02
+    /// MCR bit 2: user output 1.
+    public static let mcrOUT1: UInt8 = 0x04
+    /// MCR bit 3: user output 2 (gates the IRQ on PCs).
+    public static let mcrOUT2: UInt8 = 0x08
+    /// MCR bit 4: local loopback.
+    public static let mcrLoopback: UInt8 = 0x10
+
+    /// LSR bit 0: data ready (receive FIFO non-empty).
+    public static let lsrDataReady: UInt8 = 0x01
+    /// LSR bit 1: overrun error (a received byte was dropped); cleared by reading LSR.
+    public static let lsrOverrun: UInt8 = 0x02
+    /// LSR bit 5: transmit holding register empty.
+    public static let lsrTHREmpty: UInt8 = 0x20
+    /// LSR bit 6: transmitter empty.
+    public static let lsrTransmitterEmpty: UInt8 = 0x40
+
+    /// MSR bit 0: CTS changed since MSR was last read.
+    public static let msrDeltaCTS: UInt8 = 0x01
+    /// MSR bit 1: DSR changed since MSR was last read.
+    public static let msrDeltaDSR: UInt8 = 0x02
+    /// MSR bit 2: RI went from asserted to deasserted since MSR was last read.
+    public static let msrTrailingEdgeRI: UInt8 = 0x04
+    /// MSR bit 3: DCD changed since MSR was last read.
+    public static let msrDeltaDCD: UInt8 = 0x08
+    /// MSR bit 4: clear to send.
+    public static let msrCTS: UInt8 = 0x10
+    /// MSR bit 5: data set ready.
+    public static let msrDSR: UInt8 = 0x20
+    /// MSR bit 6: ring indicator.
+    public static let msrRI: UInt8 = 0x40
+    /// MSR bit 7: data carrier detect.
+    public static let msrDCD: UInt8 = 0x80
+
+    /// MSR upper nibble outside loopback: the modelled line is always connected (CTS, DSR, DCD; no ring).
+    public static let connectedLineInputs: UInt8 = msrCTS | msrDSR | msrDCD
+
+    // MARK: State
+
+    /// Receive FIFO storage, used as a ring buffer of `fifoCapacity` bytes.
+    private var fifo: [UInt8]
+    /// Index in `fifo` of the oldest queued byte.
+    private var fifoHead: Int = 0
+    /// Number of queued bytes, 0...fifoCapacity.
+    private var fifoCount: Int = 0
+
+    /// IER: which interrupt sources are enabled (low 4 bits only).
+    public private(set) var ier: UInt8 = 0
+    /// LCR: word length, stop bits, parity, break and DLAB; stored verbatim.
+    public private(set) var lcr: UInt8 = 0
+    /// MCR: DTR, RTS, OUT1, OUT2 and loopback (low 5 bits only).
+    public private(set) var mcr: UInt8 = 0
+    /// SCR: a scratch byte with no effect on the UART.
+    public private(set) var scr: UInt8 = 0
+    /// The last value written to FCR, minus the self-clearing bits 1 and 2.
+    public private(set) var fcr: UInt8 = 0
+    /// Divisor latch low byte (DLL).
+    private var dll: UInt8 = UInt8(truncatingIfNeeded: Serial16550.resetDivisor)
+    /// Divisor latch high byte (DLM).
+    private var dlm: UInt8 = UInt8(truncatingIfNeeded: Serial16550.resetDivisor >> 8)
+    /// Sticky LSR overrun bit.
+    private var overrun = false
+    /// MSR delta bits (low nibble), cleared by reading MSR.
+    private var msrDeltas: UInt8 = 0
+    /// The THR-empty interrupt condition; reported only while IER bit 1 is set.
+    private var thrEmptyLatched = false
+
+    /// A UART in its reset state: IER=0, IIR=0x01, LCR=0, MCR=0, LSR=0x60, MSR=0xB0, SCR=0, divisor 12, FIFOs disabled and empty.
+    public init() {
+        fifo = [UInt8](repeating: 0, count: Self.fifoCapacity)
+    }
+
+    // MARK: Read-only views (no side effects)
+
+    /// The 16-bit baud-rate divisor, DLM:DLL.
+    public var divisor: UInt16 { UInt16(dlm) << 8 | UInt16(dll) }
+
+    /// Number of bytes waiting in the receive FIFO.
+    public var receivedCount: Int { fifoCount }
+
+    /// True while LCR bit 7 (DLAB) redirects offsets 0 and 1 to the divisor latch.
+    public var divisorLatchAccess: Bool { lcr & Self.lcrDLAB != 0 }
+
+    /// True while MCR bit 4 (local loopback) is set.
+    public var loopback: Bool { mcr & Self.mcrLoopback != 0 }
+
+    /// True while FCR bit 0 has enabled the FIFOs (reported in IIR bits 7:6).
+    public var fifosEnabled: Bool { fcr & Self.fcrEnable != 0 }
+
+    /// LSR as a guest read would return it, without clearing the overrun bit.
+    public var lsr: UInt8 {
+        var value = Self.lsrTHREmpty | Self.lsrTransmitterEmpty
+        if fifoCount > 0 { value |= Self.lsrDataReady }
+        if overrun { value |= Self.lsrOverrun }
+        return value
+    }
+
+    /// MSR as a guest read would return it, without clearing the delta bits.
+    public var msr: UInt8 { modemInputs | msrDeltas }
+
+    /// IIR as a guest read would return it, without clearing a THR-empty interrupt.
+    public var iir: UInt8 {
+        (fifosEnabled ? Self.iirFifosEnabled : 0) | pendingSource
+    }
+
+    /// True while an enabled interrupt condition is pending, i.e. IIR bit 0 is clear.
+    /// Not gated by MCR.OUT2; see `pcInterruptLine` for the PC wiring.
+    public var interruptPending: Bool { pendingSource != Self.iirNone }
+
+    /// The IRQ line as a PC wires it: `interruptPending` gated by MCR bit 3 (OUT2).
+    public var pcInterruptLine: Bool { interruptPending && mcr & Self.mcrOUT2 != 0 }
+
+    // MARK: Guest access
+
+    /// Guest read of the register at `offset` (0...7; other offsets read 0xFF).
+    ///
+    /// Side effects: RBR pops the receive FIFO; IIR clears a THR-empty interrupt when
+    /// that is the source it reports; LSR clears the overrun bit; MSR clears the delta bits.
+    public mutating func read(offset: UInt8) -> UInt8 {
+        switch offset {
+        case 0:
+            if divisorLatchAccess { return dll }
+            return popReceived()
+        case 1:
+            return divisorLatchAccess ? dlm : ier
+        case 2:
+            let value = iir
+            if value & 0x0F == Self.iirTHREmpty { thrEmptyLatched = false }
+            return value
+        case 3:
+            return lcr
+        case 4:
+            return mcr
+        case 5:
+            let value = lsr
+            overrun = false
+            return value
+        case 6:
+            let value = msr
+            msrDeltas = 0
+            return value
+        case 7:
+            return scr
+        default:
+            return 0xFF
+        }
+    }
+
+    /// Guest write of `value` to the register at `offset`.
+    ///
+    /// Returns the byte to transmit to the outside world when the guest writes THR with
+    /// DLAB=0 and loopback is off; nil otherwise. In loopback (MCR bit 4) a THR write
+    /// goes into the receive FIFO instead (flagging overrun if it is full). Writes to
+    /// LSR, MSR and offsets above 7 are ignored.
+    public mutating func write(offset: UInt8, value: UInt8) -> UInt8? {
+        switch offset {
+        case 0:
+            if divisorLatchAccess {
+                dll = value
+                return nil
+            }
+            return transmit(value)
+        case 1:
+            if divisorLatchAccess {
+                dlm = value
+            } else {
+                writeIER(value)
+            }
+            return nil
+        case 2:
+            writeFCR(value)
+            return nil
+        case 3:
+            lcr = value
+            return nil
+        case 4:
+            writeMCR(value)
+            return nil
+        case 7:
+            scr = value
+            return nil
+        default:
+            // 5 (LSR) and 6 (MSR) are read-only here; 8...255 do not exist.
+            return nil
+        }
+    }
+
+    // MARK: Host access
+
+    /// Host side: queue a received byte.
+    ///
+    /// Returns false (byte dropped, overrun flagged in LSR) when the FIFO already holds
+    /// `fifoCapacity` bytes. Works in loopback too, as if the byte arrived on the wire.
+    @discardableResult
+    public mutating func receive(_ byte: UInt8) -> Bool {
+        guard fifoCount < Self.fifoCapacity else {
+            overrun = true
+            return false
+        }
+        var tail = fifoHead + fifoCount
+        if tail >= Self.fifoCapacity { tail -= Self.fifoCapacity }
+        fifo[tail] = byte
+        fifoCount += 1
+        return true
+    }
+
+    /// Free space in the receive FIFO, for a host side that wants to stop reading its input when the guest falls behind.
+    public var receiveSpace: Int { Self.fifoCapacity - fifoCount }
+
+    // MARK: Internals
+
+    /// The IIR identification (bits 3:0) of the highest-priority pending, enabled source, or `iirNone`.
+    private var pendingSource: UInt8 {
+        if ier & Self.ierLineStatus != 0 && overrun { return Self.iirLineStatus }
+        if ier & Self.ierReceivedData != 0 && fifoCount > 0 { return Self.iirReceivedData }
+        if ier & Self.ierTHREmpty != 0 && thrEmptyLatched { return Self.iirTHREmpty }
+        if ier & Self.ierModemStatus != 0 && msrDeltas != 0 { return Self.iirModemStatus }
+        return Self.iirNone
+    }
+
+    /// MSR upper nibble: the connected line, or in loopback MCR's outputs (RTS->CTS, DTR->DSR, OUT1->RI, OUT2->DCD).
+    private var modemInputs: UInt8 { Self.modemInputs(forMCR: mcr) }
+
+    private static func modemInputs(forMCR mcr: UInt8) -> UInt8 {
+        guard mcr & mcrLoopback != 0 else { return connectedLineInputs }
+        var value: UInt8 = 0
+        if mcr & mcrRTS != 0 { value |= msrCTS }
+        if mcr & mcrDTR != 0 { value |= msrDSR }
+        if mcr & mcrOUT1 != 0 { value |= msrRI }
+        if mcr & mcrOUT2 != 0 { value |= msrDCD }
+        return value
+    }
+
+    private mutating func popReceived() -> UInt8 {
+        // An empty FIFO reads 0 (the chip would return stale data).
+        guard fifoCount > 0 else { return 0 }
+        let byte = fifo[fifoHead]
+        fifoHead += 1
+        if fifoHead == Self.fifoCapacity { fifoHead = 0 }
+        fifoCount -= 1
+        return byte
+    }
+
+    private mutating func clearReceiveFIFO() {
+        fifoHead = 0
+        fifoCount = 0
+    }
+
+    /// THR write: writing THR clears a THR-empty interrupt, and since the byte leaves
+    /// at once the holding register is empty again, which raises a fresh one.
+    private mutating func transmit(_ byte: UInt8) -> UInt8? {
+        thrEmptyLatched = false
+        let outgoing: UInt8?
+        if loopback {
+            receive(byte)
+            outgoing = nil
+        } else {
+            outgoing = byte
+        }
+        thrEmptyLatched = true
+        return outgoing
+    }
+
+    /// IER write: only bits 3:0 exist. Enabling the THR-empty interrupt while THR is
+    /// empty (always, here) raises it at once; disabling it drops the latched condition.
+    private mutating func writeIER(_ value: UInt8) {
+        let new = value & 0x0F
+        let enabledNow = new & ~ier
+        if enabledNow & Self.ierTHREmpty != 0 { thrEmptyLatched = true }
+        if new & Self.ierTHREmpty == 0 { thrEmptyLatched = false }
+        ier = new
+    }
+
+    /// FCR write: bit 0 enables the FIFOs (changing it empties them), bit 1 empties the
+    /// receive FIFO, bit 2 the (absent) transmit FIFO; bits 7:6 (trigger level) are kept.
+    private mutating func writeFCR(_ value: UInt8) {
+        let enableChanged = (value ^ fcr) & Self.fcrEnable != 0
+        if enableChanged || value & Self.fcrClearReceive != 0 {
+            clearReceiveFIFO()
+        }
+        fcr = value & ~(Self.fcrClearReceive | Self.fcrClearTransmit)
+    }
+
+    /// MCR write: only bits 4:0 exist. Any change in the modem inputs this causes (in or
+    /// out of loopback) sets the matching MSR delta bits, as on the chip.
+    private mutating func writeMCR(_ value: UInt8) {
+        let before = modemInputs
+        mcr = value & 0x1F
+        let after = modemInputs
+        let changed = before ^ after
+        if changed & Self.msrCTS != 0 { msrDeltas |= Self.msrDeltaCTS }
+        if changed & Self.msrDSR != 0 { msrDeltas |= Self.msrDeltaDSR }
+        if before & Self.msrRI != 0 && after & Self.msrRI == 0 { msrDeltas |= Self.msrTrailingEdgeRI }
+        if changed & Self.msrDCD != 0 { msrDeltas |= Self.msrDeltaDCD }
+    }
+}

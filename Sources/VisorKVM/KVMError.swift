@@ -1,0 +1,49 @@
+import Glibc
+
+/// An error from the KVM layer. Each case's message names what failed and, where there
+/// is one, what the user can do about it.
+public enum KVMError: Error, Equatable, CustomStringConvertible {
+    /// The KVM device could not be opened.
+    case cannotOpenDevice(path: String, errno: Int32)
+    /// The kernel speaks a KVM API version other than 12.
+    case unsupportedAPIVersion(Int32)
+    /// A capability SwiftVisor needs is missing.
+    case missingCapability(String)
+    /// An ioctl failed.
+    case ioctl(name: String, errno: Int32)
+    /// Mapping a vCPU's shared run page failed.
+    case mapRunPage(errno: Int32)
+    /// The kernel reported something the shared run page cannot hold.
+    case malformedRunPage(String)
+
+    public var description: String {
+        switch self {
+        case .cannotOpenDevice(let path, let errno):
+            let hint: String
+            switch errno {
+            case ENOENT: hint = "KVM is not available: load the kvm module or enable virtualization"
+            case EACCES, EPERM: hint = "add your user to the group that owns \(path) (often 'kvm') or run as root"
+            default: hint = "check that KVM works on this machine"
+            }
+            return "cannot open \(path): \(errnoText(errno)); \(hint)"
+        case .unsupportedAPIVersion(let found):
+            return "KVM API version \(found) is not supported; SwiftVisor needs version 12"
+        case .missingCapability(let name):
+            return "the host's KVM lacks \(name), which SwiftVisor needs"
+        case .ioctl(let name, let errno):
+            return "\(name) failed: \(errnoText(errno))"
+        case .mapRunPage(let errno):
+            return "mapping the vCPU run page failed: \(errnoText(errno))"
+        case .malformedRunPage(let what):
+            return "the kernel's run page is malformed: \(what)"
+        }
+    }
+}
+
+/// `strerror` text followed by the errno number, e.g. "Permission denied (errno 13)".
+public func errnoText(_ code: Int32) -> String {
+    if let text = strerror(code) {
+        return "\(String(cString: text)) (errno \(code))"
+    }
+    return "errno \(code)"
+}

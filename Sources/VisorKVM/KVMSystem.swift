@@ -1,0 +1,129 @@
+internal import CKVM
+import Glibc
+
+/// A KVM capability, as asked with `KVM_CHECK_EXTENSION`.
+public struct KVMCapability: Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: Int32
+    public let name: String
+    public init(_ rawValue: Int32, name: String) {
+        self.rawValue = rawValue
+        self.name = name
+    }
+    public var description: String { name }
+
+    public static let userMemory = KVMCapability(Int32(KVM_CAP_USER_MEMORY), name: "KVM_CAP_USER_MEMORY")
+    public static let setTSSAddress = KVMCapability(Int32(KVM_CAP_SET_TSS_ADDR), name: "KVM_CAP_SET_TSS_ADDR")
+    public static let immediateExit = KVMCapability(Int32(KVM_CAP_IMMEDIATE_EXIT), name: "KVM_CAP_IMMEDIATE_EXIT")
+    public static let extendedCPUID = KVMCapability(Int32(KVM_CAP_EXT_CPUID), name: "KVM_CAP_EXT_CPUID")
+    public static let vcpuEvents = KVMCapability(Int32(KVM_CAP_VCPU_EVENTS), name: "KVM_CAP_VCPU_EVENTS")
+    public static let maxVCPUs = KVMCapability(Int32(KVM_CAP_MAX_VCPUS), name: "KVM_CAP_MAX_VCPUS")
+    public static let nrMemslots = KVMCapability(Int32(KVM_CAP_NR_MEMSLOTS), name: "KVM_CAP_NR_MEMSLOTS")
+}
+
+/// One CPUID leaf/subleaf as KVM reports and accepts it (`struct kvm_cpuid_entry2`).
+public struct CPUIDEntry: Sendable, Equatable {
+    public var function: UInt32
+    public var index: UInt32
+    public var flags: UInt32
+    public var eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32
+    public init(function: UInt32, index: UInt32 = 0, flags: UInt32 = 0,
+                eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
+        self.function = function
+        self.index = index
+        self.flags = flags
+        self.eax = eax
+        self.ebx = ebx
+        self.ecx = ecx
+        self.edx = edx
+    }
+}
+
+/// The KVM subsystem: an open `/dev/kvm`. Owns and closes its file descriptor.
+public final class KVMSystem: Sendable {
+    /// The only KVM API version that exists; the kernel has reported 12 since 2.6.22.
+    public static let requiredAPIVersion: Int32 = 12
+
+    let fd: Int32
+    /// Size of each vCPU's shared `kvm_run` mapping.
+    public let vcpuMapSize: Int
+
+    /// Opens the KVM device and checks its API version.
+    /// - Parameter path: the device node; tests point it elsewhere to exercise the errors.
+    public init(path: String = "/dev/kvm") throws(KVMError) {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        if fd < 0 { throw .cannotOpenDevice(path: path, errno: errno) }
+        do throws(KVMError) {
+            let version = try checkedIoctl("KVM_GET_API_VERSION") {
+                ckvm_ioctl_none(fd, CKVM_GET_API_VERSION)
+            }
+            guard version == Self.requiredAPIVersion else { throw KVMError.unsupportedAPIVersion(version) }
+            for capability in [KVMCapability.userMemory, .setTSSAddress, .immediateExit, .extendedCPUID, .vcpuEvents] {
+                let present = try checkedIoctl("KVM_CHECK_EXTENSION") {
+                    ckvm_ioctl_value(fd, CKVM_CHECK_EXTENSION, UInt(capability.rawValue))
+                }
+                if present <= 0 { throw KVMError.missingCapability(capability.name) }
+            }
+            vcpuMapSize = Int(try checkedIoctl("KVM_GET_VCPU_MMAP_SIZE") {
+                ckvm_ioctl_none(fd, CKVM_GET_VCPU_MMAP_SIZE)
+            })
+        } catch {
+            close(fd)
+            throw error
+        }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    /// The result of `KVM_CHECK_EXTENSION` for `capability`: 0 when absent, otherwise
+    /// positive (some capabilities report a number, such as a limit).
+    public func check(_ capability: KVMCapability) -> Int32 {
+        max(0, ckvm_ioctl_value(fd, CKVM_CHECK_EXTENSION, UInt(capability.rawValue)))
+    }
+
+    /// The CPUID entries KVM can offer a guest (`KVM_GET_SUPPORTED_CPUID`).
+    public func supportedCPUID() throws(KVMError) -> [CPUIDEntry] {
+        try withCPUIDBuffer(capacity: Int(CKVM_MAX_CPUID_ENTRIES)) { (buffer) throws(KVMError) in
+            _ = try checkedIoctl("KVM_GET_SUPPORTED_CPUID") {
+                ckvm_ioctl_pointer(fd, CKVM_GET_SUPPORTED_CPUID, buffer)
+            }
+            return readCPUID(buffer)
+        }
+    }
+
+    /// Creates a virtual machine (`KVM_CREATE_VM`).
+    public func createVM() throws(KVMError) -> VMHandle {
+        let vmfd = try checkedIoctl("KVM_CREATE_VM") { ckvm_ioctl_value(fd, CKVM_CREATE_VM, 0) }
+        return VMHandle(fd: vmfd, system: self)
+    }
+}
+
+/// Runs `body` with a zeroed `kvm_cpuid2` that has room for `capacity` entries.
+///
+/// The buffer is allocated here with the header plus `capacity` trailing entries, as the
+/// kernel's flexible array needs, and freed when `body` returns; `nent` says how many
+/// entries the kernel may read or write, so it never touches memory past the allocation.
+func withCPUIDBuffer<R>(
+    capacity: Int, _ body: (UnsafeMutablePointer<kvm_cpuid2>) throws(KVMError) -> R
+) throws(KVMError) -> R {
+    let bytes = MemoryLayout<kvm_cpuid2>.size + capacity * MemoryLayout<kvm_cpuid_entry2>.stride
+    let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: MemoryLayout<kvm_cpuid2>.alignment)
+    defer { raw.deallocate() }
+    raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+    let header = raw.bindMemory(to: kvm_cpuid2.self, capacity: 1)
+    header.pointee.nent = UInt32(capacity)
+    return try body(header)
+}
+
+/// The entries of a filled `kvm_cpuid2`; `nent` was set by the kernel to at most the capacity.
+func readCPUID(_ header: UnsafeMutablePointer<kvm_cpuid2>) -> [CPUIDEntry] {
+    let count = Int(header.pointee.nent)
+    // The entries follow the header directly (flexible array member).
+    let entries = UnsafeMutableRawPointer(header).advanced(by: MemoryLayout<kvm_cpuid2>.size)
+        .assumingMemoryBound(to: kvm_cpuid_entry2.self)
+    return (0..<count).map { i in
+        let e = entries[i]
+        return CPUIDEntry(function: e.function, index: e.index, flags: e.flags,
+                          eax: e.eax, ebx: e.ebx, ecx: e.ecx, edx: e.edx)
+    }
+}

@@ -1,0 +1,235 @@
+internal import CKVM
+import Glibc
+
+/// A KVM vCPU file descriptor and its shared `kvm_run` page. Owns both.
+///
+/// Thread use: one thread runs the vCPU and reads the run page. `requestImmediateExit`
+/// may be called from any thread: it is a single byte store that the kernel reads on
+/// entry to `KVM_RUN`. That is why the type is `@unchecked Sendable`.
+public final class VCPUHandle: @unchecked Sendable {
+    let fd: Int32
+    public let id: UInt32
+    let vm: VMHandle
+    /// The shared run page, `mapSize` bytes mapped from `fd`. Valid until `deinit` unmaps it;
+    /// every access below goes through this pointer while `self` is alive.
+    let page: UnsafeMutablePointer<kvm_run>
+    let mapSize: Int
+
+    init(fd: Int32, id: UInt32, mapSize: Int, vm: VMHandle) throws(KVMError) {
+        guard mapSize >= MemoryLayout<kvm_run>.size else {
+            throw .malformedRunPage("map size \(mapSize) is smaller than struct kvm_run")
+        }
+        let mapping = mmap(nil, mapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let mapping, mapping != MAP_FAILED else { throw .mapRunPage(errno: errno) }
+        // SAFETY: the kernel maps a struct kvm_run at offset 0 of the vCPU fd, and the
+        // mapping is at least that large (checked above).
+        self.page = mapping.bindMemory(to: kvm_run.self, capacity: 1)
+        self.fd = fd
+        self.id = id
+        self.mapSize = mapSize
+        self.vm = vm
+    }
+
+    deinit {
+        munmap(UnsafeMutableRawPointer(page), mapSize)
+        close(fd)
+    }
+
+    // MARK: Running
+
+    /// What one `KVM_RUN` call came back with.
+    public enum RunResult: Sendable {
+        /// The vCPU exited; read the exit from the run page.
+        case exit
+        /// The call was interrupted by a signal or an immediate-exit request before or
+        /// during guest execution (EINTR/EAGAIN); no exit is pending.
+        case interrupted
+    }
+
+    /// Enters the guest until the next exit (`KVM_RUN`).
+    @inline(__always)
+    public func run() throws(KVMError) -> RunResult {
+        if ckvm_ioctl_none(fd, CKVM_RUN) == 0 { return .exit }
+        let code = errno
+        if code == EINTR || code == EAGAIN { return .interrupted }
+        throw KVMError.ioctl(name: "KVM_RUN", errno: code)
+    }
+
+    /// Makes the next (or current, when combined with a signal) `KVM_RUN` return at once.
+    public func requestImmediateExit(_ flag: Bool) {
+        ckvm_run_set_immediate_exit(page, flag ? 1 : 0)
+    }
+
+    // MARK: The run page
+
+    /// `kvm_run.exit_reason` of the last exit.
+    @inline(__always) public var exitReason: UInt32 { ckvm_run_exit_reason(page) }
+    /// RFLAGS.IF as of the last exit.
+    @inline(__always) public var interruptFlag: Bool { ckvm_run_if_flag(page) != 0 }
+
+    @inline(__always) public var ioIsOut: Bool { UInt32(ckvm_run_io_direction(page)) == CKVM_EXIT_IO_OUT }
+    @inline(__always) public var ioSize: UInt8 { ckvm_run_io_size(page) }
+    @inline(__always) public var ioPort: UInt16 { ckvm_run_io_port(page) }
+    @inline(__always) public var ioCount: UInt32 { ckvm_run_io_count(page) }
+
+    /// Whether the data area of the current I/O exit lies inside the run page: size is
+    /// 1, 2 or 4 and `data_offset + size * count` fits. Checked before any element access.
+    public var ioDataIsValid: Bool {
+        let size = UInt64(ioSize)
+        guard size == 1 || size == 2 || size == 4 else { return false }
+        let offset = ckvm_run_io_data_offset(page)
+        let count = UInt64(ioCount)
+        let (bytes, overflow1) = size.multipliedReportingOverflow(by: count)
+        let (end, overflow2) = offset.addingReportingOverflow(bytes)
+        return !overflow1 && !overflow2 && end <= UInt64(mapSize) && count > 0
+    }
+
+    /// Element `index` of the current I/O exit's data, zero-extended.
+    /// Precondition (checked by the caller once per exit): `ioDataIsValid` and `index < ioCount`.
+    @inline(__always)
+    public func ioElement(_ index: Int) -> UInt32 {
+        let size = Int(ioSize)
+        let offset = Int(ckvm_run_io_data_offset(page)) + index * size
+        // SAFETY: ioDataIsValid proved offset + size <= mapSize for every index < count;
+        // the bytes are read unaligned-safe with loadUnaligned.
+        let base = UnsafeRawPointer(page).advanced(by: offset)
+        switch size {
+        case 1: return UInt32(base.load(as: UInt8.self))
+        case 2: return UInt32(UInt16(littleEndian: base.loadUnaligned(as: UInt16.self)))
+        default: return UInt32(littleEndian: base.loadUnaligned(as: UInt32.self))
+        }
+    }
+
+    /// Stores element `index` of the current IN exit's data; KVM copies it into the guest.
+    /// Precondition as for `ioElement`.
+    @inline(__always)
+    public func setIOElement(_ index: Int, _ value: UInt32) {
+        let size = Int(ioSize)
+        let offset = Int(ckvm_run_io_data_offset(page)) + index * size
+        // SAFETY: as in ioElement, the element lies within the mapped run page.
+        let base = UnsafeMutableRawPointer(page).advanced(by: offset)
+        switch size {
+        case 1: base.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
+        case 2: base.storeBytes(of: UInt16(truncatingIfNeeded: value).littleEndian, toByteOffset: 0, as: UInt16.self)
+        default: base.storeBytes(of: value.littleEndian, toByteOffset: 0, as: UInt32.self)
+        }
+    }
+
+    @inline(__always) public var mmioAddress: UInt64 { ckvm_run_mmio_phys_addr(page) }
+    @inline(__always) public var mmioLength: UInt32 { ckvm_run_mmio_len(page) }
+    @inline(__always) public var mmioIsWrite: Bool { ckvm_run_mmio_is_write(page) != 0 }
+    /// The data bytes of an MMIO write, little-endian; bytes past `mmioLength` are not meaningful.
+    @inline(__always) public var mmioData: UInt64 { ckvm_run_mmio_data(page) }
+    /// Sets the value an MMIO read returns to the guest (KVM uses the low `mmioLength` bytes).
+    @inline(__always) public func setMMIOData(_ value: UInt64) { ckvm_run_set_mmio_data(page, value) }
+
+    public var failEntryReason: UInt64 { ckvm_run_fail_entry_reason(page) }
+    public var failEntryCPU: UInt32 { ckvm_run_fail_entry_cpu(page) }
+    public var hardwareExitReason: UInt64 { ckvm_run_hw_exit_reason(page) }
+    public var internalSuberror: UInt32 { ckvm_run_internal_suberror(page) }
+    /// `internal.data[0..<ndata]`, with ndata capped at the array's size.
+    public var internalData: [UInt64] {
+        let count = min(ckvm_run_internal_ndata(page), ckvm_run_internal_capacity())
+        return (0..<count).map { ckvm_run_internal_data(page, $0) }
+    }
+    public var systemEventType: UInt32 { ckvm_run_system_event_type(page) }
+    public var exceptionVector: UInt32 { ckvm_run_ex_exception(page) }
+    public var exceptionErrorCode: UInt32 { ckvm_run_ex_error_code(page) }
+
+    // MARK: Registers and state
+
+    public func registers() throws(KVMError) -> Registers {
+        var k = kvm_regs()
+        try ioctlStruct(fd, CKVM_GET_REGS, "KVM_GET_REGS", &k)
+        return Registers(k)
+    }
+
+    public func setRegisters(_ registers: Registers) throws(KVMError) {
+        var k = registers.kernel
+        try ioctlStruct(fd, CKVM_SET_REGS, "KVM_SET_REGS", &k)
+    }
+
+    public func specialRegisters() throws(KVMError) -> SpecialRegisters {
+        var k = kvm_sregs()
+        try ioctlStruct(fd, CKVM_GET_SREGS, "KVM_GET_SREGS", &k)
+        return SpecialRegisters(k)
+    }
+
+    public func setSpecialRegisters(_ registers: SpecialRegisters) throws(KVMError) {
+        var k = kvm_sregs()
+        try ioctlStruct(fd, CKVM_GET_SREGS, "KVM_GET_SREGS", &k)
+        registers.apply(to: &k)
+        try ioctlStruct(fd, CKVM_SET_SREGS, "KVM_SET_SREGS", &k)
+    }
+
+    public func fpu() throws(KVMError) -> FPUState {
+        var k = kvm_fpu()
+        try ioctlStruct(fd, CKVM_GET_FPU, "KVM_GET_FPU", &k)
+        return FPUState(k)
+    }
+
+    public func setFPU(_ state: FPUState) throws(KVMError) {
+        var k = kvm_fpu()
+        state.apply(to: &k)
+        try ioctlStruct(fd, CKVM_SET_FPU, "KVM_SET_FPU", &k)
+    }
+
+    public func events() throws(KVMError) -> VCPUEvents {
+        var k = kvm_vcpu_events()
+        try ioctlStruct(fd, CKVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", &k)
+        return VCPUEvents(k)
+    }
+
+    public func setEvents(_ events: VCPUEvents) throws(KVMError) {
+        var k = kvm_vcpu_events()
+        try ioctlStruct(fd, CKVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", &k)
+        events.apply(to: &k)
+        try ioctlStruct(fd, CKVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", &k)
+    }
+
+    /// Debug registers DR0-DR3, DR6 and DR7.
+    public func debugRegisters() throws(KVMError) -> (db: [UInt64], dr6: UInt64, dr7: UInt64) {
+        var k = kvm_debugregs()
+        try ioctlStruct(fd, CKVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS", &k)
+        return ([k.db.0, k.db.1, k.db.2, k.db.3], k.dr6, k.dr7)
+    }
+
+    /// Sets what CPUID reports to this vCPU (`KVM_SET_CPUID2`).
+    public func setCPUID(_ entries: [CPUIDEntry]) throws(KVMError) {
+        try withCPUIDBuffer(capacity: entries.count) { (header) throws(KVMError) in
+            // SAFETY: withCPUIDBuffer allocated room for entries.count entries after the header.
+            let slots = UnsafeMutableRawPointer(header).advanced(by: MemoryLayout<kvm_cpuid2>.size)
+                .assumingMemoryBound(to: kvm_cpuid_entry2.self)
+            for (i, e) in entries.enumerated() {
+                var k = kvm_cpuid_entry2()
+                k.function = e.function; k.index = e.index; k.flags = e.flags
+                k.eax = e.eax; k.ebx = e.ebx; k.ecx = e.ecx; k.edx = e.edx
+                slots[i] = k
+            }
+            _ = try checkedIoctl("KVM_SET_CPUID2") { ckvm_ioctl_pointer(fd, CKVM_SET_CPUID2, header) }
+        }
+    }
+
+    /// Writes model-specific registers (`KVM_SET_MSRS`). Throws when the kernel accepts
+    /// fewer than all of them, naming the first it refused.
+    public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(KVMError) {
+        let bytes = MemoryLayout<kvm_msrs>.size + msrs.count * MemoryLayout<kvm_msr_entry>.stride
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+        defer { raw.deallocate() }
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        // SAFETY: the buffer holds the kvm_msrs header and msrs.count entries after it;
+        // nmsrs tells the kernel exactly that count.
+        let header = raw.bindMemory(to: kvm_msrs.self, capacity: 1)
+        header.pointee.nmsrs = UInt32(msrs.count)
+        let slots = raw.advanced(by: MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
+        for (i, msr) in msrs.enumerated() {
+            slots[i].index = msr.index
+            slots[i].data = msr.value
+        }
+        let written = try checkedIoctl("KVM_SET_MSRS") { ckvm_ioctl_pointer(fd, CKVM_SET_MSRS, header) }
+        if Int(written) < msrs.count {
+            let refused = msrs[Int(written)].index
+            throw KVMError.ioctl(name: "KVM_SET_MSRS (MSR 0x\(String(refused, radix: 16)) refused)", errno: EINVAL)
+        }
+    }
+}

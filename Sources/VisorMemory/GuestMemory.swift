@@ -1,0 +1,204 @@
+import Glibc
+
+/// An error from guest memory. Messages name the address range involved.
+public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
+    /// A region description is unusable (zero size, not page-aligned, overlapping, overflowing).
+    case invalidLayout(String)
+    /// The host refused to map the memory.
+    case cannotMap(size: UInt64, errno: Int32)
+    /// An access falls outside guest RAM or straddles the end of a region.
+    case outOfBounds(address: UInt64, count: UInt64)
+
+    public var description: String {
+        switch self {
+        case .invalidLayout(let why):
+            return "invalid guest memory layout: \(why)"
+        case .cannotMap(let size, let errno):
+            let reason = strerror(errno).map { String(cString: $0) } ?? "errno \(errno)"
+            return "cannot allocate \(size / 1024 / 1024) MiB of guest memory: \(reason)"
+        case .outOfBounds(let address, let count):
+            return "guest memory access of \(count) bytes at 0x\(String(address, radix: 16)) is outside guest RAM"
+        }
+    }
+}
+
+/// One contiguous range of guest-physical RAM.
+public struct GuestRegion: Sendable, Equatable {
+    /// First guest-physical address.
+    public let start: UInt64
+    /// Size in bytes, a multiple of the page size.
+    public let size: UInt64
+    /// One past the last address.
+    public var end: UInt64 { start + size }
+
+    public init(start: UInt64, size: UInt64) {
+        self.start = start
+        self.size = size
+    }
+}
+
+/// Guest RAM: one or more anonymous host mappings, each backing a guest-physical region.
+///
+/// Every access is bounds-checked against the regions and fails with
+/// `GuestMemoryError.outOfBounds` rather than touching host memory outside them. No raw
+/// pointer leaves this type; the one host address it hands out (`hostMappings`) is for
+/// registering the memory with the hypervisor.
+///
+/// The memory is shared with the guest, which may change it at any time, so reads are
+/// snapshots. Concurrent accesses from several threads are as safe as the guest's own
+/// concurrent accesses: they cannot go out of bounds, though racing writes may interleave.
+public final class GuestMemory: @unchecked Sendable {
+    public static let pageSize: UInt64 = 4096
+
+    struct Mapping {
+        let region: GuestRegion
+        /// The host mapping, `region.size` bytes long, valid until `deinit`.
+        let base: UnsafeMutableRawPointer
+    }
+
+    let mappings: [Mapping]
+
+    /// The regions, ordered by address.
+    public var regions: [GuestRegion] { mappings.map(\.region) }
+
+    /// Total RAM in bytes.
+    public var totalSize: UInt64 { mappings.reduce(0) { $0 + $1.region.size } }
+
+    /// Maps `regions` (any order; they must not overlap). On failure nothing stays mapped.
+    public init(regions: [GuestRegion]) throws(GuestMemoryError) {
+        let sorted = regions.sorted { $0.start < $1.start }
+        guard !sorted.isEmpty else { throw .invalidLayout("no memory regions") }
+        var previousEnd: UInt64 = 0
+        for (i, r) in sorted.enumerated() {
+            guard r.size > 0 else { throw .invalidLayout("a region has size zero") }
+            guard r.start % Self.pageSize == 0, r.size % Self.pageSize == 0 else {
+                throw .invalidLayout("region at 0x\(String(r.start, radix: 16)) of \(r.size) bytes is not page-aligned")
+            }
+            guard r.start <= UInt64.max - r.size else {
+                throw .invalidLayout("region at 0x\(String(r.start, radix: 16)) wraps around the address space")
+            }
+            if i > 0, r.start < previousEnd {
+                throw .invalidLayout("regions overlap at 0x\(String(r.start, radix: 16))")
+            }
+            previousEnd = r.end
+        }
+        var made: [Mapping] = []
+        for r in sorted {
+            guard r.size <= UInt64(Int.max),
+                  let base = mmap(nil, Int(r.size), PROT_READ | PROT_WRITE,
+                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+                  base != MAP_FAILED
+            else {
+                let code = errno
+                for m in made { munmap(m.base, Int(m.region.size)) }
+                throw .cannotMap(size: r.size, errno: code)
+            }
+            made.append(Mapping(region: r, base: base))
+        }
+        mappings = made
+    }
+
+    /// A single region at guest-physical 0.
+    public convenience init(size: UInt64) throws(GuestMemoryError) {
+        try self.init(regions: [GuestRegion(start: 0, size: size)])
+    }
+
+    deinit {
+        for m in mappings { munmap(m.base, Int(m.region.size)) }
+    }
+
+    /// Host mappings for the hypervisor's memory slots: each region with the host address
+    /// of its first byte. The addresses stay valid as long as this object lives.
+    public var hostMappings: [(region: GuestRegion, hostAddress: UInt)] {
+        mappings.map { ($0.region, UInt(bitPattern: $0.base)) }
+    }
+
+    /// Whether `[address, address + count)` lies inside one region.
+    public func contains(_ address: UInt64, count: UInt64) -> Bool {
+        locate(address, count) != nil
+    }
+
+    /// The mapping and offset holding `[address, address + count)`, or nil.
+    @inline(__always)
+    private func locate(_ address: UInt64, _ count: UInt64) -> (Mapping, Int)? {
+        for m in mappings where address >= m.region.start {
+            let offset = address - m.region.start
+            if offset < m.region.size, count <= m.region.size - offset {
+                return (m, Int(offset))
+            }
+        }
+        return nil
+    }
+
+    /// Runs `body` with the host bytes of `[address, address + count)`.
+    /// The buffer must not escape `body`: it is valid only while the mapping is, and only
+    /// for the checked range.
+    private func withBytes<R>(
+        at address: UInt64, count: Int, _ body: (UnsafeMutableRawBufferPointer) -> R
+    ) throws(GuestMemoryError) -> R {
+        guard count >= 0, let (m, offset) = locate(address, UInt64(count)) else {
+            throw .outOfBounds(address: address, count: UInt64(max(count, 0)))
+        }
+        // SAFETY: locate proved offset + count <= region.size, the length of the mapping.
+        return body(UnsafeMutableRawBufferPointer(start: m.base + offset, count: count))
+    }
+
+    // MARK: Bytes
+
+    /// Reads `count` bytes at `address`.
+    public func read(_ count: Int, at address: UInt64) throws(GuestMemoryError) -> [UInt8] {
+        try withBytes(at: address, count: count) { Array($0) }
+    }
+
+    /// Copies `count` bytes at `address` into `buffer` starting at its index 0, without allocating
+    /// when the buffer is already large enough.
+    public func read(into buffer: inout [UInt8], count: Int, at address: UInt64) throws(GuestMemoryError) {
+        if buffer.count < count { buffer.append(contentsOf: repeatElement(0, count: count - buffer.count)) }
+        try withBytes(at: address, count: count) { source in
+            buffer.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(source)) }
+        }
+    }
+
+    /// Writes `bytes` at `address`.
+    public func write(_ bytes: some Collection<UInt8>, at address: UInt64) throws(GuestMemoryError) {
+        try withBytes(at: address, count: bytes.count) { destination in
+            _ = destination.initializeMemory(as: UInt8.self, from: bytes)
+        }
+    }
+
+    /// Sets `count` bytes at `address` to `value`.
+    public func fill(_ value: UInt8, count: UInt64, at address: UInt64) throws(GuestMemoryError) {
+        guard count <= UInt64(Int.max) else { throw .outOfBounds(address: address, count: count) }
+        _ = try withBytes(at: address, count: Int(count)) { destination in
+            destination.initializeMemory(as: UInt8.self, repeating: value).count
+        }
+    }
+
+    // MARK: Little-endian integers
+
+    public func readUInt8(at address: UInt64) throws(GuestMemoryError) -> UInt8 {
+        try withBytes(at: address, count: 1) { $0.load(as: UInt8.self) }
+    }
+    public func readUInt16(at address: UInt64) throws(GuestMemoryError) -> UInt16 {
+        try withBytes(at: address, count: 2) { UInt16(littleEndian: $0.loadUnaligned(as: UInt16.self)) }
+    }
+    public func readUInt32(at address: UInt64) throws(GuestMemoryError) -> UInt32 {
+        try withBytes(at: address, count: 4) { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+    }
+    public func readUInt64(at address: UInt64) throws(GuestMemoryError) -> UInt64 {
+        try withBytes(at: address, count: 8) { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+    }
+
+    public func write(_ value: UInt8, at address: UInt64) throws(GuestMemoryError) {
+        try withBytes(at: address, count: 1) { $0.storeBytes(of: value, as: UInt8.self) }
+    }
+    public func write(_ value: UInt16, at address: UInt64) throws(GuestMemoryError) {
+        try withBytes(at: address, count: 2) { $0.storeBytes(of: value.littleEndian, as: UInt16.self) }
+    }
+    public func write(_ value: UInt32, at address: UInt64) throws(GuestMemoryError) {
+        try withBytes(at: address, count: 4) { $0.storeBytes(of: value.littleEndian, as: UInt32.self) }
+    }
+    public func write(_ value: UInt64, at address: UInt64) throws(GuestMemoryError) {
+        try withBytes(at: address, count: 8) { $0.storeBytes(of: value.littleEndian, as: UInt64.self) }
+    }
+}

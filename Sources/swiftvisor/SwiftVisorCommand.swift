@@ -1,0 +1,165 @@
+public import ArgumentParser
+import SwiftVisor
+import SwiftVisorGuests
+
+@main
+struct SwiftVisorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swiftvisor",
+        abstract: "A KVM virtual machine monitor with a programmable VM-exit layer.",
+        subcommands: [Run.self, Guests.self],
+        defaultSubcommand: Run.self)
+}
+
+/// Sizes like 64M, 1G, 512K, 4096 or 0x4000000 (K, M, G are powers of 1024).
+struct ByteSize: ExpressibleByArgument {
+    let bytes: UInt64
+
+    init?(argument: String) {
+        var text = argument.uppercased()
+        if text.hasSuffix("IB") { text.removeLast(2) } else if text.hasSuffix("B") { text.removeLast() }
+        var shift: UInt64 = 0
+        switch text.last {
+        case "K": shift = 10
+        case "M": shift = 20
+        case "G": shift = 30
+        default: break
+        }
+        if shift > 0 { text.removeLast() }
+        guard let value = parseInteger(text), value <= UInt64.max >> shift else { return nil }
+        bytes = value << shift
+    }
+}
+
+/// A decimal or 0x-prefixed hexadecimal integer.
+struct Address: ExpressibleByArgument {
+    let value: UInt64
+    init?(argument: String) {
+        guard let v = parseInteger(argument) else { return nil }
+        value = v
+    }
+}
+
+func parseInteger(_ text: String) -> UInt64? {
+    let lower = text.lowercased()
+    if lower.hasPrefix("0x") { return UInt64(lower.dropFirst(2), radix: 16) }
+    return UInt64(lower)
+}
+
+extension UnclaimedAccessPolicy: ExpressibleByArgument {}
+
+extension SwiftVisorCommand {
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a guest: a 64-bit ELF, a raw real-mode binary, or the built-in greeting guest.",
+            discussion: """
+                With no GUEST, runs the built-in 'hello' guest. Exit status: the guest's \
+                debug-exit status (port 0x501), 0 when it halts, 120 when an unclaimed access \
+                stopped it, 121 triple fault, 122 KVM internal error, 123 failed VM entry, \
+                124 unhandled exit, 125 KVM_RUN failure, 1 for a bad file, flag or host.
+                """)
+
+        @Argument(help: "Guest image: a 64-bit ELF file, or a raw binary with --load-address.")
+        var guest: String?
+
+        @Option(help: "Run a built-in guest by name instead of a file (see 'swiftvisor guests').")
+        var builtin: String?
+
+        @Option(help: "Guest RAM, e.g. 64M or 1G (a multiple of 4 KiB).")
+        var memory: ByteSize = ByteSize(argument: "64M")!
+
+        @Option(help: "Treat GUEST as a raw binary, load it at this 16-byte-aligned address below 1 MiB, and start it in 16-bit real mode.")
+        var loadAddress: Address?
+
+        @Option(help: "Command line passed to ELF guests in the boot-info block.")
+        var cmdline: String = ""
+
+        @Option(help: "Unclaimed port accesses: block (reads all ones, writes dropped), log, or stop.")
+        var unclaimedPorts: UnclaimedAccessPolicy = .block
+
+        @Option(help: "Unclaimed MMIO accesses: block, log, or stop.")
+        var unclaimedMMIO: UnclaimedAccessPolicy = .block
+
+        @Flag(help: "Print exit counts by kind and by port to standard error when the VM ends.")
+        var stats = false
+
+        @Flag(help: "Print one line per exit to standard error.")
+        var trace = false
+
+        func validate() throws {
+            if guest != nil, builtin != nil {
+                throw ValidationError("give either a GUEST file or --builtin, not both")
+            }
+            if let builtin, GuestImages.named(builtin) == nil {
+                throw ValidationError("no built-in guest named '\(builtin)'; see 'swiftvisor guests'")
+            }
+            if loadAddress != nil, guest == nil {
+                throw ValidationError("--load-address needs a GUEST file")
+            }
+        }
+
+        func run() throws {
+            let image: MachineConfiguration.Guest
+            do {
+                if let guest {
+                    let bytes = try HostIO.readFile(guest, limit: Int(clamping: memory.bytes))
+                    if let loadAddress {
+                        image = .flat(bytes, loadAddress: loadAddress.value)
+                    } else {
+                        image = .elf(bytes)
+                    }
+                } else {
+                    let name = builtin ?? GuestImages.defaultName
+                    let bytes = GuestImages.named(name)!
+                    image = GuestImages.format(of: bytes) == .elf64 ? .elf(bytes) : .flat(bytes, loadAddress: 0x7C00)
+                }
+            } catch {
+                fail(error.description)
+            }
+            var config = MachineConfiguration(guest: image)
+            config.memorySize = memory.bytes
+            config.commandLine = cmdline
+            config.unclaimedPorts = unclaimedPorts
+            config.unclaimedMMIO = unclaimedMMIO
+            config.collectStatistics = stats
+            if trace { config.trace = { HostIO.printError($0) } }
+
+            let report: RunReport
+            do {
+                let machine = try Machine(config)
+                report = try machine.run()
+            } catch {
+                fail(error.description)
+            }
+            if let diagnostic = report.diagnostic { HostIO.printError(diagnostic) }
+            if case .stopped(let reason) = report.outcome, reason != .halted, reason != .guestExit(status: 0) {
+                HostIO.printError("swiftvisor: \(reason)")
+            }
+            if let statistics = report.statistics {
+                HostIO.printError(statistics.render(portNames: { port in
+                    switch port {
+                    case 0x3F8...0x3FF: "com1"
+                    case 0x501: "debug-exit"
+                    default: nil
+                    }
+                }))
+            }
+            if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
+        }
+    }
+
+    struct Guests: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the built-in guests.")
+        func run() {
+            for name in GuestImages.names {
+                print("\(name)\t\(GuestImages.summary(of: name) ?? "")")
+            }
+        }
+    }
+}
+
+/// Prints a one-line error and exits with status 1.
+func fail(_ message: String) -> Never {
+    HostIO.printError("swiftvisor: error: \(message)")
+    SwiftVisorCommand.exit(withError: ExitCode(1))
+}
