@@ -220,13 +220,10 @@ public final class Machine: Sendable {
     /// A machine runs once; a second call throws.
     public func run() throws(MachineError) -> RunReport {
         guard !started.exchange(true, ordering: .acquiringAndReleasing) else { throw .alreadyRan }
-        let result = Mutex<RunReport?>(nil)
-        let rc = VCPUThread.runAndJoin { [self] in
-            let report = runLoop()
-            result.withLock { $0 = report }
-        }
-        guard rc == 0 else { throw .cannotStartThread(errno: rc) }
-        return result.withLock { $0! }
+        let box = ReportBox()
+        let rc = VCPUThread.runAndJoin { [self] in box.report = runLoop() }
+        guard rc == 0, let report = box.report else { throw .cannotStartThread(errno: rc) }
+        return report
     }
 
     /// `run()` for async callers: the vCPU thread runs while the caller's task is suspended.
@@ -278,6 +275,12 @@ public final class Machine: Sendable {
         }
         return RunReport(outcome: outcome, diagnostic: diagnostic, statistics: statistics)
     }
+}
+
+/// Carries the report from the vCPU thread to the thread that joins it. pthread_join
+/// orders the write before the read, so no lock is needed.
+private final class ReportBox: @unchecked Sendable {
+    var report: RunReport?
 }
 
 func pad6(_ value: UInt64) -> String {

@@ -45,8 +45,8 @@ public struct ExitStatistics: Sendable {
     public private(set) var byKind: [UInt64]
     /// Exits (not elements) per port, indexed by port number.
     public private(set) var byPort: [UInt64]
-    /// Exits per MMIO page address (4 KiB granularity), kept small: only pages that saw exits.
-    public private(set) var byMMIOPage: [UInt64: UInt64] = [:]
+    /// Exits per MMIO page (4 KiB granularity), for up to `PageCounter.capacity` pages.
+    public private(set) var mmioPages = PageCounter()
 
     public init() {
         byKind = Array(repeating: 0, count: ExitKind.allCases.count)
@@ -58,7 +58,7 @@ public struct ExitStatistics: Sendable {
         byKind[ExitKind(exit).rawValue] &+= 1
         switch exit {
         case .io(let access): byPort[Int(access.port)] &+= 1
-        case .mmio(let access): byMMIOPage[access.address & ~0xFFF, default: 0] &+= 1
+        case .mmio(let access): mmioPages.record(access.address & ~0xFFF)
         default: break
         }
     }
@@ -71,7 +71,8 @@ public struct ExitStatistics: Sendable {
     public mutating func merge(_ other: ExitStatistics) {
         for i in byKind.indices { byKind[i] &+= other.byKind[i] }
         for i in byPort.indices where other.byPort[i] != 0 { byPort[i] &+= other.byPort[i] }
-        for (page, n) in other.byMMIOPage { byMMIOPage[page, default: 0] &+= n }
+        for (page, n) in other.mmioPages.counts { mmioPages.record(page, n) }
+        mmioPages.overflow &+= other.mmioPages.overflow
     }
 
     /// A plain-text table: exits by kind, then by port and MMIO page, busiest first.
@@ -88,13 +89,60 @@ public struct ExitStatistics: Sendable {
                 lines.append("  \(pad("0x" + hex(port) + name, 24)) \(byPort[port])")
             }
         }
-        if !byMMIOPage.isEmpty {
+        let pages = mmioPages.counts
+        if !pages.isEmpty {
             lines.append("mmio exits by page:")
-            for (page, n) in byMMIOPage.sorted(by: { $0.value > $1.value }) {
+            for (page, n) in pages.sorted(by: { $0.count > $1.count }) {
                 lines.append("  \(pad("0x" + hex(page), 24)) \(n)")
             }
+            if mmioPages.overflow > 0 { lines.append("  \(pad("other pages", 24)) \(mmioPages.overflow)") }
         }
         return lines.joined(separator: "\n")
+    }
+}
+
+/// Counts per page address in a fixed open-addressing table, so that counting never
+/// allocates. Pages beyond the table's capacity are counted together in `overflow`.
+public struct PageCounter: Sendable {
+    public static let capacity = 256
+    /// Page address + 1 (0 marks a free slot), and the count of each slot.
+    private var keys: [UInt64]
+    private var values: [UInt64]
+    /// Exits to pages that found no free slot.
+    public internal(set) var overflow: UInt64 = 0
+
+    public init() {
+        keys = Array(repeating: 0, count: Self.capacity)
+        values = Array(repeating: 0, count: Self.capacity)
+    }
+
+    @inline(__always)
+    public mutating func record(_ page: UInt64, _ n: UInt64 = 1) {
+        let key = page &+ 1
+        var slot = Int(truncatingIfNeeded: (page >> 12) &* 0x9E37_79B9_7F4A_7C15 >> 56) % Self.capacity
+        for _ in 0..<Self.capacity {
+            if keys[slot] == key {
+                values[slot] &+= n
+                return
+            }
+            if keys[slot] == 0 {
+                keys[slot] = key
+                values[slot] = n
+                return
+            }
+            slot = (slot + 1) % Self.capacity
+        }
+        overflow &+= n
+    }
+
+    /// The pages seen, with their counts.
+    public var counts: [(page: UInt64, count: UInt64)] {
+        keys.indices.filter { keys[$0] != 0 }.map { (keys[$0] - 1, values[$0]) }
+    }
+
+    /// The count for one page.
+    public func count(_ page: UInt64) -> UInt64 {
+        counts.first { $0.page == page }?.count ?? 0
     }
 }
 

@@ -56,7 +56,7 @@ public final class KVMSystem: Sendable {
             let version = try checkedIoctl("KVM_GET_API_VERSION") {
                 ckvm_ioctl_none(fd, CKVM_GET_API_VERSION)
             }
-            guard version == Self.requiredAPIVersion else { throw KVMError.unsupportedAPIVersion(version) }
+            try Self.checkAPIVersion(version)
             for capability in [KVMCapability.userMemory, .setTSSAddress, .immediateExit, .extendedCPUID, .vcpuEvents] {
                 let present = try checkedIoctl("KVM_CHECK_EXTENSION") {
                     ckvm_ioctl_value(fd, CKVM_CHECK_EXTENSION, UInt(capability.rawValue))
@@ -74,6 +74,11 @@ public final class KVMSystem: Sendable {
     }
 
     deinit { close(fd) }
+
+    /// Accepts only API version 12, the one every kernel since 2.6.22 reports.
+    public static func checkAPIVersion(_ version: Int32) throws(KVMError) {
+        guard version == requiredAPIVersion else { throw .unsupportedAPIVersion(version) }
+    }
 
     /// The result of `KVM_CHECK_EXTENSION` for `capability`: 0 when absent, otherwise
     /// positive (some capabilities report a number, such as a limit).

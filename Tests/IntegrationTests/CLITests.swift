@@ -1,0 +1,177 @@
+import Foundation
+import SwiftVisorGuests
+import Testing
+
+extension KVMIntegration {
+    /// The `swiftvisor` executable, as a user runs it. (Foundation is used here for Process
+    /// only; the VMM itself does not link it.)
+    @Suite("Command line")
+    struct CLITests {
+        /// The swiftvisor binary next to this test bundle in the build folder.
+        static let binary: URL = {
+            let me = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+                         ?? CommandLine.arguments[0])
+            var dir = me.deletingLastPathComponent()
+            while !dir.path.isEmpty, dir.path != "/" {
+                let candidate = dir.appendingPathComponent("swiftvisor")
+                if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+                dir = dir.deletingLastPathComponent()
+            }
+            return me.deletingLastPathComponent().appendingPathComponent("swiftvisor")
+        }()
+
+        struct Result {
+            var status: Int32
+            var stdout: String
+            var stderr: String
+        }
+
+        func run(_ arguments: [String], executable: String? = nil, asUser: String? = nil) throws -> Result {
+            let process = Process()
+            if let asUser {
+                process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+                process.arguments = ["--reuid=\(asUser)", "--regid=\(asUser)", "--clear-groups",
+                                     executable ?? Self.binary.path] + arguments
+            } else {
+                process.executableURL = Self.binary
+                process.arguments = arguments
+            }
+            let out = Pipe(), err = Pipe()
+            process.standardOutput = out
+            process.standardError = err
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            let stdout = out.fileHandleForReading.readDataToEndOfFile()
+            let stderr = err.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return Result(status: process.terminationStatus,
+                          stdout: String(decoding: stdout, as: UTF8.self),
+                          stderr: String(decoding: stderr, as: UTF8.self))
+        }
+
+        func temporaryFile(_ bytes: [UInt8]) throws -> String {
+            let path = NSTemporaryDirectory() + "swiftvisor-test-\(UUID().uuidString)"
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+
+        /// A user error: exactly one line on stderr, naming the problem, and status 1.
+        func expectOneLineError(_ result: Result, mentioning text: String,
+                                sourceLocation: SourceLocation = #_sourceLocation) {
+            #expect(result.status == 1, sourceLocation: sourceLocation)
+            #expect(result.stdout.isEmpty, sourceLocation: sourceLocation)
+            let lines = result.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "stderr: \(result.stderr)", sourceLocation: sourceLocation)
+            #expect(result.stderr.hasPrefix("swiftvisor: error: "), sourceLocation: sourceLocation)
+            #expect(result.stderr.contains(text), "stderr: \(result.stderr)", sourceLocation: sourceLocation)
+        }
+
+        @Test("with no arguments it runs the built-in guest, which greets")
+        func defaultGuest() throws {
+            let result = try run([])
+            #expect(result.status == 0)
+            #expect(result.stdout == "Hello from a SwiftVisor guest!\nRAM: 64 MiB, vCPUs: 1\n")
+            #expect(result.stderr.isEmpty)
+        }
+
+        @Test("--memory reaches the guest")
+        func memoryFlag() throws {
+            let result = try run(["run", "--memory", "1G"])
+            #expect(result.stdout.contains("RAM: 1024 MiB"))
+        }
+
+        @Test("a guest's debug-exit status becomes the process status; --stats counts exits by port")
+        func exitStatusAndStats() throws {
+            let result = try run(["--builtin", "exit_status", "--cmdline", "42", "--stats"])
+            #expect(result.status == 42)
+            #expect(result.stderr.contains("io-out"))
+            #expect(result.stderr.contains("0x501 (debug-exit)"))
+        }
+
+        @Test("an ELF file given on the command line runs, and a raw binary runs with --load-address")
+        func guestFiles() throws {
+            let elf = try temporaryFile(try #require(builtinImage("exit_status")))
+            defer { unlink(elf) }
+            #expect(try run([elf, "--cmdline", "3"]).status == 3)
+            let flat = try temporaryFile(try #require(builtinImage("real_mode")))
+            defer { unlink(flat) }
+            let result = try run([flat, "--load-address", "0x8000"])
+            #expect(result.status == 42)
+            #expect(result.stdout == "Hello from real mode\n")
+        }
+
+        @Test("a triple fault prints a state dump and exits 121")
+        func tripleFault() throws {
+            let result = try run(["--builtin", "triple_fault"])
+            #expect(result.status == 121)
+            #expect(result.stderr.contains("fatal: triple fault"))
+            #expect(result.stderr.contains("RIP="))
+        }
+
+        @Test("--trace prints one line per exit")
+        func traceFlag() throws {
+            let result = try run(["--builtin", "exit_status", "--cmdline", "0", "--trace"])
+            #expect(result.status == 0)
+            #expect(result.stderr.split(separator: "\n").count == 1)
+            #expect(result.stderr.contains("io-out port=0x501"))
+        }
+
+        @Test("a missing guest file is a one-line error")
+        func missingFile() throws {
+            expectOneLineError(try run(["/nonexistent/guest.elf"]), mentioning: "No such file")
+        }
+
+        @Test("a file that is not ELF is a one-line error")
+        func notELF() throws {
+            let path = try temporaryFile(Array("#!/bin/sh\necho hi\n".utf8))
+            defer { unlink(path) }
+            expectOneLineError(try run([path]), mentioning: "not an ELF file")
+        }
+
+        @Test("an ELF for another machine is a one-line error")
+        func wrongMachine() throws {
+            var image = try #require(builtinImage("hello"))
+            image[18] = 40  // EM_ARM
+            let path = try temporaryFile(image)
+            defer { unlink(path) }
+            expectOneLineError(try run([path]), mentioning: "not x86-64")
+        }
+
+        @Test("bad memory sizes are one-line errors", arguments: [
+            ("0", "larger than zero"), ("1000", "multiple of 4 KiB"), ("1000G", "host"), ("lots", "memory"),
+        ])
+        func badMemory(size: String, message: String) throws {
+            let result = try run(["--memory", size])
+            if size == "lots" {
+                // Rejected by the argument parser: a usage error, not a crash.
+                #expect(result.status == 64)
+                #expect(result.stderr.contains("memory"))
+            } else {
+                expectOneLineError(result, mentioning: message)
+            }
+        }
+
+        @Test("a guest too large for RAM is a one-line error")
+        func tooLittleMemory() throws {
+            expectOneLineError(try run(["--memory", "1M"]), mentioning: "outside guest RAM")
+        }
+
+        @Test("a user without access to /dev/kvm gets a one-line error with a hint")
+        func kvmNotPermitted() throws {
+            try #require(getuid() == 0, "only root can run the tool as another user here")
+            // Copy the binary where the unprivileged user can execute it.
+            let dir = NSTemporaryDirectory() + "swiftvisor-nobody-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false,
+                                                    attributes: [.posixPermissions: 0o755])
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let copy = dir + "/swiftvisor"
+            try FileManager.default.copyItem(atPath: Self.binary.path, toPath: copy)
+            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: copy)
+            let result = try run([], executable: copy, asUser: "65534")
+            expectOneLineError(result, mentioning: "cannot open /dev/kvm: Permission denied")
+            #expect(result.stderr.contains("group"))
+        }
+
+        func builtinImage(_ name: String) -> [UInt8]? { GuestImages.named(name) }
+    }
+}

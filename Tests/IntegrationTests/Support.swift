@@ -1,0 +1,112 @@
+import CAllocCounter
+import Glibc
+import Synchronization
+import SwiftVisor
+import SwiftVisorGuests
+import Testing
+
+/// Whether the KVM integration tests run. They skip, visibly, only where /dev/kvm is
+/// missing; with SWIFTVISOR_REQUIRE_KVM=1 (as CI sets) they run anyway and fail loudly.
+enum KVM {
+    static let available = access("/dev/kvm", R_OK | W_OK) == 0
+    static let required = getenv("SWIFTVISOR_REQUIRE_KVM").map { String(cString: $0) == "1" } ?? false
+    static let enabled = available || required
+    static let skipMessage: Comment = "/dev/kvm is missing or not accessible: KVM integration tests skipped"
+}
+
+/// All suites that use /dev/kvm, run one test at a time: the host has two cores, each
+/// guest is a thread, and the leak checks count this process's file descriptors.
+@Suite("KVM integration", .serialized, .enabled(if: KVM.enabled, KVM.skipMessage))
+enum KVMIntegration {}
+
+/// Collects what a guest writes to COM1.
+final class ConsoleCapture: Sendable {
+    private let bytes = Mutex<[UInt8]>([])
+    var text: String { bytes.withLock { String(decoding: $0, as: UTF8.self) } }
+    var sink: @Sendable (UInt8) -> Void { { [self] byte in bytes.withLock { $0.append(byte) } } }
+}
+
+/// Collects log lines.
+final class LogCapture: Sendable {
+    private let lines = Mutex<[String]>([])
+    var all: [String] { lines.withLock { $0 } }
+    var sink: @Sendable (String) -> Void { { [self] line in lines.withLock { $0.append(line) } } }
+}
+
+/// Runs a built-in guest and returns its report and console output.
+func runGuest(
+    _ image: [UInt8], commandLine: String = "", memory: UInt64 = 64 << 20,
+    configure: (inout MachineConfiguration) -> Void = { _ in }
+) throws -> (report: RunReport, console: String) {
+    let console = ConsoleCapture()
+    let guest: MachineConfiguration.Guest =
+        GuestImages.format(of: image) == .elf64 ? .elf(image) : .flat(image, loadAddress: 0x7C00)
+    var config = MachineConfiguration(guest: guest)
+    config.memorySize = memory
+    config.commandLine = commandLine
+    config.consoleOutput = console.sink
+    configure(&config)
+    let machine = try Machine(config)
+    let report = try machine.run()
+    return (report, console.text)
+}
+
+/// A port device that counts writes and records the vCPU thread's allocation counter at
+/// the `sampleStart`-th and the last write, without allocating itself.
+final class CountingPortDevice: PortDevice {
+    let writes = Atomic<Int>(0)
+    let lastValue = Atomic<UInt32>(0)
+    let lastWidth = Atomic<UInt8>(0)
+    let allocationsAtStart = Atomic<UInt64>(0)
+    let allocationsAtEnd = Atomic<UInt64>(0)
+    let sampleStart: Int
+    let readValue: UInt32
+
+    init(sampleStart: Int = 100, readValue: UInt32 = 0) {
+        self.sampleStart = sampleStart
+        self.readValue = readValue
+    }
+
+    func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 { readValue }
+
+    func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
+        let n = writes.add(1, ordering: .relaxed).newValue
+        lastValue.store(value, ordering: .relaxed)
+        lastWidth.store(width, ordering: .relaxed)
+        let allocations = calloc_counter_thread_allocations()
+        if n == sampleStart { allocationsAtStart.store(allocations, ordering: .relaxed) }
+        allocationsAtEnd.store(allocations, ordering: .relaxed)
+        return .continue
+    }
+}
+
+/// An MMIO device that counts writes the same way.
+final class CountingMMIODevice: MMIODevice {
+    let writes = Atomic<Int>(0)
+    let lastOffset = Atomic<UInt64>(0)
+    let lastWidth = Atomic<UInt8>(0)
+    let allocationsAtStart = Atomic<UInt64>(0)
+    let allocationsAtEnd = Atomic<UInt64>(0)
+    let sampleStart = 100
+
+    func mmioRead(address: UInt64, offset: UInt64, width: UInt8) -> UInt64 { 0 }
+
+    func mmioWrite(address: UInt64, offset: UInt64, width: UInt8, value: UInt64) -> DeviceAction {
+        let n = writes.add(1, ordering: .relaxed).newValue
+        lastOffset.store(offset, ordering: .relaxed)
+        lastWidth.store(width, ordering: .relaxed)
+        let allocations = calloc_counter_thread_allocations()
+        if n == sampleStart { allocationsAtStart.store(allocations, ordering: .relaxed) }
+        allocationsAtEnd.store(allocations, ordering: .relaxed)
+        return .continue
+    }
+}
+
+/// Open file descriptors of this process.
+func openFileDescriptorCount() -> Int {
+    guard let dir = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(dir) }
+    var count = 0
+    while readdir(dir) != nil { count += 1 }
+    return count
+}
