@@ -48,17 +48,17 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
-        .target(name: "CAllocCounter"),
+        .target(name: "CBenchSupport"),
         .executableTarget(
             name: "swiftvisor-bench",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CAllocCounter"],
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport"],
             swiftSettings: strict),
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore"]),
         .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
         .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CAllocCounter"]),
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

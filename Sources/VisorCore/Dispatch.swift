@@ -142,7 +142,7 @@ public struct ExitDispatcher: Sendable {
     @inline(__always)
     func handlePort(_ access: PortAccess, data: some ExitDataChannel) -> ExitOutcome {
         let count = Int(access.count)
-        guard let entry = ports.entry(for: access.port) else {
+        guard let route = ports.route(for: access.port) else {
             switch unclaimedPorts {
             case .block: break
             case .log:
@@ -153,11 +153,11 @@ public struct ExitDispatcher: Sendable {
             if !access.isWrite { fillAllOnes(count, access.width, data) }
             return .handled
         }
-        guard let device = entry.device else {
+        guard let device = route.device else {
             if !access.isWrite { fillAllOnes(count, access.width, data) }
             return .handled
         }
-        let offset = access.port &- entry.range.base
+        let offset = access.port &- route.base
         if access.isWrite {
             for i in 0..<count {
                 let action = device.portWrite(port: access.port, offset: offset, width: access.width,

@@ -61,14 +61,24 @@ public struct PortBus: Sendable {
         public let device: (any PortDevice)?
     }
 
-    /// owner[port] is an index into `entries`, or 0 for no owner.
+    /// What the exit path needs of a registration: the device (nil when blocked) and the
+    /// base port, without the name, so that a lookup copies one reference.
+    public struct Route: Sendable {
+        public let device: (any PortDevice)?
+        public let base: UInt16
+    }
+
+    /// owner[port] is an index into `entries` and `routes`, or 0 for no owner.
     private var owner: [UInt16]
     /// entries[0] is unused so that 0 can mean "unclaimed".
     private var entries: [Entry?]
+    /// routes[i] mirrors entries[i].
+    private var routes: [Route?]
 
     public init() {
         owner = Array(repeating: 0, count: 0x10000)
         entries = [nil]
+        routes = [nil]
     }
 
     /// Registers `device` for `range`. Fails, naming both, if any port is already taken.
@@ -89,6 +99,7 @@ public struct PortBus: Sendable {
         }
         for port in Int(entry.range.base)...Int(entry.range.last) { owner[port] = 0 }
         entries[index] = nil
+        routes[index] = nil
     }
 
     private mutating func add(_ entry: Entry) throws(BusError) {
@@ -102,19 +113,27 @@ public struct PortBus: Sendable {
         if let free = entries.indices.dropFirst().first(where: { entries[$0] == nil }) {
             index = free
             entries[index] = entry
+            routes[index] = Route(device: entry.device, base: entry.range.base)
         } else {
             guard entries.count <= Int(UInt16.max) else { throw .invalidRange("too many registrations") }
             index = entries.count
             entries.append(entry)
+            routes.append(Route(device: entry.device, base: entry.range.base))
         }
         for port in Int(entry.range.base)...Int(entry.range.last) { owner[port] = UInt16(index) }
     }
 
     /// The registration that owns `port`, if any.
-    @inline(__always)
     public func entry(for port: UInt16) -> Entry? {
         let index = Int(owner[Int(port)])
         return index == 0 ? nil : entries[index]
+    }
+
+    /// The route for `port`: one table load and one array load.
+    @inline(__always)
+    public func route(for port: UInt16) -> Route? {
+        let index = Int(owner[Int(port)])
+        return index == 0 ? nil : routes[index]
     }
 
     /// Every registration, ordered by base port.

@@ -1,4 +1,4 @@
-import CAllocCounter
+import CBenchSupport
 import SwiftVisor
 import SwiftVisorGuests
 import Testing

@@ -1,4 +1,4 @@
-import CAllocCounter
+import CBenchSupport
 import Glibc
 import Synchronization
 import SwiftVisor

@@ -1,5 +1,8 @@
-#include "CAllocCounter.h"
+#define _GNU_SOURCE
+#include "CBenchSupport.h"
 #include <errno.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <stddef.h>
 
 extern void *__libc_malloc(size_t);
@@ -43,4 +46,18 @@ int posix_memalign(void **result, size_t alignment, size_t size) {
     if (pointer == NULL && size != 0) return ENOMEM;
     *result = pointer;
     return 0;
+}
+
+int bench_pin_to_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof set, &set) == 0 ? 0 : errno;
+}
+
+void bench_thread_cpu_time(uint64_t *user, uint64_t *system) {
+    struct rusage usage;
+    getrusage(RUSAGE_THREAD, &usage);
+    *user = (uint64_t)usage.ru_utime.tv_sec * 1000000000u + (uint64_t)usage.ru_utime.tv_usec * 1000u;
+    *system = (uint64_t)usage.ru_stime.tv_sec * 1000000000u + (uint64_t)usage.ru_stime.tv_usec * 1000u;
 }

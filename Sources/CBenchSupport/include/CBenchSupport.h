@@ -1,0 +1,23 @@
+// CBenchSupport: what benchmarks and allocation tests need from C.
+//
+// Heap allocation counting per thread:
+// Linking this target into an executable interposes malloc, calloc, realloc,
+// posix_memalign, aligned_alloc and memalign: each forwards to glibc's own implementation
+// (__libc_malloc and friends) and increments a thread-local counter. Only benchmark and
+// test executables link it; the VMM itself never does.
+#ifndef CBENCH_SUPPORT_H
+#define CBENCH_SUPPORT_H
+#include <stdint.h>
+
+/// Number of allocation calls made by the calling thread so far.
+uint64_t calloc_counter_thread_allocations(void);
+
+/// Pins the calling thread (and threads and processes it starts later) to one CPU.
+/// Returns 0 or an errno value. (sched_setaffinity needs _GNU_SOURCE, which Swift's Glibc
+/// module does not define.)
+int bench_pin_to_cpu(int cpu);
+
+/// User and system CPU time of the calling thread, in nanoseconds.
+void bench_thread_cpu_time(uint64_t *user, uint64_t *system);
+
+#endif

@@ -1,0 +1,314 @@
+// swiftvisor-bench: SwiftVisor's exit path, start-up and memory, measured side by side with
+// the C reference exit loop (../shared/bench/reference) in the same run.
+//
+// Usage: swiftvisor-bench [pio|mmio|startup|memory|all] [--exits N] [--rounds R]
+//                         [--reference PATH] [--cli PATH]
+//
+// Exit round trip: the pio_loop/mmio_loop guests drop to CPL3 (IOPL=3) and make N exits to a
+// registered device. Our figure is the time between the device's first and last access
+// divided by N-1: the steady-state round trip through KVM_RUN, decode, dispatch and the
+// device. The reference prints its own ns per exit. Rounds alternate between the two, and
+// the medians are compared. Heap allocations on the vCPU thread between those two points
+// are counted with an interposed malloc.
+import CBenchSupport
+import Glibc
+import Synchronization
+import SwiftVisor
+import SwiftVisorGuests
+
+// MARK: Options
+
+var mode = "all"
+var exits = 50_000
+var rounds = 5
+var referencePath = "../shared/bench/reference"
+var cliPath: String?
+var arguments = CommandLine.arguments.dropFirst()
+while let argument = arguments.popFirst() {
+    switch argument {
+    case "--exits": exits = Int(arguments.popFirst() ?? "") ?? exits
+    case "--rounds": rounds = Int(arguments.popFirst() ?? "") ?? rounds
+    case "--reference": referencePath = arguments.popFirst() ?? referencePath
+    case "--cli": cliPath = arguments.popFirst()
+    case "pio", "mmio", "startup", "memory", "dispatch", "all": mode = argument
+    default:
+        print("usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R] [--reference PATH] [--cli PATH]")
+        exit(2)
+    }
+}
+guard exits >= 2, rounds >= 1 else {
+    print("swiftvisor-bench: --exits must be at least 2 and --rounds at least 1")
+    exit(2)
+}
+guard access(referencePath, X_OK) == 0 else {
+    print("swiftvisor-bench: the C reference is not at \(referencePath); pass --reference PATH")
+    exit(2)
+}
+let cli = cliPath ?? siblingExecutable("swiftvisor")
+
+// Pin this process, its vCPU threads and the reference it spawns to one CPU, so that both
+// sides see the same core and neither pays for migrations the other does not.
+if bench_pin_to_cpu(1) != 0 {
+    print("note: could not pin to CPU 1; figures will be noisier")
+}
+
+// MARK: Helpers
+
+func now() -> UInt64 { HostIO.monotonicNanoseconds() }
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
+func format(_ value: Double, _ decimals: Int = 0) -> String {
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let rounded = (value * scale).rounded() / scale
+    if decimals == 0 { return String(Int(rounded)) }
+    let whole = Int(rounded)
+    var fraction = String(Int(((rounded - Double(whole)) * scale).rounded()))
+    while fraction.count < decimals { fraction = "0" + fraction }
+    return "\(whole).\(fraction)"
+}
+
+/// The path of an executable next to this one.
+func siblingExecutable(_ name: String) -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    guard n > 0 else { return name }
+    let me = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return String(me[..<(me.lastIndex(of: "/") ?? me.startIndex)]) + "/" + name
+}
+
+/// Runs a program, returning its standard output, exit status, wall time and peak RSS.
+func spawn(_ argv: [String]) -> (output: String, status: Int32, seconds: Double, maxRSSKiB: Int,
+                                 userSeconds: Double, systemSeconds: Double) {
+    var pipeFDs: [Int32] = [0, 0]
+    guard pipe(&pipeFDs) == 0 else { fatalError("pipe failed") }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+    posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
+    let cArgs = argv.map { strdup($0) } + [nil]
+    defer { cArgs.forEach { free($0) } }
+    var pid: pid_t = 0
+    let start = now()
+    let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
+    posix_spawn_file_actions_destroy(&actions)
+    close(pipeFDs[1])
+    guard rc == 0 else { fatalError("cannot run \(argv[0]): error \(rc)") }
+    var output: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = read(pipeFDs[0], &chunk, chunk.count)
+        if n <= 0 { break }
+        output += chunk[0..<n]
+    }
+    close(pipeFDs[0])
+    var status: Int32 = 0
+    var usage = rusage()
+    _ = wait4(pid, &status, 0, &usage)
+    let seconds = Double(now() - start) / 1e9
+    let exitStatus = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+    return (String(decoding: output, as: UTF8.self), exitStatus, seconds, Int(usage.ru_maxrss),
+            Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6,
+            Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6)
+}
+
+/// The value of `key=` in a line of key=value pairs.
+func field(_ key: String, _ line: String) -> Double? {
+    for pair in line.split(separator: " ") where pair.hasPrefix(key + "=") {
+        return Double(pair.dropFirst(key.count + 1))
+    }
+    return nil
+}
+
+// MARK: Devices that time the steady state
+
+/// Records the time and the vCPU thread's allocation count at the first and last access.
+final class TimingProbe: @unchecked Sendable {
+    // Written only by the vCPU thread; read after Machine.run() joined it.
+    var count = 0
+    var firstTime: UInt64 = 0, lastTime: UInt64 = 0
+    var firstAllocations: UInt64 = 0, lastAllocations: UInt64 = 0
+    var firstUser: UInt64 = 0, firstSystem: UInt64 = 0, lastUser: UInt64 = 0, lastSystem: UInt64 = 0
+    let expected: Int
+    init(expected: Int) { self.expected = expected }
+
+    /// Counts an exit; samples clocks and counters only at the first and the expected last
+    /// exit, so that the steady state between them carries no instrumentation.
+    @inline(__always) func hit() {
+        count += 1
+        if count == 1 {
+            bench_thread_cpu_time(&firstUser, &firstSystem)
+            firstAllocations = calloc_counter_thread_allocations()
+            firstTime = now()
+        } else if count == expected {
+            lastTime = now()
+            lastAllocations = calloc_counter_thread_allocations()
+            bench_thread_cpu_time(&lastUser, &lastSystem)
+        }
+    }
+}
+
+final class ProbePort: PortDevice {
+    let probe: TimingProbe
+    init(expected: Int) { probe = TimingProbe(expected: expected) }
+    func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 { 0 }
+    func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
+        probe.hit()
+        return .continue
+    }
+}
+
+final class ProbeMMIO: MMIODevice {
+    let probe: TimingProbe
+    init(expected: Int) { probe = TimingProbe(expected: expected) }
+    func mmioRead(address: UInt64, offset: UInt64, width: UInt8) -> UInt64 { 0 }
+    func mmioWrite(address: UInt64, offset: UInt64, width: UInt8, value: UInt64) -> DeviceAction {
+        probe.hit()
+        return .continue
+    }
+}
+
+struct Round {
+    var nsPerExit: Double
+    var allocationsPerExit: Double
+    /// User-space and kernel CPU time of the vCPU thread per exit.
+    var userNsPerExit: Double
+    var systemNsPerExit: Double
+}
+
+/// One in-process SwiftVisor run of the loop guest.
+@MainActor func swiftVisorRound(mmio: Bool, statistics: Bool) -> Round {
+    var config = MachineConfiguration(guest: .elf(mmio ? GuestImages.mmioLoop : GuestImages.pioLoop))
+    config.commandLine = String(exits)
+    config.collectStatistics = statistics
+    let probe: TimingProbe
+    if mmio {
+        let device = ProbeMMIO(expected: exits)
+        probe = device.probe
+        config.mmioDevices = [.init(name: "probe", range: try! MMIORange(start: 0xD000_0000, size: 0x1000), device: device)]
+    } else {
+        let device = ProbePort(expected: exits)
+        probe = device.probe
+        config.portDevices = [.init(name: "probe", range: try! PortRange(base: 0x510, count: 1), device: device)]
+    }
+    do {
+        let report = try Machine(config).run()
+        guard report.outcome == .stopped(.guestExit(status: 0)), probe.count == exits else {
+            fatalError("benchmark guest failed: \(report.outcome), \(probe.count) exits")
+        }
+    } catch {
+        fatalError("benchmark machine failed: \(error)")
+    }
+    let intervals = Double(exits - 1)
+    return Round(nsPerExit: Double(probe.lastTime - probe.firstTime) / intervals,
+                 allocationsPerExit: Double(probe.lastAllocations - probe.firstAllocations) / intervals,
+                 userNsPerExit: Double(probe.lastUser - probe.firstUser) / intervals,
+                 systemNsPerExit: Double(probe.lastSystem - probe.firstSystem) / intervals)
+}
+
+@MainActor func exitBenchmark(mmio: Bool) {
+    let name = mmio ? "mmio" : "pio"
+    var ours: [Round] = [], oursStats: [Round] = []
+    var reference: [Double] = [], referenceUser: [Double] = [], referenceSystem: [Double] = []
+    for _ in 0..<rounds {
+        ours.append(swiftVisorRound(mmio: mmio, statistics: false))
+        let ref = spawn([referencePath, name, String(exits)])
+        guard let ns = field("ns_per_exit", ref.output) else { fatalError("reference printed: \(ref.output)") }
+        reference.append(ns)
+        referenceUser.append(ref.userSeconds * 1e9 / Double(exits))
+        referenceSystem.append(ref.systemSeconds * 1e9 / Double(exits))
+        oursStats.append(swiftVisorRound(mmio: mmio, statistics: true))
+    }
+    let r = median(reference)
+    func line(_ label: String, _ rounds: [Round]) {
+        let o = median(rounds.map(\.nsPerExit))
+        let user = median(rounds.map(\.userNsPerExit))
+        let allocations = rounds.map(\.allocationsPerExit).max() ?? 0
+        print("\(label): exits=\(exits) rounds=\(rounds.count) reference_ns_per_exit=\(format(r)) swiftvisor_ns_per_exit=\(format(o)) ratio=\(format(o / r, 3)) reference_user_ns_per_exit=\(format(median(referenceUser))) swiftvisor_user_ns_per_exit=\(format(user)) reference_sys_ns_per_exit=\(format(median(referenceSystem))) swiftvisor_sys_ns_per_exit=\(format(median(rounds.map(\.systemNsPerExit)))) allocations_per_exit=\(format(allocations, 3))")
+    }
+    line(name, ours)
+    line(name + "+stats", oursStats)
+}
+
+@MainActor func startupBenchmark() {
+    var ours: [Double] = [], reference: [Double] = [], referenceFirstExit: [Double] = []
+    for _ in 0..<max(rounds, 5) * 4 {
+        let ref = spawn([referencePath, "startup"])
+        reference.append(ref.seconds * 1e6)
+        if let first = field("first_exit_us", ref.output) { referenceFirstExit.append(first) }
+        let run = spawn([cli, "--builtin", "exit_status", "--cmdline", "0"])
+        guard run.status == 0 else { fatalError("\(cli) exited with \(run.status)") }
+        ours.append(run.seconds * 1e6)
+    }
+    let r = median(reference), o = median(ours)
+    print("startup: process spawn to exit after the first guest exit, median of \(ours.count): reference_us=\(format(r)) swiftvisor_us=\(format(o)) ratio=\(format(o / r, 2)) (reference main-to-first-exit_us=\(format(median(referenceFirstExit))))")
+}
+
+@MainActor func memoryBenchmark() {
+    let ref = spawn([referencePath, "startup"])
+    let ours = spawn([cli, "--memory", "64M"])
+    guard ours.status == 0 else { fatalError("\(cli) exited with \(ours.status)") }
+    print("memory: peak RSS with a 64 MiB guest: reference_kib=\(ref.maxRSSKiB) swiftvisor_kib=\(ours.maxRSSKiB) (the reference maps 4 MiB of guest RAM; guest pages count only once touched)")
+}
+
+/// The exit core alone, without KVM: decode-free dispatch of a port write to a device
+/// through the bus, with a fake run page. This is the user-space work per exit that is ours.
+final class FakeChannel: ExitDataChannel {
+    var element: UInt32 = 0
+    func ioElement(_ index: Int) -> UInt32 { element }
+    func setIOElement(_ index: Int, _ value: UInt32) { element = value }
+    func setMMIOData(_ value: UInt64) {}
+}
+
+final class NullPort: PortDevice, @unchecked Sendable {  // used from one thread only
+    var writes = 0
+    func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 { 0 }
+    func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
+        writes &+= 1
+        return .continue
+    }
+}
+
+@MainActor func dispatchBenchmark() {
+    var bus = PortBus()
+    let device = NullPort()
+    try! bus.register(device, name: "null", range: PortRange(base: 0x510, count: 1))
+    let dispatcher = ExitDispatcher(ports: bus)
+    let channel = FakeChannel()
+    var statistics = ExitStatistics()
+    let n = 20_000_000
+    let exit = VMExit.io(PortAccess(isWrite: true, port: 0x510, width: 1))
+    let before = calloc_counter_thread_allocations()
+    let start = now()
+    for _ in 0..<n {
+        if case .handled = dispatcher.dispatch(exit, data: channel) {} else { fatalError("not handled") }
+    }
+    let plain = Double(now() - start) / Double(n)
+    let start2 = now()
+    for _ in 0..<n {
+        _ = dispatcher.dispatch(exit, data: channel)
+        statistics.record(exit)
+    }
+    let withStats = Double(now() - start2) / Double(n)
+    let allocations = calloc_counter_thread_allocations() - before
+    precondition(device.writes == 2 * n)
+    print("dispatch: port write through bus to a device, no KVM: ns_per_exit=\(format(plain, 1)) with_stats_ns_per_exit=\(format(withStats, 1)) allocations=\(allocations) (n=\(n))")
+}
+
+switch mode {
+case "dispatch": dispatchBenchmark()
+case "pio": exitBenchmark(mmio: false)
+case "mmio": exitBenchmark(mmio: true)
+case "startup": startupBenchmark()
+case "memory": memoryBenchmark()
+default:
+    dispatchBenchmark()
+    exitBenchmark(mmio: false)
+    exitBenchmark(mmio: true)
+    startupBenchmark()
+    memoryBenchmark()
+}
