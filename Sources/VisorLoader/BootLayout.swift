@@ -62,7 +62,11 @@ public enum BootLayout {
             throw .commandLineTooLong(length: cmdline.count, limit: commandLineLimit)
         }
         do {
-            try memory.fill(0, count: reservedEnd, at: 0)
+            // Fresh guest RAM is already zero; clear only the pages whose unused entries must
+            // read as zero even if the memory was used before (GDT, boot info, PML4, PDPT).
+            for page in [gdtAddress, bootInfoAddress, pml4Address, pdptAddress] {
+                try memory.fill(0, count: 0x1000, at: page)
+            }
             // GDT: null, 64-bit ring-0 code (0x08), ring-0 data (0x10).
             try memory.write(UInt64(0), at: gdtAddress)
             try memory.write(UInt64(0x00AF_9A00_0000_FFFF), at: gdtAddress + 8)
