@@ -105,7 +105,7 @@ public struct ExitStatistics: Sendable {
 /// allocates. Pages beyond the table's capacity are counted together in `overflow`.
 public struct PageCounter: Sendable {
     public static let capacity = 256
-    /// Page address + 1 (0 marks a free slot), and the count of each slot.
+    /// Page address with bit 0 set (0 marks a free slot), and the count of each slot.
     private var keys: [UInt64]
     private var values: [UInt64]
     /// Exits to pages that found no free slot.
@@ -116,10 +116,14 @@ public struct PageCounter: Sendable {
         values = Array(repeating: 0, count: Self.capacity)
     }
 
+    /// Adds `n` to the count of `page`, a 4 KiB-aligned address (bits 0-11 are ignored).
     @inline(__always)
     public mutating func record(_ page: UInt64, _ n: UInt64 = 1) {
-        let key = page &+ 1
-        var slot = Int(truncatingIfNeeded: (page >> 12) &* 0x9E37_79B9_7F4A_7C15 >> 56) % Self.capacity
+        let page = page & ~0xFFF
+        // Keys are stored as page | 1 (page addresses are 4 KiB-aligned, so bit 0 is free),
+        // which keeps 0 free to mark an empty slot.
+        let key = page | 1
+        var slot = Int(truncatingIfNeeded: ((page >> 12) &* 0x9E37_79B9_7F4A_7C15) >> 56) % Self.capacity
         for _ in 0..<Self.capacity {
             if keys[slot] == key {
                 values[slot] &+= n
@@ -137,12 +141,12 @@ public struct PageCounter: Sendable {
 
     /// The pages seen, with their counts.
     public var counts: [(page: UInt64, count: UInt64)] {
-        keys.indices.filter { keys[$0] != 0 }.map { (keys[$0] - 1, values[$0]) }
+        keys.indices.filter { keys[$0] != 0 }.map { (keys[$0] & ~1, values[$0]) }
     }
 
-    /// The count for one page.
-    public func count(_ page: UInt64) -> UInt64 {
-        counts.first { $0.page == page }?.count ?? 0
+    /// The count for the page holding `address`.
+    public func count(_ address: UInt64) -> UInt64 {
+        counts.first { $0.page == address & ~0xFFF }?.count ?? 0
     }
 }
 

@@ -24,7 +24,7 @@ public struct PortRange: Sendable, Equatable, CustomStringConvertible {
 
     /// Fails for an empty range or one that runs past port 0xFFFF.
     public init(base: UInt16, count: Int) throws(BusError) {
-        guard count >= 1, Int(base) + count <= 0x10000 else {
+        guard count >= 1, count <= 0x10000 - Int(base) else {
             throw .invalidRange("\(count) ports from 0x\(String(base, radix: 16)) do not fit 0x0-0xffff")
         }
         self.base = base

@@ -89,7 +89,8 @@ public final class GuestMemory: @unchecked Sendable {
                                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
                   base != MAP_FAILED
             else {
-                let code = errno
+                // A size beyond Int.max never reached mmap, so errno would be stale.
+                let code = r.size > UInt64(Int.max) ? ENOMEM : errno
                 for m in made { munmap(m.base, Int(m.region.size)) }
                 throw .cannotMap(size: r.size, errno: code)
             }
