@@ -27,12 +27,16 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
         .target(name: "CKVM"),
         .target(name: "VisorKVM", dependencies: ["CKVM"], swiftSettings: strict),
         .target(name: "VisorMemory", swiftSettings: strict),
-        .target(name: "VisorCore", dependencies: ["VisorKVM", "VisorMemory"], swiftSettings: strict),
+        .target(
+            name: "VisorCore",
+            dependencies: ["VisorKVM", "VisorMemory", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            swiftSettings: strict),
         .target(name: "VisorDevices", dependencies: ["VisorCore"], swiftSettings: strict),
         .target(name: "VisorLoader", dependencies: ["VisorMemory"], swiftSettings: strict),
         .target(

@@ -46,6 +46,20 @@ public enum HostIO {
         return bytes
     }
 
+    /// Creates or truncates `path` and writes `bytes` to it.
+    public static func writeFile(_ path: String, _ bytes: [UInt8]) throws(MachineError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .cannotWriteFile(path: path, reason: errnoText(errno)) }
+        defer { close(fd) }
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { throw .cannotWriteFile(path: path, reason: errnoText(errno)) }
+            done += n
+        }
+    }
+
     /// Physical RAM of the host in bytes.
     public static var physicalMemory: UInt64 {
         UInt64(max(0, sysconf(Int32(_SC_PHYS_PAGES)))) * UInt64(max(0, sysconf(Int32(_SC_PAGESIZE))))

@@ -56,6 +56,11 @@ public struct MachineConfiguration: Sendable {
     /// Receives warnings and `log`-policy messages. Default: standard error.
     public var log: @Sendable (String) -> Void = { HostIO.printError($0) }
     public var portDevices: [PortRegistration] = []
+    /// The hypercall port (see `HypercallTable`); nil turns hypercalls off, so the port is
+    /// an ordinary unclaimed port.
+    public var hypercallPort: UInt16? = HypercallTable.defaultPort
+    /// Hypercall handlers added to (or replacing) the built-in ones, by call number.
+    public var hypercallHandlers: [UInt64: HypercallHandler] = [:]
     public var mmioDevices: [MMIORegistration] = []
     /// The KVM device node.
     public var kvmPath = "/dev/kvm"
@@ -158,7 +163,7 @@ public final class Machine: Sendable {
 
         serial = SerialPort(output: configuration.consoleOutput)
         var ports = PortBus()
-        do {
+        do throws(BusError) {
             try ports.register(serial, name: "com1", range: PortRange(base: SerialPort.com1Base, count: SerialPort.portCount))
             try ports.register(DebugExitPort(), name: "debug-exit", range: PortRange(base: DebugExitPort.defaultPort, count: 1))
             for extra in configuration.portDevices {
@@ -168,8 +173,20 @@ public final class Machine: Sendable {
             for extra in configuration.mmioDevices {
                 try mmio.register(extra.device, name: extra.name, range: extra.range)
             }
+            var hypercalls: HypercallTable?
+            if let port = configuration.hypercallPort {
+                if let owner = ports.entry(for: port) {
+                    throw BusError.overlap(new: "'hypercalls' (port 0x\(String(port, radix: 16)))",
+                                           existing: "'\(owner.name)' (\(owner.range))",
+                                           at: "port 0x\(String(port, radix: 16))")
+                }
+                var table = HypercallTable.standard(memory: memory, console: configuration.consoleOutput, port: port)
+                for (number, handler) in configuration.hypercallHandlers { table.register(number, handler) }
+                hypercalls = table
+            }
             dispatcher = ExitDispatcher(ports: ports, mmio: mmio, unclaimedPorts: configuration.unclaimedPorts,
-                                        unclaimedMMIO: configuration.unclaimedMMIO, log: configuration.log)
+                                        unclaimedMMIO: configuration.unclaimedMMIO, hypercalls: hypercalls,
+                                        log: configuration.log)
         } catch { throw .bus(error) }
     }
 
@@ -252,9 +269,12 @@ public final class Machine: Sendable {
                 return report(.fatal(.runFailed(error.description)), statistics)
             }
             if case .interrupted = result { continue }
+            let exitTime = statistics == nil ? 0 : HostIO.monotonicNanoseconds()
             let exit = vcpu.decodeExit()
-            let outcome = dispatcher.dispatch(exit, data: vcpu)
-            statistics?.record(exit)
+            let outcome = dispatcher.dispatch(exit, vcpu: vcpu)
+            if statistics != nil {
+                statistics?.record(exit, nanoseconds: HostIO.monotonicNanoseconds() &- exitTime)
+            }
             if let trace {
                 let micros = (HostIO.monotonicNanoseconds() - startTime) / 1000
                 trace("[\(micros / 1_000_000).\(pad6(micros % 1_000_000))] vcpu\(vcpu.id) \(traceDescription(exit, data: vcpu))")
@@ -265,6 +285,17 @@ public final class Machine: Sendable {
             case .fatal(let fatal): return report(.fatal(fatal), statistics)
             }
         }
+    }
+
+    /// The name of the device that owns `port`, for statistics and traces.
+    public func deviceName(port: UInt16) -> String? {
+        if port == dispatcher.hypercalls?.port { return "hypercalls" }
+        return dispatcher.ports.entry(for: port)?.name
+    }
+
+    /// The name of the MMIO device whose region holds `address`.
+    public func deviceName(mmioAddress address: UInt64) -> String? {
+        dispatcher.mmio.index(for: address).map { dispatcher.mmio.entries[$0].name }
     }
 
     private func report(_ outcome: RunReport.Outcome, _ statistics: ExitStatistics?) -> RunReport {

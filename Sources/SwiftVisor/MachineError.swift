@@ -14,6 +14,8 @@ public enum MachineError: Error, CustomStringConvertible {
     case invalidMemorySize(String)
     /// A guest file could not be read.
     case cannotReadFile(path: String, reason: String)
+    /// An output file could not be written.
+    case cannotWriteFile(path: String, reason: String)
     /// The vCPU thread could not be started.
     case cannotStartThread(errno: Int32)
     /// `run` was called on a machine that already ran; build a new one.
@@ -27,6 +29,7 @@ public enum MachineError: Error, CustomStringConvertible {
         case .bus(let e): e.description
         case .invalidMemorySize(let why): "invalid memory size: \(why)"
         case .cannotReadFile(let path, let reason): "cannot read \(path): \(reason)"
+        case .cannotWriteFile(let path, let reason): "cannot write \(path): \(reason)"
         case .cannotStartThread(let errno): "cannot start the vCPU thread: \(errnoText(errno))"
         case .alreadyRan: "this machine has already run; create a new Machine to run again"
         }

@@ -4,6 +4,9 @@ public enum DeviceAction: Sendable, Equatable {
     case `continue`
     /// Stop the VM with this reason (for example a debug-exit port).
     case stop(StopReason)
+    /// Deliver an event to the guest (for example #GP for a forbidden register write).
+    /// It arrives after the accessing instruction completes.
+    case inject(Injection)
 }
 
 /// A device on the port I/O bus. It is told the port and the offset from the start of the

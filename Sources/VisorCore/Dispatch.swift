@@ -1,3 +1,5 @@
+import VisorKVM
+
 /// Why a VM stopped without anything going wrong.
 public enum StopReason: Sendable, Equatable, CustomStringConvertible {
     /// The guest executed HLT with interrupts off (or with nothing that could wake it).
@@ -45,6 +47,8 @@ public enum FatalExit: Sendable, Equatable, CustomStringConvertible {
     case unhandledExit(reason: UInt32)
     /// `KVM_RUN` itself failed.
     case runFailed(String)
+    /// A device asked for an injection the vCPU cannot take.
+    case badInjection(String)
 
     /// The process exit status the command-line tool uses for this failure.
     public var exitStatus: Int32 {
@@ -52,7 +56,7 @@ public enum FatalExit: Sendable, Equatable, CustomStringConvertible {
         case .tripleFault: 121
         case .internalError: 122
         case .failedEntry: 123
-        case .malformedExit, .unhandledExit: 124
+        case .malformedExit, .unhandledExit, .badInjection: 124
         case .runFailed: 125
         }
     }
@@ -70,6 +74,7 @@ public enum FatalExit: Sendable, Equatable, CustomStringConvertible {
         case .unhandledExit(let reason):
             "unhandled exit \(ExitReason(rawValue: reason)?.kernelName ?? "reason \(reason)")"
         case .runFailed(let why): "running the vCPU failed: \(why)"
+        case .badInjection(let why): "device injection failed: \(why)"
         }
     }
 }
@@ -95,21 +100,26 @@ public struct ExitDispatcher: Sendable {
     public var unclaimedMMIO: UnclaimedAccessPolicy
     /// Where `log`-policy messages go (the machine sends them to stderr).
     public var log: @Sendable (String) -> Void
+    /// Hypercalls: an OUT to `hypercalls.port` runs a handler from the table.
+    public var hypercalls: HypercallTable?
 
     public init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
                 unclaimedPorts: UnclaimedAccessPolicy = .block,
                 unclaimedMMIO: UnclaimedAccessPolicy = .block,
+                hypercalls: HypercallTable? = nil,
                 log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.ports = ports
         self.mmio = mmio
         self.unclaimedPorts = unclaimedPorts
         self.unclaimedMMIO = unclaimedMMIO
+        self.hypercalls = hypercalls
         self.log = log
     }
 
-    /// Handles one exit. `data` carries the exit's I/O elements and takes the MMIO read result.
+    /// Handles one exit of `vcpu`, which carries the exit's I/O elements, takes the MMIO
+    /// read result, and gives hypercalls and injections access to registers and events.
     @inline(__always)
-    public func dispatch(_ exit: VMExit, data: some ExitDataChannel) -> ExitOutcome {
+    public func dispatch(_ exit: VMExit, vcpu data: some VCPUContext) -> ExitOutcome {
         switch exit {
         case .io(let access):
             return handlePort(access, data: data)
@@ -140,8 +150,11 @@ public struct ExitDispatcher: Sendable {
 
     /// Delivers every element of a (possibly string) port access in order.
     @inline(__always)
-    func handlePort(_ access: PortAccess, data: some ExitDataChannel) -> ExitOutcome {
+    func handlePort(_ access: PortAccess, data: some VCPUContext) -> ExitOutcome {
         let count = Int(access.count)
+        if let hypercalls, access.port == hypercalls.port, access.isWrite {
+            return hypercalls.handle(data)
+        }
         guard let route = ports.route(for: access.port) else {
             switch unclaimedPorts {
             case .block: break
@@ -162,7 +175,7 @@ public struct ExitDispatcher: Sendable {
             for i in 0..<count {
                 let action = device.portWrite(port: access.port, offset: offset, width: access.width,
                                               value: data.ioElement(i))
-                if case .stop(let reason) = action { return .stop(reason) }
+                if action != .continue { return apply(action, data) }
             }
         } else {
             for i in 0..<count {
@@ -172,6 +185,24 @@ public struct ExitDispatcher: Sendable {
         return .handled
     }
 
+    /// Carries out a device's request to stop or inject.
+    func apply(_ action: DeviceAction, _ vcpu: some VCPUContext) -> ExitOutcome {
+        switch action {
+        case .continue:
+            return .handled
+        case .stop(let reason):
+            return .stop(reason)
+        case .inject(let injection):
+            do throws(InjectionError) { try injection.validate() } catch {
+                return .fatal(.badInjection(error.description))
+            }
+            do throws(KVMError) { try vcpu.inject(injection) } catch {
+                return .fatal(.badInjection("\(injection): \(error)"))
+            }
+            return .handled
+        }
+    }
+
     @inline(__always)
     func fillAllOnes(_ count: Int, _ width: UInt8, _ data: some ExitDataChannel) {
         let ones = UInt32(truncatingIfNeeded: allOnes(width: width))
@@ -179,7 +210,7 @@ public struct ExitDispatcher: Sendable {
     }
 
     @inline(__always)
-    func handleMMIO(_ access: MMIOAccess, data: some ExitDataChannel) -> ExitOutcome {
+    func handleMMIO(_ access: MMIOAccess, data: some VCPUContext) -> ExitOutcome {
         guard let index = mmio.index(for: access.address) else {
             switch unclaimedMMIO {
             case .block: break
@@ -195,10 +226,9 @@ public struct ExitDispatcher: Sendable {
         let offset = access.address - entry.range.start
         if access.isWrite {
             let value = access.value & allOnes(width: access.width)
-            if case .stop(let reason) = entry.device.mmioWrite(address: access.address, offset: offset,
-                                                               width: access.width, value: value) {
-                return .stop(reason)
-            }
+            let action = entry.device.mmioWrite(address: access.address, offset: offset,
+                                                width: access.width, value: value)
+            if action != .continue { return apply(action, data) }
         } else {
             data.setMMIOData(entry.device.mmioRead(address: access.address, offset: offset, width: access.width)
                 & allOnes(width: access.width))

@@ -1,3 +1,5 @@
+public import Histogram
+
 /// The kinds of exit that statistics and traces distinguish.
 public enum ExitKind: Int, Sendable, CaseIterable, CustomStringConvertible {
     case portIn, portOut, mmioRead, mmioWrite, halt, shutdown, internalError, failEntry
@@ -39,8 +41,10 @@ public enum ExitKind: Int, Sendable, CaseIterable, CustomStringConvertible {
     }
 }
 
-/// Exit counts of one vCPU: by kind and by port. Recording is two array increments and
-/// never allocates; the per-port table (512 KiB) exists only when statistics are on.
+/// Exit counts of one vCPU: by kind, by port and by MMIO page, and the VMM's handling
+/// latency per exit kind (HdrHistogram, nanoseconds, 3 significant digits). Recording never
+/// allocates; the tables (a 512 KiB per-port table, the histograms) exist only when
+/// statistics are on.
 public struct ExitStatistics: Sendable {
     public private(set) var byKind: [UInt64]
     /// Exits (not elements) per port, indexed by port number.
@@ -48,9 +52,32 @@ public struct ExitStatistics: Sendable {
     /// Exits per MMIO page (4 KiB granularity), for up to `PageCounter.capacity` pages.
     public private(set) var mmioPages = PageCounter()
 
+    /// Handling latency per exit kind: from KVM_RUN returning to the exit's handler
+    /// finishing, in nanoseconds, indexed by `ExitKind.rawValue`.
+    public private(set) var latency: [Histogram<UInt64>]
+
+    /// The largest latency a histogram tracks (10 s); larger values are clamped to it.
+    public static let latencyLimit: UInt64 = 10_000_000_000
+
     public init() {
         byKind = Array(repeating: 0, count: ExitKind.allCases.count)
         byPort = Array(repeating: 0, count: 0x10000)
+        latency = ExitKind.allCases.map { _ in
+            Histogram<UInt64>(highestTrackableValue: Self.latencyLimit, numberOfSignificantValueDigits: .three)
+        }
+    }
+
+    /// Records an exit and how long the VMM took to handle it.
+    @inline(__always)
+    public mutating func record(_ exit: VMExit, nanoseconds: UInt64) {
+        record(exit)
+        latency[ExitKind(exit).rawValue].record(min(nanoseconds, Self.latencyLimit))
+    }
+
+    /// Latency percentile `p` (0-100) for `kind`, in nanoseconds; nil when no exit of that kind was timed.
+    public func latency(_ kind: ExitKind, percentile p: Double) -> UInt64? {
+        let h = latency[kind.rawValue]
+        return h.totalCount == 0 ? nil : h.valueAtPercentile(p)
     }
 
     @inline(__always)
@@ -72,14 +99,21 @@ public struct ExitStatistics: Sendable {
         for i in byKind.indices { byKind[i] &+= other.byKind[i] }
         for i in byPort.indices where other.byPort[i] != 0 { byPort[i] &+= other.byPort[i] }
         for (page, n) in other.mmioPages.counts { mmioPages.record(page, n) }
+        for i in latency.indices { latency[i].add(other.latency[i]) }
         mmioPages.overflow &+= other.mmioPages.overflow
     }
 
     /// A plain-text table: exits by kind, then by port and MMIO page, busiest first.
-    public func render(portNames: (UInt16) -> String? = { _ in nil }) -> String {
+    public func render(portNames: (UInt16) -> String? = { _ in nil },
+                       mmioNames: (UInt64) -> String? = { _ in nil }) -> String {
         var lines = ["exits: \(total)"]
         for kind in ExitKind.allCases where byKind[kind.rawValue] > 0 {
-            lines.append("  \(pad(kind.description, 16)) \(byKind[kind.rawValue])")
+            var line = "  \(pad(kind.description, 16)) \(byKind[kind.rawValue])"
+            if let p50 = latency(kind, percentile: 50), let p90 = latency(kind, percentile: 90),
+               let p99 = latency(kind, percentile: 99) {
+                line = pad(line, 36) + "latency ns p50 \(p50) p90 \(p90) p99 \(p99) max \(latency[kind.rawValue].max)"
+            }
+            lines.append(line)
         }
         let ports = byPort.indices.filter { byPort[$0] > 0 }.sorted { byPort[$0] > byPort[$1] }
         if !ports.isEmpty {
@@ -93,7 +127,8 @@ public struct ExitStatistics: Sendable {
         if !pages.isEmpty {
             lines.append("mmio exits by page:")
             for (page, n) in pages.sorted(by: { $0.count > $1.count }) {
-                lines.append("  \(pad("0x" + hex(page), 24)) \(n)")
+                let name = mmioNames(page).map { " (\($0))" } ?? ""
+                lines.append("  \(pad("0x" + hex(page) + name, 24)) \(n)")
             }
             if mmioPages.overflow > 0 { lines.append("  \(pad("other pages", 24)) \(mmioPages.overflow)") }
         }

@@ -187,6 +187,18 @@ public final class VCPUHandle: @unchecked Sendable {
         try ioctlStruct(fd, CKVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", &k)
     }
 
+    /// Queues a non-maskable interrupt for the vCPU (`KVM_NMI`).
+    public func injectNMI() throws(KVMError) {
+        _ = try checkedIoctl("KVM_NMI") { ckvm_ioctl_none(fd, CKVM_NMI) }
+    }
+
+    /// Queues external interrupt `vector` (`KVM_INTERRUPT`); delivered once RFLAGS.IF is
+    /// set. Only for VMs without an in-kernel interrupt controller.
+    public func injectInterrupt(vector: UInt8) throws(KVMError) {
+        var request = kvm_interrupt(irq: UInt32(vector))
+        try ioctlStruct(fd, CKVM_INTERRUPT, "KVM_INTERRUPT", &request)
+    }
+
     /// Debug registers DR0-DR3, DR6 and DR7.
     public func debugRegisters() throws(KVMError) -> (db: [UInt64], dr6: UInt64, dr7: UInt64) {
         var k = kvm_debugregs()

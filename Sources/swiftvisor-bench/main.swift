@@ -15,6 +15,7 @@ import Glibc
 import Synchronization
 import SwiftVisor
 import SwiftVisorGuests
+import VisorKVM
 
 // MARK: Start-up child
 
@@ -276,8 +277,12 @@ struct Round {
 
 /// The exit core alone, without KVM: decode-free dispatch of a port write to a device
 /// through the bus, with a fake run page. This is the user-space work per exit that is ours.
-final class FakeChannel: ExitDataChannel {
+final class FakeChannel: VCPUContext {
+    let id: UInt32 = 0
     var element: UInt32 = 0
+    func registers() throws(KVMError) -> Registers { Registers() }
+    func setRegisters(_ registers: Registers) throws(KVMError) {}
+    func inject(_ injection: Injection) throws(KVMError) {}
     func ioElement(_ index: Int) -> UInt32 { element }
     func setIOElement(_ index: Int, _ value: UInt32) { element = value }
     func setMMIOData(_ value: UInt64) {}
@@ -304,12 +309,12 @@ final class NullPort: PortDevice, @unchecked Sendable {  // used from one thread
     let before = calloc_counter_thread_allocations()
     let start = now()
     for _ in 0..<n {
-        if case .handled = dispatcher.dispatch(exit, data: channel) {} else { fatalError("not handled") }
+        if case .handled = dispatcher.dispatch(exit, vcpu: channel) {} else { fatalError("not handled") }
     }
     let plain = Double(now() - start) / Double(n)
     let start2 = now()
     for _ in 0..<n {
-        _ = dispatcher.dispatch(exit, data: channel)
+        _ = dispatcher.dispatch(exit, vcpu: channel)
         statistics.record(exit)
     }
     let withStats = Double(now() - start2) / Double(n)

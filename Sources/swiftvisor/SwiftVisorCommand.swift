@@ -83,8 +83,14 @@ extension SwiftVisorCommand {
         @Flag(help: "Print exit counts by kind and by port to standard error when the VM ends.")
         var stats = false
 
+        @Option(help: ArgumentHelp("Write the statistics as JSON to this file when the VM ends.", valueName: "file"))
+        var statsJSON: String?
+
         @Flag(help: "Print one line per exit to standard error.")
         var trace = false
+
+        @Flag(help: "Turn off the hypercall port (0x502).")
+        var noHypercalls = false
 
         func validate() throws {
             if guest != nil, builtin != nil {
@@ -121,12 +127,14 @@ extension SwiftVisorCommand {
             config.commandLine = cmdline
             config.unclaimedPorts = unclaimedPorts
             config.unclaimedMMIO = unclaimedMMIO
-            config.collectStatistics = stats
+            config.collectStatistics = stats || statsJSON != nil
+            if noHypercalls { config.hypercallPort = nil }
             if trace { config.trace = { HostIO.printError($0) } }
 
             let report: RunReport
+            let machine: Machine
             do {
-                let machine = try Machine(config)
+                machine = try Machine(config)
                 report = try machine.run()
             } catch {
                 fail(error.description)
@@ -136,13 +144,15 @@ extension SwiftVisorCommand {
                 HostIO.printError("swiftvisor: \(reason)")
             }
             if let statistics = report.statistics {
-                HostIO.printError(statistics.render(portNames: { port in
-                    switch port {
-                    case 0x3F8...0x3FF: "com1"
-                    case 0x501: "debug-exit"
-                    default: nil
+                let portName: (UInt16) -> String? = { machine.deviceName(port: $0) }
+                let mmioName: (UInt64) -> String? = { machine.deviceName(mmioAddress: $0) }
+                if stats { HostIO.printError(statistics.render(portNames: portName, mmioNames: mmioName)) }
+                if let statsJSON {
+                    let json = statistics.renderJSON(portNames: portName, mmioNames: mmioName) + "\n"
+                    do { try HostIO.writeFile(statsJSON, Array(json.utf8)) } catch {
+                        fail(error.description)
                     }
-                }))
+                }
             }
             if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
         }

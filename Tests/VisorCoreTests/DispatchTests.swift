@@ -11,7 +11,7 @@ struct PortDispatchTests {
         let log = LogRecorder()
         let dispatcher = ExitDispatcher(unclaimedPorts: .block, log: log.sink)
         let data = FakeDataChannel([0x1234_5678])
-        #expect(dispatcher.dispatch(portIn(0x71, width: width), data: data) == .handled)
+        #expect(dispatcher.dispatch(portIn(0x71, width: width), vcpu: data) == .handled)
         #expect(data.elements == [ones])
         #expect(log.lines.isEmpty)
     }
@@ -22,7 +22,7 @@ struct PortDispatchTests {
         let log = LogRecorder()
         let dispatcher = ExitDispatcher(unclaimedPorts: .log, log: log.sink)
         let data = FakeDataChannel([0x1234_5678])
-        #expect(dispatcher.dispatch(portIn(0x71, width: width), data: data) == .handled)
+        #expect(dispatcher.dispatch(portIn(0x71, width: width), vcpu: data) == .handled)
         #expect(data.elements == [ones])
         #expect(log.lines == ["unclaimed port IN of \(width) bytes at 0x71 x1"])
     }
@@ -33,8 +33,8 @@ struct PortDispatchTests {
         let block = ExitDispatcher(unclaimedPorts: .block, log: blockLog.sink)
         let logging = ExitDispatcher(unclaimedPorts: .log, log: logLog.sink)
         let data = FakeDataChannel([0xAB])
-        #expect(block.dispatch(portOut(0x3F8), data: data) == .handled)
-        #expect(logging.dispatch(portOut(0x3F8, width: 2, count: 1), data: data) == .handled)
+        #expect(block.dispatch(portOut(0x3F8), vcpu: data) == .handled)
+        #expect(logging.dispatch(portOut(0x3F8, width: 2, count: 1), vcpu: data) == .handled)
         #expect(data.elements == [0xAB])
         #expect(data.writes.isEmpty)
         #expect(blockLog.lines.isEmpty)
@@ -46,9 +46,9 @@ struct PortDispatchTests {
         let log = LogRecorder()
         let dispatcher = ExitDispatcher(unclaimedPorts: .stop, log: log.sink)
         let data = FakeDataChannel([0x42])
-        #expect(dispatcher.dispatch(portIn(0x71, width: 2), data: data)
+        #expect(dispatcher.dispatch(portIn(0x71, width: 2), vcpu: data)
             == .stop(.unclaimedPort(port: 0x71, isWrite: false, width: 2)))
-        #expect(dispatcher.dispatch(portOut(0x72, width: 4), data: data)
+        #expect(dispatcher.dispatch(portOut(0x72, width: 4), vcpu: data)
             == .stop(.unclaimedPort(port: 0x72, isWrite: true, width: 4)))
         #expect(data.elements == [0x42])
         #expect(data.writes.isEmpty)
@@ -62,7 +62,7 @@ struct PortDispatchTests {
     func unclaimedStringIn() {
         let dispatcher = ExitDispatcher(unclaimedPorts: .block)
         let data = FakeDataChannel(count: 5, value: 0)
-        #expect(dispatcher.dispatch(portIn(0x1F0, width: 2, count: 5), data: data) == .handled)
+        #expect(dispatcher.dispatch(portIn(0x1F0, width: 2, count: 5), vcpu: data) == .handled)
         #expect(data.elements == [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF])
         #expect(data.writes == [0, 1, 2, 3, 4])
     }
@@ -73,7 +73,7 @@ struct PortDispatchTests {
         let device = RecordingPortDevice()
         try bus.register(device, name: "dev", range: ports(0xCF8, 8))
         let dispatcher = ExitDispatcher(ports: bus, unclaimedPorts: .stop)
-        #expect(dispatcher.dispatch(portOut(0xCFC, width: 4), data: FakeDataChannel([0x8000_F8AC])) == .handled)
+        #expect(dispatcher.dispatch(portOut(0xCFC, width: 4), vcpu: FakeDataChannel([0x8000_F8AC])) == .handled)
         #expect(device.calls == [.write(port: 0xCFC, offset: 4, width: 4, value: 0x8000_F8AC)])
     }
 
@@ -84,7 +84,7 @@ struct PortDispatchTests {
         try bus.register(device, name: "dev", range: ports(0x500, 2))
         let dispatcher = ExitDispatcher(ports: bus)
         let data = FakeDataChannel([0x48, 0x65, 0x6C, 0x6C, 0x6F, 0x0A])
-        #expect(dispatcher.dispatch(portOut(0x501, width: 1, count: 6), data: data) == .handled)
+        #expect(dispatcher.dispatch(portOut(0x501, width: 1, count: 6), vcpu: data) == .handled)
         #expect(device.calls == [0x48, 0x65, 0x6C, 0x6C, 0x6F, 0x0A].map {
             PortCall.write(port: 0x501, offset: 1, width: 1, value: $0)
         })
@@ -98,7 +98,7 @@ struct PortDispatchTests {
         try bus.register(device, name: "dev", range: ports(0x1F0, 8))
         let dispatcher = ExitDispatcher(ports: bus)
         let data = FakeDataChannel(count: 4, value: 0)
-        #expect(dispatcher.dispatch(portIn(0x1F0, width: 2, count: 4), data: data) == .handled)
+        #expect(dispatcher.dispatch(portIn(0x1F0, width: 2, count: 4), vcpu: data) == .handled)
         #expect(data.elements == [0x1000, 0x1001, 0x1002, 0x1003])
         #expect(data.writes == [0, 1, 2, 3])
         #expect(device.calls == Array(repeating: .read(port: 0x1F0, offset: 0, width: 2), count: 4))
@@ -111,7 +111,7 @@ struct PortDispatchTests {
         try bus.register(device, name: "exit", range: ports(0xF4, 1))
         let dispatcher = ExitDispatcher(ports: bus)
         let data = FakeDataChannel([1, 2, 0x2A, 4, 5])
-        #expect(dispatcher.dispatch(portOut(0xF4, width: 1, count: 5), data: data) == .stop(.guestExit(status: 3)))
+        #expect(dispatcher.dispatch(portOut(0xF4, width: 1, count: 5), vcpu: data) == .stop(.guestExit(status: 3)))
         #expect(device.calls == [
             .write(port: 0xF4, offset: 0, width: 1, value: 1),
             .write(port: 0xF4, offset: 0, width: 1, value: 2),
@@ -129,9 +129,9 @@ struct PortDispatchTests {
         try bus.register(high, name: "high", range: ports(0x14, 4))
         let dispatcher = ExitDispatcher(ports: bus, unclaimedPorts: .stop)
         let data = FakeDataChannel([0])
-        #expect(dispatcher.dispatch(portIn(0x13, width: 4), data: data) == .handled)
+        #expect(dispatcher.dispatch(portIn(0x13, width: 4), vcpu: data) == .handled)
         #expect(data.elements == [0xAABB_CCDD])
-        #expect(dispatcher.dispatch(portOut(0x13, width: 2), data: FakeDataChannel([0xBEEF])) == .handled)
+        #expect(dispatcher.dispatch(portOut(0x13, width: 2), vcpu: FakeDataChannel([0xBEEF])) == .handled)
         #expect(low.calls == [.read(port: 0x13, offset: 3, width: 4),
                               .write(port: 0x13, offset: 3, width: 2, value: 0xBEEF)])
         #expect(high.calls.isEmpty)
@@ -139,7 +139,7 @@ struct PortDispatchTests {
         let top = RecordingPortDevice()
         try bus.register(top, name: "top", range: ports(0xFFFF, 1))
         let topDispatcher = ExitDispatcher(ports: bus, unclaimedPorts: .stop)
-        #expect(topDispatcher.dispatch(portIn(0xFFFF, width: 4), data: FakeDataChannel()) == .handled)
+        #expect(topDispatcher.dispatch(portIn(0xFFFF, width: 4), vcpu: FakeDataChannel()) == .handled)
         #expect(top.calls == [.read(port: 0xFFFF, offset: 0, width: 4)])
     }
 
@@ -150,8 +150,8 @@ struct PortDispatchTests {
         try bus.register(device, name: "dev", range: ports(0x10, 1))
         let dispatcher = ExitDispatcher(ports: bus)
         let data = FakeDataChannel([])
-        #expect(dispatcher.dispatch(portIn(0x10, count: 0), data: data) == .handled)
-        #expect(dispatcher.dispatch(portOut(0x10, count: 0), data: data) == .handled)
+        #expect(dispatcher.dispatch(portIn(0x10, count: 0), vcpu: data) == .handled)
+        #expect(dispatcher.dispatch(portOut(0x10, count: 0), vcpu: data) == .handled)
         #expect(device.calls.isEmpty)
     }
 }
@@ -163,20 +163,20 @@ struct OtherExitDispatchTests {
 
     @Test("halt stops with .halted whatever RFLAGS.IF was")
     func halt() {
-        #expect(dispatcher.dispatch(.halt(interruptsEnabled: false), data: data) == .stop(.halted))
-        #expect(dispatcher.dispatch(.halt(interruptsEnabled: true), data: data) == .stop(.halted))
+        #expect(dispatcher.dispatch(.halt(interruptsEnabled: false), vcpu: data) == .stop(.halted))
+        #expect(dispatcher.dispatch(.halt(interruptsEnabled: true), vcpu: data) == .stop(.halted))
         #expect(StopReason.halted.exitStatus == 0)
     }
 
     @Test("shutdown is a fatal triple fault (status 121)")
     func shutdown() {
-        #expect(dispatcher.dispatch(.shutdown, data: data) == .fatal(.tripleFault))
+        #expect(dispatcher.dispatch(.shutdown, vcpu: data) == .fatal(.tripleFault))
         #expect(FatalExit.tripleFault.exitStatus == 121)
     }
 
     @Test("internal error keeps suberror and data; its message names the emulation failure")
     func internalError() {
-        let outcome = dispatcher.dispatch(.internalError(suberror: 1, data: [0x10, 0xABC]), data: data)
+        let outcome = dispatcher.dispatch(.internalError(suberror: 1, data: [0x10, 0xABC]), vcpu: data)
         #expect(outcome == .fatal(.internalError(suberror: 1, data: [0x10, 0xABC])))
         #expect(FatalExit.internalError(suberror: 1, data: [0x10, 0xABC]).description
             == "KVM internal error, suberror 1 (instruction emulation failed), data 0x10 0xabc")
@@ -186,7 +186,7 @@ struct OtherExitDispatchTests {
 
     @Test("failed entry keeps hardware reason and CPU")
     func failEntry() {
-        #expect(dispatcher.dispatch(.failEntry(hardwareReason: 0x21, cpu: 3), data: data)
+        #expect(dispatcher.dispatch(.failEntry(hardwareReason: 0x21, cpu: 3), vcpu: data)
             == .fatal(.failedEntry(hardwareReason: 0x21, cpu: 3)))
         #expect(FatalExit.failedEntry(hardwareReason: 0x21, cpu: 3).description
             == "VM entry failed on CPU 3, hardware reason 0x21")
@@ -195,10 +195,10 @@ struct OtherExitDispatchTests {
 
     @Test("other, exception and debug exits are fatal .unhandledExit with the kernel's reason")
     func unhandled() {
-        #expect(dispatcher.dispatch(.other(reason: 29, hardwareReason: 7), data: data) == .fatal(.unhandledExit(reason: 29)))
-        #expect(dispatcher.dispatch(.other(reason: 999, hardwareReason: 0), data: data) == .fatal(.unhandledExit(reason: 999)))
-        #expect(dispatcher.dispatch(.exception(vector: 6, errorCode: 0), data: data) == .fatal(.unhandledExit(reason: 1)))
-        #expect(dispatcher.dispatch(.debug, data: data) == .fatal(.unhandledExit(reason: 4)))
+        #expect(dispatcher.dispatch(.other(reason: 29, hardwareReason: 7), vcpu: data) == .fatal(.unhandledExit(reason: 29)))
+        #expect(dispatcher.dispatch(.other(reason: 999, hardwareReason: 0), vcpu: data) == .fatal(.unhandledExit(reason: 999)))
+        #expect(dispatcher.dispatch(.exception(vector: 6, errorCode: 0), vcpu: data) == .fatal(.unhandledExit(reason: 1)))
+        #expect(dispatcher.dispatch(.debug, vcpu: data) == .fatal(.unhandledExit(reason: 4)))
         #expect(FatalExit.unhandledExit(reason: 29).description == "unhandled exit KVM_EXIT_X86_RDMSR")
         #expect(FatalExit.unhandledExit(reason: 999).description == "unhandled exit reason 999")
         #expect(FatalExit.unhandledExit(reason: 999).exitStatus == 124)
@@ -206,18 +206,18 @@ struct OtherExitDispatchTests {
 
     @Test("a malformed I/O exit is fatal and names port, width and count")
     func malformedIO() {
-        #expect(dispatcher.dispatch(.malformedIO(port: 0x3F8, width: 4, count: 9999), data: data)
+        #expect(dispatcher.dispatch(.malformedIO(port: 0x3F8, width: 4, count: 9999), vcpu: data)
             == .fatal(.malformedExit("I/O exit at port 0x3f8 with width 4 and count 9999 does not fit the run page")))
     }
 
     @Test("a system event stops with its type")
     func systemEvent() {
-        #expect(dispatcher.dispatch(.systemEvent(type: 2), data: data) == .stop(.systemEvent(type: 2)))
+        #expect(dispatcher.dispatch(.systemEvent(type: 2), vcpu: data) == .stop(.systemEvent(type: 2)))
     }
 
     @Test(".interrupted resumes the guest")
     func interrupted() {
-        #expect(dispatcher.dispatch(.interrupted, data: data) == .handled)
+        #expect(dispatcher.dispatch(.interrupted, vcpu: data) == .handled)
     }
 
     @Test("each VMExit reports the KVM exit reason it came from")

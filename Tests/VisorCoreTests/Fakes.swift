@@ -1,10 +1,21 @@
 import Synchronization
 @testable import VisorCore
+import VisorKVM
 
-/// An `ExitDataChannel` over plain storage: the elements of a (string) I/O exit and the
-/// last MMIO read result, so tests see exactly what the dispatcher read and wrote.
-final class FakeDataChannel: ExitDataChannel {
+/// A fake vCPU over plain storage: the elements of a (string) I/O exit, the last MMIO read
+/// result, registers and injected events, so tests see exactly what the dispatcher did.
+final class FakeDataChannel: VCPUContext {
+    let id: UInt32 = 0
     var elements: [UInt32]
+    /// The vCPU's registers, as hypercalls read and write them.
+    var regs = Registers()
+    /// Every injection, in order.
+    var injections: [Injection] = []
+
+    func registers() throws(KVMError) -> Registers { regs }
+    func setRegisters(_ registers: Registers) throws(KVMError) { regs = registers }
+    func inject(_ injection: Injection) throws(KVMError) { injections.append(injection) }
+
     /// The last value passed to `setMMIOData`, nil until then.
     var mmioData: UInt64?
     /// How many times `setMMIOData` was called.

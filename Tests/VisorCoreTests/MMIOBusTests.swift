@@ -149,7 +149,7 @@ struct MMIODispatchTests {
         try bus.register(device, name: "dev", range: region(0xD000_0000, 0x1000))
         let dispatcher = ExitDispatcher(mmio: bus, unclaimedMMIO: .stop)
         let data = FakeDataChannel()
-        #expect(dispatcher.dispatch(mmioRead(0xD000_0010, width: width), data: data) == .handled)
+        #expect(dispatcher.dispatch(mmioRead(0xD000_0010, width: width), vcpu: data) == .handled)
         #expect(device.calls == [.read(address: 0xD000_0010, offset: 0x10, width: width)])
         let expected: UInt64 = [1: 0x88, 2: 0x7788, 4: 0x5566_7788, 8: 0x1122_3344_5566_7788][width]!
         #expect(data.mmioData == expected)
@@ -165,7 +165,7 @@ struct MMIODispatchTests {
         let dispatcher = ExitDispatcher(mmio: bus, unclaimedMMIO: .stop)
         let data = FakeDataChannel()
         // A value with bits above the width, as a hand-made exit may carry.
-        #expect(dispatcher.dispatch(mmioWrite(0xD000_0FF8, width: width, value: 0xFEDC_BA98_7654_3210), data: data) == .handled)
+        #expect(dispatcher.dispatch(mmioWrite(0xD000_0FF8, width: width, value: 0xFEDC_BA98_7654_3210), vcpu: data) == .handled)
         let expected: UInt64 = [1: 0x10, 2: 0x3210, 4: 0x7654_3210, 8: 0xFEDC_BA98_7654_3210][width]!
         #expect(device.calls == [.write(address: 0xD000_0FF8, offset: 0xFF8, width: width, value: expected)])
         #expect(data.mmioSets == 0, "a write sets no read data")
@@ -176,9 +176,9 @@ struct MMIODispatchTests {
         var bus = MMIOBus()
         try bus.register(RecordingMMIODevice(stopValue: 0x5555), name: "dev", range: region(0x1000, 0x10))
         let dispatcher = ExitDispatcher(mmio: bus)
-        #expect(dispatcher.dispatch(mmioWrite(0x1004, width: 2, value: 0x5555), data: FakeDataChannel())
+        #expect(dispatcher.dispatch(mmioWrite(0x1004, width: 2, value: 0x5555), vcpu: FakeDataChannel())
             == .stop(.guestExit(status: 7)))
-        #expect(dispatcher.dispatch(mmioWrite(0x1004, width: 2, value: 0x5554), data: FakeDataChannel()) == .handled)
+        #expect(dispatcher.dispatch(mmioWrite(0x1004, width: 2, value: 0x5554), vcpu: FakeDataChannel()) == .handled)
     }
 
     @Test("an unclaimed MMIO read returns all ones at its width under .block and .log", arguments: widths)
@@ -187,7 +187,7 @@ struct MMIODispatchTests {
             let log = LogRecorder()
             let dispatcher = ExitDispatcher(unclaimedMMIO: policy, log: log.sink)
             let data = FakeDataChannel()
-            #expect(dispatcher.dispatch(mmioRead(0xFEE0_0030, width: width), data: data) == .handled)
+            #expect(dispatcher.dispatch(mmioRead(0xFEE0_0030, width: width), vcpu: data) == .handled)
             #expect(data.mmioData == allOnes(width: width))
             if policy == .log {
                 #expect(log.lines == ["unclaimed MMIO read of \(width) bytes at 0xfee00030"])
@@ -202,9 +202,9 @@ struct MMIODispatchTests {
         let blockLog = LogRecorder(), logLog = LogRecorder()
         let data = FakeDataChannel()
         #expect(ExitDispatcher(unclaimedMMIO: .block, log: blockLog.sink)
-            .dispatch(mmioWrite(0xFEE0_00B0, width: 4, value: 0), data: data) == .handled)
+            .dispatch(mmioWrite(0xFEE0_00B0, width: 4, value: 0), vcpu: data) == .handled)
         #expect(ExitDispatcher(unclaimedMMIO: .log, log: logLog.sink)
-            .dispatch(mmioWrite(0xFEE0_00B0, width: 4, value: 0), data: data) == .handled)
+            .dispatch(mmioWrite(0xFEE0_00B0, width: 4, value: 0), vcpu: data) == .handled)
         #expect(data.mmioSets == 0)
         #expect(blockLog.lines.isEmpty)
         #expect(logLog.lines == ["unclaimed MMIO write of 4 bytes at 0xfee000b0"])
@@ -216,9 +216,9 @@ struct MMIODispatchTests {
         try bus.register(RecordingMMIODevice(), name: "dev", range: region(0x1000, 0x1000))
         let dispatcher = ExitDispatcher(mmio: bus, unclaimedMMIO: .stop)
         let data = FakeDataChannel()
-        #expect(dispatcher.dispatch(mmioRead(0x2000, width: 4), data: data)
+        #expect(dispatcher.dispatch(mmioRead(0x2000, width: 4), vcpu: data)
             == .stop(.unclaimedMMIO(address: 0x2000, isWrite: false, width: 4)))
-        #expect(dispatcher.dispatch(mmioWrite(0xFFF, width: 8, value: 1), data: data)
+        #expect(dispatcher.dispatch(mmioWrite(0xFFF, width: 8, value: 1), vcpu: data)
             == .stop(.unclaimedMMIO(address: 0xFFF, isWrite: true, width: 8)))
         #expect(data.mmioSets == 0)
         #expect(StopReason.unclaimedMMIO(address: 0x2000, isWrite: false, width: 4).description
@@ -230,9 +230,9 @@ struct MMIODispatchTests {
     func policiesIndependent() {
         let dispatcher = ExitDispatcher(unclaimedPorts: .stop, unclaimedMMIO: .block)
         let data = FakeDataChannel()
-        #expect(dispatcher.dispatch(mmioRead(0x1234, width: 2), data: data) == .handled)
+        #expect(dispatcher.dispatch(mmioRead(0x1234, width: 2), vcpu: data) == .handled)
         #expect(data.mmioData == 0xFFFF)
-        #expect(dispatcher.dispatch(portIn(0x80), data: data) == .stop(.unclaimedPort(port: 0x80, isWrite: false, width: 1)))
+        #expect(dispatcher.dispatch(portIn(0x80), vcpu: data) == .stop(.unclaimedPort(port: 0x80, isWrite: false, width: 1)))
     }
 }
 

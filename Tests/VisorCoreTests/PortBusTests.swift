@@ -86,8 +86,8 @@ struct PortBusTests {
         try bus.register(device, name: "dev", range: ports(0x100, 4))
         let dispatcher = ExitDispatcher(ports: bus)
         for port: UInt16 in 0x100...0x103 {
-            #expect(dispatcher.dispatch(portOut(port), data: FakeDataChannel([UInt32(port) & 0xFF])) == .handled)
-            #expect(dispatcher.dispatch(portIn(port), data: FakeDataChannel()) == .handled)
+            #expect(dispatcher.dispatch(portOut(port), vcpu: FakeDataChannel([UInt32(port) & 0xFF])) == .handled)
+            #expect(dispatcher.dispatch(portIn(port), vcpu: FakeDataChannel()) == .handled)
         }
         #expect(device.calls == [
             .write(port: 0x100, offset: 0, width: 1, value: 0x00), .read(port: 0x100, offset: 0, width: 1),
@@ -104,8 +104,8 @@ struct PortBusTests {
         try bus.register(device, name: "a", range: ports(0x60, 1))
         try bus.register(device, name: "b", range: ports(0x64, 1))
         let dispatcher = ExitDispatcher(ports: bus)
-        _ = dispatcher.dispatch(portIn(0x60), data: FakeDataChannel())
-        _ = dispatcher.dispatch(portIn(0x64), data: FakeDataChannel())
+        _ = dispatcher.dispatch(portIn(0x60), vcpu: FakeDataChannel())
+        _ = dispatcher.dispatch(portIn(0x64), vcpu: FakeDataChannel())
         #expect(device.calls == [.read(port: 0x60, offset: 0, width: 1), .read(port: 0x64, offset: 0, width: 1)])
         #expect(bus.entry(for: 0x64)?.name == "b")
     }
@@ -191,14 +191,14 @@ struct PortBusTests {
             let dispatcher = ExitDispatcher(ports: bus, unclaimedPorts: policy, log: log.sink)
             for (width, ones) in [(UInt8(1), UInt32(0xFF)), (2, 0xFFFF), (4, 0xFFFF_FFFF)] {
                 let data = FakeDataChannel([0x1234])
-                #expect(dispatcher.dispatch(portIn(0x83, width: width), data: data) == .handled)
+                #expect(dispatcher.dispatch(portIn(0x83, width: width), vcpu: data) == .handled)
                 #expect(data.elements == [ones])
             }
             let out = FakeDataChannel([0x99])
-            #expect(dispatcher.dispatch(portOut(0x80), data: out) == .handled)
+            #expect(dispatcher.dispatch(portOut(0x80), vcpu: out) == .handled)
             #expect(out.writes.isEmpty)
             let strings = FakeDataChannel(count: 3)
-            #expect(dispatcher.dispatch(portIn(0x81, width: 2, count: 3), data: strings) == .handled)
+            #expect(dispatcher.dispatch(portIn(0x81, width: 2, count: 3), vcpu: strings) == .handled)
             #expect(strings.elements == [0xFFFF, 0xFFFF, 0xFFFF])
             #expect(log.lines.isEmpty, "policy \(policy) must not log a blocked range")
         }

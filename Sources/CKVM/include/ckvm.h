@@ -40,6 +40,8 @@ static const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
 static const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
 static const unsigned long CKVM_GET_MSRS = KVM_GET_MSRS;
 static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long CKVM_NMI = KVM_NMI;
+static const unsigned long CKVM_INTERRUPT = KVM_INTERRUPT;
 
 // MARK: constants that are macros in the kernel header
 
@@ -48,6 +50,7 @@ static const uint32_t CKVM_MAX_CPUID_ENTRIES = 256;
 
 static const uint32_t CKVM_EXIT_IO_IN = KVM_EXIT_IO_IN;
 static const uint32_t CKVM_EXIT_IO_OUT = KVM_EXIT_IO_OUT;
+static const uint32_t CKVM_VCPUEVENT_VALID_NMI_PENDING = KVM_VCPUEVENT_VALID_NMI_PENDING;
 
 // MARK: non-variadic ioctl wrappers
 
