@@ -52,6 +52,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
+        .executableTarget(
+            name: "swiftvisor-example",
+            dependencies: ["SwiftVisor", "SwiftVisorGuests"],
+            path: "Examples/Embedding",
+            swiftSettings: strict),
         .target(name: "CBenchSupport"),
         .executableTarget(
             name: "swiftvisor-bench",

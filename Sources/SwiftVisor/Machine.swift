@@ -56,6 +56,9 @@ public struct MachineConfiguration: Sendable {
     /// Receives warnings and `log`-policy messages. Default: standard error.
     public var log: @Sendable (String) -> Void = { HostIO.printError($0) }
     public var portDevices: [PortRegistration] = []
+    /// Port ranges intercepted with no handler (reads all ones, writes dropped), exempt
+    /// from the unclaimed-port policy. Named for statistics and error messages.
+    public var blockedPorts: [(name: String, range: PortRange)] = []
     /// The hypercall port (see `HypercallTable`); nil turns hypercalls off, so the port is
     /// an ordinary unclaimed port.
     public var hypercallPort: UInt16? = HypercallTable.defaultPort
@@ -168,6 +171,9 @@ public final class Machine: Sendable {
             try ports.register(DebugExitPort(), name: "debug-exit", range: PortRange(base: DebugExitPort.defaultPort, count: 1))
             for extra in configuration.portDevices {
                 try ports.register(extra.device, name: extra.name, range: extra.range)
+            }
+            for blocked in configuration.blockedPorts {
+                try ports.block(blocked.range, name: blocked.name)
             }
             var mmio = MMIOBus()
             for extra in configuration.mmioDevices {
@@ -285,6 +291,13 @@ public final class Machine: Sendable {
             case .fatal(let fatal): return report(.fatal(fatal), statistics)
             }
         }
+    }
+
+    /// The whole vCPU state as one readable block (registers, segments, control and debug
+    /// registers, pending events, the bytes at RIP): the dump fatal exits print. Handlers may
+    /// call it from the vCPU thread while they run; after `run` returns it shows the final state.
+    public func stateDump() -> String {
+        GuestStateSnapshot(vcpu: vcpu, memory: memory).render()
     }
 
     /// The name of the device that owns `port`, for statistics and traces.
