@@ -62,7 +62,7 @@ let package = Package(
             name: "swiftvisor-bench",
             dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport"],
             swiftSettings: strict),
-        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore"]),
+        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore"], exclude: ["Fixtures"]),
         .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
         .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory"]),
         .testTarget(

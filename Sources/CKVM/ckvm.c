@@ -1,3 +1,30 @@
 // The shim is header-only (inline functions and constants); this file gives SwiftPM a
 // translation unit to build the module from.
 #include "ckvm.h"
+
+#include <errno.h>
+#include <string.h>
+
+int ckvm_set_msr_exit_ranges(int vmfd, const uint32_t *bases, const uint32_t *counts, int count) {
+    // An all-zero bitmap denies (exits) every MSR of its range. The kernel copies each
+    // bitmap during the ioctl, so one static zeroed buffer serves every range.
+    static const uint8_t deny[KVM_MSR_FILTER_MAX_BITMAP_SIZE];
+    struct kvm_msr_filter filter;
+    if (count < 0 || count > KVM_MSR_FILTER_MAX_RANGES) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(&filter, 0, sizeof filter);
+    filter.flags = KVM_MSR_FILTER_DEFAULT_ALLOW;
+    for (int i = 0; i < count; i++) {
+        if (counts[i] == 0 || counts[i] > KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8) {
+            errno = EINVAL;
+            return -1;
+        }
+        filter.ranges[i].flags = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE;
+        filter.ranges[i].nmsrs = counts[i];
+        filter.ranges[i].base = bases[i];
+        filter.ranges[i].bitmap = (uint8_t *)deny;
+    }
+    return ioctl(vmfd, KVM_X86_SET_MSR_FILTER, &filter);
+}

@@ -65,6 +65,10 @@ public struct MachineConfiguration: Sendable {
     /// Hypercall handlers added to (or replacing) the built-in ones, by call number.
     public var hypercallHandlers: [UInt64: HypercallHandler] = [:]
     public var mmioDevices: [MMIORegistration] = []
+    /// What CPUID tells the guest (see `CPUIDPolicy`).
+    public var cpuid = CPUIDPolicy()
+    /// How the guest's RDMSR and WRMSR behave (see `MSRPolicy`).
+    public var msrs = MSRPolicy.standard
     /// The KVM device node.
     public var kvmPath = "/dev/kvm"
 
@@ -114,6 +118,7 @@ public final class Machine: Sendable {
     let vm: VMHandle
     let vcpu: VCPUHandle
     let dispatcher: ExitDispatcher
+    let msrEmulator: MSREmulator
     private let started = Atomic<Bool>(false)
 
     public init(_ configuration: MachineConfiguration) throws(MachineError) {
@@ -154,17 +159,24 @@ public final class Machine: Sendable {
             }
         } catch { throw .loader(error) }
 
-        do {
+        do throws(KVMError) {
             for (slot, mapping) in memory.hostMappings.enumerated() {
                 try vm.setMemoryRegion(slot: UInt32(slot), guestPhysical: mapping.region.start,
                                        size: mapping.region.size, hostAddress: mapping.hostAddress)
             }
+            if !configuration.msrs.rules.isEmpty {
+                guard system.check(.userSpaceMSR) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_USER_SPACE_MSR") }
+                guard system.check(.msrFilter) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_MSR_FILTER") }
+                try vm.routeMSRsToUserSpace(configuration.msrs.routedRanges)
+            }
             vcpu = try vm.createVCPU(id: 0)
-            try vcpu.setCPUID(Self.guestCPUID(try system.supportedCPUID(), vcpuID: 0, vcpuCount: 1))
+            try vcpu.setCPUID(configuration.cpuid.normalize(try system.supportedCPUID(), apicID: 0, vcpuCount: 1))
+            try vcpu.setMSRs(Self.entryMSRs)
             try Self.apply(entry, to: vcpu)
         } catch { throw .kvm(error) }
 
         serial = SerialPort(output: configuration.consoleOutput)
+        msrEmulator = MSREmulator(policy: configuration.msrs)
         var ports = PortBus()
         do throws(BusError) {
             try ports.register(serial, name: "com1", range: PortRange(base: SerialPort.com1Base, count: SerialPort.portCount))
@@ -190,24 +202,24 @@ public final class Machine: Sendable {
                 for (number, handler) in configuration.hypercallHandlers { table.register(number, handler) }
                 hypercalls = table
             }
-            dispatcher = ExitDispatcher(ports: ports, mmio: mmio, unclaimedPorts: configuration.unclaimedPorts,
-                                        unclaimedMMIO: configuration.unclaimedMMIO, hypercalls: hypercalls,
-                                        log: configuration.log)
+            var dispatcher = ExitDispatcher(ports: ports, mmio: mmio, unclaimedPorts: configuration.unclaimedPorts,
+                                            unclaimedMMIO: configuration.unclaimedMMIO, hypercalls: hypercalls,
+                                            log: configuration.log)
+            dispatcher.msrs = msrEmulator
+            dispatcher.traceDenied = configuration.trace
+            self.dispatcher = dispatcher
         } catch { throw .bus(error) }
     }
 
-    /// What CPUID reports: KVM's supported set with the hypervisor bit set and this vCPU's
-    /// APIC ID in leaf 1. (The full CPUID policy is a separate layer.)
-    static func guestCPUID(_ supported: [CPUIDEntry], vcpuID: UInt32, vcpuCount: UInt32) -> [CPUIDEntry] {
-        supported.map { entry in
-            var e = entry
-            if e.function == 1 {
-                e.ecx |= 1 << 31
-                e.ebx = (e.ebx & 0x0000_FFFF) | (vcpuID & 0xFF) << 24 | (vcpuCount & 0xFF) << 16
-            }
-            return e
-        }
-    }
+    /// MSRs set at entry (`KVM_SET_MSRS`), besides EFER, which the entry state sets.
+    public static let entryMSRs: [(index: UInt32, value: UInt64)] = [
+        (0x10, 0),  // IA32_TIME_STAMP_COUNTER: the guest's TSC starts at 0
+        (0x174, 0), (0x175, 0), (0x176, 0),  // IA32_SYSENTER_CS, _ESP, _EIP
+        (0x277, 0x0007_0406_0007_0406),  // IA32_PAT: the power-on default (WB, WT, UC-, UC)
+        (0x1A0, 1),  // IA32_MISC_ENABLE: fast strings
+        (0xC000_0081, 0), (0xC000_0082, 0), (0xC000_0083, 0), (0xC000_0084, 0),  // STAR, LSTAR, CSTAR, SFMASK
+        (0xC000_0102, 0),  // KERNEL_GS_BASE
+    ]
 
     /// Sets registers for `entry`.
     static func apply(_ entry: EntryState, to vcpu: VCPUHandle) throws(KVMError) {
@@ -299,6 +311,9 @@ public final class Machine: Sendable {
     public func stateDump() -> String {
         GuestStateSnapshot(vcpu: vcpu, memory: memory).render()
     }
+
+    /// Guest RDMSR/WRMSR accesses that raised #GP so far.
+    public var deniedMSRAccesses: UInt64 { msrEmulator.deniedAccesses }
 
     /// The name of the device that owns `port`, for statistics and traces.
     public func deviceName(port: UInt16) -> String? {

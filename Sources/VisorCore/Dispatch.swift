@@ -102,6 +102,10 @@ public struct ExitDispatcher: Sendable {
     public var log: @Sendable (String) -> Void
     /// Hypercalls: an OUT to `hypercalls.port` runs a handler from the table.
     public var hypercalls: HypercallTable?
+    /// The MSR policy for accesses KVM routes to user space.
+    public var msrs: MSREmulator?
+    /// Receives a line for each MSR access that raised #GP (the machine's trace).
+    public var traceDenied: (@Sendable (String) -> Void)?
 
     public init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
                 unclaimedPorts: UnclaimedAccessPolicy = .block,
@@ -143,9 +147,26 @@ public struct ExitDispatcher: Sendable {
             return .fatal(.unhandledExit(reason: ExitReason.exception.rawValue))
         case .debug:
             return .fatal(.unhandledExit(reason: ExitReason.debug.rawValue))
+        case .msr(let index, let value):
+            return handleMSR(index: index, value: value, vcpu: data)
         case .other(let reason, _):
             return .fatal(.unhandledExit(reason: reason))
         }
+    }
+
+    /// Applies the MSR policy; with no policy, every routed access raises #GP.
+    func handleMSR(index: UInt32, value: UInt64?, vcpu: some VCPUContext) -> ExitOutcome {
+        let result = msrs?.access(MSRAccess(index: index, writeValue: value, vcpu: vcpu.id)) ?? .fault
+        switch result {
+        case .value(let v): vcpu.completeMSR(value: v, fault: false)
+        case .fault:
+            vcpu.completeMSR(value: 0, fault: true)
+            if let traceDenied {
+                let rip = (try? vcpu.registers().rip).map { "0x\(hex($0))" } ?? "?"
+                traceDenied("vcpu\(vcpu.id) \(value == nil ? "rdmsr" : "wrmsr") 0x\(hex(index)) denied (#GP) at rip=\(rip)")
+            }
+        }
+        return .handled
     }
 
     /// Delivers every element of a (possibly string) port access in order.

@@ -36,6 +36,10 @@ extension VCPUHandle {
             return .debug
         case ExitReason.intr.rawValue:
             return .interrupted
+        case ExitReason.x86Rdmsr.rawValue:
+            return .msr(index: msrIndex, value: nil)
+        case ExitReason.x86Wrmsr.rawValue:
+            return .msr(index: msrIndex, value: msrData)
         default:
             return .other(reason: exitReason, hardwareReason: hardwareExitReason)
         }

@@ -2,7 +2,7 @@ public import Histogram
 
 /// The kinds of exit that statistics and traces distinguish.
 public enum ExitKind: Int, Sendable, CaseIterable, CustomStringConvertible {
-    case portIn, portOut, mmioRead, mmioWrite, halt, shutdown, internalError, failEntry
+    case portIn, portOut, mmioRead, mmioWrite, msrRead, msrWrite, halt, shutdown, internalError, failEntry
     case systemEvent, exception, debug, interrupted, other
 
     public init(_ exit: VMExit) {
@@ -18,6 +18,7 @@ public enum ExitKind: Int, Sendable, CaseIterable, CustomStringConvertible {
         case .exception: self = .exception
         case .debug: self = .debug
         case .interrupted: self = .interrupted
+        case .msr(_, let value): self = value == nil ? .msrRead : .msrWrite
         case .other: self = .other
         }
     }
@@ -28,6 +29,8 @@ public enum ExitKind: Int, Sendable, CaseIterable, CustomStringConvertible {
         case .portOut: "io-out"
         case .mmioRead: "mmio-read"
         case .mmioWrite: "mmio-write"
+        case .msrRead: "rdmsr"
+        case .msrWrite: "wrmsr"
         case .halt: "hlt"
         case .shutdown: "shutdown"
         case .internalError: "internal-error"
@@ -201,6 +204,8 @@ public func traceDescription(_ exit: VMExit, data: some ExitDataChannel) -> Stri
         return "\(ExitKind(exit)) addr=0x\(hex(a.address)) width=\(a.width)" + (a.isWrite ? " value=0x\(hex(a.value))" : "")
     case .halt(let interrupts):
         return "hlt if=\(interrupts ? 1 : 0)"
+    case .msr(let index, let value):
+        return "\(ExitKind(exit)) msr=0x\(hex(index))" + (value.map { " value=0x\(hex($0))" } ?? "")
     default:
         return "\(ExitKind(exit)) \(exit.reason?.kernelName ?? "")"
     }

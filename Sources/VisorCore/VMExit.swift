@@ -115,6 +115,9 @@ public enum VMExit: Sendable, Equatable {
     /// An I/O exit whose data area does not fit the run page: never produced by a correct
     /// kernel, and never trusted.
     case malformedIO(port: UInt16, width: UInt8, count: UInt32)
+    /// RDMSR or WRMSR that KVM routed to user space (`KVM_EXIT_X86_RDMSR`/`WRMSR`);
+    /// `value` is nil for a read.
+    case msr(index: UInt32, value: UInt64?)
     /// Any other exit reason, by number; `ExitReason(rawValue:)` names the known ones.
     case other(reason: UInt32, hardwareReason: UInt64)
 
@@ -131,6 +134,7 @@ public enum VMExit: Sendable, Equatable {
         case .exception: .exception
         case .debug: .debug
         case .interrupted: .intr
+        case .msr(_, let value): value == nil ? .x86Rdmsr : .x86Wrmsr
         case .other(let reason, _): ExitReason(rawValue: reason)
         }
     }
@@ -145,4 +149,6 @@ public protocol ExitDataChannel {
     func setIOElement(_ index: Int, _ value: UInt32)
     /// Sets the value an MMIO read returns; only the low `width` bytes are used.
     func setMMIOData(_ value: UInt64)
+    /// Completes an MSR exit: the value a read returns, or #GP.
+    func completeMSR(value: UInt64, fault: Bool)
 }

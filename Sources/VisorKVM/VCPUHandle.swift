@@ -123,6 +123,16 @@ public final class VCPUHandle: @unchecked Sendable {
     /// Sets the value an MMIO read returns to the guest (KVM uses the low `mmioLength` bytes).
     @inline(__always) public func setMMIOData(_ value: UInt64) { ckvm_run_set_mmio_data(page, value) }
 
+    /// The MSR of a `KVM_EXIT_X86_RDMSR`/`WRMSR` exit, why it exited, and (for a write) the value.
+    @inline(__always) public var msrIndex: UInt32 { ckvm_run_msr_index(page) }
+    @inline(__always) public var msrReason: UInt32 { ckvm_run_msr_reason(page) }
+    @inline(__always) public var msrData: UInt64 { ckvm_run_msr_data(page) }
+    /// Completes an MSR exit: the value a read returns, and whether the guest gets #GP.
+    @inline(__always) public func completeMSR(value: UInt64, fault: Bool) {
+        ckvm_run_set_msr_data(page, value)
+        ckvm_run_set_msr_error(page, fault ? 1 : 0)
+    }
+
     public var failEntryReason: UInt64 { ckvm_run_fail_entry_reason(page) }
     public var failEntryCPU: UInt32 { ckvm_run_fail_entry_cpu(page) }
     public var hardwareExitReason: UInt64 { ckvm_run_hw_exit_reason(page) }

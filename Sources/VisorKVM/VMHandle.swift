@@ -43,6 +43,23 @@ public final class VMHandle: Sendable {
         try ioctlStruct(fd, CKVM_SET_IDENTITY_MAP_ADDR, "KVM_SET_IDENTITY_MAP_ADDR", &value)
     }
 
+    /// Sends chosen MSRs to user space: enables `KVM_CAP_X86_USER_SPACE_MSR` for filtered,
+    /// unknown and invalid accesses, and installs a filter whose `ranges` (base, count)
+    /// exit while every other MSR stays with KVM.
+    public func routeMSRsToUserSpace(_ ranges: [(base: UInt32, count: UInt32)]) throws(KVMError) {
+        var enable = kvm_enable_cap()
+        enable.cap = CKVM_CAP_X86_USER_SPACE_MSR
+        enable.args.0 = CKVM_MSR_EXIT_REASON_FILTER | CKVM_MSR_EXIT_REASON_UNKNOWN | CKVM_MSR_EXIT_REASON_INVAL
+        try ioctlStruct(fd, CKVM_ENABLE_CAP, "KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)", &enable)
+        guard ranges.count <= Int(CKVM_MSR_FILTER_MAX_RANGES) else {
+            throw .ioctl(name: "KVM_X86_SET_MSR_FILTER (more than \(CKVM_MSR_FILTER_MAX_RANGES) ranges)", errno: EINVAL)
+        }
+        let bases = ranges.map(\.base), counts = ranges.map(\.count)
+        _ = try checkedIoctl("KVM_X86_SET_MSR_FILTER") {
+            ckvm_set_msr_exit_ranges(fd, bases, counts, Int32(ranges.count))
+        }
+    }
+
     /// Creates vCPU `id` and maps its run page (`KVM_CREATE_VCPU`).
     public func createVCPU(id: UInt32) throws(KVMError) -> VCPUHandle {
         let vcpufd = try checkedIoctl("KVM_CREATE_VCPU") { ckvm_ioctl_value(fd, CKVM_CREATE_VCPU, UInt(id)) }

@@ -286,6 +286,7 @@ final class FakeChannel: VCPUContext {
     func ioElement(_ index: Int) -> UInt32 { element }
     func setIOElement(_ index: Int, _ value: UInt32) { element = value }
     func setMMIOData(_ value: UInt64) {}
+    func completeMSR(value: UInt64, fault: Bool) {}
 }
 
 final class NullPort: PortDevice, @unchecked Sendable {  // used from one thread only

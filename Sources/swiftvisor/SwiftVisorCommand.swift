@@ -1,13 +1,14 @@
 public import ArgumentParser
 import SwiftVisor
 import SwiftVisorGuests
+import VisorKVM
 
 @main
 struct SwiftVisorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftvisor",
         abstract: "A KVM virtual machine monitor with a programmable VM-exit layer.",
-        subcommands: [Run.self, Guests.self],
+        subcommands: [Run.self, CPUID.self, Guests.self],
         defaultSubcommand: Run.self)
 }
 
@@ -47,6 +48,71 @@ func parseInteger(_ text: String) -> UInt64? {
 }
 
 extension UnclaimedAccessPolicy: ExpressibleByArgument {}
+
+extension CPUIDOverride: ExpressibleByArgument {
+    init?(argument: String) {
+        do { try self.init(parsing: argument) } catch { return nil }
+    }
+}
+
+extension CPUIDPolicy.Preset: ExpressibleByArgument {}
+
+/// `INDEX=RULE` for --msr: allow, deny, readonly:VALUE, write-ignored, const:VALUE,
+/// record[:INITIAL].
+struct MSRRuleArgument: ExpressibleByArgument {
+    let index: UInt32
+    let rule: MSRRule
+
+    init?(argument: String) {
+        let sides = argument.split(separator: "=", maxSplits: 1).map(String.init)
+        guard sides.count == 2, let index = parseInteger(sides[0]), index <= UInt32.max else { return nil }
+        let parts = sides[1].split(separator: ":", maxSplits: 1).map(String.init)
+        let value = parts.count == 2 ? parseInteger(parts[1]) : nil
+        if parts.count == 2, value == nil { return nil }
+        switch parts[0] {
+        case "allow": rule = .allow
+        case "deny": rule = .deny
+        case "write-ignored": rule = .writeIgnored
+        case "readonly": guard let value else { return nil }; rule = .readOnly(value)
+        case "const": guard let value else { return nil }; rule = .constant(value)
+        case "record": rule = .recorded(value ?? 0)
+        default: return nil
+        }
+        self.index = UInt32(index)
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+/// CPUID options shared by `run` and `cpuid`.
+struct CPUIDOptions: ParsableArguments {
+    @Option(name: .customLong("cpuid"),
+            help: ArgumentHelp("Override CPUID bits: LEAF[.SUBLEAF].REG.BIT[:LASTBIT]=VALUE, e.g. 1.ecx.13=0 (repeatable).",
+                               valueName: "override"))
+    var overrides: [CPUIDOverride] = []
+
+    @Option(name: .customLong("cpuid-preset"),
+            help: ArgumentHelp("Apply a named CPUID preset: hide-cx16, hide-pv-ipi (repeatable).", valueName: "name"))
+    var presets: [CPUIDPolicy.Preset] = []
+
+    @Option(help: ArgumentHelp("Vendor signature of CPUID leaf 0x40000000 (1-12 ASCII characters).", valueName: "text"))
+    var hypervisorSignature: String?
+
+    @Option(help: ArgumentHelp("XCR0 bits the guest may enable, intersected with the host's (default 0x7: x87, SSE, AVX).",
+                               valueName: "mask"))
+    var xcr0: Address?
+
+    func policy() throws -> CPUIDPolicy {
+        var policy = CPUIDPolicy()
+        policy.overrides = overrides
+        policy.presets = presets
+        if let xcr0 { policy.allowedXCR0 = xcr0.value }
+        if let hypervisorSignature {
+            do { try policy.setSignature(hypervisorSignature) } catch { throw ValidationError(error.description) }
+        }
+        return policy
+    }
+}
 
 extension SwiftVisorCommand {
     struct Run: ParsableCommand {
@@ -92,6 +158,12 @@ extension SwiftVisorCommand {
         @Flag(help: "Turn off the hypercall port (0x502).")
         var noHypercalls = false
 
+        @OptionGroup var cpuid: CPUIDOptions
+
+        @Option(help: ArgumentHelp("MSR rule: INDEX=allow|deny|readonly:V|write-ignored|const:V|record[:V] (repeatable).",
+                                   valueName: "rule"))
+        var msr: [MSRRuleArgument] = []
+
         func validate() throws {
             if guest != nil, builtin != nil {
                 throw ValidationError("give either a GUEST file or --builtin, not both")
@@ -129,6 +201,8 @@ extension SwiftVisorCommand {
             config.unclaimedMMIO = unclaimedMMIO
             config.collectStatistics = stats || statsJSON != nil
             if noHypercalls { config.hypercallPort = nil }
+            do { config.cpuid = try cpuid.policy() } catch { fail("\(error)") }
+            for rule in msr { config.msrs.set(rule.index, rule.rule) }
             if trace { config.trace = { HostIO.printError($0) } }
 
             let report: RunReport
@@ -146,7 +220,10 @@ extension SwiftVisorCommand {
             if let statistics = report.statistics {
                 let portName: (UInt16) -> String? = { machine.deviceName(port: $0) }
                 let mmioName: (UInt64) -> String? = { machine.deviceName(mmioAddress: $0) }
-                if stats { HostIO.printError(statistics.render(portNames: portName, mmioNames: mmioName)) }
+                if stats {
+                    HostIO.printError(statistics.render(portNames: portName, mmioNames: mmioName))
+                    HostIO.printError("msr accesses denied (#GP): \(machine.deniedMSRAccesses)")
+                }
                 if let statsJSON {
                     let json = statistics.renderJSON(portNames: portName, mmioNames: mmioName) + "\n"
                     do { try HostIO.writeFile(statsJSON, Array(json.utf8)) } catch {
@@ -155,6 +232,42 @@ extension SwiftVisorCommand {
                 }
             }
             if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
+        }
+    }
+
+    struct CPUID: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the CPUID table a guest would see, and how it differs from the host's (KVM_GET_SUPPORTED_CPUID).")
+
+        @Option(help: "Number of vCPUs the table is for.")
+        var cpus: UInt32 = 1
+
+        @Option(help: "Which vCPU (APIC ID) to show.")
+        var vcpu: UInt32 = 0
+
+        @OptionGroup var cpuid: CPUIDOptions
+
+        @Flag(help: "Print KVM's supported table itself, one entry per line (function index flags eax ebx ecx edx, hex).")
+        var rawHost = false
+
+        func validate() throws {
+            guard cpus >= 1, cpus <= 255 else { throw ValidationError("--cpus must be 1 to 255") }
+            guard vcpu < cpus else { throw ValidationError("--vcpu must be below --cpus") }
+        }
+
+        func run() throws {
+            let policy = try cpuid.policy()
+            let host: [CPUIDEntry]
+            do { host = try KVMSystem().supportedCPUID() } catch { fail(error.description) }
+            if rawHost {
+                for e in host {
+                    print([e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx]
+                        .map { String($0, radix: 16) }.joined(separator: " "))
+                }
+                return
+            }
+            let guest = policy.normalize(host, apicID: vcpu, vcpuCount: cpus)
+            print(CPUIDTable.render(host: host, guest: guest))
         }
     }
 

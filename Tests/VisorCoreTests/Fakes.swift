@@ -48,6 +48,10 @@ final class FakeDataChannel: VCPUContext {
         mmioData = value
         mmioSets += 1
     }
+
+    /// The last MSR completion: (value, fault).
+    var msrCompletion: (value: UInt64, fault: Bool)?
+    func completeMSR(value: UInt64, fault: Bool) { msrCompletion = (value, fault) }
 }
 
 /// One access a fake port device saw.

@@ -26,6 +26,8 @@ static const unsigned long CKVM_CREATE_VCPU = KVM_CREATE_VCPU;
 static const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
 static const unsigned long CKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
 static const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+static const unsigned long CKVM_ENABLE_CAP = KVM_ENABLE_CAP;
+static const unsigned long CKVM_X86_SET_MSR_FILTER = KVM_X86_SET_MSR_FILTER;
 
 static const unsigned long CKVM_RUN = KVM_RUN;
 static const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
@@ -51,6 +53,12 @@ static const uint32_t CKVM_MAX_CPUID_ENTRIES = 256;
 static const uint32_t CKVM_EXIT_IO_IN = KVM_EXIT_IO_IN;
 static const uint32_t CKVM_EXIT_IO_OUT = KVM_EXIT_IO_OUT;
 static const uint32_t CKVM_VCPUEVENT_VALID_NMI_PENDING = KVM_VCPUEVENT_VALID_NMI_PENDING;
+static const uint32_t CKVM_CAP_X86_USER_SPACE_MSR = KVM_CAP_X86_USER_SPACE_MSR;
+static const uint32_t CKVM_CAP_X86_MSR_FILTER = KVM_CAP_X86_MSR_FILTER;
+static const uint64_t CKVM_MSR_EXIT_REASON_INVAL = KVM_MSR_EXIT_REASON_INVAL;
+static const uint64_t CKVM_MSR_EXIT_REASON_UNKNOWN = KVM_MSR_EXIT_REASON_UNKNOWN;
+static const uint64_t CKVM_MSR_EXIT_REASON_FILTER = KVM_MSR_EXIT_REASON_FILTER;
+static const int CKVM_MSR_FILTER_MAX_RANGES = KVM_MSR_FILTER_MAX_RANGES;
 
 // MARK: non-variadic ioctl wrappers
 
@@ -116,6 +124,19 @@ static inline uint64_t ckvm_run_hw_exit_reason(const struct kvm_run *run) {
 }
 static inline uint32_t ckvm_run_ex_exception(const struct kvm_run *run) { return run->ex.exception; }
 static inline uint32_t ckvm_run_ex_error_code(const struct kvm_run *run) { return run->ex.error_code; }
+
+static inline uint8_t ckvm_run_msr_error(const struct kvm_run *run) { return run->msr.error; }
+static inline void ckvm_run_set_msr_error(struct kvm_run *run, uint8_t error) { run->msr.error = error; }
+static inline uint32_t ckvm_run_msr_reason(const struct kvm_run *run) { return run->msr.reason; }
+static inline uint32_t ckvm_run_msr_index(const struct kvm_run *run) { return run->msr.index; }
+static inline uint64_t ckvm_run_msr_data(const struct kvm_run *run) { return run->msr.data; }
+static inline void ckvm_run_set_msr_data(struct kvm_run *run, uint64_t data) { run->msr.data = data; }
+
+/// Installs an MSR filter on `vmfd` that lets every MSR through to KVM except the `count`
+/// ranges [bases[i], bases[i] + counts[i]), whose reads and writes exit to user space.
+/// At most CKVM_MSR_FILTER_MAX_RANGES ranges of at most 0x600 * 8 MSRs each. Returns the
+/// ioctl's result (-1 with errno on failure).
+int ckvm_set_msr_exit_ranges(int vmfd, const uint32_t *bases, const uint32_t *counts, int count);
 
 _Static_assert(sizeof(struct kvm_regs) == 18 * 8, "kvm_regs layout");
 _Static_assert(sizeof(struct kvm_segment) == 24, "kvm_segment layout");

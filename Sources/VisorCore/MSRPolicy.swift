@@ -1,0 +1,130 @@
+import Synchronization
+
+/// How one model-specific register behaves for the guest.
+public enum MSRRule: Sendable {
+    /// KVM handles it (not routed to user space).
+    case allow
+    /// Reads and writes raise #GP.
+    case deny
+    /// Reads return the value; writes are ignored (IA32_BIOS_SIGN_ID answers all ones, so a
+    /// guest never attempts a microcode update).
+    case readOnly(UInt64)
+    /// Writes are ignored; reads raise #GP (IA32_BIOS_UPDT_TRIG).
+    case writeIgnored
+    /// Reads return the value; writes raise #GP (a locked register).
+    case constant(UInt64)
+    /// Reads return the last value written, starting from the given one (Akaros' "fake
+    /// write").
+    case recorded(UInt64)
+    /// A Swift handler decides.
+    case handler(MSRHandler)
+}
+
+/// An MSR access as a handler sees it.
+public struct MSRAccess: Sendable, Equatable {
+    public var index: UInt32
+    /// The value for a write, nil for a read.
+    public var writeValue: UInt64?
+    public var vcpu: UInt32
+}
+
+/// A handler's answer: a value (for a read; ignored for a write), or #GP.
+public enum MSRResult: Sendable, Equatable {
+    case value(UInt64)
+    case fault
+}
+
+public typealias MSRHandler = @Sendable (MSRAccess) -> MSRResult
+
+/// The MSR policy: a table of rules by MSR number. MSRs without a rule stay with KVM; an
+/// MSR KVM does not know, or refuses, comes back as an exit and raises #GP in the guest.
+/// No guest access ever reaches the host's MSRs or stops the VM.
+public struct MSRPolicy: Sendable {
+    public static let biosSignID: UInt32 = 0x8B
+    public static let biosUpdateTrigger: UInt32 = 0x79
+    public static let featureControl: UInt32 = 0x3A
+    /// IA32_VMX_BASIC ... IA32_VMX_VMFUNC.
+    public static let vmxCapabilities: ClosedRange<UInt32> = 0x480...0x491
+
+    public private(set) var rules: [UInt32: MSRRule] = [:]
+
+    /// No rules: every MSR stays with KVM.
+    public static let empty = MSRPolicy()
+
+    private init() {}
+
+    /// The default policy: BIOS_SIGN_ID reads all ones with writes ignored; BIOS_UPDT_TRIG
+    /// writes ignored; FEATURE_CONTROL reads as locked with VMX off; the VMX capability MSRs
+    /// raise #GP, since VMX is hidden from the guest.
+    public static var standard: MSRPolicy {
+        var policy = MSRPolicy()
+        policy.set(biosSignID, .readOnly(.max))
+        policy.set(biosUpdateTrigger, .writeIgnored)
+        policy.set(featureControl, .constant(1))
+        for msr in vmxCapabilities { policy.set(msr, .deny) }
+        return policy
+    }
+
+    public mutating func set(_ index: UInt32, _ rule: MSRRule) {
+        if case .allow = rule { rules[index] = nil } else { rules[index] = rule }
+    }
+
+    /// The MSRs to route to user space, merged into ranges of consecutive numbers.
+    public var routedRanges: [(base: UInt32, count: UInt32)] {
+        var ranges: [(base: UInt32, count: UInt32)] = []
+        for index in rules.keys.sorted() {
+            if let last = ranges.last, last.base &+ last.count == index {
+                ranges[ranges.count - 1].count += 1
+            } else {
+                ranges.append((index, 1))
+            }
+        }
+        return ranges
+    }
+}
+
+/// The policy at run time: applies the rules, keeps recorded values and counts denials.
+public final class MSREmulator: Sendable {
+    public let policy: MSRPolicy
+    private let recorded: Mutex<[UInt32: UInt64]>
+    private let denials = Atomic<UInt64>(0)
+
+    public init(policy: MSRPolicy) {
+        self.policy = policy
+        var initial: [UInt32: UInt64] = [:]
+        for (index, rule) in policy.rules {
+            if case .recorded(let value) = rule { initial[index] = value }
+        }
+        recorded = Mutex(initial)
+    }
+
+    /// Accesses that raised #GP so far.
+    public var deniedAccesses: UInt64 { denials.load(ordering: .relaxed) }
+
+    /// Decides one access. MSRs with no rule (KVM did not know them) raise #GP.
+    public func access(_ access: MSRAccess) -> MSRResult {
+        let result: MSRResult
+        switch policy.rules[access.index] {
+        case nil, .allow?, .deny?:
+            result = .fault
+        case .readOnly(let value)?:
+            result = .value(access.writeValue == nil ? value : 0)
+        case .writeIgnored?:
+            result = access.writeValue == nil ? .fault : .value(0)
+        case .constant(let value)?:
+            result = access.writeValue == nil ? .value(value) : .fault
+        case .recorded?:
+            result = recorded.withLock { values in
+                if let written = access.writeValue {
+                    values[access.index] = written
+                    return .value(0)
+                }
+                return .value(values[access.index] ?? 0)
+            }
+        case .handler(let handler)?:
+            result = handler(access)
+        }
+        if result == .fault { denials.add(1, ordering: .relaxed) }
+        return result
+    }
+}
