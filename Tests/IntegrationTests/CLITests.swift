@@ -116,7 +116,35 @@ extension KVMIntegration {
             #expect(result.stderr.contains("io-out port=0x501"))
         }
 
-        @Test("a missing guest file is a one-line error")
+        @Test("a --cpuid override on the command line shows up in the guest")
+    func cpuidOverride() throws {
+        let plain = try run(["--builtin", "cpuid_probe"])
+        let hidden = try run(["--builtin", "cpuid_probe", "--cpuid", "1.ecx.13=0"])
+        #expect(plain.status == 0 && hidden.status == 0)
+        let before = try #require(parseCPUIDProbe(plain.stdout)["00000001.00"]).ecx
+        let after = try #require(parseCPUIDProbe(hidden.stdout)["00000001.00"]).ecx
+        #expect(before & (1 << 13) != 0, "this host offers CMPXCHG16B")
+        #expect(after & (1 << 13) == 0)
+        #expect(after | (1 << 13) == before)
+    }
+
+    @Test("'swiftvisor cpuid' prints the guest table and marks what differs from the host")
+    func cpuidCommand() throws {
+        let result = try run(["cpuid", "--cpus", "2", "--vcpu", "1"])
+        #expect(result.status == 0)
+        #expect(result.stdout.contains("* 00000001.00"))
+        #expect(result.stdout.contains("+ 0000000b.01  eax=00000001 ebx=00000002 ecx=00000201 edx=00000001"))
+        #expect(result.stdout.contains("40000000.00  eax=40000001 ebx=4b4d564b ecx=564b4d56 edx=0000004d"))
+    }
+
+    @Test("a malformed --cpuid override is a usage error naming the flag")
+    func badCPUIDOverride() throws {
+        let result = try run(["--cpuid", "1.ecx.40=1"])
+        #expect(result.status == 64)
+        #expect(result.stderr.contains("--cpuid"))
+    }
+
+    @Test("a missing guest file is a one-line error")
         func missingFile() throws {
             expectOneLineError(try run(["/nonexistent/guest.elf"]), mentioning: "No such file")
         }
