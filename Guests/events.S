@@ -1,4 +1,4 @@
-// Exception injection and hypercalls: installs a 64-bit IDT, then runs the mode its command line names (identity, print, unknown or inject); handlers for vectors 2, 6, 13, 14 and 0x40 print the event and exit 0.
+// Exception injection and hypercalls: installs a 64-bit IDT, then runs the mode its command line names (identity, print, unknown, inject or wait); handlers for vectors 2, 6, 13, 14 and 0x40 print the event and exit 0.
 //
 // The IDT has 256 interrupt gates (selector 0x08, type 0x8E, IST 0). Vectors 2 (NMI),
 // 6 (#UD), 13 (#GP), 14 (#PF) and 0x40 (external interrupt) each print one line
@@ -22,6 +22,10 @@
 //             prints "no #UD", status 1.
 //   inject    sti, out al to port 0x530 (the VMM answers by injecting an event), a few nops,
 //             cli. If no handler ran: prints "no event", status 1.
+//   wait      masks both 8259 PICs (ports 0x21, 0xA1 <- 0xFF), prints "waiting", then sti
+//             and hlt in a loop forever: for a VMM with an in-kernel irqchip, where hlt
+//             sleeps until an event arrives. An NMI from the host ends it through the NMI
+//             handler ("vector=02 ...", status 0).
 //   other     prints "bad command line", status 254.
 // A bad boot-info block prints "bad boot info ..." and ends with status 3.
 
@@ -69,6 +73,10 @@ _start:
     call cmdline_is
     testl %eax, %eax
     jnz do_inject
+    leaq mode_wait(%rip), %rsi
+    call cmdline_is
+    testl %eax, %eax
+    jnz do_wait
     leaq text_bad_command_line(%rip), %rsi
     movb $EXIT_BAD_COMMAND_LINE, %r12b
     jmp fail
@@ -158,6 +166,11 @@ do_unknown:
     jmp fail
 
 do_inject:
+    // Software-enable the local APIC (SVR bit 8, spurious vector 0xFF): with the in-kernel
+    // interrupt controller an injected external interrupt arrives through it. Without one,
+    // this is an ordinary unclaimed MMIO write.
+    movl $0xFEE000F0, %ebx
+    movl $0x1FF, (%rbx)
     movw $INJECT_PORT, %dx
     xorl %eax, %eax
     sti                             // the out is in sti's interrupt shadow; the nops are not
@@ -170,6 +183,16 @@ do_inject:
     leaq text_no_event(%rip), %rsi
     movb $EXIT_FALLTHROUGH, %r12b
     jmp fail
+
+do_wait:
+    movb $0xFF, %al                 // mask every PIC input: only the NMI should arrive
+    outb %al, $0x21
+    outb %al, $0xA1
+    leaq text_waiting(%rip), %rsi
+    call com1_puts
+    sti
+1:  hlt                             // sleeps in the kernel until an event; the NMI handler exits
+    jmp 1b
 
 // fail: prints the string at RSI and ends the VM with status R12B.
 fail:
@@ -331,6 +354,8 @@ mode_identity:          .asciz "identity"
 mode_print:             .asciz "print"
 mode_unknown:           .asciz "unknown"
 mode_inject:            .asciz "inject"
+mode_wait:              .asciz "wait"
+text_waiting:           .asciz "waiting\n"
 text_identity_rax:      .asciz "identity rax="
 text_identity_rbx:      .asciz " rbx="
 text_identity_rcx:      .asciz " rcx="

@@ -1,6 +1,9 @@
 // The shim is header-only (inline functions and constants); this file gives SwiftPM a
 // translation unit to build the module from.
+#define _GNU_SOURCE
 #include "ckvm.h"
+#include <pthread.h>
+#include <signal.h>
 
 #include <errno.h>
 #include <string.h>
@@ -27,4 +30,30 @@ int ckvm_set_msr_exit_ranges(int vmfd, const uint32_t *bases, const uint32_t *co
         filter.ranges[i].bitmap = (uint8_t *)deny;
     }
     return ioctl(vmfd, KVM_X86_SET_MSR_FILTER, &filter);
+}
+
+static void ckvm_kick_handler(int signo) { (void)signo; }
+
+int ckvm_install_kick_handler(int signo) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = ckvm_kick_handler;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
+    return sigaction(signo, &action, NULL) == 0 ? 0 : errno;
+}
+
+int ckvm_thread_signal_mask(int how, const int *signals, int count) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < count; i++) sigaddset(&set, signals[i]);
+    return pthread_sigmask(how, &set, NULL);
+}
+
+int ckvm_wait_for_signal(const int *signals, int count) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < count; i++) sigaddset(&set, signals[i]);
+    int signo = 0;
+    return sigwait(&set, &signo) == 0 ? signo : -1;
 }

@@ -1,81 +1,10 @@
 public import VisorCore
 public import VisorDevices
+public import VisorMemory
+import Glibc
+import Synchronization
 import VisorKVM
 import VisorLoader
-public import VisorMemory
-import Synchronization
-
-/// Everything needed to build a machine. Build one, adjust it, hand it to `Machine`.
-public struct MachineConfiguration: Sendable {
-    /// A guest image and how to enter it.
-    public enum Guest: Sendable {
-        /// A freestanding 64-bit ELF executable, entered in long mode (see the README's
-        /// guest entry contract).
-        case elf([UInt8])
-        /// A raw binary copied to `loadAddress` and entered in 16-bit real mode there.
-        case flat([UInt8], loadAddress: UInt64)
-    }
-
-    /// A port device to put on the bus besides the built-in ones.
-    public struct PortRegistration: Sendable {
-        public var name: String
-        public var range: PortRange
-        public var device: any PortDevice
-        public init(name: String, range: PortRange, device: any PortDevice) {
-            self.name = name
-            self.range = range
-            self.device = device
-        }
-    }
-
-    /// An MMIO device to put on the bus.
-    public struct MMIORegistration: Sendable {
-        public var name: String
-        public var range: MMIORange
-        public var device: any MMIODevice
-        public init(name: String, range: MMIORange, device: any MMIODevice) {
-            self.name = name
-            self.range = range
-            self.device = device
-        }
-    }
-
-    public var guest: Guest
-    /// Guest RAM in bytes: a positive multiple of 4 KiB, at most the host's RAM.
-    public var memorySize: UInt64 = 64 << 20
-    /// Passed to ELF guests through the boot-info block.
-    public var commandLine = ""
-    public var unclaimedPorts: UnclaimedAccessPolicy = .block
-    public var unclaimedMMIO: UnclaimedAccessPolicy = .block
-    /// Count exits by kind and port.
-    public var collectStatistics = false
-    /// Receives one line per exit when set.
-    public var trace: (@Sendable (String) -> Void)?
-    /// Receives every byte the guest sends to COM1. Default: standard output, unbuffered.
-    public var consoleOutput: @Sendable (UInt8) -> Void = { HostIO.write(CollectionOfOne($0), to: 1) }
-    /// Receives warnings and `log`-policy messages. Default: standard error.
-    public var log: @Sendable (String) -> Void = { HostIO.printError($0) }
-    public var portDevices: [PortRegistration] = []
-    /// Port ranges intercepted with no handler (reads all ones, writes dropped), exempt
-    /// from the unclaimed-port policy. Named for statistics and error messages.
-    public var blockedPorts: [(name: String, range: PortRange)] = []
-    /// The hypercall port (see `HypercallTable`); nil turns hypercalls off, so the port is
-    /// an ordinary unclaimed port.
-    public var hypercallPort: UInt16? = HypercallTable.defaultPort
-    /// Hypercall handlers added to (or replacing) the built-in ones, by call number.
-    public var hypercallHandlers: [UInt64: HypercallHandler] = [:]
-    public var mmioDevices: [MMIORegistration] = []
-    /// What CPUID tells the guest (see `CPUIDPolicy`).
-    public var cpuid = CPUIDPolicy()
-    /// How the guest's RDMSR and WRMSR behave (see `MSRPolicy`).
-    public var msrs = MSRPolicy.standard
-    /// The KVM device node.
-    public var kvmPath = "/dev/kvm"
-
-    public init(guest: Guest) {
-        self.guest = guest
-    }
-}
 
 /// How a run ended.
 public struct RunReport: Sendable {
@@ -84,10 +13,12 @@ public struct RunReport: Sendable {
         case fatal(FatalExit)
     }
     public var outcome: Outcome
-    /// For a fatal exit: the exit and the full vCPU state, as one readable block.
+    /// For a fatal exit: the exit and the full state of the vCPU that hit it.
     public var diagnostic: String?
-    /// Exit counts, when statistics were on.
+    /// Exit counts of all vCPUs together, when statistics were on.
     public var statistics: ExitStatistics?
+    /// Exit counts of each vCPU, by index, when statistics were on.
+    public var vcpuStatistics: [ExitStatistics] = []
 
     /// The process exit status for this outcome (see the README's table).
     public var exitStatus: Int32 {
@@ -98,10 +29,13 @@ public struct RunReport: Sendable {
     }
 }
 
-/// A virtual machine: KVM VM, guest memory, one vCPU, COM1 and the debug-exit port.
+/// A virtual machine: KVM VM, guest memory, vCPUs on their own threads, the in-kernel
+/// interrupt controllers, COM1, the debug-exit and hypercall ports.
 ///
 /// `init` builds everything and loads the guest; any failure releases what was made so far
-/// (each handle closes itself). `run` then runs the guest to its end on a vCPU thread.
+/// (each handle closes itself). Then either `run()` (blocking or async) runs the guest to its
+/// end, or `start()` starts it and `pause()`, `resume()`, `stop()` and `wait()` control it.
+/// A machine runs once.
 public final class Machine: Sendable {
     /// Guest-physical RAM from 3 GiB up to 4 GiB is left for MMIO; RAM beyond 3 GiB
     /// continues at 4 GiB.
@@ -116,10 +50,10 @@ public final class Machine: Sendable {
     public let serial: SerialPort
     let system: KVMSystem
     let vm: VMHandle
-    let vcpu: VCPUHandle
+    let vcpus: [VCPUHandle]
     let dispatcher: ExitDispatcher
     let msrEmulator: MSREmulator
-    private let started = Atomic<Bool>(false)
+    let control: VMControl
 
     public init(_ configuration: MachineConfiguration) throws(MachineError) {
         self.configuration = configuration
@@ -132,12 +66,25 @@ public final class Machine: Sendable {
         guard size <= hostMemory else {
             throw .invalidMemorySize("\(size >> 20) MiB is more than the host's \(hostMemory >> 20) MiB of RAM")
         }
+        let count = configuration.vcpuCount
+        guard count >= 1 else { throw .invalidVCPUCount("\(count): a VM needs at least one vCPU") }
+        if count > 1, !configuration.interruptController {
+            throw .invalidVCPUCount("\(count) vCPUs need the interrupt controller (INIT/SIPI go through local APICs)")
+        }
 
-        do {
-            system = try KVMSystem(path: configuration.kvmPath)
+        do { system = try KVMSystem(path: configuration.kvmPath) } catch { throw .kvm(error) }
+        let limit = Int(max(system.check(.maxVCPUs), system.check(.nrVCPUs), 1))
+        guard count <= limit else {
+            throw .invalidVCPUCount("\(count): this host's KVM allows at most \(limit) vCPUs")
+        }
+        do throws(KVMError) {
             vm = try system.createVM()
             try vm.setTSSAddress(Self.tssAddress)
             try vm.setIdentityMapAddress(Self.identityMapAddress)
+            if configuration.interruptController {
+                try vm.createInterruptController()
+                try vm.createPIT()
+            }
         } catch { throw .kvm(error) }
 
         var regions = [GuestRegion(start: 0, size: min(size, Self.lowMemoryLimit))]
@@ -153,7 +100,8 @@ public final class Machine: Sendable {
                 let image = try ELFImage(parsing: bytes)
                 try image.load(bytes, into: memory, reservedEnd: BootLayout.reservedEnd)
                 entry = try BootLayout.prepareLongMode(memory: memory, entry: image.entry,
-                                                       commandLine: configuration.commandLine)
+                                                       commandLine: configuration.commandLine,
+                                                       vcpuCount: UInt32(count))
             case .flat(let bytes, let address):
                 entry = try FlatBinaryLoader.load(bytes, at: address, into: memory)
             }
@@ -169,13 +117,31 @@ public final class Machine: Sendable {
                 guard system.check(.msrFilter) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_MSR_FILTER") }
                 try vm.routeMSRsToUserSpace(configuration.msrs.routedRanges)
             }
-            vcpu = try vm.createVCPU(id: 0)
-            try vcpu.setCPUID(configuration.cpuid.normalize(try system.supportedCPUID(), apicID: 0, vcpuCount: 1))
-            try vcpu.setMSRs(Self.entryMSRs)
-            try Self.apply(entry, to: vcpu)
+            let supported = try system.supportedCPUID()
+            var made: [VCPUHandle] = []
+            for id in 0..<count {
+                let vcpu = try vm.createVCPU(id: UInt32(id))
+                try vcpu.setCPUID(configuration.cpuid.normalize(supported, apicID: UInt32(id), vcpuCount: UInt32(count)))
+                try vcpu.setMSRs(Self.entryMSRs)
+                if id == 0 {
+                    try Self.apply(entry, to: vcpu)
+                } else {
+                    // Application processors wait for INIT and SIPI, as on hardware.
+                    try vcpu.setMPState(VCPUHandle.mpStateWaitForSIPI)
+                }
+                made.append(vcpu)
+            }
+            vcpus = made
         } catch { throw .kvm(error) }
 
-        serial = SerialPort(output: configuration.consoleOutput)
+        let vm = self.vm
+        var interruptLine: (@Sendable (Bool) -> Void)?
+        if configuration.interruptController {
+            interruptLine = { level in
+                do { try vm.setIRQLine(SerialPort.com1IRQ, high: level) } catch {}
+            }
+        }
+        serial = SerialPort(output: configuration.consoleOutput, interruptLine: interruptLine)
         msrEmulator = MSREmulator(policy: configuration.msrs)
         var ports = PortBus()
         do throws(BusError) {
@@ -209,6 +175,8 @@ public final class Machine: Sendable {
             dispatcher.traceDenied = configuration.trace
             self.dispatcher = dispatcher
         } catch { throw .bus(error) }
+        control = VMControl(vcpuCount: count)
+        VCPUSignals.installKickHandler()
     }
 
     /// MSRs set at entry (`KVM_SET_MSRS`), besides EFER, which the entry state sets.
@@ -251,40 +219,156 @@ public final class Machine: Sendable {
         try vcpu.setRegisters(regs)
     }
 
-    /// Runs the guest to its end on a dedicated vCPU thread and returns how it ended.
-    /// A machine runs once; a second call throws.
+    // MARK: Lifecycle
+
+    /// Runs the guest to its end and returns how it ended. The calling thread waits while
+    /// one thread per vCPU runs.
     public func run() throws(MachineError) -> RunReport {
-        guard !started.exchange(true, ordering: .acquiringAndReleasing) else { throw .alreadyRan }
-        let box = ReportBox()
-        let rc = VCPUThread.runAndJoin { [self] in box.report = runLoop() }
-        guard rc == 0, let report = box.report else { throw .cannotStartThread(errno: rc) }
+        try control.claimStart()
+        let report = runVCPUThreads()
+        control.finish(report)
         return report
     }
 
-    /// `run()` for async callers: the vCPU thread runs while the caller's task is suspended.
+    /// `run()` for async callers: the vCPU threads run while the caller's task is suspended.
     public func run() async throws(MachineError) -> RunReport {
-        let result: Result<RunReport, MachineError> = await withCheckedContinuation { continuation in
-            let rc = VCPUThread.start { [self] in
-                do throws(MachineError) {
-                    continuation.resume(returning: .success(try run()))
-                } catch {
-                    continuation.resume(returning: .failure(error))
-                }
-            }
-            if rc != 0 { continuation.resume(returning: .failure(.cannotStartThread(errno: rc))) }
-        }
-        return try result.get()
+        try start()
+        return await wait()
     }
 
-    /// The exit loop. Steady state: KVM_RUN, decode, dispatch; no allocation.
-    func runLoop() -> RunReport {
+    /// Starts the vCPU threads and returns at once; `wait()` or `stop()` collect the report.
+    public func start() throws(MachineError) {
+        try control.claimStart()
+        let rc = VCPUThread.start { [self] in
+            control.finish(runVCPUThreads())
+        }
+        if rc != 0 {
+            control.finish(RunReport(outcome: .fatal(.runFailed("cannot start the vCPU threads: \(errnoText(rc))"))))
+            throw .cannotStartThread(errno: rc)
+        }
+    }
+
+    /// Waits until the VM has stopped, and returns its report.
+    public func wait() async -> RunReport {
+        await control.report()
+    }
+
+    /// Stops every vCPU (each is kicked out of KVM_RUN) and returns the report. A VM that
+    /// already stopped keeps its own outcome.
+    @discardableResult
+    public func stop() async -> RunReport {
+        requestStop()
+        return await wait()
+    }
+
+    /// Asks the VM to stop without waiting.
+    public func requestStop() {
+        control.record(.stopped(.requested))
+        kickAll()
+    }
+
+    /// Parks every vCPU outside KVM_RUN, and returns once all are parked (or the VM ended).
+    public func pause() async {
+        control.pauseRequested.store(true, ordering: .sequentiallyConsistent)
+        kickAll()
+        while !control.allParkedOrDone {
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+    }
+
+    /// Lets paused vCPUs run again.
+    public func resume() {
+        control.pauseRequested.store(false, ordering: .sequentiallyConsistent)
+    }
+
+    /// Whether every vCPU is parked by `pause()`.
+    public var isPaused: Bool { control.pauseRequested.load(ordering: .relaxed) && control.allParkedOrDone }
+
+    /// Queues a non-maskable interrupt for vCPU `index` and kicks it, so that it is
+    /// delivered promptly even if the vCPU is halted.
+    public func injectNMI(vcpu index: Int = 0) {
+        guard vcpus.indices.contains(index) else { return }
+        control.requestNMI(index)
+        kick(index)
+    }
+
+    /// Feeds bytes to COM1's receive FIFO (at most 64 wait there), raising IRQ 4 if the
+    /// guest enabled it. Returns how many bytes were taken.
+    @discardableResult
+    public func sendConsoleInput(_ bytes: [UInt8]) -> Int {
+        serial.receive(bytes)
+    }
+
+    /// Whether the VM has stopped.
+    public var hasStopped: Bool { control.isFinished }
+
+    func kickAll() {
+        for index in vcpus.indices { kick(index) }
+    }
+
+    /// Makes vCPU `index` leave KVM_RUN: the immediate-exit flag covers a vCPU about to
+    /// enter, the signal one already inside.
+    func kick(_ index: Int) {
+        vcpus[index].requestImmediateExit(true)
+        if let thread = control.thread(index) {
+            pthread_kill(thread, VCPUSignals.kick)
+        }
+    }
+
+    /// Starts one thread per vCPU, joins them, and builds the report.
+    func runVCPUThreads() -> RunReport {
+        var threads: [pthread_t] = []
+        for index in vcpus.indices {
+            var thread = pthread_t()
+            let rc = VCPUThread.create(&thread) { [self] in vcpuLoop(index) }
+            guard rc == 0 else {
+                control.record(.fatal(.runFailed("cannot start vCPU thread \(index): \(errnoText(rc))")))
+                kickAll()
+                break
+            }
+            control.setThread(index, thread)
+            threads.append(thread)
+        }
+        for thread in threads { pthread_join(thread, nil) }
+        let perVCPU = control.statistics()
+        var merged: ExitStatistics?
+        if configuration.collectStatistics, var total = perVCPU.first {
+            for other in perVCPU.dropFirst() { total.merge(other) }
+            merged = total
+        }
+        return RunReport(outcome: control.outcome ?? .stopped(.requested), diagnostic: control.diagnostic,
+                         statistics: merged, vcpuStatistics: configuration.collectStatistics ? perVCPU : [])
+    }
+
+    /// One vCPU's exit loop. Steady state: KVM_RUN, decode, dispatch; no allocation.
+    func vcpuLoop(_ index: Int) {
+        VCPUSignals.unblock([VCPUSignals.kick])
+        let vcpu = vcpus[index]
         var statistics: ExitStatistics? = configuration.collectStatistics ? ExitStatistics() : nil
+        defer { control.vcpuExited(index, statistics) }
         let trace = configuration.trace
         let startTime = trace == nil ? 0 : HostIO.monotonicNanoseconds()
         while true {
+            // After a kick, clear its flag first and then look at the requests: a kick sent
+            // after the look sets the flag again, so KVM_RUN returns at once (see kick(_:)).
+            // Without a kick the flag is already clear and the exit path pays one load.
+            if vcpu.immediateExitRequested {
+                vcpu.requestImmediateExit(false)
+                atomicMemoryFence(ordering: .sequentiallyConsistent)
+            }
+            if control.stopRequested.load(ordering: .sequentiallyConsistent) { return }
+            if control.pauseRequested.load(ordering: .sequentiallyConsistent) {
+                control.park()
+                continue
+            }
+            if control.takeNMI(index) {
+                do { try vcpu.inject(.nmi) } catch {
+                    return finish(.fatal(.runFailed("NMI: \(error)")), vcpu)
+                }
+            }
             let result: VCPUHandle.RunResult
             do { result = try vcpu.run() } catch {
-                return report(.fatal(.runFailed(error.description)), statistics)
+                return finish(.fatal(.runFailed(error.description)), vcpu)
             }
             if case .interrupted = result { continue }
             let exitTime = statistics == nil ? 0 : HostIO.monotonicNanoseconds()
@@ -299,21 +383,32 @@ public final class Machine: Sendable {
             }
             switch outcome {
             case .handled: continue
-            case .stop(let reason): return report(.stopped(reason), statistics)
-            case .fatal(let fatal): return report(.fatal(fatal), statistics)
+            case .stop(let reason): return finish(.stopped(reason), vcpu)
+            case .fatal(let fatal): return finish(.fatal(fatal), vcpu)
             }
         }
     }
 
-    /// The whole vCPU state as one readable block (registers, segments, control and debug
-    /// registers, pending events, the bytes at RIP): the dump fatal exits print. Handlers may
-    /// call it from the vCPU thread while they run; after `run` returns it shows the final state.
-    public func stateDump() -> String {
-        GuestStateSnapshot(vcpu: vcpu, memory: memory).render()
+    /// Records how this vCPU ended the VM (the first vCPU to end it wins) and stops the others.
+    private func finish(_ outcome: RunReport.Outcome, _ vcpu: VCPUHandle) {
+        if control.record(outcome), case .fatal(let fatal) = outcome {
+            let state = GuestStateSnapshot(vcpu: vcpu, memory: memory)
+            control.setDiagnostic("fatal: \(fatal)\n" + state.render())
+        }
+        kickAll()
     }
+
+    // MARK: Inspection
 
     /// Guest RDMSR/WRMSR accesses that raised #GP so far.
     public var deniedMSRAccesses: UInt64 { msrEmulator.deniedAccesses }
+
+    /// The whole state of vCPU `index` as one readable block (registers, segments, control
+    /// and debug registers, pending events, the bytes at RIP): the dump fatal exits print.
+    /// Call it from that vCPU's own thread (a handler) or when the VM is paused or stopped.
+    public func stateDump(vcpu index: Int = 0) -> String {
+        GuestStateSnapshot(vcpu: vcpus[index], memory: memory).render()
+    }
 
     /// The name of the device that owns `port`, for statistics and traces.
     public func deviceName(port: UInt16) -> String? {
@@ -325,21 +420,120 @@ public final class Machine: Sendable {
     public func deviceName(mmioAddress address: UInt64) -> String? {
         dispatcher.mmio.index(for: address).map { dispatcher.mmio.entries[$0].name }
     }
-
-    private func report(_ outcome: RunReport.Outcome, _ statistics: ExitStatistics?) -> RunReport {
-        var diagnostic: String?
-        if case .fatal(let fatal) = outcome {
-            let state = GuestStateSnapshot(vcpu: vcpu, memory: memory)
-            diagnostic = "fatal: \(fatal)\n" + state.render()
-        }
-        return RunReport(outcome: outcome, diagnostic: diagnostic, statistics: statistics)
-    }
 }
 
-/// Carries the report from the vCPU thread to the thread that joins it. pthread_join
-/// orders the write before the read, so no lock is needed.
-private final class ReportBox: @unchecked Sendable {
-    var report: RunReport?
+/// The state shared by a machine's vCPU threads and its controller.
+final class VMControl: Sendable {
+    let stopRequested = Atomic<Bool>(false)
+    let pauseRequested = Atomic<Bool>(false)
+    let parked = Atomic<Int>(0)
+    let exited = Atomic<Int>(0)
+    private let started = Atomic<Bool>(false)
+    private let vcpuCount: Int
+    private let state: Mutex<State>
+
+    struct State {
+        var outcome: RunReport.Outcome?
+        var diagnostic: String?
+        var threads: [pthread_t?]
+        var nmis: Set<Int> = []
+        var statistics: [ExitStatistics?]
+        var report: RunReport?
+        var waiters: [CheckedContinuation<RunReport, Never>] = []
+    }
+
+    init(vcpuCount: Int) {
+        self.vcpuCount = vcpuCount
+        state = Mutex(State(threads: Array(repeating: nil, count: vcpuCount),
+                            statistics: Array(repeating: nil, count: vcpuCount)))
+    }
+
+    func claimStart() throws(MachineError) {
+        guard !started.exchange(true, ordering: .acquiringAndReleasing) else { throw .alreadyRan }
+    }
+
+    /// Records the VM's outcome if none is recorded yet, and asks every vCPU to stop.
+    /// Returns whether this call set it.
+    @discardableResult
+    func record(_ outcome: RunReport.Outcome) -> Bool {
+        let first = state.withLock { state in
+            guard state.outcome == nil else { return false }
+            state.outcome = outcome
+            return true
+        }
+        stopRequested.store(true, ordering: .sequentiallyConsistent)
+        return first
+    }
+
+    var outcome: RunReport.Outcome? { state.withLock { $0.outcome } }
+    var diagnostic: String? { state.withLock { $0.diagnostic } }
+    func setDiagnostic(_ text: String) { state.withLock { $0.diagnostic = text } }
+
+    func setThread(_ index: Int, _ thread: pthread_t) { state.withLock { $0.threads[index] = thread } }
+    func thread(_ index: Int) -> pthread_t? { state.withLock { $0.threads[index] } }
+
+    /// Pending NMIs of all vCPUs, so that the exit loop checks one atomic, not a lock.
+    private let nmisPending = Atomic<Int>(0)
+
+    func requestNMI(_ index: Int) {
+        state.withLock { state in
+            if state.nmis.insert(index).inserted { nmisPending.add(1, ordering: .sequentiallyConsistent) }
+        }
+    }
+
+    func takeNMI(_ index: Int) -> Bool {
+        guard nmisPending.load(ordering: .sequentiallyConsistent) > 0 else { return false }
+        return state.withLock { state in
+            guard state.nmis.remove(index) != nil else { return false }
+            nmisPending.subtract(1, ordering: .sequentiallyConsistent)
+            return true
+        }
+    }
+
+    /// Called by each vCPU thread as it leaves its loop.
+    func vcpuExited(_ index: Int, _ statistics: ExitStatistics?) {
+        state.withLock { $0.statistics[index] = statistics }
+        exited.add(1, ordering: .sequentiallyConsistent)
+    }
+
+    func statistics() -> [ExitStatistics] { state.withLock { $0.statistics.compactMap { $0 } } }
+
+    /// Waits outside KVM_RUN while a pause is requested.
+    func park() {
+        parked.add(1, ordering: .sequentiallyConsistent)
+        var pause = timespec(tv_sec: 0, tv_nsec: 500_000)
+        while pauseRequested.load(ordering: .sequentiallyConsistent), !stopRequested.load(ordering: .sequentiallyConsistent) {
+            nanosleep(&pause, nil)
+        }
+        parked.subtract(1, ordering: .sequentiallyConsistent)
+    }
+
+    var allParkedOrDone: Bool {
+        isFinished || parked.load(ordering: .sequentiallyConsistent) >= vcpuCount - exited.load(ordering: .sequentiallyConsistent)
+    }
+
+    var isFinished: Bool { state.withLock { $0.report != nil } }
+
+    /// Publishes the final report and wakes everyone waiting for it.
+    func finish(_ report: RunReport) {
+        let waiters = state.withLock { state -> [CheckedContinuation<RunReport, Never>] in
+            state.report = report
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: report) }
+    }
+
+    func report() async -> RunReport {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLock { state -> RunReport? in
+                if let report = state.report { return report }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
 }
 
 func pad6(_ value: UInt64) -> String {

@@ -10,6 +10,8 @@ public enum MachineError: Error, CustomStringConvertible {
     case memory(GuestMemoryError)
     case loader(LoaderError)
     case bus(BusError)
+    /// The requested number of vCPUs is unusable.
+    case invalidVCPUCount(String)
     /// The requested RAM size is unusable.
     case invalidMemorySize(String)
     /// A guest file could not be read.
@@ -28,6 +30,7 @@ public enum MachineError: Error, CustomStringConvertible {
         case .loader(let e): e.description
         case .bus(let e): e.description
         case .invalidMemorySize(let why): "invalid memory size: \(why)"
+        case .invalidVCPUCount(let why): "invalid vCPU count \(why)"
         case .cannotReadFile(let path, let reason): "cannot read \(path): \(reason)"
         case .cannotWriteFile(let path, let reason): "cannot write \(path): \(reason)"
         case .cannotStartThread(let errno): "cannot start the vCPU thread: \(errnoText(errno))"

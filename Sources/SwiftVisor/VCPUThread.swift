@@ -3,6 +3,13 @@ import Glibc
 /// Runs a closure on a new POSIX thread and waits for it. vCPUs get their own threads so
 /// that a signal can kick exactly one of them out of KVM_RUN, and so that a blocking
 /// KVM_RUN never occupies a Swift concurrency thread.
+/// Threads for vCPUs and for the host-side helpers of a VM (signal and input threads).
+public enum HostThread {
+    /// Runs `body` on a new detached thread. Returns 0 or the pthread_create error.
+    @discardableResult
+    public static func detach(_ body: @escaping @Sendable () -> Void) -> Int32 { VCPUThread.start(body) }
+}
+
 enum VCPUThread {
     private final class Body {
         let run: () -> Void
@@ -24,6 +31,18 @@ enum VCPUThread {
         }
         pthread_detach(thread)
         return 0
+    }
+
+    /// Starts `body` on a new joinable thread, stored in `thread`. Returns 0 or the error.
+    static func create(_ thread: inout pthread_t, _ body: @escaping @Sendable () -> Void) -> Int32 {
+        // SAFETY: as in runAndJoin; the thread owns the Body from here on.
+        let context = Unmanaged.passRetained(Body(body)).toOpaque()
+        let rc = pthread_create(&thread, nil, { context in
+            Unmanaged<Body>.fromOpaque(context!).takeRetainedValue().run()
+            return nil
+        }, context)
+        if rc != 0 { Unmanaged<Body>.fromOpaque(context).release() }
+        return rc
     }
 
     /// Starts `body` on a new thread and joins it. Returns 0, or the pthread_create error.

@@ -16,6 +16,7 @@ public struct KVMCapability: Sendable, Hashable, CustomStringConvertible {
     public static let immediateExit = KVMCapability(Int32(KVM_CAP_IMMEDIATE_EXIT), name: "KVM_CAP_IMMEDIATE_EXIT")
     public static let extendedCPUID = KVMCapability(Int32(KVM_CAP_EXT_CPUID), name: "KVM_CAP_EXT_CPUID")
     public static let vcpuEvents = KVMCapability(Int32(KVM_CAP_VCPU_EVENTS), name: "KVM_CAP_VCPU_EVENTS")
+    public static let nrVCPUs = KVMCapability(Int32(KVM_CAP_NR_VCPUS), name: "KVM_CAP_NR_VCPUS")
     public static let maxVCPUs = KVMCapability(Int32(KVM_CAP_MAX_VCPUS), name: "KVM_CAP_MAX_VCPUS")
     public static let userSpaceMSR = KVMCapability(Int32(KVM_CAP_X86_USER_SPACE_MSR), name: "KVM_CAP_X86_USER_SPACE_MSR")
     public static let msrFilter = KVMCapability(Int32(KVM_CAP_X86_MSR_FILTER), name: "KVM_CAP_X86_MSR_FILTER")

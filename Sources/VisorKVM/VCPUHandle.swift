@@ -55,6 +55,9 @@ public final class VCPUHandle: @unchecked Sendable {
         throw KVMError.ioctl(name: "KVM_RUN", errno: code)
     }
 
+    /// Whether `requestImmediateExit(true)` is in force.
+    @inline(__always) public var immediateExitRequested: Bool { ckvm_run_immediate_exit(page) != 0 }
+
     /// Makes the next (or current, when combined with a signal) `KVM_RUN` return at once.
     public func requestImmediateExit(_ flag: Bool) {
         ckvm_run_set_immediate_exit(page, flag ? 1 : 0)
@@ -197,16 +200,38 @@ public final class VCPUHandle: @unchecked Sendable {
         try ioctlStruct(fd, CKVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", &k)
     }
 
+    /// The vCPU's multiprocessing state (`KVM_GET_MP_STATE`), e.g. `KVM_MP_STATE_RUNNABLE` (0)
+    /// or `KVM_MP_STATE_INIT_RECEIVED` (2, waiting for SIPI).
+    public func mpState() throws(KVMError) -> UInt32 {
+        var state = kvm_mp_state()
+        try ioctlStruct(fd, CKVM_GET_MP_STATE, "KVM_GET_MP_STATE", &state)
+        return state.mp_state
+    }
+
+    /// Sets the multiprocessing state (`KVM_SET_MP_STATE`). Needs the in-kernel irqchip.
+    public func setMPState(_ value: UInt32) throws(KVMError) {
+        var state = kvm_mp_state(mp_state: value)
+        try ioctlStruct(fd, CKVM_SET_MP_STATE, "KVM_SET_MP_STATE", &state)
+    }
+
+    public static let mpStateRunnable: UInt32 = 0
+    public static let mpStateWaitForSIPI: UInt32 = 2
+
     /// Queues a non-maskable interrupt for the vCPU (`KVM_NMI`).
     public func injectNMI() throws(KVMError) {
         _ = try checkedIoctl("KVM_NMI") { ckvm_ioctl_none(fd, CKVM_NMI) }
     }
 
-    /// Queues external interrupt `vector` (`KVM_INTERRUPT`); delivered once RFLAGS.IF is
-    /// set. Only for VMs without an in-kernel interrupt controller.
+    /// Queues external interrupt `vector` for this vCPU, delivered once RFLAGS.IF is set:
+    /// through its local APIC (an MSI to its APIC ID) with the in-kernel interrupt
+    /// controller, or with `KVM_INTERRUPT` without one.
     public func injectInterrupt(vector: UInt8) throws(KVMError) {
-        var request = kvm_interrupt(irq: UInt32(vector))
-        try ioctlStruct(fd, CKVM_INTERRUPT, "KVM_INTERRUPT", &request)
+        if vm.hasInterruptController {
+            try vm.signalMSI(address: 0xFEE0_0000 | UInt64(id & 0xFF) << 12, data: UInt32(vector))
+        } else {
+            var request = kvm_interrupt(irq: UInt32(vector))
+            try ioctlStruct(fd, CKVM_INTERRUPT, "KVM_INTERRUPT", &request)
+        }
     }
 
     /// Debug registers DR0-DR3, DR6 and DR7.

@@ -1,9 +1,14 @@
 internal import CKVM
 import Glibc
+import Synchronization
 
 /// A KVM virtual machine file descriptor. Owns and closes it.
 public final class VMHandle: Sendable {
     let fd: Int32
+    private let interruptController = Atomic<Bool>(false)
+
+    /// Whether `createInterruptController()` succeeded.
+    public var hasInterruptController: Bool { interruptController.load(ordering: .acquiring) }
     /// Keeps the system handle (and its vCPU map size) alive as long as the VM.
     let system: KVMSystem
 
@@ -58,6 +63,42 @@ public final class VMHandle: Sendable {
         _ = try checkedIoctl("KVM_X86_SET_MSR_FILTER") {
             ckvm_set_msr_exit_ranges(fd, bases, counts, Int32(ranges.count))
         }
+    }
+
+    /// Creates the in-kernel interrupt controllers: two 8259 PICs, an IOAPIC and a local
+    /// APIC per vCPU (`KVM_CREATE_IRQCHIP`). Must precede vCPU creation.
+    public func createInterruptController() throws(KVMError) {
+        _ = try checkedIoctl("KVM_CREATE_IRQCHIP") { ckvm_ioctl_none(fd, CKVM_CREATE_IRQCHIP) }
+        interruptController.store(true, ordering: .releasing)
+    }
+
+    /// Sends a message-signalled interrupt (`KVM_SIGNAL_MSI`): with the in-kernel irqchip,
+    /// address 0xFEE00000 | (APIC ID << 12) and data = vector deliver a fixed, edge-triggered
+    /// interrupt to that local APIC.
+    public func signalMSI(address: UInt64, data: UInt32) throws(KVMError) {
+        var msi = kvm_msi()
+        msi.address_lo = UInt32(truncatingIfNeeded: address)
+        msi.address_hi = UInt32(truncatingIfNeeded: address >> 32)
+        msi.data = data
+        _ = try checkedIoctl("KVM_SIGNAL_MSI") {
+            withUnsafeMutablePointer(to: &msi) { ckvm_ioctl_pointer(fd, CKVM_SIGNAL_MSI, $0) }
+        }
+    }
+
+    /// Creates the in-kernel 8254 PIT (`KVM_CREATE_PIT2`), with a dummy speaker port.
+    public func createPIT() throws(KVMError) {
+        var config = kvm_pit_config()
+        config.flags = CKVM_PIT_SPEAKER_DUMMY
+        try ioctlStruct(fd, CKVM_CREATE_PIT2, "KVM_CREATE_PIT2", &config)
+    }
+
+    /// Sets the level of interrupt line `irq` (GSI) of the in-kernel PIC and IOAPIC
+    /// (`KVM_IRQ_LINE`). Callable from any thread.
+    public func setIRQLine(_ irq: UInt32, high: Bool) throws(KVMError) {
+        var level = kvm_irq_level()
+        level.irq = irq
+        level.level = high ? 1 : 0
+        try ioctlStruct(fd, CKVM_IRQ_LINE, "KVM_IRQ_LINE", &level)
     }
 
     /// Creates vCPU `id` and maps its run page (`KVM_CREATE_VCPU`).

@@ -30,11 +30,14 @@ public enum BootLayout {
     /// PML4, then one PDPT, then page directories, identity-mapping with 2 MiB pages.
     public static let pml4Address: UInt64 = 0x8000
     public static let pdptAddress: UInt64 = 0x9000
-    public static let firstPageDirectory: UInt64 = 0xA000
+    public static let firstPageDirectory: UInt64 = 0x20000
     /// Page directories may run up to here; each maps 1 GiB.
     public static let pageDirectoryLimit: UInt64 = 0x80000
     /// Initial RSP; the stack grows down from here.
     public static let stackTop: UInt64 = 0x100000
+    /// Free for the guest inside the reserved area, e.g. for an AP start-up trampoline
+    /// (SIPI vectors 0x10-0x1F).
+    public static let guestScratch: Range<UInt64> = 0x10000..<0x20000
     /// Everything below belongs to the VMM; ELF segments load at or above it.
     public static let reservedEnd: UInt64 = 0x100000
     /// Always mapped, even with less RAM, so MMIO below 4 GiB is reachable.
@@ -51,6 +54,9 @@ public enum BootLayout {
     public static func prepareLongMode(
         memory: GuestMemory, entry: UInt64, commandLine: String, vcpuCount: UInt32 = 1
     ) throws(LoaderError) -> EntryState {
+        guard vcpuCount >= 1, vcpuCount <= UInt32(MPTable.maxProcessors) else {
+            throw .malformed("\(vcpuCount) vCPUs do not fit the MP table (at most \(MPTable.maxProcessors))")
+        }
         let ramEnd = memory.regions.map(\.end).max() ?? 0
         guard memory.contains(0, count: reservedEnd) else {
             throw .memoryTooSmall(needed: reservedEnd, have: memory.totalSize)
@@ -95,6 +101,7 @@ public enum BootLayout {
             // Unreachable: the first MiB was checked to be RAM above.
             throw .memoryTooSmall(needed: reservedEnd, have: memory.totalSize)
         }
+        try MPTable.write(processors: Int(vcpuCount), into: memory)
         return EntryState(
             mode: .long64(pageTableRoot: pml4Address, gdtBase: gdtAddress, gdtLimit: 23),
             rip: entry, rsp: stackTop, rdi: bootInfoAddress)

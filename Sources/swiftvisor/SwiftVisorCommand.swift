@@ -1,4 +1,5 @@
 public import ArgumentParser
+import Glibc
 import SwiftVisor
 import SwiftVisorGuests
 import VisorKVM
@@ -134,6 +135,12 @@ extension SwiftVisorCommand {
         @Option(help: "Guest RAM, e.g. 64M or 1G (a multiple of 4 KiB).")
         var memory: ByteSize = ByteSize(argument: "64M")!
 
+        @Option(help: "Number of vCPUs; vCPU 0 starts the guest, the others wait for INIT and SIPI.")
+        var cpus: Int = 1
+
+        @Flag(help: "Run without the in-kernel interrupt controller and PIT (one vCPU; hlt then ends the VM).")
+        var noIrqchip = false
+
         @Option(help: "Treat GUEST as a raw binary, load it at this 16-byte-aligned address below 1 MiB, and start it in 16-bit real mode.")
         var loadAddress: Address?
 
@@ -174,6 +181,8 @@ extension SwiftVisorCommand {
             if loadAddress != nil, guest == nil {
                 throw ValidationError("--load-address needs a GUEST file")
             }
+            if cpus < 1 { throw ValidationError("--cpus must be at least 1") }
+            if cpus > 1, noIrqchip { throw ValidationError("--cpus above 1 needs the interrupt controller; drop --no-irqchip") }
         }
 
         func run() throws {
@@ -196,6 +205,8 @@ extension SwiftVisorCommand {
             }
             var config = MachineConfiguration(guest: image)
             config.memorySize = memory.bytes
+            config.vcpuCount = cpus
+            config.interruptController = !noIrqchip
             config.commandLine = cmdline
             config.unclaimedPorts = unclaimedPorts
             config.unclaimedMMIO = unclaimedMMIO
@@ -205,12 +216,26 @@ extension SwiftVisorCommand {
             for rule in msr { config.msrs.set(rule.index, rule.rule) }
             if trace { config.trace = { HostIO.printError($0) } }
 
+            // Signals for the VM go to one thread that waits for them: block them everywhere
+            // first, so every thread created later inherits the mask.
+            let controlSignals = [SIGINT, SIGTERM, SIGUSR1]
+            VCPUSignals.block(controlSignals)
             let report: RunReport
             let machine: Machine
+            let console = ConsoleInput()
             do {
                 machine = try Machine(config)
+                let interrupted = InterruptFlag()
+                startSignalThread(machine: machine, signals: controlSignals, interrupted: interrupted)
+                console.start(machine: machine)
                 report = try machine.run()
-            } catch {
+                console.restoreTerminal()
+                if let signal = interrupted.signal {
+                    HostIO.printError("swiftvisor: stopped by signal \(signal)")
+                    throw ExitCode(128 + signal)
+                }
+            } catch let error as MachineError {
+                console.restoreTerminal()
                 fail(error.description)
             }
             if let diagnostic = report.diagnostic { HostIO.printError(diagnostic) }
@@ -277,6 +302,29 @@ extension SwiftVisorCommand {
             for name in GuestImages.names {
                 print("\(name)\t\(GuestImages.summary(of: name) ?? "")")
             }
+        }
+    }
+}
+
+/// The signal that stopped the VM, if one did.
+final class InterruptFlag: @unchecked Sendable {
+    // Written once by the signal thread before it asks the VM to stop; read after run()
+    // returns, which happens after the vCPU threads saw the stop request.
+    var signal: Int32?
+}
+
+/// Turns SIGINT and SIGTERM into a clean stop, and SIGUSR1 into an NMI for vCPU 0.
+func startSignalThread(machine: Machine, signals: [Int32], interrupted: InterruptFlag) {
+    _ = HostThread.detach {
+        while true {
+            let signal = VCPUSignals.wait(for: signals)
+            if signal == SIGUSR1 {
+                machine.injectNMI(vcpu: 0)
+                continue
+            }
+            interrupted.signal = signal
+            machine.requestStop()
+            return
         }
     }
 }

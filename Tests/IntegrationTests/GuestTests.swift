@@ -10,7 +10,7 @@ extension KVMIntegration {
         @Test("the default guest greets and reports the RAM size it read from the boot info")
         func helloReportsRAM() throws {
             let (report, console) = try runGuest(GuestImages.hello)
-            #expect(report.outcome == .stopped(.halted))
+            #expect(report.outcome == .stopped(.guestExit(status: 0)))
             #expect(report.exitStatus == 0)
             #expect(console == "Hello from a SwiftVisor guest!\nRAM: 64 MiB, vCPUs: 1\n")
         }
@@ -19,7 +19,7 @@ extension KVMIntegration {
         func helloSeesConfiguration() throws {
             let (report, console) = try runGuest(GuestImages.hello, commandLine: "console=ttyS0 answer=42",
                                                  memory: 200 << 20)
-            #expect(report.outcome == .stopped(.halted))
+            #expect(report.outcome == .stopped(.guestExit(status: 0)))
             #expect(console.contains("RAM: 200 MiB, vCPUs: 1\n"))
             #expect(console.contains("Command line: console=ttyS0 answer=42\n"))
         }

@@ -28,10 +28,10 @@ struct BootLayoutTests {
         #expect(BootLayout.commandLineLimit == 3839)
         #expect(BootLayout.pml4Address == 0x8000)
         #expect(BootLayout.pdptAddress == 0x9000)
-        #expect(BootLayout.firstPageDirectory == 0xA000)
+        #expect(BootLayout.firstPageDirectory == 0x20000)
         #expect(BootLayout.stackTop == 0x10_0000)
         #expect(BootLayout.reservedEnd == 0x10_0000)
-        #expect(BootLayout.mappableLimit == 118 << 30)
+        #expect(BootLayout.mappableLimit == 96 << 30)
         #expect(BootLayout.bootInfoMagic == 0x4942_5653)
     }
 
@@ -122,7 +122,7 @@ struct BootLayoutTests {
     @Test("RAM ending past what the page tables can map is .memoryTooLarge")
     func memoryTooLarge() throws {
         let ram = try GuestMemory(regions: [GuestRegion(start: 0, size: 1 << 20), GuestRegion(start: 200 << 30, size: 0x1000)])
-        #expect(throws: LoaderError.memoryTooLarge(end: (200 << 30) + 0x1000, limit: 118 << 30)) {
+        #expect(throws: LoaderError.memoryTooLarge(end: (200 << 30) + 0x1000, limit: 96 << 30)) {
             try BootLayout.prepareLongMode(memory: ram, entry: 0x10_0000, commandLine: "")
         }
     }
@@ -151,12 +151,12 @@ struct BootLayoutTests {
         #expect(try ram.readUInt64(at: 0x8000) == 0x9000 | 0x7)
         #expect(try ram.readUInt64(at: 0x8008) == 0, "only PML4 entry 0")
         for gib in 0..<UInt64(4) {
-            #expect(try ram.readUInt64(at: 0x9000 + gib * 8) == (0xA000 + gib * 0x1000) | 0x7)
+            #expect(try ram.readUInt64(at: 0x9000 + gib * 8) == (0x20000 + gib * 0x1000) | 0x7)
         }
         #expect(try ram.readUInt64(at: 0x9000 + 4 * 8) == 0, "nothing above 4 GiB")
-        #expect(try ram.readUInt64(at: 0xA000) == 0x87)
-        #expect(try ram.readUInt64(at: 0xA008) == 0x20_0000 | 0x87)
-        #expect(try ram.readUInt64(at: 0xD000 + 511 * 8) == 0xFFE0_0000 | 0x87)
+        #expect(try ram.readUInt64(at: 0x20000) == 0x87)
+        #expect(try ram.readUInt64(at: 0x20008) == 0x20_0000 | 0x87)
+        #expect(try ram.readUInt64(at: 0x23000 + 511 * 8) == 0xFFE0_0000 | 0x87)
         for address: UInt64 in [0, 0x10_0000, 0x20_0004, 0x7F_FFFF, 0xD000_0000, 0xFEE0_0030, 0xFFFF_FFFF] {
             #expect(try walk(address, in: ram) == address, "0x\(String(address, radix: 16))")
         }
@@ -183,7 +183,7 @@ struct BootLayoutTests {
         #expect(try walk(0xD000_0000, in: ram) == 0xD000_0000)
         #expect(try walk(0x1_2345_6789, in: ram) == 0x1_2345_6789)
         for gib in 0..<UInt64(6) {
-            #expect(try ram.readUInt64(at: 0x9000 + gib * 8) == (0xA000 + gib * 0x1000) | 0x7)
+            #expect(try ram.readUInt64(at: 0x9000 + gib * 8) == (0x20000 + gib * 0x1000) | 0x7)
         }
         #expect(try ram.readUInt64(at: 0x9000 + 6 * 8) == 0, "six directories for RAM ending in the sixth GiB")
         #expect(try walk(6 << 30, in: ram) == nil)

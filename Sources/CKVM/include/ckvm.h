@@ -27,6 +27,12 @@ static const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REG
 static const unsigned long CKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
 static const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
 static const unsigned long CKVM_ENABLE_CAP = KVM_ENABLE_CAP;
+static const unsigned long CKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+static const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
+static const unsigned long CKVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+static const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long CKVM_X86_SET_MSR_FILTER = KVM_X86_SET_MSR_FILTER;
 
 static const unsigned long CKVM_RUN = KVM_RUN;
@@ -59,6 +65,18 @@ static const uint64_t CKVM_MSR_EXIT_REASON_INVAL = KVM_MSR_EXIT_REASON_INVAL;
 static const uint64_t CKVM_MSR_EXIT_REASON_UNKNOWN = KVM_MSR_EXIT_REASON_UNKNOWN;
 static const uint64_t CKVM_MSR_EXIT_REASON_FILTER = KVM_MSR_EXIT_REASON_FILTER;
 static const int CKVM_MSR_FILTER_MAX_RANGES = KVM_MSR_FILTER_MAX_RANGES;
+static const uint32_t CKVM_PIT_SPEAKER_DUMMY = KVM_PIT_SPEAKER_DUMMY;
+
+/// Installs a do-nothing handler for `signo` without SA_RESTART, so that delivering the
+/// signal to a vCPU thread makes a blocking KVM_RUN return with EINTR. Returns 0 or errno.
+int ckvm_install_kick_handler(int signo);
+
+/// Blocks (how = SIG_BLOCK) or unblocks (SIG_UNBLOCK) `count` signals in the calling thread.
+/// Returns 0 or an errno value.
+int ckvm_thread_signal_mask(int how, const int *signals, int count);
+
+/// Waits for one of `count` signals (which the caller has blocked) and returns it, or -1.
+int ckvm_wait_for_signal(const int *signals, int count);
 
 // MARK: non-variadic ioctl wrappers
 
@@ -81,7 +99,10 @@ static inline int ckvm_ioctl_pointer(int fd, unsigned long request, void *pointe
 
 static inline uint32_t ckvm_run_exit_reason(const struct kvm_run *run) { return run->exit_reason; }
 static inline void ckvm_run_set_immediate_exit(struct kvm_run *run, uint8_t value) {
-    run->immediate_exit = value;
+    __atomic_store_n(&run->immediate_exit, value, __ATOMIC_RELAXED);
+}
+static inline uint8_t ckvm_run_immediate_exit(const struct kvm_run *run) {
+    return __atomic_load_n(&run->immediate_exit, __ATOMIC_RELAXED);
 }
 static inline uint8_t ckvm_run_if_flag(const struct kvm_run *run) { return run->if_flag; }
 

@@ -1,0 +1,82 @@
+public import VisorCore
+public import VisorDevices
+public import VisorMemory
+
+/// Everything needed to build a machine. Build one, adjust it, hand it to `Machine`.
+public struct MachineConfiguration: Sendable {
+    /// A guest image and how to enter it.
+    public enum Guest: Sendable {
+        /// A freestanding 64-bit ELF executable, entered in long mode (see the README's
+        /// guest entry contract).
+        case elf([UInt8])
+        /// A raw binary copied to `loadAddress` and entered in 16-bit real mode there.
+        case flat([UInt8], loadAddress: UInt64)
+    }
+
+    /// A port device to put on the bus besides the built-in ones.
+    public struct PortRegistration: Sendable {
+        public var name: String
+        public var range: PortRange
+        public var device: any PortDevice
+        public init(name: String, range: PortRange, device: any PortDevice) {
+            self.name = name
+            self.range = range
+            self.device = device
+        }
+    }
+
+    /// An MMIO device to put on the bus.
+    public struct MMIORegistration: Sendable {
+        public var name: String
+        public var range: MMIORange
+        public var device: any MMIODevice
+        public init(name: String, range: MMIORange, device: any MMIODevice) {
+            self.name = name
+            self.range = range
+            self.device = device
+        }
+    }
+
+    public var guest: Guest
+    /// Guest RAM in bytes: a positive multiple of 4 KiB, at most the host's RAM.
+    public var memorySize: UInt64 = 64 << 20
+    /// Number of vCPUs, each on its own thread. vCPU 0 starts as the entry contract says;
+    /// the others wait for INIT and SIPI from the guest.
+    public var vcpuCount = 1
+    /// KVM's in-kernel interrupt controllers (PICs, IOAPIC, local APICs) and PIT. With them,
+    /// `hlt` waits for an interrupt; without them (one vCPU only), `hlt` ends the VM.
+    public var interruptController = true
+    /// Passed to ELF guests through the boot-info block.
+    public var commandLine = ""
+    public var unclaimedPorts: UnclaimedAccessPolicy = .block
+    public var unclaimedMMIO: UnclaimedAccessPolicy = .block
+    /// Count exits by kind and port.
+    public var collectStatistics = false
+    /// Receives one line per exit when set.
+    public var trace: (@Sendable (String) -> Void)?
+    /// Receives every byte the guest sends to COM1. Default: standard output, unbuffered.
+    public var consoleOutput: @Sendable (UInt8) -> Void = { HostIO.write(CollectionOfOne($0), to: 1) }
+    /// Receives warnings and `log`-policy messages. Default: standard error.
+    public var log: @Sendable (String) -> Void = { HostIO.printError($0) }
+    public var portDevices: [PortRegistration] = []
+    /// Port ranges intercepted with no handler (reads all ones, writes dropped), exempt
+    /// from the unclaimed-port policy. Named for statistics and error messages.
+    public var blockedPorts: [(name: String, range: PortRange)] = []
+    /// The hypercall port (see `HypercallTable`); nil turns hypercalls off, so the port is
+    /// an ordinary unclaimed port.
+    public var hypercallPort: UInt16? = HypercallTable.defaultPort
+    /// Hypercall handlers added to (or replacing) the built-in ones, by call number.
+    public var hypercallHandlers: [UInt64: HypercallHandler] = [:]
+    public var mmioDevices: [MMIORegistration] = []
+    /// What CPUID tells the guest (see `CPUIDPolicy`).
+    public var cpuid = CPUIDPolicy()
+    /// How the guest's RDMSR and WRMSR behave (see `MSRPolicy`).
+    public var msrs = MSRPolicy.standard
+    /// The KVM device node.
+    public var kvmPath = "/dev/kvm"
+
+    public init(guest: Guest) {
+        self.guest = guest
+    }
+}
+

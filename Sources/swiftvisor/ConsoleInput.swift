@@ -1,0 +1,55 @@
+import Glibc
+import SwiftVisor
+
+/// Feeds standard input to the guest's COM1 receive FIFO.
+///
+/// When standard input is a terminal it is put in raw mode (no line buffering, no echo) for
+/// the VM's lifetime, with one exception: ISIG stays on, so Ctrl-C still stops the VM.
+/// The FIFO holds 64 bytes; when it is full the reader waits for the guest to drain it
+/// rather than dropping input.
+final class ConsoleInput: @unchecked Sendable {
+    // `saved` is written before the reader thread starts and read by the main thread.
+    private var saved: termios?
+
+    func start(machine: Machine) {
+        if isatty(0) == 1 {
+            var attributes = termios()
+            if tcgetattr(0, &attributes) == 0 {
+                saved = attributes
+                attributes.c_lflag &= ~tcflag_t(ICANON | ECHO | IEXTEN)
+                attributes.c_iflag &= ~tcflag_t(IXON | ICRNL | INLCR | IGNCR)
+                withUnsafeMutableBytes(of: &attributes.c_cc) { cc in
+                    cc[Int(VMIN)] = 1
+                    cc[Int(VTIME)] = 0
+                }
+                tcsetattr(0, TCSANOW, &attributes)
+            }
+        }
+        _ = HostThread.detach {
+            var buffer = [UInt8](repeating: 0, count: 256)
+            while true {
+                let n = read(0, &buffer, buffer.count)
+                if n < 0, errno == EINTR { continue }
+                guard n > 0 else { return }  // end of input, or no usable stdin
+                var pending = buffer[0..<n]
+                while !pending.isEmpty {
+                    let taken = machine.sendConsoleInput(Array(pending))
+                    pending = pending.dropFirst(taken)
+                    if taken == 0 {
+                        if machine.hasStopped { return }
+                        var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+                        nanosleep(&pause, nil)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts the terminal back as it was.
+    func restoreTerminal() {
+        if var saved {
+            tcsetattr(0, TCSANOW, &saved)
+            self.saved = nil
+        }
+    }
+}
