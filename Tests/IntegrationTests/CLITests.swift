@@ -144,6 +144,77 @@ extension KVMIntegration {
         #expect(result.stderr.contains("--cpuid"))
     }
 
+    @Test("--cpus starts application processors")
+    func cpusFlag() throws {
+        let result = try run(["--builtin", "smp", "--cpus", "2"])
+        #expect(result.status == 0)
+        #expect(result.stdout == "BSP: starting 1 APs\nAP 1 up\nBSP: all 2 CPUs up\n")
+    }
+
+    @Test("--cpus beyond the host's limit, or with --no-irqchip, is refused")
+    func badCPUs() throws {
+        expectOneLineError(try run(["--cpus", "100000"]), mentioning: "invalid vCPU count")
+        let noChip = try run(["--cpus", "2", "--no-irqchip"])
+        #expect(noChip.status == 64)
+        #expect(noChip.stderr.contains("--no-irqchip"))
+    }
+
+    @Test("standard input reaches the guest's COM1 with its interrupt, and the guest echoes it")
+    func stdinEcho() throws {
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = ["--builtin", "serial_echo"]
+        let input = Pipe(), output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Wait for the guest to set up its UART (it clears the FIFO), then type.
+        var seen = Data()
+        let deadline = Date().addingTimeInterval(10)
+        while !String(decoding: seen, as: UTF8.self).contains("echo ready\n"), Date() < deadline {
+            seen += output.fileHandleForReading.availableData
+        }
+        input.fileHandleForWriting.write(Data("typed text q".utf8))
+        seen += output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        #expect(String(decoding: seen, as: UTF8.self) == "echo ready\ntyped text q")
+    }
+
+    @Test("SIGINT stops the guest and exits 130; SIGUSR1 injects an NMI")
+    func signals() throws {
+        for (signal, arguments, status, text) in [
+            (SIGINT, ["--builtin", "spin"], Int32(130), "spinning\n"),
+            (SIGUSR1, ["--builtin", "events", "--cmdline", "wait"], Int32(0), "waiting\n"),
+        ] {
+            let process = Process()
+            process.executableURL = Self.binary
+            process.arguments = arguments
+            let output = Pipe(), errors = Pipe()
+            process.standardOutput = output
+            process.standardError = errors
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            var seen = Data()
+            let deadline = Date().addingTimeInterval(10)
+            while !String(decoding: seen, as: UTF8.self).contains(text), Date() < deadline {
+                seen += output.fileHandleForReading.availableData
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+            kill(process.processIdentifier, signal)
+            seen += output.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            #expect(process.terminationStatus == status)
+            if signal == SIGINT {
+                #expect(String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                    == "swiftvisor: stopped by signal 2\n")
+            } else {
+                #expect(String(decoding: seen, as: UTF8.self) == "waiting\nvector=02 error=00000000 cr2=0000000000000000\n")
+            }
+        }
+    }
+
     @Test("a missing guest file is a one-line error")
         func missingFile() throws {
             expectOneLineError(try run(["/nonexistent/guest.elf"]), mentioning: "No such file")
