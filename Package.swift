@@ -6,6 +6,7 @@
 //   CKVM (C shim over <linux/kvm.h>)
 //   VisorKVM     typed handles for /dev/kvm, the VM and its vCPUs
 //   VisorMemory  guest RAM: mmap'd regions, bounds-checked access
+//   VisorDecoder x86 instruction decoding and disassembly (Zydis)
 //   VisorCore    exits, port and MMIO buses, dispatch, statistics
 //   VisorDevices device models (16550 UART, debug-exit port)
 //   VisorLoader  ELF and flat-binary loaders, x86 boot layout
@@ -32,10 +33,17 @@ let package = Package(
     targets: [
         .target(name: "CKVM"),
         .target(name: "VisorKVM", dependencies: ["CKVM"], swiftSettings: strict),
-        .target(name: "VisorMemory", swiftSettings: strict),
+        .target(name: "CGuestAtomics"),
+        .target(name: "VisorMemory", dependencies: ["CGuestAtomics"], swiftSettings: strict),
+        // Zydis from Debian's libzydis-dev (no pkg-config file there, so the library is named).
+        .target(name: "CDecoder", linkerSettings: [.linkedLibrary("Zydis")]),
+        .target(name: "VisorDecoder", dependencies: ["CDecoder"], swiftSettings: strict),
         .target(
             name: "VisorCore",
-            dependencies: ["VisorKVM", "VisorMemory", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            dependencies: [
+                "VisorKVM", "VisorMemory", "VisorDecoder",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
             swiftSettings: strict),
         .target(name: "VisorDevices", dependencies: ["VisorCore"], swiftSettings: strict),
         .target(name: "VisorLoader", dependencies: ["VisorMemory"], swiftSettings: strict),
@@ -64,6 +72,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore"], exclude: ["Fixtures"]),
         .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
+        .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "VisorCore", "VisorMemory"]),
         .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory"]),
         .testTarget(
             name: "IntegrationTests",

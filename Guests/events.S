@@ -22,10 +22,12 @@
 //             prints "no #UD", status 1.
 //   inject    sti, out al to port 0x530 (the VMM answers by injecting an event), a few nops,
 //             cli. If no handler ran: prints "no event", status 1.
-//   wait      masks both 8259 PICs (ports 0x21, 0xA1 <- 0xFF), prints "waiting", then sti
-//             and hlt in a loop forever: for a VMM with an in-kernel irqchip, where hlt
-//             sleeps until an event arrives. An NMI from the host ends it through the NMI
-//             handler ("vector=02 ...", status 0).
+//   wait      masks both 8259 PICs (ports 0x21, 0xA1 <- 0xFF), software-enables the local
+//             APIC (SVR at 0xFEE000F0 |= 0x1FF), prints "waiting", then sti and hlt in a
+//             loop forever: for a VMM with an in-kernel irqchip, where hlt sleeps until an
+//             event arrives. An NMI from the host (KVM_NMI, or an NMI IPI/MSI, which KVM
+//             delivers only to a software-enabled APIC) ends it through the NMI handler
+//             ("vector=02 ...", status 0).
 //   other     prints "bad command line", status 254.
 // A bad boot-info block prints "bad boot info ..." and ends with status 3.
 
@@ -40,6 +42,9 @@
 #define EXIT_FALLTHROUGH 1
 #define EXIT_BAD_COMMAND_LINE 254
 #define KERNEL_CS 0x08
+#define LAPIC_BASE 0xFEE00000
+#define LAPIC_SVR 0xF0
+#define SVR_ENABLE_SPURIOUS_FF 0x1FF    // APIC software enable (bit 8) | spurious vector 0xFF
 #define GATE_LOW_FIXED 0x00008E0000080000   // type 0x8E (P, DPL 0, 64-bit interrupt gate) << 40 | selector 0x08 << 16
 
 // hypercall: the guest side of the ABI; the VMM reads RAX, RBX, RCX, RSI, RDI.
@@ -188,6 +193,10 @@ do_wait:
     movb $0xFF, %al                 // mask every PIC input: only the NMI should arrive
     outb %al, $0x21
     outb %al, $0xA1
+    movl $LAPIC_BASE, %eax          // software-enable the local APIC (SVR |= 0x1FF), so
+    movl LAPIC_SVR(%rax), %ecx      // that an NMI sent as an IPI or MSI reaches it as well
+    orl $SVR_ENABLE_SPURIOUS_FF, %ecx   // as one from KVM_NMI
+    movl %ecx, LAPIC_SVR(%rax)
     leaq text_waiting(%rip), %rsi
     call com1_puts
     sti

@@ -4,6 +4,7 @@
 #include "ckvm.h"
 #include <pthread.h>
 #include <signal.h>
+#include <cpuid.h>
 
 #include <errno.h>
 #include <string.h>
@@ -56,4 +57,8 @@ int ckvm_wait_for_signal(const int *signals, int count) {
     for (int i = 0; i < count; i++) sigaddset(&set, signals[i]);
     int signo = 0;
     return sigwait(&set, &signo) == 0 ? signo : -1;
+}
+
+void ckvm_host_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t registers[4]) {
+    __cpuid_count(leaf, subleaf, registers[0], registers[1], registers[2], registers[3]);
 }

@@ -54,6 +54,8 @@ public final class Machine: Sendable {
     let dispatcher: ExitDispatcher
     let msrEmulator: MSREmulator
     let control: VMControl
+    /// vCPU 0's CPUID table.
+    let guestCPUID0: [CPUIDEntry]
 
     public init(_ configuration: MachineConfiguration) throws(MachineError) {
         self.configuration = configuration
@@ -118,6 +120,7 @@ public final class Machine: Sendable {
                 try vm.routeMSRsToUserSpace(configuration.msrs.routedRanges)
             }
             let supported = try system.supportedCPUID()
+            guestCPUID0 = configuration.cpuid.normalize(supported, apicID: 0, vcpuCount: UInt32(count))
             var made: [VCPUHandle] = []
             for id in 0..<count {
                 let vcpu = try vm.createVCPU(id: UInt32(id))
@@ -173,6 +176,18 @@ public final class Machine: Sendable {
                                             log: configuration.log)
             dispatcher.msrs = msrEmulator
             dispatcher.traceDenied = configuration.trace
+            if configuration.emulation {
+                // SMAP as the guest sees it: from the table SwiftVisor set, or from the host
+                // CPU where the host's KVM passes leaf 7 through regardless (nested hosts).
+                let smapBit: UInt32 = 1 << 20
+                let tableSMAP = guestCPUID0.first { $0.function == 7 && $0.index == 0 }.map { $0.ebx & smapBit != 0 } ?? false
+                let hostSMAP = hostCPUID(leaf: 7).ebx & smapBit != 0
+                var handlers = InstructionEmulator.standardHandlers
+                for (mnemonic, handler) in configuration.instructionHandlers { handlers[mnemonic] = handler }
+                dispatcher.emulator = InstructionEmulator(handlers: handlers, smapAvailable: tableSMAP || hostSMAP)
+                dispatcher.memory = memory
+                dispatcher.traceEmulated = configuration.trace
+            }
             self.dispatcher = dispatcher
         } catch { throw .bus(error) }
         control = VMControl(vcpuCount: count)
@@ -399,6 +414,9 @@ public final class Machine: Sendable {
     }
 
     // MARK: Inspection
+
+    /// Instructions finished by the emulator so far, by mnemonic.
+    public var emulatedInstructions: [String: UInt64] { dispatcher.emulator?.emulatedCounts ?? [:] }
 
     /// Guest RDMSR/WRMSR accesses that raised #GP so far.
     public var deniedMSRAccesses: UInt64 { msrEmulator.deniedAccesses }

@@ -68,6 +68,11 @@ public struct MachineConfiguration: Sendable {
     /// Hypercall handlers added to (or replacing) the built-in ones, by call number.
     public var hypercallHandlers: [UInt64: HypercallHandler] = [:]
     public var mmioDevices: [MMIORegistration] = []
+    /// Finish in user space the instructions the host's KVM cannot emulate (see
+    /// `InstructionEmulator`); off, an emulation failure stops the VM.
+    public var emulation = true
+    /// Instruction handlers added to (or replacing) the standard ones, by mnemonic.
+    public var instructionHandlers: [String: InstructionHandler] = [:]
     /// What CPUID tells the guest (see `CPUIDPolicy`).
     public var cpuid = CPUIDPolicy()
     /// How the guest's RDMSR and WRMSR behave (see `MSRPolicy`).

@@ -1,4 +1,5 @@
 import VisorKVM
+public import VisorMemory
 
 /// Why a VM stopped without anything going wrong.
 public enum StopReason: Sendable, Equatable, CustomStringConvertible {
@@ -49,12 +50,14 @@ public enum FatalExit: Sendable, Equatable, CustomStringConvertible {
     case runFailed(String)
     /// A device asked for an injection the vCPU cannot take.
     case badInjection(String)
+    /// KVM could not emulate an instruction, and neither could SwiftVisor.
+    case cannotEmulate(String)
 
     /// The process exit status the command-line tool uses for this failure.
     public var exitStatus: Int32 {
         switch self {
         case .tripleFault: 121
-        case .internalError: 122
+        case .internalError, .cannotEmulate: 122
         case .failedEntry: 123
         case .malformedExit, .unhandledExit, .badInjection: 124
         case .runFailed: 125
@@ -75,6 +78,7 @@ public enum FatalExit: Sendable, Equatable, CustomStringConvertible {
             "unhandled exit \(ExitReason(rawValue: reason)?.kernelName ?? "reason \(reason)")"
         case .runFailed(let why): "running the vCPU failed: \(why)"
         case .badInjection(let why): "device injection failed: \(why)"
+        case .cannotEmulate(let what): "cannot emulate \(what)"
         }
     }
 }
@@ -106,6 +110,11 @@ public struct ExitDispatcher: Sendable {
     public var msrs: MSREmulator?
     /// Receives a line for each MSR access that raised #GP (the machine's trace).
     public var traceDenied: (@Sendable (String) -> Void)?
+    /// Finishes instructions KVM failed to emulate, reading operands from `memory`.
+    public var emulator: InstructionEmulator?
+    public var memory: GuestMemory?
+    /// Receives a line for each emulated instruction (the machine's trace).
+    public var traceEmulated: (@Sendable (String) -> Void)?
 
     public init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
                 unclaimedPorts: UnclaimedAccessPolicy = .block,
@@ -134,6 +143,10 @@ public struct ExitDispatcher: Sendable {
         case .shutdown:
             return .fatal(.tripleFault)
         case .internalError(let suberror, let payload):
+            if suberror == 1, let emulator, let memory,
+               let (outcome, _) = emulator.emulate(data: payload, vcpu: data, memory: memory, trace: traceEmulated) {
+                return outcome
+            }
             return .fatal(.internalError(suberror: suberror, data: payload))
         case .failEntry(let reason, let cpu):
             return .fatal(.failedEntry(hardwareReason: reason, cpu: cpu))

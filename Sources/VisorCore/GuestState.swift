@@ -1,3 +1,4 @@
+public import VisorDecoder
 public import VisorKVM
 public import VisorMemory
 
@@ -96,7 +97,7 @@ public struct GuestStateSnapshot: Sendable {
         debugRegisters = try? vcpu.debugRegisters()
         let longMode64 = special.efer & (1 << 10) != 0 && special.cs.l
         instructionAddress = longMode64 ? registers.rip : (special.cs.base &+ (registers.rip & 0xFFFF_FFFF))
-        instructionBytes = AddressTranslator(special).readBytes(at: instructionAddress, count: 16, memory: memory)
+        instructionBytes = AddressTranslator(special).readBytes(at: instructionAddress, count: 48, memory: memory)
     }
 
     public init(vcpu: UInt32, registers: Registers, special: SpecialRegisters,
@@ -106,6 +107,13 @@ public struct GuestStateSnapshot: Sendable {
         self.special = special
         self.instructionAddress = instructionAddress
         self.instructionBytes = instructionBytes
+    }
+
+    /// The decoding mode of the code at RIP, from CR0.PE, EFER.LMA and CS.L/D.
+    public var codeMode: CodeMode {
+        if special.cr0 & 1 == 0 { return .real16 }
+        if special.efer & (1 << 10) != 0, special.cs.l { return .long64 }
+        return special.cs.db ? .protected32 : .real16
     }
 
     /// The processor mode, from CR0.PE, EFER.LMA and CS.L/D.
@@ -148,8 +156,11 @@ public struct GuestStateSnapshot: Sendable {
         }
         let bytes = instructionBytes.isEmpty
             ? "(not in guest RAM)"
-            : instructionBytes.map { hexPad(UInt64($0), 2) }.joined(separator: " ")
+            : instructionBytes.prefix(16).map { hexPad(UInt64($0), 2) }.joined(separator: " ")
         out.append("  code at \(h16(instructionAddress)): \(bytes)")
+        for (i, line) in X86Decoder.disassemble(instructionBytes, mode: codeMode, address: instructionAddress, count: 4).enumerated() {
+            out.append((i == 0 ? "  => " : "     ") + line)
+        }
         return out.joined(separator: "\n")
     }
 }

@@ -48,6 +48,7 @@ public protocol VCPUContext: ExitDataChannel {
     var id: UInt32 { get }
     func registers() throws(KVMError) -> Registers
     func setRegisters(_ registers: Registers) throws(KVMError)
+    func specialRegisters() throws(KVMError) -> SpecialRegisters
     /// Delivers `injection` when the guest next runs.
     func inject(_ injection: Injection) throws(KVMError)
 }

@@ -1,4 +1,5 @@
 import Glibc
+internal import CGuestAtomics
 
 /// An error from guest memory. Messages name the address range involved.
 public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
@@ -172,6 +173,25 @@ public final class GuestMemory: @unchecked Sendable {
         guard count <= UInt64(Int.max) else { throw .outOfBounds(address: address, count: count) }
         _ = try withBytes(at: address, count: Int(count)) { destination in
             destination.initializeMemory(as: UInt8.self, repeating: value).count
+        }
+    }
+
+    // MARK: Atomics
+
+    /// Atomically compares the 16 bytes at `address` (16-byte aligned) with `expected` and,
+    /// if equal, replaces them with `desired`. Returns whether it replaced them and the
+    /// value found (little-endian low and high halves). Other vCPUs see it as one access.
+    public func compareExchange16(at address: UInt64, expected: (low: UInt64, high: UInt64),
+                                  desired: (low: UInt64, high: UInt64))
+        throws(GuestMemoryError) -> (exchanged: Bool, found: (low: UInt64, high: UInt64))
+    {
+        guard address % 16 == 0 else { throw .outOfBounds(address: address, count: 16) }
+        return try withBytes(at: address, count: 16) { bytes in
+            var low = expected.low, high = expected.high
+            // SAFETY: withBytes proved the 16 bytes lie in one mapping, and the address is
+            // 16-byte aligned (host mappings are page-aligned), as cmpxchg16b requires.
+            let equal = cga_compare_exchange_16(bytes.baseAddress!, &low, &high, desired.low, desired.high)
+            return (equal != 0, (low, high))
         }
     }
 

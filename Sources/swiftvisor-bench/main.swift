@@ -22,9 +22,11 @@ import VisorKVM
 // `swiftvisor-bench startup-child` is what the start-up benchmark spawns: the smallest
 // embedding program, which builds a machine with the first_exit guest and runs it. Handled
 // before anything else so that it measures process start, the library and KVM set-up only.
-if CommandLine.arguments.count == 2, CommandLine.arguments[1] == "startup-child" {
+if CommandLine.arguments.count >= 2, CommandLine.arguments[1] == "startup-child" {
     do {
-        let report = try Machine(MachineConfiguration(guest: .elf(GuestImages.firstExit))).run()
+        var config = MachineConfiguration(guest: .elf(GuestImages.firstExit))
+        config.interruptController = !CommandLine.arguments.contains("--no-irqchip")
+        let report = try Machine(config).run()
         exit(report.exitStatus)
     } catch {
         print("startup-child: \(error)")
@@ -251,28 +253,49 @@ struct Round {
 }
 
 @MainActor func startupBenchmark() {
-    var reference: [Double] = [], referenceFirstExit: [Double] = [], library: [Double] = [], tool: [Double] = []
+    var reference: [Double] = [], referenceFirstExit: [Double] = []
+    var bare: [Double] = [], withChip: [Double] = [], tool: [Double] = [], toolBare: [Double] = []
     let me = siblingExecutable("swiftvisor-bench")
+    func time(_ argv: [String], into list: inout [Double]) {
+        let run = spawn(argv)
+        guard run.status == 0 else { fatalError("\(argv) exited with \(run.status): \(run.output)") }
+        list.append(run.seconds * 1e6)
+    }
     for _ in 0..<max(rounds, 5) * 4 {
         let ref = spawn([referencePath, "startup"])
         reference.append(ref.seconds * 1e6)
         if let first = field("first_exit_us", ref.output) { referenceFirstExit.append(first) }
-        let child = spawn([me, "startup-child"])
-        guard child.status == 0 else { fatalError("startup-child exited with \(child.status): \(child.output)") }
-        library.append(child.seconds * 1e6)
-        let run = spawn([cli, "--builtin", "first_exit"])
-        guard run.status == 0 else { fatalError("\(cli) exited with \(run.status)") }
-        tool.append(run.seconds * 1e6)
+        time([me, "startup-child", "--no-irqchip"], into: &bare)
+        time([me, "startup-child"], into: &withChip)
+        time([cli, "--builtin", "first_exit", "--no-irqchip"], into: &toolBare)
+        time([cli, "--builtin", "first_exit"], into: &tool)
     }
-    let r = median(reference), l = median(library), t = median(tool)
-    print("startup: spawn to exit after the first guest exit, median of \(library.count): reference_us=\(format(r)) embedding_us=\(format(l)) ratio=\(format(l / r, 2)) cli_us=\(format(t)) cli_ratio=\(format(t / r, 2)) (reference main-to-first-exit_us=\(format(median(referenceFirstExit))))")
+    let r = median(reference)
+    func ratio(_ list: [Double]) -> String { "\(format(median(list)))us ratio=\(format(median(list) / r, 2))" }
+    print("startup: spawn to exit after the first guest exit, median of \(bare.count): reference_us=\(format(r)) (main-to-first-exit_us=\(format(median(referenceFirstExit))))")
+    print("  embedding, no irqchip (as the reference): \(ratio(bare))")
+    print("  embedding, in-kernel irqchip + PIT:       \(ratio(withChip))")
+    print("  cli, no irqchip:                          \(ratio(toolBare))")
+    print("  cli, default (irqchip):                   \(ratio(tool))")
+}
+
+/// Peak RSS of a program in KiB, as /usr/bin/time reports it. (wait4's ru_maxrss of a
+/// posix_spawn child would include this process's own peak, since the child starts as a
+/// vfork that shares our address space until it execs.)
+func peakRSS(_ argv: [String]) -> Int? {
+    guard access("/usr/bin/time", X_OK) == 0 else { return nil }
+    let run = spawn(["/bin/sh", "-c", "/usr/bin/time -f %M \"$@\" 2>&1 >/dev/null | tail -n 1", "sh"] + argv)
+    return Int(run.output.split(separator: "\n").last.map(String.init) ?? "")
 }
 
 @MainActor func memoryBenchmark() {
-    let ref = spawn([referencePath, "startup"])
-    let ours = spawn([cli, "--memory", "64M"])
-    guard ours.status == 0 else { fatalError("\(cli) exited with \(ours.status)") }
-    print("memory: peak RSS with a 64 MiB guest: reference_kib=\(ref.maxRSSKiB) swiftvisor_kib=\(ours.maxRSSKiB) (the reference maps 4 MiB of guest RAM; guest pages count only once touched)")
+    guard let reference = peakRSS([referencePath, "startup"]),
+          let ours = peakRSS([cli, "--memory", "64M"]),
+          let oursNoChip = peakRSS([cli, "--memory", "64M", "--no-irqchip"]) else {
+        print("memory: skipped (needs /usr/bin/time, Debian's 'time' package)")
+        return
+    }
+    print("memory: peak RSS with a 64 MiB guest (touched pages only): reference_kib=\(reference) swiftvisor_kib=\(ours) swiftvisor_no_irqchip_kib=\(oursNoChip)")
 }
 
 /// The exit core alone, without KVM: decode-free dispatch of a port write to a device
@@ -282,6 +305,7 @@ final class FakeChannel: VCPUContext {
     var element: UInt32 = 0
     func registers() throws(KVMError) -> Registers { Registers() }
     func setRegisters(_ registers: Registers) throws(KVMError) {}
+    func specialRegisters() throws(KVMError) -> SpecialRegisters { SpecialRegisters() }
     func inject(_ injection: Injection) throws(KVMError) {}
     func ioElement(_ index: Int) -> UInt32 { element }
     func setIOElement(_ index: Int, _ value: UInt32) { element = value }

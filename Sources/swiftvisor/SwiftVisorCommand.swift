@@ -162,6 +162,9 @@ extension SwiftVisorCommand {
         @Flag(help: "Print one line per exit to standard error.")
         var trace = false
 
+        @Flag(help: "Do not finish instructions the host's KVM cannot emulate; such a failure then stops the VM.")
+        var noEmulation = false
+
         @Flag(help: "Turn off the hypercall port (0x502).")
         var noHypercalls = false
 
@@ -212,6 +215,7 @@ extension SwiftVisorCommand {
             config.unclaimedMMIO = unclaimedMMIO
             config.collectStatistics = stats || statsJSON != nil
             if noHypercalls { config.hypercallPort = nil }
+            config.emulation = !noEmulation
             do { config.cpuid = try cpuid.policy() } catch { fail("\(error)") }
             for rule in msr { config.msrs.set(rule.index, rule.rule) }
             if trace { config.trace = { HostIO.printError($0) } }
@@ -248,6 +252,13 @@ extension SwiftVisorCommand {
                 if stats {
                     HostIO.printError(statistics.render(portNames: portName, mmioNames: mmioName))
                     HostIO.printError("msr accesses denied (#GP): \(machine.deniedMSRAccesses)")
+                    let emulated = machine.emulatedInstructions
+                    if !emulated.isEmpty {
+                        HostIO.printError("instructions emulated:")
+                        for (mnemonic, count) in emulated.sorted(by: { $0.key < $1.key }) {
+                            HostIO.printError("  " + mnemonic + String(repeating: " ", count: max(1, 17 - mnemonic.count)) + String(count))
+                        }
+                    }
                 }
                 if let statsJSON {
                     let json = statistics.renderJSON(portNames: portName, mmioNames: mmioName) + "\n"

@@ -232,7 +232,10 @@ struct GuestStateSnapshotTests {
         #expect(text.contains("RSP=ffff800000001000"))
         #expect(text.contains("CR0=0000000080000011"))
         #expect(text.contains("EFER=0000000000000500"))
-        #expect(lines.last == "  code at 0000000000100123: f4 0f 01 d9")
+        #expect(lines.contains("  code at 0000000000100123: f4 0f 01 d9"))
+        // Then the disassembly, the instruction at RIP marked.
+        #expect(lines.contains { $0.hasPrefix("  => 0000000000100123  f4") && $0.hasSuffix("hlt") })
+        #expect(lines.last?.hasSuffix("vmmcall") == true)
         #expect(!text.contains("events:"), "no events were read")
     }
 

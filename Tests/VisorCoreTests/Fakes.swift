@@ -13,6 +13,8 @@ final class FakeDataChannel: VCPUContext {
     var injections: [Injection] = []
 
     func registers() throws(KVMError) -> Registers { regs }
+    var sregs = SpecialRegisters()
+    func specialRegisters() throws(KVMError) -> SpecialRegisters { sregs }
     func setRegisters(_ registers: Registers) throws(KVMError) { regs = registers }
     func inject(_ injection: Injection) throws(KVMError) { injections.append(injection) }
 

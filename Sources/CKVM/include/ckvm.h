@@ -67,6 +67,9 @@ static const uint64_t CKVM_MSR_EXIT_REASON_FILTER = KVM_MSR_EXIT_REASON_FILTER;
 static const int CKVM_MSR_FILTER_MAX_RANGES = KVM_MSR_FILTER_MAX_RANGES;
 static const uint32_t CKVM_PIT_SPEAKER_DUMMY = KVM_PIT_SPEAKER_DUMMY;
 
+/// CPUID as the host CPU answers it to this process.
+void ckvm_host_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t registers[4]);
+
 /// Installs a do-nothing handler for `signo` without SA_RESTART, so that delivering the
 /// signal to a vCPU thread makes a blocking KVM_RUN return with EINTR. Returns 0 or errno.
 int ckvm_install_kick_handler(int signo);

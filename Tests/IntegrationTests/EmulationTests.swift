@@ -1,0 +1,54 @@
+import SwiftVisor
+import SwiftVisorGuests
+import Testing
+
+extension KVMIntegration {
+    /// Instructions the host's KVM cannot emulate at CPL0, finished by SwiftVisor and compared
+    /// by the guest with the same instructions run natively at CPL3.
+    @Suite("Instruction emulation on KVM")
+    struct EmulationTests {
+        @Test("int3, popcnt, clac/stac, fwait and lock cmpxchg16b give the architectural results")
+        func emulate() throws {
+            let trace = LogCapture()
+            var config = MachineConfiguration(guest: .elf(GuestImages.emulate))
+            let console = ConsoleCapture()
+            config.consoleOutput = console.sink
+            config.trace = trace.sink
+            let machine = try Machine(config)
+            let report = try machine.run()
+            #expect(report.outcome == .stopped(.guestExit(status: 0)))
+            let lines = console.text.split(separator: "\n").map(String.init)
+            for expected in [
+                "int3 vector=03 rip_after=ok rax=0000000000001234",
+                "popcnt16 reg match", "popcnt16 mem match", "popcnt32 reg match", "popcnt32 mem match",
+                "popcnt64 reg match", "popcnt64 mem match",
+                "fwait ts=1 -> #NM", "fwait ts=0 -> none",
+                "cmpxchg16b equal zf=1 mem=44444444444444443333333333333333 rdx:rax=22222222222222221111111111111111",
+                "cmpxchg16b differ zf=0 mem=44444444444444443333333333333333 rdx:rax=44444444444444443333333333333333",
+                "cmpxchg16b misaligned -> #GP error=0000",
+                "cmpxchg16b cpl3 match",
+                "done",
+            ] {
+                #expect(lines.contains(expected), "missing: \(expected)")
+            }
+            // SMAP is visible to guests on our hosts, so STAC sets AC and CLAC clears it.
+            #expect(lines.contains("smap=1 stac=1 clac=0") || lines.contains("smap=0 stac=#UD clac=#UD"))
+            let emulated = machine.emulatedInstructions
+            #expect(emulated["int3"] == 1)
+            #expect(emulated["popcnt"] ?? 0 >= 6)
+            #expect(emulated["cmpxchg16b"] ?? 0 >= 2)
+            #expect(emulated["fwait"] == 2)
+            #expect(trace.all.contains { $0.contains("emulated int3 at rip=0x") })
+        }
+
+        @Test("with emulation off, the first such instruction stops the VM with its disassembly")
+        func emulationOff() throws {
+            let (report, _) = try runGuest(GuestImages.emulate) { $0.emulation = false }
+            #expect(report.exitStatus == 122)
+            let dump = try #require(report.diagnostic)
+            #expect(dump.contains("instruction emulation failed"))
+            #expect(dump.contains("=> "))
+            #expect(dump.contains("int3"))
+        }
+    }
+}
