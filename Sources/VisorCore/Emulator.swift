@@ -31,6 +31,8 @@ public struct EmulationState {
     public let memory: GuestMemory
     /// Whether the guest's CPUID offers SMAP (CLAC/STAC raise #UD without it).
     public let smapAvailable: Bool
+    /// XCR0 as KVM holds it, for XGETBV (nil when it could not be read).
+    public let xcr0: UInt64?
     let translator: AddressTranslator
 
     /// CPL, from CS's selector.
@@ -245,8 +247,9 @@ public final class InstructionEmulator: Sendable {
             return nil
         }
         guard let handler = handlers[instruction.mnemonic] else { return nil }
+        let xcr0 = instruction.mnemonic == "xgetbv" ? try? vcpu.xcr0() : nil
         var state = EmulationState(registers: registers, special: special, instruction: instruction, memory: memory,
-                                   smapAvailable: smapAvailable, translator: translator)
+                                   smapAvailable: smapAvailable, xcr0: xcr0, translator: translator)
         let result = handler(&state)
         counts.withLock { $0[instruction.mnemonic, default: 0] += 1 }
         trace?("vcpu\(vcpu.id) emulated \(instruction.text) at rip=0x\(hex(registers.rip)) -> \(result)")
@@ -305,6 +308,17 @@ public final class InstructionEmulator: Sendable {
         "tzcnt": { state in
             bitCount(&state) { value, bits in value == 0 ? UInt64(bits) : UInt64(value.trailingZeroBitCount) }
                 flags: { source, result in (source == 0 ? cf : 0) | (result == 0 ? zf : 0) }
+        },
+        // XGETBV: ECX = 0 reads XCR0 into EDX:EAX (upper halves of RAX and RDX cleared);
+        // #UD without CR4.OSXSAVE; #GP for any other ECX (XINUSE is not offered).
+        "xgetbv": { state in
+            guard state.special.cr4 & (1 << 18) != 0 else { return .fault(.invalidOpcode) }
+            guard state.registers.rcx & 0xFFFF_FFFF == 0, let xcr0 = state.xcr0 else {
+                return .fault(.generalProtection(0))
+            }
+            state.registers.rax = xcr0 & 0xFFFF_FFFF
+            state.registers.rdx = xcr0 >> 32
+            return .completed
         },
         // CMPXCHG16B m128: atomic compare of RDX:RAX with memory; equal -> store RCX:RBX and
         // ZF=1; else load memory into RDX:RAX and ZF=0. #GP(0) unless 16-byte aligned.

@@ -49,6 +49,8 @@ public protocol VCPUContext: ExitDataChannel {
     func registers() throws(KVMError) -> Registers
     func setRegisters(_ registers: Registers) throws(KVMError)
     func specialRegisters() throws(KVMError) -> SpecialRegisters
+    /// XCR0, for XGETBV.
+    func xcr0() throws(KVMError) -> UInt64
     /// Delivers `injection` when the guest next runs.
     func inject(_ injection: Injection) throws(KVMError)
 }

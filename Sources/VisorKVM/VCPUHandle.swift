@@ -234,6 +234,17 @@ public final class VCPUHandle: @unchecked Sendable {
         }
     }
 
+    /// Extended control register XCR0 (`KVM_GET_XCRS`).
+    public func xcr0() throws(KVMError) -> UInt64 {
+        var xcrs = kvm_xcrs()
+        try ioctlStruct(fd, CKVM_GET_XCRS, "KVM_GET_XCRS", &xcrs)
+        let count = min(Int(xcrs.nr_xcrs), 16)
+        return withUnsafeBytes(of: &xcrs.xcrs) { raw in
+            let list = raw.bindMemory(to: kvm_xcr.self)
+            return (0..<count).first { list[$0].xcr == 0 }.map { list[$0].value } ?? 1
+        }
+    }
+
     /// Debug registers DR0-DR3, DR6 and DR7.
     public func debugRegisters() throws(KVMError) -> (db: [UInt64], dr6: UInt64, dr7: UInt64) {
         var k = kvm_debugregs()

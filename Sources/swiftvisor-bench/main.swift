@@ -306,6 +306,7 @@ final class FakeChannel: VCPUContext {
     func registers() throws(KVMError) -> Registers { Registers() }
     func setRegisters(_ registers: Registers) throws(KVMError) {}
     func specialRegisters() throws(KVMError) -> SpecialRegisters { SpecialRegisters() }
+    func xcr0() throws(KVMError) -> UInt64 { 1 }
     func inject(_ injection: Injection) throws(KVMError) {}
     func ioElement(_ index: Int) -> UInt32 { element }
     func setIOElement(_ index: Int, _ value: UInt32) { element = value }

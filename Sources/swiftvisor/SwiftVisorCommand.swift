@@ -9,7 +9,7 @@ struct SwiftVisorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftvisor",
         abstract: "A KVM virtual machine monitor with a programmable VM-exit layer.",
-        subcommands: [Run.self, CPUID.self, Guests.self],
+        subcommands: [Run.self, CPUID.self, ProbeEmulation.self, Guests.self],
         defaultSubcommand: Run.self)
 }
 

@@ -274,3 +274,17 @@ extension KVMIntegration {
         func builtinImage(_ name: String) -> [UInt8]? { GuestImages.named(name) }
     }
 }
+
+extension KVMIntegration.CLITests {
+    @Test("probe-emulation classifies instructions: KVM emulates cpuid, SwiftVisor finishes popcnt and int3, xsave stops")
+    func probeEmulation() throws {
+        let result = try run(["probe-emulation", "cpuid", "popcnt", "int3", "xsave"])
+        #expect(result.status == 0)
+        let lines = result.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+        #expect(lines.contains("cpuid KVM ran"))
+        #expect(lines.contains("popcnt SwiftVisor ran"))
+        #expect(lines.contains("int3 SwiftVisor exception #BP"))
+        #expect(lines.contains("xsave stops (KVM cannot emulate) -"))
+        #expect(lines.last == "KVM: 1 SwiftVisor: 2 stops: 1")
+    }
+}

@@ -163,7 +163,25 @@ struct EmulatorTests {
     func unknown() throws {
         let h = try EmulatorHarness()
         #expect(try h.run([0x0F, 0x0B]) == nil)  // ud2
-        #expect(try h.run([0x0F, 0x01, 0xD0]) == nil)  // xgetbv
+        #expect(try h.run([0x0F, 0xAE, 0x27]) == nil)  // xsave [rdi]
+    }
+
+    @Test("XGETBV reads XCR0 for ECX=0, #GP for other ECX, #UD without CR4.OSXSAVE")
+    func xgetbv() throws {
+        let h = try EmulatorHarness()
+        h.vcpu.sregs.cr4 |= 1 << 18
+        h.vcpu.xcr = 0x2_0000_0207
+        h.vcpu.regs.rax = .max; h.vcpu.regs.rdx = .max
+        #expect(try h.run([0x0F, 0x01, 0xD0]) == .handled)
+        #expect((h.vcpu.regs.rax, h.vcpu.regs.rdx) == (0x207, 0x2))
+        #expect(h.vcpu.regs.rip == 0x10003)
+        h.vcpu.regs.rip = 0x10000
+        h.vcpu.regs.rcx = 1
+        #expect(try h.run([0x0F, 0x01, 0xD0]) == .handled)
+        #expect(h.vcpu.injections == [.generalProtection(0)])
+        h.vcpu.sregs.cr4 &= ~(1 << 18)
+        #expect(try h.run([0x0F, 0x01, 0xD0]) == .handled)
+        #expect(h.vcpu.injections.last == .invalidOpcode)
     }
 
     @Test("instruction bytes are read through the page tables when KVM did not attach them")
@@ -177,17 +195,17 @@ struct EmulatorTests {
     func customHandler() throws {
         let h = try EmulatorHarness()
         var handlers = InstructionEmulator.standardHandlers
-        handlers["xgetbv"] = { state in
+        handlers["xsave"] = { state in
             state.registers.rax = 0x7
             state.registers.rdx = 0
             return .completed
         }
         let emulator = InstructionEmulator(handlers: handlers, smapAvailable: false)
-        try h.memory.write([0x0F, 0x01, 0xD0], at: 0x10000)
+        try h.memory.write([0x0F, 0xAE, 0x27], at: 0x10000)  // xsave [rdi]
         #expect(emulator.emulate(data: [0], vcpu: h.vcpu, memory: h.memory, trace: nil)?.0 == .handled)
         #expect(h.vcpu.regs.rax == 7)
         #expect(h.vcpu.regs.rip == 0x10003)
-        #expect(emulator.emulatedCounts == ["xgetbv": 1])
+        #expect(emulator.emulatedCounts == ["xsave": 1])
     }
 
     @Test("random instruction bytes and registers never crash or write outside guest memory")

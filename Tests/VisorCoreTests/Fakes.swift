@@ -15,6 +15,8 @@ final class FakeDataChannel: VCPUContext {
     func registers() throws(KVMError) -> Registers { regs }
     var sregs = SpecialRegisters()
     func specialRegisters() throws(KVMError) -> SpecialRegisters { sregs }
+    var xcr: UInt64 = 0x7
+    func xcr0() throws(KVMError) -> UInt64 { xcr }
     func setRegisters(_ registers: Registers) throws(KVMError) { regs = registers }
     func inject(_ injection: Injection) throws(KVMError) { injections.append(injection) }
 
