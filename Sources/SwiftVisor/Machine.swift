@@ -182,7 +182,7 @@ public final class Machine: Sendable {
                 let smapBit: UInt32 = 1 << 20
                 let tableSMAP = guestCPUID0.first { $0.function == 7 && $0.index == 0 }.map { $0.ebx & smapBit != 0 } ?? false
                 let hostSMAP = hostCPUID(leaf: 7).ebx & smapBit != 0
-                var handlers = InstructionEmulator.standardHandlers
+                var handlers = InstructionEmulator.allHandlers
                 for (mnemonic, handler) in configuration.instructionHandlers { handlers[mnemonic] = handler }
                 dispatcher.emulator = InstructionEmulator(handlers: handlers, smapAvailable: tableSMAP || hostSMAP)
                 dispatcher.memory = memory

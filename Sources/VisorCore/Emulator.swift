@@ -204,7 +204,12 @@ public final class InstructionEmulator: Sendable {
     /// Whether the guest sees SMAP (see `EmulationState.smapAvailable`).
     public let smapAvailable: Bool
 
-    public init(handlers: [String: InstructionHandler] = InstructionEmulator.standardHandlers, smapAvailable: Bool) {
+    /// Every handler SwiftVisor ships: the standard set and the bit-manipulation set.
+    public static var allHandlers: [String: InstructionHandler] {
+        standardHandlers.merging(bitManipulationHandlers) { first, _ in first }
+    }
+
+    public init(handlers: [String: InstructionHandler] = InstructionEmulator.allHandlers, smapAvailable: Bool) {
         self.handlers = handlers
         self.smapAvailable = smapAvailable
     }
@@ -344,6 +349,161 @@ public final class InstructionEmulator: Sendable {
             return .completed
         },
     ]
+
+    /// BMI1, BMI2, ADX and CRC32: register-to-register arithmetic whose operands come from
+    /// the decoder. `operation` gets the operand values (sources by index, zero-extended)
+    /// and the operand size, and returns the destination value and the new arithmetic flags
+    /// with the mask of flags it defines (others stay as they were).
+    public static let bitManipulationHandlers: [String: InstructionHandler] = [
+        "andn": { state in
+            alu(&state, sources: [1, 2]) { v, bits, _ in
+                let r = ~v[0] & v[1] & mask(bits)
+                return (r, szFlags(r, bits), sf | zf | of | cf)
+            }
+        },
+        "bextr": { state in
+            alu(&state, sources: [1, 2]) { v, bits, _ in
+                let start = Int(v[1] & 0xFF), length = Int((v[1] >> 8) & 0xFF)
+                var r: UInt64 = start >= bits ? 0 : v[0] >> UInt64(start)
+                if length < bits { r &= mask(length) }
+                r &= mask(bits)
+                return (r, r == 0 ? zf : 0, zf | of | cf)
+            }
+        },
+        "blsr": { state in
+            alu(&state, sources: [1]) { v, bits, _ in
+                let r = v[0] & (v[0] &- 1) & mask(bits)
+                return (r, szFlags(r, bits) | (v[0] == 0 ? cf : 0), sf | zf | of | cf)
+            }
+        },
+        "blsi": { state in
+            alu(&state, sources: [1]) { v, bits, _ in
+                let r = v[0] & (0 &- v[0]) & mask(bits)
+                return (r, szFlags(r, bits) | (v[0] != 0 ? cf : 0), sf | zf | of | cf)
+            }
+        },
+        "blsmsk": { state in
+            alu(&state, sources: [1]) { v, bits, _ in
+                let r = (v[0] ^ (v[0] &- 1)) & mask(bits)
+                return (r, (r >> UInt64(bits - 1) & 1 != 0 ? sf : 0) | (v[0] == 0 ? cf : 0), sf | zf | of | cf)
+            }
+        },
+        "pdep": { state in
+            alu(&state, sources: [1, 2]) { v, bits, _ in
+                var r: UInt64 = 0, k: UInt64 = 0
+                for i in 0..<UInt64(bits) where v[1] >> i & 1 != 0 {
+                    if v[0] >> k & 1 != 0 { r |= 1 << i }
+                    k += 1
+                }
+                return (r, 0, 0)
+            }
+        },
+        "pext": { state in
+            alu(&state, sources: [1, 2]) { v, bits, _ in
+                var r: UInt64 = 0, k: UInt64 = 0
+                for i in 0..<UInt64(bits) where v[1] >> i & 1 != 0 {
+                    if v[0] >> i & 1 != 0 { r |= 1 << k }
+                    k += 1
+                }
+                return (r, 0, 0)
+            }
+        },
+        "shlx": { state in
+            alu(&state, sources: [1, 2]) { v, bits, _ in ((v[0] << (v[1] & UInt64(bits - 1))) & mask(bits), 0, 0) }
+        },
+        "shrx": { state in
+            alu(&state, sources: [1, 2]) { v, bits, _ in (v[0] >> (v[1] & UInt64(bits - 1)), 0, 0) }
+        },
+        "sarx": { state in
+            alu(&state, sources: [1, 2]) { v, bits, _ in
+                let count = v[1] & UInt64(bits - 1)
+                let signed = Int64(bitPattern: v[0] << UInt64(64 - bits)) >> Int64(64 - bits)
+                return (UInt64(bitPattern: signed >> Int64(count)) & mask(bits), 0, 0)
+            }
+        },
+        "rorx": { state in
+            alu(&state, sources: [1, 2]) { v, bits, _ in
+                let n = v[1] & UInt64(bits - 1)
+                let r = n == 0 ? v[0] : ((v[0] >> n) | (v[0] << (UInt64(bits) - n))) & mask(bits)
+                return (r, 0, 0)
+            }
+        },
+        "adcx": { state in
+            alu(&state, sources: [0, 1]) { v, bits, flags in
+                let (sum, carry) = addWithCarry(v[0], v[1], flags & cf != 0, bits)
+                return (sum, carry ? cf : 0, cf)
+            }
+        },
+        "adox": { state in
+            alu(&state, sources: [0, 1]) { v, bits, flags in
+                let (sum, carry) = addWithCarry(v[0], v[1], flags & of != 0, bits)
+                return (sum, carry ? of : 0, of)
+            }
+        },
+        "crc32": { state in
+            let sourceBits = state.instruction.operands.count > 1 ? state.instruction.operands[1].bits : 8
+            return alu(&state, sources: [0, 1]) { v, _, _ in
+                var crc = UInt32(truncatingIfNeeded: v[0])
+                for byte in 0..<sourceBits / 8 {
+                    crc ^= UInt32(truncatingIfNeeded: v[1] >> UInt64(8 * byte)) & 0xFF
+                    for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
+                }
+                return (UInt64(crc), 0, 0)
+            }
+        },
+        // MULX hi, lo, src: RDX (EDX) * src, unsigned; no flags. If both destinations are the
+        // same register it gets the high half.
+        "mulx": { state in
+            guard state.instruction.operands.count == 3 else { return .fault(.invalidOpcode) }
+            let bits = state.instruction.operands[0].bits
+            do throws(EmulationFault) {
+                let a = state.gpr(2) & mask(bits), b = try state.read(2) & mask(bits)
+                let (high, low): (UInt64, UInt64)
+                if bits == 64 {
+                    (high, low) = a.multipliedFullWidth(by: b)
+                } else {
+                    let product = a * b
+                    (high, low) = (product >> 32, product & 0xFFFF_FFFF)
+                }
+                try state.write(1, low)
+                try state.write(0, high)
+                return .completed
+            } catch {
+                return .fault(error.injection)
+            }
+        },
+    ]
+
+    static func szFlags(_ result: UInt64, _ bits: Int) -> UInt64 {
+        (result == 0 ? zf : 0) | (result >> UInt64(bits - 1) & 1 != 0 ? sf : 0)
+    }
+
+    static func addWithCarry(_ a: UInt64, _ b: UInt64, _ carryIn: Bool, _ bits: Int) -> (UInt64, Bool) {
+        if bits == 64 {
+            let (s1, c1) = a.addingReportingOverflow(b)
+            let (s2, c2) = s1.addingReportingOverflow(carryIn ? 1 : 0)
+            return (s2, c1 || c2)
+        }
+        let sum = (a & mask(bits)) + (b & mask(bits)) + (carryIn ? 1 : 0)
+        return (sum & mask(bits), sum >> UInt64(bits) != 0)
+    }
+
+    /// Reads the source operands, computes, writes operand 0 and the flags it defines.
+    static func alu(_ state: inout EmulationState, sources: [Int],
+                    _ operation: ([UInt64], Int, UInt64) -> (UInt64, UInt64, UInt64)) -> EmulationResult {
+        guard let last = sources.max(), state.instruction.operands.count > last else { return .fault(.invalidOpcode) }
+        let bits = state.instruction.operands[0].bits
+        guard bits == 32 || bits == 64 else { return .fault(.invalidOpcode) }
+        do throws(EmulationFault) {
+            let values = try sources.map { (i) throws(EmulationFault) -> UInt64 in try state.read(i) }
+            let (result, flags, defined) = operation(values, bits, state.registers.rflags)
+            try state.write(0, result)
+            state.registers.rflags = (state.registers.rflags & ~defined) | (flags & defined)
+            return .completed
+        } catch {
+            return .fault(error.injection)
+        }
+    }
 
     /// The shared shape of POPCNT, LZCNT and TZCNT: destination register, register or
     /// memory source of 16, 32 or 64 bits.
