@@ -41,6 +41,25 @@ extension KVMIntegration {
             #expect(trace.all.contains { $0.contains("emulated int3 at rip=0x") })
         }
 
+        @Test("BMI1, BMI2, ADX and CRC32 at CPL0 match the same instructions run natively at CPL3")
+        func bitManipulation() throws {
+            var config = MachineConfiguration(guest: .elf(GuestImages.emulateBmi))
+            let console = ConsoleCapture()
+            config.consoleOutput = console.sink
+            let machine = try Machine(config)
+            let report = try machine.run()
+            #expect(report.outcome == .stopped(.guestExit(status: 0)))
+            let lines = console.text.split(separator: "\n").map(String.init)
+            #expect(lines.count == 49)
+            #expect(lines.last == "done")
+            let mismatches = lines.filter { !$0.hasSuffix(" match") && $0 != "done" }
+            #expect(mismatches.isEmpty, "\(mismatches)")
+            for mnemonic in ["andn", "bextr", "blsr", "blsi", "blsmsk", "pdep", "pext", "shlx", "sarx", "shrx", "rorx",
+                             "mulx", "adcx", "adox", "crc32"] {
+                #expect((machine.emulatedInstructions[mnemonic] ?? 0) > 0, "\(mnemonic) was not emulated")
+            }
+        }
+
         @Test("with emulation off, the first such instruction stops the VM with its disassembly")
         func emulationOff() throws {
             let (report, _) = try runGuest(GuestImages.emulate) { $0.emulation = false }
