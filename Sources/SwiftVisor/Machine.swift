@@ -75,7 +75,7 @@ public final class Machine: Sendable {
         }
 
         do { system = try KVMSystem(path: configuration.kvmPath) } catch { throw .kvm(error) }
-        let limit = Int(max(system.check(.maxVCPUs), system.check(.nrVCPUs), 1))
+        let limit = min(Int(max(system.check(.maxVCPUs), system.check(.nrVCPUs), 1)), MPTable.maxProcessors)
         guard count <= limit else {
             throw .invalidVCPUCount("\(count): this host's KVM allows at most \(limit) vCPUs")
         }
@@ -272,6 +272,11 @@ public final class Machine: Sendable {
     /// already stopped keeps its own outcome.
     @discardableResult
     public func stop() async -> RunReport {
+        if control.claimStartIfIdle() {
+            // Never started: there is nothing to stop, only a report to publish.
+            control.record(.stopped(.requested))
+            control.finish(RunReport(outcome: .stopped(.requested)))
+        }
         requestStop()
         return await wait()
     }
@@ -284,6 +289,7 @@ public final class Machine: Sendable {
 
     /// Parks every vCPU outside KVM_RUN, and returns once all are parked (or the VM ended).
     public func pause() async {
+        guard control.hasStarted else { return }
         control.pauseRequested.store(true, ordering: .sequentiallyConsistent)
         kickAll()
         while !control.allParkedOrDone {
@@ -325,9 +331,7 @@ public final class Machine: Sendable {
     /// enter, the signal one already inside.
     func kick(_ index: Int) {
         vcpus[index].requestImmediateExit(true)
-        if let thread = control.thread(index) {
-            pthread_kill(thread, VCPUSignals.kick)
-        }
+        control.signalThread(index, VCPUSignals.kick)
     }
 
     /// Starts one thread per vCPU, joins them, and builds the report.
@@ -373,6 +377,11 @@ public final class Machine: Sendable {
             }
             if control.stopRequested.load(ordering: .sequentiallyConsistent) { return }
             if control.pauseRequested.load(ordering: .sequentiallyConsistent) {
+                // Let KVM finish the access the last exit started (an IN's result into
+                // RAX, RIP past the instruction) without running guest code, so that the
+                // state seen while paused is an instruction boundary.
+                vcpu.requestImmediateExit(true)
+                _ = try? vcpu.run()
                 control.park()
                 continue
             }
@@ -470,6 +479,11 @@ final class VMControl: Sendable {
         guard !started.exchange(true, ordering: .acquiringAndReleasing) else { throw .alreadyRan }
     }
 
+    /// Marks the machine started if it was not; returns whether this call did.
+    func claimStartIfIdle() -> Bool { !started.exchange(true, ordering: .acquiringAndReleasing) }
+
+    var hasStarted: Bool { started.load(ordering: .acquiring) }
+
     /// Records the VM's outcome if none is recorded yet, and asks every vCPU to stop.
     /// Returns whether this call set it.
     @discardableResult
@@ -488,7 +502,15 @@ final class VMControl: Sendable {
     func setDiagnostic(_ text: String) { state.withLock { $0.diagnostic = text } }
 
     func setThread(_ index: Int, _ thread: pthread_t) { state.withLock { $0.threads[index] = thread } }
-    func thread(_ index: Int) -> pthread_t? { state.withLock { $0.threads[index] } }
+
+    /// Sends `signal` to vCPU thread `index` if it is still in its loop. The thread clears
+    /// its slot (under the same lock) before it returns, so a signal is never sent to a
+    /// thread that has been joined, whose handle may be stale.
+    func signalThread(_ index: Int, _ signal: Int32) {
+        state.withLock { state in
+            if let thread = state.threads[index] { pthread_kill(thread, signal) }
+        }
+    }
 
     /// Pending NMIs of all vCPUs, so that the exit loop checks one atomic, not a lock.
     private let nmisPending = Atomic<Int>(0)
@@ -510,7 +532,10 @@ final class VMControl: Sendable {
 
     /// Called by each vCPU thread as it leaves its loop.
     func vcpuExited(_ index: Int, _ statistics: ExitStatistics?) {
-        state.withLock { $0.statistics[index] = statistics }
+        state.withLock { state in
+            state.statistics[index] = statistics
+            state.threads[index] = nil
+        }
         exited.add(1, ordering: .sequentiallyConsistent)
     }
 

@@ -13,8 +13,9 @@ public enum MPTable {
     public static let configTableLimit = 0x4000
     public static let localAPICAddress: UInt32 = 0xFEE0_0000
     public static let ioAPICAddress: UInt32 = 0xFEC0_0000
-    /// The most vCPUs whose entries fit the configuration table's room.
-    public static var maxProcessors: Int { (configTableLimit - headerSize - 8 - 8 - 16 * 8 - 2 * 8) / 20 }
+    /// The most vCPUs the table describes: xAPIC IDs are 8 bits, 0xFF is the broadcast
+    /// address and the IOAPIC takes the ID after the last vCPU, so 254.
+    public static let maxProcessors = 254
 
     static let headerSize = 44
 

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import SwiftVisor
 
 /// Feeds standard input to the guest's COM1 receive FIFO.
@@ -7,15 +8,15 @@ import SwiftVisor
 /// the VM's lifetime, with one exception: ISIG stays on, so Ctrl-C still stops the VM.
 /// The FIFO holds 64 bytes; when it is full the reader waits for the guest to drain it
 /// rather than dropping input.
-final class ConsoleInput: @unchecked Sendable {
-    // `saved` is written before the reader thread starts and read by the main thread.
-    private var saved: termios?
+final class ConsoleInput: Sendable {
+    /// The terminal's settings before raw mode; the main and signal threads may both restore them.
+    private let saved = Mutex<termios?>(nil)
 
     func start(machine: Machine) {
         if isatty(0) == 1 {
             var attributes = termios()
             if tcgetattr(0, &attributes) == 0 {
-                saved = attributes
+                saved.withLock { $0 = attributes }
                 attributes.c_lflag &= ~tcflag_t(ICANON | ECHO | IEXTEN)
                 attributes.c_iflag &= ~tcflag_t(IXON | ICRNL | INLCR | IGNCR)
                 withUnsafeMutableBytes(of: &attributes.c_cc) { cc in
@@ -47,9 +48,11 @@ final class ConsoleInput: @unchecked Sendable {
 
     /// Puts the terminal back as it was.
     func restoreTerminal() {
-        if var saved {
-            tcsetattr(0, TCSANOW, &saved)
-            self.saved = nil
+        saved.withLock { saved in
+            if var attributes = saved {
+                tcsetattr(0, TCSANOW, &attributes)
+                saved = nil
+            }
         }
     }
 }

@@ -224,13 +224,16 @@ extension SwiftVisorCommand {
             // first, so every thread created later inherits the mask.
             let controlSignals = [SIGINT, SIGTERM, SIGUSR1]
             VCPUSignals.block(controlSignals)
+            // A closed standard output must not kill the VMM: writes then fail with EPIPE,
+            // which the console writer ignores.
+            signal(SIGPIPE, SIG_IGN)
             let report: RunReport
             let machine: Machine
             let console = ConsoleInput()
             do {
                 machine = try Machine(config)
                 let interrupted = InterruptFlag()
-                startSignalThread(machine: machine, signals: controlSignals, interrupted: interrupted)
+                startSignalThread(machine: machine, signals: controlSignals, interrupted: interrupted, console: console)
                 console.start(machine: machine)
                 report = try machine.run()
                 console.restoreTerminal()
@@ -324,8 +327,10 @@ final class InterruptFlag: @unchecked Sendable {
     var signal: Int32?
 }
 
-/// Turns SIGINT and SIGTERM into a clean stop, and SIGUSR1 into an NMI for vCPU 0.
-func startSignalThread(machine: Machine, signals: [Int32], interrupted: InterruptFlag) {
+/// Turns SIGINT and SIGTERM into a clean stop, and SIGUSR1 into an NMI for vCPU 0. A second
+/// SIGINT or SIGTERM, for a VM that does not stop (say, a vCPU blocked writing to a full
+/// pipe), restores the terminal and exits at once.
+func startSignalThread(machine: Machine, signals: [Int32], interrupted: InterruptFlag, console: ConsoleInput) {
     _ = HostThread.detach {
         while true {
             let signal = VCPUSignals.wait(for: signals)
@@ -333,9 +338,13 @@ func startSignalThread(machine: Machine, signals: [Int32], interrupted: Interrup
                 machine.injectNMI(vcpu: 0)
                 continue
             }
+            if interrupted.signal != nil {
+                console.restoreTerminal()
+                HostIO.printError("swiftvisor: stopped by signal \(signal) (forced)")
+                _exit(128 + signal)
+            }
             interrupted.signal = signal
             machine.requestStop()
-            return
         }
     }
 }

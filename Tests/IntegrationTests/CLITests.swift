@@ -215,6 +215,22 @@ extension KVMIntegration {
         }
     }
 
+    @Test("a closed standard output does not kill the VMM")
+    func closedStdout() throws {
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = ["--builtin", "hello"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try output.fileHandleForReading.close()
+        try process.run()
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit)
+        #expect(process.terminationStatus == 0)
+    }
+
     @Test("a missing guest file is a one-line error")
         func missingFile() throws {
             expectOneLineError(try run(["/nonexistent/guest.elf"]), mentioning: "No such file")

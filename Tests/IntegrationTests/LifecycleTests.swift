@@ -168,6 +168,27 @@ extension KVMIntegration {
             #expect(await vm.stop().outcome == .stopped(.requested))
         }
 
+        @Test("stop() and pause() on a machine that never started return at once")
+        func stopNeverStarted() async throws {
+            let vm = try machine(GuestImages.hello, ConsoleCapture())
+            await vm.pause()
+            #expect(await vm.stop().outcome == .stopped(.requested))
+            #expect(throws: MachineError.self) { try vm.start() }
+        }
+
+        @Test("stop(), pause() and NMIs after the VM ended are harmless, with many vCPUs")
+        func controlAfterEnd() async throws {
+            let vm = try machine(GuestImages.smp, ConsoleCapture()) { $0.vcpuCount = 8 }
+            try vm.start()
+            let report = await vm.wait()
+            #expect(report.outcome == .stopped(.guestExit(status: 0)))
+            for _ in 0..<20 {
+                vm.injectNMI(vcpu: 3)
+                await vm.pause()
+                #expect(await vm.stop().outcome == .stopped(.guestExit(status: 0)))
+            }
+        }
+
         @Test("a machine runs once: starting it again is refused")
         func runOnce() throws {
             let vm = try machine(GuestImages.exitStatus, ConsoleCapture()) { $0.commandLine = "5" }
