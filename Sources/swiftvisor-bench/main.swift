@@ -41,6 +41,7 @@ var exits = 50_000
 var rounds = 5
 var referencePath = "../shared/bench/reference"
 var cliPath: String?
+var noIrqchip = false
 var arguments = CommandLine.arguments.dropFirst()
 while let argument = arguments.popFirst() {
     switch argument {
@@ -48,6 +49,7 @@ while let argument = arguments.popFirst() {
     case "--rounds": rounds = Int(arguments.popFirst() ?? "") ?? rounds
     case "--reference": referencePath = arguments.popFirst() ?? referencePath
     case "--cli": cliPath = arguments.popFirst()
+    case "--no-irqchip": noIrqchip = true
     case "pio", "mmio", "startup", "memory", "dispatch", "all": mode = argument
     default:
         print("usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R] [--reference PATH] [--cli PATH]")
@@ -203,6 +205,8 @@ struct Round {
     var config = MachineConfiguration(guest: .elf(mmio ? GuestImages.mmioLoop : GuestImages.pioLoop))
     config.commandLine = String(exits)
     config.collectStatistics = statistics
+    // The reference has no in-kernel interrupt controller; measure like with like.
+    config.interruptController = !noIrqchip
     let probe: TimingProbe
     if mmio {
         let device = ProbeMMIO(expected: exits)
