@@ -1,8 +1,8 @@
 // swiftvisor-bench: SwiftVisor's exit path, start-up and memory, measured side by side with
 // the C reference exit loop (../shared/bench/reference) in the same run.
 //
-// Usage: swiftvisor-bench [pio|mmio|startup|memory|all] [--exits N] [--rounds R]
-//                         [--reference PATH] [--cli PATH]
+// Usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R]
+//                         [--no-irqchip] [--reference PATH] [--cli PATH]
 //
 // Exit round trip: the pio_loop/mmio_loop guests drop to CPL3 (IOPL=3) and make N exits to a
 // registered device. Our figure is the time between the device's first and last access
@@ -52,7 +52,7 @@ while let argument = arguments.popFirst() {
     case "--no-irqchip": noIrqchip = true
     case "pio", "mmio", "startup", "memory", "dispatch", "all": mode = argument
     default:
-        print("usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R] [--reference PATH] [--cli PATH]")
+        print("usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R] [--no-irqchip] [--reference PATH] [--cli PATH]")
         exit(2)
     }
 }
