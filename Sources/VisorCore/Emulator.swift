@@ -145,12 +145,17 @@ public struct EmulationState {
         return longMode ? address : address & 0xFFFF_FFFF
     }
 
-    /// The guest-physical address of `linear`, or the #PF the processor would raise.
+    /// The guest-physical address of `linear`, or the fault the processor would raise:
+    /// #PF (with CR2) for a missing or protected page, #GP(0) for a non-canonical address.
     public func physical(_ linear: UInt64, write: Bool) throws(EmulationFault) -> UInt64 {
-        guard let physical = translator.translate(linear, memory: memory) else {
-            throw EmulationFault(injection: .pageFault(errorCode: write ? 0x2 : 0x0, address: linear))
+        do throws(AddressTranslator.AccessFault) {
+            return try translator.translate(linear, write: write, user: cpl == 3, memory: memory)
+        } catch {
+            switch error {
+            case .pageFault(let code): throw EmulationFault(injection: .pageFault(errorCode: code, address: linear))
+            case .nonCanonical: throw EmulationFault(injection: .generalProtection(0))
+            }
         }
-        return physical
     }
 
     /// Reads `count` bytes at a linear address, a page at a time. Anything outside RAM is

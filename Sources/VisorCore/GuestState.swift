@@ -63,6 +63,53 @@ public struct AddressTranslator: Sendable {
         return UInt64(pte & 0xFFFF_F000) | (linear & 0xFFF)
     }
 
+    /// Why an access does not translate: the #PF error code (P, W/R, U/S bits) or a
+    /// non-canonical address (#GP).
+    public enum AccessFault: Error, Equatable {
+        case pageFault(errorCode: UInt32)
+        case nonCanonical
+    }
+
+    /// Translates a data access as the processor would check it: present at every level,
+    /// writable at every level for a write (for CPL0 only when CR0.WP is set), user-accessible
+    /// at every level for CPL3, and a canonical address in 64-bit mode. (SMEP, SMAP and
+    /// protection keys are not checked.)
+    public func translate(_ linear: UInt64, write: Bool, user: Bool, memory: GuestMemory) throws(AccessFault) -> UInt64 {
+        let longMode = efer & (1 << 10) != 0
+        if longMode {
+            let bits: UInt64 = cr4 & (1 << 12) != 0 ? 57 : 48
+            let top = linear >> (bits - 1)
+            guard top == 0 || top == (UInt64.max >> (bits - 1)) else { throw .nonCanonical }
+        }
+        let code = (write ? UInt32(2) : 0) | (user ? 4 : 0)
+        guard cr0 & (1 << 31) != 0 else { return linear & (longMode ? .max : 0xFFFF_FFFF) }
+        guard longMode else {
+            // 32-bit and PAE paging: presence only (guests using them cannot run on our hosts).
+            guard let physical = translate(linear, memory: memory) else { throw .pageFault(errorCode: code) }
+            return physical
+        }
+        let levels = cr4 & (1 << 12) != 0 ? 5 : 4
+        var table = cr3 & Self.addressMask
+        var writable = true, userOK = true
+        for level in stride(from: levels, through: 1, by: -1) {
+            let shift = UInt64(12 + 9 * (level - 1))
+            let index = (linear >> shift) & 0x1FF
+            guard let entry = try? memory.readUInt64(at: table + index * 8), entry & Self.present != 0 else {
+                throw .pageFault(errorCode: code)
+            }
+            writable = writable && entry & 0x2 != 0
+            userOK = userOK && entry & 0x4 != 0
+            if level == 1 || ((level == 2 || level == 3) && entry & Self.pageSize != 0) {
+                if user, !userOK { throw .pageFault(errorCode: code | 1) }
+                if write, !writable, user || cr0 & (1 << 16) != 0 { throw .pageFault(errorCode: code | 1) }
+                let pageMask = (UInt64(1) << shift) - 1
+                return (entry & Self.addressMask & ~pageMask) | (linear & pageMask)
+            }
+            table = entry & Self.addressMask
+        }
+        throw .pageFault(errorCode: code)
+    }
+
     /// Up to `count` bytes at `linear`, stopping at the first byte that does not translate.
     public func readBytes(at linear: UInt64, count: Int, memory: GuestMemory) -> [UInt8] {
         var bytes: [UInt8] = []

@@ -83,6 +83,42 @@ struct EmulatorTests {
         #expect(h.vcpu.regs.rip == 0x10000, "a fault leaves RIP at the instruction")
     }
 
+    @Test("emulated memory accesses honour page protections and canonical addresses")
+    func protections() throws {
+        let h = try EmulatorHarness()
+        // A second 2 MiB page at 2 MiB: present, read-only, supervisor. (The harness's RAM is
+        // 2 MiB, so map the read-only page over the first 2 MiB again via PD[1] -> 0.)
+        try h.memory.write(UInt64(0x0 | 0x81), at: 0x4008)  // PD[1]: P, PS, not writable, not user
+        let popcntStore: [UInt8] = [0xF3, 0x48, 0x0F, 0xB8, 0x03]  // popcnt rax, [rbx] (a read)
+        // Reading a read-only page is fine.
+        h.vcpu.regs.rbx = 0x20_0000 + 0x100
+        #expect(try h.run(popcntStore) == .handled)
+        #expect(h.vcpu.injections.isEmpty)
+        // cmpxchg16b writes: read-only page with CR0.WP set -> #PF, P|W.
+        h.vcpu.regs.rip = 0x10000
+        h.vcpu.regs.rdi = 0x20_0000 + 0x100
+        #expect(try h.run([0xF0, 0x48, 0x0F, 0xC7, 0x0F]) == .handled)
+        #expect(h.vcpu.injections.last == .pageFault(errorCode: 0x3, address: 0x20_0100))
+        // Without CR0.WP a supervisor write to a read-only page succeeds.
+        h.vcpu.sregs.cr0 &= ~(1 << 16)
+        h.vcpu.regs.rip = 0x10000
+        let before = h.vcpu.injections.count
+        #expect(try h.run([0xF0, 0x48, 0x0F, 0xC7, 0x0F]) == .handled)
+        #expect(h.vcpu.injections.count == before)
+        // At CPL3, the supervisor page faults even for a read: #PF, P|U.
+        h.vcpu.sregs.cs.selector = 0x1B
+        h.vcpu.regs.rip = 0x10000
+        h.vcpu.regs.rbx = 0x20_0000 + 0x100
+        #expect(try h.run(popcntStore) == .handled)
+        #expect(h.vcpu.injections.last == .pageFault(errorCode: 0x5, address: 0x20_0100))
+        // A non-canonical address is #GP(0).
+        h.vcpu.sregs.cs.selector = 0x08
+        h.vcpu.regs.rip = 0x10000
+        h.vcpu.regs.rbx = 0x0000_8000_0000_0000
+        #expect(try h.run(popcntStore) == .handled)
+        #expect(h.vcpu.injections.last == .generalProtection(0))
+    }
+
     @Test("LZCNT and TZCNT: result and CF/ZF", arguments: [
         ([UInt8]([0xF3, 0x0F, 0xBD, 0xC3]), UInt64(0), UInt64(32), UInt64(0x1)),  // lzcnt eax, ebx of 0: 32, CF
         ([0xF3, 0x0F, 0xBD, 0xC3], 0x8000_0000, 0, 0x40),  // lzcnt of top bit: 0, ZF
