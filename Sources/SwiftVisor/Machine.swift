@@ -173,7 +173,7 @@ public final class Machine: Sendable {
             }
             var dispatcher = ExitDispatcher(ports: ports, mmio: mmio, unclaimedPorts: configuration.unclaimedPorts,
                                             unclaimedMMIO: configuration.unclaimedMMIO, hypercalls: hypercalls,
-                                            log: configuration.log)
+                                            log: Self.rateLimited(configuration.log))
             dispatcher.msrs = msrEmulator
             dispatcher.traceDenied = configuration.trace
             if configuration.emulation {
@@ -192,6 +192,24 @@ public final class Machine: Sendable {
         } catch { throw .bus(error) }
         control = VMControl(vcpuCount: count)
         VCPUSignals.installKickHandler()
+    }
+
+    /// The most `log`-policy messages a VM prints; a guest hammering unclaimed ports must not
+    /// flood the host's log.
+    public static let logLimit = 1000
+
+    /// Passes the first `logLimit` messages to `log`, then one notice, then nothing.
+    static func rateLimited(_ log: @escaping @Sendable (String) -> Void) -> @Sendable (String) -> Void {
+        final class Counter: Sendable { let value = Atomic<Int>(0) }
+        let count = Counter()
+        return { message in
+            let n = count.value.add(1, ordering: .relaxed).newValue
+            if n <= logLimit {
+                log(message)
+            } else if n == logLimit + 1 {
+                log("further unclaimed-access messages suppressed after \(logLimit)")
+            }
+        }
     }
 
     /// MSRs set at entry (`KVM_SET_MSRS`), besides EFER, which the entry state sets.

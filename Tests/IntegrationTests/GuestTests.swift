@@ -79,6 +79,18 @@ extension KVMIntegration {
             #expect(log.all.allSatisfy { $0.contains("0x600") })
         }
 
+        @Test("the log policy is rate-limited: a flood of unclaimed accesses prints at most 1,001 lines")
+        func unclaimedLogLimit() throws {
+            let log = LogCapture()
+            let (report, _) = try runGuest(GuestImages.pioLoop, commandLine: "3000") { config in
+                config.unclaimedPorts = .log
+                config.log = log.sink
+            }
+            #expect(report.outcome == .stopped(.guestExit(status: 0)))
+            #expect(log.all.count == Machine.logLimit + 1)
+            #expect(log.all.last?.contains("suppressed") == true)
+        }
+
         @Test("the stop policy ends the VM at the first unclaimed port")
         func unclaimedPortStopPolicy() throws {
             let (report, _) = try runGuest(GuestImages.portProbe) { $0.unclaimedPorts = .stop }
