@@ -91,13 +91,6 @@
 
 #define EXIT_UNEXPECTED_VECTOR 99
 #define EV_NONE 0xFF
-#define GATE_LOW_FIXED 0x00008E0000080000   // type 0x8E (P, DPL 0, 64-bit interrupt gate) << 40 | selector 0x08 << 16
-#define USER_DS (0x18 | 3)          // RPL 3
-#define USER_CS (0x20 | 3)          // RPL 3
-#define TSS_SELECTOR 0x28
-#define USER_RFLAGS 0x3002          // IOPL=3 (bits 12-13), IF=0, bit 1 (always 1)
-#define TSS_DESCRIPTOR_FIXED 0x0000890000000000 // type 0x89 (P, DPL 0, available 64-bit TSS) << 40
-#define IOMAP_PORTS 0x600           // the TSS's I/O bitmap allows ports 0-0x5FF (COM1, 0x501)
 #define DEBUG_EXIT_PORT 0x501
 #define FLAGS_IN 0x897              // CF | PF | AF | SF | OF | bit 1
 #define FLAGS_OUT_MASK 0xDFF        // RFLAGS bits 11:0 without IF (bit 9): see the header
@@ -141,8 +134,10 @@
     .globl _start
     .type _start, @function
 _start:
-    call install_gdt_tss
-    call install_idt
+    call install_gdt_tss            // common/ring3.S: GDT with ring-3 segments, TSS
+    leaq vector_stubs(%rip), %rdi   // common/idt.S: gate N at stub N, then idt_handlers
+    leaq idt_handlers(%rip), %rsi
+    call idt_install_stubs
 
     // 1. int3 with RAX = 0x1234; the #BP handler resumes right after it.
     arm int3_after
@@ -580,98 +575,18 @@ print_event:
     movl $4, %ecx
     jmp com1_field
 
-// MARK: Descriptor tables
-
-    .section .text.tables, "ax", @progbits
-
-// install_gdt_tss: fills in the TSS descriptor (base = tss), sets the TSS's RSP0 to the top
-// of kernel_stack, loads the GDT below and TR = 0x28. CS (0x08) and SS/DS/ES/FS/GS (0x10)
-// need no reload: the new GDT has the same descriptors there. Clobbers RAX, RCX, RDX.
-install_gdt_tss:
-    leaq tss(%rip), %rax
-    movl %eax, %ecx
-    andl $0xFFFFFF, %ecx
-    shlq $16, %rcx                  // bits 16-39: base 23:0
-    movq %rax, %rdx
-    shrq $24, %rdx
-    andl $0xFF, %edx
-    shlq $56, %rdx                  // bits 56-63: base 31:24
-    orq %rdx, %rcx
-    movabsq $TSS_DESCRIPTOR_FIXED, %rdx
-    orq %rdx, %rcx
-    orq $(tss_end - tss - 1), %rcx  // bits 0-15: limit 15:0 (under 64 KiB)
-    movq %rcx, gdt_tss(%rip)
-    movq %rax, %rdx
-    shrq $32, %rdx                  // bits 64-95: base 63:32; 96-127 reserved (0)
-    movq %rdx, gdt_tss + 8(%rip)
-    leaq kernel_stack_top(%rip), %rax
-    movq %rax, tss + 4(%rip)        // RSP0
-    lgdt gdtr(%rip)
-    movw $TSS_SELECTOR, %ax
-    ltr %ax
-    ret
-
-// enter_ring3_here: continues at RDI at CPL3 (CS 0x23, SS 0x1B, RFLAGS 0x3002) on the
-// current stack. Does not return (jump to it).
-enter_ring3_here:
-    movq %rsp, %rax
-    pushq $USER_DS                  // SS
-    pushq %rax                      // RSP: the stack as it is
-    pushq $USER_RFLAGS              // RFLAGS
-    pushq $USER_CS                  // CS
-    pushq %rdi                      // RIP
-    iretq
-
-// install_idt: points gate N at vector_stubs + 16 * N for all 256 vectors, then vectors 3,
-// 6, 7 and 13 at their probe handlers, and loads the IDT. Clobbers RAX, RCX, RDX, R8-R10.
-install_idt:
-    xorl %r10d, %r10d
-1:  movl %r10d, %ecx
-    leaq vector_stubs(%rip), %rax
-    movl %r10d, %edx
-    shll $4, %edx
-    addq %rdx, %rax
-    call set_gate
-    incl %r10d
-    cmpl $256, %r10d
-    jb 1b
-    movl $3, %ecx
-    leaq bp_handler(%rip), %rax
-    call set_gate
-    movl $6, %ecx
-    leaq ud_handler(%rip), %rax
-    call set_gate
-    movl $7, %ecx
-    leaq nm_handler(%rip), %rax
-    call set_gate
-    movl $13, %ecx
-    leaq gp_handler(%rip), %rax
-    call set_gate
-    lidt idtr(%rip)
-    ret
-
-// set_gate: makes gate ECX (0-255) a ring-0 64-bit interrupt gate to RAX.
-// Clobbers RCX, RDX, R8, R9.
-set_gate:
-    leaq idt(%rip), %rdx
-    andl $0xFF, %ecx
-    shll $4, %ecx
-    addq %rcx, %rdx                 // the gate's address
-    movl %eax, %r8d
-    andl $0xFFFF, %r8d              // bits 0-15: offset 15:0
-    movl %eax, %r9d
-    shrl $16, %r9d
-    shlq $48, %r9                   // bits 48-63: offset 31:16
-    orq %r9, %r8
-    movabsq $GATE_LOW_FIXED, %r9    // selector, IST 0, type
-    orq %r9, %r8
-    movq %r8, (%rdx)
-    movq %rax, %r9
-    shrq $32, %r9                   // bits 64-95: offset 63:32; 96-127 reserved (0)
-    movq %r9, 8(%rdx)
-    ret
-
 // MARK: The handlers
+
+// idt_handlers: the gates that go to a probe handler instead of a stub, as (vector,
+// handler) pairs for idt_install_stubs.
+    .section .rodata.idt_handlers, "a", @progbits
+    .balign 8
+idt_handlers:
+    .quad 3, bp_handler
+    .quad 6, ud_handler
+    .quad 7, nm_handler
+    .quad 13, gp_handler
+    .quad 0, 0                      // the end
 
     .section .text.handlers, "ax", @progbits
 
@@ -834,49 +749,8 @@ fwait0_error:       .quad 0
 misaligned_vector:  .quad EV_NONE
 misaligned_error:   .quad 0
 
-    .section .data.idtr, "aw", @progbits
-    .balign 8
-    .skip 6                         // so that the 64-bit base below is 8-byte aligned
-idtr:
-    .word 256 * 16 - 1              // limit
-    .quad idt                       // base
-
-    // The GDT: the VMM's two descriptors at the same selectors, ring-3 segments and the TSS.
-    // The accessed bit is preset, so loading a selector never writes to the table (ltr
-    // does write: it marks the TSS descriptor busy).
-    .section .data.gdt, "aw", @progbits
-    .balign 16
-gdt:
-    .quad 0                         // 0x00 null
-    .quad 0x00AF9B000000FFFF        // 0x08 ring-0 code: P, DPL 0, code exec/read, L=1 (64-bit), G
-    .quad 0x00CF93000000FFFF        // 0x10 ring-0 data: P, DPL 0, data read/write, D/B, G
-    .quad 0x00CFF3000000FFFF        // 0x18 ring-3 data: P, DPL 3, data read/write, D/B, G
-    .quad 0x00AFFB000000FFFF        // 0x20 ring-3 code: P, DPL 3, code exec/read, L=1 (64-bit), G
-gdt_tss:
-    .quad 0, 0                      // 0x28 the TSS (16 bytes), filled in by install_gdt_tss
-gdt_end:
-    .balign 8
-    .skip 6                         // so that the 64-bit base below is 8-byte aligned
-gdtr:
-    .word gdt_end - gdt - 1
-    .quad gdt
-
-    // The 64-bit TSS: RSP0 (offset 4, set at run time), then an I/O bitmap that allows ports
-    // 0-0x5FF (CPL3 "in" faults on the project's machines without one, even at IOPL=3).
-    .section .data.tss, "aw", @progbits
-    .balign 16
-tss:
-    .skip 102
-    .word tss_iomap - tss           // I/O-map base: right after the 104-byte TSS
-tss_iomap:
-    .skip IOMAP_PORTS / 8           // one bit per port, 0 = allowed
-    .byte 0xFF                      // the terminator the CPU may read past the last port
-tss_end:
-
     .section .bss.emulate, "aw", @nobits
     .balign 16
-idt:
-    .skip 256 * 16
 bits_cpl0:                          // compute_bits' results at CPL0: value, flags per case
     .skip BIT_CASES * 16
 bits_cpl3:
@@ -885,7 +759,3 @@ cx16_cpl0:                          // compute_cx16's two records at CPL0
     .skip 2 * CX16_RECORD
 cx16_cpl3:
     .skip 2 * CX16_RECORD
-    .balign 16
-kernel_stack:                       // RSP0: the stack of a handler entered from CPL3
-    .skip 4096
-kernel_stack_top:

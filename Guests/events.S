@@ -38,14 +38,12 @@
 #define HC_EXIT 2
 #define HC_UNKNOWN 0x1234
 #define EXIT_STATUS 7
-#define EXIT_UNEXPECTED_VECTOR 99
 #define EXIT_FALLTHROUGH 1
 #define EXIT_BAD_COMMAND_LINE 254
 #define KERNEL_CS 0x08
 #define LAPIC_BASE 0xFEE00000
 #define LAPIC_SVR 0xF0
 #define SVR_ENABLE_SPURIOUS_FF 0x1FF    // APIC software enable (bit 8) | spurious vector 0xFF
-#define GATE_LOW_FIXED 0x00008E0000080000   // type 0x8E (P, DPL 0, 64-bit interrupt gate) << 40 | selector 0x08 << 16
 
 // hypercall: the guest side of the ABI; the VMM reads RAX, RBX, RCX, RSI, RDI.
 .macro hypercall
@@ -60,7 +58,9 @@ _start:
     movq %rdi, %rbx
     call check_boot_info            // keeps every register when the block is valid
     movq %rbx, %r15                 // R15 = boot info, from here on
-    call install_idt
+    leaq idt_unexpected_vector(%rip), %rdi  // common/idt.S: "unexpected vector", status 99,
+    leaq idt_handlers(%rip), %rsi           // for every vector but those of idt_handlers
+    call idt_install
 
     leaq mode_identity(%rip), %rsi
     call cmdline_is
@@ -242,59 +242,20 @@ cmdline_is:
 3:  xorl %eax, %eax
     ret
 
-// MARK: The IDT
-
-// install_idt: points all 256 gates at default_handler, then vectors 2, 6, 13, 14 and 0x40
-// at theirs, and loads the IDT. Clobbers RAX, RCX, RDX, R8, R9, R10.
-install_idt:
-    xorl %r10d, %r10d
-1:  movl %r10d, %ecx
-    leaq default_handler(%rip), %rax
-    call set_gate
-    incl %r10d
-    cmpl $256, %r10d
-    jb 1b
-    movl $2, %ecx
-    leaq nmi_handler(%rip), %rax
-    call set_gate
-    movl $6, %ecx
-    leaq ud_handler(%rip), %rax
-    call set_gate
-    movl $13, %ecx
-    leaq gp_handler(%rip), %rax
-    call set_gate
-    movl $14, %ecx
-    leaq pf_handler(%rip), %rax
-    call set_gate
-    movl $0x40, %ecx
-    leaq irq40_handler(%rip), %rax
-    call set_gate
-    lidt idtr(%rip)
-    ret
-
-// set_gate: makes gate ECX (0-255) a ring-0 64-bit interrupt gate to RAX.
-// Clobbers RCX, RDX, R8, R9.
-set_gate:
-    leaq idt(%rip), %rdx
-    andl $0xFF, %ecx
-    shll $4, %ecx
-    addq %rcx, %rdx                 // the gate's address
-    movl %eax, %r8d
-    andl $0xFFFF, %r8d              // bits 0-15: offset 15:0
-    movl %eax, %r9d
-    shrl $16, %r9d
-    shlq $48, %r9                   // bits 48-63: offset 31:16
-    orq %r9, %r8
-    movabsq $GATE_LOW_FIXED, %r9    // selector, IST 0, type
-    orq %r9, %r8
-    movq %r8, (%rdx)
-    movq %rax, %r9
-    shrq $32, %r9                   // bits 64-95: offset 63:32; 96-127 reserved (0)
-    movq %r9, 8(%rdx)
-    ret
-
 // MARK: The handlers. None returns. The CPU pushed SS, RSP, RFLAGS, CS, RIP and, for #GP
 // and #PF, an error code below them (at (%rsp)).
+
+// idt_handlers: the gates that do not go to idt_unexpected_vector, as (vector, handler)
+// pairs for idt_install.
+    .section .rodata.idt_handlers, "a", @progbits
+    .balign 8
+idt_handlers:
+    .quad 2, nmi_handler
+    .quad 6, ud_handler
+    .quad 13, gp_handler
+    .quad 14, pf_handler
+    .quad 0x40, irq40_handler
+    .quad 0, 0                      // the end
 
     .section .text.handlers, "ax", @progbits
 nmi_handler:
@@ -318,12 +279,6 @@ irq40_handler:
     xorl %r12d, %r12d
     jmp report_event
 
-default_handler:
-    leaq text_unexpected_vector(%rip), %rsi
-    call com1_puts
-    movb $EXIT_UNEXPECTED_VECTOR, %al
-    jmp debug_exit
-
 // report_event: prints "vector=<BL> error=<R12D> cr2=<CR2>" and ends with status 0.
 report_event:
     movq %cr2, %r13
@@ -346,18 +301,6 @@ report_event:
 
 // MARK: Data
 
-    .section .data.idtr, "aw", @progbits
-    .balign 8
-    .skip 6                         // so that the 64-bit base below is 8-byte aligned
-idtr:
-    .word 256 * 16 - 1              // limit
-    .quad idt                       // base
-
-    .section .bss.idt, "aw", @nobits
-    .balign 16
-idt:
-    .skip 256 * 16
-
     .section .rodata.events, "a", @progbits
 mode_identity:          .asciz "identity"
 mode_print:             .asciz "print"
@@ -374,7 +317,6 @@ text_exit_returned:     .asciz "exit returned\n"
 text_no_ud:             .asciz "no #UD\n"
 text_no_event:          .asciz "no event\n"
 text_bad_command_line:  .asciz "bad command line\n"
-text_unexpected_vector: .asciz "unexpected vector\n"
 text_vector:            .asciz "vector="
 text_error:             .asciz " error="
 text_cr2:               .asciz " cr2="

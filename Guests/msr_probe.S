@@ -27,7 +27,7 @@
 // suberror 1, "instruction emulation failed": status 122), while CPL3 code runs natively.
 // So after the xsetbv probes the guest loads its own GDT (the VMM's 0x08/0x10 descriptors at
 // the same places, ring-3 data 0x18 and code 0x20, a 64-bit TSS at 0x28 whose RSP0 is a
-// .bss stack and whose I/O bitmap allows ports 0-0x5FF: see tss below), loads TR, and drops to CPL3 with iretq (CS 0x23, SS 0x1B, RFLAGS 0x3002:
+// .bss stack and whose I/O bitmap allows ports 0-0x5FF: install_gdt_tss in common/ring3.S), loads TR, and drops to CPL3 with iretq (CS 0x23, SS 0x1B, RFLAGS 0x3002:
 // IOPL=3, IF=0), keeping its stack. The CPL3 code prints the xgetbv line and writes
 // status 0 to port 0x501 itself. A fault at CPL3 reaches the same handlers through the TSS.
 // rdmsr, wrmsr, xsetbv and mov to CR4 all run at CPL0 (KVM emulates them there).
@@ -49,16 +49,8 @@
 
 #define EXIT_UD 97
 #define EXIT_UNEXPECTED_GP 98
-#define EXIT_UNEXPECTED_VECTOR 99
-#define GATE_LOW_FIXED 0x00008E0000080000   // type 0x8E (P, DPL 0, 64-bit interrupt gate) << 40 | selector 0x08 << 16
 #define CPUID1_ECX_XSAVE (1 << 26)
 #define CR4_OSXSAVE (1 << 18)
-#define USER_DS (0x18 | 3)          // RPL 3
-#define USER_CS (0x20 | 3)          // RPL 3
-#define TSS_SELECTOR 0x28
-#define USER_RFLAGS 0x3002          // IOPL=3 (bits 12-13), IF=0, bit 1 (always 1)
-#define TSS_DESCRIPTOR_FIXED 0x0000890000000000 // type 0x89 (P, DPL 0, available 64-bit TSS) << 40
-#define IOMAP_PORTS 0x600           // the TSS's I/O bitmap allows ports 0-0x5FF (COM1, 0x501)
 #define DEBUG_EXIT_PORT 0x501
 
 // arm_probe LABEL, LENGTH: the next probed instruction is at LABEL and is LENGTH bytes
@@ -79,7 +71,9 @@
     .globl _start
     .type _start, @function
 _start:
-    call install_idt
+    leaq idt_unexpected_vector(%rip), %rdi  // common/idt.S: "unexpected vector", status 99,
+    leaq idt_handlers(%rip), %rsi           // for every vector but those of idt_handlers
+    call idt_install
 
     movl $0x8B, %ecx                // IA32_BIOS_SIGN_ID
     call rdmsr_line
@@ -129,7 +123,7 @@ _start:
     call xsetbv_line
     movl $0xE7, %edi                // | opmask | ZMM_Hi256 | Hi16_ZMM
     call xsetbv_line
-    call install_gdt_tss
+    call install_gdt_tss            // common/ring3.S: GDT with ring-3 segments, TSS
     leaq ring3_tail(%rip), %rdi
     jmp enter_ring3_here
 2:  xorl %eax, %eax
@@ -267,89 +261,16 @@ print_ok_or_gp:
     leaq text_gp_newline(%rip), %rsi
 1:  jmp com1_puts
 
-// MARK: Descriptor tables
-
-// install_gdt_tss: fills in the TSS descriptor (base = tss), sets the TSS's RSP0 to the top
-// of kernel_stack, loads the GDT below and TR = 0x28. CS (0x08) and SS/DS/ES/FS/GS (0x10)
-// need no reload: the new GDT has the same descriptors there. Clobbers RAX, RCX, RDX.
-install_gdt_tss:
-    leaq tss(%rip), %rax
-    movl %eax, %ecx
-    andl $0xFFFFFF, %ecx
-    shlq $16, %rcx                  // bits 16-39: base 23:0
-    movq %rax, %rdx
-    shrq $24, %rdx
-    andl $0xFF, %edx
-    shlq $56, %rdx                  // bits 56-63: base 31:24
-    orq %rdx, %rcx
-    movabsq $TSS_DESCRIPTOR_FIXED, %rdx
-    orq %rdx, %rcx
-    orq $(tss_end - tss - 1), %rcx  // bits 0-15: limit 15:0 (under 64 KiB)
-    movq %rcx, gdt_tss(%rip)
-    movq %rax, %rdx
-    shrq $32, %rdx                  // bits 64-95: base 63:32; 96-127 reserved (0)
-    movq %rdx, gdt_tss + 8(%rip)
-    leaq kernel_stack_top(%rip), %rax
-    movq %rax, tss + 4(%rip)        // RSP0
-    lgdt gdtr(%rip)
-    movw $TSS_SELECTOR, %ax
-    ltr %ax
-    ret
-
-// enter_ring3_here: continues at RDI at CPL3 (CS 0x23, SS 0x1B, RFLAGS 0x3002) on the
-// current stack. Does not return (jump to it). Keeps every register but RAX.
-enter_ring3_here:
-    movq %rsp, %rax
-    pushq $USER_DS                  // SS
-    pushq %rax                      // RSP: the stack as it is
-    pushq $USER_RFLAGS              // RFLAGS
-    pushq $USER_CS                  // CS
-    pushq %rdi                      // RIP
-    iretq
-
-// MARK: The IDT
-
-// install_idt: points all 256 gates at default_handler, then vectors 6 and 13 at theirs,
-// and loads the IDT. Clobbers RAX, RCX, RDX, R8, R9, R10.
-install_idt:
-    xorl %r10d, %r10d
-1:  movl %r10d, %ecx
-    leaq default_handler(%rip), %rax
-    call set_gate
-    incl %r10d
-    cmpl $256, %r10d
-    jb 1b
-    movl $6, %ecx
-    leaq ud_handler(%rip), %rax
-    call set_gate
-    movl $13, %ecx
-    leaq gp_handler(%rip), %rax
-    call set_gate
-    lidt idtr(%rip)
-    ret
-
-// set_gate: makes gate ECX (0-255) a ring-0 64-bit interrupt gate to RAX.
-// Clobbers RCX, RDX, R8, R9.
-set_gate:
-    leaq idt(%rip), %rdx
-    andl $0xFF, %ecx
-    shll $4, %ecx
-    addq %rcx, %rdx                 // the gate's address
-    movl %eax, %r8d
-    andl $0xFFFF, %r8d              // bits 0-15: offset 15:0
-    movl %eax, %r9d
-    shrl $16, %r9d
-    shlq $48, %r9                   // bits 48-63: offset 31:16
-    orq %r9, %r8
-    movabsq $GATE_LOW_FIXED, %r9    // selector, IST 0, type
-    orq %r9, %r8
-    movq %r8, (%rdx)
-    movq %rax, %r9
-    shrq $32, %r9                   // bits 64-95: offset 63:32; 96-127 reserved (0)
-    movq %r9, 8(%rdx)
-    ret
-
 // MARK: The handlers
+
+// idt_handlers: the gates that do not go to idt_unexpected_vector, as (vector, handler)
+// pairs for idt_install.
+    .section .rodata.idt_handlers, "a", @progbits
+    .balign 8
+idt_handlers:
+    .quad 6, ud_handler
+    .quad 13, gp_handler
+    .quad 0, 0                      // the end
 
     .section .text.handlers, "ax", @progbits
 
@@ -389,12 +310,6 @@ ud_handler:
     movb $EXIT_UD, %al
     jmp debug_exit
 
-default_handler:
-    leaq text_unexpected_vector(%rip), %rsi
-    call com1_puts
-    movb $EXIT_UNEXPECTED_VECTOR, %al
-    jmp debug_exit
-
 // MARK: Data
 
     .section .data.probe, "aw", @progbits
@@ -402,58 +317,6 @@ default_handler:
 probe_rip:  .quad 0                 // the armed probe's address; 0 when none is armed
 probe_len:  .quad 0                 // its length in bytes
 faulted:    .byte 0                 // set by gp_handler
-
-    .section .data.idtr, "aw", @progbits
-    .balign 8
-    .skip 6                         // so that the 64-bit base below is 8-byte aligned
-idtr:
-    .word 256 * 16 - 1              // limit
-    .quad idt                       // base
-
-    .section .bss.idt, "aw", @nobits
-    .balign 16
-idt:
-    .skip 256 * 16
-
-    // The GDT: the VMM's two descriptors at the same selectors, ring-3 segments and the TSS.
-    // The accessed bit is preset, so loading a selector never writes to the table (ltr
-    // does write: it marks the TSS descriptor busy).
-    .section .data.gdt, "aw", @progbits
-    .balign 16
-gdt:
-    .quad 0                         // 0x00 null
-    .quad 0x00AF9B000000FFFF        // 0x08 ring-0 code: P, DPL 0, code exec/read, L=1 (64-bit), G
-    .quad 0x00CF93000000FFFF        // 0x10 ring-0 data: P, DPL 0, data read/write, D/B, G
-    .quad 0x00CFF3000000FFFF        // 0x18 ring-3 data: P, DPL 3, data read/write, D/B, G
-    .quad 0x00AFFB000000FFFF        // 0x20 ring-3 code: P, DPL 3, code exec/read, L=1 (64-bit), G
-gdt_tss:
-    .quad 0, 0                      // 0x28 the TSS (16 bytes), filled in by install_gdt_tss
-gdt_end:
-    .balign 8
-    .skip 6                         // so that the 64-bit base below is 8-byte aligned
-gdtr:
-    .word gdt_end - gdt - 1
-    .quad gdt
-
-    // The 64-bit TSS: RSP0 (offset 4, set at run time), then an I/O bitmap that allows ports
-    // 0-0x5FF. IOPL=3 should make the bitmap irrelevant at CPL3, but on the project's machines
-    // CPL3 "in" faults (#GP, error 0) with no bitmap even at IOPL=3, so the bitmap is there.
-    .section .data.tss, "aw", @progbits
-    .balign 16
-tss:
-    .skip 102
-    .word tss_iomap - tss           // I/O-map base: right after the 104-byte TSS
-tss_iomap:
-    .skip IOMAP_PORTS / 8           // one bit per port, 0 = allowed
-    .byte 0xFF                      // the terminator the CPU may read past the last port
-tss_end:
-
-    // The stack the CPU switches to when a fault at CPL3 enters a CPL0 handler.
-    .section .bss.kernel_stack, "aw", @nobits
-    .balign 16
-kernel_stack:
-    .skip 4096
-kernel_stack_top:
 
     .section .rodata.msr_probe, "a", @progbits
 text_rdmsr:                 .asciz "rdmsr "
@@ -470,5 +333,4 @@ text_gp_newline:            .asciz "#GP\n"
 text_ud:                    .asciz "#UD\n"
 text_unexpected_gp_rip:     .asciz "unexpected #GP rip="
 text_unexpected_gp_error:   .asciz " error="
-text_unexpected_vector:     .asciz "unexpected vector\n"
 text_newline:               .asciz "\n"

@@ -40,7 +40,6 @@
 #define DEBUG_EXIT_PORT 0x501
 #define EXIT_UNKNOWN_NAME 254
 #define EXCEPTION_BASE 0x40
-#define GATE_LOW_FIXED 0x00008E0000080000   // type 0x8E (P, DPL 0, 64-bit interrupt gate) << 40 | selector 0x08 << 16
 #define CPUID1_ECX_XSAVE 26
 #define CR4_OSXSAVE (1 << 18)
 #define FCW_INIT 0x037F
@@ -151,27 +150,16 @@ exit_al:
 
 // MARK: The IDT: vectors 0-31, each handler writes 0x40 + its vector to port 0x501.
 
-// install_idt: fills the 32 gates from vector_stubs and loads the IDT. Clobbers RAX, RCX,
-// RDX, R8, R9.
+// install_idt: fills the first 32 gates of common/idt.S's idt from vector_stubs and loads
+// the IDT with a limit that covers those 32 only. Clobbers RAX, RCX, RDX, R8, R9, R10.
 install_idt:
-    leaq idt(%rip), %rdx
-    leaq vector_stubs(%rip), %rcx
-    xorl %r9d, %r9d
-1:  movq (%rcx,%r9,8), %rax         // the handler's address
-    movl %eax, %r8d
-    andl $0xFFFF, %r8d              // bits 0-15: offset 15:0
-    shrl $16, %eax
-    shlq $48, %rax                  // bits 48-63: offset 31:16
-    orq %rax, %r8
-    movabsq $GATE_LOW_FIXED, %rax   // selector, IST 0, type
-    orq %rax, %r8
-    movq %r8, (%rdx)
-    movq (%rcx,%r9,8), %rax
-    shrq $32, %rax                  // bits 64-95: offset 63:32; 96-127 reserved (0)
-    movq %rax, 8(%rdx)
-    addq $16, %rdx
-    incl %r9d
-    cmpl $32, %r9d
+    xorl %r10d, %r10d               // the vector
+1:  leaq vector_stubs(%rip), %rax
+    movq (%rax,%r10,8), %rax        // the handler's address
+    movl %r10d, %ecx
+    call idt_set_gate
+    incl %r10d
+    cmpl $32, %r10d
     jb 1b
     lidt idtr(%rip)
     ret
@@ -412,11 +400,9 @@ xcr0_value:
     .skip 6                         // so that the 64-bit base below is 8-byte aligned
 idtr:
     .word 32 * 16 - 1               // limit: vectors 0-31
-    .quad idt                       // base
+    .quad idt                       // base: common/idt.S's table
 
     .section .bss.probe, "aw", @nobits
     .balign 64
 scratch:                            // memory operands (64-byte aligned, 4 KiB)
     .skip 4096
-idt:
-    .skip 32 * 16

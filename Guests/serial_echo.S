@@ -27,8 +27,6 @@
 // "q". No status of its own until then (the host stops it, or an NMI does: "NMI\n", 0).
 // Uses neither the boot-info block nor the command line.
 
-#define EXIT_UNEXPECTED_VECTOR 99
-#define GATE_LOW_FIXED 0x00008E0000080000   // type 0x8E (P, DPL 0, 64-bit interrupt gate) << 40 | selector 0x08 << 16
 #define SERIAL_VECTOR 0x24
 
 #define PIC1_DATA 0x21
@@ -66,7 +64,9 @@
     .globl _start
     .type _start, @function
 _start:
-    call install_idt
+    leaq idt_unexpected_vector(%rip), %rdi  // common/idt.S: "unexpected vector", status 99,
+    leaq idt_handlers(%rip), %rsi           // for every vector but those of idt_handlers
+    call idt_install
 
     // Both PICs masked.
     movb $0xFF, %al
@@ -108,50 +108,16 @@ _start:
     jmp 1b
     .size _start, . - _start
 
-// MARK: The IDT
-
-// install_idt: points all 256 gates at default_handler, then vector 2 at nmi_handler and
-// 0x24 at serial_handler, and loads the IDT. Clobbers RAX, RCX, RDX, R8, R9, R10.
-    .section .text.install_idt, "ax", @progbits
-install_idt:
-    xorl %r10d, %r10d
-1:  movl %r10d, %ecx
-    leaq default_handler(%rip), %rax
-    call set_gate
-    incl %r10d
-    cmpl $256, %r10d
-    jb 1b
-    movl $2, %ecx
-    leaq nmi_handler(%rip), %rax
-    call set_gate
-    movl $SERIAL_VECTOR, %ecx
-    leaq serial_handler(%rip), %rax
-    call set_gate
-    lidt idtr(%rip)
-    ret
-
-// set_gate: makes gate ECX (0-255) a ring-0 64-bit interrupt gate to RAX.
-// Clobbers RCX, RDX, R8, R9.
-set_gate:
-    leaq idt(%rip), %rdx
-    andl $0xFF, %ecx
-    shll $4, %ecx
-    addq %rcx, %rdx                 // the gate's address
-    movl %eax, %r8d
-    andl $0xFFFF, %r8d              // bits 0-15: offset 15:0
-    movl %eax, %r9d
-    shrl $16, %r9d
-    shlq $48, %r9                   // bits 48-63: offset 31:16
-    orq %r9, %r8
-    movabsq $GATE_LOW_FIXED, %r9    // selector, IST 0, type
-    orq %r9, %r8
-    movq %r8, (%rdx)
-    movq %rax, %r9
-    shrq $32, %r9                   // bits 64-95: offset 63:32; 96-127 reserved (0)
-    movq %r9, 8(%rdx)
-    ret
-
 // MARK: The handlers
+
+// idt_handlers: the gates that do not go to idt_unexpected_vector, as (vector, handler)
+// pairs for idt_install.
+    .section .rodata.idt_handlers, "a", @progbits
+    .balign 8
+idt_handlers:
+    .quad 2, nmi_handler
+    .quad SERIAL_VECTOR, serial_handler
+    .quad 0, 0                      // the end
 
 // serial_handler: vector 0x24. Echoes every byte the UART holds; "q" ends the VM.
 // Keeps every register (it interrupts the hlt loop, but could interrupt anything).
@@ -193,27 +159,8 @@ nmi_handler:
     xorl %eax, %eax
     jmp debug_exit
 
-default_handler:
-    leaq text_unexpected_vector(%rip), %rsi
-    call com1_puts
-    movb $EXIT_UNEXPECTED_VECTOR, %al
-    jmp debug_exit
-
 // MARK: Data
-
-    .section .data.idtr, "aw", @progbits
-    .balign 8
-    .skip 6                         // so that the 64-bit base below is 8-byte aligned
-idtr:
-    .word 256 * 16 - 1              // limit
-    .quad idt                       // base
-
-    .section .bss.idt, "aw", @nobits
-    .balign 16
-idt:
-    .skip 256 * 16
 
     .section .rodata.serial_echo, "a", @progbits
 text_ready:             .asciz "echo ready\n"
 text_nmi:               .asciz "NMI\n"
-text_unexpected_vector: .asciz "unexpected vector\n"
