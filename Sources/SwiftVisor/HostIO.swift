@@ -4,13 +4,14 @@ import VisorKVM
 /// Small host helpers over libc, so the VMM needs no Foundation.
 public enum HostIO {
     /// Writes all of `bytes` to `fd`, retrying on EINTR and short writes; gives up silently
-    /// on other errors (a closed terminal must not stop the guest).
-    public static func write(_ bytes: some Collection<UInt8>, to fd: Int32) {
+    /// on other errors (a closed terminal must not stop the guest), and on EINTR when
+    /// `giveUp` says so (a VM being stopped must not stay blocked on a full pipe).
+    public static func write(_ bytes: some Collection<UInt8>, to fd: Int32, giveUp: () -> Bool = { false }) {
         var remaining = Array(bytes)[...]
         while !remaining.isEmpty {
             let n = remaining.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
             if n < 0 {
-                if errno == EINTR { continue }
+                if errno == EINTR, !giveUp() { continue }
                 return
             }
             remaining = remaining.dropFirst(n)

@@ -144,7 +144,13 @@ public final class Machine: Sendable {
                 do { try vm.setIRQLine(SerialPort.com1IRQ, high: level) } catch {}
             }
         }
-        serial = SerialPort(output: configuration.consoleOutput, interruptLine: interruptLine)
+        let control = VMControl(vcpuCount: count)
+        self.control = control
+        let consoleOutput: @Sendable (UInt8) -> Void = configuration.consoleOutput ?? { byte in
+            // The kick signal interrupts a blocked write; give up then if the VM is stopping.
+            HostIO.write(CollectionOfOne(byte), to: 1) { control.stopRequested.load(ordering: .relaxed) }
+        }
+        serial = SerialPort(output: consoleOutput, interruptLine: interruptLine)
         msrEmulator = MSREmulator(policy: configuration.msrs)
         var ports = PortBus()
         do throws(BusError) {
@@ -167,7 +173,7 @@ public final class Machine: Sendable {
                                            existing: "'\(owner.name)' (\(owner.range))",
                                            at: "port 0x\(String(port, radix: 16))")
                 }
-                var table = HypercallTable.standard(memory: memory, console: configuration.consoleOutput, port: port)
+                var table = HypercallTable.standard(memory: memory, console: consoleOutput, port: port)
                 for (number, handler) in configuration.hypercallHandlers { table.register(number, handler) }
                 hypercalls = table
             }
@@ -190,7 +196,6 @@ public final class Machine: Sendable {
             }
             self.dispatcher = dispatcher
         } catch { throw .bus(error) }
-        control = VMControl(vcpuCount: count)
         VCPUSignals.installKickHandler()
     }
 

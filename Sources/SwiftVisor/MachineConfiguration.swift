@@ -54,8 +54,10 @@ public struct MachineConfiguration: Sendable {
     public var collectStatistics = false
     /// Receives one line per exit when set.
     public var trace: (@Sendable (String) -> Void)?
-    /// Receives every byte the guest sends to COM1. Default: standard output, unbuffered.
-    public var consoleOutput: @Sendable (UInt8) -> Void = { HostIO.write(CollectionOfOne($0), to: 1) }
+    /// Receives every byte the guest sends to COM1 (and the console-write hypercall). nil,
+    /// the default: standard output, unbuffered; a write blocked on a full pipe gives up
+    /// when the VM is stopped.
+    public var consoleOutput: (@Sendable (UInt8) -> Void)?
     /// Receives warnings and `log`-policy messages. Default: standard error.
     public var log: @Sendable (String) -> Void = { HostIO.printError($0) }
     public var portDevices: [PortRegistration] = []
