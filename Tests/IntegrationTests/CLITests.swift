@@ -231,6 +231,26 @@ extension KVMIntegration {
         #expect(process.terminationStatus == 0)
     }
 
+    @Test("SIGINT stops a VM whose vCPU is blocked writing to a full pipe")
+    func stopWhileOutputBlocked() throws {
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = ["--builtin", "chatty"]
+        let output = Pipe()  // never read: fills after 64 KiB
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        Thread.sleep(forTimeInterval: 4)  // about 20 us per byte: the pipe is full by now
+        kill(process.processIdentifier, SIGINT)
+        let deadline = Date().addingTimeInterval(5)
+        while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(!process.isRunning, "the VM did not stop")
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 130)
+    }
+
     @Test("a missing guest file is a one-line error")
         func missingFile() throws {
             expectOneLineError(try run(["/nonexistent/guest.elf"]), mentioning: "No such file")
