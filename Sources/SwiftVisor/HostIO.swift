@@ -9,6 +9,7 @@ public enum HostIO {
     public static func write(_ bytes: some Collection<UInt8>, to fd: Int32, giveUp: () -> Bool = { false }) {
         var remaining = Array(bytes)[...]
         while !remaining.isEmpty {
+            // SAFETY: write(2) reads at most count bytes of the buffer, valid for the call.
             let n = remaining.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR, !giveUp() { continue }
@@ -39,6 +40,7 @@ public enum HostIO {
         var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
         var done = 0
         while done < bytes.count {
+            // SAFETY: read(2) writes at most count - done bytes starting at offset done (< count).
             let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
             if n < 0, errno == EINTR { continue }
             guard n > 0 else { throw .cannotReadFile(path: path, reason: n == 0 ? "file shrank while reading" : errnoText(errno)) }
@@ -54,6 +56,7 @@ public enum HostIO {
         defer { close(fd) }
         var done = 0
         while done < bytes.count {
+            // SAFETY: write(2) reads at most count - done bytes starting at offset done (< count).
             let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
             if n < 0, errno == EINTR { continue }
             guard n > 0 else { throw .cannotWriteFile(path: path, reason: errnoText(errno)) }

@@ -85,6 +85,8 @@ public enum X86Decoder {
     public static func decode(_ bytes: [UInt8], mode: CodeMode, address: UInt64 = 0) throws(DecodeError) -> DecodedInstruction {
         var raw = cdec_instruction()
         let available = min(bytes.count, maximumLength)
+        // SAFETY: Zydis reads at most `available` (<= bytes.count) bytes from the buffer, valid
+        // for the call, and writes one cdec_instruction into `raw`.
         let status = bytes.withUnsafeBufferPointer { buffer in
             cdec_decode(buffer.baseAddress, available, Int32(mode.rawValue), address, &raw)
         }
@@ -94,6 +96,8 @@ public enum X86Decoder {
         default: throw .invalid
         }
         var operands: [(Operand, Int)] = []
+        // SAFETY: the view covers the fixed array of 4 operands; operand_count is at most 4
+        // (clamped by the C side), so every index read is inside it.
         withUnsafeBytes(of: &raw.operands) { buffer in
             let list = buffer.bindMemory(to: cdec_operand.self)
             for i in 0..<Int(raw.operand_count) {
@@ -143,6 +147,7 @@ public enum X86Decoder {
 
     /// A NUL-terminated fixed C array as a String.
     private static func string<T>(_ tuple: inout T) -> String {
+        // SAFETY: reads only within the fixed C array, stopping at its NUL or its end.
         withUnsafeBytes(of: &tuple) { bytes in
             String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
         }

@@ -139,6 +139,7 @@ func readCPUID(_ header: UnsafeMutablePointer<kvm_cpuid2>) -> [CPUIDEntry] {
 /// CPUID of the host processor itself, as this process sees it.
 public func hostCPUID(leaf: UInt32, subleaf: UInt32 = 0) -> (eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
     var registers: (UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0)
+    // SAFETY: the tuple of four UInt32 is laid out as uint32_t[4], which the C function fills.
     withUnsafeMutablePointer(to: &registers) { pointer in
         pointer.withMemoryRebound(to: UInt32.self, capacity: 4) { ckvm_host_cpuid(leaf, subleaf, $0) }
     }

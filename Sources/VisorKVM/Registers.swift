@@ -197,6 +197,7 @@ extension SpecialRegisters {
 extension FPUState {
     init(_ k: kvm_fpu) {
         var copy = k
+        // SAFETY: the raw views cover exactly the fixed-size C arrays and are copied out at once.
         fpr = withUnsafeBytes(of: &copy.fpr) { Array($0) }
         xmm = withUnsafeBytes(of: &copy.xmm) { Array($0) }
         fcw = k.fcw; fsw = k.fsw; ftwx = k.ftwx; lastOpcode = k.last_opcode
@@ -205,6 +206,8 @@ extension FPUState {
 
     func apply(to k: inout kvm_fpu) {
         // Copies at most the destination's size from arrays of the documented sizes.
+        // SAFETY: each copy takes at most the destination array's size (prefix(dst.count)) from the
+        // source, and neither view outlives its closure.
         withUnsafeMutableBytes(of: &k.fpr) { dst in
             fpr.withUnsafeBytes { src in dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(dst.count))) }
         }

@@ -81,6 +81,7 @@ public final class VMHandle: Sendable {
         msi.address_hi = UInt32(truncatingIfNeeded: address >> 32)
         msi.data = data
         _ = try checkedIoctl("KVM_SIGNAL_MSI") {
+            // SAFETY: `msi` is pinned for the call; KVM_SIGNAL_MSI reads exactly one struct kvm_msi.
             withUnsafeMutablePointer(to: &msi) { ckvm_ioctl_pointer(fd, CKVM_SIGNAL_MSI, $0) }
         }
     }

@@ -19,6 +19,7 @@ final class ConsoleInput: Sendable {
                 saved.withLock { $0 = attributes }
                 attributes.c_lflag &= ~tcflag_t(ICANON | ECHO | IEXTEN)
                 attributes.c_iflag &= ~tcflag_t(IXON | ICRNL | INLCR | IGNCR)
+                // SAFETY: VMIN and VTIME are indices into the NCCS-byte c_cc array.
                 withUnsafeMutableBytes(of: &attributes.c_cc) { cc in
                     cc[Int(VMIN)] = 1
                     cc[Int(VTIME)] = 0
