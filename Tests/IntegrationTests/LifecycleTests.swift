@@ -131,6 +131,8 @@ extension KVMIntegration {
             let report = await vm.stop()
             let elapsed = Double(HostIO.monotonicNanoseconds() - start) / 1e6
             #expect(report.outcome == .stopped(.requested))
+            print("stop() of \(cpus) spinning vCPU(s) took \(elapsed) ms")
+            // The requirement is 10 ms; the bound leaves room for a loaded CI machine.
             #expect(elapsed < 100, "stop took \(elapsed) ms")
         }
 
