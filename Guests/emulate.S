@@ -1,4 +1,4 @@
-// Instruction-emulation test: runs int3, popcnt, lzcnt/tzcnt, stac/clac, fwait and lock cmpxchg16b at CPL0 (where the host cannot run some of them and the VMM must finish them), then the same at CPL3 (native), and prints one line per probe comparing them; exits with status 0.
+// Instruction-emulation test: runs int3, popcnt, lzcnt/tzcnt, stac/clac, fwait, lock cmpxchg16b and xgetbv at CPL0 (where the host cannot run some of them and the VMM must finish them), then the same at CPL3 (native), and prints one line per probe comparing them; exits with status 0.
 //
 // Output ("\n" only; hex in upper case, fixed widths). When every instruction is finished
 // correctly at CPL0, on a CPU with SMAP:
@@ -20,15 +20,16 @@
 //   cmpxchg16b differ zf=0 mem=44444444444444443333333333333333 rdx:rax=44444444444444443333333333333333
 //   cmpxchg16b misaligned -> #GP error=0000
 //   cmpxchg16b cpl3 match
+//   xgetbv match
 //   done
-// (without SMAP: "smap=0 stac=#UD clac=#UD").
+// (without SMAP: "smap=0 stac=#UD clac=#UD"; without XSAVE: "xgetbv unsupported").
 //
 // How it runs. First, at CPL0: it loads its own GDT (the VMM's 0x08/0x10 descriptors at the
 // same places, ring-3 data 0x18 and code 0x20, a 64-bit TSS at 0x28 whose RSP0 is a .bss
 // stack and whose I/O bitmap allows ports 0-0x5FF) and an IDT, then runs every probe at
 // CPL0 and stores what it saw. Then it drops to CPL3 once (iretq: CS 0x23, SS 0x1B,
-// RFLAGS 0x3002: IOPL=3, IF=0, on the same stack), runs the popcnt/lzcnt/tzcnt and
-// cmpxchg16b computations again with the same code and inputs, prints every line from CPL3
+// RFLAGS 0x3002: IOPL=3, IF=0, on the same stack), runs the popcnt/lzcnt/tzcnt, cmpxchg16b
+// and xgetbv computations again with the same code and inputs, prints every line from CPL3
 // and writes status 0 to port 0x501 from CPL3. Nothing is printed until then: if the VM dies
 // on a CPL0 instruction (status 122 from the VMM), its state dump names the instruction.
 //
@@ -84,7 +85,20 @@
 //    then at CPL3, M reset, a and b again: "cmpxchg16b cpl3 match" if ZF, RDX, RAX, M and the
 //    event of both cases equal the CPL0 ones, else "cmpxchg16b cpl3 MISMATCH <equal|differ>
 //    cpl0 <fields> cpl3 <fields>" for the first case that differs.
-// 7. "done", then status 0 through port 0x501 (from CPL3).
+// 7. xgetbv with ECX = 0 (XCR0): if CPUID.1:ECX.XSAVE (bit 26) is clear, no xgetbv runs and
+//    the line is "xgetbv unsupported". Else, at CPL0, CR4.OSXSAVE (bit 18) is set, XCR0 =
+//    CPUID.(0xD,0):EDX:EAX (every component the CPU lists; xsetbv, a #GP ignored), then
+//    RAX = RDX = 0x5555555555555555, ECX = 0, xgetbv; RDX, RAX and the event are stored. The
+//    same at CPL3 (natively; CR4.OSXSAVE stays set). "xgetbv match" if RDX, RAX and the event
+//    of both sides are equal, else "xgetbv MISMATCH cpl0=<rdx, 16 hex>:<rax, 16 hex>
+//    cpl3=<rdx>:<rax>" (a side that faulted shows its event, e.g. "cpl0=#UD").
+//    Why XCR0 is written: measured on the project's machines, native CPL3 code reads the
+//    host's XCR0 (0x207 there) whatever the guest's XCR0 is (its reset value 1, or 3 after
+//    xsetbv), as it ignores the guest's CR0.TS; CPUID.(0xD,0) lists the same 0x207, so with
+//    XCR0 set to it both sides read the same value. The host kernel's emulator cannot run
+//    xgetbv at CPL0 and the VMM finishes it from KVM_GET_XCRS: XCR0's low half in EAX, high
+//    half in EDX, the upper halves of RAX and RDX zeroed, as natively.
+// 8. "done", then status 0 through port 0x501 (from CPL3).
 //
 // Events print as "#BP", "#UD", "#NM", "#GP error=EEEE", "none" or "vector=VV".
 // Uses neither the boot-info block nor the command line.
@@ -97,12 +111,15 @@
 #define DEST_IN 0x5555555555555555
 #define RFLAGS_AC (1 << 18)
 #define CR0_MP_TS 0xA               // CR0.MP (bit 1) | CR0.TS (bit 3)
+#define CR4_OSXSAVE (1 << 18)
+#define CPUID1_ECX_XSAVE 26
 #define CX16_LO 0x1111111111111111
 #define CX16_HI 0x2222222222222222
 #define CX16_NEW_LO 0x3333333333333333
 #define CX16_NEW_HI 0x4444444444444444
 #define BIT_CASES 46                // 6 popcnt groups of 5 inputs, 4 lzcnt/tzcnt groups of 4
 #define CX16_RECORD 48              // zf, rdx, rax, mem hi, mem lo, event
+#define XGETBV_RECORD 32            // rdx, rax, event vector, event error
 #define FAULT_MARK 63               // a result's flags word: bit 63 | error << 16 | vector
 
 // arm CONT: a fault in the next probed instruction resumes at CONT. Clobbers R11 (no flags).
@@ -229,6 +246,26 @@ int3_after:
     movq ev_error(%rip), %rax
     movq %rax, misaligned_error(%rip)
 
+    // 7. xgetbv, if CPUID.1:ECX.XSAVE: CR4.OSXSAVE and XCR0 first (see the header).
+    movl $1, %eax
+    xorl %ecx, %ecx
+    cpuid
+    btl $CPUID1_ECX_XSAVE, %ecx
+    jnc 1f
+    movq %cr4, %rax
+    orq $CR4_OSXSAVE, %rax
+    movq %rax, %cr4
+    movq $1, xgetbv_supported(%rip)
+    movl $0xD, %eax                 // XCR0 = every component CPUID.(0xD,0):EDX:EAX lists
+    xorl %ecx, %ecx
+    cpuid
+    xorl %ecx, %ecx
+    arm 2f
+    xsetbv
+2:  disarm
+    leaq xgetbv_cpl0(%rip), %r12
+    call compute_xgetbv
+1:
     // The CPL3 side, which also prints everything.
     leaq ring3_main(%rip), %rdi
     jmp enter_ring3_here
@@ -241,7 +278,11 @@ ring3_main:
     call compute_bits
     leaq cx16_cpl3(%rip), %r12
     call compute_cx16
-    call print_all
+    cmpq $0, xgetbv_supported(%rip)
+    je 1f
+    leaq xgetbv_cpl3(%rip), %r12
+    call compute_xgetbv
+1:  call print_all
     movw $DEBUG_EXIT_PORT, %dx
     xorl %eax, %eax
     outb %al, %dx
@@ -344,6 +385,24 @@ compute_cx16:
     movq %rax, cx16_mem + 8(%rip)
     cx16_case CX16_LO, CX16_HI, "cx16_mem(%rip)"
     cx16_case 0, 0, "(%rsi)"
+    ret
+
+// compute_xgetbv: RAX = RDX = DEST_IN, ECX = 0, xgetbv; stores RDX, RAX, the event's
+// vector (EV_NONE: none) and error code at (%r12) (XGETBV_RECORD bytes).
+// Clobbers RAX, RCX, RDX, R11.
+compute_xgetbv:
+    movabsq $DEST_IN, %rax
+    movq %rax, %rdx
+    xorl %ecx, %ecx
+    arm 1f
+    xgetbv
+1:  disarm
+    movq %rdx, 0(%r12)
+    movq %rax, 8(%r12)
+    movq ev_vector(%rip), %rax
+    movq %rax, 16(%r12)
+    movq ev_error(%rip), %rax
+    movq %rax, 24(%r12)
     ret
 
 // MARK: Printing (at CPL3)
@@ -449,8 +508,29 @@ print_all:
     call print_cx16_record
     puts text_newline
 
-    // 7.
-7:  puts text_done
+    // 7. xgetbv
+7:  puts text_xgetbv
+    cmpq $0, xgetbv_supported(%rip)
+    jne 8f
+    puts text_unsupported
+    jmp 9f
+8:  leaq xgetbv_cpl0(%rip), %r12
+    leaq xgetbv_cpl3(%rip), %r13
+    movl $XGETBV_RECORD / 8, %ecx
+    call same_qwords
+    jne 1f
+    puts text_match
+    jmp 9f
+1:  puts text_xgetbv_mismatch
+    movq %r12, %rbx
+    call print_xgetbv_record
+    puts text_cpl3
+    movq %r13, %rbx
+    call print_xgetbv_record
+    puts text_newline
+
+    // 8.
+9:  puts text_done
     ret
 
 // same_qwords: ZF = 1 if the ECX qwords at R12 and R13 are equal. Clobbers RAX, RCX, RDX.
@@ -537,6 +617,19 @@ print_cx16_record:
     puts text_rdx_rax
     hex 8(%rbx), 16
     hex 16(%rbx), 16
+    ret
+
+// print_xgetbv_record: for the xgetbv record at RBX, "<rdx, 16 hex>:<rax, 16 hex>", or the
+// event if it faulted. Keeps RBX, R12, R13.
+print_xgetbv_record:
+    cmpq $EV_NONE, 16(%rbx)
+    je 1f
+    movq 16(%rbx), %rdi
+    movq 24(%rbx), %rsi
+    jmp print_event
+1:  hex (%rbx), 16
+    puts text_colon
+    hex 8(%rbx), 16
     ret
 
 // print_ac_or_event: the AC bit in RAX (one digit) if RDI (the vector) is EV_NONE, else the
@@ -710,6 +803,10 @@ text_cx16_case_differ:  .asciz "differ"
 text_cx16_cpl0_side:    .asciz " cpl0"
 text_cx16_cpl3_side:    .asciz " cpl3"
 text_arrow:             .asciz " -> "
+text_xgetbv:            .asciz "xgetbv"
+text_unsupported:       .asciz " unsupported\n"
+text_colon:             .asciz ":"
+text_xgetbv_mismatch:   .asciz " MISMATCH cpl0="
 text_zf:                .asciz " zf="
 text_mem:               .asciz " mem="
 text_rdx_rax:           .asciz " rdx:rax="
@@ -748,6 +845,7 @@ fwait0_vector:      .quad EV_NONE
 fwait0_error:       .quad 0
 misaligned_vector:  .quad EV_NONE
 misaligned_error:   .quad 0
+xgetbv_supported:   .quad 0         // 1 if CPUID.1:ECX.XSAVE (the xgetbv probe ran)
 
     .section .bss.emulate, "aw", @nobits
     .balign 16
@@ -759,3 +857,7 @@ cx16_cpl0:                          // compute_cx16's two records at CPL0
     .skip 2 * CX16_RECORD
 cx16_cpl3:
     .skip 2 * CX16_RECORD
+xgetbv_cpl0:                        // compute_xgetbv's record at CPL0
+    .skip XGETBV_RECORD
+xgetbv_cpl3:
+    .skip XGETBV_RECORD

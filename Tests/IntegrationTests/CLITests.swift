@@ -148,7 +148,7 @@ extension KVMIntegration {
     func cpusFlag() throws {
         let result = try run(["--builtin", "smp", "--cpus", "2"])
         #expect(result.status == 0)
-        #expect(result.stdout == "BSP: starting 1 APs\nAP 1 up\nBSP: all 2 CPUs up\n")
+        #expect(result.stdout == "MP table: 2 CPUs, IOAPIC id 2 at 0xFEC00000\nBSP: starting 1 APs\nAP 1 up\nBSP: all 2 CPUs up\n")
     }
 
     @Test("--cpus beyond the host's limit, or with --no-irqchip, is refused")

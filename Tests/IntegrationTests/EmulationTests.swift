@@ -27,6 +27,7 @@ extension KVMIntegration {
                 "cmpxchg16b differ zf=0 mem=44444444444444443333333333333333 rdx:rax=44444444444444443333333333333333",
                 "cmpxchg16b misaligned -> #GP error=0000",
                 "cmpxchg16b cpl3 match",
+                "xgetbv match",
                 "done",
             ] {
                 #expect(lines.contains(expected), "missing: \(expected)")
@@ -38,6 +39,7 @@ extension KVMIntegration {
             #expect(emulated["popcnt"] ?? 0 >= 6)
             #expect(emulated["cmpxchg16b"] ?? 0 >= 2)
             #expect(emulated["fwait"] == 2)
+            #expect(emulated["xgetbv"] == 1)
             #expect(trace.all.contains { $0.contains("emulated int3 at rip=0x") })
         }
 
