@@ -49,6 +49,16 @@ extension KVMIntegration {
                           stderr: String(decoding: stderr, as: UTF8.self))
         }
 
+        /// Reads from `handle` until what was read contains `text`, or 10 s pass.
+        func read(_ handle: FileHandle, until text: String) -> Data {
+            var seen = Data()
+            let deadline = Date().addingTimeInterval(10)
+            while !String(decoding: seen, as: UTF8.self).contains(text), Date() < deadline {
+                seen += handle.availableData
+            }
+            return seen
+        }
+
         func temporaryFile(_ bytes: [UInt8]) throws -> String {
             let path = NSTemporaryDirectory() + "swiftvisor-test-\(UUID().uuidString)"
             try Data(bytes).write(to: URL(fileURLWithPath: path))
@@ -170,11 +180,7 @@ extension KVMIntegration {
         process.standardError = FileHandle.nullDevice
         try process.run()
         // Wait for the guest to set up its UART (it clears the FIFO), then type.
-        var seen = Data()
-        let deadline = Date().addingTimeInterval(10)
-        while !String(decoding: seen, as: UTF8.self).contains("echo ready\n"), Date() < deadline {
-            seen += output.fileHandleForReading.availableData
-        }
+        var seen = read(output.fileHandleForReading, until: "echo ready\n")
         input.fileHandleForWriting.write(Data("typed text q".utf8))
         seen += output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
@@ -196,11 +202,7 @@ extension KVMIntegration {
             process.standardError = errors
             process.standardInput = FileHandle.nullDevice
             try process.run()
-            var seen = Data()
-            let deadline = Date().addingTimeInterval(10)
-            while !String(decoding: seen, as: UTF8.self).contains(text), Date() < deadline {
-                seen += output.fileHandleForReading.availableData
-            }
+            var seen = read(output.fileHandleForReading, until: text)
             Thread.sleep(forTimeInterval: 0.05)
             kill(process.processIdentifier, signal)
             seen += output.fileHandleForReading.readDataToEndOfFile()
