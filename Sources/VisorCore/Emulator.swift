@@ -132,7 +132,7 @@ public struct EmulationState {
         if let index = m.index { address &+= gpr(index) &* UInt64(max(m.scale, 1)) }
         address &+= UInt64(bitPattern: m.displacement)
         if instruction.addressWidth < 64 { address &= mask(instruction.addressWidth) }
-        let longMode = special.efer & (1 << 10) != 0 && special.cs.l
+        let longMode = special.codeMode == .long64
         switch m.segment {
         case 4: address &+= special.fs.base
         case 5: address &+= special.gs.base
@@ -246,14 +246,12 @@ public final class InstructionEmulator: Sendable {
             registers = try vcpu.registers()
             special = try vcpu.specialRegisters()
         } catch { return (.fatal(.runFailed("emulation: \(error)")), "") }
-        let snapshotMode: CodeMode = special.cr0 & 1 == 0 ? .real16
-            : (special.efer & (1 << 10) != 0 && special.cs.l) ? .long64 : (special.cs.db ? .protected32 : .real16)
         let translator = AddressTranslator(special)
-        let rip = snapshotMode == .long64 ? registers.rip : special.cs.base &+ (registers.rip & 0xFFFF_FFFF)
+        let rip = special.linearAddress(ofRIP: registers.rip)
         let bytes = Self.instructionBytes(fromInternalErrorData: data)
             ?? translator.readBytes(at: rip, count: X86Decoder.maximumLength, memory: memory)
         let instruction: DecodedInstruction
-        do throws(DecodeError) { instruction = try X86Decoder.decode(bytes, mode: snapshotMode, address: rip) } catch {
+        do throws(DecodeError) { instruction = try X86Decoder.decode(bytes, mode: special.codeMode, address: rip) } catch {
             return nil
         }
         guard let handler = handlers[instruction.mnemonic] else { return nil }

@@ -73,8 +73,9 @@ public struct ExitStatistics: Sendable {
     /// Records an exit and how long the VMM took to handle it.
     @inline(__always)
     public mutating func record(_ exit: VMExit, nanoseconds: UInt64) {
-        record(exit)
-        latency[ExitKind(exit).rawValue].record(min(nanoseconds, Self.latencyLimit))
+        let kind = ExitKind(exit)
+        count(exit, kind)
+        latency[kind.rawValue].record(min(nanoseconds, Self.latencyLimit))
     }
 
     /// Latency percentile `p` (0-100) for `kind`, in nanoseconds; nil when no exit of that kind was timed.
@@ -85,7 +86,12 @@ public struct ExitStatistics: Sendable {
 
     @inline(__always)
     public mutating func record(_ exit: VMExit) {
-        byKind[ExitKind(exit).rawValue] &+= 1
+        count(exit, ExitKind(exit))
+    }
+
+    @inline(__always)
+    private mutating func count(_ exit: VMExit, _ kind: ExitKind) {
+        byKind[kind.rawValue] &+= 1
         switch exit {
         case .io(let access): byPort[Int(access.port)] &+= 1
         case .mmio(let access): mmioPages.record(access.address & ~0xFFF)

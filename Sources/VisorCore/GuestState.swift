@@ -142,8 +142,7 @@ public struct GuestStateSnapshot: Sendable {
         special = (try? vcpu.specialRegisters()) ?? SpecialRegisters()
         events = try? vcpu.events()
         debugRegisters = try? vcpu.debugRegisters()
-        let longMode64 = special.efer & (1 << 10) != 0 && special.cs.l
-        instructionAddress = longMode64 ? registers.rip : (special.cs.base &+ (registers.rip & 0xFFFF_FFFF))
+        instructionAddress = special.linearAddress(ofRIP: registers.rip)
         instructionBytes = AddressTranslator(special).readBytes(at: instructionAddress, count: 48, memory: memory)
     }
 
@@ -156,12 +155,8 @@ public struct GuestStateSnapshot: Sendable {
         self.instructionBytes = instructionBytes
     }
 
-    /// The decoding mode of the code at RIP, from CR0.PE, EFER.LMA and CS.L/D.
-    public var codeMode: CodeMode {
-        if special.cr0 & 1 == 0 { return .real16 }
-        if special.efer & (1 << 10) != 0, special.cs.l { return .long64 }
-        return special.cs.db ? .protected32 : .real16
-    }
+    /// The decoding mode of the code at RIP.
+    public var codeMode: CodeMode { special.codeMode }
 
     /// The processor mode, from CR0.PE, EFER.LMA and CS.L/D.
     public var mode: String {
@@ -209,6 +204,20 @@ public struct GuestStateSnapshot: Sendable {
             out.append((i == 0 ? "  => " : "     ") + line)
         }
         return out.joined(separator: "\n")
+    }
+}
+
+extension SpecialRegisters {
+    /// The decoding mode of the code CS selects, from CR0.PE, EFER.LMA and CS.L/D.
+    public var codeMode: CodeMode {
+        if cr0 & 1 == 0 { return .real16 }
+        if efer & (1 << 10) != 0, cs.l { return .long64 }
+        return cs.db ? .protected32 : .real16
+    }
+
+    /// The linear address of `rip` in CS: RIP itself in 64-bit mode, CS.base + EIP otherwise.
+    public func linearAddress(ofRIP rip: UInt64) -> UInt64 {
+        codeMode == .long64 ? rip : cs.base &+ (rip & 0xFFFF_FFFF)
     }
 }
 
