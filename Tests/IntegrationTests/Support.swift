@@ -51,53 +51,59 @@ func runGuest(
     return (report, console.text)
 }
 
-/// A port device that counts writes and records the vCPU thread's allocation counter at
-/// the `sampleStart`-th and the last write, without allocating itself.
-final class CountingPortDevice: PortDevice {
+/// Counts device writes and records the vCPU thread's allocation counter at the
+/// `sampleStart`-th and the last write, without allocating itself. (Every stored property
+/// is an immutable atomic, so sharing it between threads is sound.)
+class WriteCounter: @unchecked Sendable {
     let writes = Atomic<Int>(0)
-    let lastValue = Atomic<UInt32>(0)
     let lastWidth = Atomic<UInt8>(0)
     let allocationsAtStart = Atomic<UInt64>(0)
     let allocationsAtEnd = Atomic<UInt64>(0)
     let sampleStart: Int
+
+    init(sampleStart: Int) {
+        self.sampleStart = sampleStart
+    }
+
+    func countWrite(width: UInt8) {
+        let n = writes.add(1, ordering: .relaxed).newValue
+        lastWidth.store(width, ordering: .relaxed)
+        let allocations = calloc_counter_thread_allocations()
+        if n == sampleStart { allocationsAtStart.store(allocations, ordering: .relaxed) }
+        allocationsAtEnd.store(allocations, ordering: .relaxed)
+    }
+}
+
+/// A port device that counts writes (see `WriteCounter`) and answers reads with `readValue`.
+final class CountingPortDevice: WriteCounter, PortDevice, @unchecked Sendable {
+    let lastValue = Atomic<UInt32>(0)
     let readValue: UInt32
 
     init(sampleStart: Int = 100, readValue: UInt32 = 0) {
-        self.sampleStart = sampleStart
         self.readValue = readValue
+        super.init(sampleStart: sampleStart)
     }
 
     func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 { readValue }
 
     func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
-        let n = writes.add(1, ordering: .relaxed).newValue
         lastValue.store(value, ordering: .relaxed)
-        lastWidth.store(width, ordering: .relaxed)
-        let allocations = calloc_counter_thread_allocations()
-        if n == sampleStart { allocationsAtStart.store(allocations, ordering: .relaxed) }
-        allocationsAtEnd.store(allocations, ordering: .relaxed)
+        countWrite(width: width)
         return .continue
     }
 }
 
-/// An MMIO device that counts writes the same way.
-final class CountingMMIODevice: MMIODevice {
-    let writes = Atomic<Int>(0)
+/// An MMIO device that counts writes the same way and records the last offset.
+final class CountingMMIODevice: WriteCounter, MMIODevice, @unchecked Sendable {
     let lastOffset = Atomic<UInt64>(0)
-    let lastWidth = Atomic<UInt8>(0)
-    let allocationsAtStart = Atomic<UInt64>(0)
-    let allocationsAtEnd = Atomic<UInt64>(0)
-    let sampleStart = 100
+
+    init() { super.init(sampleStart: 100) }
 
     func mmioRead(address: UInt64, offset: UInt64, width: UInt8) -> UInt64 { 0 }
 
     func mmioWrite(address: UInt64, offset: UInt64, width: UInt8, value: UInt64) -> DeviceAction {
-        let n = writes.add(1, ordering: .relaxed).newValue
         lastOffset.store(offset, ordering: .relaxed)
-        lastWidth.store(width, ordering: .relaxed)
-        let allocations = calloc_counter_thread_allocations()
-        if n == sampleStart { allocationsAtStart.store(allocations, ordering: .relaxed) }
-        allocationsAtEnd.store(allocations, ordering: .relaxed)
+        countWrite(width: width)
         return .continue
     }
 }
