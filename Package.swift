@@ -10,6 +10,9 @@
 //   VisorCore    exits, port and MMIO buses, dispatch, statistics
 //   VisorDevices device models (16550 UART, debug-exit port)
 //   VisorLoader  ELF and flat-binary loaders, x86 boot layout
+//   CDecompress  C face over Debian's zlib, liblzma, liblz4 and libzstd
+//   VisorLinux   Linux kernel images (bzImage, vmlinux), zero page, e820, PVH start info
+//   VisorFirmware ACPI tables and the AML they carry
 //   SwiftVisor   the machine facade: wires the above and runs vCPU threads
 //   swiftvisor   the command-line tool
 import PackageDescription
@@ -47,9 +50,15 @@ let package = Package(
             swiftSettings: strict),
         .target(name: "VisorDevices", dependencies: ["VisorCore"], swiftSettings: strict),
         .target(name: "VisorLoader", dependencies: ["VisorMemory"], swiftSettings: strict),
+        // Debian's zlib1g-dev, liblzma-dev, liblz4-dev and libzstd-dev.
+        .target(
+            name: "CDecompress",
+            linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lzma"), .linkedLibrary("lz4"), .linkedLibrary("zstd")]),
+        .target(name: "VisorFirmware", swiftSettings: strict),
+        .target(name: "VisorLinux", dependencies: ["VisorMemory", "VisorLoader", "CDecompress"], swiftSettings: strict),
         .target(
             name: "SwiftVisor",
-            dependencies: ["VisorKVM", "VisorMemory", "VisorCore", "VisorDevices", "VisorLoader"],
+            dependencies: ["VisorKVM", "VisorMemory", "VisorCore", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux"],
             swiftSettings: strict),
         .plugin(name: "GuestBuilder", capability: .buildTool()),
         .target(name: "SwiftVisorGuests", swiftSettings: strict, plugins: ["GuestBuilder"]),
@@ -75,6 +84,8 @@ let package = Package(
         .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "VisorCore", "VisorMemory"]),
         .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory"]),
+        .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware"]),
+        .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport"]),

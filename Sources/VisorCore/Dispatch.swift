@@ -14,12 +14,18 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
     case systemEvent(type: UInt32)
     /// The host asked the VM to stop.
     case requested
+    /// The guest powered off through a platform device (ACPI PM1a control, SLP_TYP=S5 with
+    /// SLP_EN).
+    case powerOff(source: String)
+    /// The guest asked the platform to reset it (i8042 command 0xFE, the ACPI reset
+    /// register, or port 0xCF9).
+    case reset(source: String)
 
     /// The process exit status the command-line tool uses: the guest's own status for a
     /// debug-port exit, 0 for a halt or power-off, 120 for an access stopped by policy.
     public var exitStatus: Int32 {
         switch self {
-        case .halted, .systemEvent, .requested: 0
+        case .halted, .systemEvent, .requested, .powerOff, .reset: 0
         case .guestExit(let status): Int32(status)
         case .unclaimedPort, .unclaimedMMIO: 120
         }
@@ -35,6 +41,8 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
             "unclaimed MMIO access: \(isWrite ? "write" : "read") of \(width) bytes at 0x\(hex(address))"
         case .systemEvent(let type): "guest requested system event \(type)"
         case .requested: "stopped on request"
+        case .powerOff(let source): "guest powered off (\(source))"
+        case .reset(let source): "guest requested a reset (\(source))"
         }
     }
 }

@@ -1,0 +1,1 @@
+// ACPI tables built in Swift; see ACPITables.swift.
