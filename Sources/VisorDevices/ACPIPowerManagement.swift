@@ -1,0 +1,259 @@
+public import VisorCore
+import Synchronization
+
+// ACPI fixed-hardware power management on I/O ports: the PM1a event block (PM1_STS and
+// PM1_EN) and the PM1a control block (PM1_CNT), plus the reset control register at port
+// 0xCF9, which the FADT's reset register can name.
+//
+// What Linux 6.1 does with them: ACPICA's `acpi_hw_legacy_sleep` writes PM1 control twice
+// with 16-bit OUTs: first with SLP_TYP set and SLP_EN clear, then with SLP_EN set. A
+// panic with `panic=-1` or a reboot writes the FADT's reset value (0x06) to the reset
+// register; the kernel's own CF9 reset writes (value | 0x02), then (value | 0x06).
+//
+// The platform is always in ACPI mode: there is no SMI_CMD port, so SCI_EN reads 1. No SCI
+// is raised: there are no event sources (no PM timer, power button or GPEs).
+
+/// The PM1a event and control registers, modelled byte lane by byte lane. It knows byte
+/// offsets into the event block (0-3) and the control block (0-1), not ports or buses.
+///
+/// | block   | offset | register | behaviour |
+/// |---------|--------|----------|-----------|
+/// | event   | 0-1    | PM1_STS  | write 1 to clear; only the host sets bits (`setStatus`) |
+/// | event   | 2-3    | PM1_EN   | read/write, keeps what the guest writes |
+/// | control | 0-1    | PM1_CNT  | SCI_EN (bit 0) reads 1; GBL_RLS (bit 2) and SLP_EN (bit 13) are write-only and read 0; SLP_TYP (bits 12:10) and the rest are kept |
+///
+/// A write that sets SLP_EN acts on the SLP_TYP the register holds after that write (so a
+/// byte write of the high half alone works too): S5 (`s5SleepType`) asks for power-off.
+/// Any other sleep type is not supported: the request is ignored and WAK_STS (PM1_STS bit
+/// 15) is set at once, so that a guest waiting to wake up carries on as if it had slept.
+public struct PM1Registers: Sendable {
+    /// PM1_STS bit 15: the system woke from a sleep state.
+    public static let wakeStatus: UInt16 = 0x8000
+    /// PM1_CNT bit 0: SCI_EN, always 1 here.
+    public static let sciEnable: UInt16 = 0x0001
+    /// PM1_CNT bit 2: GBL_RLS, write-only.
+    public static let globalRelease: UInt16 = 0x0004
+    /// PM1_CNT bits 12:10: SLP_TYP.
+    public static let sleepTypeMask: UInt16 = 0x1C00
+    public static let sleepTypeShift: UInt16 = 10
+    /// PM1_CNT bit 13: SLP_EN, write-only.
+    public static let sleepEnable: UInt16 = 0x2000
+    /// Bytes in the event block and the control block.
+    public static let eventBlockLength = 4
+    public static let controlBlockLength = 2
+
+    /// What a PM1 control write asked for.
+    public enum SleepRequest: Sendable, Equatable {
+        /// SLP_EN with SLP_TYP equal to the S5 type: power off.
+        case powerOff
+        /// SLP_EN with another SLP_TYP: not supported, ignored (WAK_STS is set).
+        case unsupported(sleepType: UInt8)
+    }
+
+    /// The SLP_TYP value that means S5 (soft off); the DSDT's `\_S5` object must give the same.
+    public let s5SleepType: UInt8
+    /// PM1_STS.
+    public private(set) var status: UInt16 = 0
+    /// PM1_EN.
+    public private(set) var enable: UInt16 = 0
+    /// PM1_CNT as stored, without the write-only bits and without SCI_EN.
+    private var controlBits: UInt16 = 0
+
+    /// - Parameter s5SleepType: the SLP_TYP value for S5 (bits 2:0 are used).
+    public init(s5SleepType: UInt8 = 5) {
+        self.s5SleepType = s5SleepType & 0x07
+    }
+
+    /// PM1_CNT as the guest reads it.
+    public var control: UInt16 { controlBits | Self.sciEnable }
+
+    /// SLP_TYP as the guest last wrote it.
+    public var sleepType: UInt8 { UInt8(truncatingIfNeeded: (controlBits & Self.sleepTypeMask) >> Self.sleepTypeShift) }
+
+    /// Host side: sets PM1_STS bits (no SCI is raised; the guest sees them when it reads).
+    public mutating func setStatus(_ bits: UInt16) { status |= bits }
+
+    /// Reads byte `offset` of the event block (offsets past 3 read 0xFF).
+    public func readEventByte(offset: Int) -> UInt8 {
+        switch offset {
+        case 0...1: return byte(status, offset)
+        case 2...3: return byte(enable, offset - 2)
+        default: return 0xFF
+        }
+    }
+
+    /// Writes byte `offset` of the event block: status bytes clear the bits written as 1,
+    /// enable bytes are stored. Offsets past 3 are ignored.
+    public mutating func writeEventByte(offset: Int, value: UInt8) {
+        switch offset {
+        case 0...1: status &= ~(UInt16(value) << (8 * offset))
+        case 2...3: enable = replacing(enable, byte: offset - 2, with: value)
+        default: break
+        }
+    }
+
+    /// Reads byte `offset` of the control block (offsets past 1 read 0xFF).
+    public func readControlByte(offset: Int) -> UInt8 {
+        (0...1).contains(offset) ? byte(control, offset) : 0xFF
+    }
+
+    /// Writes PM1_CNT: the bits in `mask` take their values from `value`, the others keep
+    /// theirs (a byte write is a mask of 0x00FF or 0xFF00). Then, if this write set SLP_EN,
+    /// acts on SLP_TYP as the register now holds it.
+    public mutating func writeControl(_ value: UInt16, mask: UInt16 = 0xFFFF) -> SleepRequest? {
+        let merged = controlBits & ~mask | value & mask
+        controlBits = merged & ~(Self.sleepEnable | Self.globalRelease | Self.sciEnable)
+        guard value & mask & Self.sleepEnable != 0 else { return nil }
+        let type = sleepType
+        if type == s5SleepType { return .powerOff }
+        status |= Self.wakeStatus
+        return .unsupported(sleepType: type)
+    }
+
+    private func byte(_ register: UInt16, _ index: Int) -> UInt8 {
+        UInt8(truncatingIfNeeded: register >> (8 * index))
+    }
+
+    private func replacing(_ register: UInt16, byte index: Int, with value: UInt8) -> UInt16 {
+        let shift = UInt16(8 * index)
+        return register & ~(0xFF << shift) | UInt16(value) << shift
+    }
+}
+
+/// The PM1a event and control blocks on the port bus.
+///
+/// By default the event block is ports 0x600-0x603 and the control block 0x604-0x605; the
+/// FADT's PM1a_EVT_BLK and PM1a_CNT_BLK must name the same ports. Register the two blocks as
+/// two ranges (`eventBlockBase`/`eventBlockLength`, `controlBlockBase`/`controlBlockLength`)
+/// or, with the defaults, as one range of 6 ports from 0x600. The device decodes by port
+/// number, byte lane by byte lane, so any access width and alignment works: a lane outside
+/// both blocks reads 0xFF and is not written.
+public final class ACPIPowerManagement: PortDevice {
+    public static let defaultEventBlockBase: UInt16 = 0x600
+    public static let eventBlockLength = PM1Registers.eventBlockLength
+    public static let defaultControlBlockBase: UInt16 = 0x604
+    public static let controlBlockLength = PM1Registers.controlBlockLength
+    /// The SLP_TYP for S5 unless told otherwise.
+    public static let defaultS5SleepType: UInt8 = 5
+    /// The power-off stop's source.
+    public static let powerOffSource = "ACPI PM1a control, S5"
+
+    public let eventBlockBase: UInt16
+    public let controlBlockBase: UInt16
+    private let state: Mutex<PM1Registers>
+
+    /// - Parameters:
+    ///   - eventBlockBase: the first of the 4 event-block ports (PM1a_EVT_BLK).
+    ///   - controlBlockBase: the first of the 2 control-block ports (PM1a_CNT_BLK).
+    ///   - s5SleepType: the SLP_TYP value the DSDT's `\_S5` gives for PM1a.
+    public init(eventBlockBase: UInt16 = defaultEventBlockBase,
+                controlBlockBase: UInt16 = defaultControlBlockBase,
+                s5SleepType: UInt8 = defaultS5SleepType) {
+        self.eventBlockBase = eventBlockBase
+        self.controlBlockBase = controlBlockBase
+        state = Mutex(PM1Registers(s5SleepType: s5SleepType))
+    }
+
+    /// Where byte lane `port` falls: the event block, the control block, or neither.
+    private enum Lane { case event(Int), control(Int), none }
+
+    private func lane(_ port: Int) -> Lane {
+        let event = port - Int(eventBlockBase)
+        if (0..<Self.eventBlockLength).contains(event) { return .event(event) }
+        let control = port - Int(controlBlockBase)
+        if (0..<Self.controlBlockLength).contains(control) { return .control(control) }
+        return .none
+    }
+
+    public func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 {
+        state.withLock { registers in
+            var value: UInt32 = 0
+            for index in 0..<min(Int(width), 4) {
+                let byte: UInt8
+                switch lane(Int(port) + index) {
+                case .event(let offset): byte = registers.readEventByte(offset: offset)
+                case .control(let offset): byte = registers.readControlByte(offset: offset)
+                case .none: byte = 0xFF
+                }
+                value |= UInt32(byte) << (8 * index)
+            }
+            return value
+        }
+    }
+
+    public func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
+        let request: PM1Registers.SleepRequest? = state.withLock { registers in
+            var controlValue: UInt16 = 0
+            var controlMask: UInt16 = 0
+            for index in 0..<min(Int(width), 4) {
+                let byte = UInt8(truncatingIfNeeded: value >> (8 * index))
+                switch lane(Int(port) + index) {
+                case .event(let offset): registers.writeEventByte(offset: offset, value: byte)
+                case .control(let offset):
+                    controlValue |= UInt16(byte) << (8 * offset)
+                    controlMask |= 0xFF << (8 * offset)
+                case .none: break
+                }
+            }
+            return controlMask == 0 ? nil : registers.writeControl(controlValue, mask: controlMask)
+        }
+        switch request {
+        case .powerOff: return .stop(.powerOff(source: Self.powerOffSource))
+        case .unsupported, nil: return .continue
+        }
+    }
+
+    /// The registers' state, for inspection (a copy).
+    public var registers: PM1Registers { state.withLock { $0 } }
+}
+
+/// The reset control register (port 0xCF9 on Intel chipsets), modelled as one byte.
+///
+/// Bit 1 (SYS_RST, hard versus soft reset) and bit 3 (FULL_RST) are kept and read back. A
+/// write with bit 2 (RST_CPU) set asks for a reset; bit 2 is not kept (the reset it asks
+/// for has happened by the time anything could read it). This covers the FADT reset value
+/// 0x06 and both of Linux's CF9 sequences (0x02 then 0x06 for a warm reset, 0x0E for cold).
+public struct ResetControl: Sendable {
+    /// Bit 2: reset the CPU.
+    public static let resetCPU: UInt8 = 0x04
+    /// Bit 1: make the reset a hard (system) reset.
+    public static let systemReset: UInt8 = 0x02
+
+    /// The register as the guest reads it.
+    public private(set) var value: UInt8 = 0
+
+    public init() {}
+
+    /// A guest write. Returns true when it asks for a reset.
+    public mutating func write(_ byte: UInt8) -> Bool {
+        value = byte & ~Self.resetCPU
+        return byte & Self.resetCPU != 0
+    }
+}
+
+/// The reset control register on the port bus (port 0xCF9). A write with bit 2 set stops
+/// the VM with `.reset(source: "port 0xCF9")`. Accesses wider than a byte use the low byte;
+/// an IN wider than a byte returns the register in the low byte and ones above it.
+///
+/// Port 0xCF9 sits inside the PCI configuration ports: register it on its own, and
+/// `PCIConfigPorts` on 0xCF8, 0xCFA-0xCFB and 0xCFC-0xCFF around it.
+public final class ResetControlPort: PortDevice {
+    public static let defaultPort: UInt16 = 0xCF9
+    public static let portCount = 1
+    /// The reset stop's source.
+    public static let resetSource = "port 0xCF9"
+
+    private let state = Mutex(ResetControl())
+
+    public init() {}
+
+    public func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 {
+        let value = state.withLock { $0.value }
+        return UInt32(value) | (UInt32(truncatingIfNeeded: allOnes(width: width)) & ~0xFF)
+    }
+
+    public func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
+        let reset = state.withLock { $0.write(UInt8(truncatingIfNeeded: value)) }
+        return reset ? .stop(.reset(source: Self.resetSource)) : .continue
+    }
+}
