@@ -1,0 +1,452 @@
+// ACPI tables for a SwiftVisor machine: RSDP, XSDT, FADT, FACS, MADT and DSDT, laid out as
+// one blob to copy into guest memory. Offsets and values follow the ACPI 6.5
+// specification, chapter 5 ("ACPI Software Programming Model").
+
+/// The machine that the ACPI tables describe.
+public struct ACPIPlatform: Sendable, Equatable {
+    /// The number of vCPUs; their local APIC IDs and ACPI processor UIDs are 0..<count.
+    public var processorCount: Int
+    public var ioAPICAddress: UInt32 = 0xFEC0_0000
+    /// The IOAPIC's ID; nil means `processorCount`, the first ID after the local APICs.
+    public var ioAPICID: UInt8? = nil
+    public var localAPICAddress: UInt32 = 0xFEE0_0000
+    /// The ISA IRQ of the SCI, routed to the same GSI, level-triggered and active high.
+    public var sciInterrupt: UInt16 = 9
+    /// PM1a event block: 4 ports, PM1 status (2 bytes) then PM1 enable (2 bytes).
+    public var pm1aEventBlock: UInt16 = 0x600
+    /// PM1a control block: 2 ports. See `ACPIPM1` for the bits the device model needs.
+    public var pm1aControlBlock: UInt16 = 0x604
+    /// The FADT reset register, a byte-wide port in system I/O space, and the value that
+    /// the OS writes to it to reset the machine.
+    public var resetPort: UInt16 = 0xCF9
+    public var resetValue: UInt8 = 0x06
+    /// SLP_TYP for S5 (soft off), the value of `\_S5`: 0-7.
+    public var s5SleepType: UInt8 = 5
+    /// The CMOS index of the RTC's century register (FADT CENTURY), or 0 for none. Linux
+    /// reads it when non-zero; a century of 0 there is ignored.
+    public var rtcCenturyIndex: UInt8 = 0x32
+    /// An i8042 keyboard controller at ports 0x60/0x64 with IRQ 1.
+    public var hasI8042 = true
+    /// Up to 6 printable ASCII characters, padded with spaces.
+    public var oemID = "SWIFTV"
+    /// Up to 8 printable ASCII characters, padded with spaces.
+    public var oemTableID = "SVMACHIN"
+
+    /// The most vCPUs the tables describe: xAPIC IDs are 8 bits, 0xFF is the broadcast
+    /// ID, and the IOAPIC takes the ID after the last vCPU.
+    public static let maxProcessors = 254
+
+    public init(processorCount: Int) {
+        self.processorCount = processorCount
+    }
+
+    /// The IOAPIC ID the tables use.
+    public var effectiveIOAPICID: UInt8 { ioAPICID ?? UInt8(clamping: processorCount) }
+
+    /// Checks that the tables can describe this platform.
+    public func validate() throws(ACPIError) {
+        guard (1...Self.maxProcessors).contains(processorCount) else {
+            throw .processorCount(processorCount)
+        }
+        guard Self.isPrintableASCII(oemID, maxLength: 6) else { throw .oemID(oemID) }
+        guard Self.isPrintableASCII(oemTableID, maxLength: 8) else { throw .oemTableID(oemTableID) }
+        if let id = ioAPICID, Int(id) < processorCount || id == 0xFF {
+            throw .ioAPICID(id, processorCount: processorCount)
+        }
+        guard s5SleepType <= 7 else { throw .s5SleepType(s5SleepType) }
+        let usedIRQs: Set<UInt16> = hasI8042 ? [0, 1, 2, 4, 8] : [0, 2, 4, 8]
+        guard sciInterrupt < 16, !usedIRQs.contains(sciInterrupt) else {
+            throw .sciInterrupt(sciInterrupt, inUse: usedIRQs.sorted())
+        }
+        // Every port range the tables describe must be non-empty, inside 16-bit I/O space,
+        // and disjoint from the others.
+        var ranges: [(String, Range<Int>)] = [
+            ("PM1a event block", Int(pm1aEventBlock)..<Int(pm1aEventBlock) + ACPIPM1.eventBlockLength),
+            ("PM1a control block", Int(pm1aControlBlock)..<Int(pm1aControlBlock) + ACPIPM1.controlBlockLength),
+            ("reset register", Int(resetPort)..<Int(resetPort) + 1),
+            ("COM1", 0x3F8..<0x400),
+            ("RTC", 0x70..<0x72),
+        ]
+        if hasI8042 { ranges += [("i8042 data", 0x60..<0x61), ("i8042 command", 0x64..<0x65)] }
+        for (i, (name, range)) in ranges.enumerated() {
+            if range.lowerBound == 0 || range.upperBound > 0x10000 {
+                throw .invalidPorts("the \(name) at port 0x\(hex(range.lowerBound)) must lie within ports 0x1-0xFFFF")
+            }
+            for (otherName, other) in ranges[..<i] where range.overlaps(other) {
+                throw .invalidPorts("the \(name) at ports 0x\(hex(range.lowerBound))-0x\(hex(range.upperBound - 1)) overlaps the \(otherName) at 0x\(hex(other.lowerBound))-0x\(hex(other.upperBound - 1))")
+            }
+        }
+    }
+
+    static func isPrintableASCII(_ s: String, maxLength: Int) -> Bool {
+        let bytes = Array(s.utf8)
+        return (1...maxLength).contains(bytes.count) && bytes.allSatisfy { (0x20...0x7E).contains($0) }
+    }
+}
+
+/// The PM1 registers as the tables lay them out, for the device model behind them.
+///
+/// The FADT sets SMI_CMD to 0: there is no ACPI-enable handshake, the machine is always in
+/// ACPI mode, so SCI_EN in PM1 control must read as set. PM1 status bits are
+/// write-one-to-clear; PM1 enable keeps what the guest writes.
+public enum ACPIPM1 {
+    /// The event block: PM1 status at offset 0, PM1 enable at offset 2, 16 bits each.
+    public static let eventBlockLength = 4
+    public static let statusOffset: UInt16 = 0
+    public static let enableOffset: UInt16 = 2
+    /// The control block: one 16-bit register.
+    public static let controlBlockLength = 2
+    /// PM1 control: SCI_EN (bit 0), SLP_TYP (bits 10-12), SLP_EN (bit 13, write-only).
+    public static let sciEnable: UInt16 = 1 << 0
+    public static let sleepTypeShift: UInt16 = 10
+    public static let sleepTypeMask: UInt16 = 0x7 << 10
+    public static let sleepEnable: UInt16 = 1 << 13
+    /// PM1 status: WAK_STS (bit 15), set when the system has woken (the OS clears it
+    /// before sleeping).
+    public static let wakeStatus: UInt16 = 1 << 15
+}
+
+/// An error from building ACPI tables: the platform cannot be described, or the tables
+/// do not fit where they were asked to go.
+public enum ACPIError: Error, Equatable, CustomStringConvertible {
+    case processorCount(Int)
+    case oemID(String)
+    case oemTableID(String)
+    case ioAPICID(UInt8, processorCount: Int)
+    case s5SleepType(UInt8)
+    case sciInterrupt(UInt16, inUse: [UInt16])
+    case invalidPorts(String)
+    case misalignedBase(UInt64)
+    case doesNotFit(base: UInt64, size: Int, region: Range<UInt64>)
+    case aml(AMLError)
+
+    public var description: String {
+        switch self {
+        case .processorCount(let n):
+            "ACPI tables describe 1 to \(ACPIPlatform.maxProcessors) processors, not \(n); choose a vCPU count in that range"
+        case .oemID(let id):
+            "ACPI OEM ID \"\(id)\" must be 1 to 6 printable ASCII characters"
+        case .oemTableID(let id):
+            "ACPI OEM table ID \"\(id)\" must be 1 to 8 printable ASCII characters"
+        case .ioAPICID(let id, let count):
+            "IOAPIC ID \(id) is not usable: IDs 0-\(count - 1) belong to the local APICs and 255 is the broadcast ID"
+        case .s5SleepType(let t):
+            "S5 sleep type \(t) does not fit SLP_TYP (0-7)"
+        case .sciInterrupt(let irq, let inUse):
+            "SCI interrupt \(irq) must be an ISA IRQ 0-15 other than \(inUse.map(String.init).joined(separator: ", ")), which the platform uses"
+        case .invalidPorts(let why):
+            "ACPI port layout is invalid: \(why)"
+        case .misalignedBase(let base):
+            "ACPI tables must start on a 16-byte boundary for the RSDP, not at 0x\(hex(base))"
+        case .doesNotFit(let base, let size, let region):
+            "ACPI tables of \(size) bytes at 0x\(hex(base)) do not fit in 0x\(hex(region.lowerBound))..<0x\(hex(region.upperBound))"
+        case .aml(let error):
+            "DSDT: \(error)"
+        }
+    }
+}
+
+/// The ACPI tables of a platform, laid out as one blob for guest memory.
+public struct ACPITables: Sendable {
+    /// Where a table sits in the blob.
+    public struct Table: Sendable, Equatable {
+        /// "RSD PTR ", "FACS", "XSDT", "FACP" (the FADT), "APIC" (the MADT) or "DSDT".
+        public let signature: String
+        /// Guest-physical address.
+        public let address: UInt64
+        public let length: Int
+    }
+
+    /// The BIOS area below 1 MiB, where Linux also scans for "RSD PTR ".
+    public static let biosArea: Range<UInt64> = 0xE0000..<0x100000
+    /// The creator ID and revision in every table header.
+    public static let creatorID = "SWVS"
+    public static let creatorRevision: UInt32 = 1
+    public static let oemRevision: UInt32 = 1
+
+    /// The RSDP's address: the start of the blob.
+    public let rsdpAddress: UInt64
+    /// The blob to copy into guest memory at `rsdpAddress`.
+    public let bytes: [UInt8]
+    /// Every table in the blob, RSDP first.
+    public let tables: [Table]
+
+    /// The table with this signature, if present.
+    public func table(_ signature: String) -> Table? {
+        tables.first { $0.signature == signature }
+    }
+
+    /// The bytes of a table in the blob.
+    public func contents(of table: Table) -> ArraySlice<UInt8> {
+        let offset = Int(table.address - rsdpAddress)
+        return bytes[offset..<offset + table.length]
+    }
+
+    /// Builds the tables for `platform` as one blob starting at `base`, which must be
+    /// 16-byte aligned; the whole blob must lie within `region`.
+    public static func build(
+        for platform: ACPIPlatform, at base: UInt64 = biosArea.lowerBound, within region: Range<UInt64> = biosArea
+    ) throws(ACPIError) -> ACPITables {
+        try platform.validate()
+        guard base % 16 == 0 else { throw .misalignedBase(base) }
+
+        let dsdt: [UInt8]
+        do { dsdt = try buildDSDT(platform) } catch { throw .aml(error) }
+        let madt = buildMADT(platform)
+
+        // Layout: RSDP, FACS (64-byte aligned), XSDT, FADT, MADT, DSDT (16-byte aligned).
+        // Offsets are relative to `base`; alignments are of the absolute address.
+        var offsets: [(signature: String, offset: Int, length: Int)] = []
+        var end = 0
+        func place(_ signature: String, _ length: Int, alignment: Int) {
+            let phase = Int(base % 64)  // alignments divide 64
+            let offset = (phase + end + alignment - 1) / alignment * alignment - phase
+            end = offset + length
+            offsets.append((signature, offset, length))
+        }
+        place("RSD PTR ", rsdpLength, alignment: 16)
+        place("FACS", facsLength, alignment: 64)
+        place("XSDT", headerLength + 8 * 2, alignment: 16)
+        place("FACP", fadtLength, alignment: 16)
+        place("APIC", madt.count, alignment: 16)
+        place("DSDT", dsdt.count, alignment: 16)
+        guard region.contains(base), UInt64(end) <= region.upperBound - base else {
+            throw .doesNotFit(base: base, size: end, region: region)
+        }
+        // Every address below is at most region.upperBound: no overflow.
+        let layout = offsets.map { Table(signature: $0.signature, address: base + UInt64($0.offset), length: $0.length) }
+        let rsdpAddress = layout[0].address, facsAddress = layout[1].address, xsdtAddress = layout[2].address
+        let fadtAddress = layout[3].address, madtAddress = layout[4].address, dsdtAddress = layout[5].address
+
+        var blob = [UInt8](repeating: 0, count: end)
+        func put(_ table: [UInt8], at address: UInt64) {
+            let offset = Int(address - base)
+            blob.replaceSubrange(offset..<offset + table.count, with: table)
+        }
+        put(buildRSDP(platform, xsdt: xsdtAddress), at: rsdpAddress)
+        put(buildFACS(), at: facsAddress)
+        put(buildXSDT(platform, entries: [fadtAddress, madtAddress]), at: xsdtAddress)
+        put(buildFADT(platform, facs: facsAddress, dsdt: dsdtAddress), at: fadtAddress)
+        put(madt, at: madtAddress)
+        put(dsdt, at: dsdtAddress)
+        return ACPITables(rsdpAddress: rsdpAddress, bytes: blob, tables: layout)
+    }
+
+    // MARK: - The tables
+
+    static let headerLength = 36
+    static let rsdpLength = 36
+    static let facsLength = 64
+    static let fadtLength = 276
+
+    /// The RSDP (ACPI 2.0+ form, revision 2): "RSD PTR ", checksum of the first 20 bytes
+    /// at 8, OEM ID at 9, revision at 15, RsdtAddress (0: no RSDT) at 16, length at 20,
+    /// XsdtAddress at 24, extended checksum of all 36 bytes at 32.
+    static func buildRSDP(_ platform: ACPIPlatform, xsdt: UInt64) -> [UInt8] {
+        var t = [UInt8](repeating: 0, count: rsdpLength)
+        t.set(ascii: "RSD PTR ", at: 0, width: 8)
+        t.set(ascii: platform.oemID, at: 9, width: 6)
+        t[15] = 2
+        t.set(UInt64(0), at: 16, width: 4)
+        t.set(UInt64(rsdpLength), at: 20, width: 4)
+        t.set(xsdt, at: 24, width: 8)
+        t[8] = checksum(t[0..<20])
+        t[32] = checksum(t[...])
+        return t
+    }
+
+    /// The FACS (64 bytes, no checksum): signature, length, hardware signature 0, no
+    /// waking vectors, global lock free, no flags, version 2.
+    static func buildFACS() -> [UInt8] {
+        var t = [UInt8](repeating: 0, count: facsLength)
+        t.set(ascii: "FACS", at: 0, width: 4)
+        t.set(UInt64(facsLength), at: 4, width: 4)
+        t[32] = 2  // version
+        return t
+    }
+
+    /// The XSDT: the header, then a 64-bit address per table (all but FACS and DSDT,
+    /// which the FADT points to).
+    static func buildXSDT(_ platform: ACPIPlatform, entries: [UInt64]) -> [UInt8] {
+        var t = header("XSDT", revision: 1, platform)
+        for entry in entries { t += AML.littleEndian(entry, bytes: 8) }
+        return sealed(t)
+    }
+
+    /// FADT flags (ACPI 6.5 table 5.10).
+    enum FADTFlag {
+        static let wbinvd: UInt32 = 1 << 0
+        static let processorC1: UInt32 = 1 << 2
+        static let powerButtonNotFixed: UInt32 = 1 << 4
+        static let sleepButtonNotFixed: UInt32 = 1 << 5
+        static let rtcWakeNotFixed: UInt32 = 1 << 6
+        static let resetRegisterSupported: UInt32 = 1 << 10
+    }
+
+    /// IA-PC boot architecture flags (ACPI 6.5 table 5.11).
+    enum BootArchitecture {
+        static let legacyDevices: UInt16 = 1 << 0
+        static let i8042: UInt16 = 1 << 1
+        static let vgaNotPresent: UInt16 = 1 << 2
+    }
+
+    /// The FADT, revision 6.5 (276 bytes).
+    static func buildFADT(_ platform: ACPIPlatform, facs: UInt64, dsdt: UInt64) -> [UInt8] {
+        var t = header("FACP", revision: 6, platform)
+        t += [UInt8](repeating: 0, count: fadtLength - headerLength)
+        // 36 FIRMWARE_CTRL and 40 DSDT stay 0: X_FIRMWARE_CTRL and X_DSDT below are used.
+        t[45] = 0  // Preferred_PM_Profile: unspecified
+        t.set(UInt64(platform.sciInterrupt), at: 46, width: 2)  // SCI_INT
+        // 48 SMI_CMD = 0, 52 ACPI_ENABLE = 0, 53 ACPI_DISABLE = 0: always in ACPI mode.
+        // 54 S4BIOS_REQ = 0, 55 PSTATE_CNT = 0.
+        t.set(UInt64(platform.pm1aEventBlock), at: 56, width: 4)  // PM1a_EVT_BLK
+        t.set(UInt64(platform.pm1aControlBlock), at: 64, width: 4)  // PM1a_CNT_BLK
+        // 60 PM1b_EVT_BLK, 68 PM1b_CNT_BLK, 72 PM2_CNT_BLK, 76 PM_TMR_BLK, 80 GPE0_BLK,
+        // 84 GPE1_BLK: none.
+        t[88] = UInt8(ACPIPM1.eventBlockLength)  // PM1_EVT_LEN
+        t[89] = UInt8(ACPIPM1.controlBlockLength)  // PM1_CNT_LEN
+        // 90 PM2_CNT_LEN, 91 PM_TMR_LEN (no PM timer), 92/93 GPE block lengths, 94 GPE1_BASE,
+        // 95 CST_CNT: 0.
+        t.set(UInt64(101), at: 96, width: 2)  // P_LVL2_LAT > 100: no C2
+        t.set(UInt64(1001), at: 98, width: 2)  // P_LVL3_LAT > 1000: no C3
+        // 100 FLUSH_SIZE, 102 FLUSH_STRIDE, 104 DUTY_OFFSET, 105 DUTY_WIDTH, 106 DAY_ALRM,
+        // 107 MON_ALRM: 0.
+        t[108] = platform.rtcCenturyIndex  // CENTURY
+        // The platform always has legacy ISA devices (COM1, the RTC) and never VGA.
+        var boot = BootArchitecture.legacyDevices | BootArchitecture.vgaNotPresent
+        if platform.hasI8042 { boot |= BootArchitecture.i8042 }
+        t.set(UInt64(boot), at: 109, width: 2)  // IAPC_BOOT_ARCH
+        let flags = FADTFlag.wbinvd | FADTFlag.processorC1 | FADTFlag.powerButtonNotFixed
+            | FADTFlag.sleepButtonNotFixed | FADTFlag.rtcWakeNotFixed | FADTFlag.resetRegisterSupported
+        t.set(UInt64(flags), at: 112, width: 4)
+        t.set(gas: systemIO(port: platform.resetPort, bitWidth: 8, accessSize: 1), at: 116)  // RESET_REG
+        t[128] = platform.resetValue  // RESET_VALUE
+        // 129 ARM_BOOT_ARCH: 0.
+        t[131] = 5  // FADT minor version: ACPI 6.5
+        t.set(facs, at: 132, width: 8)  // X_FIRMWARE_CTRL
+        t.set(dsdt, at: 140, width: 8)  // X_DSDT
+        t.set(gas: systemIO(port: platform.pm1aEventBlock, bitWidth: 8 * ACPIPM1.eventBlockLength, accessSize: 2),
+              at: 148)  // X_PM1a_EVT_BLK
+        t.set(gas: systemIO(port: platform.pm1aControlBlock, bitWidth: 8 * ACPIPM1.controlBlockLength, accessSize: 2),
+              at: 172)  // X_PM1a_CNT_BLK
+        // 160 X_PM1b_EVT_BLK, 184 X_PM1b_CNT_BLK, 196 X_PM2_CNT_BLK, 208 X_PM_TMR_BLK,
+        // 220 X_GPE0_BLK, 232 X_GPE1_BLK, 244 SLEEP_CONTROL_REG, 256 SLEEP_STATUS_REG,
+        // 268 hypervisor vendor identity: none.
+        return sealed(t)
+    }
+
+    /// A Generic Address Structure in system I/O space: address space ID 1, register bit
+    /// width, bit offset 0, access size (1 byte, 2 word, 3 dword, 4 qword), 64-bit address.
+    static func systemIO(port: UInt16, bitWidth: Int, accessSize: UInt8) -> [UInt8] {
+        [1, UInt8(bitWidth), 0, accessSize] + AML.littleEndian(UInt64(port), bytes: 8)
+    }
+
+    /// MADT flag PCAT_COMPAT: the machine also has dual 8259 PICs.
+    static let pcatCompatible: UInt32 = 1 << 0
+    /// MPS INTI flags: active high (polarity 01), level-triggered (trigger mode 11).
+    static let levelActiveHigh: UInt16 = 0b1101
+    /// MPS INTI flags: active high, edge-triggered.
+    static let edgeActiveHigh: UInt16 = 0b0101
+
+    /// The MADT (revision 6): local APIC address, PCAT_COMPAT, a Processor Local APIC per
+    /// vCPU, the IOAPIC at GSI 0, overrides for IRQ 0 (to GSI 2) and the SCI, and LINT1 as
+    /// the NMI input of every processor.
+    static func buildMADT(_ platform: ACPIPlatform) -> [UInt8] {
+        var t = header("APIC", revision: 6, platform)
+        t += AML.littleEndian(UInt64(platform.localAPICAddress), bytes: 4)
+        t += AML.littleEndian(UInt64(pcatCompatible), bytes: 4)
+        for id in 0..<platform.processorCount {
+            // Type 0, length 8: ACPI processor UID, APIC ID, flags (bit 0: enabled).
+            t += [0, 8, UInt8(id), UInt8(id)] + AML.littleEndian(1, bytes: 4)
+        }
+        // Type 1, length 12: IOAPIC ID, reserved, address, GSI base.
+        t += [1, 12, platform.effectiveIOAPICID, 0]
+        t += AML.littleEndian(UInt64(platform.ioAPICAddress), bytes: 4) + AML.littleEndian(0, bytes: 4)
+        // Type 2, length 10: bus 0 (ISA), source IRQ, GSI, MPS INTI flags.
+        t += [2, 10, 0, 0] + AML.littleEndian(2, bytes: 4) + AML.littleEndian(0, bytes: 2)  // conforms to ISA
+        t += [2, 10, 0, UInt8(platform.sciInterrupt)] + AML.littleEndian(UInt64(platform.sciInterrupt), bytes: 4)
+        t += AML.littleEndian(UInt64(levelActiveHigh), bytes: 2)
+        // Type 4, length 6: ACPI processor UID 0xFF (all), MPS INTI flags, LINT# 1.
+        t += [4, 6, 0xFF] + AML.littleEndian(UInt64(edgeActiveHigh), bytes: 2) + [1]
+        return sealed(t)
+    }
+
+    /// The DSDT's AML: `\_S5` and the legacy devices under `\_SB`.
+    static func dsdtTerms(_ platform: ACPIPlatform) throws(AMLError) -> [AMLTerm] {
+        let s5 = UInt64(platform.s5SleepType)
+        var devices: [AMLTerm] = [
+            .device("COM1", [
+                .name("_HID", try .eisaID("PNP0501")),
+                .name("_UID", .integer(1)),
+                .name("_CRS", try .resourceTemplate([.ports(0x3F8, length: 8), .irq([4])])),
+            ]),
+            .device("RTC", [
+                .name("_HID", try .eisaID("PNP0B00")),
+                .name("_CRS", try .resourceTemplate([.ports(0x70, length: 2), .irq([8])])),
+            ]),
+        ]
+        if platform.hasI8042 {
+            devices.append(.device("PS2K", [
+                .name("_HID", try .eisaID("PNP0303")),
+                .name("_CRS", try .resourceTemplate([.ports(0x60, length: 1), .ports(0x64, length: 1), .irq([1])])),
+            ]))
+        }
+        return [
+            // SLP_TYPa, SLP_TYPb, reserved, reserved.
+            .name("_S5", .package([.integer(s5), .integer(s5), .integer(0), .integer(0)])),
+            .scope("\\_SB", devices),
+        ]
+    }
+
+    /// The DSDT (revision 2: 64-bit integers).
+    static func buildDSDT(_ platform: ACPIPlatform) throws(AMLError) -> [UInt8] {
+        sealed(header("DSDT", revision: 2, platform) + (try AMLTerm.encode(termList: dsdtTerms(platform))))
+    }
+
+    /// A table header with the length and checksum left 0 (see `sealed`): signature,
+    /// length at 4, revision at 8, checksum at 9, OEM ID at 10, OEM table ID at 16, OEM
+    /// revision at 24, creator ID at 28, creator revision at 32.
+    static func header(_ signature: String, revision: UInt8, _ platform: ACPIPlatform) -> [UInt8] {
+        var t = [UInt8](repeating: 0, count: headerLength)
+        t.set(ascii: signature, at: 0, width: 4)
+        t[8] = revision
+        t.set(ascii: platform.oemID, at: 10, width: 6)
+        t.set(ascii: platform.oemTableID, at: 16, width: 8)
+        t.set(UInt64(oemRevision), at: 24, width: 4)
+        t.set(ascii: creatorID, at: 28, width: 4)
+        t.set(UInt64(creatorRevision), at: 32, width: 4)
+        return t
+    }
+
+    /// The table with its length and checksum filled in.
+    static func sealed(_ table: [UInt8]) -> [UInt8] {
+        var t = table
+        t.set(UInt64(t.count), at: 4, width: 4)
+        t[9] = 0
+        t[9] = checksum(t[...])
+        return t
+    }
+
+    /// The byte that makes `bytes` sum to zero modulo 256.
+    static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt8 {
+        0 &- bytes.reduce(0, &+)
+    }
+}
+
+extension [UInt8] {
+    mutating func set(_ value: UInt64, at offset: Int, width: Int) {
+        for i in 0..<width { self[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * i)) }
+    }
+
+    /// ASCII text, padded with spaces to `width` (callers validate the text first).
+    mutating func set(ascii text: String, at offset: Int, width: Int) {
+        let bytes = Array(text.utf8.prefix(width))
+        for i in 0..<width { self[offset + i] = i < bytes.count ? bytes[i] : 0x20 }
+    }
+
+    mutating func set(gas: [UInt8], at offset: Int) {
+        replaceSubrange(offset..<offset + gas.count, with: gas)
+    }
+}
+
+func hex<T: BinaryInteger>(_ value: T) -> String { String(value, radix: 16, uppercase: true) }

@@ -1,1 +1,0 @@
-// ACPI tables built in Swift; see ACPITables.swift.
