@@ -5,15 +5,33 @@ public struct EntryState: Sendable, Equatable {
     public enum Mode: Sendable, Equatable {
         /// 16-bit real mode with CS = DS = ES = FS = GS = SS = `segment`.
         case real(segment: UInt16)
-        /// 64-bit long mode at CPL0 with the VMM's GDT and page tables.
-        case long64(pageTableRoot: UInt64, gdtBase: UInt64, gdtLimit: UInt16)
+        /// 64-bit long mode at CPL0 with the VMM's GDT and page tables; CS and the data
+        /// segments use the given selectors (flat 64-bit code, flat data).
+        case long64(pageTableRoot: UInt64, gdtBase: UInt64, gdtLimit: UInt16,
+                    codeSelector: UInt16 = 0x08, dataSelector: UInt16 = 0x10)
+        /// 32-bit protected mode, paging off, flat 4 GiB segments from the VMM's GDT, and a
+        /// 32-bit TSS at base 0 with limit 0x67 in TR (the PVH entry state).
+        case protected32(gdtBase: UInt64, gdtLimit: UInt16, codeSelector: UInt16, dataSelector: UInt16)
     }
     public var mode: Mode
     public var rip: UInt64
     public var rsp: UInt64
     /// RDI: the boot-info block for ELF guests, 0 otherwise.
     public var rdi: UInt64
+    /// RSI: the zero page for the Linux 64-bit boot protocol.
+    public var rsi: UInt64 = 0
+    /// RBX: the start-info block for PVH.
+    public var rbx: UInt64 = 0
     public var rflags: UInt64 = 0x2
+
+    public init(mode: Mode, rip: UInt64, rsp: UInt64, rdi: UInt64 = 0, rsi: UInt64 = 0, rbx: UInt64 = 0) {
+        self.mode = mode
+        self.rip = rip
+        self.rsp = rsp
+        self.rdi = rdi
+        self.rsi = rsi
+        self.rbx = rbx
+    }
 }
 
 /// Where the VMM puts things in guest memory for 64-bit ELF guests. This is the guest
