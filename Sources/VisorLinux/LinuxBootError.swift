@@ -50,6 +50,8 @@ public enum LinuxBootError: Error, Equatable, CustomStringConvertible {
     case commandLineTooLong(length: Int, limit: Int)
     /// PVH boot was asked of a kernel without the Xen PHYS32_ENTRY ELF note.
     case noPVHNote
+    /// PVH asked of a bzImage that is to decompress itself: PVH enters the ELF inside.
+    case pvhNeedsELF
     /// Guest RAM is too small for the kernel and its boot data.
     case memoryTooSmall(needed: UInt64, have: UInt64)
     /// A file could not be read.
@@ -89,6 +91,8 @@ public enum LinuxBootError: Error, Equatable, CustomStringConvertible {
             "initrd of \(size) bytes does not fit: only \(available) bytes of guest RAM are free for it; give the guest more memory (--memory)"
         case .commandLineTooLong(let length, let limit):
             "kernel command line of \(length) bytes is longer than the \(limit) bytes the kernel accepts; shorten it"
+        case .pvhNeedsELF:
+            "PVH boots the ELF kernel inside a bzImage, so it needs host decompression: drop --no-host-decompress or use --boot-protocol linux64"
         case .noPVHNote:
             "kernel has no PVH entry point (no Xen PHYS32_ENTRY ELF note; build it with CONFIG_PVH=y); boot with --boot-protocol linux64 instead"
         case .memoryTooSmall(let needed, let have):
