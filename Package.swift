@@ -58,7 +58,10 @@ let package = Package(
         .target(name: "VisorLinux", dependencies: ["VisorMemory", "VisorLoader", "CDecompress"], swiftSettings: strict),
         .target(
             name: "SwiftVisor",
-            dependencies: ["VisorKVM", "VisorMemory", "VisorCore", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux"],
+            dependencies: [
+                "VisorKVM", "VisorMemory", "VisorCore", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux",
+                "SwiftVisorGuests",
+            ],
             swiftSettings: strict),
         .plugin(name: "GuestBuilder", capability: .buildTool()),
         .target(name: "SwiftVisorGuests", swiftSettings: strict, plugins: ["GuestBuilder"]),

@@ -1,6 +1,7 @@
 public import VisorCore
 public import VisorDevices
 public import VisorMemory
+public import VisorLinux
 import Glibc
 import Synchronization
 import VisorKVM
@@ -56,6 +57,10 @@ public final class Machine: Sendable {
     let control: VMControl
     /// vCPU 0's CPUID table.
     let guestCPUID0: [CPUIDEntry]
+    /// Where the Linux loader put the kernel, initrd and boot data (Linux guests only).
+    public let linuxBootPlan: LinuxBootPlan?
+    /// The PC platform devices of a Linux guest.
+    public let platform: PCPlatform?
 
     public init(_ configuration: MachineConfiguration) throws(MachineError) {
         self.configuration = configuration
@@ -96,6 +101,7 @@ public final class Machine: Sendable {
         do { memory = try GuestMemory(regions: regions) } catch { throw .memory(error) }
 
         let entry: EntryState
+        var linuxPlan: LinuxBootPlan?
         do {
             switch configuration.guest {
             case .elf(let bytes):
@@ -106,8 +112,20 @@ public final class Machine: Sendable {
                                                        vcpuCount: UInt32(count))
             case .flat(let bytes, let address):
                 entry = try FlatBinaryLoader.load(bytes, at: address, into: memory)
+            case .linux(let request):
+                let plan = try PCPlatform.load(request, processors: count, into: memory)
+                entry = plan.entry
+                linuxPlan = plan
             }
-        } catch { throw .loader(error) }
+        } catch let error as LoaderError {
+            throw .loader(error)
+        } catch let error as MachineError {
+            throw error
+        } catch {
+            throw .firmware("\(error)")
+        }
+        self.linuxBootPlan = linuxPlan
+        if let linuxPlan { configuration.onLinuxBootPlan?(linuxPlan) }
 
         do throws(KVMError) {
             for (slot, mapping) in memory.hostMappings.enumerated() {
@@ -151,11 +169,26 @@ public final class Machine: Sendable {
             HostIO.write(CollectionOfOne(byte), to: 1) { control.stopRequested.load(ordering: .relaxed) }
         }
         serial = SerialPort(output: consoleOutput, interruptLine: interruptLine)
+        if case .linux = configuration.guest {
+            var irqLine: (@Sendable (UInt32, Bool) -> Void)?
+            if configuration.interruptController {
+                irqLine = { irq, level in
+                    do { try vm.setIRQLine(irq, high: level) } catch {}
+                }
+            }
+            let low = min(size, Self.lowMemoryLimit)
+            platform = PCPlatform(memoryBelow4GiB: low, memoryAbove4GiB: size - low, irqLine: irqLine)
+        } else {
+            platform = nil
+        }
         msrEmulator = MSREmulator(policy: configuration.msrs)
         var ports = PortBus()
         do throws(BusError) {
             try ports.register(serial, name: "com1", range: PortRange(base: SerialPort.com1Base, count: SerialPort.portCount))
             try ports.register(DebugExitPort(), name: "debug-exit", range: PortRange(base: DebugExitPort.defaultPort, count: 1))
+            for device in try platform?.portDevices ?? [] {
+                try ports.register(device.device, name: device.name, range: device.range)
+            }
             for extra in configuration.portDevices {
                 try ports.register(extra.device, name: extra.name, range: extra.range)
             }
@@ -236,9 +269,9 @@ public final class Machine: Sendable {
             let data = Segment(base: UInt64(segment) << 4, limit: 0xFFFF, selector: segment, type: 0x3)
             sregs.cs = code
             sregs.ds = data; sregs.es = data; sregs.fs = data; sregs.gs = data; sregs.ss = data
-        case .long64(let root, let gdtBase, let gdtLimit):
-            let code = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x08, type: 0xB, l: true, g: true)
-            let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0x3, db: true, g: true)
+        case .long64(let root, let gdtBase, let gdtLimit, let codeSelector, let dataSelector):
+            let code = Segment(base: 0, limit: 0xFFFF_FFFF, selector: codeSelector, type: 0xB, l: true, g: true)
+            let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: dataSelector, type: 0x3, db: true, g: true)
             sregs.cs = code
             sregs.ds = data; sregs.es = data; sregs.fs = data; sregs.gs = data; sregs.ss = data
             sregs.gdt = DescriptorTable(base: gdtBase, limit: gdtLimit)
@@ -247,12 +280,27 @@ public final class Machine: Sendable {
             sregs.cr3 = root
             sregs.cr4 = 0x620  // OSXMMEXCPT | OSFXSR | PAE
             sregs.efer = 0x500  // LMA | LME
+        case .protected32(let gdtBase, let gdtLimit, let codeSelector, let dataSelector):
+            let code = Segment(base: 0, limit: 0xFFFF_FFFF, selector: codeSelector, type: 0xB, db: true, g: true)
+            let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: dataSelector, type: 0x3, db: true, g: true)
+            sregs.cs = code
+            sregs.ds = data; sregs.es = data; sregs.fs = data; sregs.gs = data; sregs.ss = data
+            // A busy 32-bit TSS at 0 with limit 0x67, as the PVH ABI asks.
+            sregs.tr = Segment(base: 0, limit: 0x67, selector: 0, type: 0xB, s: false)
+            sregs.gdt = DescriptorTable(base: gdtBase, limit: gdtLimit)
+            sregs.idt = DescriptorTable(base: 0, limit: 0)
+            sregs.cr0 = 0x11  // ET | PE: paging off
+            sregs.cr3 = 0
+            sregs.cr4 = 0
+            sregs.efer = 0
         }
         try vcpu.setSpecialRegisters(sregs)
         var regs = Registers()
         regs.rip = entry.rip
         regs.rsp = entry.rsp
         regs.rdi = entry.rdi
+        regs.rsi = entry.rsi
+        regs.rbx = entry.rbx
         regs.rflags = entry.rflags
         try vcpu.setRegisters(regs)
     }

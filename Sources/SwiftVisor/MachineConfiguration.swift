@@ -1,6 +1,7 @@
 public import VisorCore
 public import VisorDevices
 public import VisorMemory
+public import VisorLinux
 
 /// Everything needed to build a machine. Build one, adjust it, hand it to `Machine`.
 public struct MachineConfiguration: Sendable {
@@ -11,7 +12,15 @@ public struct MachineConfiguration: Sendable {
         case elf([UInt8])
         /// A raw binary copied to `loadAddress` and entered in 16-bit real mode there.
         case flat([UInt8], loadAddress: UInt64)
+        /// A Linux kernel (bzImage or vmlinux) with its initrd and command line, on a
+        /// PC-shaped platform: ACPI tables, an e820 map, the i8042, CMOS/RTC, ACPI PM1
+        /// registers, the reset register at 0xCF9, port 0x80 and an empty PCI bus.
+        /// `commandLine` of the configuration is not used; the request carries its own.
+        case linux(LinuxBootRequest)
     }
+
+    /// Called once the Linux loader has placed the kernel, before any vCPU runs (for traces).
+    public var onLinuxBootPlan: (@Sendable (LinuxBootPlan) -> Void)?
 
     /// A port device to put on the bus besides the built-in ones.
     public struct PortRegistration: Sendable {

@@ -2,6 +2,7 @@ public import VisorKVM
 public import VisorMemory
 public import VisorCore
 public import VisorLoader
+public import VisorLinux
 
 /// An error from building or running a machine. Each wraps the failing layer's error, whose
 /// message says what to do about it.
@@ -22,6 +23,12 @@ public enum MachineError: Error, CustomStringConvertible {
     case cannotStartThread(errno: Int32)
     /// `run` was called on a machine that already ran; build a new one.
     case alreadyRan
+    /// The Linux boot path refused the kernel, initrd or command line.
+    case linux(LinuxBootError)
+    /// The platform's firmware tables could not be built.
+    case firmware(String)
+    /// The host-quirk probe guest did not behave as expected.
+    case hostProbeFailed(String)
 
     public var description: String {
         switch self {
@@ -35,6 +42,9 @@ public enum MachineError: Error, CustomStringConvertible {
         case .cannotWriteFile(let path, let reason): "cannot write \(path): \(reason)"
         case .cannotStartThread(let errno): "cannot start the vCPU thread: \(errnoText(errno))"
         case .alreadyRan: "this machine has already run; create a new Machine to run again"
+        case .linux(let e): e.description
+        case .firmware(let why): "cannot build the ACPI tables: \(why)"
+        case .hostProbeFailed(let why): "host-quirk probe failed: \(why)"
         }
     }
 }
