@@ -2,6 +2,7 @@ public import ArgumentParser
 import Glibc
 import SwiftVisor
 import SwiftVisorGuests
+import Synchronization
 import VisorKVM
 
 @main
@@ -9,7 +10,7 @@ struct SwiftVisorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftvisor",
         abstract: "A KVM virtual machine monitor with a programmable VM-exit layer.",
-        subcommands: [Run.self, CPUID.self, ProbeEmulation.self, Guests.self],
+        subcommands: [Run.self, Boot.self, CPUID.self, ProbeEmulation.self, Guests.self],
         defaultSubcommand: Run.self)
 }
 
@@ -220,56 +221,7 @@ extension SwiftVisorCommand {
             for rule in msr { config.msrs.set(rule.index, rule.rule) }
             if trace { config.trace = { HostIO.printError($0) } }
 
-            // Signals for the VM go to one thread that waits for them: block them everywhere
-            // first, so every thread created later inherits the mask.
-            let controlSignals = [SIGINT, SIGTERM, SIGUSR1]
-            VCPUSignals.block(controlSignals)
-            // A closed standard output must not kill the VMM: writes then fail with EPIPE,
-            // which the console writer ignores.
-            signal(SIGPIPE, SIG_IGN)
-            let report: RunReport
-            let machine: Machine
-            let console = ConsoleInput()
-            do {
-                machine = try Machine(config)
-                let interrupted = InterruptFlag()
-                startSignalThread(machine: machine, signals: controlSignals, interrupted: interrupted, console: console)
-                console.start(machine: machine)
-                report = try machine.run()
-                console.restoreTerminal()
-                if let signal = interrupted.signal {
-                    HostIO.printError("swiftvisor: stopped by signal \(signal)")
-                    throw ExitCode(128 + signal)
-                }
-            } catch let error as MachineError {
-                console.restoreTerminal()
-                fail(error.description)
-            }
-            if let diagnostic = report.diagnostic { HostIO.printError(diagnostic) }
-            if case .stopped(let reason) = report.outcome, reason != .halted, reason != .guestExit(status: 0) {
-                HostIO.printError("swiftvisor: \(reason)")
-            }
-            if let statistics = report.statistics {
-                let portName: (UInt16) -> String? = { machine.deviceName(port: $0) }
-                let mmioName: (UInt64) -> String? = { machine.deviceName(mmioAddress: $0) }
-                if stats {
-                    HostIO.printError(statistics.render(portNames: portName, mmioNames: mmioName))
-                    HostIO.printError("msr accesses denied (#GP): \(machine.deniedMSRAccesses)")
-                    let emulated = machine.emulatedInstructions
-                    if !emulated.isEmpty {
-                        HostIO.printError("instructions emulated:")
-                        for (mnemonic, count) in emulated.sorted(by: { $0.key < $1.key }) {
-                            HostIO.printError("  " + mnemonic + String(repeating: " ", count: max(1, 17 - mnemonic.count)) + String(count))
-                        }
-                    }
-                }
-                if let statsJSON {
-                    let json = statistics.renderJSON(portNames: portName, mmioNames: mmioName) + "\n"
-                    do { try HostIO.writeFile(statsJSON, Array(json.utf8)) } catch {
-                        fail(error.description)
-                    }
-                }
-            }
+            let report = try runMachine(config, stats: stats, statsJSON: statsJSON)
             if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
         }
     }
@@ -320,33 +272,117 @@ extension SwiftVisorCommand {
     }
 }
 
-/// The signal that stopped the VM, if one did.
-final class InterruptFlag: @unchecked Sendable {
-    // Written once by the signal thread before it asks the VM to stop; read after run()
-    // returns, which happens after the vCPU threads saw the stop request.
-    var signal: Int32?
-}
-
-/// Turns SIGINT and SIGTERM into a clean stop, and SIGUSR1 into an NMI for vCPU 0. A second
-/// SIGINT or SIGTERM, for a VM that does not stop (say, a vCPU blocked writing to a full
-/// pipe), restores the terminal and exits at once.
-func startSignalThread(machine: Machine, signals: [Int32], interrupted: InterruptFlag, console: ConsoleInput) {
-    _ = HostThread.detach {
-        while true {
-            let signal = VCPUSignals.wait(for: signals)
-            if signal == SIGUSR1 {
-                machine.injectNMI(vcpu: 0)
-                continue
+/// Runs `config` with the terminal as COM1, Ctrl-C/SIGTERM as a clean stop and SIGUSR1 as an
+/// NMI, prints a diagnostic and the statistics, and returns the report. Exits the process
+/// with 128+n when a signal stopped the VM, or 1 when the machine cannot be built.
+///
+/// `signals` routes control signals to whichever machine runs now; a command that runs
+/// several machines in turn (a guest that reboots) passes the same router each time.
+func runMachine(_ config: MachineConfiguration, stats: Bool, statsJSON: String?,
+                signals: SignalRouter = SignalRouter()) throws -> RunReport {
+    let report: RunReport
+    let machine: Machine
+    do {
+        machine = try Machine(config)
+        signals.attach(machine)
+        report = try machine.run()
+        signals.detach()
+        if let signal = signals.interruptedBy {
+            HostIO.printError("swiftvisor: stopped by signal \(signal)")
+            throw ExitCode(128 + signal)
+        }
+    } catch let error as MachineError {
+        signals.detach()
+        fail(error.description)
+    }
+    if let diagnostic = report.diagnostic { HostIO.printError(diagnostic) }
+    if case .stopped(let reason) = report.outcome, reason != .halted, reason != .guestExit(status: 0) {
+        HostIO.printError("swiftvisor: \(reason)")
+    }
+    if let statistics = report.statistics {
+        let portName: (UInt16) -> String? = { machine.deviceName(port: $0) }
+        let mmioName: (UInt64) -> String? = { machine.deviceName(mmioAddress: $0) }
+        if stats {
+            HostIO.printError(statistics.render(portNames: portName, mmioNames: mmioName))
+            HostIO.printError("msr accesses denied (#GP): \(machine.deniedMSRAccesses)")
+            let emulated = machine.emulatedInstructions
+            if !emulated.isEmpty {
+                HostIO.printError("instructions emulated:")
+                for (mnemonic, count) in emulated.sorted(by: { $0.key < $1.key }) {
+                    HostIO.printError("  " + mnemonic + String(repeating: " ", count: max(1, 17 - mnemonic.count)) + String(count))
+                }
             }
-            if interrupted.signal != nil {
-                console.restoreTerminal()
-                HostIO.printError("swiftvisor: stopped by signal \(signal) (forced)")
-                _exit(128 + signal)
+        }
+        if let statsJSON {
+            let json = statistics.renderJSON(portNames: portName, mmioNames: mmioName) + "\n"
+            do { try HostIO.writeFile(statsJSON, Array(json.utf8)) } catch {
+                fail(error.description)
             }
-            interrupted.signal = signal
-            machine.requestStop()
         }
     }
+    return report
+}
+
+/// Routes SIGINT and SIGTERM to a clean stop of the running machine and SIGUSR1 to an NMI
+/// for its vCPU 0, from one thread that waits for them; and feeds the terminal to its COM1.
+/// A second SIGINT or SIGTERM, for a VM that does not stop (say, a vCPU blocked writing to a
+/// full pipe), restores the terminal and exits at once.
+final class SignalRouter: Sendable {
+    static let controlSignals = [SIGINT, SIGTERM, SIGUSR1]
+    private struct State {
+        var machine: Machine?
+        var interruptedBy: Int32?
+    }
+    private let state = Mutex(State())
+    let console = ConsoleInput()
+
+    init() {
+        // Block the signals everywhere first, so every thread created later inherits the
+        // mask and only the waiting thread receives them.
+        VCPUSignals.block(Self.controlSignals)
+        // A closed standard output must not kill the VMM: writes then fail with EPIPE,
+        // which the console writer ignores.
+        signal(SIGPIPE, SIG_IGN)
+        _ = HostThread.detach { [self] in
+            while true {
+                let signal = VCPUSignals.wait(for: Self.controlSignals)
+                let (machine, again) = state.withLock { state in
+                    let again = state.interruptedBy != nil
+                    if signal != SIGUSR1, !again { state.interruptedBy = signal }
+                    return (state.machine, again)
+                }
+                if signal == SIGUSR1 {
+                    machine?.injectNMI(vcpu: 0)
+                    continue
+                }
+                if again {
+                    console.restoreTerminal()
+                    HostIO.printError("swiftvisor: stopped by signal \(signal) (forced)")
+                    _exit(128 + signal)
+                }
+                machine?.requestStop()
+            }
+        }
+    }
+
+    /// Makes `machine` the one signals and terminal input go to.
+    func attach(_ machine: Machine) {
+        let stopped = state.withLock { state in
+            state.machine = machine
+            return state.interruptedBy != nil
+        }
+        if stopped { machine.requestStop() }
+        console.start(machine: machine)
+    }
+
+    /// Stops sending input to the machine and restores the terminal.
+    func detach() {
+        console.restoreTerminal()
+        state.withLock { $0.machine = nil }
+    }
+
+    /// The signal that stopped a machine, if one did.
+    var interruptedBy: Int32? { state.withLock { $0.interruptedBy } }
 }
 
 /// Prints a one-line error and exits with status 1.

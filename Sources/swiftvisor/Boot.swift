@@ -1,0 +1,115 @@
+public import ArgumentParser
+import SwiftVisor
+
+extension LinuxBootProtocol: ExpressibleByArgument {}
+
+/// What a guest's reset request (i8042 0xFE, the ACPI reset register, port 0xCF9) does.
+enum RebootAction: String, ExpressibleByArgument, CaseIterable {
+    /// The VM ends with status 0.
+    case exit
+    /// A new VM boots the same kernel, initrd and command line.
+    case restart
+}
+
+extension SwiftVisorCommand {
+    struct Boot: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Boot a Linux kernel: a bzImage or an x86-64 vmlinux, through the 64-bit boot protocol or PVH.",
+            discussion: """
+                The console is COM1 on the terminal, with input. The VM ends with status 0 when \
+                the kernel powers off through ACPI (or resets, with --on-reboot exit). Before \
+                booting, a tiny probe guest finds which CPU features this host's KVM cannot \
+                hide or run for a kernel; --trace lists what it found and what it added to the \
+                command line.
+                """)
+
+        @Option(help: "The kernel: a bzImage or an uncompressed x86-64 ELF vmlinux (detected by content).")
+        var kernel: String
+
+        @Option(help: "An initial RAM disk (initramfs) to load.")
+        var initrd: String?
+
+        @Option(help: "Appended to the default command line (\(LinuxDefaults.commandLine)).")
+        var cmdline: String?
+
+        @Option(help: "Replaces the whole command line; nothing is added, not even the host-quirk options.")
+        var cmdlineReplace: String?
+
+        @Option(help: "Guest RAM, e.g. 512M or 4G; above 3 GiB, RAM continues at 4 GiB.")
+        var memory: ByteSize = ByteSize(argument: "512M")!
+
+        @Option(help: "Number of vCPUs.")
+        var cpus: Int = 1
+
+        @Option(help: "How the kernel is entered: linux64 (the 64-bit boot protocol) or pvh (needs the kernel's Xen PVH note).")
+        var bootProtocol: LinuxBootProtocol = .linux64
+
+        @Flag(help: "Boot a bzImage's own decompressor instead of decompressing its payload on the host.")
+        var noHostDecompress = false
+
+        @Option(help: "What a reset request does: exit (the VM ends with status 0) or restart (boot again).")
+        var onReboot: RebootAction = .exit
+
+        @Flag(help: "Print exit counts by kind and by port to standard error when the VM ends.")
+        var stats = false
+
+        @Option(help: ArgumentHelp("Write the statistics as JSON to this file when the VM ends.", valueName: "file"))
+        var statsJSON: String?
+
+        @Flag(help: "Print the boot plan, the host-quirk findings and one line per exit to standard error.")
+        var trace = false
+
+        @OptionGroup var cpuid: CPUIDOptions
+
+        func validate() throws {
+            if cpus < 1 { throw ValidationError("--cpus must be at least 1") }
+            if cmdline != nil, cmdlineReplace != nil {
+                throw ValidationError("give either --cmdline (appended) or --cmdline-replace, not both")
+            }
+        }
+
+        func run() throws {
+            let kernelBytes: [UInt8]
+            var initrdBytes: [UInt8]?
+            do {
+                kernelBytes = try HostIO.readFile(kernel, limit: LinuxDefaults.kernelFileLimit)
+                if let initrd { initrdBytes = try HostIO.readFile(initrd, limit: Int(clamping: memory.bytes)) }
+            } catch {
+                fail(error.description)
+            }
+            let basePolicy: CPUIDPolicy
+            do { basePolicy = try cpuid.policy() } catch { fail("\(error)") }
+            let quirks: HostQuirks
+            do { quirks = try HostQuirks.probe(policy: basePolicy) } catch { fail(error.description) }
+            let log: @Sendable (String) -> Void = { HostIO.printError($0) }
+            if trace { quirks.report.forEach(log) }
+
+            let commandLine = cmdlineReplace
+                ?? LinuxDefaults.commandLine(quirks: quirks, appending: cmdline)
+            var config = MachineConfiguration(guest: .linux(LinuxBootRequest(
+                kernel: kernelBytes, initrd: initrdBytes, commandLine: commandLine,
+                bootProtocol: bootProtocol, hostDecompression: !noHostDecompress)))
+            config.memorySize = memory.bytes
+            config.vcpuCount = cpus
+            config.cpuid = quirks.linuxPolicy(from: basePolicy)
+            config.collectStatistics = stats || statsJSON != nil
+            if trace {
+                config.trace = log
+                config.onLinuxBootPlan = { plan in plan.summary.forEach(log) }
+            }
+
+            let signals = SignalRouter()
+            var boots = 0
+            while true {
+                boots += 1
+                let report = try runMachine(config, stats: stats, statsJSON: statsJSON, signals: signals)
+                if case .stopped(.reset) = report.outcome, onReboot == .restart {
+                    HostIO.printError("swiftvisor: the guest reset; booting again (boot \(boots + 1))")
+                    continue
+                }
+                if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
+                return
+            }
+        }
+    }
+}
