@@ -259,6 +259,16 @@ extension SwiftVisorCommand {
             }
             let guest = policy.normalize(host, apicID: vcpu, vcpuCount: cpus)
             print(CPUIDTable.render(host: host, guest: guest))
+            // What `swiftvisor boot` adds for a Linux guest on this host, found by a probe guest.
+            print("")
+            do {
+                let quirks = try HostQuirks.probe(policy: policy)
+                quirks.report.forEach { print($0) }
+                let options = quirks.commandLineOptions
+                print("linux command line adds: " + (options.isEmpty ? "nothing" : options.joined(separator: " ")))
+            } catch {
+                fail(error.description)
+            }
         }
     }
 

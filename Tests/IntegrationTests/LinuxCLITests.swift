@@ -1,0 +1,118 @@
+import Foundation
+import Glibc
+import SwiftVisorGuests
+import Testing
+
+/// `swiftvisor boot` as a user runs it: bad input of every kind gets one line and status 1,
+/// and Debian's stock kernel starts with no extra options.
+extension KVMIntegration.CLITests {
+    func testBzImage() throws -> [UInt8] {
+        try LinuxKernels.testKernelFile("bzImage")
+    }
+
+    @Test("boot: a file that is neither a bzImage nor an x86-64 ELF")
+    func bootNotAKernel() throws {
+        let path = try temporaryFile(Array("#!/bin/sh\necho this is a script, not a kernel\n".utf8))
+        defer { unlink(path) }
+        expectOneLineError(try run(["boot", "--kernel", path]), mentioning: "not a Linux kernel: neither a bzImage")
+    }
+
+    @Test("boot: a truncated bzImage")
+    func bootTruncated() throws {
+        let path = try temporaryFile(Array(try testBzImage().prefix(0x400)))
+        defer { unlink(path) }
+        expectOneLineError(try run(["boot", "--kernel", path]), mentioning: "truncated")
+    }
+
+    @Test("boot: a boot protocol older than 2.12")
+    func bootOldProtocol() throws {
+        var image = try testBzImage()
+        image[0x206] = 0x0B  // 2.11
+        let path = try temporaryFile(image)
+        defer { unlink(path) }
+        expectOneLineError(try run(["boot", "--kernel", path]), mentioning: "2.11")
+    }
+
+    @Test("boot: a bzImage without a 64-bit entry point")
+    func bootNo64BitEntry() throws {
+        var image = try testBzImage()
+        image[0x236] &= ~1  // XLF_KERNEL_64
+        let path = try temporaryFile(image)
+        defer { unlink(path) }
+        expectOneLineError(try run(["boot", "--kernel", path]), mentioning: "64-bit")
+    }
+
+    @Test("boot: a corrupt compressed payload")
+    func bootCorruptPayload() throws {
+        var image = try testBzImage()
+        let setup = (Int(image[0x1F1]) + 1) * 512
+        let offset = setup + Int(UInt32(image[0x248]) | UInt32(image[0x249]) << 8 | UInt32(image[0x24A]) << 16)
+        for i in (offset + 5000)..<(offset + 5400) { image[i] ^= 0x5A }
+        let path = try temporaryFile(image)
+        defer { unlink(path) }
+        expectOneLineError(try run(["boot", "--kernel", path]), mentioning: "gzip")
+    }
+
+    @Test("boot: an initrd that does not fit in guest memory")
+    func bootInitrdTooLarge() throws {
+        let kernel = try temporaryFile(try testBzImage())
+        let initrd = try temporaryFile([UInt8](repeating: 0x30, count: 40 << 20))
+        defer { unlink(kernel); unlink(initrd) }
+        expectOneLineError(try run(["boot", "--kernel", kernel, "--initrd", initrd, "--memory", "48M"]),
+                           mentioning: "initrd of")
+    }
+
+    @Test("boot: a command line longer than the kernel accepts")
+    func bootCommandLineTooLong() throws {
+        let kernel = try temporaryFile(try testBzImage())
+        defer { unlink(kernel) }
+        expectOneLineError(try run(["boot", "--kernel", kernel, "--cmdline-replace", String(repeating: "a", count: 4000)]),
+                           mentioning: "command line of 4000 bytes")
+    }
+
+    @Test("boot: PVH asked of an ELF without the PVH note")
+    func bootPVHWithoutNote() throws {
+        let path = try temporaryFile(GuestImages.hello)
+        defer { unlink(path) }
+        expectOneLineError(try run(["boot", "--kernel", path, "--boot-protocol", "pvh"]), mentioning: "no PVH entry point")
+    }
+
+    @Test("boot: a kernel file that does not exist")
+    func bootMissingFile() throws {
+        expectOneLineError(try run(["boot", "--kernel", "/nonexistent/vmlinuz"]), mentioning: "/nonexistent/vmlinuz")
+    }
+
+    @Test("cpuid lists the host-quirk findings a Linux boot acts on")
+    func cpuidListsQuirks() throws {
+        let result = try run(["cpuid"])
+        #expect(result.status == 0)
+        #expect(result.stdout.contains("host quirks: probed in"))
+    }
+
+    @Test("boot: Debian's stock cloud kernel, with no extra options, reaches its banner and early lines; SIGTERM stops it")
+    func bootStockKernel() throws {
+        let kernel = try LinuxKernels.stockKernel.get()
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = ["boot", "--kernel", kernel]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        let start = Date()
+        try process.run()
+        // The console registers after the early set-up and replays the log from the banner on.
+        var seen = ""
+        let wanted = ["Linux version 6.1", "Hypervisor detected: KVM", "BIOS-e820", "smpboot: Allowing 1 CPUs", "Memory: "]
+        let deadline = Date().addingTimeInterval(900)
+        while !wanted.allSatisfy(seen.contains), Date() < deadline, process.isRunning {
+            seen += String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        }
+        let elapsed = Date().timeIntervalSince(start)
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        print("stock kernel: banner and early lines after \(Int(elapsed)) s")
+        for line in wanted { #expect(seen.contains(line), "missing '\(line)' in: \(seen.suffix(3000))") }
+        #expect(process.terminationStatus == 128 + SIGTERM)
+    }
+}
