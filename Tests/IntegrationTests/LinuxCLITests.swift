@@ -82,6 +82,33 @@ extension KVMIntegration.CLITests {
         expectOneLineError(try run(["boot", "--kernel", "/nonexistent/vmlinuz"]), mentioning: "/nonexistent/vmlinuz")
     }
 
+    @Test("boot --on-reboot restart boots again after a reset; SIGTERM then stops it")
+    func bootRestartsOnReset() throws {
+        let dir = try LinuxKernels.testKernel.get()
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = ["boot", "--kernel", dir + "/vmlinux", "--memory", "64M", "--on-reboot", "restart",
+                             "--cmdline", "kunit_shutdown=reboot kunit.filter_glob=bits-test"]
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Drain the console so the guest never blocks on a full pipe.
+        let console = Thread { while !out.fileHandleForReading.availableData.isEmpty {} }
+        console.start()
+        var seen = ""
+        let deadline = Date().addingTimeInterval(600)
+        while !seen.contains("booting again (boot 2)"), Date() < deadline, process.isRunning {
+            seen += String(decoding: err.fileHandleForReading.availableData, as: UTF8.self)
+        }
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(seen.contains("swiftvisor: guest requested a reset (port 0xCF9)"), "\(seen)")
+        #expect(seen.contains("swiftvisor: the guest reset; booting again (boot 2)"), "\(seen)")
+        #expect(process.terminationStatus == 128 + SIGTERM)
+    }
+
     @Test("cpuid lists the host-quirk findings a Linux boot acts on")
     func cpuidListsQuirks() throws {
         let result = try run(["cpuid"])
