@@ -107,7 +107,7 @@ public enum LinuxLoader {
         let commandLine = Array(request.commandLine.utf8)
         let limit = min(kernel.commandLineLimit, commandLineCeiling - 1)
         guard commandLine.count <= limit else { throw .commandLineTooLong(length: commandLine.count, limit: limit) }
-        guard !commandLine.contains(0) else { throw .commandLineTooLong(length: commandLine.count, limit: limit) }
+        guard !commandLine.contains(0) else { throw .malformed("the command line contains a NUL byte") }
 
         // The initrd: page-aligned, as high as the kernel allows, above the kernel.
         var initrdRange: Range<UInt64>?

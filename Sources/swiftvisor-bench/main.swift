@@ -3,6 +3,7 @@
 //
 // Usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R]
 //                         [--no-irqchip] [--reference PATH] [--cli PATH]
+//        swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ...  (LinuxBench.swift)
 //
 // Exit round trip: the pio_loop/mmio_loop guests drop to CPL3 (IOPL=3) and make N exits to a
 // registered device. Our figure is the time between the device's first and last access
@@ -34,6 +35,11 @@ if CommandLine.arguments.count >= 2, CommandLine.arguments[1] == "startup-child"
     }
 }
 
+// Linux boot benchmarks (LinuxBench.swift) take their own options and need no reference.
+if CommandLine.arguments.count >= 2, LinuxBench.modes.contains(CommandLine.arguments[1]) {
+    exit(LinuxBench.main(Array(CommandLine.arguments.dropFirst())))
+}
+
 // MARK: Options
 
 var mode = "all"
@@ -53,6 +59,7 @@ while let argument = arguments.popFirst() {
     case "pio", "mmio", "startup", "memory", "dispatch", "all": mode = argument
     default:
         print("usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R] [--no-irqchip] [--reference PATH] [--cli PATH]")
+        print("       swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ... (Linux boot; see BENCHMARKS.md)")
         exit(2)
     }
 }

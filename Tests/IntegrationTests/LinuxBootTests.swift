@@ -151,12 +151,15 @@ extension KVMIntegration {
             #expect(boot.console.contains("Freeing initrd memory"))
             #expect(!boot.console.contains("Initramfs unpacking failed"))
             #expect(boot.console.contains("Hypervisor detected: KVM"))
-            // The kernel read the host's time from the CMOS RTC.
-            var now = time(nil)
-            var utc = tm()
-            gmtime_r(&now, &utc)
-            let year = String(Int(utc.tm_year) + 1900)
-            #expect(boot.lines.contains { $0.contains("rtc_cmos") && $0.contains("setting system clock to \(year)-") })
+            // The kernel read the host's time from the CMOS RTC: "setting system clock to
+            // 2026-11-27T14:09:41 UTC (1795788581)", an epoch time within the boot.
+            let clockLine = boot.lines.first { $0.contains("rtc_cmos") && $0.contains("setting system clock to") }
+            let epoch = clockLine.flatMap { line in
+                line.split(separator: "(").last.flatMap { Int($0.prefix { $0.isNumber }) }
+            }
+            let end = Int(time(nil))
+            #expect(epoch != nil && epoch! >= end - Int(boot.seconds) - 2 && epoch! <= end + 2,
+                    "RTC line: \(clockLine ?? "none"), host time at the end: \(end)")
             #expect(boot.console.contains("serio: i8042 KBD port at 0x60,0x64 irq 1"))
         }
 
