@@ -50,14 +50,7 @@ extension SwiftVisorCommand {
         @Option(help: "What a reset request does: exit (the VM ends with status 0) or restart (boot again).")
         var onReboot: RebootAction = .exit
 
-        @Flag(help: "Print exit counts by kind and by port to standard error when the VM ends.")
-        var stats = false
-
-        @Option(help: ArgumentHelp("Write the statistics as JSON to this file when the VM ends.", valueName: "file"))
-        var statsJSON: String?
-
-        @Flag(help: "Print the boot plan, the host-quirk findings and one line per exit to standard error.")
-        var trace = false
+        @OptionGroup var output: OutputOptions
 
         @OptionGroup var cpuid: CPUIDOptions
 
@@ -82,7 +75,7 @@ extension SwiftVisorCommand {
             let quirks: HostQuirks
             do { quirks = try HostQuirks.probe(policy: basePolicy) } catch { fail(error.description) }
             let log: @Sendable (String) -> Void = { HostIO.printError($0) }
-            if trace { quirks.report.forEach(log) }
+            if output.trace { quirks.report.forEach(log) }
 
             let commandLine = cmdlineReplace
                 ?? LinuxDefaults.commandLine(quirks: quirks, appending: cmdline)
@@ -92,8 +85,8 @@ extension SwiftVisorCommand {
             config.memorySize = memory.bytes
             config.vcpuCount = cpus
             config.cpuid = quirks.linuxPolicy(from: basePolicy)
-            config.collectStatistics = stats || statsJSON != nil
-            if trace {
+            config.collectStatistics = output.collectsStatistics
+            if output.trace {
                 config.trace = log
                 config.onLinuxBootPlan = { plan in plan.summary.forEach(log) }
             }
@@ -102,7 +95,7 @@ extension SwiftVisorCommand {
             var boots = 0
             while true {
                 boots += 1
-                let report = try runMachine(config, stats: stats, statsJSON: statsJSON, signals: signals)
+                let report = try runMachine(config, output: output, signals: signals)
                 if case .stopped(.reset) = report.outcome, onReboot == .restart {
                     HostIO.printError("swiftvisor: the guest reset; booting again (boot \(boots + 1))")
                     continue

@@ -86,6 +86,20 @@ struct MSRRuleArgument: ExpressibleByArgument {
     static var defaultCompletionKind: CompletionKind { .default }
 }
 
+/// Statistics and trace options shared by `run` and `boot`.
+struct OutputOptions: ParsableArguments {
+    @Flag(help: "Print exit counts by kind and by port to standard error when the VM ends.")
+    var stats = false
+
+    @Option(help: ArgumentHelp("Write the statistics as JSON to this file when the VM ends.", valueName: "file"))
+    var statsJSON: String?
+
+    @Flag(help: "Print one line per exit to standard error (for boot: also the boot plan and host quirks).")
+    var trace = false
+
+    var collectsStatistics: Bool { stats || statsJSON != nil }
+}
+
 /// CPUID options shared by `run` and `cpuid`.
 struct CPUIDOptions: ParsableArguments {
     @Option(name: .customLong("cpuid"),
@@ -154,14 +168,7 @@ extension SwiftVisorCommand {
         @Option(help: "Unclaimed MMIO accesses: block, log, or stop.")
         var unclaimedMMIO: UnclaimedAccessPolicy = .block
 
-        @Flag(help: "Print exit counts by kind and by port to standard error when the VM ends.")
-        var stats = false
-
-        @Option(help: ArgumentHelp("Write the statistics as JSON to this file when the VM ends.", valueName: "file"))
-        var statsJSON: String?
-
-        @Flag(help: "Print one line per exit to standard error.")
-        var trace = false
+        @OptionGroup var output: OutputOptions
 
         @Flag(help: "Do not finish instructions the host's KVM cannot emulate; such a failure then stops the VM.")
         var noEmulation = false
@@ -214,14 +221,14 @@ extension SwiftVisorCommand {
             config.commandLine = cmdline
             config.unclaimedPorts = unclaimedPorts
             config.unclaimedMMIO = unclaimedMMIO
-            config.collectStatistics = stats || statsJSON != nil
+            config.collectStatistics = output.collectsStatistics
             if noHypercalls { config.hypercallPort = nil }
             config.emulation = !noEmulation
             do { config.cpuid = try cpuid.policy() } catch { fail("\(error)") }
             for rule in msr { config.msrs.set(rule.index, rule.rule) }
-            if trace { config.trace = { HostIO.printError($0) } }
+            if output.trace { config.trace = { HostIO.printError($0) } }
 
-            let report = try runMachine(config, stats: stats, statsJSON: statsJSON)
+            let report = try runMachine(config, output: output)
             if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
         }
     }
@@ -288,7 +295,7 @@ extension SwiftVisorCommand {
 ///
 /// `signals` routes control signals to whichever machine runs now; a command that runs
 /// several machines in turn (a guest that reboots) passes the same router each time.
-func runMachine(_ config: MachineConfiguration, stats: Bool, statsJSON: String?,
+func runMachine(_ config: MachineConfiguration, output: OutputOptions,
                 signals: SignalRouter = SignalRouter()) throws -> RunReport {
     let report: RunReport
     let machine: Machine
@@ -312,7 +319,7 @@ func runMachine(_ config: MachineConfiguration, stats: Bool, statsJSON: String?,
     if let statistics = report.statistics {
         let portName: (UInt16) -> String? = { machine.deviceName(port: $0) }
         let mmioName: (UInt64) -> String? = { machine.deviceName(mmioAddress: $0) }
-        if stats {
+        if output.stats {
             HostIO.printError(statistics.render(portNames: portName, mmioNames: mmioName))
             HostIO.printError("msr accesses denied (#GP): \(machine.deniedMSRAccesses)")
             let emulated = machine.emulatedInstructions
@@ -323,7 +330,7 @@ func runMachine(_ config: MachineConfiguration, stats: Bool, statsJSON: String?,
                 }
             }
         }
-        if let statsJSON {
+        if let statsJSON = output.statsJSON {
             let json = statistics.renderJSON(portNames: portName, mmioNames: mmioName) + "\n"
             do { try HostIO.writeFile(statsJSON, Array(json.utf8)) } catch {
                 fail(error.description)
