@@ -177,7 +177,8 @@ public final class Machine: Sendable {
                 }
             }
             let low = min(size, Self.lowMemoryLimit)
-            platform = PCPlatform(memoryBelow4GiB: low, memoryAbove4GiB: size - low, irqLine: irqLine)
+            platform = PCPlatform(memoryBelow4GiB: low, memoryAbove4GiB: size - low, irqLine: irqLine,
+                                  cmos: configuration.batteryBackedCMOS)
         } else {
             platform = nil
         }

@@ -1,6 +1,6 @@
 public import VisorCore
 public import VisorDevices
-public import VisorMemory
+import VisorMemory
 public import VisorLinux
 
 /// Everything needed to build a machine. Build one, adjust it, hand it to `Machine`.
@@ -18,6 +18,11 @@ public struct MachineConfiguration: Sendable {
         /// `commandLine` of the configuration is not used; the request carries its own.
         case linux(LinuxBootRequest)
     }
+
+    /// For a Linux guest: the CMOS/RTC of a previous machine (`machine.platform?.cmos`), so
+    /// that a rebooted guest keeps the time it set and its CMOS RAM, as a battery-backed
+    /// CMOS would. nil gives a new one on the host's clock.
+    public var batteryBackedCMOS: CMOSPorts?
 
     /// Called once the Linux loader has placed the kernel, before any vCPU runs (for traces).
     public var onLinuxBootPlan: (@Sendable (LinuxBootPlan) -> Void)?

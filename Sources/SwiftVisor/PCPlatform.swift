@@ -21,9 +21,12 @@ public final class PCPlatform: Sendable {
     ///   - memoryBelow4GiB, memoryAbove4GiB: guest RAM, for the CMOS memory-size fields.
     ///   - irqLine: raises or lowers an ISA interrupt line (nil without an interrupt
     ///     controller).
-    init(memoryBelow4GiB: UInt64, memoryAbove4GiB: UInt64, irqLine: (@Sendable (UInt32, Bool) -> Void)?) {
+    ///   - cmos: the CMOS/RTC to keep, as a battery would, from a previous machine (after a
+    ///     guest reboot); nil for a new one.
+    init(memoryBelow4GiB: UInt64, memoryAbove4GiB: UInt64, irqLine: (@Sendable (UInt32, Bool) -> Void)?,
+         cmos: CMOSPorts? = nil) {
         i8042 = I8042Ports(interruptLine: irqLine)
-        cmos = CMOSPorts(memoryBelow4GiB: memoryBelow4GiB, memoryAbove4GiB: memoryAbove4GiB)
+        self.cmos = cmos ?? CMOSPorts(memoryBelow4GiB: memoryBelow4GiB, memoryAbove4GiB: memoryAbove4GiB)
         powerManagement = ACPIPowerManagement()
         resetControl = ResetControlPort()
         postCodes = PostCodePort()

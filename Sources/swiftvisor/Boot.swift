@@ -95,7 +95,10 @@ extension SwiftVisorCommand {
             var boots = 0
             while true {
                 boots += 1
-                let report = try runMachine(config, output: output, signals: signals)
+                let report = try runMachine(config, output: output, signals: signals) { machine in
+                    // The next boot keeps the CMOS clock and RAM, as a battery would.
+                    config.batteryBackedCMOS = machine.platform?.cmos
+                }
                 if case .stopped(.reset) = report.outcome, onReboot == .restart {
                     HostIO.printError("swiftvisor: the guest reset; booting again (boot \(boots + 1))")
                     continue

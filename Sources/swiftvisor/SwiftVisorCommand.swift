@@ -295,8 +295,9 @@ extension SwiftVisorCommand {
 ///
 /// `signals` routes control signals to whichever machine runs now; a command that runs
 /// several machines in turn (a guest that reboots) passes the same router each time.
+@discardableResult
 func runMachine(_ config: MachineConfiguration, output: OutputOptions,
-                signals: SignalRouter = SignalRouter()) throws -> RunReport {
+                signals: SignalRouter = SignalRouter(), ran: ((Machine) -> Void)? = nil) throws -> RunReport {
     let report: RunReport
     let machine: Machine
     do {
@@ -304,6 +305,7 @@ func runMachine(_ config: MachineConfiguration, output: OutputOptions,
         signals.attach(machine)
         report = try machine.run()
         signals.detach()
+        ran?(machine)
         if let signal = signals.interruptedBy {
             HostIO.printError("swiftvisor: stopped by signal \(signal)")
             throw ExitCode(128 + signal)
