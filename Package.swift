@@ -80,7 +80,7 @@ let package = Package(
         .target(name: "CBenchSupport"),
         .executableTarget(
             name: "swiftvisor-bench",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport"],
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware"],
             swiftSettings: strict),
         .target(name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "CNativeOps"], exclude: ["Fixtures"]),

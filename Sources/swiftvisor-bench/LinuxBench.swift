@@ -5,7 +5,7 @@
 //   swiftvisor-bench linux-setup --kernel K [--rounds N] [--memory 512M] [--cpus N]
 //   swiftvisor-bench linux-boot  --kernel K [--protocol linux64|pvh] [--cpus N] [--memory 128M]
 //                                [--append TEXT] [--no-host-decompress] [--rounds N] [--timeout S]
-//                                [--mark TEXT]... [--no-kunit] [--stop-when-marked] [--no-stats]
+//                                [--mark TEXT]... [--no-kunit] [--stop-when-marked] [--stop-at TEXT]... [--no-stats]
 //                                [--log FILE]
 //   swiftvisor-bench linux-cmdline [--append TEXT]
 //   swiftvisor-bench timed-run [--timeout S] [--mark TEXT]... [--no-kunit] [--stop-when-marked]
@@ -38,9 +38,9 @@ enum LinuxBench {
     static func usage() -> Int32 {
         print("""
             usage: swiftvisor-bench linux-setup --kernel K [--rounds N] [--memory 512M] [--cpus N]
-                   swiftvisor-bench linux-boot --kernel K [--protocol linux64|pvh] [--cpus N] [--memory 128M] [--append TEXT] [--no-host-decompress] [--rounds N] [--timeout S] [--mark TEXT]... [--no-kunit] [--stop-when-marked] [--no-stats] [--log FILE]
+                   swiftvisor-bench linux-boot --kernel K [--protocol linux64|pvh] [--cpus N] [--memory 128M] [--append TEXT] [--no-host-decompress] [--rounds N] [--timeout S] [--mark TEXT]... [--no-kunit] [--stop-when-marked] [--stop-at TEXT]... [--no-stats] [--log FILE]
                    swiftvisor-bench linux-cmdline [--append TEXT]
-                   swiftvisor-bench timed-run [--timeout S] [--mark TEXT]... [--no-kunit] [--stop-when-marked] [--rounds N] [--log FILE] [--tail N] -- PROGRAM ARGS...
+                   swiftvisor-bench timed-run [--timeout S] [--mark TEXT]... [--no-kunit] [--stop-when-marked] [--stop-at TEXT]... [--rounds N] [--log FILE] [--tail N] -- PROGRAM ARGS...
             """)
         return 2
     }
@@ -61,6 +61,7 @@ enum LinuxBench {
         var marks: [String] = []
         var kunit = true
         var stopWhenMarked = false
+        var stopAt: [String] = []
         var statistics = true
         var log: String?
         var tail = 12
@@ -97,6 +98,7 @@ enum LinuxBench {
                 case "--mark": o.marks.append(try value(argument))
                 case "--no-kunit": o.kunit = false
                 case "--stop-when-marked": o.stopWhenMarked = true
+                case "--stop-at": o.stopAt.append(try value(argument))
                 case "--no-stats": o.statistics = false
                 case "--log": o.log = try value(argument)
                 case "--tail": o.tail = Int(try number(argument))
@@ -155,6 +157,15 @@ enum LinuxBench {
         guard n > 0 else { return "?" }
         return String(decoding: buffer[0..<n], as: UTF8.self).split(separator: " ").prefix(3).joined(separator: "/")
     }
+
+    /// User and system CPU seconds of this process so far.
+    static func cpuSeconds() -> (user: Double, system: Double) {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return (seconds(usage.ru_utime), seconds(usage.ru_stime))
+    }
+
+    static func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
 
     static func readKernel(_ options: Options) -> [UInt8]? {
         guard let path = options.kernel else {
@@ -361,13 +372,17 @@ enum LinuxBench {
             var lines: [TimedLine] = []
             var seen: [Bool]
             var fired = false
+            var stopSeen = false
             var onAllMarked: (@Sendable () -> Void)?
         }
         private let state: Mutex<State>
         let marks: [Mark]
+        /// A line containing any of these also calls `onAllMarked`.
+        let stopTexts: [String]
 
-        init(marks: [Mark]) {
+        init(marks: [Mark], stopAt stopTexts: [String] = []) {
             self.marks = marks
+            self.stopTexts = stopTexts
             state = Mutex(State(seen: Array(repeating: false, count: marks.count)))
         }
 
@@ -403,11 +418,12 @@ enum LinuxBench {
                         for (i, mark) in marks.enumerated() where !state.seen[i] && mark.matches(line) {
                             state.seen[i] = true
                         }
+                        if stopTexts.contains(where: { line.text.contains($0) }) { state.stopSeen = true }
                     } else {
                         state.pending.append(byte)
                     }
                 }
-                guard !state.fired, state.seen.allSatisfy({ $0 }), let fire = state.onAllMarked else { return nil }
+                guard !state.fired, state.stopSeen || state.seen.allSatisfy({ $0 }), let fire = state.onAllMarked else { return nil }
                 state.fired = true
                 return fire
             }
@@ -492,7 +508,7 @@ enum LinuxBench {
         var inits: [Double] = []
         for round in 1...rounds {
             let load = loadAverage()
-            let clock = LineClock(marks: marks)
+            let clock = LineClock(marks: marks, stopAt: options.stopAt)
             var config = MachineConfiguration(guest: .linux(LinuxBootRequest(
                 kernel: kernel, commandLine: commandLine, bootProtocol: options.bootProtocol,
                 hostDecompression: options.hostDecompression)))
@@ -512,7 +528,7 @@ enum LinuxBench {
             // A watchdog stops the VM at the timeout; it ends when the VM has stopped.
             let timedOut = Flag(), watchdogDone = Flag()
             let deadline = now() + UInt64(options.timeout * 1e9)
-            let stopOnMarks = options.stopWhenMarked
+            let stopOnMarks = options.stopWhenMarked || !options.stopAt.isEmpty
             var onAllMarked: (@Sendable () -> Void)?
             if stopOnMarks { onAllMarked = { machine.requestStop() } }
             clock.begin(onAllMarked: onAllMarked)
@@ -532,12 +548,14 @@ enum LinuxBench {
                 print("linux-boot: cannot start the watchdog thread (error \(rc))")
                 return 1
             }
+            let cpuBefore = cpuSeconds()
             let report: RunReport
             do { report = try machine.run() } catch {
                 print("linux-boot: \(error)")
                 return 1
             }
             let end = Double(now() - start) / 1e9
+            let cpuAfter = cpuSeconds()
             while !watchdogDone.isSet { usleep(10_000) }
 
             let lines = clock.lines
@@ -546,6 +564,7 @@ enum LinuxBench {
             let why = timedOut.isSet ? " (timed out)" : ""
             print("round \(round) of \(rounds): load_before=\(load) load_after=\(loadAverage()) machine_init_ms=\(fixed(inits.last!, 1)) outcome=\(report.outcome)\(why)")
             timeline.print()
+            print("  cpu during the run: user=\(fixed(cpuAfter.user - cpuBefore.user, 2)) s system=\(fixed(cpuAfter.system - cpuBefore.system, 2)) s (this process, all threads)")
             if let statistics = report.statistics { printStatistics(statistics, machine: machine) }
             let emulated = machine.emulatedInstructions.sorted { $0.key < $1.key }
             print("  instructions emulated: " + (emulated.isEmpty ? "none" : emulated.map { "\($0.key)=\($0.value)" }.joined(separator: " ")))
@@ -576,6 +595,15 @@ enum LinuxBench {
         let kinds = ExitKind.allCases.filter { statistics.count($0) > 0 }
             .map { "\($0)=\(statistics.count($0))" }
         print("  exits: total=\(statistics.total) " + kinds.joined(separator: " "))
+        // The VMM's handling time per exit (KVM_RUN returning to the handler finishing), from
+        // the latency histograms: mean times count, per kind.
+        var handling: [(kind: ExitKind, ms: Double)] = []
+        for kind in ExitKind.allCases where statistics.count(kind) > 0 {
+            handling.append((kind, statistics.latency[kind.rawValue].mean * Double(statistics.count(kind)) / 1e6))
+        }
+        let totalHandling = handling.reduce(0) { $0 + $1.ms }
+        print("  vmm handling time: total=\(fixed(totalHandling, 1)) ms " + handling.map { "\($0.kind)=\(fixed($0.ms, 1))" }.joined(separator: " ")
+              + " (mean x count; the host kernel's share of each round trip is not in it)")
         let ports = statistics.byPort.indices.filter { statistics.byPort[$0] > 0 }
             .sorted { statistics.byPort[$0] > statistics.byPort[$1] }
         if !ports.isEmpty {
@@ -606,13 +634,14 @@ enum LinuxBench {
         var timelines: [Timeline] = []
         for round in 1...rounds {
             let load = loadAverage()
-            guard let run = spawnTimed(options.command, marks: marks, timeout: options.timeout,
+            guard let run = spawnTimed(options.command, marks: marks, stopAt: options.stopAt, timeout: options.timeout,
                                        stopWhenMarked: options.stopWhenMarked) else { return 1 }
             let timeline = Timeline(lines: run.lines, marks: marks, end: run.seconds)
             timelines.append(timeline)
-            let how = run.timedOut ? "timed out, stopped" : run.stoppedOnMarks ? "all marks seen, stopped" : "exited"
+            let how = run.timedOut ? "timed out, stopped" : run.stoppedOnMarks ? "stopped on its marks (--stop-when-marked, --stop-at)" : "exited"
             print("round \(round) of \(rounds): load_before=\(load) load_after=\(loadAverage()) \(how), status=\(run.status)")
             timeline.print()
+            print("  cpu: user=\(fixed(run.userSeconds, 2)) s system=\(fixed(run.systemSeconds, 2)) s (the child)")
             print("  last lines:")
             for line in run.lines.suffix(options.tail) { print("    [+\(fixed(line.seconds, 2))] \(line.text)") }
             writeLog(options.log, run.lines, append: round > 1,
@@ -644,9 +673,11 @@ enum LinuxBench {
         var status: Int32
         var timedOut: Bool
         var stoppedOnMarks: Bool
+        var userSeconds: Double
+        var systemSeconds: Double
     }
 
-    static func spawnTimed(_ argv: [String], marks: [Mark], timeout: Double, stopWhenMarked: Bool) -> TimedRun? {
+    static func spawnTimed(_ argv: [String], marks: [Mark], stopAt: [String], timeout: Double, stopWhenMarked: Bool) -> TimedRun? {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else {
             print("timed-run: pipe failed")
@@ -662,10 +693,10 @@ enum LinuxBench {
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var pid: pid_t = 0
-        let clock = LineClock(marks: marks)
+        let clock = LineClock(marks: marks, stopAt: stopAt)
         let stopNow = Flag()
         var onAllMarked: (@Sendable () -> Void)?
-        if stopWhenMarked { onAllMarked = { stopNow.set() } }
+        if stopWhenMarked || !stopAt.isEmpty { onAllMarked = { stopNow.set() } }
         clock.begin(onAllMarked: onAllMarked)
         let start = now()
         let rc = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, environ)
@@ -700,9 +731,11 @@ enum LinuxBench {
         }
         close(fds[0])
         var status: Int32 = 0
-        _ = waitpid(pid, &status, 0)
+        var usage = rusage()
+        _ = wait4(pid, &status, 0, &usage)
         let seconds = Double(now() - start) / 1e9
         let exitStatus = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
-        return TimedRun(lines: clock.lines, seconds: seconds, status: exitStatus, timedOut: timedOut, stoppedOnMarks: stoppedOnMarks)
+        return TimedRun(lines: clock.lines, seconds: seconds, status: exitStatus, timedOut: timedOut, stoppedOnMarks: stoppedOnMarks,
+                        userSeconds: Self.seconds(usage.ru_utime), systemSeconds: Self.seconds(usage.ru_stime))
     }
 }
