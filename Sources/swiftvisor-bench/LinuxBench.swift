@@ -363,8 +363,8 @@ enum LinuxBench {
         return marks + options.marks.map(Mark.text)
     }
 
-    /// Collects bytes into timed lines (from any thread), and calls `onAllMarked` once when
-    /// every mark has been seen.
+    /// Collects bytes into timed lines (from any thread), and calls `onStop` once when a line
+    /// contains one of `stopTexts`, or, with `stopWhenMarked`, when every mark has been seen.
     final class LineClock: Sendable {
         private struct State {
             var origin: UInt64 = 0
@@ -373,23 +373,28 @@ enum LinuxBench {
             var seen: [Bool]
             var fired = false
             var stopSeen = false
-            var onAllMarked: (@Sendable () -> Void)?
+            var onStop: (@Sendable () -> Void)?
         }
         private let state: Mutex<State>
         let marks: [Mark]
-        /// A line containing any of these also calls `onAllMarked`.
+        /// A line containing any of these calls `onStop`.
         let stopTexts: [String]
+        /// Whether seeing every mark calls `onStop` too.
+        let stopWhenMarked: Bool
 
-        init(marks: [Mark], stopAt stopTexts: [String] = []) {
+        init(marks: [Mark], stopWhenMarked: Bool, stopAt stopTexts: [String] = []) {
             self.marks = marks
+            self.stopWhenMarked = stopWhenMarked
             self.stopTexts = stopTexts
             state = Mutex(State(seen: Array(repeating: false, count: marks.count)))
         }
 
-        func begin(onAllMarked: (@Sendable () -> Void)?) {
+        /// Starts the clock; `onStop` is called once, from the thread that completes the line
+        /// that asks for the stop.
+        func begin(onStop: (@Sendable () -> Void)?) {
             state.withLock {
                 $0.origin = LinuxBench.now()
-                $0.onAllMarked = onAllMarked
+                $0.onStop = onStop
             }
         }
 
@@ -412,7 +417,7 @@ enum LinuxBench {
                     if byte == UInt8(ascii: "\n") {
                         if state.pending.last == UInt8(ascii: "\r") { state.pending.removeLast() }
                         let line = TimedLine(seconds: Double(LinuxBench.now() - state.origin) / 1e9,
-                                             text: String(decoding: state.pending, as: UTF8.self))
+                                             text: String(decoding: withoutEscapes(state.pending), as: UTF8.self))
                         state.pending.removeAll(keepingCapacity: true)
                         state.lines.append(line)
                         for (i, mark) in marks.enumerated() where !state.seen[i] && mark.matches(line) {
@@ -423,12 +428,36 @@ enum LinuxBench {
                         state.pending.append(byte)
                     }
                 }
-                guard !state.fired, state.stopSeen || state.seen.allSatisfy({ $0 }), let fire = state.onAllMarked else { return nil }
+                guard !state.fired, state.stopSeen || (stopWhenMarked && state.seen.allSatisfy({ $0 })),
+                      let fire = state.onStop else { return nil }
                 state.fired = true
                 return fire
             }
             fire?()
         }
+    }
+
+    /// `bytes` without terminal escape sequences (ESC c, and CSI sequences such as ESC [ 2 J,
+    /// which QEMU's firmware writes before the kernel's first line).
+    static func withoutEscapes(_ bytes: [UInt8]) -> [UInt8] {
+        guard bytes.contains(0x1B) else { return bytes }
+        var out: [UInt8] = []
+        var i = 0
+        while i < bytes.count {
+            guard bytes[i] == 0x1B else {
+                out.append(bytes[i])
+                i += 1
+                continue
+            }
+            i += 1
+            if i < bytes.count, bytes[i] == UInt8(ascii: "[") {
+                // CSI: parameter and intermediate bytes, then one final byte in 0x40...0x7E.
+                i += 1
+                while i < bytes.count, !(0x40...0x7E).contains(bytes[i]) { i += 1 }
+            }
+            i += 1  // the final byte, or the one character after ESC
+        }
+        return out
     }
 
     /// The milestones of one boot, from its console lines.
@@ -508,7 +537,7 @@ enum LinuxBench {
         var inits: [Double] = []
         for round in 1...rounds {
             let load = loadAverage()
-            let clock = LineClock(marks: marks, stopAt: options.stopAt)
+            let clock = LineClock(marks: marks, stopWhenMarked: options.stopWhenMarked, stopAt: options.stopAt)
             var config = MachineConfiguration(guest: .linux(LinuxBootRequest(
                 kernel: kernel, commandLine: commandLine, bootProtocol: options.bootProtocol,
                 hostDecompression: options.hostDecompression)))
@@ -528,10 +557,7 @@ enum LinuxBench {
             // A watchdog stops the VM at the timeout; it ends when the VM has stopped.
             let timedOut = Flag(), watchdogDone = Flag()
             let deadline = now() + UInt64(options.timeout * 1e9)
-            let stopOnMarks = options.stopWhenMarked || !options.stopAt.isEmpty
-            var onAllMarked: (@Sendable () -> Void)?
-            if stopOnMarks { onAllMarked = { machine.requestStop() } }
-            clock.begin(onAllMarked: onAllMarked)
+            clock.begin(onStop: { machine.requestStop() })
             let start = now()
             let rc = HostThread.detach {
                 while !machine.hasStopped {
@@ -693,13 +719,17 @@ enum LinuxBench {
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var pid: pid_t = 0
-        let clock = LineClock(marks: marks, stopAt: stopAt)
+        let clock = LineClock(marks: marks, stopWhenMarked: stopWhenMarked, stopAt: stopAt)
         let stopNow = Flag()
-        var onAllMarked: (@Sendable () -> Void)?
-        if stopWhenMarked || !stopAt.isEmpty { onAllMarked = { stopNow.set() } }
-        clock.begin(onAllMarked: onAllMarked)
+        clock.begin(onStop: { stopNow.set() })
         let start = now()
-        let rc = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, environ)
+        // In its own process group, so that a stop reaches its children too.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+        posix_spawnattr_setpgroup(&attributes, 0)
+        let rc = posix_spawnp(&pid, argv[0], &actions, &attributes, cArgs, environ)
+        posix_spawnattr_destroy(&attributes)
         posix_spawn_file_actions_destroy(&actions)
         close(fds[1])
         guard rc == 0 else {
@@ -722,10 +752,10 @@ enum LinuxBench {
             let t = now()
             if killAt == nil, t >= deadline || stopNow.isSet {
                 if t >= deadline { timedOut = true } else { stoppedOnMarks = true }
-                kill(pid, SIGTERM)
+                kill(-pid, SIGTERM)
                 killAt = t + 3_000_000_000
             } else if let k = killAt, t >= k {
-                kill(pid, SIGKILL)
+                kill(-pid, SIGKILL)
                 killAt = .max
             }
         }

@@ -103,7 +103,7 @@ step_qemu() {
     "$bench" timed-run --timeout 600 "${stop_on_failure[@]}" --log "$logs/qemu-vmlinux-pvh.log" -- \
         "${qemu[@]}" -cpu host,-arch-capabilities -kernel "$test_kernel/vmlinux" -append "$cmdline"
     quiet "qemu: Debian's bzImage (the guest's own LZ4 decompressor), 512 MiB"
-    "$bench" timed-run --timeout 480 "${stock_marks[@]}" --stop-when-marked "${stop_on_failure[@]}" --log "$logs/qemu-stock.log" -- \
+    "$bench" timed-run --timeout 480 "${stock_marks[@]}" "${stop_on_failure[@]}" --log "$logs/qemu-stock.log" -- \
         "${qemu[@]/128M/512M}" -cpu host,-arch-capabilities -kernel "$stock_kernel" -append "$stock_cmdline"
 }
 
@@ -114,7 +114,7 @@ step_qemu_policy() {
     "$bench" timed-run --timeout 600 "${stop_on_failure[@]}" --log "$logs/qemu-policy-vmlinux-pvh.log" -- \
         "${qemu[@]}" -cpu host,-arch-capabilities,-cx16,kvm-pv-ipi=off -kernel "$test_kernel/vmlinux" -append "$cmdline"
     quiet "qemu-policy: Debian's bzImage, -cx16, 512 MiB"
-    "$bench" timed-run --timeout 480 "${stock_marks[@]}" --stop-when-marked "${stop_on_failure[@]}" --log "$logs/qemu-policy-stock.log" -- \
+    "$bench" timed-run --timeout 480 "${stock_marks[@]}" "${stop_on_failure[@]}" --log "$logs/qemu-policy-stock.log" -- \
         "${qemu[@]/128M/512M}" -cpu host,-arch-capabilities,-cx16,kvm-pv-ipi=off -kernel "$stock_kernel" -append "$stock_cmdline"
 }
 
