@@ -21,10 +21,13 @@ public struct GuestFeature: Sendable, Equatable, CustomStringConvertible {
 
     /// What the Linux policy hides on hosts that interpret CPL0 code. The host's KVM cannot
     /// finish these instructions at CPL0 (SSE/AVX arithmetic, XSAVE, AES, SHA), or can only
-    /// with an exit to user space per use (POPCNT, CLAC/STAC for SMAP), which would dominate a
-    /// boot. Linux falls back to plain code for each.
+    /// with an exit to user space per use (POPCNT, CLAC/STAC for SMAP, CMPXCHG16B), which
+    /// would dominate a boot. Linux falls back to plain code for each.
     public static let hiddenForInterpretingHosts: [GuestFeature] = [
         GuestFeature(name: "xsave", leaf: 1, subleaf: 0, register: .ecx, bit: 26),
+        // KVM on such hosts honours this one; SwiftVisor could finish each `lock cmpxchg16b`,
+        // but SLUB would cost thousands of exits per boot.
+        GuestFeature(name: "cx16", leaf: 1, subleaf: 0, register: .ecx, bit: 13),
         GuestFeature(name: "smap", leaf: 7, subleaf: 0, register: .ebx, bit: 20),
         GuestFeature(name: "popcnt", leaf: 1, subleaf: 0, register: .ecx, bit: 23),
         GuestFeature(name: "ssse3", leaf: 1, subleaf: 0, register: .ecx, bit: 9),
