@@ -1,4 +1,3 @@
-import Glibc
 public import VisorCore
 import SwiftVisorGuests
 import Synchronization
@@ -129,10 +128,10 @@ public struct HostQuirks: Sendable {
             return standardPopcnt?(&state) ?? .unsupported("popcnt")
         }
 
-        let start = monotonicNanoseconds()
+        let start = HostIO.monotonicNanoseconds()
         let machine = try Machine(config)
         let report = try machine.run()
-        let elapsed = Double(monotonicNanoseconds() - start) / 1e6
+        let elapsed = Double(HostIO.monotonicNanoseconds() - start) / 1e6
         guard report.outcome == .stopped(.guestExit(status: 0)) else {
             throw .hostProbeFailed("the host-quirk probe guest ended with: \(report.outcome)")
         }
@@ -203,12 +202,6 @@ private final class ProbePort: PortDevice {
         }
         return .continue
     }
-}
-
-func monotonicNanoseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }
 
 func formatMilliseconds(_ value: Double) -> String {

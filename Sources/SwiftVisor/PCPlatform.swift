@@ -58,9 +58,7 @@ public final class PCPlatform: Sendable {
         do { tables = try ACPITables.build(for: ACPIPlatform(processorCount: processors)) } catch {
             throw .firmware(error.description)
         }
-        guard memory.contains(tables.rsdpAddress, count: UInt64(tables.bytes.count)) else {
-            throw .linux(.memoryTooSmall(needed: E820Map.highMemoryStart, have: memory.totalSize))
-        }
+        // The loader checks that the first MiB, and so the BIOS area the tables go to, is RAM.
         let plan: LinuxBootPlan
         do { plan = try LinuxLoader.load(request, into: memory, rsdpAddress: tables.rsdpAddress) } catch {
             throw .linux(error)

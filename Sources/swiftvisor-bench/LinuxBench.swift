@@ -461,6 +461,18 @@ enum LinuxBench {
     }
 
     /// The milestones of one boot, from its console lines.
+    /// Each mark's median time over the rounds that saw it, and the median end.
+    static func printMedians(of timelines: [Timeline], marks: [Mark], rounds: Int, origin: String) {
+        print("medians of \(rounds) rounds (s from \(origin)):")
+        for (i, mark) in marks.enumerated() {
+            let values = timelines.compactMap { $0.marks[i].line?.seconds }
+            let name = mark.label + ":" + String(repeating: " ", count: max(1, 28 - mark.label.count))
+            print("  \(name)\(fixed(median(values), 2)) s  (of \(values.count); \(values.map { fixed($0, 2) }.joined(separator: ", ")))")
+        }
+        let ends = timelines.map(\.end)
+        print("  end:" + String(repeating: " ", count: 25) + "\(fixed(median(ends), 2)) s  (\(ends.map { fixed($0, 2) }.joined(separator: ", ")))")
+    }
+
     struct Timeline {
         var marks: [(label: String, line: TimedLine?)]
         var end: Double
@@ -603,14 +615,7 @@ enum LinuxBench {
                      header: "# round \(round): \(options.kernel ?? "") \(options.bootProtocol) cpus=\(options.cpus) outcome=\(report.outcome)\(why)")
         }
         if rounds > 1 {
-            print("medians of \(rounds) rounds (s from Machine.run()):")
-            for (i, mark) in marks.enumerated() {
-                let values = timelines.compactMap { $0.marks[i].line?.seconds }
-                let name = mark.label + ":" + String(repeating: " ", count: max(1, 28 - mark.label.count))
-                print("  \(name)\(fixed(median(values), 2)) s  (of \(values.count); \(values.map { fixed($0, 2) }.joined(separator: ", ")))")
-            }
-            let ends = timelines.map(\.end)
-            print("  end:" + String(repeating: " ", count: 25) + "\(fixed(median(ends), 2)) s  (\(ends.map { fixed($0, 2) }.joined(separator: ", ")))")
+            printMedians(of: timelines, marks: marks, rounds: rounds, origin: "Machine.run()")
             print("  machine init:" + String(repeating: " ", count: 16) + "\(fixed(median(inits), 1)) ms")
         }
         return 0
@@ -674,14 +679,7 @@ enum LinuxBench {
                      header: "# round \(round): \(options.command.joined(separator: " ")): \(how), status=\(run.status)")
         }
         if rounds > 1 {
-            print("medians of \(rounds) rounds (s from spawn):")
-            for (i, mark) in marks.enumerated() {
-                let values = timelines.compactMap { $0.marks[i].line?.seconds }
-                let name = mark.label + ":" + String(repeating: " ", count: max(1, 28 - mark.label.count))
-                print("  \(name)\(fixed(median(values), 2)) s  (of \(values.count); \(values.map { fixed($0, 2) }.joined(separator: ", ")))")
-            }
-            let ends = timelines.map(\.end)
-            print("  end:" + String(repeating: " ", count: 25) + "\(fixed(median(ends), 2)) s  (\(ends.map { fixed($0, 2) }.joined(separator: ", ")))")
+            printMedians(of: timelines, marks: marks, rounds: rounds, origin: "spawn")
         }
         return 0
     }
