@@ -1,8 +1,24 @@
 // An embedding program imports SwiftVisor alone and gets the types it needs to register
 // devices and read results: the exit core, the device models, guest memory, loaders and
-// the Linux boot types.
+// the Linux boot types, and from the KVM layer only the values those APIs carry (decoded
+// exits, injections, register sets, errors), not the handles.
 @_exported public import VisorCore
 @_exported public import VisorDevices
 @_exported public import VisorMemory
 @_exported public import VisorLoader
 @_exported public import VisorLinux
+@_exported public import enum VisorKVM.VMExit
+@_exported public import enum VisorKVM.ExitReason
+@_exported public import struct VisorKVM.PortAccess
+@_exported public import struct VisorKVM.MMIOAccess
+@_exported public import protocol VisorKVM.ExitDataChannel
+@_exported public import enum VisorKVM.Injection
+@_exported public import struct VisorKVM.InjectionError
+@_exported public import struct VisorKVM.Registers
+@_exported public import struct VisorKVM.SpecialRegisters
+@_exported public import struct VisorKVM.CPUIDEntry
+@_exported public import enum VisorKVM.KVMError
+@_exported public import struct VisorKVM.Segment
+@_exported public import struct VisorKVM.DescriptorTable
+@_exported public import struct VisorKVM.FPUState
+@_exported public import struct VisorKVM.VCPUEvents

@@ -462,13 +462,12 @@ public final class Machine: Sendable {
                     return finish(.fatal(.runFailed("NMI: \(error)")), vcpu)
                 }
             }
-            let result: VCPUHandle.RunResult
-            do { result = try vcpu.run() } catch {
+            let exit: VMExit
+            do { exit = try vcpu.run() } catch {
                 return finish(.fatal(.runFailed(error.description)), vcpu)
             }
-            if case .interrupted = result { continue }
+            if case .interrupted = exit { continue }
             let exitTime = statistics == nil ? 0 : HostIO.monotonicNanoseconds()
-            let exit = vcpu.decodeExit()
             let outcome = dispatcher.dispatch(exit, vcpu: vcpu)
             if statistics != nil {
                 statistics?.record(exit, nanoseconds: HostIO.monotonicNanoseconds() &- exitTime)

@@ -1,3 +1,4 @@
+public import VisorKVM
 /// What a device asks of the VM after handling an access.
 public enum DeviceAction: Sendable, Equatable {
     /// Carry on running the guest.

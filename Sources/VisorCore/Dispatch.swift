@@ -1,4 +1,4 @@
-import VisorKVM
+public import VisorKVM
 public import VisorMemory
 
 /// Why a VM stopped without anything going wrong.

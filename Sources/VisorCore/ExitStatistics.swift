@@ -1,3 +1,4 @@
+public import VisorKVM
 public import Histogram
 
 /// The kinds of exit that statistics and traces distinguish.

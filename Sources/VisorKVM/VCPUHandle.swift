@@ -37,19 +37,16 @@ public final class VCPUHandle: @unchecked Sendable {
 
     // MARK: Running
 
-    /// What one `KVM_RUN` call came back with.
-    public enum RunResult: Sendable {
-        /// The vCPU exited; read the exit from the run page.
-        case exit
-        /// The call was interrupted by a signal or an immediate-exit request before or
-        /// during guest execution (EINTR/EAGAIN); no exit is pending.
-        case interrupted
-    }
-
-    /// Enters the guest until the next exit (`KVM_RUN`).
+    /// Enters the guest until the next exit (`KVM_RUN`) and returns that exit, decoded from
+    /// the run page. `.interrupted` means a signal or an immediate-exit request ended the
+    /// call before or during guest execution; no exit is pending then.
+    ///
+    /// Cheap for I/O and MMIO exits: one system call, a few loads, no allocation. The data of
+    /// a string I/O exit stays in the run page, read and written through `ExitDataChannel`
+    /// until the next `run()`.
     @inline(__always)
-    public func run() throws(KVMError) -> RunResult {
-        if ckvm_ioctl_none(fd, CKVM_RUN) == 0 { return .exit }
+    public func run() throws(KVMError) -> VMExit {
+        if ckvm_ioctl_none(fd, CKVM_RUN) == 0 { return decodeExit() }
         let code = errno
         if code == EINTR || code == EAGAIN { return .interrupted }
         throw KVMError.ioctl(name: "KVM_RUN", errno: code)
@@ -63,21 +60,63 @@ public final class VCPUHandle: @unchecked Sendable {
         ckvm_run_set_immediate_exit(page, flag ? 1 : 0)
     }
 
-    // MARK: The run page
+    // MARK: The run page (private to this module: everything above reads decoded exits)
+
+    /// Decodes the last exit from the run page.
+    @inline(__always)
+    func decodeExit() -> VMExit {
+        switch exitReason {
+        case ExitReason.io.rawValue:
+            guard ioDataIsValid else { return .malformedIO(port: ioPort, width: ioSize, count: ioCount) }
+            return .io(PortAccess(isWrite: ioIsOut, port: ioPort, width: ioSize, count: ioCount))
+        case ExitReason.mmio.rawValue:
+            let length = mmioLength
+            guard length >= 1, length <= 8 else {
+                return .other(reason: ExitReason.mmio.rawValue, hardwareReason: UInt64(length))
+            }
+            let width = UInt8(length)
+            let isWrite = mmioIsWrite
+            let mask: UInt64 = width == 8 ? .max : (1 << (UInt64(width) * 8)) &- 1
+            return .mmio(MMIOAccess(isWrite: isWrite, address: mmioAddress, width: width,
+                                    value: isWrite ? mmioData & mask : 0))
+        case ExitReason.hlt.rawValue:
+            return .halt(interruptsEnabled: interruptFlag)
+        case ExitReason.shutdown.rawValue:
+            return .shutdown
+        case ExitReason.internalError.rawValue:
+            return .internalError(suberror: internalSuberror, data: internalData)
+        case ExitReason.failEntry.rawValue:
+            return .failEntry(hardwareReason: failEntryReason, cpu: failEntryCPU)
+        case ExitReason.systemEvent.rawValue:
+            return .systemEvent(type: systemEventType)
+        case ExitReason.exception.rawValue:
+            return .exception(vector: exceptionVector, errorCode: exceptionErrorCode)
+        case ExitReason.debug.rawValue:
+            return .debug
+        case ExitReason.intr.rawValue:
+            return .interrupted
+        case ExitReason.x86Rdmsr.rawValue:
+            return .msr(index: msrIndex, value: nil)
+        case ExitReason.x86Wrmsr.rawValue:
+            return .msr(index: msrIndex, value: msrData)
+        default:
+            return .other(reason: exitReason, hardwareReason: hardwareExitReason)
+        }
+    }
 
     /// `kvm_run.exit_reason` of the last exit.
-    @inline(__always) public var exitReason: UInt32 { ckvm_run_exit_reason(page) }
+    @inline(__always) var exitReason: UInt32 { ckvm_run_exit_reason(page) }
     /// RFLAGS.IF as of the last exit.
-    @inline(__always) public var interruptFlag: Bool { ckvm_run_if_flag(page) != 0 }
+    @inline(__always) var interruptFlag: Bool { ckvm_run_if_flag(page) != 0 }
 
-    @inline(__always) public var ioIsOut: Bool { UInt32(ckvm_run_io_direction(page)) == CKVM_EXIT_IO_OUT }
-    @inline(__always) public var ioSize: UInt8 { ckvm_run_io_size(page) }
-    @inline(__always) public var ioPort: UInt16 { ckvm_run_io_port(page) }
-    @inline(__always) public var ioCount: UInt32 { ckvm_run_io_count(page) }
+    @inline(__always) var ioIsOut: Bool { UInt32(ckvm_run_io_direction(page)) == CKVM_EXIT_IO_OUT }
+    @inline(__always) var ioSize: UInt8 { ckvm_run_io_size(page) }
+    @inline(__always) var ioPort: UInt16 { ckvm_run_io_port(page) }
+    @inline(__always) var ioCount: UInt32 { ckvm_run_io_count(page) }
 
     /// Whether the data area of the current I/O exit lies inside the run page: size is
     /// 1, 2 or 4 and `data_offset + size * count` fits. Checked before any element access.
-    public var ioDataIsValid: Bool {
+    var ioDataIsValid: Bool {
         let size = UInt64(ioSize)
         guard size == 1 || size == 2 || size == 4 else { return false }
         let offset = ckvm_run_io_data_offset(page)
@@ -87,67 +126,28 @@ public final class VCPUHandle: @unchecked Sendable {
         return !overflow1 && !overflow2 && end <= UInt64(mapSize) && count > 0
     }
 
-    /// Element `index` of the current I/O exit's data, zero-extended.
-    /// Precondition (checked by the caller once per exit): `ioDataIsValid` and `index < ioCount`.
-    @inline(__always)
-    public func ioElement(_ index: Int) -> UInt32 {
-        let size = Int(ioSize)
-        let offset = Int(ckvm_run_io_data_offset(page)) + index * size
-        // SAFETY: ioDataIsValid proved offset + size <= mapSize for every index < count;
-        // the bytes are read unaligned-safe with loadUnaligned.
-        let base = UnsafeRawPointer(page).advanced(by: offset)
-        switch size {
-        case 1: return UInt32(base.load(as: UInt8.self))
-        case 2: return UInt32(UInt16(littleEndian: base.loadUnaligned(as: UInt16.self)))
-        default: return UInt32(littleEndian: base.loadUnaligned(as: UInt32.self))
-        }
-    }
-
-    /// Stores element `index` of the current IN exit's data; KVM copies it into the guest.
-    /// Precondition as for `ioElement`.
-    @inline(__always)
-    public func setIOElement(_ index: Int, _ value: UInt32) {
-        let size = Int(ioSize)
-        let offset = Int(ckvm_run_io_data_offset(page)) + index * size
-        // SAFETY: as in ioElement, the element lies within the mapped run page.
-        let base = UnsafeMutableRawPointer(page).advanced(by: offset)
-        switch size {
-        case 1: base.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
-        case 2: base.storeBytes(of: UInt16(truncatingIfNeeded: value).littleEndian, toByteOffset: 0, as: UInt16.self)
-        default: base.storeBytes(of: value.littleEndian, toByteOffset: 0, as: UInt32.self)
-        }
-    }
-
-    @inline(__always) public var mmioAddress: UInt64 { ckvm_run_mmio_phys_addr(page) }
-    @inline(__always) public var mmioLength: UInt32 { ckvm_run_mmio_len(page) }
-    @inline(__always) public var mmioIsWrite: Bool { ckvm_run_mmio_is_write(page) != 0 }
+    @inline(__always) var mmioAddress: UInt64 { ckvm_run_mmio_phys_addr(page) }
+    @inline(__always) var mmioLength: UInt32 { ckvm_run_mmio_len(page) }
+    @inline(__always) var mmioIsWrite: Bool { ckvm_run_mmio_is_write(page) != 0 }
     /// The data bytes of an MMIO write, little-endian; bytes past `mmioLength` are not meaningful.
-    @inline(__always) public var mmioData: UInt64 { ckvm_run_mmio_data(page) }
-    /// Sets the value an MMIO read returns to the guest (KVM uses the low `mmioLength` bytes).
-    @inline(__always) public func setMMIOData(_ value: UInt64) { ckvm_run_set_mmio_data(page, value) }
+    @inline(__always) var mmioData: UInt64 { ckvm_run_mmio_data(page) }
 
     /// The MSR of a `KVM_EXIT_X86_RDMSR`/`WRMSR` exit, why it exited, and (for a write) the value.
-    @inline(__always) public var msrIndex: UInt32 { ckvm_run_msr_index(page) }
-    @inline(__always) public var msrReason: UInt32 { ckvm_run_msr_reason(page) }
-    @inline(__always) public var msrData: UInt64 { ckvm_run_msr_data(page) }
-    /// Completes an MSR exit: the value a read returns, and whether the guest gets #GP.
-    @inline(__always) public func completeMSR(value: UInt64, fault: Bool) {
-        ckvm_run_set_msr_data(page, value)
-        ckvm_run_set_msr_error(page, fault ? 1 : 0)
-    }
+    @inline(__always) var msrIndex: UInt32 { ckvm_run_msr_index(page) }
+    @inline(__always) var msrData: UInt64 { ckvm_run_msr_data(page) }
 
-    public var failEntryReason: UInt64 { ckvm_run_fail_entry_reason(page) }
-    public var failEntryCPU: UInt32 { ckvm_run_fail_entry_cpu(page) }
-    public var hardwareExitReason: UInt64 { ckvm_run_hw_exit_reason(page) }
-    public var internalSuberror: UInt32 { ckvm_run_internal_suberror(page) }
+    var failEntryReason: UInt64 { ckvm_run_fail_entry_reason(page) }
+    var failEntryCPU: UInt32 { ckvm_run_fail_entry_cpu(page) }
+    var hardwareExitReason: UInt64 { ckvm_run_hw_exit_reason(page) }
+    var internalSuberror: UInt32 { ckvm_run_internal_suberror(page) }
     /// `internal.data[0..<ndata]`, with ndata capped at the array's size.
-    public var internalData: [UInt64] {
+    var internalData: [UInt64] {
         let count = min(ckvm_run_internal_ndata(page), ckvm_run_internal_capacity())
         return (0..<count).map { ckvm_run_internal_data(page, $0) }
     }
-    public var systemEventType: UInt32 { ckvm_run_system_event_type(page) }
-    public var exceptionVector: UInt32 { ckvm_run_ex_exception(page) }
-    public var exceptionErrorCode: UInt32 { ckvm_run_ex_error_code(page) }
+    var systemEventType: UInt32 { ckvm_run_system_event_type(page) }
+    var exceptionVector: UInt32 { ckvm_run_ex_exception(page) }
+    var exceptionErrorCode: UInt32 { ckvm_run_ex_error_code(page) }
 
     // MARK: Registers and state
 
@@ -289,5 +289,51 @@ public final class VCPUHandle: @unchecked Sendable {
             let refused = msrs[Int(written)].index
             throw KVMError.ioctl(name: "KVM_SET_MSRS (MSR 0x\(String(refused, radix: 16)) refused)", errno: EINVAL)
         }
+    }
+}
+
+// MARK: The current exit's data
+
+extension VCPUHandle: ExitDataChannel {
+    /// Element `index` of the current I/O exit's data, zero-extended.
+    /// Precondition (the dispatcher keeps it): the exit was decoded as `.io` (so its data
+    /// area lies in the run page) and `index` is below its count.
+    @inline(__always)
+    public func ioElement(_ index: Int) -> UInt32 {
+        let size = Int(ioSize)
+        let offset = Int(ckvm_run_io_data_offset(page)) + index * size
+        // SAFETY: decodeExit returned .io only after ioDataIsValid proved
+        // offset + size * count <= mapSize, and index < count; loadUnaligned copes with
+        // any alignment.
+        let base = UnsafeRawPointer(page).advanced(by: offset)
+        switch size {
+        case 1: return UInt32(base.load(as: UInt8.self))
+        case 2: return UInt32(UInt16(littleEndian: base.loadUnaligned(as: UInt16.self)))
+        default: return UInt32(littleEndian: base.loadUnaligned(as: UInt32.self))
+        }
+    }
+
+    /// Stores element `index` of the current IN exit's data; KVM copies it into the guest.
+    /// Precondition as for `ioElement`.
+    @inline(__always)
+    public func setIOElement(_ index: Int, _ value: UInt32) {
+        let size = Int(ioSize)
+        let offset = Int(ckvm_run_io_data_offset(page)) + index * size
+        // SAFETY: as in ioElement, the element lies within the mapped run page.
+        let base = UnsafeMutableRawPointer(page).advanced(by: offset)
+        switch size {
+        case 1: base.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
+        case 2: base.storeBytes(of: UInt16(truncatingIfNeeded: value).littleEndian, toByteOffset: 0, as: UInt16.self)
+        default: base.storeBytes(of: value.littleEndian, toByteOffset: 0, as: UInt32.self)
+        }
+    }
+
+    /// Sets the value an MMIO read returns to the guest (KVM uses the low `width` bytes).
+    @inline(__always) public func setMMIOData(_ value: UInt64) { ckvm_run_set_mmio_data(page, value) }
+
+    /// Completes an MSR exit: the value a read returns, and whether the guest gets #GP.
+    @inline(__always) public func completeMSR(value: UInt64, fault: Bool) {
+        ckvm_run_set_msr_data(page, value)
+        ckvm_run_set_msr_error(page, fault ? 1 : 0)
     }
 }

@@ -1,5 +1,6 @@
 import Testing
 @testable import VisorCore
+import VisorKVM
 
 @Suite("ExitDispatcher: port I/O")
 struct PortDispatchTests {

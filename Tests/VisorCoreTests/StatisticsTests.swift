@@ -1,5 +1,6 @@
 import Testing
 @testable import VisorCore
+import VisorKVM
 
 /// The MMIO page counts as a dictionary, for exact comparison whatever the slot order.
 func pageCounts(_ stats: ExitStatistics) -> [UInt64: UInt64] {

@@ -1,4 +1,4 @@
-public import VisorKVM
+// Events a VMM delivers to a vCPU: exceptions, NMIs and external interrupts.
 
 /// An event to deliver to the guest: an exception, an NMI or an external interrupt.
 public enum Injection: Sendable, Equatable, CustomStringConvertible {
@@ -42,20 +42,23 @@ public struct InjectionError: Error, Equatable, CustomStringConvertible {
     public var description: String { "cannot inject \(injection): \(reason)" }
 }
 
-/// What exit handlers may do to the vCPU that exited: read and write its registers, inject
-/// events, and read its whole state. The real vCPU implements it; unit tests use a fake.
-public protocol VCPUContext: ExitDataChannel {
-    var id: UInt32 { get }
-    func registers() throws(KVMError) -> Registers
-    func setRegisters(_ registers: Registers) throws(KVMError)
-    func specialRegisters() throws(KVMError) -> SpecialRegisters
-    /// XCR0, for XGETBV.
-    func xcr0() throws(KVMError) -> UInt64
-    /// Delivers `injection` when the guest next runs.
-    func inject(_ injection: Injection) throws(KVMError)
+extension Injection {
+    /// Checks that the vector fits the kind of event.
+    public func validate() throws(InjectionError) {
+        switch self {
+        case .exception(let vector, _) where vector > 31:
+            throw InjectionError(injection: self, reason: "exception vectors are 0-31; use .interrupt for \(vector)")
+        case .interrupt(let vector) where vector < 32:
+            throw InjectionError(injection: self, reason: "interrupt vectors are 32-255; use .exception for \(vector)")
+        default: break
+        }
+    }
 }
 
-extension VCPUHandle: VCPUContext {
+extension VCPUHandle {
+    /// Delivers `injection` when the guest next runs: an exception through
+    /// `KVM_SET_VCPU_EVENTS` (CR2 first for #PF), an NMI with `KVM_NMI`, an interrupt through
+    /// the local APIC or `KVM_INTERRUPT`.
     public func inject(_ injection: Injection) throws(KVMError) {
         switch injection {
         case .exception(let vector, let errorCode):
@@ -80,15 +83,5 @@ extension VCPUHandle: VCPUContext {
     }
 }
 
-extension Injection {
-    /// Checks that the vector fits the kind of event.
-    public func validate() throws(InjectionError) {
-        switch self {
-        case .exception(let vector, _) where vector > 31:
-            throw InjectionError(injection: self, reason: "exception vectors are 0-31; use .interrupt for \(vector)")
-        case .interrupt(let vector) where vector < 32:
-            throw InjectionError(injection: self, reason: "interrupt vectors are 32-255; use .exception for \(vector)")
-        default: break
-        }
-    }
-}
+
+private func hex<T: BinaryInteger>(_ value: T) -> String { String(value, radix: 16) }

@@ -92,6 +92,7 @@ public struct MMIOAccess: Sendable, Equatable {
 }
 
 /// One VM exit, decoded from the vCPU's run page into a value that owns its data.
+/// `VCPUHandle.run()` returns it; nothing outside this module reads the run page.
 ///
 /// Port I/O data is the one exception: a string I/O exit can carry a page of elements,
 /// which stay in the run page and are read and written through `ExitDataChannel`, so that
@@ -110,7 +111,8 @@ public enum VMExit: Sendable, Equatable {
     case systemEvent(type: UInt32)
     case exception(vector: UInt32, errorCode: UInt32)
     case debug
-    /// KVM_RUN returned because of a signal (`KVM_EXIT_INTR`).
+    /// `KVM_RUN` came back without an exit to handle: a signal or an immediate-exit request
+    /// interrupted it (`EINTR`, `EAGAIN` or `KVM_EXIT_INTR`).
     case interrupted
     /// An I/O exit whose data area does not fit the run page: never produced by a correct
     /// kernel, and never trusted.
