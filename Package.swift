@@ -80,15 +80,22 @@ let package = Package(
         .target(name: "CBenchSupport"),
         .executableTarget(
             name: "swiftvisor-bench",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware"],
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorCore", "VisorKVM", "TestSupport"],
             swiftSettings: strict),
         .target(name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),
-        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "CNativeOps"], exclude: ["Fixtures"]),
+        // Fakes (vCPUs, devices), the seeded random source and log capture, shared by the
+        // unit tests and the benchmark.
+        .target(name: "TestSupport", dependencies: ["VisorCore", "VisorKVM", "VisorMemory"], path: "Tests/TestSupport",
+                swiftSettings: strict),
+        .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"]),
+        .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"]),
+        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"],
+                    exclude: ["Fixtures"]),
         .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "VisorCore", "VisorMemory"]),
-        .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory"]),
+        .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"]),
         .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware"]),
-        .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory"]),
+        .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory", "TestSupport"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport"]),

@@ -14,3 +14,19 @@ public protocol VCPUContext: ExitDataChannel {
 }
 
 extension VCPUHandle: VCPUContext {}
+
+/// A vCPU that a run loop can drive: enter the guest until the next exit, and be made to
+/// leave `KVM_RUN` from another thread. The real vCPU implements it over `KVM_RUN` and the
+/// run page's immediate-exit flag; tests use a fake, so the run loop, the lifecycle and the
+/// kick protocol are tested without KVM.
+package protocol RunnableVCPU: VCPUContext, AnyObject, Sendable {
+    /// Runs the guest until its next exit; `.interrupted` when a signal or the immediate-exit
+    /// flag ended the call.
+    func run() throws(KVMError) -> VMExit
+    /// Whether `requestImmediateExit(true)` is in force.
+    var immediateExitRequested: Bool { get }
+    /// Makes the next `run()` (or, with a signal, the current one) return `.interrupted`.
+    func requestImmediateExit(_ flag: Bool)
+}
+
+extension VCPUHandle: RunnableVCPU {}

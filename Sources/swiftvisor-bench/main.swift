@@ -16,6 +16,7 @@ import Glibc
 import Synchronization
 import SwiftVisor
 import SwiftVisorGuests
+import TestSupport
 import VisorKVM
 
 // MARK: Start-up child
@@ -310,36 +311,14 @@ func peakRSS(_ argv: [String]) -> Int? {
 }
 
 /// The exit core alone, without KVM: decode-free dispatch of a port write to a device
-/// through the bus, with a fake run page. This is the user-space work per exit that is ours.
-final class FakeChannel: VCPUContext {
-    let id: UInt32 = 0
-    var element: UInt32 = 0
-    func registers() throws(KVMError) -> Registers { Registers() }
-    func setRegisters(_ registers: Registers) throws(KVMError) {}
-    func specialRegisters() throws(KVMError) -> SpecialRegisters { SpecialRegisters() }
-    func xcr0() throws(KVMError) -> UInt64 { 1 }
-    func inject(_ injection: Injection) throws(KVMError) {}
-    func ioElement(_ index: Int) -> UInt32 { element }
-    func setIOElement(_ index: Int, _ value: UInt32) { element = value }
-    func setMMIOData(_ value: UInt64) {}
-    func completeMSR(value: UInt64, fault: Bool) {}
-}
-
-final class NullPort: PortDevice, @unchecked Sendable {  // used from one thread only
-    var writes = 0
-    func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 { 0 }
-    func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
-        writes &+= 1
-        return .continue
-    }
-}
-
+/// through the bus, with a fake vCPU (TestSupport's, shared with the unit tests). This is
+/// the user-space work per exit that is ours.
 @MainActor func dispatchBenchmark() {
     var bus = PortBus()
     let device = NullPort()
     try! bus.register(device, name: "null", range: PortRange(base: 0x510, count: 1))
     let dispatcher = ExitDispatcher(ports: bus)
-    let channel = FakeChannel()
+    let channel = NullVCPU()
     var statistics = ExitStatistics()
     let n = 20_000_000
     let exit = VMExit.io(PortAccess(isWrite: true, port: 0x510, width: 1))

@@ -1,5 +1,6 @@
 import Synchronization
 import Testing
+import TestSupport
 @testable import VisorCore
 import VisorKVM
 import VisorMemory

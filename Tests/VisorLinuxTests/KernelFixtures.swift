@@ -1,4 +1,5 @@
 @testable import VisorLinux
+import TestSupport
 import VisorLoader
 import VisorMemory
 
@@ -219,20 +220,4 @@ struct VmlinuxBuilder {
     }
 }
 
-/// A deterministic linear congruential generator (Knuth's MMIX constants).
-struct LCG {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-        return state >> 33
-    }
-    mutating func below(_ n: Int) -> Int { n <= 0 ? 0 : Int(next() % UInt64(n)) }
-    mutating func byte() -> UInt8 { UInt8(truncatingIfNeeded: next()) }
-}
 
-/// Guest RAM of `size` bytes at 0.
-func guestRAM(_ size: UInt64, filledWith fill: UInt8 = 0xAA) throws -> GuestMemory {
-    let memory = try GuestMemory(size: size)
-    try memory.fill(fill, count: size, at: 0)
-    return memory
-}

@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 import VisorLoader
 import VisorMemory
 @testable import VisorLinux

@@ -127,13 +127,3 @@ func memory(_ size: UInt64, filledWith fill: UInt8 = 0xAA) throws -> GuestMemory
     return memory
 }
 
-/// A tiny deterministic linear congruential generator (Knuth's MMIX constants).
-struct LCG {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-        return state >> 33
-    }
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    mutating func byte() -> UInt8 { UInt8(truncatingIfNeeded: next()) }
-}
