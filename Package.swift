@@ -91,6 +91,7 @@ let package = Package(
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"]),
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"],
                     exclude: ["Fixtures"]),
+        .testTarget(name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"]),
         .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "VisorCore", "VisorMemory"]),
         .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"]),

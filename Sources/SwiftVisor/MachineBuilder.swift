@@ -1,0 +1,284 @@
+import Synchronization
+import VisorCore
+import VisorDevices
+import VisorKVM
+import VisorLinux
+import VisorLoader
+import VisorMemory
+
+/// Everything a machine is made of, built and loaded, with nothing running yet.
+struct MachineParts: Sendable {
+    let system: KVMSystem
+    let vm: VMHandle
+    let memory: GuestMemory
+    let vcpus: [VCPUHandle]
+    let serial: SerialPort
+    let platform: PCPlatform?
+    let linuxBootPlan: LinuxBootPlan?
+    let dispatcher: ExitDispatcher
+    let msrEmulator: MSREmulator
+}
+
+/// Builds a machine from its configuration, in order: validate the configuration, create
+/// the VM and its memory, load the guest, apply the CPU policy and create the vCPUs, build
+/// the platform's devices and the buses. Each step is a function of its own, and the
+/// checks that need no KVM are pure, so they are unit-tested. A failure at any step
+/// releases what was made so far (each handle closes itself).
+struct MachineBuilder {
+    /// Guest-physical RAM from 3 GiB up to 4 GiB is left for MMIO; RAM beyond 3 GiB
+    /// continues at 4 GiB.
+    static let lowMemoryLimit: UInt64 = 3 << 30
+    /// Where KVM's real-mode helper pages go (in the MMIO hole, never RAM).
+    static let tssAddress: UInt64 = 0xFFFB_D000
+    static let identityMapAddress: UInt64 = 0xFFFB_C000
+
+    /// The most `log`-policy messages a VM prints; a guest hammering unclaimed ports must not
+    /// flood the host's log.
+    static let logLimit = 1000
+
+    /// MSRs set at entry (`KVM_SET_MSRS`), besides EFER, which the entry state sets.
+    static let entryMSRs: [(index: UInt32, value: UInt64)] = [
+        (0x10, 0),  // IA32_TIME_STAMP_COUNTER: the guest's TSC starts at 0
+        (0x174, 0), (0x175, 0), (0x176, 0),  // IA32_SYSENTER_CS, _ESP, _EIP
+        (0x277, 0x0007_0406_0007_0406),  // IA32_PAT: the power-on default (WB, WT, UC-, UC)
+        (0x1A0, 1),  // IA32_MISC_ENABLE: fast strings
+        (0xC000_0081, 0), (0xC000_0082, 0), (0xC000_0083, 0), (0xC000_0084, 0),  // STAR, LSTAR, CSTAR, SFMASK
+        (0xC000_0102, 0),  // KERNEL_GS_BASE
+    ]
+
+    let configuration: MachineConfiguration
+    /// The run state the console output consults (a blocked write gives up when stopping).
+    let control: RunControl
+
+    // MARK: Pure checks
+
+    /// Checks the memory size and vCPU count against each other and the host's RAM.
+    static func validate(_ configuration: MachineConfiguration, hostMemory: UInt64) throws(MachineError) {
+        let size = configuration.memorySize
+        guard size > 0 else { throw .invalidMemorySize("it must be larger than zero") }
+        guard size % GuestMemory.pageSize == 0 else {
+            throw .invalidMemorySize("\(size) bytes is not a multiple of 4 KiB")
+        }
+        guard size <= hostMemory else {
+            throw .invalidMemorySize("\(size >> 20) MiB is more than the host's \(hostMemory >> 20) MiB of RAM")
+        }
+        let count = configuration.vcpuCount
+        guard count >= 1 else { throw .invalidVCPUCount("\(count): a VM needs at least one vCPU") }
+        if count > 1, !configuration.interruptController {
+            throw .invalidVCPUCount("\(count) vCPUs need the interrupt controller (INIT/SIPI go through local APICs)")
+        }
+    }
+
+    /// Checks the vCPU count against what the host's KVM allows (`KVM_CAP_MAX_VCPUS`, or
+    /// `KVM_CAP_NR_VCPUS` where that is larger) and what the MP table can describe.
+    static func checkVCPULimit(_ count: Int, maxVCPUs: Int, recommendedVCPUs: Int) throws(MachineError) {
+        let limit = min(max(maxVCPUs, recommendedVCPUs, 1), MPTable.maxProcessors)
+        guard count <= limit else {
+            throw .invalidVCPUCount("\(count): this host's KVM allows at most \(limit) vCPUs")
+        }
+    }
+
+    /// Guest RAM: up to 3 GiB from 0, the rest from 4 GiB.
+    static func guestRegions(memorySize size: UInt64) -> [GuestRegion] {
+        var regions = [GuestRegion(start: 0, size: min(size, lowMemoryLimit))]
+        if size > lowMemoryLimit {
+            regions.append(GuestRegion(start: 4 << 30, size: size - lowMemoryLimit))
+        }
+        return regions
+    }
+
+    /// Passes the first `logLimit` messages to `log`, then one notice, then nothing.
+    static func rateLimited(_ log: @escaping @Sendable (String) -> Void) -> @Sendable (String) -> Void {
+        final class Counter: Sendable { let value = Atomic<Int>(0) }
+        let count = Counter()
+        return { message in
+            let n = count.value.add(1, ordering: .relaxed).newValue
+            if n <= logLimit {
+                log(message)
+            } else if n == logLimit + 1 {
+                log("further unclaimed-access messages suppressed after \(logLimit)")
+            }
+        }
+    }
+
+    // MARK: Building
+
+    func build() throws(MachineError) -> MachineParts {
+        try Self.validate(configuration, hostMemory: HostIO.physicalMemory)
+        let system: KVMSystem
+        do { system = try KVMSystem(path: configuration.kvmPath) } catch { throw .kvm(error) }
+        try Self.checkVCPULimit(configuration.vcpuCount, maxVCPUs: Int(system.check(.maxVCPUs)),
+                                recommendedVCPUs: Int(system.check(.nrVCPUs)))
+        let vm = try createVM(system)
+        let memory: GuestMemory
+        do { memory = try GuestMemory(regions: Self.guestRegions(memorySize: configuration.memorySize)) } catch {
+            throw .memory(error)
+        }
+        let (entry, linuxBootPlan) = try loadGuest(into: memory)
+        if let linuxBootPlan { configuration.onLinuxBootPlan?(linuxBootPlan) }
+        let (vcpus, guestCPUID0) = try createVCPUs(vm, system: system, memory: memory, entry: entry)
+
+        let control = self.control
+        let consoleOutput: @Sendable (UInt8) -> Void = configuration.consoleOutput ?? { byte in
+            // The kick signal interrupts a blocked write; give up then if the VM is stopping.
+            HostIO.write(CollectionOfOne(byte), to: 1) { control.isStopping }
+        }
+        let (serial, platform) = makePlatform(vm, consoleOutput: consoleOutput)
+        let msrEmulator = MSREmulator(policy: configuration.msrs)
+        let dispatcher = try makeDispatcher(serial: serial, platform: platform, memory: memory,
+                                            consoleOutput: consoleOutput, msrEmulator: msrEmulator,
+                                            guestCPUID0: guestCPUID0)
+        return MachineParts(system: system, vm: vm, memory: memory, vcpus: vcpus, serial: serial,
+                            platform: platform, linuxBootPlan: linuxBootPlan, dispatcher: dispatcher,
+                            msrEmulator: msrEmulator)
+    }
+
+    /// The VM with KVM's real-mode helper pages placed and, if asked, the in-kernel
+    /// interrupt controllers and PIT.
+    func createVM(_ system: KVMSystem) throws(MachineError) -> VMHandle {
+        do throws(KVMError) {
+            let vm = try system.createVM()
+            try vm.setTSSAddress(Self.tssAddress)
+            try vm.setIdentityMapAddress(Self.identityMapAddress)
+            if configuration.interruptController {
+                try vm.createInterruptController()
+                try vm.createPIT()
+            }
+            return vm
+        } catch { throw .kvm(error) }
+    }
+
+    /// Loads the guest image into `memory` and returns how vCPU 0 enters it.
+    func loadGuest(into memory: GuestMemory) throws(MachineError) -> (EntryState, LinuxBootPlan?) {
+        do {
+            switch configuration.guest {
+            case .elf(let bytes):
+                let image = try ELFImage(parsing: bytes)
+                try image.load(bytes, into: memory, reservedEnd: BootLayout.reservedEnd)
+                let entry = try BootLayout.prepareLongMode(memory: memory, entry: image.entry,
+                                                           commandLine: configuration.commandLine,
+                                                           vcpuCount: UInt32(configuration.vcpuCount))
+                return (entry, nil)
+            case .flat(let bytes, let address):
+                return (try FlatBinaryLoader.load(bytes, at: address, into: memory), nil)
+            case .linux(let request):
+                let plan = try PCPlatform.load(request, processors: configuration.vcpuCount, into: memory)
+                return (plan.entry, plan)
+            }
+        } catch let error as LoaderError {
+            throw .loader(error)
+        } catch let error as MachineError {
+            throw error
+        } catch {
+            throw .firmware("\(error)")
+        }
+    }
+
+    /// Maps guest memory into the VM, applies the MSR and CPUID policies, and creates the
+    /// vCPUs: vCPU 0 at the entry state, the others waiting for INIT and SIPI. Returns them
+    /// with vCPU 0's CPUID table.
+    func createVCPUs(_ vm: VMHandle, system: KVMSystem, memory: GuestMemory,
+                     entry: EntryState) throws(MachineError) -> ([VCPUHandle], [CPUIDEntry]) {
+        let count = configuration.vcpuCount
+        do throws(KVMError) {
+            for (slot, mapping) in memory.hostMappings.enumerated() {
+                try vm.setMemoryRegion(slot: UInt32(slot), guestPhysical: mapping.region.start,
+                                       size: mapping.region.size, hostAddress: mapping.hostAddress)
+            }
+            if !configuration.msrs.rules.isEmpty {
+                guard system.check(.userSpaceMSR) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_USER_SPACE_MSR") }
+                guard system.check(.msrFilter) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_MSR_FILTER") }
+                try vm.routeMSRsToUserSpace(configuration.msrs.routedRanges)
+            }
+            let supported = try system.supportedCPUID()
+            let guestCPUID0 = configuration.cpuid.normalize(supported, apicID: 0, vcpuCount: UInt32(count))
+            var vcpus: [VCPUHandle] = []
+            for id in 0..<count {
+                let vcpu = try vm.createVCPU(id: UInt32(id))
+                try vcpu.setCPUID(configuration.cpuid.normalize(supported, apicID: UInt32(id), vcpuCount: UInt32(count)))
+                try vcpu.setMSRs(Self.entryMSRs)
+                if id == 0 {
+                    try EntryRegisters.apply(entry, to: vcpu)
+                } else {
+                    // Application processors wait for INIT and SIPI, as on hardware.
+                    try vcpu.setMPState(VCPUHandle.mpStateWaitForSIPI)
+                }
+                vcpus.append(vcpu)
+            }
+            return (vcpus, guestCPUID0)
+        } catch { throw .kvm(error) }
+    }
+
+    /// COM1 for every guest, and the PC devices for a Linux guest.
+    func makePlatform(_ vm: VMHandle, consoleOutput: @escaping @Sendable (UInt8) -> Void) -> (SerialPort, PCPlatform?) {
+        var irqLine: (@Sendable (UInt32, Bool) -> Void)?
+        if configuration.interruptController {
+            irqLine = { irq, level in
+                do { try vm.setIRQLine(irq, high: level) } catch {}
+            }
+        }
+        var serialLine: (@Sendable (Bool) -> Void)?
+        if let irqLine { serialLine = { level in irqLine(SerialPort.com1IRQ, level) } }
+        let serial = SerialPort(output: consoleOutput, interruptLine: serialLine)
+        guard case .linux = configuration.guest else { return (serial, nil) }
+        let size = configuration.memorySize
+        let low = min(size, Self.lowMemoryLimit)
+        let platform = PCPlatform(memoryBelow4GiB: low, memoryAbove4GiB: size - low, irqLine: irqLine,
+                                  cmos: configuration.batteryBackedCMOS)
+        return (serial, platform)
+    }
+
+    /// The port and MMIO buses with every device, the hypercall table, the MSR policy and
+    /// the instruction emulator, in one dispatcher.
+    func makeDispatcher(serial: SerialPort, platform: PCPlatform?, memory: GuestMemory,
+                        consoleOutput: @escaping @Sendable (UInt8) -> Void, msrEmulator: MSREmulator,
+                        guestCPUID0: [CPUIDEntry]) throws(MachineError) -> ExitDispatcher {
+        var ports = PortBus()
+        do throws(BusError) {
+            try ports.register(serial, name: "com1", range: PortRange(base: SerialPort.com1Base, count: SerialPort.portCount))
+            try ports.register(DebugExitPort(), name: "debug-exit", range: PortRange(base: DebugExitPort.defaultPort, count: 1))
+            for device in try platform?.portDevices ?? [] {
+                try ports.register(device.device, name: device.name, range: device.range)
+            }
+            for extra in configuration.portDevices {
+                try ports.register(extra.device, name: extra.name, range: extra.range)
+            }
+            for blocked in configuration.blockedPorts {
+                try ports.block(blocked.range, name: blocked.name)
+            }
+            var mmio = MMIOBus()
+            for extra in configuration.mmioDevices {
+                try mmio.register(extra.device, name: extra.name, range: extra.range)
+            }
+            var hypercalls: HypercallTable?
+            if let port = configuration.hypercallPort {
+                if let owner = ports.entry(for: port) {
+                    throw BusError.overlap(new: "'hypercalls' (port 0x\(String(port, radix: 16)))",
+                                           existing: "'\(owner.name)' (\(owner.range))",
+                                           at: "port 0x\(String(port, radix: 16))")
+                }
+                var table = HypercallTable.standard(memory: memory, console: consoleOutput, port: port)
+                for (number, handler) in configuration.hypercallHandlers { table.register(number, handler) }
+                hypercalls = table
+            }
+            var dispatcher = ExitDispatcher(ports: ports, mmio: mmio, unclaimedPorts: configuration.unclaimedPorts,
+                                            unclaimedMMIO: configuration.unclaimedMMIO, hypercalls: hypercalls,
+                                            log: Self.rateLimited(configuration.log))
+            dispatcher.msrs = msrEmulator
+            dispatcher.traceDenied = configuration.trace
+            if configuration.emulation {
+                // SMAP as the guest sees it: from the table SwiftVisor set, or from the host
+                // CPU where the host's KVM passes leaf 7 through regardless (nested hosts).
+                let smapBit: UInt32 = 1 << 20
+                let tableSMAP = guestCPUID0.first { $0.function == 7 && $0.index == 0 }.map { $0.ebx & smapBit != 0 } ?? false
+                let hostSMAP = hostCPUID(leaf: 7).ebx & smapBit != 0
+                var handlers = InstructionEmulator.allHandlers
+                for (mnemonic, handler) in configuration.instructionHandlers { handlers[mnemonic] = handler }
+                dispatcher.emulator = InstructionEmulator(handlers: handlers, smapAvailable: tableSMAP || hostSMAP)
+                dispatcher.memory = memory
+                dispatcher.traceEmulated = configuration.trace
+            }
+            return dispatcher
+        } catch { throw .bus(error) }
+    }
+}

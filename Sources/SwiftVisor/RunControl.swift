@@ -1,0 +1,217 @@
+import Glibc
+import Synchronization
+import VisorCore
+
+/// Where a machine is in its life: one value, read with one atomic load per exit.
+///
+///     created ──start──▶ running ◀──resume── paused
+///        │                  │ └────pause────▶ │
+///        │                  ▼                 ▼
+///        └──stop──────▶ stopping ◀────────────┘   (a stop, a guest exit or a fatal exit)
+///                           │
+///                           ▼ every vCPU thread has left, the report is published
+///                        stopped
+///
+/// `stopping` and `stopped` are final: nothing leads out of them.
+enum MachinePhase: UInt8, AtomicRepresentable, Sendable, CustomStringConvertible {
+    case created, running, paused, stopping, stopped
+
+    var description: String {
+        switch self {
+        case .created: "created"
+        case .running: "running"
+        case .paused: "paused"
+        case .stopping: "stopping"
+        case .stopped: "stopped"
+        }
+    }
+}
+
+/// The state a machine's vCPU threads share with its controller: the phase, the outcome,
+/// each vCPU thread's slot (for kicks), pending NMIs, statistics, and the report with the
+/// tasks waiting for it.
+final class RunControl: Sendable {
+    let phase = Atomic<MachinePhase>(.created)
+    /// vCPUs parked by a pause, and vCPU threads that have left their loop.
+    let parked = Atomic<Int>(0)
+    let exited = Atomic<Int>(0)
+    /// Pending NMIs of all vCPUs, so that the exit loop checks one atomic, not a lock.
+    private let nmisPending = Atomic<Int>(0)
+    private let vcpuCount: Int
+    private let state: Mutex<State>
+
+    /// A vCPU thread as kicks see it. The thread fills its own slot when it starts and
+    /// empties it (under the lock kicks take) before it returns, so a kick never reaches a
+    /// thread that has been joined; a kick before the thread started is covered by the
+    /// immediate-exit flag, which the thread reads before its first `KVM_RUN`.
+    enum ThreadSlot {
+        case notStarted
+        case running(pthread_t)
+        case exited
+    }
+
+    struct State {
+        var outcome: RunReport.Outcome?
+        var diagnostic: String?
+        var threads: [ThreadSlot]
+        var nmis: Set<Int> = []
+        var statistics: [ExitStatistics?]
+        var report: RunReport?
+        var waiters: [CheckedContinuation<RunReport, Never>] = []
+    }
+
+    init(vcpuCount: Int) {
+        self.vcpuCount = vcpuCount
+        state = Mutex(State(threads: Array(repeating: .notStarted, count: vcpuCount),
+                            statistics: Array(repeating: nil, count: vcpuCount)))
+    }
+
+    // MARK: Phase transitions
+
+    /// created → running; any other phase means the machine already ran.
+    func claimStart() throws(MachineError) {
+        guard phase.compareExchange(expected: .created, desired: .running, ordering: .sequentiallyConsistent).exchanged
+        else { throw .alreadyRan }
+    }
+
+    /// created → stopping, for a stop before start; returns whether this call made it.
+    func claimStopBeforeStart() -> Bool {
+        phase.compareExchange(expected: .created, desired: .stopping, ordering: .sequentiallyConsistent).exchanged
+    }
+
+    /// running → paused; returns whether the machine is paused now.
+    func requestPause() -> Bool {
+        let (exchanged, current) = phase.compareExchange(expected: .running, desired: .paused,
+                                                         ordering: .sequentiallyConsistent)
+        return exchanged || current == .paused
+    }
+
+    /// paused → running.
+    func resume() {
+        _ = phase.compareExchange(expected: .paused, desired: .running, ordering: .sequentiallyConsistent)
+    }
+
+    /// Any phase but stopped → stopping.
+    func beginStopping() {
+        var current = phase.load(ordering: .sequentiallyConsistent)
+        while current != .stopping, current != .stopped {
+            let (exchanged, now) = phase.compareExchange(expected: current, desired: .stopping,
+                                                         ordering: .sequentiallyConsistent)
+            if exchanged { return }
+            current = now
+        }
+    }
+
+    var hasStarted: Bool { phase.load(ordering: .sequentiallyConsistent) != .created }
+
+    /// Whether the machine is on its way out (a blocked console write gives up then).
+    var isStopping: Bool {
+        let now = phase.load(ordering: .relaxed)
+        return now == .stopping || now == .stopped
+    }
+
+    // MARK: Outcome
+
+    /// Records the VM's outcome if none is recorded yet, and moves to `stopping`. Returns
+    /// whether this call set it.
+    @discardableResult
+    func record(_ outcome: RunReport.Outcome) -> Bool {
+        let first = state.withLock { state in
+            guard state.outcome == nil else { return false }
+            state.outcome = outcome
+            return true
+        }
+        beginStopping()
+        return first
+    }
+
+    var outcome: RunReport.Outcome? { state.withLock { $0.outcome } }
+    var diagnostic: String? { state.withLock { $0.diagnostic } }
+    func setDiagnostic(_ text: String) { state.withLock { $0.diagnostic = text } }
+
+    // MARK: vCPU threads
+
+    /// Called by vCPU thread `index` as it starts, before its first `KVM_RUN`.
+    func threadStarted(_ index: Int) {
+        let me = pthread_self()
+        state.withLock { $0.threads[index] = .running(me) }
+    }
+
+    /// Called by vCPU thread `index` as it leaves its loop.
+    func threadExited(_ index: Int, _ statistics: ExitStatistics?) {
+        state.withLock { state in
+            state.statistics[index] = statistics
+            state.threads[index] = .exited
+        }
+        exited.add(1, ordering: .sequentiallyConsistent)
+    }
+
+    /// Calls `send` with vCPU thread `index` if that thread is in its loop, under the lock
+    /// the thread takes to leave it.
+    func withRunningThread(_ index: Int, _ send: (pthread_t) -> Void) {
+        state.withLock { state in
+            if case .running(let thread) = state.threads[index] { send(thread) }
+        }
+    }
+
+    func statistics() -> [ExitStatistics] { state.withLock { $0.statistics.compactMap { $0 } } }
+
+    // MARK: NMIs
+
+    func requestNMI(_ index: Int) {
+        state.withLock { state in
+            if state.nmis.insert(index).inserted { nmisPending.add(1, ordering: .sequentiallyConsistent) }
+        }
+    }
+
+    func takeNMI(_ index: Int) -> Bool {
+        guard nmisPending.load(ordering: .sequentiallyConsistent) > 0 else { return false }
+        return state.withLock { state in
+            guard state.nmis.remove(index) != nil else { return false }
+            nmisPending.subtract(1, ordering: .sequentiallyConsistent)
+            return true
+        }
+    }
+
+    // MARK: Pausing
+
+    /// Waits outside KVM_RUN while the machine is paused.
+    func park() {
+        parked.add(1, ordering: .sequentiallyConsistent)
+        var pause = timespec(tv_sec: 0, tv_nsec: 500_000)
+        while phase.load(ordering: .sequentiallyConsistent) == .paused {
+            nanosleep(&pause, nil)
+        }
+        parked.subtract(1, ordering: .sequentiallyConsistent)
+    }
+
+    var allParkedOrDone: Bool {
+        isFinished || parked.load(ordering: .sequentiallyConsistent) >= vcpuCount - exited.load(ordering: .sequentiallyConsistent)
+    }
+
+    // MARK: The report
+
+    var isFinished: Bool { state.withLock { $0.report != nil } }
+
+    /// Publishes the final report, moves to `stopped`, and wakes everyone waiting for it.
+    func finish(_ report: RunReport) {
+        let waiters = state.withLock { state -> [CheckedContinuation<RunReport, Never>] in
+            state.report = report
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        phase.store(.stopped, ordering: .sequentiallyConsistent)
+        for waiter in waiters { waiter.resume(returning: report) }
+    }
+
+    func report() async -> RunReport {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLock { state -> RunReport? in
+                if let report = state.report { return report }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+}

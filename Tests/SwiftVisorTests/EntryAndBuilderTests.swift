@@ -1,0 +1,116 @@
+import Testing
+import TestSupport
+@testable import SwiftVisor
+import VisorKVM
+import VisorLoader
+
+@Suite("Entry registers")
+struct EntryRegistersTests {
+    /// Special registers as KVM creates them, with a field no entry names.
+    var base: SpecialRegisters {
+        var sregs = SpecialRegisters()
+        sregs.apicBase = 0xFEE0_0900
+        return sregs
+    }
+
+    @Test("real mode: every segment at segment << 4 with a 64 KiB limit; paging and protection off")
+    func realMode() {
+        let entry = EntryState(mode: .real(segment: 0x1000), rip: 0, rsp: 0x7000)
+        let regs = EntryRegisters(entry, over: base)
+        #expect(regs.special.cs == Segment(base: 0x10000, limit: 0xFFFF, selector: 0x1000, type: 0xB))
+        for data in [regs.special.ds, regs.special.es, regs.special.fs, regs.special.gs, regs.special.ss] {
+            #expect(data == Segment(base: 0x10000, limit: 0xFFFF, selector: 0x1000, type: 0x3))
+        }
+        #expect(regs.special.cr0 == base.cr0)
+        #expect(regs.special.apicBase == 0xFEE0_0900, "fields the entry does not name keep KVM's values")
+        #expect(regs.general.rip == 0 && regs.general.rsp == 0x7000 && regs.general.rflags == 0x2)
+    }
+
+    @Test("long mode: 64-bit code, flat data, paging with PAE, LME and LMA, the GDT and page tables given")
+    func longMode() {
+        let entry = EntryState(mode: .long64(pageTableRoot: 0x9000, gdtBase: 0x500, gdtLimit: 0x1F,
+                                             codeSelector: 0x10, dataSelector: 0x18),
+                               rip: 0x10_0000, rsp: 0x8_0000, rdi: 0x7000, rsi: 0x6000)
+        let regs = EntryRegisters(entry, over: base)
+        #expect(regs.special.cs.l && regs.special.cs.g && regs.special.cs.selector == 0x10)
+        #expect(regs.special.ss.db && regs.special.ss.selector == 0x18)
+        #expect(regs.special.cr0 == 0x8001_0033)
+        #expect(regs.special.cr3 == 0x9000)
+        #expect(regs.special.cr4 == 0x620)
+        #expect(regs.special.efer == 0x500)
+        #expect(regs.special.gdt == DescriptorTable(base: 0x500, limit: 0x1F))
+        #expect(regs.special.idt == DescriptorTable(base: 0, limit: 0))
+        #expect(regs.general.rip == 0x10_0000 && regs.general.rdi == 0x7000 && regs.general.rsi == 0x6000)
+    }
+
+    @Test("PVH: 32-bit flat segments, paging off, a busy 32-bit TSS at 0 with limit 0x67, EBX = start info")
+    func protected32() {
+        let entry = EntryState(mode: .protected32(gdtBase: 0x500, gdtLimit: 0x27, codeSelector: 0x8, dataSelector: 0x10),
+                               rip: 0x100_0000, rsp: 0, rbx: 0x6000)
+        let regs = EntryRegisters(entry, over: base)
+        #expect(regs.special.cs.db && !regs.special.cs.l)
+        #expect(regs.special.tr == Segment(base: 0, limit: 0x67, selector: 0, type: 0xB, s: false))
+        #expect(regs.special.cr0 == 0x11 && regs.special.cr3 == 0 && regs.special.cr4 == 0 && regs.special.efer == 0)
+        #expect(regs.general.rbx == 0x6000)
+    }
+}
+
+@Suite("Machine builder: checks that need no KVM")
+struct MachineBuilderTests {
+    func configuration(memory: UInt64 = 64 << 20, vcpus: Int = 1, irqchip: Bool = true) -> MachineConfiguration {
+        var c = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))
+        c.memorySize = memory
+        c.vcpuCount = vcpus
+        c.interruptController = irqchip
+        return c
+    }
+
+    @Test("memory must be positive, a multiple of 4 KiB, and no more than the host has")
+    func memory() {
+        let host: UInt64 = 1 << 30
+        #expect(throws: Never.self) { try MachineBuilder.validate(configuration(), hostMemory: host) }
+        for (size, message) in [(UInt64(0), "it must be larger than zero"),
+                                (4097, "4097 bytes is not a multiple of 4 KiB"),
+                                (2 << 30, "2048 MiB is more than the host's 1024 MiB of RAM")] {
+            do {
+                try MachineBuilder.validate(configuration(memory: size), hostMemory: host)
+                Issue.record("\(size) was accepted")
+            } catch {
+                #expect(error.description == "invalid memory size: \(message)")
+            }
+        }
+    }
+
+    @Test("at least one vCPU; several need the interrupt controller; no more than KVM allows")
+    func vcpus() {
+        #expect(throws: (any Error).self) { try MachineBuilder.validate(configuration(vcpus: 0), hostMemory: 1 << 30) }
+        #expect(throws: (any Error).self) {
+            try MachineBuilder.validate(configuration(vcpus: 2, irqchip: false), hostMemory: 1 << 30)
+        }
+        #expect(throws: Never.self) { try MachineBuilder.validate(configuration(vcpus: 2), hostMemory: 1 << 30) }
+        #expect(throws: Never.self) { try MachineBuilder.checkVCPULimit(2, maxVCPUs: 1024, recommendedVCPUs: 2) }
+        do {
+            try MachineBuilder.checkVCPULimit(3, maxVCPUs: 0, recommendedVCPUs: 2)
+            Issue.record("3 vCPUs accepted where KVM allows 2")
+        } catch {
+            #expect(error.description == "invalid vCPU count 3: this host's KVM allows at most 2 vCPUs")
+        }
+    }
+
+    @Test("RAM up to 3 GiB sits at 0; the rest continues at 4 GiB, above the MMIO hole")
+    func regions() {
+        #expect(MachineBuilder.guestRegions(memorySize: 64 << 20) == [GuestRegion(start: 0, size: 64 << 20)])
+        #expect(MachineBuilder.guestRegions(memorySize: 3 << 30) == [GuestRegion(start: 0, size: 3 << 30)])
+        #expect(MachineBuilder.guestRegions(memorySize: 5 << 30)
+                == [GuestRegion(start: 0, size: 3 << 30), GuestRegion(start: 4 << 30, size: 2 << 30)])
+    }
+
+    @Test("the log passes the first messages, then one notice, then nothing")
+    func rateLimit() {
+        let recorder = LogRecorder()
+        let log = MachineBuilder.rateLimited(recorder.sink)
+        for i in 0..<(MachineBuilder.logLimit + 50) { log("message \(i)") }
+        #expect(recorder.lines.count == MachineBuilder.logLimit + 1)
+        #expect(recorder.lines.last == "further unclaimed-access messages suppressed after \(MachineBuilder.logLimit)")
+    }
+}
