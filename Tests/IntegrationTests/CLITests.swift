@@ -314,6 +314,20 @@ extension KVMIntegration {
 }
 
 extension KVMIntegration.CLITests {
+    @Test("every --help shows defaults as a user would type them, never a Swift value's description")
+    func helpDefaults() throws {
+        // A leaked description looks like `ByteSize(bytes: 536870912)`.
+        let leak = try Regex(#"[A-Za-z_]\w*\(\w+: "#)
+        for command in [[], ["run"], ["boot"], ["cpuid"], ["probe-emulation"], ["guests"]] {
+            let result = try run(command + ["--help"])
+            #expect(result.status == 0)
+            let leaks = result.stdout.split(separator: "\n").filter { $0.contains(leak) }
+            #expect(leaks.isEmpty, "swiftvisor \(command.joined(separator: " ")) --help: \(leaks)")
+        }
+        #expect(try run(["run", "--help"]).stdout.contains("(default: 64M)"))
+        #expect(try run(["boot", "--help"]).stdout.contains("(default: 512M)"))
+    }
+
     @Test("probe-emulation classifies instructions: KVM emulates cpuid, SwiftVisor finishes popcnt and int3, xsave stops")
     func probeEmulation() throws {
         let result = try run(["probe-emulation", "cpuid", "popcnt", "int3", "xsave"])
