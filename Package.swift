@@ -91,7 +91,7 @@ let package = Package(
         .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport"]),
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "CNativeOps"]),
     ],
     swiftLanguageModes: [.v6]
 )
