@@ -68,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "swiftvisor",
             dependencies: [
-                "SwiftVisor", "SwiftVisorGuests",
+                "SwiftVisor", "SwiftVisorGuests", "VisorKVM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -80,18 +80,18 @@ let package = Package(
         .target(name: "CBenchSupport"),
         .executableTarget(
             name: "swiftvisor-bench",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware"],
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorKVM"],
             swiftSettings: strict),
         .target(name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),
-        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "CNativeOps"], exclude: ["Fixtures"]),
-        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
-        .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "VisorCore", "VisorMemory"]),
+        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "CNativeOps"], exclude: ["Fixtures"]),
+        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore"]),
+        .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder"]),
         .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory"]),
         .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware"]),
         .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "CNativeOps"]),
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "VisorKVM", "CBenchSupport", "CNativeOps"]),
     ],
     swiftLanguageModes: [.v6]
 )
