@@ -2,19 +2,34 @@
 //
 // SwiftVisor: a KVM virtual machine monitor whose VM-exit handling layer is a Swift API.
 //
-// Layers import only downward:
-//   CKVM (C shim over <linux/kvm.h>)
-//   VisorKVM     typed handles for /dev/kvm, the VM and its vCPUs
-//   VisorMemory  guest RAM: mmap'd regions, bounds-checked access
-//   VisorDecoder x86 instruction decoding and disassembly (Zydis)
-//   VisorCore    exits, port and MMIO buses, dispatch, statistics
-//   VisorDevices device models (16550 UART, debug-exit port)
-//   VisorLoader  ELF and flat-binary loaders, x86 boot layout
-//   CDecompress  C face over Debian's zlib, liblzma, liblz4 and libzstd
-//   VisorLinux   Linux kernel images (bzImage, vmlinux), zero page, e820, PVH start info
-//   VisorFirmware ACPI tables and the AML they carry
-//   SwiftVisor   the machine facade: wires the above and runs vCPU threads
-//   swiftvisor   the command-line tool
+// The import graph, by layer from the top: a target depends on, and imports, only targets
+// on lower layers. Each line draws exactly the package targets its target depends on
+// (external products, ArgumentParser and Histogram, are not drawn); a target may take
+// several lines of its layer. Tools/check-imports reads this block and fails CI when it
+// differs from the targets below, when a Swift file imports a module its target does not
+// declare, or when an import goes up. Every library target has a line; test targets are
+// not drawn (they sit above everything and import what they declare).
+//
+// import graph:
+//  5  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
+//     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
+//     swiftvisor-bench    -> TestSupport
+//     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
+//  4  SwiftVisor          -> VisorCore VisorDevices VisorLinux VisorLoader  -- the machine facade
+//     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorGuests
+//  3  VisorDevices        -> VisorCore                                -- device models
+//     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
+//     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
+//  2  VisorCore           -> VisorKVM VisorMemory VisorDecoder        -- exits, buses, dispatch, policy
+//     VisorLoader         -> VisorMemory                              -- ELF, flat, boot layout
+//  1  VisorKVM            -> CKVM                                     -- /dev/kvm, VM, vCPU handles
+//     VisorMemory         -> CGuestAtomics                            -- guest RAM
+//     VisorDecoder        -> CDecoder                                 -- x86 decoding (Zydis)
+//     VisorFirmware                                                   -- ACPI tables and AML
+//     SwiftVisorGuests                                                -- test guests, from Guests/
+//  0  CKVM CGuestAtomics CDecoder CDecompress                         -- C shims
+//     CBenchSupport CNativeOps                                        -- C for benchmarks, tests
+// end of import graph
 import PackageDescription
 
 let strict: [SwiftSetting] = [
@@ -68,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "swiftvisor",
             dependencies: [
-                "SwiftVisor", "SwiftVisorGuests",
+                "SwiftVisor", "SwiftVisorGuests", "VisorKVM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -80,7 +95,7 @@ let package = Package(
         .target(name: "CBenchSupport"),
         .executableTarget(
             name: "swiftvisor-bench",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorCore", "VisorKVM", "TestSupport"],
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorKVM", "TestSupport"],
             swiftSettings: strict),
         .target(name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),
         // Fakes (vCPUs, devices), the seeded random source and log capture, shared by the
@@ -92,14 +107,14 @@ let package = Package(
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"]),
-        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
-        .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "VisorCore", "VisorMemory"]),
+        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore"]),
+        .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder"]),
         .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"]),
         .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware"]),
         .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory", "TestSupport"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport"]),
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "VisorKVM", "CBenchSupport", "CNativeOps"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,4 +1,4 @@
-// MSR and XCR0 probe: installs an IDT whose #GP handler skips the faulting instruction, then runs rdmsr/wrmsr on MSRs 0x8B, 0x79, 0x3A, 0x480, 0x4B564D99 and 0x40001000-0x40001002 and xsetbv with XCR0 = 3, 7, 0x207, 0xE7, printing each value, "ok" or "#GP" on COM1; exits with status 0.
+// MSR and XCR0 probe: installs an IDT whose #GP handler skips the faulting instruction, then runs rdmsr/wrmsr on MSRs 0x8B, 0x79, 0x3A, 0x480, 0x4B564D99 and 0x40001000-0x40001002 and xsetbv with XCR0 = 3, 7, 0x207, 0xE7 and the command line's value, if any, printing each value, "ok" or "#GP" on COM1; exits with status 0.
 //
 // Output, one line per probe ("\n" only; hex in upper case; a value is EDX:EAX, 16 digits):
 //   rdmsr 0000008B=<value|#GP>          IA32_BIOS_SIGN_ID
@@ -18,6 +18,8 @@
 // else it sets CR4.OSXSAVE (bit 18) and, for XCR0 = 0x3, 0x7, 0x207 and 0xE7 in turn,
 // executes xsetbv (ECX = 0, EDX:EAX = the value) and prints
 //   xsetbv XXXXXXXXXXXXXXXX <ok|#GP>
+// then, if the command line holds a decimal number other than 0, the same line for XCR0 =
+// that number (a test picks it at run time from the XCR0 bits the host lacks).
 // XCR0 is not restored in between, so it ends up as the last value that was accepted.
 // Finally it executes xgetbv (ECX = 0) and prints "xgetbv=<16 hex digits>" (or "xgetbv #GP"),
 // then ends the VM with status 0 through the debug-exit port 0x501.
@@ -45,7 +47,8 @@
 // "unexpected #GP rip=XXXXXXXXXXXXXXXX error=XXXXXXXX" and ends the VM with status 98.
 // #UD (vector 6) prints "#UD" and ends it with status 97 (this can land in the middle of
 // a line, after its prefix). Any other vector prints "unexpected vector" and ends it with
-// status 99. Uses neither the boot-info block nor the command line.
+// status 99. Reads only the command line from the boot-info block (RDI at entry); a command
+// line that is not a decimal number prints "bad command line" and ends the VM with status 254.
 
 #define EXIT_UD 97
 #define EXIT_UNEXPECTED_GP 98
@@ -71,6 +74,7 @@
     .globl _start
     .type _start, @function
 _start:
+    movq %rdi, boot_info(%rip)      // for the command line, read after the fixed probes
     leaq idt_unexpected_vector(%rip), %rdi  // common/idt.S: "unexpected vector", status 99,
     leaq idt_handlers(%rip), %rsi           // for every vector but those of idt_handlers
     call idt_install
@@ -123,6 +127,15 @@ _start:
     call xsetbv_line
     movl $0xE7, %edi                // | opmask | ZMM_Hi256 | Hi16_ZMM
     call xsetbv_line
+    movq boot_info(%rip), %rdi      // one more value, from the command line
+    call check_boot_info            // common/bootinfo.S: status 3 if it is not one
+    xorl %esi, %esi                 // an empty command line gives 0: no probe
+    call cmdline_number             // common/bootinfo.S: status 254 if not a number
+    testq %rax, %rax
+    jz 3f
+    movq %rax, %rdi
+    call xsetbv_line
+3:
     call install_gdt_tss            // common/ring3.S: GDT with ring-3 segments, TSS
     leaq ring3_tail(%rip), %rdi
     jmp enter_ring3_here
@@ -314,6 +327,7 @@ ud_handler:
 
     .section .data.probe, "aw", @progbits
     .balign 8
+boot_info:  .quad 0                 // RDI at entry
 probe_rip:  .quad 0                 // the armed probe's address; 0 when none is armed
 probe_len:  .quad 0                 // its length in bytes
 faulted:    .byte 0                 // set by gp_handler

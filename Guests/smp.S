@@ -33,7 +33,10 @@
 //      0x4610 (start-up, vector 0x10, so the AP starts at 0x1000:0000), waiting for ICR
 //      delivery status (bit 12) to clear after each write (at most ICR_POLLS reads; KVM
 //      clears it at once);
-//   5. spins, at most WAIT_ITERATIONS times (about 2 s where CPL0 code is interpreted), until
+//   5. spins, for at most WAIT_TSC_TICKS time-stamp counter ticks (5-10 s at a TSC of 2-4
+//      GHz, whether CPL0 code runs natively or is interpreted: a count of loop iterations
+//      would last 2 s where it is interpreted and a millisecond where it runs natively, too
+//      short for the APs' threads to be scheduled), until
 //      the 16-bit counter at 0x1F004 reaches N-1, then prints "BSP: all <N> CPUs up" and
 //      ends the VM with status 0 through port 0x501. On timeout it prints
 //      "BSP: only <K> of <N-1> APs started" and ends with status 1.
@@ -97,7 +100,7 @@
 #define ICR_STARTUP 0x4600              // start-up (6 << 8), level assert
 #define ICR_DELIVERY_PENDING (1 << 12)
 #define ICR_POLLS 1000
-#define WAIT_ITERATIONS 300000
+#define WAIT_TSC_TICKS 20000000000
 
 #define COM1_THR 0x3F8
 #define COM1_LSR 0x3FD
@@ -263,13 +266,22 @@ _start:
     cmpl %r14d, %ebx
     jb 4b
 
-    // Wait for the counter to reach N - 1.
-    movl $WAIT_ITERATIONS, %ecx
+    // Wait for the counter to reach N - 1, or WAIT_TSC_TICKS to pass.
+    rdtsc
+    shlq $32, %rdx
+    orq %rax, %rdx
+    movq %rdx, %r9                  // R9 = the TSC at the start
+    movabsq $WAIT_TSC_TICKS, %r10
 5:  movzwl AP_COUNT, %eax
     cmpl %r14d, %eax
     jae all_up
-    decl %ecx
-    jnz 5b
+    pause
+    rdtsc
+    shlq $32, %rdx
+    orq %rdx, %rax
+    subq %r9, %rax
+    cmpq %r10, %rax
+    jb 5b
 
     // Timeout: "BSP: only <K> of <N-1> APs started", status 1.
     leaq text_only(%rip), %rsi

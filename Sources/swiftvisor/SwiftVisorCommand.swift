@@ -32,6 +32,20 @@ struct ByteSize: ExpressibleByArgument {
         guard let value = parseInteger(text), value <= UInt64.max >> shift else { return nil }
         bytes = value << shift
     }
+
+    /// How `--help` shows a default: in the largest unit that divides it (`512M`, not the
+    /// type's name and a byte count).
+    var defaultValueDescription: String { description }
+}
+
+extension ByteSize: CustomStringConvertible {
+    var description: String {
+        for (suffix, shift) in [("G", 30), ("M", 20), ("K", 10)] as [(String, UInt64)]
+        where bytes != 0 && bytes & ((1 << shift) - 1) == 0 {
+            return "\(bytes >> shift)\(suffix)"
+        }
+        return "\(bytes)"
+    }
 }
 
 /// A decimal or 0x-prefixed hexadecimal integer.
@@ -41,6 +55,9 @@ struct Address: ExpressibleByArgument {
         guard let v = parseInteger(argument) else { return nil }
         value = v
     }
+
+    /// Hexadecimal, as addresses and masks are written on the command line.
+    var defaultValueDescription: String { "0x" + String(value, radix: 16) }
 }
 
 func parseInteger(_ text: String) -> UInt64? {

@@ -9,6 +9,14 @@ int native_supported(void) {
     return bmi1 && bmi2 && adx && ((c >> 20) & 1);
 }
 
+uint64_t native_xcr0(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return 0;
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
 #define RUN(insn, constraints...)                                                   \
     __asm__ volatile("push %[f]\n\tpopfq\n\t" insn "\n\tpushfq\n\tpop %[f]"          \
                      : [f] "+r"(flags), constraints : "cc")

@@ -110,10 +110,13 @@ extension KVMIntegration {
             let lastByte: UInt32 = 1501 & 0xFF
             #expect(written[0x527] == [lastByte])
             #expect(device.widths.withLock { $0[0x523] } == [2])
-            // KVM split the 1500-word INS into several exits of many elements each.
-            let inExits = try #require(report.statistics).byPort[0x523]
-            #expect(inExits > 1, "rep insw took \(inExits) exits")
-            #expect(inExits < 1500, "rep insw took \(inExits) exits")
+            // A string exit carries at most one page of data (the run page's I/O area), so
+            // the 5000-byte OUTS needed several exits on any host. How a host's KVM splits the
+            // 1500-word INS (3000 bytes) is its own choice: only a bound is checked.
+            let statistics = try #require(report.statistics)
+            let outExits = statistics.byPort[0x521], inExits = statistics.byPort[0x523]
+            #expect(outExits >= 2 && outExits <= 5000, "rep outsb took \(outExits) exits")
+            #expect(inExits >= 1 && inExits <= 1500, "rep insw took \(inExits) exits")
         }
 
         @Test("MMIO reads and writes of 1, 2, 4 and 8 bytes reach the region with offset and value; unmapped reads are all ones")

@@ -1,9 +1,11 @@
 import CBenchSupport
+import CNativeOps
 import Glibc
 import Synchronization
 import SwiftVisor
 import SwiftVisorGuests
 import Testing
+import VisorKVM
 
 /// Whether the KVM integration tests run. They skip, visibly, only where /dev/kvm is
 /// missing; with SWIFTVISOR_REQUIRE_KVM=1 (as CI sets) they run anyway and fail loudly.
@@ -115,4 +117,37 @@ func openFileDescriptorCount() -> Int {
     var count = 0
     while readdir(dir) != nil { count += 1 }
     return count
+}
+
+/// What this host's KVM and CPU report at run time. A test's expectation about the CPU comes
+/// from here, never from the machine the test was written on.
+enum HostCPU {
+    /// KVM's supported CPUID table (`KVM_GET_SUPPORTED_CPUID`).
+    static let supported: [CPUIDEntry] = (try? KVMSystem().supportedCPUID()) ?? []
+
+    /// The supported table's entry for `leaf`/`subleaf`, if KVM lists it.
+    static func entry(_ leaf: UInt32, _ subleaf: UInt32 = 0) -> CPUIDEntry? {
+        supported.first { $0.function == leaf && $0.index == subleaf }
+    }
+
+    /// CPUID as a guest with the default policy sees it here, read by the `cpuid_probe`
+    /// guest (by "LLLLLLLL.SS"). Some hosts' KVM does not apply every bit of the VMM's table
+    /// (see the README's CPU policy section), so what a guest sees is measured, not derived.
+    static let guestSees: [String: (eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32)] =
+        (try? runGuest(GuestImages.cpuidProbe)).map { parseCPUIDProbe($0.console) } ?? [:]
+
+    /// The guest sees XSAVE (CPUID.1:ECX bit 26).
+    static var guestHasXSAVE: Bool { (guestSees["00000001.00"]?.ecx ?? 0) & (1 << 26) != 0 }
+
+    /// The guest sees SMAP (CPUID.(7,0):EBX bit 20).
+    static var guestHasSMAP: Bool { (guestSees["00000007.00"]?.ebx ?? 0) & (1 << 20) != 0 }
+
+    /// The XCR0 bits KVM can give a guest (leaf 0xD subleaf 0, EDX:EAX).
+    static var kvmXCR0: UInt64 {
+        guard let d = entry(0xD) else { return 0 }
+        return UInt64(d.edx) << 32 | UInt64(d.eax)
+    }
+
+    /// The host's own XCR0 (0 where its OS has not enabled XSAVE).
+    static let hostXCR0 = native_xcr0()
 }
