@@ -16,7 +16,7 @@
 //     swiftvisor-bench    -> TestSupport
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //  4  SwiftVisor          -> VisorCore VisorDevices VisorLinux VisorLoader  -- the machine facade
-//     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorGuests
+//     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //  3  VisorDevices        -> VisorCore                                -- device models
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
@@ -27,6 +27,7 @@
 //     VisorDecoder        -> CDecoder                                 -- x86 decoding (Zydis)
 //     VisorFirmware                                                   -- ACPI tables and AML
 //     SwiftVisorGuests                                                -- test guests, from Guests/
+//     SwiftVisorProbes                                                -- the host-quirk probe, from Guests/
 //  0  CKVM CGuestAtomics CDecoder CDecompress                         -- C shims
 //     CBenchSupport CNativeOps                                        -- C for benchmarks, tests
 // end of import graph
@@ -75,10 +76,11 @@ let package = Package(
             name: "SwiftVisor",
             dependencies: [
                 "VisorKVM", "VisorMemory", "VisorCore", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux",
-                "SwiftVisorGuests",
+                "SwiftVisorProbes",
             ],
             swiftSettings: strict),
         .plugin(name: "GuestBuilder", capability: .buildTool()),
+        .target(name: "SwiftVisorProbes", swiftSettings: strict, plugins: ["GuestBuilder"]),
         .target(name: "SwiftVisorGuests", swiftSettings: strict, plugins: ["GuestBuilder"]),
         .executableTarget(
             name: "swiftvisor",

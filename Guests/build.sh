@@ -16,6 +16,10 @@
 # parsing, the ring-3 switch); --gc-sections drops whatever a guest does not use.
 # The first line of a guest's source is a comment describing it: it becomes the doc
 # comment of its property in GuestImages.swift.
+#
+# Environment (for targets that embed only some guests, such as SwiftVisorProbes):
+#   GUESTS_ONLY   space-separated guest names to build; all of them when unset
+#   GUESTS_ENUM   the name of the generated enum (default GuestImages)
 set -eu
 LC_ALL=C
 export LC_ALL
@@ -103,6 +107,14 @@ for src in "$here"/*.c "$here"/*.S; do
     esac
 done
 sort -o "$list" "$list"
+if [ -n "${GUESTS_ONLY:-}" ]; then
+    awk -v only=" $GUESTS_ONLY " 'index(only, " " $1 " ") > 0' "$list" >"$list.only"
+    mv "$list.only" "$list"
+    for wanted in $GUESTS_ONLY; do
+        grep -q "^$wanted " "$list" || { echo "$0: GUESTS_ONLY names $wanted, which has no source" >&2; exit 65; }
+    done
+fi
+enum_name=${GUESTS_ENUM:-GuestImages}
 dups=$(awk '{ print $1 }' "$list" | uniq -d)
 if [ -n "$dups" ]; then
     echo "$0: more than one source for guest(s): $dups" >&2
@@ -164,7 +176,7 @@ swift="$out/GuestImages.swift.tmp"
     echo "///"
     echo "/// ELF images (magic 0x7F 'E' 'L' 'F') are 64-bit guests linked at 0x100000 with"
     echo "/// p_paddr == p_vaddr; the others are 16-bit real-mode flat binaries."
-    echo "public enum GuestImages {"
+    echo "public enum $enum_name {"
     while read -r name kind src; do
         case "$kind" in
             real) image="$out/$name.bin"; what="16-bit real-mode flat binary" ;;

@@ -16,9 +16,15 @@ import PackagePlugin
 @main
 struct GuestBuilder: BuildToolPlugin {
     func createBuildCommands(context: PluginContext, target: any Target) async throws -> [Command] {
-        guard target.name == "SwiftVisorGuests" else {
+        // Which guests each target embeds: all of them for the test guests; only the
+        // host-quirk probe for the library, so that embedding SwiftVisor builds no test guest.
+        let environment: [String: String]
+        switch target.name {
+        case "SwiftVisorGuests": environment = [:]
+        case "SwiftVisorProbes": environment = ["GUESTS_ONLY": "host_quirks", "GUESTS_ENUM": "ProbeImages"]
+        default:
             Diagnostics.warning(
-                "GuestBuilder builds the guest images for SwiftVisorGuests only; ignoring target '\(target.name)'")
+                "GuestBuilder builds guest images for SwiftVisorGuests and SwiftVisorProbes only; ignoring target '\(target.name)'")
             return []
         }
 
@@ -32,9 +38,10 @@ struct GuestBuilder: BuildToolPlugin {
 
         return [
             .buildCommand(
-                displayName: "Building guest images from Guests/",
+                displayName: "Building guest images from Guests/ for \(target.name)",
                 executable: URL(filePath: "/bin/sh"),
                 arguments: [script.path(), outputDirectory.path(), clang.path(), linker.path()],
+                environment: environment,
                 inputFiles: try Self.inputFiles(under: guests) + [clang, linker],
                 outputFiles: [generated])
         ]

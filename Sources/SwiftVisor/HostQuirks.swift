@@ -1,5 +1,5 @@
 public import VisorCore
-import SwiftVisorGuests
+import SwiftVisorProbes
 import Synchronization
 
 /// A processor feature a Linux guest must not use where the host interprets kernel code,
@@ -111,7 +111,7 @@ public struct HostQuirks: Sendable {
         let trapped = TrapFlag()
         let standardPopcnt = InstructionEmulator.allHandlers["popcnt"]
 
-        var config = MachineConfiguration(guest: .flat(GuestImages.hostQuirks, loadAddress: 0x1_0000))
+        var config = MachineConfiguration(guest: .flat(ProbeImages.hostQuirks, loadAddress: 0x1_0000))
         config.memorySize = 1 << 20
         config.interruptController = false
         config.kvmPath = kvmPath
