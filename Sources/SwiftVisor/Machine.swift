@@ -48,7 +48,7 @@ public final class Machine: Sendable {
     public let configuration: MachineConfiguration
     public let memory: GuestMemory
     /// COM1.
-    public let serial: SerialPort
+    public let serial: Serial16550Device
     let system: KVMSystem
     let vm: VMHandle
     let vcpus: [VCPUHandle]
@@ -159,7 +159,7 @@ public final class Machine: Sendable {
         var interruptLine: (@Sendable (Bool) -> Void)?
         if configuration.interruptController {
             interruptLine = { level in
-                do { try vm.setIRQLine(SerialPort.com1IRQ, high: level) } catch {}
+                do { try vm.setIRQLine(Serial16550Device.com1IRQ, high: level) } catch {}
             }
         }
         let control = VMControl(vcpuCount: count)
@@ -168,7 +168,7 @@ public final class Machine: Sendable {
             // The kick signal interrupts a blocked write; give up then if the VM is stopping.
             HostIO.write(CollectionOfOne(byte), to: 1) { control.stopRequested.load(ordering: .relaxed) }
         }
-        serial = SerialPort(output: consoleOutput, interruptLine: interruptLine)
+        serial = Serial16550Device(output: consoleOutput, interruptLine: interruptLine)
         if case .linux = configuration.guest {
             var irqLine: (@Sendable (UInt32, Bool) -> Void)?
             if configuration.interruptController {
@@ -185,8 +185,8 @@ public final class Machine: Sendable {
         msrEmulator = MSREmulator(policy: configuration.msrs)
         var ports = PortBus()
         do throws(BusError) {
-            try ports.register(serial, name: "com1", range: PortRange(base: SerialPort.com1Base, count: SerialPort.portCount))
-            try ports.register(DebugExitPort(), name: "debug-exit", range: PortRange(base: DebugExitPort.defaultPort, count: 1))
+            try ports.register(serial, name: "com1", range: PortRange(base: Serial16550Device.com1Base, count: Serial16550Device.portCount))
+            try ports.register(DebugExitDevice(), name: "debug-exit", range: PortRange(base: DebugExitDevice.defaultPort, count: 1))
             for device in try platform?.portDevices ?? [] {
                 try ports.register(device.device, name: device.name, range: device.range)
             }

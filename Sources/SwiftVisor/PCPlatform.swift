@@ -10,12 +10,12 @@ import VisorMemory
 ///
 /// The ports match what the FADT and DSDT describe (`ACPIPlatform`'s defaults).
 public final class PCPlatform: Sendable {
-    public let i8042: I8042Ports
-    public let cmos: CMOSPorts
-    public let powerManagement: ACPIPowerManagement
-    public let resetControl: ResetControlPort
-    public let postCodes: PostCodePort
-    public let pciConfiguration: PCIConfigPorts
+    public let i8042: I8042Device
+    public let cmos: CMOSDevice
+    public let powerManagement: PM1Device
+    public let resetControl: ResetControlDevice
+    public let postCodes: PostCodeDevice
+    public let pciConfiguration: PCIConfigDevice
 
     /// - Parameters:
     ///   - memoryBelow4GiB, memoryAbove4GiB: guest RAM, for the CMOS memory-size fields.
@@ -24,29 +24,29 @@ public final class PCPlatform: Sendable {
     ///   - cmos: the CMOS/RTC to keep, as a battery would, from a previous machine (after a
     ///     guest reboot); nil for a new one.
     init(memoryBelow4GiB: UInt64, memoryAbove4GiB: UInt64, irqLine: (@Sendable (UInt32, Bool) -> Void)?,
-         cmos: CMOSPorts? = nil) {
-        i8042 = I8042Ports(interruptLine: irqLine)
-        self.cmos = cmos ?? CMOSPorts(memoryBelow4GiB: memoryBelow4GiB, memoryAbove4GiB: memoryAbove4GiB)
-        powerManagement = ACPIPowerManagement()
-        resetControl = ResetControlPort()
-        postCodes = PostCodePort()
-        pciConfiguration = PCIConfigPorts()
+         cmos: CMOSDevice? = nil) {
+        i8042 = I8042Device(interruptLine: irqLine)
+        self.cmos = cmos ?? CMOSDevice(memoryBelow4GiB: memoryBelow4GiB, memoryAbove4GiB: memoryAbove4GiB)
+        powerManagement = PM1Device()
+        resetControl = ResetControlDevice()
+        postCodes = PostCodeDevice()
+        pciConfiguration = PCIConfigDevice()
     }
 
     /// The port registrations, by name.
     var portDevices: [MachineConfiguration.PortRegistration] {
         get throws(BusError) {
             [
-                .init(name: "i8042-data", range: try PortRange(base: I8042Ports.dataPort, count: I8042Ports.portCount), device: i8042),
-                .init(name: "i8042-command", range: try PortRange(base: I8042Ports.commandPort, count: I8042Ports.portCount), device: i8042),
-                .init(name: "cmos-rtc", range: try PortRange(base: CMOSPorts.base, count: CMOSPorts.portCount), device: cmos),
-                .init(name: "acpi-pm1a-event", range: try PortRange(base: powerManagement.eventBlockBase, count: ACPIPowerManagement.eventBlockLength), device: powerManagement),
-                .init(name: "acpi-pm1a-control", range: try PortRange(base: powerManagement.controlBlockBase, count: ACPIPowerManagement.controlBlockLength), device: powerManagement),
-                .init(name: "reset-control", range: try PortRange(base: ResetControlPort.defaultPort, count: ResetControlPort.portCount), device: resetControl),
-                .init(name: "post-code", range: try PortRange(base: PostCodePort.defaultPort, count: PostCodePort.portCount), device: postCodes),
-                .init(name: "pci-config-address", range: try PortRange(base: PCIConfigPorts.addressPort, count: PCIConfigPorts.addressPortCount), device: pciConfiguration),
-                .init(name: "pci-config-address", range: try PortRange(base: PCIConfigPorts.addressUpperBase, count: PCIConfigPorts.addressUpperCount), device: pciConfiguration),
-                .init(name: "pci-config-data", range: try PortRange(base: PCIConfigPorts.dataBase, count: PCIConfigPorts.dataPortCount), device: pciConfiguration),
+                .init(name: "i8042-data", range: try PortRange(base: I8042Device.dataPort, count: I8042Device.portCount), device: i8042),
+                .init(name: "i8042-command", range: try PortRange(base: I8042Device.commandPort, count: I8042Device.portCount), device: i8042),
+                .init(name: "cmos-rtc", range: try PortRange(base: CMOSDevice.base, count: CMOSDevice.portCount), device: cmos),
+                .init(name: "acpi-pm1a-event", range: try PortRange(base: powerManagement.eventBlockBase, count: PM1Device.eventBlockLength), device: powerManagement),
+                .init(name: "acpi-pm1a-control", range: try PortRange(base: powerManagement.controlBlockBase, count: PM1Device.controlBlockLength), device: powerManagement),
+                .init(name: "reset-control", range: try PortRange(base: ResetControlDevice.defaultPort, count: ResetControlDevice.portCount), device: resetControl),
+                .init(name: "post-code", range: try PortRange(base: PostCodeDevice.defaultPort, count: PostCodeDevice.portCount), device: postCodes),
+                .init(name: "pci-config-address", range: try PortRange(base: PCIConfigDevice.addressPort, count: PCIConfigDevice.addressPortCount), device: pciConfiguration),
+                .init(name: "pci-config-address", range: try PortRange(base: PCIConfigDevice.addressUpperBase, count: PCIConfigDevice.addressUpperCount), device: pciConfiguration),
+                .init(name: "pci-config-data", range: try PortRange(base: PCIConfigDevice.dataBase, count: PCIConfigDevice.dataPortCount), device: pciConfiguration),
             ]
         }
     }

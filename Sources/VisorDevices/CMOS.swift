@@ -442,7 +442,7 @@ public struct CivilTime: Sendable, Equatable, CustomStringConvertible {
 /// reads all ones and ignores writes. An access wider than a byte is treated as a byte
 /// access of its low byte; an IN wider than a byte returns the register in the low byte and
 /// ones above it. No interrupts are raised (see `CMOS`).
-public final class CMOSPorts: PortDevice {
+public final class CMOSDevice: PortDevice {
     /// The index port; the data port follows it.
     public static let base: UInt16 = 0x70
     public static let portCount = 2

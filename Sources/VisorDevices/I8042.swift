@@ -6,7 +6,7 @@ import Synchronization
 //
 // The model is pure state: it knows the data register (port 0x60) and the status/command
 // register (port 0x64) as two pairs of read/write functions, and nothing about ports,
-// buses or threads. `I8042Ports` puts it on the port bus.
+// buses or threads. `I8042Device` puts it on the port bus.
 //
 // What Linux 6.1's i8042 and atkbd drivers see, and why each answer is what it is:
 // - `i8042_controller_check` empties the output buffer (at most 16 bytes), so the queue
@@ -415,7 +415,7 @@ public struct I8042: Sendable {
 /// does not matter. Any other port reads all ones and ignores writes. An access wider than a
 /// byte is treated as a byte access of its low byte; an IN wider than a byte returns the
 /// register in the low byte and ones above it.
-public final class I8042Ports: PortDevice {
+public final class I8042Device: PortDevice {
     /// The data port.
     public static let dataPort: UInt16 = 0x60
     /// The status (read) and command (write) port.

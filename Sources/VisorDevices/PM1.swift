@@ -2,13 +2,11 @@ public import VisorCore
 import Synchronization
 
 // ACPI fixed-hardware power management on I/O ports: the PM1a event block (PM1_STS and
-// PM1_EN) and the PM1a control block (PM1_CNT), plus the reset control register at port
-// 0xCF9, which the FADT's reset register can name.
+// PM1_EN) and the PM1a control block (PM1_CNT). The reset register the FADT also names is
+// `ResetControl` (ResetControl.swift).
 //
 // What Linux 6.1 does with them: ACPICA's `acpi_hw_legacy_sleep` writes PM1 control twice
-// with 16-bit OUTs: first with SLP_TYP set and SLP_EN clear, then with SLP_EN set. A
-// panic with `panic=-1` or a reboot writes the FADT's reset value (0x06) to the reset
-// register; the kernel's own CF9 reset writes (value | 0x02), then (value | 0x06).
+// with 16-bit OUTs: first with SLP_TYP set and SLP_EN clear, then with SLP_EN set.
 //
 // The platform is always in ACPI mode: there is no SMI_CMD port, so SCI_EN reads 1. No SCI
 // is raised: there are no event sources (no PM timer, power button or GPEs).
@@ -128,7 +126,7 @@ public struct PM1Registers: Sendable {
 /// or, with the defaults, as one range of 6 ports from 0x600. The device decodes by port
 /// number, byte lane by byte lane, so any access width and alignment works: a lane outside
 /// both blocks reads 0xFF and is not written.
-public final class ACPIPowerManagement: PortDevice {
+public final class PM1Device: PortDevice {
     public static let defaultEventBlockBase: UInt16 = 0x600
     public static let eventBlockLength = PM1Registers.eventBlockLength
     public static let defaultControlBlockBase: UInt16 = 0x604
@@ -205,55 +203,4 @@ public final class ACPIPowerManagement: PortDevice {
 
     /// The registers' state, for inspection (a copy).
     public var registers: PM1Registers { state.withLock { $0 } }
-}
-
-/// The reset control register (port 0xCF9 on Intel chipsets), modelled as one byte.
-///
-/// Bit 1 (SYS_RST, hard versus soft reset) and bit 3 (FULL_RST) are kept and read back. A
-/// write with bit 2 (RST_CPU) set asks for a reset; bit 2 is not kept (the reset it asks
-/// for has happened by the time anything could read it). This covers the FADT reset value
-/// 0x06 and both of Linux's CF9 sequences (0x02 then 0x06 for a warm reset, 0x0E for cold).
-public struct ResetControl: Sendable {
-    /// Bit 2: reset the CPU.
-    public static let resetCPU: UInt8 = 0x04
-    /// Bit 1: make the reset a hard (system) reset.
-    public static let systemReset: UInt8 = 0x02
-
-    /// The register as the guest reads it.
-    public private(set) var value: UInt8 = 0
-
-    public init() {}
-
-    /// A guest write. Returns true when it asks for a reset.
-    public mutating func write(_ byte: UInt8) -> Bool {
-        value = byte & ~Self.resetCPU
-        return byte & Self.resetCPU != 0
-    }
-}
-
-/// The reset control register on the port bus (port 0xCF9). A write with bit 2 set stops
-/// the VM with `.reset(source: "port 0xCF9")`. Accesses wider than a byte use the low byte;
-/// an IN wider than a byte returns the register in the low byte and ones above it.
-///
-/// Port 0xCF9 sits inside the PCI configuration ports: register it on its own, and
-/// `PCIConfigPorts` on 0xCF8, 0xCFA-0xCFB and 0xCFC-0xCFF around it.
-public final class ResetControlPort: PortDevice {
-    public static let defaultPort: UInt16 = 0xCF9
-    public static let portCount = 1
-    /// The reset stop's source.
-    public static let resetSource = "port 0xCF9"
-
-    private let state = Mutex(ResetControl())
-
-    public init() {}
-
-    public func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 {
-        let value = state.withLock { $0.value }
-        return UInt32(value) | (UInt32(truncatingIfNeeded: allOnes(width: width)) & ~0xFF)
-    }
-
-    public func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
-        let reset = state.withLock { $0.write(UInt8(truncatingIfNeeded: value)) }
-        return reset ? .stop(.reset(source: Self.resetSource)) : .continue
-    }
 }
