@@ -8,11 +8,11 @@
 //   VisorMemory  guest RAM: mmap'd regions, bounds-checked access
 //   VisorDecoder x86 instruction decoding and disassembly (Zydis)
 //   VisorCore    exits, port and MMIO buses, dispatch, statistics
-//   VisorDevices device models (16550 UART, debug-exit port)
+//   VisorFirmware ACPI tables and the AML they carry (imports nothing)
+//   VisorDevices device models, each with its bus adapter, place, IRQs and AML; Platform
 //   VisorLoader  ELF and flat-binary loaders, x86 boot layout
 //   CDecompress  C face over Debian's zlib, liblzma, liblz4 and libzstd
 //   VisorLinux   Linux kernel images (bzImage, vmlinux), zero page, e820, PVH start info
-//   VisorFirmware ACPI tables and the AML they carry
 //   SwiftVisor   the machine facade: wires the above and runs vCPU threads
 //   swiftvisor   the command-line tool
 import PackageDescription
@@ -48,7 +48,7 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),
-        .target(name: "VisorDevices", dependencies: ["VisorCore"], swiftSettings: strict),
+        .target(name: "VisorDevices", dependencies: ["VisorCore", "VisorFirmware"], swiftSettings: strict),
         .target(name: "VisorLoader", dependencies: ["VisorMemory"], swiftSettings: strict),
         // Debian's zlib1g-dev, liblzma-dev, liblz4-dev and libzstd-dev.
         .target(
@@ -84,10 +84,10 @@ let package = Package(
             swiftSettings: strict),
         .target(name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "CNativeOps"], exclude: ["Fixtures"]),
-        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
+        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore", "VisorFirmware"]),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "VisorCore", "VisorMemory"]),
         .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory"]),
-        .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware"]),
+        .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware", "VisorDevices"]),
         .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory"]),
         .testTarget(
             name: "IntegrationTests",

@@ -59,8 +59,8 @@ public final class Machine: Sendable {
     let guestCPUID0: [CPUIDEntry]
     /// Where the Linux loader put the kernel, initrd and boot data (Linux guests only).
     public let linuxBootPlan: LinuxBootPlan?
-    /// The PC platform devices of a Linux guest.
-    public let platform: PCPlatform?
+    /// The devices: a PC platform for a Linux guest, a minimal one (COM1, debug exit) otherwise.
+    public let platform: Platform
 
     public init(_ configuration: MachineConfiguration) throws(MachineError) {
         self.configuration = configuration
@@ -100,6 +100,29 @@ public final class Machine: Sendable {
         }
         do { memory = try GuestMemory(regions: regions) } catch { throw .memory(error) }
 
+        let vm = self.vm
+        let control = VMControl(vcpuCount: count)
+        self.control = control
+        let consoleOutput: @Sendable (UInt8) -> Void = configuration.consoleOutput ?? { byte in
+            // The kick signal interrupts a blocked write; give up then if the VM is stopping.
+            HostIO.write(CollectionOfOne(byte), to: 1) { control.stopRequested.load(ordering: .relaxed) }
+        }
+        var irqLine: (@Sendable (UInt32, Bool) -> Void)?
+        if configuration.interruptController {
+            irqLine = { irq, level in
+                do { try vm.setIRQLine(irq, high: level) } catch {}
+            }
+        }
+        let low = min(size, Self.lowMemoryLimit)
+        let kind: Platform.Kind
+        if case .linux = configuration.guest { kind = .pc } else { kind = .minimal }
+        do throws(PlatformError) {
+            platform = try Platform(kind: kind, memoryBelow4GiB: low, memoryAbove4GiB: size - low,
+                                    consoleOutput: consoleOutput, irqLine: irqLine,
+                                    cmos: configuration.batteryBackedCMOS)
+        } catch { throw MachineError(error) }
+        serial = platform.serial
+
         let entry: EntryState
         var linuxPlan: LinuxBootPlan?
         do {
@@ -113,7 +136,7 @@ public final class Machine: Sendable {
             case .flat(let bytes, let address):
                 entry = try FlatBinaryLoader.load(bytes, at: address, into: memory)
             case .linux(let request):
-                let plan = try PCPlatform.load(request, processors: count, into: memory)
+                let plan = try platform.loadLinux(request, processors: count, into: memory)
                 entry = plan.entry
                 linuxPlan = plan
             }
@@ -155,48 +178,17 @@ public final class Machine: Sendable {
             vcpus = made
         } catch { throw .kvm(error) }
 
-        let vm = self.vm
-        var interruptLine: (@Sendable (Bool) -> Void)?
-        if configuration.interruptController {
-            interruptLine = { level in
-                do { try vm.setIRQLine(Serial16550Device.com1IRQ, high: level) } catch {}
-            }
-        }
-        let control = VMControl(vcpuCount: count)
-        self.control = control
-        let consoleOutput: @Sendable (UInt8) -> Void = configuration.consoleOutput ?? { byte in
-            // The kick signal interrupts a blocked write; give up then if the VM is stopping.
-            HostIO.write(CollectionOfOne(byte), to: 1) { control.stopRequested.load(ordering: .relaxed) }
-        }
-        serial = Serial16550Device(output: consoleOutput, interruptLine: interruptLine)
-        if case .linux = configuration.guest {
-            var irqLine: (@Sendable (UInt32, Bool) -> Void)?
-            if configuration.interruptController {
-                irqLine = { irq, level in
-                    do { try vm.setIRQLine(irq, high: level) } catch {}
-                }
-            }
-            let low = min(size, Self.lowMemoryLimit)
-            platform = PCPlatform(memoryBelow4GiB: low, memoryAbove4GiB: size - low, irqLine: irqLine,
-                                  cmos: configuration.batteryBackedCMOS)
-        } else {
-            platform = nil
-        }
         msrEmulator = MSREmulator(policy: configuration.msrs)
         var ports = PortBus()
+        var mmio = MMIOBus()
         do throws(BusError) {
-            try ports.register(serial, name: "com1", range: PortRange(base: Serial16550Device.com1Base, count: Serial16550Device.portCount))
-            try ports.register(DebugExitDevice(), name: "debug-exit", range: PortRange(base: DebugExitDevice.defaultPort, count: 1))
-            for device in try platform?.portDevices ?? [] {
-                try ports.register(device.device, name: device.name, range: device.range)
-            }
+            try platform.register(ports: &ports, mmio: &mmio)
             for extra in configuration.portDevices {
                 try ports.register(extra.device, name: extra.name, range: extra.range)
             }
             for blocked in configuration.blockedPorts {
                 try ports.block(blocked.range, name: blocked.name)
             }
-            var mmio = MMIOBus()
             for extra in configuration.mmioDevices {
                 try mmio.register(extra.device, name: extra.name, range: extra.range)
             }

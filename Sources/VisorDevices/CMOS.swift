@@ -488,3 +488,16 @@ public final class CMOSDevice: PortDevice {
     /// The model's state, for inspection (a copy).
     public var cmos: CMOS { state.withLock { $0 } }
 }
+
+extension CMOSDevice {
+    /// CMOS/RTC at its PC place: ports 0x70-0x71, IRQ 8 (described, never raised), a DSDT
+    /// device with _HID PNP0B00, and the century register for the FADT.
+    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+        PlatformDevice(
+            name: "cmos-rtc", ports: [try .ports("cmos-rtc", Self.base, count: Self.portCount)], portDevice: self,
+            irqs: [Self.rtcIRQ],
+            aml: try deviceAML("RTC", hid: "PNP0B00",
+                               resources: [.ports(Self.base, length: UInt8(Self.portCount)), .irq([Int(Self.rtcIRQ)])]),
+            fixedHardware: [.rtcCentury(index: CMOS.Register.century)])
+    }
+}

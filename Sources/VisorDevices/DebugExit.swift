@@ -19,3 +19,10 @@ public final class DebugExitDevice: PortDevice {
         .stop(.guestExit(status: UInt8(truncatingIfNeeded: value)))
     }
 }
+
+extension DebugExitDevice {
+    /// The port at 0x501 unless told otherwise. Test guests know it; the OS is not told.
+    public func platformDevice(port: UInt16 = defaultPort) throws(PlatformError) -> PlatformDevice {
+        PlatformDevice(name: "debug-exit", ports: [try .ports("debug-exit", port, count: 1)], portDevice: self)
+    }
+}

@@ -501,3 +501,20 @@ public final class I8042Device: PortDevice {
     /// The controller's state, for inspection (a copy; reading it has no side effects).
     public var controller: I8042 { state.withLock { $0.controller } }
 }
+
+extension I8042Device {
+    /// The controller at its PC place: port 0x60 and port 0x64 (one range each, around the
+    /// PC speaker's 0x61), IRQ 1 for the keyboard and 12 for AUX, and a DSDT keyboard device
+    /// (_HID PNP0303; there is no mouse to describe). The FADT's 8042 flag follows it.
+    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+        PlatformDevice(
+            name: "i8042",
+            ports: [try .ports("i8042-data", Self.dataPort, count: Self.portCount),
+                    try .ports("i8042-command", Self.commandPort, count: Self.portCount)],
+            portDevice: self, irqs: [Self.keyboardIRQ, Self.auxIRQ],
+            aml: try deviceAML("PS2K", hid: "PNP0303", resources: [
+                .ports(Self.dataPort, length: 1), .ports(Self.commandPort, length: 1), .irq([Int(Self.keyboardIRQ)]),
+            ]),
+            fixedHardware: [.i8042])
+    }
+}

@@ -61,3 +61,16 @@ public final class PCIConfigDevice: PortDevice {
         return .continue
     }
 }
+
+extension PCIConfigDevice {
+    /// Mechanism #1 at 0xCF8, 0xCFA-0xCFB and 0xCFC-0xCFF, around the reset register at
+    /// 0xCF9. No ACPI description: with no host bridge there is no PCI root to describe.
+    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+        PlatformDevice(
+            name: "pci-config",
+            ports: [try .ports("pci-config-address", Self.addressPort, count: Self.addressPortCount),
+                    try .ports("pci-config-address", Self.addressUpperBase, count: Self.addressUpperCount),
+                    try .ports("pci-config-data", Self.dataBase, count: Self.dataPortCount)],
+            portDevice: self)
+    }
+}

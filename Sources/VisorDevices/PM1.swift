@@ -204,3 +204,18 @@ public final class PM1Device: PortDevice {
     /// The registers' state, for inspection (a copy).
     public var registers: PM1Registers { state.withLock { $0 } }
 }
+
+extension PM1Device {
+    /// The PM1a blocks where this device was told they are (0x600 and 0x604 by default), as
+    /// the FADT's PM1a event and control blocks; `\_S5` gives the device's S5 sleep type.
+    /// The OS finds them through the FADT, so there is no DSDT device.
+    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+        PlatformDevice(
+            name: "acpi-pm1a",
+            ports: [try .ports("acpi-pm1a-event", eventBlockBase, count: Self.eventBlockLength),
+                    try .ports("acpi-pm1a-control", controlBlockBase, count: Self.controlBlockLength)],
+            portDevice: self,
+            fixedHardware: [.pm1aEventBlock(port: eventBlockBase),
+                            .pm1aControlBlock(port: controlBlockBase, s5SleepType: registers.s5SleepType)])
+    }
+}

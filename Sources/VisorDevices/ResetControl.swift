@@ -55,3 +55,15 @@ public final class ResetControlDevice: PortDevice {
         return reset ? .stop(.reset(source: Self.resetSource)) : .continue
     }
 }
+
+extension ResetControlDevice {
+    /// The value the FADT tells the OS to write: SYS_RST | RST_CPU, a hard reset.
+    public static let fadtResetValue: UInt8 = ResetControl.systemReset | ResetControl.resetCPU
+
+    /// The register at port 0xCF9, as the FADT's reset register.
+    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+        PlatformDevice(
+            name: "reset-control", ports: [try .ports("reset-control", Self.defaultPort, count: Self.portCount)],
+            portDevice: self, fixedHardware: [.resetRegister(port: Self.defaultPort, value: Self.fadtResetValue)])
+    }
+}
