@@ -1,5 +1,6 @@
 public import VisorCore
 import Synchronization
+import VisorFirmware
 
 // ACPI fixed-hardware power management on I/O ports: the PM1a event block (PM1_STS and
 // PM1_EN) and the PM1a control block (PM1_CNT). The reset register the FADT also names is
@@ -25,20 +26,21 @@ import Synchronization
 /// Any other sleep type is not supported: the request is ignored and WAK_STS (PM1_STS bit
 /// 15) is set at once, so that a guest waiting to wake up carries on as if it had slept.
 public struct PM1Registers: Sendable {
+    // The register layout is the one the FADT describes (`ACPIPM1`), not a second copy.
     /// PM1_STS bit 15: the system woke from a sleep state.
-    public static let wakeStatus: UInt16 = 0x8000
+    public static let wakeStatus: UInt16 = ACPIPM1.wakeStatus
     /// PM1_CNT bit 0: SCI_EN, always 1 here.
-    public static let sciEnable: UInt16 = 0x0001
+    public static let sciEnable: UInt16 = ACPIPM1.sciEnable
     /// PM1_CNT bit 2: GBL_RLS, write-only.
     public static let globalRelease: UInt16 = 0x0004
     /// PM1_CNT bits 12:10: SLP_TYP.
-    public static let sleepTypeMask: UInt16 = 0x1C00
-    public static let sleepTypeShift: UInt16 = 10
+    public static let sleepTypeMask: UInt16 = ACPIPM1.sleepTypeMask
+    public static let sleepTypeShift: UInt16 = ACPIPM1.sleepTypeShift
     /// PM1_CNT bit 13: SLP_EN, write-only.
-    public static let sleepEnable: UInt16 = 0x2000
+    public static let sleepEnable: UInt16 = ACPIPM1.sleepEnable
     /// Bytes in the event block and the control block.
-    public static let eventBlockLength = 4
-    public static let controlBlockLength = 2
+    public static let eventBlockLength = ACPIPM1.eventBlockLength
+    public static let controlBlockLength = ACPIPM1.controlBlockLength
 
     /// What a PM1 control write asked for.
     public enum SleepRequest: Sendable, Equatable {
@@ -48,7 +50,8 @@ public struct PM1Registers: Sendable {
         case unsupported(sleepType: UInt8)
     }
 
-    /// The SLP_TYP value that means S5 (soft off); the DSDT's `\_S5` object must give the same.
+    /// The SLP_TYP value that means S5 (soft off); `PM1Device.platformDevice()` gives it to
+    /// the DSDT's `\_S5` object.
     public let s5SleepType: UInt8
     /// PM1_STS.
     public private(set) var status: UInt16 = 0
@@ -120,10 +123,9 @@ public struct PM1Registers: Sendable {
 
 /// The PM1a event and control blocks on the port bus.
 ///
-/// By default the event block is ports 0x600-0x603 and the control block 0x604-0x605; the
-/// FADT's PM1a_EVT_BLK and PM1a_CNT_BLK must name the same ports. Register the two blocks as
-/// two ranges (`eventBlockBase`/`eventBlockLength`, `controlBlockBase`/`controlBlockLength`)
-/// or, with the defaults, as one range of 6 ports from 0x600. The device decodes by port
+/// By default the event block is ports 0x600-0x603 and the control block 0x604-0x605.
+/// `platformDevice()` places the two blocks as two ranges and names the same ports to the
+/// FADT as PM1a_EVT_BLK and PM1a_CNT_BLK. The device decodes by port
 /// number, byte lane by byte lane, so any access width and alignment works: a lane outside
 /// both blocks reads 0xFF and is not written.
 public final class PM1Device: PortDevice {

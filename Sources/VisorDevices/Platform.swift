@@ -9,7 +9,8 @@ public import VisorFirmware
 ///   reset register at 0xCF9, the POST-code port 0x80 and PCI configuration mechanism #1
 ///   with no devices behind it.
 ///
-/// A new device is one more `devices.append(try ...platformDevice())` here.
+/// A new device is its own file plus one more `try device.platformDevice()` line in the
+/// list of its kind below (and a stored property if callers need the device itself).
 public final class Platform: Sendable {
     public enum Kind: Sendable, Equatable {
         case minimal
