@@ -131,8 +131,9 @@ public struct ACPIPlatform: Sendable, Equatable {
         for (_, register) in registers where !seen.insert(register.kind).inserted {
             throw .duplicateFixedHardware(register.kind, devices: registers.filter { $0.register.kind == register.kind }.map(\.device))
         }
-        for required in ["PM1a event block", "PM1a control block"] where !seen.contains(required) {
-            throw .missingFixedHardware(required)
+        let required: [ACPIFixedHardware] = [.pm1aEventBlock(port: 0), .pm1aControlBlock(port: 0, s5SleepType: 0)]
+        for register in required where !seen.contains(register.kind) {
+            throw .missingFixedHardware(register.kind)
         }
         if let control = pm1aControlBlock, control.s5SleepType > 7 { throw .s5SleepType(control.s5SleepType) }
         let used = usedIRQs

@@ -160,6 +160,16 @@ struct ACPITablesTests {
         #expect(f.sum == 0)
     }
 
+    @Test("without a device that has a reset register, the FADT names none and does not claim RESET_REG_SUP")
+    func fadtWithoutReset() throws {
+        let tables = try ACPITables.build(for: .pc(processorCount: 1, without: ["reset-control"]))
+        let f = try tables.bytes("FACP")
+        #expect(f.u32(112) & (1 << 10) == 0, "no RESET_REG_SUP")
+        #expect(f.b[116..<129].allSatisfy { $0 == 0 }, "RESET_REG and RESET_VALUE empty")
+        #expect(f.u32(56) == 0x600 && f.u32(64) == 0x604, "the PM1a blocks stay")
+        #expect(f.sum == 0)
+    }
+
     @Test("the MADT: local APIC address, PCAT_COMPAT, N enabled local APICs, the IOAPIC, two overrides, LINT1 NMI",
           arguments: [1, 2, 8])
     func madt(processors: Int) throws {
