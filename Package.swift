@@ -17,7 +17,7 @@
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //  4  SwiftVisor          -> VisorCore VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
-//  3  VisorDevices        -> VisorCore                                -- device models
+//  3  VisorDevices        -> VisorCore VisorFirmware                  -- device models, Platform
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
 //  2  VisorCore           -> VisorKVM VisorMemory VisorDecoder        -- exits, buses, dispatch, policy
@@ -64,7 +64,7 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),
-        .target(name: "VisorDevices", dependencies: ["VisorCore"], swiftSettings: strict),
+        .target(name: "VisorDevices", dependencies: ["VisorCore", "VisorFirmware"], swiftSettings: strict),
         .target(name: "VisorLoader", dependencies: ["VisorMemory"], swiftSettings: strict),
         // Debian's zlib1g-dev, liblzma-dev, liblz4-dev and libzstd-dev.
         .target(
@@ -109,10 +109,10 @@ let package = Package(
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"]),
-        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore"]),
+        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore", "VisorFirmware"]),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder"]),
         .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"]),
-        .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware"]),
+        .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware", "VisorDevices"]),
         .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory", "TestSupport"]),
         .testTarget(
             name: "IntegrationTests",

@@ -47,11 +47,12 @@ public final class Machine: Sendable {
     public let configuration: MachineConfiguration
     public let memory: GuestMemory
     /// COM1.
-    public let serial: SerialPort
+    public let serial: Serial16550Device
     /// Where the Linux loader put the kernel, initrd and boot data (Linux guests only).
     public let linuxBootPlan: LinuxBootPlan?
-    /// The PC platform devices of a Linux guest.
-    public let platform: PCPlatform?
+    /// The devices: a PC platform for a Linux guest, a minimal one (COM1, debug exit)
+    /// otherwise.
+    public let platform: Platform
     let parts: MachineParts
     let runner: VCPURunner<VCPUHandle>
 
@@ -61,7 +62,7 @@ public final class Machine: Sendable {
         self.configuration = configuration
         self.parts = parts
         memory = parts.memory
-        serial = parts.serial
+        serial = parts.platform.serial
         linuxBootPlan = parts.linuxBootPlan
         platform = parts.platform
         let memory = parts.memory

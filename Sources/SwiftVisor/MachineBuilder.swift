@@ -12,8 +12,7 @@ struct MachineParts: Sendable {
     let vm: VMHandle
     let memory: GuestMemory
     let vcpus: [VCPUHandle]
-    let serial: SerialPort
-    let platform: PCPlatform?
+    let platform: Platform
     let linuxBootPlan: LinuxBootPlan?
     let dispatcher: ExitDispatcher
     let msrEmulator: MSREmulator
@@ -114,23 +113,20 @@ struct MachineBuilder {
         do { memory = try GuestMemory(regions: Self.guestRegions(memorySize: configuration.memorySize)) } catch {
             throw .memory(error)
         }
-        let (entry, linuxBootPlan) = try loadGuest(into: memory)
-        if let linuxBootPlan { configuration.onLinuxBootPlan?(linuxBootPlan) }
-        let (vcpus, guestCPUID0) = try createVCPUs(vm, system: system, memory: memory, entry: entry)
-
         let control = self.control
         let consoleOutput: @Sendable (UInt8) -> Void = configuration.consoleOutput ?? { byte in
             // The kick signal interrupts a blocked write; give up then if the VM is stopping.
             HostIO.write(CollectionOfOne(byte), to: 1) { control.isStopping }
         }
-        let (serial, platform) = makePlatform(vm, consoleOutput: consoleOutput)
+        let platform = try makePlatform(vm, consoleOutput: consoleOutput)
+        let (entry, linuxBootPlan) = try loadGuest(into: memory, platform: platform)
+        if let linuxBootPlan { configuration.onLinuxBootPlan?(linuxBootPlan) }
+        let (vcpus, guestCPUID0) = try createVCPUs(vm, system: system, memory: memory, entry: entry)
         let msrEmulator = MSREmulator(policy: configuration.msrs)
-        let dispatcher = try makeDispatcher(serial: serial, platform: platform, memory: memory,
-                                            consoleOutput: consoleOutput, msrEmulator: msrEmulator,
-                                            guestCPUID0: guestCPUID0)
-        return MachineParts(system: system, vm: vm, memory: memory, vcpus: vcpus, serial: serial,
-                            platform: platform, linuxBootPlan: linuxBootPlan, dispatcher: dispatcher,
-                            msrEmulator: msrEmulator)
+        let dispatcher = try makeDispatcher(platform: platform, memory: memory, consoleOutput: consoleOutput,
+                                            msrEmulator: msrEmulator, guestCPUID0: guestCPUID0)
+        return MachineParts(system: system, vm: vm, memory: memory, vcpus: vcpus, platform: platform,
+                            linuxBootPlan: linuxBootPlan, dispatcher: dispatcher, msrEmulator: msrEmulator)
     }
 
     /// The VM with KVM's real-mode helper pages placed and, if asked, the in-kernel
@@ -149,7 +145,7 @@ struct MachineBuilder {
     }
 
     /// Loads the guest image into `memory` and returns how vCPU 0 enters it.
-    func loadGuest(into memory: GuestMemory) throws(MachineError) -> (EntryState, LinuxBootPlan?) {
+    func loadGuest(into memory: GuestMemory, platform: Platform) throws(MachineError) -> (EntryState, LinuxBootPlan?) {
         do {
             switch configuration.guest {
             case .elf(let bytes):
@@ -162,7 +158,7 @@ struct MachineBuilder {
             case .flat(let bytes, let address):
                 return (try FlatBinaryLoader.load(bytes, at: address, into: memory), nil)
             case .linux(let request):
-                let plan = try PCPlatform.load(request, processors: configuration.vcpuCount, into: memory)
+                let plan = try platform.loadLinux(request, processors: configuration.vcpuCount, into: memory)
                 return (plan.entry, plan)
             }
         } catch let error as LoaderError {
@@ -209,44 +205,39 @@ struct MachineBuilder {
         } catch { throw .kvm(error) }
     }
 
-    /// COM1 for every guest, and the PC devices for a Linux guest.
-    func makePlatform(_ vm: VMHandle, consoleOutput: @escaping @Sendable (UInt8) -> Void) -> (SerialPort, PCPlatform?) {
+    /// The devices: the PC platform for a Linux guest, the minimal one (COM1, debug exit)
+    /// for test guests. Their IRQs reach the in-kernel interrupt controller, if there is one.
+    func makePlatform(_ vm: VMHandle, consoleOutput: @escaping @Sendable (UInt8) -> Void) throws(MachineError) -> Platform {
         var irqLine: (@Sendable (UInt32, Bool) -> Void)?
         if configuration.interruptController {
             irqLine = { irq, level in
                 do { try vm.setIRQLine(irq, high: level) } catch {}
             }
         }
-        var serialLine: (@Sendable (Bool) -> Void)?
-        if let irqLine { serialLine = { level in irqLine(SerialPort.com1IRQ, level) } }
-        let serial = SerialPort(output: consoleOutput, interruptLine: serialLine)
-        guard case .linux = configuration.guest else { return (serial, nil) }
         let size = configuration.memorySize
         let low = min(size, Self.lowMemoryLimit)
-        let platform = PCPlatform(memoryBelow4GiB: low, memoryAbove4GiB: size - low, irqLine: irqLine,
-                                  cmos: configuration.batteryBackedCMOS)
-        return (serial, platform)
+        let kind: Platform.Kind
+        if case .linux = configuration.guest { kind = .pc } else { kind = .minimal }
+        do throws(PlatformError) {
+            return try Platform(kind: kind, memoryBelow4GiB: low, memoryAbove4GiB: size - low,
+                                consoleOutput: consoleOutput, irqLine: irqLine, cmos: configuration.batteryBackedCMOS)
+        } catch { throw MachineError(error) }
     }
 
     /// The port and MMIO buses with every device, the hypercall table, the MSR policy and
     /// the instruction emulator, in one dispatcher.
-    func makeDispatcher(serial: SerialPort, platform: PCPlatform?, memory: GuestMemory,
-                        consoleOutput: @escaping @Sendable (UInt8) -> Void, msrEmulator: MSREmulator,
-                        guestCPUID0: [CPUIDEntry]) throws(MachineError) -> ExitDispatcher {
+    func makeDispatcher(platform: Platform, memory: GuestMemory, consoleOutput: @escaping @Sendable (UInt8) -> Void,
+                        msrEmulator: MSREmulator, guestCPUID0: [CPUIDEntry]) throws(MachineError) -> ExitDispatcher {
         var ports = PortBus()
+        var mmio = MMIOBus()
         do throws(BusError) {
-            try ports.register(serial, name: "com1", range: PortRange(base: SerialPort.com1Base, count: SerialPort.portCount))
-            try ports.register(DebugExitPort(), name: "debug-exit", range: PortRange(base: DebugExitPort.defaultPort, count: 1))
-            for device in try platform?.portDevices ?? [] {
-                try ports.register(device.device, name: device.name, range: device.range)
-            }
+            try platform.register(ports: &ports, mmio: &mmio)
             for extra in configuration.portDevices {
                 try ports.register(extra.device, name: extra.name, range: extra.range)
             }
             for blocked in configuration.blockedPorts {
                 try ports.block(blocked.range, name: blocked.name)
             }
-            var mmio = MMIOBus()
             for extra in configuration.mmioDevices {
                 try mmio.register(extra.device, name: extra.name, range: extra.range)
             }

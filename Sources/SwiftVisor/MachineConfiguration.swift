@@ -19,10 +19,10 @@ public struct MachineConfiguration: Sendable {
         case linux(LinuxBootRequest)
     }
 
-    /// For a Linux guest: the CMOS/RTC of a previous machine (`machine.platform?.cmos`), so
+    /// For a Linux guest: the CMOS/RTC of a previous machine (`machine.platform.cmos`), so
     /// that a rebooted guest keeps the time it set and its CMOS RAM, as a battery-backed
     /// CMOS would. nil gives a new one on the host's clock.
-    public var batteryBackedCMOS: CMOSPorts?
+    public var batteryBackedCMOS: CMOSDevice?
 
     /// Called once the Linux loader has placed the kernel, before any vCPU runs (for traces).
     public var onLinuxBootPlan: (@Sendable (LinuxBootPlan) -> Void)?

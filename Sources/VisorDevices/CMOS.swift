@@ -442,7 +442,7 @@ public struct CivilTime: Sendable, Equatable, CustomStringConvertible {
 /// reads all ones and ignores writes. An access wider than a byte is treated as a byte
 /// access of its low byte; an IN wider than a byte returns the register in the low byte and
 /// ones above it. No interrupts are raised (see `CMOS`).
-public final class CMOSPorts: PortDevice {
+public final class CMOSDevice: PortDevice {
     /// The index port; the data port follows it.
     public static let base: UInt16 = 0x70
     public static let portCount = 2
@@ -487,4 +487,17 @@ public final class CMOSPorts: PortDevice {
 
     /// The model's state, for inspection (a copy).
     public var cmos: CMOS { state.withLock { $0 } }
+}
+
+extension CMOSDevice {
+    /// CMOS/RTC at its PC place: ports 0x70-0x71, IRQ 8 (described, never raised), a DSDT
+    /// device with _HID PNP0B00, and the century register for the FADT.
+    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+        PlatformDevice(
+            name: "cmos-rtc", ports: [try .ports("cmos-rtc", Self.base, count: Self.portCount)], portDevice: self,
+            irqs: [Self.rtcIRQ],
+            aml: try deviceAML("RTC", hid: "PNP0B00",
+                               resources: [.ports(Self.base, length: UInt8(Self.portCount)), .irq([Int(Self.rtcIRQ)])]),
+            fixedHardware: [.rtcCentury(index: CMOS.Register.century)])
+    }
 }

@@ -6,7 +6,7 @@ import Synchronization
 //
 // The model is pure state: it knows the data register (port 0x60) and the status/command
 // register (port 0x64) as two pairs of read/write functions, and nothing about ports,
-// buses or threads. `I8042Ports` puts it on the port bus.
+// buses or threads. `I8042Device` puts it on the port bus.
 //
 // What Linux 6.1's i8042 and atkbd drivers see, and why each answer is what it is:
 // - `i8042_controller_check` empties the output buffer (at most 16 bytes), so the queue
@@ -415,7 +415,7 @@ public struct I8042: Sendable {
 /// does not matter. Any other port reads all ones and ignores writes. An access wider than a
 /// byte is treated as a byte access of its low byte; an IN wider than a byte returns the
 /// register in the low byte and ones above it.
-public final class I8042Ports: PortDevice {
+public final class I8042Device: PortDevice {
     /// The data port.
     public static let dataPort: UInt16 = 0x60
     /// The status (read) and command (write) port.
@@ -500,4 +500,21 @@ public final class I8042Ports: PortDevice {
 
     /// The controller's state, for inspection (a copy; reading it has no side effects).
     public var controller: I8042 { state.withLock { $0.controller } }
+}
+
+extension I8042Device {
+    /// The controller at its PC place: port 0x60 and port 0x64 (one range each, around the
+    /// PC speaker's 0x61), IRQ 1 for the keyboard and 12 for AUX, and a DSDT keyboard device
+    /// (_HID PNP0303; there is no mouse to describe). The FADT's 8042 flag follows it.
+    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+        PlatformDevice(
+            name: "i8042",
+            ports: [try .ports("i8042-data", Self.dataPort, count: Self.portCount),
+                    try .ports("i8042-command", Self.commandPort, count: Self.portCount)],
+            portDevice: self, irqs: [Self.keyboardIRQ, Self.auxIRQ],
+            aml: try deviceAML("PS2K", hid: "PNP0303", resources: [
+                .ports(Self.dataPort, length: 1), .ports(Self.commandPort, length: 1), .irq([Int(Self.keyboardIRQ)]),
+            ]),
+            fixedHardware: [.i8042])
+    }
 }

@@ -2,31 +2,58 @@
 // one blob to copy into guest memory. Offsets and values follow the ACPI 6.5
 // specification, chapter 5 ("ACPI Software Programming Model").
 
-/// The machine that the ACPI tables describe.
+/// A register block of ACPI fixed hardware that a device implements: the FADT points at it,
+/// so the tables take its ports from the device that has them, never from a second copy.
+public enum ACPIFixedHardware: Sendable, Equatable {
+    /// The PM1a event block (PM1_STS then PM1_EN), `ACPIPM1.eventBlockLength` ports.
+    case pm1aEventBlock(port: UInt16)
+    /// The PM1a control block, `ACPIPM1.controlBlockLength` ports, and the SLP_TYP value for
+    /// S5 (soft off, 0-7) that the DSDT's `\_S5` gives.
+    case pm1aControlBlock(port: UInt16, s5SleepType: UInt8)
+    /// The FADT reset register, a byte-wide port in system I/O space, and the value that
+    /// the OS writes to it to reset the machine.
+    case resetRegister(port: UInt16, value: UInt8)
+    /// An 8042 keyboard controller at ports 0x60/0x64 (IAPC_BOOT_ARCH bit 1).
+    case i8042
+    /// The CMOS index of the RTC's century register (FADT CENTURY). Linux reads it when
+    /// non-zero; a century of 0 there is ignored.
+    case rtcCentury(index: UInt8)
+}
+
+/// What the tables need to know of one device of the platform.
+public struct ACPIDevice: Sendable, Equatable {
+    /// The device's name, for error messages.
+    public var name: String
+    /// Its DSDT fragment, placed in `\_SB` in the order of the platform's devices: usually
+    /// one `Device` with `_HID` and `_CRS`. Empty for a device the OS finds otherwise.
+    public var aml: [AMLTerm]
+    /// The ISA IRQs it raises; the SCI must not share one.
+    public var irqs: [UInt32]
+    /// The fixed-hardware registers it implements, for the FADT.
+    public var fixedHardware: [ACPIFixedHardware]
+
+    public init(name: String, aml: [AMLTerm] = [], irqs: [UInt32] = [], fixedHardware: [ACPIFixedHardware] = []) {
+        self.name = name
+        self.aml = aml
+        self.irqs = irqs
+        self.fixedHardware = fixedHardware
+    }
+}
+
+/// The machine that the ACPI tables describe: its processors and interrupt controllers,
+/// and its devices as they describe themselves.
 public struct ACPIPlatform: Sendable, Equatable {
     /// The number of vCPUs; their local APIC IDs and ACPI processor UIDs are 0..<count.
     public var processorCount: Int
+    /// The platform's devices. One of them must implement the PM1a event and control
+    /// blocks; at most one may implement each fixed-hardware register.
+    public var devices: [ACPIDevice]
     public var ioAPICAddress: UInt32 = 0xFEC0_0000
     /// The IOAPIC's ID; nil means `processorCount`, the first ID after the local APICs.
     public var ioAPICID: UInt8? = nil
     public var localAPICAddress: UInt32 = 0xFEE0_0000
     /// The ISA IRQ of the SCI, routed to the same GSI, level-triggered and active high.
     public var sciInterrupt: UInt16 = 9
-    /// PM1a event block: 4 ports, PM1 status (2 bytes) then PM1 enable (2 bytes).
-    public var pm1aEventBlock: UInt16 = 0x600
-    /// PM1a control block: 2 ports. See `ACPIPM1` for the bits the device model needs.
-    public var pm1aControlBlock: UInt16 = 0x604
-    /// The FADT reset register, a byte-wide port in system I/O space, and the value that
-    /// the OS writes to it to reset the machine.
-    public var resetPort: UInt16 = 0xCF9
-    public var resetValue: UInt8 = 0x06
-    /// SLP_TYP for S5 (soft off), the value of `\_S5`: 0-7.
-    public var s5SleepType: UInt8 = 5
-    /// The CMOS index of the RTC's century register (FADT CENTURY), or 0 for none. Linux
-    /// reads it when non-zero; a century of 0 there is ignored.
-    public var rtcCenturyIndex: UInt8 = 0x32
-    /// An i8042 keyboard controller at ports 0x60/0x64 with IRQ 1.
-    public var hasI8042 = true
     /// Up to 6 printable ASCII characters, padded with spaces.
     public var oemID = "SWIFTV"
     /// Up to 8 printable ASCII characters, padded with spaces.
@@ -35,15 +62,60 @@ public struct ACPIPlatform: Sendable, Equatable {
     /// The most vCPUs the tables describe: xAPIC IDs are 8 bits, 0xFF is the broadcast
     /// ID, and the IOAPIC takes the ID after the last vCPU.
     public static let maxProcessors = 254
+    /// ISA IRQs the platform itself uses: the timer (IRQ 0) and the PIC cascade (IRQ 2).
+    public static let platformIRQs: Set<UInt16> = [0, 2]
 
-    public init(processorCount: Int) {
+    public init(processorCount: Int, devices: [ACPIDevice]) {
         self.processorCount = processorCount
+        self.devices = devices
     }
 
     /// The IOAPIC ID the tables use.
     public var effectiveIOAPICID: UInt8 { ioAPICID ?? UInt8(clamping: processorCount) }
 
-    /// Checks that the tables can describe this platform.
+    /// Every fixed-hardware register of the devices, with the device that has it.
+    private var fixedHardware: [(device: String, register: ACPIFixedHardware)] {
+        devices.flatMap { device in device.fixedHardware.map { (device.name, $0) } }
+    }
+
+    /// The PM1a event block's first port, if a device has it.
+    public var pm1aEventBlock: UInt16? {
+        for (_, register) in fixedHardware { if case .pm1aEventBlock(let port) = register { return port } }
+        return nil
+    }
+
+    /// The PM1a control block's first port and the S5 sleep type, if a device has them.
+    public var pm1aControlBlock: (port: UInt16, s5SleepType: UInt8)? {
+        for (_, register) in fixedHardware {
+            if case .pm1aControlBlock(let port, let type) = register { return (port, type) }
+        }
+        return nil
+    }
+
+    /// The reset register's port and value, if a device has it.
+    public var resetRegister: (port: UInt16, value: UInt8)? {
+        for (_, register) in fixedHardware {
+            if case .resetRegister(let port, let value) = register { return (port, value) }
+        }
+        return nil
+    }
+
+    /// Whether a device is an 8042 at ports 0x60/0x64.
+    public var hasI8042: Bool { fixedHardware.contains { $0.register == .i8042 } }
+
+    /// The RTC's century index, or 0 for none.
+    public var rtcCenturyIndex: UInt8 {
+        for (_, register) in fixedHardware { if case .rtcCentury(let index) = register { return index } }
+        return 0
+    }
+
+    /// ISA IRQs in use: the platform's own and every device's.
+    public var usedIRQs: [UInt16] {
+        Set(Self.platformIRQs).union(devices.flatMap(\.irqs).compactMap { UInt16(exactly: $0) }).sorted()
+    }
+
+    /// Checks that the tables can describe this platform. Port ranges are the buses'
+    /// business: `PortBus.register` refuses overlaps when the devices are placed.
     public func validate() throws(ACPIError) {
         guard (1...Self.maxProcessors).contains(processorCount) else {
             throw .processorCount(processorCount)
@@ -53,28 +125,20 @@ public struct ACPIPlatform: Sendable, Equatable {
         if let id = ioAPICID, Int(id) < processorCount || id == 0xFF {
             throw .ioAPICID(id, processorCount: processorCount)
         }
-        guard s5SleepType <= 7 else { throw .s5SleepType(s5SleepType) }
-        let usedIRQs: Set<UInt16> = hasI8042 ? [0, 1, 2, 4, 8] : [0, 2, 4, 8]
-        guard sciInterrupt < 16, !usedIRQs.contains(sciInterrupt) else {
-            throw .sciInterrupt(sciInterrupt, inUse: usedIRQs.sorted())
+        // Each kind of fixed-hardware register at most once; the PM1a blocks exactly once.
+        let registers = fixedHardware
+        var seen: Set<String> = []
+        for (_, register) in registers where !seen.insert(register.kind).inserted {
+            throw .duplicateFixedHardware(register.kind, devices: registers.filter { $0.register.kind == register.kind }.map(\.device))
         }
-        // Every port range the tables describe must be non-empty, inside 16-bit I/O space,
-        // and disjoint from the others.
-        var ranges: [(String, Range<Int>)] = [
-            ("PM1a event block", Int(pm1aEventBlock)..<Int(pm1aEventBlock) + ACPIPM1.eventBlockLength),
-            ("PM1a control block", Int(pm1aControlBlock)..<Int(pm1aControlBlock) + ACPIPM1.controlBlockLength),
-            ("reset register", Int(resetPort)..<Int(resetPort) + 1),
-            ("COM1", 0x3F8..<0x400),
-            ("RTC", 0x70..<0x72),
-        ]
-        if hasI8042 { ranges += [("i8042 data", 0x60..<0x61), ("i8042 command", 0x64..<0x65)] }
-        for (i, (name, range)) in ranges.enumerated() {
-            if range.lowerBound == 0 || range.upperBound > 0x10000 {
-                throw .invalidPorts("the \(name) at port 0x\(hex(range.lowerBound)) must lie within ports 0x1-0xFFFF")
-            }
-            for (otherName, other) in ranges[..<i] where range.overlaps(other) {
-                throw .invalidPorts("the \(name) at ports 0x\(hex(range.lowerBound))-0x\(hex(range.upperBound - 1)) overlaps the \(otherName) at 0x\(hex(other.lowerBound))-0x\(hex(other.upperBound - 1))")
-            }
+        let required: [ACPIFixedHardware] = [.pm1aEventBlock(port: 0), .pm1aControlBlock(port: 0, s5SleepType: 0)]
+        for register in required where !seen.contains(register.kind) {
+            throw .missingFixedHardware(register.kind)
+        }
+        if let control = pm1aControlBlock, control.s5SleepType > 7 { throw .s5SleepType(control.s5SleepType) }
+        let used = usedIRQs
+        guard sciInterrupt < 16, !used.contains(sciInterrupt) else {
+            throw .sciInterrupt(sciInterrupt, inUse: used)
         }
     }
 
@@ -115,7 +179,8 @@ public enum ACPIError: Error, Equatable, CustomStringConvertible {
     case ioAPICID(UInt8, processorCount: Int)
     case s5SleepType(UInt8)
     case sciInterrupt(UInt16, inUse: [UInt16])
-    case invalidPorts(String)
+    case missingFixedHardware(String)
+    case duplicateFixedHardware(String, devices: [String])
     case misalignedBase(UInt64)
     case doesNotFit(base: UInt64, size: Int, region: Range<UInt64>)
     case aml(AMLError)
@@ -134,8 +199,10 @@ public enum ACPIError: Error, Equatable, CustomStringConvertible {
             "S5 sleep type \(t) does not fit SLP_TYP (0-7)"
         case .sciInterrupt(let irq, let inUse):
             "SCI interrupt \(irq) must be an ISA IRQ 0-15 other than \(inUse.map(String.init).joined(separator: ", ")), which the platform uses"
-        case .invalidPorts(let why):
-            "ACPI port layout is invalid: \(why)"
+        case .missingFixedHardware(let register):
+            "ACPI tables need a device with the \(register); the platform has none"
+        case .duplicateFixedHardware(let register, let devices):
+            "ACPI tables name one \(register), but devices \(devices.joined(separator: ", ")) each claim it"
         case .misalignedBase(let base):
             "ACPI tables must start on a 16-byte boundary for the RSDP, not at 0x\(hex(base))"
         case .doesNotFit(let base, let size, let region):
@@ -299,8 +366,11 @@ public struct ACPITables: Sendable {
         t.set(UInt64(platform.sciInterrupt), at: 46, width: 2)  // SCI_INT
         // 48 SMI_CMD = 0, 52 ACPI_ENABLE = 0, 53 ACPI_DISABLE = 0: always in ACPI mode.
         // 54 S4BIOS_REQ = 0, 55 PSTATE_CNT = 0.
-        t.set(UInt64(platform.pm1aEventBlock), at: 56, width: 4)  // PM1a_EVT_BLK
-        t.set(UInt64(platform.pm1aControlBlock), at: 64, width: 4)  // PM1a_CNT_BLK
+        // validate() makes sure both PM1a blocks are there.
+        let pm1aEvent = platform.pm1aEventBlock ?? 0
+        let pm1aControl = platform.pm1aControlBlock?.port ?? 0
+        t.set(UInt64(pm1aEvent), at: 56, width: 4)  // PM1a_EVT_BLK
+        t.set(UInt64(pm1aControl), at: 64, width: 4)  // PM1a_CNT_BLK
         // 60 PM1b_EVT_BLK, 68 PM1b_CNT_BLK, 72 PM2_CNT_BLK, 76 PM_TMR_BLK, 80 GPE0_BLK,
         // 84 GPE1_BLK: none.
         t[88] = UInt8(ACPIPM1.eventBlockLength)  // PM1_EVT_LEN
@@ -312,22 +382,25 @@ public struct ACPITables: Sendable {
         // 100 FLUSH_SIZE, 102 FLUSH_STRIDE, 104 DUTY_OFFSET, 105 DUTY_WIDTH, 106 DAY_ALRM,
         // 107 MON_ALRM: 0.
         t[108] = platform.rtcCenturyIndex  // CENTURY
-        // The platform always has legacy ISA devices (COM1, the RTC) and never VGA.
+        // The platform is PC-compatible (legacy ISA devices may be present) and never has VGA.
         var boot = BootArchitecture.legacyDevices | BootArchitecture.vgaNotPresent
         if platform.hasI8042 { boot |= BootArchitecture.i8042 }
         t.set(UInt64(boot), at: 109, width: 2)  // IAPC_BOOT_ARCH
-        let flags = FADTFlag.wbinvd | FADTFlag.processorC1 | FADTFlag.powerButtonNotFixed
-            | FADTFlag.sleepButtonNotFixed | FADTFlag.rtcWakeNotFixed | FADTFlag.resetRegisterSupported
+        var flags = FADTFlag.wbinvd | FADTFlag.processorC1 | FADTFlag.powerButtonNotFixed
+            | FADTFlag.sleepButtonNotFixed | FADTFlag.rtcWakeNotFixed
+        if let reset = platform.resetRegister {
+            flags |= FADTFlag.resetRegisterSupported
+            t.set(gas: systemIO(port: reset.port, bitWidth: 8, accessSize: 1), at: 116)  // RESET_REG
+            t[128] = reset.value  // RESET_VALUE
+        }
         t.set(UInt64(flags), at: 112, width: 4)
-        t.set(gas: systemIO(port: platform.resetPort, bitWidth: 8, accessSize: 1), at: 116)  // RESET_REG
-        t[128] = platform.resetValue  // RESET_VALUE
         // 129 ARM_BOOT_ARCH: 0.
         t[131] = 5  // FADT minor version: ACPI 6.5
         t.set(facs, at: 132, width: 8)  // X_FIRMWARE_CTRL
         t.set(dsdt, at: 140, width: 8)  // X_DSDT
-        t.set(gas: systemIO(port: platform.pm1aEventBlock, bitWidth: 8 * ACPIPM1.eventBlockLength, accessSize: 2),
+        t.set(gas: systemIO(port: pm1aEvent, bitWidth: 8 * ACPIPM1.eventBlockLength, accessSize: 2),
               at: 148)  // X_PM1a_EVT_BLK
-        t.set(gas: systemIO(port: platform.pm1aControlBlock, bitWidth: 8 * ACPIPM1.controlBlockLength, accessSize: 2),
+        t.set(gas: systemIO(port: pm1aControl, bitWidth: 8 * ACPIPM1.controlBlockLength, accessSize: 2),
               at: 172)  // X_PM1a_CNT_BLK
         // 160 X_PM1b_EVT_BLK, 184 X_PM1b_CNT_BLK, 196 X_PM2_CNT_BLK, 208 X_PM_TMR_BLK,
         // 220 X_GPE0_BLK, 232 X_GPE1_BLK, 244 SLEEP_CONTROL_REG, 256 SLEEP_STATUS_REG,
@@ -371,30 +444,14 @@ public struct ACPITables: Sendable {
         return sealed(t)
     }
 
-    /// The DSDT's AML: `\_S5` and the legacy devices under `\_SB`.
-    static func dsdtTerms(_ platform: ACPIPlatform) throws(AMLError) -> [AMLTerm] {
-        let s5 = UInt64(platform.s5SleepType)
-        var devices: [AMLTerm] = [
-            .device("COM1", [
-                .name("_HID", try .eisaID("PNP0501")),
-                .name("_UID", .integer(1)),
-                .name("_CRS", try .resourceTemplate([.ports(0x3F8, length: 8), .irq([4])])),
-            ]),
-            .device("RTC", [
-                .name("_HID", try .eisaID("PNP0B00")),
-                .name("_CRS", try .resourceTemplate([.ports(0x70, length: 2), .irq([8])])),
-            ]),
-        ]
-        if platform.hasI8042 {
-            devices.append(.device("PS2K", [
-                .name("_HID", try .eisaID("PNP0303")),
-                .name("_CRS", try .resourceTemplate([.ports(0x60, length: 1), .ports(0x64, length: 1), .irq([1])])),
-            ]))
-        }
+    /// The DSDT's AML: `\_S5` from the PM1a control block's S5 sleep type, then every
+    /// device's fragment under `\_SB`, in the order of the platform's devices.
+    static func dsdtTerms(_ platform: ACPIPlatform) -> [AMLTerm] {
+        let s5 = UInt64(platform.pm1aControlBlock?.s5SleepType ?? 0)
         return [
             // SLP_TYPa, SLP_TYPb, reserved, reserved.
             .name("_S5", .package([.integer(s5), .integer(s5), .integer(0), .integer(0)])),
-            .scope("\\_SB", devices),
+            .scope("\\_SB", platform.devices.flatMap(\.aml)),
         ]
     }
 
@@ -430,6 +487,19 @@ public struct ACPITables: Sendable {
     /// The byte that makes `bytes` sum to zero modulo 256.
     static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt8 {
         0 &- bytes.reduce(0, &+)
+    }
+}
+
+extension ACPIFixedHardware {
+    /// What the register is, without its ports, for validation and messages.
+    var kind: String {
+        switch self {
+        case .pm1aEventBlock: "PM1a event block"
+        case .pm1aControlBlock: "PM1a control block"
+        case .resetRegister: "reset register"
+        case .i8042: "8042 keyboard controller"
+        case .rtcCentury: "RTC century register"
+        }
     }
 }
 

@@ -264,8 +264,9 @@ enum LinuxBench {
                 _ = try LinuxLoader.load(request, into: memory, rsdpAddress: ACPITables.biosArea.lowerBound)
                 record("LinuxLoader.load in all (detect, decompress, copy, zero page, page tables)", milliseconds(since: start))
 
+                let platform = try Platform(kind: .pc, memoryBelow4GiB: memorySize, consoleOutput: { _ in }, irqLine: nil)
                 start = now()
-                let tables = try ACPITables.build(for: ACPIPlatform(processorCount: options.cpus))
+                let tables = try ACPITables.build(for: platform.acpiPlatform(processors: options.cpus))
                 record("ACPI tables (ACPITables.build)", milliseconds(since: start))
                 _ = tables
 

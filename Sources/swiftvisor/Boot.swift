@@ -97,7 +97,7 @@ extension SwiftVisorCommand {
                 boots += 1
                 let report = try runMachine(config, output: output, signals: signals) { machine in
                     // The next boot keeps the CMOS clock and RAM, as a battery would.
-                    config.batteryBackedCMOS = machine.platform?.cmos
+                    config.batteryBackedCMOS = machine.platform.cmos
                 }
                 if case .stopped(.reset) = report.outcome, onReboot == .restart {
                     HostIO.printError("swiftvisor: the guest reset; booting again (boot \(boots + 1))")

@@ -197,18 +197,18 @@ extension KVMIntegration {
             var config = MachineConfiguration(guest: .linux(LinuxBootRequest(kernel: try LinuxKernels.testKernelFile("vmlinux"))))
             config.memorySize = 64 << 20
             let first = try Machine(config)
-            let cmos = try #require(first.platform?.cmos)
+            let cmos = try #require(first.platform.cmos)
             _ = cmos.portWrite(port: 0x70, offset: 0, width: 1, value: 0x40)
             _ = cmos.portWrite(port: 0x71, offset: 1, width: 1, value: 0x5A)
             config.batteryBackedCMOS = cmos
             let second = try Machine(config)
-            let kept = try #require(second.platform?.cmos)
+            let kept = try #require(second.platform.cmos)
             #expect(kept === cmos)
             _ = kept.portWrite(port: 0x70, offset: 0, width: 1, value: 0x40)
             #expect(kept.portRead(port: 0x71, offset: 1, width: 1) & 0xFF == 0x5A)
             // Without it, a new machine gets fresh CMOS RAM.
             config.batteryBackedCMOS = nil
-            let fresh = try #require(try Machine(config).platform?.cmos)
+            let fresh = try #require(try Machine(config).platform.cmos)
             _ = fresh.portWrite(port: 0x70, offset: 0, width: 1, value: 0x40)
             #expect(fresh.portRead(port: 0x71, offset: 1, width: 1) & 0xFF != 0x5A)
         }

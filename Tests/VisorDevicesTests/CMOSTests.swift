@@ -342,11 +342,11 @@ struct CMOSRegisterTests {
 }
 
 @Suite("CMOS/RTC on the port bus")
-struct CMOSPortsTests {
+struct CMOSDeviceTests {
 
     @Test("offset 0 is the index port, 1 the data port; wide accesses use the low byte; other offsets read all ones")
     func ports() {
-        let device = CMOSPorts(clock: { saturday })
+        let device = CMOSDevice(clock: { saturday })
         #expect(device.portWrite(port: 0x70, offset: 0, width: 1, value: 0x89) == .continue)
         #expect(device.nmiMasked)
         #expect(device.portRead(port: 0x70, offset: 0, width: 1) == 0x89)
@@ -360,12 +360,12 @@ struct CMOSPortsTests {
         #expect(device.portRead(port: 0x72, offset: 2, width: 1) == 0xFF)
         #expect(device.portWrite(port: 0x72, offset: 2, width: 1, value: 0) == .continue)
         #expect(device.guestTime == saturday)
-        #expect(CMOSPorts.base == 0x70 && CMOSPorts.portCount == 2)
+        #expect(CMOSDevice.base == 0x70 && CMOSDevice.portCount == 2)
     }
 
     @Test("Linux's boot-time read (mc146818_avoid_UIP, then mc146818_get_time) gets the host's time in one pass")
     func linuxRead() {
-        let device = CMOSPorts(clock: { saturday })
+        let device = CMOSDevice(clock: { saturday })
         func cmosRead(_ index: UInt8) -> Int {
             _ = device.portWrite(port: 0x70, offset: 0, width: 1, value: UInt32(index))
             return Int(device.portRead(port: 0x71, offset: 1, width: 1) & 0xFF)

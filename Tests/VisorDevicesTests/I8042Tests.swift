@@ -12,8 +12,8 @@ private final class LineRecorder: Sendable {
     func take() -> [String] { events.withLock { events in defer { events = [] }; return events } }
 }
 
-private let dataPort = I8042Ports.dataPort
-private let commandPort = I8042Ports.commandPort
+private let dataPort = I8042Device.dataPort
+private let commandPort = I8042Device.commandPort
 
 extension I8042 {
     /// Reads every waiting byte.
@@ -300,11 +300,11 @@ struct I8042KeyboardTests {
 }
 
 @Suite("i8042 on the port bus")
-struct I8042PortsTests {
+struct I8042DeviceTests {
 
     @Test("ports 0x60 and 0x64 by number; wide accesses use the low byte; other ports read all ones")
     func portsAndWidths() {
-        let device = I8042Ports()
+        let device = I8042Device()
         #expect(device.portRead(port: commandPort, offset: 0, width: 1) == 0x14)
         #expect(device.portRead(port: commandPort, offset: 0, width: 2) == 0xFF14)
         #expect(device.portRead(port: commandPort, offset: 0, width: 4) == 0xFFFF_FF14)
@@ -317,7 +317,7 @@ struct I8042PortsTests {
 
     @Test("0xFE stops the VM with a reset from \"i8042\"; the output port's reset line from \"i8042 output port\"")
     func resets() {
-        let device = I8042Ports()
+        let device = I8042Device()
         #expect(device.portWrite(port: commandPort, offset: 0, width: 1, value: 0xFE) == .stop(.reset(source: "i8042")))
         #expect(device.portWrite(port: commandPort, offset: 0, width: 1, value: 0xD1) == .continue)
         #expect(device.portWrite(port: dataPort, offset: 0, width: 1, value: 0xDF) == .continue)
@@ -328,7 +328,7 @@ struct I8042PortsTests {
     @Test("IRQ 1 rises when a byte is waiting and the command byte enables it, and falls when it is read")
     func keyboardInterrupt() {
         let lines = LineRecorder()
-        let device = I8042Ports(interruptLine: lines.callback)
+        let device = I8042Device(interruptLine: lines.callback)
         _ = device.portWrite(port: commandPort, offset: 0, width: 1, value: 0xAA)
         #expect(lines.take() == ["1+"])
         #expect(device.portRead(port: commandPort, offset: 0, width: 1) & 1 == 1)
@@ -351,7 +351,7 @@ struct I8042PortsTests {
     @Test("no IRQ while the command byte disables it; enabling it with a byte waiting raises the line")
     func interruptEnable() {
         let lines = LineRecorder()
-        let device = I8042Ports(interruptLine: lines.callback)
+        let device = I8042Device(interruptLine: lines.callback)
         _ = device.portWrite(port: commandPort, offset: 0, width: 1, value: 0x60)
         _ = device.portWrite(port: dataPort, offset: 0, width: 1, value: 0x64)   // KBDINT and AUXINT off
         _ = device.portWrite(port: dataPort, offset: 0, width: 1, value: 0xEE)
@@ -372,7 +372,7 @@ struct I8042PortsTests {
     @Test("hostile guest: 20,000 random accesses never break the queue bound or the line levels")
     func fuzz() {
         let lines = LineRecorder()
-        let device = I8042Ports(interruptLine: lines.callback)
+        let device = I8042Device(interruptLine: lines.callback)
         var rng = SplitMix(seed: 0x8042)
         var keyboardLine = false, auxLine = false
         for _ in 0..<20_000 {
@@ -424,7 +424,7 @@ struct I8042LinuxProbeTests {
 
     /// The driver side: polls like `__i8042_command`, failing where Linux would time out.
     private struct Driver {
-        let device: I8042Ports
+        let device: I8042Device
         var status: UInt8 { UInt8(truncatingIfNeeded: device.portRead(port: commandPort, offset: 0, width: 1)) }
 
         /// i8042_flush: at most 16 bytes.
@@ -442,9 +442,9 @@ struct I8042LinuxProbeTests {
         /// Returns nil where Linux would time out or see an AUX-loop error.
         func command(_ code: Int, _ params: [UInt8] = []) -> [UInt8]? {
             #expect(status & 0x02 == 0, "IBF never set")
-            #expect(device.portWrite(port: I8042Ports.commandPort, offset: 0, width: 1, value: UInt32(code & 0xFF)) == .continue)
+            #expect(device.portWrite(port: I8042Device.commandPort, offset: 0, width: 1, value: UInt32(code & 0xFF)) == .continue)
             for byte in params.prefix((code >> 12) & 0xF) {
-                _ = device.portWrite(port: I8042Ports.dataPort, offset: 0, width: 1, value: UInt32(byte))
+                _ = device.portWrite(port: I8042Device.dataPort, offset: 0, width: 1, value: UInt32(byte))
             }
             var replies: [UInt8] = []
             for _ in 0..<((code >> 8) & 0xF) {
@@ -460,7 +460,7 @@ struct I8042LinuxProbeTests {
     @Test("controller check, init, AUX detection (no MUX), keyboard port and atkbd's ID")
     func probe() throws {
         let lines = LineRecorder()
-        let device = I8042Ports(interruptLine: lines.callback)
+        let device = I8042Device(interruptLine: lines.callback)
         let driver = Driver(device: device)
 
         // i8042_platform_init (x86): A20 through the output port, then the null command.

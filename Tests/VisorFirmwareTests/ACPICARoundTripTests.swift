@@ -52,8 +52,7 @@ struct ACPICARoundTripTests {
     @Test("iasl -d decodes every table without complaint and shows the platform's facts",
           arguments: [(1, true), (2, true), (8, true), (3, false)])
     func disassemble(processors: Int, i8042: Bool) throws {
-        var platform = ACPIPlatform(processorCount: processors)
-        platform.hasI8042 = i8042
+        let platform = ACPIPlatform.pc(processorCount: processors, without: i8042 ? [] : ["i8042"])
         let tables = try ACPITables.build(for: platform)
         let dir = try write(tables)
         let names = Self.files.values.sorted()
@@ -120,7 +119,7 @@ struct ACPICARoundTripTests {
 
     @Test("ACPICA's loader (acpiexec) takes the tables without warnings and evaluates \\_S5 and _CRS")
     func acpiexec() throws {
-        let tables = try ACPITables.build(for: ACPIPlatform(processorCount: 2))
+        let tables = try ACPITables.build(for: ACPIPlatform.pc(processorCount: 2))
         let dir = try write(tables)
         let commands = "evaluate \\_S5; evaluate \\_SB.COM1._CRS; evaluate \\_SB.RTC._HID; evaluate \\_SB.PS2K._CRS"
         let run = try ACPICA.run(
@@ -239,7 +238,7 @@ struct ACPICARoundTripTests {
         }
 
         // Our own table, with real checksums, disassembles back to the same ASL constructs.
-        var platform = ACPIPlatform(processorCount: 1)
+        var platform = ACPIPlatform.pc(processorCount: 1)
         platform.oemTableID = "SVTEST"
         let ssdt = ACPITables.sealed(ACPITables.header("SSDT", revision: 2, platform)
             + (try AMLTerm.encode(termList: terms(checksummed))))

@@ -1,4 +1,5 @@
 import Testing
+import VisorDevices
 @testable import VisorFirmware
 
 /// Little-endian reads from a table's bytes, and table look-ups in a blob.
@@ -34,7 +35,7 @@ struct ACPITablesTests {
     @Test("the blob starts with the RSDP at the base and holds every table once, in order, without overlap",
           arguments: [1, 2, 8])
     func layout(processors: Int) throws {
-        let tables = try ACPITables.build(for: ACPIPlatform(processorCount: processors))
+        let tables = try ACPITables.build(for: ACPIPlatform.pc(processorCount: processors))
         #expect(tables.rsdpAddress == 0xE0000)
         #expect(tables.tables.map(\.signature) == Self.signatures)
         #expect(tables.tables.first?.address == tables.rsdpAddress)
@@ -56,7 +57,7 @@ struct ACPITablesTests {
     @Test("every table with a header has the right length and sums to zero; the header fields are ours",
           arguments: [1, 2, 8])
     func headers(processors: Int) throws {
-        let tables = try ACPITables.build(for: ACPIPlatform(processorCount: processors))
+        let tables = try ACPITables.build(for: ACPIPlatform.pc(processorCount: processors))
         let revisions: [String: UInt8] = ["XSDT": 1, "FACP": 6, "APIC": 6, "DSDT": 2]
         for (signature, revision) in revisions {
             let t = try tables.bytes(signature)
@@ -74,7 +75,7 @@ struct ACPITablesTests {
 
     @Test("the RSDP: signature, both checksums, revision 2, no RSDT, length 36, XSDT address")
     func rsdp() throws {
-        let tables = try ACPITables.build(for: ACPIPlatform(processorCount: 2))
+        let tables = try ACPITables.build(for: ACPIPlatform.pc(processorCount: 2))
         let r = try tables.bytes("RSD PTR ")
         #expect(r.b.count == 36)
         #expect(r.ascii(0, 8) == "RSD PTR ")
@@ -90,7 +91,7 @@ struct ACPITablesTests {
 
     @Test("the XSDT lists the FADT and the MADT")
     func xsdt() throws {
-        let tables = try ACPITables.build(for: ACPIPlatform(processorCount: 2))
+        let tables = try ACPITables.build(for: ACPIPlatform.pc(processorCount: 2))
         let x = try tables.bytes("XSDT")
         let entries = stride(from: 36, to: x.b.count, by: 8).map { x.u64($0) }
         #expect(entries.map { tables.signature(at: $0) } == ["FACP", "APIC"])
@@ -98,7 +99,7 @@ struct ACPITablesTests {
 
     @Test("the FACS: 64 bytes, version 2, nothing else set")
     func facs() throws {
-        let f = try ACPITables.build(for: ACPIPlatform(processorCount: 1)).bytes("FACS")
+        let f = try ACPITables.build(for: ACPIPlatform.pc(processorCount: 1)).bytes("FACS")
         #expect(f.ascii(0, 4) == "FACS")
         #expect(f.u32(4) == 64 && f.b.count == 64)
         #expect(f.u8(32) == 2)
@@ -107,7 +108,7 @@ struct ACPITablesTests {
 
     @Test("the FADT: PM1a blocks in legacy and X_ fields, SCI, no SMI command, reset register, FACS and DSDT")
     func fadt() throws {
-        let tables = try ACPITables.build(for: ACPIPlatform(processorCount: 2))
+        let tables = try ACPITables.build(for: ACPIPlatform.pc(processorCount: 2))
         let f = try tables.bytes("FACP")
         #expect(f.b.count == 276)
         #expect(f.u32(36) == 0 && f.u32(40) == 0, "32-bit FIRMWARE_CTRL and DSDT are 0; the X_ fields are used")
@@ -140,16 +141,14 @@ struct ACPITablesTests {
         }
     }
 
-    @Test("the FADT follows the platform: ports, SCI, reset, 8042 flag")
+    @Test("the FADT follows the platform's devices: ports, SCI, reset, 8042 flag, century")
     func fadtFollowsPlatform() throws {
-        var platform = ACPIPlatform(processorCount: 1)
-        platform.pm1aEventBlock = 0xB000
-        platform.pm1aControlBlock = 0xB004
+        // PM1a blocks where a PM1 device was put elsewhere, a reset register at 0x92, no
+        // i8042 and no RTC.
+        let pm1 = try PM1Device(eventBlockBase: 0xB000, controlBlockBase: 0xB004).platformDevice().acpi
+        let reset = ACPIDevice(name: "port-92", fixedHardware: [.resetRegister(port: 0x92, value: 0x01)])
+        var platform = ACPIPlatform(processorCount: 1, devices: [pm1, reset])
         platform.sciInterrupt = 10
-        platform.resetPort = 0x92
-        platform.resetValue = 0x01
-        platform.hasI8042 = false
-        platform.rtcCenturyIndex = 0
         let tables = try ACPITables.build(for: platform)
         let f = try tables.bytes("FACP")
         #expect(f.u32(56) == 0xB000 && f.u64(152) == 0xB000)
@@ -161,10 +160,20 @@ struct ACPITablesTests {
         #expect(f.sum == 0)
     }
 
+    @Test("without a device that has a reset register, the FADT names none and does not claim RESET_REG_SUP")
+    func fadtWithoutReset() throws {
+        let tables = try ACPITables.build(for: .pc(processorCount: 1, without: ["reset-control"]))
+        let f = try tables.bytes("FACP")
+        #expect(f.u32(112) & (1 << 10) == 0, "no RESET_REG_SUP")
+        #expect(f.b[116..<129].allSatisfy { $0 == 0 }, "RESET_REG and RESET_VALUE empty")
+        #expect(f.u32(56) == 0x600 && f.u32(64) == 0x604, "the PM1a blocks stay")
+        #expect(f.sum == 0)
+    }
+
     @Test("the MADT: local APIC address, PCAT_COMPAT, N enabled local APICs, the IOAPIC, two overrides, LINT1 NMI",
           arguments: [1, 2, 8])
     func madt(processors: Int) throws {
-        let m = try ACPITables.build(for: ACPIPlatform(processorCount: processors)).bytes("APIC")
+        let m = try ACPITables.build(for: ACPIPlatform.pc(processorCount: processors)).bytes("APIC")
         #expect(m.u32(36) == 0xFEE0_0000)
         #expect(m.u32(40) == 1, "PCAT_COMPAT")
         var at = 44
@@ -206,7 +215,7 @@ struct ACPITablesTests {
 
     @Test("an explicit IOAPIC ID is used")
     func explicitIOAPICID() throws {
-        var platform = ACPIPlatform(processorCount: 2)
+        var platform = ACPIPlatform.pc(processorCount: 2)
         platform.ioAPICID = 9
         platform.ioAPICAddress = 0xFEC1_0000
         let m = try ACPITables.build(for: platform).bytes("APIC")
@@ -217,7 +226,7 @@ struct ACPITablesTests {
 
     @Test("the DSDT carries \\_S5 and the three devices with their resources; no i8042 when absent")
     func dsdt() throws {
-        let tables = try ACPITables.build(for: ACPIPlatform(processorCount: 1))
+        let tables = try ACPITables.build(for: ACPIPlatform.pc(processorCount: 1))
         let d = try tables.bytes("DSDT").b
         let s5: [UInt8] = [0x08, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05, 0x00, 0x00]
         #expect(d[36..<36 + s5.count].elementsEqual(s5), "\\_S5 first in the definition block")
@@ -229,9 +238,8 @@ struct ACPITablesTests {
             #expect(contains(d, needle), "\(needle)")
         }
 
-        var platform = ACPIPlatform(processorCount: 1)
-        platform.hasI8042 = false
-        platform.s5SleepType = 7
+        let s7 = try PM1Device(s5SleepType: 7).platformDevice().acpi
+        let platform = ACPIPlatform(processorCount: 1, devices: ACPIPlatform.pcDevices(without: ["i8042", "acpi-pm1a"]) + [s7])
         let without = try ACPITables.build(for: platform).bytes("DSDT").b
         #expect(!contains(without, kbd) && !contains(without, [0x0C, 0x41, 0xD0, 0x03, 0x03]))
         #expect(contains(without, [0x12, 0x08, 0x04, 0x0A, 0x07, 0x0A, 0x07, 0x00, 0x00]))
@@ -244,7 +252,7 @@ struct ACPITablesTests {
 
     @Test("tables go anywhere 16-byte aligned inside the region; the FACS stays 64-byte aligned")
     func placement() throws {
-        let platform = ACPIPlatform(processorCount: 4)
+        let platform = ACPIPlatform.pc(processorCount: 4)
         for base: UInt64 in [0xE0010, 0xE0020, 0xE0030, 0xFF000] {
             let tables = try ACPITables.build(for: platform, at: base)
             #expect(tables.rsdpAddress == base)
@@ -257,7 +265,7 @@ struct ACPITablesTests {
 
     @Test("tables that do not fit, or a misaligned base, are refused with a typed error")
     func doesNotFit() throws {
-        let platform = ACPIPlatform(processorCount: 254)
+        let platform = ACPIPlatform.pc(processorCount: 254)
         #expect(throws: ACPIError.misalignedBase(0xE0008)) { try ACPITables.build(for: platform, at: 0xE0008) }
         do {
             _ = try ACPITables.build(for: platform, at: 0xFFF00)
@@ -280,14 +288,14 @@ struct ACPITablesTests {
     @Test("invalid platforms are refused with one-line messages")
     func invalidPlatforms() {
         func platform(_ change: (inout ACPIPlatform) -> Void) -> ACPIPlatform {
-            var p = ACPIPlatform(processorCount: 2)
+            var p = ACPIPlatform.pc(processorCount: 2)
             change(&p)
             return p
         }
         let cases: [(ACPIPlatform, ACPIError)] = [
-            (ACPIPlatform(processorCount: 0), .processorCount(0)),
-            (ACPIPlatform(processorCount: 255), .processorCount(255)),
-            (ACPIPlatform(processorCount: -1), .processorCount(-1)),
+            (ACPIPlatform.pc(processorCount: 0), .processorCount(0)),
+            (ACPIPlatform.pc(processorCount: 255), .processorCount(255)),
+            (ACPIPlatform.pc(processorCount: -1), .processorCount(-1)),
             (platform { $0.oemID = "TOOLONG" }, .oemID("TOOLONG")),
             (platform { $0.oemID = "" }, .oemID("")),
             (platform { $0.oemID = "ÜBER" }, .oemID("ÜBER")),
@@ -295,42 +303,41 @@ struct ACPITablesTests {
             (platform { $0.oemTableID = "TAB\tID" }, .oemTableID("TAB\tID")),
             (platform { $0.ioAPICID = 1 }, .ioAPICID(1, processorCount: 2)),
             (platform { $0.ioAPICID = 255 }, .ioAPICID(255, processorCount: 2)),
-            (platform { $0.s5SleepType = 8 }, .s5SleepType(8)),
-            (platform { $0.sciInterrupt = 4 }, .sciInterrupt(4, inUse: [0, 1, 2, 4, 8])),
-            (platform { $0.sciInterrupt = 16 }, .sciInterrupt(16, inUse: [0, 1, 2, 4, 8])),
+            (platform { $0.devices = ACPIPlatform.pcDevices(without: ["acpi-pm1a"]) + [pm1(s5SleepType: 8)] }, .s5SleepType(8)),
+            (platform { $0.sciInterrupt = 4 }, .sciInterrupt(4, inUse: [0, 1, 2, 4, 8, 12])),
+            (platform { $0.sciInterrupt = 12 }, .sciInterrupt(12, inUse: [0, 1, 2, 4, 8, 12])),
+            (platform { $0.sciInterrupt = 16 }, .sciInterrupt(16, inUse: [0, 1, 2, 4, 8, 12])),
+            (platform { $0.devices = ACPIPlatform.pcDevices(without: ["acpi-pm1a"]) }, .missingFixedHardware("PM1a event block")),
+            (platform { $0.devices = ACPIPlatform.pcDevices(without: ["acpi-pm1a"]) + [pm1(events: false)] },
+             .missingFixedHardware("PM1a event block")),
+            (platform { $0.devices = ACPIPlatform.pcDevices(without: ["acpi-pm1a"]) + [pm1(controls: false)] },
+             .missingFixedHardware("PM1a control block")),
+            (platform { $0.devices += [ACPIDevice(name: "second-reset", fixedHardware: [.resetRegister(port: 0x92, value: 1)])] },
+             .duplicateFixedHardware("reset register", devices: ["reset-control", "second-reset"])),
         ]
         for (p, expected) in cases {
             #expect(throws: expected) { try ACPITables.build(for: p) }
             #expect(!expected.description.contains("\n"))
         }
-        // Overlapping or out-of-range port blocks.
-        let portCases: [ACPIPlatform] = [
-            platform { $0.pm1aControlBlock = 0x602 },  // inside the event block
-            platform { $0.resetPort = 0x604 },  // on the control block
-            platform { $0.pm1aEventBlock = 0x3FC },  // runs into COM1
-            platform { $0.pm1aControlBlock = 0x70 },  // the RTC
-            platform { $0.resetPort = 0x64 },  // the i8042
-            platform { $0.pm1aEventBlock = 0xFFFE },  // past 0xFFFF
-            platform { $0.resetPort = 0 },
-        ]
-        for p in portCases {
-            do {
-                _ = try ACPITables.build(for: p)
-                Issue.record("\(p) was accepted")
-            } catch {
-                guard case .invalidPorts = error else { Issue.record("unexpected \(error)"); continue }
-                #expect(!error.description.contains("\n"))
-            }
-        }
-        // Without an i8042, IRQ 1 and ports 0x60/0x64 are free.
-        #expect(throws: Never.self) { try ACPITables.build(for: platform { $0.hasI8042 = false; $0.sciInterrupt = 1 }) }
-        #expect(throws: Never.self) { try ACPITables.build(for: platform { $0.hasI8042 = false; $0.resetPort = 0x64 }) }
+        // Without an i8042, IRQs 1 and 12 are free for the SCI. (Port ranges are not the
+        // tables' to check: the port bus refuses overlaps, see VisorDevicesTests.)
+        #expect(throws: Never.self) { try ACPITables.build(for: platform { $0.devices = ACPIPlatform.pcDevices(without: ["i8042"]); $0.sciInterrupt = 1 }) }
+        #expect(throws: Never.self) { try ACPITables.build(for: platform { $0.devices = ACPIPlatform.pcDevices(without: ["i8042"]); $0.sciInterrupt = 12 }) }
+    }
+
+    /// A hand-made PM1a device at 0x600/0x604 with either block left out, or an S5 type the
+    /// device model would not take.
+    func pm1(events: Bool = true, controls: Bool = true, s5SleepType: UInt8 = 5) -> ACPIDevice {
+        var registers: [ACPIFixedHardware] = []
+        if events { registers.append(.pm1aEventBlock(port: 0x600)) }
+        if controls { registers.append(.pm1aControlBlock(port: 0x604, s5SleepType: s5SleepType)) }
+        return ACPIDevice(name: "pm1", fixedHardware: registers)
     }
 
     @Test("every processor count from 1 to 254 gives checksummed tables that fit the BIOS area")
     func allProcessorCounts() throws {
         for n in 1...ACPIPlatform.maxProcessors {
-            let tables = try ACPITables.build(for: ACPIPlatform(processorCount: n))
+            let tables = try ACPITables.build(for: ACPIPlatform.pc(processorCount: n))
             for table in tables.tables where table.signature != "FACS" {
                 let bytes = Bytes(tables.contents(of: table))
                 guard bytes.sum == 0 else {
@@ -352,7 +359,7 @@ struct ACPITablesTests {
 
     @Test("the PM1 constants match the FADT and the ACPI register layout")
     func pm1Constants() throws {
-        let f = try ACPITables.build(for: ACPIPlatform(processorCount: 1)).bytes("FACP")
+        let f = try ACPITables.build(for: ACPIPlatform.pc(processorCount: 1)).bytes("FACP")
         #expect(Int(f.u8(88)) == ACPIPM1.eventBlockLength && Int(f.u8(89)) == ACPIPM1.controlBlockLength)
         // Linux powers off with SLP_TYP = 5 and SLP_EN: 0x1400, then 0x3400.
         #expect(5 << ACPIPM1.sleepTypeShift == 0x1400)

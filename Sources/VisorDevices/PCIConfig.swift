@@ -1,42 +1,6 @@
 public import VisorCore
 import Synchronization
 
-/// Port 0x80, the POST-code port: a sink that counts the guest's writes and remembers the
-/// last code written.
-///
-/// Linux writes it for I/O delays (`outb_p`, `io_delay`), which makes it one of the most
-/// frequent port exits of a boot; the handler is two atomic stores and no lock.
-///
-/// Reads return all ones at the access width. (Some chipsets return the last code written;
-/// nothing Linux does reads it, and all ones is what an absent POST card gives. The host
-/// reads the last code through `lastCode`.) An access of any width counts as one write,
-/// and its low byte is the code.
-public final class PostCodePort: PortDevice {
-    public static let defaultPort: UInt16 = 0x80
-    public static let portCount = 1
-
-    private let writeCount = Atomic<UInt64>(0)
-    private let code = Atomic<UInt8>(0)
-
-    public init() {}
-
-    /// Writes the guest has made so far.
-    public var writes: UInt64 { writeCount.load(ordering: .relaxed) }
-
-    /// The low byte of the last write (0 before the first).
-    public var lastCode: UInt8 { code.load(ordering: .relaxed) }
-
-    public func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 {
-        UInt32(truncatingIfNeeded: allOnes(width: width))
-    }
-
-    public func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
-        code.store(UInt8(truncatingIfNeeded: value), ordering: .relaxed)
-        writeCount.add(1, ordering: .relaxed)
-        return .continue
-    }
-}
-
 /// PCI configuration mechanism #1 with no devices behind it.
 ///
 /// - 0xCF8, CONFIG_ADDRESS: a 32-bit OUT at 0xCF8 stores the address and a 32-bit IN reads
@@ -45,7 +9,7 @@ public final class PostCodePort: PortDevice {
 ///   CONFIG_ADDRESS): they read all ones and their writes are dropped.
 /// - 0xCFC-0xCFF, CONFIG_DATA: reads all ones (vendor ID 0xFFFF: no device at any address),
 ///   writes dropped.
-/// - 0xCF9 is not this device's: it is the reset control register (`ResetControlPort`).
+/// - 0xCF9 is not this device's: it is the reset control register (`ResetControlDevice`).
 ///   Register this device on three ranges around it: `addressPort` (1 port),
 ///   `addressUpperBase` (2 ports) and `dataBase` (4 ports). It decodes by port number, so
 ///   its offsets do not matter.
@@ -63,7 +27,7 @@ public final class PostCodePort: PortDevice {
 ///   the type-2 ports 0xC000-0xCFFF. Linux then has no PCI configuration access and prints
 ///   "PCI: Fatal: No config space access function found" (a KERN_ERR line that, as on
 ///   other VMMs without PCI, has no other effect).
-public final class PCIConfigPorts: PortDevice {
+public final class PCIConfigDevice: PortDevice {
     /// CONFIG_ADDRESS (doubleword accesses only).
     public static let addressPort: UInt16 = 0xCF8
     public static let addressPortCount = 1
@@ -95,5 +59,18 @@ public final class PCIConfigPorts: PortDevice {
             address.withLock { $0 = value }
         }
         return .continue
+    }
+}
+
+extension PCIConfigDevice {
+    /// Mechanism #1 at 0xCF8, 0xCFA-0xCFB and 0xCFC-0xCFF, around the reset register at
+    /// 0xCF9. No ACPI description: with no host bridge there is no PCI root to describe.
+    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+        PlatformDevice(
+            name: "pci-config",
+            ports: [try .ports("pci-config-address", Self.addressPort, count: Self.addressPortCount),
+                    try .ports("pci-config-address", Self.addressUpperBase, count: Self.addressUpperCount),
+                    try .ports("pci-config-data", Self.dataBase, count: Self.dataPortCount)],
+            portDevice: self)
     }
 }

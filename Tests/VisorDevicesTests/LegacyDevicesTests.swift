@@ -3,12 +3,12 @@ import VisorCore
 @testable import VisorDevices
 
 @Suite("Port 0x80 POST-code sink")
-struct PostCodePortTests {
+struct PostCodeDeviceTests {
 
     @Test("counts writes of every width, keeps the last code's low byte, reads all ones")
     func sink() {
-        let port = PostCodePort()
-        #expect(PostCodePort.defaultPort == 0x80 && PostCodePort.portCount == 1)
+        let port = PostCodeDevice()
+        #expect(PostCodeDevice.defaultPort == 0x80 && PostCodeDevice.portCount == 1)
         #expect(port.writes == 0 && port.lastCode == 0)
         #expect(port.portWrite(port: 0x80, offset: 0, width: 1, value: 0x12) == .continue)
         #expect(port.writes == 1 && port.lastCode == 0x12)
@@ -23,7 +23,7 @@ struct PostCodePortTests {
 
     @Test("a flood of writes from 4 threads: none is lost")
     func concurrentFlood() async {
-        let port = PostCodePort()
+        let port = PostCodeDevice()
         await withTaskGroup(of: Void.self) { group in
             for thread in 0..<4 {
                 group.addTask {
@@ -38,26 +38,26 @@ struct PostCodePortTests {
 }
 
 @Suite("PCI configuration mechanism #1 with no devices")
-struct PCIConfigPortsTests {
+struct PCIConfigDeviceTests {
 
-    private func out(_ device: PCIConfigPorts, _ port: UInt16, _ width: UInt8, _ value: UInt32) {
+    private func out(_ device: PCIConfigDevice, _ port: UInt16, _ width: UInt8, _ value: UInt32) {
         #expect(device.portWrite(port: port, offset: 0, width: width, value: value) == .continue)
     }
 
-    private func inp(_ device: PCIConfigPorts, _ port: UInt16, _ width: UInt8) -> UInt32 {
+    private func inp(_ device: PCIConfigDevice, _ port: UInt16, _ width: UInt8) -> UInt32 {
         device.portRead(port: port, offset: 0, width: width)
     }
 
     @Test("the ranges around 0xCF9")
     func ranges() {
-        #expect(PCIConfigPorts.addressPort == 0xCF8 && PCIConfigPorts.addressPortCount == 1)
-        #expect(PCIConfigPorts.addressUpperBase == 0xCFA && PCIConfigPorts.addressUpperCount == 2)
-        #expect(PCIConfigPorts.dataBase == 0xCFC && PCIConfigPorts.dataPortCount == 4)
+        #expect(PCIConfigDevice.addressPort == 0xCF8 && PCIConfigDevice.addressPortCount == 1)
+        #expect(PCIConfigDevice.addressUpperBase == 0xCFA && PCIConfigDevice.addressUpperCount == 2)
+        #expect(PCIConfigDevice.dataBase == 0xCFC && PCIConfigDevice.dataPortCount == 4)
     }
 
     @Test("CONFIG_ADDRESS: doubleword writes are kept and read back; 0 at power-on")
     func address() {
-        let pci = PCIConfigPorts()
+        let pci = PCIConfigDevice()
         #expect(inp(pci, 0xCF8, 4) == 0)
         out(pci, 0xCF8, 4, 0x8000_1234)
         #expect(inp(pci, 0xCF8, 4) == 0x8000_1234)
@@ -68,7 +68,7 @@ struct PCIConfigPortsTests {
 
     @Test("byte and word accesses at 0xCF8 and 0xCFA-0xCFB do not reach CONFIG_ADDRESS")
     func narrowAccesses() {
-        let pci = PCIConfigPorts()
+        let pci = PCIConfigDevice()
         out(pci, 0xCF8, 4, 0x8000_0000)
         out(pci, 0xCF8, 1, 0x00)
         out(pci, 0xCF8, 2, 0x0000)
@@ -86,7 +86,7 @@ struct PCIConfigPortsTests {
 
     @Test("CONFIG_DATA reads all ones at every width and offset, enabled or not; writes are dropped")
     func data() {
-        let pci = PCIConfigPorts()
+        let pci = PCIConfigDevice()
         for address: UInt32 in [0, 0x8000_0000, 0x8000_0008, 0x80FF_FFFC] {
             out(pci, 0xCF8, 4, address)
             for port: UInt16 in 0xCFC...0xCFF {
@@ -100,14 +100,14 @@ struct PCIConfigPortsTests {
     }
 
     /// Linux 6.1's pci_conf1_read: the address, then the data port at the register's lane.
-    private func conf1Read(_ pci: PCIConfigPorts, devfn: UInt32, reg: UInt32, len: UInt8) -> UInt32 {
+    private func conf1Read(_ pci: PCIConfigDevice, devfn: UInt32, reg: UInt32, len: UInt8) -> UInt32 {
         out(pci, 0xCF8, 4, 0x8000_0000 | devfn << 8 | reg & 0xFC)
         return inp(pci, 0xCFC + UInt16(reg & (len == 1 ? 3 : 2)), len)
     }
 
     @Test("Linux 6.1's pci_check_type1 accepts the mechanism; without DMI its sanity check finds nothing; pci_check_type2 fails without touching 0xC000")
     func linuxProbe() {
-        let pci = PCIConfigPorts()
+        let pci = PCIConfigDevice()
         // pci_check_type1.
         out(pci, 0xCFB, 1, 0x01)
         let saved = inp(pci, 0xCF8, 4)

@@ -102,27 +102,27 @@ struct PM1RegistersTests {
 }
 
 @Suite("ACPI power management on the port bus")
-struct ACPIPowerManagementTests {
+struct PM1DeviceTests {
 
     @Test("the default blocks: event 0x600-0x603, control 0x604-0x605")
     func defaults() {
-        #expect(ACPIPowerManagement.defaultEventBlockBase == 0x600 && ACPIPowerManagement.eventBlockLength == 4)
-        #expect(ACPIPowerManagement.defaultControlBlockBase == 0x604 && ACPIPowerManagement.controlBlockLength == 2)
-        let device = ACPIPowerManagement()
+        #expect(PM1Device.defaultEventBlockBase == 0x600 && PM1Device.eventBlockLength == 4)
+        #expect(PM1Device.defaultControlBlockBase == 0x604 && PM1Device.controlBlockLength == 2)
+        let device = PM1Device()
         #expect(device.portRead(port: 0x604, offset: 4, width: 2) == 0x0001)
         #expect(device.portRead(port: 0x600, offset: 0, width: 2) == 0x0000)
     }
 
     @Test("Linux's two 16-bit PM1a control writes power off")
     func linuxPowerOff() {
-        let device = ACPIPowerManagement()
+        let device = PM1Device()
         #expect(device.portWrite(port: 0x604, offset: 0, width: 2, value: 0x1401) == .continue)
         #expect(device.portWrite(port: 0x604, offset: 0, width: 2, value: 0x3401) == powerOff)
     }
 
     @Test("byte writes to either half of PM1_CNT; SLP_EN in the high byte powers off on that write")
     func byteWrites() {
-        let device = ACPIPowerManagement()
+        let device = PM1Device()
         #expect(device.portWrite(port: 0x604, offset: 0, width: 1, value: 0x01) == .continue)
         #expect(device.portWrite(port: 0x605, offset: 1, width: 1, value: 0x14) == .continue)
         #expect(device.portRead(port: 0x605, offset: 1, width: 1) == 0x14)
@@ -131,7 +131,7 @@ struct ACPIPowerManagementTests {
 
     @Test("another sleep type continues; SLP_TYP reads back, SLP_EN does not")
     func otherSleep() {
-        let device = ACPIPowerManagement()
+        let device = PM1Device()
         #expect(device.portWrite(port: 0x604, offset: 0, width: 2, value: 0x2C01) == .continue)
         #expect(device.portRead(port: 0x604, offset: 0, width: 2) == 0x0C01)
         #expect(device.portRead(port: 0x601, offset: 1, width: 1) == 0x80, "WAK_STS")
@@ -139,7 +139,7 @@ struct ACPIPowerManagementTests {
 
     @Test("status and enable through ports: W1C words, kept enable, dword at 0x600 covers both")
     func eventBlock() {
-        let device = ACPIPowerManagement()
+        let device = PM1Device()
         _ = device.portWrite(port: 0x602, offset: 2, width: 2, value: 0x0121)
         #expect(device.portRead(port: 0x602, offset: 2, width: 2) == 0x0121)
         _ = device.portWrite(port: 0x604, offset: 4, width: 2, value: 0x2801)     // S2: sets WAK_STS
@@ -151,7 +151,7 @@ struct ACPIPowerManagementTests {
 
     @Test("accesses straddling the blocks decode lane by lane; lanes outside both read 0xFF and are dropped")
     func straddling() {
-        let device = ACPIPowerManagement()
+        let device = PM1Device()
         _ = device.portWrite(port: 0x602, offset: 2, width: 2, value: 0xBEEF)
         #expect(device.portRead(port: 0x602, offset: 2, width: 4) == 0x0001_BEEF, "EN, then PM1_CNT")
         #expect(device.portRead(port: 0x604, offset: 4, width: 4) == 0xFFFF_0001, "PM1_CNT, then nothing")
@@ -167,7 +167,7 @@ struct ACPIPowerManagementTests {
 
     @Test("blocks at other bases and another S5 type")
     func otherBases() {
-        let device = ACPIPowerManagement(eventBlockBase: 0xB000, controlBlockBase: 0xB010, s5SleepType: 7)
+        let device = PM1Device(eventBlockBase: 0xB000, controlBlockBase: 0xB010, s5SleepType: 7)
         #expect(device.portRead(port: 0x604, offset: 0, width: 2) == 0xFFFF)
         #expect(device.portWrite(port: 0xB010, offset: 0, width: 2, value: 0x3401) == .continue)
         #expect(device.portWrite(port: 0xB010, offset: 0, width: 2, value: 0x3C01) == .stop(.powerOff(source: "ACPI PM1a control, S5")))
@@ -195,14 +195,14 @@ struct ResetControlTests {
 
     @Test("the FADT reset value 0x06 stops with a reset from port 0xCF9")
     func fadtReset() {
-        let device = ResetControlPort()
-        #expect(ResetControlPort.defaultPort == 0xCF9 && ResetControlPort.portCount == 1)
+        let device = ResetControlDevice()
+        #expect(ResetControlDevice.defaultPort == 0xCF9 && ResetControlDevice.portCount == 1)
         #expect(device.portWrite(port: 0xCF9, offset: 0, width: 1, value: 0x06) == .stop(.reset(source: "port 0xCF9")))
     }
 
     @Test("Linux's CF9 reset: read, write value|2 (continues), write value|6 (resets)")
     func linuxSequence() {
-        let device = ResetControlPort()
+        let device = ResetControlDevice()
         let cf9 = UInt8(device.portRead(port: 0xCF9, offset: 0, width: 1)) & ~0x06
         #expect(device.portWrite(port: 0xCF9, offset: 0, width: 1, value: UInt32(cf9 | 2)) == .continue)
         #expect(device.portRead(port: 0xCF9, offset: 0, width: 1) == 0x02)
@@ -211,7 +211,7 @@ struct ResetControlTests {
 
     @Test("wide accesses use the low byte; wide reads have ones above it")
     func widths() {
-        let device = ResetControlPort()
+        let device = ResetControlDevice()
         #expect(device.portWrite(port: 0xCF9, offset: 0, width: 4, value: 0xFFFF_FF0A) == .continue)
         #expect(device.portRead(port: 0xCF9, offset: 0, width: 2) == 0xFF0A)
         #expect(device.portRead(port: 0xCF9, offset: 0, width: 4) == 0xFFFF_FF0A)

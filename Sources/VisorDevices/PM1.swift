@@ -1,14 +1,13 @@
 public import VisorCore
 import Synchronization
+import VisorFirmware
 
 // ACPI fixed-hardware power management on I/O ports: the PM1a event block (PM1_STS and
-// PM1_EN) and the PM1a control block (PM1_CNT), plus the reset control register at port
-// 0xCF9, which the FADT's reset register can name.
+// PM1_EN) and the PM1a control block (PM1_CNT). The reset register the FADT also names is
+// `ResetControl` (ResetControl.swift).
 //
 // What Linux 6.1 does with them: ACPICA's `acpi_hw_legacy_sleep` writes PM1 control twice
-// with 16-bit OUTs: first with SLP_TYP set and SLP_EN clear, then with SLP_EN set. A
-// panic with `panic=-1` or a reboot writes the FADT's reset value (0x06) to the reset
-// register; the kernel's own CF9 reset writes (value | 0x02), then (value | 0x06).
+// with 16-bit OUTs: first with SLP_TYP set and SLP_EN clear, then with SLP_EN set.
 //
 // The platform is always in ACPI mode: there is no SMI_CMD port, so SCI_EN reads 1. No SCI
 // is raised: there are no event sources (no PM timer, power button or GPEs).
@@ -27,20 +26,21 @@ import Synchronization
 /// Any other sleep type is not supported: the request is ignored and WAK_STS (PM1_STS bit
 /// 15) is set at once, so that a guest waiting to wake up carries on as if it had slept.
 public struct PM1Registers: Sendable {
+    // The register layout is the one the FADT describes (`ACPIPM1`), not a second copy.
     /// PM1_STS bit 15: the system woke from a sleep state.
-    public static let wakeStatus: UInt16 = 0x8000
+    public static let wakeStatus: UInt16 = ACPIPM1.wakeStatus
     /// PM1_CNT bit 0: SCI_EN, always 1 here.
-    public static let sciEnable: UInt16 = 0x0001
+    public static let sciEnable: UInt16 = ACPIPM1.sciEnable
     /// PM1_CNT bit 2: GBL_RLS, write-only.
     public static let globalRelease: UInt16 = 0x0004
     /// PM1_CNT bits 12:10: SLP_TYP.
-    public static let sleepTypeMask: UInt16 = 0x1C00
-    public static let sleepTypeShift: UInt16 = 10
+    public static let sleepTypeMask: UInt16 = ACPIPM1.sleepTypeMask
+    public static let sleepTypeShift: UInt16 = ACPIPM1.sleepTypeShift
     /// PM1_CNT bit 13: SLP_EN, write-only.
-    public static let sleepEnable: UInt16 = 0x2000
+    public static let sleepEnable: UInt16 = ACPIPM1.sleepEnable
     /// Bytes in the event block and the control block.
-    public static let eventBlockLength = 4
-    public static let controlBlockLength = 2
+    public static let eventBlockLength = ACPIPM1.eventBlockLength
+    public static let controlBlockLength = ACPIPM1.controlBlockLength
 
     /// What a PM1 control write asked for.
     public enum SleepRequest: Sendable, Equatable {
@@ -50,7 +50,8 @@ public struct PM1Registers: Sendable {
         case unsupported(sleepType: UInt8)
     }
 
-    /// The SLP_TYP value that means S5 (soft off); the DSDT's `\_S5` object must give the same.
+    /// The SLP_TYP value that means S5 (soft off); `PM1Device.platformDevice()` gives it to
+    /// the DSDT's `\_S5` object.
     public let s5SleepType: UInt8
     /// PM1_STS.
     public private(set) var status: UInt16 = 0
@@ -122,13 +123,12 @@ public struct PM1Registers: Sendable {
 
 /// The PM1a event and control blocks on the port bus.
 ///
-/// By default the event block is ports 0x600-0x603 and the control block 0x604-0x605; the
-/// FADT's PM1a_EVT_BLK and PM1a_CNT_BLK must name the same ports. Register the two blocks as
-/// two ranges (`eventBlockBase`/`eventBlockLength`, `controlBlockBase`/`controlBlockLength`)
-/// or, with the defaults, as one range of 6 ports from 0x600. The device decodes by port
+/// By default the event block is ports 0x600-0x603 and the control block 0x604-0x605.
+/// `platformDevice()` places the two blocks as two ranges and names the same ports to the
+/// FADT as PM1a_EVT_BLK and PM1a_CNT_BLK. The device decodes by port
 /// number, byte lane by byte lane, so any access width and alignment works: a lane outside
 /// both blocks reads 0xFF and is not written.
-public final class ACPIPowerManagement: PortDevice {
+public final class PM1Device: PortDevice {
     public static let defaultEventBlockBase: UInt16 = 0x600
     public static let eventBlockLength = PM1Registers.eventBlockLength
     public static let defaultControlBlockBase: UInt16 = 0x604
@@ -207,53 +207,17 @@ public final class ACPIPowerManagement: PortDevice {
     public var registers: PM1Registers { state.withLock { $0 } }
 }
 
-/// The reset control register (port 0xCF9 on Intel chipsets), modelled as one byte.
-///
-/// Bit 1 (SYS_RST, hard versus soft reset) and bit 3 (FULL_RST) are kept and read back. A
-/// write with bit 2 (RST_CPU) set asks for a reset; bit 2 is not kept (the reset it asks
-/// for has happened by the time anything could read it). This covers the FADT reset value
-/// 0x06 and both of Linux's CF9 sequences (0x02 then 0x06 for a warm reset, 0x0E for cold).
-public struct ResetControl: Sendable {
-    /// Bit 2: reset the CPU.
-    public static let resetCPU: UInt8 = 0x04
-    /// Bit 1: make the reset a hard (system) reset.
-    public static let systemReset: UInt8 = 0x02
-
-    /// The register as the guest reads it.
-    public private(set) var value: UInt8 = 0
-
-    public init() {}
-
-    /// A guest write. Returns true when it asks for a reset.
-    public mutating func write(_ byte: UInt8) -> Bool {
-        value = byte & ~Self.resetCPU
-        return byte & Self.resetCPU != 0
-    }
-}
-
-/// The reset control register on the port bus (port 0xCF9). A write with bit 2 set stops
-/// the VM with `.reset(source: "port 0xCF9")`. Accesses wider than a byte use the low byte;
-/// an IN wider than a byte returns the register in the low byte and ones above it.
-///
-/// Port 0xCF9 sits inside the PCI configuration ports: register it on its own, and
-/// `PCIConfigPorts` on 0xCF8, 0xCFA-0xCFB and 0xCFC-0xCFF around it.
-public final class ResetControlPort: PortDevice {
-    public static let defaultPort: UInt16 = 0xCF9
-    public static let portCount = 1
-    /// The reset stop's source.
-    public static let resetSource = "port 0xCF9"
-
-    private let state = Mutex(ResetControl())
-
-    public init() {}
-
-    public func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 {
-        let value = state.withLock { $0.value }
-        return UInt32(value) | (UInt32(truncatingIfNeeded: allOnes(width: width)) & ~0xFF)
-    }
-
-    public func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
-        let reset = state.withLock { $0.write(UInt8(truncatingIfNeeded: value)) }
-        return reset ? .stop(.reset(source: Self.resetSource)) : .continue
+extension PM1Device {
+    /// The PM1a blocks where this device was told they are (0x600 and 0x604 by default), as
+    /// the FADT's PM1a event and control blocks; `\_S5` gives the device's S5 sleep type.
+    /// The OS finds them through the FADT, so there is no DSDT device.
+    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+        PlatformDevice(
+            name: "acpi-pm1a",
+            ports: [try .ports("acpi-pm1a-event", eventBlockBase, count: Self.eventBlockLength),
+                    try .ports("acpi-pm1a-control", controlBlockBase, count: Self.controlBlockLength)],
+            portDevice: self,
+            fixedHardware: [.pm1aEventBlock(port: eventBlockBase),
+                            .pm1aControlBlock(port: controlBlockBase, s5SleepType: registers.s5SleepType)])
     }
 }

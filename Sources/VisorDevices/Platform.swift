@@ -1,0 +1,94 @@
+public import VisorCore
+public import VisorFirmware
+
+/// The devices of a machine, placed and wired: the one list a machine registers on its
+/// buses and builds its ACPI tables from.
+///
+/// - `.minimal`, for test guests: COM1 and the debug-exit port.
+/// - `.pc`, for Linux: those two, plus CMOS/RTC, the i8042, the ACPI PM1a blocks, the
+///   reset register at 0xCF9, the POST-code port 0x80 and PCI configuration mechanism #1
+///   with no devices behind it.
+///
+/// A new device is its own file plus one more `try device.platformDevice()` line in the
+/// list of its kind below (and a stored property if callers need the device itself).
+public final class Platform: Sendable {
+    public enum Kind: Sendable, Equatable {
+        case minimal
+        case pc
+    }
+
+    public let kind: Kind
+    /// COM1.
+    public let serial: Serial16550Device
+    /// The debug-exit port (0x501).
+    public let debugExit: DebugExitDevice
+    /// The PC devices, nil on a minimal platform.
+    public let i8042: I8042Device?
+    /// The CMOS/RTC; pass it to the next platform to keep it across a reboot.
+    public let cmos: CMOSDevice?
+    public let powerManagement: PM1Device?
+    public let resetControl: ResetControlDevice?
+    public let postCodes: PostCodeDevice?
+    public let pciConfiguration: PCIConfigDevice?
+    /// Every device with its place, in the order their DSDT fragments appear.
+    public let devices: [PlatformDevice]
+
+    /// - Parameters:
+    ///   - memoryBelow4GiB, memoryAbove4GiB: guest RAM, for the CMOS memory-size fields.
+    ///   - consoleOutput: receives every byte the guest sends to COM1, on the vCPU thread.
+    ///   - irqLine: raises or lowers an ISA interrupt line; nil without an interrupt
+    ///     controller.
+    ///   - cmos: the CMOS/RTC to keep, as a battery would, from a previous machine (after a
+    ///     guest reboot); nil for a new one. A minimal platform has none.
+    public init(kind: Kind, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0,
+                consoleOutput: @escaping @Sendable (UInt8) -> Void,
+                irqLine: (@Sendable (_ irq: UInt32, _ level: Bool) -> Void)?,
+                cmos: CMOSDevice? = nil) throws(PlatformError) {
+        self.kind = kind
+        var com1Line: (@Sendable (Bool) -> Void)?
+        if let irqLine {
+            com1Line = { level in irqLine(Serial16550Device.com1IRQ, level) }
+        }
+        serial = Serial16550Device(output: consoleOutput, interruptLine: com1Line)
+        debugExit = DebugExitDevice()
+        var devices = [try serial.platformDevice(), try debugExit.platformDevice()]
+        switch kind {
+        case .minimal:
+            i8042 = nil
+            self.cmos = nil
+            powerManagement = nil
+            resetControl = nil
+            postCodes = nil
+            pciConfiguration = nil
+        case .pc:
+            let cmos = cmos ?? CMOSDevice(memoryBelow4GiB: memoryBelow4GiB, memoryAbove4GiB: memoryAbove4GiB)
+            let i8042 = I8042Device(interruptLine: irqLine)
+            let powerManagement = PM1Device()
+            let resetControl = ResetControlDevice()
+            let postCodes = PostCodeDevice()
+            let pciConfiguration = PCIConfigDevice()
+            devices += [
+                try cmos.platformDevice(),
+                try i8042.platformDevice(),
+                try powerManagement.platformDevice(),
+                try resetControl.platformDevice(),
+                try postCodes.platformDevice(),
+                try pciConfiguration.platformDevice(),
+            ]
+            (self.cmos, self.i8042, self.powerManagement) = (cmos, i8042, powerManagement)
+            (self.resetControl, self.postCodes, self.pciConfiguration) = (resetControl, postCodes, pciConfiguration)
+        }
+        self.devices = devices
+    }
+
+    /// Registers every device's ranges on the buses; an overlap fails with
+    /// `BusError.overlap`, naming both devices' ranges.
+    public func register(ports: inout PortBus, mmio: inout MMIOBus) throws(BusError) {
+        for device in devices { try device.register(ports: &ports, mmio: &mmio) }
+    }
+
+    /// The ACPI description of this platform with `processors` vCPUs.
+    public func acpiPlatform(processors: Int) -> ACPIPlatform {
+        ACPIPlatform(processorCount: processors, devices: devices.map(\.acpi))
+    }
+}
