@@ -224,9 +224,8 @@ public final class Machine: Sendable {
                 let hostSMAP = hostCPUID(leaf: 7).ebx & smapBit != 0
                 var handlers = InstructionEmulator.allHandlers
                 for (mnemonic, handler) in configuration.instructionHandlers { handlers[mnemonic] = handler }
-                dispatcher.emulator = InstructionEmulator(handlers: handlers, smapAvailable: tableSMAP || hostSMAP)
-                dispatcher.memory = memory
-                dispatcher.traceEmulated = configuration.trace
+                dispatcher.emulationFailureHandler = InstructionEmulator(
+                    handlers: handlers, smapAvailable: tableSMAP || hostSMAP, memory: memory, trace: configuration.trace)
             }
             self.dispatcher = dispatcher
         } catch { throw .bus(error) }
@@ -496,7 +495,9 @@ public final class Machine: Sendable {
     // MARK: Inspection
 
     /// Instructions finished by the emulator so far, by mnemonic.
-    public var emulatedInstructions: [String: UInt64] { dispatcher.emulator?.emulatedCounts ?? [:] }
+    public var emulatedInstructions: [String: UInt64] {
+        (dispatcher.emulationFailureHandler as? InstructionEmulator)?.emulatedCounts ?? [:]
+    }
 
     /// Guest RDMSR/WRMSR accesses that raised #GP so far.
     public var deniedMSRAccesses: UInt64 { msrEmulator.deniedAccesses }

@@ -1,5 +1,4 @@
 public import VisorKVM
-public import VisorMemory
 
 /// Why a VM stopped without anything going wrong.
 public enum StopReason: Sendable, Equatable, CustomStringConvertible {
@@ -118,11 +117,8 @@ public struct ExitDispatcher: Sendable {
     public var msrs: MSREmulator?
     /// Receives a line for each MSR access that raised #GP (the machine's trace).
     public var traceDenied: (@Sendable (String) -> Void)?
-    /// Finishes instructions KVM failed to emulate, reading operands from `memory`.
-    public var emulator: InstructionEmulator?
-    public var memory: GuestMemory?
-    /// Receives a line for each emulated instruction (the machine's trace).
-    public var traceEmulated: (@Sendable (String) -> Void)?
+    /// Finishes instructions KVM failed to emulate; with none, such a failure is fatal.
+    public var emulationFailureHandler: (any EmulationFailureHandler)?
 
     public init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
                 unclaimedPorts: UnclaimedAccessPolicy = .block,
@@ -151,8 +147,8 @@ public struct ExitDispatcher: Sendable {
         case .shutdown:
             return .fatal(.tripleFault)
         case .internalError(let suberror, let payload):
-            if suberror == 1, let emulator, let memory,
-               let (outcome, _) = emulator.emulate(data: payload, vcpu: data, memory: memory, trace: traceEmulated) {
+            if suberror == 1, let emulationFailureHandler,
+               let outcome = emulationFailureHandler.finish(data: payload, vcpu: data) {
                 return outcome
             }
             return .fatal(.internalError(suberror: suberror, data: payload))
