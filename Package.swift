@@ -8,6 +8,8 @@
 //   VisorMemory  guest RAM: mmap'd regions, bounds-checked access
 //   VisorDecoder x86 instruction decoding and disassembly (Zydis)
 //   VisorCore    exits, port and MMIO buses, dispatch, statistics
+//   VisorEmulator the instructions KVM cannot emulate, guest page-table walks, the state
+//                dump (over VisorCore, VisorMemory and VisorDecoder)
 //   VisorDevices device models (16550 UART, debug-exit port)
 //   VisorLoader  ELF and flat-binary loaders, x86 boot layout
 //   CDecompress  C face over Debian's zlib, liblzma, liblz4 and libzstd
@@ -44,9 +46,13 @@ let package = Package(
         .target(
             name: "VisorCore",
             dependencies: [
-                "VisorKVM", "VisorMemory", "VisorDecoder",
+                "VisorKVM", "VisorMemory",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
+            swiftSettings: strict),
+        .target(
+            name: "VisorEmulator",
+            dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDecoder"],
             swiftSettings: strict),
         .target(name: "VisorDevices", dependencies: ["VisorCore"], swiftSettings: strict),
         .target(name: "VisorLoader", dependencies: ["VisorMemory"], swiftSettings: strict),
@@ -59,7 +65,8 @@ let package = Package(
         .target(
             name: "SwiftVisor",
             dependencies: [
-                "VisorKVM", "VisorMemory", "VisorCore", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux",
+                "VisorKVM", "VisorMemory", "VisorCore", "VisorEmulator", "VisorDevices", "VisorLoader", "VisorFirmware",
+                "VisorLinux",
                 "SwiftVisorGuests",
             ],
             swiftSettings: strict),
@@ -83,7 +90,10 @@ let package = Package(
             dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware"],
             swiftSettings: strict),
         .target(name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),
-        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "CNativeOps"], exclude: ["Fixtures"]),
+        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory"], exclude: ["Fixtures"]),
+        .testTarget(
+            name: "VisorEmulatorTests",
+            dependencies: ["VisorEmulator", "VisorCore", "VisorKVM", "VisorMemory", "CNativeOps"]),
         .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices"]),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "VisorCore", "VisorMemory"]),
         .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory"]),

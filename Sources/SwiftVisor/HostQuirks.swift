@@ -1,4 +1,5 @@
 public import VisorCore
+import VisorEmulator
 import SwiftVisorGuests
 import Synchronization
 

@@ -4,6 +4,7 @@ public import VisorMemory
 public import VisorLinux
 import Glibc
 import Synchronization
+import VisorEmulator
 import VisorKVM
 import VisorLoader
 

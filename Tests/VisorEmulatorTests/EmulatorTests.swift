@@ -1,5 +1,6 @@
 import Testing
-@testable import VisorCore
+import VisorCore
+@testable import VisorEmulator
 import VisorKVM
 import VisorMemory
 

@@ -1,3 +1,4 @@
+public import VisorCore
 public import VisorDecoder
 public import VisorKVM
 public import VisorMemory

@@ -1,7 +1,7 @@
 import Testing
 import VisorKVM
 import VisorMemory
-@testable import VisorCore
+@testable import VisorEmulator
 
 private let present: UInt64 = 0x1
 private let writable: UInt64 = 0x2

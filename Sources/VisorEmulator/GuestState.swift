@@ -221,7 +221,13 @@ extension SpecialRegisters {
     }
 }
 
+func hex<T: BinaryInteger>(_ value: T) -> String { String(value, radix: 16) }
+
 func h16(_ v: UInt64) -> String { hexPad(v, 16) }
+
+func pad(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
+}
 
 func hexPad(_ v: UInt64, _ digits: Int) -> String {
     let s = String(v, radix: 16)
