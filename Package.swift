@@ -15,12 +15,13 @@
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
 //     swiftvisor-bench    -> TestSupport
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
-//  4  SwiftVisor          -> VisorCore VisorDevices VisorLinux VisorLoader  -- the machine facade
+//  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //  3  VisorDevices        -> VisorCore VisorFirmware                  -- device models, Platform
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
-//  2  VisorCore           -> VisorKVM VisorMemory VisorDecoder        -- exits, buses, dispatch, policy
+//  3  VisorEmulator       -> VisorCore VisorKVM VisorMemory VisorDecoder  -- instruction emulator, page walks
+//  2  VisorCore           -> VisorKVM VisorMemory                     -- exits, buses, dispatch, policy
 //     VisorLoader         -> VisorMemory                              -- ELF, flat, boot layout
 //  1  VisorKVM            -> CKVM                                     -- /dev/kvm, VM, vCPU handles
 //     VisorMemory         -> CGuestAtomics                            -- guest RAM
@@ -60,11 +61,15 @@ let package = Package(
         .target(
             name: "VisorCore",
             dependencies: [
-                "VisorKVM", "VisorMemory", "VisorDecoder",
+                "VisorKVM", "VisorMemory",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),
         .target(name: "VisorDevices", dependencies: ["VisorCore", "VisorFirmware"], swiftSettings: strict),
+        .target(
+            name: "VisorEmulator",
+            dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDecoder"],
+            swiftSettings: strict),
         .target(name: "VisorLoader", dependencies: ["VisorMemory"], swiftSettings: strict),
         // Debian's zlib1g-dev, liblzma-dev, liblz4-dev and libzstd-dev.
         .target(
@@ -75,7 +80,7 @@ let package = Package(
         .target(
             name: "SwiftVisor",
             dependencies: [
-                "VisorKVM", "VisorMemory", "VisorCore", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux",
+                "VisorKVM", "VisorMemory", "VisorCore", "VisorEmulator", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux",
                 "SwiftVisorProbes",
             ],
             swiftSettings: strict),
@@ -106,8 +111,11 @@ let package = Package(
                 swiftSettings: strict),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"]),
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"]),
-        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"],
+        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport"],
                     exclude: ["Fixtures"]),
+        .testTarget(
+            name: "VisorEmulatorTests",
+            dependencies: ["VisorEmulator", "VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"]),
         .testTarget(name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"]),
         .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore", "VisorFirmware"]),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder"]),

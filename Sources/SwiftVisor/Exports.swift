@@ -1,8 +1,10 @@
 // An embedding program imports SwiftVisor alone and gets the types it needs to register
-// devices and read results: the exit core, the device models, guest memory, loaders and
-// the Linux boot types, and from the KVM layer only the values those APIs carry (decoded
-// exits, injections, register sets, errors), not the handles.
+// devices and read results: the exit core, the instruction emulator (to add instruction
+// handlers), the device models, guest memory, loaders and the Linux boot types, and from
+// the KVM layer only the values those APIs carry (decoded exits, injections, register
+// sets, errors), not the handles.
 @_exported public import VisorCore
+@_exported public import VisorEmulator
 @_exported public import VisorDevices
 @_exported public import VisorMemory
 @_exported public import VisorLoader

@@ -1,5 +1,6 @@
 public import VisorCore
 import SwiftVisorProbes
+import VisorEmulator
 import Synchronization
 
 /// A processor feature a Linux guest must not use where the host interprets kernel code,

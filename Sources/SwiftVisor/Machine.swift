@@ -2,6 +2,7 @@ public import VisorCore
 public import VisorDevices
 public import VisorMemory
 public import VisorLinux
+import VisorEmulator
 import VisorKVM
 
 /// How a run ended.
@@ -121,7 +122,7 @@ public final class Machine: Sendable {
     // MARK: Inspection
 
     /// Instructions finished by the emulator so far, by mnemonic.
-    public var emulatedInstructions: [String: UInt64] { parts.dispatcher.emulator?.emulatedCounts ?? [:] }
+    public var emulatedInstructions: [String: UInt64] { parts.emulator?.emulatedCounts ?? [:] }
 
     /// Guest RDMSR/WRMSR accesses that raised #GP so far.
     public var deniedMSRAccesses: UInt64 { parts.msrEmulator.deniedAccesses }

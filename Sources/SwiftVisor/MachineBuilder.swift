@@ -1,6 +1,7 @@
 import Synchronization
 import VisorCore
 import VisorDevices
+import VisorEmulator
 import VisorKVM
 import VisorLinux
 import VisorLoader
@@ -16,6 +17,8 @@ struct MachineParts: Sendable {
     let linuxBootPlan: LinuxBootPlan?
     let dispatcher: ExitDispatcher
     let msrEmulator: MSREmulator
+    /// The emulator the dispatcher hands emulation failures to (nil with emulation off).
+    let emulator: InstructionEmulator?
 }
 
 /// Builds a machine from its configuration, in order: validate the configuration, create
@@ -123,10 +126,12 @@ struct MachineBuilder {
         if let linuxBootPlan { configuration.onLinuxBootPlan?(linuxBootPlan) }
         let (vcpus, guestCPUID0) = try createVCPUs(vm, system: system, memory: memory, entry: entry)
         let msrEmulator = MSREmulator(policy: configuration.msrs)
+        let emulator = makeEmulator(memory: memory, guestCPUID0: guestCPUID0)
         let dispatcher = try makeDispatcher(platform: platform, memory: memory, consoleOutput: consoleOutput,
-                                            msrEmulator: msrEmulator, guestCPUID0: guestCPUID0)
+                                            msrEmulator: msrEmulator, emulator: emulator)
         return MachineParts(system: system, vm: vm, memory: memory, vcpus: vcpus, platform: platform,
-                            linuxBootPlan: linuxBootPlan, dispatcher: dispatcher, msrEmulator: msrEmulator)
+                            linuxBootPlan: linuxBootPlan, dispatcher: dispatcher, msrEmulator: msrEmulator,
+                            emulator: emulator)
     }
 
     /// The VM with KVM's real-mode helper pages placed and, if asked, the in-kernel
@@ -224,10 +229,25 @@ struct MachineBuilder {
         } catch { throw MachineError(error) }
     }
 
+    /// The instruction emulator that finishes what the host's KVM cannot emulate, or nil
+    /// with emulation off.
+    func makeEmulator(memory: GuestMemory, guestCPUID0: [CPUIDEntry]) -> InstructionEmulator? {
+        guard configuration.emulation else { return nil }
+        // SMAP as the guest sees it: from the table SwiftVisor set, or from the host CPU
+        // where the host's KVM passes leaf 7 through regardless (nested hosts).
+        let smapBit: UInt32 = 1 << 20
+        let tableSMAP = guestCPUID0.first { $0.function == 7 && $0.index == 0 }.map { $0.ebx & smapBit != 0 } ?? false
+        let hostSMAP = hostCPUID(leaf: 7).ebx & smapBit != 0
+        var handlers = InstructionEmulator.allHandlers
+        for (mnemonic, handler) in configuration.instructionHandlers { handlers[mnemonic] = handler }
+        return InstructionEmulator(handlers: handlers, smapAvailable: tableSMAP || hostSMAP, memory: memory,
+                                   trace: configuration.trace)
+    }
+
     /// The port and MMIO buses with every device, the hypercall table, the MSR policy and
     /// the instruction emulator, in one dispatcher.
     func makeDispatcher(platform: Platform, memory: GuestMemory, consoleOutput: @escaping @Sendable (UInt8) -> Void,
-                        msrEmulator: MSREmulator, guestCPUID0: [CPUIDEntry]) throws(MachineError) -> ExitDispatcher {
+                        msrEmulator: MSREmulator, emulator: InstructionEmulator?) throws(MachineError) -> ExitDispatcher {
         var ports = PortBus()
         var mmio = MMIOBus()
         do throws(BusError) {
@@ -257,18 +277,7 @@ struct MachineBuilder {
                                             log: Self.rateLimited(configuration.log))
             dispatcher.msrs = msrEmulator
             dispatcher.traceDenied = configuration.trace
-            if configuration.emulation {
-                // SMAP as the guest sees it: from the table SwiftVisor set, or from the host
-                // CPU where the host's KVM passes leaf 7 through regardless (nested hosts).
-                let smapBit: UInt32 = 1 << 20
-                let tableSMAP = guestCPUID0.first { $0.function == 7 && $0.index == 0 }.map { $0.ebx & smapBit != 0 } ?? false
-                let hostSMAP = hostCPUID(leaf: 7).ebx & smapBit != 0
-                var handlers = InstructionEmulator.allHandlers
-                for (mnemonic, handler) in configuration.instructionHandlers { handlers[mnemonic] = handler }
-                dispatcher.emulator = InstructionEmulator(handlers: handlers, smapAvailable: tableSMAP || hostSMAP)
-                dispatcher.memory = memory
-                dispatcher.traceEmulated = configuration.trace
-            }
+            dispatcher.emulationFailureHandler = emulator
             return dispatcher
         } catch { throw .bus(error) }
     }

@@ -1,5 +1,6 @@
 public import VisorCore
 public import VisorDevices
+public import VisorEmulator
 import VisorMemory
 public import VisorLinux
 

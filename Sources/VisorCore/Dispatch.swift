@@ -1,5 +1,4 @@
 public import VisorKVM
-public import VisorMemory
 
 /// Why a VM stopped without anything going wrong.
 public enum StopReason: Sendable, Equatable, CustomStringConvertible {
@@ -118,11 +117,8 @@ public struct ExitDispatcher: Sendable {
     public var msrs: MSREmulator?
     /// Receives a line for each MSR access that raised #GP (the machine's trace).
     public var traceDenied: (@Sendable (String) -> Void)?
-    /// Finishes instructions KVM failed to emulate, reading operands from `memory`.
-    public var emulator: InstructionEmulator?
-    public var memory: GuestMemory?
-    /// Receives a line for each emulated instruction (the machine's trace).
-    public var traceEmulated: (@Sendable (String) -> Void)?
+    /// Finishes instructions KVM failed to emulate; with none, such a failure is fatal.
+    public var emulationFailureHandler: (any EmulationFailureHandler)?
 
     public init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
                 unclaimedPorts: UnclaimedAccessPolicy = .block,
@@ -151,8 +147,8 @@ public struct ExitDispatcher: Sendable {
         case .shutdown:
             return .fatal(.tripleFault)
         case .internalError(let suberror, let payload):
-            if suberror == 1, let emulator, let memory,
-               let (outcome, _) = emulator.emulate(data: payload, vcpu: data, memory: memory, trace: traceEmulated) {
+            if suberror == 1, let emulationFailureHandler,
+               let outcome = emulationFailureHandler.finish(data: payload, vcpu: data) {
                 return outcome
             }
             return .fatal(.internalError(suberror: suberror, data: payload))
@@ -198,13 +194,7 @@ public struct ExitDispatcher: Sendable {
             return hypercalls.handle(data)
         }
         guard let route = ports.route(for: access.port) else {
-            switch unclaimedPorts {
-            case .block: break
-            case .log:
-                log("unclaimed port \(access.isWrite ? "OUT" : "IN") of \(access.width) bytes at 0x\(hex(access.port)) x\(count)")
-            case .stop:
-                return .stop(.unclaimedPort(port: access.port, isWrite: access.isWrite, width: access.width))
-            }
+            if case .end(let outcome) = unclaimed(.port(access), policy: unclaimedPorts) { return outcome }
             if !access.isWrite { fillAllOnes(count, access.width, data) }
             return .handled
         }
@@ -254,13 +244,7 @@ public struct ExitDispatcher: Sendable {
     @inline(__always)
     func handleMMIO(_ access: MMIOAccess, data: some VCPUContext) -> ExitOutcome {
         guard let index = mmio.index(for: access.address) else {
-            switch unclaimedMMIO {
-            case .block: break
-            case .log:
-                log("unclaimed MMIO \(access.isWrite ? "write" : "read") of \(access.width) bytes at 0x\(hex(access.address))")
-            case .stop:
-                return .stop(.unclaimedMMIO(address: access.address, isWrite: access.isWrite, width: access.width))
-            }
+            if case .end(let outcome) = unclaimed(.mmio(access), policy: unclaimedMMIO) { return outcome }
             if !access.isWrite { data.setMMIOData(allOnes(width: access.width)) }
             return .handled
         }
@@ -276,5 +260,57 @@ public struct ExitDispatcher: Sendable {
                 & allOnes(width: access.width))
         }
         return .handled
+    }
+}
+
+// MARK: Unclaimed accesses
+
+/// An access no device claimed, on either bus.
+enum UnclaimedAccess {
+    case port(PortAccess)
+    case mmio(MMIOAccess)
+
+    /// The line the `log` policy writes. Built only when logging.
+    var logLine: String {
+        switch self {
+        case .port(let access):
+            "unclaimed port \(access.isWrite ? "OUT" : "IN") of \(access.width) bytes at 0x\(hex(access.port)) x\(access.count)"
+        case .mmio(let access):
+            "unclaimed MMIO \(access.isWrite ? "write" : "read") of \(access.width) bytes at 0x\(hex(access.address))"
+        }
+    }
+
+    /// Why the `stop` policy stops the VM.
+    var stopReason: StopReason {
+        switch self {
+        case .port(let access): .unclaimedPort(port: access.port, isWrite: access.isWrite, width: access.width)
+        case .mmio(let access): .unclaimedMMIO(address: access.address, isWrite: access.isWrite, width: access.width)
+        }
+    }
+}
+
+/// What the unclaimed-access policy makes of an access.
+enum UnclaimedVerdict: Equatable {
+    /// Complete the access as a blocked one: the bus fills reads with all ones; writes vanish.
+    case fillAllOnes
+    /// End the exit with this outcome.
+    case end(ExitOutcome)
+}
+
+extension ExitDispatcher {
+    /// Applies `policy` to an access no device claimed: the one place both buses decide
+    /// what `block`, `log` and `stop` mean. The `block` path builds no string and
+    /// allocates nothing.
+    @inline(__always)
+    func unclaimed(_ access: UnclaimedAccess, policy: UnclaimedAccessPolicy) -> UnclaimedVerdict {
+        switch policy {
+        case .block:
+            return .fillAllOnes
+        case .log:
+            log(access.logLine)
+            return .fillAllOnes
+        case .stop:
+            return .end(.stop(access.stopReason))
+        }
     }
 }

@@ -1,3 +1,4 @@
+public import VisorCore
 public import VisorDecoder
 public import VisorKVM
 public import VisorMemory
@@ -203,20 +204,27 @@ public typealias InstructionHandler = @Sendable (inout EmulationState) -> Emulat
 /// Finishes in user space the instructions the host's KVM could not emulate
 /// (`KVM_EXIT_INTERNAL_ERROR`, suberror 1). The table is keyed by mnemonic and embedding
 /// programs may add their own handlers.
-public final class InstructionEmulator: Sendable {
+public final class InstructionEmulator: EmulationFailureHandler {
     private let handlers: [String: InstructionHandler]
     private let counts = Mutex<[String: UInt64]>([:])
     /// Whether the guest sees SMAP (see `EmulationState.smapAvailable`).
     public let smapAvailable: Bool
+    /// The guest's RAM, where memory operands and page tables are read.
+    public let memory: GuestMemory
+    /// Receives a line for each emulated instruction (the machine's trace).
+    public let trace: (@Sendable (String) -> Void)?
 
     /// Every handler SwiftVisor ships: the standard set and the bit-manipulation set.
     public static var allHandlers: [String: InstructionHandler] {
         standardHandlers.merging(bitManipulationHandlers) { first, _ in first }
     }
 
-    public init(handlers: [String: InstructionHandler] = InstructionEmulator.allHandlers, smapAvailable: Bool) {
+    public init(handlers: [String: InstructionHandler] = InstructionEmulator.allHandlers, smapAvailable: Bool,
+                memory: GuestMemory, trace: (@Sendable (String) -> Void)? = nil) {
         self.handlers = handlers
         self.smapAvailable = smapAvailable
+        self.memory = memory
+        self.trace = trace
     }
 
     /// Instructions finished so far, by mnemonic.
@@ -237,10 +245,14 @@ public final class InstructionEmulator: Sendable {
         return Array(bytes[1...count])
     }
 
+    public func finish(data: [UInt64], vcpu: some VCPUContext) -> ExitOutcome? {
+        emulate(data: data, vcpu: vcpu)?.outcome
+    }
+
     /// Tries to finish the instruction at the vCPU's RIP. Returns nil when it is not one
-    /// the emulator knows (the caller then stops the VM), or the outcome.
-    public func emulate(data: [UInt64], vcpu: some VCPUContext, memory: GuestMemory,
-                        trace: (@Sendable (String) -> Void)?) -> (ExitOutcome, String)? {
+    /// the emulator knows (the caller then stops the VM), or the outcome and the
+    /// instruction's text.
+    public func emulate(data: [UInt64], vcpu: some VCPUContext) -> (outcome: ExitOutcome, instruction: String)? {
         let registers: Registers, special: SpecialRegisters
         do throws(KVMError) {
             registers = try vcpu.registers()

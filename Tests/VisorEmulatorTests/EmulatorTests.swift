@@ -1,6 +1,7 @@
 import Testing
 import TestSupport
-@testable import VisorCore
+import VisorCore
+@testable import VisorEmulator
 import VisorKVM
 import VisorMemory
 
@@ -22,7 +23,7 @@ struct EmulatorHarness {
         vcpu.sregs.efer = 0x500
         vcpu.sregs.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 8, type: 0xB, l: true, g: true)
         vcpu.regs.rip = 0x10000
-        emulator = InstructionEmulator(smapAvailable: smap)
+        emulator = InstructionEmulator(smapAvailable: smap, memory: memory)
     }
 
     /// Emulates `bytes`, passing them as KVM's emulation-failure data would.
@@ -31,7 +32,7 @@ struct EmulatorHarness {
         var data: [UInt64] = [viaExitData ? 1 : 0, 0, 0]
         let padded = [UInt8(bytes.count)] + bytes + [UInt8](repeating: 0x90, count: 15 - bytes.count)
         for i in 0..<16 { data[1 + i / 8] |= UInt64(padded[i]) << (8 * UInt64(i % 8)) }
-        return emulator.emulate(data: data, vcpu: vcpu, memory: memory, trace: nil)?.0
+        return emulator.emulate(data: data, vcpu: vcpu)?.outcome
     }
 }
 
@@ -237,12 +238,29 @@ struct EmulatorTests {
             state.registers.rdx = 0
             return .completed
         }
-        let emulator = InstructionEmulator(handlers: handlers, smapAvailable: false)
+        let emulator = InstructionEmulator(handlers: handlers, smapAvailable: false, memory: h.memory)
         try h.memory.write([0x0F, 0xAE, 0x27], at: 0x10000)  // xsave [rdi]
-        #expect(emulator.emulate(data: [0], vcpu: h.vcpu, memory: h.memory, trace: nil)?.0 == .handled)
+        #expect(emulator.emulate(data: [0], vcpu: h.vcpu)?.outcome == .handled)
         #expect(h.vcpu.regs.rax == 7)
         #expect(h.vcpu.regs.rip == 0x10003)
         #expect(emulator.emulatedCounts == ["xsave": 1])
+    }
+
+    @Test("as the dispatcher's emulation-failure handler it finishes what it knows and leaves the rest fatal")
+    func throughDispatcher() throws {
+        let h = try EmulatorHarness()
+        var dispatcher = ExitDispatcher()
+        dispatcher.emulationFailureHandler = h.emulator
+        try h.memory.write([0xF3, 0x48, 0x0F, 0xB8, 0xC3], at: 0x10000)  // popcnt rax, rbx
+        h.vcpu.regs.rbx = 0xF0F0
+        #expect(dispatcher.dispatch(.internalError(suberror: 1, data: [0]), vcpu: h.vcpu) == .handled)
+        #expect(h.vcpu.regs.rax == 8)
+        #expect(h.vcpu.regs.rip == 0x10005)
+        try h.memory.write([0x0F, 0xAE, 0x27], at: 0x10005)  // xsave [rdi]: no handler
+        #expect(dispatcher.dispatch(.internalError(suberror: 1, data: [0]), vcpu: h.vcpu)
+            == .fatal(.internalError(suberror: 1, data: [0])))
+        #expect(h.vcpu.regs.rip == 0x10005)
+        #expect(h.emulator.emulatedCounts == ["popcnt": 1])
     }
 
     @Test("random instruction bytes and registers never crash or write outside guest memory")

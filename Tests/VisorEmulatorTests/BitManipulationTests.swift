@@ -1,6 +1,8 @@
 import CNativeOps
 import Testing
-@testable import VisorCore
+import TestSupport
+import VisorCore
+@testable import VisorEmulator
 import VisorKVM
 
 /// The emulator's BMI1, BMI2, ADX and CRC32 results against the host CPU running the same
