@@ -1,10 +1,10 @@
-public import VisorKVM
+package import VisorKVM
 
 /// Text rendering of CPUID tables for `swiftvisor cpuid`.
-public enum CPUIDTable {
+package enum CPUIDTable {
     /// One line per guest leaf/subleaf; a line is marked with `*` and followed by the host's
     /// values where they differ, and host leaves the guest lacks are listed at the end.
-    public static func render(host: [CPUIDEntry], guest: [CPUIDEntry]) -> String {
+    package static func render(host: [CPUIDEntry], guest: [CPUIDEntry]) -> String {
         func key(_ e: CPUIDEntry) -> String { "\(hex8(e.function)).\(hex2(e.index))" }
         func regs(_ e: CPUIDEntry) -> String {
             "eax=\(hex8(e.eax)) ebx=\(hex8(e.ebx)) ecx=\(hex8(e.ecx)) edx=\(hex8(e.edx))"

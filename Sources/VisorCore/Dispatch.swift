@@ -1,4 +1,4 @@
-public import VisorKVM
+package import VisorKVM
 
 /// Why a VM stopped without anything going wrong.
 public enum StopReason: Sendable, Equatable, CustomStringConvertible {
@@ -104,23 +104,23 @@ public enum ExitOutcome: Sendable, Equatable {
 ///
 /// `dispatch` is a plain function from an exit to an outcome: it needs no KVM, so unit
 /// tests drive it with hand-made exits and a fake data channel.
-public struct ExitDispatcher: Sendable {
-    public var ports: PortBus
-    public var mmio: MMIOBus
-    public var unclaimedPorts: UnclaimedAccessPolicy
-    public var unclaimedMMIO: UnclaimedAccessPolicy
+package struct ExitDispatcher: Sendable {
+    package var ports: PortBus
+    package var mmio: MMIOBus
+    package var unclaimedPorts: UnclaimedAccessPolicy
+    package var unclaimedMMIO: UnclaimedAccessPolicy
     /// Where `log`-policy messages go (the machine sends them to stderr).
-    public var log: @Sendable (String) -> Void
+    package var log: @Sendable (String) -> Void
     /// Hypercalls: an OUT to `hypercalls.port` runs a handler from the table.
-    public var hypercalls: HypercallTable?
+    package var hypercalls: HypercallTable?
     /// The MSR policy for accesses KVM routes to user space.
-    public var msrs: MSREmulator?
+    package var msrs: MSREmulator?
     /// Receives a line for each MSR access that raised #GP (the machine's trace).
-    public var traceDenied: (@Sendable (String) -> Void)?
+    package var traceDenied: (@Sendable (String) -> Void)?
     /// Finishes instructions KVM failed to emulate; with none, such a failure is fatal.
-    public var emulationFailureHandler: (any EmulationFailureHandler)?
+    package var emulationFailureHandler: (any EmulationFailureHandler)?
 
-    public init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
+    package init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
                 unclaimedPorts: UnclaimedAccessPolicy = .block,
                 unclaimedMMIO: UnclaimedAccessPolicy = .block,
                 hypercalls: HypercallTable? = nil,
@@ -136,7 +136,7 @@ public struct ExitDispatcher: Sendable {
     /// Handles one exit of `vcpu`, which carries the exit's I/O elements, takes the MMIO
     /// read result, and gives hypercalls and injections access to registers and events.
     @inline(__always)
-    public func dispatch(_ exit: VMExit, vcpu data: some VCPUContext) -> ExitOutcome {
+    package func dispatch(_ exit: VMExit, vcpu data: some VCPUContext) -> ExitOutcome {
         switch exit {
         case .io(let access):
             return handlePort(access, data: data)

@@ -201,7 +201,7 @@ func pad(_ s: String, _ width: Int) -> String {
 
 /// One trace line for an exit: kind, port or address, width and value. Call it after the
 /// exit was dispatched, so that an IN shows the value the guest received.
-public func traceDescription(_ exit: VMExit, data: some ExitDataChannel) -> String {
+package func traceDescription(_ exit: VMExit, data: some ExitDataChannel) -> String {
     switch exit {
     case .io(let a):
         let value = " value=0x\(hex(data.ioElement(0)))"

@@ -55,78 +55,78 @@ import Glibc
 /// registers change the frozen time; clearing SET starts it again from that time, which
 /// becomes an offset from the host's time. A time-register write while SET is 0 takes effect
 /// at once the same way.
-public struct CMOS: Sendable {
+package struct CMOS: Sendable {
     /// Register indexes with names.
-    public enum Register {
-        public static let seconds: UInt8 = 0x00
-        public static let alarmSeconds: UInt8 = 0x01
-        public static let minutes: UInt8 = 0x02
-        public static let alarmMinutes: UInt8 = 0x03
-        public static let hours: UInt8 = 0x04
-        public static let alarmHours: UInt8 = 0x05
-        public static let dayOfWeek: UInt8 = 0x06
-        public static let dayOfMonth: UInt8 = 0x07
-        public static let month: UInt8 = 0x08
-        public static let year: UInt8 = 0x09
-        public static let a: UInt8 = 0x0A
-        public static let b: UInt8 = 0x0B
-        public static let c: UInt8 = 0x0C
-        public static let d: UInt8 = 0x0D
+    package enum Register {
+        package static let seconds: UInt8 = 0x00
+        package static let alarmSeconds: UInt8 = 0x01
+        package static let minutes: UInt8 = 0x02
+        package static let alarmMinutes: UInt8 = 0x03
+        package static let hours: UInt8 = 0x04
+        package static let alarmHours: UInt8 = 0x05
+        package static let dayOfWeek: UInt8 = 0x06
+        package static let dayOfMonth: UInt8 = 0x07
+        package static let month: UInt8 = 0x08
+        package static let year: UInt8 = 0x09
+        package static let a: UInt8 = 0x0A
+        package static let b: UInt8 = 0x0B
+        package static let c: UInt8 = 0x0C
+        package static let d: UInt8 = 0x0D
         /// Base memory in KiB, low and high byte.
-        public static let baseMemoryLow: UInt8 = 0x15
-        public static let baseMemoryHigh: UInt8 = 0x16
+        package static let baseMemoryLow: UInt8 = 0x15
+        package static let baseMemoryHigh: UInt8 = 0x16
         /// Extended memory (above 1 MiB) in KiB, low and high byte, capped at 0xFFFF.
-        public static let extendedMemoryLow: UInt8 = 0x17
-        public static let extendedMemoryHigh: UInt8 = 0x18
+        package static let extendedMemoryLow: UInt8 = 0x17
+        package static let extendedMemoryHigh: UInt8 = 0x18
         /// Checksum over 0x10-0x2D, high byte first.
-        public static let checksumHigh: UInt8 = 0x2E
-        public static let checksumLow: UInt8 = 0x2F
+        package static let checksumHigh: UInt8 = 0x2E
+        package static let checksumLow: UInt8 = 0x2F
         /// A copy of the extended-memory size.
-        public static let extendedMemoryCopyLow: UInt8 = 0x30
-        public static let extendedMemoryCopyHigh: UInt8 = 0x31
+        package static let extendedMemoryCopyLow: UInt8 = 0x30
+        package static let extendedMemoryCopyHigh: UInt8 = 0x31
         /// The century (the register ACPI's FADT names as its century field).
-        public static let century: UInt8 = 0x32
+        package static let century: UInt8 = 0x32
         /// Memory between 16 MiB and 4 GiB in 64 KiB units, low and high byte, capped at 0xFFFF.
-        public static let memoryAbove16MLow: UInt8 = 0x34
-        public static let memoryAbove16MHigh: UInt8 = 0x35
+        package static let memoryAbove16MLow: UInt8 = 0x34
+        package static let memoryAbove16MHigh: UInt8 = 0x35
         /// Memory above 4 GiB in 64 KiB units, three bytes, low first.
-        public static let memoryAbove4G0: UInt8 = 0x5B
-        public static let memoryAbove4G1: UInt8 = 0x5C
-        public static let memoryAbove4G2: UInt8 = 0x5D
+        package static let memoryAbove4G0: UInt8 = 0x5B
+        package static let memoryAbove4G1: UInt8 = 0x5C
+        package static let memoryAbove4G2: UInt8 = 0x5D
     }
 
     /// Register A bit 7: update in progress (always 0 here).
-    public static let aUpdateInProgress: UInt8 = 0x80
+    package static let aUpdateInProgress: UInt8 = 0x80
     /// Register A at power-on: 32.768 kHz time base, 1024 Hz rate.
-    public static let initialA: UInt8 = 0x26
+    package static let initialA: UInt8 = 0x26
     /// Register B bit 7: stop the clock so that it can be set.
-    public static let bSet: UInt8 = 0x80
+    package static let bSet: UInt8 = 0x80
     /// Register B bit 6: periodic interrupt enable.
-    public static let bPeriodicInterrupt: UInt8 = 0x40
+    package static let bPeriodicInterrupt: UInt8 = 0x40
     /// Register B bit 5: alarm interrupt enable.
-    public static let bAlarmInterrupt: UInt8 = 0x20
+    package static let bAlarmInterrupt: UInt8 = 0x20
     /// Register B bit 4: update-ended interrupt enable (cleared when SET is set).
-    public static let bUpdateInterrupt: UInt8 = 0x10
+    package static let bUpdateInterrupt: UInt8 = 0x10
     /// Register B bit 2: binary (1) or BCD (0) time registers.
-    public static let bBinary: UInt8 = 0x04
+    package static let bBinary: UInt8 = 0x04
     /// Register B bit 1: 24-hour (1) or 12-hour (0) hours register.
-    public static let b24Hour: UInt8 = 0x02
+    package static let b24Hour: UInt8 = 0x02
     /// Register B at power-on: BCD, 24-hour (Linux's rtc-cmos insists on 24-hour mode).
-    public static let initialB: UInt8 = b24Hour
+    package static let initialB: UInt8 = b24Hour
     /// Register C bit 7: an enabled interrupt flag is set.
-    public static let cInterruptRequest: UInt8 = 0x80
+    package static let cInterruptRequest: UInt8 = 0x80
     /// Register C bit 4: update ended.
-    public static let cUpdateEnded: UInt8 = 0x10
+    package static let cUpdateEnded: UInt8 = 0x10
     /// Register D bit 7: valid RAM and time (the battery is good).
-    public static let dValidRAM: UInt8 = 0x80
+    package static let dValidRAM: UInt8 = 0x80
     /// The hours register's PM flag in 12-hour mode.
-    public static let pmFlag: UInt8 = 0x80
+    package static let pmFlag: UInt8 = 0x80
 
     /// A source of the current time: seconds since 1970-01-01 00:00:00 UTC.
-    public typealias Clock = @Sendable () -> Int64
+    package typealias Clock = @Sendable () -> Int64
 
     /// The host's real time, from `clock_gettime(CLOCK_REALTIME)`.
-    @Sendable public static func hostClock() -> Int64 {
+    @Sendable package static func hostClock() -> Int64 {
         var now = timespec()
         // SAFETY: `now` is a local timespec that outlives the call; clock_gettime writes only it.
         _ = clock_gettime(CLOCK_REALTIME, &now)
@@ -139,9 +139,9 @@ public struct CMOS: Sendable {
     /// 128 bytes of CMOS RAM. The time registers' bytes are unused (they are computed).
     private var ram: [UInt8]
     /// The last byte written to the index port, NMI bit included.
-    public private(set) var indexPort: UInt8 = 0
+    package private(set) var indexPort: UInt8 = 0
     /// Seconds added to the clock to give the guest's time.
-    public private(set) var offset: Int64 = 0
+    package private(set) var offset: Int64 = 0
     /// The frozen time while register B's SET bit is 1.
     private var frozen: CivilTime?
     /// The guest-visible second at which register C was last read, for its UF flag.
@@ -152,7 +152,7 @@ public struct CMOS: Sendable {
     ///   - memoryBelow4GiB: guest RAM below 4 GiB in bytes, for the memory-size fields
     ///     (0x15-0x18, 0x30/0x31, 0x34/0x35); 0 leaves them zero.
     ///   - memoryAbove4GiB: guest RAM from 4 GiB up in bytes, for 0x5B-0x5D.
-    public init(clock: @escaping Clock = CMOS.hostClock, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0) {
+    package init(clock: @escaping Clock = CMOS.hostClock, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0) {
         self.clock = clock
         ram = [UInt8](repeating: 0, count: 128)
         ram[Int(Register.a)] = Self.initialA
@@ -164,16 +164,16 @@ public struct CMOS: Sendable {
     // MARK: Read-only views
 
     /// The register the data port reaches (index port bits 6:0).
-    public var index: UInt8 { indexPort & 0x7F }
+    package var index: UInt8 { indexPort & 0x7F }
 
     /// True while the last index write had bit 7 set. Kept as state only: NMIs are not modelled.
-    public var nmiMasked: Bool { indexPort & 0x80 != 0 }
+    package var nmiMasked: Bool { indexPort & 0x80 != 0 }
 
     /// Register B's SET bit: the clock is stopped for setting.
-    public var clockStopped: Bool { frozen != nil }
+    package var clockStopped: Bool { frozen != nil }
 
     /// The time the guest's clock shows, in seconds since the epoch (UTC).
-    public var guestTime: Int64 {
+    package var guestTime: Int64 {
         if let frozen { return frozen.epochSeconds }
         return clock() &+ offset
     }
@@ -181,20 +181,20 @@ public struct CMOS: Sendable {
     // MARK: Guest access
 
     /// A write of the index port: bits 6:0 select a register, bit 7 masks NMIs.
-    public mutating func writeIndex(_ value: UInt8) { indexPort = value }
+    package mutating func writeIndex(_ value: UInt8) { indexPort = value }
 
     /// A read of the index port: the last byte written to it. (On many chipsets port 0x70 is
     /// write-only; returning the last write makes the NMI mask readable.)
-    public func readIndex() -> UInt8 { indexPort }
+    package func readIndex() -> UInt8 { indexPort }
 
     /// A read of the data port: the selected register.
-    public mutating func readData() -> UInt8 { read(register: index) }
+    package mutating func readData() -> UInt8 { read(register: index) }
 
     /// A write of the data port: the selected register.
-    public mutating func writeData(_ value: UInt8) { write(register: index, value: value) }
+    package mutating func writeData(_ value: UInt8) { write(register: index, value: value) }
 
     /// Reads register `register` (bits 6:0 are used).
-    public mutating func read(register: UInt8) -> UInt8 {
+    package mutating func read(register: UInt8) -> UInt8 {
         let register = register & 0x7F
         switch register {
         case Register.seconds, Register.minutes, Register.hours, Register.dayOfWeek,
@@ -212,7 +212,7 @@ public struct CMOS: Sendable {
     }
 
     /// Writes register `register` (bits 6:0 are used).
-    public mutating func write(register: UInt8, value: UInt8) {
+    package mutating func write(register: UInt8, value: UInt8) {
         let register = register & 0x7F
         switch register {
         case Register.seconds, Register.minutes, Register.hours,
@@ -354,7 +354,7 @@ public struct CMOS: Sendable {
 
     /// Days from 1970-01-01 to `year`-`month`-`day`. Months 1...12; a day past the month's
     /// end counts on into the next month.
-    public static func daysFromCivil(year: Int, month: Int, day: Int) -> Int {
+    package static func daysFromCivil(year: Int, month: Int, day: Int) -> Int {
         // Count years from March, so that the leap day is the last day of the year.
         let y = month <= 2 ? year - 1 : year
         let era = floorDiv(y, 400)
@@ -366,7 +366,7 @@ public struct CMOS: Sendable {
     }
 
     /// The date `days` days after 1970-01-01: (year, month 1...12, day 1...31).
-    public static func civilFromDays(_ days: Int) -> (year: Int, month: Int, day: Int) {
+    package static func civilFromDays(_ days: Int) -> (year: Int, month: Int, day: Int) {
         let z = days + 719_468
         let era = floorDiv(z, 146_097)
         let dayOfEra = z - era * 146_097                                             // 0...146096
@@ -381,18 +381,18 @@ public struct CMOS: Sendable {
 }
 
 /// A broken-down UTC time, as the RTC's registers hold it.
-public struct CivilTime: Sendable, Equatable, CustomStringConvertible {
-    public var year: Int
+package struct CivilTime: Sendable, Equatable, CustomStringConvertible {
+    package var year: Int
     /// 1...12.
-    public var month: Int
+    package var month: Int
     /// 1...31.
-    public var day: Int
+    package var day: Int
     /// 0...23.
-    public var hour: Int
-    public var minute: Int
-    public var second: Int
+    package var hour: Int
+    package var minute: Int
+    package var second: Int
 
-    public init(year: Int, month: Int, day: Int, hour: Int = 0, minute: Int = 0, second: Int = 0) {
+    package init(year: Int, month: Int, day: Int, hour: Int = 0, minute: Int = 0, second: Int = 0) {
         self.year = year
         self.month = month
         self.day = day
@@ -403,7 +403,7 @@ public struct CivilTime: Sendable, Equatable, CustomStringConvertible {
 
     /// The time `epochSeconds` seconds after 1970-01-01 00:00:00 UTC (negative: before).
     /// Any Int64 is accepted.
-    public init(epochSeconds: Int64) {
+    package init(epochSeconds: Int64) {
         // Int is 64 bits on every platform this runs on. days * 86400 can fall just outside
         // Int's range for the most negative inputs, so the remainder is taken with wrapping
         // arithmetic, which still yields the true value (0...86399).
@@ -416,18 +416,18 @@ public struct CivilTime: Sendable, Equatable, CustomStringConvertible {
 
     /// Seconds since 1970-01-01 00:00:00 UTC. Fields out of range count on (second 60 is the
     /// next minute's 0), with wrapping rather than trapping for absurd years.
-    public var epochSeconds: Int64 {
+    package var epochSeconds: Int64 {
         let days = CMOS.daysFromCivil(year: year, month: month, day: day)
         return Int64(days) &* 86_400 &+ Int64(hour) &* 3600 &+ Int64(minute) &* 60 &+ Int64(second)
     }
 
     /// The day of the week: 0 = Sunday ... 6 = Saturday.
-    public var weekday: Int {
+    package var weekday: Int {
         // 1970-01-01 was a Thursday (4).
         CMOS.floorMod(CMOS.daysFromCivil(year: year, month: month, day: day) + 4, 7)
     }
 
-    public var description: String {
+    package var description: String {
         func pad(_ value: Int, _ width: Int) -> String {
             let text = String(value)
             return String(repeating: "0", count: max(0, width - text.count)) + text
@@ -455,7 +455,7 @@ public final class CMOSDevice: PortDevice {
     ///   - clock: the time source; `CMOS.hostClock` reads the host's UTC time.
     ///   - memoryBelow4GiB, memoryAbove4GiB: guest RAM in bytes below and from 4 GiB, for
     ///     the CMOS memory-size fields (0 leaves them zero).
-    public init(clock: @escaping CMOS.Clock = CMOS.hostClock, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0) {
+    package init(clock: @escaping CMOS.Clock = CMOS.hostClock, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0) {
         state = Mutex(CMOS(clock: clock, memoryBelow4GiB: memoryBelow4GiB, memoryAbove4GiB: memoryAbove4GiB))
     }
 
@@ -486,13 +486,13 @@ public final class CMOSDevice: PortDevice {
     public var guestTime: Int64 { state.withLock { $0.guestTime } }
 
     /// The model's state, for inspection (a copy).
-    public var cmos: CMOS { state.withLock { $0 } }
+    package var cmos: CMOS { state.withLock { $0 } }
 }
 
 extension CMOSDevice {
     /// CMOS/RTC at its PC place: ports 0x70-0x71, IRQ 8 (described, never raised), a DSDT
     /// device with _HID PNP0B00, and the century register for the FADT.
-    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+    package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "cmos-rtc", ports: [try .ports("cmos-rtc", Self.base, count: Self.portCount)], portDevice: self,
             irqs: [Self.rtcIRQ],

@@ -22,7 +22,7 @@ public final class DebugExitDevice: PortDevice {
 
 extension DebugExitDevice {
     /// The port at 0x501 unless told otherwise. Test guests know it; the OS is not told.
-    public func platformDevice(port: UInt16 = defaultPort) throws(PlatformError) -> PlatformDevice {
+    package func platformDevice(port: UInt16 = defaultPort) throws(PlatformError) -> PlatformDevice {
         PlatformDevice(name: "debug-exit", ports: [try .ports("debug-exit", port, count: 1)], portDevice: self)
     }
 }

@@ -38,64 +38,64 @@ import Synchronization
 
 /// An 8042 keyboard controller with a keyboard and an empty AUX port, modelled register by
 /// register. It knows the data register and the status/command register, not ports or buses.
-public struct I8042: Sendable {
+package struct I8042: Sendable {
     /// Bytes the output queue holds; further bytes are dropped. (Linux flushes at most 16.)
-    public static let queueCapacity = 16
+    package static let queueCapacity = 16
 
     /// The command byte at power-on: translation, system flag, keyboard interrupt on, AUX
     /// port disabled (0x65).
-    public static let initialCommandByte: UInt8 = ctrTranslate | ctrSystemFlag | ctrKeyboardInterrupt | ctrAuxDisable
+    package static let initialCommandByte: UInt8 = ctrTranslate | ctrSystemFlag | ctrKeyboardInterrupt | ctrAuxDisable
 
     // MARK: Status register bits (read from port 0x64)
 
     /// Output buffer full: a byte is waiting at port 0x60.
-    public static let statusOutputFull: UInt8 = 0x01
+    package static let statusOutputFull: UInt8 = 0x01
     /// Input buffer full: never set here.
-    public static let statusInputFull: UInt8 = 0x02
+    package static let statusInputFull: UInt8 = 0x02
     /// System flag: mirrors command byte bit 2.
-    public static let statusSystemFlag: UInt8 = 0x04
+    package static let statusSystemFlag: UInt8 = 0x04
     /// Set when the last write went to port 0x64 (a command), clear after a write to 0x60.
-    public static let statusCommandData: UInt8 = 0x08
+    package static let statusCommandData: UInt8 = 0x08
     /// Keyboard not inhibited (the keylock switch): always set.
-    public static let statusNotInhibited: UInt8 = 0x10
+    package static let statusNotInhibited: UInt8 = 0x10
     /// The waiting byte came from the AUX port.
-    public static let statusAuxData: UInt8 = 0x20
+    package static let statusAuxData: UInt8 = 0x20
     /// The waiting byte reports a timeout (sent to a device that is not there).
-    public static let statusTimeout: UInt8 = 0x40
+    package static let statusTimeout: UInt8 = 0x40
 
     // MARK: Command byte bits
 
     /// Raise IRQ 1 when a keyboard or controller byte is waiting.
-    public static let ctrKeyboardInterrupt: UInt8 = 0x01
+    package static let ctrKeyboardInterrupt: UInt8 = 0x01
     /// Raise IRQ 12 when an AUX byte is waiting.
-    public static let ctrAuxInterrupt: UInt8 = 0x02
+    package static let ctrAuxInterrupt: UInt8 = 0x02
     /// System flag, reported in status bit 2.
-    public static let ctrSystemFlag: UInt8 = 0x04
+    package static let ctrSystemFlag: UInt8 = 0x04
     /// Keyboard port disabled.
-    public static let ctrKeyboardDisable: UInt8 = 0x10
+    package static let ctrKeyboardDisable: UInt8 = 0x10
     /// AUX port disabled.
-    public static let ctrAuxDisable: UInt8 = 0x20
+    package static let ctrAuxDisable: UInt8 = 0x20
     /// Translate the keyboard's scan-code set 2 into set 1.
-    public static let ctrTranslate: UInt8 = 0x40
+    package static let ctrTranslate: UInt8 = 0x40
 
     // MARK: Output port bits (command 0xD0 / 0xD1)
 
     /// Output port bit 0: the CPU reset line, active low. Writing it as 0 resets the machine.
-    public static let outputPortResetLine: UInt8 = 0x01
+    package static let outputPortResetLine: UInt8 = 0x01
     /// Output port bit 1: the A20 gate (recorded, no effect).
-    public static let outputPortA20: UInt8 = 0x02
+    package static let outputPortA20: UInt8 = 0x02
     /// Output port bit 4: keyboard output buffer full (read-only, computed).
-    public static let outputPortKeyboardFull: UInt8 = 0x10
+    package static let outputPortKeyboardFull: UInt8 = 0x10
     /// Output port bit 5: AUX output buffer full (read-only, computed).
-    public static let outputPortAuxFull: UInt8 = 0x20
+    package static let outputPortAuxFull: UInt8 = 0x20
 
     /// The ID the keyboard reports after 0xFA for command 0xF2, untranslated.
-    public static let keyboardID: (UInt8, UInt8) = (0xAB, 0x83)
+    package static let keyboardID: (UInt8, UInt8) = (0xAB, 0x83)
     /// The typematic setting after keyboard reset: 10.9 characters/s, 500 ms delay.
-    public static let defaultTypematic: UInt8 = 0x2B
+    package static let defaultTypematic: UInt8 = 0x2B
 
     /// Why the guest asked for a reset.
-    public enum ResetRequest: Sendable, Equatable {
+    package enum ResetRequest: Sendable, Equatable {
         /// A pulse command (0xF0-0xFF with bit 0 clear, typically 0xFE) pulsed the reset line.
         case pulseCommand
         /// Command 0xD1 wrote the output port with bit 0 (the reset line) clear.
@@ -132,7 +132,7 @@ public struct I8042: Sendable {
     private var queueHead = 0
     private var queueCount = 0
     /// The byte last read from port 0x60, returned again when the queue is empty.
-    public private(set) var lastData: UInt8 = 0
+    package private(set) var lastData: UInt8 = 0
     /// The parameter the controller waits for, if any.
     private var pendingParameter: Parameter?
     /// True after a write to port 0x64, false after a write to port 0x60.
@@ -145,17 +145,17 @@ public struct I8042: Sendable {
     /// The last byte the keyboard sent (before translation), for its resend command 0xFE.
     private var keyboardLastSent: UInt8 = 0xFA
     /// True while the keyboard is enabled (0xF4), false after 0xF5.
-    public private(set) var keyboardScanning = true
+    package private(set) var keyboardScanning = true
     /// The LED state last set with 0xED (bit 0 scroll, 1 num, 2 caps lock).
-    public private(set) var keyboardLEDs: UInt8 = 0
+    package private(set) var keyboardLEDs: UInt8 = 0
     /// The scan-code set (1, 2 or 3) last set with 0xF0.
-    public private(set) var keyboardScanSet: UInt8 = 2
+    package private(set) var keyboardScanSet: UInt8 = 2
     /// The typematic rate and delay last set with 0xF3.
-    public private(set) var keyboardTypematic: UInt8 = defaultTypematic
+    package private(set) var keyboardTypematic: UInt8 = defaultTypematic
 
     /// A controller at power-on: command byte 0x65, output port 0x03, empty queue, and a
     /// keyboard in its reset state.
-    public init() {
+    package init() {
         ram = [UInt8](repeating: 0, count: 32)
         ram[0] = Self.initialCommandByte
         queue = [Output](repeating: Output(byte: 0, aux: false, timeout: false), count: Self.queueCapacity)
@@ -164,13 +164,13 @@ public struct I8042: Sendable {
     // MARK: Read-only views (no side effects)
 
     /// The command byte (internal RAM byte 0).
-    public var commandByte: UInt8 { ram[0] }
+    package var commandByte: UInt8 { ram[0] }
 
     /// The number of bytes waiting in the output queue.
-    public var outputCount: Int { queueCount }
+    package var outputCount: Int { queueCount }
 
     /// The status register as a read of port 0x64 returns it (reading it has no side effects).
-    public var status: UInt8 {
+    package var status: UInt8 {
         var value = Self.statusNotInhibited
         if commandByte & Self.ctrSystemFlag != 0 { value |= Self.statusSystemFlag }
         if lastWriteWasCommand { value |= Self.statusCommandData }
@@ -183,7 +183,7 @@ public struct I8042: Sendable {
     }
 
     /// The output port as command 0xD0 reports it.
-    public var outputPort: UInt8 {
+    package var outputPort: UInt8 {
         var value = outputPortLatch & ~(Self.outputPortKeyboardFull | Self.outputPortAuxFull)
         if let head {
             value |= head.aux ? Self.outputPortAuxFull : Self.outputPortKeyboardFull
@@ -192,13 +192,13 @@ public struct I8042: Sendable {
     }
 
     /// IRQ 1's level: a keyboard or controller byte waits and the command byte enables IRQ 1.
-    public var keyboardInterruptLevel: Bool {
+    package var keyboardInterruptLevel: Bool {
         guard let head, !head.aux else { return false }
         return commandByte & Self.ctrKeyboardInterrupt != 0
     }
 
     /// IRQ 12's level: an AUX byte waits and the command byte enables IRQ 12.
-    public var auxInterruptLevel: Bool {
+    package var auxInterruptLevel: Bool {
         guard let head, head.aux else { return false }
         return commandByte & Self.ctrAuxInterrupt != 0
     }
@@ -209,7 +209,7 @@ public struct I8042: Sendable {
 
     /// A read of port 0x60: the oldest waiting byte, which leaves the queue. With nothing
     /// waiting, the byte read last time is returned again, as the chip's output buffer keeps it.
-    public mutating func readData() -> UInt8 {
+    package mutating func readData() -> UInt8 {
         guard queueCount > 0 else { return lastData }
         let byte = queue[queueHead].byte
         queueHead += 1
@@ -220,12 +220,12 @@ public struct I8042: Sendable {
     }
 
     /// A read of port 0x64: the status register.
-    public func readStatus() -> UInt8 { status }
+    package func readStatus() -> UInt8 { status }
 
     /// A write of port 0x60: the parameter of a pending controller command, or else a byte
     /// for the keyboard. Returns a reset request when the byte writes the output port with
     /// the reset line low.
-    public mutating func writeData(_ value: UInt8) -> ResetRequest? {
+    package mutating func writeData(_ value: UInt8) -> ResetRequest? {
         lastWriteWasCommand = false
         guard let parameter = pendingParameter else {
             keyboardReceive(value)
@@ -251,7 +251,7 @@ public struct I8042: Sendable {
 
     /// A write of port 0x64: a controller command. Returns a reset request for a pulse of
     /// the reset line (0xFE, or any 0xF0-0xFF with bit 0 clear).
-    public mutating func writeCommand(_ command: UInt8) -> ResetRequest? {
+    package mutating func writeCommand(_ command: UInt8) -> ResetRequest? {
         lastWriteWasCommand = true
         pendingParameter = nil
         switch command {
@@ -499,14 +499,14 @@ public final class I8042Device: PortDevice {
     }
 
     /// The controller's state, for inspection (a copy; reading it has no side effects).
-    public var controller: I8042 { state.withLock { $0.controller } }
+    package var controller: I8042 { state.withLock { $0.controller } }
 }
 
 extension I8042Device {
     /// The controller at its PC place: port 0x60 and port 0x64 (one range each, around the
     /// PC speaker's 0x61), IRQ 1 for the keyboard and 12 for AUX, and a DSDT keyboard device
     /// (_HID PNP0303; there is no mouse to describe). The FADT's 8042 flag follows it.
-    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+    package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "i8042",
             ports: [try .ports("i8042-data", Self.dataPort, count: Self.portCount),

@@ -65,7 +65,7 @@ public final class PCIConfigDevice: PortDevice {
 extension PCIConfigDevice {
     /// Mechanism #1 at 0xCF8, 0xCFA-0xCFB and 0xCFC-0xCFF, around the reset register at
     /// 0xCF9. No ACPI description: with no host bridge there is no PCI root to describe.
-    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+    package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "pci-config",
             ports: [try .ports("pci-config-address", Self.addressPort, count: Self.addressPortCount),

@@ -25,25 +25,25 @@ import VisorFirmware
 /// byte write of the high half alone works too): S5 (`s5SleepType`) asks for power-off.
 /// Any other sleep type is not supported: the request is ignored and WAK_STS (PM1_STS bit
 /// 15) is set at once, so that a guest waiting to wake up carries on as if it had slept.
-public struct PM1Registers: Sendable {
+package struct PM1Registers: Sendable {
     // The register layout is the one the FADT describes (`ACPIPM1`), not a second copy.
     /// PM1_STS bit 15: the system woke from a sleep state.
-    public static let wakeStatus: UInt16 = ACPIPM1.wakeStatus
+    package static let wakeStatus: UInt16 = ACPIPM1.wakeStatus
     /// PM1_CNT bit 0: SCI_EN, always 1 here.
-    public static let sciEnable: UInt16 = ACPIPM1.sciEnable
+    package static let sciEnable: UInt16 = ACPIPM1.sciEnable
     /// PM1_CNT bit 2: GBL_RLS, write-only.
-    public static let globalRelease: UInt16 = 0x0004
+    package static let globalRelease: UInt16 = 0x0004
     /// PM1_CNT bits 12:10: SLP_TYP.
-    public static let sleepTypeMask: UInt16 = ACPIPM1.sleepTypeMask
-    public static let sleepTypeShift: UInt16 = ACPIPM1.sleepTypeShift
+    package static let sleepTypeMask: UInt16 = ACPIPM1.sleepTypeMask
+    package static let sleepTypeShift: UInt16 = ACPIPM1.sleepTypeShift
     /// PM1_CNT bit 13: SLP_EN, write-only.
-    public static let sleepEnable: UInt16 = ACPIPM1.sleepEnable
+    package static let sleepEnable: UInt16 = ACPIPM1.sleepEnable
     /// Bytes in the event block and the control block.
-    public static let eventBlockLength = ACPIPM1.eventBlockLength
-    public static let controlBlockLength = ACPIPM1.controlBlockLength
+    package static let eventBlockLength = ACPIPM1.eventBlockLength
+    package static let controlBlockLength = ACPIPM1.controlBlockLength
 
     /// What a PM1 control write asked for.
-    public enum SleepRequest: Sendable, Equatable {
+    package enum SleepRequest: Sendable, Equatable {
         /// SLP_EN with SLP_TYP equal to the S5 type: power off.
         case powerOff
         /// SLP_EN with another SLP_TYP: not supported, ignored (WAK_STS is set).
@@ -52,30 +52,30 @@ public struct PM1Registers: Sendable {
 
     /// The SLP_TYP value that means S5 (soft off); `PM1Device.platformDevice()` gives it to
     /// the DSDT's `\_S5` object.
-    public let s5SleepType: UInt8
+    package let s5SleepType: UInt8
     /// PM1_STS.
-    public private(set) var status: UInt16 = 0
+    package private(set) var status: UInt16 = 0
     /// PM1_EN.
-    public private(set) var enable: UInt16 = 0
+    package private(set) var enable: UInt16 = 0
     /// PM1_CNT as stored, without the write-only bits and without SCI_EN.
     private var controlBits: UInt16 = 0
 
     /// - Parameter s5SleepType: the SLP_TYP value for S5 (bits 2:0 are used).
-    public init(s5SleepType: UInt8 = 5) {
+    package init(s5SleepType: UInt8 = 5) {
         self.s5SleepType = s5SleepType & 0x07
     }
 
     /// PM1_CNT as the guest reads it.
-    public var control: UInt16 { controlBits | Self.sciEnable }
+    package var control: UInt16 { controlBits | Self.sciEnable }
 
     /// SLP_TYP as the guest last wrote it.
-    public var sleepType: UInt8 { UInt8(truncatingIfNeeded: (controlBits & Self.sleepTypeMask) >> Self.sleepTypeShift) }
+    package var sleepType: UInt8 { UInt8(truncatingIfNeeded: (controlBits & Self.sleepTypeMask) >> Self.sleepTypeShift) }
 
     /// Host side: sets PM1_STS bits (no SCI is raised; the guest sees them when it reads).
-    public mutating func setStatus(_ bits: UInt16) { status |= bits }
+    package mutating func setStatus(_ bits: UInt16) { status |= bits }
 
     /// Reads byte `offset` of the event block (offsets past 3 read 0xFF).
-    public func readEventByte(offset: Int) -> UInt8 {
+    package func readEventByte(offset: Int) -> UInt8 {
         switch offset {
         case 0...1: return byte(status, offset)
         case 2...3: return byte(enable, offset - 2)
@@ -85,7 +85,7 @@ public struct PM1Registers: Sendable {
 
     /// Writes byte `offset` of the event block: status bytes clear the bits written as 1,
     /// enable bytes are stored. Offsets past 3 are ignored.
-    public mutating func writeEventByte(offset: Int, value: UInt8) {
+    package mutating func writeEventByte(offset: Int, value: UInt8) {
         switch offset {
         case 0...1: status &= ~(UInt16(value) << (8 * offset))
         case 2...3: enable = replacing(enable, byte: offset - 2, with: value)
@@ -94,14 +94,14 @@ public struct PM1Registers: Sendable {
     }
 
     /// Reads byte `offset` of the control block (offsets past 1 read 0xFF).
-    public func readControlByte(offset: Int) -> UInt8 {
+    package func readControlByte(offset: Int) -> UInt8 {
         (0...1).contains(offset) ? byte(control, offset) : 0xFF
     }
 
     /// Writes PM1_CNT: the bits in `mask` take their values from `value`, the others keep
     /// theirs (a byte write is a mask of 0x00FF or 0xFF00). Then, if this write set SLP_EN,
     /// acts on SLP_TYP as the register now holds it.
-    public mutating func writeControl(_ value: UInt16, mask: UInt16 = 0xFFFF) -> SleepRequest? {
+    package mutating func writeControl(_ value: UInt16, mask: UInt16 = 0xFFFF) -> SleepRequest? {
         let merged = controlBits & ~mask | value & mask
         controlBits = merged & ~(Self.sleepEnable | Self.globalRelease | Self.sciEnable)
         guard value & mask & Self.sleepEnable != 0 else { return nil }
@@ -204,14 +204,14 @@ public final class PM1Device: PortDevice {
     }
 
     /// The registers' state, for inspection (a copy).
-    public var registers: PM1Registers { state.withLock { $0 } }
+    package var registers: PM1Registers { state.withLock { $0 } }
 }
 
 extension PM1Device {
     /// The PM1a blocks where this device was told they are (0x600 and 0x604 by default), as
     /// the FADT's PM1a event and control blocks; `\_S5` gives the device's S5 sleep type.
     /// The OS finds them through the FADT, so there is no DSDT device.
-    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+    package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "acpi-pm1a",
             ports: [try .ports("acpi-pm1a-event", eventBlockBase, count: Self.eventBlockLength),

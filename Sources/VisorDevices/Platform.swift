@@ -1,5 +1,5 @@
-public import VisorCore
-public import VisorFirmware
+package import VisorCore
+package import VisorFirmware
 
 /// The devices of a machine, placed and wired: the one list a machine registers on its
 /// buses and builds its ACPI tables from.
@@ -31,7 +31,7 @@ public final class Platform: Sendable {
     public let postCodes: PostCodeDevice?
     public let pciConfiguration: PCIConfigDevice?
     /// Every device with its place, in the order their DSDT fragments appear.
-    public let devices: [PlatformDevice]
+    package let devices: [PlatformDevice]
 
     /// - Parameters:
     ///   - memoryBelow4GiB, memoryAbove4GiB: guest RAM, for the CMOS memory-size fields.
@@ -40,7 +40,7 @@ public final class Platform: Sendable {
     ///     controller.
     ///   - cmos: the CMOS/RTC to keep, as a battery would, from a previous machine (after a
     ///     guest reboot); nil for a new one. A minimal platform has none.
-    public init(kind: Kind, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0,
+    package init(kind: Kind, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0,
                 consoleOutput: @escaping @Sendable (UInt8) -> Void,
                 irqLine: (@Sendable (_ irq: UInt32, _ level: Bool) -> Void)?,
                 cmos: CMOSDevice? = nil) throws(PlatformError) {
@@ -83,12 +83,12 @@ public final class Platform: Sendable {
 
     /// Registers every device's ranges on the buses; an overlap fails with
     /// `BusError.overlap`, naming both devices' ranges.
-    public func register(ports: inout PortBus, mmio: inout MMIOBus) throws(BusError) {
+    package func register(ports: inout PortBus, mmio: inout MMIOBus) throws(BusError) {
         for device in devices { try device.register(ports: &ports, mmio: &mmio) }
     }
 
     /// The ACPI description of this platform with `processors` vCPUs.
-    public func acpiPlatform(processors: Int) -> ACPIPlatform {
+    package func acpiPlatform(processors: Int) -> ACPIPlatform {
         ACPIPlatform(processorCount: processors, devices: devices.map(\.acpi))
     }
 }

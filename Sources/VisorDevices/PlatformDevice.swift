@@ -1,47 +1,47 @@
-public import VisorCore
-public import VisorFirmware
+package import VisorCore
+package import VisorFirmware
 
 /// One device as a machine places it: where it sits on the buses, which interrupts it
 /// raises and how the ACPI tables describe it. Each device file makes its own with its
 /// adapter's `platformDevice(...)`; a machine registers the ranges on its buses and builds
 /// the ACPI tables from the same values.
-public struct PlatformDevice: Sendable {
+package struct PlatformDevice: Sendable {
     /// A named port range of the device (the name shows in statistics and bus errors).
-    public struct PortRegion: Sendable, Equatable {
-        public var name: String
-        public var range: PortRange
-        public init(name: String, range: PortRange) {
+    package struct PortRegion: Sendable, Equatable {
+        package var name: String
+        package var range: PortRange
+        package init(name: String, range: PortRange) {
             self.name = name
             self.range = range
         }
     }
 
     /// A named MMIO range of the device.
-    public struct MMIORegion: Sendable, Equatable {
-        public var name: String
-        public var range: MMIORange
-        public init(name: String, range: MMIORange) {
+    package struct MMIORegion: Sendable, Equatable {
+        package var name: String
+        package var range: MMIORange
+        package init(name: String, range: MMIORange) {
             self.name = name
             self.range = range
         }
     }
 
     /// The device's name, for errors and the ACPI tables' messages ("com1", "i8042").
-    public var name: String
+    package var name: String
     /// Port ranges, all handled by `portDevice`.
-    public var ports: [PortRegion]
-    public var portDevice: (any PortDevice)?
+    package var ports: [PortRegion]
+    package var portDevice: (any PortDevice)?
     /// MMIO ranges, all handled by `mmioDevice`.
-    public var mmio: [MMIORegion]
-    public var mmioDevice: (any MMIODevice)?
+    package var mmio: [MMIORegion]
+    package var mmioDevice: (any MMIODevice)?
     /// The ISA IRQs (GSIs) the device raises.
-    public var irqs: [UInt32]
+    package var irqs: [UInt32]
     /// Its DSDT fragment (a `Device` with `_HID` and `_CRS`, placed in `\_SB`), or empty.
-    public var aml: [AMLTerm]
+    package var aml: [AMLTerm]
     /// The ACPI fixed-hardware registers it implements, which the FADT points at.
-    public var fixedHardware: [ACPIFixedHardware]
+    package var fixedHardware: [ACPIFixedHardware]
 
-    public init(name: String, ports: [PortRegion] = [], portDevice: (any PortDevice)? = nil,
+    package init(name: String, ports: [PortRegion] = [], portDevice: (any PortDevice)? = nil,
                 mmio: [MMIORegion] = [], mmioDevice: (any MMIODevice)? = nil, irqs: [UInt32] = [],
                 aml: [AMLTerm] = [], fixedHardware: [ACPIFixedHardware] = []) {
         self.name = name
@@ -55,13 +55,13 @@ public struct PlatformDevice: Sendable {
     }
 
     /// What the ACPI tables need of the device.
-    public var acpi: ACPIDevice {
+    package var acpi: ACPIDevice {
         ACPIDevice(name: name, aml: aml, irqs: irqs, fixedHardware: fixedHardware)
     }
 
     /// Registers every range on its bus. The buses refuse a range that overlaps one
     /// already there (`BusError.overlap`): that is the only overlap check there is.
-    public func register(ports portBus: inout PortBus, mmio mmioBus: inout MMIOBus) throws(BusError) {
+    package func register(ports portBus: inout PortBus, mmio mmioBus: inout MMIOBus) throws(BusError) {
         if !ports.isEmpty {
             guard let portDevice else { throw .invalidRange("device '\(name)' has port ranges but no port device") }
             for region in ports { try portBus.register(portDevice, name: region.name, range: region.range) }
@@ -75,11 +75,11 @@ public struct PlatformDevice: Sendable {
 
 /// A device that cannot be placed: a range that does not fit its bus, or an AML fragment
 /// that cannot be encoded.
-public enum PlatformError: Error, Equatable, CustomStringConvertible {
+package enum PlatformError: Error, Equatable, CustomStringConvertible {
     case bus(BusError)
     case aml(AMLError)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .bus(let error): "\(error)"
         case .aml(let error): "device AML: \(error)"

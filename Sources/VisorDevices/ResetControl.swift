@@ -11,19 +11,19 @@ import Synchronization
 /// write with bit 2 (RST_CPU) set asks for a reset; bit 2 is not kept (the reset it asks
 /// for has happened by the time anything could read it). This covers the FADT reset value
 /// 0x06 and both of Linux's CF9 sequences (0x02 then 0x06 for a warm reset, 0x0E for cold).
-public struct ResetControl: Sendable {
+package struct ResetControl: Sendable {
     /// Bit 2: reset the CPU.
-    public static let resetCPU: UInt8 = 0x04
+    package static let resetCPU: UInt8 = 0x04
     /// Bit 1: make the reset a hard (system) reset.
-    public static let systemReset: UInt8 = 0x02
+    package static let systemReset: UInt8 = 0x02
 
     /// The register as the guest reads it.
-    public private(set) var value: UInt8 = 0
+    package private(set) var value: UInt8 = 0
 
-    public init() {}
+    package init() {}
 
     /// A guest write. Returns true when it asks for a reset.
-    public mutating func write(_ byte: UInt8) -> Bool {
+    package mutating func write(_ byte: UInt8) -> Bool {
         value = byte & ~Self.resetCPU
         return byte & Self.resetCPU != 0
     }
@@ -61,7 +61,7 @@ extension ResetControlDevice {
     public static let fadtResetValue: UInt8 = ResetControl.systemReset | ResetControl.resetCPU
 
     /// The register at port 0xCF9, as the FADT's reset register.
-    public func platformDevice() throws(PlatformError) -> PlatformDevice {
+    package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "reset-control", ports: [try .ports("reset-control", Self.defaultPort, count: Self.portCount)],
             portDevice: self, fixedHardware: [.resetRegister(port: Self.defaultPort, value: Self.fadtResetValue)])

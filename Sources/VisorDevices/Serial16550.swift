@@ -42,109 +42,109 @@ import Synchronization
 /// enables the UART's IRQ driver, so a PC-style caller should use `pcInterruptLine`
 /// (or AND `interruptPending` with `mcr & 0x08` itself); a caller that wires the
 /// UART straight to an interrupt controller can use `interruptPending` directly.
-public struct Serial16550: Sendable {
+package struct Serial16550: Sendable {
     /// Receive FIFO capacity in bytes; a byte arriving when the FIFO is full is dropped and flags overrun.
     /// (An unbounded receive queue was CVE-2020-27173 in another VMM.)
-    public static let fifoCapacity = 64
+    package static let fifoCapacity = 64
 
     /// Divisor latch value after reset: 115200 / 12 = 9600 baud. (The real chip leaves it undefined.)
-    public static let resetDivisor: UInt16 = 12
+    package static let resetDivisor: UInt16 = 12
 
     // MARK: Register offsets
 
     /// Register offsets, for callers and tests that prefer names to numbers.
-    public enum Offset {
+    package enum Offset {
         /// RBR (read) / THR (write) with DLAB=0; DLL with DLAB=1.
-        public static let data: UInt8 = 0
+        package static let data: UInt8 = 0
         /// IER with DLAB=0; DLM with DLAB=1.
-        public static let interruptEnable: UInt8 = 1
+        package static let interruptEnable: UInt8 = 1
         /// IIR (read) / FCR (write).
-        public static let interruptIdentFifoControl: UInt8 = 2
+        package static let interruptIdentFifoControl: UInt8 = 2
         /// LCR.
-        public static let lineControl: UInt8 = 3
+        package static let lineControl: UInt8 = 3
         /// MCR.
-        public static let modemControl: UInt8 = 4
+        package static let modemControl: UInt8 = 4
         /// LSR.
-        public static let lineStatus: UInt8 = 5
+        package static let lineStatus: UInt8 = 5
         /// MSR.
-        public static let modemStatus: UInt8 = 6
+        package static let modemStatus: UInt8 = 6
         /// SCR.
-        public static let scratch: UInt8 = 7
+        package static let scratch: UInt8 = 7
     }
 
     // MARK: Bit definitions
 
     /// IER bit 0: interrupt when received data is available.
-    public static let ierReceivedData: UInt8 = 0x01
+    package static let ierReceivedData: UInt8 = 0x01
     /// IER bit 1: interrupt when the transmit holding register is empty.
-    public static let ierTHREmpty: UInt8 = 0x02
+    package static let ierTHREmpty: UInt8 = 0x02
     /// IER bit 2: interrupt on a receiver line-status error (here: overrun).
-    public static let ierLineStatus: UInt8 = 0x04
+    package static let ierLineStatus: UInt8 = 0x04
     /// IER bit 3: interrupt on a modem-status change (an MSR delta bit set).
-    public static let ierModemStatus: UInt8 = 0x08
+    package static let ierModemStatus: UInt8 = 0x08
 
     /// IIR value when no interrupt is pending (bit 0 set means "none").
-    public static let iirNone: UInt8 = 0x01
+    package static let iirNone: UInt8 = 0x01
     /// IIR identification for a receiver line-status interrupt (highest priority).
-    public static let iirLineStatus: UInt8 = 0x06
+    package static let iirLineStatus: UInt8 = 0x06
     /// IIR identification for a received-data-available interrupt.
-    public static let iirReceivedData: UInt8 = 0x04
+    package static let iirReceivedData: UInt8 = 0x04
     /// IIR identification for a transmit-holding-register-empty interrupt.
-    public static let iirTHREmpty: UInt8 = 0x02
+    package static let iirTHREmpty: UInt8 = 0x02
     /// IIR identification for a modem-status interrupt (lowest priority).
-    public static let iirModemStatus: UInt8 = 0x00
+    package static let iirModemStatus: UInt8 = 0x00
     /// IIR bits 7:6, set while the FIFOs are enabled by FCR bit 0.
-    public static let iirFifosEnabled: UInt8 = 0xC0
+    package static let iirFifosEnabled: UInt8 = 0xC0
 
     /// FCR bit 0: enable the FIFOs.
-    public static let fcrEnable: UInt8 = 0x01
+    package static let fcrEnable: UInt8 = 0x01
     /// FCR bit 1: empty the receive FIFO (self-clearing).
-    public static let fcrClearReceive: UInt8 = 0x02
+    package static let fcrClearReceive: UInt8 = 0x02
     /// FCR bit 2: empty the transmit FIFO (self-clearing; nothing to do here).
-    public static let fcrClearTransmit: UInt8 = 0x04
+    package static let fcrClearTransmit: UInt8 = 0x04
 
     /// LCR bit 7: divisor latch access bit.
-    public static let lcrDLAB: UInt8 = 0x80
+    package static let lcrDLAB: UInt8 = 0x80
 
     /// MCR bit 0: data terminal ready.
-    public static let mcrDTR: UInt8 = 0x01
+    package static let mcrDTR: UInt8 = 0x01
     /// MCR bit 1: request to send.
-    public static let mcrRTS: UInt8 = 0x02
+    package static let mcrRTS: UInt8 = 0x02
     /// MCR bit 2: user output 1.
-    public static let mcrOUT1: UInt8 = 0x04
+    package static let mcrOUT1: UInt8 = 0x04
     /// MCR bit 3: user output 2 (gates the IRQ on PCs).
-    public static let mcrOUT2: UInt8 = 0x08
+    package static let mcrOUT2: UInt8 = 0x08
     /// MCR bit 4: local loopback.
-    public static let mcrLoopback: UInt8 = 0x10
+    package static let mcrLoopback: UInt8 = 0x10
 
     /// LSR bit 0: data ready (receive FIFO non-empty).
-    public static let lsrDataReady: UInt8 = 0x01
+    package static let lsrDataReady: UInt8 = 0x01
     /// LSR bit 1: overrun error (a received byte was dropped); cleared by reading LSR.
-    public static let lsrOverrun: UInt8 = 0x02
+    package static let lsrOverrun: UInt8 = 0x02
     /// LSR bit 5: transmit holding register empty.
-    public static let lsrTHREmpty: UInt8 = 0x20
+    package static let lsrTHREmpty: UInt8 = 0x20
     /// LSR bit 6: transmitter empty.
-    public static let lsrTransmitterEmpty: UInt8 = 0x40
+    package static let lsrTransmitterEmpty: UInt8 = 0x40
 
     /// MSR bit 0: CTS changed since MSR was last read.
-    public static let msrDeltaCTS: UInt8 = 0x01
+    package static let msrDeltaCTS: UInt8 = 0x01
     /// MSR bit 1: DSR changed since MSR was last read.
-    public static let msrDeltaDSR: UInt8 = 0x02
+    package static let msrDeltaDSR: UInt8 = 0x02
     /// MSR bit 2: RI went from asserted to deasserted since MSR was last read.
-    public static let msrTrailingEdgeRI: UInt8 = 0x04
+    package static let msrTrailingEdgeRI: UInt8 = 0x04
     /// MSR bit 3: DCD changed since MSR was last read.
-    public static let msrDeltaDCD: UInt8 = 0x08
+    package static let msrDeltaDCD: UInt8 = 0x08
     /// MSR bit 4: clear to send.
-    public static let msrCTS: UInt8 = 0x10
+    package static let msrCTS: UInt8 = 0x10
     /// MSR bit 5: data set ready.
-    public static let msrDSR: UInt8 = 0x20
+    package static let msrDSR: UInt8 = 0x20
     /// MSR bit 6: ring indicator.
-    public static let msrRI: UInt8 = 0x40
+    package static let msrRI: UInt8 = 0x40
     /// MSR bit 7: data carrier detect.
-    public static let msrDCD: UInt8 = 0x80
+    package static let msrDCD: UInt8 = 0x80
 
     /// MSR upper nibble outside loopback: the modelled line is always connected (CTS, DSR, DCD; no ring).
-    public static let connectedLineInputs: UInt8 = msrCTS | msrDSR | msrDCD
+    package static let connectedLineInputs: UInt8 = msrCTS | msrDSR | msrDCD
 
     // MARK: State
 
@@ -156,15 +156,15 @@ public struct Serial16550: Sendable {
     private var fifoCount: Int = 0
 
     /// IER: which interrupt sources are enabled (low 4 bits only).
-    public private(set) var ier: UInt8 = 0
+    package private(set) var ier: UInt8 = 0
     /// LCR: word length, stop bits, parity, break and DLAB; stored verbatim.
-    public private(set) var lcr: UInt8 = 0
+    package private(set) var lcr: UInt8 = 0
     /// MCR: DTR, RTS, OUT1, OUT2 and loopback (low 5 bits only).
-    public private(set) var mcr: UInt8 = 0
+    package private(set) var mcr: UInt8 = 0
     /// SCR: a scratch byte with no effect on the UART.
-    public private(set) var scr: UInt8 = 0
+    package private(set) var scr: UInt8 = 0
     /// The last value written to FCR, minus the self-clearing bits 1 and 2.
-    public private(set) var fcr: UInt8 = 0
+    package private(set) var fcr: UInt8 = 0
     /// Divisor latch low byte (DLL).
     private var dll: UInt8 = UInt8(truncatingIfNeeded: Serial16550.resetDivisor)
     /// Divisor latch high byte (DLM).
@@ -177,29 +177,29 @@ public struct Serial16550: Sendable {
     private var thrEmptyLatched = false
 
     /// A UART in its reset state: IER=0, IIR=0x01, LCR=0, MCR=0, LSR=0x60, MSR=0xB0, SCR=0, divisor 12, FIFOs disabled and empty.
-    public init() {
+    package init() {
         fifo = [UInt8](repeating: 0, count: Self.fifoCapacity)
     }
 
     // MARK: Read-only views (no side effects)
 
     /// The 16-bit baud-rate divisor, DLM:DLL.
-    public var divisor: UInt16 { UInt16(dlm) << 8 | UInt16(dll) }
+    package var divisor: UInt16 { UInt16(dlm) << 8 | UInt16(dll) }
 
     /// Number of bytes waiting in the receive FIFO.
-    public var receivedCount: Int { fifoCount }
+    package var receivedCount: Int { fifoCount }
 
     /// True while LCR bit 7 (DLAB) redirects offsets 0 and 1 to the divisor latch.
-    public var divisorLatchAccess: Bool { lcr & Self.lcrDLAB != 0 }
+    package var divisorLatchAccess: Bool { lcr & Self.lcrDLAB != 0 }
 
     /// True while MCR bit 4 (local loopback) is set.
-    public var loopback: Bool { mcr & Self.mcrLoopback != 0 }
+    package var loopback: Bool { mcr & Self.mcrLoopback != 0 }
 
     /// True while FCR bit 0 has enabled the FIFOs (reported in IIR bits 7:6).
-    public var fifosEnabled: Bool { fcr & Self.fcrEnable != 0 }
+    package var fifosEnabled: Bool { fcr & Self.fcrEnable != 0 }
 
     /// LSR as a guest read would return it, without clearing the overrun bit.
-    public var lsr: UInt8 {
+    package var lsr: UInt8 {
         var value = Self.lsrTHREmpty | Self.lsrTransmitterEmpty
         if fifoCount > 0 { value |= Self.lsrDataReady }
         if overrun { value |= Self.lsrOverrun }
@@ -207,19 +207,19 @@ public struct Serial16550: Sendable {
     }
 
     /// MSR as a guest read would return it, without clearing the delta bits.
-    public var msr: UInt8 { modemInputs | msrDeltas }
+    package var msr: UInt8 { modemInputs | msrDeltas }
 
     /// IIR as a guest read would return it, without clearing a THR-empty interrupt.
-    public var iir: UInt8 {
+    package var iir: UInt8 {
         (fifosEnabled ? Self.iirFifosEnabled : 0) | pendingSource
     }
 
     /// True while an enabled interrupt condition is pending, i.e. IIR bit 0 is clear.
     /// Not gated by MCR.OUT2; see `pcInterruptLine` for the PC wiring.
-    public var interruptPending: Bool { pendingSource != Self.iirNone }
+    package var interruptPending: Bool { pendingSource != Self.iirNone }
 
     /// The IRQ line as a PC wires it: `interruptPending` gated by MCR bit 3 (OUT2).
-    public var pcInterruptLine: Bool { interruptPending && mcr & Self.mcrOUT2 != 0 }
+    package var pcInterruptLine: Bool { interruptPending && mcr & Self.mcrOUT2 != 0 }
 
     // MARK: Guest access
 
@@ -227,7 +227,7 @@ public struct Serial16550: Sendable {
     ///
     /// Side effects: RBR pops the receive FIFO; IIR clears a THR-empty interrupt when
     /// that is the source it reports; LSR clears the overrun bit; MSR clears the delta bits.
-    public mutating func read(offset: UInt8) -> UInt8 {
+    package mutating func read(offset: UInt8) -> UInt8 {
         switch offset {
         case 0:
             if divisorLatchAccess { return dll }
@@ -263,7 +263,7 @@ public struct Serial16550: Sendable {
     /// DLAB=0 and loopback is off; nil otherwise. In loopback (MCR bit 4) a THR write
     /// goes into the receive FIFO instead (flagging overrun if it is full). Writes to
     /// LSR, MSR and offsets above 7 are ignored.
-    public mutating func write(offset: UInt8, value: UInt8) -> UInt8? {
+    package mutating func write(offset: UInt8, value: UInt8) -> UInt8? {
         switch offset {
         case 0:
             if divisorLatchAccess {
@@ -303,7 +303,7 @@ public struct Serial16550: Sendable {
     /// Returns false (byte dropped, overrun flagged in LSR) when the FIFO already holds
     /// `fifoCapacity` bytes. Works in loopback too, as if the byte arrived on the wire.
     @discardableResult
-    public mutating func receive(_ byte: UInt8) -> Bool {
+    package mutating func receive(_ byte: UInt8) -> Bool {
         guard fifoCount < Self.fifoCapacity else {
             overrun = true
             return false
@@ -316,7 +316,7 @@ public struct Serial16550: Sendable {
     }
 
     /// Free space in the receive FIFO, for a host side that wants to stop reading its input when the guest falls behind.
-    public var receiveSpace: Int { Self.fifoCapacity - fifoCount }
+    package var receiveSpace: Int { Self.fifoCapacity - fifoCount }
 
     // MARK: Internals
 
@@ -480,7 +480,7 @@ extension Serial16550Device {
     /// The UART at a PC serial port's place, COM1 unless told otherwise: 8 ports from
     /// `base`, IRQ `irq`, and a DSDT device with _HID PNP0501. `irq` only describes the line;
     /// the adapter drives whatever its `interruptLine` was given.
-    public func platformDevice(name: String = "com1", base: UInt16 = com1Base, irq: UInt32 = com1IRQ,
+    package func platformDevice(name: String = "com1", base: UInt16 = com1Base, irq: UInt32 = com1IRQ,
                                amlName: String = "COM1", uid: UInt64 = 1) throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: name, ports: [try .ports(name, base, count: Self.portCount)], portDevice: self, irqs: [irq],

@@ -1,15 +1,15 @@
-public import VisorDecoder
-public import VisorKVM
-public import VisorMemory
+package import VisorDecoder
+package import VisorKVM
+package import VisorMemory
 
 /// Translates guest-linear addresses to guest-physical ones the way the vCPU would, from
 /// its control registers: no paging, 32-bit paging, PAE, or 4- and 5-level long mode.
 /// Page-table entries are read through `GuestMemory`, so a hostile table can only produce
 /// a failed translation.
-public struct AddressTranslator: Sendable {
-    public let cr0: UInt64, cr3: UInt64, cr4: UInt64, efer: UInt64
+package struct AddressTranslator: Sendable {
+    package let cr0: UInt64, cr3: UInt64, cr4: UInt64, efer: UInt64
 
-    public init(_ sregs: SpecialRegisters) {
+    package init(_ sregs: SpecialRegisters) {
         cr0 = sregs.cr0
         cr3 = sregs.cr3
         cr4 = sregs.cr4
@@ -22,7 +22,7 @@ public struct AddressTranslator: Sendable {
 
     /// The guest-physical address for `linear`, or nil when a table entry is missing,
     /// not present, or outside guest RAM.
-    public func translate(_ linear: UInt64, memory: GuestMemory) -> UInt64? {
+    package func translate(_ linear: UInt64, memory: GuestMemory) -> UInt64? {
         guard cr0 & (1 << 31) != 0 else { return linear & (efer & (1 << 10) != 0 ? .max : 0xFFFF_FFFF) }
         if efer & (1 << 10) != 0 {  // EFER.LMA: 4- or 5-level paging
             let levels = cr4 & (1 << 12) != 0 ? 5 : 4
@@ -65,7 +65,7 @@ public struct AddressTranslator: Sendable {
 
     /// Why an access does not translate: the #PF error code (P, W/R, U/S bits) or a
     /// non-canonical address (#GP).
-    public enum AccessFault: Error, Equatable {
+    package enum AccessFault: Error, Equatable {
         case pageFault(errorCode: UInt32)
         case nonCanonical
     }
@@ -74,7 +74,7 @@ public struct AddressTranslator: Sendable {
     /// writable at every level for a write (for CPL0 only when CR0.WP is set), user-accessible
     /// at every level for CPL3, and a canonical address in 64-bit mode. (SMEP, SMAP and
     /// protection keys are not checked.)
-    public func translate(_ linear: UInt64, write: Bool, user: Bool, memory: GuestMemory) throws(AccessFault) -> UInt64 {
+    package func translate(_ linear: UInt64, write: Bool, user: Bool, memory: GuestMemory) throws(AccessFault) -> UInt64 {
         let longMode = efer & (1 << 10) != 0
         if longMode {
             let bits: UInt64 = cr4 & (1 << 12) != 0 ? 57 : 48
@@ -111,7 +111,7 @@ public struct AddressTranslator: Sendable {
     }
 
     /// Up to `count` bytes at `linear`, stopping at the first byte that does not translate.
-    public func readBytes(at linear: UInt64, count: Int, memory: GuestMemory) -> [UInt8] {
+    package func readBytes(at linear: UInt64, count: Int, memory: GuestMemory) -> [UInt8] {
         var bytes: [UInt8] = []
         for i in 0..<count {
             guard let physical = translate(linear &+ UInt64(i), memory: memory),
@@ -124,14 +124,14 @@ public struct AddressTranslator: Sendable {
 
 extension SpecialRegisters {
     /// The decoding mode of the code CS selects, from CR0.PE, EFER.LMA and CS.L/D.
-    public var codeMode: CodeMode {
+    package var codeMode: CodeMode {
         if cr0 & 1 == 0 { return .real16 }
         if efer & (1 << 10) != 0, cs.l { return .long64 }
         return cs.db ? .protected32 : .real16
     }
 
     /// The linear address of `rip` in CS: RIP itself in 64-bit mode, CS.base + EIP otherwise.
-    public func linearAddress(ofRIP rip: UInt64) -> UInt64 {
+    package func linearAddress(ofRIP rip: UInt64) -> UInt64 {
         codeMode == .long64 ? rip : cs.base &+ (rip & 0xFFFF_FFFF)
     }
 }

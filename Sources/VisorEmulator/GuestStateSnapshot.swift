@@ -1,22 +1,22 @@
-public import VisorDecoder
-public import VisorKVM
-public import VisorMemory
+package import VisorDecoder
+package import VisorKVM
+package import VisorMemory
 
 /// Everything a diagnostic shows of a vCPU: MiniVisor's DumpGuestState, as a value.
-public struct GuestStateSnapshot: Sendable {
-    public var vcpu: UInt32
-    public var registers: Registers
-    public var special: SpecialRegisters
-    public var events: VCPUEvents?
-    public var debugRegisters: (db: [UInt64], dr6: UInt64, dr7: UInt64)?
+package struct GuestStateSnapshot: Sendable {
+    package var vcpu: UInt32
+    package var registers: Registers
+    package var special: SpecialRegisters
+    package var events: VCPUEvents?
+    package var debugRegisters: (db: [UInt64], dr6: UInt64, dr7: UInt64)?
     /// The linear address of the next instruction (CS.base + RIP).
-    public var instructionAddress: UInt64
+    package var instructionAddress: UInt64
     /// The bytes at that address (empty when it does not translate to RAM).
-    public var instructionBytes: [UInt8]
+    package var instructionBytes: [UInt8]
 
     /// Reads the whole state of `vcpu`. Parts that fail to read are left out, so a dump is
     /// produced even for a vCPU in a bad state.
-    public init(vcpu: VCPUHandle, memory: GuestMemory) {
+    package init(vcpu: VCPUHandle, memory: GuestMemory) {
         self.vcpu = vcpu.id
         registers = (try? vcpu.registers()) ?? Registers()
         special = (try? vcpu.specialRegisters()) ?? SpecialRegisters()
@@ -26,7 +26,7 @@ public struct GuestStateSnapshot: Sendable {
         instructionBytes = AddressTranslator(special).readBytes(at: instructionAddress, count: 48, memory: memory)
     }
 
-    public init(vcpu: UInt32, registers: Registers, special: SpecialRegisters,
+    package init(vcpu: UInt32, registers: Registers, special: SpecialRegisters,
                 instructionAddress: UInt64, instructionBytes: [UInt8]) {
         self.vcpu = vcpu
         self.registers = registers
@@ -36,10 +36,10 @@ public struct GuestStateSnapshot: Sendable {
     }
 
     /// The decoding mode of the code at RIP.
-    public var codeMode: CodeMode { special.codeMode }
+    package var codeMode: CodeMode { special.codeMode }
 
     /// The processor mode, from CR0.PE, EFER.LMA and CS.L/D.
-    public var mode: String {
+    package var mode: String {
         if special.cr0 & 1 == 0 { return "real mode" }
         if special.efer & (1 << 10) != 0 { return special.cs.l ? "64-bit long mode" : "compatibility mode" }
         return special.cs.db ? "32-bit protected mode" : "16-bit protected mode"
@@ -47,7 +47,7 @@ public struct GuestStateSnapshot: Sendable {
 
     /// One readable block: general registers, RIP and RFLAGS, segments, descriptor tables,
     /// control and debug registers, EFER, pending events and the instruction bytes at RIP.
-    public func render() -> String {
+    package func render() -> String {
         let r = registers, s = special
         var out: [String] = []
         out.append("vCPU \(vcpu) state (\(mode), CPL \(s.cs.selector & 3)):")

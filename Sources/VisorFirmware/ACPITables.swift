@@ -4,7 +4,7 @@
 
 /// A register block of ACPI fixed hardware that a device implements: the FADT points at it,
 /// so the tables take its ports from the device that has them, never from a second copy.
-public enum ACPIFixedHardware: Sendable, Equatable {
+package enum ACPIFixedHardware: Sendable, Equatable {
     /// The PM1a event block (PM1_STS then PM1_EN), `ACPIPM1.eventBlockLength` ports.
     case pm1aEventBlock(port: UInt16)
     /// The PM1a control block, `ACPIPM1.controlBlockLength` ports, and the SLP_TYP value for
@@ -21,18 +21,18 @@ public enum ACPIFixedHardware: Sendable, Equatable {
 }
 
 /// What the tables need to know of one device of the platform.
-public struct ACPIDevice: Sendable, Equatable {
+package struct ACPIDevice: Sendable, Equatable {
     /// The device's name, for error messages.
-    public var name: String
+    package var name: String
     /// Its DSDT fragment, placed in `\_SB` in the order of the platform's devices: usually
     /// one `Device` with `_HID` and `_CRS`. Empty for a device the OS finds otherwise.
-    public var aml: [AMLTerm]
+    package var aml: [AMLTerm]
     /// The ISA IRQs it raises; the SCI must not share one.
-    public var irqs: [UInt32]
+    package var irqs: [UInt32]
     /// The fixed-hardware registers it implements, for the FADT.
-    public var fixedHardware: [ACPIFixedHardware]
+    package var fixedHardware: [ACPIFixedHardware]
 
-    public init(name: String, aml: [AMLTerm] = [], irqs: [UInt32] = [], fixedHardware: [ACPIFixedHardware] = []) {
+    package init(name: String, aml: [AMLTerm] = [], irqs: [UInt32] = [], fixedHardware: [ACPIFixedHardware] = []) {
         self.name = name
         self.aml = aml
         self.irqs = irqs
@@ -42,36 +42,36 @@ public struct ACPIDevice: Sendable, Equatable {
 
 /// The machine that the ACPI tables describe: its processors and interrupt controllers,
 /// and its devices as they describe themselves.
-public struct ACPIPlatform: Sendable, Equatable {
+package struct ACPIPlatform: Sendable, Equatable {
     /// The number of vCPUs; their local APIC IDs and ACPI processor UIDs are 0..<count.
-    public var processorCount: Int
+    package var processorCount: Int
     /// The platform's devices. One of them must implement the PM1a event and control
     /// blocks; at most one may implement each fixed-hardware register.
-    public var devices: [ACPIDevice]
-    public var ioAPICAddress: UInt32 = 0xFEC0_0000
+    package var devices: [ACPIDevice]
+    package var ioAPICAddress: UInt32 = 0xFEC0_0000
     /// The IOAPIC's ID; nil means `processorCount`, the first ID after the local APICs.
-    public var ioAPICID: UInt8? = nil
-    public var localAPICAddress: UInt32 = 0xFEE0_0000
+    package var ioAPICID: UInt8? = nil
+    package var localAPICAddress: UInt32 = 0xFEE0_0000
     /// The ISA IRQ of the SCI, routed to the same GSI, level-triggered and active high.
-    public var sciInterrupt: UInt16 = 9
+    package var sciInterrupt: UInt16 = 9
     /// Up to 6 printable ASCII characters, padded with spaces.
-    public var oemID = "SWIFTV"
+    package var oemID = "SWIFTV"
     /// Up to 8 printable ASCII characters, padded with spaces.
-    public var oemTableID = "SVMACHIN"
+    package var oemTableID = "SVMACHIN"
 
     /// The most vCPUs the tables describe: xAPIC IDs are 8 bits, 0xFF is the broadcast
     /// ID, and the IOAPIC takes the ID after the last vCPU.
-    public static let maxProcessors = 254
+    package static let maxProcessors = 254
     /// ISA IRQs the platform itself uses: the timer (IRQ 0) and the PIC cascade (IRQ 2).
-    public static let platformIRQs: Set<UInt16> = [0, 2]
+    package static let platformIRQs: Set<UInt16> = [0, 2]
 
-    public init(processorCount: Int, devices: [ACPIDevice]) {
+    package init(processorCount: Int, devices: [ACPIDevice]) {
         self.processorCount = processorCount
         self.devices = devices
     }
 
     /// The IOAPIC ID the tables use.
-    public var effectiveIOAPICID: UInt8 { ioAPICID ?? UInt8(clamping: processorCount) }
+    package var effectiveIOAPICID: UInt8 { ioAPICID ?? UInt8(clamping: processorCount) }
 
     /// Every fixed-hardware register of the devices, with the device that has it.
     private var fixedHardware: [(device: String, register: ACPIFixedHardware)] {
@@ -79,13 +79,13 @@ public struct ACPIPlatform: Sendable, Equatable {
     }
 
     /// The PM1a event block's first port, if a device has it.
-    public var pm1aEventBlock: UInt16? {
+    package var pm1aEventBlock: UInt16? {
         for (_, register) in fixedHardware { if case .pm1aEventBlock(let port) = register { return port } }
         return nil
     }
 
     /// The PM1a control block's first port and the S5 sleep type, if a device has them.
-    public var pm1aControlBlock: (port: UInt16, s5SleepType: UInt8)? {
+    package var pm1aControlBlock: (port: UInt16, s5SleepType: UInt8)? {
         for (_, register) in fixedHardware {
             if case .pm1aControlBlock(let port, let type) = register { return (port, type) }
         }
@@ -93,7 +93,7 @@ public struct ACPIPlatform: Sendable, Equatable {
     }
 
     /// The reset register's port and value, if a device has it.
-    public var resetRegister: (port: UInt16, value: UInt8)? {
+    package var resetRegister: (port: UInt16, value: UInt8)? {
         for (_, register) in fixedHardware {
             if case .resetRegister(let port, let value) = register { return (port, value) }
         }
@@ -101,22 +101,22 @@ public struct ACPIPlatform: Sendable, Equatable {
     }
 
     /// Whether a device is an 8042 at ports 0x60/0x64.
-    public var hasI8042: Bool { fixedHardware.contains { $0.register == .i8042 } }
+    package var hasI8042: Bool { fixedHardware.contains { $0.register == .i8042 } }
 
     /// The RTC's century index, or 0 for none.
-    public var rtcCenturyIndex: UInt8 {
+    package var rtcCenturyIndex: UInt8 {
         for (_, register) in fixedHardware { if case .rtcCentury(let index) = register { return index } }
         return 0
     }
 
     /// ISA IRQs in use: the platform's own and every device's.
-    public var usedIRQs: [UInt16] {
+    package var usedIRQs: [UInt16] {
         Set(Self.platformIRQs).union(devices.flatMap(\.irqs).compactMap { UInt16(exactly: $0) }).sorted()
     }
 
     /// Checks that the tables can describe this platform. Port ranges are the buses'
     /// business: `PortBus.register` refuses overlaps when the devices are placed.
-    public func validate() throws(ACPIError) {
+    package func validate() throws(ACPIError) {
         guard (1...Self.maxProcessors).contains(processorCount) else {
             throw .processorCount(processorCount)
         }
@@ -153,26 +153,26 @@ public struct ACPIPlatform: Sendable, Equatable {
 /// The FADT sets SMI_CMD to 0: there is no ACPI-enable handshake, the machine is always in
 /// ACPI mode, so SCI_EN in PM1 control must read as set. PM1 status bits are
 /// write-one-to-clear; PM1 enable keeps what the guest writes.
-public enum ACPIPM1 {
+package enum ACPIPM1 {
     /// The event block: PM1 status at offset 0, PM1 enable at offset 2, 16 bits each.
-    public static let eventBlockLength = 4
-    public static let statusOffset: UInt16 = 0
-    public static let enableOffset: UInt16 = 2
+    package static let eventBlockLength = 4
+    package static let statusOffset: UInt16 = 0
+    package static let enableOffset: UInt16 = 2
     /// The control block: one 16-bit register.
-    public static let controlBlockLength = 2
+    package static let controlBlockLength = 2
     /// PM1 control: SCI_EN (bit 0), SLP_TYP (bits 10-12), SLP_EN (bit 13, write-only).
-    public static let sciEnable: UInt16 = 1 << 0
-    public static let sleepTypeShift: UInt16 = 10
-    public static let sleepTypeMask: UInt16 = 0x7 << 10
-    public static let sleepEnable: UInt16 = 1 << 13
+    package static let sciEnable: UInt16 = 1 << 0
+    package static let sleepTypeShift: UInt16 = 10
+    package static let sleepTypeMask: UInt16 = 0x7 << 10
+    package static let sleepEnable: UInt16 = 1 << 13
     /// PM1 status: WAK_STS (bit 15), set when the system has woken (the OS clears it
     /// before sleeping).
-    public static let wakeStatus: UInt16 = 1 << 15
+    package static let wakeStatus: UInt16 = 1 << 15
 }
 
 /// An error from building ACPI tables: the platform cannot be described, or the tables
 /// do not fit where they were asked to go.
-public enum ACPIError: Error, Equatable, CustomStringConvertible {
+package enum ACPIError: Error, Equatable, CustomStringConvertible {
     case processorCount(Int)
     case oemID(String)
     case oemTableID(String)
@@ -185,7 +185,7 @@ public enum ACPIError: Error, Equatable, CustomStringConvertible {
     case doesNotFit(base: UInt64, size: Int, region: Range<UInt64>)
     case aml(AMLError)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .processorCount(let n):
             "ACPI tables describe 1 to \(ACPIPlatform.maxProcessors) processors, not \(n); choose a vCPU count in that range"
@@ -214,44 +214,44 @@ public enum ACPIError: Error, Equatable, CustomStringConvertible {
 }
 
 /// The ACPI tables of a platform, laid out as one blob for guest memory.
-public struct ACPITables: Sendable {
+package struct ACPITables: Sendable {
     /// Where a table sits in the blob.
-    public struct Table: Sendable, Equatable {
+    package struct Table: Sendable, Equatable {
         /// "RSD PTR ", "FACS", "XSDT", "FACP" (the FADT), "APIC" (the MADT) or "DSDT".
-        public let signature: String
+        package let signature: String
         /// Guest-physical address.
-        public let address: UInt64
-        public let length: Int
+        package let address: UInt64
+        package let length: Int
     }
 
     /// The BIOS area below 1 MiB, where Linux also scans for "RSD PTR ".
-    public static let biosArea: Range<UInt64> = 0xE0000..<0x100000
+    package static let biosArea: Range<UInt64> = 0xE0000..<0x100000
     /// The creator ID and revision in every table header.
-    public static let creatorID = "SWVS"
-    public static let creatorRevision: UInt32 = 1
-    public static let oemRevision: UInt32 = 1
+    package static let creatorID = "SWVS"
+    package static let creatorRevision: UInt32 = 1
+    package static let oemRevision: UInt32 = 1
 
     /// The RSDP's address: the start of the blob.
-    public let rsdpAddress: UInt64
+    package let rsdpAddress: UInt64
     /// The blob to copy into guest memory at `rsdpAddress`.
-    public let bytes: [UInt8]
+    package let bytes: [UInt8]
     /// Every table in the blob, RSDP first.
-    public let tables: [Table]
+    package let tables: [Table]
 
     /// The table with this signature, if present.
-    public func table(_ signature: String) -> Table? {
+    package func table(_ signature: String) -> Table? {
         tables.first { $0.signature == signature }
     }
 
     /// The bytes of a table in the blob.
-    public func contents(of table: Table) -> ArraySlice<UInt8> {
+    package func contents(of table: Table) -> ArraySlice<UInt8> {
         let offset = Int(table.address - rsdpAddress)
         return bytes[offset..<offset + table.length]
     }
 
     /// Builds the tables for `platform` as one blob starting at `base`, which must be
     /// 16-byte aligned; the whole blob must lie within `region`.
-    public static func build(
+    package static func build(
         for platform: ACPIPlatform, at base: UInt64 = biosArea.lowerBound, within region: Range<UInt64> = biosArea
     ) throws(ACPIError) -> ACPITables {
         try platform.validate()

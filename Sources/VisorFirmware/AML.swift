@@ -6,7 +6,7 @@
 // Return, and resource templates with I/O port and IRQ descriptors.
 
 /// An error from encoding AML. Each message names the offending value and what is allowed.
-public enum AMLError: Error, Equatable, CustomStringConvertible {
+package enum AMLError: Error, Equatable, CustomStringConvertible {
     /// A name segment or path that AML cannot encode.
     case invalidName(String, reason: String)
     /// A string with a character outside ASCII 0x01-0x7F.
@@ -18,7 +18,7 @@ public enum AMLError: Error, Equatable, CustomStringConvertible {
     /// A term used where AML does not allow it, e.g. an integer as a statement.
     case misplaced(term: String, context: String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .invalidName(let name, let reason):
             "AML name \"\(name)\" is invalid: \(reason)"
@@ -38,7 +38,7 @@ public enum AMLError: Error, Equatable, CustomStringConvertible {
 ///
 /// Terms form a tree; `encoded()` turns the tree into AML bytes and checks that each term
 /// sits where AML allows it (a `Return` only inside a method, an integer only as a value).
-public indirect enum AMLTerm: Sendable, Equatable {
+package indirect enum AMLTerm: Sendable, Equatable {
     /// An integer; encoded as ZeroOp, OneOp, OnesOp or the smallest prefixed form.
     case integer(UInt64)
     /// A string of ASCII characters (without NUL), encoded with StringPrefix.
@@ -65,18 +65,18 @@ public indirect enum AMLTerm: Sendable, Equatable {
     case reference(String)
 
     /// `EisaId("PNP0501")`: the compressed 32-bit EISA ID as an integer.
-    public static func eisaID(_ id: String) throws(AMLError) -> AMLTerm {
+    package static func eisaID(_ id: String) throws(AMLError) -> AMLTerm {
         .integer(UInt64(try AML.eisaID(id)))
     }
 
     /// `ResourceTemplate() { ... }`: a buffer holding the descriptors and an end tag.
-    public static func resourceTemplate(_ resources: [AMLResource]) throws(AMLError) -> AMLTerm {
+    package static func resourceTemplate(_ resources: [AMLResource]) throws(AMLError) -> AMLTerm {
         .buffer(try AML.resourceTemplate(resources))
     }
 
     /// The AML bytes of this term, as it would appear in a definition block's term list
     /// (for named objects) or as a value (for data objects).
-    public func encoded() throws(AMLError) -> [UInt8] {
+    package func encoded() throws(AMLError) -> [UInt8] {
         var out: [UInt8] = []
         let context: AML.Context = switch self {
         case .name, .scope, .device, .method, .reference: .termList(inMethod: false)
@@ -89,7 +89,7 @@ public indirect enum AMLTerm: Sendable, Equatable {
     }
 
     /// The AML bytes of a term list (the body of a definition block), outside any method.
-    public static func encode(termList terms: [AMLTerm]) throws(AMLError) -> [UInt8] {
+    package static func encode(termList terms: [AMLTerm]) throws(AMLError) -> [UInt8] {
         var out: [UInt8] = []
         for term in terms { try term.encode(into: &out, .termList(inMethod: false)) }
         return out
@@ -222,7 +222,7 @@ public indirect enum AMLTerm: Sendable, Equatable {
 }
 
 /// A descriptor inside a `ResourceTemplate` (small resource data types only).
-public enum AMLResource: Sendable, Equatable {
+package enum AMLResource: Sendable, Equatable {
     /// `IO(Decode16|Decode10, minimum, maximum, alignment, length)`: an I/O port range.
     case io(minimum: UInt16, maximum: UInt16, alignment: UInt8, length: UInt8, decode16: Bool = true)
     /// `IRQNoFlags() {irqs}` when `flags` is nil (edge-triggered, active high, exclusive),
@@ -230,27 +230,27 @@ public enum AMLResource: Sendable, Equatable {
     case irq([Int], flags: IRQFlags? = nil)
 
     /// A fixed I/O range of `length` ports at `base` (16-bit decode).
-    public static func ports(_ base: UInt16, length: UInt8) -> AMLResource {
+    package static func ports(_ base: UInt16, length: UInt8) -> AMLResource {
         .io(minimum: base, maximum: base, alignment: 1, length: length)
     }
 
     /// The information byte of an IRQ descriptor.
-    public struct IRQFlags: OptionSet, Sendable, Equatable {
-        public let rawValue: UInt8
-        public init(rawValue: UInt8) { self.rawValue = rawValue }
+    package struct IRQFlags: OptionSet, Sendable, Equatable {
+        package let rawValue: UInt8
+        package init(rawValue: UInt8) { self.rawValue = rawValue }
         /// Edge-triggered (clear: level-triggered).
-        public static let edgeTriggered = IRQFlags(rawValue: 1 << 0)
+        package static let edgeTriggered = IRQFlags(rawValue: 1 << 0)
         /// Active low (clear: active high).
-        public static let activeLow = IRQFlags(rawValue: 1 << 3)
+        package static let activeLow = IRQFlags(rawValue: 1 << 3)
         /// Shared with other devices (clear: exclusive).
-        public static let shared = IRQFlags(rawValue: 1 << 4)
+        package static let shared = IRQFlags(rawValue: 1 << 4)
         /// Capable of waking the system.
-        public static let wakeCapable = IRQFlags(rawValue: 1 << 5)
+        package static let wakeCapable = IRQFlags(rawValue: 1 << 5)
     }
 }
 
 /// AML encodings of the primitive pieces, usable on their own.
-public enum AML {
+package enum AML {
     static let zeroOp: UInt8 = 0x00
     static let oneOp: UInt8 = 0x01
     static let nameOp: UInt8 = 0x08
@@ -297,7 +297,7 @@ public enum AML {
 
     /// A NameSeg: 1 to 4 characters, the first `A-Z` or `_`, the others `A-Z`, `0-9` or
     /// `_`, padded with `_` to 4 bytes ("RTC" -> "RTC_").
-    public static func nameSegment(_ segment: String) throws(AMLError) -> [UInt8] {
+    package static func nameSegment(_ segment: String) throws(AMLError) -> [UInt8] {
         let bytes = Array(segment.utf8)
         guard (1...4).contains(bytes.count) else {
             throw .invalidName(segment, reason: "a name segment has 1 to 4 characters")
@@ -317,7 +317,7 @@ public enum AML {
     /// A NameString: an optional root (`\`) or parent (`^`, repeatable) prefix, then
     /// dot-separated segments, encoded as NameSeg, DualNamePath, MultiNamePath or, for a
     /// bare prefix such as `\`, NullName.
-    public static func nameString(_ path: String) throws(AMLError) -> [UInt8] {
+    package static func nameString(_ path: String) throws(AMLError) -> [UInt8] {
         var rest = Substring(path)
         var out: [UInt8] = []
         if rest.first == "\\" {
@@ -355,7 +355,7 @@ public enum AML {
     /// bytes. The encoded length counts the PkgLength bytes themselves. One byte holds up
     /// to 63 in bits 0-5; otherwise bits 6-7 of the lead byte give the number of following
     /// bytes (1-3), bits 0-3 hold the low nibble, and each following byte the next 8 bits.
-    public static func packageLength(contentLength: Int) throws(AMLError) -> [UInt8] {
+    package static func packageLength(contentLength: Int) throws(AMLError) -> [UInt8] {
         let limit = (1 << 28) - 1
         guard contentLength >= 0, contentLength + 4 <= limit else {
             throw .outOfRange(what: "package length", value: contentLength, allowed: 0...(limit - 4))
@@ -374,7 +374,7 @@ public enum AML {
 
     /// An integer as ZeroOp, OneOp, OnesOp (all 64 bits set, as in a revision-2 table) or
     /// the smallest of BytePrefix, WordPrefix, DWordPrefix and QWordPrefix.
-    public static func integer(_ value: UInt64) -> [UInt8] {
+    package static func integer(_ value: UInt64) -> [UInt8] {
         switch value {
         case 0: return [zeroOp]
         case 1: return [oneOp]
@@ -390,7 +390,7 @@ public enum AML {
     /// (letter - 0x40), packed big-endian into the first two bytes, then the four hex
     /// digits as the next two bytes; the result is those four bytes read little-endian.
     /// "PNP0501" gives bytes 41 D0 05 01, that is 0x0105D041.
-    public static func eisaID(_ id: String) throws(AMLError) -> UInt32 {
+    package static func eisaID(_ id: String) throws(AMLError) -> UInt32 {
         let chars = Array(id.utf8)
         guard chars.count == 7 else { throw .invalidEISAID(id) }
         var vendor: UInt16 = 0
@@ -415,7 +415,7 @@ public enum AML {
 
     /// The bytes of a resource template: each descriptor, then the end tag (0x79) and a
     /// checksum byte that makes the whole template sum to zero.
-    public static func resourceTemplate(_ resources: [AMLResource]) throws(AMLError) -> [UInt8] {
+    package static func resourceTemplate(_ resources: [AMLResource]) throws(AMLError) -> [UInt8] {
         var out: [UInt8] = []
         for resource in resources {
             switch resource {

@@ -4,30 +4,30 @@
 ///
 /// Everything the parts describe lies inside the file: the setup sectors, `syssize`, and
 /// the payload given by `payload_offset` and `payload_length`.
-public struct BzImage: Sendable {
+package struct BzImage: Sendable {
     /// The whole file.
-    public let bytes: [UInt8]
-    public let header: SetupHeader
+    package let bytes: [UInt8]
+    package let header: SetupHeader
     /// The payload's codec, or nil if its magic number is unknown.
-    public let codec: CompressionCodec?
+    package let codec: CompressionCodec?
 
     /// Boot sector and real-mode setup code: the first `header.setupSize` bytes.
-    public var setup: ArraySlice<UInt8> { bytes[0..<header.setupSize] }
+    package var setup: ArraySlice<UInt8> { bytes[0..<header.setupSize] }
     /// The protected-mode kernel: everything after the setup code. Loaded at its load
     /// address, it is entered at offset 0x200 for the 64-bit boot protocol.
-    public var kernel: ArraySlice<UInt8> { bytes[header.setupSize...] }
+    package var kernel: ArraySlice<UInt8> { bytes[header.setupSize...] }
     /// The compressed kernel inside the protected-mode kernel, size trailer included.
-    public var payload: ArraySlice<UInt8> {
+    package var payload: ArraySlice<UInt8> {
         let start = header.setupSize + Int(header.payloadOffset)
         return bytes[start..<(start + Int(header.payloadLength))]
     }
     /// Whether `decompressedELF` can decode the payload; if not, the kernel has to
     /// decompress itself.
-    public var canDecompressOnHost: Bool { codec?.isSupported ?? false }
+    package var canDecompressOnHost: Bool { codec?.isSupported ?? false }
 
     /// The version string the setup code carries ("6.1.0-18-amd64 (debian-kernel@...) #1 SMP ..."),
     /// if `kernel_version` points at printable text inside the setup code.
-    public var kernelVersion: String? {
+    package var kernelVersion: String? {
         guard header.kernelVersionPointer != 0 else { return nil }
         let start = Int(header.kernelVersionPointer) + 0x200
         guard start < header.setupSize else { return nil }
@@ -37,7 +37,7 @@ public struct BzImage: Sendable {
     }
 
     /// Parses and validates a bzImage.
-    public init(parsing bytes: [UInt8]) throws(LinuxBootError) {
+    package init(parsing bytes: [UInt8]) throws(LinuxBootError) {
         let header = try SetupHeader(parsing: bytes)
         let have = UInt64(bytes.count)
         let setupSize = UInt64(header.setupSize)
@@ -66,7 +66,7 @@ public struct BzImage: Sendable {
     /// `limit` bounds the decompressed size; `header.initSize` is a tighter bound a kernel
     /// always meets. Throws `unknownCompression` or `unsupportedCompression` when the
     /// kernel must decompress itself instead.
-    public func decompressedELF(limit: Int = Decompressor.defaultLimit) throws(LinuxBootError) -> ELFKernel {
+    package func decompressedELF(limit: Int = Decompressor.defaultLimit) throws(LinuxBootError) -> ELFKernel {
         guard let codec else { throw .unknownCompression(magic: Array(payload.prefix(8))) }
         let elf = try Decompressor.decompress(payload, codec: codec, limit: limit)
         guard elf.starts(with: [0x7F, 0x45, 0x4C, 0x46]) else { throw .payloadNotELF(magic: Array(elf.prefix(8))) }

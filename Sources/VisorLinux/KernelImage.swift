@@ -1,8 +1,8 @@
-public import VisorLoader
-public import VisorMemory
+package import VisorLoader
+package import VisorMemory
 
 /// A Linux kernel file, told apart by content rather than by name.
-public enum KernelImage: Sendable {
+package enum KernelImage: Sendable {
     /// A bzImage (a valid setup header), such as /boot/vmlinuz-*.
     case bzImage(BzImage)
     /// An x86-64 ELF kernel, such as the vmlinux of a kernel build.
@@ -13,7 +13,7 @@ public enum KernelImage: Sendable {
     /// A file with the ELF magic must be an x86-64 executable ELF. A file with the setup
     /// header's `HdrS` magic or 0xAA55 boot flag, or a short file starting with "MZ" (the
     /// EFI stub's PE header), must be a valid bzImage. Anything else is `notAKernel`.
-    public static func detect(_ bytes: [UInt8]) throws(LinuxBootError) -> KernelImage {
+    package static func detect(_ bytes: [UInt8]) throws(LinuxBootError) -> KernelImage {
         if ELFImage.isELF(bytes) { return .elf(try ELFKernel(parsing: bytes)) }
         let hasMagic = LE.read(bytes, 0x202, 4) == UInt64(SetupHeader.magic)
         let hasBootFlag = LE.read(bytes, 0x1FE, 2) == UInt64(SetupHeader.bootFlagValue)
@@ -30,21 +30,21 @@ public enum KernelImage: Sendable {
 /// physical 0x1000000 and up; its entry point (`phys_startup_64`) is physical. So it loads
 /// by physical address (`load(into:)`), not through `ELFImage.load`, which insists on
 /// virtual == physical.
-public struct ELFKernel: Sendable {
+package struct ELFKernel: Sendable {
     /// The whole file.
-    public let bytes: [UInt8]
-    public let elf: ELFImage
+    package let bytes: [UInt8]
+    package let elf: ELFImage
     /// The 32-bit physical PVH entry point from the Xen `PHYS32_ENTRY` note (type 18), if
     /// the kernel has one (CONFIG_PVH=y).
-    public let pvhEntry: UInt32?
+    package let pvhEntry: UInt32?
 
     /// `e_entry`: for a vmlinux, the physical address of the 64-bit entry.
-    public var entry: UInt64 { elf.entry }
-    public var segments: [ELFSegment] { elf.segments }
+    package var entry: UInt64 { elf.entry }
+    package var segments: [ELFSegment] { elf.segments }
 
     /// The physical address of the entry point: `e_entry` if it lies in a segment's
     /// physical range, else translated from a segment's virtual range; nil if neither.
-    public var physicalEntry: UInt64? {
+    package var physicalEntry: UInt64? {
         let loaded = segments.filter { $0.memorySize > 0 }
         if loaded.contains(where: { entry >= $0.physicalAddress && entry - $0.physicalAddress < $0.memorySize }) {
             return entry
@@ -57,7 +57,7 @@ public struct ELFKernel: Sendable {
 
     /// The guest-physical span of all segments with memory, from the lowest start to the
     /// highest end (empty at 0 if there are none).
-    public var physicalRange: Range<UInt64> {
+    package var physicalRange: Range<UInt64> {
         let loaded = segments.filter { $0.memorySize > 0 }
         guard let low = loaded.map(\.physicalAddress).min(),
               let high = loaded.map({ $0.physicalAddress + $0.memorySize }).max()
@@ -66,7 +66,7 @@ public struct ELFKernel: Sendable {
     }
 
     /// Parses an x86-64 executable ELF and looks for its PVH note.
-    public init(parsing bytes: [UInt8]) throws(LinuxBootError) {
+    package init(parsing bytes: [UInt8]) throws(LinuxBootError) {
         do throws(LoaderError) {
             elf = try ELFImage(parsing: bytes)
         } catch {
@@ -80,14 +80,14 @@ public struct ELFKernel: Sendable {
     /// size, after checking, before writing anything, that each lies in one RAM region at
     /// or above `reservedEnd` and that the entry point is loaded. Returns `physicalRange`.
     @discardableResult
-    public func load(into memory: GuestMemory, reservedEnd: UInt64 = 0x10_0000) throws(LinuxBootError) -> Range<UInt64> {
+    package func load(into memory: GuestMemory, reservedEnd: UInt64 = 0x10_0000) throws(LinuxBootError) -> Range<UInt64> {
         try Self.loadSegments(elf, from: bytes, into: memory, reservedEnd: reservedEnd)
         return physicalRange
     }
 
     /// `load(into:reservedEnd:)` for any parsed ELF and the file it came from; the file
     /// ranges are checked again, so a mismatched pair fails rather than traps.
-    public static func loadSegments(_ elf: ELFImage, from bytes: [UInt8], into memory: GuestMemory,
+    package static func loadSegments(_ elf: ELFImage, from bytes: [UInt8], into memory: GuestMemory,
                                     reservedEnd: UInt64 = 0x10_0000) throws(LinuxBootError) {
         let loaded = elf.segments.filter { $0.memorySize > 0 }
         for s in loaded {

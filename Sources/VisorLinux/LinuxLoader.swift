@@ -1,5 +1,5 @@
 public import VisorLoader
-public import VisorMemory
+package import VisorMemory
 
 /// How the kernel is entered.
 public enum LinuxBootProtocol: String, Sendable, CaseIterable {
@@ -47,9 +47,9 @@ public struct LinuxBootPlan: Sendable {
     public var commandLine: String
     public var memoryMap: [E820Entry]
     /// Set for the 64-bit protocol.
-    public var zeroPage: ZeroPage?
+    package var zeroPage: ZeroPage?
     /// Set for PVH.
-    public var startInfo: PVHStartInfo?
+    package var startInfo: PVHStartInfo?
     /// Milliseconds spent decompressing on the host (0 if not).
     public var decompressionMilliseconds: Double
 }
@@ -68,28 +68,28 @@ public struct LinuxBootPlan: Sendable {
 /// | 0x9000   | PML4, then PDPT at 0xA000 and four page directories at 0xB000-0xEFFF: the first 4 GiB identity-mapped with 2 MiB pages |
 /// | 0x20000  | command line (up to 64 KiB) |
 /// | 0xE0000  | ACPI tables (written by the caller; reserved in the e820 map) |
-public enum LinuxLoader {
-    public static let gdtAddress: UInt64 = 0x1000
-    public static let gdtLimit: UInt16 = 4 * 8 - 1
-    public static let code32Selector: UInt16 = 0x08
-    public static let bootCodeSelector: UInt16 = 0x10
-    public static let bootDataSelector: UInt16 = 0x18
-    public static let stackTop: UInt64 = 0x5000
-    public static let startInfoAddress: UInt64 = 0x6000
-    public static let zeroPageAddress: UInt64 = 0x7000
-    public static let pml4Address: UInt64 = 0x9000
-    public static let pdptAddress: UInt64 = 0xA000
-    public static let firstPageDirectory: UInt64 = 0xB000
-    public static let commandLineAddress: UInt64 = 0x2_0000
-    public static let commandLineCeiling = 0x1_0000
+package enum LinuxLoader {
+    package static let gdtAddress: UInt64 = 0x1000
+    package static let gdtLimit: UInt16 = 4 * 8 - 1
+    package static let code32Selector: UInt16 = 0x08
+    package static let bootCodeSelector: UInt16 = 0x10
+    package static let bootDataSelector: UInt16 = 0x18
+    package static let stackTop: UInt64 = 0x5000
+    package static let startInfoAddress: UInt64 = 0x6000
+    package static let zeroPageAddress: UInt64 = 0x7000
+    package static let pml4Address: UInt64 = 0x9000
+    package static let pdptAddress: UInt64 = 0xA000
+    package static let firstPageDirectory: UInt64 = 0xB000
+    package static let commandLineAddress: UInt64 = 0x2_0000
+    package static let commandLineCeiling = 0x1_0000
     /// Where a bzImage's protected-mode kernel goes when its header prefers nothing usable.
-    public static let defaultKernelAddress: UInt64 = 0x100_0000
+    package static let defaultKernelAddress: UInt64 = 0x100_0000
     /// The largest decompressed kernel accepted from a payload whose header does not bound it.
-    public static let decompressionLimit = 512 << 20
+    package static let decompressionLimit = 512 << 20
 
     /// Loads `request` into `memory` and returns the entry state. Nothing is written to guest
     /// memory until every check has passed, so a failure leaves RAM as it was.
-    public static func load(_ request: LinuxBootRequest, into memory: GuestMemory,
+    package static func load(_ request: LinuxBootRequest, into memory: GuestMemory,
                             rsdpAddress: UInt64) throws(LinuxBootError) -> LinuxBootPlan {
         guard let low = memory.regions.first(where: { $0.start == 0 }),
               low.end >= E820Map.highMemoryStart

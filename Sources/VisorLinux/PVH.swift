@@ -6,19 +6,19 @@
 /// memmap_entries, reserved (u32 each): 56 bytes. A module entry is paddr, size,
 /// cmdline_paddr, reserved (u64 each); a memory-map entry is addr, size (u64), type,
 /// reserved (u32), with e820 types.
-public struct PVHStartInfo: Sendable, Equatable {
-    public static let magic: UInt32 = 0x336E_C578
-    public static let headerSize = 56
-    public static let moduleEntrySize = 32
-    public static let memoryMapEntrySize = 24
+package struct PVHStartInfo: Sendable, Equatable {
+    package static let magic: UInt32 = 0x336E_C578
+    package static let headerSize = 56
+    package static let moduleEntrySize = 32
+    package static let memoryMapEntrySize = 24
 
-    public var commandLineAddress: UInt64
-    public var rsdpAddress: UInt64
+    package var commandLineAddress: UInt64
+    package var rsdpAddress: UInt64
     /// The initial RAM disk, if any (module 0).
-    public var initrd: (address: UInt64, size: UInt64)?
-    public var memoryMap: [E820Entry]
+    package var initrd: (address: UInt64, size: UInt64)?
+    package var memoryMap: [E820Entry]
 
-    public init(commandLineAddress: UInt64, rsdpAddress: UInt64, initrd: (address: UInt64, size: UInt64)?,
+    package init(commandLineAddress: UInt64, rsdpAddress: UInt64, initrd: (address: UInt64, size: UInt64)?,
                 memoryMap: [E820Entry]) {
         self.commandLineAddress = commandLineAddress
         self.rsdpAddress = rsdpAddress
@@ -26,14 +26,14 @@ public struct PVHStartInfo: Sendable, Equatable {
         self.memoryMap = memoryMap
     }
 
-    public static func == (a: PVHStartInfo, b: PVHStartInfo) -> Bool {
+    package static func == (a: PVHStartInfo, b: PVHStartInfo) -> Bool {
         a.commandLineAddress == b.commandLineAddress && a.rsdpAddress == b.rsdpAddress
             && a.initrd?.address == b.initrd?.address && a.initrd?.size == b.initrd?.size && a.memoryMap == b.memoryMap
     }
 
     /// The bytes to place at `address`: the header, then the module list (64 bytes in, if
     /// there is an initrd), then the memory map (at 128 bytes in).
-    public func encode(at address: UInt64) -> [UInt8] {
+    package func encode(at address: UInt64) -> [UInt8] {
         let moduleOffset = 64
         let mapOffset = 128
         var out = [UInt8](repeating: 0, count: mapOffset + memoryMap.count * Self.memoryMapEntrySize)

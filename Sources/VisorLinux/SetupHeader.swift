@@ -6,103 +6,103 @@
 /// lying inside the file, LOADED_HIGH, the 64-bit entry point, and, for a relocatable
 /// kernel, a power-of-two alignment. Every read is bounds-checked, so any byte sequence
 /// yields a header or a `LinuxBootError`, never a trap.
-public struct SetupHeader: Sendable, Equatable {
+package struct SetupHeader: Sendable, Equatable {
     /// Where the header starts, in the file and in the zero page alike.
-    public static let offset = 0x1F1
+    package static let offset = 0x1F1
     /// The oldest protocol accepted: 2.12 (Linux 3.8) introduced `xloadflags`.
-    public static let minimumVersion: UInt16 = 0x020C
-    public static let bootFlagValue: UInt16 = 0xAA55
+    package static let minimumVersion: UInt16 = 0x020C
+    package static let bootFlagValue: UInt16 = 0xAA55
     /// "HdrS", little-endian.
-    public static let magic: UInt32 = 0x5372_6448
+    package static let magic: UInt32 = 0x5372_6448
 
     /// `loadflags` (offset 0x211).
-    public struct LoadFlags: OptionSet, Sendable, Hashable {
-        public let rawValue: UInt8
-        public init(rawValue: UInt8) { self.rawValue = rawValue }
+    package struct LoadFlags: OptionSet, Sendable, Hashable {
+        package let rawValue: UInt8
+        package init(rawValue: UInt8) { self.rawValue = rawValue }
         /// The protected-mode kernel loads at 0x100000 or above (a bzImage).
-        public static let loadedHigh = LoadFlags(rawValue: 1 << 0)
+        package static let loadedHigh = LoadFlags(rawValue: 1 << 0)
         /// Set by the kernel itself when KASLR was used.
-        public static let kaslr = LoadFlags(rawValue: 1 << 1)
-        public static let quiet = LoadFlags(rawValue: 1 << 5)
-        public static let keepSegments = LoadFlags(rawValue: 1 << 6)
+        package static let kaslr = LoadFlags(rawValue: 1 << 1)
+        package static let quiet = LoadFlags(rawValue: 1 << 5)
+        package static let keepSegments = LoadFlags(rawValue: 1 << 6)
         /// `heap_end_ptr` is valid.
-        public static let canUseHeap = LoadFlags(rawValue: 1 << 7)
+        package static let canUseHeap = LoadFlags(rawValue: 1 << 7)
     }
 
     /// `xloadflags` (offset 0x236, protocol 2.12+).
-    public struct ExtendedLoadFlags: OptionSet, Sendable, Hashable {
-        public let rawValue: UInt16
-        public init(rawValue: UInt16) { self.rawValue = rawValue }
+    package struct ExtendedLoadFlags: OptionSet, Sendable, Hashable {
+        package let rawValue: UInt16
+        package init(rawValue: UInt16) { self.rawValue = rawValue }
         /// The kernel has the legacy 64-bit entry point at load address + 0x200.
-        public static let kernel64 = ExtendedLoadFlags(rawValue: 1 << 0)
+        package static let kernel64 = ExtendedLoadFlags(rawValue: 1 << 0)
         /// The kernel, boot_params, command line and initrd may live above 4 GiB.
-        public static let canBeLoadedAbove4G = ExtendedLoadFlags(rawValue: 1 << 1)
-        public static let efiHandover32 = ExtendedLoadFlags(rawValue: 1 << 2)
-        public static let efiHandover64 = ExtendedLoadFlags(rawValue: 1 << 3)
-        public static let efiKexec = ExtendedLoadFlags(rawValue: 1 << 4)
-        public static let fiveLevelPaging = ExtendedLoadFlags(rawValue: 1 << 5)
-        public static let fiveLevelPagingEnabled = ExtendedLoadFlags(rawValue: 1 << 6)
-        public static let memoryEncryption = ExtendedLoadFlags(rawValue: 1 << 7)
+        package static let canBeLoadedAbove4G = ExtendedLoadFlags(rawValue: 1 << 1)
+        package static let efiHandover32 = ExtendedLoadFlags(rawValue: 1 << 2)
+        package static let efiHandover64 = ExtendedLoadFlags(rawValue: 1 << 3)
+        package static let efiKexec = ExtendedLoadFlags(rawValue: 1 << 4)
+        package static let fiveLevelPaging = ExtendedLoadFlags(rawValue: 1 << 5)
+        package static let fiveLevelPagingEnabled = ExtendedLoadFlags(rawValue: 1 << 6)
+        package static let memoryEncryption = ExtendedLoadFlags(rawValue: 1 << 7)
     }
 
     /// `setup_sects` as stored; 0 means 4.
-    public let setupSectorsField: UInt8
+    package let setupSectorsField: UInt8
     /// `root_flags`.
-    public let rootFlags: UInt16
+    package let rootFlags: UInt16
     /// `syssize`: the protected-mode kernel's size in 16-byte units.
-    public let syssize: UInt32
+    package let syssize: UInt32
     /// `version`: 0x020F is protocol 2.15.
-    public let version: UInt16
+    package let version: UInt16
     /// `kernel_version`: offset of the version string, minus 0x200; 0 if none.
-    public let kernelVersionPointer: UInt16
+    package let kernelVersionPointer: UInt16
     /// `loadflags`.
-    public let loadFlags: LoadFlags
+    package let loadFlags: LoadFlags
     /// `code32_start`: the default 32-bit entry, where a non-relocatable kernel must load.
-    public let code32Start: UInt32
+    package let code32Start: UInt32
     /// `initrd_addr_max`: the highest address the initrd's last byte may occupy.
-    public let initrdAddressMax: UInt32
+    package let initrdAddressMax: UInt32
     /// `kernel_alignment`: the physical alignment a relocatable kernel needs.
-    public let kernelAlignment: UInt32
+    package let kernelAlignment: UInt32
     /// `relocatable_kernel` is nonzero.
-    public let relocatable: Bool
+    package let relocatable: Bool
     /// `min_alignment`: log2 of the smallest alignment the kernel accepts.
-    public let minAlignmentLog2: UInt8
+    package let minAlignmentLog2: UInt8
     /// `xloadflags`.
-    public let extendedLoadFlags: ExtendedLoadFlags
+    package let extendedLoadFlags: ExtendedLoadFlags
     /// `cmdline_size`: the longest command line, without its NUL.
-    public let commandLineSize: UInt32
+    package let commandLineSize: UInt32
     /// `payload_offset`: where the compressed kernel starts, from the start of the
     /// protected-mode kernel.
-    public let payloadOffset: UInt32
+    package let payloadOffset: UInt32
     /// `payload_length`.
-    public let payloadLength: UInt32
+    package let payloadLength: UInt32
     /// `pref_address`: where a relocatable kernel prefers to be loaded.
-    public let preferredAddress: UInt64
+    package let preferredAddress: UInt64
     /// `init_size`: the linear memory the kernel needs from its load address until it has
     /// read the memory map (covers decompression in place and the decompressed kernel).
-    public let initSize: UInt32
+    package let initSize: UInt32
     /// `handover_offset`: the EFI handover entry, from the protected-mode kernel's start.
-    public let handoverOffset: UInt32
+    package let handoverOffset: UInt32
     /// `kernel_info_offset` (protocol 2.15+; 0 before).
-    public let kernelInfoOffset: UInt32
+    package let kernelInfoOffset: UInt32
     /// The header exactly as in the file, from offset 0x1F1 up to its end (0x202 plus the
     /// byte at 0x201), for copying into the zero page verbatim.
-    public let rawBytes: [UInt8]
+    package let rawBytes: [UInt8]
 
     /// Real-mode setup sectors, with 0 read as 4.
-    public var setupSectors: Int { setupSectorsField == 0 ? 4 : Int(setupSectorsField) }
+    package var setupSectors: Int { setupSectorsField == 0 ? 4 : Int(setupSectorsField) }
     /// Bytes before the protected-mode kernel: the boot sector plus the setup sectors.
-    public var setupSize: Int { (setupSectors + 1) * 512 }
+    package var setupSize: Int { (setupSectors + 1) * 512 }
     /// One past the header's last byte, as a file offset.
-    public var headerEnd: Int { Self.offset + rawBytes.count }
+    package var headerEnd: Int { Self.offset + rawBytes.count }
     /// "2.15".
-    public var versionString: String {
+    package var versionString: String {
         let minor = version & 0xFF
         return "\(version >> 8).\(minor < 10 ? "0" : "")\(minor)"
     }
 
     /// Parses and validates the setup header at the start of `bytes`, a whole bzImage.
-    public init(parsing bytes: [UInt8]) throws(LinuxBootError) {
+    package init(parsing bytes: [UInt8]) throws(LinuxBootError) {
         let have = UInt64(bytes.count)
         let magicEnd = 0x206
         guard bytes.count >= magicEnd else {

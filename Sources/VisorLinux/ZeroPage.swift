@@ -2,10 +2,10 @@
 /// hands the kernel in RSI. Built as bytes, so it can be checked without a VM.
 ///
 /// Offsets are those of Documentation/arch/x86/zero-page.rst and boot.rst.
-public struct ZeroPage: Sendable, Equatable {
-    public static let size = 4096
+package struct ZeroPage: Sendable, Equatable {
+    package static let size = 4096
     /// Most e820 entries the zero page holds.
-    public static let maxE820Entries = 128
+    package static let maxE820Entries = 128
 
     enum Offset {
         static let acpiRSDPAddress = 0x070
@@ -32,14 +32,14 @@ public struct ZeroPage: Sendable, Equatable {
     }
 
     /// "Undefined" boot loader: 0xFF, as the protocol asks of loaders without an assigned ID.
-    public static let typeOfLoader: UInt8 = 0xFF
+    package static let typeOfLoader: UInt8 = 0xFF
 
-    public private(set) var bytes: [UInt8]
+    package private(set) var bytes: [UInt8]
 
     /// A zero page whose setup header is `setupHeader` (the bytes of a bzImage from offset
     /// 0x1F1 to the end of its header), or, for a bare vmlinux (`nil`), a header built here:
     /// protocol 2.15, loaded high, 16 MiB alignment, a 2,047-byte command line.
-    public init(setupHeader: [UInt8]?) {
+    package init(setupHeader: [UInt8]?) {
         bytes = [UInt8](repeating: 0, count: Self.size)
         if let setupHeader {
             let count = min(setupHeader.count, Offset.e820Table - Offset.setupHeader)
@@ -58,13 +58,13 @@ public struct ZeroPage: Sendable, Equatable {
     }
 
     /// The command line's guest-physical address.
-    public mutating func setCommandLine(at address: UInt64) {
+    package mutating func setCommandLine(at address: UInt64) {
         put(UInt32(truncatingIfNeeded: address), at: Offset.cmdLinePtr)
         put(UInt32(truncatingIfNeeded: address >> 32), at: Offset.extCmdLinePtr)
     }
 
     /// Where the initial RAM disk was placed.
-    public mutating func setInitrd(at address: UInt64, size: UInt64) {
+    package mutating func setInitrd(at address: UInt64, size: UInt64) {
         put(UInt32(truncatingIfNeeded: address), at: Offset.ramdiskImage)
         put(UInt32(truncatingIfNeeded: size), at: Offset.ramdiskSize)
         put(UInt32(truncatingIfNeeded: address >> 32), at: Offset.extRamdiskImage)
@@ -72,17 +72,17 @@ public struct ZeroPage: Sendable, Equatable {
     }
 
     /// The protected-mode kernel's load address (read by the kernel's own decompressor).
-    public mutating func setCode32Start(_ address: UInt32) {
+    package mutating func setCode32Start(_ address: UInt32) {
         put(address, at: Offset.code32Start)
     }
 
     /// The ACPI RSDP (boot protocol 2.14), so the kernel need not scan the BIOS area.
-    public mutating func setACPIRSDP(_ address: UInt64) {
+    package mutating func setACPIRSDP(_ address: UInt64) {
         put(address, at: Offset.acpiRSDPAddress)
     }
 
     /// The memory map; at most `maxE820Entries` entries are taken.
-    public mutating func setE820(_ map: [E820Entry]) {
+    package mutating func setE820(_ map: [E820Entry]) {
         let entries = map.prefix(Self.maxE820Entries)
         bytes[Offset.e820Entries] = UInt8(entries.count)
         for (index, entry) in entries.enumerated() {
@@ -95,24 +95,24 @@ public struct ZeroPage: Sendable, Equatable {
 
     // MARK: Reading (for tests and traces)
 
-    public var commandLineAddress: UInt64 {
+    package var commandLineAddress: UInt64 {
         UInt64(get32(Offset.cmdLinePtr)) | UInt64(get32(Offset.extCmdLinePtr)) << 32
     }
-    public var initrd: (address: UInt64, size: UInt64) {
+    package var initrd: (address: UInt64, size: UInt64) {
         (UInt64(get32(Offset.ramdiskImage)) | UInt64(get32(Offset.extRamdiskImage)) << 32,
          UInt64(get32(Offset.ramdiskSize)) | UInt64(get32(Offset.extRamdiskSize)) << 32)
     }
-    public var e820: [E820Entry] {
+    package var e820: [E820Entry] {
         (0..<Int(bytes[Offset.e820Entries])).compactMap { index in
             let at = Offset.e820Table + index * 20
             guard let kind = E820Entry.Kind(rawValue: get32(at + 16)) else { return nil }
             return E820Entry(address: get64(at), size: get64(at + 8), kind: kind)
         }
     }
-    public var acpiRSDP: UInt64 { get64(Offset.acpiRSDPAddress) }
-    public var loaderType: UInt8 { bytes[Offset.typeOfLoader] }
-    public var protocolVersion: UInt16 { UInt16(bytes[Offset.version]) | UInt16(bytes[Offset.version + 1]) << 8 }
-    public var commandLineLimit: UInt32 { get32(Offset.cmdlineSize) }
+    package var acpiRSDP: UInt64 { get64(Offset.acpiRSDPAddress) }
+    package var loaderType: UInt8 { bytes[Offset.typeOfLoader] }
+    package var protocolVersion: UInt16 { UInt16(bytes[Offset.version]) | UInt16(bytes[Offset.version + 1]) << 8 }
+    package var commandLineLimit: UInt32 { get32(Offset.cmdlineSize) }
 
     // MARK: Little-endian helpers (offsets are constants inside the 4 KiB array)
 

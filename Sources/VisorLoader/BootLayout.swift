@@ -1,4 +1,4 @@
-public import VisorMemory
+package import VisorMemory
 
 /// The processor state a guest starts in, decided by a loader and applied by the machine.
 public struct EntryState: Sendable, Equatable {
@@ -36,40 +36,40 @@ public struct EntryState: Sendable, Equatable {
 
 /// Where the VMM puts things in guest memory for 64-bit ELF guests. This is the guest
 /// entry contract; the README documents it and test guests rely on it.
-public enum BootLayout {
+package enum BootLayout {
     /// GDT: null, 0x08 64-bit code, 0x10 data.
-    public static let gdtAddress: UInt64 = 0x1000
+    package static let gdtAddress: UInt64 = 0x1000
     /// The boot-info block handed over in RDI.
-    public static let bootInfoAddress: UInt64 = 0x2000
+    package static let bootInfoAddress: UInt64 = 0x2000
     /// The NUL-terminated command line.
-    public static let commandLineAddress: UInt64 = 0x2100
+    package static let commandLineAddress: UInt64 = 0x2100
     /// At most this many bytes of command line, excluding the NUL.
-    public static let commandLineLimit = Int(0x3000 - 0x2100 - 1)
+    package static let commandLineLimit = Int(0x3000 - 0x2100 - 1)
     /// PML4, then one PDPT, then page directories, identity-mapping with 2 MiB pages.
-    public static let pml4Address: UInt64 = 0x8000
-    public static let pdptAddress: UInt64 = 0x9000
-    public static let firstPageDirectory: UInt64 = 0x20000
+    package static let pml4Address: UInt64 = 0x8000
+    package static let pdptAddress: UInt64 = 0x9000
+    package static let firstPageDirectory: UInt64 = 0x20000
     /// Page directories may run up to here; each maps 1 GiB.
-    public static let pageDirectoryLimit: UInt64 = 0x80000
+    package static let pageDirectoryLimit: UInt64 = 0x80000
     /// Initial RSP; the stack grows down from here.
-    public static let stackTop: UInt64 = 0x100000
+    package static let stackTop: UInt64 = 0x100000
     /// Free for the guest inside the reserved area, e.g. for an AP start-up trampoline
     /// (SIPI vectors 0x10-0x1F).
-    public static let guestScratch: Range<UInt64> = 0x10000..<0x20000
+    package static let guestScratch: Range<UInt64> = 0x10000..<0x20000
     /// Everything below belongs to the VMM; ELF segments load at or above it.
-    public static let reservedEnd: UInt64 = 0x100000
+    package static let reservedEnd: UInt64 = 0x100000
     /// Always mapped, even with less RAM, so MMIO below 4 GiB is reachable.
-    public static let minimumMapped: UInt64 = 4 << 30
+    package static let minimumMapped: UInt64 = 4 << 30
     /// The most guest-physical address space the page tables can map.
-    public static var mappableLimit: UInt64 { ((pageDirectoryLimit - firstPageDirectory) / 0x1000) << 30 }
+    package static var mappableLimit: UInt64 { ((pageDirectoryLimit - firstPageDirectory) / 0x1000) << 30 }
 
     /// "SVBI", little-endian.
-    public static let bootInfoMagic: UInt32 = 0x4942_5653
-    public static let bootInfoVersion: UInt32 = 1
+    package static let bootInfoMagic: UInt32 = 0x4942_5653
+    package static let bootInfoVersion: UInt32 = 1
 
     /// Writes the GDT, page tables, boot info and command line, and returns the 64-bit entry
     /// state for `entry`. Fails without writing if RAM is too small or too large.
-    public static func prepareLongMode(
+    package static func prepareLongMode(
         memory: GuestMemory, entry: UInt64, commandLine: String, vcpuCount: UInt32 = 1
     ) throws(LoaderError) -> EntryState {
         guard vcpuCount >= 1, vcpuCount <= UInt32(MPTable.maxProcessors) else {
@@ -127,13 +127,13 @@ public enum BootLayout {
 }
 
 /// Raw flat binaries: copied to a load address and entered in 16-bit real mode there.
-public enum FlatBinaryLoader {
+package enum FlatBinaryLoader {
     /// The highest 16-byte-aligned address real mode can start at with IP = 0.
-    public static let highestLoadAddress: UInt64 = 0xFFFF0
+    package static let highestLoadAddress: UInt64 = 0xFFFF0
 
     /// Copies `image` to `address` and returns the real-mode entry state:
     /// CS = DS = ES = FS = GS = SS = address >> 4, IP = 0, SP = 0xFFF0, interrupts off.
-    public static func load(_ image: [UInt8], at address: UInt64, into memory: GuestMemory) throws(LoaderError) -> EntryState {
+    package static func load(_ image: [UInt8], at address: UInt64, into memory: GuestMemory) throws(LoaderError) -> EntryState {
         guard address % 16 == 0 else { throw .loadAddressInvalid(address, "it must be a multiple of 16") }
         guard address <= highestLoadAddress else {
             throw .loadAddressInvalid(address, "real mode reaches only 0x0-0x\(hex(highestLoadAddress)) as a segment start")

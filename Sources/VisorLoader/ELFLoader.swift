@@ -1,13 +1,13 @@
-public import VisorMemory
+package import VisorMemory
 
 /// A PT_LOAD segment, validated against the file it came from.
-public struct ELFSegment: Sendable, Equatable {
-    public let physicalAddress: UInt64
-    public let virtualAddress: UInt64
-    public let fileOffset: UInt64
-    public let fileSize: UInt64
-    public let memorySize: UInt64
-    public let executable: Bool
+package struct ELFSegment: Sendable, Equatable {
+    package let physicalAddress: UInt64
+    package let virtualAddress: UInt64
+    package let fileOffset: UInt64
+    package let fileSize: UInt64
+    package let memorySize: UInt64
+    package let executable: Bool
 }
 
 /// A parsed 64-bit x86 ELF executable: its entry point and loadable segments.
@@ -15,16 +15,16 @@ public struct ELFSegment: Sendable, Equatable {
 /// Parsing reads only what the headers describe, with every offset and size checked
 /// against the file and for overflow, so any byte sequence yields a value or a
 /// `LoaderError`, never a trap.
-public struct ELFImage: Sendable, Equatable {
-    public let entry: UInt64
-    public let segments: [ELFSegment]
+package struct ELFImage: Sendable, Equatable {
+    package let entry: UInt64
+    package let segments: [ELFSegment]
 
     static let magic: [UInt8] = [0x7F, 0x45, 0x4C, 0x46]
 
     /// Whether `bytes` start with the ELF magic.
-    public static func isELF(_ bytes: [UInt8]) -> Bool { bytes.starts(with: magic) }
+    package static func isELF(_ bytes: [UInt8]) -> Bool { bytes.starts(with: magic) }
 
-    public init(parsing bytes: [UInt8]) throws(LoaderError) {
+    package init(parsing bytes: [UInt8]) throws(LoaderError) {
         guard Self.isELF(bytes) else { throw .notELF }
         guard bytes.count >= 64 else { throw .malformed("file is shorter than an ELF64 header") }
         guard bytes[4] == 2 else { throw .wrongClass(bytes[4]) }
@@ -70,7 +70,7 @@ public struct ELFImage: Sendable, Equatable {
     /// Copies each segment's file bytes to its physical address and zero-fills the rest up
     /// to its memory size. Every segment is checked against RAM, the reserved area below
     /// `reservedEnd`, and the identity mapping before anything is written.
-    public func load(_ bytes: [UInt8], into memory: GuestMemory, reservedEnd: UInt64) throws(LoaderError) {
+    package func load(_ bytes: [UInt8], into memory: GuestMemory, reservedEnd: UInt64) throws(LoaderError) {
         for s in segments where s.memorySize > 0 {
             guard s.virtualAddress == s.physicalAddress else {
                 throw .virtualDiffersFromPhysical(virtual: s.virtualAddress, physical: s.physicalAddress)

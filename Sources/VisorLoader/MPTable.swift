@@ -1,28 +1,28 @@
-public import VisorMemory
+package import VisorMemory
 
 /// An Intel MultiProcessor Specification 1.4 table: the floating pointer and a
 /// configuration table listing the processors, the ISA bus, the IOAPIC and the interrupt
 /// assignments, so that a guest can discover its CPUs and the IOAPIC the way PC firmware
 /// reports them.
-public enum MPTable {
+package enum MPTable {
     /// The floating pointer goes in the last KiB of base memory, where guests search first.
-    public static let floatingPointerAddress: UInt64 = 0x9FC00
+    package static let floatingPointerAddress: UInt64 = 0x9FC00
     /// The configuration table (its size grows with the vCPU count).
-    public static let configTableAddress: UInt64 = 0x4000
+    package static let configTableAddress: UInt64 = 0x4000
     /// Room for the configuration table: up to 0x8000, where the page tables start.
-    public static let configTableLimit = 0x4000
-    public static let localAPICAddress: UInt32 = 0xFEE0_0000
-    public static let ioAPICAddress: UInt32 = 0xFEC0_0000
+    package static let configTableLimit = 0x4000
+    package static let localAPICAddress: UInt32 = 0xFEE0_0000
+    package static let ioAPICAddress: UInt32 = 0xFEC0_0000
     /// The most vCPUs the table describes: xAPIC IDs are 8 bits, 0xFF is the broadcast
     /// address and the IOAPIC takes the ID after the last vCPU, so 254.
-    public static let maxProcessors = 254
+    package static let maxProcessors = 254
 
     static let headerSize = 44
 
     /// The floating pointer and configuration table for `processors` vCPUs with APIC IDs
     /// 0..<processors (0 is the bootstrap processor), as bytes to place at
     /// `floatingPointerAddress` and `configTableAddress`.
-    public static func build(processors: Int, cpuSignature: UInt32 = 0x600, featureFlags: UInt32 = 0x201)
+    package static func build(processors: Int, cpuSignature: UInt32 = 0x600, featureFlags: UInt32 = 0x201)
         -> (floatingPointer: [UInt8], configTable: [UInt8])
     {
         let ioAPICID = UInt8(truncatingIfNeeded: processors)
@@ -62,7 +62,7 @@ public enum MPTable {
     }
 
     /// Writes the table for `processors` vCPUs into guest memory.
-    public static func write(processors: Int, into memory: GuestMemory) throws(LoaderError) {
+    package static func write(processors: Int, into memory: GuestMemory) throws(LoaderError) {
         guard processors >= 1, processors <= maxProcessors else {
             throw .malformed("an MP table holds 1 to \(maxProcessors) processors, not \(processors)")
         }

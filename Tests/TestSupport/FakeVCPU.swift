@@ -1,7 +1,7 @@
 // Fake vCPUs for tests and benchmarks that run the exit core without KVM.
 import Glibc
 import Synchronization
-package import VisorCore
+import VisorCore
 package import VisorKVM
 
 /// A fake vCPU over plain storage: the elements of a (string) I/O exit, the last MMIO read
