@@ -69,8 +69,17 @@ struct PreparedKernel {
             let preferred = UInt64(header.preferredAddress)
             let address = preferred >= 0x10_0000 ? preferred : 0x100_0000
             let size = max(UInt64(header.initSize), UInt64(bz.kernel.count))
+            // pref_address is the file's to choose: it may be anywhere up to 2^64 - 1. The
+            // protected-mode kernel runs from a 32-bit code32_start, so all of it must lie
+            // below 4 GiB; checked without an arithmetic trap.
+            let (end, overflow) = address.addingReportingOverflow(size)
+            guard !overflow, end <= 1 << 32 else {
+                throw .invalidSetupHeader(
+                    "pref_address 0x\(String(address, radix: 16)) with \(size) bytes of kernel ends beyond 4 GiB; "
+                        + "a kernel that decompresses itself must load below 4 GiB (host decompression lifts this)")
+            }
             return PreparedKernel(
-                payload: .protectedMode(bz.kernel, address: address), range: address..<(address + size),
+                payload: .protectedMode(bz.kernel, address: address), range: address..<end,
                 entry64: address + startup64Offset, pvhEntry: nil, setupHeader: header.rawBytes,
                 code32Start: UInt32(truncatingIfNeeded: address), commandLineLimit: commandLineLimit,
                 initrdCeiling: initrdCeiling, description: description,

@@ -84,6 +84,28 @@ struct LinuxLoaderTests {
         }
     }
 
+    /// A file's pref_address near 2^64 once made `address + size` trap (status 132) before
+    /// any range check ran; it must be a one-line error, with guest RAM untouched.
+    @Test("a self-decompressing kernel whose pref_address ends beyond 4 GiB is refused, not a trap",
+          arguments: [UInt64(0xFFFF_FFFF_FFFF_F000), 0xFFFF_FFFF_0000_0000, 0xFFFF_0000])
+    func preferredAddressBeyond4GiB(prefAddress: UInt64) throws {
+        var builder = BzImageBuilder.wrapping(VmlinuxBuilder().bytes(), codec: .gzip)
+        builder.prefAddress = prefAddress
+        let memory = try guestRAM(64 * Self.MiB)
+        let before = try memory.read(Int(64 * Self.MiB), at: 0)
+        do {
+            _ = try load(builder.bytes(), memory: memory, hostDecompression: false)
+            Issue.record("pref_address 0x\(String(prefAddress, radix: 16)) was accepted")
+        } catch {
+            guard case .invalidSetupHeader(let why) = error else {
+                Issue.record("unexpected error \(error)")
+                return
+            }
+            #expect(why.contains("beyond 4 GiB"))
+        }
+        #expect(try memory.read(Int(64 * Self.MiB), at: 0) == before)
+    }
+
     @Test func unknownCodecFallsBackToTheGuestDecompressor() throws {
         var builder = BzImageBuilder()
         builder.payload = Array("not compressed at all".utf8)
