@@ -12,11 +12,13 @@
 //
 // import graph:
 //  5  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
+//     swiftvisor          -> VisorHost
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
 //     swiftvisor-bench    -> TestSupport
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //  4  SwiftVisor          -> VisorCore VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
+//     SwiftVisor          -> VisorHost
 //  3  VisorDevices        -> VisorCore                                -- device models
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
@@ -25,6 +27,7 @@
 //  1  VisorKVM            -> CKVM                                     -- /dev/kvm, VM, vCPU handles
 //     VisorMemory         -> CGuestAtomics                            -- guest RAM
 //     VisorDecoder        -> CDecoder                                 -- x86 decoding (Zydis)
+//     VisorHost                                                       -- host system calls, threads
 //     VisorFirmware                                                   -- ACPI tables and AML
 //     SwiftVisorGuests                                                -- test guests, from Guests/
 //     SwiftVisorProbes                                                -- the host-quirk probe, from Guests/
@@ -64,6 +67,8 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),
+        // Host system calls (files, clocks, sleeping, threads, the terminal) for the layers above.
+        .target(name: "VisorHost", swiftSettings: strict),
         .target(name: "VisorDevices", dependencies: ["VisorCore"], swiftSettings: strict),
         .target(name: "VisorLoader", dependencies: ["VisorMemory"], swiftSettings: strict),
         // Debian's zlib1g-dev, liblzma-dev, liblz4-dev and libzstd-dev.
@@ -76,7 +81,7 @@ let package = Package(
             name: "SwiftVisor",
             dependencies: [
                 "VisorKVM", "VisorMemory", "VisorCore", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux",
-                "SwiftVisorProbes",
+                "SwiftVisorProbes", "VisorHost",
             ],
             swiftSettings: strict),
         .plugin(name: "GuestBuilder", capability: .buildTool()),
@@ -85,7 +90,7 @@ let package = Package(
         .executableTarget(
             name: "swiftvisor",
             dependencies: [
-                "SwiftVisor", "SwiftVisorGuests", "VisorKVM",
+                "SwiftVisor", "SwiftVisorGuests", "VisorKVM", "VisorHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),

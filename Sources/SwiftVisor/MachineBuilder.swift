@@ -1,6 +1,7 @@
 import Synchronization
 import VisorCore
 import VisorDevices
+import VisorHost
 import VisorKVM
 import VisorLinux
 import VisorLoader

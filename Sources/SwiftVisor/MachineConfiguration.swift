@@ -1,5 +1,6 @@
 public import VisorCore
 public import VisorDevices
+import VisorHost
 import VisorMemory
 public import VisorLinux
 
