@@ -19,9 +19,10 @@
 //  4  SwiftVisor          -> VisorCore VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost
-//  3  VisorDevices        -> VisorCore                                -- device models
+//  3  VisorDevices        -> VisorCore VisorHost                      -- device models
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
+//     VisorLinux          -> VisorHost
 //  2  VisorCore           -> VisorKVM VisorMemory VisorDecoder        -- exits, buses, dispatch, policy
 //     VisorLoader         -> VisorMemory                              -- ELF, flat, boot layout
 //  1  VisorKVM            -> CKVM                                     -- /dev/kvm, VM, vCPU handles
@@ -69,14 +70,15 @@ let package = Package(
             swiftSettings: strict),
         // Host system calls (files, clocks, sleeping, threads, the terminal) for the layers above.
         .target(name: "VisorHost", swiftSettings: strict),
-        .target(name: "VisorDevices", dependencies: ["VisorCore"], swiftSettings: strict),
+        .target(name: "VisorDevices", dependencies: ["VisorCore", "VisorHost"], swiftSettings: strict),
         .target(name: "VisorLoader", dependencies: ["VisorMemory"], swiftSettings: strict),
         // Debian's zlib1g-dev, liblzma-dev, liblz4-dev and libzstd-dev.
         .target(
             name: "CDecompress",
             linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lzma"), .linkedLibrary("lz4"), .linkedLibrary("zstd")]),
         .target(name: "VisorFirmware", swiftSettings: strict),
-        .target(name: "VisorLinux", dependencies: ["VisorMemory", "VisorLoader", "CDecompress"], swiftSettings: strict),
+        .target(name: "VisorLinux", dependencies: ["VisorMemory", "VisorLoader", "CDecompress", "VisorHost"],
+                swiftSettings: strict),
         .target(
             name: "SwiftVisor",
             dependencies: [
