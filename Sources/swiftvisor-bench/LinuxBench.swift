@@ -298,24 +298,18 @@ enum LinuxBench {
     }
 
     /// Copies each loaded segment of `elf` to its physical address with memcpy and zero-fills
-    /// the rest with memset, through the host mapping of the region that holds it.
+    /// the rest with memset, through `GuestMemory.load(_:at:zeroFillingTo:)`: one bounds
+    /// check per segment, no generic per-byte path.
     static func copySegmentsWithMemcpy(_ elf: ELFKernel, into memory: GuestMemory) throws(OptionError) {
-        let mappings = memory.hostMappings
-        let copied = elf.bytes.withUnsafeBytes { (file: UnsafeRawBufferPointer) -> Bool in
-            for s in elf.segments where s.memorySize > 0 {
-                guard let m = mappings.first(where: { s.physicalAddress >= $0.region.start && s.physicalAddress + s.memorySize <= $0.region.end }),
-                      s.fileSize <= s.memorySize, s.fileOffset + s.fileSize <= UInt64(file.count)
-                else { return false }
-                // SAFETY: the guard above proved the destination range lies inside one mapped
-                // region (valid while `memory` lives, which outlives this call) and the source
-                // range inside the file's bytes.
-                let destination = UnsafeMutableRawPointer(bitPattern: m.hostAddress + UInt(s.physicalAddress - m.region.start))!
-                memcpy(destination, file.baseAddress! + Int(s.fileOffset), Int(s.fileSize))
-                memset(destination + Int(s.fileSize), 0, Int(s.memorySize - s.fileSize))
+        for s in elf.segments where s.memorySize > 0 {
+            guard s.fileSize <= s.memorySize, s.fileOffset <= UInt64(elf.bytes.count),
+                  s.fileSize <= UInt64(elf.bytes.count) - s.fileOffset
+            else { throw OptionError(message: "a segment lies outside the file") }
+            let start = Int(s.fileOffset)
+            do { try memory.load(elf.bytes[start..<start + Int(s.fileSize)], at: s.physicalAddress, zeroFillingTo: s.memorySize) } catch {
+                throw OptionError(message: "a segment lies outside RAM: \(error)")
             }
-            return true
         }
-        guard copied else { throw OptionError(message: "a segment lies outside RAM or the file") }
     }
 
     // MARK: Console lines with a clock
