@@ -1,4 +1,4 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
 //
 // SwiftVisor: a KVM virtual machine monitor whose VM-exit handling layer is a Swift API.
 //
@@ -37,10 +37,17 @@
 // end of import graph
 import PackageDescription
 
+// Strict memory safety makes the compiler flag every unsafe construct that is not marked
+// `unsafe`, so unsafe code is found by the compiler rather than by convention.
 let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("InternalImportsByDefault"),
+    .strictMemorySafety(),
 ]
+
+// Test targets take only strict memory safety: the upcoming features would rewrite every
+// test's imports and existentials for no gain in what the tests check.
+let strictTests: [SwiftSetting] = [.strictMemorySafety()]
 
 let package = Package(
     name: "SwiftVisor",
@@ -111,19 +118,23 @@ let package = Package(
         // unit tests and the benchmark.
         .target(name: "TestSupport", dependencies: ["VisorCore", "VisorKVM", "VisorMemory"], path: "Tests/TestSupport",
                 swiftSettings: strict),
-        .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"]),
-        .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"]),
+        .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
+        .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"], swiftSettings: strictTests),
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"],
-                    exclude: ["Fixtures"]),
-        .testTarget(name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"]),
-        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore"]),
-        .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder"]),
-        .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"]),
-        .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware"]),
-        .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory", "TestSupport"]),
+                    exclude: ["Fixtures"], swiftSettings: strictTests),
+        .testTarget(name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"],
+                    swiftSettings: strictTests),
+        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore"], swiftSettings: strictTests),
+        .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder"], swiftSettings: strictTests),
+        .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"],
+                    swiftSettings: strictTests),
+        .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware"], swiftSettings: strictTests),
+        .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory", "TestSupport"],
+                    swiftSettings: strictTests),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "VisorKVM", "CBenchSupport", "CNativeOps"]),
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "VisorKVM", "CBenchSupport", "CNativeOps"],
+            swiftSettings: strictTests),
     ],
     swiftLanguageModes: [.v6]
 )
