@@ -1,4 +1,4 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
 //
 // SwiftVisor: a KVM virtual machine monitor whose VM-exit handling layer is a Swift API.
 //
@@ -12,20 +12,24 @@
 //
 // import graph:
 //  5  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
+//     swiftvisor          -> VisorHost
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
 //     swiftvisor-bench    -> TestSupport
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
-//  3  VisorDevices        -> VisorCore VisorFirmware                  -- device models, Platform
+//     SwiftVisor          -> VisorHost
+//  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
-//  3  VisorEmulator       -> VisorCore VisorKVM VisorMemory VisorDecoder  -- instruction emulator, page walks
+//     VisorLinux          -> VisorHost
+//     VisorEmulator       -> VisorCore VisorKVM VisorMemory VisorDecoder  -- instruction emulator, page walks
 //  2  VisorCore           -> VisorKVM VisorMemory                     -- exits, buses, dispatch, policy
 //     VisorLoader         -> VisorMemory                              -- ELF, flat, boot layout
 //  1  VisorKVM            -> CKVM                                     -- /dev/kvm, VM, vCPU handles
 //     VisorMemory         -> CGuestAtomics                            -- guest RAM
 //     VisorDecoder        -> CDecoder                                 -- x86 decoding (Zydis)
+//     VisorHost                                                       -- host system calls, threads
 //     VisorFirmware                                                   -- ACPI tables and AML
 //     SwiftVisorGuests                                                -- test guests, from Guests/
 //     SwiftVisorProbes                                                -- the host-quirk probe, from Guests/
@@ -34,10 +38,17 @@
 // end of import graph
 import PackageDescription
 
+// Strict memory safety makes the compiler flag every unsafe construct that is not marked
+// `unsafe`, so unsafe code is found by the compiler rather than by convention.
 let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("InternalImportsByDefault"),
+    .strictMemorySafety(),
 ]
+
+// Test targets take only strict memory safety: the upcoming features would rewrite every
+// test's imports and existentials for no gain in what the tests check.
+let strictTests: [SwiftSetting] = [.strictMemorySafety()]
 
 let package = Package(
     name: "SwiftVisor",
@@ -65,7 +76,9 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: strict),
-        .target(name: "VisorDevices", dependencies: ["VisorCore", "VisorFirmware"], swiftSettings: strict),
+        // Host system calls (files, clocks, sleeping, threads, the terminal) for the layers above.
+        .target(name: "VisorHost", swiftSettings: strict),
+        .target(name: "VisorDevices", dependencies: ["VisorCore", "VisorFirmware", "VisorHost"], swiftSettings: strict),
         .target(
             name: "VisorEmulator",
             dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDecoder"],
@@ -76,12 +89,13 @@ let package = Package(
             name: "CDecompress",
             linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lzma"), .linkedLibrary("lz4"), .linkedLibrary("zstd")]),
         .target(name: "VisorFirmware", swiftSettings: strict),
-        .target(name: "VisorLinux", dependencies: ["VisorMemory", "VisorLoader", "CDecompress"], swiftSettings: strict),
+        .target(name: "VisorLinux", dependencies: ["VisorMemory", "VisorLoader", "CDecompress", "VisorHost"],
+                swiftSettings: strict),
         .target(
             name: "SwiftVisor",
             dependencies: [
                 "VisorKVM", "VisorMemory", "VisorCore", "VisorEmulator", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux",
-                "SwiftVisorProbes",
+                "SwiftVisorProbes", "VisorHost",
             ],
             swiftSettings: strict),
         .plugin(name: "GuestBuilder", capability: .buildTool()),
@@ -90,7 +104,7 @@ let package = Package(
         .executableTarget(
             name: "swiftvisor",
             dependencies: [
-                "SwiftVisor", "SwiftVisorGuests", "VisorKVM",
+                "SwiftVisor", "SwiftVisorGuests", "VisorKVM", "VisorHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -109,22 +123,24 @@ let package = Package(
         // unit tests and the benchmark.
         .target(name: "TestSupport", dependencies: ["VisorCore", "VisorKVM", "VisorMemory"], path: "Tests/TestSupport",
                 swiftSettings: strict),
-        .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"]),
-        .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"]),
+        .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
+        .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"], swiftSettings: strictTests),
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport"],
-                    exclude: ["Fixtures"]),
+                    exclude: ["Fixtures"], swiftSettings: strictTests),
         .testTarget(
             name: "VisorEmulatorTests",
-            dependencies: ["VisorEmulator", "VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"]),
-        .testTarget(name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"]),
-        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore", "VisorFirmware"]),
-        .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder"]),
-        .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"]),
-        .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware", "VisorDevices"]),
-        .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory", "TestSupport"]),
+            dependencies: ["VisorEmulator", "VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"],
+            swiftSettings: strictTests),
+        .testTarget(name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"], swiftSettings: strictTests),
+        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore", "VisorFirmware"], swiftSettings: strictTests),
+        .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder"], swiftSettings: strictTests),
+        .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"], swiftSettings: strictTests),
+        .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware", "VisorDevices"], swiftSettings: strictTests),
+        .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory", "TestSupport"], swiftSettings: strictTests),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "VisorKVM", "CBenchSupport", "CNativeOps"]),
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "VisorKVM", "CBenchSupport", "CNativeOps"],
+            swiftSettings: strictTests),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -24,3 +24,5 @@
 @_exported public import struct VisorKVM.DescriptorTable
 @_exported public import struct VisorKVM.FPUState
 @_exported public import struct VisorKVM.VCPUEvents
+@_exported public import enum VisorHost.HostIO
+@_exported public import enum VisorHost.HostThread

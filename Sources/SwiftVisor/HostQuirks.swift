@@ -2,6 +2,7 @@ public import VisorCore
 import SwiftVisorProbes
 import VisorEmulator
 import Synchronization
+import VisorHost
 
 /// A processor feature a Linux guest must not use where the host interprets kernel code,
 /// with where CPUID reports it and what Linux calls it.

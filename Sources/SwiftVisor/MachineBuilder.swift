@@ -2,6 +2,7 @@ import Synchronization
 import VisorCore
 import VisorDevices
 import VisorEmulator
+import VisorHost
 import VisorKVM
 import VisorLinux
 import VisorLoader

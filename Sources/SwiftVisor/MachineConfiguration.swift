@@ -1,6 +1,7 @@
 public import VisorCore
 public import VisorDevices
 public import VisorEmulator
+import VisorHost
 import VisorMemory
 public import VisorLinux
 

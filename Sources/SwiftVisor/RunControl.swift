@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import VisorCore
+import VisorHost
 
 /// Where a machine is in its life: one value, read with one atomic load per exit.
 ///
@@ -178,9 +179,8 @@ final class RunControl: Sendable {
     /// Waits outside KVM_RUN while the machine is paused.
     func park() {
         parked.add(1, ordering: .sequentiallyConsistent)
-        var pause = timespec(tv_sec: 0, tv_nsec: 500_000)
         while phase.load(ordering: .sequentiallyConsistent) == .paused {
-            nanosleep(&pause, nil)
+            HostIO.sleep(nanoseconds: 500_000)
         }
         parked.subtract(1, ordering: .sequentiallyConsistent)
     }

@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import VisorCore
+import VisorHost
 import VisorKVM
 
 /// Runs a machine's vCPUs, one POSIX thread each, and carries out the lifecycle: start,
@@ -123,7 +124,7 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
             }
             threads.append(thread)
         }
-        for thread in threads { pthread_join(thread, nil) }
+        for thread in threads { VCPUThread.join(thread) }
         let perVCPU = control.statistics()
         var merged: ExitStatistics?
         if collectStatistics, var total = perVCPU.first {

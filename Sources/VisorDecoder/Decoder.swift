@@ -87,8 +87,8 @@ public enum X86Decoder {
         let available = min(bytes.count, maximumLength)
         // SAFETY: Zydis reads at most `available` (<= bytes.count) bytes from the buffer, valid
         // for the call, and writes one cdec_instruction into `raw`.
-        let status = bytes.withUnsafeBufferPointer { buffer in
-            cdec_decode(buffer.baseAddress, available, Int32(mode.rawValue), address, &raw)
+        let status = unsafe bytes.withUnsafeBufferPointer { buffer in
+            unsafe cdec_decode(buffer.baseAddress, available, Int32(mode.rawValue), address, &raw)
         }
         switch status {
         case Int32(CDEC_OK): break
@@ -98,10 +98,10 @@ public enum X86Decoder {
         var operands: [(Operand, Int)] = []
         // SAFETY: the view covers the fixed array of 4 operands; operand_count is at most 4
         // (clamped by the C side), so every index read is inside it.
-        withUnsafeBytes(of: &raw.operands) { buffer in
-            let list = buffer.bindMemory(to: cdec_operand.self)
+        unsafe withUnsafeBytes(of: &raw.operands) { buffer in
+            let list = unsafe buffer.bindMemory(to: cdec_operand.self)
             for i in 0..<Int(raw.operand_count) {
-                let o = list[i]
+                let o = unsafe list[i]
                 let operand: Operand
                 switch Int32(o.kind) {
                 case Int32(CDEC_OPERAND_REGISTER):
@@ -148,8 +148,8 @@ public enum X86Decoder {
     /// A NUL-terminated fixed C array as a String.
     private static func string<T>(_ tuple: inout T) -> String {
         // SAFETY: reads only within the fixed C array, stopping at its NUL or its end.
-        withUnsafeBytes(of: &tuple) { bytes in
-            String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+        unsafe withUnsafeBytes(of: &tuple) { bytes in
+            unsafe String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
         }
     }
 }

@@ -1,6 +1,6 @@
 public import VisorCore
 import Synchronization
-import Glibc
+import VisorHost
 
 // A model of the PC's CMOS RAM and real-time clock (Motorola MC146818 and compatibles), as
 // reached through the index port 0x70 and the data port 0x71.
@@ -126,12 +126,7 @@ package struct CMOS: Sendable {
     package typealias Clock = @Sendable () -> Int64
 
     /// The host's real time, from `clock_gettime(CLOCK_REALTIME)`.
-    @Sendable package static func hostClock() -> Int64 {
-        var now = timespec()
-        // SAFETY: `now` is a local timespec that outlives the call; clock_gettime writes only it.
-        _ = clock_gettime(CLOCK_REALTIME, &now)
-        return Int64(now.tv_sec)
-    }
+    @Sendable package static func hostClock() -> Int64 { HostIO.realtimeSeconds() }
 
     // MARK: State
 

@@ -24,6 +24,7 @@ func ioctlStruct<T>(_ fd: Int32, _ request: UInt, _ name: StaticString, _ value:
     throws(KVMError)
 {
     _ = try checkedIoctl(name) {
-        withUnsafeMutablePointer(to: &value) { ckvm_ioctl_pointer(fd, request, $0) }
+        // SAFETY: as above: the pointer is pinned for the call and the kernel touches only `T`.
+        unsafe withUnsafeMutablePointer(to: &value) { unsafe ckvm_ioctl_pointer(fd, request, $0) }
     }
 }

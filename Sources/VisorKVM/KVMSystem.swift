@@ -53,7 +53,8 @@ public final class KVMSystem: Sendable {
     /// Opens the KVM device and checks its API version.
     /// - Parameter path: the device node; tests point it elsewhere to exercise the errors.
     public init(path: String = "/dev/kvm") throws(KVMError) {
-        let fd = open(path, O_RDWR | O_CLOEXEC)
+        // SAFETY: open reads the NUL-terminated copy of `path` Swift passes for the call.
+        let fd = unsafe open(path, O_RDWR | O_CLOEXEC)
         if fd < 0 { throw .cannotOpenDevice(path: path, errno: errno) }
         do throws(KVMError) {
             let version = try checkedIoctl("KVM_GET_API_VERSION") {
@@ -91,11 +92,13 @@ public final class KVMSystem: Sendable {
 
     /// The CPUID entries KVM can offer a guest (`KVM_GET_SUPPORTED_CPUID`).
     public func supportedCPUID() throws(KVMError) -> [CPUIDEntry] {
-        try withCPUIDBuffer(capacity: Int(CKVM_MAX_CPUID_ENTRIES)) { (buffer) throws(KVMError) in
+        // SAFETY: withCPUIDBuffer gives a header with room for nent entries, which is all the
+        // kernel writes; readCPUID reads back at most the nent the kernel left there.
+        unsafe try withCPUIDBuffer(capacity: Int(CKVM_MAX_CPUID_ENTRIES)) { (buffer) throws(KVMError) in
             _ = try checkedIoctl("KVM_GET_SUPPORTED_CPUID") {
-                ckvm_ioctl_pointer(fd, CKVM_GET_SUPPORTED_CPUID, buffer)
+                unsafe ckvm_ioctl_pointer(fd, CKVM_GET_SUPPORTED_CPUID, buffer)
             }
-            return readCPUID(buffer)
+            return unsafe readCPUID(buffer)
         }
     }
 
@@ -115,22 +118,25 @@ func withCPUIDBuffer<R>(
     capacity: Int, _ body: (UnsafeMutablePointer<kvm_cpuid2>) throws(KVMError) -> R
 ) throws(KVMError) -> R {
     let bytes = MemoryLayout<kvm_cpuid2>.size + capacity * MemoryLayout<kvm_cpuid_entry2>.stride
+    // SAFETY: the buffer is allocated, zeroed and bound here, and freed when body returns;
+    // body must not keep the pointer.
     let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: MemoryLayout<kvm_cpuid2>.alignment)
-    defer { raw.deallocate() }
-    raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
-    let header = raw.bindMemory(to: kvm_cpuid2.self, capacity: 1)
-    header.pointee.nent = UInt32(capacity)
-    return try body(header)
+    defer { unsafe raw.deallocate() }
+    unsafe raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+    let header = unsafe raw.bindMemory(to: kvm_cpuid2.self, capacity: 1)
+    unsafe header.pointee.nent = UInt32(capacity)
+    return unsafe try body(header)
 }
 
 /// The entries of a filled `kvm_cpuid2`; `nent` was set by the kernel to at most the capacity.
 func readCPUID(_ header: UnsafeMutablePointer<kvm_cpuid2>) -> [CPUIDEntry] {
-    let count = Int(header.pointee.nent)
-    // The entries follow the header directly (flexible array member).
-    let entries = UnsafeMutableRawPointer(header).advanced(by: MemoryLayout<kvm_cpuid2>.size)
+    // SAFETY: the caller passes a header from withCPUIDBuffer; nent <= its capacity, and the
+    // entries follow the header directly (flexible array member).
+    let count = unsafe Int(header.pointee.nent)
+    let entries = unsafe UnsafeMutableRawPointer(header).advanced(by: MemoryLayout<kvm_cpuid2>.size)
         .assumingMemoryBound(to: kvm_cpuid_entry2.self)
     return (0..<count).map { i in
-        let e = entries[i]
+        let e = unsafe entries[i]
         return CPUIDEntry(function: e.function, index: e.index, flags: e.flags,
                           eax: e.eax, ebx: e.ebx, ecx: e.ecx, edx: e.edx)
     }
@@ -140,8 +146,8 @@ func readCPUID(_ header: UnsafeMutablePointer<kvm_cpuid2>) -> [CPUIDEntry] {
 public func hostCPUID(leaf: UInt32, subleaf: UInt32 = 0) -> (eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
     var registers: (UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0)
     // SAFETY: the tuple of four UInt32 is laid out as uint32_t[4], which the C function fills.
-    withUnsafeMutablePointer(to: &registers) { pointer in
-        pointer.withMemoryRebound(to: UInt32.self, capacity: 4) { ckvm_host_cpuid(leaf, subleaf, $0) }
+    unsafe withUnsafeMutablePointer(to: &registers) { pointer in
+        unsafe pointer.withMemoryRebound(to: UInt32.self, capacity: 4) { unsafe ckvm_host_cpuid(leaf, subleaf, $0) }
     }
     return registers
 }

@@ -198,8 +198,8 @@ extension FPUState {
     init(_ k: kvm_fpu) {
         var copy = k
         // SAFETY: the raw views cover exactly the fixed-size C arrays and are copied out at once.
-        fpr = withUnsafeBytes(of: &copy.fpr) { Array($0) }
-        xmm = withUnsafeBytes(of: &copy.xmm) { Array($0) }
+        fpr = unsafe withUnsafeBytes(of: &copy.fpr) { unsafe Array($0) }
+        xmm = unsafe withUnsafeBytes(of: &copy.xmm) { unsafe Array($0) }
         fcw = k.fcw; fsw = k.fsw; ftwx = k.ftwx; lastOpcode = k.last_opcode
         lastIP = k.last_ip; lastDP = k.last_dp; mxcsr = k.mxcsr
     }
@@ -208,11 +208,11 @@ extension FPUState {
         // Copies at most the destination's size from arrays of the documented sizes.
         // SAFETY: each copy takes at most the destination array's size (prefix(dst.count)) from the
         // source, and neither view outlives its closure.
-        withUnsafeMutableBytes(of: &k.fpr) { dst in
-            fpr.withUnsafeBytes { src in dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(dst.count))) }
+        unsafe withUnsafeMutableBytes(of: &k.fpr) { dst in
+            unsafe fpr.withUnsafeBytes { src in unsafe dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(dst.count))) }
         }
-        withUnsafeMutableBytes(of: &k.xmm) { dst in
-            xmm.withUnsafeBytes { src in dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(dst.count))) }
+        unsafe withUnsafeMutableBytes(of: &k.xmm) { dst in
+            unsafe xmm.withUnsafeBytes { src in unsafe dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(dst.count))) }
         }
         k.fcw = fcw; k.fsw = fsw; k.ftwx = ftwx; k.last_opcode = lastOpcode
         k.last_ip = lastIP; k.last_dp = lastDP; k.mxcsr = mxcsr

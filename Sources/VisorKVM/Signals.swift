@@ -16,18 +16,18 @@ public enum VCPUSignals {
     /// Blocks `signals` in the calling thread (threads it creates inherit the mask).
     public static func block(_ signals: [Int32]) {
         // SAFETY: the C function reads `count` ints from the buffer, valid for the call.
-        _ = signals.withUnsafeBufferPointer { ckvm_thread_signal_mask(SIG_BLOCK, $0.baseAddress, Int32($0.count)) }
+        _ = unsafe signals.withUnsafeBufferPointer { unsafe ckvm_thread_signal_mask(SIG_BLOCK, $0.baseAddress, Int32($0.count)) }
     }
 
     /// Unblocks `signals` in the calling thread.
     public static func unblock(_ signals: [Int32]) {
         // SAFETY: as in block(_:).
-        _ = signals.withUnsafeBufferPointer { ckvm_thread_signal_mask(SIG_UNBLOCK, $0.baseAddress, Int32($0.count)) }
+        _ = unsafe signals.withUnsafeBufferPointer { unsafe ckvm_thread_signal_mask(SIG_UNBLOCK, $0.baseAddress, Int32($0.count)) }
     }
 
     /// Waits for one of `signals`, which the caller must have blocked.
     public static func wait(for signals: [Int32]) -> Int32 {
         // SAFETY: as in block(_:).
-        signals.withUnsafeBufferPointer { ckvm_wait_for_signal($0.baseAddress, Int32($0.count)) }
+        unsafe signals.withUnsafeBufferPointer { unsafe ckvm_wait_for_signal($0.baseAddress, Int32($0.count)) }
     }
 }

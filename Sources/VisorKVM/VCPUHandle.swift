@@ -6,7 +6,10 @@ import Glibc
 /// Thread use: one thread runs the vCPU and reads the run page. `requestImmediateExit`
 /// may be called from any thread: it is a single byte store that the kernel reads on
 /// entry to `KVM_RUN`. That is why the type is `@unchecked Sendable`.
-public final class VCPUHandle: @unchecked Sendable {
+///
+/// `@safe`: the run page pointer never leaves this type; every access through it is marked
+/// `unsafe` below, with why it stays inside the mapping.
+@safe public final class VCPUHandle: @unchecked Sendable {
     let fd: Int32
     public let id: UInt32
     let vm: VMHandle
@@ -19,11 +22,13 @@ public final class VCPUHandle: @unchecked Sendable {
         guard mapSize >= MemoryLayout<kvm_run>.size else {
             throw .malformedRunPage("map size \(mapSize) is smaller than struct kvm_run")
         }
-        let mapping = mmap(nil, mapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let mapping, mapping != MAP_FAILED else { throw .mapRunPage(errno: errno) }
+        // SAFETY: mmap creates a new mapping and touches no existing memory; the result is
+        // checked against MAP_FAILED before it is used.
+        let mapping = unsafe mmap(nil, mapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let mapping = unsafe mapping, unsafe mapping != MAP_FAILED else { throw .mapRunPage(errno: errno) }
         // SAFETY: the kernel maps a struct kvm_run at offset 0 of the vCPU fd, and the
         // mapping is at least that large (checked above).
-        self.page = mapping.bindMemory(to: kvm_run.self, capacity: 1)
+        unsafe self.page = unsafe mapping.bindMemory(to: kvm_run.self, capacity: 1)
         self.fd = fd
         self.id = id
         self.mapSize = mapSize
@@ -31,7 +36,8 @@ public final class VCPUHandle: @unchecked Sendable {
     }
 
     deinit {
-        munmap(UnsafeMutableRawPointer(page), mapSize)
+        // SAFETY: `page` is the mapping made in init, `mapSize` long; nothing uses it after deinit.
+        unsafe munmap(UnsafeMutableRawPointer(page), mapSize)
         close(fd)
     }
 
@@ -52,12 +58,16 @@ public final class VCPUHandle: @unchecked Sendable {
         throw KVMError.ioctl(name: "KVM_RUN", errno: code)
     }
 
+    // SAFETY (every run-page accessor in this file): `page` points to the struct kvm_run
+    // mapped in init, valid until deinit, and each ckvm_run_* accessor reads or writes one
+    // fixed field inside that struct.
+
     /// Whether `requestImmediateExit(true)` is in force.
-    @inline(__always) public var immediateExitRequested: Bool { ckvm_run_immediate_exit(page) != 0 }
+    @inline(__always) public var immediateExitRequested: Bool { unsafe ckvm_run_immediate_exit(page) != 0 }
 
     /// Makes the next (or current, when combined with a signal) `KVM_RUN` return at once.
     public func requestImmediateExit(_ flag: Bool) {
-        ckvm_run_set_immediate_exit(page, flag ? 1 : 0)
+        unsafe ckvm_run_set_immediate_exit(page, flag ? 1 : 0)
     }
 
     // MARK: The run page (private to this module: everything above reads decoded exits)
@@ -104,50 +114,52 @@ public final class VCPUHandle: @unchecked Sendable {
         }
     }
 
-    /// `kvm_run.exit_reason` of the last exit.
-    @inline(__always) var exitReason: UInt32 { ckvm_run_exit_reason(page) }
-    /// RFLAGS.IF as of the last exit.
-    @inline(__always) var interruptFlag: Bool { ckvm_run_if_flag(page) != 0 }
+    // SAFETY: run-page accessors, as above: one field of the mapped kvm_run each.
 
-    @inline(__always) var ioIsOut: Bool { UInt32(ckvm_run_io_direction(page)) == CKVM_EXIT_IO_OUT }
-    @inline(__always) var ioSize: UInt8 { ckvm_run_io_size(page) }
-    @inline(__always) var ioPort: UInt16 { ckvm_run_io_port(page) }
-    @inline(__always) var ioCount: UInt32 { ckvm_run_io_count(page) }
+    /// `kvm_run.exit_reason` of the last exit.
+    @inline(__always) var exitReason: UInt32 { unsafe ckvm_run_exit_reason(page) }
+    /// RFLAGS.IF as of the last exit.
+    @inline(__always) var interruptFlag: Bool { unsafe ckvm_run_if_flag(page) != 0 }
+
+    @inline(__always) var ioIsOut: Bool { unsafe UInt32(ckvm_run_io_direction(page)) == CKVM_EXIT_IO_OUT }
+    @inline(__always) var ioSize: UInt8 { unsafe ckvm_run_io_size(page) }
+    @inline(__always) var ioPort: UInt16 { unsafe ckvm_run_io_port(page) }
+    @inline(__always) var ioCount: UInt32 { unsafe ckvm_run_io_count(page) }
 
     /// Whether the data area of the current I/O exit lies inside the run page: size is
     /// 1, 2 or 4 and `data_offset + size * count` fits. Checked before any element access.
     var ioDataIsValid: Bool {
         let size = UInt64(ioSize)
         guard size == 1 || size == 2 || size == 4 else { return false }
-        let offset = ckvm_run_io_data_offset(page)
+        let offset = unsafe ckvm_run_io_data_offset(page)
         let count = UInt64(ioCount)
         let (bytes, overflow1) = size.multipliedReportingOverflow(by: count)
         let (end, overflow2) = offset.addingReportingOverflow(bytes)
         return !overflow1 && !overflow2 && end <= UInt64(mapSize) && count > 0
     }
 
-    @inline(__always) var mmioAddress: UInt64 { ckvm_run_mmio_phys_addr(page) }
-    @inline(__always) var mmioLength: UInt32 { ckvm_run_mmio_len(page) }
-    @inline(__always) var mmioIsWrite: Bool { ckvm_run_mmio_is_write(page) != 0 }
+    @inline(__always) var mmioAddress: UInt64 { unsafe ckvm_run_mmio_phys_addr(page) }
+    @inline(__always) var mmioLength: UInt32 { unsafe ckvm_run_mmio_len(page) }
+    @inline(__always) var mmioIsWrite: Bool { unsafe ckvm_run_mmio_is_write(page) != 0 }
     /// The data bytes of an MMIO write, little-endian; bytes past `mmioLength` are not meaningful.
-    @inline(__always) var mmioData: UInt64 { ckvm_run_mmio_data(page) }
+    @inline(__always) var mmioData: UInt64 { unsafe ckvm_run_mmio_data(page) }
 
     /// The MSR of a `KVM_EXIT_X86_RDMSR`/`WRMSR` exit, why it exited, and (for a write) the value.
-    @inline(__always) var msrIndex: UInt32 { ckvm_run_msr_index(page) }
-    @inline(__always) var msrData: UInt64 { ckvm_run_msr_data(page) }
+    @inline(__always) var msrIndex: UInt32 { unsafe ckvm_run_msr_index(page) }
+    @inline(__always) var msrData: UInt64 { unsafe ckvm_run_msr_data(page) }
 
-    var failEntryReason: UInt64 { ckvm_run_fail_entry_reason(page) }
-    var failEntryCPU: UInt32 { ckvm_run_fail_entry_cpu(page) }
-    var hardwareExitReason: UInt64 { ckvm_run_hw_exit_reason(page) }
-    var internalSuberror: UInt32 { ckvm_run_internal_suberror(page) }
+    var failEntryReason: UInt64 { unsafe ckvm_run_fail_entry_reason(page) }
+    var failEntryCPU: UInt32 { unsafe ckvm_run_fail_entry_cpu(page) }
+    var hardwareExitReason: UInt64 { unsafe ckvm_run_hw_exit_reason(page) }
+    var internalSuberror: UInt32 { unsafe ckvm_run_internal_suberror(page) }
     /// `internal.data[0..<ndata]`, with ndata capped at the array's size.
     var internalData: [UInt64] {
-        let count = min(ckvm_run_internal_ndata(page), ckvm_run_internal_capacity())
-        return (0..<count).map { ckvm_run_internal_data(page, $0) }
+        let count = unsafe min(ckvm_run_internal_ndata(page), ckvm_run_internal_capacity())
+        return (0..<count).map { unsafe ckvm_run_internal_data(page, $0) }
     }
-    var systemEventType: UInt32 { ckvm_run_system_event_type(page) }
-    var exceptionVector: UInt32 { ckvm_run_ex_exception(page) }
-    var exceptionErrorCode: UInt32 { ckvm_run_ex_error_code(page) }
+    var systemEventType: UInt32 { unsafe ckvm_run_system_event_type(page) }
+    var exceptionVector: UInt32 { unsafe ckvm_run_ex_exception(page) }
+    var exceptionErrorCode: UInt32 { unsafe ckvm_run_ex_error_code(page) }
 
     // MARK: Registers and state
 
@@ -239,9 +251,11 @@ public final class VCPUHandle: @unchecked Sendable {
         var xcrs = kvm_xcrs()
         try ioctlStruct(fd, CKVM_GET_XCRS, "KVM_GET_XCRS", &xcrs)
         let count = min(Int(xcrs.nr_xcrs), 16)
-        return withUnsafeBytes(of: &xcrs.xcrs) { raw in
-            let list = raw.bindMemory(to: kvm_xcr.self)
-            return (0..<count).first { list[$0].xcr == 0 }.map { list[$0].value } ?? 1
+        // SAFETY: xcrs.xcrs is a fixed array of 16 kvm_xcr, and count is capped at 16; the
+        // buffer does not escape the closure.
+        return unsafe withUnsafeBytes(of: &xcrs.xcrs) { raw in
+            let list = unsafe raw.bindMemory(to: kvm_xcr.self)
+            return (0..<count).first { unsafe list[$0].xcr == 0 }.map { unsafe list[$0].value } ?? 1
         }
     }
 
@@ -254,17 +268,19 @@ public final class VCPUHandle: @unchecked Sendable {
 
     /// Sets what CPUID reports to this vCPU (`KVM_SET_CPUID2`).
     public func setCPUID(_ entries: [CPUIDEntry]) throws(KVMError) {
-        try withCPUIDBuffer(capacity: entries.count) { (header) throws(KVMError) in
+        unsafe try withCPUIDBuffer(capacity: entries.count) { (header) throws(KVMError) in
             // SAFETY: withCPUIDBuffer allocated room for entries.count entries after the header.
-            let slots = UnsafeMutableRawPointer(header).advanced(by: MemoryLayout<kvm_cpuid2>.size)
+            let slots = unsafe UnsafeMutableRawPointer(header).advanced(by: MemoryLayout<kvm_cpuid2>.size)
                 .assumingMemoryBound(to: kvm_cpuid_entry2.self)
             for (i, e) in entries.enumerated() {
                 var k = kvm_cpuid_entry2()
                 k.function = e.function; k.index = e.index; k.flags = e.flags
                 k.eax = e.eax; k.ebx = e.ebx; k.ecx = e.ecx; k.edx = e.edx
-                slots[i] = k
+                unsafe slots[i] = k
             }
-            _ = try checkedIoctl("KVM_SET_CPUID2") { ckvm_ioctl_pointer(fd, CKVM_SET_CPUID2, header) }
+            // SAFETY: header.nent equals the entries that follow it, so the kernel reads only
+            // the buffer.
+            _ = try checkedIoctl("KVM_SET_CPUID2") { unsafe ckvm_ioctl_pointer(fd, CKVM_SET_CPUID2, header) }
         }
     }
 
@@ -272,19 +288,21 @@ public final class VCPUHandle: @unchecked Sendable {
     /// fewer than all of them, naming the first it refused.
     public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(KVMError) {
         let bytes = MemoryLayout<kvm_msrs>.size + msrs.count * MemoryLayout<kvm_msr_entry>.stride
+        // SAFETY: the buffer is allocated, zeroed and freed here, and used only in this call.
         let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
-        defer { raw.deallocate() }
-        raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        defer { unsafe raw.deallocate() }
+        unsafe raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
         // SAFETY: the buffer holds the kvm_msrs header and msrs.count entries after it;
         // nmsrs tells the kernel exactly that count.
-        let header = raw.bindMemory(to: kvm_msrs.self, capacity: 1)
-        header.pointee.nmsrs = UInt32(msrs.count)
-        let slots = raw.advanced(by: MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
+        let header = unsafe raw.bindMemory(to: kvm_msrs.self, capacity: 1)
+        unsafe header.pointee.nmsrs = UInt32(msrs.count)
+        let slots = unsafe raw.advanced(by: MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
         for (i, msr) in msrs.enumerated() {
-            slots[i].index = msr.index
-            slots[i].data = msr.value
+            unsafe slots[i].index = msr.index
+            unsafe slots[i].data = msr.value
         }
-        let written = try checkedIoctl("KVM_SET_MSRS") { ckvm_ioctl_pointer(fd, CKVM_SET_MSRS, header) }
+        // SAFETY: nmsrs matches the entries in the buffer, so the kernel reads only the buffer.
+        let written = try checkedIoctl("KVM_SET_MSRS") { unsafe ckvm_ioctl_pointer(fd, CKVM_SET_MSRS, header) }
         if Int(written) < msrs.count {
             let refused = msrs[Int(written)].index
             throw KVMError.ioctl(name: "KVM_SET_MSRS (MSR 0x\(String(refused, radix: 16)) refused)", errno: EINVAL)
@@ -301,15 +319,15 @@ extension VCPUHandle: ExitDataChannel {
     @inline(__always)
     public func ioElement(_ index: Int) -> UInt32 {
         let size = Int(ioSize)
-        let offset = Int(ckvm_run_io_data_offset(page)) + index * size
         // SAFETY: decodeExit returned .io only after ioDataIsValid proved
         // offset + size * count <= mapSize, and index < count; loadUnaligned copes with
         // any alignment.
-        let base = UnsafeRawPointer(page).advanced(by: offset)
+        let offset = unsafe Int(ckvm_run_io_data_offset(page)) + index * size
+        let base = unsafe UnsafeRawPointer(page).advanced(by: offset)
         switch size {
-        case 1: return UInt32(base.load(as: UInt8.self))
-        case 2: return UInt32(UInt16(littleEndian: base.loadUnaligned(as: UInt16.self)))
-        default: return UInt32(littleEndian: base.loadUnaligned(as: UInt32.self))
+        case 1: return unsafe UInt32(base.load(as: UInt8.self))
+        case 2: return unsafe UInt32(UInt16(littleEndian: base.loadUnaligned(as: UInt16.self)))
+        default: return unsafe UInt32(littleEndian: base.loadUnaligned(as: UInt32.self))
         }
     }
 
@@ -318,22 +336,22 @@ extension VCPUHandle: ExitDataChannel {
     @inline(__always)
     public func setIOElement(_ index: Int, _ value: UInt32) {
         let size = Int(ioSize)
-        let offset = Int(ckvm_run_io_data_offset(page)) + index * size
         // SAFETY: as in ioElement, the element lies within the mapped run page.
-        let base = UnsafeMutableRawPointer(page).advanced(by: offset)
+        let offset = unsafe Int(ckvm_run_io_data_offset(page)) + index * size
+        let base = unsafe UnsafeMutableRawPointer(page).advanced(by: offset)
         switch size {
-        case 1: base.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
-        case 2: base.storeBytes(of: UInt16(truncatingIfNeeded: value).littleEndian, toByteOffset: 0, as: UInt16.self)
-        default: base.storeBytes(of: value.littleEndian, toByteOffset: 0, as: UInt32.self)
+        case 1: unsafe base.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
+        case 2: unsafe base.storeBytes(of: UInt16(truncatingIfNeeded: value).littleEndian, toByteOffset: 0, as: UInt16.self)
+        default: unsafe base.storeBytes(of: value.littleEndian, toByteOffset: 0, as: UInt32.self)
         }
     }
 
     /// Sets the value an MMIO read returns to the guest (KVM uses the low `width` bytes).
-    @inline(__always) public func setMMIOData(_ value: UInt64) { ckvm_run_set_mmio_data(page, value) }
+    @inline(__always) public func setMMIOData(_ value: UInt64) { unsafe ckvm_run_set_mmio_data(page, value) }
 
     /// Completes an MSR exit: the value a read returns, and whether the guest gets #GP.
     @inline(__always) public func completeMSR(value: UInt64, fault: Bool) {
-        ckvm_run_set_msr_data(page, value)
-        ckvm_run_set_msr_error(page, fault ? 1 : 0)
+        unsafe ckvm_run_set_msr_data(page, value)
+        unsafe ckvm_run_set_msr_error(page, fault ? 1 : 0)
     }
 }

@@ -61,7 +61,9 @@ public final class VMHandle: Sendable {
         }
         let bases = ranges.map(\.base), counts = ranges.map(\.count)
         _ = try checkedIoctl("KVM_X86_SET_MSR_FILTER") {
-            ckvm_set_msr_exit_ranges(fd, bases, counts, Int32(ranges.count))
+            // SAFETY: bases and counts each hold ranges.count values, pinned for the call; the
+            // shim copies them into the filter before the ioctl.
+            unsafe ckvm_set_msr_exit_ranges(fd, bases, counts, Int32(ranges.count))
         }
     }
 
@@ -82,7 +84,7 @@ public final class VMHandle: Sendable {
         msi.data = data
         _ = try checkedIoctl("KVM_SIGNAL_MSI") {
             // SAFETY: `msi` is pinned for the call; KVM_SIGNAL_MSI reads exactly one struct kvm_msi.
-            withUnsafeMutablePointer(to: &msi) { ckvm_ioctl_pointer(fd, CKVM_SIGNAL_MSI, $0) }
+            unsafe withUnsafeMutablePointer(to: &msi) { unsafe ckvm_ioctl_pointer(fd, CKVM_SIGNAL_MSI, $0) }
         }
     }
 

@@ -78,13 +78,13 @@ public enum Decompressor {
         while true {
             var status: Int32 = 0
             var reason = [CChar](repeating: 0, count: 256)
-            let output = payload.withUnsafeBufferPointer { input in
-                [UInt8](unsafeUninitializedCapacity: capacity) { buffer, initialized in
+            let output = unsafe payload.withUnsafeBufferPointer { input in
+                unsafe [UInt8](unsafeUninitializedCapacity: capacity) { buffer, initialized in
                     var produced = 0
                     // SAFETY: cdecompress reads input.count bytes from input.baseAddress and
                     // writes at most `min(capacity, buffer.count)` bytes from buffer.baseAddress,
                     // the storage of this array; reason's storage holds reason.count bytes.
-                    status = cdecompress(cCodec, input.baseAddress, input.count,
+                    status = unsafe cdecompress(cCodec, input.baseAddress, input.count,
                                          buffer.baseAddress, min(capacity, buffer.count), &produced,
                                          &reason, reason.count)
                     // Only on success are the first `produced` bytes the caller's to keep.
@@ -119,12 +119,12 @@ public enum Decompressor {
         let bound = cdecompress_compress_bound(cCodec, input.count)
         guard bound > 0 else { return nil }
         var status: Int32 = 0
-        let output = input.withUnsafeBufferPointer { source in
-            [UInt8](unsafeUninitializedCapacity: bound) { buffer, initialized in
+        let output = unsafe input.withUnsafeBufferPointer { source in
+            unsafe [UInt8](unsafeUninitializedCapacity: bound) { buffer, initialized in
                 var produced = 0
                 // SAFETY: reads source.count bytes at source.baseAddress and writes at most
                 // min(bound, buffer.count) bytes into this array's storage.
-                status = cdecompress_compress(cCodec, source.baseAddress, source.count,
+                status = unsafe cdecompress_compress(cCodec, source.baseAddress, source.count,
                                               buffer.baseAddress, min(bound, buffer.count), &produced)
                 initialized = status == Int32(CDEC_OK) ? min(produced, buffer.count) : 0
             }

@@ -1,4 +1,4 @@
-import Glibc
+import VisorHost
 import VisorLoader
 import VisorMemory
 
@@ -102,7 +102,5 @@ struct PreparedKernel {
 }
 
 func monotonicMilliseconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) * 1000 + Double(now.tv_nsec) / 1e6
+    Double(HostIO.monotonicNanoseconds()) / 1e6
 }

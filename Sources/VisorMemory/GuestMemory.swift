@@ -15,7 +15,8 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
         case .invalidLayout(let why):
             return "invalid guest memory layout: \(why)"
         case .cannotMap(let size, let errno):
-            let reason = strerror(errno).map { String(cString: $0) } ?? "errno \(errno)"
+            // SAFETY: strerror's string is copied into a String at once.
+            let reason = unsafe strerror(errno).map { unsafe String(cString: $0) } ?? "errno \(errno)"
             return "cannot allocate \(size / 1024 / 1024) MiB of guest memory: \(reason)"
         case .outOfBounds(let address, let count):
             return "guest memory access of \(count) bytes at 0x\(String(address, radix: 16)) is outside guest RAM"
@@ -51,7 +52,9 @@ public struct GuestRegion: Sendable, Equatable {
 public final class GuestMemory: @unchecked Sendable {
     public static let pageSize: UInt64 = 4096
 
-    struct Mapping {
+    /// `@safe`: its pointer is read only inside this type, and every use of it is marked
+    /// `unsafe` with why it stays inside the mapping.
+    @safe struct Mapping {
         let region: GuestRegion
         /// The host mapping, `region.size` bytes long, valid until `deinit`.
         let base: UnsafeMutableRawPointer
@@ -84,18 +87,21 @@ public final class GuestMemory: @unchecked Sendable {
             previousEnd = r.end
         }
         var made: [Mapping] = []
+        // SAFETY: mmap makes a fresh anonymous mapping of exactly r.size bytes, checked
+        // against MAP_FAILED before it is kept; on failure each earlier one is unmapped with
+        // its own size, and none is used again.
         for r in sorted {
             guard r.size <= UInt64(Int.max),
-                  let base = mmap(nil, Int(r.size), PROT_READ | PROT_WRITE,
+                  let base = unsafe mmap(nil, Int(r.size), PROT_READ | PROT_WRITE,
                                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-                  base != MAP_FAILED
+                  unsafe base != MAP_FAILED
             else {
                 // A size beyond Int.max never reached mmap, so errno would be stale.
                 let code = r.size > UInt64(Int.max) ? ENOMEM : errno
-                for m in made { munmap(m.base, Int(m.region.size)) }
+                for m in made { unsafe munmap(m.base, Int(m.region.size)) }
                 throw .cannotMap(size: r.size, errno: code)
             }
-            made.append(Mapping(region: r, base: base))
+            unsafe made.append(Mapping(region: r, base: base))
         }
         mappings = made
     }
@@ -106,13 +112,14 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     deinit {
-        for m in mappings { munmap(m.base, Int(m.region.size)) }
+        // SAFETY: each mapping was made in init with this size; nothing can use it after deinit.
+        for m in mappings { unsafe munmap(m.base, Int(m.region.size)) }
     }
 
     /// Host mappings for the hypervisor's memory slots: each region with the host address
     /// of its first byte. The addresses stay valid as long as this object lives.
     public var hostMappings: [(region: GuestRegion, hostAddress: UInt)] {
-        mappings.map { ($0.region, UInt(bitPattern: $0.base)) }
+        mappings.map { unsafe ($0.region, UInt(bitPattern: $0.base)) }
     }
 
     /// Whether `[address, address + count)` lies inside one region.
@@ -142,22 +149,26 @@ public final class GuestMemory: @unchecked Sendable {
             throw .outOfBounds(address: address, count: UInt64(max(count, 0)))
         }
         // SAFETY: locate proved offset + count <= region.size, the length of the mapping.
-        return body(UnsafeMutableRawBufferPointer(start: m.base + offset, count: count))
+        return unsafe body(UnsafeMutableRawBufferPointer(start: m.base + offset, count: count))
     }
 
     // MARK: Bytes
 
+    // SAFETY (every accessor below): withBytes proved the range lies in one mapping and
+    // passes a buffer of exactly that range; the buffer is used only inside the closure.
+
     /// Reads `count` bytes at `address`.
     public func read(_ count: Int, at address: UInt64) throws(GuestMemoryError) -> [UInt8] {
-        try withBytes(at: address, count: count) { Array($0) }
+        unsafe try withBytes(at: address, count: count) { unsafe Array($0) }
     }
 
     /// Copies `count` bytes at `address` into `buffer` starting at its index 0, without allocating
     /// when the buffer is already large enough.
     public func read(into buffer: inout [UInt8], count: Int, at address: UInt64) throws(GuestMemoryError) {
         if buffer.count < count { buffer.append(contentsOf: repeatElement(0, count: count - buffer.count)) }
-        try withBytes(at: address, count: count) { source in
-            buffer.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(source)) }
+        // SAFETY: `buffer` has at least `count` bytes (grown above), as many as `source`.
+        unsafe try withBytes(at: address, count: count) { source in
+            unsafe buffer.withUnsafeMutableBytes { unsafe $0.copyMemory(from: UnsafeRawBufferPointer(source)) }
         }
     }
 
@@ -167,14 +178,14 @@ public final class GuestMemory: @unchecked Sendable {
     /// element by element. The generic path runs unspecialised across modules at tens of
     /// nanoseconds a byte, which cost seconds for a 50 MB kernel.
     public func write(_ bytes: some Collection<UInt8>, at address: UInt64) throws(GuestMemoryError) {
-        try withBytes(at: address, count: bytes.count) { destination in
+        unsafe try withBytes(at: address, count: bytes.count) { destination in
             // SAFETY: `destination` holds exactly `bytes.count` bytes (checked by withBytes),
             // and a contiguous buffer of the collection has that many.
             let copied: Void? = bytes.withContiguousStorageIfAvailable { source in
-                destination.copyMemory(from: UnsafeRawBufferPointer(source))
+                unsafe destination.copyMemory(from: UnsafeRawBufferPointer(source))
             }
             if copied == nil {
-                _ = destination.initializeMemory(as: UInt8.self, from: bytes)
+                _ = unsafe destination.initializeMemory(as: UInt8.self, from: bytes)
             }
         }
     }
@@ -182,8 +193,27 @@ public final class GuestMemory: @unchecked Sendable {
     /// Sets `count` bytes at `address` to `value`.
     public func fill(_ value: UInt8, count: UInt64, at address: UInt64) throws(GuestMemoryError) {
         guard count <= UInt64(Int.max) else { throw .outOfBounds(address: address, count: count) }
-        _ = try withBytes(at: address, count: Int(count)) { destination in
-            destination.initializeMemory(as: UInt8.self, repeating: value).count
+        _ = unsafe try withBytes(at: address, count: Int(count)) { destination in
+            unsafe destination.initializeMemory(as: UInt8.self, repeating: value).count
+        }
+    }
+
+    /// Copies `bytes` to `address` and zeroes the rest of `[address, address + size)`: what
+    /// loading one program segment takes, with one bounds check, one `memcpy` and one
+    /// `memset`. Fails, touching nothing, unless the whole range lies in one region and
+    /// `bytes` fit in it.
+    public func load(_ bytes: ArraySlice<UInt8>, at address: UInt64, zeroFillingTo size: UInt64) throws(GuestMemoryError) {
+        guard UInt64(bytes.count) <= size, size <= UInt64(Int.max) else {
+            throw .outOfBounds(address: address, count: size)
+        }
+        unsafe try withBytes(at: address, count: Int(size)) { destination in
+            // SAFETY: `destination` holds `size` bytes (checked by withBytes), at least
+            // `bytes.count` (checked above); the source buffer does not escape the closure.
+            let copied = unsafe bytes.withUnsafeBytes { source in
+                unsafe destination.copyMemory(from: source)
+                return source.count
+            }
+            unsafe UnsafeMutableRawBufferPointer(rebasing: destination[copied...]).initializeMemory(as: UInt8.self, repeating: 0)
         }
     }
 
@@ -197,40 +227,43 @@ public final class GuestMemory: @unchecked Sendable {
         throws(GuestMemoryError) -> (exchanged: Bool, found: (low: UInt64, high: UInt64))
     {
         guard address % 16 == 0 else { throw .outOfBounds(address: address, count: 16) }
-        return try withBytes(at: address, count: 16) { bytes in
+        return unsafe try withBytes(at: address, count: 16) { bytes in
             var low = expected.low, high = expected.high
             // SAFETY: withBytes proved the 16 bytes lie in one mapping, and the address is
             // 16-byte aligned (host mappings are page-aligned), as cmpxchg16b requires.
-            let equal = cga_compare_exchange_16(bytes.baseAddress!, &low, &high, desired.low, desired.high)
+            let equal = unsafe cga_compare_exchange_16(bytes.baseAddress!, &low, &high, desired.low, desired.high)
             return (equal != 0, (low, high))
         }
     }
 
     // MARK: Little-endian integers
 
+    // SAFETY (every accessor below): withBytes proved the 1, 2, 4 or 8 bytes lie in one
+    // mapping; loadUnaligned and storeBytes cope with any alignment.
+
     public func readUInt8(at address: UInt64) throws(GuestMemoryError) -> UInt8 {
-        try withBytes(at: address, count: 1) { $0.load(as: UInt8.self) }
+        unsafe try withBytes(at: address, count: 1) { unsafe $0.load(as: UInt8.self) }
     }
     public func readUInt16(at address: UInt64) throws(GuestMemoryError) -> UInt16 {
-        try withBytes(at: address, count: 2) { UInt16(littleEndian: $0.loadUnaligned(as: UInt16.self)) }
+        unsafe try withBytes(at: address, count: 2) { unsafe UInt16(littleEndian: $0.loadUnaligned(as: UInt16.self)) }
     }
     public func readUInt32(at address: UInt64) throws(GuestMemoryError) -> UInt32 {
-        try withBytes(at: address, count: 4) { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+        unsafe try withBytes(at: address, count: 4) { unsafe UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
     }
     public func readUInt64(at address: UInt64) throws(GuestMemoryError) -> UInt64 {
-        try withBytes(at: address, count: 8) { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        unsafe try withBytes(at: address, count: 8) { unsafe UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
     }
 
     public func write(_ value: UInt8, at address: UInt64) throws(GuestMemoryError) {
-        try withBytes(at: address, count: 1) { $0.storeBytes(of: value, as: UInt8.self) }
+        unsafe try withBytes(at: address, count: 1) { unsafe $0.storeBytes(of: value, as: UInt8.self) }
     }
     public func write(_ value: UInt16, at address: UInt64) throws(GuestMemoryError) {
-        try withBytes(at: address, count: 2) { $0.storeBytes(of: value.littleEndian, as: UInt16.self) }
+        unsafe try withBytes(at: address, count: 2) { unsafe $0.storeBytes(of: value.littleEndian, as: UInt16.self) }
     }
     public func write(_ value: UInt32, at address: UInt64) throws(GuestMemoryError) {
-        try withBytes(at: address, count: 4) { $0.storeBytes(of: value.littleEndian, as: UInt32.self) }
+        unsafe try withBytes(at: address, count: 4) { unsafe $0.storeBytes(of: value.littleEndian, as: UInt32.self) }
     }
     public func write(_ value: UInt64, at address: UInt64) throws(GuestMemoryError) {
-        try withBytes(at: address, count: 8) { $0.storeBytes(of: value.littleEndian, as: UInt64.self) }
+        unsafe try withBytes(at: address, count: 8) { unsafe $0.storeBytes(of: value.littleEndian, as: UInt64.self) }
     }
 }

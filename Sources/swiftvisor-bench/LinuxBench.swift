@@ -149,11 +149,13 @@ enum LinuxBench {
     /// The 1-, 5- and 15-minute load averages, as /proc/loadavg gives them.
     static func loadAverage() -> String {
         // /proc files report size 0, so read until the end rather than by size.
-        let fd = open("/proc/loadavg", O_RDONLY)
+        // SAFETY: open reads a string literal; read writes at most count bytes into the
+        // array, pinned for the call.
+        let fd = unsafe open("/proc/loadavg", O_RDONLY)
         guard fd >= 0 else { return "?" }
         defer { close(fd) }
         var buffer = [UInt8](repeating: 0, count: 256)
-        let n = read(fd, &buffer, buffer.count)
+        let n = unsafe read(fd, &buffer, buffer.count)
         guard n > 0 else { return "?" }
         return String(decoding: buffer[0..<n], as: UTF8.self).split(separator: " ").prefix(3).joined(separator: "/")
     }
@@ -161,7 +163,8 @@ enum LinuxBench {
     /// User and system CPU seconds of this process so far.
     static func cpuSeconds() -> (user: Double, system: Double) {
         var usage = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &usage)
+        // SAFETY: getrusage writes only `usage`, a local.
+        unsafe getrusage(RUSAGE_SELF.rawValue, &usage)
         return (seconds(usage.ru_utime), seconds(usage.ru_stime))
     }
 
@@ -299,24 +302,18 @@ enum LinuxBench {
     }
 
     /// Copies each loaded segment of `elf` to its physical address with memcpy and zero-fills
-    /// the rest with memset, through the host mapping of the region that holds it.
+    /// the rest with memset, through `GuestMemory.load(_:at:zeroFillingTo:)`: one bounds
+    /// check per segment, no generic per-byte path.
     static func copySegmentsWithMemcpy(_ elf: ELFKernel, into memory: GuestMemory) throws(OptionError) {
-        let mappings = memory.hostMappings
-        let copied = elf.bytes.withUnsafeBytes { (file: UnsafeRawBufferPointer) -> Bool in
-            for s in elf.segments where s.memorySize > 0 {
-                guard let m = mappings.first(where: { s.physicalAddress >= $0.region.start && s.physicalAddress + s.memorySize <= $0.region.end }),
-                      s.fileSize <= s.memorySize, s.fileOffset + s.fileSize <= UInt64(file.count)
-                else { return false }
-                // SAFETY: the guard above proved the destination range lies inside one mapped
-                // region (valid while `memory` lives, which outlives this call) and the source
-                // range inside the file's bytes.
-                let destination = UnsafeMutableRawPointer(bitPattern: m.hostAddress + UInt(s.physicalAddress - m.region.start))!
-                memcpy(destination, file.baseAddress! + Int(s.fileOffset), Int(s.fileSize))
-                memset(destination + Int(s.fileSize), 0, Int(s.memorySize - s.fileSize))
+        for s in elf.segments where s.memorySize > 0 {
+            guard s.fileSize <= s.memorySize, s.fileOffset <= UInt64(elf.bytes.count),
+                  s.fileSize <= UInt64(elf.bytes.count) - s.fileOffset
+            else { throw OptionError(message: "a segment lies outside the file") }
+            let start = Int(s.fileOffset)
+            do { try memory.load(elf.bytes[start..<start + Int(s.fileSize)], at: s.physicalAddress, zeroFillingTo: s.memorySize) } catch {
+                throw OptionError(message: "a segment lies outside RAM: \(error)")
             }
-            return true
         }
-        guard copied else { throw OptionError(message: "a segment lies outside RAM or the file") }
     }
 
     // MARK: Console lines with a clock
@@ -523,7 +520,8 @@ enum LinuxBench {
         guard let path else { return }
         var text = header + "\n"
         for line in lines { text += "[+\(fixed(line.seconds, 3))] \(line.text)\n" }
-        let fd = open(path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0o644)
+        // SAFETY: open reads the NUL-terminated copy of `path` Swift passes for the call.
+        let fd = unsafe open(path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0o644)
         guard fd >= 0 else {
             print("swiftvisor-bench: cannot write \(path)")
             return
@@ -704,19 +702,24 @@ enum LinuxBench {
 
     static func spawnTimed(_ argv: [String], marks: [Mark], stopAt: [String], timeout: Double, stopWhenMarked: Bool) -> TimedRun? {
         var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else {
+        // SAFETY (the system calls below): each pointer is to a local, or an array pinned for
+        // the call, of the size the call expects (pipe: two fds; poll: one pollfd; read:
+        // count bytes); the spawn actions and attributes are initialised before use and
+        // destroyed once; cArgs is a NULL-terminated array of strdup'd strings freed only
+        // after posix_spawnp has copied them; strerror's text is copied at once.
+        guard unsafe pipe(&fds) == 0 else {
             print("timed-run: pipe failed")
             return nil
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
-        posix_spawn_file_actions_addclose(&actions, fds[0])
-        posix_spawn_file_actions_addclose(&actions, fds[1])
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
+        var actions = unsafe posix_spawn_file_actions_t()
+        unsafe posix_spawn_file_actions_init(&actions)
+        unsafe posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        unsafe posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        unsafe posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+        unsafe posix_spawn_file_actions_addclose(&actions, fds[0])
+        unsafe posix_spawn_file_actions_addclose(&actions, fds[1])
+        let cArgs = unsafe argv.map { unsafe strdup($0) } + [nil]
+        defer { unsafe cArgs.forEach { unsafe free($0) } }
         var pid: pid_t = 0
         let clock = LineClock(marks: marks, stopWhenMarked: stopWhenMarked, stopAt: stopAt)
         let stopNow = Flag()
@@ -724,16 +727,16 @@ enum LinuxBench {
         let start = now()
         // In its own process group, so that a stop reaches its children too.
         var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
-        posix_spawnattr_setpgroup(&attributes, 0)
-        let rc = posix_spawnp(&pid, argv[0], &actions, &attributes, cArgs, environ)
-        posix_spawnattr_destroy(&attributes)
-        posix_spawn_file_actions_destroy(&actions)
+        unsafe posix_spawnattr_init(&attributes)
+        unsafe posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+        unsafe posix_spawnattr_setpgroup(&attributes, 0)
+        let rc = unsafe posix_spawnp(&pid, argv[0], &actions, &attributes, cArgs, environ)
+        unsafe posix_spawnattr_destroy(&attributes)
+        unsafe posix_spawn_file_actions_destroy(&actions)
         close(fds[1])
         guard rc == 0 else {
             close(fds[0])
-            print("timed-run: cannot run \(argv[0]): \(String(cString: strerror(rc)))")
+            print(unsafe "timed-run: cannot run \(argv[0]): \(String(cString: strerror(rc)))")
             return nil
         }
         let deadline = start + UInt64(timeout * 1e9)
@@ -742,9 +745,9 @@ enum LinuxBench {
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             var poller = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
-            let ready = poll(&poller, 1, 100)
+            let ready = unsafe poll(&poller, 1, 100)
             if ready > 0 {
-                let n = read(fds[0], &buffer, buffer.count)
+                let n = unsafe read(fds[0], &buffer, buffer.count)
                 if n == 0 { break }
                 if n > 0 { clock.take(buffer[0..<n]) }
             }
@@ -761,7 +764,7 @@ enum LinuxBench {
         close(fds[0])
         var status: Int32 = 0
         var usage = rusage()
-        _ = wait4(pid, &status, 0, &usage)
+        _ = unsafe wait4(pid, &status, 0, &usage)
         let seconds = Double(now() - start) / 1e9
         let exitStatus = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
         return TimedRun(lines: clock.lines, seconds: seconds, status: exitStatus, timedOut: timedOut, stoppedOnMarks: stoppedOnMarks,

@@ -68,7 +68,8 @@ guard exits >= 2, rounds >= 1 else {
     print("swiftvisor-bench: --exits must be at least 2 and --rounds at least 1")
     exit(2)
 }
-guard access(referencePath, X_OK) == 0 else {
+// SAFETY: access reads the NUL-terminated copy of the path Swift passes for the call.
+guard unsafe access(referencePath, X_OK) == 0 else {
     print("swiftvisor-bench: the C reference is not at \(referencePath); pass --reference PATH")
     exit(2)
 }
@@ -103,7 +104,8 @@ func format(_ value: Double, _ decimals: Int = 0) -> String {
 /// The path of an executable next to this one.
 func siblingExecutable(_ name: String) -> String {
     var buffer = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    // SAFETY: readlink writes at most count - 1 bytes into the array, pinned for the call.
+    let n = unsafe readlink("/proc/self/exe", &buffer, buffer.count - 1)
     guard n > 0 else { return name }
     let me = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return String(me[..<(me.lastIndex(of: "/") ?? me.startIndex)]) + "/" + name
@@ -113,30 +115,34 @@ func siblingExecutable(_ name: String) -> String {
 func spawn(_ argv: [String]) -> (output: String, status: Int32, seconds: Double, maxRSSKiB: Int,
                                  userSeconds: Double, systemSeconds: Double) {
     var pipeFDs: [Int32] = [0, 0]
-    guard pipe(&pipeFDs) == 0 else { fatalError("pipe failed") }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
-    posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
-    let cArgs = argv.map { strdup($0) } + [nil]
-    defer { cArgs.forEach { free($0) } }
+    // SAFETY (the system calls below): each pointer is to a local, or an array pinned for
+    // the call, of the size the call expects (pipe: two fds; read: count bytes); the spawn
+    // actions are initialised before use and destroyed once; cArgs is a NULL-terminated
+    // array of strdup'd strings freed only after posix_spawn has copied them.
+    guard unsafe pipe(&pipeFDs) == 0 else { fatalError("pipe failed") }
+    var actions = unsafe posix_spawn_file_actions_t()
+    unsafe posix_spawn_file_actions_init(&actions)
+    unsafe posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+    unsafe posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
+    let cArgs = unsafe argv.map { unsafe strdup($0) } + [nil]
+    defer { unsafe cArgs.forEach { unsafe free($0) } }
     var pid: pid_t = 0
     let start = now()
-    let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
-    posix_spawn_file_actions_destroy(&actions)
+    let rc = unsafe posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
+    unsafe posix_spawn_file_actions_destroy(&actions)
     close(pipeFDs[1])
     guard rc == 0 else { fatalError("cannot run \(argv[0]): error \(rc)") }
     var output: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 4096)
     while true {
-        let n = read(pipeFDs[0], &chunk, chunk.count)
+        let n = unsafe read(pipeFDs[0], &chunk, chunk.count)
         if n <= 0 { break }
         output += chunk[0..<n]
     }
     close(pipeFDs[0])
     var status: Int32 = 0
     var usage = rusage()
-    _ = wait4(pid, &status, 0, &usage)
+    _ = unsafe wait4(pid, &status, 0, &usage)
     let seconds = Double(now() - start) / 1e9
     let exitStatus = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
     return (String(decoding: output, as: UTF8.self), exitStatus, seconds, Int(usage.ru_maxrss),
@@ -168,14 +174,15 @@ final class TimingProbe: @unchecked Sendable {
     /// exit, so that the steady state between them carries no instrumentation.
     @inline(__always) func hit() {
         count += 1
+        // SAFETY: bench_thread_cpu_time writes two UInt64 fields of self, the thread's only writer.
         if count == 1 {
-            bench_thread_cpu_time(&firstUser, &firstSystem)
+            unsafe bench_thread_cpu_time(&firstUser, &firstSystem)
             firstAllocations = calloc_counter_thread_allocations()
             firstTime = now()
         } else if count == expected {
             lastTime = now()
             lastAllocations = calloc_counter_thread_allocations()
-            bench_thread_cpu_time(&lastUser, &lastSystem)
+            unsafe bench_thread_cpu_time(&lastUser, &lastSystem)
         }
     }
 }
@@ -295,7 +302,8 @@ struct Round {
 /// posix_spawn child would include this process's own peak, since the child starts as a
 /// vfork that shares our address space until it execs.)
 func peakRSS(_ argv: [String]) -> Int? {
-    guard access("/usr/bin/time", X_OK) == 0 else { return nil }
+    // SAFETY: access reads a string literal's NUL-terminated storage.
+    guard unsafe access("/usr/bin/time", X_OK) == 0 else { return nil }
     let run = spawn(["/bin/sh", "-c", "/usr/bin/time -f %M \"$@\" 2>&1 >/dev/null | tail -n 1", "sh"] + argv)
     return Int(run.output.split(separator: "\n").last.map(String.init) ?? "")
 }

@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import SwiftVisor
+import VisorHost
 
 /// Feeds standard input to the guest's COM1 receive FIFO.
 ///
@@ -13,25 +14,13 @@ final class ConsoleInput: Sendable {
     private let saved = Mutex<termios?>(nil)
 
     func start(machine: Machine) {
-        if isatty(0) == 1 {
-            var attributes = termios()
-            if tcgetattr(0, &attributes) == 0 {
-                saved.withLock { $0 = attributes }
-                attributes.c_lflag &= ~tcflag_t(ICANON | ECHO | IEXTEN)
-                attributes.c_iflag &= ~tcflag_t(IXON | ICRNL | INLCR | IGNCR)
-                // SAFETY: VMIN and VTIME are indices into the NCCS-byte c_cc array.
-                withUnsafeMutableBytes(of: &attributes.c_cc) { cc in
-                    cc[Int(VMIN)] = 1
-                    cc[Int(VTIME)] = 0
-                }
-                tcsetattr(0, TCSANOW, &attributes)
-            }
+        if let attributes = HostTerminal.enterRawMode(0) {
+            saved.withLock { $0 = attributes }
         }
         _ = HostThread.detach {
             var buffer = [UInt8](repeating: 0, count: 256)
             while true {
-                let n = read(0, &buffer, buffer.count)
-                if n < 0, errno == EINTR { continue }
+                let n = HostIO.read(from: 0, into: &buffer)
                 guard n > 0 else { return }  // end of input, or no usable stdin
                 var pending = buffer[0..<n]
                 while !pending.isEmpty {
@@ -39,8 +28,7 @@ final class ConsoleInput: Sendable {
                     pending = pending.dropFirst(taken)
                     if taken == 0 {
                         if machine.hasStopped { return }
-                        var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
-                        nanosleep(&pause, nil)
+                        HostIO.sleep(nanoseconds: 1_000_000)
                     }
                 }
             }
@@ -50,8 +38,8 @@ final class ConsoleInput: Sendable {
     /// Puts the terminal back as it was.
     func restoreTerminal() {
         saved.withLock { saved in
-            if var attributes = saved {
-                tcsetattr(0, TCSANOW, &attributes)
+            if let attributes = saved {
+                HostTerminal.restore(0, attributes)
                 saved = nil
             }
         }

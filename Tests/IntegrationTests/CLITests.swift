@@ -102,10 +102,10 @@ extension KVMIntegration {
         @Test("an ELF file given on the command line runs, and a raw binary runs with --load-address")
         func guestFiles() throws {
             let elf = try temporaryFile(try #require(builtinImage("exit_status")))
-            defer { unlink(elf) }
+            defer { removeFile(elf) }
             #expect(try run([elf, "--cmdline", "3"]).status == 3)
             let flat = try temporaryFile(try #require(builtinImage("real_mode")))
-            defer { unlink(flat) }
+            defer { removeFile(flat) }
             let result = try run([flat, "--load-address", "0x8000"])
             #expect(result.status == 42)
             #expect(result.stdout == "Hello from real mode\n")
@@ -275,7 +275,7 @@ extension KVMIntegration {
         @Test("a file that is not ELF is a one-line error")
         func notELF() throws {
             let path = try temporaryFile(Array("#!/bin/sh\necho hi\n".utf8))
-            defer { unlink(path) }
+            defer { removeFile(path) }
             expectOneLineError(try run([path]), mentioning: "not an ELF file")
         }
 
@@ -284,7 +284,7 @@ extension KVMIntegration {
             var image = try #require(builtinImage("hello"))
             image[18] = 40  // EM_ARM
             let path = try temporaryFile(image)
-            defer { unlink(path) }
+            defer { removeFile(path) }
             expectOneLineError(try run([path]), mentioning: "not x86-64")
         }
 

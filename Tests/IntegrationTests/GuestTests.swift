@@ -136,8 +136,9 @@ extension KVMIntegration {
         @Test("the allocation counter counts this thread's allocations")
         func allocationCounterWorks() {
             let before = calloc_counter_thread_allocations()
+            // SAFETY: allocated and freed here, never read or written.
             let storage = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
-            storage.deallocate()
+            unsafe storage.deallocate()
             #expect(calloc_counter_thread_allocations() - before == 1)
         }
 

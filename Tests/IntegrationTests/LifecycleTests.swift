@@ -15,11 +15,13 @@ func eventually(_ seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
 
 /// Threads of this process.
 func threadCount() -> Int {
-    guard let dir = opendir("/proc/self/task") else { return -1 }
-    defer { closedir(dir) }
+    // SAFETY: opendir reads a string literal; readdir's entries are valid until the next
+    // readdir on `dir`, and each name is copied out before that; closedir runs once.
+    guard let dir = unsafe opendir("/proc/self/task") else { return -1 }
+    defer { unsafe closedir(dir) }
     var count = 0
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    while let entry = unsafe readdir(dir) {
+        let name = unsafe withUnsafeBytes(of: entry.pointee.d_name) { unsafe String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         if name != ".", name != ".." { count += 1 }
     }
     return count
@@ -27,24 +29,16 @@ func threadCount() -> Int {
 
 /// Resident set size of this process in KiB.
 func residentKiB() -> Int {
-    guard let file = fopen("/proc/self/statm", "r") else { return -1 }
-    defer { fclose(file) }
-    var size = 0, resident = 0
-    guard withUnsafeMutablePointer(to: &size, { s in
-        withUnsafeMutablePointer(to: &resident) { r in readStatm(file, s, r) }
-    }) else { return -1 }
-    return resident * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
-}
-
-private func readStatm(_ file: UnsafeMutablePointer<FILE>, _ size: UnsafeMutablePointer<Int>,
-                       _ resident: UnsafeMutablePointer<Int>) -> Bool {
+    // SAFETY: one FILE, opened and closed here; fgets writes at most 128 bytes, NUL
+    // included, into the array, pinned for the call.
+    guard let file = unsafe fopen("/proc/self/statm", "r") else { return -1 }
+    defer { unsafe fclose(file) }
     var buffer = [CChar](repeating: 0, count: 128)
-    guard fgets(&buffer, 128, file) != nil else { return false }
-    let fields = String(cString: buffer).split(separator: " ")
-    guard fields.count >= 2, let s = Int(fields[0]), let r = Int(fields[1]) else { return false }
-    size.pointee = s
-    resident.pointee = r
-    return true
+    guard unsafe fgets(&buffer, 128, file) != nil else { return -1 }
+    let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let fields = line.split(separator: " ")
+    guard fields.count >= 2, let resident = Int(fields[1]) else { return -1 }
+    return resident * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
 }
 
 func machine(_ image: [UInt8], _ console: ConsoleCapture, _ configure: (inout MachineConfiguration) -> Void = { _ in })

@@ -13,14 +13,14 @@ extension KVMIntegration.CLITests {
     @Test("boot: a file that is neither a bzImage nor an x86-64 ELF")
     func bootNotAKernel() throws {
         let path = try temporaryFile(Array("#!/bin/sh\necho this is a script, not a kernel\n".utf8))
-        defer { unlink(path) }
+        defer { removeFile(path) }
         expectOneLineError(try run(["boot", "--kernel", path]), mentioning: "not a Linux kernel: neither a bzImage")
     }
 
     @Test("boot: a truncated bzImage")
     func bootTruncated() throws {
         let path = try temporaryFile(Array(try testBzImage().prefix(0x400)))
-        defer { unlink(path) }
+        defer { removeFile(path) }
         expectOneLineError(try run(["boot", "--kernel", path]), mentioning: "truncated")
     }
 
@@ -29,7 +29,7 @@ extension KVMIntegration.CLITests {
         var image = try testBzImage()
         image[0x206] = 0x0B  // 2.11
         let path = try temporaryFile(image)
-        defer { unlink(path) }
+        defer { removeFile(path) }
         expectOneLineError(try run(["boot", "--kernel", path]), mentioning: "2.11")
     }
 
@@ -38,7 +38,7 @@ extension KVMIntegration.CLITests {
         var image = try testBzImage()
         image[0x236] &= ~1  // XLF_KERNEL_64
         let path = try temporaryFile(image)
-        defer { unlink(path) }
+        defer { removeFile(path) }
         expectOneLineError(try run(["boot", "--kernel", path]), mentioning: "64-bit")
     }
 
@@ -49,7 +49,7 @@ extension KVMIntegration.CLITests {
         let offset = setup + Int(UInt32(image[0x248]) | UInt32(image[0x249]) << 8 | UInt32(image[0x24A]) << 16)
         for i in (offset + 5000)..<(offset + 5400) { image[i] ^= 0x5A }
         let path = try temporaryFile(image)
-        defer { unlink(path) }
+        defer { removeFile(path) }
         expectOneLineError(try run(["boot", "--kernel", path]), mentioning: "gzip")
     }
 
@@ -57,7 +57,7 @@ extension KVMIntegration.CLITests {
     func bootInitrdTooLarge() throws {
         let kernel = try temporaryFile(try testBzImage())
         let initrd = try temporaryFile([UInt8](repeating: 0x30, count: 40 << 20))
-        defer { unlink(kernel); unlink(initrd) }
+        defer { removeFile(kernel); removeFile(initrd) }
         expectOneLineError(try run(["boot", "--kernel", kernel, "--initrd", initrd, "--memory", "48M"]),
                            mentioning: "initrd of")
     }
@@ -65,7 +65,7 @@ extension KVMIntegration.CLITests {
     @Test("boot: a command line longer than the kernel accepts")
     func bootCommandLineTooLong() throws {
         let kernel = try temporaryFile(try testBzImage())
-        defer { unlink(kernel) }
+        defer { removeFile(kernel) }
         expectOneLineError(try run(["boot", "--kernel", kernel, "--cmdline-replace", String(repeating: "a", count: 4000)]),
                            mentioning: "command line of 4000 bytes")
     }
@@ -73,7 +73,7 @@ extension KVMIntegration.CLITests {
     @Test("boot: PVH asked of an ELF without the PVH note")
     func bootPVHWithoutNote() throws {
         let path = try temporaryFile(GuestImages.hello)
-        defer { unlink(path) }
+        defer { removeFile(path) }
         expectOneLineError(try run(["boot", "--kernel", path, "--boot-protocol", "pvh"]), mentioning: "no PVH entry point")
     }
 

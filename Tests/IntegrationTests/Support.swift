@@ -10,8 +10,9 @@ import VisorKVM
 /// Whether the KVM integration tests run. They skip, visibly, only where /dev/kvm is
 /// missing; with SWIFTVISOR_REQUIRE_KVM=1 (as CI sets) they run anyway and fail loudly.
 enum KVM {
-    static let available = access("/dev/kvm", R_OK | W_OK) == 0
-    static let required = getenv("SWIFTVISOR_REQUIRE_KVM").map { String(cString: $0) == "1" } ?? false
+    // SAFETY: access and getenv read string literals; getenv's result is copied at once.
+    static let available = unsafe access("/dev/kvm", R_OK | W_OK) == 0
+    static let required = unsafe getenv("SWIFTVISOR_REQUIRE_KVM").map { unsafe String(cString: $0) == "1" } ?? false
     static let enabled = available || required
     static let skipMessage: Comment = "/dev/kvm is missing or not accessible: KVM integration tests skipped"
 }
@@ -110,12 +111,19 @@ final class CountingMMIODevice: WriteCounter, MMIODevice, @unchecked Sendable {
     }
 }
 
+/// Removes the file at `path`, if any.
+func removeFile(_ path: String) {
+    // SAFETY: unlink reads the NUL-terminated copy of `path` Swift passes for the call.
+    _ = unsafe unlink(path)
+}
+
 /// Open file descriptors of this process.
 func openFileDescriptorCount() -> Int {
-    guard let dir = opendir("/proc/self/fd") else { return -1 }
-    defer { closedir(dir) }
+    // SAFETY: opendir reads a string literal; `dir` is used only until closedir, once.
+    guard let dir = unsafe opendir("/proc/self/fd") else { return -1 }
+    defer { unsafe closedir(dir) }
     var count = 0
-    while readdir(dir) != nil { count += 1 }
+    while unsafe readdir(dir) != nil { count += 1 }
     return count
 }
 

@@ -132,7 +132,8 @@ package final class ScriptedVCPU: RunnableVCPU {
         defer { state.withLock { $0.inGuest = false } }
         var pause = timespec(tv_sec: 0, tv_nsec: 200_000)
         while true {
-            if nanosleep(&pause, nil) != 0 { return .interrupted }
+            // SAFETY: nanosleep reads only `pause`, a local; no remainder is asked for.
+            if unsafe nanosleep(&pause, nil) != 0 { return .interrupted }
             if flag.load(ordering: .sequentiallyConsistent) { return .interrupted }
             pause = timespec(tv_sec: 0, tv_nsec: 200_000)
         }

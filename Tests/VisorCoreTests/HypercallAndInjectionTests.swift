@@ -108,7 +108,8 @@ struct HypercallTests {
         #expect(outcome == .handled)
         #expect(vcpu.regs.rax == 0)
         #expect(vcpu.regs.rbx == 0x7273_6956_7466_7753)
-        #expect(withUnsafeBytes(of: vcpu.regs.rbx.littleEndian) { String(decoding: $0, as: UTF8.self) } == "SwftVisr")
+        let rbx = vcpu.regs.rbx
+        #expect(String(decoding: (0..<8).map { UInt8(truncatingIfNeeded: rbx >> ($0 * 8)) }, as: UTF8.self) == "SwftVisr")
         #expect(vcpu.regs.rcx == 1)
         #expect(vcpu.regs.rsi == 0)
         #expect(vcpu.injections.isEmpty)

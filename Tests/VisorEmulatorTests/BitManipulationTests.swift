@@ -47,7 +47,8 @@ struct BitManipulationTests {
             let b = i < specials.count ? specials[(i * 7) % specials.count] : (i % 3 == 0 ? next() % 130 : next())
             for flagsIn: UInt64 in [0x2, 0x8D7] {
                 var nativeResult: UInt64 = 0, nativeLow: UInt64 = 0
-                let nativeFlags = native_run(c.op, a, b, flagsIn, &nativeResult, &nativeLow)
+                // SAFETY: native_run writes one UInt64 through each pointer, both to locals.
+                let nativeFlags = unsafe native_run(c.op, a, b, flagsIn, &nativeResult, &nativeLow)
 
                 h.vcpu.regs = Registers()
                 h.vcpu.regs.rip = 0x10000

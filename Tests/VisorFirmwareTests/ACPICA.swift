@@ -13,36 +13,39 @@ final class TemporaryDirectory {
         var template = Array("/tmp/visorfirmware-XXXXXX".utf8CString)
         // SAFETY: `template` is a NUL-terminated, writable buffer that mkdtemp rewrites in
         // place; the pointer is used only during the call.
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        guard made != nil else { throw HarnessError(description: "mkdtemp failed: errno \(errno)") }
+        let made = unsafe template.withUnsafeMutableBufferPointer { unsafe mkdtemp($0.baseAddress!) }
+        guard unsafe made != nil else { throw HarnessError(description: "mkdtemp failed: errno \(errno)") }
         // SAFETY: mkdtemp kept the buffer NUL-terminated.
-        path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        path = unsafe template.withUnsafeBufferPointer { unsafe String(cString: $0.baseAddress!) }
     }
 
     deinit {
-        guard let dir = opendir(path) else { return }
+        // SAFETY: opendir, unlink and rmdir read NUL-terminated copies of the paths Swift
+        // passes for each call; `dir` is used only until closedir, once.
+        guard let dir = unsafe opendir(path) else { return }
         var names: [String] = []
-        while let entry = readdir(dir) {
+        while let entry = unsafe readdir(dir) {
             // SAFETY: d_name is a NUL-terminated array inside the dirent readdir returned,
             // valid until the next readdir call; it is copied into a String at once.
-            let name = withUnsafePointer(to: &entry.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: Int(NAME_MAX) + 1) { String(cString: $0) }
+            let name = unsafe withUnsafePointer(to: &entry.pointee.d_name) {
+                unsafe $0.withMemoryRebound(to: CChar.self, capacity: Int(NAME_MAX) + 1) { unsafe String(cString: $0) }
             }
             if name != "." && name != ".." { names.append(name) }
         }
-        closedir(dir)
-        for name in names { unlink(path + "/" + name) }
-        rmdir(path)
+        unsafe closedir(dir)
+        for name in names { unsafe unlink(path + "/" + name) }
+        unsafe rmdir(path)
     }
 
     func write(_ bytes: some Collection<UInt8>, to name: String) throws {
-        guard let file = fopen(path + "/" + name, "wb") else {
+        // SAFETY: one FILE, opened and closed here.
+        guard let file = unsafe fopen(path + "/" + name, "wb") else {
             throw HarnessError(description: "cannot create \(path)/\(name): errno \(errno)")
         }
-        defer { fclose(file) }
+        defer { unsafe fclose(file) }
         let array = Array(bytes)
         // SAFETY: fwrite reads exactly array.count bytes from the array's own storage.
-        let written = array.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
+        let written = unsafe array.withUnsafeBytes { unsafe fwrite($0.baseAddress, 1, $0.count, file) }
         guard written == array.count else { throw HarnessError(description: "short write to \(path)/\(name)") }
     }
 
@@ -53,13 +56,15 @@ final class TemporaryDirectory {
 
     /// The file's contents, or nil if it does not exist.
     func readBytes(_ name: String) -> [UInt8]? {
-        guard let file = fopen(path + "/" + name, "rb") else { return nil }
-        defer { fclose(file) }
+        // SAFETY: one FILE, opened and closed here; fread writes at most count bytes into
+        // the array, pinned for the call.
+        guard let file = unsafe fopen(path + "/" + name, "rb") else { return nil }
+        defer { unsafe fclose(file) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             // SAFETY: fread writes at most chunk.count bytes into chunk's own storage.
-            let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, file) }
+            let n = unsafe chunk.withUnsafeMutableBytes { unsafe fread($0.baseAddress, 1, $0.count, file) }
             if n == 0 { break }
             bytes += chunk[0..<n]
         }
@@ -83,24 +88,27 @@ enum ACPICA {
     static func run(_ tool: String, _ arguments: [String], in directory: TemporaryDirectory) throws -> Run {
         let logName = "\(tool)-\(UInt32.random(in: 0...UInt32.max)).log"
         let logPath = directory.path + "/" + logName
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // SAFETY: the spawn actions are initialised before use and destroyed once; the
+        // strings they name are copied by the calls.
+        var actions = unsafe posix_spawn_file_actions_t()
+        unsafe posix_spawn_file_actions_init(&actions)
+        defer { unsafe posix_spawn_file_actions_destroy(&actions) }
+        unsafe posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        unsafe posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        unsafe posix_spawn_file_actions_adddup2(&actions, 1, 2)
 
-        let argv: [UnsafeMutablePointer<CChar>?] = ([tool] + arguments).map { strdup($0) } + [nil]
-        defer { for arg in argv { free(arg) } }
+        // SAFETY: each strdup'd string is freed once, after posix_spawnp has copied it.
+        let argv: [UnsafeMutablePointer<CChar>?] = unsafe ([tool] + arguments).map { unsafe strdup($0) } + [nil]
+        defer { for unsafe arg in unsafe argv { unsafe free(arg) } }
         var pid: pid_t = 0
         // SAFETY: argv is a NULL-terminated array of strdup'd C strings that outlive the
         // call; environ is the process environment, which posix_spawnp only reads.
-        let rc = argv.withUnsafeBufferPointer { posix_spawnp(&pid, tool, &actions, nil, $0.baseAddress!, environ) }
+        let rc = unsafe argv.withUnsafeBufferPointer { unsafe posix_spawnp(&pid, tool, &actions, nil, $0.baseAddress!, environ) }
         guard rc == 0 else {
             throw HarnessError(description: rc == ENOENT ? "\(tool) \(missing)" : "cannot start \(tool): error \(rc)")
         }
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        while unsafe waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         // WIFEXITED/WEXITSTATUS: low 7 bits 0 means a normal exit, code in bits 8-15.
         let exitCode = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
         return Run(status: exitCode, output: directory.read(logName) ?? "")

@@ -211,7 +211,8 @@ struct KernelImageTests {
     /// Debian's kernels in /boot and the project's test kernel, if this machine has them.
     static let realKernels: [String] = {
         var paths = globPaths("/boot/vmlinuz-*")
-        if let home = getenv("HOME") { paths += globPaths(String(cString: home) + "/.cache/swiftvisor/test-kernel/*/bzImage") }
+        // SAFETY: getenv's string is copied into a String at once.
+        if let home = unsafe getenv("HOME") { unsafe paths += globPaths(String(cString: home) + "/.cache/swiftvisor/test-kernel/*/bzImage") }
         return paths
     }()
 
@@ -236,20 +237,24 @@ struct KernelImageTests {
 
 /// The paths matching a shell pattern, sorted; empty if none.
 func globPaths(_ pattern: String) -> [String] {
-    var matches = glob_t()
-    defer { globfree(&matches) }
-    guard glob(pattern, 0, nil, &matches) == 0 else { return [] }
-    return (0..<Int(matches.gl_pathc)).compactMap { i in matches.gl_pathv[i].map { String(cString: $0) } }
+    // SAFETY: glob fills `matches`, a local, with gl_pathc NUL-terminated paths, each copied
+    // out before globfree releases them.
+    var matches = unsafe glob_t()
+    defer { unsafe globfree(&matches) }
+    guard unsafe glob(pattern, 0, nil, &matches) == 0 else { return [] }
+    return unsafe (0..<Int(matches.gl_pathc)).compactMap { i in unsafe matches.gl_pathv[i].map { unsafe String(cString: $0) } }
 }
 
 /// The whole file at `path`, or nil if it cannot be read.
 func readFile(_ path: String) -> [UInt8]? {
-    guard let file = fopen(path, "rb") else { return nil }
-    defer { fclose(file) }
+    // SAFETY: one FILE, opened and closed here; fread writes at most count bytes into the
+    // array, pinned for the call.
+    guard let file = unsafe fopen(path, "rb") else { return nil }
+    defer { unsafe fclose(file) }
     var out: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 1 << 16)
     while true {
-        let n = fread(&chunk, 1, chunk.count, file)
+        let n = unsafe fread(&chunk, 1, chunk.count, file)
         if n == 0 { break }
         out += chunk[0..<n]
     }

@@ -234,4 +234,21 @@ struct GuestMemoryAccessTests {
             try memory.read(into: &small, count: 4, at: 0xFFE)
         }
     }
+
+    @Test("load copies a segment and zeroes the rest, or fails without writing")
+    func load() throws {
+        let memory = try GuestMemory(size: 0x2000)
+        try memory.fill(0xEE, count: 0x2000, at: 0)
+        let file: [UInt8] = [9, 1, 2, 3, 9]
+        try memory.load(file[1..<4], at: 0x100, zeroFillingTo: 0x10)
+        #expect(try memory.read(0x12, at: 0xFF) == [0xEE, 1, 2, 3] + [UInt8](repeating: 0, count: 13) + [0xEE])
+        #expect(throws: GuestMemoryError.outOfBounds(address: 0x1FF8, count: 0x10)) {
+            try memory.load(file[...], at: 0x1FF8, zeroFillingTo: 0x10)
+        }
+        #expect(throws: GuestMemoryError.outOfBounds(address: 0x200, count: 2)) {
+            try memory.load(file[...], at: 0x200, zeroFillingTo: 2)
+        }
+        #expect(try memory.read(8, at: 0x1FF8) == [UInt8](repeating: 0xEE, count: 8))
+        #expect(try memory.read(5, at: 0x200) == [UInt8](repeating: 0xEE, count: 5))
+    }
 }

@@ -1,0 +1,131 @@
+// Public only so that the clock below can be inlined into the vCPU loop, as it was when
+// it lived in the same module.
+public import Glibc
+
+/// Small host helpers over libc, so the VMM needs no Foundation.
+///
+/// This module is where the machine facade, the devices, the loaders and the tools meet the
+/// host's system calls: every raw pointer they would otherwise need lives here, each behind
+/// a function that takes and returns values.
+public enum HostIO {
+    /// Writes all of `bytes` to `fd`, retrying on EINTR and short writes; gives up silently
+    /// on other errors (a closed terminal must not stop the guest), and on EINTR when
+    /// `giveUp` says so (a VM being stopped must not stay blocked on a full pipe).
+    public static func write(_ bytes: some Collection<UInt8>, to fd: Int32, giveUp: () -> Bool = { false }) {
+        var remaining = Array(bytes)[...]
+        while !remaining.isEmpty {
+            // SAFETY: write(2) reads at most count bytes of the buffer, valid for the call.
+            let n = unsafe remaining.withUnsafeBytes { unsafe Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR, !giveUp() { continue }
+                return
+            }
+            remaining = remaining.dropFirst(n)
+        }
+    }
+
+    /// Writes one line to standard error.
+    public static func printError(_ line: String) {
+        write(Array((line + "\n").utf8), to: 2)
+    }
+
+    /// Reads up to `buffer.count` bytes from `fd` into the start of `buffer`, retrying on
+    /// EINTR. Returns the number read: 0 at end of input, -1 on an error.
+    package static func read(from fd: Int32, into buffer: inout [UInt8]) -> Int {
+        while true {
+            // SAFETY: read(2) writes at most count bytes into the array's buffer, valid for the call.
+            let n = unsafe buffer.withUnsafeMutableBytes { unsafe Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0, errno == EINTR { continue }
+            return n
+        }
+    }
+
+    /// Reads a whole regular file, refusing anything larger than `limit` bytes. The error is
+    /// the reason, for the caller's own error type.
+    package static func readRegularFile(_ path: String, limit: Int) throws(HostFileError) -> [UInt8] {
+        let fd = unsafe open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw HostFileError(errno: errno) }
+        defer { close(fd) }
+        var info = stat()
+        // SAFETY: fstat(2) writes only `info`, a local that outlives the call.
+        guard unsafe fstat(fd, &info) == 0 else { throw HostFileError(errno: errno) }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw HostFileError(reason: "not a regular file") }
+        guard info.st_size <= limit else {
+            throw HostFileError(reason: "\(info.st_size) bytes is larger than guest RAM")
+        }
+        var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
+        var done = 0
+        while done < bytes.count {
+            // SAFETY: read(2) writes at most count - done bytes starting at offset done (< count).
+            let n = unsafe bytes.withUnsafeMutableBytes { unsafe Glibc.read(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else {
+                throw n == 0 ? HostFileError(reason: "file shrank while reading") : HostFileError(errno: errno)
+            }
+            done += n
+        }
+        return bytes
+    }
+
+    /// Creates or truncates `path` and writes `bytes` to it.
+    package static func createFile(_ path: String, _ bytes: [UInt8]) throws(HostFileError) {
+        let fd = unsafe open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw HostFileError(errno: errno) }
+        defer { close(fd) }
+        var done = 0
+        while done < bytes.count {
+            // SAFETY: write(2) reads at most count - done bytes starting at offset done (< count).
+            let n = unsafe bytes.withUnsafeBytes { unsafe Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { throw HostFileError(errno: errno) }
+            done += n
+        }
+    }
+
+    /// Physical RAM of the host in bytes.
+    public static var physicalMemory: UInt64 {
+        UInt64(max(0, sysconf(Int32(_SC_PHYS_PAGES)))) * UInt64(max(0, sysconf(Int32(_SC_PAGESIZE))))
+    }
+
+    /// Monotonic time in nanoseconds. Inlinable: the vCPU loop reads it around each exit
+    /// when statistics or a trace are on.
+    @inlinable
+    public static func monotonicNanoseconds() -> UInt64 {
+        var t = timespec()
+        // SAFETY: clock_gettime(2) writes only `t`, a local that outlives the call.
+        _ = unsafe clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+    }
+
+    /// The host's real time: whole seconds since 1970-01-01 00:00:00 UTC.
+    package static func realtimeSeconds() -> Int64 {
+        var t = timespec()
+        // SAFETY: clock_gettime(2) writes only `t`, a local that outlives the call.
+        _ = unsafe clock_gettime(CLOCK_REALTIME, &t)
+        return Int64(t.tv_sec)
+    }
+
+    /// Sleeps for about `nanoseconds` (less if a signal interrupts the sleep).
+    package static func sleep(nanoseconds: UInt64) {
+        var pause = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+        // SAFETY: nanosleep(2) reads only `pause`, a local that outlives the call; no remainder is asked for.
+        _ = unsafe nanosleep(&pause, nil)
+    }
+
+    /// `strerror` text followed by the errno number, e.g. "Permission denied (errno 13)".
+    package static func errnoText(_ code: Int32) -> String {
+        // SAFETY: strerror returns a NUL-terminated string valid until the next call on this
+        // thread; it is copied into a String at once.
+        if let text = unsafe strerror(code) {
+            return "\(unsafe String(cString: text)) (errno \(code))"
+        }
+        return "errno \(code)"
+    }
+}
+
+/// Why a host file could not be read or written: the text a user reads after the path.
+package struct HostFileError: Error {
+    package let reason: String
+    package init(reason: String) { self.reason = reason }
+    package init(errno code: Int32) { self.reason = HostIO.errnoText(code) }
+}
