@@ -9,6 +9,8 @@ import VisorHost
 ///        │                  │ └────pause────▶ │
 ///        │                  ▼                 ▼
 ///        └──stop──────▶ stopping ◀────────────┘   (a stop, a guest exit or a fatal exit)
+///                           │   a start after requestStop() runs from here: the vCPUs
+///                           │   leave at once and the report says .requested
 ///                           │
 ///                           ▼ every vCPU thread has left, the report is published
 ///                        stopped
@@ -69,15 +71,23 @@ final class RunControl: Sendable {
 
     // MARK: Phase transitions
 
-    /// created → running; any other phase means the machine already ran.
+    /// Set by the first start or by a stop before any start: a machine runs once.
+    private let startClaimed = Atomic<Bool>(false)
+
+    /// Claims the one run: created → running. A stop requested before the start
+    /// (`requestStop()`) leaves the phase at stopping, so the vCPUs leave at once and the run
+    /// reports `.requested`; a machine that was stopped or ran before throws.
     func claimStart() throws(MachineError) {
-        guard phase.compareExchange(expected: .created, desired: .running, ordering: .sequentiallyConsistent).exchanged
-        else { throw .alreadyRan }
+        guard !startClaimed.exchange(true, ordering: .sequentiallyConsistent) else { throw .alreadyRan }
+        _ = phase.compareExchange(expected: .created, desired: .running, ordering: .sequentiallyConsistent)
     }
 
-    /// created → stopping, for a stop before start; returns whether this call made it.
+    /// Claims the one run for a stop before start (the caller then publishes the report);
+    /// returns whether this call claimed it.
     func claimStopBeforeStart() -> Bool {
-        phase.compareExchange(expected: .created, desired: .stopping, ordering: .sequentiallyConsistent).exchanged
+        guard !startClaimed.exchange(true, ordering: .sequentiallyConsistent) else { return false }
+        beginStopping()
+        return true
     }
 
     /// running → paused; returns whether the machine is paused now.
@@ -103,7 +113,7 @@ final class RunControl: Sendable {
         }
     }
 
-    var hasStarted: Bool { phase.load(ordering: .sequentiallyConsistent) != .created }
+    var hasStarted: Bool { startClaimed.load(ordering: .sequentiallyConsistent) }
 
     /// Whether the machine is on its way out (a blocked console write gives up then).
     var isStopping: Bool {

@@ -136,6 +136,19 @@ struct VCPURunnerTests {
         #expect(throws: MachineError.self) { try harness.runner.run() }
     }
 
+    /// The CLI routes SIGTERM to requestStop() while the next machine (after a guest reset)
+    /// may still be under construction: its run must then end at once with .requested, as a
+    /// stop during the run would, not throw.
+    @Test("requestStop() before run() makes the run end at once with .requested")
+    func requestStopBeforeRun() throws {
+        let harness = Harness([ScriptedVCPU(id: 0), ScriptedVCPU(id: 1)])
+        harness.runner.requestStop()
+        let report = try harness.runner.run()
+        #expect(report.outcome == .stopped(.requested))
+        #expect(harness.vcpus.allSatisfy { $0.guestEntries == 0 }, "no vCPU entered the guest")
+        #expect(throws: MachineError.self) { try harness.runner.run() }
+    }
+
     @Test("a machine runs once")
     func runsOnce() throws {
         let vcpu = ScriptedVCPU(script: [.success(Self.exitWrite)])
