@@ -18,7 +18,7 @@
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
-//     SwiftVisor          -> VisorHost
+//     SwiftVisor          -> VisorHost VisorDecoder
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
@@ -95,7 +95,7 @@ let package = Package(
             name: "SwiftVisor",
             dependencies: [
                 "VisorKVM", "VisorMemory", "VisorCore", "VisorEmulator", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux",
-                "SwiftVisorProbes", "VisorHost",
+                "SwiftVisorProbes", "VisorHost", "VisorDecoder",
             ],
             swiftSettings: strict),
         .plugin(name: "GuestBuilder", capability: .buildTool()),

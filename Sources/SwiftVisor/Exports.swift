@@ -26,3 +26,8 @@
 @_exported public import struct VisorKVM.VCPUEvents
 @_exported public import enum VisorHost.HostIO
 @_exported public import enum VisorHost.HostThread
+// What an instruction handler reads from `EmulationState.instruction`.
+@_exported public import struct VisorDecoder.DecodedInstruction
+@_exported public import enum VisorDecoder.Operand
+@_exported public import struct VisorDecoder.MemoryOperand
+@_exported public import enum VisorDecoder.CodeMode

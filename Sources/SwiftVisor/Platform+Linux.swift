@@ -1,12 +1,12 @@
-public import VisorDevices
+package import VisorDevices
 import VisorFirmware
-public import VisorLinux
-public import VisorMemory
+package import VisorLinux
+package import VisorMemory
 
 extension Platform {
     /// Writes the ACPI tables for `processors` vCPUs, built from `devices`, into the BIOS
     /// area, then loads the kernel, initrd and boot data. Nothing runs yet.
-    public func loadLinux(_ request: LinuxBootRequest, processors: Int, into memory: GuestMemory) throws(MachineError) -> LinuxBootPlan {
+    package func loadLinux(_ request: LinuxBootRequest, processors: Int, into memory: GuestMemory) throws(MachineError) -> LinuxBootPlan {
         let tables: ACPITables
         do { tables = try ACPITables.build(for: acpiPlatform(processors: processors)) } catch {
             throw .firmware(error.description)

@@ -76,13 +76,13 @@ public struct DecodedInstruction: Sendable, Equatable {
 }
 
 /// x86 instruction decoding and disassembly, by Zydis.
-public enum X86Decoder {
+package enum X86Decoder {
     /// The architectural maximum instruction length.
-    public static let maximumLength = 15
+    package static let maximumLength = 15
 
     /// Decodes the instruction at the start of `bytes` (only the first 15 are looked at),
     /// formatting it as if it sat at `address`.
-    public static func decode(_ bytes: [UInt8], mode: CodeMode, address: UInt64 = 0) throws(DecodeError) -> DecodedInstruction {
+    package static func decode(_ bytes: [UInt8], mode: CodeMode, address: UInt64 = 0) throws(DecodeError) -> DecodedInstruction {
         var raw = cdec_instruction()
         let available = min(bytes.count, maximumLength)
         // SAFETY: Zydis reads at most `available` (<= bytes.count) bytes from the buffer, valid
@@ -127,7 +127,7 @@ public enum X86Decoder {
 
     /// Disassembles up to `count` instructions from `bytes`, one line each:
     /// address, bytes, Intel syntax. Stops at the first byte sequence that does not decode.
-    public static func disassemble(_ bytes: [UInt8], mode: CodeMode, address: UInt64, count: Int) -> [String] {
+    package static func disassemble(_ bytes: [UInt8], mode: CodeMode, address: UInt64, count: Int) -> [String] {
         var lines: [String] = []
         var offset = 0
         while lines.count < count, offset < bytes.count {

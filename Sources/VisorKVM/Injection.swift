@@ -59,7 +59,7 @@ extension VCPUHandle {
     /// Delivers `injection` when the guest next runs: an exception through
     /// `KVM_SET_VCPU_EVENTS` (CR2 first for #PF), an NMI with `KVM_NMI`, an interrupt through
     /// the local APIC or `KVM_INTERRUPT`.
-    public func inject(_ injection: Injection) throws(KVMError) {
+    package func inject(_ injection: Injection) throws(KVMError) {
         switch injection {
         case .exception(let vector, let errorCode):
             var events = try self.events()

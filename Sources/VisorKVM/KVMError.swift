@@ -41,7 +41,7 @@ public enum KVMError: Error, Equatable, CustomStringConvertible {
 }
 
 /// `strerror` text followed by the errno number, e.g. "Permission denied (errno 13)".
-public func errnoText(_ code: Int32) -> String {
+package func errnoText(_ code: Int32) -> String {
     // SAFETY: strerror returns a NUL-terminated string valid until the next call on this
     // thread; it is copied into a String at once.
     if let text = unsafe strerror(code) {

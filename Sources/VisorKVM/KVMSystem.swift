@@ -2,25 +2,25 @@ internal import CKVM
 import Glibc
 
 /// A KVM capability, as asked with `KVM_CHECK_EXTENSION`.
-public struct KVMCapability: Sendable, Hashable, CustomStringConvertible {
-    public let rawValue: Int32
-    public let name: String
-    public init(_ rawValue: Int32, name: String) {
+package struct KVMCapability: Sendable, Hashable, CustomStringConvertible {
+    package let rawValue: Int32
+    package let name: String
+    package init(_ rawValue: Int32, name: String) {
         self.rawValue = rawValue
         self.name = name
     }
-    public var description: String { name }
+    package var description: String { name }
 
-    public static let userMemory = KVMCapability(Int32(KVM_CAP_USER_MEMORY), name: "KVM_CAP_USER_MEMORY")
-    public static let setTSSAddress = KVMCapability(Int32(KVM_CAP_SET_TSS_ADDR), name: "KVM_CAP_SET_TSS_ADDR")
-    public static let immediateExit = KVMCapability(Int32(KVM_CAP_IMMEDIATE_EXIT), name: "KVM_CAP_IMMEDIATE_EXIT")
-    public static let extendedCPUID = KVMCapability(Int32(KVM_CAP_EXT_CPUID), name: "KVM_CAP_EXT_CPUID")
-    public static let vcpuEvents = KVMCapability(Int32(KVM_CAP_VCPU_EVENTS), name: "KVM_CAP_VCPU_EVENTS")
-    public static let nrVCPUs = KVMCapability(Int32(KVM_CAP_NR_VCPUS), name: "KVM_CAP_NR_VCPUS")
-    public static let maxVCPUs = KVMCapability(Int32(KVM_CAP_MAX_VCPUS), name: "KVM_CAP_MAX_VCPUS")
-    public static let userSpaceMSR = KVMCapability(Int32(KVM_CAP_X86_USER_SPACE_MSR), name: "KVM_CAP_X86_USER_SPACE_MSR")
-    public static let msrFilter = KVMCapability(Int32(KVM_CAP_X86_MSR_FILTER), name: "KVM_CAP_X86_MSR_FILTER")
-    public static let nrMemslots = KVMCapability(Int32(KVM_CAP_NR_MEMSLOTS), name: "KVM_CAP_NR_MEMSLOTS")
+    package static let userMemory = KVMCapability(Int32(KVM_CAP_USER_MEMORY), name: "KVM_CAP_USER_MEMORY")
+    package static let setTSSAddress = KVMCapability(Int32(KVM_CAP_SET_TSS_ADDR), name: "KVM_CAP_SET_TSS_ADDR")
+    package static let immediateExit = KVMCapability(Int32(KVM_CAP_IMMEDIATE_EXIT), name: "KVM_CAP_IMMEDIATE_EXIT")
+    package static let extendedCPUID = KVMCapability(Int32(KVM_CAP_EXT_CPUID), name: "KVM_CAP_EXT_CPUID")
+    package static let vcpuEvents = KVMCapability(Int32(KVM_CAP_VCPU_EVENTS), name: "KVM_CAP_VCPU_EVENTS")
+    package static let nrVCPUs = KVMCapability(Int32(KVM_CAP_NR_VCPUS), name: "KVM_CAP_NR_VCPUS")
+    package static let maxVCPUs = KVMCapability(Int32(KVM_CAP_MAX_VCPUS), name: "KVM_CAP_MAX_VCPUS")
+    package static let userSpaceMSR = KVMCapability(Int32(KVM_CAP_X86_USER_SPACE_MSR), name: "KVM_CAP_X86_USER_SPACE_MSR")
+    package static let msrFilter = KVMCapability(Int32(KVM_CAP_X86_MSR_FILTER), name: "KVM_CAP_X86_MSR_FILTER")
+    package static let nrMemslots = KVMCapability(Int32(KVM_CAP_NR_MEMSLOTS), name: "KVM_CAP_NR_MEMSLOTS")
 }
 
 /// One CPUID leaf/subleaf as KVM reports and accepts it (`struct kvm_cpuid_entry2`).
@@ -42,17 +42,17 @@ public struct CPUIDEntry: Sendable, Equatable {
 }
 
 /// The KVM subsystem: an open `/dev/kvm`. Owns and closes its file descriptor.
-public final class KVMSystem: Sendable {
+package final class KVMSystem: Sendable {
     /// The only KVM API version that exists; the kernel has reported 12 since 2.6.22.
-    public static let requiredAPIVersion: Int32 = 12
+    package static let requiredAPIVersion: Int32 = 12
 
     let fd: Int32
     /// Size of each vCPU's shared `kvm_run` mapping.
-    public let vcpuMapSize: Int
+    package let vcpuMapSize: Int
 
     /// Opens the KVM device and checks its API version.
     /// - Parameter path: the device node; tests point it elsewhere to exercise the errors.
-    public init(path: String = "/dev/kvm") throws(KVMError) {
+    package init(path: String = "/dev/kvm") throws(KVMError) {
         // SAFETY: open reads the NUL-terminated copy of `path` Swift passes for the call.
         let fd = unsafe open(path, O_RDWR | O_CLOEXEC)
         if fd < 0 { throw .cannotOpenDevice(path: path, errno: errno) }
@@ -80,18 +80,18 @@ public final class KVMSystem: Sendable {
     deinit { close(fd) }
 
     /// Accepts only API version 12, the one every kernel since 2.6.22 reports.
-    public static func checkAPIVersion(_ version: Int32) throws(KVMError) {
+    package static func checkAPIVersion(_ version: Int32) throws(KVMError) {
         guard version == requiredAPIVersion else { throw .unsupportedAPIVersion(version) }
     }
 
     /// The result of `KVM_CHECK_EXTENSION` for `capability`: 0 when absent, otherwise
     /// positive (some capabilities report a number, such as a limit).
-    public func check(_ capability: KVMCapability) -> Int32 {
+    package func check(_ capability: KVMCapability) -> Int32 {
         max(0, ckvm_ioctl_value(fd, CKVM_CHECK_EXTENSION, UInt(capability.rawValue)))
     }
 
     /// The CPUID entries KVM can offer a guest (`KVM_GET_SUPPORTED_CPUID`).
-    public func supportedCPUID() throws(KVMError) -> [CPUIDEntry] {
+    package func supportedCPUID() throws(KVMError) -> [CPUIDEntry] {
         // SAFETY: withCPUIDBuffer gives a header with room for nent entries, which is all the
         // kernel writes; readCPUID reads back at most the nent the kernel left there.
         unsafe try withCPUIDBuffer(capacity: Int(CKVM_MAX_CPUID_ENTRIES)) { (buffer) throws(KVMError) in
@@ -103,7 +103,7 @@ public final class KVMSystem: Sendable {
     }
 
     /// Creates a virtual machine (`KVM_CREATE_VM`).
-    public func createVM() throws(KVMError) -> VMHandle {
+    package func createVM() throws(KVMError) -> VMHandle {
         let vmfd = try checkedIoctl("KVM_CREATE_VM") { ckvm_ioctl_value(fd, CKVM_CREATE_VM, 0) }
         return VMHandle(fd: vmfd, system: self)
     }
@@ -143,7 +143,7 @@ func readCPUID(_ header: UnsafeMutablePointer<kvm_cpuid2>) -> [CPUIDEntry] {
 }
 
 /// CPUID of the host processor itself, as this process sees it.
-public func hostCPUID(leaf: UInt32, subleaf: UInt32 = 0) -> (eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
+package func hostCPUID(leaf: UInt32, subleaf: UInt32 = 0) -> (eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
     var registers: (UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0)
     // SAFETY: the tuple of four UInt32 is laid out as uint32_t[4], which the C function fills.
     unsafe withUnsafeMutablePointer(to: &registers) { pointer in

@@ -2,31 +2,31 @@ internal import CKVM
 import Glibc
 
 /// The signals SwiftVisor uses around vCPU threads.
-public enum VCPUSignals {
+package enum VCPUSignals {
     /// Sent to a vCPU thread to make its blocking KVM_RUN return (with EINTR).
-    public static let kick = SIGUSR2
+    package static let kick = SIGUSR2
 
     /// Installs the kick signal's handler once per process.
-    public static func installKickHandler() {
+    package static func installKickHandler() {
         _ = installed
     }
 
     private static let installed: Bool = ckvm_install_kick_handler(kick) == 0
 
     /// Blocks `signals` in the calling thread (threads it creates inherit the mask).
-    public static func block(_ signals: [Int32]) {
+    package static func block(_ signals: [Int32]) {
         // SAFETY: the C function reads `count` ints from the buffer, valid for the call.
         _ = unsafe signals.withUnsafeBufferPointer { unsafe ckvm_thread_signal_mask(SIG_BLOCK, $0.baseAddress, Int32($0.count)) }
     }
 
     /// Unblocks `signals` in the calling thread.
-    public static func unblock(_ signals: [Int32]) {
+    package static func unblock(_ signals: [Int32]) {
         // SAFETY: as in block(_:).
         _ = unsafe signals.withUnsafeBufferPointer { unsafe ckvm_thread_signal_mask(SIG_UNBLOCK, $0.baseAddress, Int32($0.count)) }
     }
 
     /// Waits for one of `signals`, which the caller must have blocked.
-    public static func wait(for signals: [Int32]) -> Int32 {
+    package static func wait(for signals: [Int32]) -> Int32 {
         // SAFETY: as in block(_:).
         unsafe signals.withUnsafeBufferPointer { unsafe ckvm_wait_for_signal($0.baseAddress, Int32($0.count)) }
     }

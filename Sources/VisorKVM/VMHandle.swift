@@ -3,12 +3,12 @@ import Glibc
 import Synchronization
 
 /// A KVM virtual machine file descriptor. Owns and closes it.
-public final class VMHandle: Sendable {
+package final class VMHandle: Sendable {
     let fd: Int32
     private let interruptController = Atomic<Bool>(false)
 
     /// Whether `createInterruptController()` succeeded.
-    public var hasInterruptController: Bool { interruptController.load(ordering: .acquiring) }
+    package var hasInterruptController: Bool { interruptController.load(ordering: .acquiring) }
     /// Keeps the system handle (and its vCPU map size) alive as long as the VM.
     let system: KVMSystem
 
@@ -20,7 +20,7 @@ public final class VMHandle: Sendable {
     deinit { close(fd) }
 
     /// The result of `KVM_CHECK_EXTENSION` on this VM.
-    public func check(_ capability: KVMCapability) -> Int32 {
+    package func check(_ capability: KVMCapability) -> Int32 {
         max(0, ckvm_ioctl_value(fd, CKVM_CHECK_EXTENSION, UInt(capability.rawValue)))
     }
 
@@ -29,7 +29,7 @@ public final class VMHandle: Sendable {
     /// - Parameter hostAddress: the start of a host mapping of at least `size` bytes that
     ///   stays mapped while the VM exists. The caller (the machine, with guest memory it
     ///   owns for the VM's lifetime) guarantees this; the kernel accesses the memory.
-    public func setMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: UInt64,
+    package func setMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: UInt64,
                                 hostAddress: UInt, readOnly: Bool = false) throws(KVMError) {
         var region = kvm_userspace_memory_region(
             slot: slot, flags: readOnly ? UInt32(KVM_MEM_READONLY) : 0,
@@ -38,12 +38,12 @@ public final class VMHandle: Sendable {
     }
 
     /// Places the three pages Intel's real-mode support needs (`KVM_SET_TSS_ADDR`).
-    public func setTSSAddress(_ address: UInt64) throws(KVMError) {
+    package func setTSSAddress(_ address: UInt64) throws(KVMError) {
         _ = try checkedIoctl("KVM_SET_TSS_ADDR") { ckvm_ioctl_value(fd, CKVM_SET_TSS_ADDR, UInt(address)) }
     }
 
     /// Places the identity-map page (`KVM_SET_IDENTITY_MAP_ADDR`).
-    public func setIdentityMapAddress(_ address: UInt64) throws(KVMError) {
+    package func setIdentityMapAddress(_ address: UInt64) throws(KVMError) {
         var value = address
         try ioctlStruct(fd, CKVM_SET_IDENTITY_MAP_ADDR, "KVM_SET_IDENTITY_MAP_ADDR", &value)
     }
@@ -51,7 +51,7 @@ public final class VMHandle: Sendable {
     /// Sends chosen MSRs to user space: enables `KVM_CAP_X86_USER_SPACE_MSR` for filtered,
     /// unknown and invalid accesses, and installs a filter whose `ranges` (base, count)
     /// exit while every other MSR stays with KVM.
-    public func routeMSRsToUserSpace(_ ranges: [(base: UInt32, count: UInt32)]) throws(KVMError) {
+    package func routeMSRsToUserSpace(_ ranges: [(base: UInt32, count: UInt32)]) throws(KVMError) {
         var enable = kvm_enable_cap()
         enable.cap = CKVM_CAP_X86_USER_SPACE_MSR
         enable.args.0 = CKVM_MSR_EXIT_REASON_FILTER | CKVM_MSR_EXIT_REASON_UNKNOWN | CKVM_MSR_EXIT_REASON_INVAL
@@ -69,7 +69,7 @@ public final class VMHandle: Sendable {
 
     /// Creates the in-kernel interrupt controllers: two 8259 PICs, an IOAPIC and a local
     /// APIC per vCPU (`KVM_CREATE_IRQCHIP`). Must precede vCPU creation.
-    public func createInterruptController() throws(KVMError) {
+    package func createInterruptController() throws(KVMError) {
         _ = try checkedIoctl("KVM_CREATE_IRQCHIP") { ckvm_ioctl_none(fd, CKVM_CREATE_IRQCHIP) }
         interruptController.store(true, ordering: .releasing)
     }
@@ -77,7 +77,7 @@ public final class VMHandle: Sendable {
     /// Sends a message-signalled interrupt (`KVM_SIGNAL_MSI`): with the in-kernel irqchip,
     /// address 0xFEE00000 | (APIC ID << 12) and data = vector deliver a fixed, edge-triggered
     /// interrupt to that local APIC.
-    public func signalMSI(address: UInt64, data: UInt32) throws(KVMError) {
+    package func signalMSI(address: UInt64, data: UInt32) throws(KVMError) {
         var msi = kvm_msi()
         msi.address_lo = UInt32(truncatingIfNeeded: address)
         msi.address_hi = UInt32(truncatingIfNeeded: address >> 32)
@@ -89,7 +89,7 @@ public final class VMHandle: Sendable {
     }
 
     /// Creates the in-kernel 8254 PIT (`KVM_CREATE_PIT2`), with a dummy speaker port.
-    public func createPIT() throws(KVMError) {
+    package func createPIT() throws(KVMError) {
         var config = kvm_pit_config()
         config.flags = CKVM_PIT_SPEAKER_DUMMY
         try ioctlStruct(fd, CKVM_CREATE_PIT2, "KVM_CREATE_PIT2", &config)
@@ -97,7 +97,7 @@ public final class VMHandle: Sendable {
 
     /// Sets the level of interrupt line `irq` (GSI) of the in-kernel PIC and IOAPIC
     /// (`KVM_IRQ_LINE`). Callable from any thread.
-    public func setIRQLine(_ irq: UInt32, high: Bool) throws(KVMError) {
+    package func setIRQLine(_ irq: UInt32, high: Bool) throws(KVMError) {
         var level = kvm_irq_level()
         level.irq = irq
         level.level = high ? 1 : 0
@@ -105,7 +105,7 @@ public final class VMHandle: Sendable {
     }
 
     /// Creates vCPU `id` and maps its run page (`KVM_CREATE_VCPU`).
-    public func createVCPU(id: UInt32) throws(KVMError) -> VCPUHandle {
+    package func createVCPU(id: UInt32) throws(KVMError) -> VCPUHandle {
         let vcpufd = try checkedIoctl("KVM_CREATE_VCPU") { ckvm_ioctl_value(fd, CKVM_CREATE_VCPU, UInt(id)) }
         do throws(KVMError) {
             return try VCPUHandle(fd: vcpufd, id: id, mapSize: system.vcpuMapSize, vm: self)
