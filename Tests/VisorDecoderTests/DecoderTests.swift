@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 import VisorDecoder
 
 @Suite("x86 decoder")
@@ -82,14 +83,13 @@ struct DecoderTests {
 
     @Test("random byte strings decode or fail cleanly, and lengths stay within 1...15")
     func fuzz() {
-        var seed: UInt64 = 0x5EED
+        var rng = LCG(state: 0x5EED)
         for _ in 0..<20_000 {
             var bytes: [UInt8] = []
-            for _ in 0..<Int(seed % 17) {
-                seed = seed &* 6364136223846793005 &+ 1442695040888963407
-                bytes.append(UInt8(truncatingIfNeeded: seed >> 33))
+            for _ in 0..<Int(rng.state % 17) {
+                bytes.append(UInt8(truncatingIfNeeded: rng.step() >> 33))
             }
-            seed = seed &* 6364136223846793005 &+ 1442695040888963407
+            _ = rng.step()
             for mode in [CodeMode.long64, .protected32, .real16] {
                 if let i = try? X86Decoder.decode(bytes, mode: mode) {
                     #expect((1...15).contains(i.length))

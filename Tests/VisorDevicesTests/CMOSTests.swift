@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 import Synchronization
 import Glibc
 import VisorCore
@@ -65,10 +66,9 @@ struct CivilTimeTests {
 
     @Test("agrees with Glibc's gmtime_r on 20,000 times from 1900 to 2400")
     func matchesGmtime() {
-        var state: UInt64 = 0x5EED
+        var rng = LCG(state: 0x5EED)
         for _ in 0..<20_000 {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            let t = Int64(state >> 30) % 15_778_800_000 - 2_208_988_800   // 1900 ... ~2400
+            let t = Int64(rng.step() >> 30) % 15_778_800_000 - 2_208_988_800   // 1900 ... ~2400
             var seconds = time_t(t)
             // SAFETY: `tm` holds a time-zone name pointer, which this test never reads; both
             // pointers are to locals that outlive the call.

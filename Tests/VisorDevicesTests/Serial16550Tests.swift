@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 @testable import VisorDevices
 
 /// Register offsets, spelled out so the tests read like a driver.
@@ -13,16 +14,6 @@ private enum Reg {
     static let scr: UInt8 = 7
 }
 
-/// A tiny deterministic linear congruential generator (Knuth's MMIX constants).
-private struct LCG {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-        return state >> 33
-    }
-    mutating func byte() -> UInt8 { UInt8(truncatingIfNeeded: next()) }
-    mutating func below(_ n: UInt64) -> UInt64 { next() % n }
-}
 
 @Suite("Serial16550 register model")
 struct Serial16550Tests {

@@ -36,9 +36,9 @@ struct BitManipulationTests {
     func matchesNative(name: String) throws {
         let c = Self.cases.first { $0.name == name }!
         let h = try EmulatorHarness()
-        var seed: UInt64 = 0xB1B1 &+ UInt64(c.op)
+        var rng = LCG(state: 0xB1B1 &+ UInt64(c.op))
         func next() -> UInt64 {
-            seed = seed &* 6364136223846793005 &+ 1442695040888963407
+            let seed = rng.step()
             return seed ^ (seed >> 29)
         }
         let specials: [UInt64] = [0, 1, .max, 0x8000_0000_0000_0000, 0x0123_4567_89AB_CDEF, 0x0408, 0x2010, 0xFF00, 63, 64]

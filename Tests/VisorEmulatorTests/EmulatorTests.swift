@@ -266,9 +266,9 @@ struct EmulatorTests {
     @Test("random instruction bytes and registers never crash or write outside guest memory")
     func fuzz() throws {
         let h = try EmulatorHarness()
-        var seed: UInt64 = 0xF00D
+        var rng = LCG(state: 0xF00D)
         func next() -> UInt64 {
-            seed = seed &* 6364136223846793005 &+ 1442695040888963407
+            let seed = rng.step()
             return seed
         }
         let prefixes: [[UInt8]] = [[0xF3, 0x0F, 0xB8], [0xF3, 0x48, 0x0F, 0xB8], [0xF0, 0x48, 0x0F, 0xC7],
