@@ -17,6 +17,7 @@
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
+//     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices TestSupport  -- fuzz targets
 //  3  VisorDevices        -> VisorCore VisorFirmware                  -- device models, Platform
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
@@ -109,6 +110,13 @@ let package = Package(
         // unit tests and the benchmark.
         .target(name: "TestSupport", dependencies: ["VisorCore", "VisorKVM", "VisorMemory"], path: "Tests/TestSupport",
                 swiftSettings: strict),
+        // Every fuzz target as a plain function over bytes, shared by the libFuzzer entry
+        // and the seeded pass in `swift test`. Not part of any product.
+        .target(
+            name: "FuzzTargets",
+            dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "TestSupport"],
+            path: "Fuzz/Targets", swiftSettings: strict),
+        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport"], path: "Fuzz/Tests"),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"]),
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"]),
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport"],

@@ -1,0 +1,52 @@
+// The fuzz targets: each a deterministic function over bytes that checks a property and
+// traps when it fails. The seeded pass in `swift test` calls `FuzzTarget.run(_:)`, as a
+// libFuzzer entry can, so a crash found by one replays in the other.
+
+/// A guest- or file-facing entry point under fuzzing. Each case's doc comment says what
+/// the input means and which property its run checks beyond "no crash".
+package enum FuzzTarget: String, CaseIterable, Sendable {
+    /// The 16550 register model driven by register accesses and host input.
+    /// Checks: the transmitted bytes equal a model of the THR writes, in order; the receive
+    /// FIFO never holds more than 64 bytes; with every interrupt source disabled or cleared
+    /// no interrupt is pending.
+    case serial16550
+    /// The 8042 keyboard controller on its port adapter, driven by port reads and writes.
+    /// Checks: the output queue never exceeds 16 bytes; each IRQ line's last driven level
+    /// equals the controller's level, so every raised line is lowered when its byte is read.
+    case i8042
+    /// The CMOS/RTC on its port adapter, with a fixed clock.
+    /// Checks: the index port reads back what was written; a data read of a RAM byte outside
+    /// the clock registers returns the last value written there.
+    case cmos
+
+    /// Runs the target on one input. Traps (`precondition`) when its property fails.
+    package func run(_ data: [UInt8]) {
+        switch self {
+        case .serial16550: fuzzSerial16550(data)
+        case .i8042: fuzzI8042(data)
+        case .cmos: fuzzCMOS(data)
+        }
+    }
+}
+
+/// Reads fuzz input as a stream of small decisions; past the end every read is 0, so any
+/// input, even an empty one, is a complete program.
+struct ByteReader {
+    private let data: [UInt8]
+    private var position = 0
+
+    init(_ data: [UInt8]) { self.data = data }
+
+    var isAtEnd: Bool { position >= data.count }
+
+    mutating func byte() -> UInt8 {
+        guard position < data.count else { return 0 }
+        defer { position += 1 }
+        return data[position]
+    }
+
+    mutating func uint16() -> UInt16 { UInt16(byte()) | UInt16(byte()) << 8 }
+    mutating func uint32() -> UInt32 { UInt32(uint16()) | UInt32(uint16()) << 16 }
+    mutating func uint64() -> UInt64 { UInt64(uint32()) | UInt64(uint32()) << 32 }
+
+}
