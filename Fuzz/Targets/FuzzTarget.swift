@@ -18,6 +18,11 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: the index port reads back what was written; a data read of a RAM byte outside
     /// the clock registers returns the last value written there.
     case cmos
+    /// Random exits (any port, width, string count up to 4,096, MMIO address, MSR) through
+    /// the PC platform's device list on a `PortBus`/`MMIOBus` with `ExitDispatcher`.
+    /// Checks: no trap; every element of an IN is written exactly once, in order; an
+    /// unclaimed read returns all ones; an OUT writes no element.
+    case dispatch
 
     /// Runs the target on one input. Traps (`precondition`) when its property fails.
     package func run(_ data: [UInt8]) {
@@ -25,6 +30,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .serial16550: fuzzSerial16550(data)
         case .i8042: fuzzI8042(data)
         case .cmos: fuzzCMOS(data)
+        case .dispatch: fuzzDispatch(data)
         }
     }
 }
