@@ -17,7 +17,8 @@
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
-//     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices TestSupport  -- fuzz targets
+//     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
+//     FuzzTargets         -> VisorLinux TestSupport
 //  3  VisorDevices        -> VisorCore VisorFirmware                  -- device models, Platform
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
@@ -114,7 +115,7 @@ let package = Package(
         // and the seeded pass in `swift test`. Not part of any product.
         .target(
             name: "FuzzTargets",
-            dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "TestSupport"],
+            dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "TestSupport"],
             path: "Fuzz/Targets", swiftSettings: strict),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport"], path: "Fuzz/Tests"),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"]),

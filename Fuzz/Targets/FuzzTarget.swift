@@ -23,6 +23,25 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: no trap; every element of an IN is written exactly once, in order; an
     /// unclaimed read returns all ones; an OUT writes no element.
     case dispatch
+    /// The ELF loader: parse the input, load it into a small guest RAM.
+    /// Checks: RAM changes only inside the loaded segments' ranges, and not at all when
+    /// loading fails.
+    case elf
+    /// The Linux loader end to end on a kernel image (bzImage or vmlinux), with or without
+    /// host decompression, into 2 MiB of guest RAM.
+    /// Checks: guest RAM changes only inside the ranges the plan and the loader's boot-data
+    /// layout name, and not at all when loading fails.
+    case linux
+
+    /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
+    /// which is slow in a debug build.
+    package var seededInputs: Int {
+        switch self {
+        case .elf: 300
+        case .linux: 40
+        default: 3_000
+        }
+    }
 
     /// Runs the target on one input. Traps (`precondition`) when its property fails.
     package func run(_ data: [UInt8]) {
@@ -31,6 +50,8 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .i8042: fuzzI8042(data)
         case .cmos: fuzzCMOS(data)
         case .dispatch: fuzzDispatch(data)
+        case .elf: fuzzELF(data)
+        case .linux: fuzzLinux(data)
         }
     }
 }
@@ -55,4 +76,9 @@ struct ByteReader {
     mutating func uint32() -> UInt32 { UInt32(uint16()) | UInt32(uint16()) << 16 }
     mutating func uint64() -> UInt64 { UInt64(uint32()) | UInt64(uint32()) << 32 }
 
+    /// Everything not read yet.
+    mutating func rest() -> [UInt8] {
+        defer { position = data.count }
+        return position < data.count ? Array(data[position...]) : []
+    }
 }

@@ -16,7 +16,7 @@ struct FuzzTargetTests {
         #expect(!seeds.isEmpty, "Fuzz/corpus/\(target.rawValue) holds no seeds")
         for seed in seeds { target.run(seed) }
         var random = LCG(state: 0x5EED_0000 &+ UInt64(target.rawValue.utf8.count))
-        for _ in 0..<3_000 {
+        for _ in 0..<target.seededInputs {
             var input = seeds.isEmpty ? [] : seeds[random.below(seeds.count)]
             // A few byte flips, insertions and truncations, as libFuzzer's simplest mutators do.
             for _ in 0...random.below(8) {
