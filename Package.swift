@@ -15,6 +15,7 @@
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
 //     swiftvisor-bench    -> TestSupport
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
+//     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
@@ -117,6 +118,9 @@ let package = Package(
             name: "FuzzTargets",
             dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "TestSupport"],
             path: "Fuzz/Targets", swiftSettings: strict),
+        // The libFuzzer entry point. A plain build makes a replay tool (run a target over
+        // files); `Tools/fuzz` builds it with `-sanitize=fuzzer` and `-D SWIFTVISOR_LIBFUZZER`.
+        .executableTarget(name: "swiftvisor-fuzz", dependencies: ["FuzzTargets"], path: "Fuzz/Entry", swiftSettings: strict),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport"], path: "Fuzz/Tests"),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"]),
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"]),

@@ -1,6 +1,6 @@
 // The fuzz targets: each a deterministic function over bytes that checks a property and
-// traps when it fails. The seeded pass in `swift test` calls `FuzzTarget.run(_:)`, as a
-// libFuzzer entry can, so a crash found by one replays in the other.
+// traps when it fails. The libFuzzer entry (`swiftvisor-fuzz`) and the seeded pass in
+// `swift test` both call `FuzzTarget.run(_:)`, so a crash found by one replays in the other.
 
 /// A guest- or file-facing entry point under fuzzing. Each case's doc comment says what
 /// the input means and which property its run checks beyond "no crash".
