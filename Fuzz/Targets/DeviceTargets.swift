@@ -71,7 +71,9 @@ func fuzzI8042(_ data: [UInt8]) {
         let width: UInt8 = [1, 1, 2, 4][Int(op >> 2) & 3]
         if op & 1 == 0 {
             let value = device.portRead(port: port, offset: 0, width: width)
-            if width > 1 { precondition(value >> 8 == UInt32(allOnes(width: width) >> 8), "i8042: upper bytes of a wide IN are not ones") }
+            if width > 1 {
+                precondition(value >> 8 == UInt32(allOnes(width: width) >> 8), "i8042: upper bytes of a wide IN are not ones")
+            }
         } else {
             _ = device.portWrite(port: port, offset: 0, width: width, value: UInt32(input.byte()))
         }
@@ -79,7 +81,8 @@ func fuzzI8042(_ data: [UInt8]) {
         precondition(controller.outputCount <= I8042.queueCapacity, "i8042: output queue holds \(controller.outputCount)")
         precondition(lines.level(I8042Device.keyboardIRQ) == controller.keyboardInterruptLevel, "i8042: IRQ 1 level is stale")
         precondition(lines.level(I8042Device.auxIRQ) == controller.auxInterruptLevel, "i8042: IRQ 12 level is stale")
-        precondition(controller.status & I8042.statusOutputFull != 0 || controller.outputCount == 0, "i8042: OBF clear with bytes queued")
+        precondition(
+            controller.status & I8042.statusOutputFull != 0 || controller.outputCount == 0, "i8042: OBF clear with bytes queued")
     }
 }
 

@@ -14,9 +14,10 @@ func fuzzDispatch(_ data: [UInt8]) {
     let platform: Platform
     var dispatcher = ExitDispatcher(unclaimedPorts: policy, unclaimedMMIO: policy)
     do {
-        platform = try Platform(kind: .pc, memoryBelow4GiB: 1 << 30, consoleOutput: { _ in },
-                                irqLine: { irq, level in lines.set(irq, level) },
-                                cmos: CMOSDevice(clock: { 1_700_000_000 }))
+        platform = try Platform(
+            kind: .pc, memoryBelow4GiB: 1 << 30, consoleOutput: { _ in },
+            irqLine: { irq, level in lines.set(irq, level) },
+            cmos: CMOSDevice(clock: { 1_700_000_000 }))
         try platform.register(ports: &dispatcher.ports, mmio: &dispatcher.mmio)
     } catch {
         preconditionFailure("dispatch: the PC platform does not build: \(error)")
@@ -27,8 +28,9 @@ func fuzzDispatch(_ data: [UInt8]) {
         case 0, 1, 2, 3:
             dispatchPort(&input, isWrite: kind & 1 != 0, dispatcher)
         case 4, 5:
-            let access = MMIOAccess(isWrite: kind & 1 != 0, address: input.uint64(),
-                                    width: [1, 2, 4, 8][Int(input.byte()) & 3], value: input.uint64())
+            let access = MMIOAccess(
+                isWrite: kind & 1 != 0, address: input.uint64(),
+                width: [1, 2, 4, 8][Int(input.byte()) & 3], value: input.uint64())
             let vcpu = FakeDataChannel()
             let outcome = dispatcher.dispatch(.mmio(access), vcpu: vcpu)
             if access.isWrite {
@@ -36,7 +38,8 @@ func fuzzDispatch(_ data: [UInt8]) {
             } else if outcome == .handled {
                 precondition(vcpu.mmioSets == 1, "dispatch: an MMIO read set its data \(vcpu.mmioSets) times")
                 if dispatcher.mmio.index(for: access.address) == nil {
-                    precondition(vcpu.mmioData == allOnes(width: access.width), "dispatch: an unclaimed MMIO read is not all ones")
+                    precondition(
+                        vcpu.mmioData == allOnes(width: access.width), "dispatch: an unclaimed MMIO read is not all ones")
                 }
             }
         case 6:
@@ -44,11 +47,14 @@ func fuzzDispatch(_ data: [UInt8]) {
             let value: UInt64? = input.byte() & 1 == 0 ? nil : input.uint64()
             let vcpu = FakeDataChannel()
             let outcome = dispatcher.dispatch(.msr(index: index, value: value), vcpu: vcpu)
-            precondition(outcome == .handled && vcpu.msrCompletion?.fault == true, "dispatch: an MSR without a policy did not fault")
+            precondition(
+                outcome == .handled && vcpu.msrCompletion?.fault == true, "dispatch: an MSR without a policy did not fault")
         default:
-            let exits: [VMExit] = [.halt(interruptsEnabled: true), .shutdown, .interrupted, .debug,
-                                   .systemEvent(type: UInt32(input.byte())), .malformedIO(port: 0x3F8, width: 1, count: 0x10000),
-                                   .exception(vector: 6, errorCode: 0), .other(reason: UInt32(input.byte()), hardwareReason: 0)]
+            let exits: [VMExit] = [
+                .halt(interruptsEnabled: true), .shutdown, .interrupted, .debug,
+                .systemEvent(type: UInt32(input.byte())), .malformedIO(port: 0x3F8, width: 1, count: 0x10000),
+                .exception(vector: 6, errorCode: 0), .other(reason: UInt32(input.byte()), hardwareReason: 0),
+            ]
             _ = dispatcher.dispatch(exits[Int(input.byte()) % exits.count], vcpu: FakeDataChannel())
         }
     }
@@ -81,6 +87,7 @@ private func dispatchPort(_ input: inout ByteReader, isWrite: Bool, _ dispatcher
     precondition(vcpu.writes == Array(0..<count), "dispatch: an IN of \(count) wrote elements \(vcpu.writes.prefix(8))...")
     if dispatcher.ports.route(for: port)?.device == nil {
         let ones = UInt32(truncatingIfNeeded: allOnes(width: width))
-        precondition(vcpu.elements.allSatisfy { $0 == ones }, "dispatch: an unclaimed IN at 0x\(String(port, radix: 16)) is not all ones")
+        precondition(
+            vcpu.elements.allSatisfy { $0 == ones }, "dispatch: an unclaimed IN at 0x\(String(port, radix: 16)) is not all ones")
     }
 }

@@ -42,7 +42,8 @@ func fuzzLinux(_ data: [UInt8]) {
     let after = snapshot(memory, size: linuxRAMSize)
     for address in after.indices where after[address] != before[address] {
         let a = UInt64(address)
-        precondition(allowed.contains { $0.contains(a) },
-                     "Linux: guest RAM changed at 0x\(String(address, radix: 16)), outside the plan's ranges")
+        precondition(
+            allowed.contains { $0.contains(a) },
+            "Linux: guest RAM changed at 0x\(String(address, radix: 16)), outside the plan's ranges")
     }
 }

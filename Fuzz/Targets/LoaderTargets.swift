@@ -33,8 +33,9 @@ func fuzzELF(_ data: [UInt8]) {
     // The model: each segment in order writes its file bytes, then zeros up to its memory size.
     var expected = before
     for s in image.segments where s.memorySize > 0 {
-        precondition(s.physicalAddress >= 0x1000 && s.physicalAddress + s.memorySize <= UInt64(loaderRAMSize),
-                     "ELF: a segment at 0x\(String(s.physicalAddress, radix: 16)) was loaded outside RAM")
+        precondition(
+            s.physicalAddress >= 0x1000 && s.physicalAddress + s.memorySize <= UInt64(loaderRAMSize),
+            "ELF: a segment at 0x\(String(s.physicalAddress, radix: 16)) was loaded outside RAM")
         let start = Int(s.physicalAddress)
         let file = Int(s.fileSize), total = Int(s.memorySize)
         expected.replaceSubrange(start..<(start + file), with: data[Int(s.fileOffset)..<(Int(s.fileOffset) + file)])
