@@ -18,6 +18,10 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: the index port reads back what was written; a data read of a RAM byte outside
     /// the clock registers returns the last value written there.
     case cmos
+    /// The ACPI PM1a event and control blocks on their port adapter, at any width and
+    /// alignment. Checks: every read equals a model of the status, enable and control
+    /// registers, lane by lane; only a sleep request for S5 stops the VM.
+    case pm1
     /// Random exits (any port, width, string count up to 4,096, MMIO address, MSR) through
     /// the PC platform's device list on a `PortBus`/`MMIOBus` with `ExitDispatcher`.
     /// Checks: no trap; every element of an IN is written exactly once, in order; an
@@ -49,6 +53,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .serial16550: fuzzSerial16550(data)
         case .i8042: fuzzI8042(data)
         case .cmos: fuzzCMOS(data)
+        case .pm1: fuzzPM1(data)
         case .dispatch: fuzzDispatch(data)
         case .elf: fuzzELF(data)
         case .linux: fuzzLinux(data)
