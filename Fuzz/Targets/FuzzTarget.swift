@@ -22,6 +22,10 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// alignment. Checks: every read equals a model of the status, enable and control
     /// registers, lane by lane; only a sleep request for S5 stops the VM.
     case pm1
+    /// The reset control register at port 0xCF9 on its port adapter.
+    /// Checks: a read returns the last byte written without RST_CPU, with ones above it at
+    /// wider widths; a write stops the VM with a reset exactly when it sets RST_CPU.
+    case resetControl = "reset"
     /// Random exits (any port, width, string count up to 4,096, MMIO address, MSR) through
     /// the PC platform's device list on a `PortBus`/`MMIOBus` with `ExitDispatcher`.
     /// Checks: no trap; every element of an IN is written exactly once, in order; an
@@ -54,6 +58,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .i8042: fuzzI8042(data)
         case .cmos: fuzzCMOS(data)
         case .pm1: fuzzPM1(data)
+        case .resetControl: fuzzResetControl(data)
         case .dispatch: fuzzDispatch(data)
         case .elf: fuzzELF(data)
         case .linux: fuzzLinux(data)
