@@ -26,6 +26,10 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: a read returns the last byte written without RST_CPU, with ones above it at
     /// wider widths; a write stops the VM with a reset exactly when it sets RST_CPU.
     case resetControl = "reset"
+    /// The PCI configuration ports 0xCF8-0xCFF on their port adapter, at every width.
+    /// Checks: 0xCF8 read as a dword returns the last dword written there; every other read
+    /// is all ones (no device behind any address); no write stops the VM.
+    case pciConfig = "pci-config"
     /// Random exits (any port, width, string count up to 4,096, MMIO address, MSR) through
     /// the PC platform's device list on a `PortBus`/`MMIOBus` with `ExitDispatcher`.
     /// Checks: no trap; every element of an IN is written exactly once, in order; an
@@ -59,6 +63,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .cmos: fuzzCMOS(data)
         case .pm1: fuzzPM1(data)
         case .resetControl: fuzzResetControl(data)
+        case .pciConfig: fuzzPCIConfig(data)
         case .dispatch: fuzzDispatch(data)
         case .elf: fuzzELF(data)
         case .linux: fuzzLinux(data)
