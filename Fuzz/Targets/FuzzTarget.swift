@@ -30,6 +30,10 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: 0xCF8 read as a dword returns the last dword written there; every other read
     /// is all ones (no device behind any address); no write stops the VM.
     case pciConfig = "pci-config"
+    /// The `--cpuid` override parser (`CPUIDOverride(parsing:)`) on the input as UTF-8.
+    /// Checks: a parsed field lies inside its register and its value fits; the override's
+    /// description parses back to the same override.
+    case cpuidOverride = "cpuid-override"
     /// Random exits (any port, width, string count up to 4,096, MMIO address, MSR) through
     /// the PC platform's device list on a `PortBus`/`MMIOBus` with `ExitDispatcher`.
     /// Checks: no trap; every element of an IN is written exactly once, in order; an
@@ -64,6 +68,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .pm1: fuzzPM1(data)
         case .resetControl: fuzzResetControl(data)
         case .pciConfig: fuzzPCIConfig(data)
+        case .cpuidOverride: fuzzCPUIDOverride(data)
         case .dispatch: fuzzDispatch(data)
         case .elf: fuzzELF(data)
         case .linux: fuzzLinux(data)
