@@ -16,9 +16,12 @@
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
 //     swiftvisor-bench    -> TestSupport
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
+//     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost VisorDecoder
+//     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
+//     FuzzTargets         -> VisorLinux TestSupport
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
@@ -123,6 +126,17 @@ let package = Package(
         // unit tests and the benchmark.
         .target(name: "TestSupport", dependencies: ["VisorCore", "VisorKVM", "VisorMemory"], path: "Tests/TestSupport",
                 swiftSettings: strict),
+        // Every fuzz target as a plain function over bytes, shared by the libFuzzer entry
+        // and the seeded pass in `swift test`. Not part of any product.
+        .target(
+            name: "FuzzTargets",
+            dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "TestSupport"],
+            path: "Fuzz/Targets", swiftSettings: strict),
+        // The libFuzzer entry point. A plain build makes a replay tool (run a target over
+        // files); `Tools/fuzz` builds it with `-sanitize=fuzzer` and `-D SWIFTVISOR_LIBFUZZER`.
+        .executableTarget(name: "swiftvisor-fuzz", dependencies: ["FuzzTargets"], path: "Fuzz/Entry", swiftSettings: strict),
+        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport"], path: "Fuzz/Tests",
+                    swiftSettings: strictTests),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"], swiftSettings: strictTests),
         .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport"],

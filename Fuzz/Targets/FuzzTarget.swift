@@ -1,0 +1,104 @@
+// The fuzz targets: each a deterministic function over bytes that checks a property and
+// traps when it fails. The libFuzzer entry (`swiftvisor-fuzz`) and the seeded pass in
+// `swift test` both call `FuzzTarget.run(_:)`, so a crash found by one replays in the other.
+
+/// A guest- or file-facing entry point under fuzzing. Each case's doc comment says what
+/// the input means and which property its run checks beyond "no crash".
+package enum FuzzTarget: String, CaseIterable, Sendable {
+    /// The 16550 register model driven by register accesses and host input.
+    /// Checks: the transmitted bytes equal a model of the THR writes, in order; the receive
+    /// FIFO never holds more than 64 bytes; with every interrupt source disabled or cleared
+    /// no interrupt is pending.
+    case serial16550
+    /// The 8042 keyboard controller on its port adapter, driven by port reads and writes.
+    /// Checks: the output queue never exceeds 16 bytes; each IRQ line's last driven level
+    /// equals the controller's level, so every raised line is lowered when its byte is read.
+    case i8042
+    /// The CMOS/RTC on its port adapter, with a fixed clock.
+    /// Checks: the index port reads back what was written; a data read of a RAM byte outside
+    /// the clock registers returns the last value written there.
+    case cmos
+    /// The ACPI PM1a event and control blocks on their port adapter, at any width and
+    /// alignment. Checks: every read equals a model of the status, enable and control
+    /// registers, lane by lane; only a sleep request for S5 stops the VM.
+    case pm1
+    /// The reset control register at port 0xCF9 on its port adapter.
+    /// Checks: a read returns the last byte written without RST_CPU, with ones above it at
+    /// wider widths; a write stops the VM with a reset exactly when it sets RST_CPU.
+    case resetControl = "reset"
+    /// The PCI configuration ports 0xCF8-0xCFF on their port adapter, at every width.
+    /// Checks: 0xCF8 read as a dword returns the last dword written there; every other read
+    /// is all ones (no device behind any address); no write stops the VM.
+    case pciConfig = "pci-config"
+    /// The `--cpuid` override parser (`CPUIDOverride(parsing:)`) on the input as UTF-8.
+    /// Checks: a parsed field lies inside its register and its value fits; the override's
+    /// description parses back to the same override.
+    case cpuidOverride = "cpuid-override"
+    /// Random exits (any port, width, string count up to 4,096, MMIO address, MSR) through
+    /// the PC platform's device list on a `PortBus`/`MMIOBus` with `ExitDispatcher`.
+    /// Checks: no trap; every element of an IN is written exactly once, in order; an
+    /// unclaimed read returns all ones; an OUT writes no element.
+    case dispatch
+    /// The ELF loader: parse the input, load it into a small guest RAM.
+    /// Checks: RAM changes only inside the loaded segments' ranges, and not at all when
+    /// loading fails.
+    case elf
+    /// The Linux loader end to end on a kernel image (bzImage or vmlinux), with or without
+    /// host decompression, into 2 MiB of guest RAM.
+    /// Checks: guest RAM changes only inside the ranges the plan and the loader's boot-data
+    /// layout name, and not at all when loading fails.
+    case linux
+
+    /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
+    /// which is slow in a debug build.
+    package var seededInputs: Int {
+        switch self {
+        case .elf: 300
+        case .linux: 40
+        default: 3_000
+        }
+    }
+
+    /// Runs the target on one input. Traps (`precondition`) when its property fails.
+    package func run(_ data: [UInt8]) {
+        switch self {
+        case .serial16550: fuzzSerial16550(data)
+        case .i8042: fuzzI8042(data)
+        case .cmos: fuzzCMOS(data)
+        case .pm1: fuzzPM1(data)
+        case .resetControl: fuzzResetControl(data)
+        case .pciConfig: fuzzPCIConfig(data)
+        case .cpuidOverride: fuzzCPUIDOverride(data)
+        case .dispatch: fuzzDispatch(data)
+        case .elf: fuzzELF(data)
+        case .linux: fuzzLinux(data)
+        }
+    }
+}
+
+/// Reads fuzz input as a stream of small decisions; past the end every read is 0, so any
+/// input, even an empty one, is a complete program.
+struct ByteReader {
+    private let data: [UInt8]
+    private var position = 0
+
+    init(_ data: [UInt8]) { self.data = data }
+
+    var isAtEnd: Bool { position >= data.count }
+
+    mutating func byte() -> UInt8 {
+        guard position < data.count else { return 0 }
+        defer { position += 1 }
+        return data[position]
+    }
+
+    mutating func uint16() -> UInt16 { UInt16(byte()) | UInt16(byte()) << 8 }
+    mutating func uint32() -> UInt32 { UInt32(uint16()) | UInt32(uint16()) << 16 }
+    mutating func uint64() -> UInt64 { UInt64(uint32()) | UInt64(uint32()) << 32 }
+
+    /// Everything not read yet.
+    mutating func rest() -> [UInt8] {
+        defer { position = data.count }
+        return position < data.count ? Array(data[position...]) : []
+    }
+}

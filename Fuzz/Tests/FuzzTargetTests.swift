@@ -1,0 +1,39 @@
+// A short seeded pass of every fuzz target, so that `swift test` exercises each one
+// without libFuzzer: the committed seeds, then mutants of them from the seeded LCG.
+import Foundation
+import FuzzTargets
+import Testing
+import TestSupport
+
+@Suite("Fuzz targets, seeded")
+struct FuzzTargetTests {
+    @Test("each target holds its property on its seeds and their seeded mutants", arguments: FuzzTarget.allCases)
+    func seededPass(_ target: FuzzTarget) throws {
+        let seeds = try Self.seeds(for: target)
+        #expect(!seeds.isEmpty, "Fuzz/corpus/\(target.rawValue) holds no seeds")
+        for seed in seeds { target.run(seed) }
+        var random = LCG(state: 0x5EED_0000 &+ UInt64(target.rawValue.utf8.count))
+        for _ in 0..<target.seededInputs {
+            var input = seeds.isEmpty ? [] : seeds[random.below(seeds.count)]
+            // A few byte flips, insertions and truncations, as libFuzzer's simplest mutators do.
+            for _ in 0...random.below(8) {
+                switch random.below(4) {
+                case 0 where !input.isEmpty: input[random.below(input.count)] = random.byte()
+                case 1: input.insert(random.byte(), at: random.below(input.count + 1))
+                case 2 where !input.isEmpty: input.removeLast(random.below(input.count))
+                default: input.append(contentsOf: (0..<random.below(16)).map { _ in random.byte() })
+                }
+            }
+            target.run(input)
+        }
+    }
+
+    /// The committed seed corpus of `target`: every file in Fuzz/corpus/<target>/.
+    static func seeds(for target: FuzzTarget) throws -> [[UInt8]] {
+        let directory = String(#filePath.dropLast("Fuzz/Tests/FuzzTargetTests.swift".count)) + "Fuzz/corpus/" + target.rawValue
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
+        return names.filter { !$0.hasPrefix(".") }.sorted().compactMap {
+            FileManager.default.contents(atPath: directory + "/" + $0).map { Array($0) }
+        }
+    }
+}
