@@ -39,6 +39,7 @@ public struct GuestRegion: Sendable, Equatable {
 }
 
 /// Guest RAM: one or more anonymous host mappings, each backing a guest-physical region.
+/// The mappings are advised `MADV_DONTDUMP`, so a core file of the VMM holds no guest RAM.
 ///
 /// Every access is bounds-checked against the regions and fails with
 /// `GuestMemoryError.outOfBounds` rather than touching host memory outside them. No raw
@@ -96,6 +97,15 @@ public final class GuestMemory: @unchecked Sendable {
                 throw .cannotMap(size: r.size, errno: code)
             }
             made.append(Mapping(region: r, base: base))
+            // Guest RAM stays out of core dumps: a crash of the VMM must not write the
+            // guest's memory (its keys, its users' data) into a core file. The advice
+            // cannot fail on a fresh anonymous mapping; if it does, no RAM is handed out
+            // without it.
+            if madvise(base, Int(r.size), MADV_DONTDUMP) != 0 {
+                let code = errno
+                for m in made { munmap(m.base, Int(m.region.size)) }
+                throw .cannotMap(size: r.size, errno: code)
+            }
         }
         mappings = made
     }

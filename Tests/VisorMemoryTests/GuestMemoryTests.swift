@@ -235,3 +235,34 @@ struct GuestMemoryAccessTests {
         }
     }
 }
+
+@Suite("GuestMemory: host mappings")
+struct GuestMemoryHostMappingTests {
+    /// The VmFlags line of the /proc/self/smaps entry that starts at `address`.
+    static func vmFlags(ofMappingAt address: UInt) -> [Substring]? {
+        guard let file = fopen("/proc/self/smaps", "r") else { return nil }
+        defer { fclose(file) }
+        let start = String(address, radix: 16)
+        var inMapping = false
+        var line = [CChar](repeating: 0, count: 4096)
+        while fgets(&line, Int32(line.count), file) != nil {
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if let dash = text.firstIndex(of: "-"), !text.hasPrefix("VmFlags"),
+               text[..<dash].allSatisfy(\.isHexDigit) {
+                inMapping = text[..<dash].drop { $0 == "0" } == start.drop { $0 == "0" }
+            } else if inMapping, text.hasPrefix("VmFlags:") {
+                return text.dropFirst("VmFlags:".count).split(whereSeparator: \.isWhitespace)
+            }
+        }
+        return nil
+    }
+
+    @Test("every region is advised MADV_DONTDUMP: smaps shows the dd flag, so a core file holds no guest RAM")
+    func dontDump() throws {
+        let memory = try GuestMemory(regions: [GuestRegion(start: 0, size: 0x10000), GuestRegion(start: 0x100000, size: 0x4000)])
+        for mapping in memory.hostMappings {
+            let flags = try #require(Self.vmFlags(ofMappingAt: mapping.hostAddress))
+            #expect(flags.contains("dd"), "VmFlags of the region at 0x\(String(mapping.region.start, radix: 16)): \(flags)")
+        }
+    }
+}
