@@ -99,6 +99,21 @@ extension KVMIntegration {
             #expect(result.stderr.contains("0x501 (debug-exit)"))
         }
 
+        @Test("run: the debug-exit and hypercall ports are on by default; --no-debug-exit-port and --no-hypercalls turn them off")
+        func guestPortOptions() throws {
+            #expect(try run(["--builtin", "exit_status", "--cmdline", "42", "--debug-exit-port"]).status == 42)
+            let noExit = try run(["--builtin", "exit_status", "--cmdline", "42", "--no-debug-exit-port", "--unclaimed-ports", "stop"])
+            #expect(noExit.status == 120, "stderr: \(noExit.stderr)")
+            #expect(noExit.stderr.contains("0x501"), "stderr: \(noExit.stderr)")
+            let hypercalls = try run(["--builtin", "events", "--cmdline", "print"])
+            #expect(hypercalls.status == 7, "stderr: \(hypercalls.stderr)")
+            #expect(hypercalls.stdout.contains("printed by hypercall"))
+            let noHypercalls = try run(["--builtin", "events", "--cmdline", "print", "--no-hypercalls", "--unclaimed-ports", "stop"])
+            #expect(noHypercalls.status == 120, "stderr: \(noHypercalls.stderr)")
+            #expect(noHypercalls.stderr.contains("0x502"), "stderr: \(noHypercalls.stderr)")
+            #expect(!noHypercalls.stdout.contains("printed by hypercall"))
+        }
+
         @Test("an ELF file given on the command line runs, and a raw binary runs with --load-address")
         func guestFiles() throws {
             let elf = try temporaryFile(try #require(builtinImage("exit_status")))
