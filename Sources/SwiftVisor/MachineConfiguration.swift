@@ -101,6 +101,10 @@ public struct MachineConfiguration: Sendable {
     public var cpuid = CPUIDPolicy()
     /// How the guest's RDMSR and WRMSR behave (see `MSRPolicy`).
     public var msrs = MSRPolicy.standard
+    /// Confine each vCPU thread with a seccomp-BPF allowlist (`Seccomp.Role.vcpu`) and
+    /// `PR_SET_NO_NEW_PRIVS` before it runs guest code; a system call off the list fails
+    /// with `EPERM`. The filter stays on the thread until it ends. Default: on.
+    public var seccomp = true
     /// The KVM device node.
     public var kvmPath = "/dev/kvm"
 

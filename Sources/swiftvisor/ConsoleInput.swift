@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import SwiftVisor
+import VisorKVM
 
 /// Feeds standard input to the guest's COM1 receive FIFO.
 ///
@@ -27,7 +28,16 @@ final class ConsoleInput: Sendable {
                 tcsetattr(0, TCSANOW, &attributes)
             }
         }
+        let confine = machine.configuration.seccomp
         _ = HostThread.detach {
+            // This thread handles nothing but input bytes; with the VM's filters on it
+            // gets the console allowlist before its first read.
+            if confine {
+                do throws(SeccompError) { try Seccomp.install(.console) } catch {
+                    HostIO.printError("swiftvisor: console input off: \(error)")
+                    return
+                }
+            }
             var buffer = [UInt8](repeating: 0, count: 256)
             while true {
                 let n = read(0, &buffer, buffer.count)

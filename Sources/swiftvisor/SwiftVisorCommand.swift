@@ -128,10 +128,14 @@ struct ConfinementOptions: ParsableArguments {
     @Flag(inversion: .prefixedNo, help: "The hypercall port (0x502) (default: on for run, off for boot).")
     var hypercalls: Bool?
 
+    @Flag(help: "Do not confine the vCPU and console threads with their seccomp filters (for strace or gdb).")
+    var noSeccomp = false
+
     /// Sets what was given on the command line and leaves the guest's defaults otherwise.
     func apply(to config: inout MachineConfiguration) {
         if let debugExitPort { config.debugExitPort = debugExitPort }
         if let hypercalls { config.hypercallPort = hypercalls ? HypercallTable.defaultPort : nil }
+        if noSeccomp { config.seccomp = false }
     }
 }
 

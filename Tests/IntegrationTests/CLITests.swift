@@ -114,6 +114,35 @@ extension KVMIntegration {
             #expect(!noHypercalls.stdout.contains("printed by hypercall"))
         }
 
+        @Test("the VMM's vCPU thread runs with Seccomp: 2 by default; --no-seccomp leaves every thread unfiltered")
+        func seccompOption() throws {
+            func seccompModes(_ extra: [String]) throws -> [String] {
+                let process = Process()
+                process.executableURL = Self.binary
+                process.arguments = ["--builtin", "spin"] + extra
+                let out = Pipe()
+                process.standardOutput = out
+                process.standardError = FileHandle.nullDevice
+                process.standardInput = FileHandle.nullDevice
+                try process.run()
+                _ = read(out.fileHandleForReading, until: "spinning")
+                let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/task")) ?? []
+                let modes = tasks.compactMap { tid -> String? in
+                    let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/task/\(tid)/status", encoding: .utf8)) ?? ""
+                    return status.split(separator: "\n").first { $0.hasPrefix("Seccomp:") }
+                        .map { $0.dropFirst("Seccomp:".count).trimmingCharacters(in: .whitespaces) }
+                }
+                kill(process.processIdentifier, SIGTERM)
+                process.waitUntilExit()
+                return modes
+            }
+            let confined = try seccompModes([])
+            #expect(confined.contains("2"), "\(confined)")
+            #expect(confined.contains("0"), "the main thread stays unfiltered: \(confined)")
+            let open = try seccompModes(["--no-seccomp"])
+            #expect(!open.isEmpty && open.allSatisfy { $0 == "0" }, "\(open)")
+        }
+
         @Test("an ELF file given on the command line runs, and a raw binary runs with --load-address")
         func guestFiles() throws {
             let elf = try temporaryFile(try #require(builtinImage("exit_status")))

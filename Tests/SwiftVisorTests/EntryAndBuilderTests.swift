@@ -128,4 +128,10 @@ struct ConfigurationDefaultsTests {
         #expect(!linux.debugExitPort)
         #expect(linux.hypercallPort == nil)
     }
+
+    @Test("seccomp is on by default, for every guest")
+    func seccompDefault() {
+        #expect(MachineConfiguration(guest: .elf([])).seccomp)
+        #expect(MachineConfiguration(guest: .linux(LinuxBootRequest(kernel: [], commandLine: ""))).seccomp)
+    }
 }
