@@ -238,18 +238,19 @@ struct GuestMemoryAccessTests {
 
 @Suite("GuestMemory: host mappings")
 struct GuestMemoryHostMappingTests {
-    /// The VmFlags line of the /proc/self/smaps entry that starts at `address`.
+    /// The VmFlags of the /proc/self/smaps entry that holds `address`. (The kernel may
+    /// merge a region with an adjacent mapping of the same flags, so the entry can start
+    /// below the region.)
     static func vmFlags(ofMappingAt address: UInt) -> [Substring]? {
         guard let file = fopen("/proc/self/smaps", "r") else { return nil }
         defer { fclose(file) }
-        let start = String(address, radix: 16)
         var inMapping = false
         var line = [CChar](repeating: 0, count: 4096)
         while fgets(&line, Int32(line.count), file) != nil {
             let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if let dash = text.firstIndex(of: "-"), !text.hasPrefix("VmFlags"),
-               text[..<dash].allSatisfy(\.isHexDigit) {
-                inMapping = text[..<dash].drop { $0 == "0" } == start.drop { $0 == "0" }
+            let range = text.prefix { $0 != " " }.split(separator: "-")
+            if range.count == 2, let start = UInt(range[0], radix: 16), let end = UInt(range[1], radix: 16) {
+                inMapping = start <= address && address < end
             } else if inMapping, text.hasPrefix("VmFlags:") {
                 return text.dropFirst("VmFlags:".count).split(whereSeparator: \.isWhitespace)
             }
