@@ -350,6 +350,12 @@ func runMachine(_ config: MachineConfiguration, output: OutputOptions,
         }
     } catch let error as MachineError {
         signals.detach()
+        // A signal that came while the machine was being built stops it before it runs
+        // (run() then finds it already stopped): report the signal, not that error.
+        if let signal = signals.interruptedBy {
+            HostIO.printError("swiftvisor: stopped by signal \(signal)")
+            throw ExitCode(128 + signal)
+        }
         fail(error.description)
     }
     if let diagnostic = report.diagnostic { HostIO.printError(diagnostic) }
