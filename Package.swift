@@ -29,14 +29,14 @@
 //     VisorEmulator       -> VisorCore VisorKVM VisorMemory VisorDecoder  -- instruction emulator, page walks
 //  2  VisorCore           -> VisorKVM VisorMemory                     -- exits, buses, dispatch, policy
 //     VisorLoader         -> VisorMemory                              -- ELF, flat, boot layout
-//  1  VisorKVM            -> CKVM                                     -- /dev/kvm, VM, vCPU handles
+//  1  VisorKVM            -> CKVM CSeccomp                            -- /dev/kvm, VM, vCPU handles, seccomp
 //     VisorMemory         -> CGuestAtomics                            -- guest RAM
 //     VisorDecoder        -> CDecoder                                 -- x86 decoding (Zydis)
 //     VisorHost                                                       -- host system calls, threads
 //     VisorFirmware                                                   -- ACPI tables and AML
 //     SwiftVisorGuests                                                -- test guests, from Guests/
 //     SwiftVisorProbes                                                -- the host-quirk probe, from Guests/
-//  0  CKVM CGuestAtomics CDecoder CDecompress                         -- C shims
+//  0  CKVM CSeccomp CGuestAtomics CDecoder CDecompress                -- C shims
 //     CBenchSupport CNativeOps                                        -- C for benchmarks, tests
 // end of import graph
 import PackageDescription
@@ -66,7 +66,8 @@ let package = Package(
     ],
     targets: [
         .target(name: "CKVM"),
-        .target(name: "VisorKVM", dependencies: ["CKVM"], swiftSettings: strict),
+        .target(name: "CSeccomp"),
+        .target(name: "VisorKVM", dependencies: ["CKVM", "CSeccomp"], swiftSettings: strict),
         .target(name: "CGuestAtomics"),
         .target(name: "VisorMemory", dependencies: ["CGuestAtomics"], swiftSettings: strict),
         // Zydis from Debian's libzydis-dev (no pkg-config file there, so the library is named).

@@ -4,6 +4,8 @@
 #include <sched.h>
 #include <sys/resource.h>
 #include <stddef.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
@@ -47,6 +49,8 @@ int posix_memalign(void **result, size_t alignment, size_t size) {
     *result = pointer;
     return 0;
 }
+
+int bench_thread_id(void) { return (int)syscall(SYS_gettid); }
 
 int bench_pin_to_cpu(int cpu) {
     cpu_set_t set;

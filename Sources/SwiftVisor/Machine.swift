@@ -67,9 +67,14 @@ public final class Machine: Sendable {
         linuxBootPlan = parts.linuxBootPlan
         platform = parts.platform
         let memory = parts.memory
+        var confine: (@Sendable () throws(SeccompError) -> Void)?
+        if configuration.seccomp {
+            confine = { () throws(SeccompError) in try Seccomp.install(.vcpu) }
+        }
         runner = VCPURunner(vcpus: parts.vcpus, dispatcher: parts.dispatcher, control: control,
                             collectStatistics: configuration.collectStatistics, trace: configuration.trace,
-                            diagnose: { vcpu in GuestStateSnapshot(vcpu: vcpu, memory: memory).render() })
+                            diagnose: { vcpu in GuestStateSnapshot(vcpu: vcpu, memory: memory).render() },
+                            confine: confine)
     }
 
     // MARK: Lifecycle

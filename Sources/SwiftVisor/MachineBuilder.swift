@@ -226,7 +226,8 @@ struct MachineBuilder {
         if case .linux = configuration.guest { kind = .pc } else { kind = .minimal }
         do throws(PlatformError) {
             return try Platform(kind: kind, memoryBelow4GiB: low, memoryAbove4GiB: size - low,
-                                consoleOutput: consoleOutput, irqLine: irqLine, cmos: configuration.batteryBackedCMOS)
+                                consoleOutput: consoleOutput, irqLine: irqLine, cmos: configuration.batteryBackedCMOS,
+                                debugExit: configuration.debugExitPort)
         } catch { throw MachineError(error) }
     }
 

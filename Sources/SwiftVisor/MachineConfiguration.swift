@@ -81,8 +81,15 @@ public struct MachineConfiguration: Sendable {
     /// from the unclaimed-port policy. Named for statistics and error messages.
     public var blockedPorts: [(name: String, range: PortRange)] = []
     /// The hypercall port (see `HypercallTable`); nil turns hypercalls off, so the port is
-    /// an ordinary unclaimed port.
-    public var hypercallPort: UInt16? = HypercallTable.defaultPort
+    /// an ordinary unclaimed port. Default: the standard port for ELF and flat guests, nil
+    /// for Linux, whose user processes with I/O privilege could otherwise write to the
+    /// console past the kernel and end the VM (see the README's threat model).
+    public var hypercallPort: UInt16?
+    /// Whether the debug-exit port (0x501) is on the bus, through which the guest ends the
+    /// VM with a status it picks. Default: on for ELF and flat guests (the test guests exit
+    /// through it), off for Linux, which powers off through ACPI; off, the port is an
+    /// ordinary unclaimed port.
+    public var debugExitPort: Bool
     /// Hypercall handlers added to (or replacing) the built-in ones, by call number.
     public var hypercallHandlers: [UInt64: HypercallHandler] = [:]
     public var mmioDevices: [MMIORegistration] = []
@@ -95,11 +102,25 @@ public struct MachineConfiguration: Sendable {
     public var cpuid = CPUIDPolicy()
     /// How the guest's RDMSR and WRMSR behave (see `MSRPolicy`).
     public var msrs = MSRPolicy.standard
+    /// Confine each vCPU thread with a seccomp-BPF allowlist (`Seccomp.Role.vcpu`) and
+    /// `PR_SET_NO_NEW_PRIVS` before it runs guest code; a system call off the list fails
+    /// with `EPERM`. The filter stays on the thread until it ends. Default: on.
+    public var seccomp = true
     /// The KVM device node.
     public var kvmPath = "/dev/kvm"
 
+    /// A configuration with the defaults for `guest`: the debug-exit and hypercall ports on
+    /// for ELF and flat guests, off for Linux. Changing `guest` later keeps the ports as
+    /// they are.
     public init(guest: Guest) {
         self.guest = guest
+        if case .linux = guest {
+            hypercallPort = nil
+            debugExitPort = false
+        } else {
+            hypercallPort = HypercallTable.defaultPort
+            debugExitPort = true
+        }
     }
 }
 

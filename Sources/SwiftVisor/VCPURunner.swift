@@ -21,11 +21,15 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
     let diagnose: @Sendable (VCPU) -> String
     /// Sends the kick signal to a vCPU thread; `pthread_kill` but in tests.
     let sendSignal: @Sendable (pthread_t, Int32) -> Void
+    /// Confines each vCPU thread before its first run (`Seccomp.install(.vcpu)` on KVM);
+    /// nil leaves the threads unconfined. A thrown error ends the VM before guest code runs.
+    let confine: (@Sendable () throws(SeccompError) -> Void)?
 
     init(vcpus: [VCPU], dispatcher: ExitDispatcher, control: RunControl, collectStatistics: Bool = false,
          trace: (@Sendable (String) -> Void)? = nil,
          diagnose: @escaping @Sendable (VCPU) -> String = { _ in "" },
-         sendSignal: @escaping @Sendable (pthread_t, Int32) -> Void = { _ = pthread_kill($0, $1) }) {
+         sendSignal: @escaping @Sendable (pthread_t, Int32) -> Void = { _ = pthread_kill($0, $1) },
+         confine: (@Sendable () throws(SeccompError) -> Void)? = nil) {
         self.vcpus = vcpus
         self.dispatcher = dispatcher
         self.control = control
@@ -33,6 +37,7 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
         self.trace = trace
         self.diagnose = diagnose
         self.sendSignal = sendSignal
+        self.confine = confine
         VCPUSignals.installKickHandler()
     }
 
@@ -142,6 +147,13 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
         let vcpu = vcpus[index]
         var statistics: ExitStatistics? = collectStatistics ? ExitStatistics() : nil
         defer { control.threadExited(index, statistics) }
+        // The vCPU's filter goes on here, after set-up and before the first KVM_RUN: from
+        // now on this thread runs guest-driven code (see the README's threat model).
+        if let confine {
+            do throws(SeccompError) { try confine() } catch {
+                return finish(.fatal(.runFailed("vCPU \(index): \(error)")), vcpu, index)
+            }
+        }
         let trace = self.trace
         let startTime = trace == nil ? 0 : HostIO.monotonicNanoseconds()
         while true {

@@ -20,8 +20,8 @@ public final class Platform: Sendable {
     public let kind: Kind
     /// COM1.
     public let serial: Serial16550Device
-    /// The debug-exit port (0x501).
-    public let debugExit: DebugExitDevice
+    /// The debug-exit port (0x501); nil when the platform was built without it.
+    public let debugExit: DebugExitDevice?
     /// The PC devices, nil on a minimal platform.
     public let i8042: I8042Device?
     /// The CMOS/RTC; pass it to the next platform to keep it across a reboot.
@@ -40,18 +40,27 @@ public final class Platform: Sendable {
     ///     controller.
     ///   - cmos: the CMOS/RTC to keep, as a battery would, from a previous machine (after a
     ///     guest reboot); nil for a new one. A minimal platform has none.
+    ///   - debugExit: whether to place the debug-exit port. It lets any guest code with I/O
+    ///     privilege end the VM with a status it picks, so a machine for an untrusted guest
+    ///     leaves it out; the port is then an ordinary unclaimed port.
     package init(kind: Kind, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0,
                 consoleOutput: @escaping @Sendable (UInt8) -> Void,
                 irqLine: (@Sendable (_ irq: UInt32, _ level: Bool) -> Void)?,
-                cmos: CMOSDevice? = nil) throws(PlatformError) {
+                cmos: CMOSDevice? = nil, debugExit: Bool = true) throws(PlatformError) {
         self.kind = kind
         var com1Line: (@Sendable (Bool) -> Void)?
         if let irqLine {
             com1Line = { level in irqLine(Serial16550Device.com1IRQ, level) }
         }
         serial = Serial16550Device(output: consoleOutput, interruptLine: com1Line)
-        debugExit = DebugExitDevice()
-        var devices = [try serial.platformDevice(), try debugExit.platformDevice()]
+        var devices = [try serial.platformDevice()]
+        if debugExit {
+            let device = DebugExitDevice()
+            devices.append(try device.platformDevice())
+            self.debugExit = device
+        } else {
+            self.debugExit = nil
+        }
         switch kind {
         case .minimal:
             i8042 = nil

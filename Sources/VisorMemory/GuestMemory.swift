@@ -40,6 +40,7 @@ public struct GuestRegion: Sendable, Equatable {
 }
 
 /// Guest RAM: one or more anonymous host mappings, each backing a guest-physical region.
+/// The mappings are advised `MADV_DONTDUMP`, so a core file of the VMM holds no guest RAM.
 ///
 /// Every access is bounds-checked against the regions and fails with
 /// `GuestMemoryError.outOfBounds` rather than touching host memory outside them. No raw
@@ -102,6 +103,18 @@ public final class GuestMemory: @unchecked Sendable {
                 throw .cannotMap(size: r.size, errno: code)
             }
             unsafe made.append(Mapping(region: r, base: base))
+            // Guest RAM stays out of core dumps: a crash of the VMM must not write the
+            // guest's memory (its keys, its users' data) into a core file. The advice
+            // cannot fail on a fresh anonymous mapping; if it does, no RAM is handed out
+            // without it.
+            // SAFETY: `base` is the mapping of `r.size` bytes made just above; madvise only
+            // changes how the kernel treats it. On failure every mapping made so far is
+            // unmapped, and none of them has been handed out.
+            if unsafe madvise(base, Int(r.size), MADV_DONTDUMP) != 0 {
+                let code = errno
+                for m in made { unsafe munmap(m.base, Int(m.region.size)) }
+                throw .cannotMap(size: r.size, errno: code)
+            }
         }
         mappings = made
     }

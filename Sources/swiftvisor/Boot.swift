@@ -52,6 +52,8 @@ extension SwiftVisorCommand {
 
         @OptionGroup var output: OutputOptions
 
+        @OptionGroup var confinement: ConfinementOptions
+
         @OptionGroup var cpuid: CPUIDOptions
 
         func validate() throws {
@@ -86,6 +88,7 @@ extension SwiftVisorCommand {
             config.vcpuCount = cpus
             config.cpuid = quirks.linuxPolicy(from: basePolicy)
             config.collectStatistics = output.collectsStatistics
+            confinement.apply(to: &config)
             if output.trace {
                 config.trace = log
                 config.onLinuxBootPlan = { plan in plan.summary.forEach(log) }

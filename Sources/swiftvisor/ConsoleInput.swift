@@ -2,6 +2,7 @@ import Glibc
 import Synchronization
 import SwiftVisor
 import VisorHost
+import VisorKVM
 
 /// Feeds standard input to the guest's COM1 receive FIFO.
 ///
@@ -17,7 +18,16 @@ final class ConsoleInput: Sendable {
         if let attributes = HostTerminal.enterRawMode(0) {
             saved.withLock { $0 = attributes }
         }
+        let confine = machine.configuration.seccomp
         _ = HostThread.detach {
+            // This thread handles nothing but input bytes; with the VM's filters on it
+            // gets the console allowlist before its first read.
+            if confine {
+                do throws(SeccompError) { try Seccomp.install(.console) } catch {
+                    HostIO.printError("swiftvisor: console input off: \(error)")
+                    return
+                }
+            }
             var buffer = [UInt8](repeating: 0, count: 256)
             while true {
                 let n = HostIO.read(from: 0, into: &buffer)

@@ -117,6 +117,28 @@ struct OutputOptions: ParsableArguments {
     var collectsStatistics: Bool { stats || statsJSON != nil }
 }
 
+/// What the guest may reach and how the VMM confines itself, shared by `run` and `boot`.
+/// The ports, unset, follow the guest: on for `run` (test guests exit and write through
+/// them), off for `boot` (any Linux process with I/O privilege could use them).
+struct ConfinementOptions: ParsableArguments {
+    @Flag(inversion: .prefixedNo,
+          help: "The debug-exit port (0x501), through which the guest ends the VM with a status it picks (default: on for run, off for boot).")
+    var debugExitPort: Bool?
+
+    @Flag(inversion: .prefixedNo, help: "The hypercall port (0x502) (default: on for run, off for boot).")
+    var hypercalls: Bool?
+
+    @Flag(help: "Do not confine the vCPU and console threads with their seccomp filters (for strace or gdb).")
+    var noSeccomp = false
+
+    /// Sets what was given on the command line and leaves the guest's defaults otherwise.
+    func apply(to config: inout MachineConfiguration) {
+        if let debugExitPort { config.debugExitPort = debugExitPort }
+        if let hypercalls { config.hypercallPort = hypercalls ? HypercallTable.defaultPort : nil }
+        if noSeccomp { config.seccomp = false }
+    }
+}
+
 /// CPUID options shared by `run` and `cpuid`.
 struct CPUIDOptions: ParsableArguments {
     @Option(name: .customLong("cpuid"),
@@ -190,8 +212,7 @@ extension SwiftVisorCommand {
         @Flag(help: "Do not finish instructions the host's KVM cannot emulate; such a failure then stops the VM.")
         var noEmulation = false
 
-        @Flag(help: "Turn off the hypercall port (0x502).")
-        var noHypercalls = false
+        @OptionGroup var confinement: ConfinementOptions
 
         @OptionGroup var cpuid: CPUIDOptions
 
@@ -239,7 +260,7 @@ extension SwiftVisorCommand {
             config.unclaimedPorts = unclaimedPorts
             config.unclaimedMMIO = unclaimedMMIO
             config.collectStatistics = output.collectsStatistics
-            if noHypercalls { config.hypercallPort = nil }
+            confinement.apply(to: &config)
             config.emulation = !noEmulation
             do { config.cpuid = try cpuid.policy() } catch { fail("\(error)") }
             for rule in msr { config.msrs.set(rule.index, rule.rule) }
@@ -329,6 +350,12 @@ func runMachine(_ config: MachineConfiguration, output: OutputOptions,
         }
     } catch let error as MachineError {
         signals.detach()
+        // A signal that came while the machine was being built stops it before it runs
+        // (run() then finds it already stopped): report the signal, not that error.
+        if let signal = signals.interruptedBy {
+            HostIO.printError("swiftvisor: stopped by signal \(signal)")
+            throw ExitCode(128 + signal)
+        }
         fail(error.description)
     }
     if let diagnostic = report.diagnostic { HostIO.printError(diagnostic) }

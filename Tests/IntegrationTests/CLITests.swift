@@ -99,6 +99,50 @@ extension KVMIntegration {
             #expect(result.stderr.contains("0x501 (debug-exit)"))
         }
 
+        @Test("run: the debug-exit and hypercall ports are on by default; --no-debug-exit-port and --no-hypercalls turn them off")
+        func guestPortOptions() throws {
+            #expect(try run(["--builtin", "exit_status", "--cmdline", "42", "--debug-exit-port"]).status == 42)
+            let noExit = try run(["--builtin", "exit_status", "--cmdline", "42", "--no-debug-exit-port", "--unclaimed-ports", "stop"])
+            #expect(noExit.status == 120, "stderr: \(noExit.stderr)")
+            #expect(noExit.stderr.contains("0x501"), "stderr: \(noExit.stderr)")
+            let hypercalls = try run(["--builtin", "events", "--cmdline", "print"])
+            #expect(hypercalls.status == 7, "stderr: \(hypercalls.stderr)")
+            #expect(hypercalls.stdout.contains("printed by hypercall"))
+            let noHypercalls = try run(["--builtin", "events", "--cmdline", "print", "--no-hypercalls", "--unclaimed-ports", "stop"])
+            #expect(noHypercalls.status == 120, "stderr: \(noHypercalls.stderr)")
+            #expect(noHypercalls.stderr.contains("0x502"), "stderr: \(noHypercalls.stderr)")
+            #expect(!noHypercalls.stdout.contains("printed by hypercall"))
+        }
+
+        @Test("the VMM's vCPU thread runs with Seccomp: 2 by default; --no-seccomp leaves every thread unfiltered")
+        func seccompOption() throws {
+            func seccompModes(_ extra: [String]) throws -> [String] {
+                let process = Process()
+                process.executableURL = Self.binary
+                process.arguments = ["--builtin", "spin"] + extra
+                let out = Pipe()
+                process.standardOutput = out
+                process.standardError = FileHandle.nullDevice
+                process.standardInput = FileHandle.nullDevice
+                try process.run()
+                _ = read(out.fileHandleForReading, until: "spinning")
+                let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/task")) ?? []
+                let modes = tasks.compactMap { tid -> String? in
+                    let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/task/\(tid)/status", encoding: .utf8)) ?? ""
+                    return status.split(separator: "\n").first { $0.hasPrefix("Seccomp:") }
+                        .map { $0.dropFirst("Seccomp:".count).trimmingCharacters(in: .whitespaces) }
+                }
+                kill(process.processIdentifier, SIGTERM)
+                process.waitUntilExit()
+                return modes
+            }
+            let confined = try seccompModes([])
+            #expect(confined.contains("2"), "\(confined)")
+            #expect(confined.contains("0"), "the main thread stays unfiltered: \(confined)")
+            let open = try seccompModes(["--no-seccomp"])
+            #expect(!open.isEmpty && open.allSatisfy { $0 == "0" }, "\(open)")
+        }
+
         @Test("an ELF file given on the command line runs, and a raw binary runs with --load-address")
         func guestFiles() throws {
             let elf = try temporaryFile(try #require(builtinImage("exit_status")))

@@ -109,6 +109,31 @@ extension KVMIntegration.CLITests {
         #expect(process.terminationStatus == 128 + SIGTERM)
     }
 
+    @Test("boot: the debug-exit port is off by default, so a kernel's write to 0x501 does not end the VM; --debug-exit-port turns it on")
+    func bootDebugExitPortDefault() throws {
+        // exit_status as a vmlinux: entered with Linux's zero page instead of its boot-info
+        // block, it writes status 3 (bad boot info) to port 0x501 and halts.
+        let kernel = try temporaryFile(try #require(builtinImage("exit_status")))
+        defer { removeFile(kernel) }
+        #expect(try run(["boot", "--kernel", kernel, "--memory", "64M", "--debug-exit-port"]).status == 3)
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = ["boot", "--kernel", kernel, "--memory", "64M", "--stats"]
+        let err = Pipe()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // The write is blocked and the guest halts: the VM runs on until it is stopped.
+        usleep(500_000)
+        #expect(process.isRunning)
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 128 + SIGTERM, "\(stderr)")
+        #expect(!stderr.contains("debug-exit"), "\(stderr)")
+    }
+
     @Test("cpuid lists the host-quirk findings a Linux boot acts on")
     func cpuidListsQuirks() throws {
         let result = try run(["cpuid"])

@@ -114,3 +114,24 @@ struct MachineBuilderTests {
         #expect(recorder.lines.last == "further unclaimed-access messages suppressed after \(MachineBuilder.logLimit)")
     }
 }
+
+@Suite("MachineConfiguration: guest-facing defaults")
+struct ConfigurationDefaultsTests {
+    @Test("ELF and flat guests get the debug-exit and hypercall ports; a Linux guest gets neither")
+    func portsFollowTheGuest() {
+        for guest: MachineConfiguration.Guest in [.elf([]), .flat([], loadAddress: 0x7C00)] {
+            let config = MachineConfiguration(guest: guest)
+            #expect(config.debugExitPort)
+            #expect(config.hypercallPort == HypercallTable.defaultPort)
+        }
+        let linux = MachineConfiguration(guest: .linux(LinuxBootRequest(kernel: [], commandLine: "")))
+        #expect(!linux.debugExitPort)
+        #expect(linux.hypercallPort == nil)
+    }
+
+    @Test("seccomp is on by default, for every guest")
+    func seccompDefault() {
+        #expect(MachineConfiguration(guest: .elf([])).seccomp)
+        #expect(MachineConfiguration(guest: .linux(LinuxBootRequest(kernel: [], commandLine: ""))).seccomp)
+    }
+}

@@ -47,6 +47,26 @@ struct VCPURunnerTests {
 
     static let exitWrite = VMExit.io(PortAccess(isWrite: true, port: 0x501, width: 1))
 
+    @Test("each vCPU thread is confined before its first run; a confinement that fails ends the VM before guest code runs")
+    func confinement() throws {
+        let vcpu = ScriptedVCPU(script: [.success(Self.exitWrite)])
+        vcpu.setOutValue(0x2A)
+        let confined = Atomic<Int>(0)
+        let runner = VCPURunner(vcpus: [vcpu], dispatcher: ExitDispatcher(ports: PortBus()), control: RunControl(vcpuCount: 1),
+                                confine: { () throws(SeccompError) in
+                                    confined.add(1, ordering: .relaxed)
+                                    throw SeccompError(errno: EINVAL)
+                                })
+        let report = try runner.run()
+        #expect(confined.load(ordering: .relaxed) == 1)
+        #expect(vcpu.runs == 0)
+        guard case .fatal(.runFailed(let message)) = report.outcome else {
+            Issue.record("expected a fatal outcome, got \(report.outcome)")
+            return
+        }
+        #expect(message.contains("seccomp"), "\(message)")
+    }
+
     @Test("exits run through the dispatcher in order until a device stops the VM; statistics count them")
     func runsScript() throws {
         let vcpu = ScriptedVCPU(script: [.success(portOut(0x80)), .success(Self.exitWrite)])

@@ -27,6 +27,19 @@ struct PlatformTests {
         #expect(platform.resetControl == nil && platform.postCodes == nil && platform.pciConfiguration == nil)
     }
 
+    @Test("a platform built without the debug-exit port leaves 0x501 unclaimed")
+    func withoutDebugExit() throws {
+        let minimal = try Platform(kind: .minimal, consoleOutput: { _ in }, irqLine: nil, debugExit: false)
+        #expect(minimal.devices.map(\.name) == ["com1"])
+        #expect(minimal.debugExit == nil)
+        let pc = try Platform(kind: .pc, consoleOutput: { _ in }, irqLine: nil, debugExit: false)
+        #expect(!pc.devices.map(\.name).contains("debug-exit"))
+        var ports = PortBus()
+        var mmio = MMIOBus()
+        try pc.register(ports: &ports, mmio: &mmio)
+        #expect(ports.entry(for: 0x501) == nil)
+    }
+
     @Test("the PC platform's devices register on the port bus without overlap, each at its PC ports")
     func pcPorts() throws {
         let platform = try pc()

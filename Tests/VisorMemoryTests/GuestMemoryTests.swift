@@ -252,3 +252,37 @@ struct GuestMemoryAccessTests {
         #expect(try memory.read(5, at: 0x200) == [UInt8](repeating: 0xEE, count: 5))
     }
 }
+
+@Suite("GuestMemory: host mappings")
+struct GuestMemoryHostMappingTests {
+    /// The VmFlags of the /proc/self/smaps entry that holds `address`. (The kernel may
+    /// merge a region with an adjacent mapping of the same flags, so the entry can start
+    /// below the region.)
+    static func vmFlags(ofMappingAt address: UInt) -> [Substring]? {
+        // SAFETY: the FILE is used only here and closed by the defer; fgets writes at most
+        // line.count bytes into `line`, a local array that outlives each call.
+        guard let file = unsafe fopen("/proc/self/smaps", "r") else { return nil }
+        defer { unsafe fclose(file) }
+        var inMapping = false
+        var line = [CChar](repeating: 0, count: 4096)
+        while unsafe fgets(&line, Int32(line.count), file) != nil {
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let range = text.prefix { $0 != " " }.split(separator: "-")
+            if range.count == 2, let start = UInt(range[0], radix: 16), let end = UInt(range[1], radix: 16) {
+                inMapping = start <= address && address < end
+            } else if inMapping, text.hasPrefix("VmFlags:") {
+                return text.dropFirst("VmFlags:".count).split(whereSeparator: \.isWhitespace)
+            }
+        }
+        return nil
+    }
+
+    @Test("every region is advised MADV_DONTDUMP: smaps shows the dd flag, so a core file holds no guest RAM")
+    func dontDump() throws {
+        let memory = try GuestMemory(regions: [GuestRegion(start: 0, size: 0x10000), GuestRegion(start: 0x100000, size: 0x4000)])
+        for mapping in memory.hostMappings {
+            let flags = try #require(Self.vmFlags(ofMappingAt: mapping.hostAddress))
+            #expect(flags.contains("dd"), "VmFlags of the region at 0x\(String(mapping.region.start, radix: 16)): \(flags)")
+        }
+    }
+}

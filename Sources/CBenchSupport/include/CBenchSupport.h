@@ -17,6 +17,10 @@ uint64_t calloc_counter_thread_allocations(void);
 /// module does not define.)
 int bench_pin_to_cpu(int cpu);
 
+/// The calling thread's id (gettid, which Swift's Glibc module does not declare): its
+/// entry under /proc/self/task.
+int bench_thread_id(void);
+
 /// User and system CPU time of the calling thread, in nanoseconds.
 void bench_thread_cpu_time(uint64_t *user, uint64_t *system);
 

@@ -1,0 +1,27 @@
+// A seccomp-BPF allowlist per thread role, and the call that installs it on the calling
+// thread. The syscall lists live in cseccomp.c, in one place; VisorKVM's Seccomp.swift is
+// the Swift face and the only importer.
+#ifndef CSECCOMP_H
+#define CSECCOMP_H
+
+/// The role of the thread a filter is for.
+typedef enum {
+    /// A vCPU thread, from its first KVM_RUN on: the exit loop, device handlers, the
+    /// instruction emulator, console output.
+    CSECCOMP_ROLE_VCPU = 1,
+    /// The console thread: reads standard input and feeds COM1.
+    CSECCOMP_ROLE_CONSOLE = 2,
+} cseccomp_role;
+
+/// What a refused system call returns: -1 with this errno (the thread lives on).
+#define CSECCOMP_REFUSED_ERRNO 1 /* EPERM */
+
+/// Sets no-new-privileges, then installs `role`'s filter on the calling thread only (no
+/// TSYNC). Returns 0, or the negated errno of the step that failed. A filter cannot be
+/// removed: the thread keeps it until it exits.
+int cseccomp_install(cseccomp_role role);
+
+/// Whether the syscall `nr` is on `role`'s allowlist (for tests and documentation).
+int cseccomp_allows(cseccomp_role role, long nr);
+
+#endif

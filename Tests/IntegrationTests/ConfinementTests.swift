@@ -1,0 +1,118 @@
+import CBenchSupport
+import Glibc
+import Synchronization
+import SwiftVisor
+import SwiftVisorGuests
+import Testing
+import VisorKVM
+
+/// Records, on the vCPU thread that makes its first port write, that thread's id and what
+/// a system call off the vCPU allowlist returned there.
+final class SyscallProbeDevice: PortDevice, @unchecked Sendable {
+    /// The vCPU thread's id, 0 until the first write.
+    let threadID = Atomic<Int32>(0)
+    /// socket(2)'s result and errno on that thread.
+    let socketResult = Atomic<Int32>(0)
+    let socketErrno = Atomic<Int32>(0)
+
+    func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 { 0 }
+
+    func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
+        guard threadID.load(ordering: .acquiring) == 0 else { return .continue }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        socketErrno.store(fd < 0 ? errno : 0, ordering: .relaxed)
+        socketResult.store(fd, ordering: .relaxed)
+        if fd >= 0 { close(fd) }
+        threadID.store(bench_thread_id(), ordering: .releasing)
+        return .continue
+    }
+}
+
+/// The `Name:\tvalue` fields of a thread's /proc status file.
+func threadStatus(_ tid: Int32) -> [String: String] {
+    // SAFETY: the FILE is used only in this function and closed by the defer; fgets writes
+    // at most line.count bytes into `line`, a local array that outlives each call.
+    guard let file = unsafe fopen("/proc/self/task/\(tid)/status", "r") else { return [:] }
+    defer { unsafe fclose(file) }
+    var fields: [String: String] = [:]
+    var line = [CChar](repeating: 0, count: 1024)
+    while unsafe fgets(&line, Int32(line.count), file) != nil {
+        let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let colon = text.firstIndex(of: ":") else { continue }
+        let value = text[text.index(after: colon)...].drop { $0 == " " || $0 == "\t" }
+        fields[String(text[..<colon])] = String(value.prefix { $0 != "\n" })
+    }
+    return fields
+}
+
+extension KVMIntegration {
+    @Suite("Confinement")
+    struct ConfinementTests {
+        /// Runs pio_loop (writes to port 0x510, then exits through the debug-exit port)
+        /// with the probe device on 0x510.
+        func runProbe(seccomp: Bool) throws -> (RunReport, SyscallProbeDevice) {
+            let probe = SyscallProbeDevice()
+            let (report, _) = try runGuest(GuestImages.pioLoop, commandLine: "10") { config in
+                config.seccomp = seccomp
+                config.portDevices = [.init(name: "probe", range: try! PortRange(base: 0x510, count: 1), device: probe)]
+            }
+            return (report, probe)
+        }
+
+        @Test("a vCPU thread shows Seccomp: 2 and NoNewPrivs: 1 in /proc while the VM runs; the test thread stays unconfined")
+        func vcpuThreadStatus() async throws {
+            let tid = Atomic<Int32>(0)
+            var config = MachineConfiguration(guest: .elf(GuestImages.spin))
+            config.consoleOutput = { _ in
+                if tid.load(ordering: .relaxed) == 0 { tid.store(bench_thread_id(), ordering: .releasing) }
+            }
+            let machine = try Machine(config)
+            try machine.start()
+            var seen: Int32 = 0
+            for _ in 0..<10_000 where seen == 0 {
+                seen = tid.load(ordering: .acquiring)
+                if seen == 0 { try await Task.sleep(for: .milliseconds(1)) }
+            }
+            let status = threadStatus(seen)
+            let report = await machine.stop()
+            #expect(seen != 0, "the guest wrote nothing to COM1")
+            #expect(seen != bench_thread_id())
+            #expect(status["Seccomp"] == "2", "\(status)")
+            #expect(status["NoNewPrivs"] == "1", "\(status)")
+            #expect(report.outcome == .stopped(.requested))
+            #expect(threadStatus(bench_thread_id())["Seccomp"] == "0")
+        }
+
+        @Test("a system call off the vCPU allowlist (socket) fails with EPERM in a device handler; the guest runs on")
+        func refusedOnVCPUThread() throws {
+            let (report, probe) = try runProbe(seccomp: true)
+            #expect(report.outcome == .stopped(.guestExit(status: 0)))
+            #expect(probe.threadID.load(ordering: .acquiring) != 0)
+            #expect(probe.socketResult.load(ordering: .relaxed) == -1)
+            #expect(probe.socketErrno.load(ordering: .relaxed) == EPERM)
+            #expect(Seccomp.refusedErrno == EPERM)
+            // The filter is the vCPU thread's alone: this thread still makes the call.
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            #expect(fd >= 0)
+            if fd >= 0 { close(fd) }
+        }
+
+        @Test("with seccomp off (--no-seccomp) the same call succeeds on the vCPU thread, which shows Seccomp: 0")
+        func seccompOff() throws {
+            let (report, probe) = try runProbe(seccomp: false)
+            #expect(report.outcome == .stopped(.guestExit(status: 0)))
+            #expect(probe.socketResult.load(ordering: .relaxed) >= 0)
+            #expect(probe.socketErrno.load(ordering: .relaxed) == 0)
+        }
+
+        @Test("the vCPU allowlist holds KVM_RUN's ioctl, console writes and futexes, and not socket, open or execve")
+        func allowlist() {
+            // x86-64 system call numbers (Swift's Glibc module does not import SYS_*).
+            let allowed = ["ioctl": 16, "write": 1, "futex": 202, "rt_sigreturn": 15, "exit": 60]
+            let refused = ["socket": 41, "openat": 257, "open": 2, "execve": 59, "fork": 57, "clone": 56,
+                           "ptrace": 101, "connect": 42, "kill": 62]
+            for (name, number) in allowed { #expect(Seccomp.allows(.vcpu, syscall: number), "\(name)") }
+            for (name, number) in refused { #expect(!Seccomp.allows(.vcpu, syscall: number), "\(name)") }
+        }
+    }
+}
