@@ -14,7 +14,6 @@
 //  5  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
 //     swiftvisor          -> VisorHost
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
-//     swiftvisor-bench    -> TestSupport
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
@@ -120,7 +119,7 @@ let package = Package(
         .target(name: "CBenchSupport"),
         .executableTarget(
             name: "swiftvisor-bench",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorKVM", "TestSupport"],
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorKVM"],
             swiftSettings: strict),
         .target(name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),
         // Fakes (vCPUs, devices), the seeded random source and log capture, shared by the

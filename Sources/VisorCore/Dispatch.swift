@@ -1,4 +1,4 @@
-package import VisorKVM
+public import VisorKVM
 
 /// Why a VM stopped without anything going wrong.
 public enum StopReason: Sendable, Equatable, CustomStringConvertible {
@@ -104,23 +104,23 @@ public enum ExitOutcome: Sendable, Equatable {
 ///
 /// `dispatch` is a plain function from an exit to an outcome: it needs no KVM, so unit
 /// tests drive it with hand-made exits and a fake data channel.
-package struct ExitDispatcher: Sendable {
-    package var ports: PortBus
-    package var mmio: MMIOBus
-    package var unclaimedPorts: UnclaimedAccessPolicy
-    package var unclaimedMMIO: UnclaimedAccessPolicy
+public struct ExitDispatcher: Sendable {
+    public var ports: PortBus
+    public var mmio: MMIOBus
+    public var unclaimedPorts: UnclaimedAccessPolicy
+    public var unclaimedMMIO: UnclaimedAccessPolicy
     /// Where `log`-policy messages go (the machine sends them to stderr).
-    package var log: @Sendable (String) -> Void
+    public var log: @Sendable (String) -> Void
     /// Hypercalls: an OUT to `hypercalls.port` runs a handler from the table.
-    package var hypercalls: HypercallTable?
+    public var hypercalls: HypercallTable?
     /// The MSR policy for accesses KVM routes to user space.
-    package var msrs: MSREmulator?
+    public var msrs: MSREmulator?
     /// Receives a line for each MSR access that raised #GP (the machine's trace).
-    package var traceDenied: (@Sendable (String) -> Void)?
+    public var traceDenied: (@Sendable (String) -> Void)?
     /// Finishes instructions KVM failed to emulate; with none, such a failure is fatal.
-    package var emulationFailureHandler: (any EmulationFailureHandler)?
+    public var emulationFailureHandler: (any EmulationFailureHandler)?
 
-    package init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
+    public init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
                 unclaimedPorts: UnclaimedAccessPolicy = .block,
                 unclaimedMMIO: UnclaimedAccessPolicy = .block,
                 hypercalls: HypercallTable? = nil,
@@ -136,7 +136,7 @@ package struct ExitDispatcher: Sendable {
     /// Handles one exit of `vcpu`, which carries the exit's I/O elements, takes the MMIO
     /// read result, and gives hypercalls and injections access to registers and events.
     @inline(__always)
-    package func dispatch(_ exit: VMExit, vcpu data: some VCPUContext) -> ExitOutcome {
+    public func dispatch(_ exit: VMExit, vcpu data: some VCPUContext) -> ExitOutcome {
         switch exit {
         case .io(let access):
             return handlePort(access, data: data)

@@ -4,7 +4,7 @@
 /// Such failures are rare, so the dispatcher calls the handler through an existential; the
 /// port and MMIO paths never touch it. `VisorEmulator`'s `InstructionEmulator` is the
 /// standard handler.
-package protocol EmulationFailureHandler: Sendable {
+public protocol EmulationFailureHandler: Sendable {
     /// Tries to finish the instruction at `vcpu`'s RIP. `data` is the failure's data as KVM
     /// reported it; it may carry the instruction bytes.
     ///

@@ -20,20 +20,20 @@ public struct MMIORange: Sendable, Equatable, CustomStringConvertible {
 
 /// The MMIO bus: non-overlapping regions kept ordered by start address; lookup is a
 /// binary search, with no allocation.
-package struct MMIOBus: Sendable {
-    package struct Entry: Sendable {
-        package let name: String
-        package let range: MMIORange
-        package let device: any MMIODevice
+public struct MMIOBus: Sendable {
+    public struct Entry: Sendable {
+        public let name: String
+        public let range: MMIORange
+        public let device: any MMIODevice
     }
 
     /// Sorted by `range.start`, non-overlapping.
-    package private(set) var entries: [Entry] = []
+    public private(set) var entries: [Entry] = []
 
-    package init() {}
+    public init() {}
 
     /// Registers `device` for `range`. Fails, naming both, if it overlaps a registered region.
-    package mutating func register(_ device: any MMIODevice, name: String, range: MMIORange) throws(BusError) {
+    public mutating func register(_ device: any MMIODevice, name: String, range: MMIORange) throws(BusError) {
         let i = insertionIndex(range.start)
         let neighbours = [i > 0 ? entries[i - 1] : nil, i < entries.count ? entries[i] : nil]
         for case let other? in neighbours where other.range.start < range.end && range.start < other.range.end {
@@ -44,7 +44,7 @@ package struct MMIOBus: Sendable {
     }
 
     /// Removes the region called `name`.
-    package mutating func unregister(name: String) throws(BusError) {
+    public mutating func unregister(name: String) throws(BusError) {
         guard let i = entries.firstIndex(where: { $0.name == name }) else { throw .notRegistered(name) }
         entries.remove(at: i)
     }
@@ -61,7 +61,7 @@ package struct MMIOBus: Sendable {
 
     /// The index of the region containing `address`, if any.
     @inline(__always)
-    package func index(for address: UInt64) -> Int? {
+    public func index(for address: UInt64) -> Int? {
         var low = 0, high = entries.count
         while low < high {
             let mid = (low + high) / 2

@@ -84,12 +84,12 @@ public struct MSRPolicy: Sendable {
 }
 
 /// The policy at run time: applies the rules, keeps recorded values and counts denials.
-package final class MSREmulator: Sendable {
-    package let policy: MSRPolicy
+public final class MSREmulator: Sendable {
+    public let policy: MSRPolicy
     private let recorded: Mutex<[UInt32: UInt64]>
     private let denials = Atomic<UInt64>(0)
 
-    package init(policy: MSRPolicy) {
+    public init(policy: MSRPolicy) {
         self.policy = policy
         var initial: [UInt32: UInt64] = [:]
         for (index, rule) in policy.rules {
@@ -99,10 +99,10 @@ package final class MSREmulator: Sendable {
     }
 
     /// Accesses that raised #GP so far.
-    package var deniedAccesses: UInt64 { denials.load(ordering: .relaxed) }
+    public var deniedAccesses: UInt64 { denials.load(ordering: .relaxed) }
 
     /// Decides one access. MSRs with no rule (KVM did not know them) raise #GP.
-    package func access(_ access: MSRAccess) -> MSRResult {
+    public func access(_ access: MSRAccess) -> MSRResult {
         let result: MSRResult
         switch policy.rules[access.index] {
         case nil, .allow?, .deny?:

@@ -53,19 +53,19 @@ func hex<T: BinaryInteger>(_ value: T) -> String { String(value, radix: 16) }
 /// would fall in a neighbour's range. Devices see such accesses as an offset near their
 /// end and a width, and decide (the 16550, for example, handles byte accesses only and
 /// treats wider ones as the low byte).
-package struct PortBus: Sendable {
+public struct PortBus: Sendable {
     /// One registration: a device, or nil for a blocked range.
-    package struct Entry: Sendable {
-        package let name: String
-        package let range: PortRange
-        package let device: (any PortDevice)?
+    public struct Entry: Sendable {
+        public let name: String
+        public let range: PortRange
+        public let device: (any PortDevice)?
     }
 
     /// What the exit path needs of a registration: the device (nil when blocked) and the
     /// base port, without the name, so that a lookup copies one reference.
-    package struct Route: Sendable {
-        package let device: (any PortDevice)?
-        package let base: UInt16
+    public struct Route: Sendable {
+        public let device: (any PortDevice)?
+        public let base: UInt16
     }
 
     /// owner[port] is an index into `entries` and `routes`, or 0 for no owner.
@@ -75,25 +75,25 @@ package struct PortBus: Sendable {
     /// routes[i] mirrors entries[i].
     private var routes: [Route?]
 
-    package init() {
+    public init() {
         owner = Array(repeating: 0, count: 0x10000)
         entries = [nil]
         routes = [nil]
     }
 
     /// Registers `device` for `range`. Fails, naming both, if any port is already taken.
-    package mutating func register(_ device: any PortDevice, name: String, range: PortRange) throws(BusError) {
+    public mutating func register(_ device: any PortDevice, name: String, range: PortRange) throws(BusError) {
         try add(Entry(name: name, range: range, device: device))
     }
 
     /// Intercepts `range` with no handler: reads return all ones, writes are dropped,
     /// and the accesses are not subject to the unclaimed-port policy.
-    package mutating func block(_ range: PortRange, name: String) throws(BusError) {
+    public mutating func block(_ range: PortRange, name: String) throws(BusError) {
         try add(Entry(name: name, range: range, device: nil))
     }
 
     /// Removes the registration called `name`.
-    package mutating func unregister(name: String) throws(BusError) {
+    public mutating func unregister(name: String) throws(BusError) {
         guard let index = entries.firstIndex(where: { $0?.name == name }), let entry = entries[index] else {
             throw .notRegistered(name)
         }
@@ -124,20 +124,20 @@ package struct PortBus: Sendable {
     }
 
     /// The registration that owns `port`, if any.
-    package func entry(for port: UInt16) -> Entry? {
+    public func entry(for port: UInt16) -> Entry? {
         let index = Int(owner[Int(port)])
         return index == 0 ? nil : entries[index]
     }
 
     /// The route for `port`: one table load and one array load.
     @inline(__always)
-    package func route(for port: UInt16) -> Route? {
+    public func route(for port: UInt16) -> Route? {
         let index = Int(owner[Int(port)])
         return index == 0 ? nil : routes[index]
     }
 
     /// Every registration, ordered by base port.
-    package var registrations: [Entry] {
+    public var registrations: [Entry] {
         entries.compactMap { $0 }.sorted { $0.range.base < $1.range.base }
     }
 }

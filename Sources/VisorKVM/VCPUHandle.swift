@@ -11,7 +11,7 @@ import Glibc
 /// `unsafe` below, with why it stays inside the mapping.
 @safe package final class VCPUHandle: @unchecked Sendable {
     let fd: Int32
-    package let id: UInt32
+    public let id: UInt32
     let vm: VMHandle
     /// The shared run page, `mapSize` bytes mapped from `fd`. Valid until `deinit` unmaps it;
     /// every access below goes through this pointer while `self` is alive.
@@ -51,7 +51,7 @@ import Glibc
     /// a string I/O exit stays in the run page, read and written through `ExitDataChannel`
     /// until the next `run()`.
     @inline(__always)
-    package func run() throws(KVMError) -> VMExit {
+    public func run() throws(KVMError) -> VMExit {
         if ckvm_ioctl_none(fd, CKVM_RUN) == 0 { return decodeExit() }
         let code = errno
         if code == EINTR || code == EAGAIN { return .interrupted }
@@ -66,7 +66,7 @@ import Glibc
     @inline(__always) package var immediateExitRequested: Bool { unsafe ckvm_run_immediate_exit(page) != 0 }
 
     /// Makes the next (or current, when combined with a signal) `KVM_RUN` return at once.
-    package func requestImmediateExit(_ flag: Bool) {
+    public func requestImmediateExit(_ flag: Bool) {
         unsafe ckvm_run_set_immediate_exit(page, flag ? 1 : 0)
     }
 
@@ -163,49 +163,49 @@ import Glibc
 
     // MARK: Registers and state
 
-    package func registers() throws(KVMError) -> Registers {
+    public func registers() throws(KVMError) -> Registers {
         var k = kvm_regs()
         try ioctlStruct(fd, CKVM_GET_REGS, "KVM_GET_REGS", &k)
         return Registers(k)
     }
 
-    package func setRegisters(_ registers: Registers) throws(KVMError) {
+    public func setRegisters(_ registers: Registers) throws(KVMError) {
         var k = registers.kernel
         try ioctlStruct(fd, CKVM_SET_REGS, "KVM_SET_REGS", &k)
     }
 
-    package func specialRegisters() throws(KVMError) -> SpecialRegisters {
+    public func specialRegisters() throws(KVMError) -> SpecialRegisters {
         var k = kvm_sregs()
         try ioctlStruct(fd, CKVM_GET_SREGS, "KVM_GET_SREGS", &k)
         return SpecialRegisters(k)
     }
 
-    package func setSpecialRegisters(_ registers: SpecialRegisters) throws(KVMError) {
+    public func setSpecialRegisters(_ registers: SpecialRegisters) throws(KVMError) {
         var k = kvm_sregs()
         try ioctlStruct(fd, CKVM_GET_SREGS, "KVM_GET_SREGS", &k)
         registers.apply(to: &k)
         try ioctlStruct(fd, CKVM_SET_SREGS, "KVM_SET_SREGS", &k)
     }
 
-    package func fpu() throws(KVMError) -> FPUState {
+    public func fpu() throws(KVMError) -> FPUState {
         var k = kvm_fpu()
         try ioctlStruct(fd, CKVM_GET_FPU, "KVM_GET_FPU", &k)
         return FPUState(k)
     }
 
-    package func setFPU(_ state: FPUState) throws(KVMError) {
+    public func setFPU(_ state: FPUState) throws(KVMError) {
         var k = kvm_fpu()
         state.apply(to: &k)
         try ioctlStruct(fd, CKVM_SET_FPU, "KVM_SET_FPU", &k)
     }
 
-    package func events() throws(KVMError) -> VCPUEvents {
+    public func events() throws(KVMError) -> VCPUEvents {
         var k = kvm_vcpu_events()
         try ioctlStruct(fd, CKVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", &k)
         return VCPUEvents(k)
     }
 
-    package func setEvents(_ events: VCPUEvents) throws(KVMError) {
+    public func setEvents(_ events: VCPUEvents) throws(KVMError) {
         var k = kvm_vcpu_events()
         try ioctlStruct(fd, CKVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", &k)
         events.apply(to: &k)
@@ -214,30 +214,30 @@ import Glibc
 
     /// The vCPU's multiprocessing state (`KVM_GET_MP_STATE`), e.g. `KVM_MP_STATE_RUNNABLE` (0)
     /// or `KVM_MP_STATE_INIT_RECEIVED` (2, waiting for SIPI).
-    package func mpState() throws(KVMError) -> UInt32 {
+    public func mpState() throws(KVMError) -> UInt32 {
         var state = kvm_mp_state()
         try ioctlStruct(fd, CKVM_GET_MP_STATE, "KVM_GET_MP_STATE", &state)
         return state.mp_state
     }
 
     /// Sets the multiprocessing state (`KVM_SET_MP_STATE`). Needs the in-kernel irqchip.
-    package func setMPState(_ value: UInt32) throws(KVMError) {
+    public func setMPState(_ value: UInt32) throws(KVMError) {
         var state = kvm_mp_state(mp_state: value)
         try ioctlStruct(fd, CKVM_SET_MP_STATE, "KVM_SET_MP_STATE", &state)
     }
 
-    package static let mpStateRunnable: UInt32 = 0
-    package static let mpStateWaitForSIPI: UInt32 = 2
+    public static let mpStateRunnable: UInt32 = 0
+    public static let mpStateWaitForSIPI: UInt32 = 2
 
     /// Queues a non-maskable interrupt for the vCPU (`KVM_NMI`).
-    package func injectNMI() throws(KVMError) {
+    public func injectNMI() throws(KVMError) {
         _ = try checkedIoctl("KVM_NMI") { ckvm_ioctl_none(fd, CKVM_NMI) }
     }
 
     /// Queues external interrupt `vector` for this vCPU, delivered once RFLAGS.IF is set:
     /// through its local APIC (an MSI to its APIC ID) with the in-kernel interrupt
     /// controller, or with `KVM_INTERRUPT` without one.
-    package func injectInterrupt(vector: UInt8) throws(KVMError) {
+    public func injectInterrupt(vector: UInt8) throws(KVMError) {
         if vm.hasInterruptController {
             try vm.signalMSI(address: 0xFEE0_0000 | UInt64(id & 0xFF) << 12, data: UInt32(vector))
         } else {
@@ -247,7 +247,7 @@ import Glibc
     }
 
     /// Extended control register XCR0 (`KVM_GET_XCRS`).
-    package func xcr0() throws(KVMError) -> UInt64 {
+    public func xcr0() throws(KVMError) -> UInt64 {
         var xcrs = kvm_xcrs()
         try ioctlStruct(fd, CKVM_GET_XCRS, "KVM_GET_XCRS", &xcrs)
         let count = min(Int(xcrs.nr_xcrs), 16)
@@ -260,14 +260,14 @@ import Glibc
     }
 
     /// Debug registers DR0-DR3, DR6 and DR7.
-    package func debugRegisters() throws(KVMError) -> (db: [UInt64], dr6: UInt64, dr7: UInt64) {
+    public func debugRegisters() throws(KVMError) -> (db: [UInt64], dr6: UInt64, dr7: UInt64) {
         var k = kvm_debugregs()
         try ioctlStruct(fd, CKVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS", &k)
         return ([k.db.0, k.db.1, k.db.2, k.db.3], k.dr6, k.dr7)
     }
 
     /// Sets what CPUID reports to this vCPU (`KVM_SET_CPUID2`).
-    package func setCPUID(_ entries: [CPUIDEntry]) throws(KVMError) {
+    public func setCPUID(_ entries: [CPUIDEntry]) throws(KVMError) {
         unsafe try withCPUIDBuffer(capacity: entries.count) { (header) throws(KVMError) in
             // SAFETY: withCPUIDBuffer allocated room for entries.count entries after the header.
             let slots = unsafe UnsafeMutableRawPointer(header).advanced(by: MemoryLayout<kvm_cpuid2>.size)
@@ -286,7 +286,7 @@ import Glibc
 
     /// Writes model-specific registers (`KVM_SET_MSRS`). Throws when the kernel accepts
     /// fewer than all of them, naming the first it refused.
-    package func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(KVMError) {
+    public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(KVMError) {
         let bytes = MemoryLayout<kvm_msrs>.size + msrs.count * MemoryLayout<kvm_msr_entry>.stride
         // SAFETY: the buffer is allocated, zeroed and freed here, and used only in this call.
         let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
@@ -317,7 +317,7 @@ extension VCPUHandle: ExitDataChannel {
     /// Precondition (the dispatcher keeps it): the exit was decoded as `.io` (so its data
     /// area lies in the run page) and `index` is below its count.
     @inline(__always)
-    package func ioElement(_ index: Int) -> UInt32 {
+    public func ioElement(_ index: Int) -> UInt32 {
         let size = Int(ioSize)
         // SAFETY: decodeExit returned .io only after ioDataIsValid proved
         // offset + size * count <= mapSize, and index < count; loadUnaligned copes with
@@ -334,7 +334,7 @@ extension VCPUHandle: ExitDataChannel {
     /// Stores element `index` of the current IN exit's data; KVM copies it into the guest.
     /// Precondition as for `ioElement`.
     @inline(__always)
-    package func setIOElement(_ index: Int, _ value: UInt32) {
+    public func setIOElement(_ index: Int, _ value: UInt32) {
         let size = Int(ioSize)
         // SAFETY: as in ioElement, the element lies within the mapped run page.
         let offset = unsafe Int(ckvm_run_io_data_offset(page)) + index * size

@@ -107,14 +107,3 @@ package func ports(_ base: UInt16, _ count: Int) -> PortRange {
 package func region(_ start: UInt64, _ size: UInt64) -> MMIORange {
     try! MMIORange(start: start, size: size)
 }
-
-/// A port device that counts writes and reads zero; no lock, no allocation. One thread only.
-package final class NullPort: PortDevice, @unchecked Sendable {
-    package var writes = 0
-    package init() {}
-    package func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 { 0 }
-    package func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
-        writes &+= 1
-        return .continue
-    }
-}

@@ -61,23 +61,6 @@ package final class FakeDataChannel: VCPUContext {
     package func completeMSR(value: UInt64, fault: Bool) { msrCompletion = (value, fault) }
 }
 
-/// The cheapest vCPU context: one I/O element, nothing recorded, no allocation. For
-/// measuring the dispatcher's own cost per exit.
-package final class NullVCPU: VCPUContext {
-    package let id: UInt32 = 0
-    package var element: UInt32 = 0
-    package init() {}
-    package func registers() throws(KVMError) -> Registers { Registers() }
-    package func setRegisters(_ registers: Registers) throws(KVMError) {}
-    package func specialRegisters() throws(KVMError) -> SpecialRegisters { SpecialRegisters() }
-    package func xcr0() throws(KVMError) -> UInt64 { 1 }
-    package func inject(_ injection: Injection) throws(KVMError) {}
-    package func ioElement(_ index: Int) -> UInt32 { element }
-    package func setIOElement(_ index: Int, _ value: UInt32) { element = value }
-    package func setMMIOData(_ value: UInt64) {}
-    package func completeMSR(value: UInt64, fault: Bool) {}
-}
-
 /// A fake vCPU for the run loop: it returns the exits of its script in order, then behaves
 /// like a guest spinning in ring 3, "running" until it is kicked. It follows KVM's rules
 /// for `KVM_RUN`: the immediate-exit flag makes a call return `.interrupted` at once, and
