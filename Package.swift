@@ -92,12 +92,14 @@ let package = Package(
             name: "CDecompress",
             linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lzma"), .linkedLibrary("lz4"), .linkedLibrary("zstd")]),
         .target(name: "VisorFirmware", swiftSettings: strict),
-        .target(name: "VisorLinux", dependencies: ["VisorMemory", "VisorLoader", "CDecompress", "VisorHost"],
-                swiftSettings: strict),
+        .target(
+            name: "VisorLinux", dependencies: ["VisorMemory", "VisorLoader", "CDecompress", "VisorHost"],
+            swiftSettings: strict),
         .target(
             name: "SwiftVisor",
             dependencies: [
-                "VisorKVM", "VisorMemory", "VisorCore", "VisorEmulator", "VisorDevices", "VisorLoader", "VisorFirmware", "VisorLinux",
+                "VisorKVM", "VisorMemory", "VisorCore", "VisorEmulator", "VisorDevices", "VisorLoader", "VisorFirmware",
+                "VisorLinux",
                 "SwiftVisorProbes", "VisorHost", "VisorDecoder",
             ],
             swiftSettings: strict),
@@ -121,11 +123,13 @@ let package = Package(
             name: "swiftvisor-bench",
             dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorKVM"],
             swiftSettings: strict),
-        .target(name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),
+        .target(
+            name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),
         // Fakes (vCPUs, devices), the seeded random source and log capture, shared by the
         // unit tests and the benchmark.
-        .target(name: "TestSupport", dependencies: ["VisorCore", "VisorKVM", "VisorMemory"], path: "Tests/TestSupport",
-                swiftSettings: strict),
+        .target(
+            name: "TestSupport", dependencies: ["VisorCore", "VisorKVM", "VisorMemory"], path: "Tests/TestSupport",
+            swiftSettings: strict),
         // Every fuzz target as a plain function over bytes, shared by the libFuzzer entry
         // and the seeded pass in `swift test`. Not part of any product.
         .target(
@@ -135,23 +139,31 @@ let package = Package(
         // The libFuzzer entry point. A plain build makes a replay tool (run a target over
         // files); `Tools/fuzz` builds it with `-sanitize=fuzzer` and `-D SWIFTVISOR_LIBFUZZER`.
         .executableTarget(name: "swiftvisor-fuzz", dependencies: ["FuzzTargets"], path: "Fuzz/Entry", swiftSettings: strict),
-        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport"], path: "Fuzz/Tests",
-                    swiftSettings: strictTests),
+        .testTarget(
+            name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport"], path: "Fuzz/Tests",
+            swiftSettings: strictTests),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"], swiftSettings: strictTests),
-        .testTarget(name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport"],
-                    exclude: ["Fixtures"], swiftSettings: strictTests),
+        .testTarget(
+            name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport"],
+            exclude: ["Fixtures"], swiftSettings: strictTests),
         .testTarget(
             name: "VisorEmulatorTests",
             dependencies: ["VisorEmulator", "VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"],
             swiftSettings: strictTests),
-        .testTarget(name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"], swiftSettings: strictTests),
-        .testTarget(name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore", "VisorFirmware", "TestSupport"],
-                    swiftSettings: strictTests),
+        .testTarget(
+            name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"],
+            swiftSettings: strictTests),
+        .testTarget(
+            name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore", "VisorFirmware", "TestSupport"],
+            swiftSettings: strictTests),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "TestSupport"], swiftSettings: strictTests),
-        .testTarget(name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"], swiftSettings: strictTests),
+        .testTarget(
+            name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"], swiftSettings: strictTests),
         .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware", "VisorDevices"], swiftSettings: strictTests),
-        .testTarget(name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory", "TestSupport"], swiftSettings: strictTests),
+        .testTarget(
+            name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory", "TestSupport"],
+            swiftSettings: strictTests),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["SwiftVisor", "SwiftVisorGuests", "VisorKVM", "CBenchSupport", "CNativeOps"],

@@ -59,14 +59,19 @@ do {
         config.hypercallHandlers[0x100] = { request in .value(request.arguments[0] &* 2) }
     }
     print("  the counter saw \(counter.writes.load(ordering: .relaxed)) writes")
-    print("  exits by kind: " + (pio.statistics.map { stats in
-        ExitKind.allCases.filter { stats.count($0) > 0 }.map { "\($0)=\(stats.count($0))" }.joined(separator: " ")
-    } ?? ""))
+    print(
+        "  exits by kind: "
+            + (pio.statistics.map { stats in
+                ExitKind.allCases.filter { stats.count($0) > 0 }.map { "\($0)=\(stats.count($0))" }.joined(separator: " ")
+            } ?? ""))
 
     let registers = ScratchRegisters()
     _ = try run("mmio_widths") { config in
-        config.mmioDevices = [.init(name: "scratch", range: try MMIORange(start: 0xD000_0000, size: 0x1000),
-                                    device: registers)]
+        config.mmioDevices = [
+            .init(
+                name: "scratch", range: try MMIORange(start: 0xD000_0000, size: 0x1000),
+                device: registers)
+        ]
     }
     for line in registers.log.withLock({ $0 }) { print("  " + line) }
 } catch {

@@ -24,7 +24,8 @@ struct GuestBuilder: BuildToolPlugin {
         case "SwiftVisorProbes": environment = ["GUESTS_ONLY": "host_quirks", "GUESTS_ENUM": "ProbeImages"]
         default:
             Diagnostics.warning(
-                "GuestBuilder builds guest images for SwiftVisorGuests and SwiftVisorProbes only; ignoring target '\(target.name)'")
+                "GuestBuilder builds guest images for SwiftVisorGuests and SwiftVisorProbes only; ignoring target '\(target.name)'"
+            )
             return []
         }
 

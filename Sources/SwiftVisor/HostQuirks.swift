@@ -91,19 +91,24 @@ public struct HostQuirks: Sendable {
 
     /// One line per finding, for `--trace` and `swiftvisor cpuid`.
     public var report: [String] {
-        var lines = ["host quirks: probed in \(formatMilliseconds(probeMilliseconds)) ms; the host "
-            + (runsKernelCodeNatively ? "runs CPL0 code natively: nothing hidden"
-                                      : "interprets CPL0 code: \(hiddenFeatures.count) features hidden through CPUID")]
+        var lines = [
+            "host quirks: probed in \(formatMilliseconds(probeMilliseconds)) ms; the host "
+                + (runsKernelCodeNatively
+                    ? "runs CPL0 code natively: nothing hidden"
+                    : "interprets CPL0 code: \(hiddenFeatures.count) features hidden through CPUID")
+        ]
         if hidesPVSendIPI { lines.append("host quirks: paravirtual send-IPI hidden (hangs AP bring-up on such hosts)") }
         for feature in stillVisible {
-            lines.append("host quirks: \(feature) still visible after hiding: "
-                + (feature.name == "xsave" ? "noxsave" : "clearcpuid=\(feature.name)") + " on the kernel command line")
+            lines.append(
+                "host quirks: \(feature) still visible after hiding: "
+                    + (feature.name == "xsave" ? "noxsave" : "clearcpuid=\(feature.name)") + " on the kernel command line")
         }
         return lines
     }
 
     /// Runs the probe with `policy` plus the hiding policy, on `kvmPath`.
-    public static func probe(policy: CPUIDPolicy = CPUIDPolicy(), kvmPath: String = "/dev/kvm") throws(MachineError) -> HostQuirks {
+    public static func probe(policy: CPUIDPolicy = CPUIDPolicy(), kvmPath: String = "/dev/kvm") throws(MachineError) -> HostQuirks
+    {
         let features = GuestFeature.hiddenForInterpretingHosts
         var leaves: [(UInt32, UInt32)] = []
         for feature in features where !leaves.contains(where: { $0 == (feature.leaf, feature.subleaf) }) {
@@ -120,10 +125,14 @@ public struct HostQuirks: Sendable {
         config.consoleOutput = { _ in }
         config.hypercallPort = nil
         config.unclaimedPorts = .stop
-        config.cpuid = HostQuirks(runsKernelCodeNatively: false, hiddenFeatures: features, stillVisible: [],
-                                  hidesPVSendIPI: true, probeMilliseconds: 0).linuxPolicy(from: policy)
+        config.cpuid = HostQuirks(
+            runsKernelCodeNatively: false, hiddenFeatures: features, stillVisible: [],
+            hidesPVSendIPI: true, probeMilliseconds: 0
+        ).linuxPolicy(from: policy)
         do {
-            config.portDevices = [.init(name: "quirk-probe", range: try PortRange(base: ProbePort.port, count: 1), device: device)]
+            config.portDevices = [
+                .init(name: "quirk-probe", range: try PortRange(base: ProbePort.port, count: 1), device: device)
+            ]
         } catch { throw .bus(error) }
         config.instructionHandlers["popcnt"] = { state in
             trapped.value.store(true, ordering: .relaxed)
@@ -139,7 +148,9 @@ public struct HostQuirks: Sendable {
         }
         let answers = device.answers
         guard answers.popcnt == 8, answers.cpuid.count == leaves.count else {
-            throw .hostProbeFailed("the host-quirk probe guest answered \(answers.cpuid.count) of \(leaves.count) CPUID queries (POPCNT gave \(answers.popcnt.map(String.init) ?? "nothing"))")
+            throw .hostProbeFailed(
+                "the host-quirk probe guest answered \(answers.cpuid.count) of \(leaves.count) CPUID queries (POPCNT gave \(answers.popcnt.map(String.init) ?? "nothing"))"
+            )
         }
         let interprets = trapped.value.load(ordering: .relaxed)
         var visible: [GuestFeature] = []
@@ -147,17 +158,19 @@ public struct HostQuirks: Sendable {
             for feature in features {
                 guard let index = leaves.firstIndex(where: { $0 == (feature.leaf, feature.subleaf) }) else { continue }
                 let regs = answers.cpuid[index]
-                let value: UInt32 = switch feature.register {
-                case .eax: regs.0
-                case .ebx: regs.1
-                case .ecx: regs.2
-                case .edx: regs.3
-                }
+                let value: UInt32 =
+                    switch feature.register {
+                    case .eax: regs.0
+                    case .ebx: regs.1
+                    case .ecx: regs.2
+                    case .edx: regs.3
+                    }
                 if value >> feature.bit & 1 == 1 { visible.append(feature) }
             }
         }
-        return HostQuirks(runsKernelCodeNatively: !interprets, hiddenFeatures: interprets ? features : [],
-                          stillVisible: visible, hidesPVSendIPI: interprets, probeMilliseconds: elapsed)
+        return HostQuirks(
+            runsKernelCodeNatively: !interprets, hiddenFeatures: interprets ? features : [],
+            stillVisible: visible, hidesPVSendIPI: interprets, probeMilliseconds: elapsed)
     }
 }
 

@@ -71,10 +71,11 @@ public final class Machine: Sendable {
         if configuration.seccomp {
             confine = { () throws(SeccompError) in try Seccomp.install(.vcpu) }
         }
-        runner = VCPURunner(vcpus: parts.vcpus, dispatcher: parts.dispatcher, control: control,
-                            collectStatistics: configuration.collectStatistics, trace: configuration.trace,
-                            diagnose: { vcpu in GuestStateSnapshot(vcpu: vcpu, memory: memory).render() },
-                            confine: confine)
+        runner = VCPURunner(
+            vcpus: parts.vcpus, dispatcher: parts.dispatcher, control: control,
+            collectStatistics: configuration.collectStatistics, trace: configuration.trace,
+            diagnose: { vcpu in GuestStateSnapshot(vcpu: vcpu, memory: memory).render() },
+            confine: confine)
     }
 
     // MARK: Lifecycle

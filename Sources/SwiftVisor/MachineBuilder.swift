@@ -110,29 +110,33 @@ struct MachineBuilder {
         try Self.validate(configuration, hostMemory: HostIO.physicalMemory)
         let system: KVMSystem
         do { system = try KVMSystem(path: configuration.kvmPath) } catch { throw .kvm(error) }
-        try Self.checkVCPULimit(configuration.vcpuCount, maxVCPUs: Int(system.check(.maxVCPUs)),
-                                recommendedVCPUs: Int(system.check(.nrVCPUs)))
+        try Self.checkVCPULimit(
+            configuration.vcpuCount, maxVCPUs: Int(system.check(.maxVCPUs)),
+            recommendedVCPUs: Int(system.check(.nrVCPUs)))
         let vm = try createVM(system)
         let memory: GuestMemory
         do { memory = try GuestMemory(regions: Self.guestRegions(memorySize: configuration.memorySize)) } catch {
             throw .memory(error)
         }
         let control = self.control
-        let consoleOutput: @Sendable (UInt8) -> Void = configuration.consoleOutput ?? { byte in
-            // The kick signal interrupts a blocked write; give up then if the VM is stopping.
-            HostIO.write(CollectionOfOne(byte), to: 1) { control.isStopping }
-        }
+        let consoleOutput: @Sendable (UInt8) -> Void =
+            configuration.consoleOutput ?? { byte in
+                // The kick signal interrupts a blocked write; give up then if the VM is stopping.
+                HostIO.write(CollectionOfOne(byte), to: 1) { control.isStopping }
+            }
         let platform = try makePlatform(vm, consoleOutput: consoleOutput)
         let (entry, linuxBootPlan) = try loadGuest(into: memory, platform: platform)
         if let linuxBootPlan { configuration.onLinuxBootPlan?(linuxBootPlan) }
         let (vcpus, guestCPUID0) = try createVCPUs(vm, system: system, memory: memory, entry: entry)
         let msrEmulator = MSREmulator(policy: configuration.msrs)
         let emulator = makeEmulator(memory: memory, guestCPUID0: guestCPUID0)
-        let dispatcher = try makeDispatcher(platform: platform, memory: memory, consoleOutput: consoleOutput,
-                                            msrEmulator: msrEmulator, emulator: emulator)
-        return MachineParts(system: system, vm: vm, memory: memory, vcpus: vcpus, platform: platform,
-                            linuxBootPlan: linuxBootPlan, dispatcher: dispatcher, msrEmulator: msrEmulator,
-                            emulator: emulator)
+        let dispatcher = try makeDispatcher(
+            platform: platform, memory: memory, consoleOutput: consoleOutput,
+            msrEmulator: msrEmulator, emulator: emulator)
+        return MachineParts(
+            system: system, vm: vm, memory: memory, vcpus: vcpus, platform: platform,
+            linuxBootPlan: linuxBootPlan, dispatcher: dispatcher, msrEmulator: msrEmulator,
+            emulator: emulator)
     }
 
     /// The VM with KVM's real-mode helper pages placed and, if asked, the in-kernel
@@ -157,9 +161,10 @@ struct MachineBuilder {
             case .elf(let bytes):
                 let image = try ELFImage(parsing: bytes)
                 try image.load(bytes, into: memory, reservedEnd: BootLayout.reservedEnd)
-                let entry = try BootLayout.prepareLongMode(memory: memory, entry: image.entry,
-                                                           commandLine: configuration.commandLine,
-                                                           vcpuCount: UInt32(configuration.vcpuCount))
+                let entry = try BootLayout.prepareLongMode(
+                    memory: memory, entry: image.entry,
+                    commandLine: configuration.commandLine,
+                    vcpuCount: UInt32(configuration.vcpuCount))
                 return (entry, nil)
             case .flat(let bytes, let address):
                 return (try FlatBinaryLoader.load(bytes, at: address, into: memory), nil)
@@ -179,13 +184,16 @@ struct MachineBuilder {
     /// Maps guest memory into the VM, applies the MSR and CPUID policies, and creates the
     /// vCPUs: vCPU 0 at the entry state, the others waiting for INIT and SIPI. Returns them
     /// with vCPU 0's CPUID table.
-    func createVCPUs(_ vm: VMHandle, system: KVMSystem, memory: GuestMemory,
-                     entry: EntryState) throws(MachineError) -> ([VCPUHandle], [CPUIDEntry]) {
+    func createVCPUs(
+        _ vm: VMHandle, system: KVMSystem, memory: GuestMemory,
+        entry: EntryState
+    ) throws(MachineError) -> ([VCPUHandle], [CPUIDEntry]) {
         let count = configuration.vcpuCount
         do throws(KVMError) {
             for (slot, mapping) in memory.hostMappings.enumerated() {
-                try vm.setMemoryRegion(slot: UInt32(slot), guestPhysical: mapping.region.start,
-                                       size: mapping.region.size, hostAddress: mapping.hostAddress)
+                try vm.setMemoryRegion(
+                    slot: UInt32(slot), guestPhysical: mapping.region.start,
+                    size: mapping.region.size, hostAddress: mapping.hostAddress)
             }
             if !configuration.msrs.rules.isEmpty {
                 guard system.check(.userSpaceMSR) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_USER_SPACE_MSR") }
@@ -225,9 +233,10 @@ struct MachineBuilder {
         let kind: Platform.Kind
         if case .linux = configuration.guest { kind = .pc } else { kind = .minimal }
         do throws(PlatformError) {
-            return try Platform(kind: kind, memoryBelow4GiB: low, memoryAbove4GiB: size - low,
-                                consoleOutput: consoleOutput, irqLine: irqLine, cmos: configuration.batteryBackedCMOS,
-                                debugExit: configuration.debugExitPort)
+            return try Platform(
+                kind: kind, memoryBelow4GiB: low, memoryAbove4GiB: size - low,
+                consoleOutput: consoleOutput, irqLine: irqLine, cmos: configuration.batteryBackedCMOS,
+                debugExit: configuration.debugExitPort)
         } catch { throw MachineError(error) }
     }
 
@@ -242,14 +251,17 @@ struct MachineBuilder {
         let hostSMAP = hostCPUID(leaf: 7).ebx & smapBit != 0
         var handlers = InstructionEmulator.allHandlers
         for (mnemonic, handler) in configuration.instructionHandlers { handlers[mnemonic] = handler }
-        return InstructionEmulator(handlers: handlers, smapAvailable: tableSMAP || hostSMAP, memory: memory,
-                                   trace: configuration.trace)
+        return InstructionEmulator(
+            handlers: handlers, smapAvailable: tableSMAP || hostSMAP, memory: memory,
+            trace: configuration.trace)
     }
 
     /// The port and MMIO buses with every device, the hypercall table, the MSR policy and
     /// the instruction emulator, in one dispatcher.
-    func makeDispatcher(platform: Platform, memory: GuestMemory, consoleOutput: @escaping @Sendable (UInt8) -> Void,
-                        msrEmulator: MSREmulator, emulator: InstructionEmulator?) throws(MachineError) -> ExitDispatcher {
+    func makeDispatcher(
+        platform: Platform, memory: GuestMemory, consoleOutput: @escaping @Sendable (UInt8) -> Void,
+        msrEmulator: MSREmulator, emulator: InstructionEmulator?
+    ) throws(MachineError) -> ExitDispatcher {
         var ports = PortBus()
         var mmio = MMIOBus()
         do throws(BusError) {
@@ -266,17 +278,19 @@ struct MachineBuilder {
             var hypercalls: HypercallTable?
             if let port = configuration.hypercallPort {
                 if let owner = ports.entry(for: port) {
-                    throw BusError.overlap(new: "'hypercalls' (port 0x\(String(port, radix: 16)))",
-                                           existing: "'\(owner.name)' (\(owner.range))",
-                                           at: "port 0x\(String(port, radix: 16))")
+                    throw BusError.overlap(
+                        new: "'hypercalls' (port 0x\(String(port, radix: 16)))",
+                        existing: "'\(owner.name)' (\(owner.range))",
+                        at: "port 0x\(String(port, radix: 16))")
                 }
                 var table = HypercallTable.standard(memory: memory, console: consoleOutput, port: port)
                 for (number, handler) in configuration.hypercallHandlers { table.register(number, handler) }
                 hypercalls = table
             }
-            var dispatcher = ExitDispatcher(ports: ports, mmio: mmio, unclaimedPorts: configuration.unclaimedPorts,
-                                            unclaimedMMIO: configuration.unclaimedMMIO, hypercalls: hypercalls,
-                                            log: Self.rateLimited(configuration.log))
+            var dispatcher = ExitDispatcher(
+                ports: ports, mmio: mmio, unclaimedPorts: configuration.unclaimedPorts,
+                unclaimedMMIO: configuration.unclaimedMMIO, hypercalls: hypercalls,
+                log: Self.rateLimited(configuration.log))
             dispatcher.msrs = msrEmulator
             dispatcher.traceDenied = configuration.trace
             dispatcher.emulationFailureHandler = emulator

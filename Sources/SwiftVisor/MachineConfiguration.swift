@@ -123,4 +123,3 @@ public struct MachineConfiguration: Sendable {
         }
     }
 }
-

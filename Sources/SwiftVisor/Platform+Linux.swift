@@ -6,7 +6,9 @@ package import VisorMemory
 extension Platform {
     /// Writes the ACPI tables for `processors` vCPUs, built from `devices`, into the BIOS
     /// area, then loads the kernel, initrd and boot data. Nothing runs yet.
-    package func loadLinux(_ request: LinuxBootRequest, processors: Int, into memory: GuestMemory) throws(MachineError) -> LinuxBootPlan {
+    package func loadLinux(_ request: LinuxBootRequest, processors: Int, into memory: GuestMemory) throws(MachineError)
+        -> LinuxBootPlan
+    {
         let tables: ACPITables
         do { tables = try ACPITables.build(for: acpiPlatform(processors: processors)) } catch {
             throw .firmware(error.description)

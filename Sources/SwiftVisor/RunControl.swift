@@ -65,8 +65,10 @@ final class RunControl: Sendable {
 
     init(vcpuCount: Int) {
         self.vcpuCount = vcpuCount
-        state = Mutex(State(threads: Array(repeating: .notStarted, count: vcpuCount),
-                            statistics: Array(repeating: nil, count: vcpuCount)))
+        state = Mutex(
+            State(
+                threads: Array(repeating: .notStarted, count: vcpuCount),
+                statistics: Array(repeating: nil, count: vcpuCount)))
     }
 
     // MARK: Phase transitions
@@ -92,8 +94,9 @@ final class RunControl: Sendable {
 
     /// running → paused; returns whether the machine is paused now.
     func requestPause() -> Bool {
-        let (exchanged, current) = phase.compareExchange(expected: .running, desired: .paused,
-                                                         ordering: .sequentiallyConsistent)
+        let (exchanged, current) = phase.compareExchange(
+            expected: .running, desired: .paused,
+            ordering: .sequentiallyConsistent)
         return exchanged || current == .paused
     }
 
@@ -106,8 +109,9 @@ final class RunControl: Sendable {
     func beginStopping() {
         var current = phase.load(ordering: .sequentiallyConsistent)
         while current != .stopping, current != .stopped {
-            let (exchanged, now) = phase.compareExchange(expected: current, desired: .stopping,
-                                                         ordering: .sequentiallyConsistent)
+            let (exchanged, now) = phase.compareExchange(
+                expected: current, desired: .stopping,
+                ordering: .sequentiallyConsistent)
             if exchanged { return }
             current = now
         }

@@ -25,11 +25,13 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
     /// nil leaves the threads unconfined. A thrown error ends the VM before guest code runs.
     let confine: (@Sendable () throws(SeccompError) -> Void)?
 
-    init(vcpus: [VCPU], dispatcher: ExitDispatcher, control: RunControl, collectStatistics: Bool = false,
-         trace: (@Sendable (String) -> Void)? = nil,
-         diagnose: @escaping @Sendable (VCPU) -> String = { _ in "" },
-         sendSignal: @escaping @Sendable (pthread_t, Int32) -> Void = { _ = pthread_kill($0, $1) },
-         confine: (@Sendable () throws(SeccompError) -> Void)? = nil) {
+    init(
+        vcpus: [VCPU], dispatcher: ExitDispatcher, control: RunControl, collectStatistics: Bool = false,
+        trace: (@Sendable (String) -> Void)? = nil,
+        diagnose: @escaping @Sendable (VCPU) -> String = { _ in "" },
+        sendSignal: @escaping @Sendable (pthread_t, Int32) -> Void = { _ = pthread_kill($0, $1) },
+        confine: (@Sendable () throws(SeccompError) -> Void)? = nil
+    ) {
         self.vcpus = vcpus
         self.dispatcher = dispatcher
         self.control = control
@@ -136,8 +138,9 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
             for other in perVCPU.dropFirst() { total.merge(other) }
             merged = total
         }
-        return RunReport(outcome: control.outcome ?? .stopped(.requested), diagnostic: control.diagnostic,
-                         statistics: merged, vcpuStatistics: collectStatistics ? perVCPU : [])
+        return RunReport(
+            outcome: control.outcome ?? .stopped(.requested), diagnostic: control.diagnostic,
+            statistics: merged, vcpuStatistics: collectStatistics ? perVCPU : [])
     }
 
     /// One vCPU's exit loop. Steady state: run, dispatch; no allocation.

@@ -17,8 +17,10 @@ public struct CPUIDOverride: Sendable, Equatable, CustomStringConvertible {
     public var width: UInt8
     public var value: UInt32
 
-    public init(leaf: UInt32, subleaf: UInt32? = nil, register: CPUIDRegister, bit: UInt8, width: UInt8 = 1,
-                value: UInt32) {
+    public init(
+        leaf: UInt32, subleaf: UInt32? = nil, register: CPUIDRegister, bit: UInt8, width: UInt8 = 1,
+        value: UInt32
+    ) {
         self.leaf = leaf
         self.subleaf = subleaf
         self.register = register
@@ -47,12 +49,14 @@ public struct CPUIDOverride: Sendable, Equatable, CustomStringConvertible {
         }
         let bits = parts[parts.count - 1].split(separator: ":").map(String.init)
         guard bits.count == 1 || bits.count == 2, let low = parseNumber(bits[0]), low < 32,
-              let high = bits.count == 2 ? parseNumber(bits[1]) : low, high < 32, high >= low else {
+            let high = bits.count == 2 ? parseNumber(bits[1]) : low, high < 32, high >= low
+        else {
             throw .badOverride(text, "bits must be 0-31, as BIT or LOW:HIGH")
         }
         let width = UInt8(high - low + 1)
         guard let value = parseNumber(String(sides[1])),
-              width == 32 || value < (UInt32(1) << width) else {
+            width == 32 || value < (UInt32(1) << width)
+        else {
             throw .badOverride(text, "value does not fit in \(width) bit\(width == 1 ? "" : "s")")
         }
         self.init(leaf: leaf, subleaf: subleaf, register: register, bit: UInt8(low), width: width, value: value)
@@ -92,7 +96,8 @@ public enum CPUIDPolicyError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .badOverride(let text, let why): "bad CPUID override '\(text)': \(why)"
         case .badSignature(let text): "hypervisor signature '\(text)' must be 1 to 12 ASCII characters"
-        case .unknownPreset(let name): "unknown CPUID preset '\(name)'; known: \(CPUIDPolicy.Preset.allCases.map(\.rawValue).joined(separator: ", "))"
+        case .unknownPreset(let name):
+            "unknown CPUID preset '\(name)'; known: \(CPUIDPolicy.Preset.allCases.map(\.rawValue).joined(separator: ", "))"
         }
     }
 }
@@ -146,7 +151,8 @@ public struct CPUIDPolicy: Sendable, Equatable {
 
     /// The table vCPU `apicID` of `vcpuCount` sees, from the host's supported `table`.
     public func normalize(_ table: [CPUIDEntry], apicID: UInt32, vcpuCount: UInt32) -> [CPUIDEntry] {
-        let hostXCR0 = table.first { $0.function == 0xD && $0.index == 0 }
+        let hostXCR0 =
+            table.first { $0.function == 0xD && $0.index == 0 }
             .map { UInt64($0.eax) | UInt64($0.edx) << 32 } ?? 0
         let xcr0 = hostXCR0 & allowedXCR0
         var result: [CPUIDEntry] = []
@@ -224,7 +230,8 @@ public struct CPUIDPolicy: Sendable, Equatable {
         let significantIndex: UInt32 = 1  // KVM_CPUID_FLAG_SIGNIFCANT_INDEX
         return [
             CPUIDEntry(function: leaf, index: 0, flags: significantIndex, eax: 0, ebx: 1, ecx: 0 | 1 << 8, edx: apicID),
-            CPUIDEntry(function: leaf, index: 1, flags: significantIndex, eax: shift, ebx: vcpuCount, ecx: 1 | 2 << 8, edx: apicID),
+            CPUIDEntry(
+                function: leaf, index: 1, flags: significantIndex, eax: shift, ebx: vcpuCount, ecx: 1 | 2 << 8, edx: apicID),
             CPUIDEntry(function: leaf, index: 2, flags: significantIndex, eax: 0, ebx: 0, ecx: 2, edx: apicID),
         ]
     }

@@ -120,11 +120,13 @@ public struct ExitDispatcher: Sendable {
     /// Finishes instructions KVM failed to emulate; with none, such a failure is fatal.
     public var emulationFailureHandler: (any EmulationFailureHandler)?
 
-    public init(ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
-                unclaimedPorts: UnclaimedAccessPolicy = .block,
-                unclaimedMMIO: UnclaimedAccessPolicy = .block,
-                hypercalls: HypercallTable? = nil,
-                log: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(
+        ports: PortBus = PortBus(), mmio: MMIOBus = MMIOBus(),
+        unclaimedPorts: UnclaimedAccessPolicy = .block,
+        unclaimedMMIO: UnclaimedAccessPolicy = .block,
+        hypercalls: HypercallTable? = nil,
+        log: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
         self.ports = ports
         self.mmio = mmio
         self.unclaimedPorts = unclaimedPorts
@@ -148,7 +150,8 @@ public struct ExitDispatcher: Sendable {
             return .fatal(.tripleFault)
         case .internalError(let suberror, let payload):
             if suberror == 1, let emulationFailureHandler,
-               let outcome = emulationFailureHandler.finish(data: payload, vcpu: data) {
+                let outcome = emulationFailureHandler.finish(data: payload, vcpu: data)
+            {
                 return outcome
             }
             return .fatal(.internalError(suberror: suberror, data: payload))
@@ -159,7 +162,9 @@ public struct ExitDispatcher: Sendable {
         case .interrupted:
             return .handled
         case .malformedIO(let port, let width, let count):
-            return .fatal(.malformedExit("I/O exit at port 0x\(hex(port)) with width \(width) and count \(count) does not fit the run page"))
+            return .fatal(
+                .malformedExit("I/O exit at port 0x\(hex(port)) with width \(width) and count \(count) does not fit the run page")
+            )
         case .exception:
             return .fatal(.unhandledExit(reason: ExitReason.exception.rawValue))
         case .debug:
@@ -205,8 +210,9 @@ public struct ExitDispatcher: Sendable {
         let offset = access.port &- route.base
         if access.isWrite {
             for i in 0..<count {
-                let action = device.portWrite(port: access.port, offset: offset, width: access.width,
-                                              value: data.ioElement(i))
+                let action = device.portWrite(
+                    port: access.port, offset: offset, width: access.width,
+                    value: data.ioElement(i))
                 if action != .continue { return apply(action, data) }
             }
         } else {
@@ -252,12 +258,14 @@ public struct ExitDispatcher: Sendable {
         let offset = access.address - entry.range.start
         if access.isWrite {
             let value = access.value & allOnes(width: access.width)
-            let action = entry.device.mmioWrite(address: access.address, offset: offset,
-                                                width: access.width, value: value)
+            let action = entry.device.mmioWrite(
+                address: access.address, offset: offset,
+                width: access.width, value: value)
             if action != .continue { return apply(action, data) }
         } else {
-            data.setMMIOData(entry.device.mmioRead(address: access.address, offset: offset, width: access.width)
-                & allOnes(width: access.width))
+            data.setMMIOData(
+                entry.device.mmioRead(address: access.address, offset: offset, width: access.width)
+                    & allOnes(width: access.width))
         }
         return .handled
     }

@@ -114,13 +114,16 @@ public struct ExitStatistics: Sendable {
     }
 
     /// A plain-text table: exits by kind, then by port and MMIO page, busiest first.
-    public func render(portNames: (UInt16) -> String? = { _ in nil },
-                       mmioNames: (UInt64) -> String? = { _ in nil }) -> String {
+    public func render(
+        portNames: (UInt16) -> String? = { _ in nil },
+        mmioNames: (UInt64) -> String? = { _ in nil }
+    ) -> String {
         var lines = ["exits: \(total)"]
         for kind in ExitKind.allCases where byKind[kind.rawValue] > 0 {
             var line = "  \(pad(kind.description, 16)) \(byKind[kind.rawValue])"
             if let p50 = latency(kind, percentile: 50), let p90 = latency(kind, percentile: 90),
-               let p99 = latency(kind, percentile: 99) {
+                let p99 = latency(kind, percentile: 99)
+            {
                 line = pad(line, 36) + "latency ns p50 \(p50) p90 \(p90) p99 \(p99) max \(latency[kind.rawValue].max)"
             }
             lines.append(line)

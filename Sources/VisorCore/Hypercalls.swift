@@ -62,8 +62,10 @@ public struct HypercallTable: Sendable {
 
     /// The built-in calls, with console output going to `console` and memory checked
     /// against `memory`.
-    public static func standard(memory: GuestMemory, console: @escaping @Sendable (UInt8) -> Void,
-                                port: UInt16 = defaultPort) -> HypercallTable {
+    public static func standard(
+        memory: GuestMemory, console: @escaping @Sendable (UInt8) -> Void,
+        port: UInt16 = defaultPort
+    ) -> HypercallTable {
         var table = HypercallTable(port: port)
         table.register(Number.identity) { request in
             .value(0, rbx: signature, rcx: abiVersion, rsi: UInt64(request.vcpu))

@@ -37,8 +37,9 @@ public struct MMIOBus: Sendable {
         let i = insertionIndex(range.start)
         let neighbours = [i > 0 ? entries[i - 1] : nil, i < entries.count ? entries[i] : nil]
         for case let other? in neighbours where other.range.start < range.end && range.start < other.range.end {
-            throw .overlap(new: "'\(name)' \(range)", existing: "'\(other.name)' \(other.range)",
-                           at: "0x\(hex(max(range.start, other.range.start)))")
+            throw .overlap(
+                new: "'\(name)' \(range)", existing: "'\(other.name)' \(other.range)",
+                at: "0x\(hex(max(range.start, other.range.start)))")
         }
         entries.insert(Entry(name: name, range: range, device: device), at: i)
     }
@@ -66,7 +67,13 @@ public struct MMIOBus: Sendable {
         while low < high {
             let mid = (low + high) / 2
             let range = entries[mid].range
-            if address < range.start { high = mid } else if address - range.start >= range.size { low = mid + 1 } else { return mid }
+            if address < range.start {
+                high = mid
+            } else if address - range.start >= range.size {
+                low = mid + 1
+            } else {
+                return mid
+            }
         }
         return nil
     }

@@ -105,9 +105,10 @@ public struct PortBus: Sendable {
     private mutating func add(_ entry: Entry) throws(BusError) {
         for port in Int(entry.range.base)...Int(entry.range.last) where owner[port] != 0 {
             let existing = entries[Int(owner[port])]!
-            throw .overlap(new: "'\(entry.name)' (\(entry.range))",
-                           existing: "'\(existing.name)' (\(existing.range))",
-                           at: "port 0x\(hex(port))")
+            throw .overlap(
+                new: "'\(entry.name)' (\(entry.range))",
+                existing: "'\(existing.name)' (\(existing.range))",
+                at: "port 0x\(hex(port))")
         }
         let index: Int
         if let free = entries.indices.dropFirst().first(where: { entries[$0] == nil }) {

@@ -1,8 +1,10 @@
 extension ExitStatistics {
     /// The statistics as one JSON object: the total, exits by kind with latency percentiles,
     /// by port and by MMIO page. Written by hand, so the core needs no Foundation.
-    public func renderJSON(portNames: (UInt16) -> String? = { _ in nil },
-                           mmioNames: (UInt64) -> String? = { _ in nil }) -> String {
+    public func renderJSON(
+        portNames: (UInt16) -> String? = { _ in nil },
+        mmioNames: (UInt64) -> String? = { _ in nil }
+    ) -> String {
         var kinds: [String] = []
         for kind in ExitKind.allCases where byKind[kind.rawValue] > 0 {
             var fields = ["\"kind\": \(jsonString(kind.description))", "\"count\": \(byKind[kind.rawValue])"]
@@ -10,7 +12,8 @@ extension ExitStatistics {
             if h.totalCount > 0 {
                 let percentiles = [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9)]
                     .map { "\"\($0.0)\": \(h.valueAtPercentile($0.1))" }
-                fields.append("\"latency_ns\": {\(percentiles.joined(separator: ", ")), \"max\": \(h.max), \"timed\": \(h.totalCount)}")
+                fields.append(
+                    "\"latency_ns\": {\(percentiles.joined(separator: ", ")), \"max\": \(h.max), \"timed\": \(h.totalCount)}")
             }
             kinds.append("{" + fields.joined(separator: ", ") + "}")
         }

@@ -107,10 +107,11 @@ package enum X86Decoder {
                 case Int32(CDEC_OPERAND_REGISTER):
                     operand = o.reg >= 0 ? .register(Int(o.reg), high8: o.reg_high8 != 0) : .otherRegister
                 case Int32(CDEC_OPERAND_MEMORY):
-                    operand = .memory(MemoryOperand(
-                        base: o.base >= 0 ? Int(o.base) : nil, index: o.index >= 0 ? Int(o.index) : nil,
-                        scale: Int(o.scale), displacement: o.displacement,
-                        segment: o.segment >= 0 ? Int(o.segment) : nil))
+                    operand = .memory(
+                        MemoryOperand(
+                            base: o.base >= 0 ? Int(o.base) : nil, index: o.index >= 0 ? Int(o.index) : nil,
+                            scale: Int(o.scale), displacement: o.displacement,
+                            segment: o.segment >= 0 ? Int(o.segment) : nil))
                 case Int32(CDEC_OPERAND_IMMEDIATE):
                     operand = .immediate(o.immediate)
                 default:
@@ -138,7 +139,9 @@ package enum X86Decoder {
                 lines.append("\(hex16(here))  \(raw.padding(29))  \(instruction.text)")
                 offset += instruction.length
             } catch {
-                lines.append("\(hex16(here))  \(bytes[offset...].prefix(8).map { hex2($0) }.joined(separator: " ").padding(29))  (\(error))")
+                lines.append(
+                    "\(hex16(here))  \(bytes[offset...].prefix(8).map { hex2($0) }.joined(separator: " ").padding(29))  (\(error))"
+                )
                 break
             }
         }

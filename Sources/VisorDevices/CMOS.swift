@@ -193,7 +193,7 @@ package struct CMOS: Sendable {
         let register = register & 0x7F
         switch register {
         case Register.seconds, Register.minutes, Register.hours, Register.dayOfWeek,
-             Register.dayOfMonth, Register.month, Register.year, Register.century:
+            Register.dayOfMonth, Register.month, Register.year, Register.century:
             return timeField(register, of: frozen ?? CivilTime(epochSeconds: clock() &+ offset))
         case Register.a:
             return ram[Int(register)] & ~Self.aUpdateInProgress
@@ -211,7 +211,7 @@ package struct CMOS: Sendable {
         let register = register & 0x7F
         switch register {
         case Register.seconds, Register.minutes, Register.hours,
-             Register.dayOfMonth, Register.month, Register.year, Register.century:
+            Register.dayOfMonth, Register.month, Register.year, Register.century:
             setTimeField(register, to: value)
         case Register.dayOfWeek, Register.c, Register.d:
             break
@@ -290,7 +290,7 @@ package struct CMOS: Sendable {
         case Register.month: time.month = clamp(decode(value), 1, 12)
         case Register.year:
             time.year = Self.floorDiv(time.year, 100) * 100 + clamp(decode(value), 0, 99)
-        default: // century
+        default:  // century
             time.year = clamp(decode(value), 0, 99) * 100 + Self.floorMod(time.year, 100)
         }
         if frozen != nil {
@@ -353,21 +353,21 @@ package struct CMOS: Sendable {
         // Count years from March, so that the leap day is the last day of the year.
         let y = month <= 2 ? year - 1 : year
         let era = floorDiv(y, 400)
-        let yearOfEra = y - era * 400                                    // 0...399
-        let shiftedMonth = month > 2 ? month - 3 : month + 9             // March = 0
-        let dayOfYear = (153 * shiftedMonth + 2) / 5 + day - 1           // 0...365
+        let yearOfEra = y - era * 400  // 0...399
+        let shiftedMonth = month > 2 ? month - 3 : month + 9  // March = 0
+        let dayOfYear = (153 * shiftedMonth + 2) / 5 + day - 1  // 0...365
         let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
-        return era * 146_097 + dayOfEra - 719_468                        // 719468: 0000-03-01 to 1970-01-01
+        return era * 146_097 + dayOfEra - 719_468  // 719468: 0000-03-01 to 1970-01-01
     }
 
     /// The date `days` days after 1970-01-01: (year, month 1...12, day 1...31).
     package static func civilFromDays(_ days: Int) -> (year: Int, month: Int, day: Int) {
         let z = days + 719_468
         let era = floorDiv(z, 146_097)
-        let dayOfEra = z - era * 146_097                                             // 0...146096
+        let dayOfEra = z - era * 146_097  // 0...146096
         let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36524 - dayOfEra / 146_096) / 365
         let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
-        let shiftedMonth = (5 * dayOfYear + 2) / 153                                 // March = 0
+        let shiftedMonth = (5 * dayOfYear + 2) / 153  // March = 0
         let day = dayOfYear - (153 * shiftedMonth + 2) / 5 + 1
         let month = shiftedMonth < 10 ? shiftedMonth + 3 : shiftedMonth - 9
         let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
@@ -405,8 +405,9 @@ package struct CivilTime: Sendable, Equatable, CustomStringConvertible {
         let days = CMOS.floorDiv(Int(epochSeconds), 86_400)
         let secondOfDay = Int(epochSeconds) &- days &* 86_400
         let date = CMOS.civilFromDays(days)
-        self.init(year: date.year, month: date.month, day: date.day,
-                  hour: secondOfDay / 3600, minute: secondOfDay / 60 % 60, second: secondOfDay % 60)
+        self.init(
+            year: date.year, month: date.month, day: date.day,
+            hour: secondOfDay / 3600, minute: secondOfDay / 60 % 60, second: secondOfDay % 60)
     }
 
     /// Seconds since 1970-01-01 00:00:00 UTC. Fields out of range count on (second 60 is the
@@ -491,8 +492,9 @@ extension CMOSDevice {
         PlatformDevice(
             name: "cmos-rtc", ports: [try .ports("cmos-rtc", Self.base, count: Self.portCount)], portDevice: self,
             irqs: [Self.rtcIRQ],
-            aml: try deviceAML("RTC", hid: "PNP0B00",
-                               resources: [.ports(Self.base, length: UInt8(Self.portCount)), .irq([Int(Self.rtcIRQ)])]),
+            aml: try deviceAML(
+                "RTC", hid: "PNP0B00",
+                resources: [.ports(Self.base, length: UInt8(Self.portCount)), .irq([Int(Self.rtcIRQ)])]),
             fixedHardware: [.rtcCentury(index: CMOS.Register.century)])
     }
 }

@@ -324,7 +324,7 @@ package struct I8042: Sendable {
             case 0xF3:
                 keyboardTypematic = value
                 keyboardSend(0xFA)
-            default: // 0xF0
+            default:  // 0xF0
                 switch value {
                 case 0:
                     keyboardSend(0xFA)
@@ -509,12 +509,16 @@ extension I8042Device {
     package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "i8042",
-            ports: [try .ports("i8042-data", Self.dataPort, count: Self.portCount),
-                    try .ports("i8042-command", Self.commandPort, count: Self.portCount)],
+            ports: [
+                try .ports("i8042-data", Self.dataPort, count: Self.portCount),
+                try .ports("i8042-command", Self.commandPort, count: Self.portCount),
+            ],
             portDevice: self, irqs: [Self.keyboardIRQ, Self.auxIRQ],
-            aml: try deviceAML("PS2K", hid: "PNP0303", resources: [
-                .ports(Self.dataPort, length: 1), .ports(Self.commandPort, length: 1), .irq([Int(Self.keyboardIRQ)]),
-            ]),
+            aml: try deviceAML(
+                "PS2K", hid: "PNP0303",
+                resources: [
+                    .ports(Self.dataPort, length: 1), .ports(Self.commandPort, length: 1), .irq([Int(Self.keyboardIRQ)]),
+                ]),
             fixedHardware: [.i8042])
     }
 }

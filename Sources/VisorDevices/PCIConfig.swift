@@ -68,9 +68,11 @@ extension PCIConfigDevice {
     package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "pci-config",
-            ports: [try .ports("pci-config-address", Self.addressPort, count: Self.addressPortCount),
-                    try .ports("pci-config-address", Self.addressUpperBase, count: Self.addressUpperCount),
-                    try .ports("pci-config-data", Self.dataBase, count: Self.dataPortCount)],
+            ports: [
+                try .ports("pci-config-address", Self.addressPort, count: Self.addressPortCount),
+                try .ports("pci-config-address", Self.addressUpperBase, count: Self.addressUpperCount),
+                try .ports("pci-config-data", Self.dataBase, count: Self.dataPortCount),
+            ],
             portDevice: self)
     }
 }

@@ -146,9 +146,11 @@ public final class PM1Device: PortDevice {
     ///   - eventBlockBase: the first of the 4 event-block ports (PM1a_EVT_BLK).
     ///   - controlBlockBase: the first of the 2 control-block ports (PM1a_CNT_BLK).
     ///   - s5SleepType: the SLP_TYP value the DSDT's `\_S5` gives for PM1a.
-    public init(eventBlockBase: UInt16 = defaultEventBlockBase,
-                controlBlockBase: UInt16 = defaultControlBlockBase,
-                s5SleepType: UInt8 = defaultS5SleepType) {
+    public init(
+        eventBlockBase: UInt16 = defaultEventBlockBase,
+        controlBlockBase: UInt16 = defaultControlBlockBase,
+        s5SleepType: UInt8 = defaultS5SleepType
+    ) {
         self.eventBlockBase = eventBlockBase
         self.controlBlockBase = controlBlockBase
         state = Mutex(PM1Registers(s5SleepType: s5SleepType))
@@ -214,10 +216,14 @@ extension PM1Device {
     package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "acpi-pm1a",
-            ports: [try .ports("acpi-pm1a-event", eventBlockBase, count: Self.eventBlockLength),
-                    try .ports("acpi-pm1a-control", controlBlockBase, count: Self.controlBlockLength)],
+            ports: [
+                try .ports("acpi-pm1a-event", eventBlockBase, count: Self.eventBlockLength),
+                try .ports("acpi-pm1a-control", controlBlockBase, count: Self.controlBlockLength),
+            ],
             portDevice: self,
-            fixedHardware: [.pm1aEventBlock(port: eventBlockBase),
-                            .pm1aControlBlock(port: controlBlockBase, s5SleepType: registers.s5SleepType)])
+            fixedHardware: [
+                .pm1aEventBlock(port: eventBlockBase),
+                .pm1aControlBlock(port: controlBlockBase, s5SleepType: registers.s5SleepType),
+            ])
     }
 }

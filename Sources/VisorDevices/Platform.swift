@@ -43,10 +43,12 @@ public final class Platform: Sendable {
     ///   - debugExit: whether to place the debug-exit port. It lets any guest code with I/O
     ///     privilege end the VM with a status it picks, so a machine for an untrusted guest
     ///     leaves it out; the port is then an ordinary unclaimed port.
-    package init(kind: Kind, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0,
-                consoleOutput: @escaping @Sendable (UInt8) -> Void,
-                irqLine: (@Sendable (_ irq: UInt32, _ level: Bool) -> Void)?,
-                cmos: CMOSDevice? = nil, debugExit: Bool = true) throws(PlatformError) {
+    package init(
+        kind: Kind, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0,
+        consoleOutput: @escaping @Sendable (UInt8) -> Void,
+        irqLine: (@Sendable (_ irq: UInt32, _ level: Bool) -> Void)?,
+        cmos: CMOSDevice? = nil, debugExit: Bool = true
+    ) throws(PlatformError) {
         self.kind = kind
         var com1Line: (@Sendable (Bool) -> Void)?
         if let irqLine {

@@ -41,9 +41,11 @@ package struct PlatformDevice: Sendable {
     /// The ACPI fixed-hardware registers it implements, which the FADT points at.
     package var fixedHardware: [ACPIFixedHardware]
 
-    package init(name: String, ports: [PortRegion] = [], portDevice: (any PortDevice)? = nil,
-                mmio: [MMIORegion] = [], mmioDevice: (any MMIODevice)? = nil, irqs: [UInt32] = [],
-                aml: [AMLTerm] = [], fixedHardware: [ACPIFixedHardware] = []) {
+    package init(
+        name: String, ports: [PortRegion] = [], portDevice: (any PortDevice)? = nil,
+        mmio: [MMIORegion] = [], mmioDevice: (any MMIODevice)? = nil, irqs: [UInt32] = [],
+        aml: [AMLTerm] = [], fixedHardware: [ACPIFixedHardware] = []
+    ) {
         self.name = name
         self.ports = ports
         self.portDevice = portDevice

@@ -40,7 +40,8 @@ public final class PostCodeDevice: PortDevice {
 extension PostCodeDevice {
     /// The sink at port 0x80. No ACPI description: nothing looks for one.
     package func platformDevice() throws(PlatformError) -> PlatformDevice {
-        PlatformDevice(name: "post-code", ports: [try .ports("post-code", Self.defaultPort, count: Self.portCount)],
-                       portDevice: self)
+        PlatformDevice(
+            name: "post-code", ports: [try .ports("post-code", Self.defaultPort, count: Self.portCount)],
+            portDevice: self)
     }
 }

@@ -480,11 +480,14 @@ extension Serial16550Device {
     /// The UART at a PC serial port's place, COM1 unless told otherwise: 8 ports from
     /// `base`, IRQ `irq`, and a DSDT device with _HID PNP0501. `irq` only describes the line;
     /// the adapter drives whatever its `interruptLine` was given.
-    package func platformDevice(name: String = "com1", base: UInt16 = com1Base, irq: UInt32 = com1IRQ,
-                               amlName: String = "COM1", uid: UInt64 = 1) throws(PlatformError) -> PlatformDevice {
+    package func platformDevice(
+        name: String = "com1", base: UInt16 = com1Base, irq: UInt32 = com1IRQ,
+        amlName: String = "COM1", uid: UInt64 = 1
+    ) throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: name, ports: [try .ports(name, base, count: Self.portCount)], portDevice: self, irqs: [irq],
-            aml: try deviceAML(amlName, hid: "PNP0501", uid: uid,
-                               resources: [.ports(base, length: UInt8(Self.portCount)), .irq([Int(irq)])]))
+            aml: try deviceAML(
+                amlName, hid: "PNP0501", uid: uid,
+                resources: [.ports(base, length: UInt8(Self.portCount)), .irq([Int(irq)])]))
     }
 }

@@ -44,22 +44,26 @@ package struct AddressTranslator: Sendable {
         if cr4 & (1 << 5) != 0 {  // PAE, 3 levels
             let linear = linear & 0xFFFF_FFFF
             guard let pdpte = try? memory.readUInt64(at: (cr3 & 0xFFFF_FFE0) + (linear >> 30) * 8),
-                  pdpte & Self.present != 0,
-                  let pde = try? memory.readUInt64(at: (pdpte & Self.addressMask) + ((linear >> 21) & 0x1FF) * 8),
-                  pde & Self.present != 0 else { return nil }
+                pdpte & Self.present != 0,
+                let pde = try? memory.readUInt64(at: (pdpte & Self.addressMask) + ((linear >> 21) & 0x1FF) * 8),
+                pde & Self.present != 0
+            else { return nil }
             if pde & Self.pageSize != 0 { return (pde & Self.addressMask & ~0x1F_FFFF) | (linear & 0x1F_FFFF) }
             guard let pte = try? memory.readUInt64(at: (pde & Self.addressMask) + ((linear >> 12) & 0x1FF) * 8),
-                  pte & Self.present != 0 else { return nil }
+                pte & Self.present != 0
+            else { return nil }
             return (pte & Self.addressMask) | (linear & 0xFFF)
         }
         let linear = linear & 0xFFFF_FFFF  // 32-bit paging
         guard let pde = try? memory.readUInt32(at: (cr3 & 0xFFFF_F000) + (linear >> 22) * 4),
-              pde & 1 != 0 else { return nil }
+            pde & 1 != 0
+        else { return nil }
         if pde & 0x80 != 0, cr4 & (1 << 4) != 0 {
             return UInt64(pde & 0xFFC0_0000) | (linear & 0x3F_FFFF)
         }
         guard let pte = try? memory.readUInt32(at: UInt64(pde & 0xFFFF_F000) + ((linear >> 12) & 0x3FF) * 4),
-              pte & 1 != 0 else { return nil }
+            pte & 1 != 0
+        else { return nil }
         return UInt64(pte & 0xFFFF_F000) | (linear & 0xFFF)
     }
 
@@ -115,7 +119,8 @@ package struct AddressTranslator: Sendable {
         var bytes: [UInt8] = []
         for i in 0..<count {
             guard let physical = translate(linear &+ UInt64(i), memory: memory),
-                  let byte = try? memory.readUInt8(at: physical) else { break }
+                let byte = try? memory.readUInt8(at: physical)
+            else { break }
             bytes.append(byte)
         }
         return bytes

@@ -219,8 +219,10 @@ public final class InstructionEmulator: EmulationFailureHandler {
         standardHandlers.merging(bitManipulationHandlers) { first, _ in first }
     }
 
-    public init(handlers: [String: InstructionHandler] = InstructionEmulator.allHandlers, smapAvailable: Bool,
-                memory: GuestMemory, trace: (@Sendable (String) -> Void)? = nil) {
+    public init(
+        handlers: [String: InstructionHandler] = InstructionEmulator.allHandlers, smapAvailable: Bool,
+        memory: GuestMemory, trace: (@Sendable (String) -> Void)? = nil
+    ) {
         self.handlers = handlers
         self.smapAvailable = smapAvailable
         self.memory = memory
@@ -260,7 +262,8 @@ public final class InstructionEmulator: EmulationFailureHandler {
         } catch { return (.fatal(.runFailed("emulation: \(error)")), "") }
         let translator = AddressTranslator(special)
         let rip = special.linearAddress(ofRIP: registers.rip)
-        let bytes = Self.instructionBytes(fromInternalErrorData: data)
+        let bytes =
+            Self.instructionBytes(fromInternalErrorData: data)
             ?? translator.readBytes(at: rip, count: X86Decoder.maximumLength, memory: memory)
         let instruction: DecodedInstruction
         do throws(DecodeError) { instruction = try X86Decoder.decode(bytes, mode: special.codeMode, address: rip) } catch {
@@ -268,8 +271,9 @@ public final class InstructionEmulator: EmulationFailureHandler {
         }
         guard let handler = handlers[instruction.mnemonic] else { return nil }
         let xcr0 = instruction.mnemonic == "xgetbv" ? try? vcpu.xcr0() : nil
-        var state = EmulationState(registers: registers, special: special, instruction: instruction, memory: memory,
-                                   smapAvailable: smapAvailable, xcr0: xcr0, translator: translator)
+        var state = EmulationState(
+            registers: registers, special: special, instruction: instruction, memory: memory,
+            smapAvailable: smapAvailable, xcr0: xcr0, translator: translator)
         let result = handler(&state)
         counts.withLock { $0[instruction.mnemonic, default: 0] += 1 }
         trace?("vcpu\(vcpu.id) emulated \(instruction.text) at rip=0x\(hex(registers.rip)) -> \(result)")
@@ -318,16 +322,26 @@ public final class InstructionEmulator: EmulationFailureHandler {
         },
         // POPCNT: ZF = (source == 0); CF, OF, SF, AF, PF cleared.
         "popcnt": { state in
-            bitCount(&state) { value, _ in UInt64(value.nonzeroBitCount) } flags: { source, _ in source == 0 ? zf : 0 }
+            bitCount(&state) { value, _ in
+                UInt64(value.nonzeroBitCount)
+            } flags: { source, _ in
+                source == 0 ? zf : 0
+            }
         },
         // LZCNT: CF = (source == 0), ZF = (result == 0); OF, SF, PF, AF cleared as AMD and Intel do.
         "lzcnt": { state in
-            bitCount(&state) { value, bits in value == 0 ? UInt64(bits) : UInt64(value.leadingZeroBitCount - (64 - bits)) }
-                flags: { source, result in (source == 0 ? cf : 0) | (result == 0 ? zf : 0) }
+            bitCount(&state) { value, bits in
+                value == 0 ? UInt64(bits) : UInt64(value.leadingZeroBitCount - (64 - bits))
+            } flags: { source, result in
+                (source == 0 ? cf : 0) | (result == 0 ? zf : 0)
+            }
         },
         "tzcnt": { state in
-            bitCount(&state) { value, bits in value == 0 ? UInt64(bits) : UInt64(value.trailingZeroBitCount) }
-                flags: { source, result in (source == 0 ? cf : 0) | (result == 0 ? zf : 0) }
+            bitCount(&state) { value, bits in
+                value == 0 ? UInt64(bits) : UInt64(value.trailingZeroBitCount)
+            } flags: { source, result in
+                (source == 0 ? cf : 0) | (result == 0 ? zf : 0)
+            }
         },
         // XGETBV: ECX = 0 reads XCR0 into EDX:EAX (upper halves of RAX and RDX cleared);
         // #UD without CR4.OSXSAVE; #GP for any other ECX (XINUSE is not offered).
@@ -351,8 +365,9 @@ public final class InstructionEmulator: EmulationFailureHandler {
                 return .fault(error.injection)
             }
             let r = state.registers
-            guard let (exchanged, found) = try? state.memory.compareExchange16(
-                at: physical, expected: (r.rax, r.rdx), desired: (r.rbx, r.rcx))
+            guard
+                let (exchanged, found) = try? state.memory.compareExchange16(
+                    at: physical, expected: (r.rax, r.rdx), desired: (r.rbx, r.rcx))
             else { return .fault(.generalProtection(0)) }
             if exchanged {
                 state.registers.rflags |= zf
@@ -504,8 +519,10 @@ public final class InstructionEmulator: EmulationFailureHandler {
     }
 
     /// Reads the source operands, computes, writes operand 0 and the flags it defines.
-    static func alu(_ state: inout EmulationState, sources: [Int],
-                    _ operation: ([UInt64], Int, UInt64) -> (UInt64, UInt64, UInt64)) -> EmulationResult {
+    static func alu(
+        _ state: inout EmulationState, sources: [Int],
+        _ operation: ([UInt64], Int, UInt64) -> (UInt64, UInt64, UInt64)
+    ) -> EmulationResult {
         guard let last = sources.max(), state.instruction.operands.count > last else { return .fault(.invalidOpcode) }
         let bits = state.instruction.operands[0].bits
         guard bits == 32 || bits == 64 else { return .fault(.invalidOpcode) }
@@ -522,8 +539,10 @@ public final class InstructionEmulator: EmulationFailureHandler {
 
     /// The shared shape of POPCNT, LZCNT and TZCNT: destination register, register or
     /// memory source of 16, 32 or 64 bits.
-    static func bitCount(_ state: inout EmulationState, _ compute: (UInt64, Int) -> UInt64,
-                         flags: (UInt64, UInt64) -> UInt64) -> EmulationResult {
+    static func bitCount(
+        _ state: inout EmulationState, _ compute: (UInt64, Int) -> UInt64,
+        flags: (UInt64, UInt64) -> UInt64
+    ) -> EmulationResult {
         guard state.instruction.operands.count == 2 else { return .fault(.invalidOpcode) }
         let bits = state.instruction.operands[1].bits
         do throws(EmulationFault) {
@@ -537,4 +556,3 @@ public final class InstructionEmulator: EmulationFailureHandler {
         }
     }
 }
-

@@ -129,7 +129,8 @@ package struct ACPIPlatform: Sendable, Equatable {
         let registers = fixedHardware
         var seen: Set<String> = []
         for (_, register) in registers where !seen.insert(register.kind).inserted {
-            throw .duplicateFixedHardware(register.kind, devices: registers.filter { $0.register.kind == register.kind }.map(\.device))
+            throw .duplicateFixedHardware(
+                register.kind, devices: registers.filter { $0.register.kind == register.kind }.map(\.device))
         }
         let required: [ACPIFixedHardware] = [.pm1aEventBlock(port: 0), .pm1aControlBlock(port: 0, s5SleepType: 0)]
         for register in required where !seen.contains(register.kind) {
@@ -386,7 +387,8 @@ package struct ACPITables: Sendable {
         var boot = BootArchitecture.legacyDevices | BootArchitecture.vgaNotPresent
         if platform.hasI8042 { boot |= BootArchitecture.i8042 }
         t.set(UInt64(boot), at: 109, width: 2)  // IAPC_BOOT_ARCH
-        var flags = FADTFlag.wbinvd | FADTFlag.processorC1 | FADTFlag.powerButtonNotFixed
+        var flags =
+            FADTFlag.wbinvd | FADTFlag.processorC1 | FADTFlag.powerButtonNotFixed
             | FADTFlag.sleepButtonNotFixed | FADTFlag.rtcWakeNotFixed
         if let reset = platform.resetRegister {
             flags |= FADTFlag.resetRegisterSupported
@@ -398,10 +400,12 @@ package struct ACPITables: Sendable {
         t[131] = 5  // FADT minor version: ACPI 6.5
         t.set(facs, at: 132, width: 8)  // X_FIRMWARE_CTRL
         t.set(dsdt, at: 140, width: 8)  // X_DSDT
-        t.set(gas: systemIO(port: pm1aEvent, bitWidth: 8 * ACPIPM1.eventBlockLength, accessSize: 2),
-              at: 148)  // X_PM1a_EVT_BLK
-        t.set(gas: systemIO(port: pm1aControl, bitWidth: 8 * ACPIPM1.controlBlockLength, accessSize: 2),
-              at: 172)  // X_PM1a_CNT_BLK
+        t.set(
+            gas: systemIO(port: pm1aEvent, bitWidth: 8 * ACPIPM1.eventBlockLength, accessSize: 2),
+            at: 148)  // X_PM1a_EVT_BLK
+        t.set(
+            gas: systemIO(port: pm1aControl, bitWidth: 8 * ACPIPM1.controlBlockLength, accessSize: 2),
+            at: 172)  // X_PM1a_CNT_BLK
         // 160 X_PM1b_EVT_BLK, 184 X_PM1b_CNT_BLK, 196 X_PM2_CNT_BLK, 208 X_PM_TMR_BLK,
         // 220 X_GPE0_BLK, 232 X_GPE1_BLK, 244 SLEEP_CONTROL_REG, 256 SLEEP_STATUS_REG,
         // 268 hypervisor vendor identity: none.

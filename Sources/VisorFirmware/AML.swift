@@ -78,12 +78,13 @@ package indirect enum AMLTerm: Sendable, Equatable {
     /// (for named objects) or as a value (for data objects).
     package func encoded() throws(AMLError) -> [UInt8] {
         var out: [UInt8] = []
-        let context: AML.Context = switch self {
-        case .name, .scope, .device, .method, .reference: .termList(inMethod: false)
-        case .return: .termList(inMethod: true)
-        case .argument, .local: .termArg(inMethod: true)
-        case .integer, .string, .buffer, .package: .dataObject
-        }
+        let context: AML.Context =
+            switch self {
+            case .name, .scope, .device, .method, .reference: .termList(inMethod: false)
+            case .return: .termList(inMethod: true)
+            case .argument, .local: .termArg(inMethod: true)
+            case .integer, .string, .buffer, .package: .dataObject
+            }
         try encode(into: &out, context)
         return out
     }
@@ -306,9 +307,11 @@ package enum AML {
             let isLead = (0x41...0x5A).contains(byte) || byte == 0x5F
             let isDigit = (0x30...0x39).contains(byte)
             guard isLead || (i > 0 && isDigit) else {
-                throw .invalidName(segment, reason: i == 0
-                    ? "a name segment starts with A-Z or _"
-                    : "a name segment holds only A-Z, 0-9 and _ (upper case)")
+                throw .invalidName(
+                    segment,
+                    reason: i == 0
+                        ? "a name segment starts with A-Z or _"
+                        : "a name segment holds only A-Z, 0-9 and _ (upper case)")
             }
         }
         return bytes + Array(repeating: 0x5F, count: 4 - bytes.count)

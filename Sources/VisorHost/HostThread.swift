@@ -21,10 +21,12 @@ package enum VCPUThread {
         // SAFETY: the retained Body is handed to the new thread, which takes (and so
         // releases) it exactly once; if the thread cannot start, we release it here.
         let context = unsafe Unmanaged.passRetained(Body(body)).toOpaque()
-        let rc = unsafe pthread_create(&thread, nil, { context in
-            unsafe Unmanaged<Body>.fromOpaque(context!).takeRetainedValue().run()
-            return nil
-        }, context)
+        let rc = unsafe pthread_create(
+            &thread, nil,
+            { context in
+                unsafe Unmanaged<Body>.fromOpaque(context!).takeRetainedValue().run()
+                return nil
+            }, context)
         if rc != 0 { unsafe Unmanaged<Body>.fromOpaque(context).release() }
         return rc
     }

@@ -83,5 +83,4 @@ extension VCPUHandle {
     }
 }
 
-
 private func hex<T: BinaryInteger>(_ value: T) -> String { String(value, radix: 16) }

@@ -29,8 +29,10 @@ public struct CPUIDEntry: Sendable, Equatable {
     public var index: UInt32
     public var flags: UInt32
     public var eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32
-    public init(function: UInt32, index: UInt32 = 0, flags: UInt32 = 0,
-                eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
+    public init(
+        function: UInt32, index: UInt32 = 0, flags: UInt32 = 0,
+        eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32
+    ) {
         self.function = function
         self.index = index
         self.flags = flags
@@ -67,9 +69,10 @@ package final class KVMSystem: Sendable {
                 }
                 if present <= 0 { throw KVMError.missingCapability(capability.name) }
             }
-            vcpuMapSize = Int(try checkedIoctl("KVM_GET_VCPU_MMAP_SIZE") {
-                ckvm_ioctl_none(fd, CKVM_GET_VCPU_MMAP_SIZE)
-            })
+            vcpuMapSize = Int(
+                try checkedIoctl("KVM_GET_VCPU_MMAP_SIZE") {
+                    ckvm_ioctl_none(fd, CKVM_GET_VCPU_MMAP_SIZE)
+                })
         } catch {
             close(fd)
             throw error
@@ -137,8 +140,9 @@ func readCPUID(_ header: UnsafeMutablePointer<kvm_cpuid2>) -> [CPUIDEntry] {
         .assumingMemoryBound(to: kvm_cpuid_entry2.self)
     return (0..<count).map { i in
         let e = unsafe entries[i]
-        return CPUIDEntry(function: e.function, index: e.index, flags: e.flags,
-                          eax: e.eax, ebx: e.ebx, ecx: e.ecx, edx: e.edx)
+        return CPUIDEntry(
+            function: e.function, index: e.index, flags: e.flags,
+            eax: e.eax, ebx: e.ebx, ecx: e.ecx, edx: e.edx)
     }
 }
 

@@ -209,10 +209,14 @@ extension FPUState {
         // SAFETY: each copy takes at most the destination array's size (prefix(dst.count)) from the
         // source, and neither view outlives its closure.
         unsafe withUnsafeMutableBytes(of: &k.fpr) { dst in
-            unsafe fpr.withUnsafeBytes { src in unsafe dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(dst.count))) }
+            unsafe fpr.withUnsafeBytes { src in
+                unsafe dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(dst.count)))
+            }
         }
         unsafe withUnsafeMutableBytes(of: &k.xmm) { dst in
-            unsafe xmm.withUnsafeBytes { src in unsafe dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(dst.count))) }
+            unsafe xmm.withUnsafeBytes { src in
+                unsafe dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(dst.count)))
+            }
         }
         k.fcw = fcw; k.fsw = fsw; k.ftwx = ftwx; k.last_opcode = lastOpcode
         k.last_ip = lastIP; k.last_dp = lastDP; k.mxcsr = mxcsr

@@ -22,7 +22,9 @@ package enum VCPUSignals {
     /// Unblocks `signals` in the calling thread.
     package static func unblock(_ signals: [Int32]) {
         // SAFETY: as in block(_:).
-        _ = unsafe signals.withUnsafeBufferPointer { unsafe ckvm_thread_signal_mask(SIG_UNBLOCK, $0.baseAddress, Int32($0.count)) }
+        _ = unsafe signals.withUnsafeBufferPointer {
+            unsafe ckvm_thread_signal_mask(SIG_UNBLOCK, $0.baseAddress, Int32($0.count))
+        }
     }
 
     /// Waits for one of `signals`, which the caller must have blocked.

@@ -87,8 +87,10 @@ import Glibc
             let width = UInt8(length)
             let isWrite = mmioIsWrite
             let mask: UInt64 = width == 8 ? .max : (1 << (UInt64(width) * 8)) &- 1
-            return .mmio(MMIOAccess(isWrite: isWrite, address: mmioAddress, width: width,
-                                    value: isWrite ? mmioData & mask : 0))
+            return .mmio(
+                MMIOAccess(
+                    isWrite: isWrite, address: mmioAddress, width: width,
+                    value: isWrite ? mmioData & mask : 0))
         case ExitReason.hlt.rawValue:
             return .halt(interruptsEnabled: interruptFlag)
         case ExitReason.shutdown.rawValue:

@@ -29,8 +29,10 @@ package final class VMHandle: Sendable {
     /// - Parameter hostAddress: the start of a host mapping of at least `size` bytes that
     ///   stays mapped while the VM exists. The caller (the machine, with guest memory it
     ///   owns for the VM's lifetime) guarantees this; the kernel accesses the memory.
-    package func setMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: UInt64,
-                                hostAddress: UInt, readOnly: Bool = false) throws(KVMError) {
+    package func setMemoryRegion(
+        slot: UInt32, guestPhysical: UInt64, size: UInt64,
+        hostAddress: UInt, readOnly: Bool = false
+    ) throws(KVMError) {
         var region = kvm_userspace_memory_region(
             slot: slot, flags: readOnly ? UInt32(KVM_MEM_READONLY) : 0,
             guest_phys_addr: guestPhysical, memory_size: size, userspace_addr: UInt64(hostAddress))

@@ -84,9 +84,10 @@ public enum Decompressor {
                     // SAFETY: cdecompress reads input.count bytes from input.baseAddress and
                     // writes at most `min(capacity, buffer.count)` bytes from buffer.baseAddress,
                     // the storage of this array; reason's storage holds reason.count bytes.
-                    status = unsafe cdecompress(cCodec, input.baseAddress, input.count,
-                                         buffer.baseAddress, min(capacity, buffer.count), &produced,
-                                         &reason, reason.count)
+                    status = unsafe cdecompress(
+                        cCodec, input.baseAddress, input.count,
+                        buffer.baseAddress, min(capacity, buffer.count), &produced,
+                        &reason, reason.count)
                     // Only on success are the first `produced` bytes the caller's to keep.
                     initialized = status == Int32(CDEC_OK) ? min(produced, buffer.count) : 0
                 }
@@ -124,8 +125,9 @@ public enum Decompressor {
                 var produced = 0
                 // SAFETY: reads source.count bytes at source.baseAddress and writes at most
                 // min(bound, buffer.count) bytes into this array's storage.
-                status = unsafe cdecompress_compress(cCodec, source.baseAddress, source.count,
-                                              buffer.baseAddress, min(bound, buffer.count), &produced)
+                status = unsafe cdecompress_compress(
+                    cCodec, source.baseAddress, source.count,
+                    buffer.baseAddress, min(bound, buffer.count), &produced)
                 initialized = status == Int32(CDEC_OK) ? min(produced, buffer.count) : 0
             }
         }

@@ -48,9 +48,11 @@ public enum E820Map {
                     map.append(E820Entry(address: ebdaStart, size: 0xA_0000 - ebdaStart, kind: .reserved))
                 }
                 if region.end > biosArea.lowerBound {
-                    map.append(E820Entry(address: biosArea.lowerBound,
-                                         size: min(region.end, biosArea.upperBound) - biosArea.lowerBound,
-                                         kind: .reserved))
+                    map.append(
+                        E820Entry(
+                            address: biosArea.lowerBound,
+                            size: min(region.end, biosArea.upperBound) - biosArea.lowerBound,
+                            kind: .reserved))
                 }
                 if region.end > highMemoryStart {
                     map.append(E820Entry(address: highMemoryStart, size: region.end - highMemoryStart, kind: .ram))

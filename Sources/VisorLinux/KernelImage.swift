@@ -60,7 +60,7 @@ package struct ELFKernel: Sendable {
     package var physicalRange: Range<UInt64> {
         let loaded = segments.filter { $0.memorySize > 0 }
         guard let low = loaded.map(\.physicalAddress).min(),
-              let high = loaded.map({ $0.physicalAddress + $0.memorySize }).max()
+            let high = loaded.map({ $0.physicalAddress + $0.memorySize }).max()
         else { return 0..<0 }
         return low..<high
     }
@@ -87,13 +87,17 @@ package struct ELFKernel: Sendable {
 
     /// `load(into:reservedEnd:)` for any parsed ELF and the file it came from; the file
     /// ranges are checked again, so a mismatched pair fails rather than traps.
-    package static func loadSegments(_ elf: ELFImage, from bytes: [UInt8], into memory: GuestMemory,
-                                    reservedEnd: UInt64 = 0x10_0000) throws(LinuxBootError) {
+    package static func loadSegments(
+        _ elf: ELFImage, from bytes: [UInt8], into memory: GuestMemory,
+        reservedEnd: UInt64 = 0x10_0000
+    ) throws(LinuxBootError) {
         let loaded = elf.segments.filter { $0.memorySize > 0 }
         for s in loaded {
             guard s.fileSize <= s.memorySize, s.fileOffset <= UInt64(bytes.count),
-                  s.fileSize <= UInt64(bytes.count) - s.fileOffset else {
-                throw .elf(.malformed("segment at physical 0x\(String(s.physicalAddress, radix: 16)) runs past the end of the file"))
+                s.fileSize <= UInt64(bytes.count) - s.fileOffset
+            else {
+                throw .elf(
+                    .malformed("segment at physical 0x\(String(s.physicalAddress, radix: 16)) runs past the end of the file"))
             }
             guard s.physicalAddress >= reservedEnd else {
                 throw .elf(.segmentOverlapsReserved(address: s.physicalAddress, size: s.memorySize, reservedEnd: reservedEnd))

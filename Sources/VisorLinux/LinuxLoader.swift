@@ -24,8 +24,10 @@ public struct LinuxBootRequest: Sendable {
     /// the protected-mode kernel is entered at its 64-bit entry and decompresses itself.
     public var hostDecompression: Bool
 
-    public init(kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "",
-                bootProtocol: LinuxBootProtocol = .linux64, hostDecompression: Bool = true) {
+    public init(
+        kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "",
+        bootProtocol: LinuxBootProtocol = .linux64, hostDecompression: Bool = true
+    ) {
         self.kernel = kernel
         self.initrd = initrd
         self.commandLine = commandLine
@@ -89,10 +91,12 @@ package enum LinuxLoader {
 
     /// Loads `request` into `memory` and returns the entry state. Nothing is written to guest
     /// memory until every check has passed, so a failure leaves RAM as it was.
-    package static func load(_ request: LinuxBootRequest, into memory: GuestMemory,
-                            rsdpAddress: UInt64) throws(LinuxBootError) -> LinuxBootPlan {
+    package static func load(
+        _ request: LinuxBootRequest, into memory: GuestMemory,
+        rsdpAddress: UInt64
+    ) throws(LinuxBootError) -> LinuxBootPlan {
         guard let low = memory.regions.first(where: { $0.start == 0 }),
-              low.end >= E820Map.highMemoryStart
+            low.end >= E820Map.highMemoryStart
         else {
             throw .memoryTooSmall(needed: E820Map.highMemoryStart, have: memory.totalSize)
         }
@@ -155,8 +159,9 @@ package enum LinuxLoader {
                 try memory.write(zeroPage.bytes, at: zeroPageAddress)
                 plan.zeroPage = zeroPage
                 plan.entry = EntryState(
-                    mode: .long64(pageTableRoot: pml4Address, gdtBase: gdtAddress, gdtLimit: gdtLimit,
-                                  codeSelector: bootCodeSelector, dataSelector: bootDataSelector),
+                    mode: .long64(
+                        pageTableRoot: pml4Address, gdtBase: gdtAddress, gdtLimit: gdtLimit,
+                        codeSelector: bootCodeSelector, dataSelector: bootDataSelector),
                     rip: kernel.entry64, rsp: stackTop, rsi: zeroPageAddress)
             case .pvh:
                 let info = PVHStartInfo(
@@ -165,8 +170,9 @@ package enum LinuxLoader {
                 try memory.write(info.encode(at: startInfoAddress), at: startInfoAddress)
                 plan.startInfo = info
                 plan.entry = EntryState(
-                    mode: .protected32(gdtBase: gdtAddress, gdtLimit: gdtLimit,
-                                       codeSelector: code32Selector, dataSelector: bootDataSelector),
+                    mode: .protected32(
+                        gdtBase: gdtAddress, gdtLimit: gdtLimit,
+                        codeSelector: code32Selector, dataSelector: bootDataSelector),
                     rip: UInt64(pvhEntry), rsp: stackTop, rbx: startInfoAddress)
             }
         } catch {
@@ -200,17 +206,21 @@ extension LinuxBootPlan {
     /// One line per decision, for `--trace`.
     public var summary: [String] {
         func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
-        var lines = ["linux: kernel \(kernelDescription), loaded as \(loadDescription) at \(hex(kernelRange.lowerBound))-\(hex(kernelRange.upperBound))"]
+        var lines = [
+            "linux: kernel \(kernelDescription), loaded as \(loadDescription) at \(hex(kernelRange.lowerBound))-\(hex(kernelRange.upperBound))"
+        ]
         if decompressionMilliseconds > 0 {
             let tenths = Int((decompressionMilliseconds * 10).rounded())
             lines.append("linux: payload decompressed on the host in \(tenths / 10).\(tenths % 10) ms")
         }
         switch entry.mode {
-        case .protected32: lines.append("linux: PVH entry at \(hex(entry.rip)) (32-bit, paging off), start info at \(hex(entry.rbx))")
+        case .protected32:
+            lines.append("linux: PVH entry at \(hex(entry.rip)) (32-bit, paging off), start info at \(hex(entry.rbx))")
         default: lines.append("linux: 64-bit entry at \(hex(entry.rip)), zero page at \(hex(entry.rsi))")
         }
         if let initrdRange {
-            lines.append("linux: initrd at \(hex(initrdRange.lowerBound))-\(hex(initrdRange.upperBound)) (\(initrdRange.count) bytes)")
+            lines.append(
+                "linux: initrd at \(hex(initrdRange.lowerBound))-\(hex(initrdRange.upperBound)) (\(initrdRange.count) bytes)")
         }
         lines.append("linux: command line: \(commandLine)")
         for entry in memoryMap { lines.append("linux: e820 \(entry)") }

@@ -18,8 +18,10 @@ package struct PVHStartInfo: Sendable, Equatable {
     package var initrd: (address: UInt64, size: UInt64)?
     package var memoryMap: [E820Entry]
 
-    package init(commandLineAddress: UInt64, rsdpAddress: UInt64, initrd: (address: UInt64, size: UInt64)?,
-                memoryMap: [E820Entry]) {
+    package init(
+        commandLineAddress: UInt64, rsdpAddress: UInt64, initrd: (address: UInt64, size: UInt64)?,
+        memoryMap: [E820Entry]
+    ) {
         self.commandLineAddress = commandLineAddress
         self.rsdpAddress = rsdpAddress
         self.initrd = initrd

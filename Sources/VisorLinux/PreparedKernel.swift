@@ -31,7 +31,8 @@ struct PreparedKernel {
     /// COMMAND_LINE_SIZE less the terminating NUL, for kernels without a setup header.
     static let vmlinuxCommandLineLimit = 2047
 
-    static func prepare(_ image: KernelImage, bytes: [UInt8], request: LinuxBootRequest) throws(LinuxBootError) -> PreparedKernel {
+    static func prepare(_ image: KernelImage, bytes: [UInt8], request: LinuxBootRequest) throws(LinuxBootError) -> PreparedKernel
+    {
         switch image {
         case .elf(let kernel):
             guard let entry = kernel.physicalEntry else { throw .malformed("the ELF entry point is in no loadable segment") }
@@ -44,7 +45,8 @@ struct PreparedKernel {
 
         case .bzImage(let bz):
             let header = bz.header
-            let description = "bzImage (protocol \(header.versionString), \(bz.codec.map { "\($0)" } ?? "unknown") payload"
+            let description =
+                "bzImage (protocol \(header.versionString), \(bz.codec.map { "\($0)" } ?? "unknown") payload"
                 + (bz.kernelVersion.map { ", Linux \($0.prefix { $0 != " " })" } ?? "") + ")"
             let commandLineLimit = Int(header.commandLineSize)
             let initrdCeiling = UInt64(header.initrdAddressMax) + 1

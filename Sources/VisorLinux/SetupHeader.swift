@@ -130,7 +130,9 @@ package struct SetupHeader: Sendable, Equatable {
         }
         let end = 0x202 + Int(bytes[0x201])
         guard bytes[0x201] < 0x80, end >= 0x268 else {
-            throw .invalidSetupHeader("header length 0x\(String(end - Self.offset, radix: 16)) (from the jump at 0x200) is not between 0x77 and 0x90 bytes")
+            throw .invalidSetupHeader(
+                "header length 0x\(String(end - Self.offset, radix: 16)) (from the jump at 0x200) is not between 0x77 and 0x90 bytes"
+            )
         }
         guard bytes.count >= end else {
             throw .truncated(what: "the bzImage setup header", need: UInt64(end), have: have)

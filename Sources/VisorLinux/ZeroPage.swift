@@ -99,8 +99,10 @@ package struct ZeroPage: Sendable, Equatable {
         UInt64(get32(Offset.cmdLinePtr)) | UInt64(get32(Offset.extCmdLinePtr)) << 32
     }
     package var initrd: (address: UInt64, size: UInt64) {
-        (UInt64(get32(Offset.ramdiskImage)) | UInt64(get32(Offset.extRamdiskImage)) << 32,
-         UInt64(get32(Offset.ramdiskSize)) | UInt64(get32(Offset.extRamdiskSize)) << 32)
+        (
+            UInt64(get32(Offset.ramdiskImage)) | UInt64(get32(Offset.extRamdiskImage)) << 32,
+            UInt64(get32(Offset.ramdiskSize)) | UInt64(get32(Offset.extRamdiskSize)) << 32
+        )
     }
     package var e820: [E820Entry] {
         (0..<Int(bytes[Offset.e820Entries])).compactMap { index in

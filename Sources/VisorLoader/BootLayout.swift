@@ -7,8 +7,9 @@ public struct EntryState: Sendable, Equatable {
         case real(segment: UInt16)
         /// 64-bit long mode at CPL0 with the VMM's GDT and page tables; CS and the data
         /// segments use the given selectors (flat 64-bit code, flat data).
-        case long64(pageTableRoot: UInt64, gdtBase: UInt64, gdtLimit: UInt16,
-                    codeSelector: UInt16 = 0x08, dataSelector: UInt16 = 0x10)
+        case long64(
+            pageTableRoot: UInt64, gdtBase: UInt64, gdtLimit: UInt16,
+            codeSelector: UInt16 = 0x08, dataSelector: UInt16 = 0x10)
         /// 32-bit protected mode, paging off, flat 4 GiB segments from the VMM's GDT, and a
         /// 32-bit TSS at base 0 with limit 0x67 in TR (the PVH entry state).
         case protected32(gdtBase: UInt64, gdtLimit: UInt16, codeSelector: UInt16, dataSelector: UInt16)

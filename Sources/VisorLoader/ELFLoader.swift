@@ -50,14 +50,17 @@ package struct ELFImage: Sendable, Equatable {
                 fileOffset: le64(bytes, at + 8), fileSize: le64(bytes, at + 32),
                 memorySize: le64(bytes, at + 40), executable: flags & 1 != 0)
             guard segment.fileSize <= segment.memorySize else {
-                throw .malformed("segment \(i) has more file bytes (\(segment.fileSize)) than memory bytes (\(segment.memorySize))")
+                throw .malformed(
+                    "segment \(i) has more file bytes (\(segment.fileSize)) than memory bytes (\(segment.memorySize))")
             }
             guard segment.fileOffset <= UInt64(bytes.count),
-                  segment.fileSize <= UInt64(bytes.count) - segment.fileOffset else {
+                segment.fileSize <= UInt64(bytes.count) - segment.fileOffset
+            else {
                 throw .malformed("segment \(i) runs past the end of the file")
             }
             guard segment.physicalAddress <= UInt64.max - segment.memorySize,
-                  segment.virtualAddress <= UInt64.max - segment.memorySize else {
+                segment.virtualAddress <= UInt64.max - segment.memorySize
+            else {
                 throw .malformed("segment \(i) wraps around the address space")
             }
             segments.append(segment)
@@ -82,7 +85,9 @@ package struct ELFImage: Sendable, Equatable {
                 throw .segmentOutsideRAM(address: s.physicalAddress, size: s.memorySize)
             }
         }
-        guard segments.contains(where: { $0.executable && entry >= $0.virtualAddress && entry - $0.virtualAddress < $0.memorySize }) else {
+        guard
+            segments.contains(where: { $0.executable && entry >= $0.virtualAddress && entry - $0.virtualAddress < $0.memorySize })
+        else {
             throw .entryNotLoaded(entry)
         }
         for s in segments where s.memorySize > 0 {

@@ -93,9 +93,10 @@ public final class GuestMemory: @unchecked Sendable {
         // its own size, and none is used again.
         for r in sorted {
             guard r.size <= UInt64(Int.max),
-                  let base = unsafe mmap(nil, Int(r.size), PROT_READ | PROT_WRITE,
-                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-                  unsafe base != MAP_FAILED
+                let base = unsafe mmap(
+                    nil, Int(r.size), PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+                unsafe base != MAP_FAILED
             else {
                 // A size beyond Int.max never reached mmap, so errno would be stale.
                 let code = r.size > UInt64(Int.max) ? ENOMEM : errno
@@ -235,8 +236,10 @@ public final class GuestMemory: @unchecked Sendable {
     /// Atomically compares the 16 bytes at `address` (16-byte aligned) with `expected` and,
     /// if equal, replaces them with `desired`. Returns whether it replaced them and the
     /// value found (little-endian low and high halves). Other vCPUs see it as one access.
-    public func compareExchange16(at address: UInt64, expected: (low: UInt64, high: UInt64),
-                                  desired: (low: UInt64, high: UInt64))
+    public func compareExchange16(
+        at address: UInt64, expected: (low: UInt64, high: UInt64),
+        desired: (low: UInt64, high: UInt64)
+    )
         throws(GuestMemoryError) -> (exchanged: Bool, found: (low: UInt64, high: UInt64))
     {
         guard address % 16 == 0 else { throw .outOfBounds(address: address, count: 16) }

@@ -36,7 +36,8 @@ enum LinuxBench {
     }
 
     static func usage() -> Int32 {
-        print("""
+        print(
+            """
             usage: swiftvisor-bench linux-setup --kernel K [--rounds N] [--memory 512M] [--cpus N]
                    swiftvisor-bench linux-boot --kernel K [--protocol linux64|pvh] [--cpus N] [--memory 128M] [--append TEXT] [--no-host-decompress] [--rounds N] [--timeout S] [--mark TEXT]... [--no-kunit] [--stop-when-marked] [--stop-at TEXT]... [--no-stats] [--log FILE]
                    swiftvisor-bench linux-cmdline [--append TEXT]
@@ -76,7 +77,9 @@ enum LinuxBench {
             }
             func number(_ name: String) throws(OptionError) -> Double {
                 let text = try value(name)
-                guard let n = Double(text), n > 0 else { throw OptionError(message: "\(name) needs a positive number, not '\(text)'") }
+                guard let n = Double(text), n > 0 else {
+                    throw OptionError(message: "\(name) needs a positive number, not '\(text)'")
+                }
                 return n
             }
             while let argument = rest.popFirst() {
@@ -85,12 +88,16 @@ enum LinuxBench {
                 case "--rounds": o.rounds = Int(try number(argument))
                 case "--memory":
                     let text = try value(argument)
-                    guard let bytes = parseSize(text) else { throw OptionError(message: "--memory needs a size like 128M or 1G, not '\(text)'") }
+                    guard let bytes = parseSize(text) else {
+                        throw OptionError(message: "--memory needs a size like 128M or 1G, not '\(text)'")
+                    }
                     o.memory = bytes
                 case "--cpus": o.cpus = Int(try number(argument))
                 case "--protocol":
                     let text = try value(argument)
-                    guard let p = LinuxBootProtocol(rawValue: text) else { throw OptionError(message: "--protocol is linux64 or pvh, not '\(text)'") }
+                    guard let p = LinuxBootProtocol(rawValue: text) else {
+                        throw OptionError(message: "--protocol is linux64 or pvh, not '\(text)'")
+                    }
                     o.bootProtocol = p
                 case "--append": o.append = try value(argument)
                 case "--no-host-decompress": o.hostDecompression = false
@@ -213,12 +220,17 @@ enum LinuxBench {
 
         var steps: [(name: String, values: [Double])] = []
         func record(_ name: String, _ value: Double) {
-            if let i = steps.firstIndex(where: { $0.name == name }) { steps[i].values.append(value) }
-            else { steps.append((name, [value])) }
+            if let i = steps.firstIndex(where: { $0.name == name }) {
+                steps[i].values.append(value)
+            } else {
+                steps.append((name, [value]))
+            }
         }
         var description = ""
         var elfBytes = 0
-        print("linux-setup: kernel=\(path) rounds=\(rounds) memory=\(memorySize >> 20)MiB cpus=\(options.cpus) load_before=\(loadAverage())")
+        print(
+            "linux-setup: kernel=\(path) rounds=\(rounds) memory=\(memorySize >> 20)MiB cpus=\(options.cpus) load_before=\(loadAverage())"
+        )
         for _ in 0..<rounds {
             do {
                 var start = now()
@@ -293,10 +305,14 @@ enum LinuxBench {
                 return 1
             }
         }
-        print("linux-setup: \(description); ELF \(elfBytes) bytes; medians of \(rounds) rounds (min-max), load_after=\(loadAverage())")
+        print(
+            "linux-setup: \(description); ELF \(elfBytes) bytes; medians of \(rounds) rounds (min-max), load_after=\(loadAverage())"
+        )
         for step in steps {
             let label = step.name + String(repeating: " ", count: max(1, 76 - step.name.count))
-            print("  \(label) \(fixed(median(step.values), 2)) ms  (\(fixed(step.values.min() ?? .nan, 2))-\(fixed(step.values.max() ?? .nan, 2)))")
+            print(
+                "  \(label) \(fixed(median(step.values), 2)) ms  (\(fixed(step.values.min() ?? .nan, 2))-\(fixed(step.values.max() ?? .nan, 2)))"
+            )
         }
         return 0
     }
@@ -307,10 +323,12 @@ enum LinuxBench {
     static func copySegmentsWithMemcpy(_ elf: ELFKernel, into memory: GuestMemory) throws(OptionError) {
         for s in elf.segments where s.memorySize > 0 {
             guard s.fileSize <= s.memorySize, s.fileOffset <= UInt64(elf.bytes.count),
-                  s.fileSize <= UInt64(elf.bytes.count) - s.fileOffset
+                s.fileSize <= UInt64(elf.bytes.count) - s.fileOffset
             else { throw OptionError(message: "a segment lies outside the file") }
             let start = Int(s.fileOffset)
-            do { try memory.load(elf.bytes[start..<start + Int(s.fileSize)], at: s.physicalAddress, zeroFillingTo: s.memorySize) } catch {
+            do {
+                try memory.load(elf.bytes[start..<start + Int(s.fileSize)], at: s.physicalAddress, zeroFillingTo: s.memorySize)
+            } catch {
                 throw OptionError(message: "a segment lies outside RAM: \(error)")
             }
         }
@@ -400,8 +418,10 @@ enum LinuxBench {
             state.withLock { state in
                 var lines = state.lines
                 if !state.pending.isEmpty {
-                    lines.append(TimedLine(seconds: Double(LinuxBench.now() - state.origin) / 1e9,
-                                           text: String(decoding: state.pending, as: UTF8.self)))
+                    lines.append(
+                        TimedLine(
+                            seconds: Double(LinuxBench.now() - state.origin) / 1e9,
+                            text: String(decoding: state.pending, as: UTF8.self)))
                 }
                 return lines
             }
@@ -414,8 +434,9 @@ enum LinuxBench {
                 for byte in bytes {
                     if byte == UInt8(ascii: "\n") {
                         if state.pending.last == UInt8(ascii: "\r") { state.pending.removeLast() }
-                        let line = TimedLine(seconds: Double(LinuxBench.now() - state.origin) / 1e9,
-                                             text: String(decoding: withoutEscapes(state.pending), as: UTF8.self))
+                        let line = TimedLine(
+                            seconds: Double(LinuxBench.now() - state.origin) / 1e9,
+                            text: String(decoding: withoutEscapes(state.pending), as: UTF8.self))
                         state.pending.removeAll(keepingCapacity: true)
                         state.lines.append(line)
                         for (i, mark) in marks.enumerated() where !state.seen[i] && mark.matches(line) {
@@ -427,7 +448,8 @@ enum LinuxBench {
                     }
                 }
                 guard !state.fired, state.stopSeen || (stopWhenMarked && state.seen.allSatisfy({ $0 })),
-                      let fire = state.onStop else { return nil }
+                    let fire = state.onStop
+                else { return nil }
                 state.fired = true
                 return fire
             }
@@ -465,10 +487,14 @@ enum LinuxBench {
         for (i, mark) in marks.enumerated() {
             let values = timelines.compactMap { $0.marks[i].line?.seconds }
             let name = mark.label + ":" + String(repeating: " ", count: max(1, 28 - mark.label.count))
-            print("  \(name)\(fixed(median(values), 2)) s  (of \(values.count); \(values.map { fixed($0, 2) }.joined(separator: ", ")))")
+            print(
+                "  \(name)\(fixed(median(values), 2)) s  (of \(values.count); \(values.map { fixed($0, 2) }.joined(separator: ", ")))"
+            )
         }
         let ends = timelines.map(\.end)
-        print("  end:" + String(repeating: " ", count: 25) + "\(fixed(median(ends), 2)) s  (\(ends.map { fixed($0, 2) }.joined(separator: ", ")))")
+        print(
+            "  end:" + String(repeating: " ", count: 25)
+                + "\(fixed(median(ends), 2)) s  (\(ends.map { fixed($0, 2) }.joined(separator: ", ")))")
     }
 
     struct Timeline {
@@ -510,7 +536,8 @@ enum LinuxBench {
             }
             if let plan = kunitPlan {
                 let last = lastResult.map { " last result at \(fixed($0.seconds, 2)) s" } ?? ""
-                Swift.print("\(indent)KUnit: \(kunitResults - kunitFailures) of \(plan) suites ok, \(kunitFailures) not ok;\(last)")
+                Swift.print(
+                    "\(indent)KUnit: \(kunitResults - kunitFailures) of \(plan) suites ok, \(kunitFailures) not ok;\(last)")
             }
             Swift.print("\(indent)end:" + String(repeating: " ", count: 25) + "\(fixed(end, 2)) s")
         }
@@ -540,7 +567,9 @@ enum LinuxBench {
         guard let quirks = probeQuirks() else { return 1 }
         let commandLine = LinuxDefaults.commandLine(quirks: quirks, appending: options.append)
         let marks = marks(options)
-        print("linux-boot: kernel=\(options.kernel ?? "") protocol=\(options.bootProtocol) cpus=\(options.cpus) memory=\(memorySize >> 20)MiB host_decompression=\(options.hostDecompression ? "on" : "off") statistics=\(options.statistics ? "on" : "off") rounds=\(rounds) timeout=\(fixed(options.timeout, 0))s")
+        print(
+            "linux-boot: kernel=\(options.kernel ?? "") protocol=\(options.bootProtocol) cpus=\(options.cpus) memory=\(memorySize >> 20)MiB host_decompression=\(options.hostDecompression ? "on" : "off") statistics=\(options.statistics ? "on" : "off") rounds=\(rounds) timeout=\(fixed(options.timeout, 0))s"
+        )
         print("  command line: \(commandLine)")
         print("  host-quirk probe: \(fixed(quirks.probeMilliseconds, 1)) ms")
 
@@ -549,9 +578,11 @@ enum LinuxBench {
         for round in 1...rounds {
             let load = loadAverage()
             let clock = LineClock(marks: marks, stopWhenMarked: options.stopWhenMarked, stopAt: options.stopAt)
-            var config = MachineConfiguration(guest: .linux(LinuxBootRequest(
-                kernel: kernel, commandLine: commandLine, bootProtocol: options.bootProtocol,
-                hostDecompression: options.hostDecompression)))
+            var config = MachineConfiguration(
+                guest: .linux(
+                    LinuxBootRequest(
+                        kernel: kernel, commandLine: commandLine, bootProtocol: options.bootProtocol,
+                        hostDecompression: options.hostDecompression)))
             config.memorySize = memorySize
             config.vcpuCount = options.cpus
             config.cpuid = quirks.linuxPolicy(from: CPUIDPolicy())
@@ -599,19 +630,28 @@ enum LinuxBench {
             let timeline = Timeline(lines: lines, marks: marks, end: end)
             timelines.append(timeline)
             let why = timedOut.isSet ? " (timed out)" : ""
-            print("round \(round) of \(rounds): load_before=\(load) load_after=\(loadAverage()) machine_init_ms=\(fixed(inits.last!, 1)) outcome=\(report.outcome)\(why)")
+            print(
+                "round \(round) of \(rounds): load_before=\(load) load_after=\(loadAverage()) machine_init_ms=\(fixed(inits.last!, 1)) outcome=\(report.outcome)\(why)"
+            )
             timeline.print()
-            print("  cpu during the run: user=\(fixed(cpuAfter.user - cpuBefore.user, 2)) s system=\(fixed(cpuAfter.system - cpuBefore.system, 2)) s (this process, all threads)")
+            print(
+                "  cpu during the run: user=\(fixed(cpuAfter.user - cpuBefore.user, 2)) s system=\(fixed(cpuAfter.system - cpuBefore.system, 2)) s (this process, all threads)"
+            )
             if let statistics = report.statistics { printStatistics(statistics, machine: machine) }
             let emulated = machine.emulatedInstructions.sorted { $0.key < $1.key }
-            print("  instructions emulated: " + (emulated.isEmpty ? "none" : emulated.map { "\($0.key)=\($0.value)" }.joined(separator: " ")))
+            print(
+                "  instructions emulated: "
+                    + (emulated.isEmpty ? "none" : emulated.map { "\($0.key)=\($0.value)" }.joined(separator: " ")))
             if report.diagnostic != nil || timedOut.isSet || report.exitStatus != 0 {
                 print("  last console lines:")
                 for line in lines.suffix(options.tail) { print("    [+\(fixed(line.seconds, 2))] \(line.text)") }
                 if let diagnostic = report.diagnostic { print("  diagnostic: \(diagnostic)") }
             }
-            writeLog(options.log, lines, append: round > 1,
-                     header: "# round \(round): \(options.kernel ?? "") \(options.bootProtocol) cpus=\(options.cpus) outcome=\(report.outcome)\(why)")
+            writeLog(
+                options.log, lines, append: round > 1,
+                header:
+                    "# round \(round): \(options.kernel ?? "") \(options.bootProtocol) cpus=\(options.cpus) outcome=\(report.outcome)\(why)"
+            )
         }
         if rounds > 1 {
             printMedians(of: timelines, marks: marks, rounds: rounds, origin: "Machine.run()")
@@ -632,15 +672,19 @@ enum LinuxBench {
             handling.append((kind, statistics.latency[kind.rawValue].mean * Double(statistics.count(kind)) / 1e6))
         }
         let totalHandling = handling.reduce(0) { $0 + $1.ms }
-        print("  vmm handling time: total=\(fixed(totalHandling, 1)) ms " + handling.map { "\($0.kind)=\(fixed($0.ms, 1))" }.joined(separator: " ")
-              + " (mean x count; the host kernel's share of each round trip is not in it)")
+        print(
+            "  vmm handling time: total=\(fixed(totalHandling, 1)) ms "
+                + handling.map { "\($0.kind)=\(fixed($0.ms, 1))" }.joined(separator: " ")
+                + " (mean x count; the host kernel's share of each round trip is not in it)")
         let ports = statistics.byPort.indices.filter { statistics.byPort[$0] > 0 }
             .sorted { statistics.byPort[$0] > statistics.byPort[$1] }
         if !ports.isEmpty {
             let shown = ports.prefix(8).map { port in
-                "0x" + String(port, radix: 16) + (machine.deviceName(port: UInt16(port)).map { "(\($0))" } ?? "") + "=\(statistics.byPort[port])"
+                "0x" + String(port, radix: 16) + (machine.deviceName(port: UInt16(port)).map { "(\($0))" } ?? "")
+                    + "=\(statistics.byPort[port])"
             }
-            print("  busiest ports: " + shown.joined(separator: " ") + (ports.count > 8 ? " (+\(ports.count - 8) more ports)" : ""))
+            print(
+                "  busiest ports: " + shown.joined(separator: " ") + (ports.count > 8 ? " (+\(ports.count - 8) more ports)" : ""))
         }
         let pages = statistics.mmioPages.counts.sorted { $0.count > $1.count }
         if !pages.isEmpty {
@@ -664,18 +708,24 @@ enum LinuxBench {
         var timelines: [Timeline] = []
         for round in 1...rounds {
             let load = loadAverage()
-            guard let run = spawnTimed(options.command, marks: marks, stopAt: options.stopAt, timeout: options.timeout,
-                                       stopWhenMarked: options.stopWhenMarked) else { return 1 }
+            guard
+                let run = spawnTimed(
+                    options.command, marks: marks, stopAt: options.stopAt, timeout: options.timeout,
+                    stopWhenMarked: options.stopWhenMarked)
+            else { return 1 }
             let timeline = Timeline(lines: run.lines, marks: marks, end: run.seconds)
             timelines.append(timeline)
-            let how = run.timedOut ? "timed out, stopped" : run.stoppedOnMarks ? "stopped on its marks (--stop-when-marked, --stop-at)" : "exited"
+            let how =
+                run.timedOut
+                ? "timed out, stopped" : run.stoppedOnMarks ? "stopped on its marks (--stop-when-marked, --stop-at)" : "exited"
             print("round \(round) of \(rounds): load_before=\(load) load_after=\(loadAverage()) \(how), status=\(run.status)")
             timeline.print()
             print("  cpu: user=\(fixed(run.userSeconds, 2)) s system=\(fixed(run.systemSeconds, 2)) s (the child)")
             print("  last lines:")
             for line in run.lines.suffix(options.tail) { print("    [+\(fixed(line.seconds, 2))] \(line.text)") }
-            writeLog(options.log, run.lines, append: round > 1,
-                     header: "# round \(round): \(options.command.joined(separator: " ")): \(how), status=\(run.status)")
+            writeLog(
+                options.log, run.lines, append: round > 1,
+                header: "# round \(round): \(options.command.joined(separator: " ")): \(how), status=\(run.status)")
         }
         if rounds > 1 {
             printMedians(of: timelines, marks: marks, rounds: rounds, origin: "spawn")
@@ -700,7 +750,8 @@ enum LinuxBench {
         var systemSeconds: Double
     }
 
-    static func spawnTimed(_ argv: [String], marks: [Mark], stopAt: [String], timeout: Double, stopWhenMarked: Bool) -> TimedRun? {
+    static func spawnTimed(_ argv: [String], marks: [Mark], stopAt: [String], timeout: Double, stopWhenMarked: Bool) -> TimedRun?
+    {
         var fds: [Int32] = [0, 0]
         // SAFETY (the system calls below): each pointer is to a local, or an array pinned for
         // the call, of the size the call expects (pipe: two fds; poll: one pollfd; read:
@@ -767,7 +818,8 @@ enum LinuxBench {
         _ = unsafe wait4(pid, &status, 0, &usage)
         let seconds = Double(now() - start) / 1e9
         let exitStatus = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
-        return TimedRun(lines: clock.lines, seconds: seconds, status: exitStatus, timedOut: timedOut, stoppedOnMarks: stoppedOnMarks,
-                        userSeconds: Self.seconds(usage.ru_utime), systemSeconds: Self.seconds(usage.ru_stime))
+        return TimedRun(
+            lines: clock.lines, seconds: seconds, status: exitStatus, timedOut: timedOut, stoppedOnMarks: stoppedOnMarks,
+            userSeconds: Self.seconds(usage.ru_utime), systemSeconds: Self.seconds(usage.ru_stime))
     }
 }

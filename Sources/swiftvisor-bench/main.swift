@@ -58,7 +58,9 @@ while let argument = arguments.popFirst() {
     case "--no-irqchip": noIrqchip = true
     case "pio", "mmio", "startup", "memory", "dispatch", "all": mode = argument
     default:
-        print("usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R] [--no-irqchip] [--reference PATH] [--cli PATH]")
+        print(
+            "usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R] [--no-irqchip] [--reference PATH] [--cli PATH]"
+        )
         print("       swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ... (Linux boot; see BENCHMARKS.md)")
         exit(2)
     }
@@ -111,8 +113,10 @@ func siblingExecutable(_ name: String) -> String {
 }
 
 /// Runs a program, returning its standard output, exit status, wall time and peak RSS.
-func spawn(_ argv: [String]) -> (output: String, status: Int32, seconds: Double, maxRSSKiB: Int,
-                                 userSeconds: Double, systemSeconds: Double) {
+func spawn(_ argv: [String]) -> (
+    output: String, status: Int32, seconds: Double, maxRSSKiB: Int,
+    userSeconds: Double, systemSeconds: Double
+) {
     var pipeFDs: [Int32] = [0, 0]
     // SAFETY (the system calls below): each pointer is to a local, or an array pinned for
     // the call, of the size the call expects (pipe: two fds; read: count bytes); the spawn
@@ -144,9 +148,11 @@ func spawn(_ argv: [String]) -> (output: String, status: Int32, seconds: Double,
     _ = unsafe wait4(pid, &status, 0, &usage)
     let seconds = Double(now() - start) / 1e9
     let exitStatus = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
-    return (String(decoding: output, as: UTF8.self), exitStatus, seconds, Int(usage.ru_maxrss),
-            Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6,
-            Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6)
+    return (
+        String(decoding: output, as: UTF8.self), exitStatus, seconds, Int(usage.ru_maxrss),
+        Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6,
+        Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+    )
 }
 
 /// The value of `key=` in a line of key=value pairs.
@@ -240,10 +246,11 @@ struct Round {
         fatalError("benchmark machine failed: \(error)")
     }
     let intervals = Double(exits - 1)
-    return Round(nsPerExit: Double(probe.lastTime - probe.firstTime) / intervals,
-                 allocationsPerExit: Double(probe.lastAllocations - probe.firstAllocations) / intervals,
-                 userNsPerExit: Double(probe.lastUser - probe.firstUser) / intervals,
-                 systemNsPerExit: Double(probe.lastSystem - probe.firstSystem) / intervals)
+    return Round(
+        nsPerExit: Double(probe.lastTime - probe.firstTime) / intervals,
+        allocationsPerExit: Double(probe.lastAllocations - probe.firstAllocations) / intervals,
+        userNsPerExit: Double(probe.lastUser - probe.firstUser) / intervals,
+        systemNsPerExit: Double(probe.lastSystem - probe.firstSystem) / intervals)
 }
 
 @MainActor func exitBenchmark(mmio: Bool) {
@@ -264,7 +271,9 @@ struct Round {
         let o = median(rounds.map(\.nsPerExit))
         let user = median(rounds.map(\.userNsPerExit))
         let allocations = rounds.map(\.allocationsPerExit).max() ?? 0
-        print("\(label): exits=\(exits) rounds=\(rounds.count) reference_ns_per_exit=\(format(r)) swiftvisor_ns_per_exit=\(format(o)) ratio=\(format(o / r, 3)) reference_user_ns_per_exit=\(format(median(referenceUser))) swiftvisor_user_ns_per_exit=\(format(user)) reference_sys_ns_per_exit=\(format(median(referenceSystem))) swiftvisor_sys_ns_per_exit=\(format(median(rounds.map(\.systemNsPerExit)))) allocations_per_exit=\(format(allocations, 3))")
+        print(
+            "\(label): exits=\(exits) rounds=\(rounds.count) reference_ns_per_exit=\(format(r)) swiftvisor_ns_per_exit=\(format(o)) ratio=\(format(o / r, 3)) reference_user_ns_per_exit=\(format(median(referenceUser))) swiftvisor_user_ns_per_exit=\(format(user)) reference_sys_ns_per_exit=\(format(median(referenceSystem))) swiftvisor_sys_ns_per_exit=\(format(median(rounds.map(\.systemNsPerExit)))) allocations_per_exit=\(format(allocations, 3))"
+        )
     }
     line(name, ours)
     line(name + "+stats", oursStats)
@@ -290,7 +299,9 @@ struct Round {
     }
     let r = median(reference)
     func ratio(_ list: [Double]) -> String { "\(format(median(list)))us ratio=\(format(median(list) / r, 2))" }
-    print("startup: spawn to exit after the first guest exit, median of \(bare.count): reference_us=\(format(r)) (main-to-first-exit_us=\(format(median(referenceFirstExit))))")
+    print(
+        "startup: spawn to exit after the first guest exit, median of \(bare.count): reference_us=\(format(r)) (main-to-first-exit_us=\(format(median(referenceFirstExit))))"
+    )
     print("  embedding, no irqchip (as the reference): \(ratio(bare))")
     print("  embedding, in-kernel irqchip + PIT:       \(ratio(withChip))")
     print("  cli, no irqchip:                          \(ratio(toolBare))")
@@ -309,12 +320,15 @@ func peakRSS(_ argv: [String]) -> Int? {
 
 @MainActor func memoryBenchmark() {
     guard let reference = peakRSS([referencePath, "startup"]),
-          let ours = peakRSS([cli, "--memory", "64M"]),
-          let oursNoChip = peakRSS([cli, "--memory", "64M", "--no-irqchip"]) else {
+        let ours = peakRSS([cli, "--memory", "64M"]),
+        let oursNoChip = peakRSS([cli, "--memory", "64M", "--no-irqchip"])
+    else {
         print("memory: skipped (needs /usr/bin/time, Debian's 'time' package)")
         return
     }
-    print("memory: peak RSS with a 64 MiB guest (touched pages only): reference_kib=\(reference) swiftvisor_kib=\(ours) swiftvisor_no_irqchip_kib=\(oursNoChip)")
+    print(
+        "memory: peak RSS with a 64 MiB guest (touched pages only): reference_kib=\(reference) swiftvisor_kib=\(ours) swiftvisor_no_irqchip_kib=\(oursNoChip)"
+    )
 }
 
 /// The exit core alone, without KVM: decode-free dispatch of a port write to a device
@@ -369,7 +383,9 @@ final class NullPort: PortDevice, @unchecked Sendable {  // used from one thread
     let withStats = Double(now() - start2) / Double(n)
     let allocations = calloc_counter_thread_allocations() - before
     precondition(device.writes == 2 * n)
-    print("dispatch: port write through bus to a device, no KVM: ns_per_exit=\(format(plain, 1)) with_stats_ns_per_exit=\(format(withStats, 1)) allocations=\(allocations) (n=\(n))")
+    print(
+        "dispatch: port write through bus to a device, no KVM: ns_per_exit=\(format(plain, 1)) with_stats_ns_per_exit=\(format(withStats, 1)) allocations=\(allocations) (n=\(n))"
+    )
 }
 
 switch mode {

@@ -79,11 +79,14 @@ extension SwiftVisorCommand {
             let log: @Sendable (String) -> Void = { HostIO.printError($0) }
             if output.trace { quirks.report.forEach(log) }
 
-            let commandLine = cmdlineReplace
+            let commandLine =
+                cmdlineReplace
                 ?? LinuxDefaults.commandLine(quirks: quirks, appending: cmdline)
-            var config = MachineConfiguration(guest: .linux(LinuxBootRequest(
-                kernel: kernelBytes, initrd: initrdBytes, commandLine: commandLine,
-                bootProtocol: bootProtocol, hostDecompression: !noHostDecompress)))
+            var config = MachineConfiguration(
+                guest: .linux(
+                    LinuxBootRequest(
+                        kernel: kernelBytes, initrd: initrdBytes, commandLine: commandLine,
+                        bootProtocol: bootProtocol, hostDecompression: !noHostDecompress)))
             config.memorySize = memory.bytes
             config.vcpuCount = cpus
             config.cpuid = quirks.linuxPolicy(from: basePolicy)

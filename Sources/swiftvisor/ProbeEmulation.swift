@@ -6,7 +6,8 @@ extension SwiftVisorCommand {
     struct ProbeEmulation: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "probe-emulation",
-            abstract: "Run each instruction of a list at CPL0 and print who finishes it on this host: KVM, SwiftVisor, or nobody.")
+            abstract: "Run each instruction of a list at CPL0 and print who finishes it on this host: KVM, SwiftVisor, or nobody."
+        )
 
         @Argument(help: "Instructions to probe (default: the whole list).")
         var names: [String] = []
@@ -55,12 +56,16 @@ extension SwiftVisorCommand {
                 counts[String(handler.prefix(5)), default: 0] += 1
                 print(name.padded(14) + handler.padded(27) + saw)
             }
-            print("KVM: \(counts["KVM", default: 0])  SwiftVisor: \(counts["Swift", default: 0])  stops: \(counts["stops", default: 0])")
+            print(
+                "KVM: \(counts["KVM", default: 0])  SwiftVisor: \(counts["Swift", default: 0])  stops: \(counts["stops", default: 0])"
+            )
         }
 
         static func vectorName(_ vector: Int) -> String {
-            let names = [0: "#DE", 1: "#DB", 3: "#BP", 6: "#UD", 7: "#NM", 8: "#DF", 13: "#GP", 14: "#PF", 16: "#MF",
-                         17: "#AC", 19: "#XM"]
+            let names = [
+                0: "#DE", 1: "#DB", 3: "#BP", 6: "#UD", 7: "#NM", 8: "#DF", 13: "#GP", 14: "#PF", 16: "#MF",
+                17: "#AC", 19: "#XM",
+            ]
             return names[vector] ?? "vector \(vector)"
         }
     }

@@ -121,8 +121,11 @@ struct OutputOptions: ParsableArguments {
 /// The ports, unset, follow the guest: on for `run` (test guests exit and write through
 /// them), off for `boot` (any Linux process with I/O privilege could use them).
 struct ConfinementOptions: ParsableArguments {
-    @Flag(inversion: .prefixedNo,
-          help: "The debug-exit port (0x501), through which the guest ends the VM with a status it picks (default: on for run, off for boot).")
+    @Flag(
+        inversion: .prefixedNo,
+        help:
+            "The debug-exit port (0x501), through which the guest ends the VM with a status it picks (default: on for run, off for boot)."
+    )
     var debugExitPort: Bool?
 
     @Flag(inversion: .prefixedNo, help: "The hypercall port (0x502) (default: on for run, off for boot).")
@@ -141,20 +144,25 @@ struct ConfinementOptions: ParsableArguments {
 
 /// CPUID options shared by `run` and `cpuid`.
 struct CPUIDOptions: ParsableArguments {
-    @Option(name: .customLong("cpuid"),
-            help: ArgumentHelp("Override CPUID bits: LEAF[.SUBLEAF].REG.BIT[:LASTBIT]=VALUE, e.g. 1.ecx.13=0 (repeatable).",
-                               valueName: "override"))
+    @Option(
+        name: .customLong("cpuid"),
+        help: ArgumentHelp(
+            "Override CPUID bits: LEAF[.SUBLEAF].REG.BIT[:LASTBIT]=VALUE, e.g. 1.ecx.13=0 (repeatable).",
+            valueName: "override"))
     var overrides: [CPUIDOverride] = []
 
-    @Option(name: .customLong("cpuid-preset"),
-            help: ArgumentHelp("Apply a named CPUID preset: hide-cx16, hide-pv-ipi (repeatable).", valueName: "name"))
+    @Option(
+        name: .customLong("cpuid-preset"),
+        help: ArgumentHelp("Apply a named CPUID preset: hide-cx16, hide-pv-ipi (repeatable).", valueName: "name"))
     var presets: [CPUIDPolicy.Preset] = []
 
     @Option(help: ArgumentHelp("Vendor signature of CPUID leaf 0x40000000 (1-12 ASCII characters).", valueName: "text"))
     var hypervisorSignature: String?
 
-    @Option(help: ArgumentHelp("XCR0 bits the guest may enable, intersected with the host's (default 0x7: x87, SSE, AVX).",
-                               valueName: "mask"))
+    @Option(
+        help: ArgumentHelp(
+            "XCR0 bits the guest may enable, intersected with the host's (default 0x7: x87, SSE, AVX).",
+            valueName: "mask"))
     var xcr0: Address?
 
     func policy() throws -> CPUIDPolicy {
@@ -195,7 +203,10 @@ extension SwiftVisorCommand {
         @Flag(help: "Run without the in-kernel interrupt controller and PIT (one vCPU; hlt then ends the VM).")
         var noIrqchip = false
 
-        @Option(help: "Treat GUEST as a raw binary, load it at this 16-byte-aligned address below 1 MiB, and start it in 16-bit real mode.")
+        @Option(
+            help:
+                "Treat GUEST as a raw binary, load it at this 16-byte-aligned address below 1 MiB, and start it in 16-bit real mode."
+        )
         var loadAddress: Address?
 
         @Option(help: "Command line passed to ELF guests in the boot-info block.")
@@ -216,8 +227,10 @@ extension SwiftVisorCommand {
 
         @OptionGroup var cpuid: CPUIDOptions
 
-        @Option(help: ArgumentHelp("MSR rule: INDEX=allow|deny|readonly:V|write-ignored|const:V|record[:V] (repeatable).",
-                                   valueName: "rule"))
+        @Option(
+            help: ArgumentHelp(
+                "MSR rule: INDEX=allow|deny|readonly:V|write-ignored|const:V|record[:V] (repeatable).",
+                valueName: "rule"))
         var msr: [MSRRuleArgument] = []
 
         func validate() throws {
@@ -297,8 +310,9 @@ extension SwiftVisorCommand {
             do { host = try KVMSystem().supportedCPUID() } catch { fail(error.description) }
             if rawHost {
                 for e in host {
-                    print([e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx]
-                        .map { String($0, radix: 16) }.joined(separator: " "))
+                    print(
+                        [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx]
+                            .map { String($0, radix: 16) }.joined(separator: " "))
                 }
                 return
             }
@@ -334,8 +348,10 @@ extension SwiftVisorCommand {
 /// `signals` routes control signals to whichever machine runs now; a command that runs
 /// several machines in turn (a guest that reboots) passes the same router each time.
 @discardableResult
-func runMachine(_ config: MachineConfiguration, output: OutputOptions,
-                signals: SignalRouter = SignalRouter(), ran: ((Machine) -> Void)? = nil) throws -> RunReport {
+func runMachine(
+    _ config: MachineConfiguration, output: OutputOptions,
+    signals: SignalRouter = SignalRouter(), ran: ((Machine) -> Void)? = nil
+) throws -> RunReport {
     let report: RunReport
     let machine: Machine
     do {
@@ -372,7 +388,8 @@ func runMachine(_ config: MachineConfiguration, output: OutputOptions,
             if !emulated.isEmpty {
                 HostIO.printError("instructions emulated:")
                 for (mnemonic, count) in emulated.sorted(by: { $0.key < $1.key }) {
-                    HostIO.printError("  " + mnemonic + String(repeating: " ", count: max(1, 17 - mnemonic.count)) + String(count))
+                    HostIO.printError(
+                        "  " + mnemonic + String(repeating: " ", count: max(1, 17 - mnemonic.count)) + String(count))
                 }
             }
         }

@@ -53,8 +53,9 @@ extension KVMIntegration {
             #expect(KVMError.unsupportedAPIVersion(13).description.contains("needs version 12"))
         }
 
-        @Test("memory sizes that are zero, unaligned or beyond the host are refused",
-              arguments: [UInt64(0), 4097, 1000, 1 << 50])
+        @Test(
+            "memory sizes that are zero, unaligned or beyond the host are refused",
+            arguments: [UInt64(0), 4097, 1000, 1 << 50])
         func badMemorySize(size: UInt64) throws {
             let error = try #require(failure { $0.memorySize = size })
             guard case .invalidMemorySize = error else {

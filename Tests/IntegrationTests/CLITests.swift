@@ -10,8 +10,9 @@ extension KVMIntegration {
     struct CLITests {
         /// The swiftvisor binary next to this test bundle in the build folder.
         static let binary: URL = {
-            let me = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-                         ?? CommandLine.arguments[0])
+            let me = URL(
+                fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+                    ?? CommandLine.arguments[0])
             var dir = me.deletingLastPathComponent()
             while !dir.path.isEmpty, dir.path != "/" {
                 let candidate = dir.appendingPathComponent("swiftvisor")
@@ -31,8 +32,11 @@ extension KVMIntegration {
             let process = Process()
             if let asUser {
                 process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-                process.arguments = ["--reuid=\(asUser)", "--regid=\(asUser)", "--clear-groups",
-                                     executable ?? Self.binary.path] + arguments
+                process.arguments =
+                    [
+                        "--reuid=\(asUser)", "--regid=\(asUser)", "--clear-groups",
+                        executable ?? Self.binary.path,
+                    ] + arguments
             } else {
                 process.executableURL = Self.binary
                 process.arguments = arguments
@@ -45,9 +49,10 @@ extension KVMIntegration {
             let stdout = out.fileHandleForReading.readDataToEndOfFile()
             let stderr = err.fileHandleForReading.readDataToEndOfFile()
             process.waitUntilExit()
-            return Result(status: process.terminationStatus,
-                          stdout: String(decoding: stdout, as: UTF8.self),
-                          stderr: String(decoding: stderr, as: UTF8.self))
+            return Result(
+                status: process.terminationStatus,
+                stdout: String(decoding: stdout, as: UTF8.self),
+                stderr: String(decoding: stderr, as: UTF8.self))
         }
 
         /// Reads from `handle` until what was read contains `text`, or 10 s pass.
@@ -67,8 +72,10 @@ extension KVMIntegration {
         }
 
         /// A user error: exactly one line on stderr, naming the problem, and status 1.
-        func expectOneLineError(_ result: Result, mentioning text: String,
-                                sourceLocation: SourceLocation = #_sourceLocation) {
+        func expectOneLineError(
+            _ result: Result, mentioning text: String,
+            sourceLocation: SourceLocation = #_sourceLocation
+        ) {
             #expect(result.status == 1, sourceLocation: sourceLocation)
             #expect(result.stdout.isEmpty, sourceLocation: sourceLocation)
             let lines = result.stderr.split(separator: "\n")
@@ -102,13 +109,17 @@ extension KVMIntegration {
         @Test("run: the debug-exit and hypercall ports are on by default; --no-debug-exit-port and --no-hypercalls turn them off")
         func guestPortOptions() throws {
             #expect(try run(["--builtin", "exit_status", "--cmdline", "42", "--debug-exit-port"]).status == 42)
-            let noExit = try run(["--builtin", "exit_status", "--cmdline", "42", "--no-debug-exit-port", "--unclaimed-ports", "stop"])
+            let noExit = try run([
+                "--builtin", "exit_status", "--cmdline", "42", "--no-debug-exit-port", "--unclaimed-ports", "stop",
+            ])
             #expect(noExit.status == 120, "stderr: \(noExit.stderr)")
             #expect(noExit.stderr.contains("0x501"), "stderr: \(noExit.stderr)")
             let hypercalls = try run(["--builtin", "events", "--cmdline", "print"])
             #expect(hypercalls.status == 7, "stderr: \(hypercalls.stderr)")
             #expect(hypercalls.stdout.contains("printed by hypercall"))
-            let noHypercalls = try run(["--builtin", "events", "--cmdline", "print", "--no-hypercalls", "--unclaimed-ports", "stop"])
+            let noHypercalls = try run([
+                "--builtin", "events", "--cmdline", "print", "--no-hypercalls", "--unclaimed-ports", "stop",
+            ])
             #expect(noHypercalls.status == 120, "stderr: \(noHypercalls.stderr)")
             #expect(noHypercalls.stderr.contains("0x502"), "stderr: \(noHypercalls.stderr)")
             #expect(!noHypercalls.stdout.contains("printed by hypercall"))
@@ -126,9 +137,12 @@ extension KVMIntegration {
                 process.standardInput = FileHandle.nullDevice
                 try process.run()
                 _ = read(out.fileHandleForReading, until: "spinning")
-                let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/task")) ?? []
+                let tasks =
+                    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/task")) ?? []
                 let modes = tasks.compactMap { tid -> String? in
-                    let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/task/\(tid)/status", encoding: .utf8)) ?? ""
+                    let status =
+                        (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/task/\(tid)/status", encoding: .utf8))
+                        ?? ""
                     return status.split(separator: "\n").first { $0.hasPrefix("Seccomp:") }
                         .map { $0.dropFirst("Seccomp:".count).trimmingCharacters(in: .whitespaces) }
                 }
@@ -172,146 +186,153 @@ extension KVMIntegration {
         }
 
         @Test("a --cpuid override on the command line shows up in the guest")
-    func cpuidOverride() throws {
-        let plain = try run(["--builtin", "cpuid_probe"])
-        let hidden = try run(["--builtin", "cpuid_probe", "--cpuid", "1.ecx.13=0"])
-        #expect(plain.status == 0 && hidden.status == 0)
-        let before = try #require(parseCPUIDProbe(plain.stdout)["00000001.00"]).ecx
-        let after = try #require(parseCPUIDProbe(hidden.stdout)["00000001.00"]).ecx
-        #expect(before & (1 << 13) != 0, "this host offers CMPXCHG16B")
-        #expect(after & (1 << 13) == 0)
-        #expect(after | (1 << 13) == before)
-    }
-
-    @Test("'swiftvisor cpuid' prints the guest table and marks what differs from the host")
-    func cpuidCommand() throws {
-        let result = try run(["cpuid", "--cpus", "2", "--vcpu", "1"])
-        #expect(result.status == 0)
-        // The mark depends on this host's table: "+" where KVM lists no such leaf (AMD hosts
-        // often lack 0xB), "*" where the guest's differs, a space where it is the same.
-        let guest = CPUIDPolicy().normalize(HostCPU.supported, apicID: 1, vcpuCount: 2)
-        func expectedLine(_ leaf: UInt32, _ subleaf: UInt32) throws -> String {
-            func hex(_ v: UInt32) -> String { let s = String(v, radix: 16); return String(repeating: "0", count: 8 - s.count) + s }
-            let g = try #require(guest.first { $0.function == leaf && $0.index == subleaf })
-            let mark = HostCPU.entry(leaf, subleaf).map { h in
-                (h.eax, h.ebx, h.ecx, h.edx) == (g.eax, g.ebx, g.ecx, g.edx) ? " " : "*"
-            } ?? "+"
-            return "\(mark) \(hex(leaf)).\(hex(subleaf).suffix(2))  eax=\(hex(g.eax)) ebx=\(hex(g.ebx)) ecx=\(hex(g.ecx)) edx=\(hex(g.edx))"
+        func cpuidOverride() throws {
+            let plain = try run(["--builtin", "cpuid_probe"])
+            let hidden = try run(["--builtin", "cpuid_probe", "--cpuid", "1.ecx.13=0"])
+            #expect(plain.status == 0 && hidden.status == 0)
+            let before = try #require(parseCPUIDProbe(plain.stdout)["00000001.00"]).ecx
+            let after = try #require(parseCPUIDProbe(hidden.stdout)["00000001.00"]).ecx
+            #expect(before & (1 << 13) != 0, "this host offers CMPXCHG16B")
+            #expect(after & (1 << 13) == 0)
+            #expect(after | (1 << 13) == before)
         }
-        #expect(result.stdout.contains(try expectedLine(1, 0)))
-        // vCPU 1 of 2 sees itself at the core level of leaf 0xB.
-        #expect(try expectedLine(0xB, 1).hasSuffix("0000000b.01  eax=00000001 ebx=00000002 ecx=00000201 edx=00000001"))
-        #expect(result.stdout.contains(try expectedLine(0xB, 1)))
-        #expect(result.stdout.contains("40000000.00  eax=40000001 ebx=4b4d564b ecx=564b4d56 edx=0000004d"))
-    }
 
-    @Test("a malformed --cpuid override is a usage error naming the flag")
-    func badCPUIDOverride() throws {
-        let result = try run(["--cpuid", "1.ecx.40=1"])
-        #expect(result.status == 64)
-        #expect(result.stderr.contains("--cpuid"))
-    }
+        @Test("'swiftvisor cpuid' prints the guest table and marks what differs from the host")
+        func cpuidCommand() throws {
+            let result = try run(["cpuid", "--cpus", "2", "--vcpu", "1"])
+            #expect(result.status == 0)
+            // The mark depends on this host's table: "+" where KVM lists no such leaf (AMD hosts
+            // often lack 0xB), "*" where the guest's differs, a space where it is the same.
+            let guest = CPUIDPolicy().normalize(HostCPU.supported, apicID: 1, vcpuCount: 2)
+            func expectedLine(_ leaf: UInt32, _ subleaf: UInt32) throws -> String {
+                func hex(_ v: UInt32) -> String {
+                    let s = String(v, radix: 16); return String(repeating: "0", count: 8 - s.count) + s
+                }
+                let g = try #require(guest.first { $0.function == leaf && $0.index == subleaf })
+                let mark =
+                    HostCPU.entry(leaf, subleaf).map { h in
+                        (h.eax, h.ebx, h.ecx, h.edx) == (g.eax, g.ebx, g.ecx, g.edx) ? " " : "*"
+                    } ?? "+"
+                return
+                    "\(mark) \(hex(leaf)).\(hex(subleaf).suffix(2))  eax=\(hex(g.eax)) ebx=\(hex(g.ebx)) ecx=\(hex(g.ecx)) edx=\(hex(g.edx))"
+            }
+            #expect(result.stdout.contains(try expectedLine(1, 0)))
+            // vCPU 1 of 2 sees itself at the core level of leaf 0xB.
+            #expect(try expectedLine(0xB, 1).hasSuffix("0000000b.01  eax=00000001 ebx=00000002 ecx=00000201 edx=00000001"))
+            #expect(result.stdout.contains(try expectedLine(0xB, 1)))
+            #expect(result.stdout.contains("40000000.00  eax=40000001 ebx=4b4d564b ecx=564b4d56 edx=0000004d"))
+        }
 
-    @Test("--cpus starts application processors")
-    func cpusFlag() throws {
-        let result = try run(["--builtin", "smp", "--cpus", "2"])
-        #expect(result.status == 0)
-        #expect(result.stdout == "MP table: 2 CPUs, IOAPIC id 2 at 0xFEC00000\nBSP: starting 1 APs\nAP 1 up\nBSP: all 2 CPUs up\n")
-    }
+        @Test("a malformed --cpuid override is a usage error naming the flag")
+        func badCPUIDOverride() throws {
+            let result = try run(["--cpuid", "1.ecx.40=1"])
+            #expect(result.status == 64)
+            #expect(result.stderr.contains("--cpuid"))
+        }
 
-    @Test("--cpus beyond the host's limit, or with --no-irqchip, is refused")
-    func badCPUs() throws {
-        expectOneLineError(try run(["--cpus", "100000"]), mentioning: "invalid vCPU count")
-        let noChip = try run(["--cpus", "2", "--no-irqchip"])
-        #expect(noChip.status == 64)
-        #expect(noChip.stderr.contains("--no-irqchip"))
-    }
+        @Test("--cpus starts application processors")
+        func cpusFlag() throws {
+            let result = try run(["--builtin", "smp", "--cpus", "2"])
+            #expect(result.status == 0)
+            #expect(
+                result.stdout == "MP table: 2 CPUs, IOAPIC id 2 at 0xFEC00000\nBSP: starting 1 APs\nAP 1 up\nBSP: all 2 CPUs up\n"
+            )
+        }
 
-    @Test("standard input reaches the guest's COM1 with its interrupt, and the guest echoes it")
-    func stdinEcho() throws {
-        let process = Process()
-        process.executableURL = Self.binary
-        process.arguments = ["--builtin", "serial_echo"]
-        let input = Pipe(), output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        // Wait for the guest to set up its UART (it clears the FIFO), then type.
-        var seen = read(output.fileHandleForReading, until: "echo ready\n")
-        input.fileHandleForWriting.write(Data("typed text q".utf8))
-        seen += output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        #expect(String(decoding: seen, as: UTF8.self) == "echo ready\ntyped text q")
-    }
+        @Test("--cpus beyond the host's limit, or with --no-irqchip, is refused")
+        func badCPUs() throws {
+            expectOneLineError(try run(["--cpus", "100000"]), mentioning: "invalid vCPU count")
+            let noChip = try run(["--cpus", "2", "--no-irqchip"])
+            #expect(noChip.status == 64)
+            #expect(noChip.stderr.contains("--no-irqchip"))
+        }
 
-    @Test("SIGINT stops the guest and exits 130; SIGUSR1 injects an NMI")
-    func signals() throws {
-        for (signal, arguments, status, text) in [
-            (SIGINT, ["--builtin", "spin"], Int32(130), "spinning\n"),
-            (SIGUSR1, ["--builtin", "events", "--cmdline", "wait"], Int32(0), "waiting\n"),
-        ] {
+        @Test("standard input reaches the guest's COM1 with its interrupt, and the guest echoes it")
+        func stdinEcho() throws {
             let process = Process()
             process.executableURL = Self.binary
-            process.arguments = arguments
-            let output = Pipe(), errors = Pipe()
+            process.arguments = ["--builtin", "serial_echo"]
+            let input = Pipe(), output = Pipe()
+            process.standardInput = input
             process.standardOutput = output
-            process.standardError = errors
-            process.standardInput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
             try process.run()
-            var seen = read(output.fileHandleForReading, until: text)
-            Thread.sleep(forTimeInterval: 0.05)
-            kill(process.processIdentifier, signal)
+            // Wait for the guest to set up its UART (it clears the FIFO), then type.
+            var seen = read(output.fileHandleForReading, until: "echo ready\n")
+            input.fileHandleForWriting.write(Data("typed text q".utf8))
             seen += output.fileHandleForReading.readDataToEndOfFile()
             process.waitUntilExit()
-            #expect(process.terminationStatus == status)
-            if signal == SIGINT {
-                #expect(String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                    == "swiftvisor: stopped by signal 2\n")
-            } else {
-                #expect(String(decoding: seen, as: UTF8.self) == "waiting\nvector=02 error=00000000 cr2=0000000000000000\n")
+            #expect(process.terminationStatus == 0)
+            #expect(String(decoding: seen, as: UTF8.self) == "echo ready\ntyped text q")
+        }
+
+        @Test("SIGINT stops the guest and exits 130; SIGUSR1 injects an NMI")
+        func signals() throws {
+            for (signal, arguments, status, text) in [
+                (SIGINT, ["--builtin", "spin"], Int32(130), "spinning\n"),
+                (SIGUSR1, ["--builtin", "events", "--cmdline", "wait"], Int32(0), "waiting\n"),
+            ] {
+                let process = Process()
+                process.executableURL = Self.binary
+                process.arguments = arguments
+                let output = Pipe(), errors = Pipe()
+                process.standardOutput = output
+                process.standardError = errors
+                process.standardInput = FileHandle.nullDevice
+                try process.run()
+                var seen = read(output.fileHandleForReading, until: text)
+                Thread.sleep(forTimeInterval: 0.05)
+                kill(process.processIdentifier, signal)
+                seen += output.fileHandleForReading.readDataToEndOfFile()
+                process.waitUntilExit()
+                #expect(process.terminationStatus == status)
+                if signal == SIGINT {
+                    #expect(
+                        String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                            == "swiftvisor: stopped by signal 2\n")
+                } else {
+                    #expect(String(decoding: seen, as: UTF8.self) == "waiting\nvector=02 error=00000000 cr2=0000000000000000\n")
+                }
             }
         }
-    }
 
-    @Test("a closed standard output does not kill the VMM")
-    func closedStdout() throws {
-        let process = Process()
-        process.executableURL = Self.binary
-        process.arguments = ["--builtin", "hello"]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try output.fileHandleForReading.close()
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationReason == .exit)
-        #expect(process.terminationStatus == 0)
-    }
+        @Test("a closed standard output does not kill the VMM")
+        func closedStdout() throws {
+            let process = Process()
+            process.executableURL = Self.binary
+            process.arguments = ["--builtin", "hello"]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            process.standardInput = FileHandle.nullDevice
+            try output.fileHandleForReading.close()
+            try process.run()
+            process.waitUntilExit()
+            #expect(process.terminationReason == .exit)
+            #expect(process.terminationStatus == 0)
+        }
 
-    @Test("SIGINT stops a VM whose vCPU is blocked writing to a full pipe")
-    func stopWhileOutputBlocked() throws {
-        let process = Process()
-        process.executableURL = Self.binary
-        process.arguments = ["--builtin", "chatty"]
-        let output = Pipe()  // never read: fills after 64 KiB
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        Thread.sleep(forTimeInterval: 4)  // about 20 us per byte: the pipe is full by now
-        kill(process.processIdentifier, SIGINT)
-        let deadline = Date().addingTimeInterval(5)
-        while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
-        #expect(!process.isRunning, "the VM did not stop")
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 130)
-    }
+        @Test("SIGINT stops a VM whose vCPU is blocked writing to a full pipe")
+        func stopWhileOutputBlocked() throws {
+            let process = Process()
+            process.executableURL = Self.binary
+            process.arguments = ["--builtin", "chatty"]
+            let output = Pipe()  // never read: fills after 64 KiB
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            Thread.sleep(forTimeInterval: 4)  // about 20 us per byte: the pipe is full by now
+            kill(process.processIdentifier, SIGINT)
+            let deadline = Date().addingTimeInterval(5)
+            while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+            #expect(!process.isRunning, "the VM did not stop")
+            if process.isRunning { process.terminate() }
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 130)
+        }
 
-    @Test("a missing guest file is a one-line error")
+        @Test("a missing guest file is a one-line error")
         func missingFile() throws {
             expectOneLineError(try run(["/nonexistent/guest.elf"]), mentioning: "No such file")
         }
@@ -332,9 +353,11 @@ extension KVMIntegration {
             expectOneLineError(try run([path]), mentioning: "not x86-64")
         }
 
-        @Test("bad memory sizes are one-line errors", arguments: [
-            ("0", "larger than zero"), ("1000", "multiple of 4 KiB"), ("1000G", "host"), ("lots", "memory"),
-        ])
+        @Test(
+            "bad memory sizes are one-line errors",
+            arguments: [
+                ("0", "larger than zero"), ("1000", "multiple of 4 KiB"), ("1000G", "host"), ("lots", "memory"),
+            ])
         func badMemory(size: String, message: String) throws {
             let result = try run(["--memory", size])
             if size == "lots" {
@@ -356,8 +379,9 @@ extension KVMIntegration {
             try #require(getuid() == 0, "only root can run the tool as another user here")
             // Copy the binary where the unprivileged user can execute it.
             let dir = NSTemporaryDirectory() + "swiftvisor-nobody-\(UUID().uuidString)"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false,
-                                                    attributes: [.posixPermissions: 0o755])
+            try FileManager.default.createDirectory(
+                atPath: dir, withIntermediateDirectories: false,
+                attributes: [.posixPermissions: 0o755])
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let copy = dir + "/swiftvisor"
             try FileManager.default.copyItem(atPath: Self.binary.path, toPath: copy)
@@ -391,7 +415,9 @@ extension KVMIntegration.CLITests {
         let interprets = try !HostQuirks.probe().runsKernelCodeNatively
         let result = try run(["probe-emulation", "cpuid", "popcnt", "int3", "xsave"])
         #expect(result.status == 0)
-        let lines = result.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+        let lines = result.stdout.split(separator: "\n").map {
+            $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ")
+        }
         #expect(lines.contains("cpuid KVM ran"))
         guard interprets else {
             // Where CPL0 code runs natively, the CPU finishes all four and nothing reaches

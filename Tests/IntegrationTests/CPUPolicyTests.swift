@@ -19,7 +19,8 @@ extension KVMIntegration {
     /// CPUID and MSR policy, checked from inside a guest.
     @Suite("CPU policy on KVM")
     struct CPUPolicyTests {
-        @Test("the guest sees the hypervisor bit, its APIC ID and count, no VMX/MONITOR/PDCM/PMU, the topology and KVM's signature")
+        @Test(
+            "the guest sees the hypervisor bit, its APIC ID and count, no VMX/MONITOR/PDCM/PMU, the topology and KVM's signature")
         func defaultCPUID() throws {
             let (report, console) = try runGuest(GuestImages.cpuidProbe)
             #expect(report.outcome == .stopped(.guestExit(status: 0)))
@@ -60,7 +61,9 @@ extension KVMIntegration {
             #expect(try #require(seen["00000001.00"]).ecx & (1 << 13) == 0)
         }
 
-        @Test("MSR policy: BIOS_SIGN_ID all ones, writes ignored, FEATURE_CONTROL locked, VMX and unknown MSRs #GP, configured rules")
+        @Test(
+            "MSR policy: BIOS_SIGN_ID all ones, writes ignored, FEATURE_CONTROL locked, VMX and unknown MSRs #GP, configured rules"
+        )
         func msrs() throws {
             let trace = LogCapture()
             var denied: UInt64 = 0
@@ -76,20 +79,21 @@ extension KVMIntegration {
             denied = machine.deniedMSRAccesses
             #expect(report.outcome == .stopped(.guestExit(status: 0)))
             let lines = console.text.split(separator: "\n").map(String.init)
-            #expect(Array(lines.prefix(12)) == [
-                "rdmsr 0000008B=FFFFFFFFFFFFFFFF",
-                "wrmsr 0000008B ok",
-                "rdmsr 0000008B=FFFFFFFFFFFFFFFF",
-                "wrmsr 00000079 ok",
-                "rdmsr 0000003A=0000000000000001",
-                "rdmsr 00000480=#GP",
-                "rdmsr 4B564D99=#GP",
-                "wrmsr 4B564D99 #GP",
-                "rdmsr 40001000=ABCDEF0123456789",
-                "wrmsr 40001001 ok",
-                "rdmsr 40001001=1122334455667788",
-                "rdmsr 40001002=0000000400010020",
-            ])
+            #expect(
+                Array(lines.prefix(12)) == [
+                    "rdmsr 0000008B=FFFFFFFFFFFFFFFF",
+                    "wrmsr 0000008B ok",
+                    "rdmsr 0000008B=FFFFFFFFFFFFFFFF",
+                    "wrmsr 00000079 ok",
+                    "rdmsr 0000003A=0000000000000001",
+                    "rdmsr 00000480=#GP",
+                    "rdmsr 4B564D99=#GP",
+                    "wrmsr 4B564D99 #GP",
+                    "rdmsr 40001000=ABCDEF0123456789",
+                    "wrmsr 40001001 ok",
+                    "rdmsr 40001001=1122334455667788",
+                    "rdmsr 40001002=0000000400010020",
+                ])
             #expect(denied == 3)
             let deniedLines = trace.all.filter { $0.contains("denied") }
             #expect(deniedLines.count == 3)

@@ -109,8 +109,10 @@ extension KVMIntegration {
         func allowlist() {
             // x86-64 system call numbers (Swift's Glibc module does not import SYS_*).
             let allowed = ["ioctl": 16, "write": 1, "futex": 202, "rt_sigreturn": 15, "exit": 60]
-            let refused = ["socket": 41, "openat": 257, "open": 2, "execve": 59, "fork": 57, "clone": 56,
-                           "ptrace": 101, "connect": 42, "kill": 62]
+            let refused = [
+                "socket": 41, "openat": 257, "open": 2, "execve": 59, "fork": 57, "clone": 56,
+                "ptrace": 101, "connect": 42, "kill": 62,
+            ]
             for (name, number) in allowed { #expect(Seccomp.allows(.vcpu, syscall: number), "\(name)") }
             for (name, number) in refused { #expect(!Seccomp.allows(.vcpu, syscall: number), "\(name)") }
         }

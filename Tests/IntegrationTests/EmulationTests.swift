@@ -74,8 +74,10 @@ extension KVMIntegration {
             let mismatches = lines.filter { !$0.hasSuffix(" match") && $0 != "done" }
             #expect(mismatches.isEmpty, "\(mismatches)")
             guard interprets else { return }  // natively, the CPU ran them all
-            for mnemonic in ["andn", "bextr", "blsr", "blsi", "blsmsk", "pdep", "pext", "shlx", "sarx", "shrx", "rorx",
-                             "mulx", "adcx", "adox", "crc32"] {
+            for mnemonic in [
+                "andn", "bextr", "blsr", "blsi", "blsmsk", "pdep", "pext", "shlx", "sarx", "shrx", "rorx",
+                "mulx", "adcx", "adox", "crc32",
+            ] {
                 #expect((machine.emulatedInstructions[mnemonic] ?? 0) > 0, "\(mnemonic) was not emulated")
             }
         }

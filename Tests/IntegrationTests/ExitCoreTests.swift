@@ -78,11 +78,12 @@ extension KVMIntegration {
                 config.portDevices = [.init(name: "fixed", range: try! PortRange(base: 0x600, count: 1), device: device)]
             }
             #expect(report.outcome == .stopped(.guestExit(status: 0)))
-            #expect(console == """
-                in8=EF in16=CDEF in32=89ABCDEF
-                rax8=11223344556677EF rax16=112233445566CDEF rax32=0000000089ABCDEF
+            #expect(
+                console == """
+                    in8=EF in16=CDEF in32=89ABCDEF
+                    rax8=11223344556677EF rax16=112233445566CDEF rax32=0000000089ABCDEF
 
-                """)
+                    """)
             let reads = device.reads.withLock { $0 }
             #expect(reads.allSatisfy { $0.0 == 0x600 })
             #expect(Set(reads.map(\.1)) == [1, 2, 4])
@@ -123,17 +124,21 @@ extension KVMIntegration {
         func mmioWidths() throws {
             let device = PatternMMIODevice()
             let (report, console) = try runGuest(GuestImages.mmioWidths) { config in
-                config.mmioDevices = [.init(name: "pattern", range: try! MMIORange(start: 0xD000_0000, size: 0x1000),
-                                            device: device)]
+                config.mmioDevices = [
+                    .init(
+                        name: "pattern", range: try! MMIORange(start: 0xD000_0000, size: 0x1000),
+                        device: device)
+                ]
             }
             #expect(report.outcome == .stopped(.guestExit(status: 0)))
             #expect(device.writes.withLock { $0 } == ["1@0=11", "2@16=2222", "4@32=33333333", "8@48=4444444444444444"])
             #expect(device.reads.withLock { $0 } == ["1@64", "2@72", "4@80", "8@88"])
-            #expect(console == """
-                r8=51 r16=2259 r32=44332261 r64=8877665544332269
-                unmapped64=FFFFFFFFFFFFFFFF unmapped8=FF
+            #expect(
+                console == """
+                    r8=51 r16=2259 r32=44332261 r64=8877665544332269
+                    unmapped64=FFFFFFFFFFFFFFFF unmapped8=FF
 
-                """)
+                    """)
         }
 
         @Test("the identity hypercall returns the signature, ABI version and vCPU")
@@ -147,13 +152,14 @@ extension KVMIntegration {
         func hypercallPrint() throws {
             let (report, console) = try runGuest(GuestImages.events, commandLine: "print")
             #expect(report.outcome == .stopped(.guestExit(status: 7)))
-            #expect(console == """
-                printed by hypercall
-                result=0000000000000015
-                result=FFFFFFFFFFFFFFF2
-                result=FFFFFFFFFFFFFFEA
+            #expect(
+                console == """
+                    printed by hypercall
+                    result=0000000000000015
+                    result=FFFFFFFFFFFFFFF2
+                    result=FFFFFFFFFFFFFFEA
 
-                """)
+                    """)
         }
 
         @Test("an unknown hypercall number makes the guest's #UD handler run")
@@ -175,17 +181,22 @@ extension KVMIntegration {
             #expect(console == "identity rax=0000000000C0FFEE rbx=0000000000000000 rcx=0000000000000004 rsi=000000000000005A\n")
         }
 
-        @Test("a device-injected event reaches the guest's handler with its error code and CR2", arguments: [
-            (Injection.generalProtection(0x18), "vector=0D error=00000018 cr2=0000000000000000"),
-            (.pageFault(errorCode: 6, address: 0xDEAD_B000), "vector=0E error=00000006 cr2=00000000DEADB000"),
-            (.invalidOpcode, "vector=06 error=00000000 cr2=0000000000000000"),
-            (.nmi, "vector=02 error=00000000 cr2=0000000000000000"),
-            (.interrupt(vector: 0x40), "vector=40 error=00000000 cr2=0000000000000000"),
-        ])
+        @Test(
+            "a device-injected event reaches the guest's handler with its error code and CR2",
+            arguments: [
+                (Injection.generalProtection(0x18), "vector=0D error=00000018 cr2=0000000000000000"),
+                (.pageFault(errorCode: 6, address: 0xDEAD_B000), "vector=0E error=00000006 cr2=00000000DEADB000"),
+                (.invalidOpcode, "vector=06 error=00000000 cr2=0000000000000000"),
+                (.nmi, "vector=02 error=00000000 cr2=0000000000000000"),
+                (.interrupt(vector: 0x40), "vector=40 error=00000000 cr2=0000000000000000"),
+            ])
         func injection(injection: Injection, expected: String) throws {
             let (report, console) = try runGuest(GuestImages.events, commandLine: "inject") { config in
-                config.portDevices = [.init(name: "injector", range: try! PortRange(base: 0x530, count: 1),
-                                            device: InjectingDevice(injection))]
+                config.portDevices = [
+                    .init(
+                        name: "injector", range: try! PortRange(base: 0x530, count: 1),
+                        device: InjectingDevice(injection))
+                ]
             }
             #expect(report.outcome == .stopped(.guestExit(status: 0)))
             #expect(console == expected + "\n")
@@ -203,8 +214,11 @@ extension KVMIntegration {
             var config = MachineConfiguration(guest: .elf(GuestImages.pioLoop))
             config.commandLine = "300"
             config.collectStatistics = true
-            config.portDevices = [.init(name: "counter", range: try PortRange(base: 0x510, count: 1),
-                                        device: CountingPortDevice())]
+            config.portDevices = [
+                .init(
+                    name: "counter", range: try PortRange(base: 0x510, count: 1),
+                    device: CountingPortDevice())
+            ]
             let machine = try Machine(config)
             let report = try machine.run()
             let stats = try #require(report.statistics)

@@ -17,8 +17,9 @@ extension KVMIntegration {
 
         @Test("the boot info carries a different RAM size and the command line")
         func helloSeesConfiguration() throws {
-            let (report, console) = try runGuest(GuestImages.hello, commandLine: "console=ttyS0 answer=42",
-                                                 memory: 200 << 20)
+            let (report, console) = try runGuest(
+                GuestImages.hello, commandLine: "console=ttyS0 answer=42",
+                memory: 200 << 20)
             #expect(report.outcome == .stopped(.guestExit(status: 0)))
             #expect(console.contains("RAM: 200 MiB, vCPUs: 1\n"))
             #expect(console.contains("Command line: console=ttyS0 answer=42\n"))
@@ -38,9 +39,11 @@ extension KVMIntegration {
             #expect(report.outcome == .fatal(.tripleFault))
             #expect(report.exitStatus == 121)
             let dump = try #require(report.diagnostic)
-            for field in ["triple fault", "64-bit long mode", "RAX=", "R15=", "RIP=", "RFLAGS=", "CS =0008", "SS =0010",
-                          "GDT base=0000000000001000", "IDT base=", "CR0=0000000080010033", "CR3=0000000000008000",
-                          "CR4=", "EFER=0000000000000500", "DR7=", "events:"] {
+            for field in [
+                "triple fault", "64-bit long mode", "RAX=", "R15=", "RIP=", "RFLAGS=", "CS =0008", "SS =0010",
+                "GDT base=0000000000001000", "IDT base=", "CR0=0000000080010033", "CR3=0000000000008000",
+                "CR4=", "EFER=0000000000000500", "DR7=", "events:",
+            ] {
                 #expect(dump.contains(field), "state dump lacks \(field)")
             }
             // The instruction at RIP is the guest's ud2 (0f 0b).
@@ -60,11 +63,12 @@ extension KVMIntegration {
         func unclaimedPortReadsOnes() throws {
             let (report, console) = try runGuest(GuestImages.portProbe)
             #expect(report.outcome == .stopped(.guestExit(status: 0)))
-            #expect(console == """
-                in8=FF in16=FFFF in32=FFFFFFFF
-                rax8=11223344556677FF rax16=112233445566FFFF rax32=00000000FFFFFFFF
+            #expect(
+                console == """
+                    in8=FF in16=FFFF in32=FFFFFFFF
+                    rax8=11223344556677FF rax16=112233445566FFFF rax32=00000000FFFFFFFF
 
-                """)
+                    """)
         }
 
         @Test("the log policy reports unclaimed ports and the guest runs on")
@@ -117,8 +121,11 @@ extension KVMIntegration {
         func mmioDevice() throws {
             let device = CountingMMIODevice()
             let (report, _) = try runGuest(GuestImages.mmioLoop, commandLine: "2000") { config in
-                config.mmioDevices = [.init(name: "counter", range: try! MMIORange(start: 0xCFFF_F000, size: 0x2000),
-                                            device: device)]
+                config.mmioDevices = [
+                    .init(
+                        name: "counter", range: try! MMIORange(start: 0xCFFF_F000, size: 0x2000),
+                        device: device)
+                ]
             }
             #expect(report.outcome == .stopped(.guestExit(status: 0)))
             #expect(device.writes.load(ordering: .relaxed) == 2000)
@@ -156,8 +163,11 @@ extension KVMIntegration {
 
             let mmio = CountingMMIODevice()
             _ = try runGuest(GuestImages.mmioLoop, commandLine: "5000") { config in
-                config.mmioDevices = [.init(name: "counter", range: try! MMIORange(start: 0xD000_0000, size: 0x1000),
-                                            device: mmio)]
+                config.mmioDevices = [
+                    .init(
+                        name: "counter", range: try! MMIORange(start: 0xD000_0000, size: 0x1000),
+                        device: mmio)
+                ]
                 config.collectStatistics = statistics
             }
             #expect(mmio.writes.load(ordering: .relaxed) == 5000)

@@ -8,16 +8,18 @@ struct HostQuirksTests {
     let popcnt = GuestFeature.hiddenForInterpretingHosts.first { $0.name == "popcnt" }!
 
     @Test func nativeHostsGetNothing() {
-        let quirks = HostQuirks(runsKernelCodeNatively: true, hiddenFeatures: [], stillVisible: [],
-                                hidesPVSendIPI: false, probeMilliseconds: 3)
+        let quirks = HostQuirks(
+            runsKernelCodeNatively: true, hiddenFeatures: [], stillVisible: [],
+            hidesPVSendIPI: false, probeMilliseconds: 3)
         #expect(quirks.commandLineOptions.isEmpty)
         #expect(quirks.linuxPolicy(from: CPUIDPolicy()) == CPUIDPolicy())
         #expect(LinuxDefaults.commandLine(quirks: quirks, appending: "quiet") == "console=ttyS0 quiet")
     }
 
     @Test func stillVisibleFeaturesGoOnTheCommandLine() {
-        let quirks = HostQuirks(runsKernelCodeNatively: false, hiddenFeatures: GuestFeature.hiddenForInterpretingHosts,
-                                stillVisible: [xsave, smap, popcnt], hidesPVSendIPI: true, probeMilliseconds: 10)
+        let quirks = HostQuirks(
+            runsKernelCodeNatively: false, hiddenFeatures: GuestFeature.hiddenForInterpretingHosts,
+            stillVisible: [xsave, smap, popcnt], hidesPVSendIPI: true, probeMilliseconds: 10)
         #expect(quirks.commandLineOptions == ["noxsave", "clearcpuid=smap,popcnt"])
         #expect(LinuxDefaults.commandLine(quirks: quirks, appending: nil) == "console=ttyS0 noxsave clearcpuid=smap,popcnt")
         let policy = quirks.linuxPolicy(from: CPUIDPolicy())
@@ -30,8 +32,9 @@ struct HostQuirksTests {
     @Test func userOverridesComeAfterTheHiddenFeatures() throws {
         var base = CPUIDPolicy()
         base.overrides = [try CPUIDOverride(parsing: "1.ecx.23=1")]
-        let quirks = HostQuirks(runsKernelCodeNatively: false, hiddenFeatures: [popcnt], stillVisible: [],
-                                hidesPVSendIPI: false, probeMilliseconds: 10)
+        let quirks = HostQuirks(
+            runsKernelCodeNatively: false, hiddenFeatures: [popcnt], stillVisible: [],
+            hidesPVSendIPI: false, probeMilliseconds: 10)
         // Overrides apply in order, so the user's explicit choice wins.
         #expect(quirks.linuxPolicy(from: base).overrides.last == base.overrides[0])
     }
@@ -43,7 +46,9 @@ extension KVMIntegration {
         @Test("the probe is consistent and cheap")
         func probe() throws {
             let quirks = try HostQuirks.probe()
-            print("host-quirk probe: \(quirks.probeMilliseconds) ms, natively: \(quirks.runsKernelCodeNatively), still visible: \(quirks.stillVisible.map(\.name))")
+            print(
+                "host-quirk probe: \(quirks.probeMilliseconds) ms, natively: \(quirks.runsKernelCodeNatively), still visible: \(quirks.stillVisible.map(\.name))"
+            )
             if quirks.runsKernelCodeNatively {
                 #expect(quirks.hiddenFeatures.isEmpty && quirks.stillVisible.isEmpty && !quirks.hidesPVSendIPI)
             } else {

@@ -21,7 +21,9 @@ func threadCount() -> Int {
     defer { unsafe closedir(dir) }
     var count = 0
     while let entry = unsafe readdir(dir) {
-        let name = unsafe withUnsafeBytes(of: entry.pointee.d_name) { unsafe String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let name = unsafe withUnsafeBytes(of: entry.pointee.d_name) {
+            unsafe String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+        }
         if name != ".", name != ".." { count += 1 }
     }
     return count
@@ -197,7 +199,9 @@ extension KVMIntegration {
             #expect(throws: MachineError.self) { try vm.start() }
         }
 
-        @Test("50 VMs with 2 vCPUs each, created, run and destroyed in one process, leave no descriptor or thread behind and RSS flat")
+        @Test(
+            "50 VMs with 2 vCPUs each, created, run and destroyed in one process, leave no descriptor or thread behind and RSS flat"
+        )
         func noLeaks() throws {
             func cycle() throws {
                 var config = MachineConfiguration(guest: .elf(GuestImages.smp))

@@ -73,7 +73,10 @@ struct LinuxBoot {
         let multiCaseSuites = lines.filter { $0.hasPrefix("    1..") }.filter { (Int($0.dropFirst(7)) ?? 0) > 1 }
         #expect(plan > 0, "no KUnit plan line in the console", sourceLocation: sourceLocation)
         #expect(topLevelOK.count == plan, "\(topLevelOK.count) suites ok of \(plan)", sourceLocation: sourceLocation)
-        #expect(totals.count == multiCaseSuites.count, "\(totals.count) '# Totals' lines for \(multiCaseSuites.count) suites of several cases", sourceLocation: sourceLocation)
+        #expect(
+            totals.count == multiCaseSuites.count,
+            "\(totals.count) '# Totals' lines for \(multiCaseSuites.count) suites of several cases",
+            sourceLocation: sourceLocation)
         for line in totals {
             #expect(line.contains(" fail:0 "), "\(line)", sourceLocation: sourceLocation)
         }
@@ -141,8 +144,9 @@ extension KVMIntegration {
         @Test("bzImage, host-decompressed, 64-bit protocol, 1 vCPU, with an initrd: KUnit passes, ACPI power-off")
         func bzImageLinux64OneCPU() async throws {
             let initrd = cpioArchive(fileName: "hello.txt", contents: Array("hello from the initrd\n".utf8))
-            let boot = try await bootLinux(kernel: try LinuxKernels.testKernelFile("bzImage"), initrd: initrd,
-                                           extraCommandLine: "initramfs_async=0 kunit_shutdown=poweroff")
+            let boot = try await bootLinux(
+                kernel: try LinuxKernels.testKernelFile("bzImage"), initrd: initrd,
+                extraCommandLine: "initramfs_async=0 kunit_shutdown=poweroff")
             print("linux64, 1 vCPU, bzImage: powered off after \(Int(boot.seconds)) s")
             #expect(boot.report.outcome == .stopped(.powerOff(source: "ACPI PM1a control, S5")), "\(boot.console.suffix(2000))")
             #expect(boot.report.exitStatus == 0)
@@ -158,15 +162,17 @@ extension KVMIntegration {
                 line.split(separator: "(").last.flatMap { Int($0.prefix { $0.isNumber }) }
             }
             let end = Int(time(nil))
-            #expect(epoch != nil && epoch! >= end - Int(boot.seconds) - 2 && epoch! <= end + 2,
-                    "RTC line: \(clockLine ?? "none"), host time at the end: \(end)")
+            #expect(
+                epoch != nil && epoch! >= end - Int(boot.seconds) - 2 && epoch! <= end + 2,
+                "RTC line: \(clockLine ?? "none"), host time at the end: \(end)")
             #expect(boot.console.contains("serio: i8042 KBD port at 0x60,0x64 irq 1"))
         }
 
         @Test("vmlinux, PVH, 2 vCPUs: both CPUs up, KUnit passes, ACPI power-off")
         func vmlinuxPVHTwoCPUs() async throws {
-            let boot = try await bootLinux(kernel: try LinuxKernels.testKernelFile("vmlinux"), protocol: .pvh, cpus: 2,
-                                           extraCommandLine: "kunit_shutdown=poweroff")
+            let boot = try await bootLinux(
+                kernel: try LinuxKernels.testKernelFile("vmlinux"), protocol: .pvh, cpus: 2,
+                extraCommandLine: "kunit_shutdown=poweroff")
             print("pvh, 2 vCPUs, vmlinux: powered off after \(Int(boot.seconds)) s")
             #expect(boot.report.outcome == .stopped(.powerOff(source: "ACPI PM1a control, S5")), "\(boot.console.suffix(2000))")
             #expect(boot.console.contains("smp: Brought up 1 node, 2 CPUs"))
@@ -175,8 +181,9 @@ extension KVMIntegration {
 
         @Test("vmlinux, 64-bit protocol, 2 vCPUs: both CPUs up, KUnit passes, ACPI power-off")
         func vmlinuxLinux64TwoCPUs() async throws {
-            let boot = try await bootLinux(kernel: try LinuxKernels.testKernelFile("vmlinux"), cpus: 2,
-                                           extraCommandLine: "kunit_shutdown=poweroff")
+            let boot = try await bootLinux(
+                kernel: try LinuxKernels.testKernelFile("vmlinux"), cpus: 2,
+                extraCommandLine: "kunit_shutdown=poweroff")
             print("linux64, 2 vCPUs, vmlinux: powered off after \(Int(boot.seconds)) s")
             #expect(boot.report.outcome == .stopped(.powerOff(source: "ACPI PM1a control, S5")), "\(boot.console.suffix(2000))")
             #expect(boot.console.contains("smp: Brought up 1 node, 2 CPUs"))
@@ -185,8 +192,9 @@ extension KVMIntegration {
 
         @Test("bzImage, host-decompressed, PVH, 1 vCPU: KUnit passes, ACPI power-off")
         func bzImagePVHOneCPU() async throws {
-            let boot = try await bootLinux(kernel: try LinuxKernels.testKernelFile("bzImage"), protocol: .pvh,
-                                           extraCommandLine: "kunit_shutdown=poweroff")
+            let boot = try await bootLinux(
+                kernel: try LinuxKernels.testKernelFile("bzImage"), protocol: .pvh,
+                extraCommandLine: "kunit_shutdown=poweroff")
             print("pvh, 1 vCPU, bzImage: powered off after \(Int(boot.seconds)) s")
             #expect(boot.report.outcome == .stopped(.powerOff(source: "ACPI PM1a control, S5")), "\(boot.console.suffix(2000))")
             boot.expectAllKUnitSuitesPassed()
@@ -215,16 +223,18 @@ extension KVMIntegration {
 
         @Test("a reboot request through the i8042 (reboot=k) ends the VM with a reset")
         func rebootThroughI8042() async throws {
-            let boot = try await bootLinux(kernel: try LinuxKernels.testKernelFile("vmlinux"), memory: 64 << 20,
-                                           extraCommandLine: "reboot=k kunit_shutdown=reboot kunit.filter_glob=bits-test")
+            let boot = try await bootLinux(
+                kernel: try LinuxKernels.testKernelFile("vmlinux"), memory: 64 << 20,
+                extraCommandLine: "reboot=k kunit_shutdown=reboot kunit.filter_glob=bits-test")
             #expect(boot.report.outcome == .stopped(.reset(source: "i8042")), "\(boot.console.suffix(2000))")
             #expect(boot.report.exitStatus == 0)
         }
 
         @Test("a reboot request through the FADT reset register (the default) ends the VM with a reset")
         func rebootThroughACPI() async throws {
-            let boot = try await bootLinux(kernel: try LinuxKernels.testKernelFile("vmlinux"), memory: 64 << 20,
-                                           extraCommandLine: "kunit_shutdown=reboot kunit.filter_glob=bits-test")
+            let boot = try await bootLinux(
+                kernel: try LinuxKernels.testKernelFile("vmlinux"), memory: 64 << 20,
+                extraCommandLine: "kunit_shutdown=reboot kunit.filter_glob=bits-test")
             #expect(boot.report.outcome == .stopped(.reset(source: "port 0xCF9")), "\(boot.console.suffix(2000))")
         }
     }

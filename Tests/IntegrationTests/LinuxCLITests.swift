@@ -58,16 +58,18 @@ extension KVMIntegration.CLITests {
         let kernel = try temporaryFile(try testBzImage())
         let initrd = try temporaryFile([UInt8](repeating: 0x30, count: 40 << 20))
         defer { removeFile(kernel); removeFile(initrd) }
-        expectOneLineError(try run(["boot", "--kernel", kernel, "--initrd", initrd, "--memory", "48M"]),
-                           mentioning: "initrd of")
+        expectOneLineError(
+            try run(["boot", "--kernel", kernel, "--initrd", initrd, "--memory", "48M"]),
+            mentioning: "initrd of")
     }
 
     @Test("boot: a command line longer than the kernel accepts")
     func bootCommandLineTooLong() throws {
         let kernel = try temporaryFile(try testBzImage())
         defer { removeFile(kernel) }
-        expectOneLineError(try run(["boot", "--kernel", kernel, "--cmdline-replace", String(repeating: "a", count: 4000)]),
-                           mentioning: "command line of 4000 bytes")
+        expectOneLineError(
+            try run(["boot", "--kernel", kernel, "--cmdline-replace", String(repeating: "a", count: 4000)]),
+            mentioning: "command line of 4000 bytes")
     }
 
     @Test("boot: PVH asked of an ELF without the PVH note")
@@ -87,8 +89,10 @@ extension KVMIntegration.CLITests {
         let dir = try LinuxKernels.testKernel.get()
         let process = Process()
         process.executableURL = Self.binary
-        process.arguments = ["boot", "--kernel", dir + "/vmlinux", "--memory", "64M", "--on-reboot", "restart",
-                             "--cmdline", "kunit_shutdown=reboot kunit.filter_glob=bits-test"]
+        process.arguments = [
+            "boot", "--kernel", dir + "/vmlinux", "--memory", "64M", "--on-reboot", "restart",
+            "--cmdline", "kunit_shutdown=reboot kunit.filter_glob=bits-test",
+        ]
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err
@@ -109,7 +113,9 @@ extension KVMIntegration.CLITests {
         #expect(process.terminationStatus == 128 + SIGTERM)
     }
 
-    @Test("boot: the debug-exit port is off by default, so a kernel's write to 0x501 does not end the VM; --debug-exit-port turns it on")
+    @Test(
+        "boot: the debug-exit port is off by default, so a kernel's write to 0x501 does not end the VM; --debug-exit-port turns it on"
+    )
     func bootDebugExitPortDefault() throws {
         // exit_status as a vmlinux: entered with Linux's zero page instead of its boot-info
         // block, it writes status 3 (bad boot info) to port 0x501 and halts.

@@ -28,9 +28,11 @@ struct EntryRegistersTests {
 
     @Test("long mode: 64-bit code, flat data, paging with PAE, LME and LMA, the GDT and page tables given")
     func longMode() {
-        let entry = EntryState(mode: .long64(pageTableRoot: 0x9000, gdtBase: 0x500, gdtLimit: 0x1F,
-                                             codeSelector: 0x10, dataSelector: 0x18),
-                               rip: 0x10_0000, rsp: 0x8_0000, rdi: 0x7000, rsi: 0x6000)
+        let entry = EntryState(
+            mode: .long64(
+                pageTableRoot: 0x9000, gdtBase: 0x500, gdtLimit: 0x1F,
+                codeSelector: 0x10, dataSelector: 0x18),
+            rip: 0x10_0000, rsp: 0x8_0000, rdi: 0x7000, rsi: 0x6000)
         let regs = EntryRegisters(entry, over: base)
         #expect(regs.special.cs.l && regs.special.cs.g && regs.special.cs.selector == 0x10)
         #expect(regs.special.ss.db && regs.special.ss.selector == 0x18)
@@ -45,8 +47,9 @@ struct EntryRegistersTests {
 
     @Test("PVH: 32-bit flat segments, paging off, a busy 32-bit TSS at 0 with limit 0x67, EBX = start info")
     func protected32() {
-        let entry = EntryState(mode: .protected32(gdtBase: 0x500, gdtLimit: 0x27, codeSelector: 0x8, dataSelector: 0x10),
-                               rip: 0x100_0000, rsp: 0, rbx: 0x6000)
+        let entry = EntryState(
+            mode: .protected32(gdtBase: 0x500, gdtLimit: 0x27, codeSelector: 0x8, dataSelector: 0x10),
+            rip: 0x100_0000, rsp: 0, rbx: 0x6000)
         let regs = EntryRegisters(entry, over: base)
         #expect(regs.special.cs.db && !regs.special.cs.l)
         #expect(regs.special.tr == Segment(base: 0, limit: 0x67, selector: 0, type: 0xB, s: false))
@@ -69,9 +72,11 @@ struct MachineBuilderTests {
     func memory() {
         let host: UInt64 = 1 << 30
         #expect(throws: Never.self) { try MachineBuilder.validate(configuration(), hostMemory: host) }
-        for (size, message) in [(UInt64(0), "it must be larger than zero"),
-                                (4097, "4097 bytes is not a multiple of 4 KiB"),
-                                (2 << 30, "2048 MiB is more than the host's 1024 MiB of RAM")] {
+        for (size, message) in [
+            (UInt64(0), "it must be larger than zero"),
+            (4097, "4097 bytes is not a multiple of 4 KiB"),
+            (2 << 30, "2048 MiB is more than the host's 1024 MiB of RAM"),
+        ] {
             do {
                 try MachineBuilder.validate(configuration(memory: size), hostMemory: host)
                 Issue.record("\(size) was accepted")
@@ -101,7 +106,8 @@ struct MachineBuilderTests {
     func regions() {
         #expect(MachineBuilder.guestRegions(memorySize: 64 << 20) == [GuestRegion(start: 0, size: 64 << 20)])
         #expect(MachineBuilder.guestRegions(memorySize: 3 << 30) == [GuestRegion(start: 0, size: 3 << 30)])
-        #expect(MachineBuilder.guestRegions(memorySize: 5 << 30)
+        #expect(
+            MachineBuilder.guestRegions(memorySize: 5 << 30)
                 == [GuestRegion(start: 0, size: 3 << 30), GuestRegion(start: 4 << 30, size: 2 << 30)])
     }
 

@@ -22,13 +22,14 @@ struct VCPURunnerTests {
             var bus = PortBus()
             try! bus.register(device, name: "exit", range: PortRange(base: 0x501, count: 1))
             let counter = Signals()
-            runner = VCPURunner(vcpus: vcpus, dispatcher: ExitDispatcher(ports: bus), control: RunControl(vcpuCount: vcpus.count),
-                                collectStatistics: statistics, trace: trace,
-                                diagnose: { "state of vcpu\($0.id)" },
-                                sendSignal: { thread, signal in
-                                    counter.count.add(1, ordering: .relaxed)
-                                    pthread_kill(thread, signal)
-                                })
+            runner = VCPURunner(
+                vcpus: vcpus, dispatcher: ExitDispatcher(ports: bus), control: RunControl(vcpuCount: vcpus.count),
+                collectStatistics: statistics, trace: trace,
+                diagnose: { "state of vcpu\($0.id)" },
+                sendSignal: { thread, signal in
+                    counter.count.add(1, ordering: .relaxed)
+                    pthread_kill(thread, signal)
+                })
             self.counter = counter
         }
         let counter: Signals
@@ -52,11 +53,12 @@ struct VCPURunnerTests {
         let vcpu = ScriptedVCPU(script: [.success(Self.exitWrite)])
         vcpu.setOutValue(0x2A)
         let confined = Atomic<Int>(0)
-        let runner = VCPURunner(vcpus: [vcpu], dispatcher: ExitDispatcher(ports: PortBus()), control: RunControl(vcpuCount: 1),
-                                confine: { () throws(SeccompError) in
-                                    confined.add(1, ordering: .relaxed)
-                                    throw SeccompError(errno: EINVAL)
-                                })
+        let runner = VCPURunner(
+            vcpus: [vcpu], dispatcher: ExitDispatcher(ports: PortBus()), control: RunControl(vcpuCount: 1),
+            confine: { () throws(SeccompError) in
+                confined.add(1, ordering: .relaxed)
+                throw SeccompError(errno: EINVAL)
+            })
         let report = try runner.run()
         #expect(confined.load(ordering: .relaxed) == 1)
         #expect(vcpu.runs == 0)

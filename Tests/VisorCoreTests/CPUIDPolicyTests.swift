@@ -39,8 +39,9 @@ struct CPUIDPolicyTests {
         #expect(entry(recordedHostCPUID, 0)?.ebx == 0x6874_7541)  // "Auth" of AuthenticAMD
     }
 
-    @Test("leaf 1: hypervisor bit set; VMX, MONITOR and PDCM cleared; APIC ID and count in EBX; HTT with several vCPUs",
-          arguments: [(UInt32(0), UInt32(1)), (1, 2), (3, 4)])
+    @Test(
+        "leaf 1: hypervisor bit set; VMX, MONITOR and PDCM cleared; APIC ID and count in EBX; HTT with several vCPUs",
+        arguments: [(UInt32(0), UInt32(1)), (1, 2), (3, 4)])
     func leaf1(apicID: UInt32, count: UInt32) throws {
         let table = CPUIDPolicy().normalize(intelLikeHost, apicID: apicID, vcpuCount: count)
         let leaf = try #require(entry(table, 1))
@@ -61,8 +62,9 @@ struct CPUIDPolicyTests {
         #expect((pmu.eax, pmu.ebx, pmu.ecx, pmu.edx) == (0, 0, 0, 0))
     }
 
-    @Test("leaf 0xB gives SMT and core levels consistent with the vCPU count, x2APIC ID in EDX",
-          arguments: [(UInt32(0), UInt32(1), UInt32(0)), (1, 2, 1), (2, 3, 2), (4, 8, 3)])
+    @Test(
+        "leaf 0xB gives SMT and core levels consistent with the vCPU count, x2APIC ID in EDX",
+        arguments: [(UInt32(0), UInt32(1), UInt32(0)), (1, 2, 1), (2, 3, 2), (4, 8, 3)])
     func topology(apicID: UInt32, count: UInt32, shift: UInt32) throws {
         let table = CPUIDPolicy().normalize(recordedHostCPUID, apicID: apicID, vcpuCount: count)
         let smt = try #require(entry(table, 0xB, 0))
@@ -118,23 +120,28 @@ struct CPUIDPolicyTests {
         #expect(narrow.ecx == 576)
         var everything = CPUIDPolicy()
         everything.allowedXCR0 = .max
-        #expect(entry(everything.normalize(recordedHostCPUID, apicID: 0, vcpuCount: 1), 0xD, 0)?.eax == 0x207,
-                "never a superset of the host's bits")
+        #expect(
+            entry(everything.normalize(recordedHostCPUID, apicID: 0, vcpuCount: 1), 0xD, 0)?.eax == 0x207,
+            "never a superset of the host's bits")
     }
 
-    @Test("overrides parse from the CLI syntax and set or clear any field", arguments: [
-        ("1.ecx.13=0", CPUIDOverride(leaf: 1, register: .ecx, bit: 13, value: 0)),
-        ("0x40000001.eax.11=0", CPUIDOverride(leaf: 0x4000_0001, register: .eax, bit: 11, value: 0)),
-        ("7.0.ebx.5=1", CPUIDOverride(leaf: 7, subleaf: 0, register: .ebx, bit: 5, value: 1)),
-        ("1.EBX.16:23=4", CPUIDOverride(leaf: 1, register: .ebx, bit: 16, width: 8, value: 4)),
-    ])
+    @Test(
+        "overrides parse from the CLI syntax and set or clear any field",
+        arguments: [
+            ("1.ecx.13=0", CPUIDOverride(leaf: 1, register: .ecx, bit: 13, value: 0)),
+            ("0x40000001.eax.11=0", CPUIDOverride(leaf: 0x4000_0001, register: .eax, bit: 11, value: 0)),
+            ("7.0.ebx.5=1", CPUIDOverride(leaf: 7, subleaf: 0, register: .ebx, bit: 5, value: 1)),
+            ("1.EBX.16:23=4", CPUIDOverride(leaf: 1, register: .ebx, bit: 16, width: 8, value: 4)),
+        ])
     func parse(text: String, expected: CPUIDOverride) throws {
         #expect(try CPUIDOverride(parsing: text) == expected)
     }
 
-    @Test("malformed overrides are refused with a reason", arguments: [
-        "1.ecx.13", "1.ecx=0", "x.ecx.1=0", "1.esp.1=0", "1.ecx.32=0", "1.ecx.1=2", "1.ecx.8:4=0", "1.2.3.ecx.1=0",
-    ])
+    @Test(
+        "malformed overrides are refused with a reason",
+        arguments: [
+            "1.ecx.13", "1.ecx=0", "x.ecx.1=0", "1.esp.1=0", "1.ecx.32=0", "1.ecx.1=2", "1.ecx.8:4=0", "1.2.3.ecx.1=0",
+        ])
     func badOverride(text: String) {
         #expect(throws: CPUIDPolicyError.self) { try CPUIDOverride(parsing: text) }
     }
@@ -153,8 +160,9 @@ struct CPUIDPolicyTests {
 
     @Test("the rendered table marks differences from the host")
     func render() {
-        let text = CPUIDTable.render(host: recordedHostCPUID,
-                                     guest: CPUIDPolicy().normalize(recordedHostCPUID, apicID: 0, vcpuCount: 2))
+        let text = CPUIDTable.render(
+            host: recordedHostCPUID,
+            guest: CPUIDPolicy().normalize(recordedHostCPUID, apicID: 0, vcpuCount: 2))
         #expect(text.contains("* 00000001.00"))
         #expect(text.contains("+ 0000000b.01"))
         #expect(text.contains("- 0000000d.09"))

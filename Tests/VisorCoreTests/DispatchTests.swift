@@ -7,8 +7,9 @@ import VisorKVM
 struct PortDispatchTests {
     static let widths: [(UInt8, UInt32)] = [(1, 0xFF), (2, 0xFFFF), (4, 0xFFFF_FFFF)]
 
-    @Test("IN from an unclaimed port reads all ones at widths 1/2/4 under .block, without logging",
-          arguments: widths)
+    @Test(
+        "IN from an unclaimed port reads all ones at widths 1/2/4 under .block, without logging",
+        arguments: widths)
     func unclaimedInBlock(width: UInt8, ones: UInt32) {
         let log = LogRecorder()
         let dispatcher = ExitDispatcher(unclaimedPorts: .block, log: log.sink)
@@ -18,8 +19,9 @@ struct PortDispatchTests {
         #expect(log.lines.isEmpty)
     }
 
-    @Test("IN from an unclaimed port reads all ones at widths 1/2/4 under .log, and logs once",
-          arguments: widths)
+    @Test(
+        "IN from an unclaimed port reads all ones at widths 1/2/4 under .log, and logs once",
+        arguments: widths)
     func unclaimedInLog(width: UInt8, ones: UInt32) {
         let log = LogRecorder()
         let dispatcher = ExitDispatcher(unclaimedPorts: .log, log: log.sink)
@@ -48,15 +50,18 @@ struct PortDispatchTests {
         let log = LogRecorder()
         let dispatcher = ExitDispatcher(unclaimedPorts: .stop, log: log.sink)
         let data = FakeDataChannel([0x42])
-        #expect(dispatcher.dispatch(portIn(0x71, width: 2), vcpu: data)
-            == .stop(.unclaimedPort(port: 0x71, isWrite: false, width: 2)))
-        #expect(dispatcher.dispatch(portOut(0x72, width: 4), vcpu: data)
-            == .stop(.unclaimedPort(port: 0x72, isWrite: true, width: 4)))
+        #expect(
+            dispatcher.dispatch(portIn(0x71, width: 2), vcpu: data)
+                == .stop(.unclaimedPort(port: 0x71, isWrite: false, width: 2)))
+        #expect(
+            dispatcher.dispatch(portOut(0x72, width: 4), vcpu: data)
+                == .stop(.unclaimedPort(port: 0x72, isWrite: true, width: 4)))
         #expect(data.elements == [0x42])
         #expect(data.writes.isEmpty)
         #expect(log.lines.isEmpty)
-        #expect(StopReason.unclaimedPort(port: 0x71, isWrite: false, width: 2).description
-            == "unclaimed port access: IN of 2 bytes at port 0x71")
+        #expect(
+            StopReason.unclaimedPort(port: 0x71, isWrite: false, width: 2).description
+                == "unclaimed port access: IN of 2 bytes at port 0x71")
         #expect(StopReason.unclaimedPort(port: 0x71, isWrite: true, width: 2).exitStatus == 120)
     }
 
@@ -87,9 +92,11 @@ struct PortDispatchTests {
         let dispatcher = ExitDispatcher(ports: bus)
         let data = FakeDataChannel([0x48, 0x65, 0x6C, 0x6C, 0x6F, 0x0A])
         #expect(dispatcher.dispatch(portOut(0x501, width: 1, count: 6), vcpu: data) == .handled)
-        #expect(device.calls == [0x48, 0x65, 0x6C, 0x6C, 0x6F, 0x0A].map {
-            PortCall.write(port: 0x501, offset: 1, width: 1, value: $0)
-        })
+        #expect(
+            device.calls
+                == [0x48, 0x65, 0x6C, 0x6C, 0x6F, 0x0A].map {
+                    PortCall.write(port: 0x501, offset: 1, width: 1, value: $0)
+                })
         #expect(data.reads == [0, 1, 2, 3, 4, 5])
     }
 
@@ -114,11 +121,12 @@ struct PortDispatchTests {
         let dispatcher = ExitDispatcher(ports: bus)
         let data = FakeDataChannel([1, 2, 0x2A, 4, 5])
         #expect(dispatcher.dispatch(portOut(0xF4, width: 1, count: 5), vcpu: data) == .stop(.guestExit(status: 3)))
-        #expect(device.calls == [
-            .write(port: 0xF4, offset: 0, width: 1, value: 1),
-            .write(port: 0xF4, offset: 0, width: 1, value: 2),
-            .write(port: 0xF4, offset: 0, width: 1, value: 0x2A),
-        ])
+        #expect(
+            device.calls == [
+                .write(port: 0xF4, offset: 0, width: 1, value: 1),
+                .write(port: 0xF4, offset: 0, width: 1, value: 2),
+                .write(port: 0xF4, offset: 0, width: 1, value: 0x2A),
+            ])
         #expect(data.reads == [0, 1, 2])
         #expect(StopReason.guestExit(status: 3).exitStatus == 3)
     }
@@ -134,8 +142,11 @@ struct PortDispatchTests {
         #expect(dispatcher.dispatch(portIn(0x13, width: 4), vcpu: data) == .handled)
         #expect(data.elements == [0xAABB_CCDD])
         #expect(dispatcher.dispatch(portOut(0x13, width: 2), vcpu: FakeDataChannel([0xBEEF])) == .handled)
-        #expect(low.calls == [.read(port: 0x13, offset: 3, width: 4),
-                              .write(port: 0x13, offset: 3, width: 2, value: 0xBEEF)])
+        #expect(
+            low.calls == [
+                .read(port: 0x13, offset: 3, width: 4),
+                .write(port: 0x13, offset: 3, width: 2, value: 0xBEEF),
+            ])
         #expect(high.calls.isEmpty)
         // A wide access at the last port of the whole space is routed too, without wrapping.
         let top = RecordingPortDevice()
@@ -180,18 +191,21 @@ struct OtherExitDispatchTests {
     func internalError() {
         let outcome = dispatcher.dispatch(.internalError(suberror: 1, data: [0x10, 0xABC]), vcpu: data)
         #expect(outcome == .fatal(.internalError(suberror: 1, data: [0x10, 0xABC])))
-        #expect(FatalExit.internalError(suberror: 1, data: [0x10, 0xABC]).description
-            == "KVM internal error, suberror 1 (instruction emulation failed), data 0x10 0xabc")
+        #expect(
+            FatalExit.internalError(suberror: 1, data: [0x10, 0xABC]).description
+                == "KVM internal error, suberror 1 (instruction emulation failed), data 0x10 0xabc")
         #expect(FatalExit.internalError(suberror: 3, data: []).description == "KVM internal error, suberror 3")
         #expect(FatalExit.internalError(suberror: 1, data: []).exitStatus == 122)
     }
 
     @Test("failed entry keeps hardware reason and CPU")
     func failEntry() {
-        #expect(dispatcher.dispatch(.failEntry(hardwareReason: 0x21, cpu: 3), vcpu: data)
-            == .fatal(.failedEntry(hardwareReason: 0x21, cpu: 3)))
-        #expect(FatalExit.failedEntry(hardwareReason: 0x21, cpu: 3).description
-            == "VM entry failed on CPU 3, hardware reason 0x21")
+        #expect(
+            dispatcher.dispatch(.failEntry(hardwareReason: 0x21, cpu: 3), vcpu: data)
+                == .fatal(.failedEntry(hardwareReason: 0x21, cpu: 3)))
+        #expect(
+            FatalExit.failedEntry(hardwareReason: 0x21, cpu: 3).description
+                == "VM entry failed on CPU 3, hardware reason 0x21")
         #expect(FatalExit.failedEntry(hardwareReason: 0, cpu: 0).exitStatus == 123)
     }
 
@@ -208,8 +222,9 @@ struct OtherExitDispatchTests {
 
     @Test("a malformed I/O exit is fatal and names port, width and count")
     func malformedIO() {
-        #expect(dispatcher.dispatch(.malformedIO(port: 0x3F8, width: 4, count: 9999), vcpu: data)
-            == .fatal(.malformedExit("I/O exit at port 0x3f8 with width 4 and count 9999 does not fit the run page")))
+        #expect(
+            dispatcher.dispatch(.malformedIO(port: 0x3F8, width: 4, count: 9999), vcpu: data)
+                == .fatal(.malformedExit("I/O exit at port 0x3f8 with width 4 and count 9999 does not fit the run page")))
     }
 
     @Test("a system event stops with its type")

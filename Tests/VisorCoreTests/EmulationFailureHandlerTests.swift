@@ -37,8 +37,9 @@ struct EmulationFailureHandlerTests {
         let handler = RecordingEmulationHandler(answer: nil)
         var dispatcher = ExitDispatcher()
         dispatcher.emulationFailureHandler = handler
-        #expect(dispatcher.dispatch(.internalError(suberror: 1, data: [0]), vcpu: data)
-            == .fatal(.internalError(suberror: 1, data: [0])))
+        #expect(
+            dispatcher.dispatch(.internalError(suberror: 1, data: [0]), vcpu: data)
+                == .fatal(.internalError(suberror: 1, data: [0])))
         #expect(handler.calls.count == 1)
     }
 
@@ -47,8 +48,9 @@ struct EmulationFailureHandlerTests {
         let handler = RecordingEmulationHandler(answer: .handled)
         var dispatcher = ExitDispatcher()
         dispatcher.emulationFailureHandler = handler
-        #expect(dispatcher.dispatch(.internalError(suberror: 3, data: []), vcpu: data)
-            == .fatal(.internalError(suberror: 3, data: [])))
+        #expect(
+            dispatcher.dispatch(.internalError(suberror: 3, data: []), vcpu: data)
+                == .fatal(.internalError(suberror: 3, data: [])))
         #expect(handler.calls.isEmpty)
     }
 }

@@ -21,10 +21,12 @@ struct InjectionTests {
         return ExitDispatcher(ports: bus)
     }
 
-    @Test("a device's injection reaches the vCPU and the guest runs on", arguments: [
-        Injection.generalProtection(0x18), .invalidOpcode, .pageFault(errorCode: 2, address: 0xDEAD_0000), .nmi,
-        .interrupt(vector: 0x40), .exception(vector: 0, errorCode: nil),
-    ])
+    @Test(
+        "a device's injection reaches the vCPU and the guest runs on",
+        arguments: [
+            Injection.generalProtection(0x18), .invalidOpcode, .pageFault(errorCode: 2, address: 0xDEAD_0000), .nmi,
+            .interrupt(vector: 0x40), .exception(vector: 0, errorCode: nil),
+        ])
     func injects(_ injection: Injection) throws {
         let vcpu = FakeDataChannel()
         let outcome = try dispatcher(with: .inject(injection))
@@ -86,9 +88,12 @@ struct HypercallTests {
 
     func dispatcher() -> ExitDispatcher {
         let console = self.console
-        return ExitDispatcher(hypercalls: HypercallTable.standard(memory: memory, console: { byte in
-            console.append(byte)
-        }))
+        return ExitDispatcher(
+            hypercalls: HypercallTable.standard(
+                memory: memory,
+                console: { byte in
+                    console.append(byte)
+                }))
     }
 
     func call(_ number: UInt64, _ args: [UInt64] = [], dispatcher: ExitDispatcher? = nil) -> (ExitOutcome, FakeDataChannel) {

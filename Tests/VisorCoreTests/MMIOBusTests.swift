@@ -142,8 +142,9 @@ struct MMIOBusTests {
 struct MMIODispatchTests {
     static let widths: [UInt8] = [1, 2, 4, 8]
 
-    @Test("reads of each width are routed with their offset and the result masked to the width",
-          arguments: widths)
+    @Test(
+        "reads of each width are routed with their offset and the result masked to the width",
+        arguments: widths)
     func routedRead(width: UInt8) throws {
         var bus = MMIOBus()
         let device = RecordingMMIODevice(readValue: 0x1122_3344_5566_7788)
@@ -157,8 +158,9 @@ struct MMIODispatchTests {
         #expect(data.mmioSets == 1)
     }
 
-    @Test("writes of each width are routed with their offset and the value masked to the width",
-          arguments: widths)
+    @Test(
+        "writes of each width are routed with their offset and the value masked to the width",
+        arguments: widths)
     func routedWrite(width: UInt8) throws {
         var bus = MMIOBus()
         let device = RecordingMMIODevice()
@@ -177,8 +179,9 @@ struct MMIODispatchTests {
         var bus = MMIOBus()
         try bus.register(RecordingMMIODevice(stopValue: 0x5555), name: "dev", range: region(0x1000, 0x10))
         let dispatcher = ExitDispatcher(mmio: bus)
-        #expect(dispatcher.dispatch(mmioWrite(0x1004, width: 2, value: 0x5555), vcpu: FakeDataChannel())
-            == .stop(.guestExit(status: 7)))
+        #expect(
+            dispatcher.dispatch(mmioWrite(0x1004, width: 2, value: 0x5555), vcpu: FakeDataChannel())
+                == .stop(.guestExit(status: 7)))
         #expect(dispatcher.dispatch(mmioWrite(0x1004, width: 2, value: 0x5554), vcpu: FakeDataChannel()) == .handled)
     }
 
@@ -202,10 +205,12 @@ struct MMIODispatchTests {
     func unclaimedWrite() {
         let blockLog = LogRecorder(), logLog = LogRecorder()
         let data = FakeDataChannel()
-        #expect(ExitDispatcher(unclaimedMMIO: .block, log: blockLog.sink)
-            .dispatch(mmioWrite(0xFEE0_00B0, width: 4, value: 0), vcpu: data) == .handled)
-        #expect(ExitDispatcher(unclaimedMMIO: .log, log: logLog.sink)
-            .dispatch(mmioWrite(0xFEE0_00B0, width: 4, value: 0), vcpu: data) == .handled)
+        #expect(
+            ExitDispatcher(unclaimedMMIO: .block, log: blockLog.sink)
+                .dispatch(mmioWrite(0xFEE0_00B0, width: 4, value: 0), vcpu: data) == .handled)
+        #expect(
+            ExitDispatcher(unclaimedMMIO: .log, log: logLog.sink)
+                .dispatch(mmioWrite(0xFEE0_00B0, width: 4, value: 0), vcpu: data) == .handled)
         #expect(data.mmioSets == 0)
         #expect(blockLog.lines.isEmpty)
         #expect(logLog.lines == ["unclaimed MMIO write of 4 bytes at 0xfee000b0"])
@@ -217,13 +222,16 @@ struct MMIODispatchTests {
         try bus.register(RecordingMMIODevice(), name: "dev", range: region(0x1000, 0x1000))
         let dispatcher = ExitDispatcher(mmio: bus, unclaimedMMIO: .stop)
         let data = FakeDataChannel()
-        #expect(dispatcher.dispatch(mmioRead(0x2000, width: 4), vcpu: data)
-            == .stop(.unclaimedMMIO(address: 0x2000, isWrite: false, width: 4)))
-        #expect(dispatcher.dispatch(mmioWrite(0xFFF, width: 8, value: 1), vcpu: data)
-            == .stop(.unclaimedMMIO(address: 0xFFF, isWrite: true, width: 8)))
+        #expect(
+            dispatcher.dispatch(mmioRead(0x2000, width: 4), vcpu: data)
+                == .stop(.unclaimedMMIO(address: 0x2000, isWrite: false, width: 4)))
+        #expect(
+            dispatcher.dispatch(mmioWrite(0xFFF, width: 8, value: 1), vcpu: data)
+                == .stop(.unclaimedMMIO(address: 0xFFF, isWrite: true, width: 8)))
         #expect(data.mmioSets == 0)
-        #expect(StopReason.unclaimedMMIO(address: 0x2000, isWrite: false, width: 4).description
-            == "unclaimed MMIO access: read of 4 bytes at 0x2000")
+        #expect(
+            StopReason.unclaimedMMIO(address: 0x2000, isWrite: false, width: 4).description
+                == "unclaimed MMIO access: read of 4 bytes at 0x2000")
         #expect(StopReason.unclaimedMMIO(address: 0x2000, isWrite: false, width: 4).exitStatus == 120)
     }
 
@@ -239,9 +247,11 @@ struct MMIODispatchTests {
 
 @Suite("allOnes")
 struct AllOnesTests {
-    @Test("all ones at 1, 2, 4 and 8 bytes", arguments: [
-        (UInt8(1), UInt64(0xFF)), (2, 0xFFFF), (4, 0xFFFF_FFFF), (8, 0xFFFF_FFFF_FFFF_FFFF),
-    ])
+    @Test(
+        "all ones at 1, 2, 4 and 8 bytes",
+        arguments: [
+            (UInt8(1), UInt64(0xFF)), (2, 0xFFFF), (4, 0xFFFF_FFFF), (8, 0xFFFF_FFFF_FFFF_FFFF),
+        ])
     func widths(width: UInt8, expected: UInt64) {
         #expect(allOnes(width: width) == expected)
     }

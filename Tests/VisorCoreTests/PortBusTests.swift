@@ -90,12 +90,13 @@ struct PortBusTests {
             #expect(dispatcher.dispatch(portOut(port), vcpu: FakeDataChannel([UInt32(port) & 0xFF])) == .handled)
             #expect(dispatcher.dispatch(portIn(port), vcpu: FakeDataChannel()) == .handled)
         }
-        #expect(device.calls == [
-            .write(port: 0x100, offset: 0, width: 1, value: 0x00), .read(port: 0x100, offset: 0, width: 1),
-            .write(port: 0x101, offset: 1, width: 1, value: 0x01), .read(port: 0x101, offset: 1, width: 1),
-            .write(port: 0x102, offset: 2, width: 1, value: 0x02), .read(port: 0x102, offset: 2, width: 1),
-            .write(port: 0x103, offset: 3, width: 1, value: 0x03), .read(port: 0x103, offset: 3, width: 1),
-        ])
+        #expect(
+            device.calls == [
+                .write(port: 0x100, offset: 0, width: 1, value: 0x00), .read(port: 0x100, offset: 0, width: 1),
+                .write(port: 0x101, offset: 1, width: 1, value: 0x01), .read(port: 0x101, offset: 1, width: 1),
+                .write(port: 0x102, offset: 2, width: 1, value: 0x02), .read(port: 0x102, offset: 2, width: 1),
+                .write(port: 0x103, offset: 3, width: 1, value: 0x03), .read(port: 0x103, offset: 3, width: 1),
+            ])
     }
 
     @Test("one device may serve two ranges and sees offsets relative to each")
@@ -118,10 +119,14 @@ struct PortBusTests {
         let error = #expect(throws: BusError.self) {
             try bus.register(RecordingPortDevice(), name: "probe", range: ports(0x3F0, 10))
         }
-        #expect(error == .overlap(new: "'probe' (ports 0x3f0-0x3f9)", existing: "'com1' (ports 0x3f8-0x3ff)",
-                                  at: "port 0x3f8"))
-        #expect(error?.description
-            == "cannot register 'probe' (ports 0x3f0-0x3f9): it overlaps 'com1' (ports 0x3f8-0x3ff) at port 0x3f8")
+        #expect(
+            error
+                == .overlap(
+                    new: "'probe' (ports 0x3f0-0x3f9)", existing: "'com1' (ports 0x3f8-0x3ff)",
+                    at: "port 0x3f8"))
+        #expect(
+            error?.description
+                == "cannot register 'probe' (ports 0x3f0-0x3f9): it overlaps 'com1' (ports 0x3f8-0x3ff) at port 0x3f8")
         // The failed registration claimed nothing.
         #expect(bus.entry(for: 0x3F0) == nil)
         #expect(bus.entry(for: 0x3F7) == nil)

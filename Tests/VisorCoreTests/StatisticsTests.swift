@@ -112,26 +112,30 @@ struct StatisticsTests {
         #expect(lines.contains("  hlt              1"))
         #expect(!text.contains("shutdown"), "kinds with no exits are left out")
         let portHeader = try! #require(lines.firstIndex(of: "port exits:"))
-        #expect(Array(lines[(portHeader + 1)...(portHeader + 3)]) == [
-            "  0x3f8 (com1)             3",
-            "  0x3fd                    2",
-            "  0xf4                     1",
-        ])
+        #expect(
+            Array(lines[(portHeader + 1)...(portHeader + 3)]) == [
+                "  0x3f8 (com1)             3",
+                "  0x3fd                    2",
+                "  0xf4                     1",
+            ])
         let mmioHeader = try! #require(lines.firstIndex(of: "mmio exits by page:"))
         #expect(mmioHeader == portHeader + 4)
-        #expect(Array(lines[(mmioHeader + 1)...]) == [
-            "  0xfee00000               2",
-            "  0xfec00000               1",
-        ])
+        #expect(
+            Array(lines[(mmioHeader + 1)...]) == [
+                "  0xfee00000               2",
+                "  0xfec00000               1",
+            ])
     }
 
     @Test("traceDescription shows kind, port or address, width and value")
     func trace() {
         #expect(traceDescription(portOut(0x3F8), data: FakeDataChannel([0x41])) == "io-out port=0x3f8 width=1 value=0x41")
-        #expect(traceDescription(portIn(0x1F0, width: 2, count: 8), data: FakeDataChannel([0xBEEF]))
-            == "io-in port=0x1f0 width=2 value=0xbeef count=8")
-        #expect(traceDescription(mmioWrite(0xFEE000B0, width: 4, value: 0x1F), data: FakeDataChannel())
-            == "mmio-write addr=0xfee000b0 width=4 value=0x1f")
+        #expect(
+            traceDescription(portIn(0x1F0, width: 2, count: 8), data: FakeDataChannel([0xBEEF]))
+                == "io-in port=0x1f0 width=2 value=0xbeef count=8")
+        #expect(
+            traceDescription(mmioWrite(0xFEE000B0, width: 4, value: 0x1F), data: FakeDataChannel())
+                == "mmio-write addr=0xfee000b0 width=4 value=0x1f")
         #expect(traceDescription(mmioRead(0x1000, width: 8), data: FakeDataChannel()) == "mmio-read addr=0x1000 width=8")
         #expect(traceDescription(.halt(interruptsEnabled: true), data: FakeDataChannel()) == "hlt if=1")
         #expect(traceDescription(.shutdown, data: FakeDataChannel()) == "shutdown KVM_EXIT_SHUTDOWN")

@@ -15,8 +15,9 @@ private struct Observed: Equatable {
 
 @Suite("Unclaimed-access policy on both buses")
 struct UnclaimedPolicyTests {
-    @Test("the port and MMIO buses apply each policy identically",
-          arguments: UnclaimedAccessPolicy.allCases, [false, true])
+    @Test(
+        "the port and MMIO buses apply each policy identically",
+        arguments: UnclaimedAccessPolicy.allCases, [false, true])
     func sameOnBothBuses(policy: UnclaimedAccessPolicy, isWrite: Bool) {
         for width: UInt8 in [1, 2, 4] {
             let portLog = LogRecorder(), mmioLog = LogRecorder()
@@ -30,18 +31,21 @@ struct UnclaimedPolicyTests {
                 isWrite ? mmioWrite(0xD000_0000, width: width, value: 0x12) : mmioRead(0xD000_0000, width: width),
                 vcpu: mmioData)
 
-            let port = Observed(stopped: portOutcome != .handled,
-                                delivered: portData.writes.isEmpty ? nil : UInt64(portData.elements[0]),
-                                logLines: portLog.lines.count)
-            let mmio = Observed(stopped: mmioOutcome != .handled, delivered: mmioData.mmioData,
-                                logLines: mmioLog.lines.count)
+            let port = Observed(
+                stopped: portOutcome != .handled,
+                delivered: portData.writes.isEmpty ? nil : UInt64(portData.elements[0]),
+                logLines: portLog.lines.count)
+            let mmio = Observed(
+                stopped: mmioOutcome != .handled, delivered: mmioData.mmioData,
+                logLines: mmioLog.lines.count)
             #expect(port == mmio, "\(policy), \(isWrite ? "write" : "read") of \(width) bytes")
 
-            let expected = switch policy {
-            case .block: Observed(stopped: false, delivered: isWrite ? nil : allOnes(width: width), logLines: 0)
-            case .log: Observed(stopped: false, delivered: isWrite ? nil : allOnes(width: width), logLines: 1)
-            case .stop: Observed(stopped: true, delivered: nil, logLines: 0)
-            }
+            let expected =
+                switch policy {
+                case .block: Observed(stopped: false, delivered: isWrite ? nil : allOnes(width: width), logLines: 0)
+                case .log: Observed(stopped: false, delivered: isWrite ? nil : allOnes(width: width), logLines: 1)
+                case .stop: Observed(stopped: true, delivered: nil, logLines: 0)
+                }
             #expect(port == expected)
             if policy == .stop {
                 #expect(portOutcome == .stop(.unclaimedPort(port: 0x71, isWrite: isWrite, width: width)))

@@ -4,19 +4,21 @@ import VisorDecoder
 
 @Suite("x86 decoder")
 struct DecoderTests {
-    @Test("plain instructions decode with their length, mnemonic and Intel text", arguments: [
-        ([UInt8]([0xCC]), CodeMode.long64, 1, "int3", "int3"),
-        ([0x0F, 0x0B], .long64, 2, "ud2", "ud2"),
-        ([0xF3, 0x48, 0x0F, 0xB8, 0xC3], .long64, 5, "popcnt", "popcnt rax, rbx"),
-        ([0xF3, 0x0F, 0xB8, 0xC3], .long64, 4, "popcnt", "popcnt eax, ebx"),
-        ([0x66, 0xF3, 0x0F, 0xB8, 0xC3], .long64, 5, "popcnt", "popcnt ax, bx"),
-        ([0x0F, 0x01, 0xCA], .long64, 3, "clac", "clac"),
-        ([0x0F, 0x01, 0xCB], .long64, 3, "stac", "stac"),
-        ([0x9B], .long64, 1, "fwait", "fwait"),
-        ([0xF0, 0x48, 0x0F, 0xC7, 0x0F], .long64, 5, "cmpxchg16b", "lock cmpxchg16b [rdi]"),
-        ([0xEE], .real16, 1, "out", "out dx, al"),
-        ([0x66, 0xB8, 0x78, 0x56, 0x34, 0x12], .real16, 6, "mov", "mov eax, 0x12345678"),
-    ])
+    @Test(
+        "plain instructions decode with their length, mnemonic and Intel text",
+        arguments: [
+            ([UInt8]([0xCC]), CodeMode.long64, 1, "int3", "int3"),
+            ([0x0F, 0x0B], .long64, 2, "ud2", "ud2"),
+            ([0xF3, 0x48, 0x0F, 0xB8, 0xC3], .long64, 5, "popcnt", "popcnt rax, rbx"),
+            ([0xF3, 0x0F, 0xB8, 0xC3], .long64, 4, "popcnt", "popcnt eax, ebx"),
+            ([0x66, 0xF3, 0x0F, 0xB8, 0xC3], .long64, 5, "popcnt", "popcnt ax, bx"),
+            ([0x0F, 0x01, 0xCA], .long64, 3, "clac", "clac"),
+            ([0x0F, 0x01, 0xCB], .long64, 3, "stac", "stac"),
+            ([0x9B], .long64, 1, "fwait", "fwait"),
+            ([0xF0, 0x48, 0x0F, 0xC7, 0x0F], .long64, 5, "cmpxchg16b", "lock cmpxchg16b [rdi]"),
+            ([0xEE], .real16, 1, "out", "out dx, al"),
+            ([0x66, 0xB8, 0x78, 0x56, 0x34, 0x12], .real16, 6, "mov", "mov eax, 0x12345678"),
+        ])
     func decodes(bytes: [UInt8], mode: CodeMode, length: Int, mnemonic: String, text: String) throws {
         let instruction = try X86Decoder.decode(bytes, mode: mode)
         #expect(instruction.length == length)
@@ -40,8 +42,12 @@ struct DecoderTests {
     func ripRelative() throws {
         // popcnt eax, dword ptr [rip + 0x100]
         let i = try X86Decoder.decode([0xF3, 0x0F, 0xB8, 0x05, 0x00, 0x01, 0x00, 0x00], mode: .long64, address: 0x1000)
-        #expect(i.operands[1].operand == .memory(MemoryOperand(base: MemoryOperand.rip, index: nil, scale: 0,
-                                                               displacement: 0x100, segment: 3)))
+        #expect(
+            i.operands[1].operand
+                == .memory(
+                    MemoryOperand(
+                        base: MemoryOperand.rip, index: nil, scale: 0,
+                        displacement: 0x100, segment: 3)))
         #expect(i.text.hasSuffix("1108]"), "Intel text resolves the target: \(i.text)")
     }
 

@@ -33,8 +33,9 @@ extension CMOS {
 @Suite("Calendar arithmetic")
 struct CivilTimeTests {
 
-    @Test("known dates: the epoch, Y2K's eve, 2000-02-29, 2100-03-01, negative times, 2038, year 9999",
-          arguments: [
+    @Test(
+        "known dates: the epoch, Y2K's eve, 2000-02-29, 2100-03-01, negative times, 2038, year 9999",
+        arguments: [
             (Int64(0), CivilTime(year: 1970, month: 1, day: 1), 4),
             (946_684_799, CivilTime(year: 1999, month: 12, day: 31, hour: 23, minute: 59, second: 59), 5),
             (951_782_400, CivilTime(year: 2000, month: 2, day: 29), 2),
@@ -47,7 +48,7 @@ struct CivilTimeTests {
             (-11_670_955_200, CivilTime(year: 1600, month: 2, day: 29, hour: 12), 2),
             (2_147_483_648, CivilTime(year: 2038, month: 1, day: 19, hour: 3, minute: 14, second: 8), 2),
             (253_402_300_799, CivilTime(year: 9999, month: 12, day: 31, hour: 23, minute: 59, second: 59), 5),
-          ])
+        ])
     func knownDates(epoch: Int64, civil: CivilTime, weekday: Int) {
         #expect(CivilTime(epochSeconds: epoch) == civil)
         #expect(civil.epochSeconds == epoch)
@@ -59,7 +60,8 @@ struct CivilTimeTests {
         for (year, leap) in [(1900, false), (2000, true), (2023, false), (2024, true), (2100, false), (2400, true)] {
             let days = CMOS.daysFromCivil(year: year, month: 3, day: 1) - CMOS.daysFromCivil(year: year, month: 2, day: 1)
             #expect(days == (leap ? 29 : 28), "February \(year)")
-            let yearLength = CMOS.daysFromCivil(year: year + 1, month: 1, day: 1) - CMOS.daysFromCivil(year: year, month: 1, day: 1)
+            let yearLength =
+                CMOS.daysFromCivil(year: year + 1, month: 1, day: 1) - CMOS.daysFromCivil(year: year, month: 1, day: 1)
             #expect(yearLength == (leap ? 366 : 365))
         }
     }
@@ -68,14 +70,15 @@ struct CivilTimeTests {
     func matchesGmtime() {
         var rng = LCG(state: 0x5EED)
         for _ in 0..<20_000 {
-            let t = Int64(rng.step() >> 30) % 15_778_800_000 - 2_208_988_800   // 1900 ... ~2400
+            let t = Int64(rng.step() >> 30) % 15_778_800_000 - 2_208_988_800  // 1900 ... ~2400
             var seconds = time_t(t)
             // SAFETY: `tm` holds a time-zone name pointer, which this test never reads; both
             // pointers are to locals that outlive the call.
             var parts = unsafe tm()
             unsafe #expect(gmtime_r(&seconds, &parts) != nil)
-            let expected = unsafe CivilTime(year: Int(parts.tm_year) + 1900, month: Int(parts.tm_mon) + 1, day: Int(parts.tm_mday),
-                                            hour: Int(parts.tm_hour), minute: Int(parts.tm_min), second: Int(parts.tm_sec))
+            let expected = unsafe CivilTime(
+                year: Int(parts.tm_year) + 1900, month: Int(parts.tm_mon) + 1, day: Int(parts.tm_mday),
+                hour: Int(parts.tm_hour), minute: Int(parts.tm_min), second: Int(parts.tm_sec))
             let weekday = unsafe Int(parts.tm_wday)
             let civil = CivilTime(epochSeconds: t)
             #expect(civil == expected)
@@ -92,7 +95,8 @@ struct CivilTimeTests {
         for day in first...last {
             let date = CMOS.civilFromDays(day)
             #expect(CMOS.daysFromCivil(year: date.year, month: date.month, day: date.day) == day)
-            let next = date.day == previous.day + 1 && date.month == previous.month
+            let next =
+                date.day == previous.day + 1 && date.month == previous.month
                 || date.day == 1 && (date.month == previous.month % 12 + 1)
             if !next { Issue.record("\(previous) -> \(date)"); break }
             previous = date
@@ -145,7 +149,7 @@ struct CMOSRegisterTests {
 
     @Test("the registers follow the clock at read time")
     func followsClock() {
-        let clock = ManualClock(946_684_799)     // 1999-12-31 23:59:59, a Friday
+        let clock = ManualClock(946_684_799)  // 1999-12-31 23:59:59, a Friday
         var cmos = CMOS(clock: clock.read)
         #expect(cmos.timeRegisters() == [0x59, 0x59, 0x23, 0x06, 0x31, 0x12, 0x99, 0x19])
         clock.advance(1)
@@ -163,8 +167,10 @@ struct CMOSRegisterTests {
         let savedA = cmos.read(register: Reg.a)
         cmos.write(register: Reg.a, value: savedA | 0x70)
         // 2031-07-04 05:06:07
-        for (reg, value): (UInt8, UInt8) in [(Reg.year, 0x31), (Reg.month, 0x07), (Reg.day, 0x04),
-                                             (Reg.hours, 0x05), (Reg.minutes, 0x06), (Reg.seconds, 0x07), (Reg.century, 0x20)] {
+        for (reg, value): (UInt8, UInt8) in [
+            (Reg.year, 0x31), (Reg.month, 0x07), (Reg.day, 0x04),
+            (Reg.hours, 0x05), (Reg.minutes, 0x06), (Reg.seconds, 0x07), (Reg.century, 0x20),
+        ] {
             cmos.write(register: reg, value: value)
         }
         clock.advance(100)
@@ -198,7 +204,7 @@ struct CMOSRegisterTests {
     @Test("12-hour writes: 0x92 is noon, 0x12 midnight, 0x81 1 PM")
     func twelveHourWrites() {
         var cmos = CMOS(clock: { saturday })
-        cmos.write(register: Reg.b, value: 0x80)     // SET, 12-hour, BCD
+        cmos.write(register: Reg.b, value: 0x80)  // SET, 12-hour, BCD
         for (written, hour): (UInt8, Int) in [(0x92, 12), (0x12, 0), (0x81, 13), (0x01, 1), (0x91, 23)] {
             cmos.write(register: Reg.hours, value: written)
             #expect(CivilTime(epochSeconds: cmos.guestTime).hour == hour, "hours register 0x\(String(written, radix: 16))")
@@ -231,12 +237,12 @@ struct CMOSRegisterTests {
         clock.advance(1)
         #expect(cmos.read(register: Reg.c) == 0x10)
         #expect(cmos.read(register: Reg.c) == 0x00, "read to clear")
-        cmos.write(register: Reg.b, value: 0x12)     // UIE
+        cmos.write(register: Reg.b, value: 0x12)  // UIE
         clock.advance(5)
         #expect(cmos.read(register: Reg.c) == 0x90)
         cmos.write(register: Reg.c, value: 0xFF)
         #expect(cmos.read(register: Reg.c) == 0x00, "C is read-only")
-        cmos.write(register: Reg.b, value: 0x82)     // SET: no updates
+        cmos.write(register: Reg.b, value: 0x82)  // SET: no updates
         clock.advance(5)
         #expect(cmos.read(register: Reg.c) == 0x00)
     }
@@ -265,7 +271,7 @@ struct CMOSRegisterTests {
     @Test("the index port: bit 7 is the NMI mask, kept and readable, and selects nothing")
     func indexAndNMI() {
         var cmos = CMOS(clock: { saturday })
-        cmos.writeIndex(0x8F)             // Linux's reboot path: CMOS_WRITE(0x00, 0x8f)
+        cmos.writeIndex(0x8F)  // Linux's reboot path: CMOS_WRITE(0x00, 0x8f)
         #expect(cmos.nmiMasked)
         #expect(cmos.index == 0x0F)
         #expect(cmos.readIndex() == 0x8F)
@@ -273,11 +279,11 @@ struct CMOSRegisterTests {
         cmos.writeIndex(0x0F)
         #expect(!cmos.nmiMasked)
         #expect(cmos.readData() == 0x0A)
-        cmos.writeIndex(0xFF)             // the highest index, with the NMI bit
+        cmos.writeIndex(0xFF)  // the highest index, with the NMI bit
         #expect(cmos.index == 0x7F && cmos.nmiMasked)
         cmos.writeData(0x42)
         #expect(cmos.readData() == 0x42)
-        cmos.writeIndex(0x80)             // index 0 with the NMI bit: the seconds
+        cmos.writeIndex(0x80)  // index 0 with the NMI bit: the seconds
         #expect(cmos.readData() == 0x07)
     }
 
@@ -382,8 +388,9 @@ struct CMOSDeviceTests {
         #expect(cmosRead(0x0A) & 0x80 == 0)
         #expect(control & 0x04 == 0, "BCD")
         #expect(control & 0x02 != 0, "24-hour, as rtc-cmos requires")
-        let time = CivilTime(year: bcd(century) * 100 + bcd(year), month: bcd(month), day: bcd(day),
-                             hour: bcd(hours), minute: bcd(minutes), second: bcd(seconds))
+        let time = CivilTime(
+            year: bcd(century) * 100 + bcd(year), month: bcd(month), day: bcd(day),
+            hour: bcd(hours), minute: bcd(minutes), second: bcd(seconds))
         #expect(time.epochSeconds == saturday)
     }
 }

@@ -9,7 +9,11 @@ private final class LineRecorder: Sendable {
     var callback: @Sendable (UInt32, Bool) -> Void {
         { irq, level in self.events.withLock { $0.append("\(irq)\(level ? "+" : "-")") } }
     }
-    func take() -> [String] { events.withLock { events in defer { events = [] }; return events } }
+    func take() -> [String] {
+        events.withLock { events in
+            defer { events = [] }; return events
+        }
+    }
 }
 
 private let dataPort = I8042Device.dataPort
@@ -123,7 +127,7 @@ struct I8042ModelTests {
         #expect(kbc.outputPort == 0x13, "its own reply is waiting: keyboard buffer full")
         #expect(kbc.drain() == [0x03])
         kbc.send(command: 0xD1)
-        kbc.send(data: 0xDF)          // Linux's A20 write: reset line high, no reset
+        kbc.send(data: 0xDF)  // Linux's A20 write: reset line high, no reset
         #expect(kbc.outputPort == 0xCF, "bits 4 and 5 are computed, not stored")
         kbc.send(command: 0xDD)
         #expect(kbc.outputPort & I8042.outputPortA20 == 0)
@@ -177,8 +181,8 @@ struct I8042ModelTests {
     @Test("a data write without a pending controller command goes to the keyboard")
     func dataGoesToKeyboard() {
         var kbc = I8042()
-        kbc.send(command: 0xD1)      // pending parameter...
-        kbc.send(command: 0xAE)      // ...cancelled by a new command
+        kbc.send(command: 0xD1)  // pending parameter...
+        kbc.send(command: 0xAE)  // ...cancelled by a new command
         kbc.send(data: 0xF4)
         #expect(kbc.drain() == [0xFA], "the byte reached the keyboard, not the output port")
         #expect(kbc.outputPort == 0x03)
@@ -215,7 +219,7 @@ struct I8042KeyboardTests {
         kbc.send(data: 0xF2)
         #expect(kbc.drain() == [0xFA, 0xAB, 0x41])
         kbc.send(command: 0x60)
-        kbc.send(data: 0x25)         // translation off
+        kbc.send(data: 0x25)  // translation off
         kbc.send(data: 0xF2)
         #expect(kbc.drain() == [0xFA, 0xAB, 0x83])
     }
@@ -353,7 +357,7 @@ struct I8042DeviceTests {
         let lines = LineRecorder()
         let device = I8042Device(interruptLine: lines.callback)
         _ = device.portWrite(port: commandPort, offset: 0, width: 1, value: 0x60)
-        _ = device.portWrite(port: dataPort, offset: 0, width: 1, value: 0x64)   // KBDINT and AUXINT off
+        _ = device.portWrite(port: dataPort, offset: 0, width: 1, value: 0x64)  // KBDINT and AUXINT off
         _ = device.portWrite(port: dataPort, offset: 0, width: 1, value: 0xEE)
         _ = device.portWrite(port: commandPort, offset: 0, width: 1, value: 0xD3)
         _ = device.portWrite(port: dataPort, offset: 0, width: 1, value: 0x77)
@@ -449,7 +453,7 @@ struct I8042LinuxProbeTests {
             var replies: [UInt8] = []
             for _ in 0..<((code >> 8) & 0xF) {
                 let now = status
-                guard now & 0x01 != 0 else { return nil }        // wait_read would time out
+                guard now & 0x01 != 0 else { return nil }  // wait_read would time out
                 if code == 0x11D3 && now & 0x20 == 0 { return nil }
                 replies.append(UInt8(truncatingIfNeeded: device.portRead(port: dataPort, offset: 0, width: 1)))
             }
@@ -474,7 +478,7 @@ struct I8042LinuxProbeTests {
         #expect(ctr0 == ctr1, "a stable CTR read")
         #expect(driver.status & 0x10 != 0, "no 'Keylock active' warning")
         var ctr = ctr0[0]
-        ctr |= 0x10; ctr &= ~0x01                              // disable keyboard and its IRQ
+        ctr |= 0x10; ctr &= ~0x01  // disable keyboard and its IRQ
         #expect(ctr & 0x40 != 0, "translation stays on: not i8042_direct")
         #expect(driver.command(0x1060, [ctr]) == [])
         #expect(driver.flush())

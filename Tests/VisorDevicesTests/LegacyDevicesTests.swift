@@ -105,7 +105,9 @@ struct PCIConfigDeviceTests {
         return inp(pci, 0xCFC + UInt16(reg & (len == 1 ? 3 : 2)), len)
     }
 
-    @Test("Linux 6.1's pci_check_type1 accepts the mechanism; without DMI its sanity check finds nothing; pci_check_type2 fails without touching 0xC000")
+    @Test(
+        "Linux 6.1's pci_check_type1 accepts the mechanism; without DMI its sanity check finds nothing; pci_check_type2 fails without touching 0xC000"
+    )
     func linuxProbe() {
         let pci = PCIConfigDevice()
         // pci_check_type1.

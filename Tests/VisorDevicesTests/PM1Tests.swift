@@ -70,8 +70,9 @@ struct PM1RegistersTests {
         var pm = PM1Registers()
         #expect(pm.writeControl(0x0001, mask: 0x00FF) == nil)
         #expect(pm.writeControl(0x1400, mask: 0xFF00) == nil, "SLP_TYP alone")
-        #expect(pm.writeControl(0x2000, mask: 0xFF00) == .unsupported(sleepType: 0),
-                "a high-byte write replaces SLP_TYP with what it carries")
+        #expect(
+            pm.writeControl(0x2000, mask: 0xFF00) == .unsupported(sleepType: 0),
+            "a high-byte write replaces SLP_TYP with what it carries")
         var again = PM1Registers()
         #expect(again.writeControl(0x1400, mask: 0xFF00) == nil)
         #expect(again.writeControl(0x0001, mask: 0x00FF) == nil)
@@ -142,9 +143,9 @@ struct PM1DeviceTests {
         let device = PM1Device()
         _ = device.portWrite(port: 0x602, offset: 2, width: 2, value: 0x0121)
         #expect(device.portRead(port: 0x602, offset: 2, width: 2) == 0x0121)
-        _ = device.portWrite(port: 0x604, offset: 4, width: 2, value: 0x2801)     // S2: sets WAK_STS
+        _ = device.portWrite(port: 0x604, offset: 4, width: 2, value: 0x2801)  // S2: sets WAK_STS
         #expect(device.portRead(port: 0x600, offset: 0, width: 4) == 0x0121_8000)
-        _ = device.portWrite(port: 0x600, offset: 0, width: 4, value: 0x0300_8000) // clear WAK_STS, EN = 0x0300
+        _ = device.portWrite(port: 0x600, offset: 0, width: 4, value: 0x0300_8000)  // clear WAK_STS, EN = 0x0300
         #expect(device.portRead(port: 0x600, offset: 0, width: 4) == 0x0300_0000)
         #expect(device.registers.enable == 0x0300)
     }
@@ -170,7 +171,9 @@ struct PM1DeviceTests {
         let device = PM1Device(eventBlockBase: 0xB000, controlBlockBase: 0xB010, s5SleepType: 7)
         #expect(device.portRead(port: 0x604, offset: 0, width: 2) == 0xFFFF)
         #expect(device.portWrite(port: 0xB010, offset: 0, width: 2, value: 0x3401) == .continue)
-        #expect(device.portWrite(port: 0xB010, offset: 0, width: 2, value: 0x3C01) == .stop(.powerOff(source: "ACPI PM1a control, S5")))
+        #expect(
+            device.portWrite(port: 0xB010, offset: 0, width: 2, value: 0x3C01)
+                == .stop(.powerOff(source: "ACPI PM1a control, S5")))
         _ = device.portWrite(port: 0xB002, offset: 2, width: 2, value: 0x0100)
         #expect(device.portRead(port: 0xB002, offset: 2, width: 2) == 0x0100)
     }

@@ -20,9 +20,10 @@ struct PlatformTests {
     func minimal() throws {
         let platform = try Platform(kind: .minimal, consoleOutput: { _ in }, irqLine: nil)
         #expect(platform.devices.map(\.name) == ["com1", "debug-exit"])
-        #expect(platform.devices.flatMap(\.ports).map(\.range) == [
-            try PortRange(base: 0x3F8, count: 8), try PortRange(base: 0x501, count: 1),
-        ])
+        #expect(
+            platform.devices.flatMap(\.ports).map(\.range) == [
+                try PortRange(base: 0x3F8, count: 8), try PortRange(base: 0x501, count: 1),
+            ])
         #expect(platform.i8042 == nil && platform.cmos == nil && platform.powerManagement == nil)
         #expect(platform.resetControl == nil && platform.postCodes == nil && platform.pciConfiguration == nil)
     }
@@ -111,12 +112,17 @@ struct PlatformTests {
         let platform = try pc()
         var acpi = platform.acpiPlatform(processors: 1)
         let before = try ACPITables.build(for: acpi)
-        let fragment: [AMLTerm] = [.device("TEST", [
-            .name("_HID", try .eisaID("PNP0C02")),
-            .name("_CRS", try .resourceTemplate([.ports(0x510, length: 4), .irq([5])])),
-        ])]
-        let added = PlatformDevice(name: "test", ports: [.init(name: "test", range: try PortRange(base: 0x510, count: 4))],
-                                   portDevice: PostCodeDevice(), irqs: [5], aml: fragment)
+        let fragment: [AMLTerm] = [
+            .device(
+                "TEST",
+                [
+                    .name("_HID", try .eisaID("PNP0C02")),
+                    .name("_CRS", try .resourceTemplate([.ports(0x510, length: 4), .irq([5])])),
+                ])
+        ]
+        let added = PlatformDevice(
+            name: "test", ports: [.init(name: "test", range: try PortRange(base: 0x510, count: 4))],
+            portDevice: PostCodeDevice(), irqs: [5], aml: fragment)
         acpi.devices.append(added.acpi)
         let after = try ACPITables.build(for: acpi)
         let dsdt = after.contents(of: try #require(after.table("DSDT")))

@@ -14,7 +14,6 @@ private enum Reg {
     static let scr: UInt8 = 7
 }
 
-
 @Suite("Serial16550 register model")
 struct Serial16550Tests {
 

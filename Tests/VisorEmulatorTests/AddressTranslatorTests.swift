@@ -98,7 +98,8 @@ struct LongModeTranslationTests {
     @Test("table pointers outside RAM give nil instead of crashing")
     func hostileTables() {
         #expect(fourLevel.translate(linear(pml4: 3, pdpt: 0), memory: memory) == nil, "PML4E points outside RAM")
-        #expect(fourLevel.translate(linear(pml4: 1, pdpt: 8), memory: memory) == nil, "PDPTE points at the top of the physical space")
+        #expect(
+            fourLevel.translate(linear(pml4: 1, pdpt: 8), memory: memory) == nil, "PDPTE points at the top of the physical space")
         let badRoot = translator(cr0: cr0PG | cr0PE, cr3: 0xF_FFFF_FFFF_F000, cr4: cr4PAE, efer: eferLME | eferLMA)
         #expect(badRoot.translate(0, memory: memory) == nil, "CR3 outside RAM")
         let badRoot5 = translator(cr0: cr0PG | cr0PE, cr3: 0x4000_0000, cr4: cr4PAE | cr4LA57, efer: eferLME | eferLMA)
@@ -114,8 +115,9 @@ struct LongModeTranslationTests {
     func fiveLevel() {
         let t = translator(cr0: cr0PG | cr0PE, cr3: 0x6000, cr4: cr4PAE | cr4LA57, efer: eferLME | eferLMA)
         #expect(t.translate(1 << 48 | linear(pml4: 1, pdpt: 2, pd: 3, pt: 4, offset: 0x567), memory: memory) == 0x12_3567)
-        #expect(t.translate(linear(pml4: 1, pdpt: 2, pd: 3, pt: 4, offset: 0x567), memory: memory) == nil,
-                "PML5 index 0 is not present")
+        #expect(
+            t.translate(linear(pml4: 1, pdpt: 2, pd: 3, pt: 4, offset: 0x567), memory: memory) == nil,
+            "PML5 index 0 is not present")
     }
 
     @Test("readBytes reads through the tables and stops at the first byte that does not translate")
@@ -149,11 +151,11 @@ struct LegacyTranslationTests {
     /// 32-bit tables: page directory at 0x1000, page table at 0x2000.
     func thirtyTwoBitMemory() throws -> GuestMemory {
         let memory = try GuestMemory(size: 0x10000)
-        try memory.write(UInt32(0x2000 | 0x3), at: 0x1000 + 1 * 4)          // PDE[1] -> PT
-        try memory.write(UInt32(0x0C00_0000 | 0x83), at: 0x1000 + 3 * 4)    // PDE[3] 4 MiB page (with PSE)
-        try memory.write(UInt32(0x0000_3000 | 0x2), at: 0x1000 + 2 * 4)     // PDE[2] not present
+        try memory.write(UInt32(0x2000 | 0x3), at: 0x1000 + 1 * 4)  // PDE[1] -> PT
+        try memory.write(UInt32(0x0C00_0000 | 0x83), at: 0x1000 + 3 * 4)  // PDE[3] 4 MiB page (with PSE)
+        try memory.write(UInt32(0x0000_3000 | 0x2), at: 0x1000 + 2 * 4)  // PDE[2] not present
         try memory.write(UInt32(0x0015_6000 | 0x3), at: 0x2000 + 0x23 * 4)  // PTE[0x23]
-        try memory.write(UInt32(0x0015_7000), at: 0x2000 + 0x24 * 4)        // PTE[0x24] not present
+        try memory.write(UInt32(0x0015_7000), at: 0x2000 + 0x24 * 4)  // PTE[0x24] not present
         return memory
     }
 
@@ -181,12 +183,12 @@ struct LegacyTranslationTests {
     /// PAE tables: PDPT at 0x1020 (32-byte aligned, not page aligned), PD 0x3000, PT 0x4000.
     func paeMemory() throws -> GuestMemory {
         let memory = try GuestMemory(size: 0x10000)
-        try memory.write(0x3000 | present, at: 0x1020 + 2 * 8)                     // PDPTE[2]
-        try memory.write(UInt64(0), at: 0x1020 + 3 * 8)                            // PDPTE[3] not present
-        try memory.write(0x4000 | present | writable, at: 0x3000 + 4 * 8)          // PDE[4] -> PT
-        try memory.write(0x1_2340_0000 | pageSize | present, at: 0x3000 + 5 * 8)   // PDE[5] 2 MiB page
-        try memory.write(0x9_0000_0000 | present, at: 0x3000 + 6 * 8)              // PDE[6] -> PT outside RAM
-        try memory.write(0x9_8000 | noExecute | present, at: 0x4000 + 6 * 8)       // PTE[6]
+        try memory.write(0x3000 | present, at: 0x1020 + 2 * 8)  // PDPTE[2]
+        try memory.write(UInt64(0), at: 0x1020 + 3 * 8)  // PDPTE[3] not present
+        try memory.write(0x4000 | present | writable, at: 0x3000 + 4 * 8)  // PDE[4] -> PT
+        try memory.write(0x1_2340_0000 | pageSize | present, at: 0x3000 + 5 * 8)  // PDE[5] 2 MiB page
+        try memory.write(0x9_0000_0000 | present, at: 0x3000 + 6 * 8)  // PDE[6] -> PT outside RAM
+        try memory.write(0x9_8000 | noExecute | present, at: 0x4000 + 6 * 8)  // PTE[6]
         return memory
     }
 

@@ -60,10 +60,14 @@ struct BitManipulationTests {
                 h.vcpu.regs.rsi = 0x5555_5555_5555_5555
                 #expect(try h.run(c.bytes) == .handled)
                 #expect(h.vcpu.injections.isEmpty, "\(name) faulted")
-                #expect(h.vcpu.regs.rax == nativeResult, "\(name)(\(hex(a)), \(hex(b))): emulated \(hex(h.vcpu.regs.rax)), native \(hex(nativeResult))")
+                #expect(
+                    h.vcpu.regs.rax == nativeResult,
+                    "\(name)(\(hex(a)), \(hex(b))): emulated \(hex(h.vcpu.regs.rax)), native \(hex(nativeResult))")
                 if c.name == "mulx" { #expect(h.vcpu.regs.rsi == nativeLow) }
-                #expect(h.vcpu.regs.rflags & c.definedFlags == nativeFlags & c.definedFlags,
-                        "\(name)(\(hex(a)), \(hex(b))) flags in \(hex(flagsIn)): emulated \(hex(h.vcpu.regs.rflags)), native \(hex(nativeFlags))")
+                #expect(
+                    h.vcpu.regs.rflags & c.definedFlags == nativeFlags & c.definedFlags,
+                    "\(name)(\(hex(a)), \(hex(b))) flags in \(hex(flagsIn)): emulated \(hex(h.vcpu.regs.rflags)), native \(hex(nativeFlags))"
+                )
                 #expect(h.vcpu.regs.rip == 0x10000 + UInt64(c.bytes.count))
                 if h.vcpu.regs.rax != nativeResult { return }
             }

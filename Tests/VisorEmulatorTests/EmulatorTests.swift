@@ -43,7 +43,8 @@ struct EmulatorTests {
     @Test("KVM's instruction bytes are taken from the exit data")
     func bytesFromExitData() {
         let data: [UInt64] = [1, 0x0B0F_03, 0]  // count 3? no: low byte is the count
-        #expect(InstructionEmulator.instructionBytes(fromInternalErrorData: [1, 0x0000_0000_0D01_0F03, 0]) == [0x0F, 0x01, 0x0D])
+        #expect(
+            InstructionEmulator.instructionBytes(fromInternalErrorData: [1, 0x0000_0000_0D01_0F03, 0]) == [0x0F, 0x01, 0x0D])
         #expect(InstructionEmulator.instructionBytes(fromInternalErrorData: [0, 0x0000_0000_0D01_0F03, 0]) == nil)
         #expect(InstructionEmulator.instructionBytes(fromInternalErrorData: [1, 0x10, 0]) == nil, "16 bytes is too many")
         _ = data
@@ -52,8 +53,10 @@ struct EmulatorTests {
     @Test("POPCNT at 16, 32 and 64 bits, register and memory source: result, zero-extension, flags")
     func popcnt() throws {
         let h = try EmulatorHarness()
-        for (bytes, bits) in [([UInt8]([0x66, 0xF3, 0x0F, 0xB8, 0xC3]), 16), ([0xF3, 0x0F, 0xB8, 0xC3], 32),
-                              ([0xF3, 0x48, 0x0F, 0xB8, 0xC3], 64)] {
+        for (bytes, bits) in [
+            ([UInt8]([0x66, 0xF3, 0x0F, 0xB8, 0xC3]), 16), ([0xF3, 0x0F, 0xB8, 0xC3], 32),
+            ([0xF3, 0x48, 0x0F, 0xB8, 0xC3], 64),
+        ] {
             for source: UInt64 in [0, 1, 0xF0F0_F0F0_F0F0_F0F0, .max] {
                 h.vcpu.regs.rip = 0x10000
                 h.vcpu.regs.rax = 0x5555_5555_5555_5555
@@ -121,13 +124,15 @@ struct EmulatorTests {
         #expect(h.vcpu.injections.last == .generalProtection(0))
     }
 
-    @Test("LZCNT and TZCNT: result and CF/ZF", arguments: [
-        ([UInt8]([0xF3, 0x0F, 0xBD, 0xC3]), UInt64(0), UInt64(32), UInt64(0x1)),  // lzcnt eax, ebx of 0: 32, CF
-        ([0xF3, 0x0F, 0xBD, 0xC3], 0x8000_0000, 0, 0x40),  // lzcnt of top bit: 0, ZF
-        ([0xF3, 0x48, 0x0F, 0xBD, 0xC3], 1, 63, 0),
-        ([0xF3, 0x0F, 0xBC, 0xC3], 0xF0, 4, 0),  // tzcnt
-        ([0xF3, 0x48, 0x0F, 0xBC, 0xC3], 0, 64, 0x1),
-    ])
+    @Test(
+        "LZCNT and TZCNT: result and CF/ZF",
+        arguments: [
+            ([UInt8]([0xF3, 0x0F, 0xBD, 0xC3]), UInt64(0), UInt64(32), UInt64(0x1)),  // lzcnt eax, ebx of 0: 32, CF
+            ([0xF3, 0x0F, 0xBD, 0xC3], 0x8000_0000, 0, 0x40),  // lzcnt of top bit: 0, ZF
+            ([0xF3, 0x48, 0x0F, 0xBD, 0xC3], 1, 63, 0),
+            ([0xF3, 0x0F, 0xBC, 0xC3], 0xF0, 4, 0),  // tzcnt
+            ([0xF3, 0x48, 0x0F, 0xBC, 0xC3], 0, 64, 0x1),
+        ])
     func leadingTrailing(bytes: [UInt8], source: UInt64, result: UInt64, flags: UInt64) throws {
         let h = try EmulatorHarness()
         h.vcpu.regs.rbx = source
@@ -257,8 +262,9 @@ struct EmulatorTests {
         #expect(h.vcpu.regs.rax == 8)
         #expect(h.vcpu.regs.rip == 0x10005)
         try h.memory.write([0x0F, 0xAE, 0x27], at: 0x10005)  // xsave [rdi]: no handler
-        #expect(dispatcher.dispatch(.internalError(suberror: 1, data: [0]), vcpu: h.vcpu)
-            == .fatal(.internalError(suberror: 1, data: [0])))
+        #expect(
+            dispatcher.dispatch(.internalError(suberror: 1, data: [0]), vcpu: h.vcpu)
+                == .fatal(.internalError(suberror: 1, data: [0])))
         #expect(h.vcpu.regs.rip == 0x10005)
         #expect(h.emulator.emulatedCounts == ["popcnt": 1])
     }
@@ -271,8 +277,10 @@ struct EmulatorTests {
             let seed = rng.step()
             return seed
         }
-        let prefixes: [[UInt8]] = [[0xF3, 0x0F, 0xB8], [0xF3, 0x48, 0x0F, 0xB8], [0xF0, 0x48, 0x0F, 0xC7],
-                                   [0xF3, 0x0F, 0xBD], [0x66, 0xF3, 0x0F, 0xBC], [0x0F, 0x01], [0xCC], [0x9B]]
+        let prefixes: [[UInt8]] = [
+            [0xF3, 0x0F, 0xB8], [0xF3, 0x48, 0x0F, 0xB8], [0xF0, 0x48, 0x0F, 0xC7],
+            [0xF3, 0x0F, 0xBD], [0x66, 0xF3, 0x0F, 0xBC], [0x0F, 0x01], [0xCC], [0x9B],
+        ]
         for _ in 0..<5_000 {
             let prefix = prefixes[Int(next() % UInt64(prefixes.count))]
             let tail = (0..<Int(next() % 8)).map { _ in UInt8(truncatingIfNeeded: next()) }

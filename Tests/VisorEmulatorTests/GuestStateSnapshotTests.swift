@@ -17,8 +17,9 @@ struct GuestStateSnapshotTests {
         sregs.cr4 = 0x20
         sregs.efer = 0x500
         sregs.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x08, type: 0xB, l: true, g: true)
-        return GuestStateSnapshot(vcpu: 2, registers: regs, special: sregs,
-                                  instructionAddress: 0x10_0123, instructionBytes: bytes)
+        return GuestStateSnapshot(
+            vcpu: 2, registers: regs, special: sregs,
+            instructionAddress: 0x10_0123, instructionBytes: bytes)
     }
 
     @Test("render shows the vCPU, mode, RIP, registers and the instruction bytes as hex")

@@ -99,7 +99,7 @@ enum ACPICA {
 
         // SAFETY: each strdup'd string is freed once, after posix_spawnp has copied it.
         let argv: [UnsafeMutablePointer<CChar>?] = unsafe ([tool] + arguments).map { unsafe strdup($0) } + [nil]
-        defer { for unsafe arg in unsafe argv { unsafe free(arg) } }
+        defer { unsafe argv.forEach { unsafe free($0) } }
         var pid: pid_t = 0
         // SAFETY: argv is a NULL-terminated array of strdup'd C strings that outlive the
         // call; environ is the process environment, which posix_spawnp only reads.

@@ -49,8 +49,9 @@ struct ACPICARoundTripTests {
         return dir
     }
 
-    @Test("iasl -d decodes every table without complaint and shows the platform's facts",
-          arguments: [(1, true), (2, true), (8, true), (3, false)])
+    @Test(
+        "iasl -d decodes every table without complaint and shows the platform's facts",
+        arguments: [(1, true), (2, true), (8, true), (3, false)])
     func disassemble(processors: Int, i8042: Bool) throws {
         let platform = ACPIPlatform.pc(processorCount: processors, without: i8042 ? [] : ["i8042"])
         let tables = try ACPITables.build(for: platform)
@@ -102,10 +103,12 @@ struct ACPICARoundTripTests {
         #expect(occurrences(of: "Processor Enabled : 1", in: madt) == processors)
         #expect(occurrences(of: "[Interrupt Source Override]", in: madt) == 2)
         #expect(occurrences(of: "[Local APIC NMI]", in: madt) == 1)
-        for fact in ["Local Apic Address : FEE00000", "PC-AT Compatibility : 1",
-                     "I/O Apic ID : \(hex(UInt64(processors), digits: 2))", "Address : FEC00000",
-                     "Source : 09", "Interrupt : 00000009", "Flags (decoded below) : 000D",
-                     "Interrupt Input LINT : 01"] {
+        for fact in [
+            "Local Apic Address : FEE00000", "PC-AT Compatibility : 1",
+            "I/O Apic ID : \(hex(UInt64(processors), digits: 2))", "Address : FEC00000",
+            "Source : 09", "Interrupt : 00000009", "Flags (decoded below) : 000D",
+            "Interrupt Input LINT : 01",
+        ] {
             #expect(madt.contains(fact), "MADT lacks \(fact):\n\(madt)")
         }
 
@@ -209,16 +212,20 @@ struct ACPICARoundTripTests {
                 .name("PKG1", .package([.integer(1), .string("two"), .package([.integer(3)])])),
                 .name("PKG2", .package(Array(repeating: .integer(0), count: 256))),
                 .name("_S5", .package([.integer(5), .integer(5), .integer(0), .integer(0)])),
-                .scope("\\_SB", [
-                    .device("DEV1", [
-                        .name("_HID", .integer(UInt64(0x0105_D041))),
-                        .name("_CRS", .buffer(crs)),
-                        .method("_STA", [.return(.integer(0x0F))]),
-                        .method("ECHO", arguments: 2, serialized: true, [.return(.argument(1))]),
-                        .method("GHID", [.return(.reference("\\_SB.DEV1._HID"))]),
-                        .device("SUBD", [.name("_ADR", .integer(0))]),
+                .scope(
+                    "\\_SB",
+                    [
+                        .device(
+                            "DEV1",
+                            [
+                                .name("_HID", .integer(UInt64(0x0105_D041))),
+                                .name("_CRS", .buffer(crs)),
+                                .method("_STA", [.return(.integer(0x0F))]),
+                                .method("ECHO", arguments: 2, serialized: true, [.return(.argument(1))]),
+                                .method("GHID", [.return(.reference("\\_SB.DEV1._HID"))]),
+                                .device("SUBD", [.name("_ADR", .integer(0))]),
+                            ])
                     ]),
-                ]),
                 .scope("\\_SB.DEV1.SUBD", [.name("VAL1", .integer(1))]),
                 .scope("\\_SB.DEV1", [.name("VAL2", .integer(2))]),
                 .name("REF1", .package([.reference("\\_SB.DEV1")])),
@@ -233,15 +240,18 @@ struct ACPICARoundTripTests {
         #expect(compile.status == 0, "iasl failed:\n\(compile.output)")
         let aml = try #require(dir.readBytes("iasl.aml"), "iasl wrote no AML:\n\(compile.output)")
         #expect(Array(aml.dropFirst(36)) == ours)
-        if Array(aml.dropFirst(36)) != ours, let at = zip(aml.dropFirst(36), ours).enumerated().first(where: { $0.element.0 != $0.element.1 }) {
+        if Array(aml.dropFirst(36)) != ours,
+            let at = zip(aml.dropFirst(36), ours).enumerated().first(where: { $0.element.0 != $0.element.1 })
+        {
             Issue.record("first difference at AML offset \(at.offset): iasl \(at.element.0), ours \(at.element.1)")
         }
 
         // Our own table, with real checksums, disassembles back to the same ASL constructs.
         var platform = ACPIPlatform.pc(processorCount: 1)
         platform.oemTableID = "SVTEST"
-        let ssdt = ACPITables.sealed(ACPITables.header("SSDT", revision: 2, platform)
-            + (try AMLTerm.encode(termList: terms(checksummed))))
+        let ssdt = ACPITables.sealed(
+            ACPITables.header("SSDT", revision: 2, platform)
+                + (try AMLTerm.encode(termList: terms(checksummed))))
         try dir.write(ssdt, to: "ours.dat")
         let run = try ACPICA.run("iasl", ["-d", dir.path + "/ours.dat"], in: dir)
         #expect(run.status == 0 && complaintLines(run.output).isEmpty, "iasl -d:\n\(run.output)")

@@ -32,8 +32,9 @@ extension ACPITables {
 struct ACPITablesTests {
     static let signatures = ["RSD PTR ", "FACS", "XSDT", "FACP", "APIC", "DSDT"]
 
-    @Test("the blob starts with the RSDP at the base and holds every table once, in order, without overlap",
-          arguments: [1, 2, 8])
+    @Test(
+        "the blob starts with the RSDP at the base and holds every table once, in order, without overlap",
+        arguments: [1, 2, 8])
     func layout(processors: Int) throws {
         let tables = try ACPITables.build(for: ACPIPlatform.pc(processorCount: processors))
         #expect(tables.rsdpAddress == 0xE0000)
@@ -54,8 +55,9 @@ struct ACPITablesTests {
         }
     }
 
-    @Test("every table with a header has the right length and sums to zero; the header fields are ours",
-          arguments: [1, 2, 8])
+    @Test(
+        "every table with a header has the right length and sums to zero; the header fields are ours",
+        arguments: [1, 2, 8])
     func headers(processors: Int) throws {
         let tables = try ACPITables.build(for: ACPIPlatform.pc(processorCount: processors))
         let revisions: [String: UInt8] = ["XSDT": 1, "FACP": 6, "APIC": 6, "DSDT": 2]
@@ -170,8 +172,9 @@ struct ACPITablesTests {
         #expect(f.sum == 0)
     }
 
-    @Test("the MADT: local APIC address, PCAT_COMPAT, N enabled local APICs, the IOAPIC, two overrides, LINT1 NMI",
-          arguments: [1, 2, 8])
+    @Test(
+        "the MADT: local APIC address, PCAT_COMPAT, N enabled local APICs, the IOAPIC, two overrides, LINT1 NMI",
+        arguments: [1, 2, 8])
     func madt(processors: Int) throws {
         let m = try ACPITables.build(for: ACPIPlatform.pc(processorCount: processors)).bytes("APIC")
         #expect(m.u32(36) == 0xFEE0_0000)
@@ -207,8 +210,9 @@ struct ACPITablesTests {
         #expect(ioapics.first?.address == 0xFEC0_0000 && ioapics.first?.gsiBase == 0)
         #expect(overrides.count == 2)
         #expect(overrides.first.map { $0.source == 0 && $0.gsi == 2 && $0.flags == 0 } == true, "IRQ 0 -> GSI 2")
-        #expect(overrides.last.map { $0.source == 9 && $0.gsi == 9 && $0.flags == 0x000D } == true,
-                "SCI: IRQ 9 -> GSI 9, level, active high")
+        #expect(
+            overrides.last.map { $0.source == 9 && $0.gsi == 9 && $0.flags == 0x000D } == true,
+            "SCI: IRQ 9 -> GSI 9, level, active high")
         #expect(nmis.count == 1)
         #expect(nmis.first.map { $0.uid == 0xFF && $0.lint == 1 } == true, "LINT1 of all processors")
     }
@@ -233,8 +237,10 @@ struct ACPITablesTests {
         let com1 = try AML.resourceTemplate([.ports(0x3F8, length: 8), .irq([4])])
         let rtc = try AML.resourceTemplate([.ports(0x70, length: 2), .irq([8])])
         let kbd = try AML.resourceTemplate([.ports(0x60, length: 1), .ports(0x64, length: 1), .irq([1])])
-        for needle in [com1, rtc, kbd, [0x0C, 0x41, 0xD0, 0x05, 0x01], [0x0C, 0x41, 0xD0, 0x0B, 0x00],
-                       [0x0C, 0x41, 0xD0, 0x03, 0x03]] as [[UInt8]] {
+        for needle in [
+            com1, rtc, kbd, [0x0C, 0x41, 0xD0, 0x05, 0x01], [0x0C, 0x41, 0xD0, 0x0B, 0x00],
+            [0x0C, 0x41, 0xD0, 0x03, 0x03],
+        ] as [[UInt8]] {
             #expect(contains(d, needle), "\(needle)")
         }
 
@@ -308,12 +314,20 @@ struct ACPITablesTests {
             (platform { $0.sciInterrupt = 12 }, .sciInterrupt(12, inUse: [0, 1, 2, 4, 8, 12])),
             (platform { $0.sciInterrupt = 16 }, .sciInterrupt(16, inUse: [0, 1, 2, 4, 8, 12])),
             (platform { $0.devices = ACPIPlatform.pcDevices(without: ["acpi-pm1a"]) }, .missingFixedHardware("PM1a event block")),
-            (platform { $0.devices = ACPIPlatform.pcDevices(without: ["acpi-pm1a"]) + [pm1(events: false)] },
-             .missingFixedHardware("PM1a event block")),
-            (platform { $0.devices = ACPIPlatform.pcDevices(without: ["acpi-pm1a"]) + [pm1(controls: false)] },
-             .missingFixedHardware("PM1a control block")),
-            (platform { $0.devices += [ACPIDevice(name: "second-reset", fixedHardware: [.resetRegister(port: 0x92, value: 1)])] },
-             .duplicateFixedHardware("reset register", devices: ["reset-control", "second-reset"])),
+            (
+                platform { $0.devices = ACPIPlatform.pcDevices(without: ["acpi-pm1a"]) + [pm1(events: false)] },
+                .missingFixedHardware("PM1a event block")
+            ),
+            (
+                platform { $0.devices = ACPIPlatform.pcDevices(without: ["acpi-pm1a"]) + [pm1(controls: false)] },
+                .missingFixedHardware("PM1a control block")
+            ),
+            (
+                platform {
+                    $0.devices += [ACPIDevice(name: "second-reset", fixedHardware: [.resetRegister(port: 0x92, value: 1)])]
+                },
+                .duplicateFixedHardware("reset register", devices: ["reset-control", "second-reset"])
+            ),
         ]
         for (p, expected) in cases {
             #expect(throws: expected) { try ACPITables.build(for: p) }
@@ -321,8 +335,18 @@ struct ACPITablesTests {
         }
         // Without an i8042, IRQs 1 and 12 are free for the SCI. (Port ranges are not the
         // tables' to check: the port bus refuses overlaps, see VisorDevicesTests.)
-        #expect(throws: Never.self) { try ACPITables.build(for: platform { $0.devices = ACPIPlatform.pcDevices(without: ["i8042"]); $0.sciInterrupt = 1 }) }
-        #expect(throws: Never.self) { try ACPITables.build(for: platform { $0.devices = ACPIPlatform.pcDevices(without: ["i8042"]); $0.sciInterrupt = 12 }) }
+        #expect(throws: Never.self) {
+            try ACPITables.build(
+                for: platform {
+                    $0.devices = ACPIPlatform.pcDevices(without: ["i8042"]); $0.sciInterrupt = 1
+                })
+        }
+        #expect(throws: Never.self) {
+            try ACPITables.build(
+                for: platform {
+                    $0.devices = ACPIPlatform.pcDevices(without: ["i8042"]); $0.sciInterrupt = 12
+                })
+        }
     }
 
     /// A hand-made PM1a device at 0x600/0x604 with either block left out, or an S5 type the

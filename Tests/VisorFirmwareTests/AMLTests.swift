@@ -15,8 +15,9 @@ struct AMLNameTests {
         #expect(try AML.nameSegment("_") == [0x5F, 0x5F, 0x5F, 0x5F])
     }
 
-    @Test("invalid name segments are refused with a reason",
-          arguments: ["", "ABCDE", "1ABC", "com1", "A-B", "AB C", "É"])
+    @Test(
+        "invalid name segments are refused with a reason",
+        arguments: ["", "ABCDE", "1ABC", "com1", "A-B", "AB C", "É"])
     func invalidSegments(name: String) {
         #expect(throws: AMLError.self) { try AML.nameSegment(name) }
     }
@@ -72,21 +73,23 @@ struct AMLNameTests {
 struct AMLDataTests {
     // PkgLength counts its own bytes. One byte: bits 0-5 hold 0-63. Longer: bits 6-7 of the
     // lead byte = number of following bytes, bits 0-3 = low nibble, then 8 bits per byte.
-    @Test("package length: 1-byte form up to 63 in total",
-          arguments: [(0, [0x01]), (1, [0x02]), (62, [0x3F])] as [(Int, [UInt8])])
+    @Test(
+        "package length: 1-byte form up to 63 in total",
+        arguments: [(0, [0x01]), (1, [0x02]), (62, [0x3F])] as [(Int, [UInt8])])
     func oneByte(content: Int, expected: [UInt8]) throws {
         #expect(try AML.packageLength(contentLength: content) == expected)
     }
 
-    @Test("package length: 2-, 3- and 4-byte forms at their boundaries",
-          arguments: [
-              (63, [0x41, 0x04]),  // total 65 = 0x041
-              (0xFFD, [0x4F, 0xFF]),  // total 0xFFF, the largest 2-byte form
-              (0xFFE, [0x81, 0x00, 0x01]),  // total 0x1001
-              (0xF_FFFC, [0x8F, 0xFF, 0xFF]),  // total 0xFFFFF, the largest 3-byte form
-              (0xF_FFFD, [0xC1, 0x00, 0x00, 0x01]),  // total 0x100001
-              (0xFFF_FFFB, [0xCF, 0xFF, 0xFF, 0xFF]),  // total 0xFFFFFFF, the largest
-          ] as [(Int, [UInt8])])
+    @Test(
+        "package length: 2-, 3- and 4-byte forms at their boundaries",
+        arguments: [
+            (63, [0x41, 0x04]),  // total 65 = 0x041
+            (0xFFD, [0x4F, 0xFF]),  // total 0xFFF, the largest 2-byte form
+            (0xFFE, [0x81, 0x00, 0x01]),  // total 0x1001
+            (0xF_FFFC, [0x8F, 0xFF, 0xFF]),  // total 0xFFFFF, the largest 3-byte form
+            (0xF_FFFD, [0xC1, 0x00, 0x00, 0x01]),  // total 0x100001
+            (0xFFF_FFFB, [0xCF, 0xFF, 0xFF, 0xFF]),  // total 0xFFFFFFF, the largest
+        ] as [(Int, [UInt8])])
     func multiByte(content: Int, expected: [UInt8]) throws {
         #expect(try AML.packageLength(contentLength: content) == expected)
     }
@@ -96,16 +99,17 @@ struct AMLDataTests {
         #expect(throws: AMLError.self) { try AML.packageLength(contentLength: content) }
     }
 
-    @Test("integers choose ZeroOp, OneOp, OnesOp or the smallest prefix",
-          arguments: [
-              (0, [0x00]), (1, [0x01]), (2, [0x0A, 0x02]), (0xFF, [0x0A, 0xFF]),
-              (0x100, [0x0B, 0x00, 0x01]), (0xFFFF, [0x0B, 0xFF, 0xFF]),
-              (0x1_0000, [0x0C, 0x00, 0x00, 0x01, 0x00]), (0xFFFF_FFFF, [0x0C, 0xFF, 0xFF, 0xFF, 0xFF]),
-              (0x1_0000_0000, [0x0E, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00]),
-              (0x1234_5678_9ABC_DEF0, [0x0E, 0xF0, 0xDE, 0xBC, 0x9A, 0x78, 0x56, 0x34, 0x12]),
-              (UInt64.max - 1, [0x0E, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]),
-              (UInt64.max, [0xFF]),
-          ] as [(UInt64, [UInt8])])
+    @Test(
+        "integers choose ZeroOp, OneOp, OnesOp or the smallest prefix",
+        arguments: [
+            (0, [0x00]), (1, [0x01]), (2, [0x0A, 0x02]), (0xFF, [0x0A, 0xFF]),
+            (0x100, [0x0B, 0x00, 0x01]), (0xFFFF, [0x0B, 0xFF, 0xFF]),
+            (0x1_0000, [0x0C, 0x00, 0x00, 0x01, 0x00]), (0xFFFF_FFFF, [0x0C, 0xFF, 0xFF, 0xFF, 0xFF]),
+            (0x1_0000_0000, [0x0E, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00]),
+            (0x1234_5678_9ABC_DEF0, [0x0E, 0xF0, 0xDE, 0xBC, 0x9A, 0x78, 0x56, 0x34, 0x12]),
+            (UInt64.max - 1, [0x0E, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]),
+            (UInt64.max, [0xFF]),
+        ] as [(UInt64, [UInt8])])
     func integers(value: UInt64, expected: [UInt8]) throws {
         #expect(AML.integer(value) == expected)
         #expect(try AMLTerm.integer(value).encoded() == expected)
@@ -133,12 +137,14 @@ struct AMLDataTests {
     @Test("packages: PackageOp 0x12, PkgLength, NumElements, elements; VarPackageOp 0x13 past 255")
     func packages() throws {
         // \_S5: 12, PkgLength 8, 4 elements: 0A 05, 0A 05, 00, 00.
-        #expect(try AMLTerm.package([.integer(5), .integer(5), .integer(0), .integer(0)]).encoded()
-            == [0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05, 0x00, 0x00])
+        #expect(
+            try AMLTerm.package([.integer(5), .integer(5), .integer(0), .integer(0)]).encoded()
+                == [0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05, 0x00, 0x00])
         #expect(try AMLTerm.package([]).encoded() == [0x12, 0x02, 0x00])
         // Nested package and a name reference as elements.
-        #expect(try AMLTerm.package([.package([.integer(1)]), .reference("\\_SB")]).encoded()
-            == [0x12, 0x0B, 0x02, 0x12, 0x03, 0x01, 0x01, 0x5C, 0x5F, 0x53, 0x42, 0x5F])
+        #expect(
+            try AMLTerm.package([.package([.integer(1)]), .reference("\\_SB")]).encoded()
+                == [0x12, 0x0B, 0x02, 0x12, 0x03, 0x01, 0x01, 0x5C, 0x5F, 0x53, 0x42, 0x5F])
         // 256 ZeroOps: body = VarNumElements (0B 00 01) + 256 = 259; total 261 = 0x105 -> 45 10.
         let big = try AMLTerm.package(Array(repeating: .integer(0), count: 256)).encoded()
         #expect(Array(big.prefix(6)) == [0x13, 0x45, 0x10, 0x0B, 0x00, 0x01])
@@ -153,35 +159,43 @@ struct AMLDataTests {
 struct AMLObjectTests {
     @Test("Name(_S5_, Package(4){5, 5, 0, 0})")
     func s5() throws {
-        #expect(try AMLTerm.name("_S5", .package([.integer(5), .integer(5), .integer(0), .integer(0)])).encoded()
-            == [0x08, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05, 0x00, 0x00])
+        #expect(
+            try AMLTerm.name("_S5", .package([.integer(5), .integer(5), .integer(0), .integer(0)])).encoded()
+                == [0x08, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05, 0x00, 0x00])
     }
 
     @Test("Scope: ScopeOp 0x10, PkgLength, NameString, terms")
     func scope() throws {
         #expect(try AMLTerm.scope("\\_SB", []).encoded() == [0x10, 0x06, 0x5C, 0x5F, 0x53, 0x42, 0x5F])
-        #expect(try AMLTerm.scope("\\", [.name("X", .integer(1))]).encoded()
-            == [0x10, 0x09, 0x5C, 0x00, 0x08, 0x58, 0x5F, 0x5F, 0x5F, 0x01])
+        #expect(
+            try AMLTerm.scope("\\", [.name("X", .integer(1))]).encoded()
+                == [0x10, 0x09, 0x5C, 0x00, 0x08, 0x58, 0x5F, 0x5F, 0x5F, 0x01])
     }
 
     @Test("Device: ExtOpPrefix 0x5B, DeviceOp 0x82, PkgLength, NameString, terms")
     func device() throws {
         // Name(_HID, EisaId("PNP0B00")) = 08 5F 48 49 44 0C 41 D0 0B 00 (10 bytes); body 14.
-        let expected: [UInt8] = [0x5B, 0x82, 0x0F, 0x52, 0x54, 0x43, 0x5F,
-                                 0x08, 0x5F, 0x48, 0x49, 0x44, 0x0C, 0x41, 0xD0, 0x0B, 0x00]
+        let expected: [UInt8] = [
+            0x5B, 0x82, 0x0F, 0x52, 0x54, 0x43, 0x5F,
+            0x08, 0x5F, 0x48, 0x49, 0x44, 0x0C, 0x41, 0xD0, 0x0B, 0x00,
+        ]
         #expect(try AMLTerm.device("RTC", [.name("_HID", .eisaID("PNP0B00"))]).encoded() == expected)
     }
 
     @Test("Method: MethodOp 0x14, PkgLength, NameString, flags (args | serialized << 3), terms; Return 0xA4")
     func methods() throws {
-        #expect(try AMLTerm.method("_STA", serialized: true, [.return(.integer(0x0F))]).encoded()
-            == [0x14, 0x09, 0x5F, 0x53, 0x54, 0x41, 0x08, 0xA4, 0x0A, 0x0F])
-        #expect(try AMLTerm.method("FOO", arguments: 2, [.return(.argument(1))]).encoded()
-            == [0x14, 0x08, 0x46, 0x4F, 0x4F, 0x5F, 0x02, 0xA4, 0x69])
-        #expect(try AMLTerm.method("BAR", arguments: 7, serialized: true, [.return(.local(7))]).encoded()
-            == [0x14, 0x08, 0x42, 0x41, 0x52, 0x5F, 0x0F, 0xA4, 0x67])
-        #expect(Array(try AMLTerm.method("BAZ", [.return(.reference("\\_SB.COM1"))]).encoded().suffix(11))
-            == [0xA4, 0x5C, 0x2E, 0x5F, 0x53, 0x42, 0x5F, 0x43, 0x4F, 0x4D, 0x31])
+        #expect(
+            try AMLTerm.method("_STA", serialized: true, [.return(.integer(0x0F))]).encoded()
+                == [0x14, 0x09, 0x5F, 0x53, 0x54, 0x41, 0x08, 0xA4, 0x0A, 0x0F])
+        #expect(
+            try AMLTerm.method("FOO", arguments: 2, [.return(.argument(1))]).encoded()
+                == [0x14, 0x08, 0x46, 0x4F, 0x4F, 0x5F, 0x02, 0xA4, 0x69])
+        #expect(
+            try AMLTerm.method("BAR", arguments: 7, serialized: true, [.return(.local(7))]).encoded()
+                == [0x14, 0x08, 0x42, 0x41, 0x52, 0x5F, 0x0F, 0xA4, 0x67])
+        #expect(
+            Array(try AMLTerm.method("BAZ", [.return(.reference("\\_SB.COM1"))]).encoded().suffix(11))
+                == [0xA4, 0x5C, 0x2E, 0x5F, 0x53, 0x42, 0x5F, 0x43, 0x4F, 0x4D, 0x31])
         #expect(try AMLTerm.method("ARG0", arguments: 1, [.return(.argument(0))]).encoded().last == 0x68)
         #expect(try AMLTerm.method("LOC0", [.return(.local(0))]).encoded().last == 0x60)
     }
@@ -201,11 +215,14 @@ struct AMLObjectTests {
             0x01, 0x08, 0x22, 0x10, 0x00, 0x79, 0x00, 0x14, 0x09, 0x5F, 0x53, 0x54, 0x41, 0x08, 0xA4, 0x0A,
             0x0F,
         ]
-        var ours = try AMLTerm.device("COM1", [
-            .name("_HID", .eisaID("PNP0501")),
-            .name("_CRS", .resourceTemplate([.ports(0x3F8, length: 8), .irq([4])])),
-            .method("_STA", serialized: true, [.return(.integer(0x0F))]),
-        ]).encoded()
+        var ours = try AMLTerm.device(
+            "COM1",
+            [
+                .name("_HID", .eisaID("PNP0501")),
+                .name("_CRS", .resourceTemplate([.ports(0x3F8, length: 8), .irq([4])])),
+                .method("_STA", serialized: true, [.return(.integer(0x0F))]),
+            ]
+        ).encoded()
         let checksumAt = 38
         #expect(ours[checksumAt - 1] == 0x79)
         #expect(ours[26...checksumAt].reduce(0, &+) == 0, "the template sums to zero with our checksum")
@@ -261,10 +278,12 @@ struct AMLResourceTests {
         #expect(Array(try AML.resourceTemplate([.irq([4])]).prefix(3)) == [0x22, 0x10, 0x00])
         #expect(Array(try AML.resourceTemplate([.irq([1, 8, 15])]).prefix(3)) == [0x22, 0x02, 0x81])
         // Level (bit 0 clear), active low (bit 3), shared (bit 4): 0x18.
-        #expect(Array(try AML.resourceTemplate([.irq([9], flags: [.activeLow, .shared])]).prefix(4))
-            == [0x23, 0x00, 0x02, 0x18])
-        #expect(Array(try AML.resourceTemplate([.irq([0], flags: [.edgeTriggered])]).prefix(4))
-            == [0x23, 0x01, 0x00, 0x01])
+        #expect(
+            Array(try AML.resourceTemplate([.irq([9], flags: [.activeLow, .shared])]).prefix(4))
+                == [0x23, 0x00, 0x02, 0x18])
+        #expect(
+            Array(try AML.resourceTemplate([.irq([0], flags: [.edgeTriggered])]).prefix(4))
+                == [0x23, 0x01, 0x00, 0x01])
     }
 
     @Test("the end tag 0x79 is followed by a checksum that makes the template sum to zero")

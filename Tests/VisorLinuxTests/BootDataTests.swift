@@ -16,12 +16,13 @@ private func regions(_ size: UInt64) -> [GuestRegion] {
 struct E820Tests {
     @Test func sixtyFourMiB() {
         let map = E820Map.build(for: regions(64 * MiB))
-        #expect(map == [
-            E820Entry(address: 0, size: 0x9FC00, kind: .ram),
-            E820Entry(address: 0x9FC00, size: 0x400, kind: .reserved),
-            E820Entry(address: 0xE0000, size: 0x20000, kind: .reserved),
-            E820Entry(address: MiB, size: 63 * MiB, kind: .ram),
-        ])
+        #expect(
+            map == [
+                E820Entry(address: 0, size: 0x9FC00, kind: .ram),
+                E820Entry(address: 0x9FC00, size: 0x400, kind: .reserved),
+                E820Entry(address: 0xE0000, size: 0x20000, kind: .reserved),
+                E820Entry(address: MiB, size: 63 * MiB, kind: .ram),
+            ])
     }
 
     @Test func threeGiBEndsAtTheHole() {
@@ -107,8 +108,9 @@ struct ZeroPageTests {
 struct PVHStartInfoTests {
     @Test func layout() {
         let map = E820Map.build(for: regions(64 * MiB))
-        let info = PVHStartInfo(commandLineAddress: 0x20000, rsdpAddress: 0xE0000,
-                                initrd: (0x3F00000, 0x12345), memoryMap: map)
+        let info = PVHStartInfo(
+            commandLineAddress: 0x20000, rsdpAddress: 0xE0000,
+            initrd: (0x3F00000, 0x12345), memoryMap: map)
         let b = info.encode(at: 0x6000)
         func u32(_ o: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(b[o + $1]) << ($1 * 8) } }
         func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(b[o + $1]) << ($1 * 8) } }

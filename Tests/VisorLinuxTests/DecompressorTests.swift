@@ -34,8 +34,9 @@ struct DecompressorTests {
 
     // MARK: Round trips
 
-    @Test("each codec decodes what its library encoded, with and without the size trailer",
-          arguments: supported)
+    @Test(
+        "each codec decodes what its library encoded, with and without the size trailer",
+        arguments: supported)
     func roundTrip(codec: CompressionCodec) throws {
         for size in [0, 1, 1000, 100_000] {
             let input = Fixture.sample(size, seed: UInt64(size) + 7)
@@ -63,11 +64,26 @@ struct DecompressorTests {
     /// writes, not only against the libraries' own encoders.
     static let toolInput: [UInt8] = Array((0..<40).map { "SwiftVisor fixture line \($0)\n" }.joined().utf8)
     static let toolOutputs: [(CompressionCodec, String, String)] = [
-        (.gzip, "gzip -n -9", "1f8b08000000000002037dd3c10983501444d1bd55fc129c1935b10ec10e143e8408c690946f05f7afefea1de62dbfba5f6bfd1c67d9ebfffa9e5b79d5f756fa6e81222cc6122c039611cb84e581e58965e64b1b08ac2066103b8821c412620ab1851843ac61d6706313ac61d6306b9835cc1a660db3865923ac11d648e3455823ac11d6086b8435c21a99bb1b261b3ffa2e040000"),
-        (.xz, "xz --check=crc32", "fd377a585a0000016922de360200210116000000742fe5a3e0042d00755d00299dc9267bfb907760ac6c7299dcb460278aa3b1ea9bb4fa98bb52ad7afb63714d34dd50a32cf6a6b2f64790fc38c8077aed70133d904e198ff084da5ff370178f5e93c242c985bba7f771753c0ef4a52519ff46f1bfd6a4a842db9f68eb99b3bfd2a9582fb0fa0f33013f3f5b8dc9bb4c3fabf10000000000261b3ffa00018d01ae080000e5c5bcff3e300d8b020000000001595a"),
-        (.lzma, "xz --format=lzma", "5d00008000ffffffffffffffff00299dc9267bfb907760ac6c7299dcb460278aa3b1ea9bb4fa98bb52ad7afb63714d34dd50a32cf6a6b2f64790fc38c8077aed70133d904e198ff084da5ff370178f5e93c242c985bba7f771753c0ef4a52519ff46f1bfd6a4a842db9f68eb99b3bfd2a9582fb0fa0f33013f3f5b8dc9bb4c47f6ad1ebffcfcd6c0"),
-        (.lz4, "lz4 -l", "02214c18e2000000ff0b53776966745669736f722066697874757265206c696e6520300a1a00051f311a00061f321a00061f331a00061f341a00061f351a00061f361a00061f371a00061f381a00061f391a00061f310501080f0601071f310701071f310801071f310901071f310a01071f310b01071f310c01071f310d01071f310e01071f320e01071f320e01071f320e01071f320e01071f320e01071f320e01071f320e01071f320e01071f320e01071f320e01071f330e01071f330e01071f330e01071f330e01071f330e01071f330e01071f330e01071f330e01071f330e010550652033390a"),
-        (.zstd, "zstd -19", "28b52ffd642e0315030032c40d11a02f0660e9e75a48bd78e44fcaf5db0a05208d31c618638cf1ffffffdbb66ddb091d53c8b881080cba1798acf4ba16649c6ed1e6ac0a27a811f0eb7f0780a3e20311fcbf03f40372758f20440f756843195aa842094528574a99003610d5e2975d2b"),
+        (
+            .gzip, "gzip -n -9",
+            "1f8b08000000000002037dd3c10983501444d1bd55fc129c1935b10ec10e143e8408c690946f05f7afefea1de62dbfba5f6bfd1c67d9ebfffa9e5b79d5f756fa6e81222cc6122c039611cb84e581e58965e64b1b08ac2066103b8821c412620ab1851843ac61d6706313ac61d6306b9835cc1a660db3865923ac11d648e3455823ac11d6086b8435c21a99bb1b261b3ffa2e040000"
+        ),
+        (
+            .xz, "xz --check=crc32",
+            "fd377a585a0000016922de360200210116000000742fe5a3e0042d00755d00299dc9267bfb907760ac6c7299dcb460278aa3b1ea9bb4fa98bb52ad7afb63714d34dd50a32cf6a6b2f64790fc38c8077aed70133d904e198ff084da5ff370178f5e93c242c985bba7f771753c0ef4a52519ff46f1bfd6a4a842db9f68eb99b3bfd2a9582fb0fa0f33013f3f5b8dc9bb4c3fabf10000000000261b3ffa00018d01ae080000e5c5bcff3e300d8b020000000001595a"
+        ),
+        (
+            .lzma, "xz --format=lzma",
+            "5d00008000ffffffffffffffff00299dc9267bfb907760ac6c7299dcb460278aa3b1ea9bb4fa98bb52ad7afb63714d34dd50a32cf6a6b2f64790fc38c8077aed70133d904e198ff084da5ff370178f5e93c242c985bba7f771753c0ef4a52519ff46f1bfd6a4a842db9f68eb99b3bfd2a9582fb0fa0f33013f3f5b8dc9bb4c47f6ad1ebffcfcd6c0"
+        ),
+        (
+            .lz4, "lz4 -l",
+            "02214c18e2000000ff0b53776966745669736f722066697874757265206c696e6520300a1a00051f311a00061f321a00061f331a00061f341a00061f351a00061f361a00061f371a00061f381a00061f391a00061f310501080f0601071f310701071f310801071f310901071f310a01071f310b01071f310c01071f310d01071f310e01071f320e01071f320e01071f320e01071f320e01071f320e01071f320e01071f320e01071f320e01071f320e01071f320e01071f330e01071f330e01071f330e01071f330e01071f330e01071f330e01071f330e01071f330e01071f330e010550652033390a"
+        ),
+        (
+            .zstd, "zstd -19",
+            "28b52ffd642e0315030032c40d11a02f0660e9e75a48bd78e44fcaf5db0a05208d31c618638cf1ffffffdbb66ddb091d53c8b881080cba1798acf4ba16649c6ed1e6ac0a27a811f0eb7f0780a3e20311fcbf03f40372758f20440f756843195aa842094528574a99003610d5e2975d2b"
+        ),
     ]
 
     static func unhex(_ text: String) -> [UInt8] {
@@ -101,8 +117,9 @@ struct DecompressorTests {
         }
     }
 
-    @Test("a size trailer that lies (too small, too large, absurd) changes nothing but the first guess",
-          arguments: [CompressionCodec.xz, .lzma, .zstd])
+    @Test(
+        "a size trailer that lies (too small, too large, absurd) changes nothing but the first guess",
+        arguments: [CompressionCodec.xz, .lzma, .zstd])
     func lyingTrailer(codec: CompressionCodec) throws {
         let input = Fixture.sample(300_000, seed: 3)
         var compressed = Fixture.compress(input, codec)
@@ -170,9 +187,12 @@ struct DecompressorTests {
             let error = try #require(throws: LinuxBootError.self) {
                 try Decompressor.decompress(stream.prefix(keep), codec: codec, limit: 1 << 20)
             }
-            guard case .corruptPayload(codec, let reason) = error else { Issue.record("\(codec) cut to \(keep): \(error)"); continue }
-            #expect(reason.contains("end") || reason.contains("cut") || reason.contains("shorter") || reason.contains("corrupt"),
-                    "\(codec) cut to \(keep): \(reason)")
+            guard case .corruptPayload(codec, let reason) = error else {
+                Issue.record("\(codec) cut to \(keep): \(error)"); continue
+            }
+            #expect(
+                reason.contains("end") || reason.contains("cut") || reason.contains("shorter") || reason.contains("corrupt"),
+                "\(codec) cut to \(keep): \(reason)")
         }
     }
 

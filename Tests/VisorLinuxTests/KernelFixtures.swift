@@ -191,8 +191,10 @@ struct VmlinuxBuilder {
         Fixture.put(&out, 52, UInt16(64))
         Fixture.put(&out, 54, UInt16(56))
         Fixture.put(&out, 56, UInt16(phnum))
-        func header(_ index: Int, type: UInt32, flags: UInt32, offset: Int, virt: UInt64, phys: UInt64,
-                    filesz: Int, memsz: UInt64, align: UInt64, into out: inout [UInt8]) {
+        func header(
+            _ index: Int, type: UInt32, flags: UInt32, offset: Int, virt: UInt64, phys: UInt64,
+            filesz: Int, memsz: UInt64, align: UInt64, into out: inout [UInt8]
+        ) {
             let at = 64 + 56 * index
             Fixture.put(&out, at, type)
             Fixture.put(&out, at + 4, flags)
@@ -205,19 +207,19 @@ struct VmlinuxBuilder {
         }
         for (i, segment) in loads.enumerated() {
             while out.count % 0x100 != 0 { out.append(0) }
-            header(i, type: 1, flags: segment.flags, offset: out.count, virt: segment.virt, phys: segment.phys,
-                   filesz: segment.bytes.count, memsz: segment.memsz, align: 0x20_0000, into: &out)
+            header(
+                i, type: 1, flags: segment.flags, offset: out.count, virt: segment.virt, phys: segment.phys,
+                filesz: segment.bytes.count, memsz: segment.memsz, align: 0x20_0000, into: &out)
             out += segment.bytes
         }
         if !notes.isEmpty {
             while out.count % 4 != 0 { out.append(0) }
-            header(loads.count, type: 4, flags: 4, offset: out.count, virt: Self.virtualBase + 0x10_0000,
-                   phys: Self.physicalBase + 0x10_0000, filesz: noteBytes.count, memsz: UInt64(noteBytes.count),
-                   align: 4, into: &out)
+            header(
+                loads.count, type: 4, flags: 4, offset: out.count, virt: Self.virtualBase + 0x10_0000,
+                phys: Self.physicalBase + 0x10_0000, filesz: noteBytes.count, memsz: UInt64(noteBytes.count),
+                align: 4, into: &out)
             out += noteBytes
         }
         return out
     }
 }
-
-

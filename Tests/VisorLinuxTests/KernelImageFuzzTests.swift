@@ -32,8 +32,10 @@ struct KernelImageFuzzTests {
 
     /// One to four mutations: bit flips (anywhere, or in `hot`), a field set to an
     /// interesting value, random bytes, truncation, or appended garbage.
-    static func mutate(_ bytes: [UInt8], hot: Range<Int>, fields: [(offset: Int, size: Int)],
-                       _ rng: inout LCG) -> [UInt8] {
+    static func mutate(
+        _ bytes: [UInt8], hot: Range<Int>, fields: [(offset: Int, size: Int)],
+        _ rng: inout LCG
+    ) -> [UInt8] {
         var out = bytes
         for _ in 0..<(1 + rng.below(4)) {
             guard !out.isEmpty else { break }
@@ -130,14 +132,17 @@ struct KernelImageFuzzTests {
         #expect(errors.count >= 6, "error kinds: \(errors.sorted())")
     }
 
-    @Test("mutated compressed streams of every codec decode within the limit or fail cleanly",
-          arguments: [CompressionCodec.gzip, .xz, .lzma, .lz4, .zstd])
+    @Test(
+        "mutated compressed streams of every codec decode within the limit or fail cleanly",
+        arguments: [CompressionCodec.gzip, .xz, .lzma, .lz4, .zstd])
     func streams(codec: CompressionCodec) throws {
         let input = Fixture.sample(40_000, seed: 21)
         let original = Fixture.compress(input, codec)
         // Header bytes of every format sit in the first 32 bytes; the trailer in the last 4.
-        let fields: [(offset: Int, size: Int)] = [(0, 4), (4, 4), (5, 8), (8, 4), (12, 4), (original.count - 4, 4),
-                                                  (original.count - 8, 4)]
+        let fields: [(offset: Int, size: Int)] = [
+            (0, 4), (4, 4), (5, 8), (8, 4), (12, 4), (original.count - 4, 4),
+            (original.count - 8, 4),
+        ]
         var rng = LCG(state: 0xC0DE_C000_0000_0000 | UInt64(CompressionCodec.allCases.firstIndex(of: codec) ?? 0))
         var decoded = 0
         var errors = Set<String>()

@@ -72,7 +72,10 @@ struct KernelImageTests {
         #expect(kernel.physicalRange == 0x100_0000..<0x130_0020)
         // VisorLoader's own loader refuses it; ours is what boots Linux.
         let ram = try guestRAM(32 << 20)
-        #expect(throws: LoaderError.virtualDiffersFromPhysical(virtual: VmlinuxBuilder.virtualBase, physical: VmlinuxBuilder.physicalBase)) {
+        #expect(
+            throws: LoaderError.virtualDiffersFromPhysical(
+                virtual: VmlinuxBuilder.virtualBase, physical: VmlinuxBuilder.physicalBase)
+        ) {
             try kernel.elf.load(kernel.bytes, into: ram, reservedEnd: 0x10_0000)
         }
     }
@@ -212,16 +215,21 @@ struct KernelImageTests {
     static let realKernels: [String] = {
         var paths = globPaths("/boot/vmlinuz-*")
         // SAFETY: getenv's string is copied into a String at once.
-        if let home = unsafe getenv("HOME") { unsafe paths += globPaths(String(cString: home) + "/.cache/swiftvisor/test-kernel/*/bzImage") }
+        if let home = unsafe getenv("HOME") {
+            unsafe paths += globPaths(String(cString: home) + "/.cache/swiftvisor/test-kernel/*/bzImage")
+        }
         return paths
     }()
 
-    @Test("real bzImages on this machine parse and decompress on the host to a loadable vmlinux",
-          .enabled(if: !realKernels.isEmpty, "no kernel in /boot or the test-kernel cache"))
+    @Test(
+        "real bzImages on this machine parse and decompress on the host to a loadable vmlinux",
+        .enabled(if: !realKernels.isEmpty, "no kernel in /boot or the test-kernel cache"))
     func realKernel() throws {
         for path in Self.realKernels {
             let bytes = try #require(readFile(path), "cannot read \(path)")
-            guard case .bzImage(let image) = try KernelImage.detect(bytes) else { Issue.record("\(path): not a bzImage"); continue }
+            guard case .bzImage(let image) = try KernelImage.detect(bytes) else {
+                Issue.record("\(path): not a bzImage"); continue
+            }
             #expect(image.header.version >= 0x020C)
             #expect(image.header.extendedLoadFlags.contains(.kernel64))
             guard image.canDecompressOnHost else { continue }

@@ -8,19 +8,26 @@ import VisorMemory
 struct LinuxLoaderTests {
     static let MiB: UInt64 = 1 << 20
 
-    func load(_ kernel: [UInt8], memory: GuestMemory, initrd: [UInt8]? = nil, commandLine: String = "console=ttyS0",
-              protocol bootProtocol: LinuxBootProtocol = .linux64, hostDecompression: Bool = true) throws(LinuxBootError) -> LinuxBootPlan {
-        try LinuxLoader.load(LinuxBootRequest(kernel: kernel, initrd: initrd, commandLine: commandLine,
-                                              bootProtocol: bootProtocol, hostDecompression: hostDecompression),
-                             into: memory, rsdpAddress: 0xE0000)
+    func load(
+        _ kernel: [UInt8], memory: GuestMemory, initrd: [UInt8]? = nil, commandLine: String = "console=ttyS0",
+        protocol bootProtocol: LinuxBootProtocol = .linux64, hostDecompression: Bool = true
+    ) throws(LinuxBootError) -> LinuxBootPlan {
+        try LinuxLoader.load(
+            LinuxBootRequest(
+                kernel: kernel, initrd: initrd, commandLine: commandLine,
+                bootProtocol: bootProtocol, hostDecompression: hostDecompression),
+            into: memory, rsdpAddress: 0xE0000)
     }
 
     @Test func vmlinuxThroughThe64BitProtocol() throws {
         let builder = VmlinuxBuilder()
         let memory = try guestRAM(64 * Self.MiB)
         let plan = try load(builder.bytes(), memory: memory)
-        #expect(plan.entry.mode == .long64(pageTableRoot: 0x9000, gdtBase: 0x1000, gdtLimit: 31,
-                                           codeSelector: 0x10, dataSelector: 0x18))
+        #expect(
+            plan.entry.mode
+                == .long64(
+                    pageTableRoot: 0x9000, gdtBase: 0x1000, gdtLimit: 31,
+                    codeSelector: 0x10, dataSelector: 0x18))
         #expect(plan.entry.rip == VmlinuxBuilder.physicalBase)
         #expect(plan.entry.rsi == LinuxLoader.zeroPageAddress)
         // Segments by physical address.
@@ -86,8 +93,9 @@ struct LinuxLoaderTests {
 
     /// A file's pref_address near 2^64 once made `address + size` trap (status 132) before
     /// any range check ran; it must be a one-line error, with guest RAM untouched.
-    @Test("a self-decompressing kernel whose pref_address ends beyond 4 GiB is refused, not a trap",
-          arguments: [UInt64(0xFFFF_FFFF_FFFF_F000), 0xFFFF_FFFF_0000_0000, 0xFFFF_0000])
+    @Test(
+        "a self-decompressing kernel whose pref_address ends beyond 4 GiB is refused, not a trap",
+        arguments: [UInt64(0xFFFF_FFFF_FFFF_F000), 0xFFFF_FFFF_0000_0000, 0xFFFF_0000])
     func preferredAddressBeyond4GiB(prefAddress: UInt64) throws {
         var builder = BzImageBuilder.wrapping(VmlinuxBuilder().bytes(), codec: .gzip)
         builder.prefAddress = prefAddress
@@ -136,7 +144,10 @@ struct LinuxLoaderTests {
     @Test func failuresLeaveGuestMemoryUntouched() throws {
         let memory = try guestRAM(64 * Self.MiB)
         let before = try memory.read(Int(64 * Self.MiB), at: 0)
-        #expect(throws: LinuxBootError.initrdTooLarge(size: 60 * Self.MiB, available: 64 * Self.MiB - (VmlinuxBuilder.physicalBase + 0x30_1000))) {
+        #expect(
+            throws: LinuxBootError.initrdTooLarge(
+                size: 60 * Self.MiB, available: 64 * Self.MiB - (VmlinuxBuilder.physicalBase + 0x30_1000))
+        ) {
             _ = try load(VmlinuxBuilder().bytes(), memory: memory, initrd: [UInt8](repeating: 0, count: Int(60 * Self.MiB)))
         }
         #expect(throws: LinuxBootError.commandLineTooLong(length: 2048, limit: 2047)) {

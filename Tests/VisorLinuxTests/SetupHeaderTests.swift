@@ -196,15 +196,21 @@ struct SetupHeaderTests {
         let full = b.bytes()
         let kernelSize = full.count - b.setupSize
         b.syssize = UInt32(kernelSize / 16 + 1)
-        #expect(throws: LinuxBootError.truncated(what: "the protected-mode kernel (syssize)",
-                                                 need: UInt64(full.count + 16), have: UInt64(full.count))) {
+        #expect(
+            throws: LinuxBootError.truncated(
+                what: "the protected-mode kernel (syssize)",
+                need: UInt64(full.count + 16), have: UInt64(full.count))
+        ) {
             try BzImage(parsing: b.bytes())
         }
         b = BzImageBuilder()
         b.payloadLength = UInt32(b.payload.count + 0x100)
-        #expect(throws: LinuxBootError.truncated(what: "the compressed kernel (payload_offset + payload_length)",
-                                                 need: UInt64(b.setupSize + 0x300 + b.payload.count + 0x100),
-                                                 have: UInt64(full.count))) {
+        #expect(
+            throws: LinuxBootError.truncated(
+                what: "the compressed kernel (payload_offset + payload_length)",
+                need: UInt64(b.setupSize + 0x300 + b.payload.count + 0x100),
+                have: UInt64(full.count))
+        ) {
             try BzImage(parsing: b.bytes())
         }
         b = BzImageBuilder()

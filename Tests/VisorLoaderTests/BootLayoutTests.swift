@@ -98,8 +98,9 @@ struct BootLayoutTests {
         }
         #expect(try ram.read(0x10, at: 0x1000) == [UInt8](repeating: 0xAA, count: 0x10))
         #expect(try ram.readUInt64(at: 0x8000) == 0xAAAA_AAAA_AAAA_AAAA)
-        #expect(LoaderError.commandLineTooLong(length: 3840, limit: 3839).description
-            == "command line of 3840 bytes is longer than the 3839 bytes allowed")
+        #expect(
+            LoaderError.commandLineTooLong(length: 3840, limit: 3839).description
+                == "command line of 3840 bytes is longer than the 3839 bytes allowed")
     }
 
     @Test("RAM smaller than 1 MiB, or not covering [0, 1 MiB), is .memoryTooSmall")
@@ -113,7 +114,9 @@ struct BootLayoutTests {
         #expect(throws: LoaderError.memoryTooSmall(needed: 0x10_0000, have: 2 << 20)) {
             try BootLayout.prepareLongMode(memory: notAtZero, entry: 0x10_0000, commandLine: "")
         }
-        let split = try GuestMemory(regions: [GuestRegion(start: 0, size: 0x8_0000), GuestRegion(start: 0x8_0000, size: 0x10_0000)])
+        let split = try GuestMemory(regions: [
+            GuestRegion(start: 0, size: 0x8_0000), GuestRegion(start: 0x8_0000, size: 0x10_0000),
+        ])
         #expect(throws: LoaderError.memoryTooSmall(needed: 0x10_0000, have: 0x18_0000)) {
             try BootLayout.prepareLongMode(memory: split, entry: 0x10_0000, commandLine: "")
         }

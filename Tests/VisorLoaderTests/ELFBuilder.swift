@@ -54,8 +54,10 @@ struct ELFBuilder {
     }
 
     /// An image with one R+X segment `at` address holding 16 code bytes.
-    static func oneSegment(at address: UInt64, filesz: UInt64 = 16, memsz: UInt64 = 16,
-                           flags: UInt32 = 5, entry: UInt64? = nil) -> ELFBuilder {
+    static func oneSegment(
+        at address: UInt64, filesz: UInt64 = 16, memsz: UInt64 = 16,
+        flags: UInt32 = 5, entry: UInt64? = nil
+    ) -> ELFBuilder {
         var b = ELFBuilder()
         b.entry = entry ?? address
         b.payload = code
@@ -126,4 +128,3 @@ func memory(_ size: UInt64, filledWith fill: UInt8 = 0xAA) throws -> GuestMemory
     try memory.fill(fill, count: size, at: 0)
     return memory
 }
-

@@ -8,12 +8,15 @@ struct ELFValidTests {
     func parse() throws {
         let image = try ELFImage(parsing: ELFBuilder.valid().bytes())
         #expect(image.entry == 0x20_0004)
-        #expect(image.segments == [
-            ELFSegment(physicalAddress: 0x20_0000, virtualAddress: 0x20_0000, fileOffset: 0x200,
-                       fileSize: 16, memorySize: 16, executable: true),
-            ELFSegment(physicalAddress: 0x20_1000, virtualAddress: 0x20_1000, fileOffset: 0x210,
-                       fileSize: 8, memorySize: 0x100, executable: false),
-        ])
+        #expect(
+            image.segments == [
+                ELFSegment(
+                    physicalAddress: 0x20_0000, virtualAddress: 0x20_0000, fileOffset: 0x200,
+                    fileSize: 16, memorySize: 16, executable: true),
+                ELFSegment(
+                    physicalAddress: 0x20_1000, virtualAddress: 0x20_1000, fileOffset: 0x210,
+                    fileSize: 8, memorySize: 0x100, executable: false),
+            ])
         #expect(ELFImage.isELF(ELFBuilder.valid().bytes()))
     }
 
@@ -70,12 +73,16 @@ struct ELFErrorTests {
 
     @Test("a file without the ELF magic is .notELF, and the message points to --load-address")
     func notELF() {
-        #expect(throws: LoaderError.notELF) { try ELFImage(parsing: [0xEA, 0x00, 0x7C, 0x00, 0x00] + [UInt8](repeating: 0, count: 100)) }
+        #expect(throws: LoaderError.notELF) {
+            try ELFImage(parsing: [0xEA, 0x00, 0x7C, 0x00, 0x00] + [UInt8](repeating: 0, count: 100))
+        }
         #expect(throws: LoaderError.notELF) { try ELFImage(parsing: []) }
         #expect(throws: LoaderError.notELF) { try ELFImage(parsing: [0x7F, 0x45, 0x4C]) }
         #expect(!ELFImage.isELF([0x7F, 0x45, 0x4C, 0x47]))
         #expect(LoaderError.notELF.description.contains("--load-address"))
-        #expect(LoaderError.notELF.description == "not an ELF file (no \\x7fELF magic); to run a raw real-mode binary, pass --load-address")
+        #expect(
+            LoaderError.notELF.description
+                == "not an ELF file (no \\x7fELF magic); to run a raw real-mode binary, pass --load-address")
     }
 
     @Test("ELFCLASS32 is .wrongClass(1)")
@@ -213,8 +220,10 @@ struct ELFErrorTests {
         #expect(throws: LoaderError.segmentOverlapsReserved(address: 0x7C00, size: 16, reservedEnd: 0x10_0000)) {
             try load(.oneSegment(at: 0x7C00))
         }
-        #expect(LoaderError.segmentOverlapsReserved(address: 0x7C00, size: 16, reservedEnd: 0x10_0000).description
-            == "segment at 0x7c00 of 16 bytes overlaps the VMM's reserved area below 0x100000; link the guest at or above 0x100000")
+        #expect(
+            LoaderError.segmentOverlapsReserved(address: 0x7C00, size: 16, reservedEnd: 0x10_0000).description
+                == "segment at 0x7c00 of 16 bytes overlaps the VMM's reserved area below 0x100000; link the guest at or above 0x100000"
+        )
     }
 
     @Test("p_vaddr != p_paddr is .virtualDiffersFromPhysical")

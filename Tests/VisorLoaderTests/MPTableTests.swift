@@ -8,8 +8,9 @@ struct MPTableTests {
     func le16(_ b: [UInt8], _ at: Int) -> UInt16 { UInt16(b[at]) | UInt16(b[at + 1]) << 8 }
     func le32(_ b: [UInt8], _ at: Int) -> UInt32 { UInt32(le16(b, at)) | UInt32(le16(b, at + 2)) << 16 }
 
-    @Test("the floating pointer is 16 bytes, signed _MP_, revision 1.4, checksummed, pointing at the table",
-          arguments: [1, 2, 8])
+    @Test(
+        "the floating pointer is 16 bytes, signed _MP_, revision 1.4, checksummed, pointing at the table",
+        arguments: [1, 2, 8])
     func floatingPointer(processors: Int) {
         let (pointer, _) = MPTable.build(processors: processors)
         #expect(pointer.count == 16)
@@ -21,8 +22,9 @@ struct MPTableTests {
         #expect(pointer[11] == 0, "feature byte 1 = 0: a configuration table is present")
     }
 
-    @Test("the configuration table lists every processor, the ISA bus, the IOAPIC and 18 interrupt entries",
-          arguments: [1, 2, 4, 32])
+    @Test(
+        "the configuration table lists every processor, the ISA bus, the IOAPIC and 18 interrupt entries",
+        arguments: [1, 2, 4, 32])
     func configTable(processors: Int) {
         let (_, table) = MPTable.build(processors: processors)
         #expect(Array(table[0..<4]) == Array("PCMP".utf8))
@@ -66,8 +68,9 @@ struct MPTableTests {
         #expect(try memory.readUInt16(at: MPTable.configTableAddress + 34) == 3 + 20)
         #expect(try memory.readUInt32(at: BootLayout.bootInfoAddress + 32) == 3)
         #expect(throws: LoaderError.self) {
-            try BootLayout.prepareLongMode(memory: memory, entry: 0x100000, commandLine: "",
-                                           vcpuCount: UInt32(MPTable.maxProcessors + 1))
+            try BootLayout.prepareLongMode(
+                memory: memory, entry: 0x100000, commandLine: "",
+                vcpuCount: UInt32(MPTable.maxProcessors + 1))
         }
     }
 }

@@ -38,8 +38,9 @@ struct GuestMemoryLayoutTests {
         #expect(throws: GuestMemoryError.invalidLayout("regions overlap at 0x4000")) {
             try GuestMemory(regions: [GuestRegion(start: 0x4000, size: 0x1000), GuestRegion(start: 0x4000, size: 0x1000)])
         }
-        #expect(GuestMemoryError.invalidLayout("regions overlap at 0x4000").description
-            == "invalid guest memory layout: regions overlap at 0x4000")
+        #expect(
+            GuestMemoryError.invalidLayout("regions overlap at 0x4000").description
+                == "invalid guest memory layout: regions overlap at 0x4000")
     }
 
     @Test("a region wrapping past the end of the 64-bit space is .invalidLayout")
@@ -157,8 +158,9 @@ struct GuestMemoryAccessTests {
         #expect(throws: GuestMemoryError.outOfBounds(address: 0, count: 0)) { try memory.read(-1, at: 0) }
         // The failed write left the last bytes alone.
         #expect(try memory.readUInt16(at: 0xFFE) == 0x1122)
-        #expect(GuestMemoryError.outOfBounds(address: 0xFF9, count: 8).description
-            == "guest memory access of 8 bytes at 0xff9 is outside guest RAM")
+        #expect(
+            GuestMemoryError.outOfBounds(address: 0xFF9, count: 8).description
+                == "guest memory access of 8 bytes at 0xff9 is outside guest RAM")
     }
 
     @Test("accesses in or across the gap between two regions throw .outOfBounds")
@@ -213,7 +215,9 @@ struct GuestMemoryAccessTests {
         #expect(try memory.readUInt8(at: 0x180) == 0)
         try memory.fill(0x11, count: 0x2000, at: 0)
         #expect(try memory.read(0x2000, at: 0) == [UInt8](repeating: 0x11, count: 0x2000))
-        #expect(throws: GuestMemoryError.outOfBounds(address: 0x1F00, count: 0x101)) { try memory.fill(0x22, count: 0x101, at: 0x1F00) }
+        #expect(throws: GuestMemoryError.outOfBounds(address: 0x1F00, count: 0x101)) {
+            try memory.fill(0x22, count: 0x101, at: 0x1F00)
+        }
         #expect(throws: GuestMemoryError.outOfBounds(address: 0, count: .max)) { try memory.fill(0x22, count: .max, at: 0) }
         #expect(try memory.readUInt8(at: 0x1F00) == 0x11)
         try memory.fill(0x33, count: 0, at: 0x10)
