@@ -117,8 +117,6 @@ final class RunControl: Sendable {
         }
     }
 
-    var hasStarted: Bool { startClaimed.load(ordering: .sequentiallyConsistent) }
-
     /// Whether the machine is on its way out (a blocked console write gives up then).
     var isStopping: Bool {
         let now = phase.load(ordering: .relaxed)

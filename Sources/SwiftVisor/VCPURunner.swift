@@ -60,8 +60,9 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
             control.finish(runThreads())
         }
         if rc != 0 {
-            control.record(.fatal(.runFailed("cannot start the vCPU threads: \(errnoText(rc))")))
-            control.finish(RunReport(outcome: .fatal(.runFailed("cannot start the vCPU threads: \(errnoText(rc))"))))
+            let outcome = RunReport.Outcome.fatal(.runFailed("cannot start the vCPU threads: \(errnoText(rc))"))
+            control.record(outcome)
+            control.finish(RunReport(outcome: outcome))
             throw .cannotStartThread(errno: rc)
         }
     }
