@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 import VisorMemory
 @testable import VisorLoader
 
@@ -37,7 +38,7 @@ struct BootLayoutTests {
 
     @Test("entry state: 64-bit mode with the VMM's tables, RIP = entry, RSP 0x100000, RDI = boot info")
     func entryState() throws {
-        let ram = try memory(8 << 20)
+        let ram = try guestRAM(8 << 20)
         let state = try BootLayout.prepareLongMode(memory: ram, entry: 0x20_0004, commandLine: "")
         #expect(state.mode == .long64(pageTableRoot: 0x8000, gdtBase: 0x1000, gdtLimit: 23))
         #expect(state.rip == 0x20_0004)
@@ -48,7 +49,7 @@ struct BootLayoutTests {
 
     @Test("boot info: magic SVBI, version 1, RAM size, command line address and length, vCPU count")
     func bootInfo() throws {
-        let ram = try memory(8 << 20)
+        let ram = try guestRAM(8 << 20)
         _ = try BootLayout.prepareLongMode(memory: ram, entry: 0x20_0000, commandLine: "console=ttyS0 quiet", vcpuCount: 4)
         #expect(try ram.readUInt32(at: 0x2000) == 0x4942_5653)
         #expect(try ram.read(4, at: 0x2000) == Array("SVBI".utf8))
@@ -63,7 +64,7 @@ struct BootLayoutTests {
 
     @Test("an empty command line gives address 0, length 0, and a lone NUL; the default vCPU count is 1")
     func emptyCommandLine() throws {
-        let ram = try memory(2 << 20)
+        let ram = try guestRAM(2 << 20)
         _ = try BootLayout.prepareLongMode(memory: ram, entry: 0x10_0000, commandLine: "")
         #expect(try ram.readUInt64(at: 0x2010) == 0)
         #expect(try ram.readUInt64(at: 0x2018) == 0)
@@ -73,7 +74,7 @@ struct BootLayoutTests {
 
     @Test("the command-line length counts UTF-8 bytes")
     func utf8CommandLine() throws {
-        let ram = try memory(2 << 20)
+        let ram = try guestRAM(2 << 20)
         _ = try BootLayout.prepareLongMode(memory: ram, entry: 0x10_0000, commandLine: "héllo")
         #expect(try ram.readUInt64(at: 0x2018) == 6)
         #expect(try ram.read(7, at: 0x2100) == [0x68, 0xC3, 0xA9, 0x6C, 0x6C, 0x6F, 0x00])
@@ -81,7 +82,7 @@ struct BootLayoutTests {
 
     @Test("a command line of exactly commandLineLimit bytes fits, NUL at 0x2fff")
     func commandLineAtLimit() throws {
-        let ram = try memory(2 << 20)
+        let ram = try guestRAM(2 << 20)
         let line = String(repeating: "x", count: BootLayout.commandLineLimit)
         _ = try BootLayout.prepareLongMode(memory: ram, entry: 0x10_0000, commandLine: line)
         #expect(try ram.readUInt64(at: 0x2018) == 3839)
@@ -91,7 +92,7 @@ struct BootLayoutTests {
 
     @Test("a command line longer than commandLineLimit is .commandLineTooLong and nothing is written")
     func commandLineTooLong() throws {
-        let ram = try memory(2 << 20)
+        let ram = try guestRAM(2 << 20)
         let line = String(repeating: "y", count: BootLayout.commandLineLimit + 1)
         #expect(throws: LoaderError.commandLineTooLong(length: 3840, limit: 3839)) {
             try BootLayout.prepareLongMode(memory: ram, entry: 0x10_0000, commandLine: line)
@@ -105,7 +106,7 @@ struct BootLayoutTests {
 
     @Test("RAM smaller than 1 MiB, or not covering [0, 1 MiB), is .memoryTooSmall")
     func memoryTooSmall() throws {
-        let small = try memory(0xF_F000)
+        let small = try guestRAM(0xF_F000)
         #expect(throws: LoaderError.memoryTooSmall(needed: 0x10_0000, have: 0xF_F000)) {
             try BootLayout.prepareLongMode(memory: small, entry: 0x10_0000, commandLine: "")
         }
@@ -132,7 +133,7 @@ struct BootLayoutTests {
 
     @Test("GDT: null, 64-bit ring-0 code at 0x08 (L set, D clear), ring-0 data at 0x10")
     func gdt() throws {
-        let ram = try memory(2 << 20)
+        let ram = try guestRAM(2 << 20)
         _ = try BootLayout.prepareLongMode(memory: ram, entry: 0x10_0000, commandLine: "")
         #expect(try ram.readUInt64(at: 0x1000) == 0)
         let code = try ram.readUInt64(at: 0x1008)
@@ -149,7 +150,7 @@ struct BootLayoutTests {
 
     @Test("page tables identity-map 4 GiB with 2 MiB pages when RAM is small, and nothing beyond")
     func pageTablesSmallRAM() throws {
-        let ram = try memory(8 << 20)
+        let ram = try guestRAM(8 << 20)
         _ = try BootLayout.prepareLongMode(memory: ram, entry: 0x10_0000, commandLine: "")
         #expect(try ram.readUInt64(at: 0x8000) == 0x9000 | 0x7)
         #expect(try ram.readUInt64(at: 0x8008) == 0, "only PML4 entry 0")
@@ -198,7 +199,7 @@ struct BootLayoutTests {
 struct FlatBinaryLoaderTests {
     @Test("loads at 0x7C00 with CS = DS = ... = 0x7C0, IP 0, SP 0xFFF0")
     func loadsAtBootSector() throws {
-        let ram = try memory(1 << 20)
+        let ram = try guestRAM(1 << 20)
         let image: [UInt8] = [0xFA, 0xB0, 0x2A, 0xE6, 0xF4, 0xF4]
         let state = try FlatBinaryLoader.load(image, at: 0x7C00, into: ram)
         #expect(state.mode == .real(segment: 0x7C0))
@@ -213,7 +214,7 @@ struct FlatBinaryLoaderTests {
 
     @Test("the highest load address 0xFFFF0 gives segment 0xFFFF")
     func highest() throws {
-        let ram = try memory(2 << 20)
+        let ram = try guestRAM(2 << 20)
         let state = try FlatBinaryLoader.load([0xF4], at: 0xFFFF0, into: ram)
         #expect(state.mode == .real(segment: 0xFFFF))
         #expect(try ram.readUInt8(at: 0xFFFF0) == 0xF4)
@@ -222,7 +223,7 @@ struct FlatBinaryLoaderTests {
 
     @Test("an address that is not a multiple of 16 is rejected")
     func unaligned() throws {
-        let ram = try memory(1 << 20)
+        let ram = try guestRAM(1 << 20)
         #expect(throws: LoaderError.loadAddressInvalid(0x7C01, "it must be a multiple of 16")) {
             try FlatBinaryLoader.load([0xF4], at: 0x7C01, into: ram)
         }
@@ -233,7 +234,7 @@ struct FlatBinaryLoaderTests {
 
     @Test("an address above 0xFFFF0 is rejected")
     func tooHigh() throws {
-        let ram = try memory(2 << 20)
+        let ram = try guestRAM(2 << 20)
         #expect(throws: LoaderError.loadAddressInvalid(0x10_0000, "real mode reaches only 0x0-0xffff0 as a segment start")) {
             try FlatBinaryLoader.load([0xF4], at: 0x10_0000, into: ram)
         }
@@ -242,7 +243,7 @@ struct FlatBinaryLoaderTests {
 
     @Test("an empty image is rejected")
     func empty() throws {
-        let ram = try memory(1 << 20)
+        let ram = try guestRAM(1 << 20)
         #expect(throws: LoaderError.malformed("the image is empty")) {
             try FlatBinaryLoader.load([], at: 0x7C00, into: ram)
         }
@@ -250,7 +251,7 @@ struct FlatBinaryLoaderTests {
 
     @Test("an image running past the end of RAM is .imageTooLarge with the room left, and nothing is written")
     func pastEnd() throws {
-        let ram = try memory(0x10000)
+        let ram = try guestRAM(0x10000)
         let image = [UInt8](repeating: 0x90, count: 0x200)
         #expect(throws: LoaderError.imageTooLarge(size: 0x200, limit: 0x100)) {
             try FlatBinaryLoader.load(image, at: 0xFF00, into: ram)

@@ -121,10 +121,3 @@ func get<T: FixedWidthInteger>(_ bytes: [UInt8], _ offset: Int, as: T.Type = T.s
     for i in 0..<(T.bitWidth / 8) { value |= T(bytes[offset + i]) << (8 * i) }
     return value
 }
-
-/// Guest RAM of `size` bytes at 0, every byte set to `fill`.
-func memory(_ size: UInt64, filledWith fill: UInt8 = 0xAA) throws -> GuestMemory {
-    let memory = try GuestMemory(size: size)
-    try memory.fill(fill, count: size, at: 0)
-    return memory
-}

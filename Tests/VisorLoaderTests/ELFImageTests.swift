@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 import VisorMemory
 @testable import VisorLoader
 
@@ -24,7 +25,7 @@ struct ELFValidTests {
     func load() throws {
         let bytes = ELFBuilder.valid().bytes()
         let image = try ELFImage(parsing: bytes)
-        let ram = try memory(4 << 20)
+        let ram = try guestRAM(4 << 20)
         try image.load(bytes, into: ram, reservedEnd: 0x10_0000)
         #expect(try ram.read(16, at: 0x20_0000) == ELFBuilder.code)
         #expect(try ram.read(8, at: 0x20_1000) == ELFBuilder.initialized)
@@ -44,7 +45,7 @@ struct ELFValidTests {
         let bytes = b.bytes()
         let image = try ELFImage(parsing: bytes)
         #expect(image.segments.count == 3)
-        let ram = try memory(4 << 20)
+        let ram = try guestRAM(4 << 20)
         try image.load(bytes, into: ram, reservedEnd: 0x10_0000)
         #expect(try ram.read(0x20, at: 0x30_1000) == [UInt8](repeating: 0, count: 0x20))
         #expect(try ram.readUInt8(at: 0x30_1020) == 0xAA)
@@ -53,7 +54,7 @@ struct ELFValidTests {
     @Test("a segment ending exactly at the end of RAM and starting exactly at reservedEnd loads")
     func exactFit() throws {
         let bytes = ELFBuilder.oneSegment(at: 0x10_0000, memsz: 0x10_0000).bytes()
-        let ram = try memory(2 << 20)
+        let ram = try guestRAM(2 << 20)
         try ELFImage(parsing: bytes).load(bytes, into: ram, reservedEnd: 0x10_0000)
         #expect(try ram.read(16, at: 0x10_0000) == ELFBuilder.code)
         #expect(try ram.readUInt8(at: 0x1F_FFFF) == 0)
@@ -68,7 +69,7 @@ struct ELFErrorTests {
     func load(_ b: ELFBuilder, ram: GuestMemory? = nil) throws {
         let bytes = b.bytes()
         let image = try ELFImage(parsing: bytes)
-        try image.load(bytes, into: ram ?? memory(4 << 20), reservedEnd: 0x10_0000)
+        try image.load(bytes, into: ram ?? guestRAM(4 << 20), reservedEnd: 0x10_0000)
     }
 
     @Test("a file without the ELF magic is .notELF, and the message points to --load-address")
@@ -257,7 +258,7 @@ struct ELFErrorTests {
         var b = ELFBuilder.valid()
         b.headers[1].paddr = 0x80_0000  // second segment outside RAM (and vaddr differs)
         b.headers[1].vaddr = 0x80_0000
-        let ram = try memory(4 << 20)
+        let ram = try guestRAM(4 << 20)
         #expect(throws: LoaderError.segmentOutsideRAM(address: 0x80_0000, size: 0x100)) { try load(b, ram: ram) }
         #expect(try ram.read(16, at: 0x20_0000) == [UInt8](repeating: 0xAA, count: 16))
     }
