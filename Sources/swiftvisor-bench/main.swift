@@ -2,7 +2,7 @@
 // the C reference exit loop (../shared/bench/reference) in the same run.
 //
 // Usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R]
-//                         [--no-irqchip] [--reference PATH] [--cli PATH]
+//                         [--no-irqchip] [--no-seccomp] [--reference PATH] [--cli PATH]
 //        swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ...  (LinuxBench.swift)
 //
 // Exit round trip: the pio_loop/mmio_loop guests drop to CPL3 (IOPL=3) and make N exits to a
@@ -48,6 +48,7 @@ var rounds = 5
 var referencePath = "../shared/bench/reference"
 var cliPath: String?
 var noIrqchip = false
+var noSeccomp = false
 var arguments = CommandLine.arguments.dropFirst()
 while let argument = arguments.popFirst() {
     switch argument {
@@ -56,10 +57,11 @@ while let argument = arguments.popFirst() {
     case "--reference": referencePath = arguments.popFirst() ?? referencePath
     case "--cli": cliPath = arguments.popFirst()
     case "--no-irqchip": noIrqchip = true
+    case "--no-seccomp": noSeccomp = true
     case "pio", "mmio", "startup", "memory", "dispatch", "all": mode = argument
     default:
         print(
-            "usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R] [--no-irqchip] [--reference PATH] [--cli PATH]"
+            "usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R] [--no-irqchip] [--no-seccomp] [--reference PATH] [--cli PATH]"
         )
         print("       swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ... (Linux boot; see BENCHMARKS.md)")
         exit(2)
@@ -227,6 +229,9 @@ struct Round {
     config.collectStatistics = statistics
     // The reference has no in-kernel interrupt controller; measure like with like.
     config.interruptController = !noIrqchip
+    // The vCPU's seccomp filter runs on every system call, KVM_RUN included: on by default,
+    // as for every machine; --no-seccomp measures what it costs.
+    config.seccomp = !noSeccomp
     let probe: TimingProbe
     if mmio {
         let device = ProbeMMIO(expected: exits)
