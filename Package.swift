@@ -152,7 +152,8 @@ let package = Package(
             dependencies: ["VisorEmulator", "VisorCore", "VisorKVM", "VisorMemory", "TestSupport", "CNativeOps"],
             swiftSettings: strictTests),
         .testTarget(
-            name: "SwiftVisorTests", dependencies: ["SwiftVisor", "VisorCore", "VisorKVM", "VisorLoader", "TestSupport"],
+            name: "SwiftVisorTests",
+            dependencies: ["SwiftVisor", "VisorCore", "VisorHost", "VisorKVM", "VisorLoader", "TestSupport"],
             swiftSettings: strictTests),
         .testTarget(
             name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore", "VisorFirmware", "TestSupport"],

@@ -59,6 +59,19 @@ int ckvm_wait_for_signal(const int *signals, int count) {
     return sigwait(&set, &signo) == 0 ? signo : -1;
 }
 
+int ckvm_wait_for_signal_timed(const int *signals, int count, long milliseconds) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < count; i++) sigaddset(&set, signals[i]);
+    struct timespec timeout = { milliseconds / 1000, (milliseconds % 1000) * 1000000L };
+    for (;;) {
+        int signo = sigtimedwait(&set, NULL, &timeout);
+        if (signo > 0) return signo;
+        if (errno == EAGAIN) return 0;
+        if (errno != EINTR) return -1;
+    }
+}
+
 void ckvm_host_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t registers[4]) {
     __cpuid_count(leaf, subleaf, registers[0], registers[1], registers[2], registers[3]);
 }

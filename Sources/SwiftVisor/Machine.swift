@@ -59,7 +59,7 @@ public final class Machine: Sendable {
 
     public init(_ configuration: MachineConfiguration) throws(MachineError) {
         let control = RunControl(vcpuCount: max(configuration.vcpuCount, 0))
-        let parts = try MachineBuilder(configuration: configuration, control: control).build()
+        let parts = try MachineBuilder(configuration: configuration).build()
         self.configuration = configuration
         self.parts = parts
         memory = parts.memory

@@ -50,8 +50,6 @@ struct MachineBuilder {
     ]
 
     let configuration: MachineConfiguration
-    /// The run state the console output consults (a blocked write gives up when stopping).
-    let control: RunControl
 
     // MARK: Pure checks
 
@@ -118,12 +116,18 @@ struct MachineBuilder {
         do { memory = try GuestMemory(regions: Self.guestRegions(memorySize: configuration.memorySize)) } catch {
             throw .memory(error)
         }
-        let control = self.control
-        let consoleOutput: @Sendable (UInt8) -> Void =
-            configuration.consoleOutput ?? { byte in
-                // The kick signal interrupts a blocked write; give up then if the VM is stopping.
-                HostIO.write(CollectionOfOne(byte), to: 1) { control.isStopping }
+        let consoleOutput: ConsoleOutput
+        if let perByte = configuration.consoleOutput {
+            consoleOutput = { bytes in
+                for i in bytes.indices { perByte(bytes[i]) }
             }
+        } else {
+            // One write(2) per guest access. Blocked on a full pipe, it gives up when the
+            // vCPU thread's give-up condition holds (the VM is pausing or stopping; see
+            // VCPURunner) and a kick interrupts it.
+            let descriptor = configuration.consoleDescriptor
+            consoleOutput = { bytes in HostIO.write(bytes, to: descriptor) }
+        }
         let platform = try makePlatform(vm, consoleOutput: consoleOutput)
         let (entry, linuxBootPlan) = try loadGuest(into: memory, platform: platform)
         if let linuxBootPlan { configuration.onLinuxBootPlan?(linuxBootPlan) }
@@ -221,7 +225,7 @@ struct MachineBuilder {
 
     /// The devices: the PC platform for a Linux guest, the minimal one (COM1, debug exit)
     /// for test guests. Their IRQs reach the in-kernel interrupt controller, if there is one.
-    func makePlatform(_ vm: VMHandle, consoleOutput: @escaping @Sendable (UInt8) -> Void) throws(MachineError) -> Platform {
+    func makePlatform(_ vm: VMHandle, consoleOutput: @escaping ConsoleOutput) throws(MachineError) -> Platform {
         var irqLine: (@Sendable (UInt32, Bool) -> Void)?
         if configuration.interruptController {
             irqLine = { irq, level in
@@ -259,7 +263,7 @@ struct MachineBuilder {
     /// The port and MMIO buses with every device, the hypercall table, the MSR policy and
     /// the instruction emulator, in one dispatcher.
     func makeDispatcher(
-        platform: Platform, memory: GuestMemory, consoleOutput: @escaping @Sendable (UInt8) -> Void,
+        platform: Platform, memory: GuestMemory, consoleOutput: @escaping ConsoleOutput,
         msrEmulator: MSREmulator, emulator: InstructionEmulator?
     ) throws(MachineError) -> ExitDispatcher {
         var ports = PortBus()

@@ -71,9 +71,14 @@ public struct MachineConfiguration: Sendable {
     /// Receives one line per exit when set.
     public var trace: (@Sendable (String) -> Void)?
     /// Receives every byte the guest sends to COM1 (and the console-write hypercall). nil,
-    /// the default: standard output, unbuffered; a write blocked on a full pipe gives up
-    /// when the VM is stopped.
+    /// the default: `consoleDescriptor`, unbuffered, one `write(2)` per guest access (a
+    /// `rep outsb` of 4,096 bytes is one write); a write blocked on a full pipe gives up,
+    /// dropping the rest of that access's bytes, when the VM is paused or stopped.
     public var consoleOutput: (@Sendable (UInt8) -> Void)?
+    /// Where the console goes when `consoleOutput` is nil: standard output (1) by default,
+    /// or any descriptor open for writing (a pseudo-terminal, a pipe, a file) that stays
+    /// open while the machine runs.
+    public var consoleDescriptor: Int32 = 1
     /// Receives warnings and `log`-policy messages. Default: standard error.
     public var log: @Sendable (String) -> Void = { HostIO.printError($0) }
     public var portDevices: [PortRegistration] = []

@@ -117,11 +117,9 @@ final class RunControl: Sendable {
         }
     }
 
-    /// Whether the machine is on its way out (a blocked console write gives up then).
-    var isStopping: Bool {
-        let now = phase.load(ordering: .relaxed)
-        return now == .stopping || now == .stopped
-    }
+    /// Whether the vCPUs are to leave `KVM_RUN`: pausing or stopping. A host write blocked
+    /// on a vCPU thread gives up then.
+    var wantsVCPUsOut: Bool { phase.load(ordering: .relaxed) != .running }
 
     // MARK: Outcome
 
@@ -164,6 +162,13 @@ final class RunControl: Sendable {
     func withRunningThread(_ index: Int, _ send: (pthread_t) -> Void) {
         state.withLock { state in
             if case .running(let thread) = state.threads[index] { send(thread) }
+        }
+    }
+
+    /// Whether any vCPU thread is still in its loop.
+    var hasRunningThreads: Bool {
+        state.withLock { state in
+            state.threads.contains { if case .running = $0 { true } else { false } }
         }
     }
 

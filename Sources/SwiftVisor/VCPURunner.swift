@@ -77,9 +77,17 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
             control.finish(RunReport(outcome: .stopped(.requested)))
         }
         requestStop()
+        await untilAllOut { control.isFinished }
         return await wait()
     }
 
+    /// How often a stop or pause kicks the vCPUs again until they are out. A kick that lands
+    /// between a vCPU's last look at the phase and a blocking `write(2)` (a console or trace
+    /// line on a full pipe) is lost; the next one ends the write, which then gives up.
+    static var rekickMilliseconds: Int { 2 }
+
+    /// Records the stop and kicks every vCPU once. `stop()` also kicks again until they are
+    /// out; a caller of this one that must be sure does the same (see `SignalRouter`).
     func requestStop() {
         control.record(.stopped(.requested))
         kickAll()
@@ -89,8 +97,17 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
     func pause() async {
         guard control.requestPause() else { return }
         kickAll()
-        while !control.allParkedOrDone {
-            try? await Task.sleep(for: .milliseconds(1))
+        await untilAllOut { control.allParkedOrDone }
+    }
+
+    /// Waits until `done`, looking every 100 us and kicking the vCPUs again every
+    /// `rekickMilliseconds`.
+    private func untilAllOut(_ done: () -> Bool) async {
+        var polls = 0
+        while !done() {
+            try? await Task.sleep(for: .microseconds(100))
+            polls += 1
+            if polls % (Self.rekickMilliseconds * 10) == 0, !done() { kickAll() }
         }
     }
 
@@ -144,8 +161,22 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
             statistics: merged, vcpuStatistics: collectStatistics ? perVCPU : [])
     }
 
-    /// One vCPU's exit loop. Steady state: run, dispatch; no allocation.
+    /// One vCPU's thread: the exit loop, with every host write on this thread (console,
+    /// trace, log) giving up once the machine is pausing or stopping.
     func vcpuLoop(_ index: Int) {
+        let control = self.control
+        WriteGiveUp.during({ control.wantsVCPUsOut }, run: { exitLoop(index) })
+        // The machine is stopping. Until every other vCPU is out too, kick them again every
+        // few milliseconds: the first kick is lost on one that was about to block in a
+        // write(2) (see rekickMilliseconds). The last one out finds none left.
+        while control.hasRunningThreads {
+            HostIO.sleep(nanoseconds: UInt64(Self.rekickMilliseconds) * 1_000_000)
+            kickAll()
+        }
+    }
+
+    /// One vCPU's exit loop. Steady state: run, dispatch; no allocation.
+    private func exitLoop(_ index: Int) {
         VCPUSignals.unblock([VCPUSignals.kick])
         control.threadStarted(index)
         let vcpu = vcpus[index]

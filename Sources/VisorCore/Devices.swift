@@ -20,7 +20,32 @@ public protocol PortDevice: AnyObject, Sendable {
     func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32
     /// An OUT of `width` bytes; `value` holds them zero-extended.
     func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction
+    /// A string OUT (`rep outs`) of `count` elements, `element(i)` being the i-th. The
+    /// default writes them one by one with `portWrite` and stops at the first action other
+    /// than `.continue`; a device overrides it to take the elements as one batch (COM1
+    /// hands them to the console in one write).
+    func portWrite(
+        port: UInt16, offset: UInt16, width: UInt8, count: Int, element: (Int) -> UInt32
+    ) -> DeviceAction
 }
+
+extension PortDevice {
+    public func portWrite(
+        port: UInt16, offset: UInt16, width: UInt8, count: Int, element: (Int) -> UInt32
+    ) -> DeviceAction {
+        for i in 0..<count {
+            let action = portWrite(port: port, offset: offset, width: width, value: element(i))
+            if action != .continue { return action }
+        }
+        return .continue
+    }
+}
+
+/// Where a guest's console output goes (COM1 and the console-write hypercall): called on
+/// the vCPU thread with every run of bytes one guest access sends, one byte for an `out`,
+/// up to 4,096 for a `rep outsb`, up to 64 KiB for a hypercall, so that a sink can write
+/// them with one system call.
+public typealias ConsoleOutput = @Sendable (Span<UInt8>) -> Void
 
 /// A device on the MMIO bus, told the address and its offset into the device's region.
 public protocol MMIODevice: AnyObject, Sendable {

@@ -209,12 +209,13 @@ public struct ExitDispatcher: Sendable {
         }
         let offset = access.port &- route.base
         if access.isWrite {
-            for i in 0..<count {
-                let action = device.portWrite(
-                    port: access.port, offset: offset, width: access.width,
-                    value: data.ioElement(i))
-                if action != .continue { return apply(action, data) }
-            }
+            let action =
+                count == 1
+                ? device.portWrite(port: access.port, offset: offset, width: access.width, value: data.ioElement(0))
+                : device.portWrite(
+                    port: access.port, offset: offset, width: access.width, count: count,
+                    element: { data.ioElement($0) })
+            if action != .continue { return apply(action, data) }
         } else {
             for i in 0..<count {
                 data.setIOElement(i, device.portRead(port: access.port, offset: offset, width: access.width))

@@ -63,7 +63,7 @@ public struct HypercallTable: Sendable {
     /// The built-in calls, with console output going to `console` and memory checked
     /// against `memory`.
     public static func standard(
-        memory: GuestMemory, console: @escaping @Sendable (UInt8) -> Void,
+        memory: GuestMemory, console: @escaping ConsoleOutput,
         port: UInt16 = defaultPort
     ) -> HypercallTable {
         var table = HypercallTable(port: port)
@@ -74,7 +74,7 @@ public struct HypercallTable: Sendable {
             let address = request.arguments[0], length = request.arguments[1]
             guard length <= consoleWriteLimit else { return .value(einval) }
             guard let bytes = try? memory.read(Int(length), at: address) else { return .value(efault) }
-            bytes.forEach(console)
+            console(bytes.span)
             return .value(length)
         }
         table.register(Number.exit) { request in

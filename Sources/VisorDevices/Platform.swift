@@ -35,7 +35,7 @@ public final class Platform: Sendable {
 
     /// - Parameters:
     ///   - memoryBelow4GiB, memoryAbove4GiB: guest RAM, for the CMOS memory-size fields.
-    ///   - consoleOutput: receives every byte the guest sends to COM1, on the vCPU thread.
+    ///   - consoleOutput: receives the bytes the guest sends to COM1, on the vCPU thread.
     ///   - irqLine: raises or lowers an ISA interrupt line; nil without an interrupt
     ///     controller.
     ///   - cmos: the CMOS/RTC to keep, as a battery would, from a previous machine (after a
@@ -45,7 +45,7 @@ public final class Platform: Sendable {
     ///     leaves it out; the port is then an ordinary unclaimed port.
     package init(
         kind: Kind, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0,
-        consoleOutput: @escaping @Sendable (UInt8) -> Void,
+        consoleOutput: @escaping ConsoleOutput,
         irqLine: (@Sendable (_ irq: UInt32, _ level: Bool) -> Void)?,
         cmos: CMOSDevice? = nil, debugExit: Bool = true
     ) throws(PlatformError) {

@@ -420,16 +420,25 @@ public final class Serial16550Device: PortDevice {
 
     /// The UART and the level last driven on the interrupt line.
     private let state = Mutex<(uart: Serial16550, line: Bool)>((Serial16550(), false))
-    private let output: @Sendable (UInt8) -> Void
+    /// The bytes one string OUT transmits, handed to `output` as one batch. Its own lock, held
+    /// while `output` runs, keeps batches whole without blocking register accesses (host
+    /// input, other vCPUs) behind a slow console; the capacity is kept between exits.
+    private let batch = Mutex<[UInt8]>([])
+    private let output: ConsoleOutput
     private let interruptLine: (@Sendable (Bool) -> Void)?
 
+    /// The most bytes one string OUT can hand over (KVM's 4 KiB I/O data page).
+    static let batchCapacity = 4096
+
     /// - Parameters:
-    ///   - output: receives every byte the guest transmits, on the vCPU thread.
+    ///   - output: receives the bytes the guest transmits, on the vCPU thread: one byte
+    ///     per `out`, and every byte of a `rep outsb` at once.
     ///   - interruptLine: drives the UART's IRQ line: called with the new level whenever
     ///     "an enabled interrupt is pending and MCR.OUT2 is set" changes, as on a PC.
-    public init(output: @escaping @Sendable (UInt8) -> Void, interruptLine: (@Sendable (Bool) -> Void)? = nil) {
+    public init(output: @escaping ConsoleOutput, interruptLine: (@Sendable (Bool) -> Void)? = nil) {
         self.output = output
         self.interruptLine = interruptLine
+        batch.withLock { $0.reserveCapacity(Self.batchCapacity) }
     }
 
     /// Runs `body` on the UART and then updates the interrupt line, under one lock so that
@@ -453,7 +462,28 @@ public final class Serial16550Device: PortDevice {
 
     public func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
         let sent = access { $0.write(offset: UInt8(truncatingIfNeeded: offset), value: UInt8(truncatingIfNeeded: value)) }
-        if let sent { output(sent) }
+        if let sent {
+            let byte = InlineArray<1, UInt8>(repeating: sent)
+            output(byte.span)
+        }
+        return .continue
+    }
+
+    public func portWrite(
+        port: UInt16, offset: UInt16, width: UInt8, count: Int, element: (Int) -> UInt32
+    ) -> DeviceAction {
+        batch.withLock { batch in
+            batch.removeAll(keepingCapacity: true)
+            access { uart in
+                for i in 0..<count {
+                    let value = UInt8(truncatingIfNeeded: element(i))
+                    if let sent = uart.write(offset: UInt8(truncatingIfNeeded: offset), value: value) {
+                        batch.append(sent)
+                    }
+                }
+            }
+            if !batch.isEmpty { output(batch.span) }
+        }
         return .continue
     }
 

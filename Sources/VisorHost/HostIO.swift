@@ -8,20 +8,37 @@ public import Glibc
 /// host's system calls: every raw pointer they would otherwise need lives here, each behind
 /// a function that takes and returns values.
 public enum HostIO {
-    /// Writes all of `bytes` to `fd`, retrying on EINTR and short writes; gives up silently
-    /// on other errors (a closed terminal must not stop the guest), and on EINTR when
-    /// `giveUp` says so (a VM being stopped must not stay blocked on a full pipe).
-    public static func write(_ bytes: some Collection<UInt8>, to fd: Int32, giveUp: () -> Bool = { false }) {
-        var remaining = Array(bytes)[...]
-        while !remaining.isEmpty {
-            // SAFETY: write(2) reads at most count bytes of the buffer, valid for the call.
-            let n = unsafe remaining.withUnsafeBytes { unsafe Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR, !giveUp() { continue }
-                return
+    /// Writes all of `bytes` to `fd`, retrying on EINTR and short writes, with one
+    /// `write(2)` per try rather than per byte. Gives up silently on other errors (a closed
+    /// terminal must not stop the guest), and whenever `giveUp` says so: it is asked before
+    /// every try, so a caller that sets its condition and then interrupts the writer with a
+    /// signal (again, if the first one came just before the writer blocked) gets it out of a
+    /// full pipe. By default it gives up when the calling thread's `WriteGiveUp` condition
+    /// holds (on a vCPU thread: its machine is being paused or stopped). Returns whether
+    /// every byte was written.
+    @discardableResult
+    public static func write(_ bytes: Span<UInt8>, to fd: Int32, giveUp: () -> Bool = { WriteGiveUp.holds }) -> Bool {
+        var done = 0
+        while done < bytes.count {
+            if giveUp() { return false }
+            // SAFETY: write(2) reads at most count - done bytes from offset done (< count) of
+            // the span's buffer, which is valid for the closure's duration.
+            let n = unsafe bytes.withUnsafeBufferPointer { buffer in
+                unsafe Glibc.write(fd, buffer.baseAddress! + done, buffer.count - done)
             }
-            remaining = remaining.dropFirst(n)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            done += n
         }
+        return true
+    }
+
+    /// Writes all of `bytes` to `fd`, as `write(_:to:giveUp:)` does for a span.
+    @discardableResult
+    public static func write(_ bytes: [UInt8], to fd: Int32, giveUp: () -> Bool = { WriteGiveUp.holds }) -> Bool {
+        write(bytes.span, to: fd, giveUp: giveUp)
     }
 
     /// Writes one line to standard error.

@@ -27,6 +27,16 @@ package enum VCPUSignals {
         }
     }
 
+    /// Waits at most `milliseconds` for one of `signals`, which the caller must have
+    /// blocked; returns nil when none came.
+    package static func wait(for signals: [Int32], milliseconds: Int) -> Int32? {
+        // SAFETY: as in block(_:).
+        let signal = unsafe signals.withUnsafeBufferPointer {
+            unsafe ckvm_wait_for_signal_timed($0.baseAddress, Int32($0.count), milliseconds)
+        }
+        return signal > 0 ? signal : nil
+    }
+
     /// Waits for one of `signals`, which the caller must have blocked.
     package static func wait(for signals: [Int32]) -> Int32 {
         // SAFETY: as in block(_:).

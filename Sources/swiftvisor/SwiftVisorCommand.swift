@@ -425,7 +425,19 @@ final class SignalRouter: Sendable {
         signal(SIGPIPE, SIG_IGN)
         _ = HostThread.detach { [self] in
             while true {
-                let signal = VCPUSignals.wait(for: Self.controlSignals)
+                // While a stop is under way, kick the vCPUs again every few milliseconds: a
+                // kick that came just before a vCPU blocked writing to a full pipe is lost.
+                let stopping = state.withLock { $0.interruptedBy != nil ? $0.machine : nil }
+                let signal: Int32
+                if let stopping {
+                    guard let received = VCPUSignals.wait(for: Self.controlSignals, milliseconds: 2) else {
+                        if !stopping.hasStopped { stopping.requestStop() }
+                        continue
+                    }
+                    signal = received
+                } else {
+                    signal = VCPUSignals.wait(for: Self.controlSignals)
+                }
                 let (machine, again) = state.withLock { state in
                     let again = state.interruptedBy != nil
                     if signal != SIGUSR1, !again { state.interruptedBy = signal }

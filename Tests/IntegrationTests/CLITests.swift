@@ -312,24 +312,43 @@ extension KVMIntegration {
             #expect(process.terminationStatus == 0)
         }
 
-        @Test("SIGINT stops a VM whose vCPU is blocked writing to a full pipe")
-        func stopWhileOutputBlocked() throws {
+        @Test(
+            "SIGINT stops a VM whose vCPU is blocked writing to a full pipe, on every output path",
+            arguments: [
+                (["--builtin", "chatty"], false), (["--builtin", "chatty_string"], false),
+                (["--builtin", "chatty_hypercall"], false), (["--builtin", "chatty", "--trace"], true),
+            ])
+        func stopWhileOutputBlocked(arguments: [String], blockStandardError: Bool) throws {
             let process = Process()
             process.executableURL = Self.binary
-            process.arguments = ["--builtin", "chatty"]
-            let output = Pipe()  // never read: fills after 64 KiB
-            process.standardOutput = output
-            process.standardError = FileHandle.nullDevice
+            process.arguments = arguments
+            let blocked = Pipe()  // never read: fills after 64 KiB
+            process.standardOutput = blockStandardError ? FileHandle.nullDevice : blocked
+            process.standardError = blockStandardError ? blocked : FileHandle.nullDevice
             process.standardInput = FileHandle.nullDevice
             try process.run()
-            Thread.sleep(forTimeInterval: 4)  // about 20 us per byte: the pipe is full by now
+            // Wait until the pipe is full (or nearly: a trace line does not split).
+            let fd = blocked.fileHandleForReading.fileDescriptor
+            var queued: Int32 = 0
+            let filling = Date().addingTimeInterval(20)
+            repeat {
+                Thread.sleep(forTimeInterval: 0.05)
+                // SAFETY: FIONREAD writes one int into `queued`, a local that outlives the call.
+                _ = unsafe ioctl(fd, UInt(FIONREAD), &queued)
+            } while queued < 60000 && Date() < filling
+            #expect(queued >= 60000, "the pipe never filled")
+            Thread.sleep(forTimeInterval: 0.05)
             kill(process.processIdentifier, SIGINT)
-            let deadline = Date().addingTimeInterval(5)
-            while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+            let sent = Date()
+            let deadline = sent.addingTimeInterval(5)
+            while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.001) }
+            let elapsed = Date().timeIntervalSince(sent)
             #expect(!process.isRunning, "the VM did not stop")
             if process.isRunning { process.terminate() }
             process.waitUntilExit()
+            print("\(arguments.joined(separator: " ")): stopped \(Int(elapsed * 1000)) ms after SIGINT")
             #expect(process.terminationStatus == 130)
+            #expect(elapsed < 1, "the stop took \(elapsed) s")
         }
 
         @Test("a missing guest file is a one-line error")

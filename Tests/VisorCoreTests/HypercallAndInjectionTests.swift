@@ -91,8 +91,8 @@ struct HypercallTests {
         return ExitDispatcher(
             hypercalls: HypercallTable.standard(
                 memory: memory,
-                console: { byte in
-                    console.append(byte)
+                console: { bytes in
+                    for i in bytes.indices { console.append(bytes[i]) }
                 }))
     }
 

@@ -1,4 +1,6 @@
 import Testing
+import Synchronization
+import VisorCore
 import TestSupport
 @testable import VisorDevices
 
@@ -478,5 +480,43 @@ struct Serial16550Tests {
             }
         }
         #expect(dataCompared > 100, "the run exercised RBR reads")
+    }
+}
+
+/// The port adapter's console output: one call per guest access.
+@Suite("16550 console output")
+struct Serial16550OutputTests {
+    final class Batches: Sendable {
+        let all = Mutex<[[UInt8]]>([])
+        var sink: ConsoleOutput {
+            { [self] bytes in
+                var copy: [UInt8] = []
+                for i in bytes.indices { copy.append(bytes[i]) }
+                all.withLock { $0.append(copy) }
+            }
+        }
+    }
+
+    @Test("a string OUT of 4,096 bytes to THR reaches the console as one batch, in order")
+    func stringOutIsOneBatch() {
+        let batches = Batches()
+        let uart = Serial16550Device(output: batches.sink)
+        let bytes = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        let action = uart.portWrite(port: 0x3F8, offset: 0, width: 1, count: bytes.count) { UInt32(bytes[$0]) }
+        #expect(action == .continue)
+        #expect(batches.all.withLock { $0 } == [bytes])
+        _ = uart.portWrite(port: 0x3F8, offset: 0, width: 1, value: 0x41)
+        #expect(batches.all.withLock { $0 } == [bytes, [0x41]])
+    }
+
+    @Test("a string OUT with DLAB set writes the divisor latch and sends nothing")
+    func stringOutWithDLAB() {
+        let batches = Batches()
+        let uart = Serial16550Device(output: batches.sink)
+        _ = uart.portWrite(port: 0x3FB, offset: 3, width: 1, value: 0x80)
+        _ = uart.portWrite(port: 0x3F8, offset: 0, width: 1, count: 16) { UInt32($0) }
+        #expect(batches.all.withLock { $0 }.isEmpty)
+        _ = uart.portWrite(port: 0x3FB, offset: 3, width: 1, value: 0x03)
+        #expect(uart.portRead(port: 0x3F8, offset: 0, width: 1) == 0)
     }
 }

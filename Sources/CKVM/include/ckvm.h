@@ -82,6 +82,9 @@ int ckvm_thread_signal_mask(int how, const int *signals, int count);
 /// Waits for one of `count` signals (which the caller has blocked) and returns it, or -1.
 int ckvm_wait_for_signal(const int *signals, int count);
 
+/// As ckvm_wait_for_signal, but gives up after `milliseconds`: returns 0 then.
+int ckvm_wait_for_signal_timed(const int *signals, int count, long milliseconds);
+
 // MARK: non-variadic ioctl wrappers
 
 /// ioctl(fd, request) with no argument.
