@@ -14,15 +14,17 @@ public enum LinuxBootProtocol: String, Sendable, CaseIterable {
 /// What to boot.
 public struct LinuxBootRequest: Sendable {
     /// A bzImage or an x86-64 ELF vmlinux; told apart by content.
-    public var kernel: [UInt8]
+    public var kernel: [UInt8] { didSet { prepared = nil } }
     public var initrd: [UInt8]?
     /// The whole command line the kernel gets.
     public var commandLine: String
-    public var bootProtocol: LinuxBootProtocol
+    public var bootProtocol: LinuxBootProtocol { didSet { prepared = nil } }
     /// Decompress a bzImage's payload on the host and boot the ELF inside it, so the guest
     /// skips its decompressor. When off, or when the codec is not one SwiftVisor decodes,
     /// the protected-mode kernel is entered at its 64-bit entry and decompresses itself.
-    public var hostDecompression: Bool
+    public var hostDecompression: Bool { didSet { prepared = nil } }
+    /// The kernel as `prepareKernel()` left it, for every later load of this request.
+    var prepared: PreparedKernel?
 
     public init(
         kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "",
@@ -34,6 +36,18 @@ public struct LinuxBootRequest: Sendable {
         self.bootProtocol = bootProtocol
         self.hostDecompression = hostDecompression
     }
+
+    /// Detects and prepares the kernel now, decompressing a bzImage's payload if the host
+    /// is to, and keeps the result: every machine built from this request afterwards (a new
+    /// boot after each guest reset, say) loads it without decoding the file again. Setting
+    /// `kernel`, `bootProtocol` or `hostDecompression` drops it.
+    public mutating func prepareKernel() throws(LinuxBootError) {
+        let image = try KernelImage.detect(kernel)
+        prepared = try PreparedKernel.prepare(image, bytes: kernel, request: self)
+    }
+
+    /// Whether `prepareKernel()` has run since the kernel or how to boot it last changed.
+    public var isKernelPrepared: Bool { prepared != nil }
 }
 
 /// What the loader did: the entry state and, for traces and tests, where everything went.
@@ -52,7 +66,8 @@ public struct LinuxBootPlan: Sendable {
     package var zeroPage: ZeroPage?
     /// Set for PVH.
     package var startInfo: PVHStartInfo?
-    /// Milliseconds spent decompressing on the host (0 if not).
+    /// Milliseconds this load spent decompressing on the host: 0 if it did not, or if the
+    /// request's kernel was prepared beforehand (`LinuxBootRequest.prepareKernel()`).
     public var decompressionMilliseconds: Double
 }
 
@@ -100,8 +115,14 @@ package enum LinuxLoader {
         else {
             throw .memoryTooSmall(needed: E820Map.highMemoryStart, have: memory.totalSize)
         }
-        let image = try KernelImage.detect(request.kernel)
-        let kernel = try PreparedKernel.prepare(image, bytes: request.kernel, request: request)
+        var kernel: PreparedKernel
+        if let prepared = request.prepared {
+            kernel = prepared
+            kernel.decompressionMilliseconds = 0  // done before this load
+        } else {
+            let image = try KernelImage.detect(request.kernel)
+            kernel = try PreparedKernel.prepare(image, bytes: request.kernel, request: request)
+        }
 
         guard kernel.range.upperBound <= low.end else {
             throw .memoryTooSmall(needed: kernel.range.upperBound, have: memory.totalSize)

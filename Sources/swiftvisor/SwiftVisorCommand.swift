@@ -469,6 +469,7 @@ final class SignalRouter: Sendable {
 
     /// Stops sending input to the machine and restores the terminal.
     func detach() {
+        console.detach()
         console.restoreTerminal()
         state.withLock { $0.machine = nil }
     }

@@ -77,6 +77,33 @@ struct LinuxLoaderTests {
         #expect(zeroPage.protocolVersion == 0x020F)
     }
 
+    @Test("a prepared request loads the same bytes again and again without decompressing its payload again")
+    func preparedKernelIsReused() throws {
+        let image = BzImageBuilder.wrapping(VmlinuxBuilder().bytes(), codec: .gzip).bytes()
+        var request = LinuxBootRequest(kernel: image, commandLine: "console=ttyS0")
+        let fresh = try guestRAM(64 * Self.MiB)
+        let unprepared = try LinuxLoader.load(request, into: fresh, rsdpAddress: 0xE0000)
+        #expect(unprepared.decompressionMilliseconds > 0)
+
+        try request.prepareKernel()
+        #expect(request.isKernelPrepared)
+        for _ in 0..<2 {  // as for the boots after two guest resets
+            let memory = try guestRAM(64 * Self.MiB)
+            let plan = try LinuxLoader.load(request, into: memory, rsdpAddress: 0xE0000)
+            #expect(plan.decompressionMilliseconds == 0, "this load decompressed the payload again")
+            #expect(plan.kernelRange == unprepared.kernelRange)
+            #expect(plan.entry == unprepared.entry)
+            #expect(try memory.read(Int(64 * Self.MiB), at: 0) == fresh.read(Int(64 * Self.MiB), at: 0))
+        }
+
+        // Another kernel, or another way to boot it, drops the preparation.
+        request.hostDecompression = false
+        #expect(!request.isKernelPrepared)
+        try request.prepareKernel()
+        request.kernel = VmlinuxBuilder().bytes()
+        #expect(!request.isKernelPrepared)
+    }
+
     @Test func bzImageThatDecompressesItself() throws {
         let builder = BzImageBuilder.wrapping(VmlinuxBuilder().bytes(), codec: .gzip)
         let image = builder.bytes()
