@@ -219,6 +219,9 @@ public final class InstructionEmulator: EmulationFailureHandler {
     public let smapAvailable: Bool
     /// The guest's RAM, where memory operands and page tables are read.
     public let memory: GuestMemory
+    /// The guest's MAXPHYADDR (CPUID 0x80000008 EAX[7:0]): page-table entry bits at and
+    /// above it are reserved, and a walk that finds one raises #PF with RSVD.
+    public let physicalAddressBits: Int
     /// Receives a line for each emulated instruction (the machine's trace).
     public let trace: (@Sendable (String) -> Void)?
 
@@ -229,11 +232,12 @@ public final class InstructionEmulator: EmulationFailureHandler {
 
     public init(
         handlers: [String: InstructionHandler] = InstructionEmulator.allHandlers, smapAvailable: Bool,
-        memory: GuestMemory, trace: (@Sendable (String) -> Void)? = nil
+        memory: GuestMemory, physicalAddressBits: Int = 52, trace: (@Sendable (String) -> Void)? = nil
     ) {
         self.handlers = handlers
         self.smapAvailable = smapAvailable
         self.memory = memory
+        self.physicalAddressBits = physicalAddressBits
         self.trace = trace
     }
 
@@ -268,7 +272,7 @@ public final class InstructionEmulator: EmulationFailureHandler {
             registers = try vcpu.registers()
             special = try vcpu.specialRegisters()
         } catch { return (.fatal(.runFailed("emulation: \(error)")), "") }
-        let translator = AddressTranslator(special)
+        let translator = AddressTranslator(special, physicalAddressBits: physicalAddressBits)
         let rip = special.linearAddress(ofRIP: registers.rip)
         let bytes =
             Self.instructionBytes(fromInternalErrorData: data)
