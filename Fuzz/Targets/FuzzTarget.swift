@@ -48,6 +48,12 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: guest RAM changes only inside the ranges the plan and the loader's boot-data
     /// layout name, and not at all when loading fails.
     case linux
+    /// The guest address translator (`AddressTranslator`) against a reference walker from
+    /// the SDM's tables, in every paging mode, on tables built in 64 KiB of RAM.
+    /// Checks: each access (read, write or fetch; user or supervisor) gives the same physical
+    /// address or the same fault and #PF error code in both; RAM afterwards holds the same
+    /// accessed and dirty flags.
+    case translator
 
     /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
     /// which is slow in a debug build.
@@ -72,6 +78,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .dispatch: fuzzDispatch(data)
         case .elf: fuzzELF(data)
         case .linux: fuzzLinux(data)
+        case .translator: fuzzTranslator(data)
         }
     }
 }

@@ -253,11 +253,13 @@ struct MachineBuilder {
         let smapBit: UInt32 = 1 << 20
         let tableSMAP = guestCPUID0.first { $0.function == 7 && $0.index == 0 }.map { $0.ebx & smapBit != 0 } ?? false
         let hostSMAP = hostCPUID(leaf: 7).ebx & smapBit != 0
+        // MAXPHYADDR as the guest sees it, for the reserved bits of its page-table entries.
+        let addressBits = guestCPUID0.first { $0.function == 0x8000_0008 }.map { Int($0.eax & 0xFF) } ?? 0
         var handlers = InstructionEmulator.allHandlers
         for (mnemonic, handler) in configuration.instructionHandlers { handlers[mnemonic] = handler }
         return InstructionEmulator(
             handlers: handlers, smapAvailable: tableSMAP || hostSMAP, memory: memory,
-            trace: configuration.trace)
+            physicalAddressBits: addressBits >= 32 ? addressBits : 52, trace: configuration.trace)
     }
 
     /// The port and MMIO buses with every device, the hypercall table, the MSR policy and

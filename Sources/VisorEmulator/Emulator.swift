@@ -146,11 +146,17 @@ public struct EmulationState {
         return longMode ? address : address & 0xFFFF_FFFF
     }
 
-    /// The guest-physical address of `linear`, or the fault the processor would raise:
-    /// #PF (with CR2) for a missing or protected page, #GP(0) for a non-canonical address.
+    /// The guest-physical address of `linear` for an explicit data access at the current
+    /// CPL (SMAP lifted by RFLAGS.AC), or the fault the processor would raise: #PF (with
+    /// CR2) for a missing, protected or reserved-bit page, #GP(0) for a non-canonical
+    /// address. A successful translation sets the accessed flags, and the dirty flag for
+    /// a write, in the guest's page tables.
     public func physical(_ linear: UInt64, write: Bool) throws(EmulationFault) -> UInt64 {
+        let access = AddressTranslator.Access(
+            write ? .write : .read, cpl == 3 ? .user : .supervisor,
+            alignmentCheck: registers.rflags & InstructionEmulator.ac != 0)
         do throws(AddressTranslator.AccessFault) {
-            return try translator.translate(linear, write: write, user: cpl == 3, memory: memory)
+            return try translator.translate(linear, access: access, memory: memory)
         } catch {
             switch error {
             case .pageFault(let code): throw EmulationFault(injection: .pageFault(errorCode: code, address: linear))
@@ -177,7 +183,9 @@ public struct EmulationState {
     }
 
     public func writeMemory(linear: UInt64, _ bytes: [UInt8]) throws(EmulationFault) {
-        // Translate every page first, so that a fault leaves memory unchanged.
+        // Translate every page first, so that a fault leaves the bytes unchanged (a write
+        // across two pages that faults on the second may still have set the first page's
+        // accessed and dirty flags, as a processor may).
         var pieces: [(UInt64, ArraySlice<UInt8>)] = []
         var offset = 0
         while offset < bytes.count {
@@ -211,6 +219,9 @@ public final class InstructionEmulator: EmulationFailureHandler {
     public let smapAvailable: Bool
     /// The guest's RAM, where memory operands and page tables are read.
     public let memory: GuestMemory
+    /// The guest's MAXPHYADDR (CPUID 0x80000008 EAX[7:0]): page-table entry bits at and
+    /// above it are reserved, and a walk that finds one raises #PF with RSVD.
+    public let physicalAddressBits: Int
     /// Receives a line for each emulated instruction (the machine's trace).
     public let trace: (@Sendable (String) -> Void)?
 
@@ -221,11 +232,12 @@ public final class InstructionEmulator: EmulationFailureHandler {
 
     public init(
         handlers: [String: InstructionHandler] = InstructionEmulator.allHandlers, smapAvailable: Bool,
-        memory: GuestMemory, trace: (@Sendable (String) -> Void)? = nil
+        memory: GuestMemory, physicalAddressBits: Int = 52, trace: (@Sendable (String) -> Void)? = nil
     ) {
         self.handlers = handlers
         self.smapAvailable = smapAvailable
         self.memory = memory
+        self.physicalAddressBits = physicalAddressBits
         self.trace = trace
     }
 
@@ -260,7 +272,7 @@ public final class InstructionEmulator: EmulationFailureHandler {
             registers = try vcpu.registers()
             special = try vcpu.specialRegisters()
         } catch { return (.fatal(.runFailed("emulation: \(error)")), "") }
-        let translator = AddressTranslator(special)
+        let translator = AddressTranslator(special, physicalAddressBits: physicalAddressBits)
         let rip = special.linearAddress(ofRIP: registers.rip)
         let bytes =
             Self.instructionBytes(fromInternalErrorData: data)

@@ -124,6 +124,29 @@ struct EmulatorTests {
         #expect(h.vcpu.injections.last == .generalProtection(0))
     }
 
+    @Test("emulated accesses pass the CPL and RFLAGS.AC: SMAP faults a supervisor read of a user page unless AC is set")
+    func smapAndAccessedFlags() throws {
+        let h = try EmulatorHarness()
+        try h.memory.write(UInt64(0x3000 | 0x7), at: 0x1000)  // user-mode address at every level
+        try h.memory.write(UInt64(0x4000 | 0x7), at: 0x3000)
+        try h.memory.write(UInt64(0x0 | 0x87), at: 0x4000)
+        h.vcpu.sregs.cr4 |= 1 << 21  // SMAP
+        h.vcpu.regs.rbx = 0x20000
+        #expect(try h.run([0xF3, 0x48, 0x0F, 0xB8, 0x03]) == .handled)
+        #expect(h.vcpu.injections == [.pageFault(errorCode: 0x1, address: 0x20000)])
+        #expect(try h.memory.readUInt64(at: 0x4000) == 0x87, "a fault sets no accessed flag")
+        h.vcpu.regs.rflags |= 1 << 18  // AC
+        #expect(try h.run([0xF3, 0x48, 0x0F, 0xB8, 0x03]) == .handled)
+        #expect(h.vcpu.injections.count == 1)
+        #expect(try h.memory.readUInt64(at: 0x4000) == 0x87 | 0x20, "a read sets A, not D")
+        // A write (cmpxchg16b) sets D in the 2 MiB page's PDE.
+        h.vcpu.regs.rip = 0x10000
+        h.vcpu.regs.rdi = 0x20000
+        #expect(try h.run([0xF0, 0x48, 0x0F, 0xC7, 0x0F]) == .handled)
+        #expect(try h.memory.readUInt64(at: 0x4000) == 0x87 | 0x60)
+        #expect(try h.memory.readUInt64(at: 0x1000) == 0x3000 | 0x27)
+    }
+
     @Test(
         "LZCNT and TZCNT: result and CF/ZF",
         arguments: [
@@ -292,7 +315,7 @@ struct EmulatorTests {
             h.vcpu.regs.r8 = next()
             _ = try h.run(bytes)
         }
-        // The code page is intact apart from what run() itself wrote there.
-        #expect(try h.memory.readUInt64(at: 0x1000) == 0x3003)
+        // The page tables are intact apart from the accessed flag a walk may set.
+        #expect(try h.memory.readUInt64(at: 0x1000) & ~0x20 == 0x3003)
     }
 }
