@@ -47,12 +47,19 @@ public enum CompressionCodec: String, Sendable, CaseIterable, CustomStringConver
 /// Decompresses kernel payloads through Debian's zlib, liblzma, liblz4 and libzstd.
 ///
 /// Output is bounded by a caller-given limit; a payload that would exceed it fails with
-/// `decompressedTooLarge` without producing more than the limit. The size a payload
+/// `decompressedTooLarge` without producing more than the limit. It is also bounded by
+/// `maximumRatio` times the payload's size; past that it fails with `decompressionBomb`. The size a payload
 /// claims for itself (gzip's ISIZE, or the 4 bytes the kernel build appends) only sizes
 /// the first output buffer; it is never trusted beyond the limit. Thread-safe.
 public enum Decompressor {
     /// The default output limit: no kernel comes near it.
     public static let defaultLimit = 512 << 20
+
+    /// The most a payload may expand: kernels expand 3 to 11 times (Debian's xz-compressed
+    /// 6.1 kernel 3.8, our gzip test kernel 10.3), so 64 leaves room for any real one while
+    /// a decompression bomb (a kilobyte that would become gigabytes) stops after 64 KiB
+    /// of output instead of the whole limit, in bounded time and memory.
+    public static let maximumRatio = 64
 
     /// The uncompressed size a payload states in its last 4 bytes (little-endian): gzip's
     /// ISIZE (the size modulo 2^32), or the size the kernel build appends to the other
@@ -71,7 +78,9 @@ public enum Decompressor {
         _ payload: ArraySlice<UInt8>, codec: CompressionCodec, limit: Int = defaultLimit
     ) throws(LinuxBootError) -> [UInt8] {
         guard let cCodec = codec.cCodec else { throw .unsupportedCompression(codec) }
-        let limit = max(limit, 0)
+        let (ratioCap, overflow) = payload.count.multipliedReportingOverflow(by: maximumRatio)
+        let ratioBinds = !overflow && ratioCap < limit
+        let limit = max(ratioBinds ? ratioCap : limit, 0)
         // First buffer: the stated size if there is one, else four times the input; both
         // clamped to the limit. Too small a guess costs a restart with twice the room.
         var capacity = min(limit, max(statedSize(of: payload) ?? payload.count * 4, 4096))
@@ -102,7 +111,12 @@ public enum Decompressor {
                 trimmed.append(contentsOf: output)
                 return trimmed
             case Int32(CDEC_ERR_OUTPUT_FULL):
-                guard capacity < limit else { throw .decompressedTooLarge(codec: codec, limit: limit) }
+                guard capacity < limit else {
+                    if ratioBinds {
+                        throw .decompressionBomb(codec: codec, payloadSize: payload.count, ratio: maximumRatio)
+                    }
+                    throw .decompressedTooLarge(codec: codec, limit: limit)
+                }
                 capacity = capacity > limit / 2 ? limit : max(capacity * 2, 4096)
             default:
                 // cdecompress NUL-terminates its message; prefix stops at the array's end anyway.

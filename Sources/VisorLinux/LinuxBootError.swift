@@ -34,6 +34,8 @@ public enum LinuxBootError: Error, Equatable, CustomStringConvertible {
     case corruptPayload(codec: CompressionCodec, reason: String)
     /// The payload decompresses to more than `limit` bytes.
     case decompressedTooLarge(codec: CompressionCodec, limit: Int)
+    /// The payload expands to more than `ratio` times its size, which no kernel does.
+    case decompressionBomb(codec: CompressionCodec, payloadSize: Int, ratio: Int)
     /// The payload decompressed, but what came out is not an ELF file.
     case payloadNotELF(magic: [UInt8])
 
@@ -83,6 +85,8 @@ public enum LinuxBootError: Error, Equatable, CustomStringConvertible {
             "bzImage payload (\(codec)) is corrupt: \(reason); copy or download the kernel again"
         case .decompressedTooLarge(let codec, let limit):
             "bzImage payload (\(codec)) decompresses to more than \(limit) bytes, the most SwiftVisor accepts; the image is damaged or not a kernel"
+        case .decompressionBomb(let codec, let size, let ratio):
+            "bzImage payload (\(codec), \(size) bytes) expands to more than \(ratio) times its size, which no kernel does: a decompression bomb or not a kernel (a real one boots with --no-host-decompress)"
         case .payloadNotELF(let magic):
             "bzImage payload decompressed to something that is not an ELF kernel (first bytes \(hexBytes(magic))); boot with --no-host-decompress"
         case .elf(let error):

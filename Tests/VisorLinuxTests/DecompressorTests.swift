@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 @testable import VisorLinux
 
 @Suite("Decompressor: codecs through zlib, liblzma, liblz4 and libzstd")
@@ -235,6 +236,49 @@ struct DecompressorTests {
                 }
             }
             for try await same in group { #expect(same) }
+        }
+    }
+}
+
+/// Payloads that expand far more than any kernel: they must fail fast, with output bounded
+/// by `Decompressor.maximumRatio` times their size.
+@Suite("Decompression bombs")
+struct DecompressionBombTests {
+    /// 64 MiB of zeros compressed: from about 10 KiB (xz) to 260 KiB (lz4), so ratios of
+    /// 250 to 6,000 and more.
+    static let zeros = [UInt8](repeating: 0, count: 64 << 20)
+
+    @Test(
+        "a payload expanding hundreds of times fails within 2 s, having produced at most 64 times its size",
+        arguments: DecompressorTests.supported)
+    func bomb(codec: CompressionCodec) throws {
+        // The trailer claims 4 GiB - 1, as a bomb's would.
+        let bomb = (Decompressor.compress(Self.zeros, codec: codec) ?? []) + [0xFF, 0xFF, 0xFF, 0xFF]
+        try #require(bomb.count > 4)
+        let elapsed = ContinuousClock().measure {
+            #expect(throws: LinuxBootError.decompressionBomb(codec: codec, payloadSize: bomb.count, ratio: 64)) {
+                try Decompressor.decompress(bomb[...], codec: codec, limit: Decompressor.defaultLimit)
+            }
+        }
+        print("\(codec) bomb: \(bomb.count) bytes, rejected in \(elapsed)")
+        #expect(elapsed < .seconds(2))
+    }
+
+    @Test(
+        "a bzImage whose header allows 4 GiB and whose payload is a bomb is refused by the loader",
+        arguments: DecompressorTests.supported)
+    func bzImageBomb(codec: CompressionCodec) throws {
+        var builder = BzImageBuilder()
+        builder.payload = (Decompressor.compress(Self.zeros, codec: codec) ?? []) + [0xFF, 0xFF, 0xFF, 0xFF]
+        builder.initSize = 0xFFFF_FFFF
+        let request = LinuxBootRequest(kernel: builder.bytes())
+        let memory = try guestRAM(32 << 20)
+        let error = try #require(throws: LinuxBootError.self) {
+            try LinuxLoader.load(request, into: memory, rsdpAddress: 0xE0000)
+        }
+        guard case .decompressionBomb(codec, _, 64) = error else {
+            Issue.record("expected a decompression bomb error, got \(error)")
+            return
         }
     }
 }

@@ -245,6 +245,7 @@ struct SetupHeaderTests {
             .protocolTooOld(version: 0x0202, minimum: 0x020C), .notLoadedHigh, .no64BitEntry,
             .invalidKernelAlignment(3), .unknownCompression(magic: [1, 2, 3]), .unsupportedCompression(.bzip2),
             .corruptPayload(codec: .xz, reason: "bad"), .decompressedTooLarge(codec: .lz4, limit: 10),
+            .decompressionBomb(codec: .zstd, payloadSize: 1024, ratio: 64),
             .payloadNotELF(magic: [0]), .elf(.notELF), .elf(.wrongMachine(3)),
             .initrdTooLarge(size: 10, available: 5), .commandLineTooLong(length: 3000, limit: 2047),
             .noPVHNote, .memoryTooSmall(needed: 2, have: 1), .file(path: "/k", reason: "gone"), .malformed("m"),
