@@ -143,7 +143,7 @@ let package = Package(
         // files); `Tools/fuzz` builds it with `-sanitize=fuzzer` and `-D SWIFTVISOR_LIBFUZZER`.
         .executableTarget(name: "swiftvisor-fuzz", dependencies: ["FuzzTargets"], path: "Fuzz/Entry", swiftSettings: strict),
         .testTarget(
-            name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport"], path: "Fuzz/Tests",
+            name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport", "VisorLinux"], path: "Fuzz/Tests",
             swiftSettings: strictTests),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"], swiftSettings: strictTests),

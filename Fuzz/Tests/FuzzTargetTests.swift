@@ -4,6 +4,7 @@ import Foundation
 import FuzzTargets
 import Testing
 import TestSupport
+import VisorLinux
 
 @Suite("Fuzz targets, seeded")
 struct FuzzTargetTests {
@@ -29,11 +30,35 @@ struct FuzzTargetTests {
     }
 
     /// The committed seed corpus of `target`: every file in Fuzz/corpus/<target>/.
+    static func corpus(for target: FuzzTarget) -> String {
+        String(#filePath.dropLast("Fuzz/Tests/FuzzTargetTests.swift".count)) + "Fuzz/corpus/" + target.rawValue
+    }
+
     static func seeds(for target: FuzzTarget) throws -> [[UInt8]] {
-        let directory = String(#filePath.dropLast("Fuzz/Tests/FuzzTargetTests.swift".count)) + "Fuzz/corpus/" + target.rawValue
+        let directory = corpus(for: target)
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
         return names.filter { !$0.hasPrefix(".") }.sorted().compactMap {
             FileManager.default.contents(atPath: directory + "/" + $0).map { Array($0) }
+        }
+    }
+}
+
+@Suite("Fuzz seeds")
+struct FuzzSeedTests {
+    @Test("the linux target's bzImage seeds boot through host decompression, one per codec the host decodes")
+    func linuxCodecSeeds() throws {
+        let seeds = Dictionary(
+            uniqueKeysWithValues: try FileManager.default.contentsOfDirectory(
+                atPath: FuzzTargetTests.corpus(for: .linux)
+            ).map { ($0, $0) })
+        for codec in CompressionCodec.allCases where codec.isSupported {
+            let name = "bzimage-\(codec)-host"
+            try #require(seeds[name] != nil, "no seed \(name)")
+            let bytes = try #require(FileManager.default.contents(atPath: FuzzTargetTests.corpus(for: .linux) + "/" + name))
+            let request = LinuxBootRequest(kernel: Array(bytes.dropFirst(2)), hostDecompression: true)
+            let plan = try LinuxLoader.load(request, into: try guestRAM(2 << 20), rsdpAddress: 0xE0000)
+            #expect(plan.loadDescription.hasPrefix("host-decompressed ELF"), "\(name): \(plan.loadDescription)")
+            #expect(plan.kernelDescription.contains("\(codec) payload"), "\(name): \(plan.kernelDescription)")
         }
     }
 }
