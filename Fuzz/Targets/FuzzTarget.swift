@@ -34,6 +34,11 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: a parsed field lies inside its register and its value fits; the override's
     /// description parses back to the same override.
     case cpuidOverride = "cpuid-override"
+    /// The `--msr` override parser (`MSROverride(parsing:)`) on the input as UTF-8.
+    /// Checks: a parsed index is the 32-bit number before `=` and a parsed value the 64-bit
+    /// number after `:`; the override's description parses back to the same override; a
+    /// malformed argument throws rather than traps.
+    case msrOption = "msr-option"
     /// Random exits (any port, width, string count up to 4,096, MMIO address, MSR) through
     /// the PC platform's device list on a `PortBus`/`MMIOBus` with `ExitDispatcher`.
     /// Checks: no trap; every element of an IN is written exactly once, in order; an
@@ -69,6 +74,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .resetControl: fuzzResetControl(data)
         case .pciConfig: fuzzPCIConfig(data)
         case .cpuidOverride: fuzzCPUIDOverride(data)
+        case .msrOption: fuzzMSROption(data)
         case .dispatch: fuzzDispatch(data)
         case .elf: fuzzELF(data)
         case .linux: fuzzLinux(data)
