@@ -44,6 +44,14 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: no trap; every element of an IN is written exactly once, in order; an
     /// unclaimed read returns all ones; an OUT writes no element.
     case dispatch
+    /// Run-page decoding (`RunPage`, which `VCPUHandle.run()` uses) over a fake kvm_run page
+    /// of 1-3 pages that ends at a PROT_NONE guard page, filled from the input.
+    /// Checks: decoding touches nothing outside the page and writes nothing; the exit equals
+    /// a model of the kernel ABI (malformed I/O data areas and MMIO lengths are flagged,
+    /// unknown reasons are `.other`); a decoded I/O exit's data lies inside the page and its
+    /// elements read and write exactly the bytes at the data offset; an element outside the
+    /// page reads all ones and writes nothing.
+    case runPage = "run-page"
     /// The ELF loader: parse the input, load it into a small guest RAM.
     /// Checks: RAM changes only inside the loaded segments' ranges, and not at all when
     /// loading fails.
@@ -76,6 +84,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .cpuidOverride: fuzzCPUIDOverride(data)
         case .msrOption: fuzzMSROption(data)
         case .dispatch: fuzzDispatch(data)
+        case .runPage: fuzzRunPage(data)
         case .elf: fuzzELF(data)
         case .linux: fuzzLinux(data)
         }
