@@ -20,7 +20,7 @@
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost VisorDecoder
 //     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
-//     FuzzTargets         -> VisorLinux TestSupport
+//     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
@@ -134,7 +134,10 @@ let package = Package(
         // and the seeded pass in `swift test`. Not part of any product.
         .target(
             name: "FuzzTargets",
-            dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "TestSupport"],
+            dependencies: [
+                "VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "VisorEmulator",
+                "VisorDecoder", "TestSupport",
+            ],
             path: "Fuzz/Targets", swiftSettings: strict),
         // The libFuzzer entry point. A plain build makes a replay tool (run a target over
         // files); `Tools/fuzz` builds it with `-sanitize=fuzzer` and `-D SWIFTVISOR_LIBFUZZER`.

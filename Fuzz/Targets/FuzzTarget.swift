@@ -52,6 +52,14 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// elements read and write exactly the bytes at the data offset; an element outside the
     /// page reads all ones and writes nothing.
     case runPage = "run-page"
+    /// The instruction emulator (`InstructionEmulator.emulate`) on one instruction, biased
+    /// toward the ones it handles, in any code mode (real, protected, paged, long,
+    /// compatibility), CPL and register state, over 64 KiB of identity-mapped guest RAM.
+    /// Checks: it never stops the VM; a declined instruction changes nothing; a completed
+    /// one advances RIP by its decoded length and changes only its destination registers,
+    /// the arithmetic flags and AC, and RAM only at CMPXCHG16B's aligned block (holding
+    /// RDX:RAX before and RCX:RBX after); a fault changes no register and no byte.
+    case emulator
     /// The ELF loader: parse the input, load it into a small guest RAM.
     /// Checks: RAM changes only inside the loaded segments' ranges, and not at all when
     /// loading fails.
@@ -85,6 +93,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .msrOption: fuzzMSROption(data)
         case .dispatch: fuzzDispatch(data)
         case .runPage: fuzzRunPage(data)
+        case .emulator: fuzzEmulator(data)
         case .elf: fuzzELF(data)
         case .linux: fuzzLinux(data)
         }
