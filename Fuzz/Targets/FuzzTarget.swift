@@ -39,6 +39,10 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// number after `:`; the override's description parses back to the same override; a
     /// malformed argument throws rather than traps.
     case msrOption = "msr-option"
+    /// The `--memory` size parser (`ByteSize(parsing:)`) on the input as UTF-8.
+    /// Checks: a parsed size's description is a number times its unit, equal to the size,
+    /// in the largest unit that divides it, and parses back to the same size.
+    case byteSize = "byte-size"
     /// Random exits (any port, width, string count up to 4,096, MMIO address, MSR) through
     /// the PC platform's device list on a `PortBus`/`MMIOBus` with `ExitDispatcher`.
     /// Checks: no trap; every element of an IN is written exactly once, in order; an
@@ -91,6 +95,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .pciConfig: fuzzPCIConfig(data)
         case .cpuidOverride: fuzzCPUIDOverride(data)
         case .msrOption: fuzzMSROption(data)
+        case .byteSize: fuzzByteSize(data)
         case .dispatch: fuzzDispatch(data)
         case .runPage: fuzzRunPage(data)
         case .emulator: fuzzEmulator(data)

@@ -14,38 +14,13 @@ struct SwiftVisorCommand: ParsableCommand {
         defaultSubcommand: Run.self)
 }
 
-/// Sizes like 64M, 1G, 512K, 4096 or 0x4000000 (K, M, G are powers of 1024).
-struct ByteSize: ExpressibleByArgument {
-    let bytes: UInt64
-
-    init?(argument: String) {
-        var text = argument.uppercased()
-        if text.hasSuffix("IB") { text.removeLast(2) } else if text.hasSuffix("B") { text.removeLast() }
-        var shift: UInt64 = 0
-        switch text.last {
-        case "K": shift = 10
-        case "M": shift = 20
-        case "G": shift = 30
-        default: break
-        }
-        if shift > 0 { text.removeLast() }
-        guard let value = parseInteger(text), value <= UInt64.max >> shift else { return nil }
-        bytes = value << shift
-    }
+/// Sizes like 64M, 1G, 512K, 4096 or 0x4000000, parsed by `ByteSize(parsing:)`.
+extension ByteSize: ExpressibleByArgument {
+    init?(argument: String) { self.init(parsing: argument) }
 
     /// How `--help` shows a default: in the largest unit that divides it (`512M`, not the
     /// type's name and a byte count).
     var defaultValueDescription: String { description }
-}
-
-extension ByteSize: CustomStringConvertible {
-    var description: String {
-        for (suffix, shift) in [("G", 30), ("M", 20), ("K", 10)] as [(String, UInt64)]
-        where bytes != 0 && bytes & ((1 << shift) - 1) == 0 {
-            return "\(bytes >> shift)\(suffix)"
-        }
-        return "\(bytes)"
-    }
 }
 
 /// A decimal or 0x-prefixed hexadecimal integer.
