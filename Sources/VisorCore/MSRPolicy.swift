@@ -161,11 +161,13 @@ public struct MSROverride: Sendable, Equatable, CustomStringConvertible {
         guard let index = parseNumber64(sides[0]), index <= UInt32.max else {
             throw .badOverride(text, "bad MSR index '\(sides[0])'")
         }
+        // A rule of only colons splits into no parts at all (empty pieces are dropped).
         let parts = sides[1].split(separator: ":", maxSplits: 1).map(String.init)
+        guard let name = parts.first else { throw .badOverride(text, "expected a rule after '='") }
         let value = parts.count == 2 ? parseNumber64(parts[1]) : nil
         if parts.count == 2, value == nil { throw .badOverride(text, "bad value '\(parts[1])'") }
         let rule: Rule
-        switch parts[0] {
+        switch name {
         case "allow": rule = .allow
         case "deny": rule = .deny
         case "write-ignored": rule = .writeIgnored

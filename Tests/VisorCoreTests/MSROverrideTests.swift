@@ -27,6 +27,7 @@ struct MSROverrideTests {
         arguments: [
             "", "0x8b", "=allow", "0x8b=", "0x100000000=allow", "x=allow", "0x=allow", "-1=deny", "0x8b=readonly",
             "0x8b=readonly:", "0x8b=const:x", "0x8b=record:0x", "0x8b=Allow", "0x8b==allow", "0x8b=const:0x10000000000000000",
+            "0x8b=:", "2=::",
         ])
     func badOverride(text: String) {
         #expect(throws: MSRPolicyError.self) { try MSROverride(parsing: text) }
