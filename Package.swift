@@ -20,7 +20,7 @@
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost VisorDecoder
 //     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
-//     FuzzTargets         -> VisorLinux VisorEmulator TestSupport
+//     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
@@ -136,7 +136,7 @@ let package = Package(
             name: "FuzzTargets",
             dependencies: [
                 "VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "VisorEmulator",
-                "TestSupport",
+                "VisorDecoder", "TestSupport",
             ],
             path: "Fuzz/Targets", swiftSettings: strict),
         // The libFuzzer entry point. A plain build makes a replay tool (run a target over

@@ -34,11 +34,36 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: a parsed field lies inside its register and its value fits; the override's
     /// description parses back to the same override.
     case cpuidOverride = "cpuid-override"
+    /// The `--msr` override parser (`MSROverride(parsing:)`) on the input as UTF-8.
+    /// Checks: a parsed index is the 32-bit number before `=` and a parsed value the 64-bit
+    /// number after `:`; the override's description parses back to the same override; a
+    /// malformed argument throws rather than traps.
+    case msrOption = "msr-option"
+    /// The `--memory` size parser (`ByteSize(parsing:)`) on the input as UTF-8.
+    /// Checks: a parsed size's description is a number times its unit, equal to the size,
+    /// in the largest unit that divides it, and parses back to the same size.
+    case byteSize = "byte-size"
     /// Random exits (any port, width, string count up to 4,096, MMIO address, MSR) through
     /// the PC platform's device list on a `PortBus`/`MMIOBus` with `ExitDispatcher`.
     /// Checks: no trap; every element of an IN is written exactly once, in order; an
     /// unclaimed read returns all ones; an OUT writes no element.
     case dispatch
+    /// Run-page decoding (`RunPage`, which `VCPUHandle.run()` uses) over a fake kvm_run page
+    /// of 1-3 pages that ends at a PROT_NONE guard page, filled from the input.
+    /// Checks: decoding touches nothing outside the page and writes nothing; the exit equals
+    /// a model of the kernel ABI (malformed I/O data areas and MMIO lengths are flagged,
+    /// unknown reasons are `.other`); a decoded I/O exit's data lies inside the page and its
+    /// elements read and write exactly the bytes at the data offset; an element outside the
+    /// page reads all ones and writes nothing.
+    case runPage = "run-page"
+    /// The instruction emulator (`InstructionEmulator.emulate`) on one instruction, biased
+    /// toward the ones it handles, in any code mode (real, protected, paged, long,
+    /// compatibility), CPL and register state, over 64 KiB of identity-mapped guest RAM.
+    /// Checks: it never stops the VM; a declined instruction changes nothing; a completed
+    /// one advances RIP by its decoded length and changes only its destination registers,
+    /// the arithmetic flags and AC, and RAM only at CMPXCHG16B's aligned block (holding
+    /// RDX:RAX before and RCX:RBX after); a fault changes no register and no byte.
+    case emulator
     /// The ELF loader: parse the input, load it into a small guest RAM.
     /// Checks: RAM changes only inside the loaded segments' ranges, and not at all when
     /// loading fails.
@@ -75,7 +100,11 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .resetControl: fuzzResetControl(data)
         case .pciConfig: fuzzPCIConfig(data)
         case .cpuidOverride: fuzzCPUIDOverride(data)
+        case .msrOption: fuzzMSROption(data)
+        case .byteSize: fuzzByteSize(data)
         case .dispatch: fuzzDispatch(data)
+        case .runPage: fuzzRunPage(data)
+        case .emulator: fuzzEmulator(data)
         case .elf: fuzzELF(data)
         case .linux: fuzzLinux(data)
         case .translator: fuzzTranslator(data)

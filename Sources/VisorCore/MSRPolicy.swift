@@ -128,3 +128,106 @@ public final class MSREmulator: Sendable {
         return result
     }
 }
+
+/// One `INDEX=RULE` argument of the `--msr` option: an MSR and a rule the command line can
+/// name (every `MSRRule` but a handler). `description` reads the way it is typed and parses
+/// back to the same override.
+public struct MSROverride: Sendable, Equatable, CustomStringConvertible {
+    /// A rule as the command line names it: `allow`, `deny`, `readonly:V`, `write-ignored`,
+    /// `const:V`, `record[:V]`.
+    public enum Rule: Sendable, Equatable {
+        case allow
+        case deny
+        case readOnly(UInt64)
+        case writeIgnored
+        case constant(UInt64)
+        case recorded(UInt64)
+    }
+
+    public var index: UInt32
+    public var rule: Rule
+
+    public init(index: UInt32, rule: Rule) {
+        self.index = index
+        self.rule = rule
+    }
+
+    /// Parses `INDEX=RULE`, numbers in decimal or 0x-hex: `0x8b=readonly:0`, `0x79=deny`,
+    /// `0x40001000=const:0x1234`, `0x40001001=record`. A value after `allow`, `deny` or
+    /// `write-ignored` is read and ignored, as the command line always has.
+    public init(parsing text: String) throws(MSRPolicyError) {
+        let sides = text.split(separator: "=", maxSplits: 1).map(String.init)
+        guard sides.count == 2 else { throw .badOverride(text, "expected INDEX=RULE") }
+        guard let index = parseNumber64(sides[0]), index <= UInt32.max else {
+            throw .badOverride(text, "bad MSR index '\(sides[0])'")
+        }
+        // A rule of only colons splits into no parts at all (empty pieces are dropped).
+        let parts = sides[1].split(separator: ":", maxSplits: 1).map(String.init)
+        guard let name = parts.first else { throw .badOverride(text, "expected a rule after '='") }
+        let value = parts.count == 2 ? parseNumber64(parts[1]) : nil
+        if parts.count == 2, value == nil { throw .badOverride(text, "bad value '\(parts[1])'") }
+        let rule: Rule
+        switch name {
+        case "allow": rule = .allow
+        case "deny": rule = .deny
+        case "write-ignored": rule = .writeIgnored
+        case "readonly":
+            guard let value else { throw .badOverride(text, "readonly needs a value") }
+            rule = .readOnly(value)
+        case "const":
+            guard let value else { throw .badOverride(text, "const needs a value") }
+            rule = .constant(value)
+        case "record": rule = .recorded(value ?? 0)
+        default: throw .badOverride(text, "rule must be allow, deny, readonly:V, write-ignored, const:V or record[:V]")
+        }
+        self.init(index: UInt32(index), rule: rule)
+    }
+
+    /// The rule as `MSRPolicy` takes it.
+    public var policyRule: MSRRule {
+        switch rule {
+        case .allow: .allow
+        case .deny: .deny
+        case .readOnly(let value): .readOnly(value)
+        case .writeIgnored: .writeIgnored
+        case .constant(let value): .constant(value)
+        case .recorded(let value): .recorded(value)
+        }
+    }
+
+    public var description: String {
+        let rule: String =
+            switch self.rule {
+            case .allow: "allow"
+            case .deny: "deny"
+            case .readOnly(let value): "readonly:0x\(String(value, radix: 16))"
+            case .writeIgnored: "write-ignored"
+            case .constant(let value): "const:0x\(String(value, radix: 16))"
+            case .recorded(let value): "record:0x\(String(value, radix: 16))"
+            }
+        return "0x\(String(index, radix: 16))=\(rule)"
+    }
+}
+
+extension MSRPolicy {
+    /// Sets the rule an `--msr` override names.
+    public mutating func apply(_ override: MSROverride) { set(override.index, override.policyRule) }
+}
+
+/// An error in an MSR policy.
+public enum MSRPolicyError: Error, Equatable, CustomStringConvertible {
+    /// An `--msr` argument that does not parse, and why.
+    case badOverride(String, String)
+
+    public var description: String {
+        switch self {
+        case .badOverride(let text, let why): "bad MSR rule '\(text)': \(why)"
+        }
+    }
+}
+
+/// A decimal or 0x-prefixed hexadecimal 64-bit number, as the command line writes them.
+func parseNumber64(_ text: String) -> UInt64? {
+    let lower = text.lowercased()
+    return lower.hasPrefix("0x") ? UInt64(lower.dropFirst(2), radix: 16) : UInt64(lower)
+}

@@ -7,28 +7,38 @@ import Glibc
 /// may be called from any thread: it is a single byte store that the kernel reads on
 /// entry to `KVM_RUN`. That is why the type is `@unchecked Sendable`.
 ///
-/// `@safe`: the run page pointer never leaves this type; every access through it is marked
-/// `unsafe` below, with why it stays inside the mapping.
+/// `@safe`: the run page mapping never leaves this type; `RunPage` reads and writes it,
+/// checking every offset the kernel gives against its size.
 @safe package final class VCPUHandle: @unchecked Sendable {
     let fd: Int32
     public let id: UInt32
     let vm: VMHandle
-    /// The shared run page, `mapSize` bytes mapped from `fd`. Valid until `deinit` unmaps it;
-    /// every access below goes through this pointer while `self` is alive.
-    let page: UnsafeMutablePointer<kvm_run>
+    /// The start of the shared run page mapping, `mapSize` bytes mapped from `fd`. Valid
+    /// until `deinit` unmaps it.
+    private let mapping: UnsafeMutableRawPointer
     let mapSize: Int
+    /// The run page over `mapping`: decodes exits and carries their data.
+    let runPage: RunPage
 
     init(fd: Int32, id: UInt32, mapSize: Int, vm: VMHandle) throws(KVMError) {
-        guard mapSize >= MemoryLayout<kvm_run>.size else {
+        guard mapSize >= RunPage.structSize else {
             throw .malformedRunPage("map size \(mapSize) is smaller than struct kvm_run")
         }
         // SAFETY: mmap creates a new mapping and touches no existing memory; the result is
         // checked against MAP_FAILED before it is used.
         let mapping = unsafe mmap(nil, mapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let mapping = unsafe mapping, unsafe mapping != MAP_FAILED else { throw .mapRunPage(errno: errno) }
-        // SAFETY: the kernel maps a struct kvm_run at offset 0 of the vCPU fd, and the
-        // mapping is at least that large (checked above).
-        unsafe self.page = unsafe mapping.bindMemory(to: kvm_run.self, capacity: 1)
+        do {
+            // SAFETY: the kernel maps a struct kvm_run at offset 0 of the vCPU fd, page
+            // aligned, and the mapping is mapSize bytes, read and write; it stays mapped
+            // until deinit, and runPage is never used after that.
+            self.runPage = try unsafe RunPage(unsafeBase: mapping, size: mapSize)
+        } catch {
+            // SAFETY: the mapping made above, mapSize long, which nothing else uses.
+            unsafe munmap(mapping, mapSize)
+            throw error
+        }
+        unsafe self.mapping = unsafe mapping
         self.fd = fd
         self.id = id
         self.mapSize = mapSize
@@ -36,8 +46,9 @@ import Glibc
     }
 
     deinit {
-        // SAFETY: `page` is the mapping made in init, `mapSize` long; nothing uses it after deinit.
-        unsafe munmap(UnsafeMutableRawPointer(page), mapSize)
+        // SAFETY: `mapping` is the mapping made in init, `mapSize` long; nothing uses it
+        // (or runPage) after deinit.
+        unsafe munmap(mapping, mapSize)
         close(fd)
     }
 
@@ -52,116 +63,17 @@ import Glibc
     /// until the next `run()`.
     @inline(__always)
     public func run() throws(KVMError) -> VMExit {
-        if ckvm_ioctl_none(fd, CKVM_RUN) == 0 { return decodeExit() }
+        if ckvm_ioctl_none(fd, CKVM_RUN) == 0 { return runPage.decodeExit() }
         let code = errno
         if code == EINTR || code == EAGAIN { return .interrupted }
         throw KVMError.ioctl(name: "KVM_RUN", errno: code)
     }
 
-    // SAFETY (every run-page accessor in this file): `page` points to the struct kvm_run
-    // mapped in init, valid until deinit, and each ckvm_run_* accessor reads or writes one
-    // fixed field inside that struct.
-
     /// Whether `requestImmediateExit(true)` is in force.
-    @inline(__always) package var immediateExitRequested: Bool { unsafe ckvm_run_immediate_exit(page) != 0 }
+    @inline(__always) package var immediateExitRequested: Bool { runPage.immediateExitRequested }
 
     /// Makes the next (or current, when combined with a signal) `KVM_RUN` return at once.
-    public func requestImmediateExit(_ flag: Bool) {
-        unsafe ckvm_run_set_immediate_exit(page, flag ? 1 : 0)
-    }
-
-    // MARK: The run page (private to this module: everything above reads decoded exits)
-
-    /// Decodes the last exit from the run page.
-    @inline(__always)
-    func decodeExit() -> VMExit {
-        switch exitReason {
-        case ExitReason.io.rawValue:
-            guard ioDataIsValid else { return .malformedIO(port: ioPort, width: ioSize, count: ioCount) }
-            return .io(PortAccess(isWrite: ioIsOut, port: ioPort, width: ioSize, count: ioCount))
-        case ExitReason.mmio.rawValue:
-            let length = mmioLength
-            guard length >= 1, length <= 8 else {
-                return .other(reason: ExitReason.mmio.rawValue, hardwareReason: UInt64(length))
-            }
-            let width = UInt8(length)
-            let isWrite = mmioIsWrite
-            let mask: UInt64 = width == 8 ? .max : (1 << (UInt64(width) * 8)) &- 1
-            return .mmio(
-                MMIOAccess(
-                    isWrite: isWrite, address: mmioAddress, width: width,
-                    value: isWrite ? mmioData & mask : 0))
-        case ExitReason.hlt.rawValue:
-            return .halt(interruptsEnabled: interruptFlag)
-        case ExitReason.shutdown.rawValue:
-            return .shutdown
-        case ExitReason.internalError.rawValue:
-            return .internalError(suberror: internalSuberror, data: internalData)
-        case ExitReason.failEntry.rawValue:
-            return .failEntry(hardwareReason: failEntryReason, cpu: failEntryCPU)
-        case ExitReason.systemEvent.rawValue:
-            return .systemEvent(type: systemEventType)
-        case ExitReason.exception.rawValue:
-            return .exception(vector: exceptionVector, errorCode: exceptionErrorCode)
-        case ExitReason.debug.rawValue:
-            return .debug
-        case ExitReason.intr.rawValue:
-            return .interrupted
-        case ExitReason.x86Rdmsr.rawValue:
-            return .msr(index: msrIndex, value: nil)
-        case ExitReason.x86Wrmsr.rawValue:
-            return .msr(index: msrIndex, value: msrData)
-        default:
-            return .other(reason: exitReason, hardwareReason: hardwareExitReason)
-        }
-    }
-
-    // SAFETY: run-page accessors, as above: one field of the mapped kvm_run each.
-
-    /// `kvm_run.exit_reason` of the last exit.
-    @inline(__always) var exitReason: UInt32 { unsafe ckvm_run_exit_reason(page) }
-    /// RFLAGS.IF as of the last exit.
-    @inline(__always) var interruptFlag: Bool { unsafe ckvm_run_if_flag(page) != 0 }
-
-    @inline(__always) var ioIsOut: Bool { unsafe UInt32(ckvm_run_io_direction(page)) == CKVM_EXIT_IO_OUT }
-    @inline(__always) var ioSize: UInt8 { unsafe ckvm_run_io_size(page) }
-    @inline(__always) var ioPort: UInt16 { unsafe ckvm_run_io_port(page) }
-    @inline(__always) var ioCount: UInt32 { unsafe ckvm_run_io_count(page) }
-
-    /// Whether the data area of the current I/O exit lies inside the run page: size is
-    /// 1, 2 or 4 and `data_offset + size * count` fits. Checked before any element access.
-    var ioDataIsValid: Bool {
-        let size = UInt64(ioSize)
-        guard size == 1 || size == 2 || size == 4 else { return false }
-        let offset = unsafe ckvm_run_io_data_offset(page)
-        let count = UInt64(ioCount)
-        let (bytes, overflow1) = size.multipliedReportingOverflow(by: count)
-        let (end, overflow2) = offset.addingReportingOverflow(bytes)
-        return !overflow1 && !overflow2 && end <= UInt64(mapSize) && count > 0
-    }
-
-    @inline(__always) var mmioAddress: UInt64 { unsafe ckvm_run_mmio_phys_addr(page) }
-    @inline(__always) var mmioLength: UInt32 { unsafe ckvm_run_mmio_len(page) }
-    @inline(__always) var mmioIsWrite: Bool { unsafe ckvm_run_mmio_is_write(page) != 0 }
-    /// The data bytes of an MMIO write, little-endian; bytes past `mmioLength` are not meaningful.
-    @inline(__always) var mmioData: UInt64 { unsafe ckvm_run_mmio_data(page) }
-
-    /// The MSR of a `KVM_EXIT_X86_RDMSR`/`WRMSR` exit, why it exited, and (for a write) the value.
-    @inline(__always) var msrIndex: UInt32 { unsafe ckvm_run_msr_index(page) }
-    @inline(__always) var msrData: UInt64 { unsafe ckvm_run_msr_data(page) }
-
-    var failEntryReason: UInt64 { unsafe ckvm_run_fail_entry_reason(page) }
-    var failEntryCPU: UInt32 { unsafe ckvm_run_fail_entry_cpu(page) }
-    var hardwareExitReason: UInt64 { unsafe ckvm_run_hw_exit_reason(page) }
-    var internalSuberror: UInt32 { unsafe ckvm_run_internal_suberror(page) }
-    /// `internal.data[0..<ndata]`, with ndata capped at the array's size.
-    var internalData: [UInt64] {
-        let count = unsafe min(ckvm_run_internal_ndata(page), ckvm_run_internal_capacity())
-        return (0..<count).map { unsafe ckvm_run_internal_data(page, $0) }
-    }
-    var systemEventType: UInt32 { unsafe ckvm_run_system_event_type(page) }
-    var exceptionVector: UInt32 { unsafe ckvm_run_ex_exception(page) }
-    var exceptionErrorCode: UInt32 { unsafe ckvm_run_ex_error_code(page) }
+    public func requestImmediateExit(_ flag: Bool) { runPage.requestImmediateExit(flag) }
 
     // MARK: Registers and state
 
@@ -314,46 +226,22 @@ import Glibc
 
 // MARK: The current exit's data
 
+/// The run page's data channel: `RunPage` range-checks every element against the page.
 extension VCPUHandle: ExitDataChannel {
     /// Element `index` of the current I/O exit's data, zero-extended.
-    /// Precondition (the dispatcher keeps it): the exit was decoded as `.io` (so its data
-    /// area lies in the run page) and `index` is below its count.
-    @inline(__always)
-    public func ioElement(_ index: Int) -> UInt32 {
-        let size = Int(ioSize)
-        // SAFETY: decodeExit returned .io only after ioDataIsValid proved
-        // offset + size * count <= mapSize, and index < count; loadUnaligned copes with
-        // any alignment.
-        let offset = unsafe Int(ckvm_run_io_data_offset(page)) + index * size
-        let base = unsafe UnsafeRawPointer(page).advanced(by: offset)
-        switch size {
-        case 1: return unsafe UInt32(base.load(as: UInt8.self))
-        case 2: return unsafe UInt32(UInt16(littleEndian: base.loadUnaligned(as: UInt16.self)))
-        default: return unsafe UInt32(littleEndian: base.loadUnaligned(as: UInt32.self))
-        }
-    }
+    /// Precondition (the dispatcher keeps it): the exit was decoded as `.io` and `index` is
+    /// below its count; an element outside the page reads all ones.
+    @inline(__always) public func ioElement(_ index: Int) -> UInt32 { runPage.ioElement(index) }
 
     /// Stores element `index` of the current IN exit's data; KVM copies it into the guest.
-    /// Precondition as for `ioElement`.
-    @inline(__always)
-    public func setIOElement(_ index: Int, _ value: UInt32) {
-        let size = Int(ioSize)
-        // SAFETY: as in ioElement, the element lies within the mapped run page.
-        let offset = unsafe Int(ckvm_run_io_data_offset(page)) + index * size
-        let base = unsafe UnsafeMutableRawPointer(page).advanced(by: offset)
-        switch size {
-        case 1: unsafe base.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
-        case 2: unsafe base.storeBytes(of: UInt16(truncatingIfNeeded: value).littleEndian, toByteOffset: 0, as: UInt16.self)
-        default: unsafe base.storeBytes(of: value.littleEndian, toByteOffset: 0, as: UInt32.self)
-        }
-    }
+    /// Precondition as for `ioElement`; an element outside the page is not written.
+    @inline(__always) public func setIOElement(_ index: Int, _ value: UInt32) { runPage.setIOElement(index, value) }
 
     /// Sets the value an MMIO read returns to the guest (KVM uses the low `width` bytes).
-    @inline(__always) package func setMMIOData(_ value: UInt64) { unsafe ckvm_run_set_mmio_data(page, value) }
+    @inline(__always) package func setMMIOData(_ value: UInt64) { runPage.setMMIOData(value) }
 
     /// Completes an MSR exit: the value a read returns, and whether the guest gets #GP.
     @inline(__always) package func completeMSR(value: UInt64, fault: Bool) {
-        unsafe ckvm_run_set_msr_data(page, value)
-        unsafe ckvm_run_set_msr_error(page, fault ? 1 : 0)
+        runPage.completeMSR(value: value, fault: fault)
     }
 }

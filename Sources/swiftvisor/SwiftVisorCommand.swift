@@ -14,38 +14,13 @@ struct SwiftVisorCommand: ParsableCommand {
         defaultSubcommand: Run.self)
 }
 
-/// Sizes like 64M, 1G, 512K, 4096 or 0x4000000 (K, M, G are powers of 1024).
-struct ByteSize: ExpressibleByArgument {
-    let bytes: UInt64
-
-    init?(argument: String) {
-        var text = argument.uppercased()
-        if text.hasSuffix("IB") { text.removeLast(2) } else if text.hasSuffix("B") { text.removeLast() }
-        var shift: UInt64 = 0
-        switch text.last {
-        case "K": shift = 10
-        case "M": shift = 20
-        case "G": shift = 30
-        default: break
-        }
-        if shift > 0 { text.removeLast() }
-        guard let value = parseInteger(text), value <= UInt64.max >> shift else { return nil }
-        bytes = value << shift
-    }
+/// Sizes like 64M, 1G, 512K, 4096 or 0x4000000, parsed by `ByteSize(parsing:)`.
+extension ByteSize: ExpressibleByArgument {
+    init?(argument: String) { self.init(parsing: argument) }
 
     /// How `--help` shows a default: in the largest unit that divides it (`512M`, not the
     /// type's name and a byte count).
     var defaultValueDescription: String { description }
-}
-
-extension ByteSize: CustomStringConvertible {
-    var description: String {
-        for (suffix, shift) in [("G", 30), ("M", 20), ("K", 10)] as [(String, UInt64)]
-        where bytes != 0 && bytes & ((1 << shift) - 1) == 0 {
-            return "\(bytes >> shift)\(suffix)"
-        }
-        return "\(bytes)"
-    }
 }
 
 /// A decimal or 0x-prefixed hexadecimal integer.
@@ -77,27 +52,10 @@ extension CPUIDOverride: ExpressibleByArgument {
 extension CPUIDPolicy.Preset: ExpressibleByArgument {}
 
 /// `INDEX=RULE` for --msr: allow, deny, readonly:VALUE, write-ignored, const:VALUE,
-/// record[:INITIAL].
-struct MSRRuleArgument: ExpressibleByArgument {
-    let index: UInt32
-    let rule: MSRRule
-
+/// record[:VALUE]; parsed by `MSROverride(parsing:)`, which embedders share.
+extension MSROverride: ExpressibleByArgument {
     init?(argument: String) {
-        let sides = argument.split(separator: "=", maxSplits: 1).map(String.init)
-        guard sides.count == 2, let index = parseInteger(sides[0]), index <= UInt32.max else { return nil }
-        let parts = sides[1].split(separator: ":", maxSplits: 1).map(String.init)
-        let value = parts.count == 2 ? parseInteger(parts[1]) : nil
-        if parts.count == 2, value == nil { return nil }
-        switch parts[0] {
-        case "allow": rule = .allow
-        case "deny": rule = .deny
-        case "write-ignored": rule = .writeIgnored
-        case "readonly": guard let value else { return nil }; rule = .readOnly(value)
-        case "const": guard let value else { return nil }; rule = .constant(value)
-        case "record": rule = .recorded(value ?? 0)
-        default: return nil
-        }
-        self.index = UInt32(index)
+        do { try self.init(parsing: argument) } catch { return nil }
     }
 
     static var defaultCompletionKind: CompletionKind { .default }
@@ -231,7 +189,7 @@ extension SwiftVisorCommand {
             help: ArgumentHelp(
                 "MSR rule: INDEX=allow|deny|readonly:V|write-ignored|const:V|record[:V] (repeatable).",
                 valueName: "rule"))
-        var msr: [MSRRuleArgument] = []
+        var msr: [MSROverride] = []
 
         func validate() throws {
             if guest != nil, builtin != nil {
@@ -276,7 +234,7 @@ extension SwiftVisorCommand {
             confinement.apply(to: &config)
             config.emulation = !noEmulation
             do { config.cpuid = try cpuid.policy() } catch { fail("\(error)") }
-            for rule in msr { config.msrs.set(rule.index, rule.rule) }
+            for rule in msr { config.msrs.apply(rule) }
             if output.trace { config.trace = { HostIO.printError($0) } }
 
             let report = try runMachine(config, output: output)
