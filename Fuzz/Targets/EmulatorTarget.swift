@@ -56,11 +56,14 @@ func fuzzEmulator(_ data: [UInt8]) {
     let vcpu = FakeDataChannel()
     vcpu.xcr = xcr0
     let level = { (shift: UInt8) -> UInt64 in tableFlags & 0x80 == 0 ? 0x7 : 0x1 | UInt64(tableFlags >> shift) & 0x6 }
+    // Accessed (0x20) and, in the leaves, dirty (0x40) are set already, so the walk's own
+    // flag updates change no byte and RAM comparisons below see only the instruction's
+    // writes. (A PAE PDPTE has neither bit: there they are reserved.)
     do {
-        try memory.write(0x2000 | level(0), at: 0x1000)  // PML4[0] -> PDPT
-        try memory.write(0x3000 | level(2), at: 0x2000)  // PDPT[0] -> PD
-        try memory.write(0x0 | 0x80 | level(4), at: 0x3000)  // PD[0]: 2 MiB at 0
-        try memory.write(UInt32(0x0 | 0x80) | UInt32(level(4)), at: 0x5000)  // 32-bit PD[0]: 4 MiB at 0
+        try memory.write(0x2000 | 0x20 | level(0), at: 0x1000)  // PML4[0] -> PDPT
+        try memory.write(0x3000 | 0x20 | level(2), at: 0x2000)  // PDPT[0] -> PD
+        try memory.write(0x0 | 0xE0 | level(4), at: 0x3000)  // PD[0]: 2 MiB at 0
+        try memory.write(UInt32(0x0 | 0xE0) | UInt32(level(4)), at: 0x5000)  // 32-bit PD[0]: 4 MiB at 0
         try memory.write(0x3000 | UInt64(1), at: 0x6000)  // PAE PDPTE[0] -> PD
     } catch { preconditionFailure("emulator: page tables do not fit: \(error)") }
 
