@@ -1,0 +1,200 @@
+import Glibc
+import Synchronization
+import SwiftVisor
+import SwiftVisorGuests
+import Testing
+
+/// The `io_storm` guest's operations, replayed on the host from the same seed (see the top
+/// of Guests/io_storm.S), so that a test knows exactly what the guest did.
+struct IOStormModel {
+    static let mmioBase: UInt64 = 0xD000_0000
+    /// Ports the guest never uses as they are: it XORs them with 0x1000.
+    static let excludedPorts: [ClosedRange<Int>] = [
+        0x20...0x21, 0x40...0x43, 0x61...0x61, 0x64...0x64, 0xA0...0xA1, 0x4D0...0x4D1, 0x501...0x503,
+        0x601...0x605, 0xCF9...0xCF9,
+    ]
+
+    /// Operations by kind: in, out, rep ins, rep outs, MMIO read, MMIO write.
+    var operations = [Int](repeating: 0, count: 6)
+    /// Elements read and written at the ports in `portRange`.
+    var portReads = 0, portWrites = 0
+    /// MMIO exits (an access across a page boundary is two), and those whose address is in
+    /// `mmioRange`.
+    var mmioReadExits = 0, mmioWriteExits = 0
+    var mmioReads = 0, mmioWrites = 0
+    /// The guest's PRNG state after the last operation.
+    var state: UInt64
+
+    init(seed: UInt64, count: Int, portRange: Range<Int>, mmioRange: Range<UInt64>) {
+        state = seed
+        for _ in 0..<count {
+            let r = next(), r2 = next()
+            let kind = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 3, 4, 4, 5, 5][Int(r & 15)]
+            operations[kind] += 1
+            let w = Int((r >> 4) & 3)
+            var port = Int((r >> 8) & 0xFFFF)
+            if Self.excludedPorts.contains(where: { $0.contains(port) }) { port ^= 0x1000 }
+            let elements = Int(((r >> 24) & 0xFFF) >> ((r >> 36) & 31)) + 1
+            let atDevice = portRange.contains(port)
+            switch kind {
+            case 0: if atDevice { portReads += 1 }
+            case 1: if atDevice { portWrites += 1 }
+            case 2: if atDevice { portReads += elements }
+            case 3: if atDevice { portWrites += elements }
+            default:
+                let address = Self.mmioBase + (r2 & 0xF_FFFF)
+                let width = UInt64([1, 2, 4, 8][w])
+                // KVM splits an access across a page boundary into one exit per page.
+                let pageEnd = (address | 0xFFF) + 1
+                let starts = address + width > pageEnd ? [address, pageEnd] : [address]
+                let hits = starts.filter { mmioRange.contains($0) }.count
+                if kind == 4 {
+                    mmioReadExits += starts.count
+                    mmioReads += hits
+                } else {
+                    mmioWriteExits += starts.count
+                    mmioWrites += hits
+                }
+            }
+        }
+    }
+
+    /// splitmix64, as the guest computes it.
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A port or MMIO device that counts the elements read and written at it.
+final class AccessCounter: PortDevice, MMIODevice, Sendable {
+    let reads = Atomic<Int>(0)
+    let writes = Atomic<Int>(0)
+
+    func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 {
+        reads.add(1, ordering: .relaxed)
+        return 0x5A5A_5A5A
+    }
+
+    func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
+        writes.add(1, ordering: .relaxed)
+        return .continue
+    }
+
+    func mmioRead(address: UInt64, offset: UInt64, width: UInt8) -> UInt64 {
+        reads.add(1, ordering: .relaxed)
+        return 0x1122_3344_5566_7788
+    }
+
+    func mmioWrite(address: UInt64, offset: UInt64, width: UInt8, value: UInt64) -> DeviceAction {
+        writes.add(1, ordering: .relaxed)
+        return .continue
+    }
+}
+
+/// A port device that keeps every value written to it.
+final class ValueRecorder: PortDevice, Sendable {
+    private let values = Mutex<[UInt32]>([])
+    var all: [UInt32] { values.withLock { $0 } }
+
+    func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 { 0 }
+
+    func portWrite(port: UInt16, offset: UInt16, width: UInt8, value: UInt32) -> DeviceAction {
+        values.withLock { $0.append(value) }
+        return .continue
+    }
+}
+
+/// The PC platform's port devices (CMOS/RTC, i8042, PM1a, reset register, POST code, PCI
+/// configuration), which a machine places only for Linux guests, as registrations for
+/// another guest. Their interrupt lines are not connected.
+func pcPortDevices() throws -> [MachineConfiguration.PortRegistration] {
+    let platform = try Platform(kind: .pc, consoleOutput: { _ in }, irqLine: nil, debugExit: false)
+    return platform.devices.filter { $0.portDevice !== platform.serial }.flatMap { device in
+        device.ports.map { MachineConfiguration.PortRegistration(name: $0.name, range: $0.range, device: device.portDevice!) }
+    }
+}
+
+/// Wall-clock seconds since `start` (a `HostIO.monotonicNanoseconds()` reading).
+func secondsSince(_ start: UInt64) -> Double { Double(HostIO.monotonicNanoseconds() - start) / 1e9 }
+
+/// Runs the `io_storm` guest for `count` operations from `seed` with the PC platform's
+/// devices, a counting port device at 0x7000-0x7FFF and a counting MMIO device at
+/// 0xD0040000-0xD007FFFF, and checks everything against the replayed model. Returns the
+/// number of exits.
+@discardableResult
+func runIOStorm(seed: UInt64, count: Int) throws -> UInt64 {
+    let ports = AccessCounter(), mmio = AccessCounter(), report = ValueRecorder()
+    let portRange = 0x7000..<0x8000
+    let mmioRange = UInt64(0xD004_0000)..<0xD008_0000
+    var config = MachineConfiguration(guest: .elf(GuestImages.ioStorm))
+    config.commandLine = "\(seed) \(count)"
+    config.consoleOutput = { _ in }  // random writes to COM1 print noise
+    config.collectStatistics = true
+    config.unclaimedPorts = .block
+    config.unclaimedMMIO = .block
+    config.portDevices =
+        try pcPortDevices() + [
+            .init(
+                name: "storm-ports", range: try PortRange(base: UInt16(portRange.lowerBound), count: portRange.count),
+                device: ports),
+            .init(name: "storm-report", range: try PortRange(base: 0x503, count: 1), device: report),
+        ]
+    config.mmioDevices = [
+        .init(
+            name: "storm-mmio",
+            range: try MMIORange(start: mmioRange.lowerBound, size: mmioRange.upperBound - mmioRange.lowerBound),
+            device: mmio)
+    ]
+    let start = HostIO.monotonicNanoseconds()
+    let result = try Machine(config).run()
+    let elapsed = secondsSince(start)
+    let model = IOStormModel(seed: seed, count: count, portRange: portRange, mmioRange: mmioRange)
+
+    #expect(result.outcome == .stopped(.guestExit(status: 0)), "\(result.diagnostic ?? "")")
+    // The guest did every operation and its PRNG went where the host's did.
+    #expect(report.all == [UInt32(count), UInt32(truncatingIfNeeded: model.state), UInt32(model.state >> 32)])
+    #expect(ports.reads.load(ordering: .relaxed) == model.portReads)
+    #expect(ports.writes.load(ordering: .relaxed) == model.portWrites)
+    #expect(mmio.reads.load(ordering: .relaxed) == model.mmioReads)
+    #expect(mmio.writes.load(ordering: .relaxed) == model.mmioWrites)
+    let stats = try #require(result.statistics)
+    let ops = model.operations
+    // One exit per in/out and per MMIO page touched; a rep ins/outs is one exit or more.
+    #expect(stats.count(.mmioRead) == UInt64(model.mmioReadExits))
+    #expect(stats.count(.mmioWrite) == UInt64(model.mmioWriteExits))
+    #expect(stats.count(.portIn) >= UInt64(ops[0] + ops[2]))
+    #expect(stats.count(.portOut) >= UInt64(ops[1] + ops[3] + 4))  // + 3 report writes + the exit
+    #expect(stats.byPort[0x503] == 3)
+    #expect(stats.byPort[0x501] == 1)
+    #expect(stats.total >= UInt64(count))
+    print(
+        "io_storm seed \(seed): \(count) operations \(ops), \(stats.total) exits in \(elapsed) s"
+            + " (\(Int(Double(stats.total) / elapsed)) exits/s)")
+    return stats.total
+}
+
+extension KVMIntegration {
+    /// Guests that attack the VMM: storms of exits, interrupts, faults and VM churn.
+    /// Larger runs of the same tests are in FUZZING.md, "Hostile guests on KVM".
+    @Suite("Hostile guests on KVM")
+    struct HostileGuestTests {
+        /// Operations per seed in `swift test`; SWIFTVISOR_STORM_OPS overrides it (FUZZING.md).
+        static let stormOperations = environmentCount("SWIFTVISOR_STORM_OPS", default: 8_000)
+
+        @Test("random port, string-I/O and MMIO storms at CPL3 against the PC devices", arguments: [UInt64(1), 2, 0xDEAD_BEEF])
+        func ioStorm(seed: UInt64) throws {
+            try runIOStorm(seed: seed, count: Self.stormOperations)
+        }
+    }
+}
+
+/// The environment variable `name` as a positive count, or `default`.
+func environmentCount(_ name: String, default value: Int) -> Int {
+    // SAFETY: getenv reads the NUL-terminated copy of `name`; its result is copied at once.
+    guard let raw = unsafe getenv(name) else { return value }
+    return Int(unsafe String(cString: raw)).flatMap { $0 > 0 ? $0 : nil } ?? value
+}
