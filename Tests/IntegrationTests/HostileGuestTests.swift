@@ -189,7 +189,64 @@ extension KVMIntegration {
         func ioStorm(seed: UInt64) throws {
             try runIOStorm(seed: seed, count: Self.stormOperations)
         }
+
+        /// Triple-faulting VMs in `swift test`; SWIFTVISOR_TRIPLE_FAULT_VMS overrides it.
+        static let tripleFaultVMs = environmentCount("SWIFTVISOR_TRIPLE_FAULT_VMS", default: 100)
+
+        @Test("VMs that triple-fault one after another each end with status 121 and leave nothing behind")
+        func tripleFaults() throws {
+            func once() throws {
+                var config = MachineConfiguration(guest: .elf(GuestImages.tripleFault))
+                config.consoleOutput = { _ in }
+                let report = try Machine(config).run()
+                #expect(report.outcome == .fatal(.tripleFault))
+                #expect(report.exitStatus == 121)
+            }
+            try once()
+            let baseline = ProcessResources()
+            let start = HostIO.monotonicNanoseconds()
+            for _ in 0..<Self.tripleFaultVMs { try once() }
+            print("\(Self.tripleFaultVMs) triple-faulting VMs in \(secondsSince(start)) s")
+            baseline.expectUnchanged(rssSlackKiB: 8 * 1024)
+        }
     }
+}
+
+/// This process's descriptors, threads, memory mappings and resident memory at one time.
+struct ProcessResources {
+    let fds = openFileDescriptorCount()
+    let threads = threadCount()
+    let mappings = mappingCount()
+    let rss = residentKiB()
+
+    /// Expects the descriptors to be back where they were, threads and mappings no more
+    /// than they were (the test runtime's own worker threads, each with a stack mapping,
+    /// come and go), and the resident set to have grown by less than `rssSlackKiB`.
+    func expectUnchanged(rssSlackKiB: Int, sourceLocation: SourceLocation = #_sourceLocation) {
+        let now = ProcessResources()
+        #expect(now.fds == fds, "descriptors: \(fds) -> \(now.fds)", sourceLocation: sourceLocation)
+        #expect(now.threads <= threads, "threads: \(threads) -> \(now.threads)", sourceLocation: sourceLocation)
+        #expect(now.mappings <= mappings, "mappings: \(mappings) -> \(now.mappings)", sourceLocation: sourceLocation)
+        let growth = now.rss - rss
+        #expect(growth < rssSlackKiB, "RSS grew by \(growth) KiB", sourceLocation: sourceLocation)
+        print(
+            "resources: fds \(fds) -> \(now.fds), threads \(threads) -> \(now.threads), mappings \(mappings) -> \(now.mappings), RSS +\(growth) KiB"
+        )
+    }
+}
+
+/// Lines of /proc/self/maps: this process's memory mappings.
+func mappingCount() -> Int {
+    // SAFETY: one FILE, opened and closed here; fgetc reads from it until EOF.
+    guard let file = unsafe fopen("/proc/self/maps", "r") else { return -1 }
+    defer { unsafe fclose(file) }
+    var lines = 0
+    while true {
+        let c = unsafe fgetc(file)
+        if c == EOF { break }
+        if c == 0x0A { lines += 1 }
+    }
+    return lines
 }
 
 /// The environment variable `name` as a positive count, or `default`.
