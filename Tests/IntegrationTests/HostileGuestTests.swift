@@ -209,6 +209,68 @@ extension KVMIntegration {
             print("\(Self.tripleFaultVMs) triple-faulting VMs in \(secondsSince(start)) s")
             baseline.expectUnchanged(rssSlackKiB: 8 * 1024)
         }
+
+        /// Iterations of the emulation storm in `swift test`; SWIFTVISOR_EMULATION_OPS overrides it.
+        static let emulationIterations = environmentCount("SWIFTVISOR_EMULATION_OPS", default: 1000)
+
+        @Test("emulation failures in a loop: popcnt and int3 at CPL0, each finished by the VMM, with memory flat")
+        func emulationStorm() throws {
+            let interprets = try EmulationTests.hostInterprets()
+            let n = Self.emulationIterations
+            let expectedSum = (1...n).reduce(0) { $0 + $1.nonzeroBitCount }
+            func once() throws {
+                let report = ValueRecorder()
+                var config = MachineConfiguration(guest: .elf(GuestImages.emulationStorm))
+                config.commandLine = String(n)
+                config.consoleOutput = { _ in }
+                config.collectStatistics = true
+                config.portDevices = [.init(name: "report", range: try PortRange(base: 0x503, count: 1), device: report)]
+                let machine = try Machine(config)
+                let start = HostIO.monotonicNanoseconds()
+                let result = try machine.run()
+                let elapsed = secondsSince(start)
+                #expect(result.outcome == .stopped(.guestExit(status: 0)), "\(result.diagnostic ?? "")")
+                #expect(report.all == [UInt32(expectedSum), UInt32(n)])
+                guard interprets else { return }  // natively, the CPU ran them all
+                #expect(machine.emulatedInstructions["popcnt"] == UInt64(n))
+                #expect(machine.emulatedInstructions["int3"] == UInt64(n))
+                #expect(result.statistics?.count(.internalError) == UInt64(2 * n))
+                print("emulation storm: \(2 * n) emulation failures finished in \(elapsed) s")
+            }
+            try once()
+            let baseline = ProcessResources()
+            for _ in 0..<3 { try once() }
+            baseline.expectUnchanged(rssSlackKiB: 4 * 1024)
+        }
+
+        /// VMs ending in an emulation failure in `swift test`; SWIFTVISOR_EMULATION_FAILURE_VMS overrides it.
+        static let emulationFailureVMs = environmentCount("SWIFTVISOR_EMULATION_FAILURE_VMS", default: 100)
+
+        @Test("VMs that each end in an emulation failure (int3 with emulation off) leave nothing behind")
+        func emulationFailures() throws {
+            guard try EmulationTests.hostInterprets() else {
+                print("this host runs CPL0 code natively: int3 is no emulation failure here")
+                return
+            }
+            func once() throws {
+                var config = MachineConfiguration(guest: .elf(GuestImages.probe))
+                config.commandLine = "int3"
+                config.emulation = false
+                config.consoleOutput = { _ in }
+                let report = try Machine(config).run()
+                guard case .fatal(.internalError(suberror: 1, _)) = report.outcome else {
+                    Issue.record("expected an emulation failure, got \(report.outcome)")
+                    return
+                }
+                #expect(report.exitStatus == 122)
+            }
+            try once()
+            let baseline = ProcessResources()
+            let start = HostIO.monotonicNanoseconds()
+            for _ in 0..<Self.emulationFailureVMs { try once() }
+            print("\(Self.emulationFailureVMs) VMs ending in emulation failure in \(secondsSince(start)) s")
+            baseline.expectUnchanged(rssSlackKiB: 8 * 1024)
+        }
     }
 }
 
