@@ -271,6 +271,91 @@ extension KVMIntegration {
             print("\(Self.emulationFailureVMs) VMs ending in emulation failure in \(secondsSince(start)) s")
             baseline.expectUnchanged(rssSlackKiB: 8 * 1024)
         }
+
+        /// Increments per vCPU in the cmpxchg16b test; SWIFTVISOR_CMPXCHG16B_OPS overrides it.
+        static let cmpxchg16bIterations = environmentCount("SWIFTVISOR_CMPXCHG16B_OPS", default: 5_000_000)
+
+        @Test("lock cmpxchg16b from several vCPUs at CPL3 on one 128-bit counter loses no increment", arguments: [2, 3])
+        func cmpxchg16bContention(cpus: Int) throws {
+            let n = Self.cmpxchg16bIterations
+            let report = ValueRecorder()
+            let start = HostIO.monotonicNanoseconds()
+            let (result, console) = try runGuest(GuestImages.smpStorm, commandLine: "cmpxchg16b \(n)") { config in
+                config.vcpuCount = cpus
+                config.portDevices = [.init(name: "report", range: try! PortRange(base: 0x503, count: 1), device: report)]
+            }
+            #expect(result.outcome == .stopped(.guestExit(status: 0)), "\(console) \(result.diagnostic ?? "")")
+            // The counter started at 2^64 - N and took cpus * N increments: 2^64 + (cpus - 1) * N.
+            let low = UInt64((cpus - 1) * n)
+            let values = report.all
+            try #require(values.count == 5, "\(values)")
+            #expect(Array(values.prefix(4)) == [UInt32(truncatingIfNeeded: low), UInt32(low >> 32), 1, 0])
+            print("cmpxchg16b: \(cpus) vCPUs x \(n) increments in \(secondsSince(start)) s, \(values[4]) failed compares")
+        }
+
+        /// NMIs per vCPU in the storm phase; SWIFTVISOR_NMI_STORM overrides it.
+        static let nmiStorm = environmentCount("SWIFTVISOR_NMI_STORM", default: 20_000)
+        /// NMIs per vCPU sent one at a time, each after the previous one was handled.
+        static let nmiLockstep = environmentCount("SWIFTVISOR_NMI_LOCKSTEP", default: 200)
+
+        @Test("NMIs from the host on every vCPU: exactly one handled per NMI sent in lockstep, then a storm", arguments: [2, 4])
+        func nmiStorm(cpus: Int) async throws {
+            let console = ConsoleCapture(), report = ValueRecorder()
+            let vm = try machine(GuestImages.smpStorm, console) { config in
+                config.vcpuCount = cpus
+                config.commandLine = "nmi"
+                config.portDevices = [.init(name: "report", range: try! PortRange(base: 0x503, count: 1), device: report)]
+            }
+            try vm.start()
+            let ready = await eventually(20) { console.text == "ready\n" }
+            try #require(ready, "\(console.text)")
+            func counts() throws -> [UInt64] {
+                try (0..<cpus).map { try vm.memory.readUInt64(at: 0x1F100 + 8 * UInt64($0)) }
+            }
+            #expect(try counts() == Array(repeating: 0, count: cpus))
+
+            // Lockstep: each NMI is sent once the previous one was counted, so none merge and
+            // each is handled exactly once.
+            let lockstep = Self.nmiLockstep, storm = Self.nmiStorm
+            for round in 0..<lockstep {
+                for cpu in 0..<cpus {
+                    let before = try counts()[cpu]
+                    vm.injectNMI(vcpu: cpu)
+                    let counted = await eventually(10) { ((try? counts()[cpu]) ?? 0) > before }
+                    if !counted {
+                        await vm.pause()
+                        let dump = vm.stateDump(vcpu: cpu)
+                        _ = await vm.stop()
+                        Issue.record("round \(round): vCPU \(cpu) did not count an NMI; counts \(try counts())\n\(dump)")
+                        return
+                    }
+                }
+            }
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(try counts() == Array(repeating: UInt64(lockstep), count: cpus))
+
+            // The storm: as fast as the host can send them. NMIs sent while one is pending
+            // merge, so each vCPU handles at least one and at most all of them.
+            let start = HostIO.monotonicNanoseconds()
+            for _ in 0..<storm {
+                for cpu in 0..<cpus { vm.injectNMI(vcpu: cpu) }
+            }
+            let stormTime = secondsSince(start)
+
+            // Stop: the flag, then one more NMI to wake the BSP, which reports and exits.
+            try vm.memory.write(UInt64(1), at: 0x1F0F0)
+            vm.injectNMI(vcpu: 0)
+            let result = await vm.wait()
+            #expect(result.outcome == .stopped(.guestExit(status: 0)), "\(result.diagnostic ?? "")")
+            let final = try counts()
+            #expect(report.all == final.map { UInt32(truncatingIfNeeded: $0) })
+            for (cpu, handled) in final.enumerated() {
+                // The BSP also took the NMI that woke it to stop (possibly merged with the storm's).
+                let most = UInt64(lockstep + storm + (cpu == 0 ? 1 : 0))
+                #expect(handled > UInt64(lockstep) && handled <= most, "vCPU \(cpu) handled \(handled)")
+            }
+            print("NMIs: \(lockstep) in lockstep, then \(storm) to each of \(cpus) vCPUs in \(stormTime) s; handled \(final)")
+        }
     }
 }
 
