@@ -356,6 +356,29 @@ extension KVMIntegration {
             }
             print("NMIs: \(lockstep) in lockstep, then \(storm) to each of \(cpus) vCPUs in \(stormTime) s; handled \(final)")
         }
+
+        /// Create/run/destroy cycles per vCPU count in `swift test`; SWIFTVISOR_CHURN_VMS overrides it.
+        static let churnCycles = environmentCount("SWIFTVISOR_CHURN_VMS", default: 50)
+
+        @Test(
+            "create, run and destroy VMs with 1, 2 and 8 vCPUs: descriptors, threads and mappings return to baseline",
+            arguments: [1, 2, 8])
+        func churn(cpus: Int) throws {
+            func cycle() throws {
+                var config = MachineConfiguration(guest: .elf(GuestImages.smp))
+                config.vcpuCount = cpus
+                config.consoleOutput = { _ in }
+                let report = try Machine(config).run()
+                #expect(report.outcome == .stopped(.guestExit(status: 0)))
+            }
+            try cycle()  // warm up lazily allocated runtime state
+            try cycle()
+            let baseline = ProcessResources()
+            let start = HostIO.monotonicNanoseconds()
+            for _ in 0..<Self.churnCycles { try cycle() }
+            print("\(Self.churnCycles) VMs with \(cpus) vCPUs in \(secondsSince(start)) s")
+            baseline.expectUnchanged(rssSlackKiB: 8 * 1024)
+        }
     }
 }
 
