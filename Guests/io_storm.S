@@ -6,7 +6,9 @@
 //          14-15 MMIO write (string operations are rarer: KVM turns every element of a
 //          rep outs into an exit of its own)
 //   width  W = (R >> 4) & 3: ports [1, 2, 4, 1][W] bytes, MMIO [1, 2, 4, 8][W] bytes
-//   port   P = (R >> 8) & 0xFFFF, XORed with 0x1000 if P is one of the excluded ports below
+//   port   P = (R >> 8) & 0xFFFF, XORed with 0x1000 if P is one of the excluded ports below;
+//          then, if the access would run past port 0xFFFF, P = 0x10000 - its width (the
+//          I/O permission check faults on such an access here, even at IOPL 3)
 //   count  C = (((R >> 24) & 0xFFF) >> ((R >> 36) & 31)) + 1, for rep ins/outs: 1-4096,
 //          mostly small (DF = 0, buffer in guest RAM)
 //   value  R2 for out (its low W bytes), R for an MMIO write
@@ -142,6 +144,20 @@ storm_loop:
     movl %ebx, %r8d
     shrl $4, %r8d
     andl $3, %r8d
+    // An access past port 0xFFFF would fault: it starts at 0x10000 - width instead.
+    movl $1, %r10d                  // R10D = the port width, [1, 2, 4, 1][W]
+    cmpl $1, %r8d
+    jne 31f
+    movl $2, %r10d
+31: cmpl $2, %r8d
+    jne 32f
+    movl $4, %r10d
+32: leal (%edx,%r10d), %ecx
+    cmpl $0x10000, %ecx
+    jbe 33f
+    movl $0x10000, %edx
+    subl %r10d, %edx
+33:
     movq %rbx, %r9
     shrq $24, %r9
     andl $0xFFF, %r9d

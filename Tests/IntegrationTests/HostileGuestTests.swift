@@ -34,6 +34,8 @@ struct IOStormModel {
             let w = Int((r >> 4) & 3)
             var port = Int((r >> 8) & 0xFFFF)
             if Self.excludedPorts.contains(where: { $0.contains(port) }) { port ^= 0x1000 }
+            let portWidth = [1, 2, 4, 1][w]
+            if port + portWidth > 0x10000 { port = 0x10000 - portWidth }
             let elements = Int(((r >> 24) & 0xFFF) >> ((r >> 36) & 31)) + 1
             let atDevice = portRange.contains(port)
             switch kind {
