@@ -219,7 +219,8 @@ private final class ProbePort: PortDevice {
     }
 }
 
-func formatMilliseconds(_ value: Double) -> String {
+/// Milliseconds with one decimal, for traces: "12.3".
+package func formatMilliseconds(_ value: Double) -> String {
     let tenths = Int((value * 10).rounded())
     return "\(tenths / 10).\(tenths % 10)"
 }

@@ -89,8 +89,8 @@ extension SwiftVisorCommand {
             let preparing = HostIO.monotonicNanoseconds()
             do { try request.prepareKernel() } catch { fail(error.description) }
             if output.trace {
-                let tenths = (HostIO.monotonicNanoseconds() - preparing) / 100_000
-                log("linux: kernel prepared (payload decompressed, if on the host) in \(tenths / 10).\(tenths % 10) ms")
+                let milliseconds = Double(HostIO.monotonicNanoseconds() - preparing) / 1e6
+                log("linux: kernel prepared (payload decompressed, if on the host) in \(formatMilliseconds(milliseconds)) ms")
             }
             var config = MachineConfiguration(guest: .linux(request))
             config.memorySize = memory.bytes
