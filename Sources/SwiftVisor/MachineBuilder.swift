@@ -107,7 +107,7 @@ struct MachineBuilder {
     func build() throws(MachineError) -> MachineParts {
         try Self.validate(configuration, hostMemory: HostIO.physicalMemory)
         let system: KVMSystem
-        do { system = try KVMSystem(path: configuration.kvmPath) } catch { throw .kvm(error) }
+        do { system = try KVMSystem.shared(path: configuration.kvmPath) } catch { throw .kvm(error) }
         try Self.checkVCPULimit(
             configuration.vcpuCount, maxVCPUs: Int(system.check(.maxVCPUs)),
             recommendedVCPUs: Int(system.check(.nrVCPUs)))

@@ -111,7 +111,8 @@ public struct MachineConfiguration: Sendable {
     /// `PR_SET_NO_NEW_PRIVS` before it runs guest code; a system call off the list fails
     /// with `EPERM`. The filter stays on the thread until it ends. Default: on.
     public var seccomp = true
-    /// The KVM device node.
+    /// The KVM device node, opened once per process and shared by every machine built
+    /// from it.
     public var kvmPath = "/dev/kvm"
 
     /// A configuration with the defaults for `guest`: the debug-exit and hypercall ports on

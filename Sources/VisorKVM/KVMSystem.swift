@@ -1,5 +1,6 @@
 internal import CKVM
 import Glibc
+import Synchronization
 
 /// A KVM capability, as asked with `KVM_CHECK_EXTENSION`.
 package struct KVMCapability: Sendable, Hashable, CustomStringConvertible {
@@ -81,6 +82,24 @@ package final class KVMSystem: Sendable {
     }
 
     deinit { close(fd) }
+
+    /// The systems opened by `shared(path:)`, one per device path, kept for the life of
+    /// the process.
+    private static let opened = Mutex<[String: KVMSystem]>([:])
+
+    /// The process's one open `path` (opened on first use; a failure is not remembered).
+    /// Every machine is built through it, so building a machine after a guest reset
+    /// opens no file, which lets the main thread's seccomp filter refuse `open`; and a
+    /// process holds one descriptor to KVM however many machines it builds, as other
+    /// monitors do.
+    package static func shared(path: String = "/dev/kvm") throws(KVMError) -> KVMSystem {
+        try opened.withLock { (systems) throws(KVMError) -> KVMSystem in
+            if let system = systems[path] { return system }
+            let system = try KVMSystem(path: path)
+            systems[path] = system
+            return system
+        }
+    }
 
     /// Accepts only API version 12, the one every kernel since 2.6.22 reports.
     package static func checkAPIVersion(_ version: Int32) throws(KVMError) {
