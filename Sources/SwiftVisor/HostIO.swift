@@ -14,4 +14,11 @@ extension HostIO {
     package static func writeFile(_ path: String, _ bytes: [UInt8]) throws(MachineError) {
         do { try createFile(path, bytes) } catch { throw .cannotWriteFile(path: path, reason: error.reason) }
     }
+
+    /// Creates or truncates `path` and keeps it open, to be rewritten later.
+    package static func outputFile(_ path: String) throws(MachineError) -> HostOutputFile {
+        do { return try openOutputFile(path) } catch {
+            throw .cannotWriteFile(path: path, reason: error.reason)
+        }
+    }
 }

@@ -99,6 +99,14 @@ public enum HostIO {
         }
     }
 
+    /// Creates or truncates `path` and keeps it open for `HostOutputFile.replaceContents`,
+    /// so that a file can be written again after the thread has given up `open`.
+    package static func openOutputFile(_ path: String) throws(HostFileError) -> HostOutputFile {
+        let fd = unsafe open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw HostFileError(errno: errno) }
+        return HostOutputFile(fd: fd)
+    }
+
     /// Physical RAM of the host in bytes.
     public static var physicalMemory: UInt64 {
         UInt64(max(0, sysconf(Int32(_SC_PHYS_PAGES)))) * UInt64(max(0, sysconf(Int32(_SC_PAGESIZE))))
@@ -141,6 +149,32 @@ public enum HostIO {
 }
 
 /// Why a host file could not be read or written: the text a user reads after the path.
+/// A file opened for writing, whose whole contents are replaced on each write; closed when
+/// released.
+package final class HostOutputFile: Sendable {
+    private let fd: Int32
+
+    fileprivate init(fd: Int32) { self.fd = fd }
+
+    deinit { close(fd) }
+
+    /// Makes `bytes` the file's whole contents: truncates it, then writes from offset 0.
+    package func replaceContents(_ bytes: [UInt8]) throws(HostFileError) {
+        guard ftruncate(fd, 0) == 0 else { throw HostFileError(errno: errno) }
+        var done = 0
+        while done < bytes.count {
+            // SAFETY: pwrite(2) reads at most count - done bytes starting at offset done
+            // (< count), and writes them at file offset done.
+            let n = unsafe bytes.withUnsafeBytes {
+                unsafe pwrite(fd, $0.baseAddress! + done, $0.count - done, off_t(done))
+            }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { throw HostFileError(errno: errno) }
+            done += n
+        }
+    }
+}
+
 package struct HostFileError: Error {
     package let reason: String
     package init(reason: String) { self.reason = reason }
