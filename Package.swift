@@ -170,7 +170,7 @@ let package = Package(
             swiftSettings: strictTests),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "VisorKVM", "CBenchSupport", "CNativeOps"],
+            dependencies: ["SwiftVisor", "SwiftVisorGuests", "VisorKVM", "VisorHost", "CBenchSupport", "CNativeOps"],
             swiftSettings: strictTests),
     ],
     swiftLanguageModes: [.v6]

@@ -2,6 +2,7 @@
 #include "CBenchSupport.h"
 #include <errno.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <stddef.h>
 #include <sys/syscall.h>
@@ -51,6 +52,10 @@ int posix_memalign(void **result, size_t alignment, size_t size) {
 }
 
 int bench_thread_id(void) { return (int)syscall(SYS_gettid); }
+
+int bench_set_dumpable(int value) {
+    return prctl(PR_SET_DUMPABLE, value, 0, 0, 0) == 0 ? 0 : errno;
+}
 
 int bench_pin_to_cpu(int cpu) {
     cpu_set_t set;

@@ -8,6 +8,7 @@
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #if !defined(__x86_64__)
@@ -32,6 +33,19 @@
 static const long vcpu_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
 static const long console_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
 
+// The main thread after set-up, and the signal thread. Beyond the common calls: starting
+// threads (clone3, with clone as glibc's fallback, and set_robust_list in the child), which
+// then install their own filter (seccomp, and prctl for no-new-privileges only: see
+// prctl_options); waiting for control signals; sizing a new machine's RAM against the
+// host's (sysinfo); closing a dead machine's descriptors; rewriting the statistics file
+// through the descriptor opened before the filter (ftruncate, pwrite64); fstat, which the C
+// library makes on descriptors it writes to. No open, socket, execve, kill or ptrace.
+static const long main_syscalls[] = {
+    COMMON_SYSCALLS, SYS_ioctl, SYS_prctl,
+    SYS_clone3, SYS_clone, SYS_set_robust_list, SYS_seccomp,
+    SYS_rt_sigtimedwait, SYS_sysinfo, SYS_close, SYS_fstat, SYS_newfstatat, SYS_ftruncate, SYS_pwrite64,
+};
+
 // The ioctls a vCPU thread makes after set-up: KVM_RUN, the register and event accesses
 // of the dispatch, the emulator and the state dump, interrupt and NMI injection, and the
 // VM's interrupt lines, which device models raise from the vCPU thread. Nothing that
@@ -47,6 +61,26 @@ static const unsigned long vcpu_ioctls[] = {
 // The console thread raises COM1's interrupt line when it fills the receive FIFO.
 static const unsigned long console_ioctls[] = { KVM_IRQ_LINE };
 
+// The main thread builds the machine after a guest reset on the /dev/kvm it already holds
+// (the system, VM and vCPU set-up ioctls), and restores the terminal (TCGETS, TCSETS).
+// Every vCPU ioctl is here too, first, since a vCPU thread inherits this filter: KVM_RUN
+// leads, as it is the call made most.
+static const unsigned long main_ioctls[] = {
+    KVM_RUN,
+    KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_GET_FPU, KVM_SET_FPU,
+    KVM_GET_MSRS, KVM_SET_MSRS, KVM_GET_VCPU_EVENTS, KVM_SET_VCPU_EVENTS,
+    KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_GET_XCRS, KVM_GET_DEBUGREGS,
+    KVM_INTERRUPT, KVM_NMI, KVM_IRQ_LINE, KVM_SIGNAL_MSI,
+    KVM_GET_API_VERSION, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE, KVM_GET_SUPPORTED_CPUID,
+    KVM_CREATE_VM, KVM_CREATE_VCPU, KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2, KVM_ENABLE_CAP,
+    KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_SET_USER_MEMORY_REGION, KVM_X86_SET_MSR_FILTER,
+    KVM_SET_CPUID2,
+    TCGETS, TCSETS,
+};
+
+// prctl only to set no-new-privileges, which a new thread does before its own filter.
+static const unsigned long main_prctl_options[] = { PR_SET_NO_NEW_PRIVS };
+
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 // ---- The filter ----
@@ -56,9 +90,18 @@ static const unsigned long console_ioctls[] = { KVM_IRQ_LINE };
 #define REFUSE (SECCOMP_RET_ERRNO | (CSECCOMP_REFUSED_ERRNO & SECCOMP_RET_DATA))
 #define X32_SYSCALL_BIT 0x40000000u
 
-enum { MAX_FILTER = 128 };
+enum { MAX_FILTER = 256 };
 
-static int build(const long *syscalls, size_t nsys, const unsigned long *ioctls, size_t nioctl,
+// A system call allowed only for some values of one argument (its low 32 bits): ioctl by
+// request, prctl by option.
+typedef struct {
+    long nr;
+    unsigned argument;
+    const unsigned long *values;
+    size_t count;
+} argument_rule;
+
+static int build(const long *syscalls, size_t nsys, const argument_rule *rules, size_t nrules,
                  struct sock_filter *out, size_t capacity) {
     size_t n = 0;
 #define EMIT(insn) do { if (n >= capacity) return -1; out[n++] = (struct sock_filter)insn; } while (0)
@@ -68,18 +111,28 @@ static int build(const long *syscalls, size_t nsys, const unsigned long *ioctls,
     EMIT(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)));
     EMIT(BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1));
     EMIT(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
-    // ioctl: only the listed requests (the low 32 bits of the second argument).
-    // A match jumps past the remaining comparisons and the refusal, onto the ALLOW.
-    EMIT(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_ioctl, 0, (unsigned char)(nioctl + 3)));
-    EMIT(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])));
-    for (size_t i = 0; i < nioctl; i++) {
-        EMIT(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)ioctls[i], (unsigned char)(nioctl - i), 0));
+    // Each argument rule: the listed values only. A match jumps past the remaining
+    // comparisons and the refusal, onto the ALLOW; another system call skips the block.
+    // Loading the argument replaces the number in the accumulator, so each block ends in
+    // a return and the next block reloads it.
+    for (size_t r = 0; r < nrules; r++) {
+        const argument_rule *rule = &rules[r];
+        if (rule->count > 250) return -1; // BPF jump offsets are 8 bits
+        if (r > 0) EMIT(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)));
+        EMIT(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)rule->nr, 0, (unsigned char)(rule->count + 3)));
+        EMIT(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[rule->argument])));
+        for (size_t i = 0; i < rule->count; i++) {
+            EMIT(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)rule->values[i], (unsigned char)(rule->count - i), 0));
+        }
+        EMIT(BPF_STMT(BPF_RET | BPF_K, REFUSE));
+        EMIT(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
     }
-    EMIT(BPF_STMT(BPF_RET | BPF_K, REFUSE));
-    EMIT(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    if (nrules > 0) EMIT(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)));
     // Everything else: the allowlist, one comparison each.
     for (size_t i = 0; i < nsys; i++) {
-        if (syscalls[i] == SYS_ioctl) continue;
+        int ruled = 0;
+        for (size_t r = 0; r < nrules; r++) ruled |= syscalls[i] == rules[r].nr;
+        if (ruled) continue;
         EMIT(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)syscalls[i], 0, 1));
         EMIT(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
     }
@@ -88,30 +141,38 @@ static int build(const long *syscalls, size_t nsys, const unsigned long *ioctls,
     return (int)n;
 }
 
-_Static_assert(COUNT(vcpu_ioctls) < 250 && COUNT(console_ioctls) < 250, "BPF jump offsets are 8 bits");
 
-static int role_lists(cseccomp_role role, const long **syscalls, size_t *nsys,
-                      const unsigned long **ioctls, size_t *nioctl) {
+typedef struct {
+    const long *syscalls;
+    size_t nsys;
+    argument_rule rules[2];
+    size_t nrules;
+} role_lists;
+
+static int lists_of(cseccomp_role role, role_lists *lists) {
     switch (role) {
     case CSECCOMP_ROLE_VCPU:
-        *syscalls = vcpu_syscalls; *nsys = COUNT(vcpu_syscalls);
-        *ioctls = vcpu_ioctls; *nioctl = COUNT(vcpu_ioctls);
+        *lists = (role_lists){ vcpu_syscalls, COUNT(vcpu_syscalls),
+                               { { SYS_ioctl, 1, vcpu_ioctls, COUNT(vcpu_ioctls) } }, 1 };
         return 0;
     case CSECCOMP_ROLE_CONSOLE:
-        *syscalls = console_syscalls; *nsys = COUNT(console_syscalls);
-        *ioctls = console_ioctls; *nioctl = COUNT(console_ioctls);
+        *lists = (role_lists){ console_syscalls, COUNT(console_syscalls),
+                               { { SYS_ioctl, 1, console_ioctls, COUNT(console_ioctls) } }, 1 };
+        return 0;
+    case CSECCOMP_ROLE_MAIN:
+        *lists = (role_lists){ main_syscalls, COUNT(main_syscalls),
+                               { { SYS_ioctl, 1, main_ioctls, COUNT(main_ioctls) },
+                                 { SYS_prctl, 0, main_prctl_options, COUNT(main_prctl_options) } }, 2 };
         return 0;
     }
     return -EINVAL;
 }
 
 int cseccomp_install(cseccomp_role role) {
-    const long *syscalls;
-    const unsigned long *ioctls;
-    size_t nsys, nioctl;
-    if (role_lists(role, &syscalls, &nsys, &ioctls, &nioctl) != 0) return -EINVAL;
+    role_lists lists;
+    if (lists_of(role, &lists) != 0) return -EINVAL;
     struct sock_filter filter[MAX_FILTER];
-    int length = build(syscalls, nsys, ioctls, nioctl, filter, MAX_FILTER);
+    int length = build(lists.syscalls, lists.nsys, lists.rules, lists.nrules, filter, MAX_FILTER);
     if (length < 0) return -E2BIG;
     struct sock_fprog program = { .len = (unsigned short)length, .filter = filter };
     // No new privileges first: the kernel requires it (or CAP_SYS_ADMIN) for a filter,
@@ -123,12 +184,10 @@ int cseccomp_install(cseccomp_role role) {
 }
 
 int cseccomp_allows(cseccomp_role role, long nr) {
-    const long *syscalls;
-    const unsigned long *ioctls;
-    size_t nsys, nioctl;
-    if (role_lists(role, &syscalls, &nsys, &ioctls, &nioctl) != 0) return 0;
-    for (size_t i = 0; i < nsys; i++) {
-        if (syscalls[i] == nr) return 1;
+    role_lists lists;
+    if (lists_of(role, &lists) != 0) return 0;
+    for (size_t i = 0; i < lists.nsys; i++) {
+        if (lists.syscalls[i] == nr) return 1;
     }
     return 0;
 }

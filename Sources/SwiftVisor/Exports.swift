@@ -24,6 +24,8 @@
 @_exported public import struct VisorKVM.DescriptorTable
 @_exported public import struct VisorKVM.FPUState
 @_exported public import struct VisorKVM.VCPUEvents
+@_exported public import enum VisorKVM.Seccomp
+@_exported public import struct VisorKVM.SeccompError
 @_exported public import enum VisorHost.HostIO
 @_exported public import enum VisorHost.HostThread
 // What an instruction handler reads from `EmulationState.instruction`.

@@ -18,11 +18,19 @@ public enum Seccomp {
         /// The console thread: reading standard input, raising COM1's interrupt line
         /// (`KVM_IRQ_LINE`), and what every thread needs.
         case console
+        /// The thread that builds and runs machines once set-up is done (the command
+        /// line's main thread after its first machine, and its signal thread): the KVM
+        /// system, VM and vCPU ioctls on descriptors it already holds, starting threads
+        /// (which inherit this filter beneath their own), waiting for signals, restoring
+        /// the terminal, rewriting an already open file. No `open`, `socket`, `execve`,
+        /// `kill` or `ptrace`; `prctl` only for no-new-privileges.
+        case main
 
         var c: cseccomp_role {
             switch self {
             case .vcpu: CSECCOMP_ROLE_VCPU
             case .console: CSECCOMP_ROLE_CONSOLE
+            case .main: CSECCOMP_ROLE_MAIN
             }
         }
     }
@@ -39,7 +47,7 @@ public enum Seccomp {
     }
 
     /// Whether `role`'s allowlist holds system call number `number` (ioctl requests are
-    /// filtered further by request).
+    /// filtered further by request, and `prctl` by option).
     public static func allows(_ role: Role, syscall number: Int) -> Bool {
         cseccomp_allows(role.c, number) != 0
     }

@@ -103,11 +103,11 @@ extension SwiftVisorCommand {
                 config.onLinuxBootPlan = { plan in plan.summary.forEach(log) }
             }
 
-            let signals = SignalRouter()
+            let session = CommandSession(config, output: output)
             var boots = 0
             while true {
                 boots += 1
-                let report = try runMachine(config, output: output, signals: signals) { machine in
+                let report = try runMachine(config, output: output, session: session) { machine in
                     // The next boot keeps the CMOS clock and RAM, as a battery would.
                     config.batteryBackedCMOS = machine.platform.cmos
                 }

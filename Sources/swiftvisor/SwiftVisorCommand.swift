@@ -3,6 +3,7 @@ import Glibc
 import SwiftVisor
 import SwiftVisorGuests
 import Synchronization
+import VisorHost
 import VisorKVM
 
 @main
@@ -299,21 +300,62 @@ extension SwiftVisorCommand {
     }
 }
 
+/// What a command keeps across the machines it runs in turn (a guest that resets and boots
+/// again): the signal router, the statistics file, and the main thread's confinement.
+final class CommandSession {
+    let signals: SignalRouter
+    private let statisticsFile: (path: String, file: HostOutputFile)?
+    private let confines: Bool
+    private var mainThreadConfined = false
+
+    /// Opens `output`'s statistics file now, so that a bad path fails before any guest runs
+    /// and the file can be rewritten once `open` is off the main thread's allowlist.
+    init(_ config: MachineConfiguration, output: OutputOptions) {
+        confines = config.seccomp
+        do {
+            statisticsFile = try output.statsJSON.map { path throws(MachineError) in (path, try HostIO.outputFile(path)) }
+        } catch {
+            fail(error.description)
+        }
+        signals = SignalRouter(confine: config.seccomp)
+    }
+
+    /// Installs the main thread's seccomp filter, once, after the first machine is built
+    /// (its file reads and the KVM probe are done): later machines are built through the
+    /// open /dev/kvm, and every thread started from now on inherits the filter.
+    func confineMainThread() {
+        guard confines, !mainThreadConfined else { return }
+        do throws(SeccompError) { try Seccomp.install(.main) } catch { fail(error.description) }
+        mainThreadConfined = true
+    }
+
+    /// Replaces the statistics file's contents with `json`.
+    func writeStatistics(_ json: String) {
+        guard let statisticsFile else { return }
+        do { try statisticsFile.file.replaceContents(Array(json.utf8)) } catch {
+            fail(MachineError.cannotWriteFile(path: statisticsFile.path, reason: error.reason).description)
+        }
+    }
+}
+
 /// Runs `config` with the terminal as COM1, Ctrl-C/SIGTERM as a clean stop and SIGUSR1 as an
 /// NMI, prints a diagnostic and the statistics, and returns the report. Exits the process
 /// with 128+n when a signal stopped the VM, or 1 when the machine cannot be built.
 ///
-/// `signals` routes control signals to whichever machine runs now; a command that runs
-/// several machines in turn (a guest that reboots) passes the same router each time.
+/// `session` carries what outlives one machine; a command that runs several machines in
+/// turn (a guest that reboots) passes the same session each time.
 @discardableResult
 func runMachine(
     _ config: MachineConfiguration, output: OutputOptions,
-    signals: SignalRouter = SignalRouter(), ran: ((Machine) -> Void)? = nil
+    session: CommandSession? = nil, ran: ((Machine) -> Void)? = nil
 ) throws -> RunReport {
+    let session = session ?? CommandSession(config, output: output)
+    let signals = session.signals
     let report: RunReport
     let machine: Machine
     do {
         machine = try Machine(config)
+        session.confineMainThread()
         signals.attach(machine)
         report = try machine.run()
         signals.detach()
@@ -351,11 +393,8 @@ func runMachine(
                 }
             }
         }
-        if let statsJSON = output.statsJSON {
-            let json = statistics.renderJSON(portNames: portName, mmioNames: mmioName) + "\n"
-            do { try HostIO.writeFile(statsJSON, Array(json.utf8)) } catch {
-                fail(error.description)
-            }
+        if output.statsJSON != nil {
+            session.writeStatistics(statistics.renderJSON(portNames: portName, mmioNames: mmioName) + "\n")
         }
     }
     return report
@@ -374,7 +413,8 @@ final class SignalRouter: Sendable {
     private let state = Mutex(State())
     let console = ConsoleInput()
 
-    init() {
+    /// With `confine`, the signal thread runs under the main thread's seccomp filter.
+    init(confine: Bool) {
         // Block the signals everywhere first, so every thread created later inherits the
         // mask and only the waiting thread receives them.
         VCPUSignals.block(Self.controlSignals)
@@ -382,6 +422,9 @@ final class SignalRouter: Sendable {
         // which the console writer ignores.
         signal(SIGPIPE, SIG_IGN)
         _ = HostThread.detach { [self] in
+            if confine {
+                do throws(SeccompError) { try Seccomp.install(.main) } catch { fail(error.description) }
+            }
             while true {
                 // While a stop is under way, kick the vCPUs again every few milliseconds: a
                 // kick that came just before a vCPU blocked writing to a full pipe is lost.

@@ -125,7 +125,9 @@ extension KVMIntegration {
             #expect(!noHypercalls.stdout.contains("printed by hypercall"))
         }
 
-        @Test("the VMM's vCPU thread runs with Seccomp: 2 by default; --no-seccomp leaves every thread unfiltered")
+        @Test(
+            "every thread of the VMM (main, signal, console, vCPU) runs with Seccomp: 2 by default; --no-seccomp leaves every thread unfiltered"
+        )
         func seccompOption() throws {
             func seccompModes(_ extra: [String]) throws -> [String] {
                 let process = Process()
@@ -151,10 +153,28 @@ extension KVMIntegration {
                 return modes
             }
             let confined = try seccompModes([])
-            #expect(confined.contains("2"), "\(confined)")
-            #expect(confined.contains("0"), "the main thread stays unfiltered: \(confined)")
+            #expect(confined.count >= 3 && confined.allSatisfy { $0 == "2" }, "\(confined)")
             let open = try seccompModes(["--no-seccomp"])
             #expect(!open.isEmpty && open.allSatisfy { $0 == "0" }, "\(open)")
+        }
+
+        @Test(
+            "--stats-json writes the statistics through the file opened before the main thread's filter; a path that cannot be created fails before the guest runs"
+        )
+        func statsJSON() throws {
+            let path = try temporaryFile(Array("stale contents, longer than nothing".utf8))
+            defer { removeFile(path) }
+            let result = try run(["--builtin", "hello", "--stats-json", path])
+            #expect(result.status == 0, "stderr: \(result.stderr)")
+            let json = String(decoding: try Data(contentsOf: URL(fileURLWithPath: path)), as: UTF8.self)
+            #expect(json.hasPrefix("{\"total\": "), "\(json)")
+            #expect(json.hasSuffix("}\n") && !json.contains("stale"), "\(json)")
+
+            let bad = try run(["--builtin", "hello", "--stats-json", "/nonexistent-dir/stats.json"])
+            #expect(bad.status == 1)
+            #expect(bad.stdout.isEmpty, "the guest ran: \(bad.stdout)")
+            #expect(bad.stderr.split(separator: "\n").count == 1, "\(bad.stderr)")
+            #expect(bad.stderr.contains("/nonexistent-dir/stats.json"), "\(bad.stderr)")
         }
 
         @Test("an ELF file given on the command line runs, and a raw binary runs with --load-address")

@@ -4,6 +4,7 @@ import Synchronization
 import SwiftVisor
 import SwiftVisorGuests
 import Testing
+import VisorHost
 import VisorKVM
 
 /// Records, on the vCPU thread that makes its first port write, that thread's id and what
@@ -103,6 +104,72 @@ extension KVMIntegration {
             #expect(report.outcome == .stopped(.guestExit(status: 0)))
             #expect(probe.socketResult.load(ordering: .relaxed) >= 0)
             #expect(probe.socketErrno.load(ordering: .relaxed) == 0)
+        }
+
+        @Test(
+            "under the main role's filter a thread builds and runs a machine (its vCPU thread inherits the filter beneath its own), and open, socket and prctl(PR_SET_DUMPABLE) fail with EPERM"
+        )
+        func mainRoleBuildsMachines() throws {
+            // What the command line's first machine leaves behind before the filter: /dev/kvm
+            // open, shared by every later machine.
+            _ = try KVMSystem.shared()
+            struct Outcome: Sendable {
+                var installed: SeccompError?
+                var openErrno: Int32 = 0
+                var socketErrno: Int32 = 0
+                var dumpableErrno: Int32 = 0
+                var report: RunReport?
+                var console = ""
+                var buildError = ""
+            }
+            let outcome = Mutex(Outcome())
+            var thread = pthread_t()
+            let rc = VCPUThread.create(&thread) {
+                var result = Outcome()
+                do throws(SeccompError) { try Seccomp.install(.main) } catch { result.installed = error }
+                // SAFETY: open reads the NUL-terminated path Swift passes for the call.
+                let fd = unsafe open("/dev/null", O_RDONLY)
+                result.openErrno = fd < 0 ? errno : 0
+                if fd >= 0 { close(fd) }
+                let sock = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                result.socketErrno = sock < 0 ? errno : 0
+                if sock >= 0 { close(sock) }
+                result.dumpableErrno = bench_set_dumpable(1)
+                do {
+                    let (report, console) = try runGuest(GuestImages.hello)
+                    result.report = report
+                    result.console = console
+                } catch {
+                    result.buildError = "\(error)"
+                }
+                outcome.withLock { $0 = result }
+            }
+            #expect(rc == 0)
+            VCPUThread.join(thread)
+            let result = outcome.withLock { $0 }
+            #expect(result.installed == nil)
+            #expect(result.openErrno == EPERM)
+            #expect(result.socketErrno == EPERM)
+            #expect(result.dumpableErrno == EPERM)
+            #expect(result.buildError.isEmpty, "\(result.buildError)")
+            #expect(result.report?.outcome == .stopped(.guestExit(status: 0)), "\(String(describing: result.report))")
+            #expect(result.console.contains("Hello"), "\(result.console)")
+            // The filter is that thread's alone.
+            #expect(threadStatus(bench_thread_id())["Seccomp"] == "0")
+        }
+
+        @Test("the main allowlist holds what building and joining machines needs, and not open, socket, execve or kill")
+        func mainAllowlist() {
+            let allowed = [
+                "ioctl": 16, "clone3": 435, "set_robust_list": 273, "seccomp": 317, "prctl": 157,
+                "rt_sigtimedwait": 128, "pwrite64": 18, "ftruncate": 77, "futex": 202, "exit_group": 231,
+            ]
+            let refused = [
+                "socket": 41, "openat": 257, "open": 2, "execve": 59, "execveat": 322, "fork": 57, "vfork": 58,
+                "ptrace": 101, "connect": 42, "kill": 62, "mount": 165, "bpf": 321, "process_vm_writev": 311,
+            ]
+            for (name, number) in allowed { #expect(Seccomp.allows(.main, syscall: number), "\(name)") }
+            for (name, number) in refused { #expect(!Seccomp.allows(.main, syscall: number), "\(name)") }
         }
 
         @Test("the vCPU allowlist holds KVM_RUN's ioctl, console writes and futexes, and not socket, open or execve")

@@ -21,6 +21,10 @@ int bench_pin_to_cpu(int cpu);
 /// entry under /proc/self/task.
 int bench_thread_id(void);
 
+/// prctl(PR_SET_DUMPABLE, value) on the calling thread's process, for the confinement tests
+/// (prctl is variadic, which Swift cannot call). Returns 0 or an errno value.
+int bench_set_dumpable(int value);
+
 /// User and system CPU time of the calling thread, in nanoseconds.
 void bench_thread_cpu_time(uint64_t *user, uint64_t *system);
 

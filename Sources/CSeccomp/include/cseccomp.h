@@ -11,6 +11,11 @@ typedef enum {
     CSECCOMP_ROLE_VCPU = 1,
     /// The console thread: reads standard input and feeds COM1.
     CSECCOMP_ROLE_CONSOLE = 2,
+    /// The command line's main thread once its first machine is built, and its signal
+    /// thread: builds later machines (a guest reset) through the open /dev/kvm, starts and
+    /// joins their threads, restores the terminal, writes the statistics file it opened
+    /// before. Threads it starts inherit this filter under their own.
+    CSECCOMP_ROLE_MAIN = 3,
 } cseccomp_role;
 
 /// What a refused system call returns: -1 with this errno (the thread lives on).
