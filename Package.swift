@@ -22,6 +22,7 @@
 //     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
 //     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
+//     VisorVirtio         -> VisorCore VisorMemory VisorHost          -- virtio-mmio, virtqueues, virtio devices
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
 //     VisorLinux          -> VisorHost
@@ -82,6 +83,7 @@ let package = Package(
         // Host system calls (files, clocks, sleeping, threads, the terminal) for the layers above.
         .target(name: "VisorHost", swiftSettings: strict),
         .target(name: "VisorDevices", dependencies: ["VisorCore", "VisorFirmware", "VisorHost"], swiftSettings: strict),
+        .target(name: "VisorVirtio", dependencies: ["VisorCore", "VisorMemory", "VisorHost"], swiftSettings: strict),
         .target(
             name: "VisorEmulator",
             dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDecoder"],
@@ -146,6 +148,8 @@ let package = Package(
             name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport", "VisorLinux"], path: "Fuzz/Tests",
             swiftSettings: strictTests),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
+        .testTarget(
+            name: "VisorVirtioTests", dependencies: ["VisorVirtio", "VisorCore", "VisorMemory"], swiftSettings: strictTests),
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"], swiftSettings: strictTests),
         .testTarget(
             name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport"],

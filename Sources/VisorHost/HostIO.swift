@@ -57,6 +57,23 @@ public enum HostIO {
         }
     }
 
+    /// Fills `buffer[0..<count]` from the kernel's random source (`getentropy(3)`, that is
+    /// `getrandom(2)` in pieces of at most 256 bytes; it blocks only before the pool is
+    /// first seeded). Returns how many bytes it filled: `count`, or fewer if a call failed.
+    package static func fillRandom(_ buffer: inout [UInt8], count: Int) -> Int {
+        let count = min(max(count, 0), buffer.count)
+        var done = 0
+        while done < count {
+            let piece = min(256, count - done)
+            // SAFETY: getentropy writes exactly `piece` bytes from offset done, and
+            // done + piece <= count <= buffer.count.
+            let rc = unsafe buffer.withUnsafeMutableBytes { unsafe getentropy($0.baseAddress! + done, piece) }
+            guard rc == 0 else { break }
+            done += piece
+        }
+        return done
+    }
+
     /// Reads a whole regular file, refusing anything larger than `limit` bytes. The error is
     /// the reason, for the caller's own error type.
     package static func readRegularFile(_ path: String, limit: Int) throws(HostFileError) -> [UInt8] {
