@@ -20,7 +20,7 @@
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost VisorDecoder
 //     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
-//     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder
+//     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     VisorVirtio         -> VisorCore VisorMemory VisorHost          -- virtio-mmio, virtqueues, virtio devices
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
@@ -138,7 +138,7 @@ let package = Package(
             name: "FuzzTargets",
             dependencies: [
                 "VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "VisorEmulator",
-                "VisorDecoder", "TestSupport",
+                "VisorDecoder", "TestSupport", "VisorVirtio",
             ],
             path: "Fuzz/Targets", swiftSettings: strict),
         // The libFuzzer entry point. A plain build makes a replay tool (run a target over

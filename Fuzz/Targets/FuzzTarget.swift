@@ -82,6 +82,19 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
 
     /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
     /// which is slow in a debug build.
+    /// Split virtqueue chains (`Virtqueue.pop`) over a descriptor table, available ring and
+    /// indirect table filled from the input, with any queue size.
+    /// Checks: every chain equals a separately written reference walker's (buffers in order,
+    /// or invalid); buffers lie in RAM and their lengths add up within 32 bits; a runaway
+    /// available index yields nothing, and a sane one yields exactly its entries.
+    case virtqueue
+    /// The virtio entropy device behind the virtio-mmio transport, driven by register
+    /// accesses of any offset, width and value, guest-memory writes and notifications.
+    /// Checks: the interrupt line follows InterruptStatus; the device is active exactly
+    /// with DRIVER_OK and without DEVICE_NEEDS_RESET; FEATURES_OK only for offered
+    /// features; bounded requests per notification and bytes per request.
+    case virtioEntropy = "virtio-entropy"
+
     package var seededInputs: Int {
         switch self {
         case .elf: 300
@@ -108,6 +121,8 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .elf: fuzzELF(data)
         case .linux: fuzzLinux(data)
         case .translator: fuzzTranslator(data)
+        case .virtqueue: fuzzVirtqueue(data)
+        case .virtioEntropy: fuzzVirtioEntropy(data)
         }
     }
 }

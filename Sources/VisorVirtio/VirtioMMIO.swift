@@ -245,9 +245,11 @@ package final class VirtioMMIOTransport: MMIODevice {
                 return .reset
             }
             let old = state.status
+            // DEVICE_NEEDS_RESET is the device's to set: ignored in a write, kept once set.
+            let driverBits = old & ~Status.deviceNeedsReset
             // Clearing a bit other than by reset is not a transition the driver may make.
-            guard value & old == old else { return .none }
-            var new = value
+            guard value & driverBits == driverBits else { return .none }
+            var new = value & ~Status.deviceNeedsReset | old & Status.deviceNeedsReset
             if new & Status.featuresOK != 0, old & Status.featuresOK == 0 {
                 let subset = state.driverFeatures & ~offeredFeatures == 0
                 let modern = state.driverFeatures & VirtioFeature.version1 != 0

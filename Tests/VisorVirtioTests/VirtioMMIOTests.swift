@@ -142,6 +142,10 @@ struct VirtioMMIOTests {
         #expect(driver.read(R.status) == S.acknowledge | S.driver | S.featuresOK | S.driverOK)
         driver.write(R.queueReady, 0)
         #expect(driver.read(R.queueReady) == 1)
+        // DEVICE_NEEDS_RESET is the device's bit: a driver's write of it is ignored.
+        driver.write(R.status, S.acknowledge | S.driver | S.featuresOK | S.driverOK | S.deviceNeedsReset)
+        #expect(driver.read(R.status) & S.deviceNeedsReset == 0)
+        #expect(driver.transport.isActive)
         // Reset.
         driver.write(R.status, 0)
         #expect(driver.read(R.status) == 0)

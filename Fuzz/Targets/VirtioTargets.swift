@@ -1,0 +1,220 @@
+// Virtqueues and the virtio-mmio transport, driven by a hostile driver.
+import VisorCore
+import VisorMemory
+import VisorVirtio
+
+/// The layout both targets put a queue at, in 64 KiB of guest memory.
+private enum Layout {
+    static let memorySize: UInt64 = 64 * 1024
+    static let descriptors: UInt64 = 0x1000
+    static let available: UInt64 = 0x2000
+    static let used: UInt64 = 0x3000
+}
+
+/// The input first picks a queue size (1-256, any value), whether indirect descriptors
+/// were negotiated, then fills the descriptor table, the available ring and an indirect
+/// table at 0x8000 with its bytes; the rest of memory is zero. The queue is popped until
+/// empty, at most 300 times.
+///
+/// Checks: every popped chain equals what a reference walker, written separately from the
+/// spec's rules, finds for the same head (its buffers, or that it is invalid); every buffer
+/// lies in RAM; the lengths add up without passing 32 bits; a queue whose available index
+/// runs more than its size ahead yields nothing.
+func fuzzVirtqueue(_ data: [UInt8]) {
+    var input = ByteReader(data)
+    let size = UInt16(input.byte()) + 1
+    let indirect = input.byte() & 1 != 0
+    guard let memory = try? GuestMemory(size: Layout.memorySize) else { preconditionFailure("cannot map test memory") }
+    let tableBytes = Array((0..<Int(size) * 16).map { _ in input.byte() })
+    let ringBytes = Array((0..<4 + Int(size) * 2).map { _ in input.byte() })
+    let indirectBytes = input.rest().prefix(4096)
+    do {
+        try memory.write(tableBytes, at: Layout.descriptors)
+        try memory.write(ringBytes, at: Layout.available)
+        try memory.write(Array(indirectBytes), at: 0x8000)
+    } catch {
+        preconditionFailure("the layout does not fit")
+    }
+    let maximum: UInt16 = 256
+    guard
+        var queue = try? Virtqueue(
+            size: size, maximum: maximum, descriptors: Layout.descriptors, available: Layout.available,
+            used: Layout.used, indirect: indirect, memory: memory)
+    else {
+        // Only a size that is not a power of two is refused here.
+        precondition(size & (size - 1) != 0, "a valid layout was refused")
+        return
+    }
+    let availableIndex = (try? memory.readUInt16(at: Layout.available + 2)) ?? 0
+    var chain = DescriptorChain()
+    var popped = 0
+    while popped < 300 {
+        let result = queue.pop(into: &chain, memory: memory)
+        if result == .empty { break }
+        precondition(UInt16(popped) < size && availableIndex <= size, "popped past the available index")
+        let headSlot = Layout.available + 4 + 2 * UInt64(UInt16(popped) % size)
+        let head = (try? memory.readUInt16(at: headSlot)) ?? 0
+        precondition(chain.head == head, "the chain's head is not the ring's entry")
+        let expected = referenceWalk(head: head, size: size, indirect: indirect, memory: memory)
+        switch (result, expected) {
+        case (.chain, .some(let buffers)):
+            let got = chain.readable.map { ($0.address, $0.length, false) } + chain.writable.map { ($0.address, $0.length, true) }
+            precondition(got.count == buffers.count, "the chain has \(got.count) buffers, the reference \(buffers.count)")
+            for (a, b) in zip(got, buffers) {
+                precondition(a.0 == b.0 && a.1 == b.1 && a.2 == b.2, "a buffer differs from the reference")
+                precondition(memory.contains(a.0, count: UInt64(a.1)), "a buffer outside RAM")
+            }
+            precondition(
+                UInt64(chain.readableLength) + UInt64(chain.writableLength) == buffers.reduce(0) { $0 + UInt64($1.1) },
+                "the lengths do not add up")
+        case (.invalid, .none):
+            precondition(chain.readable.isEmpty && chain.writable.isEmpty, "an invalid chain kept buffers")
+        default:
+            preconditionFailure("pop gave \(result), the reference \(expected == nil ? "invalid" : "a chain")")
+        }
+        queue.push(head: chain.head, length: 0, memory: memory)
+        popped += 1
+    }
+    if availableIndex > size { precondition(popped == 0 && queue.isBroken, "a runaway index was served") }
+    if availableIndex <= size { precondition(popped == Int(availableIndex), "popped \(popped) of \(availableIndex)") }
+}
+
+/// The spec's rules for a descriptor chain, written as plainly as possible: nil when the
+/// chain is malformed, else its buffers (address, length, device-writable) in order.
+private func referenceWalk(head: UInt16, size: UInt16, indirect: Bool, memory: GuestMemory) -> [(UInt64, UInt32, Bool)]? {
+    func descriptor(_ table: UInt64, _ i: Int) -> (UInt64, UInt32, UInt16, UInt16)? {
+        let at = table + UInt64(16 * i)
+        guard let a = try? memory.readUInt64(at: at), let l = try? memory.readUInt32(at: at + 8),
+            let f = try? memory.readUInt16(at: at + 12), let n = try? memory.readUInt16(at: at + 14)
+        else { return nil }
+        return (a, l, f, n)
+    }
+    var buffers: [(UInt64, UInt32, Bool)] = []
+    var total: UInt64 = 0
+    var sawWritable = false
+    var visited = Set<Int>()
+    var table = Layout.descriptors
+    var count = Int(size)
+    var i = Int(head)
+    var nested = false
+    guard i < count else { return nil }
+    while true {
+        // Revisiting a descriptor in the same table is a loop.
+        guard visited.insert(i).inserted else { return nil }
+        guard let (address, length, flags, next) = descriptor(table, i) else { return nil }
+        if flags & 4 != 0 {
+            guard indirect, !nested, flags & 1 == 0, length > 0, length % 16 == 0, length / 16 <= 1024,
+                memory.contains(address, count: UInt64(length))
+            else { return nil }
+            table = address
+            count = Int(length / 16)
+            i = 0
+            nested = true
+            visited = []
+            continue
+        }
+        guard memory.contains(address, count: UInt64(length)) else { return nil }
+        total += UInt64(length)
+        guard total <= UInt64(UInt32.max) else { return nil }
+        let writable = flags & 2 != 0
+        if !writable, sawWritable { return nil }
+        sawWritable = sawWritable || writable
+        buffers.append((address, length, writable))
+        guard flags & 1 != 0 else { return buffers }
+        guard Int(next) < count else { return nil }
+        i = Int(next)
+    }
+}
+
+/// The entropy device behind the virtio-mmio transport. Each step is an op byte: 0-3 a
+/// register write (an offset byte picks one of the transport's registers, or any offset,
+/// then a width byte and a 32-bit value), 4 a register read, 5 a guest-memory write of 8
+/// bytes anywhere in RAM, 6 the Linux
+/// driver's handshake with one queue at the fixed layout, 7 a notify of queue 0.
+///
+/// Checks: the interrupt line is high exactly when InterruptStatus is non-zero; the device
+/// is active exactly when DRIVER_OK is set and DEVICE_NEEDS_RESET clear; FEATURES_OK is
+/// never set with features outside the offered ones; one step completes at most a queue's
+/// worth of requests, and none gets more than 64 KiB. (The used ring cannot witness the
+/// count: a hostile driver may point the device's buffers at it.)
+func fuzzVirtioEntropy(_ data: [UInt8]) {
+    typealias R = VirtioMMIOTransport.Register
+    typealias S = VirtioMMIOTransport.Status
+    var input = ByteReader(data)
+    guard let memory = try? GuestMemory(size: Layout.memorySize) else { preconditionFailure("cannot map test memory") }
+    let device = VirtioEntropyDevice()
+    let line = LineLevel()
+    let transport = VirtioMMIOTransport(device: device, memory: memory, eventIndex: input.byte() & 1 != 0) { line.level = $0 }
+    let registers: [UInt64] = [
+        R.deviceFeaturesSelect, R.driverFeatures, R.driverFeaturesSelect, R.queueSelect, R.queueSize, R.queueReady,
+        R.queueNotify, R.interruptAcknowledge, R.status, R.queueDescriptorLow, R.queueDescriptorHigh, R.queueDriverLow,
+        R.queueDriverHigh, R.queueDeviceLow, R.queueDeviceHigh, R.configuration,
+    ]
+    var driverFeatures: UInt64 = 0
+    var driverFeaturesSelect: UInt32 = 0
+    func write(_ offset: UInt64, _ value: UInt32, width: UInt8 = 4) {
+        if offset == R.driverFeaturesSelect, width == 4 { driverFeaturesSelect = value }
+        let status = transport.status
+        if offset == R.driverFeatures, width == 4, status & S.driver != 0, status & S.featuresOK == 0 {
+            if driverFeaturesSelect == 0 { driverFeatures = driverFeatures & ~0xFFFF_FFFF | UInt64(value) }
+            if driverFeaturesSelect == 1 { driverFeatures = driverFeatures & 0xFFFF_FFFF | UInt64(value) << 32 }
+        }
+        if offset == R.status, value == 0 { driverFeatures = 0 }
+        _ = transport.mmioWrite(address: offset, offset: offset, width: width, value: UInt64(value))
+    }
+    var lastRequests: UInt64 = 0
+    var lastBytes: UInt64 = 0
+    var steps = 0
+    while !input.isAtEnd, steps < 2000 {
+        steps += 1
+        switch input.byte() & 7 {
+        case 0, 1, 2, 3:
+            let pick = input.byte()
+            let offset = pick < 0xF0 ? registers[Int(pick) % registers.count] : UInt64(input.uint16() & 0xFFF)
+            let width: UInt8 = [4, 4, 4, 1, 2, 8][Int(input.byte()) % 6]
+            write(offset, input.uint32(), width: width)
+        case 4:
+            _ = transport.mmioRead(
+                address: 0, offset: UInt64(input.uint16() & 0xFFF), width: [1, 2, 4, 8][Int(input.byte()) % 4])
+        case 5:
+            let at = UInt64(input.uint16()) % (Layout.memorySize - 8)
+            try? memory.write(input.uint64(), at: at)
+        case 6:
+            write(R.status, 0)
+            write(R.status, S.acknowledge | S.driver)
+            write(R.driverFeaturesSelect, 1)
+            write(R.driverFeatures, 1)
+            write(R.status, S.acknowledge | S.driver | S.featuresOK)
+            write(R.queueSelect, 0)
+            write(R.queueSize, UInt32(1) << (input.byte() % 9))
+            write(R.queueDescriptorLow, UInt32(Layout.descriptors))
+            write(R.queueDriverLow, UInt32(Layout.available))
+            write(R.queueDeviceLow, UInt32(Layout.used))
+            write(R.queueReady, 1)
+            write(R.status, S.acknowledge | S.driver | S.featuresOK | S.driverOK)
+        default:
+            write(R.queueNotify, 0)
+        }
+        let status = transport.status
+        let interruptStatus = UInt32(truncatingIfNeeded: transport.mmioRead(address: 0, offset: R.interruptStatus, width: 4))
+        precondition(line.level == (interruptStatus != 0), "the line is \(line.level) with status \(interruptStatus)")
+        precondition(
+            transport.isActive == (status & S.driverOK != 0 && status & S.deviceNeedsReset == 0),
+            "active \(transport.isActive) with status 0x\(String(status, radix: 16))")
+        if status & S.featuresOK != 0 {
+            precondition(driverFeatures & ~transport.offeredFeatures == 0, "FEATURES_OK with features not offered")
+        }
+        let (requests, _, bytes) = device.counters
+        precondition(requests - lastRequests <= 256, "one step served \(requests - lastRequests) requests")
+        precondition(
+            bytes - lastBytes <= (requests - lastRequests) * UInt64(VirtioEntropyDevice.maximumRequestBytes),
+            "a request got more than 64 KiB")
+        lastRequests = requests
+        lastBytes = bytes
+    }
+}
+
+/// An interrupt line's last level, set by the transport.
+private final class LineLevel: @unchecked Sendable {
+    var level = false
+}
