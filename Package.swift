@@ -18,7 +18,7 @@
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
-//     SwiftVisor          -> VisorHost VisorDecoder
+//     SwiftVisor          -> VisorHost VisorDecoder VisorVirtio
 //     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
 //     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
@@ -102,7 +102,7 @@ let package = Package(
             dependencies: [
                 "VisorKVM", "VisorMemory", "VisorCore", "VisorEmulator", "VisorDevices", "VisorLoader", "VisorFirmware",
                 "VisorLinux",
-                "SwiftVisorProbes", "VisorHost", "VisorDecoder",
+                "SwiftVisorProbes", "VisorHost", "VisorDecoder", "VisorVirtio",
             ],
             swiftSettings: strict),
         .plugin(name: "GuestBuilder", capability: .buildTool()),
@@ -160,7 +160,9 @@ let package = Package(
             swiftSettings: strictTests),
         .testTarget(
             name: "SwiftVisorTests",
-            dependencies: ["SwiftVisor", "VisorCore", "VisorHost", "VisorKVM", "VisorLoader", "TestSupport"],
+            dependencies: [
+                "SwiftVisor", "VisorCore", "VisorHost", "VisorKVM", "VisorLoader", "TestSupport", "VisorFirmware", "VisorMemory",
+            ],
             swiftSettings: strictTests),
         .testTarget(
             name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore", "VisorFirmware", "TestSupport"],

@@ -204,7 +204,8 @@ func fuzzVirtioEntropy(_ data: [UInt8]) {
         if status & S.featuresOK != 0 {
             precondition(driverFeatures & ~transport.offeredFeatures == 0, "FEATURES_OK with features not offered")
         }
-        let (requests, _, bytes) = device.counters
+        let requests = device.counters.requests
+        let bytes = device.counters.bytes
         precondition(requests - lastRequests <= 256, "one step served \(requests - lastRequests) requests")
         precondition(
             bytes - lastBytes <= (requests - lastRequests) * UInt64(VirtioEntropyDevice.maximumRequestBytes),

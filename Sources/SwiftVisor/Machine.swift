@@ -130,6 +130,9 @@ public final class Machine: Sendable {
     /// Instructions finished by the emulator so far, by mnemonic.
     public var emulatedInstructions: [String: UInt64] { parts.emulator?.emulatedCounts ?? [:] }
 
+    /// What each virtio device did so far, in configuration order.
+    public var virtioStatistics: [VirtioDeviceStatistics] { parts.virtio.map(\.statistics) }
+
     /// Guest RDMSR/WRMSR accesses that raised #GP so far.
     public var deniedMSRAccesses: UInt64 { parts.msrEmulator.deniedAccesses }
 

@@ -20,6 +20,8 @@ struct MachineParts: Sendable {
     let msrEmulator: MSREmulator
     /// The emulator the dispatcher hands emulation failures to (nil with emulation off).
     let emulator: InstructionEmulator?
+    /// The virtio devices, in configuration order.
+    let virtio: [VirtioAttachment]
 }
 
 /// Builds a machine from its configuration, in order: validate the configuration, create
@@ -68,6 +70,7 @@ struct MachineBuilder {
         if count > 1, !configuration.interruptController {
             throw .invalidVCPUCount("\(count) vCPUs need the interrupt controller (INIT/SIPI go through local APICs)")
         }
+        try validateVirtio(configuration)
     }
 
     /// Checks the vCPU count against what the host's KVM allows (`KVM_CAP_MAX_VCPUS`, or
@@ -128,7 +131,7 @@ struct MachineBuilder {
             let descriptor = configuration.consoleDescriptor
             consoleOutput = { bytes in HostIO.write(bytes, to: descriptor) }
         }
-        let platform = try makePlatform(vm, consoleOutput: consoleOutput)
+        let (platform, virtio) = try makePlatform(vm, memory: memory, consoleOutput: consoleOutput)
         let (entry, linuxBootPlan) = try loadGuest(into: memory, platform: platform)
         if let linuxBootPlan { configuration.onLinuxBootPlan?(linuxBootPlan) }
         let (vcpus, guestCPUID0) = try createVCPUs(vm, system: system, memory: memory, entry: entry)
@@ -140,7 +143,7 @@ struct MachineBuilder {
         return MachineParts(
             system: system, vm: vm, memory: memory, vcpus: vcpus, platform: platform,
             linuxBootPlan: linuxBootPlan, dispatcher: dispatcher, msrEmulator: msrEmulator,
-            emulator: emulator)
+            emulator: emulator, virtio: virtio)
     }
 
     /// The VM with KVM's real-mode helper pages placed and, if asked, the in-kernel
@@ -172,7 +175,12 @@ struct MachineBuilder {
                 return (entry, nil)
             case .flat(let bytes, let address):
                 return (try FlatBinaryLoader.load(bytes, at: address, into: memory), nil)
-            case .linux(let request):
+            case .linux(var request):
+                // The kernel finds the virtio devices on its command line, too.
+                let parameters = configuration.virtioDevices.indices.map { VirtioLayout.commandLineParameter(index: $0) }
+                if !parameters.isEmpty {
+                    request.commandLine = ([request.commandLine] + parameters).filter { !$0.isEmpty }.joined(separator: " ")
+                }
                 let plan = try platform.loadLinux(request, processors: configuration.vcpuCount, into: memory)
                 return (plan.entry, plan)
             }
@@ -225,7 +233,9 @@ struct MachineBuilder {
 
     /// The devices: the PC platform for a Linux guest, the minimal one (COM1, debug exit)
     /// for test guests. Their IRQs reach the in-kernel interrupt controller, if there is one.
-    func makePlatform(_ vm: VMHandle, consoleOutput: @escaping ConsoleOutput) throws(MachineError) -> Platform {
+    func makePlatform(_ vm: VMHandle, memory: GuestMemory, consoleOutput: @escaping ConsoleOutput) throws(MachineError)
+        -> (Platform, [VirtioAttachment])
+    {
         var irqLine: (@Sendable (UInt32, Bool) -> Void)?
         if configuration.interruptController {
             irqLine = { irq, level in
@@ -236,11 +246,13 @@ struct MachineBuilder {
         let low = min(size, Self.lowMemoryLimit)
         let kind: Platform.Kind
         if case .linux = configuration.guest { kind = .pc } else { kind = .minimal }
+        let virtio = try makeVirtioDevices(memory: memory, irqLine: irqLine)
         do throws(PlatformError) {
-            return try Platform(
+            let platform = try Platform(
                 kind: kind, memoryBelow4GiB: low, memoryAbove4GiB: size - low,
                 consoleOutput: consoleOutput, irqLine: irqLine, cmos: configuration.batteryBackedCMOS,
-                debugExit: configuration.debugExitPort)
+                debugExit: configuration.debugExitPort, extraDevices: virtio.map(\.platformDevice))
+            return (platform, virtio)
         } catch { throw MachineError(error) }
     }
 

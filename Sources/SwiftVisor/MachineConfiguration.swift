@@ -98,6 +98,10 @@ public struct MachineConfiguration: Sendable {
     /// Hypercall handlers added to (or replacing) the built-in ones, by call number.
     public var hypercallHandlers: [UInt64: HypercallHandler] = [:]
     public var mmioDevices: [MMIORegistration] = []
+    /// Virtio devices, each on its own virtio-mmio window and interrupt (see
+    /// `VirtioDeviceConfiguration` for where they sit and how a Linux guest finds them).
+    /// They need the interrupt controller; at most `VirtioLayout.maximumDevices`.
+    public var virtioDevices: [VirtioDeviceConfiguration] = []
     /// Finish in user space the instructions the host's KVM cannot emulate (see
     /// `InstructionEmulator`); off, an emulation failure stops the VM.
     public var emulation = true

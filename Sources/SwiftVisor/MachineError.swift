@@ -29,6 +29,8 @@ public enum MachineError: Error, CustomStringConvertible {
     case firmware(String)
     /// The host-quirk probe guest did not behave as expected.
     case hostProbeFailed(String)
+    /// Devices the machine cannot give what they need (interrupts, the interrupt controller).
+    case invalidDevices(String)
 
     public var description: String {
         switch self {
@@ -45,6 +47,7 @@ public enum MachineError: Error, CustomStringConvertible {
         case .linux(let e): e.description
         case .firmware(let why): "cannot build the ACPI tables: \(why)"
         case .hostProbeFailed(let why): "host-quirk probe failed: \(why)"
+        case .invalidDevices(let why): "invalid devices: \(why)"
         }
     }
 }

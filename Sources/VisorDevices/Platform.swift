@@ -43,11 +43,13 @@ public final class Platform: Sendable {
     ///   - debugExit: whether to place the debug-exit port. It lets any guest code with I/O
     ///     privilege end the VM with a status it picks, so a machine for an untrusted guest
     ///     leaves it out; the port is then an ordinary unclaimed port.
+    ///   - extraDevices: devices made by a higher layer (the virtio-mmio transports),
+    ///     placed on the buses and in the ACPI tables after the platform's own.
     package init(
         kind: Kind, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0,
         consoleOutput: @escaping ConsoleOutput,
         irqLine: (@Sendable (_ irq: UInt32, _ level: Bool) -> Void)?,
-        cmos: CMOSDevice? = nil, debugExit: Bool = true
+        cmos: CMOSDevice? = nil, debugExit: Bool = true, extraDevices: [PlatformDevice] = []
     ) throws(PlatformError) {
         self.kind = kind
         var com1Line: (@Sendable (Bool) -> Void)?
@@ -89,7 +91,7 @@ public final class Platform: Sendable {
             (self.cmos, self.i8042, self.powerManagement) = (cmos, i8042, powerManagement)
             (self.resetControl, self.postCodes, self.pciConfiguration) = (resetControl, postCodes, pciConfiguration)
         }
-        self.devices = devices
+        self.devices = devices + extraDevices
     }
 
     /// Registers every device's ranges on the buses; an overlap fails with

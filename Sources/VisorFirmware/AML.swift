@@ -229,6 +229,9 @@ package enum AMLResource: Sendable, Equatable {
     /// `IRQNoFlags() {irqs}` when `flags` is nil (edge-triggered, active high, exclusive),
     /// otherwise `IRQ(...) {irqs}` with the given flags. IRQ numbers are 0-15.
     case irq([Int], flags: IRQFlags? = nil)
+    /// `Memory32Fixed(ReadWrite|ReadOnly, base, length)`: a fixed range of memory-mapped
+    /// registers (a large resource item).
+    case memory32Fixed(base: UInt32, length: UInt32, writable: Bool = true)
 
     /// A fixed I/O range of `length` ports at `base` (16-bit decode).
     package static func ports(_ base: UInt16, length: UInt8) -> AMLResource {
@@ -443,6 +446,13 @@ package enum AML {
                 } else {
                     out += [0x22] + littleEndian(UInt64(mask), bytes: 2)
                 }
+            case .memory32Fixed(let base, let length, let writable):
+                guard UInt64(base) + UInt64(length) <= 1 << 32 else {
+                    throw .outOfRange(what: "Memory32Fixed length", value: Int(length), allowed: 0...Int(UInt32.max - base))
+                }
+                // Large item 0x06, length 9: information (bit 0: read-write), base, length.
+                out += [0x86, 0x09, 0x00, writable ? 0x01 : 0x00]
+                out += littleEndian(UInt64(base), bytes: 4) + littleEndian(UInt64(length), bytes: 4)
             }
         }
         out.append(0x79)  // small item 0x0F (end tag), length 1

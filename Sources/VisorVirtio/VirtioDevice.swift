@@ -38,6 +38,21 @@ package protocol VirtioDevice: AnyObject, Sendable {
     func notify(queue: Int)
     /// Stops serving and forgets the queues, as at power-on.
     func reset()
+    /// What the device has served so far.
+    var counters: VirtioCounters { get }
+}
+
+/// A device's work, for statistics: requests completed (the malformed ones among them,
+/// completed with length 0) and the payload bytes moved.
+package struct VirtioCounters: Sendable, Equatable {
+    package var requests: UInt64 = 0
+    package var malformed: UInt64 = 0
+    package var bytes: UInt64 = 0
+    package init(requests: UInt64 = 0, malformed: UInt64 = 0, bytes: UInt64 = 0) {
+        self.requests = requests
+        self.malformed = malformed
+        self.bytes = bytes
+    }
 }
 
 /// Why a device refused to start.

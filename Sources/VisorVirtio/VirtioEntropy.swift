@@ -21,9 +21,7 @@ package final class VirtioEntropyDevice: VirtioDevice {
         var chain = DescriptorChain(capacity: Int(VirtioEntropyDevice.queueSize))
         /// Random bytes on their way to the guest; allocated once, at the first request.
         var scratch: [UInt8] = []
-        var requests: UInt64 = 0
-        var malformed: UInt64 = 0
-        var bytes: UInt64 = 0
+        var counters = VirtioCounters()
     }
     private let state = Mutex(State())
 
@@ -34,9 +32,7 @@ package final class VirtioEntropyDevice: VirtioDevice {
     package var queueMaximumSizes: [UInt16] { [Self.queueSize] }
 
     /// Requests completed, malformed chains among them, and bytes served.
-    package var counters: (requests: UInt64, malformed: UInt64, bytes: UInt64) {
-        state.withLock { ($0.requests, $0.malformed, $0.bytes) }
-    }
+    package var counters: VirtioCounters { state.withLock { $0.counters } }
 
     package func readConfiguration(offset: UInt64, width: UInt8) -> UInt64 { 0 }
     package func writeConfiguration(offset: UInt64, width: UInt8, value: UInt64) {}
@@ -72,10 +68,10 @@ package final class VirtioEntropyDevice: VirtioDevice {
                 if result == .chain, state.chain.readable.isEmpty {
                     written = fill(&state, memory: memory)
                 } else {
-                    state.malformed += 1
+                    state.counters.malformed += 1
                 }
                 queue.push(head: state.chain.head, length: written, memory: memory)
-                state.requests += 1
+                state.counters.requests += 1
                 completed = true
             }
             let wants = completed && queue.needsInterrupt(memory: memory)
@@ -97,7 +93,7 @@ package final class VirtioEntropyDevice: VirtioDevice {
             budget -= got
             if got < count { break }
         }
-        state.bytes += UInt64(written)
+        state.counters.bytes += UInt64(written)
         return UInt32(written)
     }
 }

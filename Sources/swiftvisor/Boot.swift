@@ -54,6 +54,8 @@ extension SwiftVisorCommand {
 
         @OptionGroup var confinement: ConfinementOptions
 
+        @OptionGroup(title: "Virtio devices") var devices: DeviceOptions
+
         @OptionGroup var cpuid: CPUIDOptions
 
         func validate() throws {
@@ -98,6 +100,7 @@ extension SwiftVisorCommand {
             config.cpuid = quirks.linuxPolicy(from: basePolicy)
             config.collectStatistics = output.collectsStatistics
             confinement.apply(to: &config)
+            devices.apply(to: &config)
             if output.trace {
                 config.trace = log
                 config.onLinuxBootPlan = { plan in plan.summary.forEach(log) }

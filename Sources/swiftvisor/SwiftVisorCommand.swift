@@ -90,7 +90,7 @@ struct ConfinementOptions: ParsableArguments {
     @Flag(inversion: .prefixedNo, help: "The hypercall port (0x502) (default: on for run, off for boot).")
     var hypercalls: Bool?
 
-    @Flag(help: "Do not confine the vCPU and console threads with their seccomp filters (for strace or gdb).")
+    @Flag(help: "Do not confine the VMM's threads (main, signal, console, vCPU) with their seccomp filters (for strace or gdb).")
     var noSeccomp = false
 
     /// Sets what was given on the command line and leaves the guest's defaults otherwise.
@@ -98,6 +98,17 @@ struct ConfinementOptions: ParsableArguments {
         if let debugExitPort { config.debugExitPort = debugExitPort }
         if let hypercalls { config.hypercallPort = hypercalls ? HypercallTable.defaultPort : nil }
         if noSeccomp { config.seccomp = false }
+    }
+}
+
+/// The virtio devices, shared by `run` and `boot`.
+struct DeviceOptions: ParsableArguments {
+    @Flag(help: "A virtio entropy device (virtio-rng), fed from the host's getrandom(2).")
+    var rng = false
+
+    /// Adds the devices asked for, in a fixed order: their windows and interrupts follow it.
+    func apply(to config: inout MachineConfiguration) {
+        if rng { config.virtioDevices.append(.entropy) }
     }
 }
 
@@ -184,6 +195,8 @@ extension SwiftVisorCommand {
 
         @OptionGroup var confinement: ConfinementOptions
 
+        @OptionGroup(title: "Virtio devices") var devices: DeviceOptions
+
         @OptionGroup var cpuid: CPUIDOptions
 
         @Option(
@@ -233,6 +246,7 @@ extension SwiftVisorCommand {
             config.unclaimedMMIO = unclaimedMMIO
             config.collectStatistics = output.collectsStatistics
             confinement.apply(to: &config)
+            devices.apply(to: &config)
             config.emulation = !noEmulation
             do { config.cpuid = try cpuid.policy() } catch { fail("\(error)") }
             for rule in msr { config.msrs.apply(rule) }
@@ -384,6 +398,7 @@ func runMachine(
         if output.stats {
             HostIO.printError(statistics.render(portNames: portName, mmioNames: mmioName))
             HostIO.printError("msr accesses denied (#GP): \(machine.deniedMSRAccesses)")
+            for device in machine.virtioStatistics { HostIO.printError(device.summary) }
             let emulated = machine.emulatedInstructions
             if !emulated.isEmpty {
                 HostIO.printError("instructions emulated:")

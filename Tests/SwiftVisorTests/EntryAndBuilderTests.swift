@@ -2,7 +2,9 @@ import Testing
 import TestSupport
 @testable import SwiftVisor
 import VisorKVM
+import VisorFirmware
 import VisorLoader
+import VisorMemory
 
 @Suite("Entry registers")
 struct EntryRegistersTests {
@@ -139,5 +141,44 @@ struct ConfigurationDefaultsTests {
     func seccompDefault() {
         #expect(MachineConfiguration(guest: .elf([])).seccomp)
         #expect(MachineConfiguration(guest: .linux(LinuxBootRequest(kernel: [], commandLine: ""))).seccomp)
+    }
+}
+
+@Suite("Virtio devices: placement, command line and ACPI, without KVM")
+struct VirtioPlacementTests {
+    @Test("device i sits at 0xD0000000 + i * 4 KiB on the i-th free ISA IRQ, named on the kernel command line")
+    func commandLine() {
+        #expect(VirtioLayout.commandLineParameter(index: 0) == "virtio_mmio.device=4K@0xd0000000:5")
+        #expect(VirtioLayout.commandLineParameter(index: 3) == "virtio_mmio.device=4K@0xd0003000:10")
+        #expect(VirtioLayout.commandLineParameter(index: 7) == "virtio_mmio.device=4K@0xd0007000:15")
+        #expect(VirtioLayout.maximumDevices == 8)
+    }
+
+    @Test("each device has a DSDT entry with _HID \"LNRO0005\", its window as Memory32Fixed and its IRQ")
+    func dsdt() throws {
+        var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))
+        config.virtioDevices = [.entropy, .entropy]
+        let attachments = try MachineBuilder(configuration: config).makeVirtioDevices(
+            memory: try GuestMemory(size: 1 << 20), irqLine: nil)
+        #expect(attachments.map(\.platformDevice.name) == ["virtio-rng0", "virtio-rng1"])
+        #expect(attachments.map(\.platformDevice.irqs) == [[5], [6]])
+        let aml = try AMLTerm.encode(termList: attachments[1].platformDevice.aml)
+        let hid = Array("LNRO0005".utf8) + [0]
+        #expect(aml.indices.contains { aml[$0...].starts(with: [0x0D] + hid) }, "no _HID string")
+        let window: [UInt8] = [0x86, 0x09, 0x00, 0x01, 0x00, 0x10, 0x00, 0xD0, 0x00, 0x10, 0x00, 0x00]
+        #expect(aml.indices.contains { aml[$0...].starts(with: window) }, "no Memory32Fixed for 0xD0001000")
+        #expect(aml.indices.contains { aml[$0...].starts(with: [0x22, 0x40, 0x00]) }, "no IRQNoFlags {6}")
+    }
+
+    @Test("the builder refuses virtio devices without the interrupt controller, and more than eight")
+    func validation() {
+        var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))
+        config.virtioDevices = [.entropy]
+        #expect(throws: Never.self) { try MachineBuilder.validate(config, hostMemory: 1 << 30) }
+        config.interruptController = false
+        #expect(throws: (any Error).self) { try MachineBuilder.validate(config, hostMemory: 1 << 30) }
+        config.interruptController = true
+        config.virtioDevices = Array(repeating: .entropy, count: 9)
+        #expect(throws: (any Error).self) { try MachineBuilder.validate(config, hostMemory: 1 << 30) }
     }
 }

@@ -182,6 +182,7 @@ struct ACPICARoundTripTests {
                             IRQNoFlags () {4}
                             IRQ (Level, ActiveLow, Shared, ) {9, 10}
                             IO (Decode10, 0x0060, 0x0064, 0x04, 0x01, )
+                            Memory32Fixed (ReadWrite, 0xD0000000, 0x00001000, )
                         })
                         Method (_STA, 0, NotSerialized) { Return (0x0F) }
                         Method (ECHO, 2, Serialized) { Return (Arg1) }
@@ -198,6 +199,7 @@ struct ACPICARoundTripTests {
         var template = try AML.resourceTemplate([
             .ports(0x3F8, length: 8), .irq([4]), .irq([9, 10], flags: [.activeLow, .shared]),
             .io(minimum: 0x60, maximum: 0x64, alignment: 4, length: 1, decode16: false),
+            .memory32Fixed(base: 0xD000_0000, length: 0x1000),
         ])
         let checksummed = template
         template[template.count - 1] = 0
@@ -259,7 +261,8 @@ struct ACPICARoundTripTests {
         for fact in [
             "Name (INTF, Ones)", "Name (QWD1, 0x123456789ABCDEF0)", "Name (STR1, \"Hello, AML\")",
             "Name (BUF3, Buffer (0x1388)", "Name (PKG2, Package (0x0100)",
-            "IRQ (Level, ActiveLow, Shared, )", "IO (Decode10,", "Method (ECHO, 2, Serialized)", "Return (Arg1)",
+            "IRQ (Level, ActiveLow, Shared, )", "IO (Decode10,", "Memory32Fixed (ReadWrite, 0xD0000000, 0x00001000",
+            "Method (ECHO, 2, Serialized)", "Return (Arg1)",
             "Return (\\_SB.DEV1._HID)", "Scope (\\_SB.DEV1.SUBD)", "Name (VAL2, 0x02)",
         ] {
             #expect(dsl.contains(fact), "disassembly lacks \(fact):\n\(dsl)")

@@ -276,6 +276,10 @@ struct AMLResourceTests {
     @Test("IRQ: tag 0x22 with a 16-bit mask, or 0x23 with mask and flags")
     func irq() throws {
         #expect(Array(try AML.resourceTemplate([.irq([4])]).prefix(3)) == [0x22, 0x10, 0x00])
+        #expect(
+            Array(try AML.resourceTemplate([.memory32Fixed(base: 0xD000_1000, length: 0x1000)]).prefix(12))
+                == [0x86, 0x09, 0x00, 0x01, 0x00, 0x10, 0x00, 0xD0, 0x00, 0x10, 0x00, 0x00])
+        #expect(throws: AMLError.self) { try AML.resourceTemplate([.memory32Fixed(base: 0xFFFF_F000, length: 0x2000)]) }
         #expect(Array(try AML.resourceTemplate([.irq([1, 8, 15])]).prefix(3)) == [0x22, 0x02, 0x81])
         // Level (bit 0 clear), active low (bit 3), shared (bit 4): 0x18.
         #expect(

@@ -1,0 +1,149 @@
+package import VisorDevices
+import VisorFirmware
+import VisorMemory
+package import VisorVirtio
+
+/// A virtio device for the guest, carried by the virtio-mmio transport (version 2).
+///
+/// Device `i` in `MachineConfiguration.virtioDevices` gets the 4 KiB register window at
+/// `0xD0000000 + i * 0x1000` and the `i`-th free ISA interrupt of 5, 6, 7, 10, 11, 13, 14
+/// and 15, so a machine has at most eight. A Linux guest finds each device twice over:
+/// `swiftvisor boot` (and `MachineConfiguration.Guest.linux`) appends
+/// `virtio_mmio.device=4K@ADDRESS:IRQ` to the kernel command line, and the DSDT describes
+/// it as a device with `_HID "LNRO0005"`. Devices need the in-kernel interrupt controller.
+public enum VirtioDeviceConfiguration: Sendable, Equatable {
+    /// The entropy device (ID 4): requests are filled from the host's `getrandom(2)`,
+    /// at most 64 KiB each.
+    case entropy
+
+    /// The name in statistics, errors and the DSDT messages.
+    public var name: String {
+        switch self {
+        case .entropy: "virtio-rng"
+        }
+    }
+}
+
+/// Where virtio devices sit.
+public enum VirtioLayout {
+    /// The first device's register window.
+    public static let base: UInt64 = 0xD000_0000
+    /// The size of each device's window.
+    public static let windowSize: UInt64 = VirtioMMIOTransport.windowSize
+    /// The interrupts devices get, in order: the ISA IRQs no other device uses.
+    public static let irqs: [UInt32] = [5, 6, 7, 10, 11, 13, 14, 15]
+    /// The most devices a machine can have.
+    public static var maximumDevices: Int { irqs.count }
+
+    /// The kernel command-line parameter that declares device `index`.
+    package static func commandLineParameter(index: Int) -> String {
+        let address = base + UInt64(index) * windowSize
+        return "virtio_mmio.device=4K@0x\(String(address, radix: 16)):\(irqs[index])"
+    }
+}
+
+/// What one virtio device did, for statistics.
+public struct VirtioDeviceStatistics: Sendable, Equatable {
+    /// The device's name on the MMIO bus ("virtio-rng0").
+    public let name: String
+    /// Queue notifications the driver sent while the device was active.
+    public let notifications: UInt64
+    /// Interrupts raised (the line going high).
+    public let interrupts: UInt64
+    /// Requests completed, and the malformed ones among them (completed with length 0).
+    public let requests: UInt64
+    public let malformedRequests: UInt64
+    /// Payload bytes moved.
+    public let bytes: UInt64
+
+    public init(
+        name: String, notifications: UInt64, interrupts: UInt64, requests: UInt64, malformedRequests: UInt64, bytes: UInt64
+    ) {
+        self.name = name
+        self.notifications = notifications
+        self.interrupts = interrupts
+        self.requests = requests
+        self.malformedRequests = malformedRequests
+        self.bytes = bytes
+    }
+
+    /// One line for `--stats`.
+    public var summary: String {
+        "\(name): \(requests) requests (\(malformedRequests) malformed), \(bytes) bytes, "
+            + "\(notifications) notifications, \(interrupts) interrupts"
+    }
+}
+
+/// A virtio device as built for one machine: its transport and its model.
+package struct VirtioAttachment: Sendable {
+    package let configuration: VirtioDeviceConfiguration
+    package let transport: VirtioMMIOTransport
+    package let platformDevice: PlatformDevice
+
+    /// What the device did so far.
+    package var statistics: VirtioDeviceStatistics {
+        let counters = transport.device.counters
+        return VirtioDeviceStatistics(
+            name: platformDevice.name, notifications: transport.notificationCount,
+            interrupts: transport.interrupt.interruptsRaised, requests: counters.requests,
+            malformedRequests: counters.malformed, bytes: counters.bytes)
+    }
+}
+
+extension MachineBuilder {
+    /// Checks the virtio devices against what the machine can give them.
+    static func validateVirtio(_ configuration: MachineConfiguration) throws(MachineError) {
+        let count = configuration.virtioDevices.count
+        guard count > 0 else { return }
+        guard count <= VirtioLayout.maximumDevices else {
+            throw .invalidDevices(
+                "\(count) virtio devices, but a machine has \(VirtioLayout.maximumDevices) free interrupts for them")
+        }
+        guard configuration.interruptController else {
+            throw .invalidDevices("virtio devices need the interrupt controller (they raise IOAPIC interrupts)")
+        }
+    }
+
+    /// The virtio devices of the configuration, each on its transport, ready for the
+    /// platform's buses and ACPI tables.
+    func makeVirtioDevices(memory: GuestMemory, irqLine: (@Sendable (UInt32, Bool) -> Void)?) throws(MachineError)
+        -> [VirtioAttachment]
+    {
+        var attachments: [VirtioAttachment] = []
+        for (index, device) in configuration.virtioDevices.enumerated() {
+            let irq = VirtioLayout.irqs[index]
+            let model: any VirtioDevice =
+                switch device {
+                case .entropy: VirtioEntropyDevice()
+                }
+            let transport = VirtioMMIOTransport(device: model, memory: memory) { level in irqLine?(irq, level) }
+            let base = VirtioLayout.base + UInt64(index) * VirtioLayout.windowSize
+            let name = "\(device.name)\(index)"
+            do {
+                let range = try MMIORange(start: base, size: VirtioLayout.windowSize)
+                let aml: [AMLTerm] = [
+                    .device(
+                        "VR0\(index)",
+                        [
+                            .name("_HID", .string("LNRO0005")),
+                            .name("_UID", .integer(UInt64(index))),
+                            .name(
+                                "_CRS",
+                                try .resourceTemplate([
+                                    .memory32Fixed(base: UInt32(base), length: UInt32(VirtioLayout.windowSize)),
+                                    .irq([Int(irq)]),
+                                ])),
+                        ])
+                ]
+                let platformDevice = PlatformDevice(
+                    name: name, mmio: [.init(name: name, range: range)], mmioDevice: transport, irqs: [irq], aml: aml)
+                attachments.append(VirtioAttachment(configuration: device, transport: transport, platformDevice: platformDevice))
+            } catch let error as BusError {
+                throw .bus(error)
+            } catch {
+                throw .firmware("virtio device \(name): \(error)")
+            }
+        }
+        return attachments
+    }
+}

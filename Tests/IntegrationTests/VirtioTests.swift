@@ -1,0 +1,72 @@
+import SwiftVisor
+import SwiftVisorGuests
+import Testing
+
+extension KVMIntegration {
+    @Suite("Virtio devices on KVM")
+    struct VirtioTests {
+        func run(_ arguments: String, devices: [VirtioDeviceConfiguration], vcpus: Int = 1) throws
+            -> (RunReport, String, [VirtioDeviceStatistics])
+        {
+            let console = ConsoleCapture()
+            var config = MachineConfiguration(guest: .elf(GuestImages.virtioRng))
+            config.commandLine = arguments
+            config.consoleOutput = console.sink
+            config.virtioDevices = devices
+            config.vcpuCount = vcpus
+            let machine = try Machine(config)
+            let report = try machine.run()
+            return (report, console.text, machine.virtioStatistics)
+        }
+
+        @Test(
+            "a guest driver negotiates with the virtio-mmio entropy device, gets random bytes, and a malformed request completes with length 0",
+            arguments: [1, 2])
+        func entropyFromGuest(vcpus: Int) throws {
+            let (report, console, statistics) = try run("20", devices: [.entropy], vcpus: vcpus)
+            #expect(report.outcome == .stopped(.guestExit(status: 0)), "\(console)")
+            #expect(console.contains("virtio: device 4 at 0xd0000000, version 2"), "\(console)")
+            #expect(console.contains("virtio-rng: 20 requests, 1280 bytes, first "), "\(console)")
+            #expect(console.contains("virtio-rng: malformed request completed with length 0"), "\(console)")
+            #expect(
+                statistics == [
+                    VirtioDeviceStatistics(
+                        name: "virtio-rng0", notifications: 21, interrupts: 21, requests: 21, malformedRequests: 1,
+                        bytes: 1280)
+                ])
+        }
+
+        @Test("without the device the driver finds no magic value (unclaimed MMIO reads all ones) and says so")
+        func noDevice() throws {
+            let (report, console, statistics) = try run("", devices: [])
+            #expect(report.outcome == .stopped(.guestExit(status: 2)))
+            #expect(console == "virtio: no device\n")
+            #expect(statistics.isEmpty)
+        }
+
+        func refusal(_ config: MachineConfiguration) -> String? {
+            do {
+                _ = try Machine(config)
+                return nil
+            } catch {
+                return error.description
+            }
+        }
+
+        @Test("virtio devices without the interrupt controller, or more than eight, are refused before anything is built")
+        func badConfigurations() throws {
+            var config = MachineConfiguration(guest: .elf(GuestImages.virtioRng))
+            config.virtioDevices = [.entropy]
+            config.interruptController = false
+            #expect(
+                refusal(config) == "invalid devices: virtio devices need the interrupt controller (they raise IOAPIC interrupts)")
+            config.interruptController = true
+            config.virtioDevices = Array(repeating: .entropy, count: 9)
+            #expect(refusal(config) == "invalid devices: 9 virtio devices, but a machine has 8 free interrupts for them")
+            config.virtioDevices = Array(repeating: .entropy, count: 8)
+            let machine = try Machine(config)
+            #expect(machine.deviceName(mmioAddress: 0xD000_7FFF) == "virtio-rng7")
+            #expect(machine.deviceName(mmioAddress: 0xD000_8000) == nil)
+        }
+    }
+}
