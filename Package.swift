@@ -32,11 +32,11 @@
 //  1  VisorKVM            -> CKVM CSeccomp                            -- /dev/kvm, VM, vCPU handles, seccomp
 //     VisorMemory         -> CGuestAtomics                            -- guest RAM
 //     VisorDecoder        -> CDecoder                                 -- x86 decoding (Zydis)
-//     VisorHost                                                       -- host system calls, threads
+//     VisorHost           -> CHost                                    -- host system calls, threads, I/O threads
 //     VisorFirmware                                                   -- ACPI tables and AML
 //     SwiftVisorGuests                                                -- test guests, from Guests/
 //     SwiftVisorProbes                                                -- the host-quirk probe, from Guests/
-//  0  CKVM CSeccomp CGuestAtomics CDecoder CDecompress                -- C shims
+//  0  CKVM CSeccomp CGuestAtomics CDecoder CDecompress CHost          -- C shims
 //     CBenchSupport CNativeOps                                        -- C for benchmarks, tests
 // end of import graph
 import PackageDescription
@@ -81,7 +81,8 @@ let package = Package(
             ],
             swiftSettings: strict),
         // Host system calls (files, clocks, sleeping, threads, the terminal) for the layers above.
-        .target(name: "VisorHost", swiftSettings: strict),
+        .target(name: "CHost"),
+        .target(name: "VisorHost", dependencies: ["CHost"], swiftSettings: strict),
         .target(name: "VisorDevices", dependencies: ["VisorCore", "VisorFirmware", "VisorHost"], swiftSettings: strict),
         .target(name: "VisorVirtio", dependencies: ["VisorCore", "VisorMemory", "VisorHost"], swiftSettings: strict),
         .target(

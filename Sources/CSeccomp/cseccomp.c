@@ -33,6 +33,13 @@
 static const long vcpu_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
 static const long console_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
 
+// An I/O thread: epoll, and the file calls of the device backends (positioned reads and
+// writes, flushes). Eventfds are read and written with read and write. No ioctl at all.
+static const long io_syscalls[] = {
+    COMMON_SYSCALLS, SYS_epoll_wait, SYS_epoll_pwait,
+    SYS_pread64, SYS_pwrite64, SYS_preadv, SYS_pwritev, SYS_fsync, SYS_fdatasync,
+};
+
 // The main thread after set-up, and the signal thread. Beyond the common calls: starting
 // threads (clone3, with clone as glibc's fallback, and set_robust_list in the child), which
 // then install their own filter (seccomp, and prctl for no-new-privileges only: see
@@ -42,7 +49,7 @@ static const long console_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
 // library makes on descriptors it writes to. No open, socket, execve, kill or ptrace.
 static const long main_syscalls[] = {
     COMMON_SYSCALLS, SYS_ioctl, SYS_prctl,
-    SYS_clone3, SYS_clone, SYS_set_robust_list, SYS_seccomp,
+    SYS_clone3, SYS_clone, SYS_set_robust_list, SYS_seccomp, SYS_epoll_create1, SYS_epoll_ctl, SYS_eventfd2,
     SYS_rt_sigtimedwait, SYS_sysinfo, SYS_close, SYS_fstat, SYS_newfstatat, SYS_ftruncate, SYS_pwrite64,
 };
 
@@ -74,7 +81,7 @@ static const unsigned long main_ioctls[] = {
     KVM_GET_API_VERSION, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE, KVM_GET_SUPPORTED_CPUID,
     KVM_CREATE_VM, KVM_CREATE_VCPU, KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2, KVM_ENABLE_CAP,
     KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_SET_USER_MEMORY_REGION, KVM_X86_SET_MSR_FILTER,
-    KVM_SET_CPUID2,
+    KVM_SET_CPUID2, KVM_IOEVENTFD, KVM_IRQFD,
     TCGETS, TCSETS,
 };
 
@@ -158,6 +165,9 @@ static int lists_of(cseccomp_role role, role_lists *lists) {
     case CSECCOMP_ROLE_CONSOLE:
         *lists = (role_lists){ console_syscalls, COUNT(console_syscalls),
                                { { SYS_ioctl, 1, console_ioctls, COUNT(console_ioctls) } }, 1 };
+        return 0;
+    case CSECCOMP_ROLE_IO:
+        *lists = (role_lists){ io_syscalls, COUNT(io_syscalls), { { 0 } }, 0 };
         return 0;
     case CSECCOMP_ROLE_MAIN:
         *lists = (role_lists){ main_syscalls, COUNT(main_syscalls),

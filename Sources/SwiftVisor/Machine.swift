@@ -76,7 +76,23 @@ public final class Machine: Sendable {
             collectStatistics: configuration.collectStatistics, trace: configuration.trace,
             diagnose: { vcpu in GuestStateSnapshot(vcpu: vcpu, memory: memory).render() },
             confine: confine)
+        if let ioThread = parts.ioThread {
+            let seccomp = configuration.seccomp
+            let log = configuration.log
+            let rc = ioThread.start {
+                // Fails closed: without its filter the thread serves nothing.
+                guard seccomp else { return true }
+                do throws(SeccompError) { try Seccomp.install(.io) } catch {
+                    log("virtio I/O thread: \(error); its devices will not be served")
+                    return false
+                }
+                return true
+            }
+            guard rc == 0 else { throw .cannotStartThread(errno: rc) }
+        }
     }
+
+    deinit { parts.ioThread?.stop() }
 
     // MARK: Lifecycle
 

@@ -22,6 +22,9 @@ struct MachineParts: Sendable {
     let emulator: InstructionEmulator?
     /// The virtio devices, in configuration order.
     let virtio: [VirtioAttachment]
+    /// The thread that serves the virtio queues, not yet started; nil when the devices
+    /// are served on the vCPU threads (or there are none).
+    let ioThread: IOThread?
 }
 
 /// Builds a machine from its configuration, in order: validate the configuration, create
@@ -131,7 +134,8 @@ struct MachineBuilder {
             let descriptor = configuration.consoleDescriptor
             consoleOutput = { bytes in HostIO.write(bytes, to: descriptor) }
         }
-        let (platform, virtio) = try makePlatform(vm, memory: memory, consoleOutput: consoleOutput)
+        let ioThread = try makeIOThread(system)
+        let (platform, virtio) = try makePlatform(vm, memory: memory, consoleOutput: consoleOutput, ioThread: ioThread)
         let (entry, linuxBootPlan) = try loadGuest(into: memory, platform: platform)
         if let linuxBootPlan { configuration.onLinuxBootPlan?(linuxBootPlan) }
         let (vcpus, guestCPUID0) = try createVCPUs(vm, system: system, memory: memory, entry: entry)
@@ -143,7 +147,7 @@ struct MachineBuilder {
         return MachineParts(
             system: system, vm: vm, memory: memory, vcpus: vcpus, platform: platform,
             linuxBootPlan: linuxBootPlan, dispatcher: dispatcher, msrEmulator: msrEmulator,
-            emulator: emulator, virtio: virtio)
+            emulator: emulator, virtio: virtio, ioThread: ioThread)
     }
 
     /// The VM with KVM's real-mode helper pages placed and, if asked, the in-kernel
@@ -233,9 +237,9 @@ struct MachineBuilder {
 
     /// The devices: the PC platform for a Linux guest, the minimal one (COM1, debug exit)
     /// for test guests. Their IRQs reach the in-kernel interrupt controller, if there is one.
-    func makePlatform(_ vm: VMHandle, memory: GuestMemory, consoleOutput: @escaping ConsoleOutput) throws(MachineError)
-        -> (Platform, [VirtioAttachment])
-    {
+    func makePlatform(
+        _ vm: VMHandle, memory: GuestMemory, consoleOutput: @escaping ConsoleOutput, ioThread: IOThread?
+    ) throws(MachineError) -> (Platform, [VirtioAttachment]) {
         var irqLine: (@Sendable (UInt32, Bool) -> Void)?
         if configuration.interruptController {
             irqLine = { irq, level in
@@ -246,7 +250,8 @@ struct MachineBuilder {
         let low = min(size, Self.lowMemoryLimit)
         let kind: Platform.Kind
         if case .linux = configuration.guest { kind = .pc } else { kind = .minimal }
-        let virtio = try makeVirtioDevices(memory: memory, irqLine: irqLine)
+        let virtio = try makeVirtioDevices(
+            memory: memory, irqLine: irqLine, fastPath: ioThread.map { (vm: vm, thread: $0) })
         do throws(PlatformError) {
             let platform = try Platform(
                 kind: kind, memoryBelow4GiB: low, memoryAbove4GiB: size - low,
@@ -254,6 +259,15 @@ struct MachineBuilder {
                 debugExit: configuration.debugExitPort, extraDevices: virtio.map(\.platformDevice))
             return (platform, virtio)
         } catch { throw MachineError(error) }
+    }
+
+    /// The I/O thread for the virtio devices, when there are some, the configuration asks
+    /// for it, and KVM has ioeventfd and irqfd (with the in-kernel interrupt controller).
+    func makeIOThread(_ system: KVMSystem) throws(MachineError) -> IOThread? {
+        guard !configuration.virtioDevices.isEmpty, configuration.virtioIOThread, configuration.interruptController,
+            system.check(.ioEventFD) > 0, system.check(.irqFD) > 0
+        else { return nil }
+        do { return try IOThread() } catch { throw .invalidDevices("cannot create the I/O thread's epoll: \(error.reason)") }
     }
 
     /// The instruction emulator that finishes what the host's KVM cannot emulate, or nil

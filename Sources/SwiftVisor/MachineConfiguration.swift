@@ -102,6 +102,12 @@ public struct MachineConfiguration: Sendable {
     /// `VirtioDeviceConfiguration` for where they sit and how a Linux guest finds them).
     /// They need the interrupt controller; at most `VirtioLayout.maximumDevices`.
     public var virtioDevices: [VirtioDeviceConfiguration] = []
+    /// Serve the virtio queues on an I/O thread: a queue notification then signals an
+    /// eventfd inside the kernel (`KVM_IOEVENTFD`) instead of exiting to user space, and
+    /// interrupts are injected through `KVM_IRQFD`. Off, notifications are served on the
+    /// vCPU thread at their MMIO exit and interrupts go through `KVM_IRQ_LINE` (for
+    /// comparison). Default: on.
+    public var virtioIOThread = true
     /// Finish in user space the instructions the host's KVM cannot emulate (see
     /// `InstructionEmulator`); off, an emulation failure stops the VM.
     public var emulation = true

@@ -1,4 +1,6 @@
 package import VisorDevices
+import VisorHost
+import VisorKVM
 import VisorFirmware
 import VisorMemory
 package import VisorVirtio
@@ -91,6 +93,10 @@ package struct VirtioAttachment: Sendable {
 }
 
 extension MachineBuilder {
+    static func eventFD() throws(MachineError) -> EventFD {
+        do { return try EventFD() } catch { throw .invalidDevices("cannot create an eventfd: \(error.reason)") }
+    }
+
     /// Checks the virtio devices against what the machine can give them.
     static func validateVirtio(_ configuration: MachineConfiguration) throws(MachineError) {
         let count = configuration.virtioDevices.count
@@ -105,10 +111,14 @@ extension MachineBuilder {
     }
 
     /// The virtio devices of the configuration, each on its transport, ready for the
-    /// platform's buses and ACPI tables.
-    func makeVirtioDevices(memory: GuestMemory, irqLine: (@Sendable (UInt32, Bool) -> Void)?) throws(MachineError)
-        -> [VirtioAttachment]
-    {
+    /// platform's buses and ACPI tables. With `fastPath` (a VM and an I/O thread), each
+    /// queue's QueueNotify write signals an eventfd in the kernel (ioeventfd) that wakes
+    /// the I/O thread, and interrupts go through an irqfd; otherwise notifications are
+    /// served on the vCPU thread at their exit, and interrupts go through `irqLine`.
+    func makeVirtioDevices(
+        memory: GuestMemory, irqLine: (@Sendable (UInt32, Bool) -> Void)?,
+        fastPath: (vm: VMHandle, thread: IOThread)? = nil
+    ) throws(MachineError) -> [VirtioAttachment] {
         var attachments: [VirtioAttachment] = []
         for (index, device) in configuration.virtioDevices.enumerated() {
             let irq = VirtioLayout.irqs[index]
@@ -116,8 +126,29 @@ extension MachineBuilder {
                 switch device {
                 case .entropy: VirtioEntropyDevice()
                 }
-            let transport = VirtioMMIOTransport(device: model, memory: memory) { level in irqLine?(irq, level) }
             let base = VirtioLayout.base + UInt64(index) * VirtioLayout.windowSize
+            let transport: VirtioMMIOTransport
+            if let fastPath {
+                // An edge per interrupt: the line's fall (the driver's ACK) needs nothing.
+                let irqEvent = try Self.eventFD()
+                do { try fastPath.vm.setIRQFD(irqEvent.descriptor, gsi: irq) } catch { throw .kvm(error) }
+                transport = VirtioMMIOTransport(device: model, memory: memory) { level in if level { irqEvent.signal() } }
+                for queue in 0..<transport.queueCount {
+                    let notify = try Self.eventFD()
+                    do {
+                        try fastPath.vm.setMMIOEventFD(
+                            address: base + VirtioMMIOTransport.Register.queueNotify, length: 4, value: UInt64(queue),
+                            fd: notify.descriptor)
+                        try fastPath.thread.add(notify) { transport.queueNotified(queue) }
+                    } catch let error as KVMError {
+                        throw .kvm(error)
+                    } catch {
+                        throw .invalidDevices("cannot watch the notifications of \(device.name)\(index): \(error)")
+                    }
+                }
+            } else {
+                transport = VirtioMMIOTransport(device: model, memory: memory) { level in irqLine?(irq, level) }
+            }
             let name = "\(device.name)\(index)"
             do {
                 let range = try MMIORange(start: base, size: VirtioLayout.windowSize)

@@ -21,6 +21,8 @@ package struct KVMCapability: Sendable, Hashable, CustomStringConvertible {
     package static let maxVCPUs = KVMCapability(Int32(KVM_CAP_MAX_VCPUS), name: "KVM_CAP_MAX_VCPUS")
     package static let userSpaceMSR = KVMCapability(Int32(KVM_CAP_X86_USER_SPACE_MSR), name: "KVM_CAP_X86_USER_SPACE_MSR")
     package static let msrFilter = KVMCapability(Int32(KVM_CAP_X86_MSR_FILTER), name: "KVM_CAP_X86_MSR_FILTER")
+    package static let ioEventFD = KVMCapability(Int32(KVM_CAP_IOEVENTFD), name: "KVM_CAP_IOEVENTFD")
+    package static let irqFD = KVMCapability(Int32(KVM_CAP_IRQFD), name: "KVM_CAP_IRQFD")
     package static let nrMemslots = KVMCapability(Int32(KVM_CAP_NR_MEMSLOTS), name: "KVM_CAP_NR_MEMSLOTS")
 }
 

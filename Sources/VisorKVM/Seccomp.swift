@@ -25,12 +25,16 @@ public enum Seccomp {
         /// the terminal, rewriting an already open file. No `open`, `socket`, `execve`,
         /// `kill` or `ptrace`; `prctl` only for no-new-privileges.
         case main
+        /// An I/O thread: epoll, eventfd reads and writes, and the device backends' file
+        /// calls (`pread64`, `pwrite64`, `fsync`, `fdatasync`); no `ioctl`.
+        case io
 
         var c: cseccomp_role {
             switch self {
             case .vcpu: CSECCOMP_ROLE_VCPU
             case .console: CSECCOMP_ROLE_CONSOLE
             case .main: CSECCOMP_ROLE_MAIN
+            case .io: CSECCOMP_ROLE_IO
             }
         }
     }

@@ -106,6 +106,32 @@ package final class VMHandle: Sendable {
         try ioctlStruct(fd, CKVM_IRQ_LINE, "KVM_IRQ_LINE", &level)
     }
 
+    /// Makes a guest write of `length` bytes equal to `value` at MMIO `address` signal the
+    /// eventfd `fd` inside the kernel, with no exit to user space (`KVM_IOEVENTFD` with
+    /// DATAMATCH). A write of any other value still exits. With `remove`, undoes it.
+    package func setMMIOEventFD(address: UInt64, length: UInt32, value: UInt64, fd: Int32, remove: Bool = false)
+        throws(KVMError)
+    {
+        var event = kvm_ioeventfd()
+        event.datamatch = value
+        event.addr = address
+        event.len = length
+        event.fd = fd
+        event.flags = CKVM_IOEVENTFD_FLAG_DATAMATCH | (remove ? CKVM_IOEVENTFD_FLAG_DEASSIGN : 0)
+        try ioctlStruct(self.fd, CKVM_IOEVENTFD, "KVM_IOEVENTFD", &event)
+    }
+
+    /// Makes each signal of the eventfd `fd` inject an edge on interrupt line `gsi` of the
+    /// in-kernel interrupt controller (`KVM_IRQFD`), from any thread, with no ioctl. With
+    /// `remove`, undoes it.
+    package func setIRQFD(_ fd: Int32, gsi: UInt32, remove: Bool = false) throws(KVMError) {
+        var irqfd = kvm_irqfd()
+        irqfd.fd = UInt32(bitPattern: fd)
+        irqfd.gsi = gsi
+        irqfd.flags = remove ? CKVM_IRQFD_FLAG_DEASSIGN : 0
+        try ioctlStruct(self.fd, CKVM_IRQFD, "KVM_IRQFD", &irqfd)
+    }
+
     /// Creates vCPU `id` and maps its run page (`KVM_CREATE_VCPU`).
     package func createVCPU(id: UInt32) throws(KVMError) -> VCPUHandle {
         let vcpufd = try checkedIoctl("KVM_CREATE_VCPU") { ckvm_ioctl_value(fd, CKVM_CREATE_VCPU, UInt(id)) }

@@ -169,11 +169,7 @@ package final class VirtioMMIOTransport: MMIODevice {
         let value = UInt32(truncatingIfNeeded: value)
         switch offset {
         case Register.queueNotify:
-            let active = state.withLock { $0.active }
-            if active, let queue = Int(exactly: value), queue < queueMaximumSizes.count {
-                notifications.add(1, ordering: .relaxed)
-                device.notify(queue: queue)
-            }
+            if let queue = Int(exactly: value) { queueNotified(queue) }
         case Register.interruptAcknowledge:
             interrupt.acknowledge(value)
         case Register.status:
@@ -183,6 +179,17 @@ package final class VirtioMMIOTransport: MMIODevice {
         }
         return .continue
     }
+
+    /// A notification for `queue`, from a QueueNotify exit or, through an ioeventfd, from
+    /// an I/O thread: served only while the device is active and for a queue it has.
+    package func queueNotified(_ queue: Int) {
+        guard queue >= 0, queue < queueMaximumSizes.count, state.withLock({ $0.active }) else { return }
+        notifications.add(1, ordering: .relaxed)
+        device.notify(queue: queue)
+    }
+
+    /// The number of queues (the values QueueNotify can name).
+    package var queueCount: Int { queueMaximumSizes.count }
 
     private func writeLocked(_ offset: UInt64, _ value: UInt32, _ state: inout State) {
         let configuringFeatures = state.status & Status.driver != 0 && state.status & Status.featuresOK == 0

@@ -5,8 +5,8 @@ import Testing
 extension KVMIntegration {
     @Suite("Virtio devices on KVM")
     struct VirtioTests {
-        func run(_ arguments: String, devices: [VirtioDeviceConfiguration], vcpus: Int = 1) throws
-            -> (RunReport, String, [VirtioDeviceStatistics])
+        func run(_ arguments: String, devices: [VirtioDeviceConfiguration], vcpus: Int = 1, ioThread: Bool = true) throws
+            -> (RunReport, String, [VirtioDeviceStatistics], mmioWrites: UInt64)
         {
             let console = ConsoleCapture()
             var config = MachineConfiguration(guest: .elf(GuestImages.virtioRng))
@@ -14,16 +14,22 @@ extension KVMIntegration {
             config.consoleOutput = console.sink
             config.virtioDevices = devices
             config.vcpuCount = vcpus
+            config.virtioIOThread = ioThread
+            config.collectStatistics = true
             let machine = try Machine(config)
             let report = try machine.run()
-            return (report, console.text, machine.virtioStatistics)
+            return (report, console.text, machine.virtioStatistics, report.statistics?.count(.mmioWrite) ?? 0)
         }
 
         @Test(
-            "a guest driver negotiates with the virtio-mmio entropy device, gets random bytes, and a malformed request completes with length 0",
-            arguments: [1, 2])
-        func entropyFromGuest(vcpus: Int) throws {
-            let (report, console, statistics) = try run("20", devices: [.entropy], vcpus: vcpus)
+            "a guest driver negotiates with the virtio-mmio entropy device, gets random bytes, and a malformed request completes with length 0; on the I/O thread, notifications do not exit",
+            arguments: [(1, true), (2, true), (1, false)])
+        func entropyFromGuest(vcpus: Int, ioThread: Bool) throws {
+            let (report, console, statistics, mmioWrites) = try run("20", devices: [.entropy], vcpus: vcpus, ioThread: ioThread)
+            // The driver writes 8 registers to set up, then per request a notification and
+            // an ACK: 21 notifications exit only without the I/O thread.
+            let setupWrites = 19
+            #expect(mmioWrites == UInt64(setupWrites + 21 + (ioThread ? 0 : 21)), "mmio writes \(mmioWrites)")
             #expect(report.outcome == .stopped(.guestExit(status: 0)), "\(console)")
             #expect(console.contains("virtio: device 4 at 0xd0000000, version 2"), "\(console)")
             #expect(console.contains("virtio-rng: 20 requests, 1280 bytes, first "), "\(console)")
@@ -38,7 +44,7 @@ extension KVMIntegration {
 
         @Test("without the device the driver finds no magic value (unclaimed MMIO reads all ones) and says so")
         func noDevice() throws {
-            let (report, console, statistics) = try run("", devices: [])
+            let (report, console, statistics, _) = try run("", devices: [])
             #expect(report.outcome == .stopped(.guestExit(status: 2)))
             #expect(console == "virtio: no device\n")
             #expect(statistics.isEmpty)

@@ -16,6 +16,9 @@ typedef enum {
     /// joins their threads, restores the terminal, writes the statistics file it opened
     /// before. Threads it starts inherit this filter under their own.
     CSECCOMP_ROLE_MAIN = 3,
+    /// An I/O thread: waits on eventfds with epoll and serves device queues (guest memory,
+    /// disk files, the host's random source), signalling interrupts through irqfds.
+    CSECCOMP_ROLE_IO = 4,
 } cseccomp_role;
 
 /// What a refused system call returns: -1 with this errno (the thread lives on).

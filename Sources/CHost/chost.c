@@ -1,0 +1,52 @@
+#include "chost.h"
+
+#include <errno.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+int chost_eventfd(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int chost_eventfd_signal(int fd) {
+    uint64_t one = 1;
+    for (;;) {
+        ssize_t n = write(fd, &one, sizeof one);
+        if (n == (ssize_t)sizeof one) return 0;
+        if (n < 0 && errno == EINTR) continue;
+        return n < 0 ? -errno : -EIO;
+    }
+}
+
+int chost_eventfd_take(int fd, uint64_t *value) {
+    for (;;) {
+        ssize_t n = read(fd, value, sizeof *value);
+        if (n == (ssize_t)sizeof *value) return 0;
+        if (n < 0 && errno == EINTR) continue;
+        return n < 0 ? -errno : -EIO;
+    }
+}
+
+int chost_epoll_create(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int chost_epoll_add(int epoll, int fd, uint64_t tag) {
+    struct epoll_event event = { .events = EPOLLIN, .data.u64 = tag };
+    return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 ? 0 : -errno;
+}
+
+enum { MAX_EVENTS = 64 };
+
+int chost_epoll_wait(int epoll, uint64_t *tags, int capacity, int timeout_ms) {
+    struct epoll_event events[MAX_EVENTS];
+    if (capacity > MAX_EVENTS) capacity = MAX_EVENTS;
+    if (capacity <= 0) return -EINVAL;
+    int n = epoll_wait(epoll, events, capacity, timeout_ms);
+    if (n < 0) return -errno;
+    for (int i = 0; i < n; i++) tags[i] = events[i].data.u64;
+    return n;
+}
