@@ -82,9 +82,9 @@ complete() {
     [[ -f $1/init && -f $1/initramfs.cpio.gz && -f $1/rootfs.ext4 ]]
 }
 
-install_missing
 # mke2fs lives in /sbin, which a non-root PATH may lack.
 PATH=$PATH:/usr/sbin:/sbin
+install_missing
 key=$(cache_key)
 dest="$images_cache/$key"
 complete "$dest" && finish "$dest"
