@@ -53,6 +53,8 @@ struct LinuxBoot {
     var report: RunReport
     var console: String
     var seconds: Double
+    /// What each virtio device did.
+    var virtio: [VirtioDeviceStatistics] = []
 
     /// Console lines without their "[ time ]" prefix.
     var lines: [Substring] {
@@ -90,7 +92,7 @@ struct LinuxBoot {
 func bootLinux(
     kernel: [UInt8], protocol bootProtocol: LinuxBootProtocol = .linux64, cpus: Int = 1,
     memory: UInt64 = 128 << 20, initrd: [UInt8]? = nil, hostDecompression: Bool = true,
-    extraCommandLine: String, timeout: Double = 900
+    extraCommandLine: String, timeout: Double = 900, configure: (inout MachineConfiguration) -> Void = { _ in }
 ) async throws -> LinuxBoot {
     let quirks = try LinuxKernels.quirks.get()
     let console = ConsoleCapture()
@@ -103,6 +105,7 @@ func bootLinux(
     config.vcpuCount = cpus
     config.cpuid = quirks.linuxPolicy(from: CPUIDPolicy())
     config.consoleOutput = console.sink
+    configure(&config)
     let machine = try Machine(config)
     let start = Date()
     try machine.start()
@@ -112,7 +115,8 @@ func bootLinux(
     }
     let report = await machine.wait()
     watchdog.cancel()
-    return LinuxBoot(report: report, console: console.text, seconds: Date().timeIntervalSince(start))
+    return LinuxBoot(
+        report: report, console: console.text, seconds: Date().timeIntervalSince(start), virtio: machine.virtioStatistics)
 }
 
 /// A newc cpio archive (what an initramfs is) holding one file.
