@@ -58,6 +58,7 @@ public struct VirtioDeviceStatistics: Sendable, Equatable {
     /// Payload bytes moved.
     public let bytes: UInt64
 
+    /// Statistics with the given counts (for comparisons in tests and tools).
     public init(
         name: String, notifications: UInt64, interrupts: UInt64, requests: UInt64, malformedRequests: UInt64, bytes: UInt64
     ) {
