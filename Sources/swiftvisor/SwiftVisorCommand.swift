@@ -367,18 +367,14 @@ func runMachine(
     let signals = session.signals
     let report: RunReport
     let machine: Machine
-    do {
+    do throws(MachineError) {
         machine = try Machine(config)
         session.confineMainThread()
         signals.attach(machine)
         report = try machine.run()
         signals.detach()
         ran?(machine)
-        if let signal = signals.interruptedBy {
-            HostIO.printError("swiftvisor: stopped by signal \(signal)")
-            throw ExitCode(128 + signal)
-        }
-    } catch let error as MachineError {
+    } catch {
         signals.detach()
         // A signal that came while the machine was being built stops it before it runs
         // (run() then finds it already stopped): report the signal, not that error.
@@ -388,8 +384,12 @@ func runMachine(
         }
         fail(error.description)
     }
+    // A signal stopped it: the statistics still come (below), then the signal's status.
+    let interruptedBy = signals.interruptedBy
     if let diagnostic = report.diagnostic { HostIO.printError(diagnostic) }
-    if case .stopped(let reason) = report.outcome, reason != .halted, reason != .guestExit(status: 0) {
+    if interruptedBy == nil, case .stopped(let reason) = report.outcome, reason != .halted,
+        reason != .guestExit(status: 0)
+    {
         HostIO.printError("swiftvisor: \(reason)")
     }
     if let statistics = report.statistics {
@@ -411,6 +411,10 @@ func runMachine(
         if output.statsJSON != nil {
             session.writeStatistics(statistics.renderJSON(portNames: portName, mmioNames: mmioName) + "\n")
         }
+    }
+    if let signal = interruptedBy {
+        HostIO.printError("swiftvisor: stopped by signal \(signal)")
+        throw ExitCode(128 + signal)
     }
     return report
 }

@@ -287,10 +287,11 @@ extension KVMIntegration {
             #expect(String(decoding: seen, as: UTF8.self) == "echo ready\ntyped text q")
         }
 
-        @Test("SIGINT stops the guest and exits 130; SIGUSR1 injects an NMI")
+        @Test("SIGINT stops the guest and exits 130 (after the statistics, with --stats); SIGUSR1 injects an NMI")
         func signals() throws {
             for (signal, arguments, status, text) in [
                 (SIGINT, ["--builtin", "spin"], Int32(130), "spinning\n"),
+                (SIGINT, ["--builtin", "spin", "--stats"], Int32(130), "spinning\n"),
                 (SIGUSR1, ["--builtin", "events", "--cmdline", "wait"], Int32(0), "waiting\n"),
             ] {
                 let process = Process()
@@ -308,9 +309,13 @@ extension KVMIntegration {
                 process.waitUntilExit()
                 #expect(process.terminationStatus == status)
                 if signal == SIGINT {
-                    #expect(
-                        String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                            == "swiftvisor: stopped by signal 2\n")
+                    let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                    if arguments.contains("--stats") {
+                        #expect(stderr.hasPrefix("exits: "), "\(stderr)")
+                        #expect(stderr.hasSuffix("\nswiftvisor: stopped by signal 2\n"), "\(stderr)")
+                    } else {
+                        #expect(stderr == "swiftvisor: stopped by signal 2\n")
+                    }
                 } else {
                     #expect(String(decoding: seen, as: UTF8.self) == "waiting\nvector=02 error=00000000 cr2=0000000000000000\n")
                 }
