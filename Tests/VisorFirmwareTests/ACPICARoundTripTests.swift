@@ -261,7 +261,7 @@ struct ACPICARoundTripTests {
         for fact in [
             "Name (INTF, Ones)", "Name (QWD1, 0x123456789ABCDEF0)", "Name (STR1, \"Hello, AML\")",
             "Name (BUF3, Buffer (0x1388)", "Name (PKG2, Package (0x0100)",
-            "IRQ (Level, ActiveLow, Shared, )", "IO (Decode10,", "Memory32Fixed (ReadWrite, 0xD0000000, 0x00001000",
+            "IRQ (Level, ActiveLow, Shared, )", "IO (Decode10,", "Memory32Fixed (ReadWrite,", "0xD0000000, // Address Base",
             "Method (ECHO, 2, Serialized)", "Return (Arg1)",
             "Return (\\_SB.DEV1._HID)", "Scope (\\_SB.DEV1.SUBD)", "Name (VAL2, 0x02)",
         ] {
