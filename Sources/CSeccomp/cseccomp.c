@@ -30,9 +30,9 @@
     SYS_getpid, SYS_gettid, SYS_tgkill, SYS_getrandom, SYS_rseq, SYS_getrusage, \
     SYS_exit, SYS_exit_group
 
-// Device models serve requests on the vCPU thread: a virtio block device moves data
-// between guest RAM and its disk image, opened before the filter, with pread64, pwrite64
-// and fsync (no open: a disk is never opened after set-up).
+// Without the I/O thread, device models serve requests on the vCPU thread: a virtio block
+// device moves data between guest RAM and its disk image, opened before the filter, with
+// pread64, pwrite64 and fsync (no open: a disk is never opened after set-up).
 static const long vcpu_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl, SYS_pread64, SYS_pwrite64, SYS_fsync };
 static const long console_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
 

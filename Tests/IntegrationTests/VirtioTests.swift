@@ -59,21 +59,26 @@ extension KVMIntegration {
             return String(repeating: "0", count: 8 - hex.count) + hex
         }
 
-        func runBlock(_ devices: [VirtioDeviceConfiguration]) throws -> (RunReport, String, [VirtioDeviceStatistics]) {
+        func runBlock(_ devices: [VirtioDeviceConfiguration], ioThread: Bool = true) throws
+            -> (RunReport, String, [VirtioDeviceStatistics])
+        {
             let console = ConsoleCapture()
             var config = MachineConfiguration(guest: .elf(GuestImages.virtioBlk))
             config.consoleOutput = console.sink
             config.virtioDevices = devices
+            config.virtioIOThread = ioThread
             let machine = try Machine(config)
             let report = try machine.run()
             return (report, console.text, machine.virtioStatistics)
         }
 
-        @Test("a guest driver reads sector 0 of a disk, writes sector 1, flushes and reads it back; the file has the sector")
-        func blockFromGuest() throws {
+        @Test(
+            "a guest driver reads sector 0 of a disk, writes sector 1, flushes and reads it back; the file has the sector",
+            arguments: [true, false])
+        func blockFromGuest(ioThread: Bool) throws {
             let (path, contents) = try Self.makeDisk()
             defer { try? FileManager.default.removeItem(atPath: path) }
-            let (report, console, statistics) = try runBlock([.block(path: path, readOnly: false)])
+            let (report, console, statistics) = try runBlock([.block(path: path, readOnly: false)], ioThread: ioThread)
             #expect(report.outcome == .stopped(.guestExit(status: 0)), "\(console)")
             let written = (0..<512).map { UInt8(truncatingIfNeeded: $0 ^ 0x5A) }
             #expect(
