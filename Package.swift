@@ -21,6 +21,7 @@
 //     SwiftVisor          -> VisorHost VisorDecoder VisorVirtio
 //     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
 //     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
+//     FuzzTargets         -> VisorHost
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     VisorVirtio         -> VisorCore VisorMemory VisorHost          -- virtio-mmio, virtqueues, virtio devices
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
@@ -139,7 +140,7 @@ let package = Package(
             name: "FuzzTargets",
             dependencies: [
                 "VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "VisorEmulator",
-                "VisorDecoder", "TestSupport", "VisorVirtio",
+                "VisorDecoder", "TestSupport", "VisorVirtio", "VisorHost",
             ],
             path: "Fuzz/Targets", swiftSettings: strict),
         // The libFuzzer entry point. A plain build makes a replay tool (run a target over
@@ -150,7 +151,8 @@ let package = Package(
             swiftSettings: strictTests),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
         .testTarget(
-            name: "VisorVirtioTests", dependencies: ["VisorVirtio", "VisorCore", "VisorMemory"], swiftSettings: strictTests),
+            name: "VisorVirtioTests", dependencies: ["VisorVirtio", "VisorCore", "VisorMemory", "VisorHost"],
+            swiftSettings: strictTests),
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"], swiftSettings: strictTests),
         .testTarget(
             name: "VisorCoreTests", dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "TestSupport"],

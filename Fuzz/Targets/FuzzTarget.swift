@@ -94,11 +94,20 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// with DRIVER_OK and without DEVICE_NEEDS_RESET; FEATURES_OK only for offered
     /// features; bounded requests per notification and bytes per request.
     case virtioEntropy = "virtio-entropy"
+    /// The virtio block device on a temporary disk (read-only or not), driven by descriptors,
+    /// available heads, request headers and data written by a hostile driver, and
+    /// notifications. Checks: RAM changes only inside writable descriptors and the used
+    /// ring; the used index moves by exactly the requests completed, at most a queue's
+    /// worth per notification; a completed request's length fits its writable buffers and
+    /// its status is 0, 1 or 2 (or it was malformed, length 0); the disk never changes size,
+    /// and a read-only one never changes.
+    case virtioBlock = "virtio-block"
 
     package var seededInputs: Int {
         switch self {
         case .elf: 300
         case .linux: 40
+        case .virtioBlock: 300
         default: 3_000
         }
     }
@@ -123,6 +132,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .translator: fuzzTranslator(data)
         case .virtqueue: fuzzVirtqueue(data)
         case .virtioEntropy: fuzzVirtioEntropy(data)
+        case .virtioBlock: fuzzVirtioBlock(data)
         }
     }
 }

@@ -1,5 +1,6 @@
 // Virtqueues and the virtio-mmio transport, driven by a hostile driver.
 import VisorCore
+import VisorHost
 import VisorMemory
 import VisorVirtio
 
@@ -218,4 +219,172 @@ func fuzzVirtioEntropy(_ data: [UInt8]) {
 /// An interrupt line's last level, set by the transport.
 private final class LineLevel: @unchecked Sendable {
     var level = false
+}
+
+/// The layout of the block target: rings as above, buffers only in the upper half of RAM,
+/// so no buffer can alias a ring and the used ring is a faithful witness.
+private enum BlockLayout {
+    static let buffers: UInt64 = 0x8000
+    static let buffersSize: UInt64 = 0x8000
+}
+
+/// The block device on a disk of 1-8 sectors (an unlinked temporary file) (read-only or not, from the first
+/// byte), with a queue of any power-of-two size (second byte). Each step is an op byte:
+/// 0 a descriptor (any index, an address in the buffer half of RAM, a chosen or any
+/// length, NEXT/WRITE flags, any next), 1 a head made available, 2 a request header
+/// anywhere in the buffer half (a known or unknown type, a sector near the disk or
+/// anywhere), 3 an 8-byte write in the buffer half, 4 a notification, 5 a well-formed
+/// header/data/status chain made available.
+///
+/// Checks after each notification: guest RAM changed only inside device-writable
+/// descriptors and the used ring; the used index moved by exactly the requests completed,
+/// at most a queue's worth; the last request completed has length 0 (malformed) or at most
+/// its writable bytes, and then its status byte is 0, 1 or 2; the disk keeps its size, and
+/// a read-only disk keeps every byte.
+func fuzzVirtioBlock(_ data: [UInt8]) {
+    var input = ByteReader(data)
+    let flags = input.byte()
+    let readOnly = flags & 1 != 0
+    let sectors = 1 + Int(flags >> 1 & 7)
+    let size = UInt16(1) << (input.byte() % 9)
+    let original = (0..<sectors * 512).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+    guard let memory = try? GuestMemory(size: Layout.memorySize),
+        let file = try? HostDiskFile.anonymous(contents: original, readOnly: false),
+        let queue = try? Virtqueue(
+            size: size, maximum: VirtioBlockDevice.queueSize, descriptors: Layout.descriptors,
+            available: Layout.available, used: Layout.used, memory: memory)
+    else { preconditionFailure("cannot set up the block target") }
+    let device = VirtioBlockDevice(file: file, readOnly: readOnly)
+    do {
+        try device.activate(features: 0, queues: [queue], memory: memory, interrupt: VirtioInterrupt { _ in })
+    } catch {
+        preconditionFailure("activation refused: \(error)")
+    }
+    var availableIndex: UInt16 = 0
+    func makeAvailable(_ head: UInt16) {
+        try? memory.write(head, at: Layout.available + 4 + 2 * UInt64(availableIndex % size))
+        availableIndex &+= 1
+        try? memory.write(availableIndex, at: Layout.available + 2)
+    }
+    func setDescriptor(_ index: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16) {
+        let at = Layout.descriptors + 16 * UInt64(index % size)
+        try? memory.write(address, at: at)
+        try? memory.write(length, at: at + 8)
+        try? memory.write(flags, at: at + 12)
+        try? memory.write(next, at: at + 14)
+    }
+    func bufferAddress(_ raw: UInt16, room: UInt64 = 1) -> UInt64 {
+        BlockLayout.buffers + UInt64(raw) % (BlockLayout.buffersSize - room + 1)
+    }
+    let lengths: [UInt32] = [1, 15, 16, 20, 21, 100, 512, 513, 1024, 1025, 2048, 0]
+    let types: [UInt32] = [0, 1, 4, 8, 0, 1, 2, 3, 0xFFFF_FFFF]
+    func sector(_ input: inout ByteReader) -> UInt64 {
+        let pick = input.byte()
+        return pick < 0xC0 ? UInt64(pick) % UInt64(sectors + 2) : input.uint64()
+    }
+    var notifications = 0
+    func notifyAndCheck() {
+        notifications += 1
+        guard let before = try? memory.read(Int(Layout.memorySize), at: 0) else { preconditionFailure("cannot read RAM") }
+        let usedBefore = (try? memory.readUInt16(at: Layout.used + 2)) ?? 0
+        let requestsBefore = device.counters.requests
+        device.notify(queue: 0)
+        guard let after = try? memory.read(Int(Layout.memorySize), at: 0) else { preconditionFailure("cannot read RAM") }
+        // What the device may write: writable descriptors (the table cannot change during
+        // a notification: no buffer reaches it) and the used ring.
+        var allowed: [(UInt64, UInt64)] = [(Layout.used, Layout.used + 6 + 8 * UInt64(size))]
+        for i in 0..<UInt64(size) {
+            let at = Layout.descriptors + 16 * i
+            guard let address = try? memory.readUInt64(at: at), let length = try? memory.readUInt32(at: at + 8),
+                let descriptorFlags = try? memory.readUInt16(at: at + 12), descriptorFlags & 2 != 0
+            else { continue }
+            allowed.append((address, address &+ UInt64(length)))
+        }
+        for offset in 0..<before.count where before[offset] != after[offset] {
+            let address = UInt64(offset)
+            precondition(allowed.contains { address >= $0.0 && address < $0.1 }, "RAM changed at 0x\(String(address, radix: 16))")
+        }
+        let usedAfter = (try? memory.readUInt16(at: Layout.used + 2)) ?? 0
+        let completed = device.counters.requests - requestsBefore
+        precondition(completed <= UInt64(size), "one notification completed \(completed) requests")
+        precondition(UInt64(usedAfter &- usedBefore) == completed, "the used index moved by \(usedAfter &- usedBefore)")
+        if completed > 0 {
+            let element = Layout.used + 4 + 8 * UInt64((usedAfter &- 1) % size)
+            let head = (try? memory.readUInt32(at: element)) ?? 0
+            let length = (try? memory.readUInt32(at: element + 4)) ?? 0
+            if length > 0 { checkStatus(head: head, length: length) }
+        }
+        guard let contents = file.contents() else { preconditionFailure("cannot read the disk") }
+        precondition(contents.count == original.count, "the disk's size changed to \(contents.count)")
+        if readOnly { precondition(contents == original, "a read-only disk was written") }
+    }
+    /// A completed request's chain, walked again (the table has not changed): its status
+    /// byte is the last byte of its last writable buffer.
+    func checkStatus(head: UInt32, length: UInt32) {
+        var index = UInt64(head)
+        var writable: UInt64 = 0
+        var last: (UInt64, UInt32)? = nil
+        for _ in 0..<Int(size) {
+            let at = Layout.descriptors + 16 * index
+            guard let address = try? memory.readUInt64(at: at), let count = try? memory.readUInt32(at: at + 8),
+                let descriptorFlags = try? memory.readUInt16(at: at + 12), let next = try? memory.readUInt16(at: at + 14)
+            else { break }
+            if descriptorFlags & 2 != 0 {
+                writable += UInt64(count)
+                last = (address, count)
+            }
+            guard descriptorFlags & 1 != 0 else { break }
+            index = UInt64(next)
+        }
+        guard let (address, count) = last, count > 0 else { preconditionFailure("a chain without a status byte completed") }
+        precondition(UInt64(length) <= writable, "used length \(length) with \(writable) writable bytes")
+        let status = (try? memory.readUInt8(at: address + UInt64(count) - 1)) ?? 0xFF
+        precondition(status <= 2, "status \(status)")
+    }
+    var steps = 0
+    while !input.isAtEnd, steps < 300, notifications < 16 {
+        steps += 1
+        switch input.byte() % 6 {
+        case 0:
+            let index = UInt16(input.byte())
+            let address = bufferAddress(input.uint16())
+            let pick = input.byte()
+            let length = pick < 0xF0 ? lengths[Int(pick) % lengths.count] : UInt32(input.uint16())
+            let descriptorFlags = UInt16(input.byte() & 3)
+            setDescriptor(index, address: address, length: length, flags: descriptorFlags, next: UInt16(input.byte()))
+        case 1:
+            makeAvailable(UInt16(input.byte()) % (size + 1))
+        case 2:
+            let at = bufferAddress(input.uint16(), room: 16)
+            try? memory.write(types[Int(input.byte()) % types.count], at: at)
+            try? memory.write(UInt32(0), at: at + 4)
+            try? memory.write(sector(&input), at: at + 8)
+        case 3:
+            try? memory.write(input.uint64(), at: bufferAddress(input.uint16(), room: 8))
+        case 4:
+            notifyAndCheck()
+        default:
+            let head = UInt16(input.byte()) % size
+            let header = bufferAddress(input.uint16(), room: 16)
+            let type = types[Int(input.byte()) % types.count]
+            try? memory.write(type, at: header)
+            try? memory.write(UInt32(0), at: header + 4)
+            try? memory.write(sector(&input), at: header + 8)
+            let dataLength = UInt32(input.byte() % 5) * 512
+            let dataAddress = bufferAddress(input.uint16(), room: UInt64(max(dataLength, 1)))
+            let status = bufferAddress(input.uint16())
+            let dataWritable: UInt16 = type == 1 ? 0 : 2
+            if dataLength > 0 {
+                setDescriptor(head, address: header, length: 16, flags: 1, next: (head &+ 1) % size)
+                setDescriptor(
+                    head &+ 1, address: dataAddress, length: dataLength, flags: 1 | dataWritable, next: (head &+ 2) % size)
+                setDescriptor(head &+ 2, address: status, length: 1, flags: 2, next: 0)
+            } else {
+                setDescriptor(head, address: header, length: 16, flags: 1, next: (head &+ 1) % size)
+                setDescriptor(head &+ 1, address: status, length: 1, flags: 2, next: 0)
+            }
+            makeAvailable(head)
+        }
+    }
+    notifyAndCheck()
 }

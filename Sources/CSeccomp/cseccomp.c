@@ -30,7 +30,10 @@
     SYS_getpid, SYS_gettid, SYS_tgkill, SYS_getrandom, SYS_rseq, SYS_getrusage, \
     SYS_exit, SYS_exit_group
 
-static const long vcpu_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
+// Without the I/O thread, device models serve requests on the vCPU thread: a virtio block
+// device moves data between guest RAM and its disk image, opened before the filter, with
+// pread64, pwrite64 and fsync (no open: a disk is never opened after set-up).
+static const long vcpu_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl, SYS_pread64, SYS_pwrite64, SYS_fsync };
 static const long console_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
 
 // An I/O thread: epoll, and the file calls of the device backends (positioned reads and
@@ -46,11 +49,14 @@ static const long io_syscalls[] = {
 // prctl_options); waiting for control signals; sizing a new machine's RAM against the
 // host's (sysinfo); closing a dead machine's descriptors; rewriting the statistics file
 // through the descriptor opened before the filter (ftruncate, pwrite64); fstat, which the C
-// library makes on descriptors it writes to. No open, socket, execve, kill or ptrace.
+// library makes on descriptors it writes to. The vCPU threads a confined main thread
+// starts inherit this filter beneath their own, so it also holds their disk I/O (pread64,
+// pwrite64, fsync). No open, socket, execve, kill or ptrace.
 static const long main_syscalls[] = {
     COMMON_SYSCALLS, SYS_ioctl, SYS_prctl,
     SYS_clone3, SYS_clone, SYS_set_robust_list, SYS_seccomp, SYS_epoll_create1, SYS_epoll_ctl, SYS_eventfd2,
     SYS_rt_sigtimedwait, SYS_sysinfo, SYS_close, SYS_fstat, SYS_newfstatat, SYS_ftruncate, SYS_pwrite64,
+    SYS_pread64, SYS_fsync,
 };
 
 // The ioctls a vCPU thread makes after set-up: KVM_RUN, the register and event accesses

@@ -18,10 +18,31 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
     /// at most 64 KiB each.
     case entropy
 
+    /// The block device (ID 2) on the disk image at `path`: a regular file or a host block
+    /// device whose size is a multiple of 512 bytes, opened once when the machine is built.
+    /// A read-only disk offers VIRTIO_BLK_F_RO and refuses writes with an I/O error; the
+    /// same file may back several read-only disks but only one writable one.
+    case block(path: String, readOnly: Bool)
+
+    /// A disk given as `PATH` or `PATH,readonly` (the form of `swiftvisor --disk`); nil
+    /// for an empty path. A comma is part of the path unless it starts the final
+    /// `,readonly`.
+    public init?(disk text: String) {
+        var path = Substring(text)
+        var readOnly = false
+        if let comma = path.lastIndex(of: ","), path[path.index(after: comma)...] == "readonly" {
+            path = path[..<comma]
+            readOnly = true
+        }
+        guard !path.isEmpty else { return nil }
+        self = .block(path: String(path), readOnly: readOnly)
+    }
+
     /// The name in statistics, errors and the DSDT messages.
     public var name: String {
         switch self {
         case .entropy: "virtio-rng"
+        case .block: "virtio-blk"
         }
     }
 }
@@ -121,12 +142,17 @@ extension MachineBuilder {
         fastPath: (vm: VMHandle, thread: IOThread)? = nil
     ) throws(MachineError) -> [VirtioAttachment] {
         var attachments: [VirtioAttachment] = []
+        var disks: [HostDiskFile.Identity: Bool] = [:]  // file -> writable
         for (index, device) in configuration.virtioDevices.enumerated() {
             let irq = VirtioLayout.irqs[index]
-            let model: any VirtioDevice =
-                switch device {
-                case .entropy: VirtioEntropyDevice()
-                }
+            let model: any VirtioDevice
+            switch device {
+            case .entropy:
+                model = VirtioEntropyDevice()
+            case .block(let path, let readOnly):
+                let file = try Self.openDisk(path, readOnly: readOnly, disks: &disks)
+                model = VirtioBlockDevice(file: file, readOnly: readOnly, identifier: "swiftvisor-disk\(index)")
+            }
             let base = VirtioLayout.base + UInt64(index) * VirtioLayout.windowSize
             let transport: VirtioMMIOTransport
             if let fastPath {
@@ -177,5 +203,21 @@ extension MachineBuilder {
             }
         }
         return attachments
+    }
+
+    /// Opens a disk image once for the machine's lifetime; a writable one must not be any
+    /// other disk's file as well (`disks` maps the files opened so far to their writability).
+    private static func openDisk(_ path: String, readOnly: Bool, disks: inout [HostDiskFile.Identity: Bool])
+        throws(MachineError) -> HostDiskFile
+    {
+        let file: HostDiskFile
+        do throws(HostFileError) { file = try HostDiskFile.open(path, readOnly: readOnly) } catch {
+            throw .invalidDevices("disk \(path): \(error.reason)")
+        }
+        if let writable = disks[file.identity], writable || !readOnly {
+            throw .invalidDevices("disk \(path) is given twice, and writable")
+        }
+        disks[file.identity] = !readOnly
+        return file
     }
 }

@@ -186,6 +186,57 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
+    /// Reads up to `count` bytes of the file `fd` at `offset` straight into guest RAM at
+    /// `address` (pread(2), retried on EINTR and short reads), with no host buffer between.
+    /// Returns the bytes read: `count`, or fewer at the end of the file or on an error
+    /// (`errno` says which). Throws when the guest range is not wholly in one region, or
+    /// `offset + count` does not fit a file offset; nothing is read then.
+    public func readFromFile(fd: Int32, offset: UInt64, into address: UInt64, count: Int) throws(GuestMemoryError) -> Int {
+        guard count >= 0, Self.fileEnd(offset, count) != nil else {
+            throw .outOfBounds(address: address, count: UInt64(max(count, 0)))
+        }
+        return unsafe try withBytes(at: address, count: count) { destination in
+            var done = 0
+            while done < count {
+                // SAFETY: pread(2) writes at most count - done bytes from offset done (< count)
+                // of `destination`, which withBytes proved to be `count` bytes of one mapping.
+                let n = unsafe pread(fd, destination.baseAddress! + done, count - done, off_t(offset) + off_t(done))
+                if n < 0, errno == EINTR { continue }
+                guard n > 0 else { break }
+                done += n
+            }
+            return done
+        }
+    }
+
+    /// Writes `count` bytes of guest RAM at `address` to the file `fd` at `offset`
+    /// (pwrite(2), retried on EINTR and short writes), with no host buffer between. Returns
+    /// the bytes written: `count`, or fewer on an error (`errno` says which). Throws as
+    /// `readFromFile` does.
+    public func writeToFile(fd: Int32, offset: UInt64, from address: UInt64, count: Int) throws(GuestMemoryError) -> Int {
+        guard count >= 0, Self.fileEnd(offset, count) != nil else {
+            throw .outOfBounds(address: address, count: UInt64(max(count, 0)))
+        }
+        return unsafe try withBytes(at: address, count: count) { source in
+            var done = 0
+            while done < count {
+                // SAFETY: pwrite(2) reads at most count - done bytes from offset done (< count)
+                // of `source`, which withBytes proved to be `count` bytes of one mapping.
+                let n = unsafe pwrite(fd, source.baseAddress! + done, count - done, off_t(offset) + off_t(done))
+                if n < 0, errno == EINTR { continue }
+                guard n > 0 else { break }
+                done += n
+            }
+            return done
+        }
+    }
+
+    /// `offset + count` when it fits a file offset (`off_t`), else nil.
+    private static func fileEnd(_ offset: UInt64, _ count: Int) -> UInt64? {
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(count))
+        return overflow || end > UInt64(Int64.max) ? nil : end
+    }
+
     /// Writes `bytes` at `address`.
     ///
     /// Contiguous collections (arrays, array slices) are copied with one `memcpy`; others

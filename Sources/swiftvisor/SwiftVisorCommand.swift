@@ -106,9 +106,28 @@ struct DeviceOptions: ParsableArguments {
     @Flag(help: "A virtio entropy device (virtio-rng), fed from the host's getrandom(2).")
     var rng = false
 
-    /// Adds the devices asked for, in a fixed order: their windows and interrupts follow it.
+    @Option(
+        name: .customLong("disk"),
+        help: ArgumentHelp(
+            "A virtio block device on a disk image (a file or block device, a multiple of 512 bytes); "
+                + "',readonly' refuses the guest's writes (repeatable).",
+            valueName: "path[,readonly]"))
+    var disks: [DiskArgument] = []
+
+    /// Adds the devices asked for, in a fixed order: their windows and interrupts follow it
+    /// (the entropy device, then the disks in the order given).
     func apply(to config: inout MachineConfiguration) {
         if rng { config.virtioDevices.append(.entropy) }
+        config.virtioDevices += disks.map(\.device)
+    }
+}
+
+/// `PATH[,readonly]` for --disk, parsed by `VirtioDeviceConfiguration(disk:)`.
+struct DiskArgument: ExpressibleByArgument {
+    let device: VirtioDeviceConfiguration
+    init?(argument: String) {
+        guard let device = VirtioDeviceConfiguration(disk: argument) else { return nil }
+        self.device = device
     }
 }
 

@@ -84,6 +84,25 @@ extension KVMIntegration {
             #expect(result.stderr.contains(text), "stderr: \(result.stderr)", sourceLocation: sourceLocation)
         }
 
+        @Test("--disk: the guest driver reads and writes the file under the CLI's seccomp filters; ,readonly refuses the write")
+        func diskFlag() throws {
+            var contents = [UInt8](repeating: 0, count: 8 * 512)
+            for i in 0..<512 { contents[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 3) }
+            let path = try temporaryFile(contents)
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let readOnly = try run(["--builtin", "virtio_blk", "--disk", path + ",readonly"])
+            #expect(readOnly.status == 9, "\(readOnly.stdout)\(readOnly.stderr)")
+            #expect(readOnly.stdout.hasSuffix("virtio-blk: write of sector 1 failed, status 1\n"))
+            #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == contents)
+            let result = try run(["--builtin", "virtio_blk", "--disk", path])
+            #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+            #expect(result.stdout.contains("virtio-blk: read past the end: status 1\n"))
+            contents.replaceSubrange(512..<1024, with: (0..<512).map { UInt8(truncatingIfNeeded: $0 ^ 0x5A) })
+            #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == contents)
+            expectOneLineError(try run(["--builtin", "virtio_blk", "--disk", path, "--disk", path]), mentioning: "twice")
+            expectOneLineError(try run(["--disk", path + ".missing"]), mentioning: ".missing")
+        }
+
         @Test("with no arguments it runs the built-in guest, which greets")
         func defaultGuest() throws {
             let result = try run([])

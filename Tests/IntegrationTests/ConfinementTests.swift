@@ -163,6 +163,7 @@ extension KVMIntegration {
             let allowed = [
                 "ioctl": 16, "clone3": 435, "set_robust_list": 273, "seccomp": 317, "prctl": 157,
                 "rt_sigtimedwait": 128, "pwrite64": 18, "ftruncate": 77, "futex": 202, "exit_group": 231,
+                "pread64": 17, "fsync": 74,
             ]
             let refused = [
                 "socket": 41, "openat": 257, "open": 2, "execve": 59, "execveat": 322, "fork": 57, "vfork": 58,
@@ -172,10 +173,13 @@ extension KVMIntegration {
             for (name, number) in refused { #expect(!Seccomp.allows(.main, syscall: number), "\(name)") }
         }
 
-        @Test("the vCPU allowlist holds KVM_RUN's ioctl, console writes and futexes, and not socket, open or execve")
+        @Test("the vCPU allowlist holds KVM_RUN's ioctl, console writes, futexes and disk I/O, and not socket, open or execve")
         func allowlist() {
             // x86-64 system call numbers (Swift's Glibc module does not import SYS_*).
-            let allowed = ["ioctl": 16, "write": 1, "futex": 202, "rt_sigreturn": 15, "exit": 60]
+            let allowed = [
+                "ioctl": 16, "write": 1, "futex": 202, "rt_sigreturn": 15, "exit": 60, "pread64": 17, "pwrite64": 18,
+                "fsync": 74,
+            ]
             let refused = [
                 "socket": 41, "openat": 257, "open": 2, "execve": 59, "fork": 57, "clone": 56,
                 "ptrace": 101, "connect": 42, "kill": 62,

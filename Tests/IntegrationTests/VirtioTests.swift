@@ -1,3 +1,4 @@
+import Foundation
 import SwiftVisor
 import SwiftVisorGuests
 import Testing
@@ -40,6 +41,75 @@ extension KVMIntegration {
                         name: "virtio-rng0", notifications: 21, interrupts: 21, requests: 21, malformedRequests: 1,
                         bytes: 1280)
                 ])
+        }
+
+        /// A disk of 8 sectors, sector 0 holding byte i = i * 7 + 3, the rest zero.
+        static func makeDisk() throws -> (path: String, contents: [UInt8]) {
+            let path = NSTemporaryDirectory() + "swiftvisor-blk-\(UUID().uuidString).img"
+            var contents = [UInt8](repeating: 0, count: 8 * 512)
+            for i in 0..<512 { contents[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 3) }
+            try Data(contents).write(to: URL(fileURLWithPath: path))
+            return (path, contents)
+        }
+
+        static func fnv1a(_ bytes: some Sequence<UInt8>) -> String {
+            var hash: UInt32 = 2_166_136_261
+            for byte in bytes { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+            let hex = String(hash, radix: 16, uppercase: true)
+            return String(repeating: "0", count: 8 - hex.count) + hex
+        }
+
+        func runBlock(_ devices: [VirtioDeviceConfiguration], ioThread: Bool = true) throws
+            -> (RunReport, String, [VirtioDeviceStatistics])
+        {
+            let console = ConsoleCapture()
+            var config = MachineConfiguration(guest: .elf(GuestImages.virtioBlk))
+            config.consoleOutput = console.sink
+            config.virtioDevices = devices
+            config.virtioIOThread = ioThread
+            let machine = try Machine(config)
+            let report = try machine.run()
+            return (report, console.text, machine.virtioStatistics)
+        }
+
+        @Test(
+            "a guest driver reads sector 0 of a disk, writes sector 1, flushes and reads it back; the file has the sector",
+            arguments: [true, false])
+        func blockFromGuest(ioThread: Bool) throws {
+            let (path, contents) = try Self.makeDisk()
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let (report, console, statistics) = try runBlock([.block(path: path, readOnly: false)], ioThread: ioThread)
+            #expect(report.outcome == .stopped(.guestExit(status: 0)), "\(console)")
+            let written = (0..<512).map { UInt8(truncatingIfNeeded: $0 ^ 0x5A) }
+            #expect(
+                console == """
+                    virtio: device 2 at 0xd0000000, version 2
+                    virtio-blk: capacity 8 sectors, blk_size 512
+                    virtio-blk: sector 0 checksum \(Self.fnv1a(contents[0..<512]))
+                    virtio-blk: wrote sector 1, flushed, read back checksum \(Self.fnv1a(written))
+                    virtio-blk: id swiftvisor-disk0
+                    virtio-blk: read past the end: status 1
+
+                    """)
+            var expected = contents
+            expected.replaceSubrange(512..<1024, with: written)
+            #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == expected)
+            #expect(
+                statistics == [
+                    VirtioDeviceStatistics(
+                        name: "virtio-blk0", notifications: 6, interrupts: 6, requests: 6, malformedRequests: 0,
+                        bytes: 1536)
+                ])
+        }
+
+        @Test("a read-only disk refuses the guest's write with IOERR, and the file is unchanged")
+        func readOnlyDiskFromGuest() throws {
+            let (path, contents) = try Self.makeDisk()
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let (report, console, _) = try runBlock([.block(path: path, readOnly: true)])
+            #expect(report.outcome == .stopped(.guestExit(status: 9)), "\(console)")
+            #expect(console.hasSuffix("virtio-blk: write of sector 1 failed, status 1\n"), "\(console)")
+            #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == contents)
         }
 
         @Test("without the device the driver finds no magic value (unclaimed MMIO reads all ones) and says so")

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TestSupport
 @testable import SwiftVisor
@@ -180,5 +181,58 @@ struct VirtioPlacementTests {
         config.interruptController = true
         config.virtioDevices = Array(repeating: .entropy, count: 9)
         #expect(throws: (any Error).self) { try MachineBuilder.validate(config, hostMemory: 1 << 30) }
+    }
+
+    @Test("--disk PATH[,readonly]: a comma belongs to the path unless it starts the final ,readonly")
+    func diskArgument() {
+        #expect(VirtioDeviceConfiguration(disk: "disk.img") == .block(path: "disk.img", readOnly: false))
+        #expect(VirtioDeviceConfiguration(disk: "disk.img,readonly") == .block(path: "disk.img", readOnly: true))
+        #expect(VirtioDeviceConfiguration(disk: "a,b.img") == .block(path: "a,b.img", readOnly: false))
+        #expect(VirtioDeviceConfiguration(disk: "a,b.img,readonly") == .block(path: "a,b.img", readOnly: true))
+        #expect(VirtioDeviceConfiguration(disk: "disk.img,ro") == .block(path: "disk.img,ro", readOnly: false))
+        #expect(VirtioDeviceConfiguration(disk: "") == nil)
+        #expect(VirtioDeviceConfiguration(disk: ",readonly") == nil)
+        #expect(VirtioDeviceConfiguration(disk: "readonly") == .block(path: "readonly", readOnly: false))
+    }
+
+    /// Builds the virtio devices of `devices`, or the error's description.
+    func buildDisks(_ devices: [VirtioDeviceConfiguration]) -> String? {
+        var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))
+        config.virtioDevices = devices
+        do {
+            _ = try MachineBuilder(configuration: config).makeVirtioDevices(
+                memory: try GuestMemory(size: 1 << 20), irqLine: nil)
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test("disks: opened by the builder; missing, directory, odd-sized and twice-writable files are refused")
+    func diskValidation() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvisor-disks-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let good = directory.appendingPathComponent("good.img").path
+        let odd = directory.appendingPathComponent("odd.img").path
+        try Data(count: 4096).write(to: URL(fileURLWithPath: good))
+        try Data(count: 1000).write(to: URL(fileURLWithPath: odd))
+        #expect(buildDisks([.block(path: good, readOnly: false)]) == nil)
+        #expect(buildDisks([.block(path: good, readOnly: true), .block(path: good, readOnly: true)]) == nil)
+        let missing = buildDisks([.block(path: directory.path + "/none.img", readOnly: true)])
+        #expect(missing?.contains("none.img") == true)
+        #expect(buildDisks([.block(path: directory.path, readOnly: true)])?.contains("directory") == true)
+        #expect(buildDisks([.block(path: odd, readOnly: false)])?.contains("multiple of 512") == true)
+        #expect(
+            buildDisks([.block(path: good, readOnly: false), .block(path: good, readOnly: false)])?.contains("twice") == true)
+        #expect(buildDisks([.block(path: good, readOnly: true), .block(path: good, readOnly: false)])?.contains("twice") == true)
+        let attachments = try MachineBuilder(
+            configuration: {
+                var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))
+                config.virtioDevices = [.entropy, .block(path: good, readOnly: true)]
+                return config
+            }()
+        ).makeVirtioDevices(memory: try GuestMemory(size: 1 << 20), irqLine: nil)
+        #expect(attachments.map(\.platformDevice.name) == ["virtio-rng0", "virtio-blk1"])
     }
 }

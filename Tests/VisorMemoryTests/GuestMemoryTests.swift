@@ -290,3 +290,50 @@ struct GuestMemoryHostMappingTests {
         }
     }
 }
+
+@Suite("GuestMemory: file I/O")
+struct GuestMemoryFileTests {
+    /// An unlinked temporary file holding `bytes`.
+    func temporaryFile(_ bytes: [UInt8]) throws -> Int32 {
+        var template = Array("/tmp/swiftvisor-memory-XXXXXX".utf8CString)
+        // SAFETY: mkstemp rewrites the template's X in place; unlink and pwrite read the
+        // NUL-terminated name and `bytes`' own buffer, each valid for its call.
+        let fd = unsafe template.withUnsafeMutableBufferPointer { unsafe mkstemp($0.baseAddress!) }
+        try #require(fd >= 0)
+        _ = unsafe template.withUnsafeBufferPointer { unsafe unlink($0.baseAddress!) }
+        let written = unsafe bytes.withUnsafeBytes { unsafe pwrite(fd, $0.baseAddress, $0.count, 0) }
+        try #require(written == bytes.count)
+        return fd
+    }
+
+    @Test("readFromFile and writeToFile move bytes between a file and guest RAM; short at the end of the file")
+    func roundTrip() throws {
+        let memory = try GuestMemory(size: 1 << 16)
+        let fd = try temporaryFile((0..<1024).map { UInt8($0 % 251) })
+        defer { close(fd) }
+        #expect(try memory.readFromFile(fd: fd, offset: 512, into: 0x1000, count: 512) == 512)
+        #expect(try memory.read(512, at: 0x1000) == (512..<1024).map { UInt8($0 % 251) })
+        #expect(try memory.readFromFile(fd: fd, offset: 1000, into: 0x2000, count: 100) == 24)
+        try memory.fill(0xAB, count: 16, at: 0x3000)
+        #expect(try memory.writeToFile(fd: fd, offset: 8, from: 0x3000, count: 16) == 16)
+        #expect(try memory.readFromFile(fd: fd, offset: 0, into: 0x4000, count: 32) == 32)
+        #expect(
+            try memory.read(32, at: 0x4000) == (0..<8).map { UInt8($0) } + [UInt8](repeating: 0xAB, count: 16)
+                + (24..<32).map { UInt8($0) })
+    }
+
+    @Test("a guest range outside RAM, or an offset past off_t, throws and moves nothing")
+    func refusals() throws {
+        let memory = try GuestMemory(size: 1 << 16)
+        let fd = try temporaryFile([UInt8](repeating: 7, count: 512))
+        defer { close(fd) }
+        #expect(throws: GuestMemoryError.self) { try memory.readFromFile(fd: fd, offset: 0, into: 0xFF00, count: 512) }
+        #expect(throws: GuestMemoryError.self) { try memory.writeToFile(fd: fd, offset: 0, from: 0x1_0000, count: 1) }
+        #expect(throws: GuestMemoryError.self) { try memory.readFromFile(fd: fd, offset: 0, into: 0, count: -1) }
+        #expect(throws: GuestMemoryError.self) {
+            try memory.writeToFile(fd: fd, offset: UInt64(Int64.max), from: 0, count: 1)
+        }
+        #expect(throws: GuestMemoryError.self) { try memory.readFromFile(fd: fd, offset: UInt64.max, into: 0, count: 512) }
+        #expect(try memory.read(512, at: 0xFE00) == [UInt8](repeating: 0, count: 512))
+    }
+}
