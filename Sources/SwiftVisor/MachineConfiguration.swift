@@ -1,7 +1,7 @@
 public import VisorCore
 public import VisorDevices
 public import VisorEmulator
-import VisorHost
+package import VisorHost
 import VisorMemory
 public import VisorLinux
 
@@ -108,6 +108,8 @@ public struct MachineConfiguration: Sendable {
     /// vCPU thread at their MMIO exit and interrupts go through `KVM_IRQ_LINE` (for
     /// comparison). Default: on.
     public var virtioIOThread = true
+    /// Disk files opened ahead of the build by `openDisks()`, by device index.
+    package var openedDisks: [Int: HostDiskFile] = [:]
     /// Finish in user space the instructions the host's KVM cannot emulate (see
     /// `InstructionEmulator`); off, an emulation failure stops the VM.
     public var emulation = true

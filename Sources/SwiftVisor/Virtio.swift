@@ -150,7 +150,8 @@ extension MachineBuilder {
             case .entropy:
                 model = VirtioEntropyDevice()
             case .block(let path, let readOnly):
-                let file = try Self.openDisk(path, readOnly: readOnly, disks: &disks)
+                let file = try Self.openDisk(
+                    path, readOnly: readOnly, disks: &disks, opened: configuration.openedDisks[index])
                 model = VirtioBlockDevice(file: file, readOnly: readOnly, identifier: "swiftvisor-disk\(index)")
             }
             let base = VirtioLayout.base + UInt64(index) * VirtioLayout.windowSize
@@ -207,17 +208,40 @@ extension MachineBuilder {
 
     /// Opens a disk image once for the machine's lifetime; a writable one must not be any
     /// other disk's file as well (`disks` maps the files opened so far to their writability).
-    private static func openDisk(_ path: String, readOnly: Bool, disks: inout [HostDiskFile.Identity: Bool])
-        throws(MachineError) -> HostDiskFile
-    {
+    /// `opened` is the file already opened for this device (`openDisks`), if any.
+    private static func openDisk(
+        _ path: String, readOnly: Bool, disks: inout [HostDiskFile.Identity: Bool], opened: HostDiskFile? = nil
+    ) throws(MachineError) -> HostDiskFile {
         let file: HostDiskFile
-        do throws(HostFileError) { file = try HostDiskFile.open(path, readOnly: readOnly) } catch {
-            throw .invalidDevices("disk \(path): \(error.reason)")
+        if let opened {
+            file = opened
+        } else {
+            file = try openDisk(path, readOnly: readOnly)
         }
         if let writable = disks[file.identity], writable || !readOnly {
             throw .invalidDevices("disk \(path) is given twice, and writable")
         }
         disks[file.identity] = !readOnly
         return file
+    }
+
+    static func openDisk(_ path: String, readOnly: Bool) throws(MachineError) -> HostDiskFile {
+        do throws(HostFileError) { return try HostDiskFile.open(path, readOnly: readOnly) } catch {
+            throw .invalidDevices("disk \(path): \(error.reason)")
+        }
+    }
+}
+
+extension MachineConfiguration {
+    /// Opens every disk of `virtioDevices` now and keeps it in the configuration, so that
+    /// machines built from it later (after a guest reset) need no `open`, which the command
+    /// line's main-thread seccomp filter refuses. A bad disk fails here, with its one-line
+    /// error.
+    package mutating func openDisks() throws(MachineError) {
+        for (index, device) in virtioDevices.enumerated() {
+            if case .block(let path, let readOnly) = device, openedDisks[index] == nil {
+                openedDisks[index] = try MachineBuilder.openDisk(path, readOnly: readOnly)
+            }
+        }
     }
 }

@@ -106,6 +106,9 @@ extension SwiftVisorCommand {
                 config.onLinuxBootPlan = { plan in plan.summary.forEach(log) }
             }
 
+            // Each boot after a guest reset is built under the main thread's seccomp filter,
+            // which refuses open: the disks are opened once, now.
+            do { try config.openDisks() } catch { fail(error.description) }
             let session = CommandSession(config, output: output)
             var boots = 0
             while true {

@@ -197,6 +197,43 @@ extension KVMIntegration {
             #expect(bad.stderr.contains("/nonexistent-dir/stats.json"), "\(bad.stderr)")
         }
 
+        @Test("boot --on-reboot restart with a disk: the next boot reuses the disk opened before the main thread's filter")
+        func rebootWithDisk() throws {
+            let kernel = try temporaryFile(try #require(builtinImage("reset_echo")))
+            let disk = try temporaryFile([UInt8](repeating: 0, count: 4096))
+            defer {
+                removeFile(kernel)
+                removeFile(disk)
+            }
+            let process = Process()
+            process.executableURL = Self.binary
+            process.arguments = [
+                "boot", "--kernel", kernel, "--memory", "32M", "--cmdline-replace", "", "--on-reboot", "restart",
+                "--debug-exit-port", "--disk", disk,
+            ]
+            let input = Pipe(), output = Pipe(), errors = Pipe()
+            process.standardInput = input
+            process.standardOutput = output
+            process.standardError = errors
+            try process.run()
+            _ = read(output.fileHandleForReading, until: "ready\n")
+            input.fileHandleForWriting.write(Data("a".utf8))  // echoed, then a reset
+            let second = String(decoding: read(output.fileHandleForReading, until: "ready\n"), as: UTF8.self)
+            // Boot 2 builds its machine with the disk; before the fix it ended here.
+            guard second.contains("ready"), process.isRunning else {
+                process.waitUntilExit()
+                let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                Issue.record("the second boot did not start: \(stderr)")
+                return
+            }
+            input.fileHandleForWriting.write(Data("q".utf8))
+            process.waitUntilExit()
+            let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus == 0, "\(stderr)")
+            #expect(stderr.contains("booting again (boot 2)"), "\(stderr)")
+            #expect(!stderr.contains("not permitted"), "\(stderr)")
+        }
+
         @Test("an ELF file given on the command line runs, and a raw binary runs with --load-address")
         func guestFiles() throws {
             let elf = try temporaryFile(try #require(builtinImage("exit_status")))
