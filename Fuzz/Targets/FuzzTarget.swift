@@ -80,8 +80,6 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// accessed and dirty flags.
     case translator
 
-    /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
-    /// which is slow in a debug build.
     /// Split virtqueue chains (`Virtqueue.pop`) over a descriptor table, available ring and
     /// indirect table filled from the input, with any queue size.
     /// Checks: every chain equals a separately written reference walker's (buffers in order,
@@ -103,6 +101,8 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// and a read-only one never changes.
     case virtioBlock = "virtio-block"
 
+    /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
+    /// which is slow in a debug build.
     package var seededInputs: Int {
         switch self {
         case .elf: 300
