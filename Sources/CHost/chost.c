@@ -34,19 +34,44 @@ int chost_epoll_create(void) {
     return fd < 0 ? -errno : fd;
 }
 
+static uint32_t epoll_mask(uint32_t interest) {
+    uint32_t mask = 0;
+    if (interest & CHOST_READABLE) mask |= EPOLLIN;
+    if (interest & CHOST_WRITABLE) mask |= EPOLLOUT;
+    return mask;
+}
+
 int chost_epoll_add(int epoll, int fd, uint64_t tag) {
-    struct epoll_event event = { .events = EPOLLIN, .data.u64 = tag };
-    return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 ? 0 : -errno;
+    return chost_epoll_control(epoll, CHOST_EPOLL_ADD, fd, CHOST_READABLE, tag);
+}
+
+int chost_epoll_control(int epoll, int operation, int fd, uint32_t interest, uint64_t tag) {
+    struct epoll_event event = { .events = epoll_mask(interest), .data.u64 = tag };
+    int op;
+    switch (operation) {
+    case CHOST_EPOLL_ADD: op = EPOLL_CTL_ADD; break;
+    case CHOST_EPOLL_MODIFY: op = EPOLL_CTL_MOD; break;
+    case CHOST_EPOLL_DELETE: op = EPOLL_CTL_DEL; break;
+    default: return -EINVAL;
+    }
+    return epoll_ctl(epoll, op, fd, &event) == 0 ? 0 : -errno;
 }
 
 enum { MAX_EVENTS = 64 };
 
-int chost_epoll_wait(int epoll, uint64_t *tags, int capacity, int timeout_ms) {
+int chost_epoll_wait(int epoll, uint64_t *tags, uint32_t *ready, int capacity, int timeout_ms) {
     struct epoll_event events[MAX_EVENTS];
     if (capacity > MAX_EVENTS) capacity = MAX_EVENTS;
     if (capacity <= 0) return -EINVAL;
     int n = epoll_wait(epoll, events, capacity, timeout_ms);
     if (n < 0) return -errno;
-    for (int i = 0; i < n; i++) tags[i] = events[i].data.u64;
+    for (int i = 0; i < n; i++) {
+        uint32_t e = events[i].events, r = 0;
+        if (e & EPOLLIN) r |= CHOST_READABLE;
+        if (e & EPOLLOUT) r |= CHOST_WRITABLE;
+        if (e & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) r |= CHOST_HANGUP;
+        tags[i] = events[i].data.u64;
+        ready[i] = r;
+    }
     return n;
 }

@@ -36,10 +36,11 @@
 static const long vcpu_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl, SYS_pread64, SYS_pwrite64, SYS_fsync };
 static const long console_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
 
-// An I/O thread: epoll, and the file calls of the device backends (positioned reads and
-// writes, flushes). Eventfds are read and written with read and write. No ioctl at all.
+// An I/O thread: epoll (epoll_ctl for the watches its devices add and end as they run), and
+// the file calls of the device backends (positioned reads and writes, flushes). Eventfds
+// are read and written with read and write. No ioctl at all.
 static const long io_syscalls[] = {
-    COMMON_SYSCALLS, SYS_epoll_wait, SYS_epoll_pwait,
+    COMMON_SYSCALLS, SYS_epoll_wait, SYS_epoll_pwait, SYS_epoll_ctl,
     SYS_pread64, SYS_pwrite64, SYS_preadv, SYS_pwritev, SYS_fsync, SYS_fdatasync,
 };
 

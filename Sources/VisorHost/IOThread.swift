@@ -29,17 +29,40 @@ package final class EventFD: Sendable {
     }
 }
 
-/// A thread that waits on eventfds with epoll and runs each one's handler when it is
-/// signalled: where device work runs, off the vCPU threads. Handlers are added before
-/// `start()`; `stop()` (or releasing the thread object's last reference after `stop()`)
-/// ends it.
+/// Readiness of a descriptor an `IOThread` watches.
+package struct IOEvents: OptionSet, Sendable, Hashable {
+    package let rawValue: UInt32
+    package init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// Input is waiting (or the end of it).
+    package static let readable = IOEvents(rawValue: UInt32(CHOST_READABLE))
+    /// Output would not block.
+    package static let writable = IOEvents(rawValue: UInt32(CHOST_WRITABLE))
+    /// Reported only: the peer hung up, or the descriptor has an error.
+    package static let hangUp = IOEvents(rawValue: UInt32(CHOST_HANGUP))
+}
+
+/// A watch on one descriptor, for changing or ending it. A token is never reused for a
+/// later watch, so a stale one does nothing.
+package struct IOWatch: Hashable, Sendable {
+    fileprivate let slot: UInt32
+    fileprivate let generation: UInt32
+    fileprivate var tag: UInt64 { UInt64(generation) << 32 | UInt64(slot) }
+}
+
+/// A thread that waits on descriptors with epoll and runs each one's handler when it is
+/// ready: where device work runs, off the vCPU threads. Watches are level-triggered and
+/// may be added, changed and removed at any time, from any thread, handlers included (a
+/// device adds a connection's socket from the handler that accepted it). Handlers run one
+/// at a time, on this thread, outside any lock of the thread's own. `stop()` (or releasing
+/// the thread object's last reference after `stop()`) ends it.
 package final class IOThread: Sendable {
-    private struct Source: Sendable {
-        let event: EventFD
-        let handler: @Sendable () -> Void
+    private struct Slot: Sendable {
+        var handler: (@Sendable (IOEvents) -> Void)?
+        var generation: UInt32 = 0
     }
     private struct State {
-        var sources: [Source] = []
+        var slots: [Slot] = []
+        var free: [UInt32] = []
         var thread: pthread_t?
     }
     private let state = Mutex(State())
@@ -59,7 +82,7 @@ package final class IOThread: Sendable {
             close(epoll)
             throw error
         }
-        let rc = chost_epoll_add(epoll, stopEvent.descriptor, Self.stopTag)
+        let rc = chost_epoll_control(epoll, Int32(CHOST_EPOLL_ADD), stopEvent.descriptor, UInt32(CHOST_READABLE), Self.stopTag)
         guard rc == 0 else {
             close(epoll)
             throw HostFileError(errno: -rc)
@@ -68,51 +91,102 @@ package final class IOThread: Sendable {
 
     deinit { close(epoll) }
 
-    /// Runs `handler` on this thread each time `event` is signalled (after taking its
-    /// count). Only before `start()`.
-    package func add(_ event: EventFD, handler: @escaping @Sendable () -> Void) throws(HostFileError) {
-        try state.withLock { (state) throws(HostFileError) in
-            precondition(state.thread == nil, "IOThread.add after start")
-            let rc = chost_epoll_add(epoll, event.descriptor, UInt64(state.sources.count))
-            guard rc == 0 else { throw HostFileError(errno: -rc) }
-            state.sources.append(Source(event: event, handler: handler))
+    /// Runs `handler` on this thread whenever `descriptor` is ready for `events` (or hung
+    /// up), until `unwatch`. The caller keeps the descriptor open while it is watched.
+    @discardableResult
+    package func watch(
+        _ descriptor: Int32, for events: IOEvents, handler: @escaping @Sendable (IOEvents) -> Void
+    ) throws(HostFileError) -> IOWatch {
+        try state.withLock { (state) throws(HostFileError) -> IOWatch in
+            let slot: UInt32
+            if let reused = state.free.popLast() {
+                slot = reused
+            } else {
+                slot = UInt32(state.slots.count)
+                state.slots.append(Slot())
+            }
+            state.slots[Int(slot)].generation &+= 1
+            let watch = IOWatch(slot: slot, generation: state.slots[Int(slot)].generation)
+            let rc = chost_epoll_control(epoll, Int32(CHOST_EPOLL_ADD), descriptor, events.rawValue, watch.tag)
+            guard rc == 0 else {
+                state.free.append(slot)
+                throw HostFileError(errno: -rc)
+            }
+            state.slots[Int(slot)].handler = handler
+            return watch
         }
     }
 
-    /// How many times the thread woke for a signalled source.
+    /// Changes what `watch` waits for (to stop asking for `writable` once output drained).
+    package func change(_ watch: IOWatch, descriptor: Int32, to events: IOEvents) throws(HostFileError) {
+        let rc = chost_epoll_control(epoll, Int32(CHOST_EPOLL_MODIFY), descriptor, events.rawValue, watch.tag)
+        guard rc == 0 else { throw HostFileError(errno: -rc) }
+    }
+
+    /// Ends `watch`: its handler is not called again, even for readiness already reported.
+    /// Call it before closing the descriptor.
+    package func unwatch(_ watch: IOWatch, descriptor: Int32) {
+        state.withLock { state in
+            let index = Int(watch.slot)
+            guard index < state.slots.count, state.slots[index].generation == watch.generation,
+                state.slots[index].handler != nil
+            else { return }
+            _ = chost_epoll_control(epoll, Int32(CHOST_EPOLL_DELETE), descriptor, 0, 0)
+            state.slots[index].handler = nil
+            state.free.append(watch.slot)
+        }
+    }
+
+    /// Runs `handler` on this thread each time `event` is signalled (after taking its count).
+    package func add(_ event: EventFD, handler: @escaping @Sendable () -> Void) throws(HostFileError) {
+        try watch(event.descriptor, for: .readable) { _ in
+            if event.take() > 0 { handler() }
+        }
+    }
+
+    /// How many times the thread woke for a ready descriptor.
     package var wakeUpCount: UInt64 { wakeUps.load(ordering: .relaxed) }
 
     /// Starts the thread; `confine` runs on it first (its seccomp filter), and when it
     /// returns false the thread ends without serving anything (it fails closed). Returns 0
     /// or the pthread_create error.
     package func start(confine: (@Sendable () -> Bool)? = nil) -> Int32 {
-        let sources = state.withLock { $0.sources }
         var thread = pthread_t()
         let rc = VCPUThread.create(&thread) { [self] in
             if let confine, !confine() { return }
-            loop(sources)
+            loop()
         }
         if rc == 0 { state.withLock { $0.thread = thread } }
         return rc
     }
 
-    private func loop(_ sources: [Source]) {
+    private func loop() {
         var tags = [UInt64](repeating: 0, count: 16)
+        var ready = [UInt32](repeating: 0, count: 16)
         while true {
-            // SAFETY: `tags` holds 16 slots and chost_epoll_wait writes at most that many.
-            let n = unsafe tags.withUnsafeMutableBufferPointer {
-                unsafe chost_epoll_wait(epoll, $0.baseAddress!, Int32($0.count), -1)
+            // SAFETY: `tags` and `ready` hold 16 slots each, and chost_epoll_wait writes at
+            // most `capacity` (16) entries into each.
+            let n = unsafe tags.withUnsafeMutableBufferPointer { tags in
+                unsafe ready.withUnsafeMutableBufferPointer { ready in
+                    unsafe chost_epoll_wait(epoll, tags.baseAddress!, ready.baseAddress!, Int32(tags.count), -1)
+                }
             }
             if n == -EINTR { continue }
             guard n > 0 else { return }
             for i in 0..<Int(n) {
                 let tag = tags[i]
                 if tag == Self.stopTag { return }
-                guard let index = Int(exactly: tag), index < sources.count else { continue }
-                if sources[index].event.take() > 0 {
-                    wakeUps.add(1, ordering: .relaxed)
-                    sources[index].handler()
+                let slot = Int(truncatingIfNeeded: tag & 0xFFFF_FFFF)
+                let generation = UInt32(truncatingIfNeeded: tag >> 32)
+                // Looked up afresh for each event: an earlier handler of this batch may have
+                // ended this watch.
+                let handler = state.withLock { state in
+                    slot < state.slots.count && state.slots[slot].generation == generation
+                        ? state.slots[slot].handler : nil
                 }
+                guard let handler else { continue }
+                wakeUps.add(1, ordering: .relaxed)
+                handler(IOEvents(rawValue: ready[i]))
             }
         }
     }

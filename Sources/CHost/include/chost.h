@@ -19,11 +19,28 @@ int chost_eventfd_take(int fd, uint64_t *value);
 /// A new epoll instance (close-on-exec), or -errno.
 int chost_epoll_create(void);
 
+/// Readiness bits, in and out of the functions below (not epoll's own values, which Swift
+/// cannot import as they are spelled).
+enum {
+    CHOST_READABLE = 1,
+    CHOST_WRITABLE = 2,
+    /// Reported only: the peer hung up, or the descriptor has an error.
+    CHOST_HANGUP = 4,
+};
+
+/// epoll_ctl operations.
+enum { CHOST_EPOLL_ADD = 1, CHOST_EPOLL_MODIFY = 2, CHOST_EPOLL_DELETE = 3 };
+
 /// Watches `fd` for input, reporting `tag` when it is readable. Returns 0 or -errno.
 int chost_epoll_add(int epoll, int fd, uint64_t tag);
 
+/// Adds, changes or removes the watch on `fd` (level-triggered) for `interest`
+/// (CHOST_READABLE | CHOST_WRITABLE), reported with `tag`. Returns 0 or -errno.
+int chost_epoll_control(int epoll, int operation, int fd, uint32_t interest, uint64_t tag);
+
 /// Waits up to `timeout_ms` (-1: for ever) and writes the tags of at most `capacity` ready
-/// descriptors to `tags`. Returns their count, or -errno (-EINTR when a signal came).
-int chost_epoll_wait(int epoll, uint64_t *tags, int capacity, int timeout_ms);
+/// descriptors to `tags` and their readiness (CHOST_* bits) to `ready`. Returns their
+/// count, or -errno (-EINTR when a signal came).
+int chost_epoll_wait(int epoll, uint64_t *tags, uint32_t *ready, int capacity, int timeout_ms);
 
 #endif
