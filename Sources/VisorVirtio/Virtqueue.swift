@@ -226,6 +226,47 @@ package struct Virtqueue: Sendable {
         }
     }
 
+    /// Serves up to one queue's worth of available chains, the bounded work of one
+    /// notification: each valid chain goes to `serve`, which returns what it wrote into the
+    /// chain's device-writable buffers and the payload bytes it moved, or nil when the
+    /// request inside is malformed; a malformed chain (or request) completes with length 0,
+    /// so its slot is not lost. Every chain goes back on the used ring and is counted.
+    /// `context` is the device's own working state, lent to `serve` (a closure cannot
+    /// capture the device state that `chain` and `counters` are part of). Returns whether the
+    /// driver wants an interrupt for what was completed.
+    package mutating func serveAvailable<Context>(
+        memory: GuestMemory, chain: inout DescriptorChain, counters: inout VirtioCounters,
+        context: inout Context, _ serve: (borrowing DescriptorChain, inout Context) -> VirtioCompletion?
+    ) -> Bool {
+        var completed = false
+        for _ in 0..<Int(size) {
+            let result = pop(into: &chain, memory: memory)
+            if result == .empty { break }
+            var written: UInt32 = 0
+            if result == .chain, let completion = serve(chain, &context) {
+                written = completion.written
+                counters.bytes &+= completion.bytes
+            } else {
+                counters.malformed &+= 1
+            }
+            push(head: chain.head, length: written, memory: memory)
+            counters.requests &+= 1
+            completed = true
+        }
+        return completed && needsInterrupt(memory: memory)
+    }
+
+    /// `serveAvailable` for a device with no working state of its own.
+    package mutating func serveAvailable(
+        memory: GuestMemory, chain: inout DescriptorChain, counters: inout VirtioCounters,
+        _ serve: (borrowing DescriptorChain) -> VirtioCompletion?
+    ) -> Bool {
+        var none: Void = ()
+        return serveAvailable(memory: memory, chain: &chain, counters: &counters, context: &none) { chain, _ in
+            serve(chain)
+        }
+    }
+
     /// Puts `head` on the used ring with `length` bytes written, then publishes the new
     /// used index. Returns false when the used ring is not in RAM (it was checked at
     /// activation, so only a changed memory map could do that).
@@ -269,6 +310,17 @@ package struct Virtqueue: Sendable {
     package func requestNotification(memory: GuestMemory) {
         guard eventIndex else { return }
         try? memory.write(nextAvailable, at: usedRing + 4 + 8 * UInt64(size))
+    }
+}
+
+/// What a device made of one request: the bytes it wrote into the chain's device-writable
+/// buffers (the used length) and the payload bytes it moved, for statistics.
+package struct VirtioCompletion: Sendable, Equatable {
+    package var written: UInt32
+    package var bytes: UInt64
+    package init(written: UInt32, bytes: UInt64) {
+        self.written = written
+        self.bytes = bytes
     }
 }
 
