@@ -100,6 +100,12 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// its status is 0, 1 or 2 (or it was malformed, length 0); the disk never changes size,
     /// and a read-only one never changes.
     case virtioBlock = "virtio-block"
+    /// The virtio console device with both queues, driven by descriptors and available
+    /// heads of a hostile driver, transmit notifications and input. Checks: the output is
+    /// exactly the readable bytes of the valid transmit chains completed, in order; input
+    /// changes RAM only inside receive buffers and the used ring, and the completed
+    /// receive chains hold exactly the bytes taken.
+    case virtioConsole = "virtio-console"
 
     /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
     /// which is slow in a debug build.
@@ -133,6 +139,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .virtqueue: fuzzVirtqueue(data)
         case .virtioEntropy: fuzzVirtioEntropy(data)
         case .virtioBlock: fuzzVirtioBlock(data)
+        case .virtioConsole: fuzzVirtioConsole(data)
         }
     }
 }

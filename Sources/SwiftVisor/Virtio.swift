@@ -1,4 +1,5 @@
 package import VisorDevices
+import VisorCore
 import VisorHost
 import VisorKVM
 import VisorFirmware
@@ -24,6 +25,13 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
     /// same file may back several read-only disks but only one writable one.
     case block(path: String, readOnly: Bool)
 
+    /// The console device (ID 3), one port: the guest's output goes where COM1's does
+    /// (`MachineConfiguration.consoleDescriptor` or `consoleOutput`), and
+    /// `Machine.sendConsoleInput` feeds its input. A Linux guest uses it with
+    /// `console=hvc0`. Its output is written on the vCPU thread that sent it, so a stop or
+    /// pause ends a write blocked on a full pipe, as for COM1. At most one per machine.
+    case console
+
     /// A disk given as `PATH` or `PATH,readonly` (the form of `swiftvisor --disk`); nil
     /// for an empty path. A comma is part of the path unless it starts the final
     /// `,readonly`.
@@ -43,6 +51,7 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
         switch self {
         case .entropy: "virtio-rng"
         case .block: "virtio-blk"
+        case .console: "virtio-console"
         }
     }
 }
@@ -114,6 +123,13 @@ package struct VirtioAttachment: Sendable {
     }
 }
 
+extension MachineParts {
+    /// The virtio console, if the machine has one.
+    var virtioConsole: VirtioConsoleDevice? {
+        virtio.lazy.compactMap { $0.transport.device as? VirtioConsoleDevice }.first
+    }
+}
+
 extension MachineBuilder {
     static func eventFD() throws(MachineError) -> EventFD {
         do { return try EventFD() } catch { throw .invalidDevices("cannot create an eventfd: \(error.reason)") }
@@ -130,6 +146,9 @@ extension MachineBuilder {
         guard configuration.interruptController else {
             throw .invalidDevices("virtio devices need the interrupt controller (they raise IOAPIC interrupts)")
         }
+        guard configuration.virtioDevices.count(where: { $0 == .console }) <= 1 else {
+            throw .invalidDevices("a machine has at most one virtio console")
+        }
     }
 
     /// The virtio devices of the configuration, each on its transport, ready for the
@@ -138,7 +157,7 @@ extension MachineBuilder {
     /// the I/O thread, and interrupts go through an irqfd; otherwise notifications are
     /// served on the vCPU thread at their exit, and interrupts go through `irqLine`.
     func makeVirtioDevices(
-        memory: GuestMemory, irqLine: (@Sendable (UInt32, Bool) -> Void)?,
+        memory: GuestMemory, irqLine: (@Sendable (UInt32, Bool) -> Void)?, consoleOutput: @escaping ConsoleOutput,
         fastPath: (vm: VMHandle, thread: IOThread)? = nil
     ) throws(MachineError) -> [VirtioAttachment] {
         var attachments: [VirtioAttachment] = []
@@ -153,6 +172,8 @@ extension MachineBuilder {
                 let file = try Self.openDisk(
                     path, readOnly: readOnly, disks: &disks, opened: configuration.openedDisks[index])
                 model = VirtioBlockDevice(file: file, readOnly: readOnly, identifier: "swiftvisor-disk\(index)")
+            case .console:
+                model = VirtioConsoleDevice(output: consoleOutput)
             }
             let base = VirtioLayout.base + UInt64(index) * VirtioLayout.windowSize
             let transport: VirtioMMIOTransport
@@ -161,7 +182,7 @@ extension MachineBuilder {
                 let irqEvent = try Self.eventFD()
                 do { try fastPath.vm.setIRQFD(irqEvent.descriptor, gsi: irq) } catch { throw .kvm(error) }
                 transport = VirtioMMIOTransport(device: model, memory: memory) { level in if level { irqEvent.signal() } }
-                for queue in 0..<transport.queueCount {
+                for queue in 0..<transport.queueCount where !model.servesNotificationsOnVCPU(queue: queue) {
                     let notify = try Self.eventFD()
                     do {
                         try fastPath.vm.setMMIOEventFD(

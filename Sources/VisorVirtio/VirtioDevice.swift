@@ -40,6 +40,14 @@ package protocol VirtioDevice: AnyObject, Sendable {
     func reset()
     /// What the device has served so far.
     var counters: VirtioCounters { get }
+    /// Whether queue `queue`'s notifications are served on the vCPU thread that wrote
+    /// QueueNotify, at its exit, even where an I/O thread serves the device's other queues
+    /// (a console's output: see `VirtioConsoleDevice`). False by default.
+    func servesNotificationsOnVCPU(queue: Int) -> Bool
+}
+
+extension VirtioDevice {
+    package func servesNotificationsOnVCPU(queue: Int) -> Bool { false }
 }
 
 /// A device's work, for statistics: requests completed (the malformed ones among them,

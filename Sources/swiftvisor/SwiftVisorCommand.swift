@@ -114,12 +114,25 @@ struct DeviceOptions: ParsableArguments {
             valueName: "path[,readonly]"))
     var disks: [DiskArgument] = []
 
+    @Option(
+        help: ArgumentHelp(
+            "The guest's console: COM1 alone, or a virtio console too, which gets standard input "
+                + "(boot: the kernel's console becomes hvc0).",
+            valueName: "serial|virtio"))
+    var console: ConsoleKind = .serial
+
     /// Adds the devices asked for, in a fixed order: their windows and interrupts follow it
-    /// (the entropy device, then the disks in the order given).
+    /// (the console, the entropy device, then the disks in the order given).
     func apply(to config: inout MachineConfiguration) {
+        if console == .virtio { config.virtioDevices.append(.console) }
         if rng { config.virtioDevices.append(.entropy) }
         config.virtioDevices += disks.map(\.device)
     }
+}
+
+/// Where the guest's console is.
+enum ConsoleKind: String, ExpressibleByArgument, CaseIterable {
+    case serial, virtio
 }
 
 /// `PATH[,readonly]` for --disk, parsed by `VirtioDeviceConfiguration(disk:)`.

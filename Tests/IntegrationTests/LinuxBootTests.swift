@@ -92,13 +92,14 @@ struct LinuxBoot {
 func bootLinux(
     kernel: [UInt8], protocol bootProtocol: LinuxBootProtocol = .linux64, cpus: Int = 1,
     memory: UInt64 = 128 << 20, initrd: [UInt8]? = nil, hostDecompression: Bool = true,
-    extraCommandLine: String, timeout: Double = 900, configure: (inout MachineConfiguration) -> Void = { _ in }
+    extraCommandLine: String, timeout: Double = 900, virtioConsole: Bool = false,
+    configure: (inout MachineConfiguration) -> Void = { _ in }
 ) async throws -> LinuxBoot {
     let quirks = try LinuxKernels.quirks.get()
     let console = ConsoleCapture()
     let request = LinuxBootRequest(
         kernel: kernel, initrd: initrd,
-        commandLine: LinuxDefaults.commandLine(quirks: quirks, appending: extraCommandLine),
+        commandLine: LinuxDefaults.commandLine(quirks: quirks, appending: extraCommandLine, virtioConsole: virtioConsole),
         bootProtocol: bootProtocol, hostDecompression: hostDecompression)
     var config = MachineConfiguration(guest: .linux(request))
     config.memorySize = memory

@@ -168,5 +168,25 @@ extension KVMIntegration {
             #expect(rng.requests >= 1 && rng.malformedRequests == 0 && rng.bytes >= 1, "\(rng)")
             #expect(rng.interrupts >= 1)
         }
+
+        /// The kernel's console is hvc0 alone, so every byte of the log that reaches the
+        /// console sink came through the virtio console (the device's byte count says so).
+        /// What the kernel printed before its virtio console driver bound is lost by the
+        /// kernel itself (see the README), but KUnit runs after the drivers and reports
+        /// through it.
+        @Test("with console=hvc0 the kernel's log and its KUnit results arrive through the virtio console", arguments: [1, 2])
+        func console(cpus: Int) async throws {
+            let boot = try await bootLinux(
+                kernel: try LinuxKernels.testKernelFile("bzImage"), cpus: cpus,
+                extraCommandLine: "kunit_shutdown=poweroff kunit.filter_glob=bits-test", timeout: 600, virtioConsole: true
+            ) { config in config.virtioDevices = [.console] }
+            #expect(boot.report.outcome == .stopped(.powerOff(source: "ACPI PM1a control, S5")), "\(boot.console.suffix(2000))")
+            let console = try #require(boot.virtio.first)
+            #expect(console.name == "virtio-console0")
+            #expect(console.bytes == UInt64(boot.console.utf8.count), "\(console)")
+            #expect(console.requests >= 1 && console.malformedRequests == 0, "\(console)")
+            boot.expectAllKUnitSuitesPassed()
+            #expect(boot.lines.contains { $0.hasPrefix("ok 1 bits-test") }, "\(boot.console.suffix(2000))")
+        }
     }
 }

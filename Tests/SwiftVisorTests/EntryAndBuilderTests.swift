@@ -160,7 +160,7 @@ struct VirtioPlacementTests {
         var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))
         config.virtioDevices = [.entropy, .entropy]
         let attachments = try MachineBuilder(configuration: config).makeVirtioDevices(
-            memory: try GuestMemory(size: 1 << 20), irqLine: nil)
+            memory: try GuestMemory(size: 1 << 20), irqLine: nil, consoleOutput: { _ in })
         #expect(attachments.map(\.platformDevice.name) == ["virtio-rng0", "virtio-rng1"])
         #expect(attachments.map(\.platformDevice.irqs) == [[5], [6]])
         let aml = try AMLTerm.encode(termList: attachments[1].platformDevice.aml)
@@ -201,7 +201,7 @@ struct VirtioPlacementTests {
         config.virtioDevices = devices
         do {
             _ = try MachineBuilder(configuration: config).makeVirtioDevices(
-                memory: try GuestMemory(size: 1 << 20), irqLine: nil)
+                memory: try GuestMemory(size: 1 << 20), irqLine: nil, consoleOutput: { _ in })
             return nil
         } catch {
             return "\(error)"
@@ -232,7 +232,7 @@ struct VirtioPlacementTests {
                 config.virtioDevices = [.entropy, .block(path: good, readOnly: true)]
                 return config
             }()
-        ).makeVirtioDevices(memory: try GuestMemory(size: 1 << 20), irqLine: nil)
+        ).makeVirtioDevices(memory: try GuestMemory(size: 1 << 20), irqLine: nil, consoleOutput: { _ in })
         #expect(attachments.map(\.platformDevice.name) == ["virtio-rng0", "virtio-blk1"])
     }
 }
