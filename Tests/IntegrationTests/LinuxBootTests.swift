@@ -34,6 +34,14 @@ enum LinuxKernels {
         return try script("build-test-kernel.sh")
     }
 
+    /// The folder of Tools/linux/make-guest-images.sh: `init` (a static program that
+    /// spins without a system call), `initramfs.cpio.gz` holding it as /init, and
+    /// `rootfs.ext4` holding it as /sbin/init.
+    static let guestImages: Result<String, any Error> = Result {
+        if let dir = ProcessInfo.processInfo.environment["SWIFTVISOR_GUEST_IMAGES"] { return dir }
+        return try script("make-guest-images.sh")
+    }
+
     static let stockKernel: Result<String, any Error> = Result {
         if let path = ProcessInfo.processInfo.environment["SWIFTVISOR_STOCK_KERNEL"] { return path }
         return try script("fetch-stock-kernel.sh")
@@ -92,7 +100,7 @@ struct LinuxBoot {
 func bootLinux(
     kernel: [UInt8], protocol bootProtocol: LinuxBootProtocol = .linux64, cpus: Int = 1,
     memory: UInt64 = 128 << 20, initrd: [UInt8]? = nil, hostDecompression: Bool = true,
-    extraCommandLine: String, timeout: Double = 900, virtioConsole: Bool = false,
+    extraCommandLine: String, timeout: Double = 900, virtioConsole: Bool = false, until marker: String? = nil,
     configure: (inout MachineConfiguration) -> Void = { _ in }
 ) async throws -> LinuxBoot {
     let quirks = try LinuxKernels.quirks.get()
@@ -111,7 +119,13 @@ func bootLinux(
     let start = Date()
     try machine.start()
     let watchdog = Task {
-        try await Task.sleep(for: .seconds(timeout))
+        let deadline = Date().addingTimeInterval(timeout)
+        // With a marker, the boot is stopped once the console shows it (a kernel kept alive
+        // by a spinning init never ends by itself).
+        while Date() < deadline {
+            try await Task.sleep(for: .milliseconds(250))
+            if let marker, console.text.contains(marker) { break }
+        }
         machine.requestStop()
     }
     let report = await machine.wait()

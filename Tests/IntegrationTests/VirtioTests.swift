@@ -188,5 +188,88 @@ extension KVMIntegration {
             boot.expectAllKUnitSuitesPassed()
             #expect(boot.lines.contains { $0.hasPrefix("ok 1 bits-test") }, "\(boot.console.suffix(2000))")
         }
+
+        /// A copy of the guest images' ext4 root (the spinning init as /sbin/init), removed
+        /// by the caller.
+        static func rootImageCopy() throws -> String {
+            let source = try LinuxKernels.guestImages.get() + "/rootfs.ext4"
+            let path = NSTemporaryDirectory() + "swiftvisor-root-\(UUID().uuidString).ext4"
+            try FileManager.default.copyItem(atPath: source, toPath: path)
+            return path
+        }
+
+        /// `dumpe2fs -h` on the host: the superblock's fields by name.
+        static func superblock(_ path: String) throws -> [String: String] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/sbin/dumpe2fs")
+            process.arguments = ["-h", path]
+            let out = Pipe()
+            process.standardOutput = out
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            var fields: [String: String] = [:]
+            for line in text.split(separator: "\n") {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                fields[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+            return fields
+        }
+
+        /// The kernel mounts the ext4 image as its root, read-write, and starts /sbin/init
+        /// from it: the superblock it wrote at mount is on the host's file afterwards.
+        @Test(
+            "the test kernel mounts an ext4 disk as its root read-write and runs /sbin/init from it; dumpe2fs sees the mount",
+            arguments: [1, 2])
+        func ext4Root(cpus: Int) async throws {
+            let path = try Self.rootImageCopy()
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let before = try Self.superblock(path)
+            let start = Int(Date().timeIntervalSince1970)
+            let boot = try await bootLinux(
+                kernel: try LinuxKernels.testKernelFile("bzImage"), cpus: cpus,
+                extraCommandLine: "root=/dev/vda rw kunit.enable=0", timeout: 600, until: "Run /sbin/init as init process"
+            ) { config in config.virtioDevices = [.block(path: path, readOnly: false)] }
+            let end = Int(Date().timeIntervalSince1970)
+            #expect(boot.report.outcome == .stopped(.requested), "\(boot.console.suffix(2000))")
+            #expect(
+                boot.console.contains("virtio_blk virtio0: [vda] 32768 512-byte logical blocks"), "\(boot.console.suffix(3000))")
+            #expect(boot.console.contains("VFS: Mounted root (ext4 filesystem) on device"), "\(boot.console.suffix(3000))")
+            #expect(boot.console.contains("Run /sbin/init as init process"))
+            #expect(!boot.console.contains("Kernel panic"))
+            let after = try Self.superblock(path)
+            let mounts = (Int(before["Mount count"] ?? "") ?? -1, Int(after["Mount count"] ?? "") ?? -1)
+            #expect(mounts.0 >= 0 && mounts.1 == mounts.0 + 1, "mount count \(mounts)")
+            // "Last mount time" in dumpe2fs's C-locale form; parsed back to seconds.
+            let formatter = DateFormatter()
+            formatter.locale = Locale(identifier: "en_US_POSIX")
+            formatter.timeZone = TimeZone(identifier: "UTC")
+            formatter.dateFormat = "EEE MMM d HH:mm:ss yyyy"
+            let text = (after["Last mount time"] ?? "").replacingOccurrences(of: "  ", with: " ")
+            let mounted = try #require(formatter.date(from: text), "last mount time '\(text)'")
+            let seconds = Int(mounted.timeIntervalSince1970)
+            #expect(seconds >= start - 1 && seconds <= end + 1, "mounted at \(seconds), test ran \(start)-\(end)")
+            let disk = try #require(boot.virtio.first)
+            #expect(disk.requests > 0 && disk.malformedRequests == 0 && disk.bytes > 0, "\(disk)")
+        }
+
+        /// A read-only disk offers VIRTIO_BLK_F_RO: the kernel's read-write open of its root
+        /// fails, it falls back to a read-only mount, and the file does not change by a byte.
+        @Test("a read-only disk is refused the kernel's read-write mount; it mounts read-only and the file is unchanged")
+        func readOnlyRoot() async throws {
+            let path = try Self.rootImageCopy()
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let original = try Data(contentsOf: URL(fileURLWithPath: path))
+            let boot = try await bootLinux(
+                kernel: try LinuxKernels.testKernelFile("bzImage"),
+                extraCommandLine: "root=/dev/vda rw kunit.enable=0", timeout: 600, until: "Run /sbin/init as init process"
+            ) { config in config.virtioDevices = [.block(path: path, readOnly: true)] }
+            #expect(boot.report.outcome == .stopped(.requested), "\(boot.console.suffix(2000))")
+            #expect(boot.console.contains("/dev/root: Can't open blockdev"), "\(boot.console.suffix(3000))")
+            #expect(
+                boot.console.contains("VFS: Mounted root (ext4 filesystem) readonly on device"), "\(boot.console.suffix(3000))")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == original)
+        }
     }
 }
