@@ -181,9 +181,19 @@ extension MachineBuilder {
                 // An edge per interrupt: the line's fall (the driver's ACK) needs nothing.
                 let irqEvent = try Self.eventFD()
                 do { try fastPath.vm.setIRQFD(irqEvent.descriptor, gsi: irq) } catch { throw .kvm(error) }
-                transport = VirtioMMIOTransport(device: model, memory: memory) { level in if level { irqEvent.signal() } }
-                for queue in 0..<transport.queueCount where !model.servesNotificationsOnVCPU(queue: queue) {
-                    let notify = try Self.eventFD()
+                // One eventfd per queue the I/O thread serves; signalling one again is also
+                // how a device reschedules a queue it left unfinished.
+                var notifyEvents: [Int: EventFD] = [:]
+                for queue in model.queueMaximumSizes.indices where !model.servesNotificationsOnVCPU(queue: queue) {
+                    notifyEvents[queue] = try Self.eventFD()
+                }
+                let events = notifyEvents
+                transport = VirtioMMIOTransport(
+                    device: model, memory: memory,
+                    eventIndex: configuration.virtioEventIndex && model.supportsEventIndex,
+                    reschedule: { queue in events[queue]?.signal() },
+                    line: { level in if level { irqEvent.signal() } })
+                for (queue, notify) in notifyEvents.sorted(by: { $0.key < $1.key }) {
                     do {
                         try fastPath.vm.setMMIOEventFD(
                             address: base + VirtioMMIOTransport.Register.queueNotify, length: 4, value: UInt64(queue),

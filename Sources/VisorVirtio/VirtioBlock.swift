@@ -91,6 +91,7 @@ package final class VirtioBlockDevice: VirtioDevice {
         Feature.segmentMaximum | Feature.blockSize | Feature.flush | (readOnly ? Feature.readOnly : 0)
     }
     package var queueMaximumSizes: [UInt16] { [Self.queueSize] }
+    package var supportsEventIndex: Bool { true }
 
     /// Requests completed, malformed chains among them, and data bytes moved.
     package var counters: VirtioCounters { state.withLock { $0.counters } }
@@ -130,11 +131,12 @@ package final class VirtioBlockDevice: VirtioDevice {
     package func notify(queue index: Int) {
         let interrupt: VirtioInterrupt? = state.withLock { state in
             guard var queue = state.queue, let memory = state.memory else { return nil }
-            let wants = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters) {
+            let served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters) {
                 serve($0, memory: memory)
             }
             state.queue = queue
-            return wants ? state.interrupt : nil
+            if served.more { state.interrupt?.reschedule(queue: index) }
+            return served.interrupt ? state.interrupt : nil
         }
         interrupt?.signalUsedBuffer()
     }

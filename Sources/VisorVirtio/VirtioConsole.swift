@@ -91,13 +91,13 @@ package final class VirtioConsoleDevice: VirtioDevice {
         let interrupt: VirtioInterrupt? = state.withLock { state in
             guard var queue = state.transmit, let memory = state.memory else { return nil }
             let output = self.output
-            let wants = queue.serveAvailable(
+            let served = queue.serveAvailable(
                 memory: memory, chain: &state.chain, counters: &state.counters, context: &state.staging
             ) { chain, staging in
                 chain.writable.isEmpty ? Self.send(chain, staging: &staging, memory: memory, output: output) : nil
             }
             state.transmit = queue
-            return wants ? state.interrupt : nil
+            return served.interrupt ? state.interrupt : nil
         }
         interrupt?.signalUsedBuffer()
     }

@@ -30,6 +30,7 @@ package final class VirtioEntropyDevice: VirtioDevice {
     package var deviceType: UInt32 { 4 }
     package var deviceFeatures: UInt64 { 0 }
     package var queueMaximumSizes: [UInt16] { [Self.queueSize] }
+    package var supportsEventIndex: Bool { true }
 
     /// Requests completed, malformed chains among them, and bytes served.
     package var counters: VirtioCounters { state.withLock { $0.counters } }
@@ -60,13 +61,14 @@ package final class VirtioEntropyDevice: VirtioDevice {
     package func notify(queue index: Int) {
         let interrupt: VirtioInterrupt? = state.withLock { state in
             guard var queue = state.queue, let memory = state.memory else { return nil }
-            let wants = queue.serveAvailable(
+            let served = queue.serveAvailable(
                 memory: memory, chain: &state.chain, counters: &state.counters, context: &state.scratch
             ) { chain, scratch in
                 chain.readable.isEmpty ? Self.fill(chain, scratch: &scratch, memory: memory) : nil
             }
             state.queue = queue
-            return wants ? state.interrupt : nil
+            if served.more { state.interrupt?.reschedule(queue: index) }
+            return served.interrupt ? state.interrupt : nil
         }
         interrupt?.signalUsedBuffer()
     }

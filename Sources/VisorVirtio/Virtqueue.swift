@@ -226,41 +226,69 @@ package struct Virtqueue: Sendable {
         }
     }
 
+    /// What `serveAvailable` did: whether the driver wants an interrupt, and whether entries
+    /// were left when the bound was reached (the device must then reschedule the queue).
+    package struct Served: Equatable, Sendable {
+        package var interrupt: Bool
+        package var more: Bool
+        package init(interrupt: Bool, more: Bool) {
+            self.interrupt = interrupt
+            self.more = more
+        }
+    }
+
     /// Serves up to one queue's worth of available chains, the bounded work of one
     /// notification: each valid chain goes to `serve`, which returns what it wrote into the
     /// chain's device-writable buffers and the payload bytes it moved, or nil when the
     /// request inside is malformed; a malformed chain (or request) completes with length 0,
     /// so its slot is not lost. Every chain goes back on the used ring and is counted.
     /// `context` is the device's own working state, lent to `serve` (a closure cannot
-    /// capture the device state that `chain` and `counters` are part of). Returns whether the
-    /// driver wants an interrupt for what was completed.
+    /// capture the device state that `chain` and `counters` are part of).
+    ///
+    /// With EVENT_IDX, once the ring looks empty it publishes `avail_event` (notify me for
+    /// the next entry) and looks again, since the driver may have added entries meanwhile
+    /// without notifying; if entries are still there when the bound is reached, `more` says
+    /// so and the caller must reschedule the queue.
     package mutating func serveAvailable<Context>(
         memory: GuestMemory, chain: inout DescriptorChain, counters: inout VirtioCounters,
         context: inout Context, _ serve: (borrowing DescriptorChain, inout Context) -> VirtioCompletion?
-    ) -> Bool {
-        var completed = false
-        for _ in 0..<Int(size) {
-            let result = pop(into: &chain, memory: memory)
-            if result == .empty { break }
-            var written: UInt32 = 0
-            if result == .chain, let completion = serve(chain, &context) {
-                written = completion.written
-                counters.bytes &+= completion.bytes
-            } else {
-                counters.malformed &+= 1
+    ) -> Served {
+        var served = 0
+        var more = false
+        while true {
+            while served < Int(size) {
+                let result = pop(into: &chain, memory: memory)
+                if result == .empty { break }
+                var written: UInt32 = 0
+                if result == .chain, let completion = serve(chain, &context) {
+                    written = completion.written
+                    counters.bytes &+= completion.bytes
+                } else {
+                    counters.malformed &+= 1
+                }
+                push(head: chain.head, length: written, memory: memory)
+                counters.requests &+= 1
+                served += 1
             }
-            push(head: chain.head, length: written, memory: memory)
-            counters.requests &+= 1
-            completed = true
+            guard eventIndex else { break }
+            requestNotification(memory: memory)
+            // avail_event must be visible before the index is read again (the driver's side
+            // orders its index write before reading avail_event).
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
+            guard let left = pending(memory: memory), left > 0 else { break }
+            if served >= Int(size) {
+                more = true
+                break
+            }
         }
-        return completed && needsInterrupt(memory: memory)
+        return Served(interrupt: served > 0 && needsInterrupt(memory: memory), more: more)
     }
 
     /// `serveAvailable` for a device with no working state of its own.
     package mutating func serveAvailable(
         memory: GuestMemory, chain: inout DescriptorChain, counters: inout VirtioCounters,
         _ serve: (borrowing DescriptorChain) -> VirtioCompletion?
-    ) -> Bool {
+    ) -> Served {
         var none: Void = ()
         return serveAvailable(memory: memory, chain: &chain, counters: &counters, context: &none) { chain, _ in
             serve(chain)

@@ -16,12 +16,13 @@ struct VirtioRound {
 }
 
 @MainActor func virtioBlockRound(
-    _ guestMode: String, count: Int, disk: String, ioThread: Bool, statistics: Bool
+    _ guestMode: String, count: Int, disk: String, ioThread: Bool, eventIndex: Bool = true, statistics: Bool
 ) -> VirtioRound {
     var config = MachineConfiguration(guest: .elf(GuestImages.virtioBlkBench))
     config.commandLine = "\(guestMode) \(count)"
     config.virtioDevices = [.block(path: disk, readOnly: true)]
     config.virtioIOThread = ioThread
+    config.virtioEventIndex = eventIndex
     config.collectStatistics = statistics
     config.seccomp = !noSeccomp
     let console = BenchConsole()
@@ -131,6 +132,8 @@ func hostPread(disk: String, size: Int, sequential: Bool, count: Int, capacity: 
                     virtioBlockRound(guestMode, count: count, disk: disk, ioThread: ioThread, statistics: false))
             }
         }
+        rows["qd32-no-event-idx", default: []].append(
+            virtioBlockRound("qd32", count: small, disk: disk, ioThread: true, eventIndex: false, statistics: false))
         rows["qd1-stats", default: []].append(
             virtioBlockRound("qd1", count: small, disk: disk, ioThread: true, statistics: true))
     }
@@ -149,7 +152,7 @@ func hostPread(disk: String, size: Int, sequential: Bool, count: Int, capacity: 
     }
     let exitsPerRequest = median(rows["qd1-stats"]!.compactMap(\.exitsPerRequest))
     print("virtio-blk qd1 (statistics on): exits_to_user_space_per_request=\(format(exitsPerRequest, 3))")
-    for key in ["qd32", "qd32-vcpu"] {
+    for key in ["qd32", "qd32-no-event-idx", "qd32-vcpu"] {
         let ns = value(key, \.nsPerRequest)
         print(
             "virtio-blk \(key): 4k_random_read_iops=\(format(1e9 / ns)) host_pread_iops_qd1=\(format(1e9 / pread4K)) notifications_per_request=\(format(value(key, \.notificationsPerRequest), 3)) vcpu_user_ns_per_request=\(format(value(key, \.userNsPerRequest)))"
