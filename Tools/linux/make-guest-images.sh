@@ -63,13 +63,15 @@ install_missing() {
         || die "could not install: ${missing[*]}"
 }
 
+# The first line of each tool's version: sed reads the whole output, where head would exit
+# early and let the tool die of SIGPIPE, which pipefail turns into a failure.
 cache_key() {
     {
         cat "$source_file" "$script_path"
-        gcc --version | head -n 1
-        as --version | head -n 1
-        cpio --version | head -n 1
-        mke2fs -V 2>&1 | head -n 1
+        gcc --version | sed -n 1p
+        as --version | sed -n 1p
+        cpio --version | sed -n 1p
+        mke2fs -V 2>&1 | sed -n 1p
     } | sha256sum | cut -c1-16
 }
 
