@@ -319,6 +319,12 @@ package struct Virtqueue: Sendable {
     /// EVENT_IDX, when `used_event` lies in the entries just published (2.7.10); without,
     /// unless `avail.flags` has NO_INTERRUPT.
     package mutating func needsInterrupt(memory: GuestMemory) -> Bool {
+        // The used index written before must be visible before the driver's used_event (or
+        // avail.flags) is read: the driver writes those, then reads the used index, and
+        // without a full fence on both sides each could see the other's old value and no
+        // interrupt would come for a buffer the driver waits on (x86 reorders a store
+        // before a later load).
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
         if eventIndex {
             guard let usedEvent = try? memory.readUInt16(at: availableRing + 4 + 2 * UInt64(size)) else { return true }
             let old = signalledUsed
