@@ -11,46 +11,10 @@
 // malformed request (a device-readable buffer) completing with length 0 (9).
 // Runs at CPL0; every register access is an MMIO exit.
 #include "guest.h"
-
-#define BASE 0xD0000000UL
-#define REG(offset) (*(volatile uint32_t *)(BASE + (offset)))
-#define MAGIC 0x000
-#define VERSION 0x004
-#define DEVICE_ID 0x008
-#define DEVICE_FEATURES 0x010
-#define DEVICE_FEATURES_SEL 0x014
-#define DRIVER_FEATURES 0x020
-#define DRIVER_FEATURES_SEL 0x024
-#define QUEUE_SEL 0x030
-#define QUEUE_NUM_MAX 0x034
-#define QUEUE_NUM 0x038
-#define QUEUE_READY 0x044
-#define QUEUE_NOTIFY 0x050
-#define INTERRUPT_STATUS 0x060
-#define INTERRUPT_ACK 0x064
-#define STATUS 0x070
-#define QUEUE_DESC_LOW 0x080
-#define QUEUE_DESC_HIGH 0x084
-#define QUEUE_DRIVER_LOW 0x090
-#define QUEUE_DRIVER_HIGH 0x094
-#define QUEUE_DEVICE_LOW 0x0A0
-#define QUEUE_DEVICE_HIGH 0x0A4
-
-#define ACKNOWLEDGE 1
-#define DRIVER 2
-#define DRIVER_OK 4
-#define FEATURES_OK 8
-#define NEEDS_RESET 64
+#include "virtio.h"
 
 #define QUEUE_SIZE 8
 #define REQUEST_BYTES 64
-
-struct descriptor {
-    uint64_t address;
-    uint32_t length;
-    uint16_t flags;
-    uint16_t next;
-};
 
 static struct descriptor table[QUEUE_SIZE] __attribute__((aligned(16)));
 static struct {
@@ -108,7 +72,7 @@ int guest_main(const struct boot_info *info) {
         debug_exit(EXIT_BAD_COMMAND_LINE);
     }
 
-    if (REG(MAGIC) != 0x74726976 || REG(VERSION) != 2) {
+    if (REG(MAGIC) != VIRTIO_MAGIC || REG(VERSION) != 2) {
         com1_puts("virtio: no device\n");
         debug_exit(2);
     }
@@ -136,12 +100,7 @@ int guest_main(const struct boot_info *info) {
     REG(QUEUE_SEL) = 0;
     if (REG(QUEUE_READY) != 0 || REG(QUEUE_NUM_MAX) < QUEUE_SIZE) debug_exit(6);
     REG(QUEUE_NUM) = QUEUE_SIZE;
-    REG(QUEUE_DESC_LOW) = (uint32_t)(uintptr_t)table;
-    REG(QUEUE_DESC_HIGH) = (uint32_t)((uint64_t)(uintptr_t)table >> 32);
-    REG(QUEUE_DRIVER_LOW) = (uint32_t)(uintptr_t)&available;
-    REG(QUEUE_DRIVER_HIGH) = (uint32_t)((uint64_t)(uintptr_t)&available >> 32);
-    REG(QUEUE_DEVICE_LOW) = (uint32_t)(uintptr_t)&used;
-    REG(QUEUE_DEVICE_HIGH) = (uint32_t)((uint64_t)(uintptr_t)&used >> 32);
+    virtio_set_queue_addresses(table, &available, &used);
     REG(QUEUE_READY) = 1;
     REG(STATUS) = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
     uint32_t status = REG(STATUS);
