@@ -5,19 +5,23 @@ import Synchronization
 /// `uds_path` (made when the machine was built, shared by every machine built from the
 /// same configuration) and, for a guest connecting to host port P, `uds_path_P`. Every
 /// socket is non-blocking; every readiness report runs on the I/O thread.
+///
+/// The thread is held weakly: its queue-notification handlers hold the device's transport,
+/// hence the device and this object, so a strong reference would be a cycle that keeps
+/// the listener (and its path) alive after the machine is gone.
 package final class VsockUnixHost: VsockHostSide {
     private let listener: HostUnixListener
-    private let thread: IOThread
     private struct State {
         var watches: [Int32: IOWatch] = [:]
         var listenerWatch: IOWatch?
         weak var device: VirtioVsockDevice?
+        weak var thread: IOThread?
     }
     private let state = Mutex(State())
 
     package init(listener: HostUnixListener, thread: IOThread) {
         self.listener = listener
-        self.thread = thread
+        state.withLock { $0.thread = thread }
     }
 
     package func start(device: VirtioVsockDevice) {
@@ -27,6 +31,7 @@ package final class VsockUnixHost: VsockHostSide {
 
     package func watchListener(_ on: Bool) {
         state.withLock { state in
+            guard let thread = state.thread else { return }
             if on, state.listenerWatch == nil {
                 let device = state.device
                 state.listenerWatch = try? thread.watch(listener.descriptor, for: .readable) { [weak device] _ in
@@ -53,7 +58,9 @@ package final class VsockUnixHost: VsockHostSide {
 
     package func close(_ handle: Int32) {
         state.withLock { state in
-            if let watch = state.watches.removeValue(forKey: handle) { thread.unwatch(watch, descriptor: handle) }
+            if let thread = state.thread, let watch = state.watches.removeValue(forKey: handle) {
+                thread.unwatch(watch, descriptor: handle)
+            }
         }
         HostSocket.close(handle)
     }
@@ -63,6 +70,7 @@ package final class VsockUnixHost: VsockHostSide {
         if readable { events.insert(.readable) }
         if writable { events.insert(.writable) }
         state.withLock { state in
+            guard let thread = state.thread else { return }
             if let watch = state.watches[handle] {
                 if events.isEmpty {
                     thread.unwatch(watch, descriptor: handle)

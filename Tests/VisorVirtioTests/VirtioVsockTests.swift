@@ -508,6 +508,22 @@ struct VsockUnixSocketTests {
         #expect(!FileManager.default.fileExists(atPath: path))
     }
 
+    @Test("the listener's path goes with the device, even while the I/O thread holds the device (as notifications do)")
+    func noCycle() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/v.sock"
+        do {
+            let thread = try IOThread()
+            let device = VirtioVsockDevice(
+                guestCID: 3, host: VsockUnixHost(listener: try HostUnixListener.listen(path: path), thread: thread))
+            // What the machine's queue notifications do: the thread's handler holds the device.
+            try thread.add(try EventFD()) { _ = device.counters }
+            #expect(FileManager.default.fileExists(atPath: path))
+        }
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
     @Test("a host program's CONNECT gets OK and a relay; a guest reaches PATH_P; the guest's RST closes the host side")
     func endToEnd() throws {
         let directory = try Self.directory()
