@@ -44,6 +44,9 @@ enum LinuxKernels {
         return try [UInt8](Data(contentsOf: URL(fileURLWithPath: dir).appendingPathComponent(name)))
     }
 
+    /// The spinning init and its images (Tools/linux/make-guest-images.sh), built once.
+    static let guestImages: Result<String, any Error> = Result { try script("make-guest-images.sh") }
+
     /// The host's quirks, probed once for all boots.
     static let quirks: Result<HostQuirks, any Error> = Result { () throws(any Error) -> HostQuirks in try HostQuirks.probe() }
 }

@@ -2,6 +2,7 @@ import Foundation
 import SwiftVisor
 import SwiftVisorGuests
 import Testing
+import VisorHost
 
 extension KVMIntegration {
     @Suite("Virtio devices on KVM")
@@ -152,6 +153,74 @@ extension KVMIntegration {
     struct VirtioLinuxTests {
         /// With no root and panic=-1 the kernel resets right after its drivers probed: the
         /// VM ends by itself, with the devices' counters to read.
+        @Test(
+            "a host CONNECT to a guest port nobody listens on: the test kernel answers RST and the host side sees the connection closed, every time",
+            arguments: [1, 2])
+        func vsockNoListener(cpus: Int) async throws {
+            let initrd = try [UInt8](
+                Data(contentsOf: URL(fileURLWithPath: try LinuxKernels.guestImages.get() + "/initramfs.cpio.gz")))
+            let directory = NSTemporaryDirectory() + "swiftvisor-vsock-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let path = directory + "/v.sock"
+            let quirks = try LinuxKernels.quirks.get()
+            let console = ConsoleCapture()
+            let request = LinuxBootRequest(
+                kernel: try LinuxKernels.testKernelFile("bzImage"), initrd: initrd,
+                commandLine: LinuxDefaults.commandLine(quirks: quirks, appending: "kunit.enable=0 panic=-1"),
+                bootProtocol: .linux64, hostDecompression: true)
+            var config = MachineConfiguration(guest: .linux(request))
+            config.memorySize = 128 << 20
+            config.vcpuCount = cpus
+            config.cpuid = quirks.linuxPolicy(from: CPUIDPolicy())
+            config.consoleOutput = console.sink
+            config.virtioDevices = [.vsock(cid: 3, udsPath: path)]
+            var machine: Machine? = try Machine(config)
+            try machine?.start()
+            // The driver is up long before init runs; the spinning init then keeps the
+            // kernel alive until the test stops it.
+            let start = Date()
+            while !console.text.contains("Run /init as init process"), Date().timeIntervalSince(start) < 600 {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(console.text.contains("Run /init as init process"), "\(console.text.suffix(3000))")
+            var outcomes: [String] = []
+            for _ in 0..<3 {
+                guard let fd = HostSocket.connect(path: path) else {
+                    outcomes.append("cannot connect")
+                    continue
+                }
+                defer { HostSocket.close(fd) }
+                _ = HostSocket.send(fd, Array("CONNECT 1234\n".utf8)[...])
+                var buffer = [UInt8](repeating: 0, count: 64)
+                var got: [UInt8] = []
+                var outcome = "no end after 60 s"
+                let begin = Date()
+                while Date().timeIntervalSince(begin) < 60 {
+                    let result = HostSocket.receive(fd, into: &buffer, count: buffer.count)
+                    if case .transferred(let n) = result, n > 0 {
+                        got += buffer[0..<n]
+                        continue
+                    }
+                    if result == .transferred(0) || result == .failed {
+                        outcome = "closed after \(got.count) bytes"
+                        break
+                    }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                outcomes.append(outcome)
+            }
+            #expect(outcomes == Array(repeating: "closed after 0 bytes", count: 3), "\(console.text.suffix(2000))")
+            let report = await machine?.stop()
+            #expect(report?.outcome == .stopped(.requested), "\(String(describing: report?.outcome))")
+            let vsock = try #require(machine?.virtioStatistics.first)
+            // Three REQUESTs out, three RSTs in, and the rx buffers the driver posted.
+            #expect(vsock.requests >= 6 && vsock.malformedRequests == 0, "\(vsock)")
+            #expect(console.text.contains("virtio_mmio.device=4K@0xd0000000:5"))
+            machine = nil
+            #expect(!FileManager.default.fileExists(atPath: path))
+        }
+
         @Test("the test kernel binds the entropy device (from its DSDT entry) and takes random bytes from it", arguments: [1, 2])
         func entropy(cpus: Int) async throws {
             let boot = try await bootLinux(
