@@ -103,6 +103,32 @@ extension KVMIntegration {
             expectOneLineError(try run(["--disk", path + ".missing"]), mentioning: ".missing")
         }
 
+        @Test(
+            "--vsock: reserved CIDs, a socket path that exists or is too long, and a second --vsock are one-line errors; the socket goes with the VMM"
+        )
+        func vsockFlag() throws {
+            let directory = NSTemporaryDirectory() + "swiftvisor-vsock-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let path = directory + "/v.sock"
+            expectOneLineError(try run(["--vsock", "cid=2,uds=\(path)"]), mentioning: "CID 2")
+            expectOneLineError(try run(["--vsock", "cid=4294967295,uds=\(path)"]), mentioning: "reserved")
+            expectOneLineError(try run(["--vsock", "cid=3"]), mentioning: "cid=N,uds=PATH")
+            expectOneLineError(
+                try run(["--vsock", "cid=3,uds=/" + String(repeating: "x", count: 120)]), mentioning: "longer than")
+            expectOneLineError(
+                try run(["--vsock", "cid=3,uds=\(path)", "--vsock", "cid=4,uds=\(path)2"]), mentioning: "at most one")
+            let existing = try temporaryFile([1])
+            defer { try? FileManager.default.removeItem(atPath: existing) }
+            expectOneLineError(try run(["--vsock", "cid=3,uds=\(existing)"]), mentioning: "exists")
+            #expect(FileManager.default.fileExists(atPath: existing))
+            // Under the command's seccomp filters, the machine listens and removes its socket at the end.
+            let result = try run(["--vsock", "cid=3,uds=\(path)", "--stats"])
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stderr.contains("virtio-vsock0: 0 requests"), "\(result.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: path))
+        }
+
         @Test("with no arguments it runs the built-in guest, which greets")
         func defaultGuest() throws {
             let result = try run([])
