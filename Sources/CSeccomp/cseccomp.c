@@ -62,12 +62,14 @@ static const long io_syscalls[] = {
 // through the descriptor opened before the filter (ftruncate, pwrite64); fstat, which the C
 // library makes on descriptors it writes to. The vCPU threads a confined main thread
 // starts inherit this filter beneath their own, so it also holds their disk I/O (pread64,
-// pwrite64, fsync). No open, socket, execve, kill or ptrace.
+// pwrite64, fsync); so do the I/O threads of machines built after a guest reset, which
+// wait with epoll_wait (epoll_pwait where the C library prefers it). No open, socket,
+// execve, kill or ptrace.
 #define MAIN_SYSCALLS \
     COMMON_SYSCALLS, SYS_ioctl, SYS_prctl, \
     SYS_clone3, SYS_clone, SYS_set_robust_list, SYS_seccomp, SYS_epoll_create1, SYS_epoll_ctl, SYS_eventfd2, \
     SYS_rt_sigtimedwait, SYS_sysinfo, SYS_close, SYS_fstat, SYS_newfstatat, SYS_ftruncate, SYS_pwrite64, \
-    SYS_pread64, SYS_fsync
+    SYS_pread64, SYS_fsync, SYS_epoll_wait, SYS_epoll_pwait
 static const long main_syscalls[] = { MAIN_SYSCALLS };
 
 // The main thread of a command with a vsock device: the I/O thread of each machine built

@@ -2,6 +2,7 @@ import Foundation
 import SwiftVisor
 import SwiftVisorGuests
 import Testing
+import VisorHost
 
 extension KVMIntegration {
     /// The `swiftvisor` executable, as a user runs it. (Foundation is used here for Process
@@ -258,6 +259,57 @@ extension KVMIntegration {
             #expect(process.terminationStatus == 0, "\(stderr)")
             #expect(stderr.contains("booting again (boot 2)"), "\(stderr)")
             #expect(!stderr.contains("not permitted"), "\(stderr)")
+        }
+
+        @Test(
+            "boot --on-reboot restart with --vsock: the next boot serves the same socket under the inherited filter; the path goes at the end"
+        )
+        func rebootWithVsock() throws {
+            let kernel = try temporaryFile(try #require(builtinImage("reset_echo")))
+            defer { removeFile(kernel) }
+            let directory = NSTemporaryDirectory() + "swiftvisor-vsock-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let path = directory + "/v.sock"
+            let process = Process()
+            process.executableURL = Self.binary
+            process.arguments = [
+                "boot", "--kernel", kernel, "--memory", "32M", "--cmdline-replace", "", "--on-reboot", "restart",
+                "--debug-exit-port", "--vsock", "cid=3,uds=\(path)",
+            ]
+            let input = Pipe(), output = Pipe(), errors = Pipe()
+            process.standardInput = input
+            process.standardOutput = output
+            process.standardError = errors
+            try process.run()
+            _ = read(output.fileHandleForReading, until: "ready\n")
+            input.fileHandleForWriting.write(Data("a".utf8))  // echoed, then a reset
+            let second = String(decoding: read(output.fileHandleForReading, until: "ready\n"), as: UTF8.self)
+            guard second.contains("ready"), process.isRunning else {
+                process.waitUntilExit()
+                let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                Issue.record("the second boot did not start: \(stderr)")
+                return
+            }
+            // Boot 2's I/O thread accepts and reads the line; this guest has no driver, so the
+            // connection is closed: the host program reads the end of input.
+            let fd = try #require(HostSocket.connect(path: path))
+            _ = HostSocket.send(fd, Array("CONNECT 1\n".utf8)[...])
+            var buffer = [UInt8](repeating: 0, count: 16)
+            var ended = false
+            for _ in 0..<5000 where !ended {
+                let result = HostSocket.receive(fd, into: &buffer, count: 16)
+                ended = result == .transferred(0) || result == .failed
+                if !ended { usleep(1000) }
+            }
+            HostSocket.close(fd)
+            #expect(ended)
+            input.fileHandleForWriting.write(Data("q".utf8))
+            process.waitUntilExit()
+            let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus == 0, "\(stderr)")
+            #expect(stderr.contains("booting again (boot 2)"), "\(stderr)")
+            #expect(!FileManager.default.fileExists(atPath: path))
         }
 
         @Test("an ELF file given on the command line runs, and a raw binary runs with --load-address")

@@ -163,7 +163,7 @@ extension KVMIntegration {
             let allowed = [
                 "ioctl": 16, "clone3": 435, "set_robust_list": 273, "seccomp": 317, "prctl": 157,
                 "rt_sigtimedwait": 128, "pwrite64": 18, "ftruncate": 77, "futex": 202, "exit_group": 231,
-                "pread64": 17, "fsync": 74,
+                "pread64": 17, "fsync": 74, "epoll_wait": 232, "epoll_pwait": 281,
             ]
             let refused = [
                 "socket": 41, "openat": 257, "open": 2, "execve": 59, "execveat": 322, "fork": 57, "vfork": 58,
