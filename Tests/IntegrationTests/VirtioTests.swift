@@ -154,6 +154,86 @@ extension KVMIntegration {
         /// With no root and panic=-1 the kernel resets right after its drivers probed: the
         /// VM ends by itself, with the devices' counters to read.
         @Test(
+            "a guest driver echoes a host program's connection (CONNECT, OK, bytes back), then connects to PATH_1235 and gets the reply",
+            arguments: [1, 2])
+        func vsockEcho(vcpus: Int) async throws {
+            let directory = NSTemporaryDirectory() + "swiftvisor-vsock-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let path = directory + "/v.sock"
+            let hostListener = try HostUnixListener.listen(path: path + "_1235")
+            let console = ConsoleCapture()
+            var config = MachineConfiguration(guest: .elf(GuestImages.vsockEcho))
+            config.consoleOutput = console.sink
+            config.vcpuCount = vcpus
+            config.virtioDevices = [.vsock(cid: 3, udsPath: path)]
+            let machine = try Machine(config)
+            try machine.start()
+            func within(_ seconds: Double, _ condition: () -> Bool) async throws -> Bool {
+                let start = Date()
+                while !condition() {
+                    if Date().timeIntervalSince(start) > seconds { return false }
+                    try await Task.sleep(for: .milliseconds(2))
+                }
+                return true
+            }
+            #expect(try await within(30) { console.text.contains("listening on port 1234") }, "\(console.text)")
+            let client = try #require(HostSocket.connect(path: path))
+            _ = HostSocket.send(client, Array("CONNECT 1234\nping".utf8)[...])
+            var buffer = [UInt8](repeating: 0, count: 64)
+            var got: [UInt8] = []
+            let expected = Array("OK 1073741824\nping".utf8)
+            #expect(
+                try await within(30) {
+                    if case .transferred(let n) = HostSocket.receive(client, into: &buffer, count: 64) { got += buffer[0..<n] }
+                    return got.count >= expected.count
+                })
+            #expect(got == expected, "\(String(decoding: got, as: UTF8.self))")
+            HostSocket.close(client)
+            // The guest's own connection, to PATH_1235.
+            var accepted: Int32?
+            #expect(
+                try await within(30) {
+                    if case .accepted(let fd) = HostSocket.accept(hostListener.descriptor) { accepted = fd }
+                    return accepted != nil
+                }, "\(console.text)")
+            if let accepted {
+                got = []
+                let hello = Array("hello from the guest\n".utf8)
+                #expect(
+                    try await within(30) {
+                        if case .transferred(let n) = HostSocket.receive(accepted, into: &buffer, count: 64) {
+                            got += buffer[0..<n]
+                        }
+                        return got.count >= hello.count
+                    })
+                #expect(got == hello)
+                _ = HostSocket.send(accepted, Array("bye".utf8)[...])
+            }
+            let watchdog = Task {
+                try await Task.sleep(for: .seconds(60))
+                machine.requestStop()
+            }
+            let report = await machine.wait()
+            watchdog.cancel()
+            if let accepted { HostSocket.close(accepted) }
+            #expect(report.outcome == .stopped(.guestExit(status: 0)), "\(console.text)")
+            #expect(
+                console.text == """
+                    vsock: device 19, cid 3
+                    vsock: listening on port 1234
+                    vsock: connection from host port 1073741824
+                    vsock: echoed 4 bytes
+                    vsock: the host closed
+                    vsock: connected to host port 1235
+                    vsock: host said bye
+
+                    """)
+            let statistics = try #require(machine.virtioStatistics.first)
+            #expect(statistics.malformedRequests == 0 && statistics.bytes == 4 + 4 + 21 + 3, "\(statistics)")
+        }
+
+        @Test(
             "a host CONNECT to a guest port nobody listens on: the test kernel answers RST and the host side sees the connection closed, every time",
             arguments: [1, 2])
         func vsockNoListener(cpus: Int) async throws {
