@@ -105,6 +105,12 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// more payload than its advertised credit; every used length fits its buffer; a
     /// connection reset by either side is gone; no closed host socket is used again.
     case virtioVsock = "virtio-vsock"
+    /// The virtio console device with both queues, driven by descriptors and available
+    /// heads of a hostile driver, transmit notifications and input. Checks: the output is
+    /// exactly the readable bytes of the valid transmit chains completed, in order; input
+    /// changes RAM only inside receive buffers and the used ring, and the completed
+    /// receive chains hold exactly the bytes taken.
+    case virtioConsole = "virtio-console"
 
     /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
     /// which is slow in a debug build.
@@ -139,6 +145,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .virtioEntropy: fuzzVirtioEntropy(data)
         case .virtioBlock: fuzzVirtioBlock(data)
         case .virtioVsock: fuzzVirtioVsock(data)
+        case .virtioConsole: fuzzVirtioConsole(data)
         }
     }
 }

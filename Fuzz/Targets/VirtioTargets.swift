@@ -82,7 +82,9 @@ func fuzzVirtqueue(_ data: [UInt8]) {
 
 /// The spec's rules for a descriptor chain, written as plainly as possible: nil when the
 /// chain is malformed, else its buffers (address, length, device-writable) in order.
-private func referenceWalk(head: UInt16, size: UInt16, indirect: Bool, memory: GuestMemory) -> [(UInt64, UInt32, Bool)]? {
+private func referenceWalk(
+    head: UInt16, size: UInt16, indirect: Bool, memory: GuestMemory, table descriptorTable: UInt64 = Layout.descriptors
+) -> [(UInt64, UInt32, Bool)]? {
     func descriptor(_ table: UInt64, _ i: Int) -> (UInt64, UInt32, UInt16, UInt16)? {
         let at = table + UInt64(16 * i)
         guard let a = try? memory.readUInt64(at: at), let l = try? memory.readUInt32(at: at + 8),
@@ -94,7 +96,7 @@ private func referenceWalk(head: UInt16, size: UInt16, indirect: Bool, memory: G
     var total: UInt64 = 0
     var sawWritable = false
     var visited = Set<Int>()
-    var table = Layout.descriptors
+    var table = descriptorTable
     var count = Int(size)
     var i = Int(head)
     var nested = false
@@ -387,4 +389,165 @@ func fuzzVirtioBlock(_ data: [UInt8]) {
         }
     }
     notifyAndCheck()
+}
+
+/// The console's receive queue, beside the transmit queue at `Layout`; buffers only in the
+/// upper half of RAM, so neither ring can be a buffer.
+private enum ConsoleLayout {
+    static let descriptors: UInt64 = 0x4000
+    static let available: UInt64 = 0x5000
+    static let used: UInt64 = 0x6000
+    static let buffers: UInt64 = 0x8000
+    static let buffersSize: UInt64 = 0x8000
+}
+
+/// The console device with both queues of one power-of-two size (first byte), the transmit
+/// queue at `Layout` and the receive queue at `ConsoleLayout`. Each step is an op byte: 0 a
+/// descriptor in either table (any index, an address in the buffer half, a length, any
+/// NEXT/WRITE flags, any next), 1 a head made available on either queue, 2 an 8-byte
+/// write in the buffer half, 3 a transmit notification, 4 input of 0-255 bytes.
+///
+/// Checks: after a transmit notification, the output is exactly the readable bytes of the
+/// newly completed chains that a reference walker finds valid and wholly readable, in order,
+/// and at most a queue's worth completed; after input, at most the offered bytes were
+/// taken, RAM changed only inside the receive queue's writable descriptors and used ring,
+/// and the completed chains' writable buffers, up to their used lengths, hold exactly the
+/// bytes taken, in order.
+func fuzzVirtioConsole(_ data: [UInt8]) {
+    var input = ByteReader(data)
+    let size = UInt16(1) << (input.byte() % 9)
+    let output = OutputRecorder()
+    guard let memory = try? GuestMemory(size: Layout.memorySize),
+        let transmit = try? Virtqueue(
+            size: size, maximum: VirtioConsoleDevice.queueSize, descriptors: Layout.descriptors,
+            available: Layout.available, used: Layout.used, memory: memory),
+        let receive = try? Virtqueue(
+            size: size, maximum: VirtioConsoleDevice.queueSize, descriptors: ConsoleLayout.descriptors,
+            available: ConsoleLayout.available, used: ConsoleLayout.used, memory: memory)
+    else { preconditionFailure("cannot set up the console target") }
+    let device = VirtioConsoleDevice { output.append($0) }
+    do {
+        try device.activate(features: 0, queues: [receive, transmit], memory: memory, interrupt: VirtioInterrupt { _ in })
+    } catch {
+        preconditionFailure("activation refused: \(error)")
+    }
+    var availableIndex: [UInt16] = [0, 0]
+    let rings: [(descriptors: UInt64, available: UInt64, used: UInt64)] = [
+        (ConsoleLayout.descriptors, ConsoleLayout.available, ConsoleLayout.used),
+        (Layout.descriptors, Layout.available, Layout.used),
+    ]
+    func usedIndex(_ queue: Int) -> UInt16 { (try? memory.readUInt16(at: rings[queue].used + 2)) ?? 0 }
+    func usedElement(_ queue: Int, _ slot: UInt16) -> (UInt16, UInt32) {
+        let at = rings[queue].used + 4 + 8 * UInt64(slot % size)
+        return (UInt16(truncatingIfNeeded: (try? memory.readUInt32(at: at)) ?? 0), (try? memory.readUInt32(at: at + 4)) ?? 0)
+    }
+    let lengths: [UInt32] = [0, 1, 7, 64, 100, 4095, 4096, 4097, 9000]
+    var steps = 0
+    while !input.isAtEnd, steps < 300 {
+        steps += 1
+        switch input.byte() % 5 {
+        case 0:
+            let queue = Int(input.byte() & 1)
+            let index = UInt64(input.byte()) % UInt64(size)
+            let pick = input.byte()
+            let length = pick < 0xF0 ? lengths[Int(pick) % lengths.count] : UInt32(input.uint16())
+            let room = UInt64(max(length, 1))
+            let address =
+                room <= ConsoleLayout.buffersSize
+                ? ConsoleLayout.buffers + UInt64(input.uint16()) % (ConsoleLayout.buffersSize - room + 1)
+                : ConsoleLayout.buffers
+            let at = rings[queue].descriptors + 16 * index
+            try? memory.write(address, at: at)
+            try? memory.write(length, at: at + 8)
+            try? memory.write(UInt16(input.byte() & 3), at: at + 12)
+            try? memory.write(UInt16(input.byte()), at: at + 14)
+        case 1:
+            let queue = Int(input.byte() & 1)
+            let head = UInt16(input.byte()) % (size + 1)
+            try? memory.write(head, at: rings[queue].available + 4 + 2 * UInt64(availableIndex[queue] % size))
+            availableIndex[queue] &+= 1
+            try? memory.write(availableIndex[queue], at: rings[queue].available + 2)
+        case 2:
+            let at = ConsoleLayout.buffers + UInt64(input.uint16()) % (ConsoleLayout.buffersSize - 7)
+            try? memory.write(input.uint64(), at: at)
+        case 3:
+            let before = usedIndex(1)
+            let outputBefore = output.count
+            device.notify(queue: VirtioConsoleDevice.transmitQueue)
+            let after = usedIndex(1)
+            precondition(after &- before <= size, "one notification completed \(after &- before) chains")
+            var expected: [UInt8] = []
+            var slot = before
+            while slot != after {
+                let (head, length) = usedElement(1, slot)
+                precondition(length == 0, "a transmit chain completed with length \(length)")
+                if let chain = referenceWalk(head: head, size: size, indirect: false, memory: memory),
+                    !chain.contains(where: { $0.2 })
+                {
+                    for (address, count, _) in chain {
+                        expected += (try? memory.read(Int(count), at: address)) ?? []
+                    }
+                }
+                slot &+= 1
+            }
+            let sent = output.bytes(from: outputBefore)
+            precondition(sent == expected, "sent \(sent.count) bytes, expected \(expected.count)")
+        default:
+            let offered = (0..<Int(input.byte())).map { _ in input.byte() }
+            guard let before = try? memory.read(Int(Layout.memorySize), at: 0) else { preconditionFailure("cannot read RAM") }
+            let usedBefore = usedIndex(0)
+            let taken = device.receive(offered)
+            precondition(taken >= 0 && taken <= offered.count, "took \(taken) of \(offered.count) bytes")
+            guard let after = try? memory.read(Int(Layout.memorySize), at: 0) else { preconditionFailure("cannot read RAM") }
+            var allowed: [(UInt64, UInt64)] = [(ConsoleLayout.used, ConsoleLayout.used + 6 + 8 * UInt64(size))]
+            for i in 0..<UInt64(size) {
+                let at = ConsoleLayout.descriptors + 16 * i
+                guard let address = try? memory.readUInt64(at: at), let length = try? memory.readUInt32(at: at + 8),
+                    let flags = try? memory.readUInt16(at: at + 12), flags & 2 != 0
+                else { continue }
+                allowed.append((address, address &+ UInt64(length)))
+            }
+            for offset in 0..<before.count where before[offset] != after[offset] {
+                let address = UInt64(offset)
+                precondition(
+                    allowed.contains { address >= $0.0 && address < $0.1 }, "RAM changed at 0x\(String(address, radix: 16))")
+            }
+            // Replays the completed chains on a copy of RAM as the spec says the device
+            // writes them (exact even when buffers overlap), then compares.
+            var model = before
+            var delivered = 0
+            var slot = usedBefore
+            while slot != usedIndex(0) {
+                let (head, length) = usedElement(0, slot)
+                var left = Int(length)
+                if left > 0 {
+                    let chain = referenceWalk(
+                        head: head, size: size, indirect: false, memory: memory, table: ConsoleLayout.descriptors)
+                    guard let chain else { preconditionFailure("a malformed receive chain completed with length \(length)") }
+                    for (address, count, writable) in chain where left > 0 {
+                        precondition(writable, "input written into a chain with a readable buffer")
+                        let piece = min(Int(count), left)
+                        for i in 0..<piece { model[Int(address) + i] = offered[delivered + i] }
+                        delivered += piece
+                        left -= piece
+                    }
+                    precondition(left == 0, "used length \(length) beyond the chain's writable buffers")
+                }
+                slot &+= 1
+            }
+            precondition(delivered == taken, "\(delivered) bytes in used chains, \(taken) taken")
+            let buffers = Int(ConsoleLayout.buffers)..<Int(ConsoleLayout.buffers + ConsoleLayout.buffersSize)
+            precondition(model[buffers] == after[buffers], "the input arrived changed")
+        }
+    }
+}
+
+/// The console target's output, appended by the device.
+private final class OutputRecorder: @unchecked Sendable {
+    private var bytes: [UInt8] = []
+    var count: Int { bytes.count }
+    func append(_ span: Span<UInt8>) {
+        for i in span.indices { bytes.append(span[i]) }
+    }
+    func bytes(from start: Int) -> [UInt8] { Array(bytes[start...]) }
 }

@@ -8,8 +8,12 @@ public enum LinuxDefaults {
     public static let memorySize: UInt64 = 512 << 20
 
     /// The default command line, then what `quirks` found the host needs, then `extra`.
-    public static func commandLine(quirks: HostQuirks?, appending extra: String? = nil) -> String {
-        var parts = [commandLine]
+    /// With `virtioConsole`, the kernel's console is the virtio console (`console=hvc0`)
+    /// instead of COM1.
+    public static func commandLine(quirks: HostQuirks?, appending extra: String? = nil, virtioConsole: Bool = false)
+        -> String
+    {
+        var parts = [virtioConsole ? "console=hvc0" : commandLine]
         if let quirks { parts += quirks.commandLineOptions }
         if let extra, !extra.isEmpty { parts.append(extra) }
         return parts.joined(separator: " ")

@@ -133,10 +133,15 @@ public final class Machine: Sendable {
     /// delivered promptly even if the vCPU is halted.
     public func injectNMI(vcpu index: Int = 0) { runner.injectNMI(vcpu: index) }
 
-    /// Feeds bytes to COM1's receive FIFO (at most 64 wait there), raising IRQ 4 if the
-    /// guest enabled it. Returns how many bytes were taken.
+    /// Feeds bytes to the guest's console: the virtio console's receive buffers when the
+    /// machine has one (as far as the driver has made buffers available), else COM1's
+    /// receive FIFO (at most 64 wait there), raising the device's interrupt if the guest
+    /// enabled it. Returns how many bytes were taken; the caller keeps the rest.
     @discardableResult
-    public func sendConsoleInput(_ bytes: [UInt8]) -> Int { serial.receive(bytes) }
+    public func sendConsoleInput(_ bytes: [UInt8]) -> Int {
+        if let console = parts.virtioConsole { return console.receive(bytes) }
+        return serial.receive(bytes)
+    }
 
     /// Whether the VM has stopped.
     public var hasStopped: Bool { runner.control.isFinished }

@@ -251,7 +251,7 @@ struct MachineBuilder {
         let kind: Platform.Kind
         if case .linux = configuration.guest { kind = .pc } else { kind = .minimal }
         let virtio = try makeVirtioDevices(
-            memory: memory, irqLine: irqLine, fastPath: ioThread.map { (vm: vm, thread: $0) })
+            memory: memory, irqLine: irqLine, consoleOutput: consoleOutput, fastPath: ioThread.map { (vm: vm, thread: $0) })
         do throws(PlatformError) {
             let platform = try Platform(
                 kind: kind, memoryBelow4GiB: low, memoryAbove4GiB: size - low,

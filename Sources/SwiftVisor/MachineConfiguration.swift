@@ -108,6 +108,11 @@ public struct MachineConfiguration: Sendable {
     /// vCPU thread at their MMIO exit and interrupts go through `KVM_IRQ_LINE` (for
     /// comparison). Default: on.
     public var virtioIOThread = true
+    /// Offer VIRTIO_F_EVENT_IDX on the devices that honour it (entropy, block) when they are
+    /// served on the I/O thread: the driver then notifies only when the device asks
+    /// (`avail_event`) and the device interrupts only when the driver asks (`used_event`).
+    /// Off (for comparison), drivers notify for every batch. Default: on.
+    public var virtioEventIndex = true
     /// Disk files opened ahead of the build by `openDisks()`, by device index.
     package var openedDisks: [Int: HostDiskFile] = [:]
     /// The vsock device's listening socket, made ahead of the build by `openVsock()`.

@@ -1,4 +1,5 @@
 package import VisorDevices
+import VisorCore
 import VisorHost
 import VisorKVM
 import VisorFirmware
@@ -33,6 +34,13 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
     /// connection closes). A guest connecting to host port P reaches the Unix socket
     /// `udsPath_P`. Stream sockets only; at most one per machine; needs the I/O thread.
     case vsock(cid: UInt64, udsPath: String)
+
+    /// The console device (ID 3), one port: the guest's output goes where COM1's does
+    /// (`MachineConfiguration.consoleDescriptor` or `consoleOutput`), and
+    /// `Machine.sendConsoleInput` feeds its input. A Linux guest uses it with
+    /// `console=hvc0`. Its output is written on the vCPU thread that sent it, so a stop or
+    /// pause ends a write blocked on a full pipe, as for COM1. At most one per machine.
+    case console
 
     /// A disk given as `PATH` or `PATH,readonly` (the form of `swiftvisor --disk`); nil
     /// for an empty path. A comma is part of the path unless it starts the final
@@ -90,6 +98,7 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
         case .entropy: "virtio-rng"
         case .block: "virtio-blk"
         case .vsock: "virtio-vsock"
+        case .console: "virtio-console"
         }
     }
 }
@@ -161,6 +170,13 @@ package struct VirtioAttachment: Sendable {
     }
 }
 
+extension MachineParts {
+    /// The virtio console, if the machine has one.
+    var virtioConsole: VirtioConsoleDevice? {
+        virtio.lazy.compactMap { $0.transport.device as? VirtioConsoleDevice }.first
+    }
+}
+
 extension MachineBuilder {
     static func eventFD() throws(MachineError) -> EventFD {
         do { return try EventFD() } catch { throw .invalidDevices("cannot create an eventfd: \(error.reason)") }
@@ -179,6 +195,9 @@ extension MachineBuilder {
         guard configuration.interruptController else {
             throw .invalidDevices("virtio devices need the interrupt controller (they raise IOAPIC interrupts)")
         }
+        guard configuration.virtioDevices.count(where: { $0 == .console }) <= 1 else {
+            throw .invalidDevices("a machine has at most one virtio console")
+        }
     }
 
     /// The virtio devices of the configuration, each on its transport, ready for the
@@ -187,7 +206,7 @@ extension MachineBuilder {
     /// the I/O thread, and interrupts go through an irqfd; otherwise notifications are
     /// served on the vCPU thread at their exit, and interrupts go through `irqLine`.
     func makeVirtioDevices(
-        memory: GuestMemory, irqLine: (@Sendable (UInt32, Bool) -> Void)?,
+        memory: GuestMemory, irqLine: (@Sendable (UInt32, Bool) -> Void)?, consoleOutput: @escaping ConsoleOutput,
         fastPath: (vm: VMHandle, thread: IOThread)? = nil
     ) throws(MachineError) -> [VirtioAttachment] {
         var attachments: [VirtioAttachment] = []
@@ -214,6 +233,8 @@ extension MachineBuilder {
                     listener = try Self.listenVsock(cid: cid, path: path)
                 }
                 model = VirtioVsockDevice(guestCID: cid, host: VsockUnixHost(listener: listener, thread: thread))
+            case .console:
+                model = VirtioConsoleDevice(output: consoleOutput)
             }
             let base = VirtioLayout.base + UInt64(index) * VirtioLayout.windowSize
             let transport: VirtioMMIOTransport
@@ -221,9 +242,19 @@ extension MachineBuilder {
                 // An edge per interrupt: the line's fall (the driver's ACK) needs nothing.
                 let irqEvent = try Self.eventFD()
                 do { try fastPath.vm.setIRQFD(irqEvent.descriptor, gsi: irq) } catch { throw .kvm(error) }
-                transport = VirtioMMIOTransport(device: model, memory: memory) { level in if level { irqEvent.signal() } }
-                for queue in 0..<transport.queueCount {
-                    let notify = try Self.eventFD()
+                // One eventfd per queue the I/O thread serves; signalling one again is also
+                // how a device reschedules a queue it left unfinished.
+                var notifyEvents: [Int: EventFD] = [:]
+                for queue in model.queueMaximumSizes.indices where !model.servesNotificationsOnVCPU(queue: queue) {
+                    notifyEvents[queue] = try Self.eventFD()
+                }
+                let events = notifyEvents
+                transport = VirtioMMIOTransport(
+                    device: model, memory: memory,
+                    eventIndex: configuration.virtioEventIndex && model.supportsEventIndex,
+                    reschedule: { queue in events[queue]?.signal() },
+                    line: { level in if level { irqEvent.signal() } })
+                for (queue, notify) in notifyEvents.sorted(by: { $0.key < $1.key }) {
                     do {
                         try fastPath.vm.setMMIOEventFD(
                             address: base + VirtioMMIOTransport.Register.queueNotify, length: 4, value: UInt64(queue),

@@ -30,8 +30,11 @@ package final class HostDiskFile: Sendable {
     deinit { close(fd) }
 
     /// Opens `path` read-write, or read-only. Refuses a path that does not exist or cannot
-    /// be opened so, a directory or anything but a regular file or block device, and a
-    /// size that is not a multiple of 512 bytes; the error is the reason.
+    /// be opened so, a directory or anything but a regular file or block device, a size
+    /// that is not a multiple of 512 bytes, and a file in use: a writable disk takes an
+    /// exclusive `flock(2)`, a read-only one a shared lock, so two VMs (or two disks of one)
+    /// never write one image, nor does one write what another reads. Where the file system
+    /// has no locks the file is opened without. The error is the reason.
     package static func open(_ path: String, readOnly: Bool) throws(HostFileError) -> HostDiskFile {
         let fd = unsafe Glibc.open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         guard fd >= 0 else { throw HostFileError(errno: errno) }
@@ -57,6 +60,19 @@ package final class HostDiskFile: Sendable {
         guard end % 512 == 0 else {
             close(fd)
             throw HostFileError(reason: "its size, \(end) bytes, is not a multiple of 512")
+        }
+        // Held until the descriptor is closed (deinit): the lock belongs to this open file.
+        if flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
+            let code = errno
+            if code == EWOULDBLOCK {
+                close(fd)
+                throw HostFileError(
+                    reason: "is in use: another disk or process holds a lock on it (a writable disk belongs to one VM)")
+            }
+            guard code == ENOLCK || code == EOPNOTSUPP || code == EINVAL else {
+                close(fd)
+                throw HostFileError(errno: code)
+            }
         }
         let identity = Identity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
         return HostDiskFile(fd: fd, size: UInt64(end), readOnly: readOnly, identity: identity)

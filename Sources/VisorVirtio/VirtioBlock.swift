@@ -91,6 +91,7 @@ package final class VirtioBlockDevice: VirtioDevice {
         Feature.segmentMaximum | Feature.blockSize | Feature.flush | (readOnly ? Feature.readOnly : 0)
     }
     package var queueMaximumSizes: [UInt16] { [Self.queueSize] }
+    package var supportsEventIndex: Bool { true }
 
     /// Requests completed, malformed chains among them, and data bytes moved.
     package var counters: VirtioCounters { state.withLock { $0.counters } }
@@ -130,31 +131,19 @@ package final class VirtioBlockDevice: VirtioDevice {
     package func notify(queue index: Int) {
         let interrupt: VirtioInterrupt? = state.withLock { state in
             guard var queue = state.queue, let memory = state.memory else { return nil }
-            var completed = false
-            for _ in 0..<Int(queue.size) {
-                let result = queue.pop(into: &state.chain, memory: memory)
-                if result == .empty { break }
-                var written: UInt32 = 0
-                if result == .chain, let length = serve(&state, memory: memory) {
-                    written = length
-                } else {
-                    state.counters.malformed += 1
-                }
-                queue.push(head: state.chain.head, length: written, memory: memory)
-                state.counters.requests += 1
-                completed = true
+            let served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters) {
+                serve($0, memory: memory)
             }
-            let wants = completed && queue.needsInterrupt(memory: memory)
             state.queue = queue
-            return wants ? state.interrupt : nil
+            if served.more { state.interrupt?.reschedule(queue: index) }
+            return served.interrupt ? state.interrupt : nil
         }
         interrupt?.signalUsedBuffer()
     }
 
-    /// Serves the request in `state.chain`; returns the bytes written into its writable
-    /// buffers (data and status), or nil when the chain is malformed.
-    private func serve(_ state: inout State, memory: GuestMemory) -> UInt32? {
-        let chain = state.chain
+    /// Serves the request in `chain`: the bytes written into its writable buffers (data and
+    /// status) and the data bytes moved, or nil when the chain is malformed.
+    private func serve(_ chain: borrowing DescriptorChain, memory: GuestMemory) -> VirtioCompletion? {
         guard chain.readableLength >= 16, let last = chain.writable.last, last.length > 0 else { return nil }
         // The header, copied once, byte by byte, whatever buffers it spans.
         var low: UInt64 = 0
@@ -174,13 +163,14 @@ package final class VirtioBlockDevice: VirtioDevice {
         let statusAddress = last.address + UInt64(last.length) - 1
         var status = Status.ok
         var dataWritten: UInt32 = 0
+        var moved: UInt64 = 0
         switch type {
         case RequestType.read, RequestType.write:
             let isWrite = type == RequestType.write
             let length = isWrite ? UInt64(chain.readableLength) - 16 : UInt64(chain.writableLength) - 1
             if let start = range(sector: sector, length: length), !(isWrite && readOnly) {
-                let (moved, complete) = transfer(chain, write: isWrite, start: start, length: length, memory: memory)
-                state.counters.bytes += moved
+                let complete: Bool
+                (moved, complete) = transfer(chain, write: isWrite, start: start, length: length, memory: memory)
                 if !isWrite { dataWritten = UInt32(moved) }
                 if !complete { status = Status.ioError }
             } else {
@@ -194,7 +184,7 @@ package final class VirtioBlockDevice: VirtioDevice {
             status = Status.unsupported
         }
         do { try memory.write(status, at: statusAddress) } catch { return nil }
-        return dataWritten + 1
+        return VirtioCompletion(written: dataWritten + 1, bytes: moved)
     }
 
     /// The byte offset of `length` bytes at `sector` when they are whole sectors and lie
@@ -212,7 +202,7 @@ package final class VirtioBlockDevice: VirtioDevice {
     /// for a write, the readable buffers after the 16-byte header; for a read, the writable
     /// buffers before the status byte. Returns the bytes moved and whether that was all.
     private func transfer(
-        _ chain: DescriptorChain, write: Bool, start: UInt64, length: UInt64, memory: GuestMemory
+        _ chain: borrowing DescriptorChain, write: Bool, start: UInt64, length: UInt64, memory: GuestMemory
     ) -> (UInt64, Bool) {
         var skip: UInt64 = write ? 16 : 0
         var left = length
@@ -247,7 +237,7 @@ package final class VirtioBlockDevice: VirtioDevice {
 
     /// Writes the ID string into the writable buffers before the status byte, as much as
     /// fits; returns the bytes written.
-    private func copyIdentifier(_ chain: DescriptorChain, memory: GuestMemory) -> UInt32 {
+    private func copyIdentifier(_ chain: borrowing DescriptorChain, memory: GuestMemory) -> UInt32 {
         var left = min(Int(chain.writableLength) - 1, Self.identifierLength)
         var done = 0
         for element in chain.writable where left > 0 {

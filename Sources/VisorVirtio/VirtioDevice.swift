@@ -40,6 +40,20 @@ package protocol VirtioDevice: AnyObject, Sendable {
     func reset()
     /// What the device has served so far.
     var counters: VirtioCounters { get }
+    /// Whether queue `queue`'s notifications are served on the vCPU thread that wrote
+    /// QueueNotify, at its exit, even where an I/O thread serves the device's other queues
+    /// (a console's output: see `VirtioConsoleDevice`). False by default.
+    func servesNotificationsOnVCPU(queue: Int) -> Bool
+    /// Whether the device honours VIRTIO_F_EVENT_IDX: it publishes `avail_event` after
+    /// serving a queue, checks the ring again, and asks its transport to reschedule a queue
+    /// it left unfinished (`VirtioInterrupt.reschedule(queue:)`), since under EVENT_IDX the
+    /// driver does not notify for entries the device could already see. False by default.
+    var supportsEventIndex: Bool { get }
+}
+
+extension VirtioDevice {
+    package func servesNotificationsOnVCPU(queue: Int) -> Bool { false }
+    package var supportsEventIndex: Bool { false }
 }
 
 /// A device's work, for statistics: requests completed (the malformed ones among them,
@@ -77,12 +91,23 @@ package final class VirtioInterrupt: Sendable {
     }
     private let state = Mutex(State())
     private let line: @Sendable (Bool) -> Void
+    private let rescheduleQueue: @Sendable (Int) -> Void
     private let generation = Atomic<UInt32>(0)
     /// Interrupts raised (line transitions low to high), for statistics.
     private let raisedCount = Atomic<UInt64>(0)
 
-    /// `line` raises (true) or lowers (false) the device's interrupt line.
-    package init(line: @escaping @Sendable (Bool) -> Void) { self.line = line }
+    /// `line` raises (true) or lowers (false) the device's interrupt line; `reschedule`
+    /// serves a queue again later, as if the driver had notified it.
+    package init(line: @escaping @Sendable (Bool) -> Void, reschedule: @escaping @Sendable (Int) -> Void = { _ in }) {
+        self.line = line
+        self.rescheduleQueue = reschedule
+    }
+
+    /// Asks the transport to serve `queue` again soon, as if notified: for a device that
+    /// stopped at its per-notification bound with entries left, which under EVENT_IDX no
+    /// notification would bring back. On the I/O thread it signals the queue's eventfd, so
+    /// other devices are served first.
+    package func reschedule(queue: Int) { rescheduleQueue(queue) }
 
     /// The InterruptStatus register.
     package var status: UInt32 { state.withLock { $0.status } }

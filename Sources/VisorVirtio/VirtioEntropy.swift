@@ -30,6 +30,7 @@ package final class VirtioEntropyDevice: VirtioDevice {
     package var deviceType: UInt32 { 4 }
     package var deviceFeatures: UInt64 { 0 }
     package var queueMaximumSizes: [UInt16] { [Self.queueSize] }
+    package var supportsEventIndex: Bool { true }
 
     /// Requests completed, malformed chains among them, and bytes served.
     package var counters: VirtioCounters { state.withLock { $0.counters } }
@@ -60,40 +61,33 @@ package final class VirtioEntropyDevice: VirtioDevice {
     package func notify(queue index: Int) {
         let interrupt: VirtioInterrupt? = state.withLock { state in
             guard var queue = state.queue, let memory = state.memory else { return nil }
-            var completed = false
-            for _ in 0..<Int(queue.size) {
-                let result = queue.pop(into: &state.chain, memory: memory)
-                if result == .empty { break }
-                var written: UInt32 = 0
-                if result == .chain, state.chain.readable.isEmpty {
-                    written = fill(&state, memory: memory)
-                } else {
-                    state.counters.malformed += 1
-                }
-                queue.push(head: state.chain.head, length: written, memory: memory)
-                state.counters.requests += 1
-                completed = true
+            let served = queue.serveAvailable(
+                memory: memory, chain: &state.chain, counters: &state.counters, context: &state.scratch
+            ) { chain, scratch in
+                chain.readable.isEmpty ? Self.fill(chain, scratch: &scratch, memory: memory) : nil
             }
-            let wants = completed && queue.needsInterrupt(memory: memory)
             state.queue = queue
-            return wants ? state.interrupt : nil
+            if served.more { state.interrupt?.reschedule(queue: index) }
+            return served.interrupt ? state.interrupt : nil
         }
         interrupt?.signalUsedBuffer()
     }
 
-    /// Fills the chain's writable buffers, up to the per-request cap; returns the bytes written.
-    private func fill(_ state: inout State, memory: GuestMemory) -> UInt32 {
-        var budget = Self.maximumRequestBytes
+    /// Fills the chain's writable buffers from `getrandom(2)` through `scratch`, up to the
+    /// per-request cap.
+    private static func fill(
+        _ chain: borrowing DescriptorChain, scratch: inout [UInt8], memory: GuestMemory
+    ) -> VirtioCompletion {
+        var budget = maximumRequestBytes
         var written = 0
-        for element in state.chain.writable where budget > 0 {
+        for element in chain.writable where budget > 0 {
             let count = min(Int(element.length), budget)
-            let got = HostIO.fillRandom(&state.scratch, count: count)
-            do { try memory.write(state.scratch[0..<got], at: element.address) } catch { break }
+            let got = HostIO.fillRandom(&scratch, count: count)
+            do { try memory.write(scratch[0..<got], at: element.address) } catch { break }
             written += got
             budget -= got
             if got < count { break }
         }
-        state.counters.bytes += UInt64(written)
-        return UInt32(written)
+        return VirtioCompletion(written: UInt32(written), bytes: UInt64(written))
     }
 }

@@ -95,15 +95,19 @@ package final class VirtioMMIOTransport: MMIODevice {
     private let notifications = Atomic<UInt64>(0)
 
     /// - Parameters:
-    ///   - eventIndex: whether to offer VIRTIO_F_EVENT_IDX.
+    ///   - eventIndex: whether to offer VIRTIO_F_EVENT_IDX; only for a device that
+    ///     `supportsEventIndex` and with a `reschedule` that works.
+    ///   - reschedule: serves a queue again later, as if notified (see
+    ///     `VirtioInterrupt.reschedule(queue:)`).
     ///   - line: raises or lowers the device's interrupt line.
     package init(
         device: any VirtioDevice, memory: GuestMemory, eventIndex: Bool = false,
+        reschedule: @escaping @Sendable (Int) -> Void = { _ in },
         line: @escaping @Sendable (Bool) -> Void
     ) {
         self.device = device
         self.memory = memory
-        self.interrupt = VirtioInterrupt(line: line)
+        self.interrupt = VirtioInterrupt(line: line, reschedule: reschedule)
         queueMaximumSizes = device.queueMaximumSizes
         offeredFeatures =
             device.deviceFeatures | VirtioFeature.version1 | VirtioFeature.indirectDescriptors

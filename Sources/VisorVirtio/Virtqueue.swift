@@ -226,6 +226,75 @@ package struct Virtqueue: Sendable {
         }
     }
 
+    /// What `serveAvailable` did: whether the driver wants an interrupt, and whether entries
+    /// were left when the bound was reached (the device must then reschedule the queue).
+    package struct Served: Equatable, Sendable {
+        package var interrupt: Bool
+        package var more: Bool
+        package init(interrupt: Bool, more: Bool) {
+            self.interrupt = interrupt
+            self.more = more
+        }
+    }
+
+    /// Serves up to one queue's worth of available chains, the bounded work of one
+    /// notification: each valid chain goes to `serve`, which returns what it wrote into the
+    /// chain's device-writable buffers and the payload bytes it moved, or nil when the
+    /// request inside is malformed; a malformed chain (or request) completes with length 0,
+    /// so its slot is not lost. Every chain goes back on the used ring and is counted.
+    /// `context` is the device's own working state, lent to `serve` (a closure cannot
+    /// capture the device state that `chain` and `counters` are part of).
+    ///
+    /// With EVENT_IDX, once the ring looks empty it publishes `avail_event` (notify me for
+    /// the next entry) and looks again, since the driver may have added entries meanwhile
+    /// without notifying; if entries are still there when the bound is reached, `more` says
+    /// so and the caller must reschedule the queue.
+    package mutating func serveAvailable<Context>(
+        memory: GuestMemory, chain: inout DescriptorChain, counters: inout VirtioCounters,
+        context: inout Context, _ serve: (borrowing DescriptorChain, inout Context) -> VirtioCompletion?
+    ) -> Served {
+        var served = 0
+        var more = false
+        while true {
+            while served < Int(size) {
+                let result = pop(into: &chain, memory: memory)
+                if result == .empty { break }
+                var written: UInt32 = 0
+                if result == .chain, let completion = serve(chain, &context) {
+                    written = completion.written
+                    counters.bytes &+= completion.bytes
+                } else {
+                    counters.malformed &+= 1
+                }
+                push(head: chain.head, length: written, memory: memory)
+                counters.requests &+= 1
+                served += 1
+            }
+            guard eventIndex else { break }
+            requestNotification(memory: memory)
+            // avail_event must be visible before the index is read again (the driver's side
+            // orders its index write before reading avail_event).
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
+            guard let left = pending(memory: memory), left > 0 else { break }
+            if served >= Int(size) {
+                more = true
+                break
+            }
+        }
+        return Served(interrupt: served > 0 && needsInterrupt(memory: memory), more: more)
+    }
+
+    /// `serveAvailable` for a device with no working state of its own.
+    package mutating func serveAvailable(
+        memory: GuestMemory, chain: inout DescriptorChain, counters: inout VirtioCounters,
+        _ serve: (borrowing DescriptorChain) -> VirtioCompletion?
+    ) -> Served {
+        var none: Void = ()
+        return serveAvailable(memory: memory, chain: &chain, counters: &counters, context: &none) { chain, _ in
+            serve(chain)
+        }
+    }
+
     /// Puts `head` on the used ring with `length` bytes written, then publishes the new
     /// used index. Returns false when the used ring is not in RAM (it was checked at
     /// activation, so only a changed memory map could do that).
@@ -269,6 +338,17 @@ package struct Virtqueue: Sendable {
     package func requestNotification(memory: GuestMemory) {
         guard eventIndex else { return }
         try? memory.write(nextAvailable, at: usedRing + 4 + 8 * UInt64(size))
+    }
+}
+
+/// What a device made of one request: the bytes it wrote into the chain's device-writable
+/// buffers (the used length) and the payload bytes it moved, for statistics.
+package struct VirtioCompletion: Sendable, Equatable {
+    package var written: UInt32
+    package var bytes: UInt64
+    package init(written: UInt32, bytes: UInt64) {
+        self.written = written
+        self.bytes = bytes
     }
 }
 

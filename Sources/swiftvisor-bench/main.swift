@@ -1,7 +1,7 @@
 // swiftvisor-bench: SwiftVisor's exit path, start-up and memory, measured side by side with
 // the C reference exit loop (../shared/bench/reference) in the same run.
 //
-// Usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R]
+// Usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|virtio-blk|all] [--exits N] [--rounds R]
 //                         [--no-irqchip] [--no-seccomp] [--reference PATH] [--cli PATH]
 //        swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ...  (LinuxBench.swift)
 //
@@ -58,10 +58,10 @@ while let argument = arguments.popFirst() {
     case "--cli": cliPath = arguments.popFirst()
     case "--no-irqchip": noIrqchip = true
     case "--no-seccomp": noSeccomp = true
-    case "pio", "mmio", "startup", "memory", "dispatch", "all": mode = argument
+    case "pio", "mmio", "startup", "memory", "dispatch", "virtio-blk", "all": mode = argument
     default:
         print(
-            "usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|all] [--exits N] [--rounds R] [--no-irqchip] [--no-seccomp] [--reference PATH] [--cli PATH]"
+            "usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|virtio-blk|all] [--exits N] [--rounds R] [--no-irqchip] [--no-seccomp] [--reference PATH] [--cli PATH]"
         )
         print("       swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ... (Linux boot; see BENCHMARKS.md)")
         exit(2)
@@ -80,7 +80,8 @@ let cli = cliPath ?? siblingExecutable("swiftvisor")
 
 // Pin this process, its vCPU threads and the reference it spawns to one CPU, so that both
 // sides see the same core and neither pays for migrations the other does not.
-if bench_pin_to_cpu(1) != 0 {
+// Not for virtio-blk, whose I/O thread must run beside the vCPU.
+if mode != "virtio-blk", bench_pin_to_cpu(1) != 0 {
     print("note: could not pin to CPU 1; figures will be noisier")
 }
 
@@ -399,6 +400,7 @@ case "pio": exitBenchmark(mmio: false)
 case "mmio": exitBenchmark(mmio: true)
 case "startup": startupBenchmark()
 case "memory": memoryBenchmark()
+case "virtio-blk": virtioBlockBenchmark()
 default:
     dispatchBenchmark()
     exitBenchmark(mmio: false)

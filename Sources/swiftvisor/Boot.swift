@@ -83,7 +83,8 @@ extension SwiftVisorCommand {
 
             let commandLine =
                 cmdlineReplace
-                ?? LinuxDefaults.commandLine(quirks: quirks, appending: cmdline)
+                ?? LinuxDefaults.commandLine(
+                    quirks: quirks, appending: cmdline, virtioConsole: devices.console == .virtio)
             var request = LinuxBootRequest(
                 kernel: kernelBytes, initrd: initrdBytes, commandLine: commandLine,
                 bootProtocol: bootProtocol, hostDecompression: !noHostDecompress)

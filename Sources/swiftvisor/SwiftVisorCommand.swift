@@ -116,6 +116,13 @@ struct DeviceOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
+            "The guest's console: COM1 alone, or a virtio console too, which gets standard input "
+                + "(boot: the kernel's console becomes hvc0).",
+            valueName: "serial|virtio"))
+    var console: ConsoleKind = .serial
+
+    @Option(
+        help: ArgumentHelp(
             "A virtio socket device for the guest context ID N (3 or more), listening on the Unix socket PATH, "
                 + "which must not exist: a host program connects there and sends 'CONNECT <port>\\n'; a guest "
                 + "connecting to host port P reaches PATH_P (Firecracker's hybrid design).",
@@ -123,8 +130,10 @@ struct DeviceOptions: ParsableArguments {
     var vsock: [String] = []
 
     /// Adds the devices asked for, in a fixed order: their windows and interrupts follow it
-    /// (the entropy device, then the disks in the order given, then the socket device).
+    /// (the console, the entropy device, then the disks in the order given, then the socket
+    /// device).
     func apply(to config: inout MachineConfiguration) {
+        if console == .virtio { config.virtioDevices.append(.console) }
         if rng { config.virtioDevices.append(.entropy) }
         config.virtioDevices += disks.map(\.device)
         // A bad --vsock is a one-line error (`fail`), as a bad disk is when it is opened.
@@ -135,6 +144,11 @@ struct DeviceOptions: ParsableArguments {
             }
         }
     }
+}
+
+/// Where the guest's console is.
+enum ConsoleKind: String, ExpressibleByArgument, CaseIterable {
+    case serial, virtio
 }
 
 /// `PATH[,readonly]` for --disk, parsed by `VirtioDeviceConfiguration(disk:)`.

@@ -34,6 +34,14 @@ enum LinuxKernels {
         return try script("build-test-kernel.sh")
     }
 
+    /// The folder of Tools/linux/make-guest-images.sh: `init` (a static program that
+    /// spins without a system call), `initramfs.cpio.gz` holding it as /init, and
+    /// `rootfs.ext4` holding it as /sbin/init.
+    static let guestImages: Result<String, any Error> = Result {
+        if let dir = ProcessInfo.processInfo.environment["SWIFTVISOR_GUEST_IMAGES"] { return dir }
+        return try script("make-guest-images.sh")
+    }
+
     static let stockKernel: Result<String, any Error> = Result {
         if let path = ProcessInfo.processInfo.environment["SWIFTVISOR_STOCK_KERNEL"] { return path }
         return try script("fetch-stock-kernel.sh")
@@ -43,9 +51,6 @@ enum LinuxKernels {
         let dir = try testKernel.get()
         return try [UInt8](Data(contentsOf: URL(fileURLWithPath: dir).appendingPathComponent(name)))
     }
-
-    /// The spinning init and its images (Tools/linux/make-guest-images.sh), built once.
-    static let guestImages: Result<String, any Error> = Result { try script("make-guest-images.sh") }
 
     /// The host's quirks, probed once for all boots.
     static let quirks: Result<HostQuirks, any Error> = Result { () throws(any Error) -> HostQuirks in try HostQuirks.probe() }
@@ -95,13 +100,14 @@ struct LinuxBoot {
 func bootLinux(
     kernel: [UInt8], protocol bootProtocol: LinuxBootProtocol = .linux64, cpus: Int = 1,
     memory: UInt64 = 128 << 20, initrd: [UInt8]? = nil, hostDecompression: Bool = true,
-    extraCommandLine: String, timeout: Double = 900, configure: (inout MachineConfiguration) -> Void = { _ in }
+    extraCommandLine: String, timeout: Double = 900, virtioConsole: Bool = false, until marker: String? = nil,
+    configure: (inout MachineConfiguration) -> Void = { _ in }
 ) async throws -> LinuxBoot {
     let quirks = try LinuxKernels.quirks.get()
     let console = ConsoleCapture()
     let request = LinuxBootRequest(
         kernel: kernel, initrd: initrd,
-        commandLine: LinuxDefaults.commandLine(quirks: quirks, appending: extraCommandLine),
+        commandLine: LinuxDefaults.commandLine(quirks: quirks, appending: extraCommandLine, virtioConsole: virtioConsole),
         bootProtocol: bootProtocol, hostDecompression: hostDecompression)
     var config = MachineConfiguration(guest: .linux(request))
     config.memorySize = memory
@@ -113,7 +119,13 @@ func bootLinux(
     let start = Date()
     try machine.start()
     let watchdog = Task {
-        try await Task.sleep(for: .seconds(timeout))
+        let deadline = Date().addingTimeInterval(timeout)
+        // With a marker, the boot is stopped once the console shows it (a kernel kept alive
+        // by a spinning init never ends by itself).
+        while Date() < deadline {
+            try await Task.sleep(for: .milliseconds(250))
+            if let marker, console.text.contains(marker) { break }
+        }
         machine.requestStop()
     }
     let report = await machine.wait()

@@ -84,6 +84,21 @@ extension KVMIntegration.CLITests {
         expectOneLineError(try run(["boot", "--kernel", "/nonexistent/vmlinuz"]), mentioning: "/nonexistent/vmlinuz")
     }
 
+    @Test("boot --console virtio: the kernel's console is hvc0, and its KUnit results come through the virtio console")
+    func bootVirtioConsole() throws {
+        let dir = try LinuxKernels.testKernel.get()
+        let result = try run([
+            "boot", "--kernel", dir + "/vmlinux", "--memory", "64M", "--console", "virtio", "--stats",
+            "--cmdline", "kunit_shutdown=poweroff kunit.filter_glob=bits-test",
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("ok 1 bits-test"), "\(result.stdout.suffix(2000))")
+        let line = result.stderr.split(separator: "\n").first { $0.hasPrefix("virtio-console0: ") }
+        #expect(line != nil, "\(result.stderr)")
+        // Every byte on standard output came through the device: COM1 is not a console.
+        #expect(line?.contains(" \(result.stdout.utf8.count) bytes") == true, "\(line ?? "")")
+    }
+
     @Test("boot --on-reboot restart boots again after a reset; SIGTERM then stops it")
     func bootRestartsOnReset() throws {
         let dir = try LinuxKernels.testKernel.get()

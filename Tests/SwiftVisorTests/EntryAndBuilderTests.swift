@@ -160,7 +160,7 @@ struct VirtioPlacementTests {
         var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))
         config.virtioDevices = [.entropy, .entropy]
         let attachments = try MachineBuilder(configuration: config).makeVirtioDevices(
-            memory: try GuestMemory(size: 1 << 20), irqLine: nil)
+            memory: try GuestMemory(size: 1 << 20), irqLine: nil, consoleOutput: { _ in })
         #expect(attachments.map(\.platformDevice.name) == ["virtio-rng0", "virtio-rng1"])
         #expect(attachments.map(\.platformDevice.irqs) == [[5], [6]])
         let aml = try AMLTerm.encode(termList: attachments[1].platformDevice.aml)
@@ -252,14 +252,14 @@ struct VirtioPlacementTests {
         config.virtioDevices = devices
         do {
             _ = try MachineBuilder(configuration: config).makeVirtioDevices(
-                memory: try GuestMemory(size: 1 << 20), irqLine: nil)
+                memory: try GuestMemory(size: 1 << 20), irqLine: nil, consoleOutput: { _ in })
             return nil
         } catch {
             return "\(error)"
         }
     }
 
-    @Test("disks: opened by the builder; missing, directory, odd-sized and twice-writable files are refused")
+    @Test("disks: opened by the builder; missing, directory, odd-sized, twice-writable and locked files are refused")
     func diskValidation() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvisor-disks-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -275,15 +275,30 @@ struct VirtioPlacementTests {
         #expect(buildDisks([.block(path: directory.path, readOnly: true)])?.contains("directory") == true)
         #expect(buildDisks([.block(path: odd, readOnly: false)])?.contains("multiple of 512") == true)
         #expect(
-            buildDisks([.block(path: good, readOnly: false), .block(path: good, readOnly: false)])?.contains("twice") == true)
-        #expect(buildDisks([.block(path: good, readOnly: true), .block(path: good, readOnly: false)])?.contains("twice") == true)
+            buildDisks([.block(path: good, readOnly: false), .block(path: good, readOnly: false)])?.contains("in use") == true)
+        #expect(
+            buildDisks([.block(path: good, readOnly: true), .block(path: good, readOnly: false)])?.contains("in use") == true)
+        // Another process's lock (here: another open file of this one, which flock treats
+        // alike): an exclusive lock refuses every disk, a shared one only a writable disk.
+        let holder = try FileHandle(forUpdating: URL(fileURLWithPath: good))
+        #expect(flock(holder.fileDescriptor, LOCK_EX | LOCK_NB) == 0)
+        let locked = buildDisks([.block(path: good, readOnly: true)])
+        #expect(
+            locked
+                == "invalid devices: disk \(good): is in use: another disk or process holds a lock on it (a writable disk belongs to one VM)"
+        )
+        #expect(flock(holder.fileDescriptor, LOCK_SH | LOCK_NB) == 0)
+        #expect(buildDisks([.block(path: good, readOnly: true)]) == nil)
+        #expect(buildDisks([.block(path: good, readOnly: false)])?.contains("in use") == true)
+        try holder.close()
+        #expect(buildDisks([.block(path: good, readOnly: false)]) == nil)
         let attachments = try MachineBuilder(
             configuration: {
                 var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))
                 config.virtioDevices = [.entropy, .block(path: good, readOnly: true)]
                 return config
             }()
-        ).makeVirtioDevices(memory: try GuestMemory(size: 1 << 20), irqLine: nil)
+        ).makeVirtioDevices(memory: try GuestMemory(size: 1 << 20), irqLine: nil, consoleOutput: { _ in })
         #expect(attachments.map(\.platformDevice.name) == ["virtio-rng0", "virtio-blk1"])
     }
 }

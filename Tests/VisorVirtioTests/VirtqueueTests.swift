@@ -210,4 +210,62 @@ struct VirtqueueTests {
         event.requestNotification(memory: memory)
         #expect(try memory.readUInt16(at: driver.used + 4 + 8 * 8) == event.nextAvailable)
     }
+
+    /// A one-descriptor chain at head `head` (readable, 4 bytes).
+    static func simpleChain(_ driver: FakeDriver, _ head: UInt64) throws {
+        try driver.setDescriptor(head, address: FakeDriver.bufferBase + 0x100 * head, length: 4)
+    }
+
+    @Test("serveAvailable with EVENT_IDX publishes avail_event and serves entries the driver added meanwhile")
+    func eventIndexRecheck() throws {
+        let memory = try FakeDriver.memory()
+        var driver = FakeDriver(memory: memory)
+        for head in 0..<8 { try Self.simpleChain(driver, UInt64(head)) }
+        var queue = try driver.queue(eventIndex: true)
+        var chain = DescriptorChain(capacity: 8)
+        var counters = VirtioCounters()
+        try driver.makeAvailable(0)
+        var added = false
+        // The first request's service adds another entry without a notification, as a driver
+        // racing with the device does; the device must still see it.
+        let served = queue.serveAvailable(memory: memory, chain: &chain, counters: &counters) { _ in
+            if !added {
+                added = true
+                try? driver.makeAvailable(1)
+            }
+            return VirtioCompletion(written: 0, bytes: 4)
+        }
+        #expect(counters.requests == 2)
+        #expect(served == Virtqueue.Served(interrupt: true, more: false))
+        #expect(try memory.readUInt16(at: driver.used + 4 + 8 * 8) == 2)  // avail_event: notify for entry 2
+        #expect(driver.usedIndex == 2)
+    }
+
+    @Test("serveAvailable stops at a queue's worth and reports that entries are left; without EVENT_IDX avail_event is untouched")
+    func eventIndexBound() throws {
+        let memory = try FakeDriver.memory()
+        var driver = FakeDriver(memory: memory)
+        for head in 0..<8 { try Self.simpleChain(driver, UInt64(head)) }
+        for eventIndex in [true, false] {
+            try memory.write(UInt16(0xBEEF), at: driver.used + 4 + 8 * 8)
+            var queue = try driver.queue(eventIndex: eventIndex)
+            try memory.write(UInt16(0), at: driver.used + 2)
+            try driver.setAvailableIndex(0)
+            var chain = DescriptorChain(capacity: 8)
+            var counters = VirtioCounters()
+            for head in 0..<8 { try driver.makeAvailable(UInt16(head)) }
+            // Each completion makes one more entry available: the ring never runs dry.
+            var next: UInt16 = 0
+            let served = queue.serveAvailable(memory: memory, chain: &chain, counters: &counters) { chain in
+                try? driver.makeAvailable(next % 8)
+                next &+= 1
+                return VirtioCompletion(written: 0, bytes: 0)
+            }
+            #expect(counters.requests == 8)
+            #expect(served.more == eventIndex)
+            #expect(queue.pending(memory: memory) == 8)
+            let availableEvent = try memory.readUInt16(at: driver.used + 4 + 8 * 8)
+            #expect(availableEvent == (eventIndex ? 8 : 0xBEEF))
+        }
+    }
 }
