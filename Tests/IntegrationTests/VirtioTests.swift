@@ -175,14 +175,7 @@ extension KVMIntegration {
             #expect(machine.deviceName(mmioAddress: 0xD000_7FFF) == "virtio-rng7")
             #expect(machine.deviceName(mmioAddress: 0xD000_8000) == nil)
         }
-    }
-}
 
-extension KVMIntegration {
-    @Suite("Virtio devices in Linux")
-    struct VirtioLinuxTests {
-        /// With no root and panic=-1 the kernel resets right after its drivers probed: the
-        /// VM ends by itself, with the devices' counters to read.
         @Test(
             "a guest driver echoes a host program's connection (CONNECT, OK, bytes back), then connects to PATH_1235 and gets the reply",
             arguments: [1, 2])
@@ -262,7 +255,14 @@ extension KVMIntegration {
             let statistics = try #require(machine.virtioStatistics.first)
             #expect(statistics.malformedRequests == 0 && statistics.bytes == 4 + 4 + 21 + 3, "\(statistics)")
         }
+    }
+}
 
+extension KVMIntegration {
+    @Suite("Virtio devices in Linux")
+    struct VirtioLinuxTests {
+        /// With no root and panic=-1 the kernel resets right after its drivers probed: the
+        /// VM ends by itself, with the devices' counters to read.
         @Test(
             "a host CONNECT to a guest port nobody listens on: the test kernel answers RST and the host side sees the connection closed, every time",
             arguments: [1, 2])
