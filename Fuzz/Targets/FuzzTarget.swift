@@ -100,6 +100,11 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// its status is 0, 1 or 2 (or it was malformed, length 0); the disk never changes size,
     /// and a read-only one never changes.
     case virtioBlock = "virtio-block"
+    /// The vsock device on a fake host side, driven by a hostile guest's packets and rx
+    /// buffers and by host programs' lines, bytes and ends. Checks: the guest never gets
+    /// more payload than its advertised credit; every used length fits its buffer; a
+    /// connection reset by either side is gone; no closed host socket is used again.
+    case virtioVsock = "virtio-vsock"
     /// The virtio console device with both queues, driven by descriptors and available
     /// heads of a hostile driver, transmit notifications and input. Checks: the output is
     /// exactly the readable bytes of the valid transmit chains completed, in order; input
@@ -139,6 +144,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .virtqueue: fuzzVirtqueue(data)
         case .virtioEntropy: fuzzVirtioEntropy(data)
         case .virtioBlock: fuzzVirtioBlock(data)
+        case .virtioVsock: fuzzVirtioVsock(data)
         case .virtioConsole: fuzzVirtioConsole(data)
         }
     }

@@ -1,8 +1,12 @@
+#define _GNU_SOURCE
 #include "chost.h"
 
 #include <errno.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <string.h>
 #include <unistd.h>
 
 int chost_eventfd(void) {
@@ -74,4 +78,54 @@ int chost_epoll_wait(int epoll, uint64_t *tags, uint32_t *ready, int capacity, i
         ready[i] = r;
     }
     return n;
+}
+
+_Static_assert(CHOST_UNIX_PATH_MAX + 1 == sizeof(((struct sockaddr_un *)0)->sun_path), "sun_path's size");
+
+static int unix_address(const char *path, struct sockaddr_un *address) {
+    size_t length = strlen(path);
+    if (length == 0) return -ENOENT;
+    if (length > CHOST_UNIX_PATH_MAX) return -ENAMETOOLONG;
+    memset(address, 0, sizeof *address);
+    address->sun_family = AF_UNIX;
+    memcpy(address->sun_path, path, length);
+    return 0;
+}
+
+int chost_unix_listen(const char *path, int backlog) {
+    struct sockaddr_un address;
+    int rc = unix_address(path, &address);
+    if (rc != 0) return rc;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (bind(fd, (struct sockaddr *)&address, sizeof address) != 0 || listen(fd, backlog) != 0) {
+        int error = errno;
+        close(fd);
+        return -error;
+    }
+    return fd;
+}
+
+int chost_unix_connect(const char *path) {
+    struct sockaddr_un address;
+    int rc = unix_address(path, &address);
+    if (rc != 0) return rc;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    for (;;) {
+        if (connect(fd, (struct sockaddr *)&address, sizeof address) == 0) return fd;
+        if (errno == EINTR) continue;
+        int error = errno;
+        close(fd);
+        return -error;
+    }
+}
+
+int chost_accept(int fd) {
+    for (;;) {
+        int connection = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (connection >= 0) return connection;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
 }

@@ -9,6 +9,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #if !defined(__x86_64__)
@@ -36,12 +37,21 @@
 static const long vcpu_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl, SYS_pread64, SYS_pwrite64, SYS_fsync };
 static const long console_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
 
-// An I/O thread: epoll (epoll_ctl for the watches its devices add and end as they run), and
-// the file calls of the device backends (positioned reads and writes, flushes). Eventfds
-// are read and written with read and write. No ioctl at all.
+// The host side of a vsock device, Unix stream sockets on the I/O thread: accept4 takes a
+// host program's connection on the listener made at set-up; socket (AF_UNIX only, see
+// unix_domains) and connect reach the host listener a guest connects to; sendto and
+// recvfrom are what send and recv make (recvfrom also peeks at a CONNECT line); shutdown
+// passes a guest's SHUTDOWN on; close ends a connection's socket. Nothing names a path but
+// connect, and only a Unix socket can connect.
+#define VSOCK_SYSCALLS SYS_accept4, SYS_socket, SYS_connect, SYS_sendto, SYS_recvfrom, SYS_shutdown, SYS_close
+
+// An I/O thread: epoll (epoll_ctl for the watches its devices add and end as they run), the
+// file calls of the device backends (positioned reads and writes, flushes), and the vsock
+// sockets. Eventfds are read and written with read and write. No ioctl at all.
 static const long io_syscalls[] = {
     COMMON_SYSCALLS, SYS_epoll_wait, SYS_epoll_pwait, SYS_epoll_ctl,
     SYS_pread64, SYS_pwrite64, SYS_preadv, SYS_pwritev, SYS_fsync, SYS_fdatasync,
+    VSOCK_SYSCALLS,
 };
 
 // The main thread after set-up, and the signal thread. Beyond the common calls: starting
@@ -52,13 +62,20 @@ static const long io_syscalls[] = {
 // through the descriptor opened before the filter (ftruncate, pwrite64); fstat, which the C
 // library makes on descriptors it writes to. The vCPU threads a confined main thread
 // starts inherit this filter beneath their own, so it also holds their disk I/O (pread64,
-// pwrite64, fsync). No open, socket, execve, kill or ptrace.
-static const long main_syscalls[] = {
-    COMMON_SYSCALLS, SYS_ioctl, SYS_prctl,
-    SYS_clone3, SYS_clone, SYS_set_robust_list, SYS_seccomp, SYS_epoll_create1, SYS_epoll_ctl, SYS_eventfd2,
-    SYS_rt_sigtimedwait, SYS_sysinfo, SYS_close, SYS_fstat, SYS_newfstatat, SYS_ftruncate, SYS_pwrite64,
-    SYS_pread64, SYS_fsync,
-};
+// pwrite64, fsync); so do the I/O threads of machines built after a guest reset, which
+// wait with epoll_wait (epoll_pwait where the C library prefers it). No open, socket,
+// execve, kill or ptrace.
+#define MAIN_SYSCALLS \
+    COMMON_SYSCALLS, SYS_ioctl, SYS_prctl, \
+    SYS_clone3, SYS_clone, SYS_set_robust_list, SYS_seccomp, SYS_epoll_create1, SYS_epoll_ctl, SYS_eventfd2, \
+    SYS_rt_sigtimedwait, SYS_sysinfo, SYS_close, SYS_fstat, SYS_newfstatat, SYS_ftruncate, SYS_pwrite64, \
+    SYS_pread64, SYS_fsync, SYS_epoll_wait, SYS_epoll_pwait
+static const long main_syscalls[] = { MAIN_SYSCALLS };
+
+// The main thread of a command with a vsock device: the I/O thread of each machine built
+// after a guest reset inherits this filter, so it holds the vsock socket calls as well
+// (socket AF_UNIX only); and unlink, for the listener's path when the command ends.
+static const long main_vsock_syscalls[] = { MAIN_SYSCALLS, VSOCK_SYSCALLS, SYS_unlink };
 
 // The ioctls a vCPU thread makes after set-up: KVM_RUN, the register and event accesses
 // of the dispatch, the emulator and the state dump, interrupt and NMI injection, and the
@@ -94,6 +111,9 @@ static const unsigned long main_ioctls[] = {
 
 // prctl only to set no-new-privileges, which a new thread does before its own filter.
 static const unsigned long main_prctl_options[] = { PR_SET_NO_NEW_PRIVS };
+
+// socket only for Unix sockets (its first argument, the domain).
+static const unsigned long unix_domains[] = { AF_UNIX };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -159,7 +179,7 @@ static int build(const long *syscalls, size_t nsys, const argument_rule *rules, 
 typedef struct {
     const long *syscalls;
     size_t nsys;
-    argument_rule rules[2];
+    argument_rule rules[3];
     size_t nrules;
 } role_lists;
 
@@ -174,12 +194,19 @@ static int lists_of(cseccomp_role role, role_lists *lists) {
                                { { SYS_ioctl, 1, console_ioctls, COUNT(console_ioctls) } }, 1 };
         return 0;
     case CSECCOMP_ROLE_IO:
-        *lists = (role_lists){ io_syscalls, COUNT(io_syscalls), { { 0 } }, 0 };
+        *lists = (role_lists){ io_syscalls, COUNT(io_syscalls),
+                               { { SYS_socket, 0, unix_domains, COUNT(unix_domains) } }, 1 };
         return 0;
     case CSECCOMP_ROLE_MAIN:
         *lists = (role_lists){ main_syscalls, COUNT(main_syscalls),
                                { { SYS_ioctl, 1, main_ioctls, COUNT(main_ioctls) },
                                  { SYS_prctl, 0, main_prctl_options, COUNT(main_prctl_options) } }, 2 };
+        return 0;
+    case CSECCOMP_ROLE_MAIN_VSOCK:
+        *lists = (role_lists){ main_vsock_syscalls, COUNT(main_vsock_syscalls),
+                               { { SYS_ioctl, 1, main_ioctls, COUNT(main_ioctls) },
+                                 { SYS_prctl, 0, main_prctl_options, COUNT(main_prctl_options) },
+                                 { SYS_socket, 0, unix_domains, COUNT(unix_domains) } }, 3 };
         return 0;
     }
     return -EINVAL;

@@ -115,6 +115,8 @@ public struct MachineConfiguration: Sendable {
     public var virtioEventIndex = true
     /// Disk files opened ahead of the build by `openDisks()`, by device index.
     package var openedDisks: [Int: HostDiskFile] = [:]
+    /// The vsock device's listening socket, made ahead of the build by `openVsock()`.
+    package var openedVsockListener: HostUnixListener?
     /// Finish in user space the instructions the host's KVM cannot emulate (see
     /// `InstructionEmulator`); off, an emulation failure stops the VM.
     public var emulation = true

@@ -25,6 +25,16 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
     /// same file may back several read-only disks but only one writable one.
     case block(path: String, readOnly: Bool)
 
+    /// The socket device (ID 19) for the guest context ID `cid` (3 to 2^32 - 2), in
+    /// Firecracker's hybrid design: the machine listens on the Unix socket `udsPath`
+    /// (which must not exist; it is removed when the machine, or the configuration that
+    /// opened it with `openVsock()`, goes away). A host program connects there and sends
+    /// `CONNECT <port>\n`; once the guest accepts, it reads `OK <hostport>\n` and the
+    /// connection is a byte stream to the guest's listener on that port (no listener: the
+    /// connection closes). A guest connecting to host port P reaches the Unix socket
+    /// `udsPath_P`. Stream sockets only; at most one per machine; needs the I/O thread.
+    case vsock(cid: UInt64, udsPath: String)
+
     /// The console device (ID 3), one port: the guest's output goes where COM1's does
     /// (`MachineConfiguration.consoleDescriptor` or `consoleOutput`), and
     /// `Machine.sendConsoleInput` feeds its input. A Linux guest uses it with
@@ -46,11 +56,48 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
         self = .block(path: String(path), readOnly: readOnly)
     }
 
+    /// A vsock device given as `cid=N,uds=PATH` or `uds=PATH,cid=N` (the form of
+    /// `swiftvisor --vsock`); the path is the rest after `uds=` (or up to the last
+    /// `,cid=`), so it may hold commas. Throws, with the reason, for a missing or repeated
+    /// field, a CID that is not a number from 3 to 2^32 - 2 (0-2 and 2^32 - 1 are
+    /// reserved), or an empty path or one longer than a Unix socket address holds (107
+    /// bytes). Whether the path exists is checked when the socket is made.
+    public init(vsock text: String) throws(MachineError) {
+        let cidText: Substring
+        let path: Substring
+        if text.hasPrefix("cid=") {
+            guard let comma = text.firstIndex(of: ","), text[text.index(after: comma)...].hasPrefix("uds=") else {
+                throw .invalidDevices("--vsock \(text): give cid=N,uds=PATH")
+            }
+            cidText = text[text.index(text.startIndex, offsetBy: 4)..<comma]
+            path = text[text.index(comma, offsetBy: 5)...]
+        } else if text.hasPrefix("uds="),
+            let comma = text.indices.last(where: { text[$0...].hasPrefix(",cid=") }),
+            comma >= text.index(text.startIndex, offsetBy: 4)
+        {
+            path = text[text.index(text.startIndex, offsetBy: 4)..<comma]
+            cidText = text[text.index(comma, offsetBy: 5)...]
+        } else {
+            throw .invalidDevices("--vsock \(text): give cid=N,uds=PATH")
+        }
+        guard let cid = UInt64(cidText), cid >= 3, cid <= UInt64(UInt32.max) - 1 else {
+            throw .invalidDevices(
+                "vsock CID \(cidText) is not a number from 3 to \(UInt32.max - 1) (0-2 and \(UInt32.max) are reserved)")
+        }
+        guard !path.isEmpty else { throw .invalidDevices("--vsock \(text): the socket path is empty") }
+        guard path.utf8.count <= HostUnixListener.maximumPathLength else {
+            throw .invalidDevices(
+                "vsock socket \(path): longer than the \(HostUnixListener.maximumPathLength) bytes a socket path may have")
+        }
+        self = .vsock(cid: cid, udsPath: String(path))
+    }
+
     /// The name in statistics, errors and the DSDT messages.
     public var name: String {
         switch self {
         case .entropy: "virtio-rng"
         case .block: "virtio-blk"
+        case .vsock: "virtio-vsock"
         case .console: "virtio-console"
         }
     }
@@ -143,6 +190,8 @@ extension MachineBuilder {
             throw .invalidDevices(
                 "\(count) virtio devices, but a machine has \(VirtioLayout.maximumDevices) free interrupts for them")
         }
+        let vsocks = configuration.virtioDevices.filter { if case .vsock = $0 { true } else { false } }
+        guard vsocks.count <= 1 else { throw .invalidDevices("\(vsocks.count) vsock devices, but a machine has at most one") }
         guard configuration.interruptController else {
             throw .invalidDevices("virtio devices need the interrupt controller (they raise IOAPIC interrupts)")
         }
@@ -172,6 +221,18 @@ extension MachineBuilder {
                 let file = try Self.openDisk(
                     path, readOnly: readOnly, disks: &disks, opened: configuration.openedDisks[index])
                 model = VirtioBlockDevice(file: file, readOnly: readOnly, identifier: "swiftvisor-disk\(index)")
+            case .vsock(let cid, let path):
+                guard let thread = fastPath?.thread else {
+                    throw .invalidDevices(
+                        "the vsock device needs the I/O thread (virtioIOThread, with KVM's ioeventfd and irqfd)")
+                }
+                let listener: HostUnixListener
+                if let opened = configuration.openedVsockListener {
+                    listener = opened
+                } else {
+                    listener = try Self.listenVsock(cid: cid, path: path)
+                }
+                model = VirtioVsockDevice(guestCID: cid, host: VsockUnixHost(listener: listener, thread: thread))
             case .console:
                 model = VirtioConsoleDevice(output: consoleOutput)
             }
@@ -256,6 +317,16 @@ extension MachineBuilder {
         return file
     }
 
+    /// Checks a vsock device's CID and listens on its socket path.
+    static func listenVsock(cid: UInt64, path: String) throws(MachineError) -> HostUnixListener {
+        guard cid >= 3, cid <= UInt64(UInt32.max) - 1 else {
+            throw .invalidDevices("vsock CID \(cid) is reserved: give one from 3 to \(UInt32.max - 1)")
+        }
+        do throws(HostFileError) { return try HostUnixListener.listen(path: path) } catch {
+            throw .invalidDevices("vsock socket \(path): \(error.reason)")
+        }
+    }
+
     static func openDisk(_ path: String, readOnly: Bool) throws(MachineError) -> HostDiskFile {
         do throws(HostFileError) { return try HostDiskFile.open(path, readOnly: readOnly) } catch {
             throw .invalidDevices("disk \(path): \(error.reason)")
@@ -272,6 +343,18 @@ extension MachineConfiguration {
         for (index, device) in virtioDevices.enumerated() {
             if case .block(let path, let readOnly) = device, openedDisks[index] == nil {
                 openedDisks[index] = try MachineBuilder.openDisk(path, readOnly: readOnly)
+            }
+        }
+    }
+
+    /// Listens on the vsock device's socket path now, once, and keeps the listener in the
+    /// configuration, so that every machine built from it (after a guest reset) serves
+    /// the same socket, and the path is removed only when the configuration goes away. A
+    /// bad CID or path fails here, with its one-line error.
+    package mutating func openVsock() throws(MachineError) {
+        for device in virtioDevices {
+            if case .vsock(let cid, let path) = device, openedVsockListener == nil {
+                openedVsockListener = try MachineBuilder.listenVsock(cid: cid, path: path)
             }
         }
     }

@@ -25,8 +25,15 @@ public enum Seccomp {
         /// the terminal, rewriting an already open file. No `open`, `socket`, `execve`,
         /// `kill` or `ptrace`; `prctl` only for no-new-privileges.
         case main
-        /// An I/O thread: epoll, eventfd reads and writes, and the device backends' file
-        /// calls (`pread64`, `pwrite64`, `fsync`, `fdatasync`); no `ioctl`.
+        /// `main` for a command with a vsock device: also the Unix socket calls (`socket`
+        /// for `AF_UNIX` only, `accept4`, `connect`, `sendto`, `recvfrom`, `shutdown`) that
+        /// the I/O threads of machines built after a guest reset inherit, and `unlink` for
+        /// the device's listening socket when the command ends.
+        case mainWithVsock
+        /// An I/O thread: epoll, eventfd reads and writes, the device backends' file
+        /// calls (`pread64`, `pwrite64`, `fsync`, `fdatasync`) and the vsock device's Unix
+        /// sockets (`socket` for `AF_UNIX` only, `accept4`, `connect`, `sendto`,
+        /// `recvfrom`, `shutdown`, `close`); no `ioctl`.
         case io
 
         var c: cseccomp_role {
@@ -35,6 +42,7 @@ public enum Seccomp {
             case .console: CSECCOMP_ROLE_CONSOLE
             case .main: CSECCOMP_ROLE_MAIN
             case .io: CSECCOMP_ROLE_IO
+            case .mainWithVsock: CSECCOMP_ROLE_MAIN_VSOCK
             }
         }
     }

@@ -121,12 +121,28 @@ struct DeviceOptions: ParsableArguments {
             valueName: "serial|virtio"))
     var console: ConsoleKind = .serial
 
+    @Option(
+        help: ArgumentHelp(
+            "A virtio socket device for the guest context ID N (3 or more), listening on the Unix socket PATH, "
+                + "which must not exist: a host program connects there and sends 'CONNECT <port>\\n'; a guest "
+                + "connecting to host port P reaches PATH_P (Firecracker's hybrid design).",
+            valueName: "cid=N,uds=PATH"))
+    var vsock: [String] = []
+
     /// Adds the devices asked for, in a fixed order: their windows and interrupts follow it
-    /// (the console, the entropy device, then the disks in the order given).
+    /// (the console, the entropy device, then the disks in the order given, then the socket
+    /// device).
     func apply(to config: inout MachineConfiguration) {
         if console == .virtio { config.virtioDevices.append(.console) }
         if rng { config.virtioDevices.append(.entropy) }
         config.virtioDevices += disks.map(\.device)
+        // A bad --vsock is a one-line error (`fail`), as a bad disk is when it is opened.
+        if vsock.count > 1 { fail("--vsock is given \(vsock.count) times; a machine has at most one") }
+        for text in vsock {
+            do throws(MachineError) { config.virtioDevices.append(try VirtioDeviceConfiguration(vsock: text)) } catch {
+                fail(error.description)
+            }
+        }
     }
 }
 
@@ -352,12 +368,16 @@ final class CommandSession {
     let signals: SignalRouter
     private let statisticsFile: (path: String, file: HostOutputFile)?
     private let confines: Bool
+    /// The main thread's filter: with a vsock device, the one that also holds its sockets.
+    private let mainRole: Seccomp.Role
     private var mainThreadConfined = false
 
     /// Opens `output`'s statistics file now, so that a bad path fails before any guest runs
     /// and the file can be rewritten once `open` is off the main thread's allowlist.
     init(_ config: MachineConfiguration, output: OutputOptions) {
         confines = config.seccomp
+        let hasVsock = config.virtioDevices.contains { if case .vsock = $0 { true } else { false } }
+        mainRole = hasVsock ? .mainWithVsock : .main
         do {
             statisticsFile = try output.statsJSON.map { path throws(MachineError) in (path, try HostIO.outputFile(path)) }
         } catch {
@@ -371,7 +391,7 @@ final class CommandSession {
     /// open /dev/kvm, and every thread started from now on inherits the filter.
     func confineMainThread() {
         guard confines, !mainThreadConfined else { return }
-        do throws(SeccompError) { try Seccomp.install(.main) } catch { fail(error.description) }
+        do throws(SeccompError) { try Seccomp.install(mainRole) } catch { fail(error.description) }
         mainThreadConfined = true
     }
 
@@ -401,6 +421,7 @@ func runMachine(
     let machine: Machine
     do throws(MachineError) {
         machine = try Machine(config)
+        recordListeningPaths(config)
         session.confineMainThread()
         signals.attach(machine)
         report = try machine.run()
@@ -531,7 +552,23 @@ final class SignalRouter: Sendable {
 }
 
 /// Prints a one-line error and exits with status 1.
+/// Socket paths this command listens on (a vsock device's), which `fail` removes: its exit
+/// runs no deinitializer, which would otherwise remove them.
+let listeningPaths = Mutex<[String]>([])
+
+/// Records the vsock socket path of `config` once its listener exists (not before: a path
+/// that existed already is not ours to remove).
+func recordListeningPaths(_ config: MachineConfiguration) {
+    for device in config.virtioDevices {
+        if case .vsock(_, let path) = device { listeningPaths.withLock { $0.append(path) } }
+    }
+}
+
 func fail(_ message: String) -> Never {
+    for path in listeningPaths.withLock({ $0 }) {
+        // SAFETY: the path is passed as a NUL-terminated copy that lives for the call.
+        _ = unsafe unlink(path)
+    }
     HostIO.printError("swiftvisor: error: \(message)")
     SwiftVisorCommand.exit(withError: ExitCode(1))
 }

@@ -2,6 +2,7 @@ import Foundation
 import SwiftVisor
 import SwiftVisorGuests
 import Testing
+import VisorHost
 
 extension KVMIntegration {
     /// The `swiftvisor` executable, as a user runs it. (Foundation is used here for Process
@@ -101,6 +102,32 @@ extension KVMIntegration {
             #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == contents)
             expectOneLineError(try run(["--builtin", "virtio_blk", "--disk", path, "--disk", path]), mentioning: "twice")
             expectOneLineError(try run(["--disk", path + ".missing"]), mentioning: ".missing")
+        }
+
+        @Test(
+            "--vsock: reserved CIDs, a socket path that exists or is too long, and a second --vsock are one-line errors; the socket goes with the VMM"
+        )
+        func vsockFlag() throws {
+            let directory = NSTemporaryDirectory() + "swiftvisor-vsock-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let path = directory + "/v.sock"
+            expectOneLineError(try run(["--vsock", "cid=2,uds=\(path)"]), mentioning: "CID 2")
+            expectOneLineError(try run(["--vsock", "cid=4294967295,uds=\(path)"]), mentioning: "reserved")
+            expectOneLineError(try run(["--vsock", "cid=3"]), mentioning: "cid=N,uds=PATH")
+            expectOneLineError(
+                try run(["--vsock", "cid=3,uds=/" + String(repeating: "x", count: 120)]), mentioning: "longer than")
+            expectOneLineError(
+                try run(["--vsock", "cid=3,uds=\(path)", "--vsock", "cid=4,uds=\(path)2"]), mentioning: "at most one")
+            let existing = try temporaryFile([1])
+            defer { try? FileManager.default.removeItem(atPath: existing) }
+            expectOneLineError(try run(["--vsock", "cid=3,uds=\(existing)"]), mentioning: "exists")
+            #expect(FileManager.default.fileExists(atPath: existing))
+            // Under the command's seccomp filters, the machine listens and removes its socket at the end.
+            let result = try run(["--vsock", "cid=3,uds=\(path)", "--stats"])
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stderr.contains("virtio-vsock0: 0 requests"), "\(result.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: path))
         }
 
         @Test("with no arguments it runs the built-in guest, which greets")
@@ -232,6 +259,57 @@ extension KVMIntegration {
             #expect(process.terminationStatus == 0, "\(stderr)")
             #expect(stderr.contains("booting again (boot 2)"), "\(stderr)")
             #expect(!stderr.contains("not permitted"), "\(stderr)")
+        }
+
+        @Test(
+            "boot --on-reboot restart with --vsock: the next boot serves the same socket under the inherited filter; the path goes at the end"
+        )
+        func rebootWithVsock() throws {
+            let kernel = try temporaryFile(try #require(builtinImage("reset_echo")))
+            defer { removeFile(kernel) }
+            let directory = NSTemporaryDirectory() + "swiftvisor-vsock-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let path = directory + "/v.sock"
+            let process = Process()
+            process.executableURL = Self.binary
+            process.arguments = [
+                "boot", "--kernel", kernel, "--memory", "32M", "--cmdline-replace", "", "--on-reboot", "restart",
+                "--debug-exit-port", "--vsock", "cid=3,uds=\(path)",
+            ]
+            let input = Pipe(), output = Pipe(), errors = Pipe()
+            process.standardInput = input
+            process.standardOutput = output
+            process.standardError = errors
+            try process.run()
+            _ = read(output.fileHandleForReading, until: "ready\n")
+            input.fileHandleForWriting.write(Data("a".utf8))  // echoed, then a reset
+            let second = String(decoding: read(output.fileHandleForReading, until: "ready\n"), as: UTF8.self)
+            guard second.contains("ready"), process.isRunning else {
+                process.waitUntilExit()
+                let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                Issue.record("the second boot did not start: \(stderr)")
+                return
+            }
+            // Boot 2's I/O thread accepts and reads the line; this guest has no driver, so the
+            // connection is closed: the host program reads the end of input.
+            let fd = try #require(HostSocket.connect(path: path))
+            _ = HostSocket.send(fd, Array("CONNECT 1\n".utf8)[...])
+            var buffer = [UInt8](repeating: 0, count: 16)
+            var ended = false
+            for _ in 0..<5000 where !ended {
+                let result = HostSocket.receive(fd, into: &buffer, count: 16)
+                ended = result == .transferred(0) || result == .failed
+                if !ended { usleep(1000) }
+            }
+            HostSocket.close(fd)
+            #expect(ended)
+            input.fileHandleForWriting.write(Data("q".utf8))
+            process.waitUntilExit()
+            let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus == 0, "\(stderr)")
+            #expect(stderr.contains("booting again (boot 2)"), "\(stderr)")
+            #expect(!FileManager.default.fileExists(atPath: path))
         }
 
         @Test("an ELF file given on the command line runs, and a raw binary runs with --load-address")

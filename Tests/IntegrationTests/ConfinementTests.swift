@@ -163,7 +163,7 @@ extension KVMIntegration {
             let allowed = [
                 "ioctl": 16, "clone3": 435, "set_robust_list": 273, "seccomp": 317, "prctl": 157,
                 "rt_sigtimedwait": 128, "pwrite64": 18, "ftruncate": 77, "futex": 202, "exit_group": 231,
-                "pread64": 17, "fsync": 74,
+                "pread64": 17, "fsync": 74, "epoll_wait": 232, "epoll_pwait": 281,
             ]
             let refused = [
                 "socket": 41, "openat": 257, "open": 2, "execve": 59, "execveat": 322, "fork": 57, "vfork": 58,
@@ -171,6 +171,46 @@ extension KVMIntegration {
             ]
             for (name, number) in allowed { #expect(Seccomp.allows(.main, syscall: number), "\(name)") }
             for (name, number) in refused { #expect(!Seccomp.allows(.main, syscall: number), "\(name)") }
+        }
+
+        @Test("the I/O role allows Unix sockets for vsock (socket for AF_UNIX only), and not open, execve or ioctl")
+        func ioRoleSockets() {
+            let allowed = [
+                "socket": 41, "connect": 42, "accept4": 288, "sendto": 44, "recvfrom": 45, "shutdown": 48, "close": 3,
+                "epoll_ctl": 233,
+            ]
+            let refused = ["openat": 257, "open": 2, "execve": 59, "ioctl": 16, "bind": 49, "listen": 50, "unlink": 87]
+            for (name, number) in allowed { #expect(Seccomp.allows(.io, syscall: number), "\(name)") }
+            for (name, number) in refused { #expect(!Seccomp.allows(.io, syscall: number), "\(name)") }
+            // The main role of a command with a vsock device adds the same calls, and unlink
+            // for the listener's path; the plain main role has none of them.
+            for number in [41, 42, 288, 44, 45, 48, 87] {
+                #expect(Seccomp.allows(.mainWithVsock, syscall: number), "\(number)")
+                #expect(!Seccomp.allows(.main, syscall: number), "\(number)")
+            }
+            // Installed, the filter lets a Unix socket through and refuses any other domain.
+            let results = Mutex<(installed: Bool, unix: Int32, inet: Int32)>((false, -1, -1))
+            var thread = pthread_t()
+            let rc = VCPUThread.create(&thread) {
+                let installed: Bool
+                do throws(SeccompError) {
+                    try Seccomp.install(.io)
+                    installed = true
+                } catch { installed = false }
+                let unix = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                let unixErrno = unix < 0 ? errno : 0
+                if unix >= 0 { close(unix) }
+                let inet = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                let inetErrno = inet < 0 ? errno : 0
+                if inet >= 0 { close(inet) }
+                results.withLock { $0 = (installed, unixErrno, inetErrno) }
+            }
+            #expect(rc == 0)
+            VCPUThread.join(thread)
+            let (installed, unix, inet) = results.withLock { $0 }
+            #expect(installed)
+            #expect(unix == 0)
+            #expect(inet == EPERM)
         }
 
         @Test("the vCPU allowlist holds KVM_RUN's ioctl, console writes, futexes and disk I/O, and not socket, open or execve")

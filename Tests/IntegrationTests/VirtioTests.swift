@@ -2,6 +2,7 @@ import Foundation
 import SwiftVisor
 import SwiftVisorGuests
 import Testing
+import VisorHost
 
 extension KVMIntegration {
     @Suite("Virtio devices on KVM")
@@ -174,6 +175,86 @@ extension KVMIntegration {
             #expect(machine.deviceName(mmioAddress: 0xD000_7FFF) == "virtio-rng7")
             #expect(machine.deviceName(mmioAddress: 0xD000_8000) == nil)
         }
+
+        @Test(
+            "a guest driver echoes a host program's connection (CONNECT, OK, bytes back), then connects to PATH_1235 and gets the reply",
+            arguments: [1, 2])
+        func vsockEcho(vcpus: Int) async throws {
+            let directory = NSTemporaryDirectory() + "swiftvisor-vsock-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let path = directory + "/v.sock"
+            let hostListener = try HostUnixListener.listen(path: path + "_1235")
+            let console = ConsoleCapture()
+            var config = MachineConfiguration(guest: .elf(GuestImages.vsockEcho))
+            config.consoleOutput = console.sink
+            config.vcpuCount = vcpus
+            config.virtioDevices = [.vsock(cid: 3, udsPath: path)]
+            let machine = try Machine(config)
+            try machine.start()
+            func within(_ seconds: Double, _ condition: () -> Bool) async throws -> Bool {
+                let start = Date()
+                while !condition() {
+                    if Date().timeIntervalSince(start) > seconds { return false }
+                    try await Task.sleep(for: .milliseconds(2))
+                }
+                return true
+            }
+            #expect(try await within(30) { console.text.contains("listening on port 1234") }, "\(console.text)")
+            let client = try #require(HostSocket.connect(path: path))
+            _ = HostSocket.send(client, Array("CONNECT 1234\nping".utf8)[...])
+            var buffer = [UInt8](repeating: 0, count: 64)
+            var got: [UInt8] = []
+            let expected = Array("OK 1073741824\nping".utf8)
+            #expect(
+                try await within(30) {
+                    if case .transferred(let n) = HostSocket.receive(client, into: &buffer, count: 64) { got += buffer[0..<n] }
+                    return got.count >= expected.count
+                })
+            #expect(got == expected, "\(String(decoding: got, as: UTF8.self))")
+            HostSocket.close(client)
+            // The guest's own connection, to PATH_1235.
+            var accepted: Int32?
+            #expect(
+                try await within(30) {
+                    if case .accepted(let fd) = HostSocket.accept(hostListener.descriptor) { accepted = fd }
+                    return accepted != nil
+                }, "\(console.text)")
+            if let accepted {
+                got = []
+                let hello = Array("hello from the guest\n".utf8)
+                #expect(
+                    try await within(30) {
+                        if case .transferred(let n) = HostSocket.receive(accepted, into: &buffer, count: 64) {
+                            got += buffer[0..<n]
+                        }
+                        return got.count >= hello.count
+                    })
+                #expect(got == hello)
+                _ = HostSocket.send(accepted, Array("bye".utf8)[...])
+            }
+            let watchdog = Task {
+                try await Task.sleep(for: .seconds(60))
+                machine.requestStop()
+            }
+            let report = await machine.wait()
+            watchdog.cancel()
+            if let accepted { HostSocket.close(accepted) }
+            #expect(report.outcome == .stopped(.guestExit(status: 0)), "\(console.text)")
+            #expect(
+                console.text == """
+                    vsock: device 19, cid 3
+                    vsock: listening on port 1234
+                    vsock: connection from host port 1073741824
+                    vsock: echoed 4 bytes
+                    vsock: the host closed
+                    vsock: connected to host port 1235
+                    vsock: host said bye
+
+                    """)
+            let statistics = try #require(machine.virtioStatistics.first)
+            #expect(statistics.malformedRequests == 0 && statistics.bytes == 4 + 4 + 21 + 3, "\(statistics)")
+        }
     }
 }
 
@@ -182,6 +263,75 @@ extension KVMIntegration {
     struct VirtioLinuxTests {
         /// With no root and panic=-1 the kernel resets right after its drivers probed: the
         /// VM ends by itself, with the devices' counters to read.
+        @Test(
+            "a host CONNECT to a guest port nobody listens on: the test kernel answers RST and the host side sees the connection closed, every time",
+            arguments: [1, 2])
+        func vsockNoListener(cpus: Int) async throws {
+            let initrd = try [UInt8](
+                Data(contentsOf: URL(fileURLWithPath: try LinuxKernels.guestImages.get() + "/initramfs.cpio.gz")))
+            let directory = NSTemporaryDirectory() + "swiftvisor-vsock-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let path = directory + "/v.sock"
+            let quirks = try LinuxKernels.quirks.get()
+            let console = ConsoleCapture()
+            let request = LinuxBootRequest(
+                kernel: try LinuxKernels.testKernelFile("bzImage"), initrd: initrd,
+                commandLine: LinuxDefaults.commandLine(quirks: quirks, appending: "kunit.enable=0 panic=-1"),
+                bootProtocol: .linux64, hostDecompression: true)
+            var config = MachineConfiguration(guest: .linux(request))
+            config.memorySize = 128 << 20
+            config.vcpuCount = cpus
+            config.cpuid = quirks.linuxPolicy(from: CPUIDPolicy())
+            config.consoleOutput = console.sink
+            config.virtioDevices = [.vsock(cid: 3, udsPath: path)]
+            var machine: Machine? = try Machine(config)
+            try machine?.start()
+            // The driver is up long before init runs; the spinning init then keeps the
+            // kernel alive until the test stops it. The bound is for a hang only: on a host
+            // whose two cores are shared with other boots, two vCPUs took over 10 minutes.
+            let start = Date()
+            while !console.text.contains("Run /init as init process"), Date().timeIntervalSince(start) < 1800 {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(console.text.contains("Run /init as init process"), "\(console.text.suffix(3000))")
+            var outcomes: [String] = []
+            for _ in 0..<3 {
+                guard let fd = HostSocket.connect(path: path) else {
+                    outcomes.append("cannot connect")
+                    continue
+                }
+                defer { HostSocket.close(fd) }
+                _ = HostSocket.send(fd, Array("CONNECT 1234\n".utf8)[...])
+                var buffer = [UInt8](repeating: 0, count: 64)
+                var got: [UInt8] = []
+                var outcome = "no end after 60 s"
+                let begin = Date()
+                while Date().timeIntervalSince(begin) < 60 {
+                    let result = HostSocket.receive(fd, into: &buffer, count: buffer.count)
+                    if case .transferred(let n) = result, n > 0 {
+                        got += buffer[0..<n]
+                        continue
+                    }
+                    if result == .transferred(0) || result == .failed {
+                        outcome = "closed after \(got.count) bytes"
+                        break
+                    }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                outcomes.append(outcome)
+            }
+            #expect(outcomes == Array(repeating: "closed after 0 bytes", count: 3), "\(console.text.suffix(2000))")
+            let report = await machine?.stop()
+            #expect(report?.outcome == .stopped(.requested), "\(String(describing: report?.outcome))")
+            let vsock = try #require(machine?.virtioStatistics.first)
+            // Three REQUESTs out, three RSTs in, and the rx buffers the driver posted.
+            #expect(vsock.requests >= 6 && vsock.malformedRequests == 0, "\(vsock)")
+            #expect(console.text.contains("virtio_mmio.device=4K@0xd0000000:5"))
+            machine = nil
+            #expect(!FileManager.default.fileExists(atPath: path))
+        }
+
         @Test("the test kernel binds the entropy device (from its DSDT entry) and takes random bytes from it", arguments: [1, 2])
         func entropy(cpus: Int) async throws {
             let boot = try await bootLinux(

@@ -195,6 +195,57 @@ struct VirtioPlacementTests {
         #expect(VirtioDeviceConfiguration(disk: "readonly") == .block(path: "readonly", readOnly: false))
     }
 
+    @Test("--vsock cid=N,uds=PATH: either order, commas in the path, reserved CIDs and long paths refused")
+    func vsockArgument() throws {
+        #expect(try VirtioDeviceConfiguration(vsock: "cid=3,uds=/tmp/v.sock") == .vsock(cid: 3, udsPath: "/tmp/v.sock"))
+        #expect(try VirtioDeviceConfiguration(vsock: "uds=/tmp/v.sock,cid=42") == .vsock(cid: 42, udsPath: "/tmp/v.sock"))
+        #expect(try VirtioDeviceConfiguration(vsock: "cid=3,uds=/tmp/a,b") == .vsock(cid: 3, udsPath: "/tmp/a,b"))
+        #expect(try VirtioDeviceConfiguration(vsock: "uds=/tmp/a,b,cid=7") == .vsock(cid: 7, udsPath: "/tmp/a,b"))
+        #expect(
+            try VirtioDeviceConfiguration(vsock: "cid=4294967294,uds=x") == .vsock(cid: 4_294_967_294, udsPath: "x"))
+        func reason(_ text: String) -> String? {
+            do throws(MachineError) {
+                _ = try VirtioDeviceConfiguration(vsock: text)
+                return nil
+            } catch { return error.description }
+        }
+        for cid in ["0", "1", "2", "4294967295", "-3", "x", ""] {
+            #expect(reason("cid=\(cid),uds=/tmp/v.sock")?.contains("CID") == true, "\(cid)")
+        }
+        #expect(reason("cid=3,uds=")?.contains("empty") == true)
+        #expect(reason("cid=3,uds=/" + String(repeating: "x", count: 107))?.contains("longer") == true)
+        #expect(reason("cid=3,uds=/" + String(repeating: "x", count: 106)) == nil)
+        for text in ["cid=3", "uds=/tmp/v.sock", "cid=3;uds=/x", "port=3,uds=/x", ""] {
+            #expect(reason(text)?.contains("cid=N,uds=PATH") == true, "\(text)")
+        }
+    }
+
+    @Test("vsock: at most one, the I/O thread required, an existing path refused, the path removed with the machine's devices")
+    func vsockValidation() throws {
+        var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))
+        config.virtioDevices = [.vsock(cid: 3, udsPath: "/tmp/a"), .vsock(cid: 4, udsPath: "/tmp/b")]
+        #expect(throws: (any Error).self) { try MachineBuilder.validate(config, hostMemory: 1 << 30) }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvisor-vsock-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("v.sock").path
+        // Without the I/O thread (no fast path): refused, and no socket is made.
+        #expect(buildDisks([.vsock(cid: 3, udsPath: path)])?.contains("I/O thread") == true)
+        #expect(!FileManager.default.fileExists(atPath: path))
+        // Listening ahead of the build (as the command line does), once for every machine.
+        config.virtioDevices = [.vsock(cid: 3, udsPath: path)]
+        try config.openVsock()
+        #expect(FileManager.default.fileExists(atPath: path))
+        var again = config
+        again.openedVsockListener = nil
+        #expect(throws: MachineError.self) { try again.openVsock() }
+        config.openedVsockListener = nil
+        #expect(!FileManager.default.fileExists(atPath: path))
+        config.virtioDevices = [.vsock(cid: 2, udsPath: path)]
+        #expect(throws: MachineError.self) { try config.openVsock() }
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
     /// Builds the virtio devices of `devices`, or the error's description.
     func buildDisks(_ devices: [VirtioDeviceConfiguration]) -> String? {
         var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))

@@ -1,6 +1,7 @@
 // epoll and eventfd for VisorHost's I/O threads: Swift's Glibc module imports neither
 // <sys/epoll.h> nor <sys/eventfd.h>, and epoll_event is packed on x86-64, which Swift
-// cannot lay out. VisorHost's EventLoop.swift is the only importer.
+// cannot lay out. Unix stream sockets too, whose sockaddr_un is plain C to fill.
+// VisorHost's IOThread.swift and HostSocket.swift are the only importers.
 #ifndef CHOST_H
 #define CHOST_H
 
@@ -42,5 +43,22 @@ int chost_epoll_control(int epoll, int operation, int fd, uint32_t interest, uin
 /// descriptors to `tags` and their readiness (CHOST_* bits) to `ready`. Returns their
 /// count, or -errno (-EINTR when a signal came).
 int chost_epoll_wait(int epoll, uint64_t *tags, uint32_t *ready, int capacity, int timeout_ms);
+
+/// The longest path a Unix socket address holds: sun_path less its terminating NUL.
+enum { CHOST_UNIX_PATH_MAX = 107 };
+
+/// A Unix stream socket (non-blocking, close-on-exec) bound to `path`, which must not
+/// exist, and listening with `backlog`. Returns the descriptor, or -errno (-EADDRINUSE
+/// when the path exists, -ENAMETOOLONG when it does not fit).
+int chost_unix_listen(const char *path, int backlog);
+
+/// A Unix stream socket (non-blocking, close-on-exec) connected to `path`. A Unix
+/// connect completes at once or fails (-ECONNREFUSED, -ENOENT, -EAGAIN when the
+/// listener's backlog is full). Returns the descriptor, or -errno.
+int chost_unix_connect(const char *path);
+
+/// Accepts one waiting connection of a listening socket, non-blocking and close-on-exec.
+/// Returns the descriptor, or -errno (-EAGAIN when none is waiting).
+int chost_accept(int fd);
 
 #endif

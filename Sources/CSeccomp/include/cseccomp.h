@@ -17,8 +17,12 @@ typedef enum {
     /// before. Threads it starts inherit this filter under their own.
     CSECCOMP_ROLE_MAIN = 3,
     /// An I/O thread: waits on eventfds with epoll and serves device queues (guest memory,
-    /// disk files, the host's random source), signalling interrupts through irqfds.
+    /// disk files, the host's random source, vsock's Unix sockets), signalling interrupts through irqfds.
     CSECCOMP_ROLE_IO = 4,
+    /// The main role of a command with a vsock device: beyond CSECCOMP_ROLE_MAIN, the
+    /// socket calls the I/O threads of later machines inherit, and unlink for the
+    /// listener's path.
+    CSECCOMP_ROLE_MAIN_VSOCK = 5,
 } cseccomp_role;
 
 /// What a refused system call returns: -1 with this errno (the thread lives on).

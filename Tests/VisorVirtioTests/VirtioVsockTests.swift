@@ -1,0 +1,609 @@
+import Foundation
+import Synchronization
+import Testing
+import VisorHost
+import VisorMemory
+import VisorVirtio
+
+/// A host side with no sockets: connections are byte queues the test reads and fills.
+final class FakeVsockHost: VsockHostSide {
+    struct Socket {
+        /// What the host program sent, not yet received by the device.
+        var input: [UInt8] = []
+        var inputEnded = false
+        /// What the device sent to the host program.
+        var output: [UInt8] = []
+        var outputShut = false
+        var closed = false
+        var readable = false
+        var writable = false
+        /// Bytes one send may take (nil: all); 0 makes sends block.
+        var sendLimit: Int?
+    }
+    struct State {
+        var sockets: [Int32: Socket] = [:]
+        var waiting: [Int32] = []
+        /// Host ports with a listener (`uds_path_P`).
+        var listening: Set<UInt32> = []
+        var nextHandle: Int32 = 100
+        var listenerWatched = false
+    }
+    let state = Mutex(State())
+
+    func start(device: VirtioVsockDevice) { state.withLock { $0.listenerWatched = true } }
+    func accept() -> SocketAccept {
+        state.withLock { $0.waiting.isEmpty ? .none : .accepted($0.waiting.removeFirst()) }
+    }
+    func watchListener(_ on: Bool) { state.withLock { $0.listenerWatched = on } }
+    func connect(port: UInt32) -> Int32? {
+        state.withLock { state in
+            guard state.listening.contains(port) else { return nil }
+            state.nextHandle += 1
+            state.sockets[state.nextHandle] = Socket()
+            return state.nextHandle
+        }
+    }
+    func send(_ handle: Int32, _ bytes: ArraySlice<UInt8>) -> SocketTransfer {
+        state.withLock { state in
+            guard var socket = state.sockets[handle], !socket.closed else { return .failed }
+            let take = min(bytes.count, socket.sendLimit ?? bytes.count)
+            guard take > 0 || bytes.isEmpty else { return .wouldBlock }
+            socket.output += bytes.prefix(take)
+            state.sockets[handle] = socket
+            return .transferred(take)
+        }
+    }
+    func receive(_ handle: Int32, into buffer: inout [UInt8], count: Int, peek: Bool) -> SocketTransfer {
+        state.withLock { state in
+            guard var socket = state.sockets[handle], !socket.closed else { return .failed }
+            let take = min(count, buffer.count, socket.input.count)
+            if take == 0 { return socket.inputEnded ? .transferred(0) : .wouldBlock }
+            buffer.replaceSubrange(0..<take, with: socket.input[0..<take])
+            if !peek { socket.input.removeFirst(take) }
+            state.sockets[handle] = socket
+            return .transferred(take)
+        }
+    }
+    func shutdownOutput(_ handle: Int32) { state.withLock { $0.sockets[handle]?.outputShut = true } }
+    func close(_ handle: Int32) { state.withLock { $0.sockets[handle]?.closed = true } }
+    func watch(_ handle: Int32, readable: Bool, writable: Bool) {
+        state.withLock { state in
+            state.sockets[handle]?.readable = readable
+            state.sockets[handle]?.writable = writable
+        }
+    }
+
+    func socket(_ handle: Int32) -> Socket? { state.withLock { $0.sockets[handle] } }
+    /// A host program connects and sends `input`; returns its handle.
+    func hostConnects(sending input: [UInt8]) -> Int32 {
+        state.withLock { state in
+            state.nextHandle += 1
+            state.sockets[state.nextHandle] = Socket(input: input)
+            state.waiting.append(state.nextHandle)
+            return state.nextHandle
+        }
+    }
+    func hostSends(_ handle: Int32, _ bytes: [UInt8]) { state.withLock { $0.sockets[handle]?.input += bytes } }
+    func hostEnds(_ handle: Int32) { state.withLock { $0.sockets[handle]?.inputEnded = true } }
+    func setSendLimit(_ handle: Int32, _ limit: Int?) { state.withLock { $0.sockets[handle]?.sendLimit = limit } }
+    /// The handles the guest connected to (not accepted ones).
+    var lastHandle: Int32 { state.withLock { $0.nextHandle } }
+}
+
+/// The vsock device with a fake host side and a fake driver for its rx and tx queues.
+final class VsockHarness {
+    static let guestCID: UInt64 = 3
+    let memory: GuestMemory
+    var rx: FakeDriver
+    var tx: FakeDriver
+    let host = FakeVsockHost()
+    let device: VirtioVsockDevice
+    /// rx buffers: 8 of `rxBufferSize` bytes from 0x40000; tx buffers from 0x80000.
+    static let rxBuffers: UInt64 = 0x40_000
+    static let txBuffers: UInt64 = 0x80_000
+    var rxBufferSize: UInt32 = 44 + 4096
+    private var rxSeen: UInt16 = 0
+    private var txSlot: UInt16 = 0
+
+    /// With `side`, the device's host side is that one instead of `host`.
+    init(side: (any VsockHostSide)? = nil) throws {
+        memory = try FakeDriver.memory()
+        rx = FakeDriver(memory: memory, size: 8, descriptors: 0x1000, available: 0x2000, used: 0x3000)
+        tx = FakeDriver(memory: memory, size: 8, descriptors: 0x4000, available: 0x5000, used: 0x6000)
+        device = VirtioVsockDevice(guestCID: Self.guestCID, host: side ?? host)
+        try device.activate(
+            features: 0, queues: [try rx.queue(), try tx.queue(), nil], memory: memory, interrupt: VirtioInterrupt { _ in })
+    }
+
+    /// Makes `count` rx buffers available (without a notification).
+    func offerReceiveBuffers(_ count: Int = 1) throws {
+        for _ in 0..<count {
+            let slot = rx.availableIndex % rx.size
+            try rx.setDescriptor(
+                UInt64(slot), address: Self.rxBuffers + UInt64(slot) * 0x4000, length: rxBufferSize, flags: Virtqueue.flagWrite)
+            try rx.makeAvailable(slot)
+        }
+    }
+
+    /// The packets the device delivered since the last call: header and payload, and
+    /// checks that each used length fits its buffer.
+    func received() throws -> [(VsockHeader, [UInt8])] {
+        var packets: [(VsockHeader, [UInt8])] = []
+        while rxSeen != rx.usedIndex {
+            let element = rx.usedElement(rxSeen)
+            rxSeen &+= 1
+            #expect(element.length <= rxBufferSize)
+            #expect(element.length >= 44)
+            let bytes = try memory.read(Int(element.length), at: Self.rxBuffers + UInt64(element.id) * 0x4000)
+            let header = try #require(VsockHeader(bytes))
+            #expect(Int(header.length) == bytes.count - 44)
+            packets.append((header, Array(bytes[44...])))
+        }
+        return packets
+    }
+
+    /// The guest sends one packet (header and payload in one buffer, or `split` in two).
+    func send(_ header: VsockHeader, _ payload: [UInt8] = [], split: Bool = false) throws {
+        let slot = txSlot % tx.size
+        txSlot &+= 2
+        let address = Self.txBuffers + UInt64(slot) * 0x8000
+        try memory.write(header.bytes + payload, at: address)
+        if split {
+            try tx.setDescriptor(UInt64(slot), address: address, length: 44, flags: Virtqueue.flagNext, next: slot + 1)
+            try tx.setDescriptor(UInt64(slot + 1), address: address + 44, length: UInt32(payload.count))
+        } else {
+            try tx.setDescriptor(UInt64(slot), address: address, length: UInt32(44 + payload.count))
+        }
+        try tx.makeAvailable(slot)
+        device.notify(queue: 1)
+    }
+
+    /// A packet from the guest's port `guestPort` to host port `hostPort`.
+    func packet(
+        _ operation: UInt16, guestPort: UInt32 = 5000, hostPort: UInt32, length: Int = 0, flags: UInt32 = 0,
+        allocation: UInt32 = 64 * 1024, forwarded: UInt32 = 0
+    ) -> VsockHeader {
+        VsockHeader(
+            sourceCID: Self.guestCID, destinationCID: 2, sourcePort: guestPort, destinationPort: hostPort,
+            length: UInt32(length), operation: operation, flags: flags, bufferAllocation: allocation,
+            forwardCount: forwarded)
+    }
+
+    /// A host program connects with `line`: accepted and its line read.
+    func hostConnects(_ line: String) -> Int32 {
+        let handle = host.hostConnects(sending: Array(line.utf8))
+        device.listenerReady()
+        device.hostSocketReady(handle, events: .readable)
+        return handle
+    }
+}
+
+typealias Op = VsockHeader.Operation
+
+@Suite("virtio vsock")
+struct VirtioVsockTests {
+    @Test("the configuration space holds the guest's CID, little-endian")
+    func configuration() throws {
+        let device = VirtioVsockDevice(guestCID: 0x1_2345_6789, host: FakeVsockHost())
+        #expect(device.deviceType == 19)
+        #expect(device.queueMaximumSizes.count == 3)
+        #expect(device.readConfiguration(offset: 0, width: 8) == 0x1_2345_6789)
+        #expect(device.readConfiguration(offset: 4, width: 4) == 1)
+        #expect(device.readConfiguration(offset: 8, width: 4) == 0)
+    }
+
+    @Test("CONNECT lines: a decimal port of at most 32 bits, and a newline")
+    func connectLines() {
+        func parse(_ s: String) -> UInt32? { VirtioVsockDevice.parseConnect(Array(s.utf8)) }
+        #expect(parse("CONNECT 1234\n") == 1234)
+        #expect(parse("CONNECT 4294967295\n") == UInt32.max)
+        #expect(parse("CONNECT 4294967296\n") == nil)
+        #expect(parse("CONNECT \n") == nil)
+        #expect(parse("CONNECT 12a\n") == nil)
+        #expect(parse("CONNECT -1\n") == nil)
+        #expect(parse("connect 1\n") == nil)
+        #expect(parse("CONNECT 1") == nil)
+        #expect(parse("CONNECT 00000000001\n") == nil)
+    }
+
+    @Test("a host connection: CONNECT, REQUEST, RESPONSE, OK, then bytes both ways")
+    func hostInitiated() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(4)
+        let handle = h.hostConnects("CONNECT 1234\nhello")
+        let request = try h.received()
+        try #require(request.count == 1)
+        let (header, _) = request[0]
+        #expect(header.operation == Op.request)
+        #expect(header.sourceCID == 2 && header.destinationCID == VsockHarness.guestCID)
+        #expect(header.destinationPort == 1234)
+        #expect(header.sourcePort >= VirtioVsockDevice.firstHostPort)
+        #expect(header.bufferAllocation == VirtioVsockDevice.bufferSize)
+        // Nothing is read from the host program before the guest answers.
+        #expect(h.host.socket(handle)?.readable == false)
+        let hostPort = header.sourcePort
+        try h.send(h.packet(Op.response, guestPort: 1234, hostPort: hostPort))
+        #expect(h.host.socket(handle)?.output == Array("OK \(hostPort)\n".utf8))
+        // The bytes after the line go to the guest.
+        #expect(h.host.socket(handle)?.readable == true)
+        h.device.hostSocketReady(handle, events: .readable)
+        let data = try h.received()
+        try #require(data.count == 1)
+        #expect(data[0].0.operation == Op.readWrite)
+        #expect(data[0].1 == Array("hello".utf8))
+        // And the guest's bytes to the host program.
+        try h.send(h.packet(Op.readWrite, guestPort: 1234, hostPort: hostPort, length: 3), [1, 2, 3])
+        #expect(h.host.socket(handle)?.output == Array("OK \(hostPort)\n".utf8) + [1, 2, 3])
+        #expect(h.device.connectionKeys.count == 1)
+    }
+
+    @Test("a RST answering the REQUEST closes the host connection, with no OK line")
+    func hostInitiatedRefused() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(2)
+        let handle = h.hostConnects("CONNECT 1234\n")
+        let hostPort = try #require(try h.received().first?.0.sourcePort)
+        try h.send(h.packet(Op.reset, guestPort: 1234, hostPort: hostPort))
+        #expect(h.host.socket(handle)?.closed == true)
+        #expect(h.host.socket(handle)?.output == [])
+        #expect(h.device.connectionKeys.isEmpty)
+        // No RST answers a RST.
+        #expect(try h.received().isEmpty)
+    }
+
+    @Test("bad CONNECT lines close the connection; a partial line waits, and a long one is cut")
+    func badLines() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(2)
+        for line in ["CONNECT x\n", "HELLO\n", "CONNECT 99999999999\n"] {
+            let handle = h.hostConnects(line)
+            #expect(h.host.socket(handle)?.closed == true, "\(line)")
+        }
+        let partial = h.hostConnects("CONNECT 12")
+        #expect(h.host.socket(partial)?.closed == false)
+        #expect(h.device.waitingLineCount == 1)
+        h.host.hostSends(partial, Array("34\n".utf8))
+        h.device.hostSocketReady(partial, events: .readable)
+        #expect(try h.received().first?.0.destinationPort == 1234)
+        let long = h.hostConnects(String(repeating: "A", count: 40))
+        #expect(h.host.socket(long)?.closed == true)
+        let ended = h.hostConnects("CONN")
+        h.host.hostEnds(ended)
+        h.device.hostSocketReady(ended, events: .readable)
+        #expect(h.host.socket(ended)?.closed == true)
+    }
+
+    @Test("a guest connection to a host port with a listener: RESPONSE, then a relay")
+    func guestInitiated() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(4)
+        h.host.state.withLock { _ = $0.listening.insert(52) }
+        try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 52))
+        let response = try h.received()
+        try #require(response.count == 1)
+        #expect(response[0].0.operation == Op.response)
+        #expect(response[0].0.sourcePort == 52 && response[0].0.destinationPort == 7000)
+        let handle = h.host.lastHandle
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 4), [9, 8, 7, 6], split: true)
+        #expect(h.host.socket(handle)?.output == [9, 8, 7, 6])
+        h.host.hostSends(handle, [1, 1])
+        h.device.hostSocketReady(handle, events: .readable)
+        let data = try h.received()
+        #expect(data.map(\.1) == [[1, 1]])
+    }
+
+    @Test("a guest connection to a host port nobody listens on gets a RST")
+    func guestInitiatedNoListener() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(2)
+        try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 53))
+        let reply = try h.received()
+        try #require(reply.count == 1)
+        #expect(reply[0].0.operation == Op.reset)
+        #expect(reply[0].0.sourcePort == 53 && reply[0].0.destinationPort == 7000)
+        #expect(h.device.connectionKeys.isEmpty)
+    }
+
+    /// An established guest connection to host port 52 from guest port 7000 whose guest
+    /// advertises `allocation` bytes; returns its handle.
+    func established(_ h: VsockHarness, allocation: UInt32) throws -> Int32 {
+        h.host.state.withLock { _ = $0.listening.insert(52) }
+        try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 52, allocation: allocation))
+        _ = try h.received()
+        return h.host.lastHandle
+    }
+
+    @Test("the guest never gets more than its credit, and more once it reports progress")
+    func creditToGuest() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(1)
+        let handle = try established(h, allocation: 100)
+        h.host.hostSends(handle, [UInt8](repeating: 0xAB, count: 1000))
+        try h.offerReceiveBuffers(4)
+        h.device.hostSocketReady(handle, events: .readable)
+        h.device.notify(queue: 0)
+        var packets = try h.received()
+        #expect(packets.filter { $0.0.operation == Op.readWrite }.reduce(0) { $0 + $1.1.count } == 100)
+        // Out of credit: the device stops reading and asks for an update.
+        #expect(h.host.socket(handle)?.readable == false)
+        #expect(packets.contains { $0.0.operation == Op.creditRequest })
+        // The guest took 60 bytes: 60 more may come.
+        try h.send(h.packet(Op.creditUpdate, guestPort: 7000, hostPort: 52, allocation: 100, forwarded: 60))
+        #expect(h.host.socket(handle)?.readable == true)
+        h.device.hostSocketReady(handle, events: .readable)
+        packets = try h.received()
+        #expect(packets.filter { $0.0.operation == Op.readWrite }.reduce(0) { $0 + $1.1.count } == 60)
+        // A guest claiming to have taken more than was sent has no credit at all.
+        try h.send(h.packet(Op.creditUpdate, guestPort: 7000, hostPort: 52, allocation: 100, forwarded: 500))
+        h.device.hostSocketReady(handle, events: .readable)
+        #expect(try h.received().allSatisfy { $0.0.operation != Op.readWrite })
+    }
+
+    @Test("the guest may not send past the device's buffer: RST, and the connection ends")
+    func creditFromGuest() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(4)
+        let handle = try established(h, allocation: 4096)
+        h.host.setSendLimit(handle, 0)
+        let chunk = [UInt8](repeating: 1, count: 32 * 1024)
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: chunk.count), chunk)
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: chunk.count), chunk)
+        #expect(h.device.connectionKeys.count == 1)
+        #expect(h.host.socket(handle)?.writable == true)
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 1), [1])
+        #expect(h.device.connectionKeys.isEmpty)
+        #expect(h.host.socket(handle)?.closed == true)
+        #expect(try h.received().contains { $0.0.operation == Op.reset })
+    }
+
+    @Test("bytes the host socket cannot take wait, and credit flows back as they drain")
+    func drainAndCreditUpdate() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(4)
+        let handle = try established(h, allocation: 4096)
+        h.host.setSendLimit(handle, 0)
+        let chunk = [UInt8](repeating: 2, count: 40 * 1024)
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: chunk.count), chunk)
+        #expect(h.host.socket(handle)?.output == [])
+        h.host.setSendLimit(handle, nil)
+        h.device.hostSocketReady(handle, events: .writable)
+        #expect(h.host.socket(handle)?.output.count == chunk.count)
+        #expect(h.host.socket(handle)?.writable == false)
+        let update = try h.received().first { $0.0.operation == Op.creditUpdate }
+        #expect(update?.0.forwardCount == UInt32(chunk.count))
+    }
+
+    @Test("SHUTDOWN: send-done shuts the host's input after the bytes; both ways ends with a RST")
+    func shutdown() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(4)
+        let handle = try established(h, allocation: 4096)
+        try h.send(h.packet(Op.shutdown, guestPort: 7000, hostPort: 52, flags: VsockHeader.ShutdownFlag.send))
+        #expect(h.host.socket(handle)?.outputShut == true)
+        #expect(h.device.connectionKeys.count == 1)
+        // More data after SEND was shut down is a protocol error.
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 1), [1])
+        #expect(h.device.connectionKeys.isEmpty)
+
+        let second = try established(h, allocation: 4096)
+        _ = try h.received()
+        let both = VsockHeader.ShutdownFlag.send | VsockHeader.ShutdownFlag.receive
+        try h.send(h.packet(Op.shutdown, guestPort: 7000, hostPort: 52, flags: both))
+        #expect(h.host.socket(second)?.closed == true)
+        #expect(try h.received().contains { $0.0.operation == Op.reset })
+        #expect(h.device.connectionKeys.isEmpty)
+    }
+
+    @Test("the host program's end of input reaches the guest as SHUTDOWN")
+    func hostEnds() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(4)
+        let handle = try established(h, allocation: 4096)
+        h.host.hostEnds(handle)
+        h.device.hostSocketReady(handle, events: .readable)
+        let packets = try h.received()
+        #expect(packets.map(\.0.operation) == [Op.shutdown])
+        #expect(h.host.socket(handle)?.readable == false)
+        try h.send(h.packet(Op.reset, guestPort: 7000, hostPort: 52))
+        #expect(h.device.connectionKeys.isEmpty)
+        #expect(h.host.socket(handle)?.closed == true)
+    }
+
+    @Test("malformed packets: a RST where they name a connection, dropped where they do not")
+    func malformed() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(8)
+        _ = try established(h, allocation: 4096)
+        // Wrong CIDs: dropped, no answer.
+        var header = h.packet(Op.readWrite, guestPort: 7000, hostPort: 52)
+        header.sourceCID = 9
+        try h.send(header)
+        header = h.packet(Op.readWrite, guestPort: 7000, hostPort: 52)
+        header.destinationCID = 3
+        try h.send(header)
+        #expect(try h.received().isEmpty)
+        #expect(h.device.connectionKeys.count == 1)
+        #expect(h.device.counters.malformed == 2)
+        // A length that is not the payload's: RST, and the connection ends.
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 10), [1, 2])
+        #expect(try h.received().map(\.0.operation) == [Op.reset])
+        #expect(h.device.connectionKeys.isEmpty)
+        // A wrong type, an unknown operation, a payload too large: RST.
+        header = h.packet(Op.request, guestPort: 1, hostPort: 52)
+        header.type = 2
+        try h.send(header)
+        try h.send(h.packet(99, guestPort: 2, hostPort: 52))
+        try h.send(h.packet(Op.readWrite, guestPort: 3, hostPort: 52, length: 70000))
+        // Operations on a connection that does not exist: RST; a RST: nothing.
+        try h.send(h.packet(Op.readWrite, guestPort: 4, hostPort: 52, length: 1), [0])
+        try h.send(h.packet(Op.reset, guestPort: 5, hostPort: 52))
+        let replies = try h.received()
+        #expect(replies.map(\.0.operation) == [Op.reset, Op.reset, Op.reset, Op.reset])
+        #expect(replies.map(\.0.destinationPort) == [1, 2, 3, 4])
+        // A header shorter than 44 bytes.
+        try h.memory.write([UInt8](repeating: 0, count: 20), at: VsockHarness.txBuffers)
+        try h.tx.setDescriptor(0, address: VsockHarness.txBuffers, length: 20)
+        try h.tx.makeAvailable(0)
+        h.device.notify(queue: 1)
+        #expect(try h.received().isEmpty)
+        #expect(h.device.connectionKeys.isEmpty)
+    }
+
+    @Test("an rx buffer too short for a header is completed empty and skipped")
+    func shortReceiveBuffer() throws {
+        let h = try VsockHarness()
+        h.rxBufferSize = 20
+        try h.offerReceiveBuffers(1)
+        h.rxBufferSize = 44 + 4096
+        try h.offerReceiveBuffers(1)
+        try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 53))
+        #expect(h.rx.usedElement(0).length == 0)
+        #expect(h.rx.usedElement(1).length == 44)
+    }
+
+    @Test("a device reset ends every connection")
+    func deviceReset() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(2)
+        let handle = try established(h, allocation: 4096)
+        h.device.reset()
+        #expect(h.device.connectionKeys.isEmpty)
+        #expect(h.host.socket(handle)?.closed == true)
+        // A CONNECT with no driver closes at once.
+        let late = h.hostConnects("CONNECT 1\n")
+        #expect(h.host.socket(late)?.closed == true)
+    }
+}
+
+/// Polls `condition` every millisecond for up to 10 s (only a hang takes that long).
+func eventually(_ condition: () throws -> Bool) rethrows -> Bool {
+    for _ in 0..<10_000 {
+        if try condition() { return true }
+        usleep(1000)
+    }
+    return false
+}
+
+@Suite("virtio vsock on Unix sockets")
+struct VsockUnixSocketTests {
+    static func directory() throws -> String {
+        let path = NSTemporaryDirectory() + "swiftvisor-vsock-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    @Test("the listener refuses an existing or too long path, and removes its own when released")
+    func listener() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/v.sock"
+        var listener: HostUnixListener? = try HostUnixListener.listen(path: path)
+        #expect(FileManager.default.fileExists(atPath: path))
+        #expect(throws: HostFileError.self) { try HostUnixListener.listen(path: path) }
+        #expect(throws: HostFileError.self) {
+            try HostUnixListener.listen(path: directory + "/" + String(repeating: "x", count: 108))
+        }
+        _ = listener
+        listener = nil
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
+    @Test("the listener's path goes with the device, even while the I/O thread holds the device (as notifications do)")
+    func noCycle() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/v.sock"
+        do {
+            let thread = try IOThread()
+            let device = VirtioVsockDevice(
+                guestCID: 3, host: VsockUnixHost(listener: try HostUnixListener.listen(path: path), thread: thread))
+            // What the machine's queue notifications do: the thread's handler holds the device.
+            try thread.add(try EventFD()) { _ = device.counters }
+            #expect(FileManager.default.fileExists(atPath: path))
+        }
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
+    @Test("a host program's CONNECT gets OK and a relay; a guest reaches PATH_P; the guest's RST closes the host side")
+    func endToEnd() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/v.sock"
+        let thread = try IOThread()
+        #expect(thread.start() == 0)
+        defer { thread.stop() }
+        let h = try VsockHarness(side: VsockUnixHost(listener: try HostUnixListener.listen(path: path), thread: thread))
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+
+        let client = try #require(HostSocket.connect(path: path))
+        defer { HostSocket.close(client) }
+        #expect(HostSocket.send(client, Array("CONNECT 1234\n".utf8)[...]) == .transferred(13))
+        var packets: [(VsockHeader, [UInt8])] = []
+        #expect(
+            try eventually {
+                packets += try h.received(); return !packets.isEmpty
+            })
+        let request = try #require(packets.first?.0)
+        #expect(request.operation == Op.request && request.destinationPort == 1234)
+        try h.send(h.packet(Op.response, guestPort: 1234, hostPort: request.sourcePort))
+        var buffer = [UInt8](repeating: 0, count: 64)
+        var got: [UInt8] = []
+        func read() -> SocketTransfer {
+            let result = HostSocket.receive(client, into: &buffer, count: 64)
+            if case .transferred(let n) = result { got += buffer[0..<n] }
+            return result
+        }
+        let ok = Array("OK \(request.sourcePort)\n".utf8)
+        #expect(
+            eventually {
+                _ = read(); return got.count >= ok.count
+            })
+        #expect(got == ok)
+        #expect(HostSocket.send(client, Array("ping".utf8)[...]) == .transferred(4))
+        packets = []
+        #expect(
+            try eventually {
+                packets += try h.received(); return !packets.isEmpty
+            })
+        #expect(packets.first?.0.operation == Op.readWrite)
+        #expect(packets.first?.1 == Array("ping".utf8))
+        try h.send(h.packet(Op.readWrite, guestPort: 1234, hostPort: request.sourcePort, length: 4), Array("pong".utf8))
+        got = []
+        #expect(
+            eventually {
+                _ = read(); return got.count >= 4
+            })
+        #expect(got == Array("pong".utf8))
+
+        // The guest connects to host port 52: PATH_52.
+        let port52 = try HostUnixListener.listen(path: path + "_52")
+        try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 52))
+        packets = []
+        #expect(
+            try eventually {
+                packets += try h.received(); return !packets.isEmpty
+            })
+        #expect(packets.first?.0.operation == Op.response)
+        var accepted: Int32?
+        #expect(
+            eventually {
+                if case .accepted(let fd) = HostSocket.accept(port52.descriptor) { accepted = fd }
+                return accepted != nil
+            })
+        if let accepted { HostSocket.close(accepted) }
+        // Nothing at PATH_53: RST. (The closed connection to PATH_52 may send its SHUTDOWN
+        // first.)
+        try h.send(h.packet(Op.request, guestPort: 7001, hostPort: 53))
+        packets = []
+        #expect(
+            try eventually {
+                packets += try h.received()
+                return packets.contains { $0.0.operation == Op.reset && $0.0.sourcePort == 53 }
+            })
+
+        // The guest resets the first connection: the host program reads the end.
+        try h.send(h.packet(Op.reset, guestPort: 1234, hostPort: request.sourcePort))
+        #expect(eventually { read() == .transferred(0) })
+    }
+}
