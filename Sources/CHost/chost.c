@@ -1,6 +1,11 @@
 #include "chost.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -75,3 +80,29 @@ int chost_epoll_wait(int epoll, uint64_t *tags, uint32_t *ready, int capacity, i
     }
     return n;
 }
+
+int chost_tap_open(const char *name, int vnet_header_size, int *step) {
+    *step = 0;
+    if (strlen(name) >= IFNAMSIZ) return -ENAMETOOLONG;
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    request.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    *step = 1;
+    if (ioctl(fd, TUNSETIFF, &request) != 0) {
+        int code = errno;
+        close(fd);
+        return -code;
+    }
+    *step = 2;
+    if (ioctl(fd, TUNSETVNETHDRSZ, &vnet_header_size) != 0) {
+        int code = errno;
+        close(fd);
+        return -code;
+    }
+    return fd;
+}
+
+int chost_interface_exists(const char *name) { return if_nametoindex(name) != 0; }

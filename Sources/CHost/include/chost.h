@@ -1,6 +1,7 @@
 // epoll and eventfd for VisorHost's I/O threads: Swift's Glibc module imports neither
 // <sys/epoll.h> nor <sys/eventfd.h>, and epoll_event is packed on x86-64, which Swift
-// cannot lay out. VisorHost's EventLoop.swift is the only importer.
+// cannot lay out. And the TAP set-up, whose struct ifreq is a union Swift reaches only
+// awkwardly. VisorHost is the only importer.
 #ifndef CHOST_H
 #define CHOST_H
 
@@ -42,5 +43,15 @@ int chost_epoll_control(int epoll, int operation, int fd, uint32_t interest, uin
 /// descriptors to `tags` and their readiness (CHOST_* bits) to `ready`. Returns their
 /// count, or -errno (-EINTR when a signal came).
 int chost_epoll_wait(int epoll, uint64_t *tags, uint32_t *ready, int capacity, int timeout_ms);
+
+/// Opens the TAP interface `name` (at most 15 bytes) on /dev/net/tun, non-blocking and
+/// close-on-exec, with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a virtio-net header of
+/// `vnet_header_size` bytes in front of every frame (TUNSETVNETHDRSZ). The kernel creates
+/// the interface when it does not exist, which needs CAP_NET_ADMIN. Returns the descriptor,
+/// or -errno; `*step` says which call failed: 0 open, 1 TUNSETIFF, 2 TUNSETVNETHDRSZ.
+int chost_tap_open(const char *name, int vnet_header_size, int *step);
+
+/// Whether a network interface called `name` exists (if_nametoindex).
+int chost_interface_exists(const char *name);
 
 #endif
