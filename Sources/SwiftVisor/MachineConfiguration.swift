@@ -110,6 +110,8 @@ public struct MachineConfiguration: Sendable {
     public var virtioIOThread = true
     /// Disk files opened ahead of the build by `openDisks()`, by device index.
     package var openedDisks: [Int: HostDiskFile] = [:]
+    /// TAP interfaces opened ahead of the build by `openTaps()`, by device index.
+    package var openedTaps: [Int: HostTap] = [:]
     /// Finish in user space the instructions the host's KVM cannot emulate (see
     /// `InstructionEmulator`); off, an emulation failure stops the VM.
     public var emulation = true
