@@ -111,6 +111,14 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// changes RAM only inside receive buffers and the used ring, and the completed
     /// receive chains hold exactly the bytes taken.
     case virtioConsole = "virtio-console"
+    /// The virtio network device on a SOCK_SEQPACKET pair standing in for its TAP, driven by
+    /// receive and transmit descriptors, available heads, frames from the host (around the
+    /// size limits), readiness, notifications and 8-byte writes. Checks: every frame written
+    /// to the TAP is exactly a valid transmit chain's readable bytes, header zeroed, in
+    /// order, and nothing else; a receive chain's used length never exceeds its writable
+    /// length, and a delivered frame is one of the host's, whole and in order, behind a
+    /// clean header; used indices move by exactly the chains completed, within the bounds.
+    case virtioNet = "virtio-net"
 
     /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
     /// which is slow in a debug build.
@@ -119,6 +127,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .elf: 300
         case .linux: 40
         case .virtioBlock: 300
+        case .virtioNet: 500
         default: 3_000
         }
     }
@@ -146,6 +155,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .virtioBlock: fuzzVirtioBlock(data)
         case .virtioVsock: fuzzVirtioVsock(data)
         case .virtioConsole: fuzzVirtioConsole(data)
+        case .virtioNet: fuzzVirtioNet(data)
         }
     }
 }

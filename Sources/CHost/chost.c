@@ -2,11 +2,15 @@
 #include "chost.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <string.h>
 #include <unistd.h>
 
 int chost_eventfd(void) {
@@ -106,6 +110,30 @@ int chost_unix_listen(const char *path, int backlog) {
     return fd;
 }
 
+int chost_tap_open(const char *name, int vnet_header_size, int *step) {
+    *step = 0;
+    if (strlen(name) >= IFNAMSIZ) return -ENAMETOOLONG;
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    request.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    *step = 1;
+    if (ioctl(fd, TUNSETIFF, &request) != 0) {
+        int code = errno;
+        close(fd);
+        return -code;
+    }
+    *step = 2;
+    if (ioctl(fd, TUNSETVNETHDRSZ, &vnet_header_size) != 0) {
+        int code = errno;
+        close(fd);
+        return -code;
+    }
+    return fd;
+}
+
 int chost_unix_connect(const char *path) {
     struct sockaddr_un address;
     int rc = unix_address(path, &address);
@@ -129,3 +157,5 @@ int chost_accept(int fd) {
         return -errno;
     }
 }
+
+int chost_interface_exists(const char *name) { return if_nametoindex(name) != 0; }

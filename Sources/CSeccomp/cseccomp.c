@@ -47,7 +47,9 @@ static const long console_syscalls[] = { COMMON_SYSCALLS, SYS_ioctl };
 
 // An I/O thread: epoll (epoll_ctl for the watches its devices add and end as they run), the
 // file calls of the device backends (positioned reads and writes, flushes), and the vsock
-// sockets. Eventfds are read and written with read and write. No ioctl at all.
+// sockets. Eventfds are read and written with read and write, and so are the network
+// device's frames on its TAP (one frame a call, through a buffer allocated once: no readv
+// or writev needed). No ioctl at all: the TAP is set up before the filter.
 static const long io_syscalls[] = {
     COMMON_SYSCALLS, SYS_epoll_wait, SYS_epoll_pwait, SYS_epoll_ctl,
     SYS_pread64, SYS_pwrite64, SYS_preadv, SYS_pwritev, SYS_fsync, SYS_fdatasync,

@@ -117,6 +117,8 @@ public struct MachineConfiguration: Sendable {
     package var openedDisks: [Int: HostDiskFile] = [:]
     /// The vsock device's listening socket, made ahead of the build by `openVsock()`.
     package var openedVsockListener: HostUnixListener?
+    /// TAP interfaces opened ahead of the build by `openTaps()`, by device index.
+    package var openedTaps: [Int: HostTap] = [:]
     /// Finish in user space the instructions the host's KVM cannot emulate (see
     /// `InstructionEmulator`); off, an emulation failure stops the VM.
     public var emulation = true

@@ -41,6 +41,73 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
     /// `console=hvc0`. Its output is written on the vCPU thread that sent it, so a stop or
     /// pause ends a write blocked on a full pipe, as for COM1. At most one per machine.
     case console
+    /// The network device (ID 1) on the TAP interface `tap`, opened once when the machine
+    /// is built (an existing TAP is attached; a missing one is created, which needs
+    /// CAP_NET_ADMIN, and lasts while the machine holds it). The guest sees the MAC address
+    /// `mac` (6 bytes, unicast), by default `06:00:AC:10:00:NN` with NN the device's index
+    /// (`VirtioDeviceConfiguration.defaultMAC(index:)`), and a link that is always up; no
+    /// checksum or segmentation offloads. Frames longer than 65,535 bytes or than the
+    /// guest's receive buffer are dropped and counted. Needs the I/O thread
+    /// (`MachineConfiguration.virtioIOThread`).
+    case net(tap: String, mac: [UInt8]?)
+
+    /// A network device given as `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]` (the form of
+    /// `swiftvisor --net`). Throws `MachineError.invalidDevices` with a one-line reason for
+    /// a missing or bad `tap=`, a bad or multicast MAC, or an unknown key.
+    public init(net text: String) throws(MachineError) {
+        var tap: String?
+        var mac: [UInt8]?
+        for field in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let parts = field.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2 else {
+                throw .invalidDevices("--net \(text): '\(field)' is not KEY=VALUE (tap=NAME or mac=MAC)")
+            }
+            switch parts[0] {
+            case "tap":
+                let name = String(parts[1])
+                guard !name.isEmpty, name.utf8.count <= 15, !name.contains("/"), !name.contains(" ") else {
+                    throw .invalidDevices("--net \(text): '\(name)' is not an interface name (1 to 15 bytes, no '/' or space)")
+                }
+                tap = name
+            case "mac":
+                guard let bytes = Self.parseMAC(parts[1]) else {
+                    throw .invalidDevices("--net \(text): '\(parts[1])' is not a MAC address (six hex bytes, AA:BB:CC:DD:EE:FF)")
+                }
+                guard bytes[0] & 1 == 0, bytes != [0, 0, 0, 0, 0, 0] else {
+                    throw .invalidDevices("--net \(text): '\(parts[1])' is not a unicast address")
+                }
+                mac = bytes
+            default:
+                throw .invalidDevices("--net \(text): unknown key '\(parts[0])' (tap=NAME[,mac=MAC])")
+            }
+        }
+        guard let tap else { throw .invalidDevices("--net \(text): tap=NAME is missing") }
+        self = .net(tap: tap, mac: mac)
+    }
+
+    /// Six two-digit hexadecimal bytes separated by colons, or nil.
+    static func parseMAC(_ text: Substring) -> [UInt8]? {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6 else { return nil }
+        var bytes: [UInt8] = []
+        for part in parts {
+            guard part.count == 2, let byte = UInt8(part, radix: 16) else { return nil }
+            bytes.append(byte)
+        }
+        return bytes
+    }
+
+    /// The MAC address a network device at `index` of `MachineConfiguration.virtioDevices`
+    /// gets when none is given: locally administered, unicast, `06:00:AC:10:00:NN`.
+    public static func defaultMAC(index: Int) -> [UInt8] { [0x06, 0x00, 0xAC, 0x10, 0x00, UInt8(truncatingIfNeeded: index)] }
+
+    /// A MAC address as `AA:BB:CC:DD:EE:FF`.
+    public static func formatMAC(_ mac: [UInt8]) -> String {
+        mac.map { byte in
+            let hex = String(byte, radix: 16, uppercase: true)
+            return byte < 16 ? "0" + hex : hex
+        }.joined(separator: ":")
+    }
 
     /// A disk given as `PATH` or `PATH,readonly` (the form of `swiftvisor --disk`); nil
     /// for an empty path. A comma is part of the path unless it starts the final
@@ -99,6 +166,7 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
         case .block: "virtio-blk"
         case .vsock: "virtio-vsock"
         case .console: "virtio-console"
+        case .net: "virtio-net"
         }
     }
 }
@@ -134,10 +202,13 @@ public struct VirtioDeviceStatistics: Sendable, Equatable {
     public let malformedRequests: UInt64
     /// Payload bytes moved.
     public let bytes: UInt64
+    /// Packets dropped (the network device's frames that found no room or no taker).
+    public let dropped: UInt64
 
     /// Statistics with the given counts (for comparisons in tests and tools).
     public init(
-        name: String, notifications: UInt64, interrupts: UInt64, requests: UInt64, malformedRequests: UInt64, bytes: UInt64
+        name: String, notifications: UInt64, interrupts: UInt64, requests: UInt64, malformedRequests: UInt64, bytes: UInt64,
+        dropped: UInt64 = 0
     ) {
         self.name = name
         self.notifications = notifications
@@ -145,12 +216,13 @@ public struct VirtioDeviceStatistics: Sendable, Equatable {
         self.requests = requests
         self.malformedRequests = malformedRequests
         self.bytes = bytes
+        self.dropped = dropped
     }
 
     /// One line for `--stats`.
     public var summary: String {
         "\(name): \(requests) requests (\(malformedRequests) malformed), \(bytes) bytes, "
-            + "\(notifications) notifications, \(interrupts) interrupts"
+            + (dropped > 0 ? "\(dropped) dropped, " : "") + "\(notifications) notifications, \(interrupts) interrupts"
     }
 }
 
@@ -166,7 +238,7 @@ package struct VirtioAttachment: Sendable {
         return VirtioDeviceStatistics(
             name: platformDevice.name, notifications: transport.notificationCount,
             interrupts: transport.interrupt.interruptsRaised, requests: counters.requests,
-            malformedRequests: counters.malformed, bytes: counters.bytes)
+            malformedRequests: counters.malformed, bytes: counters.bytes, dropped: counters.dropped)
     }
 }
 
@@ -197,6 +269,22 @@ extension MachineBuilder {
         }
         guard configuration.virtioDevices.count(where: { $0 == .console }) <= 1 else {
             throw .invalidDevices("a machine has at most one virtio console")
+        }
+        var macs: Set<[UInt8]> = []
+        var taps: Set<String> = []
+        for (index, device) in configuration.virtioDevices.enumerated() {
+            guard case .net(let tap, let mac) = device else { continue }
+            guard configuration.virtioIOThread else {
+                throw .invalidDevices("the network device needs the I/O thread (virtioIOThread)")
+            }
+            let address = mac ?? VirtioDeviceConfiguration.defaultMAC(index: index)
+            guard address.count == 6, address[0] & 1 == 0 else {
+                throw .invalidDevices("TAP \(tap): the MAC address must be 6 bytes, unicast")
+            }
+            guard macs.insert(address).inserted else {
+                throw .invalidDevices("MAC address \(VirtioDeviceConfiguration.formatMAC(address)) is given twice")
+            }
+            guard taps.insert(tap).inserted else { throw .invalidDevices("TAP \(tap) is given twice") }
         }
     }
 
@@ -235,6 +323,18 @@ extension MachineBuilder {
                 model = VirtioVsockDevice(guestCID: cid, host: VsockUnixHost(listener: listener, thread: thread))
             case .console:
                 model = VirtioConsoleDevice(output: consoleOutput)
+            case .net(let name, let mac):
+                guard let fastPath else {
+                    throw .invalidDevices(
+                        "the network device needs the I/O thread (ioeventfd, irqfd and the interrupt controller)")
+                }
+                let tap: HostTap
+                if let opened = configuration.openedTaps[index] { tap = opened } else { tap = try Self.openTap(name) }
+                let net = VirtioNetDevice(tap: tap, mac: mac ?? VirtioDeviceConfiguration.defaultMAC(index: index))
+                do throws(HostFileError) { try net.attach(to: fastPath.thread) } catch {
+                    throw .invalidDevices("cannot watch TAP \(name): \(error.reason)")
+                }
+                model = net
             }
             let base = VirtioLayout.base + UInt64(index) * VirtioLayout.windowSize
             let transport: VirtioMMIOTransport
@@ -327,6 +427,10 @@ extension MachineBuilder {
         }
     }
 
+    static func openTap(_ name: String) throws(MachineError) -> HostTap {
+        do throws(HostFileError) { return try HostTap.open(name) } catch { throw .invalidDevices(error.reason) }
+    }
+
     static func openDisk(_ path: String, readOnly: Bool) throws(MachineError) -> HostDiskFile {
         do throws(HostFileError) { return try HostDiskFile.open(path, readOnly: readOnly) } catch {
             throw .invalidDevices("disk \(path): \(error.reason)")
@@ -355,6 +459,19 @@ extension MachineConfiguration {
         for device in virtioDevices {
             if case .vsock(let cid, let path) = device, openedVsockListener == nil {
                 openedVsockListener = try MachineBuilder.listenVsock(cid: cid, path: path)
+            }
+        }
+    }
+
+    /// Opens every TAP of `virtioDevices` now and keeps it in the configuration, as
+    /// `openDisks()` does for disks: TUNSETIFF is an ioctl, which the main thread's seccomp
+    /// filter refuses after set-up. A bad TAP fails here, with its one-line error.
+    package mutating func openTaps() throws(MachineError) {
+        // Duplicates are refused before a TAP is opened (or created).
+        try MachineBuilder.validateVirtio(self)
+        for (index, device) in virtioDevices.enumerated() {
+            if case .net(let name, _) = device, openedTaps[index] == nil {
+                openedTaps[index] = try MachineBuilder.openTap(name)
             }
         }
     }

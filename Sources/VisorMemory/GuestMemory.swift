@@ -186,6 +186,25 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
+    /// Copies `count` bytes at `address` into `buffer[index..<index + count]`, to gather a
+    /// chain's buffers into one host buffer; throws, copying nothing, when that range is not
+    /// wholly inside `buffer` or the guest range not wholly in RAM. Never grows the buffer.
+    public func read(into buffer: inout [UInt8], startingAt index: Int, count: Int, at address: UInt64)
+        throws(GuestMemoryError)
+    {
+        guard index >= 0, count >= 0, index <= buffer.count, count <= buffer.count - index else {
+            throw .outOfBounds(address: address, count: UInt64(max(count, 0)))
+        }
+        // SAFETY: `buffer[index..<index + count]` lies inside the array (checked above), and
+        // `source` holds exactly `count` bytes (checked by withBytes).
+        unsafe try withBytes(at: address, count: count) { source in
+            unsafe buffer.withUnsafeMutableBytes { destination in
+                unsafe UnsafeMutableRawBufferPointer(rebasing: destination[index..<(index + count)])
+                    .copyMemory(from: UnsafeRawBufferPointer(source))
+            }
+        }
+    }
+
     /// Reads up to `count` bytes of the file `fd` at `offset` straight into guest RAM at
     /// `address` (pread(2), retried on EINTR and short reads), with no host buffer between.
     /// Returns the bytes read: `count`, or fewer at the end of the file or on an error

@@ -57,15 +57,18 @@ extension VirtioDevice {
 }
 
 /// A device's work, for statistics: requests completed (the malformed ones among them,
-/// completed with length 0) and the payload bytes moved.
+/// completed with length 0), the payload bytes moved, and the packets a device dropped
+/// (the network device's frames that found no room).
 package struct VirtioCounters: Sendable, Equatable {
     package var requests: UInt64 = 0
     package var malformed: UInt64 = 0
     package var bytes: UInt64 = 0
-    package init(requests: UInt64 = 0, malformed: UInt64 = 0, bytes: UInt64 = 0) {
+    package var dropped: UInt64 = 0
+    package init(requests: UInt64 = 0, malformed: UInt64 = 0, bytes: UInt64 = 0, dropped: UInt64 = 0) {
         self.requests = requests
         self.malformed = malformed
         self.bytes = bytes
+        self.dropped = dropped
     }
 }
 

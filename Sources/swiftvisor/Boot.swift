@@ -108,8 +108,11 @@ extension SwiftVisorCommand {
             }
 
             // Each boot after a guest reset is built under the main thread's seccomp filter,
-            // which refuses open: the disks are opened once, now.
-            do { try config.openDisks() } catch { fail(error.description) }
+            // which refuses open and the TAP ioctls: the disks and TAPs are opened once, now.
+            do {
+                try config.openDisks()
+                try config.openTaps()
+            } catch { fail(error.description) }
             // And the vsock device listens once, on one socket for every boot.
             do { try config.openVsock() } catch { fail(error.description) }
             recordListeningPaths(config)

@@ -122,6 +122,14 @@ struct DeviceOptions: ParsableArguments {
     var console: ConsoleKind = .serial
 
     @Option(
+        name: .customLong("net"),
+        help: ArgumentHelp(
+            "A virtio network device on the TAP interface NAME (an existing one, or created with CAP_NET_ADMIN); "
+                + "the guest's MAC defaults to 06:00:AC:10:00:NN, NN the device's index (repeatable).",
+            valueName: "tap=NAME[,mac=MAC]"))
+    var nets: [String] = []
+
+    @Option(
         help: ArgumentHelp(
             "A virtio socket device for the guest context ID N (3 or more), listening on the Unix socket PATH, "
                 + "which must not exist: a host program connects there and sends 'CONNECT <port>\\n'; a guest "
@@ -130,12 +138,16 @@ struct DeviceOptions: ParsableArguments {
     var vsock: [String] = []
 
     /// Adds the devices asked for, in a fixed order: their windows and interrupts follow it
-    /// (the console, the entropy device, then the disks in the order given, then the socket
-    /// device).
+    /// (the console, the entropy device, the disks, the network devices, in the order
+    /// given, then the socket device).
     func apply(to config: inout MachineConfiguration) {
         if console == .virtio { config.virtioDevices.append(.console) }
         if rng { config.virtioDevices.append(.entropy) }
         config.virtioDevices += disks.map(\.device)
+        for net in nets {
+            // A bad --net is a one-line error, as a bad disk or TAP is.
+            do { config.virtioDevices.append(try VirtioDeviceConfiguration(net: net)) } catch { fail(error.description) }
+        }
         // A bad --vsock is a one-line error (`fail`), as a bad disk is when it is opened.
         if vsock.count > 1 { fail("--vsock is given \(vsock.count) times; a machine has at most one") }
         for text in vsock {
@@ -299,6 +311,8 @@ extension SwiftVisorCommand {
             do { config.cpuid = try cpuid.policy() } catch { fail("\(error)") }
             for rule in msr { config.msrs.apply(rule) }
             if output.trace { config.trace = { HostIO.printError($0) } }
+            // A bad TAP is reported before anything else is built.
+            do { try config.openTaps() } catch { fail(error.description) }
 
             let report = try runMachine(config, output: output)
             if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }

@@ -130,6 +130,28 @@ extension KVMIntegration {
             #expect(!FileManager.default.fileExists(atPath: path))
         }
 
+        @Test("--net: one-line errors for a bad MAC, a missing tap=, a TAP given twice, and a TAP this user cannot open")
+        func netFlagErrors() throws {
+            expectOneLineError(try run(["--net", "tap=swv0,mac=zz:00:00:00:00:01"]), mentioning: "is not a MAC address")
+            expectOneLineError(try run(["--net", "mac=02:00:00:00:00:01"]), mentioning: "tap=NAME is missing")
+            expectOneLineError(try run(["--net", "tap=swv0", "--net", "tap=swv0"]), mentioning: "TAP swv0 is given twice")
+            // An unprivileged user can neither open /dev/net/tun (where it is root's alone)
+            // nor create a TAP.
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvisor-net-\(UUID())").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: dir)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let copy = dir + "/swiftvisor"
+            try FileManager.default.copyItem(atPath: Self.binary.path, toPath: copy)
+            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: copy)
+            let name = "swvnone\(getpid() % 100_000)"
+            let result = try run(["--net", "tap=\(name)"], executable: copy, asUser: "65534")
+            expectOneLineError(result, mentioning: "TAP \(name)")
+            #expect(
+                result.stderr.contains("cannot open /dev/net/tun") || result.stderr.contains("needs CAP_NET_ADMIN"),
+                "\(result.stderr)")
+        }
+
         @Test("with no arguments it runs the built-in guest, which greets")
         func defaultGuest() throws {
             let result = try run([])

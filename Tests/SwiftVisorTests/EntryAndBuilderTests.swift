@@ -246,6 +246,68 @@ struct VirtioPlacementTests {
         #expect(!FileManager.default.fileExists(atPath: path))
     }
 
+    @Test("--net tap=NAME[,mac=MAC]: parsed, with one-line errors for a missing tap=, a bad MAC or an unknown key")
+    func netArgument() throws {
+        #expect(try VirtioDeviceConfiguration(net: "tap=tap0") == .net(tap: "tap0", mac: nil))
+        #expect(
+            try VirtioDeviceConfiguration(net: "tap=swv1,mac=02:aa:BB:0c:0D:ee")
+                == .net(tap: "swv1", mac: [0x02, 0xAA, 0xBB, 0x0C, 0x0D, 0xEE]))
+        #expect(
+            try VirtioDeviceConfiguration(net: "mac=06:00:00:00:00:01,tap=t") == .net(tap: "t", mac: [6, 0, 0, 0, 0, 1]))
+        func error(_ text: String) -> String {
+            do {
+                _ = try VirtioDeviceConfiguration(net: text)
+                return "accepted"
+            } catch {
+                return error.description
+            }
+        }
+        #expect(error("mac=02:00:00:00:00:01") == "invalid devices: --net mac=02:00:00:00:00:01: tap=NAME is missing")
+        #expect(error("") == "invalid devices: --net : '' is not KEY=VALUE (tap=NAME or mac=MAC)")
+        #expect(error("tap=").contains("is not an interface name"))
+        #expect(error("tap=0123456789abcdef").contains("is not an interface name"))
+        #expect(error("tap=a/b").contains("is not an interface name"))
+        for mac in ["02:00:00:00:00", "02:00:00:00:00:01:02", "2:00:00:00:00:01", "02-00-00-00-00-01", "zz:00:00:00:00:01", ""] {
+            #expect(
+                error("tap=t,mac=\(mac)")
+                    == "invalid devices: --net tap=t,mac=\(mac): '\(mac)' is not a MAC address (six hex bytes, AA:BB:CC:DD:EE:FF)"
+            )
+        }
+        #expect(error("tap=t,mac=01:00:5e:00:00:01").hasSuffix("is not a unicast address"))
+        #expect(error("tap=t,mac=00:00:00:00:00:00").hasSuffix("is not a unicast address"))
+        #expect(error("tap=t,speed=10") == "invalid devices: --net tap=t,speed=10: unknown key 'speed' (tap=NAME[,mac=MAC])")
+        #expect(VirtioDeviceConfiguration.defaultMAC(index: 3) == [0x06, 0, 0xAC, 0x10, 0, 3])
+        #expect(VirtioDeviceConfiguration.formatMAC([0x06, 0, 0xAC, 0x10, 0, 0x1F]) == "06:00:AC:10:00:1F")
+    }
+
+    @Test("network devices: need the I/O thread; duplicate MACs and TAPs are refused before anything is opened")
+    func netValidation() {
+        func refusal(_ devices: [VirtioDeviceConfiguration], ioThread: Bool = true) -> String? {
+            var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))
+            config.virtioDevices = devices
+            config.virtioIOThread = ioThread
+            do {
+                try MachineBuilder.validate(config, hostMemory: 1 << 30)
+                return nil
+            } catch {
+                return error.description
+            }
+        }
+        #expect(refusal([.net(tap: "a", mac: nil), .net(tap: "b", mac: nil)]) == nil)
+        #expect(
+            refusal([.net(tap: "a", mac: nil)], ioThread: false)
+                == "invalid devices: the network device needs the I/O thread (virtioIOThread)")
+        #expect(
+            refusal([.net(tap: "a", mac: nil), .net(tap: "b", mac: [6, 0, 0xAC, 0x10, 0, 0])])
+                == "invalid devices: MAC address 06:00:AC:10:00:00 is given twice")
+        #expect(refusal([.net(tap: "a", mac: nil), .net(tap: "a", mac: nil)]) == "invalid devices: TAP a is given twice")
+        #expect(
+            refusal([.net(tap: "a", mac: [1, 2, 3, 4, 5, 6])])
+                == "invalid devices: TAP a: the MAC address must be 6 bytes, unicast")
+        // Without a VM's I/O thread the builder refuses the device, whatever the configuration says.
+        #expect(buildDisks([.net(tap: "a", mac: nil)])?.contains("needs the I/O thread") == true)
+    }
+
     /// Builds the virtio devices of `devices`, or the error's description.
     func buildDisks(_ devices: [VirtioDeviceConfiguration]) -> String? {
         var config = MachineConfiguration(guest: .flat([0xF4], loadAddress: 0x8000))

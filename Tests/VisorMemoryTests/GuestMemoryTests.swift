@@ -239,6 +239,23 @@ struct GuestMemoryAccessTests {
         }
     }
 
+    @Test("read(into:startingAt:) gathers at an offset, never past the buffer, never growing it")
+    func readIntoAtOffset() throws {
+        let memory = try GuestMemory(size: 0x1000)
+        try memory.write([1, 2, 3, 4, 5], at: 0x10)
+        var buffer: [UInt8] = [9, 9, 9, 9, 9, 9]
+        try memory.read(into: &buffer, startingAt: 2, count: 3, at: 0x10)
+        #expect(buffer == [9, 9, 1, 2, 3, 9])
+        try memory.read(into: &buffer, startingAt: 6, count: 0, at: 0x10)
+        for (index, count) in [(4, 3), (-1, 1), (7, 0), (0, -1), (Int.max, 2)] {
+            #expect(throws: GuestMemoryError.self) { try memory.read(into: &buffer, startingAt: index, count: count, at: 0x10) }
+        }
+        #expect(throws: GuestMemoryError.outOfBounds(address: 0xFFE, count: 4)) {
+            try memory.read(into: &buffer, startingAt: 0, count: 4, at: 0xFFE)
+        }
+        #expect(buffer == [9, 9, 1, 2, 3, 9])
+    }
+
     @Test("load copies a segment and zeroes the rest, or fails without writing")
     func load() throws {
         let memory = try GuestMemory(size: 0x2000)

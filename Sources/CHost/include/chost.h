@@ -1,7 +1,8 @@
 // epoll and eventfd for VisorHost's I/O threads: Swift's Glibc module imports neither
 // <sys/epoll.h> nor <sys/eventfd.h>, and epoll_event is packed on x86-64, which Swift
-// cannot lay out. Unix stream sockets too, whose sockaddr_un is plain C to fill.
-// VisorHost's IOThread.swift and HostSocket.swift are the only importers.
+// cannot lay out. Unix stream sockets too, whose sockaddr_un is plain C to fill, and the
+// TAP set-up, whose struct ifreq is a union Swift reaches only awkwardly. VisorHost is the
+// only importer.
 #ifndef CHOST_H
 #define CHOST_H
 
@@ -60,5 +61,15 @@ int chost_unix_connect(const char *path);
 /// Accepts one waiting connection of a listening socket, non-blocking and close-on-exec.
 /// Returns the descriptor, or -errno (-EAGAIN when none is waiting).
 int chost_accept(int fd);
+
+/// Opens the TAP interface `name` (at most 15 bytes) on /dev/net/tun, non-blocking and
+/// close-on-exec, with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a virtio-net header of
+/// `vnet_header_size` bytes in front of every frame (TUNSETVNETHDRSZ). The kernel creates
+/// the interface when it does not exist, which needs CAP_NET_ADMIN. Returns the descriptor,
+/// or -errno; `*step` says which call failed: 0 open, 1 TUNSETIFF, 2 TUNSETVNETHDRSZ.
+int chost_tap_open(const char *name, int vnet_header_size, int *step);
+
+/// Whether a network interface called `name` exists (if_nametoindex).
+int chost_interface_exists(const char *name);
 
 #endif

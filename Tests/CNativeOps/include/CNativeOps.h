@@ -22,4 +22,18 @@ uint64_t native_run(int op, uint64_t a, uint64_t b, uint64_t flags_in, uint64_t 
 /// (CPUID.1:ECX.OSXSAVE clear), where xgetbv would fault.
 uint64_t native_xcr0(void);
 
+// The network device's tests: what a host does to a guest on the other side of a TAP,
+// with the host's own sockets (as root for ICMP), so no ping binary is needed.
+
+/// Sends `count` ICMP echo requests to the IPv4 address `address` (dotted quad), one every
+/// `interval_ms`, and collects replies until `timeout_ms` after the first request or until
+/// every request was answered. Returns the number of requests answered (each sequence
+/// number counted once, only from `address` and with this call's identifier), or -errno
+/// when the raw socket cannot be made or used (it needs CAP_NET_RAW).
+int net_probe_ping(const char *address, int count, int interval_ms, int timeout_ms);
+
+/// Connects over TCP to `address`:`port` within `timeout_ms`. Returns 0 when connected,
+/// else the errno of the failure (ECONNREFUSED for a reset, ETIMEDOUT for no answer).
+int net_probe_tcp_connect(const char *address, int port, int timeout_ms);
+
 #endif

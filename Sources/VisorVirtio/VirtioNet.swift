@@ -1,0 +1,322 @@
+package import VisorMemory
+package import VisorHost
+import Synchronization
+
+/// The network device (virtio 1.2, section 5.1; device ID 1) on a TAP interface: a receive
+/// queue (0) and a transmit queue (1), each frame behind the 12-byte `virtio_net_hdr`,
+/// which is exactly what a TAP opened with `IFF_VNET_HDR` and a header size of 12 reads and
+/// writes (`HostTap`).
+///
+/// Offered: VIRTIO_NET_F_MAC (the configuration's MAC address) and VIRTIO_NET_F_STATUS
+/// (the link always up). Left out, on purpose: checksum and segmentation offloads,
+/// mergeable receive buffers, the control queue and multiqueue. Without offloads the header
+/// carries nothing, so the device writes it as zeros both ways (`num_buffers` 1 to the
+/// guest), and a driver's header fields that ask for offloads never reach the host kernel.
+///
+/// The device serves both directions on the machine's I/O thread:
+/// - **Receive** (host to guest): while the receive queue has buffers, the TAP is watched
+///   for readability; each wake-up moves at most `framesPerWakeUp` frames, each read with
+///   one read(2) into a scratch buffer allocated once and copied into one receive chain.
+///   When the queue runs out of buffers the device stops watching the TAP (a
+///   level-triggered epoll would otherwise spin) until the driver notifies the receive
+///   queue. A frame longer than the chain's device-writable bytes, or longer than
+///   `maximumFrame`, is dropped and counted (`VirtioCounters.dropped`), never truncated; its
+///   chain, if it took one, completes with length 0.
+/// - **Transmit** (guest to host): a notification serves at most one queue's worth of
+///   chains. A chain's device-readable bytes are the header and the frame, at least 12 and
+///   at most 12 + `maximumFrame` bytes; a chain outside that, or with a device-writable
+///   buffer, is malformed. Each frame is one write(2); when the TAP refuses it (full, or
+///   down), the frame is dropped and counted: no waiting, so no queue builds up.
+///
+/// Every chain completes, malformed ones with length 0 (counted in `malformed`).
+/// `requests` counts completed chains both ways, `bytes` the frame bytes moved (headers
+/// not included). A TAP that reports an error or hang-up is no longer watched.
+package final class VirtioNetDevice: VirtioDevice {
+    package static let queueSize: UInt16 = 256
+    /// The longest frame, after the header, either way.
+    package static let maximumFrame = 65535
+    /// The most frames one readable TAP wake-up moves to the guest.
+    package static let framesPerWakeUp = 64
+    /// The receive and transmit queues' indices.
+    package static let receiveQueue = 0
+    package static let transmitQueue = 1
+
+    /// Device feature bits (5.1.3).
+    package enum Feature {
+        package static let mac: UInt64 = 1 << 5
+        package static let status: UInt64 = 1 << 16
+    }
+    /// VIRTIO_NET_S_LINK_UP in the configuration's status.
+    package static let linkUp: UInt16 = 1
+
+    private struct State {
+        var receive: Virtqueue?
+        var transmit: Virtqueue?
+        var memory: GuestMemory?
+        var interrupt: VirtioInterrupt?
+        var chain = DescriptorChain(capacity: Int(VirtioNetDevice.queueSize))
+        /// One frame with its header, and a spare byte to tell a too-long frame (the kernel
+        /// cuts a read to the buffer); allocated once.
+        var scratch = [UInt8](repeating: 0, count: HostTap.headerSize + VirtioNetDevice.maximumFrame + 1)
+        var counters = VirtioCounters()
+        /// The I/O thread's watch on the TAP, while there is one.
+        var watch: IOWatch?
+        var thread: IOThread?
+        /// Whether the watch asks for readability (as epoll has it: a change that failed
+        /// leaves it as it was).
+        var receiving = false
+    }
+    private let state = Mutex(State())
+    private let tap: HostTap
+    /// The configuration space: mac[6], status (little-endian 16 bits).
+    private let configuration: [UInt8]
+
+    /// A network device on `tap` with MAC address `mac` (6 bytes).
+    package init(tap: HostTap, mac: [UInt8]) {
+        precondition(mac.count == 6, "a MAC address has 6 bytes")
+        self.tap = tap
+        configuration = mac + [UInt8(truncatingIfNeeded: Self.linkUp), UInt8(truncatingIfNeeded: Self.linkUp >> 8)]
+    }
+
+    deinit {
+        state.withLock { state in
+            if let watch = state.watch { state.thread?.unwatch(watch, descriptor: tap.fd) }
+        }
+    }
+
+    /// Serves the TAP on `thread` (asking for readability once the driver activated the
+    /// device). The device leaves the watch when it is released.
+    package func attach(to thread: IOThread) throws(HostFileError) {
+        try state.withLock { (state) throws(HostFileError) in
+            // The handler takes the device's lock, so it cannot run before this returns.
+            state.watch = try thread.watch(tap.fd, for: state.receiving ? .readable : []) { [weak self] events in
+                self?.backendReady(events)
+            }
+            state.thread = thread
+        }
+    }
+
+    package var deviceType: UInt32 { 1 }
+    package var deviceFeatures: UInt64 { Feature.mac | Feature.status }
+    package var queueMaximumSizes: [UInt16] { [Self.queueSize, Self.queueSize] }
+
+    /// Chains completed both ways (malformed ones among them), frame bytes moved, and
+    /// frames dropped.
+    package var counters: VirtioCounters { state.withLock { $0.counters } }
+
+    /// Whether the device currently waits for the TAP to be readable (for tests).
+    package var isReceiving: Bool { state.withLock { $0.receiving } }
+
+    package func readConfiguration(offset: UInt64, width: UInt8) -> UInt64 {
+        var value: UInt64 = 0
+        for i in 0..<UInt64(min(width, 8)) {
+            let (at, overflow) = offset.addingReportingOverflow(i)
+            guard !overflow, at < UInt64(configuration.count) else { break }
+            value |= UInt64(configuration[Int(at)]) << (8 * i)
+        }
+        return value
+    }
+
+    /// Nothing in the configuration is writable (the MAC is the device's, 5.1.4.1).
+    package func writeConfiguration(offset: UInt64, width: UInt8, value: UInt64) {}
+
+    package func activate(features: UInt64, queues: [Virtqueue?], memory: GuestMemory, interrupt: VirtioInterrupt)
+        throws(VirtioActivationError)
+    {
+        guard queues.count == 2, let receive = queues[0], let transmit = queues[1] else {
+            throw VirtioActivationError("the receive and transmit queues must both be ready")
+        }
+        state.withLock { state in
+            state.receive = receive
+            state.transmit = transmit
+            state.memory = memory
+            state.interrupt = interrupt
+            setReceiving(true, &state)
+        }
+    }
+
+    package func reset() {
+        state.withLock { state in
+            state.receive = nil
+            state.transmit = nil
+            state.memory = nil
+            state.interrupt = nil
+            setReceiving(false, &state)
+        }
+    }
+
+    package func notify(queue index: Int) {
+        switch index {
+        case Self.receiveQueue:
+            // New receive buffers: watch the TAP again; its readiness moves the frames.
+            state.withLock { state in
+                if state.receive != nil { setReceiving(true, &state) }
+            }
+        case Self.transmitQueue:
+            transmit()
+        default:
+            break
+        }
+    }
+
+    /// Changes whether the watch asks for readability. On a vCPU thread, whose seccomp
+    /// filter refuses epoll_ctl, the change fails and the flag stays: the I/O thread then
+    /// makes it, at the driver's receive notification (Linux notifies once its buffers are
+    /// posted) or, to stop, at the TAP's next readiness.
+    private func setReceiving(_ on: Bool, _ state: inout State) {
+        guard state.receiving != on else { return }
+        if let watch = state.watch, let thread = state.thread {
+            do throws(HostFileError) { try thread.change(watch, descriptor: tap.fd, to: on ? .readable : []) } catch {
+                return
+            }
+        }
+        state.receiving = on
+    }
+
+    /// The TAP is ready (the I/O thread calls this; tests may too): moves up to
+    /// `framesPerWakeUp` frames into receive chains.
+    package func backendReady(_ events: IOEvents) {
+        let interrupt: VirtioInterrupt? = state.withLock { state in
+            if events.contains(.hangUp), !events.contains(.readable) {
+                backendFailed(&state)
+                return nil
+            }
+            var completed = false
+            for _ in 0..<Self.framesPerWakeUp {
+                guard var queue = state.receive, let memory = state.memory else {
+                    // Reset: stop watching (the reset's own change may have been refused).
+                    setReceiving(false, &state)
+                    break
+                }
+                guard let pending = queue.pending(memory: memory), pending > 0 else {
+                    // No buffers (or a broken queue): wait for the driver's notification.
+                    queue.requestNotification(memory: memory)
+                    state.receive = queue
+                    setReceiving(false, &state)
+                    break
+                }
+                let length: Int
+                switch tap.receive(into: &state.scratch) {
+                case .wouldBlock:
+                    return completed ? interruptIfWanted(&state, memory: memory) : nil
+                case .failed, .done(0):
+                    backendFailed(&state)
+                    return completed ? interruptIfWanted(&state, memory: memory) : nil
+                case .done(let n):
+                    length = n
+                }
+                guard length >= HostTap.headerSize, length < state.scratch.count else {
+                    // Shorter than a header (not from a TAP), or cut to the scratch buffer.
+                    state.counters.dropped += 1
+                    continue
+                }
+                let result = queue.pop(into: &state.chain, memory: memory)
+                if result == .empty {  // pending said otherwise: the memory map changed
+                    state.receive = queue
+                    break
+                }
+                var written: UInt32 = 0
+                if result != .chain || !state.chain.readable.isEmpty {
+                    state.counters.malformed += 1
+                    state.counters.dropped += 1
+                } else if Int(state.chain.writableLength) < length {
+                    state.counters.dropped += 1
+                } else if deliver(&state, length: length, memory: memory) {
+                    written = UInt32(length)
+                    state.counters.bytes += UInt64(length - HostTap.headerSize)
+                } else {
+                    state.counters.malformed += 1
+                    state.counters.dropped += 1
+                }
+                queue.push(head: state.chain.head, length: written, memory: memory)
+                state.counters.requests += 1
+                state.receive = queue
+                completed = true
+            }
+            guard completed, let memory = state.memory else { return nil }
+            return interruptIfWanted(&state, memory: memory)
+        }
+        interrupt?.signalUsedBuffer()
+    }
+
+    /// The receive queue's interrupt, when the driver wants one for what was just pushed.
+    private func interruptIfWanted(_ state: inout State, memory: GuestMemory) -> VirtioInterrupt? {
+        guard var queue = state.receive else { return nil }
+        let wants = queue.needsInterrupt(memory: memory)
+        state.receive = queue
+        return wants ? state.interrupt : nil
+    }
+
+    /// The TAP reported an error or its end: stop watching it for good.
+    private func backendFailed(_ state: inout State) {
+        if let watch = state.watch, let thread = state.thread { thread.unwatch(watch, descriptor: tap.fd) }
+        state.watch = nil
+        state.receiving = false
+    }
+
+    /// Copies the frame in the scratch buffer (`length` bytes with the header) into the
+    /// chain's writable buffers, which hold at least that many. The header goes out as
+    /// zeros with `num_buffers` 1: nothing was offloaded (5.1.6.4.1). False on a memory fault.
+    private func deliver(_ state: inout State, length: Int, memory: GuestMemory) -> Bool {
+        for i in 0..<HostTap.headerSize { state.scratch[i] = 0 }
+        state.scratch[10] = 1
+        var done = 0
+        for element in state.chain.writable where done < length {
+            let count = min(Int(element.length), length - done)
+            do { try memory.write(state.scratch[done..<(done + count)], at: element.address) } catch { return false }
+            done += count
+        }
+        return true
+    }
+
+    /// Sends the transmit queue's chains, at most one queue's worth.
+    private func transmit() {
+        let interrupt: VirtioInterrupt? = state.withLock { state in
+            guard var queue = state.transmit, let memory = state.memory else { return nil }
+            // The scratch buffer is lent to the loop (a swap, not a copy), with the count of
+            // frames the TAP refused.
+            var work = TransmitWork()
+            swap(&work.scratch, &state.scratch)
+            let served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters, context: &work) {
+                chain, work in
+                send(chain, &work, memory: memory)
+            }
+            swap(&work.scratch, &state.scratch)
+            state.counters.dropped += work.dropped
+            state.transmit = queue
+            // No EVENT_IDX here (supportsEventIndex is false), so nothing is ever left over.
+            return served.interrupt ? state.interrupt : nil
+        }
+        interrupt?.signalUsedBuffer()
+    }
+
+    private struct TransmitWork {
+        var scratch: [UInt8] = []
+        var dropped: UInt64 = 0
+    }
+
+    /// Writes a transmit chain's header (zeroed) and frame to the TAP as one frame. Nil when
+    /// the chain is malformed: a device-writable buffer, fewer than 12 bytes, more than
+    /// 12 + `maximumFrame`, or a memory fault. A frame the TAP refuses is dropped and counted.
+    private func send(_ chain: borrowing DescriptorChain, _ work: inout TransmitWork, memory: GuestMemory)
+        -> VirtioCompletion?
+    {
+        let total = Int(chain.readableLength)
+        guard chain.writable.isEmpty, total >= HostTap.headerSize, total <= HostTap.headerSize + Self.maximumFrame
+        else { return nil }
+        var done = 0
+        for element in chain.readable {
+            let count = Int(element.length)
+            do { try memory.read(into: &work.scratch, startingAt: done, count: count, at: element.address) } catch {
+                return nil
+            }
+            done += count
+        }
+        for i in 0..<HostTap.headerSize { work.scratch[i] = 0 }
+        guard case .done(total) = tap.send(work.scratch, count: total) else {
+            work.dropped += 1
+            return VirtioCompletion(written: 0, bytes: 0)
+        }
+        return VirtioCompletion(written: 0, bytes: UInt64(total - HostTap.headerSize))
+    }
+}
