@@ -100,7 +100,7 @@ extension KVMIntegration {
             #expect(result.stdout.contains("virtio-blk: read past the end: status 1\n"))
             contents.replaceSubrange(512..<1024, with: (0..<512).map { UInt8(truncatingIfNeeded: $0 ^ 0x5A) })
             #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == contents)
-            expectOneLineError(try run(["--builtin", "virtio_blk", "--disk", path, "--disk", path]), mentioning: "twice")
+            expectOneLineError(try run(["--builtin", "virtio_blk", "--disk", path, "--disk", path]), mentioning: "in use")
             expectOneLineError(try run(["--disk", path + ".missing"]), mentioning: ".missing")
         }
 
