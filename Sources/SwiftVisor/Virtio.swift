@@ -22,8 +22,10 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
     /// The block device (ID 2) on the disk image at `path`: a regular file or a host block
     /// device whose size is a multiple of 512 bytes, opened once when the machine is built.
     /// A read-only disk offers VIRTIO_BLK_F_RO and refuses writes with an I/O error; the
-    /// same file may back several read-only disks but only one writable one.
-    case block(path: String, readOnly: Bool)
+    /// same file may back several read-only disks but only one writable one (the image is
+    /// locked while the machine holds it). `id` is what the guest's GET_ID request returns
+    /// (at most 20 bytes; by default `swiftvisor-disk<N>`, N the device's index).
+    case block(path: String, readOnly: Bool, id: String? = nil)
 
     /// The socket device (ID 19) for the guest context ID `cid` (3 to 2^32 - 2), in
     /// Firecracker's hybrid design: the machine listens on the Unix socket `udsPath`
@@ -109,18 +111,29 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
         }.joined(separator: ":")
     }
 
-    /// A disk given as `PATH` or `PATH,readonly` (the form of `swiftvisor --disk`); nil
-    /// for an empty path. A comma is part of the path unless it starts the final
-    /// `,readonly`.
+    /// A disk given as `PATH[,readonly][,id=NAME]` (the form of `swiftvisor --disk`; the
+    /// two options in either order); nil for an empty path, or an ID that is empty or longer
+    /// than 20 bytes. A comma is part of the path unless it starts one of the final options.
     public init?(disk text: String) {
         var path = Substring(text)
         var readOnly = false
-        if let comma = path.lastIndex(of: ","), path[path.index(after: comma)...] == "readonly" {
+        var id: String?
+        for _ in 0..<2 {
+            guard let comma = path.lastIndex(of: ",") else { break }
+            let option = path[path.index(after: comma)...]
+            if option == "readonly", !readOnly {
+                readOnly = true
+            } else if option.hasPrefix("id="), id == nil {
+                let name = option.dropFirst(3)
+                guard !name.isEmpty, name.utf8.count <= VirtioBlockDevice.identifierLength else { return nil }
+                id = String(name)
+            } else {
+                break
+            }
             path = path[..<comma]
-            readOnly = true
         }
         guard !path.isEmpty else { return nil }
-        self = .block(path: String(path), readOnly: readOnly)
+        self = .block(path: String(path), readOnly: readOnly, id: id)
     }
 
     /// A vsock device given as `cid=N,uds=PATH` or `uds=PATH,cid=N` (the form of
@@ -305,10 +318,10 @@ extension MachineBuilder {
             switch device {
             case .entropy:
                 model = VirtioEntropyDevice()
-            case .block(let path, let readOnly):
+            case .block(let path, let readOnly, let id):
                 let file = try Self.openDisk(
                     path, readOnly: readOnly, disks: &disks, opened: configuration.openedDisks[index])
-                model = VirtioBlockDevice(file: file, readOnly: readOnly, identifier: "swiftvisor-disk\(index)")
+                model = VirtioBlockDevice(file: file, readOnly: readOnly, identifier: id ?? "swiftvisor-disk\(index)")
             case .vsock(let cid, let path):
                 guard let thread = fastPath?.thread else {
                     throw .invalidDevices(
@@ -445,7 +458,7 @@ extension MachineConfiguration {
     /// error.
     package mutating func openDisks() throws(MachineError) {
         for (index, device) in virtioDevices.enumerated() {
-            if case .block(let path, let readOnly) = device, openedDisks[index] == nil {
+            if case .block(let path, let readOnly, _) = device, openedDisks[index] == nil {
                 openedDisks[index] = try MachineBuilder.openDisk(path, readOnly: readOnly)
             }
         }

@@ -110,8 +110,9 @@ struct DeviceOptions: ParsableArguments {
         name: .customLong("disk"),
         help: ArgumentHelp(
             "A virtio block device on a disk image (a file or block device, a multiple of 512 bytes); "
-                + "',readonly' refuses the guest's writes (repeatable).",
-            valueName: "path[,readonly]"))
+                + "',readonly' refuses the guest's writes, ',id=NAME' is the ID the guest reads (at most 20 bytes; "
+                + "repeatable).",
+            valueName: "path[,readonly][,id=NAME]"))
     var disks: [DiskArgument] = []
 
     @Option(

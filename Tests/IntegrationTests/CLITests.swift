@@ -85,7 +85,9 @@ extension KVMIntegration {
             #expect(result.stderr.contains(text), "stderr: \(result.stderr)", sourceLocation: sourceLocation)
         }
 
-        @Test("--disk: the guest driver reads and writes the file under the CLI's seccomp filters; ,readonly refuses the write")
+        @Test(
+            "--disk: the guest driver reads and writes the file under the CLI's seccomp filters; ,readonly refuses the write; ,id= names it"
+        )
         func diskFlag() throws {
             var contents = [UInt8](repeating: 0, count: 8 * 512)
             for i in 0..<512 { contents[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 3) }
@@ -95,8 +97,9 @@ extension KVMIntegration {
             #expect(readOnly.status == 9, "\(readOnly.stdout)\(readOnly.stderr)")
             #expect(readOnly.stdout.hasSuffix("virtio-blk: write of sector 1 failed, status 1\n"))
             #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == contents)
-            let result = try run(["--builtin", "virtio_blk", "--disk", path])
+            let result = try run(["--builtin", "virtio_blk", "--disk", path + ",id=rootdisk"])
             #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+            #expect(result.stdout.contains("virtio-blk: id rootdisk\n"), "\(result.stdout)")
             #expect(result.stdout.contains("virtio-blk: read past the end: status 1\n"))
             contents.replaceSubrange(512..<1024, with: (0..<512).map { UInt8(truncatingIfNeeded: $0 ^ 0x5A) })
             #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == contents)

@@ -183,8 +183,19 @@ struct VirtioPlacementTests {
         #expect(throws: (any Error).self) { try MachineBuilder.validate(config, hostMemory: 1 << 30) }
     }
 
-    @Test("--disk PATH[,readonly]: a comma belongs to the path unless it starts the final ,readonly")
+    @Test("--disk PATH[,readonly][,id=NAME]: a comma belongs to the path unless it starts a final option")
     func diskArgument() {
+        #expect(VirtioDeviceConfiguration(disk: "d.img,id=root") == .block(path: "d.img", readOnly: false, id: "root"))
+        #expect(
+            VirtioDeviceConfiguration(disk: "d.img,readonly,id=root") == .block(path: "d.img", readOnly: true, id: "root"))
+        #expect(
+            VirtioDeviceConfiguration(disk: "d.img,id=root,readonly") == .block(path: "d.img", readOnly: true, id: "root"))
+        #expect(VirtioDeviceConfiguration(disk: "a,id=x,b.img") == .block(path: "a,id=x,b.img", readOnly: false))
+        #expect(VirtioDeviceConfiguration(disk: "d.img,id=") == nil)
+        #expect(VirtioDeviceConfiguration(disk: "d.img,id=" + String(repeating: "x", count: 21)) == nil)
+        #expect(
+            VirtioDeviceConfiguration(disk: "d.img,id=" + String(repeating: "x", count: 20))
+                == .block(path: "d.img", readOnly: false, id: String(repeating: "x", count: 20)))
         #expect(VirtioDeviceConfiguration(disk: "disk.img") == .block(path: "disk.img", readOnly: false))
         #expect(VirtioDeviceConfiguration(disk: "disk.img,readonly") == .block(path: "disk.img", readOnly: true))
         #expect(VirtioDeviceConfiguration(disk: "a,b.img") == .block(path: "a,b.img", readOnly: false))
