@@ -140,7 +140,7 @@ func hostPread(disk: String, size: Int, sequential: Bool, count: Int, capacity: 
     let exitNs = median(reference)
     let pread4K = median(preadSmall)
     let pread1M = median(preadLarge)
-    func value(_ key: String, _ path: KeyPath<VirtioRound, Double>) -> Double { median(rows[key]!.map { $0[keyPath: path] }) }
+    func value(_ key: String, _ pick: (VirtioRound) -> Double) -> Double { median(rows[key]!.map(pick)) }
     print(
         "virtio-blk: requests=\(small) (4 KiB) / \(large) (1 MiB) rounds=\(rounds) reference_exit_ns=\(format(exitNs)) host_pread_4k_ns=\(format(pread4K)) host_pread_1m_ns=\(format(pread1M))"
     )
