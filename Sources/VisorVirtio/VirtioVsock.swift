@@ -658,6 +658,16 @@ package final class VirtioVsockDevice: VirtioDevice {
                 continue
             }
             guard takeReceiveChain(&state, queue: &queue, memory: memory) else { break }
+            guard state.chain.writableLength > UInt32(VsockHeader.size) else {
+                // Room for a header alone carries no data: kept back, this buffer would be
+                // taken again on every readiness of the socket, and the I/O thread would
+                // spin. Completed empty and counted; the connection waits for the next one.
+                state.counters.malformed += 1
+                state.counters.requests += 1
+                queue.push(head: state.chain.head, length: 0, memory: memory)
+                completed = true
+                continue
+            }
             state.dataReady.removeFirst()
             connection.queued = false
             state.connections[key] = connection

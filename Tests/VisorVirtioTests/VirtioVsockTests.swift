@@ -125,6 +125,17 @@ final class VsockHarness {
         }
     }
 
+    /// The used lengths of the rx buffers completed since the last look, without reading
+    /// them as packets (for buffers completed empty).
+    func usedLengths() -> [UInt32] {
+        var lengths: [UInt32] = []
+        while rxSeen != rx.usedIndex {
+            lengths.append(rx.usedElement(rxSeen).length)
+            rxSeen &+= 1
+        }
+        return lengths
+    }
+
     /// The packets the device delivered since the last call: header and payload, and
     /// checks that each used length fits its buffer.
     func received() throws -> [(VsockHeader, [UInt8])] {
@@ -459,6 +470,27 @@ struct VirtioVsockTests {
         try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 53))
         #expect(h.rx.usedElement(0).length == 0)
         #expect(h.rx.usedElement(1).length == 44)
+    }
+
+    @Test("an rx buffer with room for a header alone is completed empty when data is waiting, not kept back")
+    func headerOnlyReceiveBuffer() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(1)
+        let handle = try established(h, allocation: 4096)
+        h.host.hostSends(handle, [UInt8](repeating: 0xCD, count: 10))
+        h.rxBufferSize = 44
+        try h.offerReceiveBuffers(2)
+        let before = h.device.counters.malformed
+        h.device.hostSocketReady(handle, events: .readable)
+        // Both header-only buffers came back empty, and nothing was read from the socket.
+        #expect(h.device.counters.malformed == before + 2)
+        #expect(h.usedLengths() == [0, 0])
+        // A buffer with room then carries the bytes.
+        h.rxBufferSize = 44 + 4096
+        try h.offerReceiveBuffers(1)
+        h.device.notify(queue: 0)
+        let packets = try h.received()
+        #expect(packets.filter { $0.0.operation == Op.readWrite }.reduce(0) { $0 + $1.1.count } == 10)
     }
 
     @Test("a device reset ends every connection")
