@@ -17,7 +17,9 @@ extension KVMIntegration {
             // The process's one /dev/kvm stays open once any machine opened it (KVMSystem.shared).
             _ = try? KVMSystem.shared()
             let before = openFileDescriptorCount()
-            defer { #expect(openFileDescriptorCount() == before, "a failed Machine left descriptors open") }
+            // At most as many: unit tests of other suites run in this process at the same
+            // time and may close descriptors of their own meanwhile; a leak only adds.
+            defer { #expect(openFileDescriptorCount() <= before, "a failed Machine left descriptors open") }
             do {
                 _ = try Machine(config)
                 return nil
