@@ -143,6 +143,15 @@ public final class Machine: Sendable {
         return serial.receive(bytes)
     }
 
+    /// Presses Ctrl-Alt-Delete on the PC platform's i8042 keyboard. A Linux guest with the
+    /// AT keyboard driver and the VT layer restarts (and with `reboot=k` resets through the
+    /// i8042, which stops this machine with a reset). False when the platform has no i8042
+    /// or its output queue has no room (the guest is not reading it).
+    @discardableResult
+    public func pressCtrlAltDelete() -> Bool {
+        platform.i8042?.pressCtrlAltDelete() ?? false
+    }
+
     /// Whether the VM has stopped.
     public var hasStopped: Bool { runner.control.isFinished }
 

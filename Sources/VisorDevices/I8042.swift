@@ -378,6 +378,40 @@ package struct I8042: Sendable {
         }
     }
 
+    /// Ctrl, Alt and Delete pressed, then released in reverse order, as the keyboard sends
+    /// them in scan-code set 2 (`F0` marks a release, `E0` an extended key).
+    package static let ctrlAltDelete: [UInt8] = [0x14, 0x11, 0xE0, 0x71, 0xE0, 0xF0, 0x71, 0xF0, 0x11, 0xF0, 0x14]
+
+    /// Set 2 to set 1 for the keys the host presses (besides those `translated` knows).
+    private static let set1Codes: [UInt8: UInt8] = [0x14: 0x1D, 0x11: 0x38, 0x71: 0x53]
+
+    /// The host presses keys on the keyboard: `set2` is what the keyboard sends, which the
+    /// controller translates to set 1 when its command byte says so (`F0 xx` becomes
+    /// `xx`'s set-1 code with bit 7 set). All or nothing: returns false, queueing nothing,
+    /// when the output queue lacks room for the whole sequence.
+    package mutating func keyboardType(_ set2: [UInt8]) -> Bool {
+        var bytes: [UInt8] = []
+        if commandByte & Self.ctrTranslate != 0 {
+            var release = false
+            for byte in set2 {
+                switch byte {
+                case 0xF0: release = true
+                case 0xE0: bytes.append(byte)
+                default:
+                    let code = Self.set1Codes[byte] ?? translated(byte)
+                    bytes.append(release ? code | 0x80 : code)
+                    release = false
+                }
+            }
+        } else {
+            bytes = set2
+        }
+        guard Self.queueCapacity - queueCount >= bytes.count else { return false }
+        for byte in bytes { push(byte, aux: false) }
+        if let last = set2.last { keyboardLastSent = last }
+        return true
+    }
+
     /// The keyboard sends `byte`: it passes the translator and joins the output queue.
     private mutating func keyboardSend(_ byte: UInt8) {
         keyboardLastSent = byte
@@ -496,6 +530,13 @@ public final class I8042Device: PortDevice {
         case .pulseCommand: return .stop(.reset(source: Self.pulseResetSource))
         case .outputPortWrite: return .stop(.reset(source: Self.outputPortResetSource))
         }
+    }
+
+    /// Presses and releases Ctrl-Alt-Delete on the keyboard, raising IRQ 1 as the command
+    /// byte allows (what Firecracker's `SendCtrlAltDel` does on x86). False, with nothing
+    /// sent, when the output queue has no room for the sequence.
+    public func pressCtrlAltDelete() -> Bool {
+        access { $0.keyboardType(I8042.ctrlAltDelete) }
     }
 
     /// The controller's state, for inspection (a copy; reading it has no side effects).

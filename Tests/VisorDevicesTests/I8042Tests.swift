@@ -535,3 +535,43 @@ struct I8042LinuxProbeTests {
         #expect(device.portRead(port: dataPort, offset: 0, width: 1) == 0xFE)
     }
 }
+
+@Suite("i8042: keys pressed by the host")
+struct I8042HostKeysTests {
+    @Test("Ctrl-Alt-Delete arrives translated to set 1 (1D 38 E0 53, then the releases), each byte with an IRQ 1 edge")
+    func ctrlAltDeleteTranslated() {
+        let lines = LineRecorder()
+        let device = I8042Device(interruptLine: lines.callback)
+        #expect(device.pressCtrlAltDelete())
+        var bytes: [UInt8] = []
+        while device.portRead(port: commandPort, offset: 0, width: 1) & 0x01 != 0 {
+            bytes.append(UInt8(truncatingIfNeeded: device.portRead(port: dataPort, offset: 0, width: 1)))
+        }
+        #expect(bytes == [0x1D, 0x38, 0xE0, 0x53, 0xE0, 0xD3, 0xB8, 0x9D])
+        #expect(lines.take() == Array(repeating: ["1+", "1-"], count: 8).flatMap { $0 })
+    }
+
+    @Test("with translation off the keyboard's set-2 bytes arrive as they are")
+    func ctrlAltDeleteUntranslated() {
+        var kbc = I8042()
+        kbc.send(command: 0x60)
+        kbc.send(data: 0x25)  // the power-on command byte without translation (bit 6)
+        let typed = kbc.keyboardType(I8042.ctrlAltDelete)
+        #expect(typed)
+        #expect(kbc.drain() == I8042.ctrlAltDelete)
+    }
+
+    @Test("all or nothing: with too little room in the 16-byte queue nothing is queued")
+    func fullQueue() {
+        var kbc = I8042()
+        var typed = kbc.keyboardType(I8042.ctrlAltDelete)
+        #expect(typed && kbc.outputCount == 8)
+        typed = kbc.keyboardType(I8042.ctrlAltDelete)
+        #expect(typed && kbc.outputCount == 16)
+        typed = kbc.keyboardType(I8042.ctrlAltDelete)
+        #expect(!typed && kbc.outputCount == 16)
+        _ = kbc.drain()
+        typed = kbc.keyboardType(I8042.ctrlAltDelete)
+        #expect(typed)
+    }
+}
