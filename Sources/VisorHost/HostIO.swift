@@ -74,6 +74,24 @@ public enum HostIO {
         return done
     }
 
+    /// Removes `path` (a socket file left by a server that stopped); a missing file is fine.
+    package static func removeFile(_ path: String) {
+        // SAFETY: the path is passed as a NUL-terminated copy that lives for the call.
+        _ = unsafe unlink(path)
+    }
+
+    /// Checks that `path` opens for reading and is a regular file, without reading it: a
+    /// control-API client naming a kernel learns at once if it cannot be used.
+    package static func checkReadableFile(_ path: String) throws(HostFileError) {
+        let fd = unsafe open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw HostFileError(errno: errno) }
+        defer { close(fd) }
+        var info = stat()
+        // SAFETY: fstat(2) writes only `info`, a local that outlives the call.
+        guard unsafe fstat(fd, &info) == 0 else { throw HostFileError(errno: errno) }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw HostFileError(reason: "not a regular file") }
+    }
+
     /// Reads a whole regular file, refusing anything larger than `limit` bytes. The error is
     /// the reason, for the caller's own error type.
     package static func readRegularFile(_ path: String, limit: Int) throws(HostFileError) -> [UInt8] {
