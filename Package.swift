@@ -11,11 +11,12 @@
 // not drawn (they sit above everything and import what they declare).
 //
 // import graph:
-//  5  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
-//     swiftvisor          -> VisorHost
+//  6  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
+//     swiftvisor          -> VisorHost VisorAPI
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
+//  5  VisorAPI            -> SwiftVisor VisorHost                      -- the Firecracker-compatible control API
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost VisorDecoder VisorVirtio
@@ -64,6 +65,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        // HTTP/1.1 for the control API: SwiftNIO's codec, not hand-written parsing.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .target(name: "CKVM"),
@@ -107,13 +110,24 @@ let package = Package(
                 "SwiftVisorProbes", "VisorHost", "VisorDecoder", "VisorVirtio",
             ],
             swiftSettings: strict),
+        // The Firecracker-compatible control plane: its REST API on a Unix socket (SwiftNIO's
+        // HTTP/1.1), its configuration file, and the rules over one VM's life.
+        .target(
+            name: "VisorAPI",
+            dependencies: [
+                "SwiftVisor", "VisorHost",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         .plugin(name: "GuestBuilder", capability: .buildTool()),
         .target(name: "SwiftVisorProbes", swiftSettings: strict, plugins: ["GuestBuilder"]),
         .target(name: "SwiftVisorGuests", swiftSettings: strict, plugins: ["GuestBuilder"]),
         .executableTarget(
             name: "swiftvisor",
             dependencies: [
-                "SwiftVisor", "SwiftVisorGuests", "VisorKVM", "VisorHost",
+                "SwiftVisor", "SwiftVisorGuests", "VisorKVM", "VisorHost", "VisorAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -150,6 +164,7 @@ let package = Package(
             name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport", "VisorLinux"], path: "Fuzz/Tests",
             swiftSettings: strictTests),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
+        .testTarget(name: "VisorAPITests", dependencies: ["VisorAPI"], swiftSettings: strictTests),
         .testTarget(
             name: "VisorVirtioTests", dependencies: ["VisorVirtio", "VisorCore", "VisorMemory", "VisorHost"],
             swiftSettings: strictTests),

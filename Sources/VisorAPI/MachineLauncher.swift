@@ -1,0 +1,113 @@
+package import SwiftVisor
+import VisorHost
+
+/// Starts a Linux VM on KVM from what a Firecracker client configured, the way
+/// `swiftvisor boot` does: the kernel is read, the host's quirks probed, the payload
+/// decompressed on the host, and the devices opened before the machine is built.
+package struct MachineLauncher: VMLauncher {
+    /// Firecracker's command line when `boot_args` is not given.
+    package static let defaultBootArgs =
+        "reboot=k panic=1 pci=off nomodules 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+
+    /// Per-thread seccomp filters on the machine's threads (`--no-seccomp` turns them off).
+    package var seccomp: Bool
+    /// Where the VMM's diagnostics go.
+    package var log: @Sendable (String) -> Void
+    /// Called with the machine once it is built, before it starts (console input wiring).
+    package var onStart: (@Sendable (Machine) -> Void)?
+
+    package init(seccomp: Bool = true, log: @escaping @Sendable (String) -> Void, onStart: (@Sendable (Machine) -> Void)? = nil) {
+        self.seccomp = seccomp
+        self.log = log
+        self.onStart = onStart
+    }
+
+    package func unreadable(_ path: String) -> String? {
+        do { try HostIO.checkReadableFile(path) } catch { return error.reason }
+        return nil
+    }
+
+    /// The kernel command line: the client's (or Firecracker's default), what this host
+    /// needs to run a kernel, and the root device, as Firecracker adds it.
+    package static func commandLine(_ resources: VMResources, quirks: [String]) -> String {
+        var parts = [resources.bootSource?.bootArgs ?? defaultBootArgs]
+        parts += quirks
+        if let root = resources.drives.first(where: \.isRootDevice) {
+            if let uuid = root.partUUID {
+                parts.append("root=PARTUUID=\(uuid)")
+            } else {
+                parts.append("root=/dev/vda")
+            }
+            parts.append(root.isReadOnly ? "ro" : "rw")
+        }
+        return parts.filter { !$0.isEmpty }.joined(separator: " ")
+    }
+
+    /// The machine's configuration, devices in Firecracker's order: drives (root first),
+    /// network interfaces, vsock, entropy.
+    package static func configuration(
+        _ resources: VMResources, request: LinuxBootRequest, cpuid: CPUIDPolicy, seccomp: Bool
+    ) -> MachineConfiguration {
+        var config = MachineConfiguration(guest: .linux(request))
+        config.memorySize = resources.machine.memSizeMiB << 20
+        config.vcpuCount = resources.machine.vcpuCount
+        config.cpuid = cpuid
+        config.seccomp = seccomp
+        for drive in resources.drives {
+            // The guest reads the drive ID as the disk's serial (virtio-blk GET_ID: 20 bytes).
+            config.virtioDevices.append(
+                .block(path: drive.pathOnHost, readOnly: drive.isReadOnly, id: String(drive.driveID.utf8.prefix(20))!))
+        }
+        for interface in resources.networkInterfaces {
+            config.virtioDevices.append(.net(tap: interface.hostDevName, mac: interface.guestMAC))
+        }
+        if let vsock = resources.vsock {
+            config.virtioDevices.append(.vsock(cid: UInt64(vsock.guestCID), udsPath: vsock.udsPath))
+        }
+        if resources.entropy != nil { config.virtioDevices.append(.entropy) }
+        return config
+    }
+
+    package func launch(_ resources: VMResources) async throws(APIError) -> any RunningVM {
+        guard let boot = resources.bootSource else {
+            throw .badRequest("Start microvm error: Cannot start microvm without kernel configuration.")
+        }
+        let memory = resources.machine.memSizeMiB << 20
+        do throws(MachineError) {
+            let kernel = try HostIO.readFile(boot.kernelImagePath, limit: LinuxDefaults.kernelFileLimit)
+            let initrd = try boot.initrdPath.map { (path) throws(MachineError) in
+                try HostIO.readFile(path, limit: Int(clamping: memory))
+            }
+            let quirks = try HostQuirks.probe(policy: CPUIDPolicy())
+            var request = LinuxBootRequest(
+                kernel: kernel, initrd: initrd, commandLine: Self.commandLine(resources, quirks: quirks.commandLineOptions),
+                bootProtocol: .linux64, hostDecompression: true)
+            do { try request.prepareKernel() } catch { throw MachineError.linux(error) }
+            var config = Self.configuration(
+                resources, request: request, cpuid: quirks.linuxPolicy(from: CPUIDPolicy()), seccomp: seccomp)
+            config.log = log
+            try config.openDisks()
+            try config.openTaps()
+            try config.openVsock()
+            let machine = try Machine(config)
+            onStart?(machine)
+            try machine.start()
+            return RunningMachine(machine: machine)
+        } catch {
+            throw .badRequest("Start microvm error: \(error.description)")
+        }
+    }
+}
+
+/// A started `Machine` behind the controller's protocol.
+struct RunningMachine: RunningVM {
+    let machine: Machine
+
+    func pause() async { await machine.pause() }
+    func resume() { machine.resume() }
+    func sendCtrlAltDel() -> Bool { machine.pressCtrlAltDelete() }
+    func wait() async -> Int32 {
+        let report = await machine.wait()
+        return report.exitStatus
+    }
+}

@@ -1,0 +1,393 @@
+import Synchronization
+import Testing
+
+@testable import VisorAPI
+
+/// A VM that records what the controller asked of it.
+final class FakeVM: RunningVM {
+    let calls = Mutex<[String]>([])
+    let ended = AsyncStream<Int32>.makeStream()
+    let keyboardRoom: Bool
+
+    init(keyboardRoom: Bool = true) { self.keyboardRoom = keyboardRoom }
+
+    func pause() async { calls.withLock { $0.append("pause") } }
+    func resume() { calls.withLock { $0.append("resume") } }
+    func sendCtrlAltDel() -> Bool {
+        calls.withLock { $0.append("ctrl-alt-del") }
+        return keyboardRoom
+    }
+    func wait() async -> Int32 {
+        for await status in ended.stream { return status }
+        return -1
+    }
+    func end(_ status: Int32) { ended.continuation.yield(status) }
+}
+
+/// Starts `FakeVM`s (or fails) and remembers the resources it was given.
+final class FakeLauncher: VMLauncher {
+    let vm: FakeVM
+    let failure: String?
+    let launched = Mutex<[VMResources]>([])
+    let missingFiles: Set<String>
+
+    init(vm: FakeVM = FakeVM(), failure: String? = nil, missingFiles: Set<String> = []) {
+        self.vm = vm
+        self.failure = failure
+        self.missingFiles = missingFiles
+    }
+
+    func launch(_ resources: VMResources) async throws(APIError) -> any RunningVM {
+        if let failure { throw .badRequest("Start microvm error: " + failure) }
+        launched.withLock { $0.append(resources) }
+        return vm
+    }
+
+    func unreadable(_ path: String) -> String? {
+        missingFiles.contains(path) ? "No such file or directory" : nil
+    }
+}
+
+/// The statuses `onExit` was called with.
+final class Exits: Sendable {
+    let statuses = Mutex<[Int32]>([])
+}
+
+func makeController(_ launcher: FakeLauncher = FakeLauncher(), exits: Exits? = nil) -> VMMController {
+    VMMController(
+        instanceID: "test-vm", version: "1.12.0", launcher: launcher,
+        onExit: { status in exits?.statuses.withLock { $0.append(status) } })
+}
+
+extension VMMController {
+    func send(_ method: String, _ path: String, _ body: String = "") async -> APIResponse {
+        await handle(method: method, path: path, body: Array(body.utf8))
+    }
+}
+
+func json(_ response: APIResponse) -> JSONValue? { try? JSON.parse(response.body) }
+
+let bootSource = #"{"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0"}"#
+
+@Suite("Firecracker API: request rules (no KVM)")
+struct ControllerTests {
+    @Test func instanceInfoBeforeStart() async {
+        let controller = makeController()
+        let response = await controller.send("GET", "/")
+        #expect(response.status == 200)
+        #expect(
+            String(decoding: response.body, as: UTF8.self)
+                == #"{"id":"test-vm","state":"Not started","vmm_version":"1.12.0","app_name":"Firecracker"}"#)
+        let version = await controller.send("GET", "/version")
+        #expect(String(decoding: version.body, as: UTF8.self) == #"{"firecracker_version":"1.12.0"}"#)
+    }
+
+    @Test func machineConfigDefaultsPutAndPatch() async {
+        let controller = makeController()
+        let initial = await controller.send("GET", "/machine-config")
+        #expect(
+            String(decoding: initial.body, as: UTF8.self)
+                == #"{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}"#)
+        #expect(await controller.send("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256}"#).status == 204)
+        #expect(await controller.send("PATCH", "/machine-config", #"{"mem_size_mib": 512}"#).status == 204)
+        let after = json(await controller.send("GET", "/machine-config"))
+        #expect(after?["vcpu_count"] == JSONValue.integer(2))
+        #expect(after?["mem_size_mib"] == JSONValue.integer(512))
+        // PUT needs both required fields; PATCH needs at least one field.
+        let missing = await controller.send("PUT", "/machine-config", #"{"vcpu_count": 2}"#)
+        #expect(missing.faultMessage?.contains("missing field `mem_size_mib`") == true)
+        #expect(await controller.send("PATCH", "/machine-config", "{}").faultMessage == "Empty PATCH request.")
+        // Nothing changed by the refused requests.
+        #expect(json(await controller.send("GET", "/machine-config"))?["vcpu_count"] == JSONValue.integer(2))
+    }
+
+    @Test(arguments: [
+        (#"{"vcpu_count": 0, "mem_size_mib": 128}"#, "The number of vCPUs must be greater than 0"),
+        (#"{"vcpu_count": 33, "mem_size_mib": 128}"#, "The number of vCPUs must be greater than 0"),
+        (#"{"vcpu_count": 256, "mem_size_mib": 128}"#, "`vcpu_count`"),
+        (#"{"vcpu_count": -1, "mem_size_mib": 128}"#, "`vcpu_count`"),
+        (#"{"vcpu_count": 1.5, "mem_size_mib": 128}"#, "`vcpu_count`"),
+        (#"{"vcpu_count": "2", "mem_size_mib": 128}"#, "`vcpu_count`"),
+        (#"{"vcpu_count": 1, "mem_size_mib": 0}"#, "The memory size (MiB) is either 0"),
+        (#"{"vcpu_count": 1, "mem_size_mib": 1e30}"#, "`mem_size_mib`"),
+        (#"{"vcpu_count": 1, "mem_size_mib": 18446744073709551615}"#, "`mem_size_mib`"),
+        (#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "1G"}"#, "unknown variant `1G`"),
+        (#"{"vcpu_count": 1, "mem_size_mib": 128, "smt": "yes"}"#, "`smt`"),
+        (#"{"vcpu_count": 1, "mem_size_mib": 128, "colour": 1}"#, "unknown field `colour`"),
+        (#"[1, 2]"#, "invalid type: sequence"),
+        (#"{"vcpu_count": 1, "mem_size_mib": "#, "An error occurred when deserializing the json body"),
+        ("not json", "An error occurred when deserializing the json body"),
+    ])
+    func badMachineConfig(body: String, expected: String) async {
+        let controller = makeController()
+        let response = await controller.send("PUT", "/machine-config", body)
+        #expect(response.status == 400)
+        #expect(response.faultMessage?.contains(expected) == true, "\(response.faultMessage ?? "no fault message")")
+        #expect(json(await controller.send("GET", "/machine-config"))?["mem_size_mib"] == JSONValue.integer(128))
+    }
+
+    @Test func deprecatedFieldsGetTheHeader() async {
+        let controller = makeController()
+        let template = await controller.send(
+            "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"}"#)
+        #expect(template.status == 204)
+        #expect(template.headers.contains { $0 == ("Deprecation", "true") })
+        let vsock = await controller.send("PUT", "/vsock", #"{"vsock_id": "root", "guest_cid": 3, "uds_path": "/tmp/v.sock"}"#)
+        #expect(vsock.status == 204)
+        #expect(vsock.headers.contains { $0 == ("Deprecation", "true") })
+        // Even a refused request that names a deprecated field is flagged.
+        let refused = await controller.send("PUT", "/vsock", #"{"vsock_id": "root", "guest_cid": 2, "uds_path": "/v"}"#)
+        #expect(refused.status == 400)
+        #expect(refused.headers.contains { $0 == ("Deprecation", "true") })
+        let plain = await controller.send("PUT", "/vsock", #"{"guest_cid": 4, "uds_path": "/tmp/v.sock"}"#)
+        #expect(plain.headers.isEmpty)
+    }
+
+    @Test func routingErrorsUseFirecrackersWording() async {
+        let controller = makeController()
+        #expect(
+            await controller.send("GET", "/foo/bar").faultMessage == "Invalid request method and/or path: GET foo.")
+        #expect(await controller.send("DELETE", "/drives/a").faultMessage == "Invalid request method and/or path: DELETE drives.")
+        #expect(await controller.send("PUT", "/version", "{}").faultMessage == "Invalid request method and/or path: PUT version.")
+        #expect(await controller.send("PUT", "/boot-source").faultMessage == "Empty PUT request.")
+        #expect(await controller.send("PUT", "/nowhere").faultMessage == "Empty PUT request.")
+        #expect(await controller.send("PATCH", "/vm").faultMessage == "Empty PATCH request.")
+        #expect(await controller.send("GET", "/", "{}").faultMessage == "GET request cannot have a body.")
+        #expect(await controller.send("PUT", "/drives", "{}").faultMessage == "The ID cannot be empty.")
+        #expect(
+            await controller.send("PUT", "/drives/a-b", "{}").faultMessage
+                == "API Resource IDs can only contain alphanumeric characters and underscores.")
+        #expect(await controller.send("PUT", "/snapshot", "{}").faultMessage == "Missing snapshot operation type.")
+        for path in ["/balloon", "/mmds", "/cpu-config", "/pmem/p", "/hotplug/memory"] {
+            let response = await controller.send("PUT", path, "{}")
+            #expect(response.status == 400)
+            #expect(response.faultMessage?.hasPrefix("The requested operation is not supported") == true, "\(path)")
+        }
+        let snapshot = await controller.send("PUT", "/snapshot/create", #"{"snapshot_path": "s", "mem_file_path": "m"}"#)
+        #expect(snapshot.status == 400)
+        #expect(snapshot.faultMessage?.contains("not implemented by SwiftVisor yet") == true)
+    }
+
+    @Test func drivesKeepOneRootFirstAndReplaceByID() async {
+        let controller = makeController()
+        let data = #"{"drive_id": "data", "path_on_host": "/d.img", "is_root_device": false}"#
+        let root = #"{"drive_id": "rootfs", "path_on_host": "/r.img", "is_root_device": true, "is_read_only": true}"#
+        #expect(await controller.send("PUT", "/drives/data", data).status == 204)
+        #expect(await controller.send("PUT", "/drives/rootfs", root).status == 204)
+        let second = #"{"drive_id": "other", "path_on_host": "/o.img", "is_root_device": true}"#
+        #expect(
+            await controller.send("PUT", "/drives/other", second).faultMessage
+                == "Drive config error: A root block device already exists!")
+        #expect(
+            await controller.send("PUT", "/drives/x", data).faultMessage
+                == "The id from the path does not match the id from the body!")
+        // Same ID: replaced in place.
+        let replaced = #"{"drive_id": "data", "path_on_host": "/e.img", "is_root_device": false, "cache_type": "Writeback"}"#
+        #expect(await controller.send("PUT", "/drives/data", replaced).status == 204)
+        let drives = await controller.resources.drives
+        #expect(drives.map { $0.driveID } == ["rootfs", "data"])
+        #expect(drives[1].pathOnHost == "/e.img")
+        #expect(drives[1].cacheType == "Writeback")
+        #expect(
+            await controller.send(
+                "PUT", "/drives/v", #"{"drive_id": "v", "socket": "/s", "is_root_device": false}"#
+            ).faultMessage?.contains("vhost-user") == true)
+        #expect(
+            await controller.send("PUT", "/drives/z", #"{"drive_id": "z", "is_root_device": false}"#).faultMessage?
+                .contains("missing field `path_on_host`") == true)
+    }
+
+    @Test func networkInterfacesRefuseDuplicateMACs() async {
+        let controller = makeController()
+        let eth0 = #"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "AA:FC:00:00:00:01"}"#
+        #expect(await controller.send("PUT", "/network-interfaces/eth0", eth0).status == 204)
+        let eth1 = #"{"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "aa:fc:00:00:00:01"}"#
+        #expect(
+            await controller.send("PUT", "/network-interfaces/eth1", eth1).faultMessage
+                == "Network config error: The MAC address is already in use: aa:fc:00:00:00:01")
+        #expect(
+            await controller.send("PUT", "/network-interfaces/eth9", eth0).faultMessage
+                == "The id from the path [eth9] does not match the id from the body [eth0]!")
+        let badMAC = #"{"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "aa:fc:00:00:00"}"#
+        #expect(
+            await controller.send("PUT", "/network-interfaces/eth1", badMAC).faultMessage?.contains(
+                "The provided MAC address is invalid.") == true)
+        let config = json(await controller.send("GET", "/vm/config"))
+        guard case .array(let interfaces)? = config?["network-interfaces"] else {
+            Issue.record("no interfaces")
+            return
+        }
+        #expect(interfaces.count == 1)
+        #expect(interfaces.first?["guest_mac"] == JSONValue.string("aa:fc:00:00:00:01"))
+    }
+
+    @Test func vmConfigShowsEveryKeyInFirecrackersOrder() async {
+        let controller = makeController()
+        let text = String(decoding: (await controller.send("GET", "/vm/config")).body, as: UTF8.self)
+        #expect(
+            text
+                == #"{"balloon":null,"drives":[],"boot-source":{"kernel_image_path":"","initrd_path":null},"cpu-config":null,"logger":null,"machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"metrics":null,"mmds-config":null,"network-interfaces":[],"vsock":null,"entropy":null}"#
+        )
+    }
+
+    @Test func bootSourceFilesAreCheckedWhenNamed() async {
+        let controller = makeController(FakeLauncher(missingFiles: ["/nope"]))
+        let response = await controller.send("PUT", "/boot-source", #"{"kernel_image_path": "/nope"}"#)
+        #expect(
+            response.faultMessage
+                == "Boot source error: The kernel file cannot be opened: No such file or directory")
+        #expect(await controller.resources.bootSource == nil)
+    }
+
+    @Test func lifecycleRulesBeforeAndAfterStart() async throws {
+        let exits = Exits()
+        let launcher = FakeLauncher()
+        let controller = makeController(launcher, exits: exits)
+        // Before start: runtime-only requests are refused.
+        for (method, path, body) in [
+            ("PATCH", "/vm", #"{"state": "Paused"}"#),
+            ("PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#),
+            ("PUT", "/actions", #"{"action_type": "FlushMetrics"}"#),
+            ("PATCH", "/drives/rootfs", #"{"drive_id": "rootfs", "path_on_host": "/x"}"#),
+        ] {
+            #expect(
+                await controller.send(method, path, body).faultMessage
+                    == "The requested operation is not supported before starting the microVM.", "\(method) \(path)")
+        }
+        #expect(
+            await controller.send("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).faultMessage
+                == "Start microvm error: Cannot start microvm without kernel configuration.")
+        #expect(await controller.send("PUT", "/boot-source", bootSource).status == 204)
+        #expect(await controller.send("PUT", "/entropy", "{}").status == 204)
+        #expect(await controller.send("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
+        #expect(launcher.launched.withLock { $0.count } == 1)
+        #expect(launcher.launched.withLock { $0.first?.entropy } != nil)
+        #expect(json(await controller.send("GET", "/"))?["state"] == JSONValue.string("Running"))
+
+        // After start: configuration is refused, runtime requests work.
+        for (method, path, body) in [
+            ("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#),
+            ("PUT", "/boot-source", bootSource),
+            ("PUT", "/drives/d", #"{"drive_id": "d", "path_on_host": "/d", "is_root_device": false}"#),
+            ("PUT", "/actions", #"{"action_type": "InstanceStart"}"#),
+        ] {
+            #expect(
+                await controller.send(method, path, body).faultMessage
+                    == "The requested operation is not supported after starting the microVM.", "\(method) \(path)")
+        }
+        #expect(await controller.send("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+        #expect(json(await controller.send("GET", "/"))?["state"] == JSONValue.string("Paused"))
+        #expect(await controller.send("PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
+        #expect(json(await controller.send("GET", "/"))?["state"] == JSONValue.string("Running"))
+        #expect(
+            await controller.send("PATCH", "/vm", #"{"state": "Stopped"}"#).faultMessage?.contains(
+                "unknown variant `Stopped`") == true)
+        #expect(await controller.send("PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#).status == 204)
+        #expect(await controller.send("PUT", "/actions", #"{"action_type": "FlushMetrics"}"#).status == 204)
+        #expect(launcher.vm.calls.withLock { $0 } == ["pause", "resume", "ctrl-alt-del"])
+
+        // The VM's end reaches onExit with its status.
+        launcher.vm.end(0)
+        for _ in 0..<200 where exits.statuses.withLock({ $0.isEmpty }) { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(exits.statuses.withLock { $0 } == [0])
+    }
+
+    @Test func aFailedStartLeavesTheVMUnstarted() async {
+        let controller = makeController(FakeLauncher(failure: "cannot open /dev/kvm"))
+        #expect(await controller.send("PUT", "/boot-source", bootSource).status == 204)
+        let response = await controller.send("PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
+        #expect(response.faultMessage == "Start microvm error: cannot open /dev/kvm")
+        #expect(json(await controller.send("GET", "/"))?["state"] == JSONValue.string("Not started"))
+        // Configuration may continue.
+        #expect(await controller.send("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 64}"#).status == 204)
+    }
+
+    @Test func ctrlAltDelWithAFullKeyboardBufferIsAnError() async {
+        let controller = makeController(FakeLauncher(vm: FakeVM(keyboardRoom: false)))
+        _ = await controller.send("PUT", "/boot-source", bootSource)
+        _ = await controller.send("PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
+        let response = await controller.send("PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#)
+        #expect(response.faultMessage?.contains("i8042 internal buffer full") == true)
+    }
+
+    @Test func configFileBuildsTheSameResources() throws {
+        let file = #"""
+            {
+              "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0 reboot=k"},
+              "drives": [{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": false}],
+              "machine-config": {"vcpu_count": 2, "mem_size_mib": 256},
+              "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
+              "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock"},
+              "entropy": {},
+              "balloon": null
+            }
+            """#
+        let resources = try VMResources(configFile: JSON.parse(Array(file.utf8)))
+        #expect(resources.machine.vcpuCount == 2)
+        #expect(resources.drives.map(\.driveID) == ["rootfs"])
+        #expect(resources.networkInterfaces.first?.hostDevName == "tap0")
+        #expect(resources.vsock?.guestCID == 3)
+        #expect(resources.entropy != nil)
+        #expect(throws: APIError.self) { try VMResources(configFile: JSON.parse(Array(#"{"drives": []}"#.utf8))) }
+        #expect(throws: APIError.self) {
+            try VMResources(configFile: JSON.parse(Array(#"{"boot-source": {"kernel_image_path": "/k"}}"#.utf8)))
+        }
+        #expect(throws: APIError.self) {
+            try VMResources(
+                configFile: JSON.parse(
+                    Array(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [], "balloon": {"amount_mib": 1}}"#.utf8)))
+        }
+    }
+
+    @Test func commandLineAddsQuirksAndTheRootDevice() throws {
+        var resources = VMResources()
+        resources.bootSource = BootSource(kernelImagePath: "/k")
+        #expect(
+            MachineLauncher.commandLine(resources, quirks: ["nokaslr"])
+                == MachineLauncher.defaultBootArgs + " nokaslr")
+        resources.bootSource?.bootArgs = "console=ttyS0"
+        try resources.put(DriveConfig(driveID: "rootfs", pathOnHost: "/r", isRootDevice: true, isReadOnly: true))
+        #expect(MachineLauncher.commandLine(resources, quirks: []) == "console=ttyS0 root=/dev/vda ro")
+    }
+}
+
+@Suite("Firecracker API: JSON text (no KVM)")
+struct JSONTextTests {
+    @Test func stringsAreEscapedAndRoundTrip() throws {
+        let value = JSONValue.members([
+            "path": .string("/a/b \"c\" \\ \n\t\u{1}é"), "n": .integer(-5), "u": .unsigned(UInt64.max),
+            "list": .array([.bool(true), .null, .number(1.5)]),
+        ])
+        let text = String(decoding: value.text, as: UTF8.self)
+        #expect(text == #"{"path":"/a/b \"c\" \\ \n\t\u0001é","n":-5,"u":18446744073709551615,"list":[true,null,1.5]}"#)
+        // Parsed back, members come sorted by key; the values are equal.
+        let parsed = try JSON.parse(value.text)
+        #expect(parsed["path"] == .string("/a/b \"c\" \\ \n\t\u{1}é"))
+        #expect(parsed["u"] == .unsigned(UInt64.max))
+        #expect(parsed["n"] == .integer(-5))
+    }
+}
+
+@Suite("Firecracker API: what is refused until it works (no KVM)")
+struct NotYetTests {
+    @Test func limitingRateLimitersAndMTUAreRefusedDisabledOnesAccepted() async {
+        let controller = makeController()
+        let limited =
+            #"{"drive_id": "d", "path_on_host": "/d", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#
+        let response = await controller.send("PUT", "/drives/d", limited)
+        #expect(response.faultMessage?.contains("`rate_limiter` buckets are not enforced") == true)
+        let disabled =
+            #"{"drive_id": "d", "path_on_host": "/d", "is_root_device": false, "rate_limiter": {"ops": {"size": 0, "refill_time": 100}}}"#
+        #expect(await controller.send("PUT", "/drives/d", disabled).status == 204)
+        let net = #"{"iface_id": "e", "host_dev_name": "tap0", "tx_rate_limiter": {"ops": {"size": 5, "refill_time": 10}}}"#
+        #expect(
+            await controller.send("PUT", "/network-interfaces/e", net).faultMessage?.contains("`tx_rate_limiter`") == true)
+        let mtu = #"{"iface_id": "e", "host_dev_name": "tap0", "mtu": 9000}"#
+        #expect(await controller.send("PUT", "/network-interfaces/e", mtu).faultMessage?.contains("`mtu`") == true)
+        let missingRefill = #"{"iface_id": "e", "host_dev_name": "tap0", "rx_rate_limiter": {"ops": {"size": 5}}}"#
+        #expect(
+            await controller.send("PUT", "/network-interfaces/e", missingRefill).faultMessage?.contains(
+                "missing field `refill_time`") == true)
+        #expect(await controller.resources.networkInterfaces.isEmpty)
+    }
+}
