@@ -7,12 +7,23 @@ import VisorHost
 import VisorKVM
 
 @main
-struct SwiftVisorCommand: ParsableCommand {
+struct SwiftVisorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftvisor",
         abstract: "A KVM virtual machine monitor with a programmable VM-exit layer.",
-        subcommands: [Run.self, Boot.self, CPUID.self, ProbeEmulation.self, Guests.self],
+        subcommands: [Run.self, Boot.self, Firecracker.self, CPUID.self, ProbeEmulation.self, Guests.self],
         defaultSubcommand: Run.self)
+
+    /// Started as `firecracker` (a symbolic link), the process is the Firecracker-compatible
+    /// entry point, as clients that spawn Firecracker by name expect.
+    static func main() async {
+        let name = CommandLine.arguments.first?.split(separator: "/").last.map(String.init) ?? ""
+        if name == "firecracker" {
+            await Firecracker.main(Array(CommandLine.arguments.dropFirst()))
+        } else {
+            await main(nil)
+        }
+    }
 }
 
 /// Sizes like 64M, 1G, 512K, 4096 or 0x4000000, parsed by `ByteSize(parsing:)`.

@@ -1,0 +1,194 @@
+import ArgumentParser
+import Glibc
+import SwiftVisor
+import VisorAPI
+import VisorHost
+
+/// The Firecracker version whose API and command line this entry point follows; `--version`
+/// and `GET /version` report it, since clients compare it with the versions they support.
+let firecrackerAPIVersion = "1.12.0"
+
+/// `swiftvisor firecracker`, and `swiftvisor` started under the name `firecracker`: Firecracker's
+/// command line, its REST API on a Unix socket and its configuration file, over one VM.
+struct Firecracker: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "firecracker",
+        abstract: "Serve Firecracker's REST API on a Unix socket for one VM (Firecracker-compatible entry point).",
+        discussion: """
+            Started under the name `firecracker` (a symbolic link to swiftvisor), swiftvisor behaves \
+            as this subcommand, so that engines which spawn Firecracker (Kata Containers, \
+            firecracker-containerd, the Go SDK) can run it unchanged. The process ends when the VM \
+            does, with the VM's exit status.
+            """)
+
+    @Option(name: .customLong("api-sock"), help: "The API's Unix socket; it must not exist.")
+    var apiSock = "/run/firecracker.socket"
+
+    @Option(name: .customLong("id"), help: "The instance ID that GET / reports.")
+    var id = "anonymous-instance"
+
+    @Option(name: .customLong("config-file"), help: "Start a VM at once from this JSON file (the shape of GET /vm/config).")
+    var configFile: String?
+
+    @Flag(name: .customLong("no-api"), help: "Serve no API (needs --config-file).")
+    var noAPI = false
+
+    @Option(name: .customLong("log-path"), help: "Accepted; not yet honoured (diagnostics go to standard error).")
+    var logPath: String?
+
+    @Option(name: .customLong("level"), help: "Accepted; not yet honoured.")
+    var level: String?
+
+    @Option(name: .customLong("module"), help: "Accepted; not yet honoured.")
+    var module: String?
+
+    @Flag(name: .customLong("show-level"), help: "Accepted; not yet honoured.")
+    var showLevel = false
+
+    @Flag(name: .customLong("show-log-origin"), help: "Accepted; not yet honoured.")
+    var showLogOrigin = false
+
+    @Option(name: .customLong("metrics-path"), help: "Accepted; not yet honoured.")
+    var metricsPath: String?
+
+    @Flag(name: .customLong("boot-timer"), help: "Accepted; not yet honoured.")
+    var bootTimer = false
+
+    @Option(name: .customLong("seccomp-filter"), help: "Accepted and ignored: SwiftVisor installs its own per-thread filters.")
+    var seccompFilter: String?
+
+    @Flag(name: .customLong("no-seccomp"), help: "Do not confine the VM's threads with seccomp filters.")
+    var noSeccomp = false
+
+    @Option(name: .customLong("http-api-max-payload-size"), help: "The largest request body, in bytes.")
+    var httpAPIMaxPayloadSize = 51_200
+
+    @Option(name: .customLong("mmds-size-limit"), help: "Accepted; MMDS is not supported.")
+    var mmdsSizeLimit: Int?
+
+    @Option(name: .customLong("metadata"), help: "Accepted; MMDS is not supported.")
+    var metadata: String?
+
+    @Option(name: .customLong("start-time-us"), help: "Accepted; not used.")
+    var startTimeUs: UInt64?
+
+    @Option(name: .customLong("start-time-cpu-us"), help: "Accepted; not used.")
+    var startTimeCPUUs: UInt64?
+
+    @Option(name: .customLong("parent-cpu-time-us"), help: "Accepted; not used.")
+    var parentCPUTimeUs: UInt64?
+
+    @Flag(name: .customLong("version"), help: "Print the Firecracker version this API follows, then exit.")
+    var version = false
+
+    func validate() throws {
+        if noAPI, configFile == nil, !version {
+            throw ValidationError("--no-api requires --config-file: without the API nothing could start a VM")
+        }
+        if seccompFilter != nil, noSeccomp {
+            throw ValidationError("give either --seccomp-filter or --no-seccomp, not both")
+        }
+        if httpAPIMaxPayloadSize < 1 { throw ValidationError("--http-api-max-payload-size must be at least 1") }
+        if id.isEmpty || id.utf8.count > 64 || !id.allSatisfy({ $0 == "_" || $0 == "-" || $0.isLetter || $0.isNumber }) {
+            throw ValidationError("--id must be 1 to 64 letters, digits, '-' or '_'")
+        }
+    }
+
+    func run() async throws {
+        if version {
+            print("Firecracker v\(firecrackerAPIVersion)\n")
+            return
+        }
+        let log: @Sendable (String) -> Void = { HostIO.printError("swiftvisor: " + $0) }
+        reportIgnoredOptions(log)
+
+        // Read and checked before the socket is bound: a bad file ends the process at once,
+        // with nothing left behind.
+        var fileResources: VMResources?
+        if let configFile {
+            do {
+                let bytes = try HostIO.readFile(configFile, limit: 1 << 20)
+                fileResources = try VMResources(configFile: try JSON.parse(bytes))
+            } catch let error as MachineError {
+                fail(error.description)
+            } catch {
+                fail("the configuration file \(configFile): \(error)")
+            }
+        }
+
+        let exit = ExitSignal()
+        let input = ConsoleInput()
+        let launcher = MachineLauncher(
+            seccomp: !noSeccomp, log: log, onStart: { machine in input.start(machine: machine) })
+        let controller = VMMController(
+            instanceID: id, version: firecrackerAPIVersion, launcher: launcher,
+            onExit: { status in exit.fire(status) })
+
+        var server: APIServer?
+        if !noAPI {
+            var limits = APIServer.Limits()
+            limits.maxPayload = httpAPIMaxPayloadSize
+            do {
+                server = try await APIServer.bind(path: apiSock, limits: limits, controller: controller)
+            } catch {
+                fail(error.description)
+            }
+        }
+        let serving = server.map { server in Task { await server.run() } }
+
+        if let fileResources {
+            do throws(APIError) {
+                try await controller.configure(fileResources)
+            } catch {
+                await shutDown(server)
+                fail(error.description)
+            }
+            let response = await controller.handle(
+                method: "PUT", path: "/actions", body: Array(#"{"action_type":"InstanceStart"}"#.utf8))
+            if let message = response.faultMessage {
+                await shutDown(server)
+                fail(message)
+            }
+        }
+
+        let status = await exit.wait()
+        input.detach()
+        await shutDown(server)
+        serving?.cancel()
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    private func shutDown(_ server: APIServer?) async {
+        guard let server else { return }
+        await server.close()
+    }
+
+    private func reportIgnoredOptions(_ log: (String) -> Void) {
+        var ignored: [String] = []
+        if logPath != nil { ignored.append("--log-path") }
+        if level != nil { ignored.append("--level") }
+        if module != nil { ignored.append("--module") }
+        if showLevel { ignored.append("--show-level") }
+        if showLogOrigin { ignored.append("--show-log-origin") }
+        if metricsPath != nil { ignored.append("--metrics-path") }
+        if bootTimer { ignored.append("--boot-timer") }
+        if seccompFilter != nil { ignored.append("--seccomp-filter (SwiftVisor's own filters apply)") }
+        if mmdsSizeLimit != nil || metadata != nil { ignored.append("--mmds-size-limit/--metadata (no MMDS)") }
+        if !ignored.isEmpty { log("accepted but not honoured: " + ignored.joined(separator: ", ")) }
+    }
+}
+
+/// Carries the VM's exit status from the controller to the main task.
+final class ExitSignal: Sendable {
+    private let stream: AsyncStream<Int32>
+    private let continuation: AsyncStream<Int32>.Continuation
+
+    init() { (stream, continuation) = AsyncStream.makeStream(of: Int32.self) }
+
+    func fire(_ status: Int32) { continuation.yield(status) }
+
+    func wait() async -> Int32 {
+        for await status in stream { return status }
+        return 0
+    }
+}

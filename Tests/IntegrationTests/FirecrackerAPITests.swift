@@ -1,0 +1,271 @@
+import Foundation
+import Testing
+
+/// A `swiftvisor firecracker` process and a real HTTP client (curl) on its socket.
+final class FirecrackerProcess {
+    let directory: String
+    let socket: String
+    let process = Process()
+    let output = ConsoleCapture()
+    let errors = ConsoleCapture()
+    /// From spawn to a socket that accepts a request.
+    private(set) var readyAfter: TimeInterval = 0
+
+    init(arguments: [String] = [], executableName: String? = nil) throws {
+        directory = NSTemporaryDirectory() + "swiftvisor-fc-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        socket = directory + "/api.sock"
+        var executable = KVMIntegration.CLITests.binary
+        if let executableName {
+            let link = directory + "/" + executableName
+            try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: executable.path)
+            executable = URL(fileURLWithPath: link)
+        } else {
+            process.arguments = ["firecracker"]
+        }
+        process.executableURL = executable
+        process.arguments = (process.arguments ?? []) + ["--api-sock", socket] + arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        let started = Date()
+        try process.run()
+        for (pipe, capture) in [(out, output), (err, errors)] {
+            let sink = capture.sink
+            Thread {
+                while case let data = pipe.fileHandleForReading.availableData, !data.isEmpty { data.forEach(sink) }
+            }.start()
+        }
+        while !FileManager.default.fileExists(atPath: socket), Date().timeIntervalSince(started) < 10, process.isRunning {
+            usleep(500)
+        }
+        readyAfter = Date().timeIntervalSince(started)
+    }
+
+    deinit {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    struct Response {
+        var status: Int
+        var headers: [String]
+        var body: String
+        var json: [String: Any]? {
+            (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any]
+        }
+        var fault: String? { json?["fault_message"] as? String }
+    }
+
+    /// One request through curl on the Unix socket.
+    func request(_ method: String, _ path: String, _ body: String? = nil) throws -> Response {
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        var arguments = ["-s", "-i", "--max-time", "30", "--unix-socket", socket, "-X", method]
+        if let body { arguments += ["-H", "Content-Type: application/json", "--data-binary", body] }
+        curl.arguments = arguments + ["http://localhost" + path]
+        let out = Pipe()
+        curl.standardOutput = out
+        try curl.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        curl.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        let parts = text.components(separatedBy: "\r\n\r\n")
+        let head = parts.first?.components(separatedBy: "\r\n") ?? []
+        let status = head.first.flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
+        return Response(status: status, headers: Array(head.dropFirst()), body: parts.dropFirst().joined(separator: "\r\n\r\n"))
+    }
+
+    /// Raw bytes on a new connection (python3 as the client), returning what came back
+    /// before the server closed the connection or `timeout` passed.
+    func raw(_ bytes: String, timeout: Double = 5, closeAfterSend: Bool = false, delay: Double = 0) throws -> String {
+        let script = """
+            import socket, sys, time
+            s = socket.socket(socket.AF_UNIX); s.settimeout(\(timeout)); s.connect(sys.argv[1])
+            time.sleep(\(delay))
+            s.sendall(sys.argv[2].encode('latin-1'))
+            if \(closeAfterSend ? "True" : "False"):
+                s.close(); sys.exit(0)
+            out = b''
+            try:
+                while True:
+                    d = s.recv(65536)
+                    if not d: break
+                    out += d
+            except socket.timeout: pass
+            sys.stdout.write(out.decode('latin-1'))
+            """
+        let python = Process()
+        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        python.arguments = ["python3", "-c", script, socket, bytes]
+        let out = Pipe()
+        python.standardOutput = out
+        try python.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        python.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    func waitForExit(seconds: Double) -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning, Date() < deadline { usleep(10_000) }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+}
+
+extension KVMIntegration {
+    @Suite("Firecracker-compatible API")
+    struct FirecrackerAPITests {
+        @Test("the socket listens quickly; GET /, /version, /machine-config and /vm/config answer as Firecracker does")
+        func readOnlyEndpoints() throws {
+            let fc = try FirecrackerProcess(arguments: ["--id", "api_test"])
+            #expect(fc.readyAfter < 5, "socket after \(fc.readyAfter) s")
+            let info = try fc.request("GET", "/")
+            #expect(info.status == 200)
+            #expect(info.body == #"{"id":"api_test","state":"Not started","vmm_version":"1.12.0","app_name":"Firecracker"}"#)
+            #expect(info.headers.contains("Server: Firecracker API"))
+            #expect(try fc.request("GET", "/version").body == #"{"firecracker_version":"1.12.0"}"#)
+            let config = try fc.request("GET", "/vm/config")
+            #expect(config.json?["machine-config"] != nil)
+            #expect(config.json?.keys.count == 11)
+            let unknown = try fc.request("GET", "/nothing")
+            #expect(unknown.status == 400)
+            #expect(unknown.fault == "Invalid request method and/or path: GET nothing.")
+        }
+
+        @Test("configuration requests: 204 on success, 400 with a fault_message naming the field, state unchanged")
+        func configurationRules() throws {
+            let fc = try FirecrackerProcess()
+            let put = try fc.request("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256}"#)
+            #expect(put.status == 204)
+            #expect(put.body.isEmpty)
+            for body in [
+                #"{"vcpu_count": 2}"#, #"{"vcpu_count": -2, "mem_size_mib": 256}"#,
+                #"{"vcpu_count": 2, "mem_size_mib": 256, "x": 1}"#,
+                "[]", "nonsense", #"{"vcpu_count": 2, "mem_size_mib": 1e99}"#, #"{"vcpu_count": 2, "mem_size_mib": "#,
+            ] {
+                let response = try fc.request("PUT", "/machine-config", body)
+                #expect(response.status == 400, "\(body)")
+                #expect(response.fault?.isEmpty == false, "\(body): \(response.body)")
+            }
+            let config = try fc.request("GET", "/machine-config").json
+            #expect(config?["vcpu_count"] as? Int == 2)
+            #expect(config?["mem_size_mib"] as? Int == 256)
+            let missingKernel = try fc.request("PUT", "/boot-source", #"{"kernel_image_path": "/nonexistent/vmlinux"}"#)
+            #expect(missingKernel.fault?.hasPrefix("Boot source error: The kernel file cannot be opened") == true)
+            let start = try fc.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
+            #expect(start.fault == "Start microvm error: Cannot start microvm without kernel configuration.")
+            let deprecated = try fc.request(
+                "PUT", "/vsock", #"{"vsock_id": "v", "guest_cid": 3, "uds_path": "\#(fc.directory)/v.sock"}"#)
+            #expect(deprecated.status == 204)
+            #expect(deprecated.headers.contains("Deprecation: true"))
+        }
+
+        @Test("HTTP limits: an oversized body, an eleventh connection, malformed HTTP and a client that leaves mid-request")
+        func httpLimits() throws {
+            let fc = try FirecrackerProcess(arguments: ["--http-api-max-payload-size", "100"])
+            let big = try fc.request("PUT", "/machine-config", "{\"x\": \"" + String(repeating: "a", count: 500) + "\"}")
+            #expect(big.status == 400)
+            #expect(big.fault?.contains("is larger than the limit of 100 allowed by server") == true, "\(big.body)")
+            let malformed = try fc.raw("NOT HTTP AT ALL\r\n\r\n")
+            #expect(malformed.hasPrefix("HTTP/1.1 400"), "\(malformed)")
+            // Half a request, then the client goes away: the server carries on.
+            _ = try fc.raw("PUT /machine-config HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"vcpu", closeAfterSend: true)
+            // Two pipelined requests on one connection are answered in order.
+            let pipelined = try fc.raw(
+                "GET /version HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            let version = pipelined.range(of: "firecracker_version"), state = pipelined.range(of: "\"state\"")
+            #expect(version != nil && state != nil && version!.lowerBound < state!.lowerBound, "\(pipelined)")
+            // Ten idle connections are served; the eleventh is answered 503 and closed.
+            var held: [Process] = []
+            for _ in 0..<10 {
+                let sleeper = Process()
+                sleeper.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+                sleeper.arguments = [
+                    "python3", "-c",
+                    "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(8)", fc.socket,
+                ]
+                try sleeper.run()
+                held.append(sleeper)
+            }
+            usleep(1_500_000)
+            let refused = try fc.raw("GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout: 3)
+            #expect(refused.hasPrefix("HTTP/1.1 503"), "\(refused) \(fc.errors.text)")
+            // One that connects and waits before its request: the refusal waits for it (an
+            // answer before any request once crashed the server inside NIO).
+            let slow = try fc.raw("GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout: 3, delay: 0.5)
+            #expect(slow.hasPrefix("HTTP/1.1 503"), "\(slow) \(fc.errors.text)")
+            held.forEach { $0.terminate() }
+            held.forEach { $0.waitUntilExit() }
+            usleep(300_000)
+            #expect(try fc.request("GET", "/").status == 200, "\(fc.errors.text)")
+        }
+
+        @Test("entry point: --version, started as `firecracker`, a socket path that exists, --no-api without a file")
+        func entryPoint() throws {
+            let cli = CLITests()
+            let version = try cli.run(["firecracker", "--version"])
+            #expect(version.status == 0)
+            #expect(version.stdout.hasPrefix("Firecracker v1.12.0\n"))
+            let fc = try FirecrackerProcess(executableName: "firecracker")
+            #expect(try fc.request("GET", "/").status == 200)
+            // A second server on the same path is refused with one line, and leaves the first alone.
+            let second = try cli.run(["firecracker", "--api-sock", fc.socket])
+            #expect(second.status == 1)
+            #expect(second.stderr.contains(fc.socket), "\(second.stderr)")
+            #expect(try fc.request("GET", "/").status == 200)
+            let noAPI = try cli.run(["firecracker", "--no-api"])
+            #expect(noAPI.status != 0)
+            #expect(noAPI.stderr.contains("--no-api requires --config-file"), "\(noAPI.stderr)")
+            let badFile = try cli.temporaryFile(Array(#"{"drives": []}"#.utf8))
+            defer { try? FileManager.default.removeItem(atPath: badFile) }
+            let bad = try cli.run(["firecracker", "--no-api", "--config-file", badFile])
+            cli.expectOneLineError(bad, mentioning: "boot-source")
+        }
+
+        @Test("lifecycle on the test kernel: configure, start, Running, pause, Paused, resume, Ctrl-Alt-Del, exit 0")
+        func lifecycle() throws {
+            let kernel = try LinuxKernels.testKernel.get() + "/bzImage"
+            let initrd = try LinuxKernels.guestImages.get() + "/initramfs.cpio.gz"
+            let fc = try FirecrackerProcess()
+            #expect(try fc.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#).status == 204)
+            let boot = try fc.request(
+                "PUT", "/boot-source",
+                #"{"kernel_image_path": "\#(kernel)", "initrd_path": "\#(initrd)", "boot_args": "console=ttyS0 reboot=k panic=1 kunit.enable=0"}"#
+            )
+            #expect(boot.status == 204, "\(boot.body)")
+            #expect(try fc.request("PUT", "/entropy", "{}").status == 204)
+            let start = try fc.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
+            #expect(start.status == 204, "\(start.body) \(fc.errors.text)")
+            #expect(try fc.request("GET", "/").json?["state"] as? String == "Running")
+            // The kernel runs its spinning init, and its keyboard driver has bound (it may bind
+            // after init starts; a Ctrl-Alt-Del before that is lost, in Firecracker too).
+            let keyboard = "input: AT Translated Set 2 keyboard"
+            let deadline = Date().addingTimeInterval(900)
+            while !(fc.output.text.contains("Run /init as init process") && fc.output.text.contains(keyboard)),
+                Date() < deadline, fc.process.isRunning
+            {
+                usleep(100_000)
+            }
+            #expect(fc.output.text.contains(keyboard), "\(fc.output.text.suffix(2000))")
+            #expect(try fc.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+            #expect(try fc.request("GET", "/").json?["state"] as? String == "Paused")
+            let pausedAt = fc.output.text.utf8.count
+            #expect(try fc.request("PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
+            #expect(try fc.request("GET", "/").json?["state"] as? String == "Running")
+            #expect(
+                try fc.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#).fault
+                    == "The requested operation is not supported after starting the microVM.")
+            #expect(try fc.request("PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#).status == 204)
+            let status = fc.waitForExit(seconds: 300)
+            #expect(status == 0, "\(fc.errors.text)\n\(fc.output.text.suffix(1500))")
+            #expect(fc.output.text.utf8.count >= pausedAt)
+            #expect(fc.output.text.contains("reboot: Restarting system"), "\(fc.output.text.suffix(1500))")
+            #expect(!FileManager.default.fileExists(atPath: fc.socket), "the socket file is removed at exit")
+        }
+    }
+}
