@@ -11,18 +11,18 @@
 // not drawn (they sit above everything and import what they declare).
 //
 // import graph:
-//  6  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
+//  7  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
 //     swiftvisor          -> VisorHost VisorAPI
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
+//  6  FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
+//     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
+//     FuzzTargets         -> VisorHost VisorAPI
 //  5  VisorAPI            -> SwiftVisor VisorHost                      -- the Firecracker-compatible control API
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost VisorDecoder VisorVirtio
-//     FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
-//     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
-//     FuzzTargets         -> VisorHost
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     VisorVirtio         -> VisorCore VisorMemory VisorHost          -- virtio-mmio, virtqueues, virtio devices
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
@@ -154,7 +154,7 @@ let package = Package(
             name: "FuzzTargets",
             dependencies: [
                 "VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "VisorEmulator",
-                "VisorDecoder", "TestSupport", "VisorVirtio", "VisorHost",
+                "VisorDecoder", "TestSupport", "VisorVirtio", "VisorHost", "VisorAPI",
             ],
             path: "Fuzz/Targets", swiftSettings: strict),
         // The libFuzzer entry point. A plain build makes a replay tool (run a target over

@@ -119,6 +119,12 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// length, and a delivered frame is one of the host's, whole and in order, behind a
     /// clean header; used indices move by exactly the chains completed, within the bounds.
     case virtioNet = "virtio-net"
+    /// Firecracker's REST API rules (`RequestRules.apply` of `VisorAPI`) over a sequence of
+    /// requests: any method, a path from the endpoints (or raw), any body. Checks: only 200
+    /// with JSON, 204 with nothing or 400 with a `fault_message`; a refused request changes
+    /// nothing; the configuration keeps its invariants (one root drive, first; unique IDs,
+    /// MACs and TAPs; machine limits); runtime requests only in their phase.
+    case apiRequest = "api-request"
 
     /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
     /// which is slow in a debug build.
@@ -156,6 +162,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .virtioVsock: fuzzVirtioVsock(data)
         case .virtioConsole: fuzzVirtioConsole(data)
         case .virtioNet: fuzzVirtioNet(data)
+        case .apiRequest: fuzzAPIRequest(data)
         }
     }
 }
