@@ -3,6 +3,7 @@ import Glibc
 import SwiftVisor
 import VisorAPI
 import VisorHost
+import VisorKVM
 
 /// The Firecracker version whose API and command line this entry point follows; `--version`
 /// and `GET /version` report it, since clients compare it with the versions they support.
@@ -10,7 +11,7 @@ let firecrackerAPIVersion = "1.12.0"
 
 /// `swiftvisor firecracker`, and `swiftvisor` started under the name `firecracker`: Firecracker's
 /// command line, its REST API on a Unix socket and its configuration file, over one VM.
-struct Firecracker: AsyncParsableCommand {
+struct Firecracker: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "firecracker",
         abstract: "Serve Firecracker's REST API on a Unix socket for one VM (Firecracker-compatible entry point).",
@@ -94,11 +95,24 @@ struct Firecracker: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
+    /// Serves on Swift's task pool while the calling (main) thread parks with the control
+    /// signals still blocked (see main.swift); the process exits when the VM or the server
+    /// is done.
+    func run() throws {
         if version {
             print("Firecracker v\(firecrackerAPIVersion)\n")
             return
         }
+        let command = self
+        Task.detached {
+            let status = await command.serve()
+            Glibc.exit(status)
+        }
+        while true { _ = sleep(3600) }
+    }
+
+    /// Returns the process's exit status.
+    private func serve() async -> Int32 {
         let log: @Sendable (String) -> Void = { HostIO.printError("swiftvisor: " + $0) }
         reportIgnoredOptions(log)
 
@@ -117,9 +131,17 @@ struct Firecracker: AsyncParsableCommand {
         }
 
         let exit = ExitSignal()
-        let input = ConsoleInput()
+        // SIGINT and SIGTERM stop a running VM (the process then ends with 128 + the
+        // signal); before InstanceStart they end the process at once, removing the socket.
+        let socketPath = noAPI ? nil : apiSock
+        let signals = SignalRouter(
+            confine: false,
+            unattached: { signal in
+                if let socketPath { HostIO.removeFile(socketPath) }
+                _exit(128 + signal)
+            })
         let launcher = MachineLauncher(
-            seccomp: !noSeccomp, log: log, onStart: { machine in input.start(machine: machine) })
+            seccomp: !noSeccomp, log: log, onStart: { machine in signals.attach(machine) })
         let controller = VMMController(
             instanceID: id, version: firecrackerAPIVersion, launcher: launcher,
             onExit: { status in exit.fire(status) })
@@ -151,11 +173,15 @@ struct Firecracker: AsyncParsableCommand {
             }
         }
 
-        let status = await exit.wait()
-        input.detach()
+        var status = await exit.wait()
+        signals.detach()
         await shutDown(server)
         serving?.cancel()
-        if status != 0 { throw ExitCode(status) }
+        if let signal = signals.interruptedBy {
+            HostIO.printError("swiftvisor: stopped by signal \(signal)")
+            status = 128 + signal
+        }
+        return status
     }
 
     private func shutDown(_ server: APIServer?) async {

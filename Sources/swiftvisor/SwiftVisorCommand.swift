@@ -6,23 +6,28 @@ import Synchronization
 import VisorHost
 import VisorKVM
 
-@main
-struct SwiftVisorCommand: AsyncParsableCommand {
+struct SwiftVisorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftvisor",
         abstract: "A KVM virtual machine monitor with a programmable VM-exit layer.",
         subcommands: [Run.self, Boot.self, Firecracker.self, CPUID.self, ProbeEmulation.self, Guests.self],
         defaultSubcommand: Run.self)
 
-    /// Started as `firecracker` (a symbolic link), the process is the Firecracker-compatible
-    /// entry point, as clients that spawn Firecracker by name expect.
-    static func main() async {
-        let name = CommandLine.arguments.first?.split(separator: "/").last.map(String.init) ?? ""
-        if name == "firecracker" {
-            await Firecracker.main(Array(CommandLine.arguments.dropFirst()))
-        } else {
-            await main(nil)
-        }
+    /// Whether this process serves the Firecracker API: started as `firecracker` (a
+    /// symbolic link, as clients that spawn Firecracker by name expect) or as
+    /// `swiftvisor firecracker`.
+    static var startedAsFirecracker: Bool {
+        CommandLine.arguments.first?.split(separator: "/").last == "firecracker"
+    }
+
+    static var servesFirecracker: Bool {
+        startedAsFirecracker || CommandLine.arguments.dropFirst().first == "firecracker"
+    }
+
+    /// The arguments of the Firecracker entry point: after the program name, and after
+    /// `firecracker` when that is the subcommand.
+    static var firecrackerArguments: [String] {
+        Array(CommandLine.arguments.dropFirst(startedAsFirecracker ? 1 : 2))
     }
 }
 
@@ -512,7 +517,9 @@ final class SignalRouter: Sendable {
     let console = ConsoleInput()
 
     /// With `confine`, the signal thread runs under the main thread's seccomp filter.
-    init(confine: Bool) {
+    /// `unattached`, if given, is called for a SIGINT or SIGTERM that comes while no machine
+    /// is attached (the control API before `InstanceStart`): it ends the process.
+    init(confine: Bool, unattached: (@Sendable (Int32) -> Void)? = nil) {
         // Block the signals everywhere first, so every thread created later inherits the
         // mask and only the waiting thread receives them.
         VCPUSignals.block(Self.controlSignals)
@@ -550,6 +557,10 @@ final class SignalRouter: Sendable {
                     console.restoreTerminal()
                     HostIO.printError("swiftvisor: stopped by signal \(signal) (forced)")
                     _exit(128 + signal)
+                }
+                if machine == nil, let unattached {
+                    console.restoreTerminal()
+                    unattached(signal)
                 }
                 machine?.requestStop()
             }

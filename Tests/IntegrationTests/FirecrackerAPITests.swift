@@ -218,6 +218,10 @@ extension KVMIntegration {
             #expect(second.status == 1)
             #expect(second.stderr.contains(fc.socket), "\(second.stderr)")
             #expect(try fc.request("GET", "/").status == 200)
+            // SIGTERM before InstanceStart ends the process with 143 and removes the socket.
+            kill(fc.process.processIdentifier, SIGTERM)
+            #expect(fc.waitForExit(seconds: 10) == 128 + SIGTERM)
+            #expect(!FileManager.default.fileExists(atPath: fc.socket))
             let noAPI = try cli.run(["firecracker", "--no-api"])
             #expect(noAPI.status != 0)
             #expect(noAPI.stderr.contains("--no-api requires --config-file"), "\(noAPI.stderr)")
