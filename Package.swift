@@ -151,7 +151,7 @@ let package = Package(
             swiftSettings: strictTests),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
         .testTarget(
-            name: "VisorVirtioTests", dependencies: ["VisorVirtio", "VisorCore", "VisorMemory", "VisorHost"],
+            name: "VisorVirtioTests", dependencies: ["VisorVirtio", "VisorCore", "VisorMemory", "VisorHost", "VisorKVM"],
             swiftSettings: strictTests),
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"], swiftSettings: strictTests),
         .testTarget(

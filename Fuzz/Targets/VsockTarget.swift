@@ -85,6 +85,7 @@ private final class FuzzVsockHost: VsockHostSide {
             state.sockets[handle]?.closed = true
         }
     }
+    func perform(_ work: @escaping @Sendable () -> Void) { work() }
     func watch(_ handle: Int32, readable: Bool, writable: Bool) {
         state.withLock { state in
             precondition(state.sockets[handle]?.closed == false, "a watch on a closed socket")

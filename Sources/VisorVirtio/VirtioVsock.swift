@@ -187,11 +187,16 @@ package final class VirtioVsockDevice: VirtioDevice {
         }
     }
 
-    /// Forgets the queues and ends every connection (host sockets closed); host
-    /// connections still sending their line stay, and are closed when it comes.
+    /// Forgets the queues and ends every connection; host connections still sending their
+    /// line stay, and are closed when it comes. What the guest sees is reset at once (no
+    /// connection, no packet waiting); the host sockets are closed, and a paused listener
+    /// watched again, by the host side's thread (`VsockHostSide.perform`), since a reset
+    /// comes from a vCPU thread, whose seccomp filter refuses `close` and `epoll_ctl`. Until
+    /// then an old socket's reports find no connection and are ignored, and its descriptor,
+    /// still open, cannot be a new connection's.
     package func reset() {
-        state.withLock { state in
-            for (handle, _) in state.keys { host.close(handle) }
+        let (handles, resume): ([Int32], Bool) = state.withLock { state in
+            let handles = Array(state.keys.keys)
             state.connections = [:]
             state.keys = [:]
             state.control = []
@@ -202,7 +207,15 @@ package final class VirtioVsockDevice: VirtioDevice {
             state.tx = nil
             state.memory = nil
             state.interrupt = nil
-            resumeListener(&state)
+            let resume = state.listenerPaused && state.connectionCount < Self.maximumConnections
+            if resume { state.listenerPaused = false }
+            return (handles, resume)
+        }
+        guard !handles.isEmpty || resume else { return }
+        let host = self.host
+        host.perform {
+            handles.forEach { host.close($0) }
+            if resume { host.watchListener(true) }
         }
     }
 

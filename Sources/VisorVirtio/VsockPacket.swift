@@ -125,4 +125,9 @@ package protocol VsockHostSide: AnyObject, Sendable {
     func close(_ handle: Int32)
     /// Which readiness of `handle` to report; neither ends its reports until asked again.
     func watch(_ handle: Int32, readable: Bool, writable: Bool)
+    /// Runs `work` where the host side's reports run (the I/O thread), after what runs
+    /// there now and what was asked before it: the device's reset, which a vCPU thread
+    /// makes, hands it the socket closes and listener watch a vCPU thread's seccomp filter
+    /// refuses.
+    func perform(_ work: @escaping @Sendable () -> Void)
 }

@@ -65,6 +65,13 @@ package final class VsockUnixHost: VsockHostSide {
         HostSocket.close(handle)
     }
 
+    /// On the I/O thread; at once on the caller's when the thread is gone (nothing else
+    /// would close the sockets then).
+    package func perform(_ work: @escaping @Sendable () -> Void) {
+        guard let thread = state.withLock({ $0.thread }) else { return work() }
+        thread.perform(work)
+    }
+
     package func watch(_ handle: Int32, readable: Bool, writable: Bool) {
         var events: IOEvents = []
         if readable { events.insert(.readable) }

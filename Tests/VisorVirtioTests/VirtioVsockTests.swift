@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import VisorHost
+import VisorKVM
 import VisorMemory
 import VisorVirtio
 
@@ -27,12 +28,21 @@ final class FakeVsockHost: VsockHostSide {
         var listening: Set<UInt32> = []
         var nextHandle: Int32 = 100
         var listenerWatched = false
+        /// Accepting fails (out of descriptors, say).
+        var acceptFails = false
+        var deferWork = false
+        var deferred: [@Sendable () -> Void] = []
+        /// The threads sockets were closed on.
+        var closedOn: [pthread_t] = []
     }
     let state = Mutex(State())
 
     func start(device: VirtioVsockDevice) { state.withLock { $0.listenerWatched = true } }
     func accept() -> SocketAccept {
-        state.withLock { $0.waiting.isEmpty ? .none : .accepted($0.waiting.removeFirst()) }
+        state.withLock { state in
+            if state.acceptFails { return .failed }
+            return state.waiting.isEmpty ? .none : .accepted(state.waiting.removeFirst())
+        }
     }
     func watchListener(_ on: Bool) { state.withLock { $0.listenerWatched = on } }
     func connect(port: UInt32) -> Int32? {
@@ -65,12 +75,35 @@ final class FakeVsockHost: VsockHostSide {
         }
     }
     func shutdownOutput(_ handle: Int32) { state.withLock { $0.sockets[handle]?.outputShut = true } }
-    func close(_ handle: Int32) { state.withLock { $0.sockets[handle]?.closed = true } }
+    func close(_ handle: Int32) {
+        state.withLock { state in
+            state.sockets[handle]?.closed = true
+            state.closedOn.append(pthread_self())
+        }
+    }
     func watch(_ handle: Int32, readable: Bool, writable: Bool) {
         state.withLock { state in
             state.sockets[handle]?.readable = readable
             state.sockets[handle]?.writable = writable
         }
+    }
+
+    /// Where the work runs: at once, unless `deferWork` holds it for `runDeferredWork`.
+    func perform(_ work: @escaping @Sendable () -> Void) {
+        let run = state.withLock { state in
+            guard state.deferWork else { return true }
+            state.deferred.append(work)
+            return false
+        }
+        if run { work() }
+    }
+    /// Runs the work `perform` held back, in order.
+    func runDeferredWork() {
+        let work = state.withLock { state in
+            defer { state.deferred = [] }
+            return state.deferred
+        }
+        work.forEach { $0() }
     }
 
     func socket(_ handle: Int32) -> Socket? { state.withLock { $0.sockets[handle] } }
@@ -111,6 +144,17 @@ final class VsockHarness {
         rx = FakeDriver(memory: memory, size: 8, descriptors: 0x1000, available: 0x2000, used: 0x3000)
         tx = FakeDriver(memory: memory, size: 8, descriptors: 0x4000, available: 0x5000, used: 0x6000)
         device = VirtioVsockDevice(guestCID: Self.guestCID, host: side ?? host)
+        try device.activate(
+            features: 0, queues: [try rx.queue(), try tx.queue(), nil], memory: memory, interrupt: VirtioInterrupt { _ in })
+    }
+
+    /// The driver sets the device up again after a reset: fresh rings at the same places.
+    func reactivate() throws {
+        try memory.write([UInt8](repeating: 0, count: 0x6000), at: 0x1000)
+        rx = FakeDriver(memory: memory, size: 8, descriptors: 0x1000, available: 0x2000, used: 0x3000)
+        tx = FakeDriver(memory: memory, size: 8, descriptors: 0x4000, available: 0x5000, used: 0x6000)
+        rxSeen = 0
+        txSlot = 0
         try device.activate(
             features: 0, queues: [try rx.queue(), try tx.queue(), nil], memory: memory, interrupt: VirtioInterrupt { _ in })
     }
@@ -504,6 +548,120 @@ struct VirtioVsockTests {
         // A CONNECT with no driver closes at once.
         let late = h.hostConnects("CONNECT 1\n")
         #expect(h.host.socket(late)?.closed == true)
+    }
+}
+
+extension VirtioVsockTests {
+    @Test("a reset leaves the socket closes and the paused listener to the host side's thread, and the guest sees it at once")
+    func resetOnHostThread() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(4)
+        let handle = try established(h, allocation: 4096)
+        h.host.hostSends(handle, Array("late".utf8))
+        // Accepting fails: the listener is paused.
+        h.host.state.withLock { $0.acceptFails = true }
+        h.device.listenerReady()
+        #expect(h.host.state.withLock { $0.listenerWatched } == false)
+        h.host.state.withLock {
+            $0.acceptFails = false
+            $0.deferWork = true
+        }
+
+        h.device.reset()
+        // The guest's view is reset at once; nothing was closed on this thread.
+        #expect(h.device.connectionKeys.isEmpty)
+        #expect(h.host.socket(handle)?.closed == false)
+        #expect(h.host.state.withLock { $0.closedOn.isEmpty && !$0.listenerWatched })
+        // Until the host side's thread closes it, the old socket's reports reach nothing,
+        // and neither do the guest's packets for the old connection.
+        try h.reactivate()
+        try h.offerReceiveBuffers(4)
+        h.device.hostSocketReady(handle, events: .readable)
+        h.device.notify(queue: 0)
+        #expect(try h.received().isEmpty)
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 3), [1, 2, 3])
+        #expect(try h.received().map(\.0.operation) == [Op.reset])
+        #expect(h.host.socket(handle)?.output == [])
+
+        // The host side's thread runs the work: the socket closed there, the listener back.
+        let host = h.host
+        var thread = pthread_t()
+        let ranOn = Mutex<pthread_t?>(nil)
+        #expect(
+            VCPUThread.create(&thread) {
+                ranOn.withLock { $0 = pthread_self() }
+                host.runDeferredWork()
+            } == 0)
+        VCPUThread.join(thread)
+        #expect(h.host.socket(handle)?.closed == true)
+        #expect(h.host.state.withLock { $0.closedOn } == [ranOn.withLock { $0 }].compactMap { $0 })
+        #expect(h.host.state.withLock { $0.listenerWatched })
+        // The listener takes connections again, and the guest hears of them.
+        h.host.state.withLock { $0.deferWork = false }
+        let late = h.hostConnects("CONNECT 9\n")
+        #expect(h.host.socket(late)?.closed == false)
+        #expect(try h.received().map(\.0.operation) == [Op.request])
+    }
+}
+
+@Suite("virtio vsock under the vCPU seccomp filter")
+struct VsockConfinedResetTests {
+    @Test("a reset on a thread whose filter refuses close still closes the host socket, on the I/O thread")
+    func resetUnderVCPUFilter() throws {
+        let directory = try VsockUnixSocketTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/v.sock"
+        let thread = try IOThread()
+        // The I/O thread under its own filter: what it needs for the closes is allowed.
+        #expect(thread.start(confine: { (try? Seccomp.install(.io)) != nil }) == 0)
+        defer { thread.stop() }
+        let h = try VsockHarness(side: VsockUnixHost(listener: try HostUnixListener.listen(path: path), thread: thread))
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+        // The guest connects to host port 52, where a host program listens.
+        let port52 = try HostUnixListener.listen(path: path + "_52")
+        try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 52))
+        var accepted: Int32?
+        #expect(
+            eventually {
+                if case .accepted(let fd) = HostSocket.accept(port52.descriptor) { accepted = fd }
+                return accepted != nil
+            })
+        let peer = try #require(accepted)
+        defer { HostSocket.close(peer) }
+        #expect(try h.received().first?.0.operation == Op.response)
+        var buffer = [UInt8](repeating: 0, count: 16)
+        #expect(HostSocket.receive(peer, into: &buffer, count: 16) == .wouldBlock)
+
+        // The reset, from a thread confined as a vCPU thread is.
+        let device = h.device
+        let installed = Mutex<Bool>(false)
+        var vcpu = pthread_t()
+        #expect(
+            VCPUThread.create(&vcpu) {
+                let confined = (try? Seccomp.install(.vcpu)) != nil
+                installed.withLock { $0 = confined }
+                device.reset()
+            } == 0)
+        VCPUThread.join(vcpu)
+        #expect(installed.withLock { $0 })
+        #expect(h.device.connectionKeys.isEmpty)
+        // The host program reads the end: the device's socket was closed, not leaked.
+        #expect(eventually { HostSocket.receive(peer, into: &buffer, count: 16) == .transferred(0) })
+
+        // After the driver sets the device up again, a host program's CONNECT reaches the guest.
+        try h.reactivate()
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+        let client = try #require(HostSocket.connect(path: path))
+        defer { HostSocket.close(client) }
+        #expect(HostSocket.send(client, Array("CONNECT 77\n".utf8)[...]) == .transferred(11))
+        var packets: [(VsockHeader, [UInt8])] = []
+        #expect(
+            try eventually {
+                packets += try h.received(); return !packets.isEmpty
+            })
+        #expect(packets.first?.0.operation == Op.request && packets.first?.0.destinationPort == 77)
     }
 }
 
