@@ -13,6 +13,8 @@ import Synchronization
 ///   the guest's RESPONSE, writes `OK <hostport>\n` and relays bytes both ways; on the
 ///   guest's RST it closes the host connection. A bad line (not a decimal port, longer than
 ///   `maximumLineLength`) closes it too.
+/// - The end of a host program's input reaches the guest as a SHUTDOWN with only
+///   VIRTIO_VSOCK_SHUTDOWN_F_SEND: the guest may still send until it shuts its own side.
 /// - A guest REQUEST to host port P connects to the host side's listener for P; none
 ///   there: RST.
 ///
@@ -707,7 +709,9 @@ package final class VirtioVsockDevice: VirtioDevice {
                 // The end of the host's input: the guest hears that no more will come.
                 connection.hostEnded = true
                 state.connections[key] = connection
-                let flags = VsockHeader.ShutdownFlag.receive | VsockHeader.ShutdownFlag.send
+                // SEND alone (5.10.6.5): the host will send no more, but it may still take
+                // what the guest sends until the guest shuts down its side.
+                let flags = VsockHeader.ShutdownFlag.send
                 let bytes = header(&state, key, operation: VsockHeader.Operation.shutdown, flags: flags).bytes
                 state.packet.replaceSubrange(0..<VsockHeader.size, with: bytes)
                 deliver(&state, count: VsockHeader.size, queue: &queue, memory: memory)

@@ -449,7 +449,7 @@ struct VirtioVsockTests {
         #expect(h.device.connectionKeys.isEmpty)
     }
 
-    @Test("the host program's end of input reaches the guest as SHUTDOWN")
+    @Test("the host program's end of input reaches the guest as SHUTDOWN with SEND alone; the guest may still send")
     func hostEnds() throws {
         let h = try VsockHarness()
         try h.offerReceiveBuffers(4)
@@ -458,7 +458,12 @@ struct VirtioVsockTests {
         h.device.hostSocketReady(handle, events: .readable)
         let packets = try h.received()
         #expect(packets.map(\.0.operation) == [Op.shutdown])
+        // The host will send no more; it has not said it will receive no more.
+        #expect(packets.first?.0.flags == VsockHeader.ShutdownFlag.send)
         #expect(h.host.socket(handle)?.readable == false)
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 5), Array("after".utf8))
+        #expect(h.host.socket(handle)?.output == Array("after".utf8))
+        #expect(h.device.connectionKeys.count == 1)
         try h.send(h.packet(Op.reset, guestPort: 7000, hostPort: 52))
         #expect(h.device.connectionKeys.isEmpty)
         #expect(h.host.socket(handle)?.closed == true)
