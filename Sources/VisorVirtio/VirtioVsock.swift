@@ -41,6 +41,9 @@ package final class VirtioVsockDevice: VirtioDevice {
     package static let maximumControlPackets = 4096
     /// The longest `CONNECT <port>\n` line, newline included.
     package static let maximumLineLength = 32
+    /// The most bytes a connection's host-bound buffer holds, sent ones not yet dropped
+    /// included: the guest's credit (`bufferSize`) and the longest `OK <port>\n` line.
+    package static let pendingLimit = Int(bufferSize) + 14
     /// The first host port a host-initiated connection gets.
     package static let firstHostPort: UInt32 = 1 << 30
 
@@ -58,8 +61,12 @@ package final class VirtioVsockDevice: VirtioDevice {
         enum Phase { case connecting, established }
         var handle: Int32
         var phase: Phase
+        /// Tells this connection from an earlier one with the same ports, for the control
+        /// packets queued for that one.
+        var serial: UInt64
         /// Guest-to-host bytes not yet sent to the host socket, from `pendingStart`; the
         /// first `prefix` of them are the `OK` line, which the guest's credit does not count.
+        /// Never more than `pendingLimit` bytes, sent ones included (see `serveTransmitted`).
         var pending: [UInt8] = []
         var pendingStart = 0
         var prefix = 0
@@ -99,6 +106,8 @@ package final class VirtioVsockDevice: VirtioDevice {
         var key: Key
         var operation: UInt16
         var flags: UInt32 = 0
+        /// The connection it was queued for (`Connection.serial`; RST: none).
+        var serial: UInt64 = 0
     }
 
     private struct State {
@@ -118,6 +127,7 @@ package final class VirtioVsockDevice: VirtioDevice {
         var controlStart = 0
         var dataReady: [Key] = []
         var nextHostPort = VirtioVsockDevice.firstHostPort
+        var serial: UInt64 = 0
         var listenerPaused = false
         /// Header and payload on their way in or out.
         var packet: [UInt8] = []
@@ -156,6 +166,12 @@ package final class VirtioVsockDevice: VirtioDevice {
     package func isConnecting(_ key: Key) -> Bool {
         state.withLock { $0.connections[key]?.phase == .connecting }
     }
+    /// The bytes `key`'s host-bound buffer holds and its capacity (for tests).
+    package func hostBoundBuffer(_ key: Key) -> (count: Int, capacity: Int)? {
+        state.withLock { state in state.connections[key].map { ($0.pending.count, $0.pending.capacity) } }
+    }
+    /// Connections waiting for an rx buffer, repeats included (for tests).
+    package var dataReadyCount: Int { state.withLock { $0.dataReady.count } }
     /// Host connections still sending their line (for tests).
     package var waitingLineCount: Int { state.withLock { $0.lines.count } }
 
@@ -321,7 +337,8 @@ package final class VirtioVsockDevice: VirtioDevice {
             key.hostPort = key.hostPort == UInt32.max ? Self.firstHostPort : key.hostPort + 1
         }
         state.nextHostPort = key.hostPort == UInt32.max ? Self.firstHostPort : key.hostPort + 1
-        state.connections[key] = Connection(handle: handle, phase: .connecting)
+        let serial = nextSerial(&state)
+        state.connections[key] = Connection(handle: handle, phase: .connecting, serial: serial)
         state.keys[handle] = key
         host.watch(handle, readable: false, writable: false)
         queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.request))
@@ -455,7 +472,13 @@ package final class VirtioVsockDevice: VirtioDevice {
             guard gather(&state, skip: VsockHeader.size, count: Int(header.length), at: 0, memory: memory) else {
                 return reset(&state, key)
             }
-            if connection.pendingStart > 0, connection.pendingStart >= connection.pending.count / 2 {
+            // Bytes already sent go once they are half the buffer (amortized), or when
+            // keeping them would take the buffer past `pendingLimit`: the credit check
+            // above bounds what is unsent, so the buffer never grows past that.
+            if connection.pendingStart > 0,
+                connection.pendingStart >= connection.pending.count / 2
+                    || connection.pending.count + Int(header.length) > Self.pendingLimit
+            {
                 connection.pending.removeFirst(connection.pendingStart)
                 connection.pendingStart = 0
             }
@@ -490,7 +513,8 @@ package final class VirtioVsockDevice: VirtioDevice {
         guard state.connectionCount < Self.maximumConnections, let handle = host.connect(port: key.hostPort) else {
             return reset(&state, key)
         }
-        var connection = Connection(handle: handle, phase: .established)
+        let serial = nextSerial(&state)
+        var connection = Connection(handle: handle, phase: .established, serial: serial)
         connection.peerAllocation = header.bufferAllocation
         connection.peerForwarded = header.forwardCount
         state.connections[key] = connection
@@ -560,12 +584,23 @@ package final class VirtioVsockDevice: VirtioDevice {
         }
     }
 
-    private func queueControl(_ state: inout State, _ packet: ControlPacket) {
+    private func nextSerial(_ state: inout State) -> UInt64 {
+        state.serial &+= 1
+        return state.serial
+    }
+
+    /// Queues `packet` for an rx buffer; one for a connection (all but RST) goes out only
+    /// to that connection, never to a later one with the same ports.
+    @discardableResult
+    private func queueControl(_ state: inout State, _ packet: ControlPacket) -> Bool {
         guard state.control.count - state.controlStart < Self.maximumControlPackets else {
             state.counters.malformed += 1
-            return
+            return false
         }
+        var packet = packet
+        if packet.operation != VsockHeader.Operation.reset { packet.serial = state.connections[packet.key]?.serial ?? 0 }
         state.control.append(packet)
+        return true
     }
 
     /// RST to the guest for `key`, and the connection (if any) ends.
@@ -574,9 +609,12 @@ package final class VirtioVsockDevice: VirtioDevice {
         queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.reset))
     }
 
-    /// Ends the connection `key`, if open: its host socket is closed.
+    /// Ends the connection `key`, if open: its host socket is closed, and it leaves
+    /// `dataReady` (so that list holds each open connection at most once: a guest that
+    /// reopens a connection while posting no rx buffers cannot grow it).
     private func close(_ state: inout State, _ key: Key) {
         guard let connection = state.connections.removeValue(forKey: key) else { return }
+        if connection.queued { state.dataReady.removeAll { $0 == key } }
         state.keys[connection.handle] = nil
         host.close(connection.handle)
         resumeListener(&state)
@@ -644,10 +682,16 @@ package final class VirtioVsockDevice: VirtioDevice {
         guard var queue = state.rx, let memory = state.memory else { return false }
         var completed = false
         defer { state.rx = queue }
-        for _ in 0..<Int(queue.size) {
+        // A queue's worth of rx chains at most. Skipping what needs no chain (a control
+        // packet whose connection ended, a connection no longer waiting) does not count:
+        // each such step shortens a bounded list, and counting it could leave buffers and
+        // waiting data behind with nothing to bring the device back.
+        var used = 0
+        while used < Int(queue.size) {
             if state.controlStart < state.control.count {
                 let packet = state.control[state.controlStart]
-                if state.connections[packet.key] == nil, packet.operation != VsockHeader.Operation.reset {
+                if packet.operation != VsockHeader.Operation.reset, state.connections[packet.key]?.serial != packet.serial {
+                    // Its connection ended (a later one may have its ports): dropped.
                     advanceControl(&state)
                     continue
                 }
@@ -657,6 +701,7 @@ package final class VirtioVsockDevice: VirtioDevice {
                 state.packet.replaceSubrange(0..<VsockHeader.size, with: bytes)
                 deliver(&state, count: VsockHeader.size, queue: &queue, memory: memory)
                 completed = true
+                used += 1
                 continue
             }
             guard let key = state.dataReady.first else { break }
@@ -681,6 +726,7 @@ package final class VirtioVsockDevice: VirtioDevice {
                 state.counters.requests += 1
                 queue.push(head: state.chain.head, length: 0, memory: memory)
                 completed = true
+                used += 1
                 continue
             }
             state.dataReady.removeFirst()
@@ -705,6 +751,7 @@ package final class VirtioVsockDevice: VirtioDevice {
                 state.counters.bytes += UInt64(n)
                 deliver(&state, count: VsockHeader.size + n, queue: &queue, memory: memory)
                 completed = true
+                used += 1
             case .transferred:
                 // The end of the host's input: the guest hears that no more will come.
                 connection.hostEnded = true
@@ -716,6 +763,7 @@ package final class VirtioVsockDevice: VirtioDevice {
                 state.packet.replaceSubrange(0..<VsockHeader.size, with: bytes)
                 deliver(&state, count: VsockHeader.size, queue: &queue, memory: memory)
                 completed = true
+                used += 1
             case .wouldBlock:
                 swap(&state.chain, &state.spare)
                 state.hasSpare = true

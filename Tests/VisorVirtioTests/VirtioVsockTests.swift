@@ -609,6 +609,67 @@ extension VirtioVsockTests {
     }
 }
 
+extension VirtioVsockTests {
+    @Test(
+        "a guest sending as its credit allows while the host takes bytes slowly never grows the host-bound buffer past its limit")
+    func boundedHostBuffer() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(8)
+        let handle = try established(h, allocation: 4096)
+        let key = VirtioVsockDevice.Key(hostPort: 52, guestPort: 7000)
+        h.host.setSendLimit(handle, 0)
+        let chunk = [UInt8](repeating: 7, count: 4096)
+        for _ in 0..<16 { try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: chunk.count), chunk) }
+        var largest = 0
+        var largestCapacity = 0
+        // The host takes 1000 bytes at a time; the guest sends 1000 more each time.
+        let piece = [UInt8](repeating: 8, count: 1000)
+        for _ in 0..<300 {
+            h.host.setSendLimit(handle, 1000)
+            h.device.hostSocketReady(handle, events: .writable)
+            h.host.setSendLimit(handle, 0)
+            try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: piece.count), piece)
+            let buffer = try #require(h.device.hostBoundBuffer(key))
+            largest = max(largest, buffer.count)
+            largestCapacity = max(largestCapacity, buffer.capacity)
+        }
+        #expect(largest <= VirtioVsockDevice.pendingLimit, "\(largest)")
+        #expect(largestCapacity <= 2 * VirtioVsockDevice.pendingLimit, "\(largestCapacity)")
+        #expect(h.host.socket(handle)?.output.count == 300 * 1000)
+        // A byte past the credit ends the connection.
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 1), [1])
+        #expect(h.device.connectionKeys.isEmpty)
+    }
+
+    @Test(
+        "connections waiting for an rx buffer are listed once: a guest reopening one without posting buffers cannot grow the list"
+    )
+    func boundedDataReady() throws {
+        let h = try VsockHarness()
+        h.host.state.withLock { _ = $0.listening.insert(52) }
+        // A RST waits for an rx buffer first, so the list is not served meanwhile.
+        try h.send(h.packet(Op.readWrite, guestPort: 1, hostPort: 99, length: 1), [0])
+        for _ in 0..<50 {
+            try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 52, allocation: 4096))
+            let handle = h.host.lastHandle
+            h.host.hostSends(handle, [1, 2, 3])
+            h.device.hostSocketReady(handle, events: .readable)
+            try h.send(h.packet(Op.reset, guestPort: 7000, hostPort: 52))
+        }
+        #expect(h.device.dataReadyCount == 0)
+        try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 52, allocation: 4096))
+        h.host.hostSends(h.host.lastHandle, [1, 2, 3])
+        h.device.hostSocketReady(h.host.lastHandle, events: .readable)
+        #expect(h.device.dataReadyCount == 1)
+        // Its bytes still arrive once buffers come.
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+        let all = try h.received()
+        let packets = all.filter { $0.0.operation == Op.readWrite }
+        #expect(packets.map(\.1) == [[1, 2, 3]], "\(all.map { ($0.0.operation, $0.0.sourcePort, $0.0.destinationPort) })")
+    }
+}
+
 @Suite("virtio vsock under the vCPU seccomp filter")
 struct VsockConfinedResetTests {
     @Test("a reset on a thread whose filter refuses close still closes the host socket, on the I/O thread")
