@@ -45,7 +45,7 @@ private final class FuzzVsockHost: VsockHostSide {
             return state.waiting.isEmpty ? .none : .accepted(state.waiting.removeFirst())
         }
     }
-    func watchListener(_ on: Bool) {}
+    func watchListener(_ on: Bool) -> Bool { true }
     func connect(port: UInt32) -> Int32? {
         // Even ports have a listener.
         guard port % 2 == 0 else { return nil }
@@ -86,11 +86,12 @@ private final class FuzzVsockHost: VsockHostSide {
         }
     }
     func perform(_ work: @escaping @Sendable () -> Void) { work() }
-    func watch(_ handle: Int32, readable: Bool, writable: Bool) {
+    func watch(_ handle: Int32, readable: Bool, writable: Bool) -> Bool {
         state.withLock { state in
             precondition(state.sockets[handle]?.closed == false, "a watch on a closed socket")
             state.sockets[handle]?.readable = readable
             state.sockets[handle]?.writable = writable
+            return true
         }
     }
 }

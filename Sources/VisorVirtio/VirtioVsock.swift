@@ -231,9 +231,9 @@ package final class VirtioVsockDevice: VirtioDevice {
         }
         guard !handles.isEmpty || resume else { return }
         let host = self.host
-        host.perform {
+        host.perform { [weak self] in
             handles.forEach { host.close($0) }
-            if resume { host.watchListener(true) }
+            if resume, !host.watchListener(true) { self?.listenerResumeFailed() }
         }
     }
 
@@ -259,15 +259,19 @@ package final class VirtioVsockDevice: VirtioDevice {
                 case .failed:
                     // Out of descriptors, say: stop asking until a connection ends.
                     state.listenerPaused = true
-                    host.watchListener(false)
+                    _ = host.watchListener(false)
                     return
                 case .accepted(let handle):
                     guard state.connectionCount < Self.maximumConnections else {
                         host.close(handle)
                         continue
                     }
+                    // Unwatched, its line would never be read: closed at once.
+                    guard host.watch(handle, readable: true, writable: false) else {
+                        host.close(handle)
+                        continue
+                    }
                     state.lines[handle] = []
-                    host.watch(handle, readable: true, writable: false)
                 }
             }
         }
@@ -340,7 +344,7 @@ package final class VirtioVsockDevice: VirtioDevice {
         let serial = nextSerial(&state)
         state.connections[key] = Connection(handle: handle, phase: .connecting, serial: serial)
         state.keys[handle] = key
-        host.watch(handle, readable: false, writable: false)
+        _ = host.watch(handle, readable: false, writable: false)  // ending a watch cannot fail
         queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.request))
         return fillReceive(&state)
     }
@@ -577,10 +581,15 @@ package final class VirtioVsockDevice: VirtioDevice {
             queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.creditRequest))
         }
         if readable != connection.readable || writable != connection.writable {
+            // A change the host side could not make is not recorded as made: the
+            // connection could wait forever for a report that never comes, or its socket
+            // keep waking the I/O thread. It ends, with a RST.
+            guard host.watch(connection.handle, readable: readable, writable: writable) else {
+                return reset(&state, key)
+            }
             connection.readable = readable
             connection.writable = writable
             state.connections[key] = connection
-            host.watch(connection.handle, readable: readable, writable: writable)
         }
     }
 
@@ -620,10 +629,16 @@ package final class VirtioVsockDevice: VirtioDevice {
         resumeListener(&state)
     }
 
+    /// Watches the listener again if it was paused and there is room; if the watch fails
+    /// it stays paused, to be tried again when the next connection ends.
     private func resumeListener(_ state: inout State) {
         guard state.listenerPaused, state.connectionCount < Self.maximumConnections else { return }
-        state.listenerPaused = false
-        host.watchListener(true)
+        state.listenerPaused = !host.watchListener(true)
+    }
+
+    /// The listener's watch, asked for by a reset on the host side's thread, failed.
+    private func listenerResumeFailed() {
+        state.withLock { $0.listenerPaused = true }
     }
 
     /// The next rx chain: the one kept back, or a new one (malformed ones, and ones too

@@ -30,6 +30,9 @@ final class FakeVsockHost: VsockHostSide {
         var listenerWatched = false
         /// Accepting fails (out of descriptors, say).
         var acceptFails = false
+        /// Watches of these sockets, and the listener's, fail (epoll refusing them).
+        var watchFails: Set<Int32> = []
+        var listenerWatchFails = false
         var deferWork = false
         var deferred: [@Sendable () -> Void] = []
         /// The threads sockets were closed on.
@@ -44,7 +47,13 @@ final class FakeVsockHost: VsockHostSide {
             return state.waiting.isEmpty ? .none : .accepted(state.waiting.removeFirst())
         }
     }
-    func watchListener(_ on: Bool) { state.withLock { $0.listenerWatched = on } }
+    func watchListener(_ on: Bool) -> Bool {
+        state.withLock { state in
+            if on, state.listenerWatchFails { return false }
+            state.listenerWatched = on
+            return true
+        }
+    }
     func connect(port: UInt32) -> Int32? {
         state.withLock { state in
             guard state.listening.contains(port) else { return nil }
@@ -81,10 +90,12 @@ final class FakeVsockHost: VsockHostSide {
             state.closedOn.append(pthread_self())
         }
     }
-    func watch(_ handle: Int32, readable: Bool, writable: Bool) {
+    func watch(_ handle: Int32, readable: Bool, writable: Bool) -> Bool {
         state.withLock { state in
+            if state.watchFails.contains(handle) { return false }
             state.sockets[handle]?.readable = readable
             state.sockets[handle]?.writable = writable
+            return true
         }
     }
 
@@ -667,6 +678,49 @@ extension VirtioVsockTests {
         let all = try h.received()
         let packets = all.filter { $0.0.operation == Op.readWrite }
         #expect(packets.map(\.1) == [[1, 2, 3]], "\(all.map { ($0.0.operation, $0.0.sourcePort, $0.0.destinationPort) })")
+    }
+
+    @Test("a watch the host side cannot change ends the connection with a RST; a CONNECT it cannot watch is closed")
+    func failedWatch() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(8)
+        let handle = try established(h, allocation: 4096)
+        h.host.setSendLimit(handle, 0)
+        h.host.state.withLock { _ = $0.watchFails.insert(handle) }
+        // Bytes the host cannot take yet: the device must watch for writability, and cannot.
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 3), [1, 2, 3])
+        #expect(h.device.connectionKeys.isEmpty)
+        #expect(h.host.socket(handle)?.closed == true)
+        #expect(try h.received().map(\.0.operation) == [Op.reset])
+
+        let next = h.host.state.withLock { state in
+            state.watchFails.insert(state.nextHandle + 1)
+            return state.nextHandle + 1
+        }
+        #expect(h.host.hostConnects(sending: Array("CONNECT 5\n".utf8)) == next)
+        h.device.listenerReady()
+        #expect(h.host.socket(next)?.closed == true)
+        #expect(h.device.waitingLineCount == 0)
+    }
+
+    @Test("a paused listener resumes when a connection ends; a resume whose watch fails is tried again at the next")
+    func listenerResumes() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(8)
+        _ = try established(h, allocation: 4096)
+        h.host.state.withLock { $0.acceptFails = true }
+        h.device.listenerReady()
+        #expect(h.host.state.withLock { $0.listenerWatched } == false)
+        h.host.state.withLock {
+            $0.acceptFails = false
+            $0.listenerWatchFails = true
+        }
+        try h.send(h.packet(Op.reset, guestPort: 7000, hostPort: 52))
+        #expect(h.host.state.withLock { $0.listenerWatched } == false)
+        h.host.state.withLock { $0.listenerWatchFails = false }
+        _ = try established(h, allocation: 4096)
+        try h.send(h.packet(Op.reset, guestPort: 7000, hostPort: 52))
+        #expect(h.host.state.withLock { $0.listenerWatched } == true)
     }
 }
 
