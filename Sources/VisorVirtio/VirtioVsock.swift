@@ -25,7 +25,9 @@ import Synchronization
 ///
 /// Credit (5.10.6.3): the device never sends a connection more payload than the guest's
 /// last advertised `buf_alloc` less what it has not yet forwarded, and advertises
-/// `bufferSize` of its own; a guest that sends past it gets a RST. Everything is bounded:
+/// `bufferSize` of its own; a guest that sends past it gets a RST. A CREDIT_UPDATE goes
+/// out when the guest asks (CREDIT_REQUEST) or half the buffer was freed since it last
+/// heard, at most one waiting per connection. Everything is bounded:
 /// `maximumConnections` (host connections waiting for their line included),
 /// `bufferSize` bytes buffered per connection, `maximumControlPackets` packets waiting for
 /// rx buffers, and a queue's worth of packets per notification or host wake-up.
@@ -88,6 +90,10 @@ package final class VirtioVsockDevice: VirtioDevice {
         var queued = false
         /// A CREDIT_REQUEST went out since the credit last ran out.
         var creditAsked = false
+        /// A CREDIT_UPDATE waits in `control` (one at a time: it carries the counters of
+        /// when it goes out); the guest asked for it with a CREDIT_REQUEST.
+        var updateQueued = false
+        var updateAsked = false
         /// The readiness asked of the host side.
         var readable = false
         var writable = false
@@ -499,7 +505,7 @@ package final class VirtioVsockDevice: VirtioDevice {
             state.connections[key] = connection
             flushToHost(&state, key)
         case Op.creditRequest:
-            queueControl(&state, ControlPacket(key: key, operation: Op.creditUpdate))
+            queueCreditUpdate(&state, key, asked: true)
         default:
             // CREDIT_UPDATE: the credit was taken above.
             break
@@ -555,8 +561,8 @@ package final class VirtioVsockDevice: VirtioDevice {
             if connection.guestSendDone { host.shutdownOutput(connection.handle) }
         }
         // Credit back to the guest once half the buffer was freed since it last heard.
-        if connection.forwarded &- connection.advertised >= Self.bufferSize / 2, !connection.guestReceiveDone {
-            queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.creditUpdate))
+        if freedSinceAdvertised(connection), !connection.guestReceiveDone {
+            queueCreditUpdate(&state, key, asked: false)
         }
         updateInterest(&state, key)
     }
@@ -610,6 +616,23 @@ package final class VirtioVsockDevice: VirtioDevice {
         if packet.operation != VsockHeader.Operation.reset { packet.serial = state.connections[packet.key]?.serial ?? 0 }
         state.control.append(packet)
         return true
+    }
+
+    /// Whether half the buffer was freed since the guest last heard the connection's
+    /// fwd_cnt: worth a CREDIT_UPDATE of its own.
+    private func freedSinceAdvertised(_ connection: Connection) -> Bool {
+        connection.forwarded &- connection.advertised >= Self.bufferSize / 2
+    }
+
+    /// Queues a CREDIT_UPDATE for `key` unless one already waits (which will carry the
+    /// counters of when it goes out); `asked`: the guest sent CREDIT_REQUEST.
+    private func queueCreditUpdate(_ state: inout State, _ key: Key, asked: Bool) {
+        guard var connection = state.connections[key] else { return }
+        if asked { connection.updateAsked = true }
+        if !connection.updateQueued {
+            connection.updateQueued = queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.creditUpdate))
+        }
+        state.connections[key] = connection
     }
 
     /// RST to the guest for `key`, and the connection (if any) ends.
@@ -710,8 +733,21 @@ package final class VirtioVsockDevice: VirtioDevice {
                     advanceControl(&state)
                     continue
                 }
+                let isUpdate = packet.operation == VsockHeader.Operation.creditUpdate
+                if isUpdate, let connection = state.connections[packet.key], !connection.updateAsked,
+                    !freedSinceAdvertised(connection)
+                {
+                    // Unasked, and packets since told the guest most of it: not needed.
+                    state.connections[packet.key]?.updateQueued = false
+                    advanceControl(&state)
+                    continue
+                }
                 guard takeReceiveChain(&state, queue: &queue, memory: memory) else { break }
                 advanceControl(&state)
+                if isUpdate {
+                    state.connections[packet.key]?.updateQueued = false
+                    state.connections[packet.key]?.updateAsked = false
+                }
                 let bytes = header(&state, packet.key, operation: packet.operation, flags: packet.flags).bytes
                 state.packet.replaceSubrange(0..<VsockHeader.size, with: bytes)
                 deliver(&state, count: VsockHeader.size, queue: &queue, memory: memory)

@@ -722,6 +722,41 @@ extension VirtioVsockTests {
         try h.send(h.packet(Op.reset, guestPort: 7000, hostPort: 52))
         #expect(h.host.state.withLock { $0.listenerWatched } == true)
     }
+
+    @Test("one CREDIT_UPDATE waits at a time: drains past the threshold and CREDIT_REQUESTs while no rx buffer is free send one")
+    func oneCreditUpdate() throws {
+        let h = try VsockHarness()
+        let handle = try established(h, allocation: 4096)
+        h.host.setSendLimit(handle, 0)
+        let chunk = [UInt8](repeating: 3, count: 10_000)
+        for _ in 0..<6 { try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: chunk.count), chunk) }
+        for _ in 0..<6 {
+            h.host.setSendLimit(handle, 10_000)
+            h.device.hostSocketReady(handle, events: .writable)
+        }
+        #expect(h.host.socket(handle)?.output.count == 60_000)
+        for _ in 0..<5 { try h.send(h.packet(Op.creditRequest, guestPort: 7000, hostPort: 52)) }
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+        let updates = try h.received().filter { $0.0.operation == Op.creditUpdate }
+        #expect(updates.count == 1)
+        #expect(updates.first?.0.forwardCount == 60_000)
+        // Asked again with buffers free: answered, though nothing changed.
+        try h.send(h.packet(Op.creditRequest, guestPort: 7000, hostPort: 52))
+        #expect(try h.received().map(\.0.operation) == [Op.creditUpdate])
+    }
+
+    @Test("CREDIT_REQUESTs that wait for an rx buffer get one CREDIT_UPDATE when it comes, though nothing changed")
+    func creditRequestWaits() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(1)
+        _ = try established(h, allocation: 4096)
+        // No rx buffer left: each request's notification finds the update first in line.
+        for _ in 0..<3 { try h.send(h.packet(Op.creditRequest, guestPort: 7000, hostPort: 52)) }
+        try h.offerReceiveBuffers(4)
+        h.device.notify(queue: 0)
+        #expect(try h.received().map(\.0.operation) == [Op.creditUpdate])
+    }
 }
 
 @Suite("virtio vsock under the vCPU seccomp filter")
