@@ -14,6 +14,11 @@
 // ID (4), FEATURES_OK (5), queues of at least 8 entries (6), DRIVER_OK without
 // DEVICE_NEEDS_RESET (7), a packet within about 30 s (TSC) at every wait (8), a REQUEST for
 // port P first (9), the connection to P+1 accepted (10). Polls the used rings; runs at CPL0.
+//
+// With the command line `reset P` (or `reset`), it first takes a connection to P and, with
+// it open, resets the device (status 0), prints `vsock: reset with a connection open`,
+// sets the device up again and goes on as above (its output then repeats the first two
+// lines); the host program of that first connection should read its end.
 #include "guest.h"
 
 #define BASE 0xD0000000UL
@@ -179,18 +184,9 @@ static struct header receive(uint8_t *payload) {
     return h;
 }
 
-int guest_main(const struct boot_info *info) {
-    if (!boot_info_valid(info)) {
-        report_bad_boot_info(info);
-        return EXIT_BAD_BOOT_INFO;
-    }
-    uint64_t port = 1234;
-    size_t length;
-    const char *cmdline = boot_info_cmdline(info, &length);
-    if (length > 0 && (!parse_decimal(cmdline, length, &port) || port == 0 || port >= 0xFFFFFFFF)) {
-        com1_puts("bad command line\n");
-        debug_exit(EXIT_BAD_COMMAND_LINE);
-    }
+// Resets the device and sets it up: VERSION_1, rx and tx queues of 8 entries, every rx
+// buffer posted; prints the device line and the port it listens on.
+static void setup_device(uint64_t port) {
     if (REG(MAGIC) != 0x74726976 || REG(VERSION) != 2) {
         com1_puts("vsock: no device\n");
         debug_exit(2);
@@ -218,9 +214,45 @@ int guest_main(const struct boot_info *info) {
     com1_puts("\nvsock: listening on port ");
     com1_put_decimal(port);
     com1_putc('\n');
+}
 
+int guest_main(const struct boot_info *info) {
+    if (!boot_info_valid(info)) {
+        report_bad_boot_info(info);
+        return EXIT_BAD_BOOT_INFO;
+    }
+    uint64_t port = 1234;
+    size_t length;
+    const char *cmdline = boot_info_cmdline(info, &length);
+    bool reset = length >= 5 && cmdline[0] == 'r' && cmdline[1] == 'e' && cmdline[2] == 's' && cmdline[3] == 'e' &&
+                 cmdline[4] == 't' && (length == 5 || cmdline[5] == ' ');
+    if (reset) {
+        cmdline += 5;
+        length -= 5;
+    }
+    if (length > 0 && (!parse_decimal(cmdline, length, &port) || port == 0 || port >= 0xFFFFFFFF)) {
+        com1_puts("bad command line\n");
+        debug_exit(EXIT_BAD_COMMAND_LINE);
+    }
+    setup_device(port);
     uint8_t payload[PAYLOAD];
-    struct header h = receive(payload);
+    struct header h;
+    if (reset) {
+        h = receive(payload);
+        if (h.op != OP_REQUEST || h.dst_port != port) debug_exit(9);
+        com1_puts("vsock: connection from host port ");
+        com1_put_decimal(h.src_port);
+        com1_putc('\n');
+        forwarded = 0;
+        send(OP_RESPONSE, (uint32_t)port, h.src_port, 0, 0);
+        REG(STATUS) = 0;
+        com1_puts("vsock: reset with a connection open\n");
+        // Fresh rings, as a driver that starts over has.
+        for (size_t i = 0; i < sizeof rx; i++) ((volatile uint8_t *)&rx)[i] = 0;
+        for (size_t i = 0; i < sizeof tx; i++) ((volatile uint8_t *)&tx)[i] = 0;
+        setup_device(port);
+    }
+    h = receive(payload);
     if (h.op != OP_REQUEST || h.dst_port != port) debug_exit(9);
     uint32_t peer = h.src_port;
     com1_puts("vsock: connection from host port ");

@@ -100,10 +100,12 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// its status is 0, 1 or 2 (or it was malformed, length 0); the disk never changes size,
     /// and a read-only one never changes.
     case virtioBlock = "virtio-block"
-    /// The vsock device on a fake host side, driven by a hostile guest's packets and rx
-    /// buffers and by host programs' lines, bytes and ends. Checks: the guest never gets
-    /// more payload than its advertised credit; every used length fits its buffer; a
-    /// connection reset by either side is gone; no closed host socket is used again.
+    /// The vsock device on a fake host side, driven by a hostile guest's packets, rx
+    /// buffers and device resets, by host programs' lines, bytes and ends, and by failing
+    /// watches, with the host side's work held back as an I/O thread would. Checks: the
+    /// guest never gets more payload than its advertised credit; every used length fits its
+    /// buffer; a connection reset by either side, or by a device reset, is gone; no closed
+    /// host socket is used again; no host socket leaks.
     case virtioVsock = "virtio-vsock"
     /// The virtio console device with both queues, driven by descriptors and available
     /// heads of a hostile driver, transmit notifications and input. Checks: the output is

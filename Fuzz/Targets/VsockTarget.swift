@@ -35,6 +35,10 @@ private final class FuzzVsockHost: VsockHostSide {
         var waiting: [Int32] = []
         var nextHandle: Int32 = 10
         var acceptFails = false
+        /// New watches and changes fail (ending one never does).
+        var watchesFail = false
+        /// Work the device handed to `perform`, held back as an I/O thread would hold it.
+        var deferred: [@Sendable () -> Void] = []
     }
     let state = Mutex(State())
 
@@ -45,7 +49,7 @@ private final class FuzzVsockHost: VsockHostSide {
             return state.waiting.isEmpty ? .none : .accepted(state.waiting.removeFirst())
         }
     }
-    func watchListener(_ on: Bool) {}
+    func watchListener(_ on: Bool) -> Bool { true }
     func connect(port: UInt32) -> Int32? {
         // Even ports have a listener.
         guard port % 2 == 0 else { return nil }
@@ -85,11 +89,22 @@ private final class FuzzVsockHost: VsockHostSide {
             state.sockets[handle]?.closed = true
         }
     }
-    func watch(_ handle: Int32, readable: Bool, writable: Bool) {
+    func perform(_ work: @escaping @Sendable () -> Void) { state.withLock { $0.deferred.append(work) } }
+    /// Runs the held-back work, in order, as the I/O thread would.
+    func runDeferred() {
+        let work = state.withLock { state in
+            defer { state.deferred = [] }
+            return state.deferred
+        }
+        work.forEach { $0() }
+    }
+    func watch(_ handle: Int32, readable: Bool, writable: Bool) -> Bool {
         state.withLock { state in
             precondition(state.sockets[handle]?.closed == false, "a watch on a closed socket")
+            if state.watchesFail, readable || writable { return false }
             state.sockets[handle]?.readable = readable
             state.sockets[handle]?.writable = writable
+            return true
         }
     }
 }
@@ -102,15 +117,20 @@ private final class FuzzVsockHost: VsockHostSide {
 /// lengths short of a header to 4 KiB) and a notification; 3 a host program sends bytes;
 /// 4 a host program ends its input or its socket stops taking bytes (or takes them
 /// again); 5 a watched host socket reports what it is watched for; 6 the guest consumes
-/// bytes and sends CREDIT_UPDATE; 7 the listener reports (accepting fails, or not).
+/// bytes and sends CREDIT_UPDATE; 7 the listener reports, after a byte says whether
+/// accepting fails, whether watches fail, whether the driver resets the device and sets it
+/// up again on fresh rings, and whether the I/O thread runs the work the device handed the
+/// host side (a reset's socket closes), which otherwise waits.
 ///
 /// The guest advertises a fixed buffer per connection (from its ports) and, as fwd_cnt,
 /// the bytes it consumed. Checks: the payload delivered on a connection, less what the
 /// guest consumed, never exceeds that buffer (the device honours the guest's credit);
 /// every used rx length fits its buffer and is at least a header, unless 0, and tx
 /// lengths are 0; a connection the guest resets is gone at once, and so is one the device
-/// resets, unless the guest asked for it again since; the fake host sees no use of a
-/// closed socket.
+/// resets, unless the guest asked for it again since, and none outlives a device reset;
+/// the fake host sees no use of a closed socket; at the end, once the held-back work has
+/// run, every host socket the device took and did not close is a connection's or a
+/// waiting line's (none leaks).
 func fuzzVirtioVsock(_ data: [UInt8]) {
     typealias L = VsockLayout
     typealias Op = VsockHeader.Operation
@@ -328,9 +348,46 @@ func fuzzVirtioVsock(_ data: [UInt8]) {
             device.notify(queue: 1)
             collect()
         default:
-            let fails = input.byte() & 1 != 0
-            host.state.withLock { $0.acceptFails = fails }
+            let choice = input.byte()
+            host.state.withLock {
+                $0.acceptFails = choice & 1 != 0
+                $0.watchesFail = choice & 2 != 0
+            }
+            if choice & 4 != 0 {
+                // The driver resets the device and sets it up again on fresh rings; the
+                // host side's work (closing the sockets) waits until asked for below.
+                device.reset()
+                precondition(device.connectionKeys.isEmpty, "a connection outlived the device's reset")
+                try? memory.write(
+                    [UInt8](repeating: 0, count: Int(L.txUsed) + 0x1000 - Int(L.rxDescriptors)), at: L.rxDescriptors)
+                guard
+                    let rx = try? Virtqueue(
+                        size: L.queueSize, maximum: VirtioVsockDevice.queueSize, descriptors: L.rxDescriptors,
+                        available: L.rxAvailable, used: L.rxUsed, memory: memory),
+                    let tx = try? Virtqueue(
+                        size: L.queueSize, maximum: VirtioVsockDevice.queueSize, descriptors: L.txDescriptors,
+                        available: L.txAvailable, used: L.txUsed, memory: memory),
+                    (try? device.activate(
+                        features: 0, queues: [rx, tx, nil], memory: memory, interrupt: VirtioInterrupt { _ in })) != nil
+                else { preconditionFailure("cannot set the vsock device up again") }
+                peers = [:]
+                rxBusy = [Bool](repeating: false, count: Int(L.queueSize))
+                rxAvailableIndex = 0
+                rxSeen = 0
+                txAvailableIndex = 0
+                txSeen = 0
+            }
+            if choice & 8 != 0 { host.runDeferred() }
             device.listenerReady()
         }
     }
+    // Every socket the device took (accepted or connected) and still holds is a
+    // connection's or a waiting line's; once its work has run, it holds no other open.
+    host.runDeferred()
+    let open = host.state.withLock { state in
+        state.sockets.filter { !$0.value.closed && !state.waiting.contains($0.key) }.count
+    }
+    precondition(
+        open == device.connectionKeys.count + device.waitingLineCount,
+        "\(open) host sockets open for \(device.connectionKeys.count) connections and \(device.waitingLineCount) lines")
 }

@@ -53,8 +53,10 @@ package struct IOWatch: Hashable, Sendable {
 /// ready: where device work runs, off the vCPU threads. Watches are level-triggered and
 /// may be added, changed and removed at any time, from any thread, handlers included (a
 /// device adds a connection's socket from the handler that accepted it). Handlers run one
-/// at a time, on this thread, outside any lock of the thread's own. `stop()` (or releasing
-/// the thread object's last reference after `stop()`) ends it.
+/// at a time, on this thread, outside any lock of the thread's own. `perform(_:)` runs other
+/// work there, in order: what a vCPU thread, whose seccomp filter refuses `close` and
+/// `epoll_ctl`, must not do itself. `stop()` (or releasing the thread object's last
+/// reference after `stop()`) ends it.
 package final class IOThread: Sendable {
     private struct Slot: Sendable {
         var handler: (@Sendable (IOEvents) -> Void)?
@@ -64,13 +66,19 @@ package final class IOThread: Sendable {
         var slots: [Slot] = []
         var free: [UInt32] = []
         var thread: pthread_t?
+        /// Work `perform` queued for the thread, oldest first.
+        var work: [@Sendable () -> Void] = []
     }
     private let state = Mutex(State())
     private let epoll: Int32
     private let stopEvent: EventFD
+    /// Signalled when `perform` queues work.
+    private let workEvent: EventFD
     /// Wake-ups served, for statistics.
     private let wakeUps = Atomic<UInt64>(0)
+    // Never a watch's tag: a slot index of 2^32 - 1 or 2^32 - 2 is out of reach.
     private static let stopTag = UInt64.max
+    private static let workTag = UInt64.max - 1
 
     package init() throws(HostFileError) {
         let epoll = chost_epoll_create()
@@ -78,14 +86,17 @@ package final class IOThread: Sendable {
         self.epoll = epoll
         do {
             stopEvent = try EventFD()
+            workEvent = try EventFD()
         } catch {
             close(epoll)
             throw error
         }
-        let rc = chost_epoll_control(epoll, Int32(CHOST_EPOLL_ADD), stopEvent.descriptor, UInt32(CHOST_READABLE), Self.stopTag)
-        guard rc == 0 else {
-            close(epoll)
-            throw HostFileError(errno: -rc)
+        for (event, tag) in [(stopEvent, Self.stopTag), (workEvent, Self.workTag)] {
+            let rc = chost_epoll_control(epoll, Int32(CHOST_EPOLL_ADD), event.descriptor, UInt32(CHOST_READABLE), tag)
+            guard rc == 0 else {
+                close(epoll)
+                throw HostFileError(errno: -rc)
+            }
         }
     }
 
@@ -144,6 +155,20 @@ package final class IOThread: Sendable {
         }
     }
 
+    /// Runs `work` on this thread, after the handler running now and any work queued
+    /// before it, in the order asked: for what a thread may not do itself (a vCPU thread's
+    /// filter refuses `close` and `epoll_ctl`). While the thread is not running (before
+    /// `start()`, after `stop()`), nothing would serve the queue, so `work` runs at once on
+    /// the caller's thread; work queued when `stop()` came runs on the thread that stops it.
+    package func perform(_ work: @escaping @Sendable () -> Void) {
+        let queued = state.withLock { state in
+            guard state.thread != nil else { return false }
+            state.work.append(work)
+            return true
+        }
+        if queued { workEvent.signal() } else { work() }
+    }
+
     /// How many times the thread woke for a ready descriptor.
     package var wakeUpCount: UInt64 { wakeUps.load(ordering: .relaxed) }
 
@@ -176,6 +201,11 @@ package final class IOThread: Sendable {
             for i in 0..<Int(n) {
                 let tag = tags[i]
                 if tag == Self.stopTag { return }
+                if tag == Self.workTag {
+                    _ = workEvent.take()
+                    runQueuedWork()
+                    continue
+                }
                 let slot = Int(truncatingIfNeeded: tag & 0xFFFF_FFFF)
                 let generation = UInt32(truncatingIfNeeded: tag >> 32)
                 // Looked up afresh for each event: an earlier handler of this batch may have
@@ -200,5 +230,17 @@ package final class IOThread: Sendable {
         else { return }
         stopEvent.signal()
         VCPUThread.join(thread)
+        // Queued before the thread stopped, and not reached: nothing else will run it.
+        runQueuedWork()
+    }
+
+    /// Runs the work queued so far, oldest first, outside the lock (work may queue more,
+    /// which runs at the next wake-up).
+    private func runQueuedWork() {
+        let batch = state.withLock { state in
+            defer { state.work = [] }
+            return state.work
+        }
+        batch.forEach { $0() }
     }
 }

@@ -126,23 +126,39 @@ package final class VirtioNetDevice: VirtioDevice {
         guard queues.count == 2, let receive = queues[0], let transmit = queues[1] else {
             throw VirtioActivationError("the receive and transmit queues must both be ready")
         }
-        state.withLock { state in
+        let thread = state.withLock { state in
             state.receive = receive
             state.transmit = transmit
             state.memory = memory
             state.interrupt = interrupt
-            setReceiving(true, &state)
+            return state.thread
         }
+        followQueues(on: thread)
     }
 
     package func reset() {
-        state.withLock { state in
+        let thread = state.withLock { state in
             state.receive = nil
             state.transmit = nil
             state.memory = nil
             state.interrupt = nil
-            setReceiving(false, &state)
+            return state.thread
         }
+        followQueues(on: thread)
+    }
+
+    /// After an activation or a reset, which come from a vCPU thread: the watch asks for
+    /// readability while there is a receive queue, changed on the I/O thread (`thread`,
+    /// where there is one), since a vCPU thread's seccomp filter refuses epoll_ctl. The
+    /// I/O thread reads the state when it gets there, so a reset and an activation in
+    /// quick succession end as the last one left it. Called outside the lock: a stopped
+    /// thread runs the work at once.
+    private func followQueues(on thread: IOThread?) {
+        let work: @Sendable () -> Void = { [weak self] in
+            guard let self else { return }
+            state.withLock { state in setReceiving(state.receive != nil, &state) }
+        }
+        if let thread { thread.perform(work) } else { work() }
     }
 
     package func notify(queue index: Int) {
@@ -159,10 +175,9 @@ package final class VirtioNetDevice: VirtioDevice {
         }
     }
 
-    /// Changes whether the watch asks for readability. On a vCPU thread, whose seccomp
-    /// filter refuses epoll_ctl, the change fails and the flag stays: the I/O thread then
-    /// makes it, at the driver's receive notification (Linux notifies once its buffers are
-    /// posted) or, to stop, at the TAP's next readiness.
+    /// Changes whether the watch asks for readability (on the I/O thread, or with no
+    /// thread attached). A change that fails leaves the flag as it was: it is tried again
+    /// at the driver's next receive notification or, to stop, at the TAP's next readiness.
     private func setReceiving(_ on: Bool, _ state: inout State) {
         guard state.receiving != on else { return }
         if let watch = state.watch, let thread = state.thread {

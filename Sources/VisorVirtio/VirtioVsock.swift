@@ -13,6 +13,8 @@ import Synchronization
 ///   the guest's RESPONSE, writes `OK <hostport>\n` and relays bytes both ways; on the
 ///   guest's RST it closes the host connection. A bad line (not a decimal port, longer than
 ///   `maximumLineLength`) closes it too.
+/// - The end of a host program's input reaches the guest as a SHUTDOWN with only
+///   VIRTIO_VSOCK_SHUTDOWN_F_SEND: the guest may still send until it shuts its own side.
 /// - A guest REQUEST to host port P connects to the host side's listener for P; none
 ///   there: RST.
 ///
@@ -23,7 +25,9 @@ import Synchronization
 ///
 /// Credit (5.10.6.3): the device never sends a connection more payload than the guest's
 /// last advertised `buf_alloc` less what it has not yet forwarded, and advertises
-/// `bufferSize` of its own; a guest that sends past it gets a RST. Everything is bounded:
+/// `bufferSize` of its own; a guest that sends past it gets a RST. A CREDIT_UPDATE goes
+/// out when the guest asks (CREDIT_REQUEST) or half the buffer was freed since it last
+/// heard, at most one waiting per connection. Everything is bounded:
 /// `maximumConnections` (host connections waiting for their line included),
 /// `bufferSize` bytes buffered per connection, `maximumControlPackets` packets waiting for
 /// rx buffers, and a queue's worth of packets per notification or host wake-up.
@@ -39,6 +43,9 @@ package final class VirtioVsockDevice: VirtioDevice {
     package static let maximumControlPackets = 4096
     /// The longest `CONNECT <port>\n` line, newline included.
     package static let maximumLineLength = 32
+    /// The most bytes a connection's host-bound buffer holds, sent ones not yet dropped
+    /// included: the guest's credit (`bufferSize`) and the longest `OK <port>\n` line.
+    package static let pendingLimit = Int(bufferSize) + 14
     /// The first host port a host-initiated connection gets.
     package static let firstHostPort: UInt32 = 1 << 30
 
@@ -56,8 +63,12 @@ package final class VirtioVsockDevice: VirtioDevice {
         enum Phase { case connecting, established }
         var handle: Int32
         var phase: Phase
+        /// Tells this connection from an earlier one with the same ports, for the control
+        /// packets queued for that one.
+        var serial: UInt64
         /// Guest-to-host bytes not yet sent to the host socket, from `pendingStart`; the
         /// first `prefix` of them are the `OK` line, which the guest's credit does not count.
+        /// Never more than `pendingLimit` bytes, sent ones included (see `serveTransmitted`).
         var pending: [UInt8] = []
         var pendingStart = 0
         var prefix = 0
@@ -79,6 +90,10 @@ package final class VirtioVsockDevice: VirtioDevice {
         var queued = false
         /// A CREDIT_REQUEST went out since the credit last ran out.
         var creditAsked = false
+        /// A CREDIT_UPDATE waits in `control` (one at a time: it carries the counters of
+        /// when it goes out); the guest asked for it with a CREDIT_REQUEST.
+        var updateQueued = false
+        var updateAsked = false
         /// The readiness asked of the host side.
         var readable = false
         var writable = false
@@ -97,6 +112,8 @@ package final class VirtioVsockDevice: VirtioDevice {
         var key: Key
         var operation: UInt16
         var flags: UInt32 = 0
+        /// The connection it was queued for (`Connection.serial`; RST: none).
+        var serial: UInt64 = 0
     }
 
     private struct State {
@@ -116,6 +133,7 @@ package final class VirtioVsockDevice: VirtioDevice {
         var controlStart = 0
         var dataReady: [Key] = []
         var nextHostPort = VirtioVsockDevice.firstHostPort
+        var serial: UInt64 = 0
         var listenerPaused = false
         /// Header and payload on their way in or out.
         var packet: [UInt8] = []
@@ -154,6 +172,12 @@ package final class VirtioVsockDevice: VirtioDevice {
     package func isConnecting(_ key: Key) -> Bool {
         state.withLock { $0.connections[key]?.phase == .connecting }
     }
+    /// The bytes `key`'s host-bound buffer holds and its capacity (for tests).
+    package func hostBoundBuffer(_ key: Key) -> (count: Int, capacity: Int)? {
+        state.withLock { state in state.connections[key].map { ($0.pending.count, $0.pending.capacity) } }
+    }
+    /// Connections waiting for an rx buffer, repeats included (for tests).
+    package var dataReadyCount: Int { state.withLock { $0.dataReady.count } }
     /// Host connections still sending their line (for tests).
     package var waitingLineCount: Int { state.withLock { $0.lines.count } }
 
@@ -187,11 +211,16 @@ package final class VirtioVsockDevice: VirtioDevice {
         }
     }
 
-    /// Forgets the queues and ends every connection (host sockets closed); host
-    /// connections still sending their line stay, and are closed when it comes.
+    /// Forgets the queues and ends every connection; host connections still sending their
+    /// line stay, and are closed when it comes. What the guest sees is reset at once (no
+    /// connection, no packet waiting); the host sockets are closed, and a paused listener
+    /// watched again, by the host side's thread (`VsockHostSide.perform`), since a reset
+    /// comes from a vCPU thread, whose seccomp filter refuses `close` and `epoll_ctl`. Until
+    /// then an old socket's reports find no connection and are ignored, and its descriptor,
+    /// still open, cannot be a new connection's.
     package func reset() {
-        state.withLock { state in
-            for (handle, _) in state.keys { host.close(handle) }
+        let (handles, resume): ([Int32], Bool) = state.withLock { state in
+            let handles = Array(state.keys.keys)
             state.connections = [:]
             state.keys = [:]
             state.control = []
@@ -202,7 +231,15 @@ package final class VirtioVsockDevice: VirtioDevice {
             state.tx = nil
             state.memory = nil
             state.interrupt = nil
-            resumeListener(&state)
+            let resume = state.listenerPaused && state.connectionCount < Self.maximumConnections
+            if resume { state.listenerPaused = false }
+            return (handles, resume)
+        }
+        guard !handles.isEmpty || resume else { return }
+        let host = self.host
+        host.perform { [weak self] in
+            handles.forEach { host.close($0) }
+            if resume, !host.watchListener(true) { self?.listenerResumeFailed() }
         }
     }
 
@@ -228,15 +265,19 @@ package final class VirtioVsockDevice: VirtioDevice {
                 case .failed:
                     // Out of descriptors, say: stop asking until a connection ends.
                     state.listenerPaused = true
-                    host.watchListener(false)
+                    _ = host.watchListener(false)
                     return
                 case .accepted(let handle):
                     guard state.connectionCount < Self.maximumConnections else {
                         host.close(handle)
                         continue
                     }
+                    // Unwatched, its line would never be read: closed at once.
+                    guard host.watch(handle, readable: true, writable: false) else {
+                        host.close(handle)
+                        continue
+                    }
                     state.lines[handle] = []
-                    host.watch(handle, readable: true, writable: false)
                 }
             }
         }
@@ -306,9 +347,10 @@ package final class VirtioVsockDevice: VirtioDevice {
             key.hostPort = key.hostPort == UInt32.max ? Self.firstHostPort : key.hostPort + 1
         }
         state.nextHostPort = key.hostPort == UInt32.max ? Self.firstHostPort : key.hostPort + 1
-        state.connections[key] = Connection(handle: handle, phase: .connecting)
+        let serial = nextSerial(&state)
+        state.connections[key] = Connection(handle: handle, phase: .connecting, serial: serial)
         state.keys[handle] = key
-        host.watch(handle, readable: false, writable: false)
+        _ = host.watch(handle, readable: false, writable: false)  // ending a watch cannot fail
         queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.request))
         return fillReceive(&state)
     }
@@ -440,7 +482,13 @@ package final class VirtioVsockDevice: VirtioDevice {
             guard gather(&state, skip: VsockHeader.size, count: Int(header.length), at: 0, memory: memory) else {
                 return reset(&state, key)
             }
-            if connection.pendingStart > 0, connection.pendingStart >= connection.pending.count / 2 {
+            // Bytes already sent go once they are half the buffer (amortized), or when
+            // keeping them would take the buffer past `pendingLimit`: the credit check
+            // above bounds what is unsent, so the buffer never grows past that.
+            if connection.pendingStart > 0,
+                connection.pendingStart >= connection.pending.count / 2
+                    || connection.pending.count + Int(header.length) > Self.pendingLimit
+            {
                 connection.pending.removeFirst(connection.pendingStart)
                 connection.pendingStart = 0
             }
@@ -457,7 +505,7 @@ package final class VirtioVsockDevice: VirtioDevice {
             state.connections[key] = connection
             flushToHost(&state, key)
         case Op.creditRequest:
-            queueControl(&state, ControlPacket(key: key, operation: Op.creditUpdate))
+            queueCreditUpdate(&state, key, asked: true)
         default:
             // CREDIT_UPDATE: the credit was taken above.
             break
@@ -475,7 +523,8 @@ package final class VirtioVsockDevice: VirtioDevice {
         guard state.connectionCount < Self.maximumConnections, let handle = host.connect(port: key.hostPort) else {
             return reset(&state, key)
         }
-        var connection = Connection(handle: handle, phase: .established)
+        let serial = nextSerial(&state)
+        var connection = Connection(handle: handle, phase: .established, serial: serial)
         connection.peerAllocation = header.bufferAllocation
         connection.peerForwarded = header.forwardCount
         state.connections[key] = connection
@@ -512,8 +561,8 @@ package final class VirtioVsockDevice: VirtioDevice {
             if connection.guestSendDone { host.shutdownOutput(connection.handle) }
         }
         // Credit back to the guest once half the buffer was freed since it last heard.
-        if connection.forwarded &- connection.advertised >= Self.bufferSize / 2, !connection.guestReceiveDone {
-            queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.creditUpdate))
+        if freedSinceAdvertised(connection), !connection.guestReceiveDone {
+            queueCreditUpdate(&state, key, asked: false)
         }
         updateInterest(&state, key)
     }
@@ -538,19 +587,52 @@ package final class VirtioVsockDevice: VirtioDevice {
             queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.creditRequest))
         }
         if readable != connection.readable || writable != connection.writable {
+            // A change the host side could not make is not recorded as made: the
+            // connection could wait forever for a report that never comes, or its socket
+            // keep waking the I/O thread. It ends, with a RST.
+            guard host.watch(connection.handle, readable: readable, writable: writable) else {
+                return reset(&state, key)
+            }
             connection.readable = readable
             connection.writable = writable
             state.connections[key] = connection
-            host.watch(connection.handle, readable: readable, writable: writable)
         }
     }
 
-    private func queueControl(_ state: inout State, _ packet: ControlPacket) {
+    private func nextSerial(_ state: inout State) -> UInt64 {
+        state.serial &+= 1
+        return state.serial
+    }
+
+    /// Queues `packet` for an rx buffer; one for a connection (all but RST) goes out only
+    /// to that connection, never to a later one with the same ports.
+    @discardableResult
+    private func queueControl(_ state: inout State, _ packet: ControlPacket) -> Bool {
         guard state.control.count - state.controlStart < Self.maximumControlPackets else {
             state.counters.malformed += 1
-            return
+            return false
         }
+        var packet = packet
+        if packet.operation != VsockHeader.Operation.reset { packet.serial = state.connections[packet.key]?.serial ?? 0 }
         state.control.append(packet)
+        return true
+    }
+
+    /// Whether half the buffer was freed since the guest last heard the connection's
+    /// fwd_cnt: worth a CREDIT_UPDATE of its own.
+    private func freedSinceAdvertised(_ connection: Connection) -> Bool {
+        connection.forwarded &- connection.advertised >= Self.bufferSize / 2
+    }
+
+    /// Queues a CREDIT_UPDATE for `key` unless one already waits (which will carry the
+    /// counters of when it goes out); `asked`: the guest sent CREDIT_REQUEST.
+    private func queueCreditUpdate(_ state: inout State, _ key: Key, asked: Bool) {
+        guard var connection = state.connections[key] else { return }
+        if asked { connection.updateAsked = true }
+        if !connection.updateQueued {
+            connection.updateQueued = queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.creditUpdate))
+        }
+        state.connections[key] = connection
     }
 
     /// RST to the guest for `key`, and the connection (if any) ends.
@@ -559,18 +641,27 @@ package final class VirtioVsockDevice: VirtioDevice {
         queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.reset))
     }
 
-    /// Ends the connection `key`, if open: its host socket is closed.
+    /// Ends the connection `key`, if open: its host socket is closed, and it leaves
+    /// `dataReady` (so that list holds each open connection at most once: a guest that
+    /// reopens a connection while posting no rx buffers cannot grow it).
     private func close(_ state: inout State, _ key: Key) {
         guard let connection = state.connections.removeValue(forKey: key) else { return }
+        if connection.queued { state.dataReady.removeAll { $0 == key } }
         state.keys[connection.handle] = nil
         host.close(connection.handle)
         resumeListener(&state)
     }
 
+    /// Watches the listener again if it was paused and there is room; if the watch fails
+    /// it stays paused, to be tried again when the next connection ends.
     private func resumeListener(_ state: inout State) {
         guard state.listenerPaused, state.connectionCount < Self.maximumConnections else { return }
-        state.listenerPaused = false
-        host.watchListener(true)
+        state.listenerPaused = !host.watchListener(true)
+    }
+
+    /// The listener's watch, asked for by a reset on the host side's thread, failed.
+    private func listenerResumeFailed() {
+        state.withLock { $0.listenerPaused = true }
     }
 
     /// The next rx chain: the one kept back, or a new one (malformed ones, and ones too
@@ -629,19 +720,39 @@ package final class VirtioVsockDevice: VirtioDevice {
         guard var queue = state.rx, let memory = state.memory else { return false }
         var completed = false
         defer { state.rx = queue }
-        for _ in 0..<Int(queue.size) {
+        // A queue's worth of rx chains at most. Skipping what needs no chain (a control
+        // packet whose connection ended, a connection no longer waiting) does not count:
+        // each such step shortens a bounded list, and counting it could leave buffers and
+        // waiting data behind with nothing to bring the device back.
+        var used = 0
+        while used < Int(queue.size) {
             if state.controlStart < state.control.count {
                 let packet = state.control[state.controlStart]
-                if state.connections[packet.key] == nil, packet.operation != VsockHeader.Operation.reset {
+                if packet.operation != VsockHeader.Operation.reset, state.connections[packet.key]?.serial != packet.serial {
+                    // Its connection ended (a later one may have its ports): dropped.
+                    advanceControl(&state)
+                    continue
+                }
+                let isUpdate = packet.operation == VsockHeader.Operation.creditUpdate
+                if isUpdate, let connection = state.connections[packet.key], !connection.updateAsked,
+                    !freedSinceAdvertised(connection)
+                {
+                    // Unasked, and packets since told the guest most of it: not needed.
+                    state.connections[packet.key]?.updateQueued = false
                     advanceControl(&state)
                     continue
                 }
                 guard takeReceiveChain(&state, queue: &queue, memory: memory) else { break }
                 advanceControl(&state)
+                if isUpdate {
+                    state.connections[packet.key]?.updateQueued = false
+                    state.connections[packet.key]?.updateAsked = false
+                }
                 let bytes = header(&state, packet.key, operation: packet.operation, flags: packet.flags).bytes
                 state.packet.replaceSubrange(0..<VsockHeader.size, with: bytes)
                 deliver(&state, count: VsockHeader.size, queue: &queue, memory: memory)
                 completed = true
+                used += 1
                 continue
             }
             guard let key = state.dataReady.first else { break }
@@ -666,6 +777,7 @@ package final class VirtioVsockDevice: VirtioDevice {
                 state.counters.requests += 1
                 queue.push(head: state.chain.head, length: 0, memory: memory)
                 completed = true
+                used += 1
                 continue
             }
             state.dataReady.removeFirst()
@@ -690,15 +802,19 @@ package final class VirtioVsockDevice: VirtioDevice {
                 state.counters.bytes += UInt64(n)
                 deliver(&state, count: VsockHeader.size + n, queue: &queue, memory: memory)
                 completed = true
+                used += 1
             case .transferred:
                 // The end of the host's input: the guest hears that no more will come.
                 connection.hostEnded = true
                 state.connections[key] = connection
-                let flags = VsockHeader.ShutdownFlag.receive | VsockHeader.ShutdownFlag.send
+                // SEND alone (5.10.6.5): the host will send no more, but it may still take
+                // what the guest sends until the guest shuts down its side.
+                let flags = VsockHeader.ShutdownFlag.send
                 let bytes = header(&state, key, operation: VsockHeader.Operation.shutdown, flags: flags).bytes
                 state.packet.replaceSubrange(0..<VsockHeader.size, with: bytes)
                 deliver(&state, count: VsockHeader.size, queue: &queue, memory: memory)
                 completed = true
+                used += 1
             case .wouldBlock:
                 swap(&state.chain, &state.spare)
                 state.hasSpare = true

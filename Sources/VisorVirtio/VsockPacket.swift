@@ -113,8 +113,9 @@ package protocol VsockHostSide: AnyObject, Sendable {
     /// A waiting host connection, `.none` when there is none, `.failed` when accepting
     /// failed (say, out of descriptors).
     func accept() -> SocketAccept
-    /// Whether the listener's connections are reported (off while accepting fails).
-    func watchListener(_ on: Bool)
+    /// Whether the listener's connections are reported (off while accepting fails); returns
+    /// whether they now are as asked (false: the watch could not be made).
+    func watchListener(_ on: Bool) -> Bool
     /// A socket connected to the host's listener for `port`, or nil when none listens.
     func connect(port: UInt32) -> Int32?
     func send(_ handle: Int32, _ bytes: ArraySlice<UInt8>) -> SocketTransfer
@@ -124,5 +125,12 @@ package protocol VsockHostSide: AnyObject, Sendable {
     /// Closes the socket and ends its reports.
     func close(_ handle: Int32)
     /// Which readiness of `handle` to report; neither ends its reports until asked again.
-    func watch(_ handle: Int32, readable: Bool, writable: Bool)
+    /// Returns whether the reports now are as asked (false: the watch could not be made or
+    /// changed, and the device ends the connection).
+    func watch(_ handle: Int32, readable: Bool, writable: Bool) -> Bool
+    /// Runs `work` where the host side's reports run (the I/O thread), after what runs
+    /// there now and what was asked before it: the device's reset, which a vCPU thread
+    /// makes, hands it the socket closes and listener watch a vCPU thread's seccomp filter
+    /// refuses.
+    func perform(_ work: @escaping @Sendable () -> Void)
 }

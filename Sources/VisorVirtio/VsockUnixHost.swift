@@ -26,21 +26,23 @@ package final class VsockUnixHost: VsockHostSide {
 
     package func start(device: VirtioVsockDevice) {
         state.withLock { $0.device = device }
-        watchListener(true)
+        _ = watchListener(true)
     }
 
-    package func watchListener(_ on: Bool) {
+    package func watchListener(_ on: Bool) -> Bool {
         state.withLock { state in
-            guard let thread = state.thread else { return }
+            guard let thread = state.thread else { return !on }
             if on, state.listenerWatch == nil {
                 let device = state.device
                 state.listenerWatch = try? thread.watch(listener.descriptor, for: .readable) { [weak device] _ in
                     device?.listenerReady()
                 }
+                return state.listenerWatch != nil
             } else if !on, let watch = state.listenerWatch {
                 thread.unwatch(watch, descriptor: listener.descriptor)
                 state.listenerWatch = nil
             }
+            return true
         }
     }
 
@@ -65,25 +67,39 @@ package final class VsockUnixHost: VsockHostSide {
         HostSocket.close(handle)
     }
 
-    package func watch(_ handle: Int32, readable: Bool, writable: Bool) {
+    /// On the I/O thread; at once on the caller's when the thread is gone (nothing else
+    /// would close the sockets then).
+    package func perform(_ work: @escaping @Sendable () -> Void) {
+        guard let thread = state.withLock({ $0.thread }) else { return work() }
+        thread.perform(work)
+    }
+
+    /// False when epoll refuses the watch or the change (or the thread is gone): the
+    /// watch then stays as it was.
+    package func watch(_ handle: Int32, readable: Bool, writable: Bool) -> Bool {
         var events: IOEvents = []
         if readable { events.insert(.readable) }
         if writable { events.insert(.writable) }
-        state.withLock { state in
-            guard let thread = state.thread else { return }
+        return state.withLock { state in
+            guard let thread = state.thread else { return events.isEmpty }
             if let watch = state.watches[handle] {
                 if events.isEmpty {
                     thread.unwatch(watch, descriptor: handle)
                     state.watches[handle] = nil
-                } else {
-                    try? thread.change(watch, descriptor: handle, to: events)
+                    return true
                 }
-            } else if !events.isEmpty {
-                let device = state.device
-                state.watches[handle] = try? thread.watch(handle, for: events) { [weak device] ready in
-                    device?.hostSocketReady(handle, events: ready)
+                do throws(HostFileError) { try thread.change(watch, descriptor: handle, to: events) } catch {
+                    return false
                 }
+                return true
             }
+            guard !events.isEmpty else { return true }
+            let device = state.device
+            let watch = try? thread.watch(handle, for: events) { [weak device] ready in
+                device?.hostSocketReady(handle, events: ready)
+            }
+            state.watches[handle] = watch
+            return watch != nil
         }
     }
 }

@@ -255,6 +255,98 @@ extension KVMIntegration {
             let statistics = try #require(machine.virtioStatistics.first)
             #expect(statistics.malformedRequests == 0 && statistics.bytes == 4 + 4 + 21 + 3, "\(statistics)")
         }
+
+        @Test(
+            "a guest resets the vsock device with a connection open, its vCPU thread under the seccomp filter: the host program reads its end, and the device serves the next connection"
+        )
+        func vsockResetWithConnectionOpen() async throws {
+            let directory = NSTemporaryDirectory() + "swiftvisor-vsock-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let path = directory + "/v.sock"
+            let hostListener = try HostUnixListener.listen(path: path + "_1235")
+            let console = ConsoleCapture()
+            var config = MachineConfiguration(guest: .elf(GuestImages.vsockEcho))
+            config.commandLine = "reset 1234"
+            config.consoleOutput = console.sink
+            config.virtioDevices = [.vsock(cid: 3, udsPath: path)]
+            // The reset's socket close is what the vCPU filter refuses: it must be on.
+            #expect(config.seccomp)
+            let machine = try Machine(config)
+            try machine.start()
+            let watchdog = Task {
+                try await Task.sleep(for: .seconds(120))
+                machine.requestStop()
+            }
+            defer { watchdog.cancel() }
+            func within(_ seconds: Double, _ condition: () -> Bool) async throws -> Bool {
+                let start = Date()
+                while !condition() {
+                    if Date().timeIntervalSince(start) > seconds { return false }
+                    try await Task.sleep(for: .milliseconds(2))
+                }
+                return true
+            }
+            var buffer = [UInt8](repeating: 0, count: 64)
+            func read(_ fd: Int32, until count: Int) async throws -> [UInt8] {
+                var got: [UInt8] = []
+                _ = try await within(30) {
+                    if case .transferred(let n) = HostSocket.receive(fd, into: &buffer, count: 64) { got += buffer[0..<n] }
+                    return got.count >= count
+                }
+                return got
+            }
+            #expect(try await within(30) { console.text.contains("listening on port 1234") }, "\(console.text)")
+            let first = try #require(HostSocket.connect(path: path))
+            defer { HostSocket.close(first) }
+            _ = HostSocket.send(first, Array("CONNECT 1234\n".utf8)[...])
+            let ok = Array("OK 1073741824\n".utf8)
+            #expect(try await read(first, until: ok.count) == ok)
+            #expect(try await within(30) { console.text.contains("reset with a connection open") }, "\(console.text)")
+            // The device's end of the first connection was closed (on the I/O thread: the
+            // vCPU thread that reset the device may not close it), not leaked.
+            #expect(
+                try await within(30) { HostSocket.receive(first, into: &buffer, count: 64) == .transferred(0) },
+                "the host side of a reset connection stayed open")
+            // The device set up again serves a new connection.
+            #expect(
+                try await within(30) { console.text.components(separatedBy: "listening on port 1234").count == 3 },
+                "\(console.text)")
+            let client = try #require(HostSocket.connect(path: path))
+            _ = HostSocket.send(client, Array("CONNECT 1234\nping".utf8)[...])
+            let echoed = Array("OK 1073741825\nping".utf8)
+            #expect(try await read(client, until: echoed.count) == echoed)
+            HostSocket.close(client)
+            var accepted: Int32?
+            #expect(
+                try await within(30) {
+                    if case .accepted(let fd) = HostSocket.accept(hostListener.descriptor) { accepted = fd }
+                    return accepted != nil
+                }, "\(console.text)")
+            if let accepted {
+                let hello = Array("hello from the guest\n".utf8)
+                #expect(try await read(accepted, until: hello.count) == hello)
+                _ = HostSocket.send(accepted, Array("bye".utf8)[...])
+            }
+            let report = await machine.wait()
+            if let accepted { HostSocket.close(accepted) }
+            #expect(report.outcome == .stopped(.guestExit(status: 0)), "\(console.text)")
+            #expect(
+                console.text == """
+                    vsock: device 19, cid 3
+                    vsock: listening on port 1234
+                    vsock: connection from host port 1073741824
+                    vsock: reset with a connection open
+                    vsock: device 19, cid 3
+                    vsock: listening on port 1234
+                    vsock: connection from host port 1073741825
+                    vsock: echoed 4 bytes
+                    vsock: the host closed
+                    vsock: connected to host port 1235
+                    vsock: host said bye
+
+                    """)
+        }
     }
 }
 

@@ -131,4 +131,36 @@ struct IOThreadTests {
         #expect(runs.load(ordering: .relaxed) == 1)
         #expect(event.take() == 0)
     }
+
+    @Test("perform runs work on the thread, in the order asked; at once on the caller's while the thread is not running")
+    func perform() throws {
+        let thread = try IOThread()
+        let me = pthread_self()
+        // Not started: nothing would serve a queue, so the work runs here.
+        let early = Mutex<pthread_t?>(nil)
+        thread.perform { early.withLock { $0 = pthread_self() } }
+        #expect(early.withLock { $0 } == me)
+
+        let event = try EventFD()
+        let handlerThread = Mutex<pthread_t?>(nil)
+        try thread.add(event) { handlerThread.withLock { $0 = pthread_self() } }
+        #expect(thread.start() == 0)
+        event.signal()
+        #expect(Self.eventually { handlerThread.withLock { $0 } != nil })
+        let ran = Mutex<[(Int, pthread_t)]>([])
+        for i in 0..<100 { thread.perform { ran.withLock { $0.append((i, pthread_self())) } } }
+        #expect(Self.eventually { ran.withLock { $0.count } == 100 })
+        let runs = ran.withLock { $0 }
+        #expect(runs.map(\.0) == Array(0..<100))
+        #expect(runs.allSatisfy { $0.1 == handlerThread.withLock { $0 } && $0.1 != me })
+
+        // Work queued by work runs too, at the next wake-up; after stop(), work runs at once.
+        let nested = Atomic<Int>(0)
+        thread.perform { thread.perform { nested.add(1, ordering: .relaxed) } }
+        #expect(Self.eventually { nested.load(ordering: .relaxed) == 1 })
+        thread.stop()
+        let late = Mutex<pthread_t?>(nil)
+        thread.perform { late.withLock { $0 = pthread_self() } }
+        #expect(late.withLock { $0 } == me)
+    }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import VisorHost
+import VisorKVM
 import VisorMemory
 import VisorVirtio
 
@@ -273,6 +274,45 @@ struct VirtioNetTests {
         let after = thread.wakeUpCount
         try await Task.sleep(for: .milliseconds(50))
         #expect(thread.wakeUpCount <= after + 1)
+    }
+
+    @Test("a reset and an activation from a thread whose filter refuses epoll_ctl change the watch on the I/O thread")
+    func resetUnderVCPUFilter() async throws {
+        let h = try NetHarness()
+        let thread = try IOThread()
+        try h.device.attach(to: thread)
+        #expect(thread.start() == 0)
+        defer { thread.stop() }
+        #expect(h.device.isReceiving)
+        let device = h.device
+        let receive = try h.receive.queue()
+        let transmit = try h.transmit.queue()
+        let memory = h.memory
+        /// Runs `body` on a new thread confined as a vCPU thread is; whether the filter went on.
+        func confined(_ body: @escaping @Sendable () -> Void) -> Bool {
+            let installed = Mutex<Bool>(false)
+            var vcpu = pthread_t()
+            let rc = VCPUThread.create(&vcpu) {
+                let ok = (try? Seccomp.install(.vcpu)) != nil
+                installed.withLock { $0 = ok }
+                body()
+            }
+            guard rc == 0 else { return false }
+            VCPUThread.join(vcpu)
+            return installed.withLock { $0 }
+        }
+        #expect(confined { device.reset() })
+        try await waitUntil { !h.device.isReceiving }
+        #expect(
+            confined {
+                try? device.activate(
+                    features: 0, queues: [receive, transmit], memory: memory, interrupt: VirtioInterrupt { _ in })
+            })
+        try await waitUntil { h.device.isReceiving }
+        // The watch asks for readability again: a frame reaches a posted buffer.
+        try h.postReceive([2048])
+        h.hostSends(NetHarness.dirtyHeader + NetHarness.frame(60))
+        try await waitUntil { h.receive.usedIndex == 1 }
     }
 
     func waitUntil(_ condition: () -> Bool) async throws {

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import VisorHost
+import VisorKVM
 import VisorMemory
 import VisorVirtio
 
@@ -27,14 +28,32 @@ final class FakeVsockHost: VsockHostSide {
         var listening: Set<UInt32> = []
         var nextHandle: Int32 = 100
         var listenerWatched = false
+        /// Accepting fails (out of descriptors, say).
+        var acceptFails = false
+        /// Watches of these sockets, and the listener's, fail (epoll refusing them).
+        var watchFails: Set<Int32> = []
+        var listenerWatchFails = false
+        var deferWork = false
+        var deferred: [@Sendable () -> Void] = []
+        /// The threads sockets were closed on.
+        var closedOn: [pthread_t] = []
     }
     let state = Mutex(State())
 
     func start(device: VirtioVsockDevice) { state.withLock { $0.listenerWatched = true } }
     func accept() -> SocketAccept {
-        state.withLock { $0.waiting.isEmpty ? .none : .accepted($0.waiting.removeFirst()) }
+        state.withLock { state in
+            if state.acceptFails { return .failed }
+            return state.waiting.isEmpty ? .none : .accepted(state.waiting.removeFirst())
+        }
     }
-    func watchListener(_ on: Bool) { state.withLock { $0.listenerWatched = on } }
+    func watchListener(_ on: Bool) -> Bool {
+        state.withLock { state in
+            if on, state.listenerWatchFails { return false }
+            state.listenerWatched = on
+            return true
+        }
+    }
     func connect(port: UInt32) -> Int32? {
         state.withLock { state in
             guard state.listening.contains(port) else { return nil }
@@ -65,12 +84,37 @@ final class FakeVsockHost: VsockHostSide {
         }
     }
     func shutdownOutput(_ handle: Int32) { state.withLock { $0.sockets[handle]?.outputShut = true } }
-    func close(_ handle: Int32) { state.withLock { $0.sockets[handle]?.closed = true } }
-    func watch(_ handle: Int32, readable: Bool, writable: Bool) {
+    func close(_ handle: Int32) {
         state.withLock { state in
+            state.sockets[handle]?.closed = true
+            state.closedOn.append(pthread_self())
+        }
+    }
+    func watch(_ handle: Int32, readable: Bool, writable: Bool) -> Bool {
+        state.withLock { state in
+            if state.watchFails.contains(handle) { return false }
             state.sockets[handle]?.readable = readable
             state.sockets[handle]?.writable = writable
+            return true
         }
+    }
+
+    /// Where the work runs: at once, unless `deferWork` holds it for `runDeferredWork`.
+    func perform(_ work: @escaping @Sendable () -> Void) {
+        let run = state.withLock { state in
+            guard state.deferWork else { return true }
+            state.deferred.append(work)
+            return false
+        }
+        if run { work() }
+    }
+    /// Runs the work `perform` held back, in order.
+    func runDeferredWork() {
+        let work = state.withLock { state in
+            defer { state.deferred = [] }
+            return state.deferred
+        }
+        work.forEach { $0() }
     }
 
     func socket(_ handle: Int32) -> Socket? { state.withLock { $0.sockets[handle] } }
@@ -111,6 +155,17 @@ final class VsockHarness {
         rx = FakeDriver(memory: memory, size: 8, descriptors: 0x1000, available: 0x2000, used: 0x3000)
         tx = FakeDriver(memory: memory, size: 8, descriptors: 0x4000, available: 0x5000, used: 0x6000)
         device = VirtioVsockDevice(guestCID: Self.guestCID, host: side ?? host)
+        try device.activate(
+            features: 0, queues: [try rx.queue(), try tx.queue(), nil], memory: memory, interrupt: VirtioInterrupt { _ in })
+    }
+
+    /// The driver sets the device up again after a reset: fresh rings at the same places.
+    func reactivate() throws {
+        try memory.write([UInt8](repeating: 0, count: 0x6000), at: 0x1000)
+        rx = FakeDriver(memory: memory, size: 8, descriptors: 0x1000, available: 0x2000, used: 0x3000)
+        tx = FakeDriver(memory: memory, size: 8, descriptors: 0x4000, available: 0x5000, used: 0x6000)
+        rxSeen = 0
+        txSlot = 0
         try device.activate(
             features: 0, queues: [try rx.queue(), try tx.queue(), nil], memory: memory, interrupt: VirtioInterrupt { _ in })
     }
@@ -405,7 +460,7 @@ struct VirtioVsockTests {
         #expect(h.device.connectionKeys.isEmpty)
     }
 
-    @Test("the host program's end of input reaches the guest as SHUTDOWN")
+    @Test("the host program's end of input reaches the guest as SHUTDOWN with SEND alone; the guest may still send")
     func hostEnds() throws {
         let h = try VsockHarness()
         try h.offerReceiveBuffers(4)
@@ -414,7 +469,12 @@ struct VirtioVsockTests {
         h.device.hostSocketReady(handle, events: .readable)
         let packets = try h.received()
         #expect(packets.map(\.0.operation) == [Op.shutdown])
+        // The host will send no more; it has not said it will receive no more.
+        #expect(packets.first?.0.flags == VsockHeader.ShutdownFlag.send)
         #expect(h.host.socket(handle)?.readable == false)
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 5), Array("after".utf8))
+        #expect(h.host.socket(handle)?.output == Array("after".utf8))
+        #expect(h.device.connectionKeys.count == 1)
         try h.send(h.packet(Op.reset, guestPort: 7000, hostPort: 52))
         #expect(h.device.connectionKeys.isEmpty)
         #expect(h.host.socket(handle)?.closed == true)
@@ -504,6 +564,259 @@ struct VirtioVsockTests {
         // A CONNECT with no driver closes at once.
         let late = h.hostConnects("CONNECT 1\n")
         #expect(h.host.socket(late)?.closed == true)
+    }
+}
+
+extension VirtioVsockTests {
+    @Test("a reset leaves the socket closes and the paused listener to the host side's thread, and the guest sees it at once")
+    func resetOnHostThread() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(4)
+        let handle = try established(h, allocation: 4096)
+        h.host.hostSends(handle, Array("late".utf8))
+        // Accepting fails: the listener is paused.
+        h.host.state.withLock { $0.acceptFails = true }
+        h.device.listenerReady()
+        #expect(h.host.state.withLock { $0.listenerWatched } == false)
+        h.host.state.withLock {
+            $0.acceptFails = false
+            $0.deferWork = true
+        }
+
+        h.device.reset()
+        // The guest's view is reset at once; nothing was closed on this thread.
+        #expect(h.device.connectionKeys.isEmpty)
+        #expect(h.host.socket(handle)?.closed == false)
+        #expect(h.host.state.withLock { $0.closedOn.isEmpty && !$0.listenerWatched })
+        // Until the host side's thread closes it, the old socket's reports reach nothing,
+        // and neither do the guest's packets for the old connection.
+        try h.reactivate()
+        try h.offerReceiveBuffers(4)
+        h.device.hostSocketReady(handle, events: .readable)
+        h.device.notify(queue: 0)
+        #expect(try h.received().isEmpty)
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 3), [1, 2, 3])
+        #expect(try h.received().map(\.0.operation) == [Op.reset])
+        #expect(h.host.socket(handle)?.output == [])
+
+        // The host side's thread runs the work: the socket closed there, the listener back.
+        let host = h.host
+        var thread = pthread_t()
+        let ranOn = Mutex<pthread_t?>(nil)
+        #expect(
+            VCPUThread.create(&thread) {
+                ranOn.withLock { $0 = pthread_self() }
+                host.runDeferredWork()
+            } == 0)
+        VCPUThread.join(thread)
+        #expect(h.host.socket(handle)?.closed == true)
+        #expect(h.host.state.withLock { $0.closedOn } == [ranOn.withLock { $0 }].compactMap { $0 })
+        #expect(h.host.state.withLock { $0.listenerWatched })
+        // The listener takes connections again, and the guest hears of them.
+        h.host.state.withLock { $0.deferWork = false }
+        let late = h.hostConnects("CONNECT 9\n")
+        #expect(h.host.socket(late)?.closed == false)
+        #expect(try h.received().map(\.0.operation) == [Op.request])
+    }
+}
+
+extension VirtioVsockTests {
+    @Test(
+        "a guest sending as its credit allows while the host takes bytes slowly never grows the host-bound buffer past its limit")
+    func boundedHostBuffer() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(8)
+        let handle = try established(h, allocation: 4096)
+        let key = VirtioVsockDevice.Key(hostPort: 52, guestPort: 7000)
+        h.host.setSendLimit(handle, 0)
+        let chunk = [UInt8](repeating: 7, count: 4096)
+        for _ in 0..<16 { try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: chunk.count), chunk) }
+        var largest = 0
+        var largestCapacity = 0
+        // The host takes 1000 bytes at a time; the guest sends 1000 more each time.
+        let piece = [UInt8](repeating: 8, count: 1000)
+        for _ in 0..<300 {
+            h.host.setSendLimit(handle, 1000)
+            h.device.hostSocketReady(handle, events: .writable)
+            h.host.setSendLimit(handle, 0)
+            try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: piece.count), piece)
+            let buffer = try #require(h.device.hostBoundBuffer(key))
+            largest = max(largest, buffer.count)
+            largestCapacity = max(largestCapacity, buffer.capacity)
+        }
+        #expect(largest <= VirtioVsockDevice.pendingLimit, "\(largest)")
+        #expect(largestCapacity <= 2 * VirtioVsockDevice.pendingLimit, "\(largestCapacity)")
+        #expect(h.host.socket(handle)?.output.count == 300 * 1000)
+        // A byte past the credit ends the connection.
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 1), [1])
+        #expect(h.device.connectionKeys.isEmpty)
+    }
+
+    @Test(
+        "connections waiting for an rx buffer are listed once: a guest reopening one without posting buffers cannot grow the list"
+    )
+    func boundedDataReady() throws {
+        let h = try VsockHarness()
+        h.host.state.withLock { _ = $0.listening.insert(52) }
+        // A RST waits for an rx buffer first, so the list is not served meanwhile.
+        try h.send(h.packet(Op.readWrite, guestPort: 1, hostPort: 99, length: 1), [0])
+        for _ in 0..<50 {
+            try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 52, allocation: 4096))
+            let handle = h.host.lastHandle
+            h.host.hostSends(handle, [1, 2, 3])
+            h.device.hostSocketReady(handle, events: .readable)
+            try h.send(h.packet(Op.reset, guestPort: 7000, hostPort: 52))
+        }
+        #expect(h.device.dataReadyCount == 0)
+        try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 52, allocation: 4096))
+        h.host.hostSends(h.host.lastHandle, [1, 2, 3])
+        h.device.hostSocketReady(h.host.lastHandle, events: .readable)
+        #expect(h.device.dataReadyCount == 1)
+        // Its bytes still arrive once buffers come.
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+        let all = try h.received()
+        let packets = all.filter { $0.0.operation == Op.readWrite }
+        #expect(packets.map(\.1) == [[1, 2, 3]], "\(all.map { ($0.0.operation, $0.0.sourcePort, $0.0.destinationPort) })")
+    }
+
+    @Test("a watch the host side cannot change ends the connection with a RST; a CONNECT it cannot watch is closed")
+    func failedWatch() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(8)
+        let handle = try established(h, allocation: 4096)
+        h.host.setSendLimit(handle, 0)
+        h.host.state.withLock { _ = $0.watchFails.insert(handle) }
+        // Bytes the host cannot take yet: the device must watch for writability, and cannot.
+        try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: 3), [1, 2, 3])
+        #expect(h.device.connectionKeys.isEmpty)
+        #expect(h.host.socket(handle)?.closed == true)
+        #expect(try h.received().map(\.0.operation) == [Op.reset])
+
+        let next = h.host.state.withLock { state in
+            state.watchFails.insert(state.nextHandle + 1)
+            return state.nextHandle + 1
+        }
+        #expect(h.host.hostConnects(sending: Array("CONNECT 5\n".utf8)) == next)
+        h.device.listenerReady()
+        #expect(h.host.socket(next)?.closed == true)
+        #expect(h.device.waitingLineCount == 0)
+    }
+
+    @Test("a paused listener resumes when a connection ends; a resume whose watch fails is tried again at the next")
+    func listenerResumes() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(8)
+        _ = try established(h, allocation: 4096)
+        h.host.state.withLock { $0.acceptFails = true }
+        h.device.listenerReady()
+        #expect(h.host.state.withLock { $0.listenerWatched } == false)
+        h.host.state.withLock {
+            $0.acceptFails = false
+            $0.listenerWatchFails = true
+        }
+        try h.send(h.packet(Op.reset, guestPort: 7000, hostPort: 52))
+        #expect(h.host.state.withLock { $0.listenerWatched } == false)
+        h.host.state.withLock { $0.listenerWatchFails = false }
+        _ = try established(h, allocation: 4096)
+        try h.send(h.packet(Op.reset, guestPort: 7000, hostPort: 52))
+        #expect(h.host.state.withLock { $0.listenerWatched } == true)
+    }
+
+    @Test("one CREDIT_UPDATE waits at a time: drains past the threshold and CREDIT_REQUESTs while no rx buffer is free send one")
+    func oneCreditUpdate() throws {
+        let h = try VsockHarness()
+        let handle = try established(h, allocation: 4096)
+        h.host.setSendLimit(handle, 0)
+        let chunk = [UInt8](repeating: 3, count: 10_000)
+        for _ in 0..<6 { try h.send(h.packet(Op.readWrite, guestPort: 7000, hostPort: 52, length: chunk.count), chunk) }
+        for _ in 0..<6 {
+            h.host.setSendLimit(handle, 10_000)
+            h.device.hostSocketReady(handle, events: .writable)
+        }
+        #expect(h.host.socket(handle)?.output.count == 60_000)
+        for _ in 0..<5 { try h.send(h.packet(Op.creditRequest, guestPort: 7000, hostPort: 52)) }
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+        let updates = try h.received().filter { $0.0.operation == Op.creditUpdate }
+        #expect(updates.count == 1)
+        #expect(updates.first?.0.forwardCount == 60_000)
+        // Asked again with buffers free: answered, though nothing changed.
+        try h.send(h.packet(Op.creditRequest, guestPort: 7000, hostPort: 52))
+        #expect(try h.received().map(\.0.operation) == [Op.creditUpdate])
+    }
+
+    @Test("CREDIT_REQUESTs that wait for an rx buffer get one CREDIT_UPDATE when it comes, though nothing changed")
+    func creditRequestWaits() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(1)
+        _ = try established(h, allocation: 4096)
+        // No rx buffer left: each request's notification finds the update first in line.
+        for _ in 0..<3 { try h.send(h.packet(Op.creditRequest, guestPort: 7000, hostPort: 52)) }
+        try h.offerReceiveBuffers(4)
+        h.device.notify(queue: 0)
+        #expect(try h.received().map(\.0.operation) == [Op.creditUpdate])
+    }
+}
+
+@Suite("virtio vsock under the vCPU seccomp filter")
+struct VsockConfinedResetTests {
+    @Test("a reset on a thread whose filter refuses close still closes the host socket, on the I/O thread")
+    func resetUnderVCPUFilter() throws {
+        let directory = try VsockUnixSocketTests.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/v.sock"
+        let thread = try IOThread()
+        // The I/O thread under its own filter: what it needs for the closes is allowed.
+        #expect(thread.start(confine: { (try? Seccomp.install(.io)) != nil }) == 0)
+        defer { thread.stop() }
+        let h = try VsockHarness(side: VsockUnixHost(listener: try HostUnixListener.listen(path: path), thread: thread))
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+        // The guest connects to host port 52, where a host program listens.
+        let port52 = try HostUnixListener.listen(path: path + "_52")
+        try h.send(h.packet(Op.request, guestPort: 7000, hostPort: 52))
+        var accepted: Int32?
+        #expect(
+            eventually {
+                if case .accepted(let fd) = HostSocket.accept(port52.descriptor) { accepted = fd }
+                return accepted != nil
+            })
+        let peer = try #require(accepted)
+        defer { HostSocket.close(peer) }
+        #expect(try h.received().first?.0.operation == Op.response)
+        var buffer = [UInt8](repeating: 0, count: 16)
+        #expect(HostSocket.receive(peer, into: &buffer, count: 16) == .wouldBlock)
+
+        // The reset, from a thread confined as a vCPU thread is.
+        let device = h.device
+        let installed = Mutex<Bool>(false)
+        var vcpu = pthread_t()
+        #expect(
+            VCPUThread.create(&vcpu) {
+                let confined = (try? Seccomp.install(.vcpu)) != nil
+                installed.withLock { $0 = confined }
+                device.reset()
+            } == 0)
+        VCPUThread.join(vcpu)
+        #expect(installed.withLock { $0 })
+        #expect(h.device.connectionKeys.isEmpty)
+        // The host program reads the end: the device's socket was closed, not leaked.
+        #expect(eventually { HostSocket.receive(peer, into: &buffer, count: 16) == .transferred(0) })
+
+        // After the driver sets the device up again, a host program's CONNECT reaches the guest.
+        try h.reactivate()
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+        let client = try #require(HostSocket.connect(path: path))
+        defer { HostSocket.close(client) }
+        #expect(HostSocket.send(client, Array("CONNECT 77\n".utf8)[...]) == .transferred(11))
+        var packets: [(VsockHeader, [UInt8])] = []
+        #expect(
+            try eventually {
+                packets += try h.received(); return !packets.isEmpty
+            })
+        #expect(packets.first?.0.operation == Op.request && packets.first?.0.destinationPort == 77)
     }
 }
 
