@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Measures how fast `swiftvisor firecracker` serves its API after being spawned.
+
+Usage: Tools/bench-api.py [--binary PATH] [--runs N]
+
+For each run: spawn `swiftvisor firecracker --api-sock SOCKET`, then try to connect and
+send `GET /` until a 200 comes back, and note the time from spawn to that answer; then
+SIGTERM the process. In the same run, as the floor a process start costs on this host,
+it times `swiftvisor firecracker --version` from spawn to exit. Prints the median and
+p90 of both and their ratio (absolute times on shared hosts are noise; the ratio says
+what the server itself adds). Then it holds one server open and times 2,000 `GET /`
+requests on one keep-alive connection (median and p99 latency, requests per second).
+"""
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+
+def read_response(sock):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head.split(b"\r\n")[0]
+
+
+def ready_time(binary, path):
+    start = time.perf_counter()
+    process = subprocess.Popen([binary, "firecracker", "--api-sock", path],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(path)
+                sock.sendall(REQUEST)
+                status = read_response(sock)
+                sock.close()
+                if b" 200" in status:
+                    return time.perf_counter() - start
+            except (FileNotFoundError, ConnectionRefusedError, ConnectionError):
+                sock.close()
+                time.sleep(0.0002)
+            if time.perf_counter() - start > 10:
+                raise TimeoutError("no answer within 10 s")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def version_time(binary):
+    start = time.perf_counter()
+    subprocess.run([binary, "firecracker", "--version"], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", default=".build/release/swiftvisor")
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    directory = tempfile.mkdtemp(prefix="swiftvisor-api-bench-")
+    path = os.path.join(directory, "api.sock")
+    ready, floor = [], []
+    for _ in range(args.runs):
+        floor.append(version_time(args.binary))
+        ready.append(ready_time(args.binary, path))
+    ms = lambda seconds: seconds * 1000
+    print(f"api-ready: spawn to the first GET / answered: median {ms(statistics.median(ready)):.2f} ms, "
+          f"p90 {ms(percentile(ready, 0.9)):.2f} ms ({args.runs} runs)")
+    print(f"reference: spawn to exit of `firecracker --version`: median {ms(statistics.median(floor)):.2f} ms, "
+          f"p90 {ms(percentile(floor, 0.9)):.2f} ms")
+    print(f"ratio (median): {statistics.median(ready) / statistics.median(floor):.2f}x")
+
+    process = subprocess.Popen([args.binary, "firecracker", "--api-sock", path],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not os.path.exists(path):
+            time.sleep(0.001)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        latencies = []
+        began = time.perf_counter()
+        for _ in range(2000):
+            start = time.perf_counter()
+            sock.sendall(REQUEST)
+            read_response(sock)
+            latencies.append(time.perf_counter() - start)
+        elapsed = time.perf_counter() - began
+        sock.close()
+        print(f"GET / on one keep-alive connection: median {latencies and ms(statistics.median(latencies)) * 1000:.0f} us, "
+              f"p99 {ms(percentile(latencies, 0.99)) * 1000:.0f} us, {len(latencies) / elapsed:,.0f} requests/s")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+        if os.path.exists(path):
+            os.unlink(path)
+        os.rmdir(directory)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
