@@ -1,5 +1,6 @@
 public import ArgumentParser
 import SwiftVisor
+import VisorAPI
 
 extension LinuxBootProtocol: ExpressibleByArgument {}
 
@@ -24,7 +25,14 @@ extension SwiftVisorCommand {
                 """)
 
         @Option(help: "The kernel: a bzImage or an uncompressed x86-64 ELF vmlinux (detected by content).")
-        var kernel: String
+        var kernel: String?
+
+        @Option(
+            help: ArgumentHelp(
+                "Boot what a Firecracker configuration file describes (the JSON of GET /vm/config): kernel, "
+                    + "command line, vCPUs, memory, drives, network interfaces, vsock, entropy. Instead of --kernel.",
+                valueName: "file"))
+        var configFile: String?
 
         @Option(help: "An initial RAM disk (initramfs) to load.")
         var initrd: String?
@@ -59,6 +67,12 @@ extension SwiftVisorCommand {
         @OptionGroup var cpuid: CPUIDOptions
 
         func validate() throws {
+            if (kernel == nil) == (configFile == nil) {
+                throw ValidationError("give either --kernel or --config-file")
+            }
+            if configFile != nil, initrd != nil || cmdline != nil || cmdlineReplace != nil {
+                throw ValidationError("--config-file names the kernel, initrd and command line; drop --initrd and --cmdline")
+            }
             if cpus < 1 { throw ValidationError("--cpus must be at least 1") }
             if cmdline != nil, cmdlineReplace != nil {
                 throw ValidationError("give either --cmdline (appended) or --cmdline-replace, not both")
@@ -66,11 +80,27 @@ extension SwiftVisorCommand {
         }
 
         func run() throws {
+            // A configuration file replaces --kernel, --initrd, --cmdline, --memory, --cpus and
+            // the devices; the other options still apply.
+            var resources: VMResources?
+            if let configFile {
+                do {
+                    let bytes = try HostIO.readFile(configFile, limit: 1 << 20)
+                    resources = try VMResources(configFile: try JSON.parse(bytes))
+                } catch let error as MachineError {
+                    fail(error.description)
+                } catch {
+                    fail("the configuration file \(configFile): \(error)")
+                }
+            }
+            let kernelPath = resources?.bootSource?.kernelImagePath ?? kernel ?? ""
+            let initrdPath = resources.map { $0.bootSource?.initrdPath } ?? initrd
+            let memoryBytes = resources.map { $0.machine.memSizeMiB << 20 } ?? memory.bytes
             let kernelBytes: [UInt8]
             var initrdBytes: [UInt8]?
             do {
-                kernelBytes = try HostIO.readFile(kernel, limit: LinuxDefaults.kernelFileLimit)
-                if let initrd { initrdBytes = try HostIO.readFile(initrd, limit: Int(clamping: memory.bytes)) }
+                kernelBytes = try HostIO.readFile(kernelPath, limit: LinuxDefaults.kernelFileLimit)
+                if let initrdPath { initrdBytes = try HostIO.readFile(initrdPath, limit: Int(clamping: memoryBytes)) }
             } catch {
                 fail(error.description)
             }
@@ -82,7 +112,8 @@ extension SwiftVisorCommand {
             if output.trace { quirks.report.forEach(log) }
 
             let commandLine =
-                cmdlineReplace
+                resources.map { MachineLauncher.commandLine($0, quirks: quirks.commandLineOptions) }
+                ?? cmdlineReplace
                 ?? LinuxDefaults.commandLine(
                     quirks: quirks, appending: cmdline, virtioConsole: devices.console == .virtio)
             var request = LinuxBootRequest(
@@ -96,8 +127,14 @@ extension SwiftVisorCommand {
                 log("linux: kernel prepared (payload decompressed, if on the host) in \(formatMilliseconds(milliseconds)) ms")
             }
             var config = MachineConfiguration(guest: .linux(request))
-            config.memorySize = memory.bytes
-            config.vcpuCount = cpus
+            config.memorySize = memoryBytes
+            config.vcpuCount = resources?.machine.vcpuCount ?? cpus
+            if let resources {
+                config.virtioDevices =
+                    MachineLauncher.configuration(
+                        resources, request: request, cpuid: CPUIDPolicy(), seccomp: true
+                    ).virtioDevices
+            }
             config.cpuid = quirks.linuxPolicy(from: basePolicy)
             config.collectStatistics = output.collectsStatistics
             confinement.apply(to: &config)

@@ -99,6 +99,31 @@ extension KVMIntegration.CLITests {
         #expect(line?.contains(" \(result.stdout.utf8.count) bytes") == true, "\(line ?? "")")
     }
 
+    @Test("boot --config-file: a Firecracker configuration file boots the test kernel with its vCPUs, memory and devices")
+    func bootConfigFile() throws {
+        let dir = try LinuxKernels.testKernel.get()
+        let file = try temporaryFile(
+            Array(
+                #"""
+                {"boot-source": {"kernel_image_path": "\#(dir)/vmlinux",
+                                 "boot_args": "console=ttyS0 reboot=k panic=1 kunit_shutdown=poweroff kunit.filter_glob=bits-test"},
+                 "drives": [], "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}, "entropy": {}}
+                """#.utf8))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let result = try run(["boot", "--config-file", file, "--stats"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("ok 1 bits-test"), "\(result.stdout.suffix(2000))")
+        #expect(result.stdout.contains("Memory: "), "\(result.stdout.prefix(3000))")
+        // The entropy device from the file is there: its statistics line is printed.
+        #expect(result.stderr.contains("virtio-rng0: "), "\(result.stderr)")
+        let bad = try temporaryFile(Array(#"{"drives": []}"#.utf8))
+        defer { try? FileManager.default.removeItem(atPath: bad) }
+        expectOneLineError(try run(["boot", "--config-file", bad]), mentioning: "boot-source")
+        let both = try run(["boot", "--config-file", file, "--kernel", dir + "/vmlinux"])
+        #expect(both.status == 64)
+        #expect(both.stderr.contains("either --kernel or --config-file"), "\(both.stderr)")
+    }
+
     @Test("boot --on-reboot restart boots again after a reset; SIGTERM then stops it")
     func bootRestartsOnReset() throws {
         let dir = try LinuxKernels.testKernel.get()
