@@ -87,8 +87,9 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
         self = .net(tap: tap, mac: mac)
     }
 
-    /// Six two-digit hexadecimal bytes separated by colons, or nil.
-    static func parseMAC(_ text: Substring) -> [UInt8]? {
+    /// Six two-digit hexadecimal bytes separated by colons, or nil (shared with the
+    /// control API's `guest_mac`).
+    package static func parseMAC(_ text: Substring) -> [UInt8]? {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 6 else { return nil }
         var bytes: [UInt8] = []

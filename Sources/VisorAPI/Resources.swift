@@ -1,3 +1,5 @@
+import SwiftVisor
+
 /// What a Firecracker client configures before `InstanceStart`: the shape of `GET /vm/config`
 /// and of the `--config-file` JSON. Each part parses itself from a request body with
 /// Firecracker's field names, and checks its own rules; rules across parts (one root
@@ -237,7 +239,7 @@ package struct NetworkInterfaceConfig: Sendable, Equatable {
         ifaceID = try reader.requiredString("iface_id")
         hostDevName = try reader.requiredString("host_dev_name")
         if let text = try reader.string("guest_mac") {
-            guard let mac = Self.parseMAC(text) else {
+            guard let mac = VirtioDeviceConfiguration.parseMAC(Substring(text)) else {
                 throw .badRequest(
                     "An error occurred when deserializing the json body of a request: The provided MAC address is invalid.")
             }
@@ -260,22 +262,9 @@ package struct NetworkInterfaceConfig: Sendable, Equatable {
         }
     }
 
-    static func parseMAC(_ text: String) -> [UInt8]? {
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 6 else { return nil }
-        var bytes: [UInt8] = []
-        for part in parts {
-            guard part.count == 2, let byte = UInt8(part, radix: 16) else { return nil }
-            bytes.append(byte)
-        }
-        return bytes
-    }
-
+    /// Lower case, as Firecracker shows a MAC.
     static func formatMAC(_ mac: [UInt8]) -> String {
-        mac.map { byte in
-            let digits = String(byte, radix: 16)
-            return digits.count == 1 ? "0" + digits : digits
-        }.joined(separator: ":")
+        VirtioDeviceConfiguration.formatMAC(mac).lowercased()
     }
 
     var json: JSONValue {
