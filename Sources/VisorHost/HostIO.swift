@@ -83,29 +83,38 @@ public enum HostIO {
     /// Checks that `path` opens for reading and is a regular file, without reading it: a
     /// control-API client naming a kernel learns at once if it cannot be used.
     package static func checkReadableFile(_ path: String) throws(HostFileError) {
+        let (fd, _) = try openRegularFile(path)
+        close(fd)
+    }
+
+    /// Opens `path` read-only and checks that it is a regular file; returns the descriptor
+    /// (the caller closes it) and the file's size.
+    private static func openRegularFile(_ path: String) throws(HostFileError) -> (Int32, Int) {
         let fd = unsafe open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw HostFileError(errno: errno) }
-        defer { close(fd) }
         var info = stat()
         // SAFETY: fstat(2) writes only `info`, a local that outlives the call.
-        guard unsafe fstat(fd, &info) == 0 else { throw HostFileError(errno: errno) }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw HostFileError(reason: "not a regular file") }
+        guard unsafe fstat(fd, &info) == 0 else {
+            let error = HostFileError(errno: errno)
+            close(fd)
+            throw error
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw HostFileError(reason: "not a regular file")
+        }
+        return (fd, Int(info.st_size))
     }
 
     /// Reads a whole regular file, refusing anything larger than `limit` bytes. The error is
     /// the reason, for the caller's own error type.
     package static func readRegularFile(_ path: String, limit: Int) throws(HostFileError) -> [UInt8] {
-        let fd = unsafe open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw HostFileError(errno: errno) }
+        let (fd, size) = try openRegularFile(path)
         defer { close(fd) }
-        var info = stat()
-        // SAFETY: fstat(2) writes only `info`, a local that outlives the call.
-        guard unsafe fstat(fd, &info) == 0 else { throw HostFileError(errno: errno) }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw HostFileError(reason: "not a regular file") }
-        guard info.st_size <= limit else {
-            throw HostFileError(reason: "\(info.st_size) bytes is larger than guest RAM")
+        guard size <= limit else {
+            throw HostFileError(reason: "\(size) bytes is larger than guest RAM")
         }
-        var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
+        var bytes = [UInt8](repeating: 0, count: size)
         var done = 0
         while done < bytes.count {
             // SAFETY: read(2) writes at most count - done bytes starting at offset done (< count).
