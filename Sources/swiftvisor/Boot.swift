@@ -82,17 +82,7 @@ extension SwiftVisorCommand {
         func run() throws {
             // A configuration file replaces --kernel, --initrd, --cmdline, --memory, --cpus and
             // the devices; the other options still apply.
-            var resources: VMResources?
-            if let configFile {
-                do {
-                    let bytes = try HostIO.readFile(configFile, limit: 1 << 20)
-                    resources = try VMResources(configFile: try JSON.parse(bytes))
-                } catch let error as MachineError {
-                    fail(error.description)
-                } catch {
-                    fail("the configuration file \(configFile): \(error)")
-                }
-            }
+            let resources = configFile.map(readConfigurationFile)
             let kernelPath = resources?.bootSource?.kernelImagePath ?? kernel ?? ""
             let initrdPath = resources.map { $0.bootSource?.initrdPath } ?? initrd
             let memoryBytes = resources.map { $0.machine.memSizeMiB << 20 } ?? memory.bytes

@@ -118,17 +118,7 @@ struct Firecracker: ParsableCommand {
 
         // Read and checked before the socket is bound: a bad file ends the process at once,
         // with nothing left behind.
-        var fileResources: VMResources?
-        if let configFile {
-            do {
-                let bytes = try HostIO.readFile(configFile, limit: 1 << 20)
-                fileResources = try VMResources(configFile: try JSON.parse(bytes))
-            } catch let error as MachineError {
-                fail(error.description)
-            } catch {
-                fail("the configuration file \(configFile): \(error)")
-            }
-        }
+        let fileResources = configFile.map(readConfigurationFile)
 
         let exit = ExitSignal()
         // SIGINT and SIGTERM stop a running VM (the process then ends with 128 + the
@@ -216,5 +206,18 @@ final class ExitSignal: Sendable {
     func wait() async -> Int32 {
         for await status in stream { return status }
         return 0
+    }
+}
+
+/// Reads and checks a Firecracker configuration file (for `firecracker --config-file` and
+/// `boot --config-file`); a file that cannot be read or breaks a rule is a one-line error.
+func readConfigurationFile(_ path: String) -> VMResources {
+    do {
+        let bytes = try HostIO.readFile(path, limit: 1 << 20)
+        return try VMResources(configFile: try JSON.parse(bytes))
+    } catch let error as MachineError {
+        fail(error.description)
+    } catch {
+        fail("the configuration file \(path): \(error)")
     }
 }
