@@ -61,6 +61,7 @@ let package = Package(
     products: [
         .library(name: "SwiftVisor", targets: ["SwiftVisor"]),
         .executable(name: "swiftvisor", targets: ["swiftvisor"]),
+        .executable(name: "swiftvisor-firecracker", targets: ["swiftvisor-firecracker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -131,6 +132,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
+        // A small static C launcher that binds the API socket before swiftvisor has loaded,
+        // then becomes `swiftvisor firecracker` (see its main.c).
+        .executableTarget(name: "swiftvisor-firecracker"),
         .executableTarget(
             name: "swiftvisor-example",
             dependencies: ["SwiftVisor", "SwiftVisorGuests"],

@@ -33,25 +33,51 @@ package final class APIServer: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let server: NIOAsyncChannel<Connection, Never>
     private let open = Atomic<Int>(0)
+    /// The connections being served, closed by `close()` before the event loop stops.
+    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
+    /// Set when `run()` has started, and when it has returned (every connection's task done).
+    private let running = Atomic<Bool>(false)
+    private let finished = Atomic<Bool>(false)
 
     /// Binds the socket at `path`, which must not exist (Firecracker refuses a stale one too).
     package static func bind(path: String, limits: Limits = Limits(), controller: VMMController) async throws(APIServerError)
         -> APIServer
     {
+        try await start(path: path, limits: limits, controller: controller) { bootstrap, initializer in
+            try await bootstrap.bind(
+                unixDomainSocketPath: path, cleanupExistingSocketFile: false, childChannelInitializer: initializer)
+        }
+    }
+
+    /// Serves a socket already bound and listening at `path` (by `swiftvisor-firecracker`,
+    /// before this process had loaded); connections made before now are waiting in its backlog.
+    package static func adopt(
+        descriptor: Int32, path: String, limits: Limits = Limits(), controller: VMMController
+    ) async throws(APIServerError) -> APIServer {
+        try await start(path: path, limits: limits, controller: controller) { bootstrap, initializer in
+            try await bootstrap.bind(descriptor, childChannelInitializer: initializer)
+        }
+    }
+
+    private typealias ChildInitializer = @Sendable (any Channel) -> EventLoopFuture<Connection>
+
+    private static func start(
+        path: String, limits: Limits, controller: VMMController,
+        listen: (ServerBootstrap, @escaping ChildInitializer) async throws -> NIOAsyncChannel<Connection, Never>
+    ) async throws(APIServerError) -> APIServer {
         // One event-loop thread is plenty for a control API and keeps start-up short.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let idleTimeout = TimeAmount.seconds(limits.idleTimeoutSeconds)
         do {
-            let server = try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 64)
-                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idleTimeout))
-                        try channel.pipeline.syncOperations.addHandler(IdleCloser())
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        return try Connection(wrappingChannelSynchronously: channel)
-                    }
+            let bootstrap = ServerBootstrap(group: group).serverChannelOption(.backlog, value: 64)
+            let server = try await listen(bootstrap) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idleTimeout))
+                    try channel.pipeline.syncOperations.addHandler(IdleCloser())
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    return try Connection(wrappingChannelSynchronously: channel)
                 }
+            }
             return APIServer(path: path, limits: limits, controller: controller, group: group, server: server)
         } catch {
             try? await group.shutdownGracefully()
@@ -72,6 +98,8 @@ package final class APIServer: Sendable {
 
     /// Serves connections until `close()`.
     package func run() async {
+        running.store(true, ordering: .releasing)
+        defer { finished.store(true, ordering: .releasing) }
         do {
             try await withThrowingDiscardingTaskGroup { tasks in
                 try await server.executeThenClose { connections in
@@ -85,16 +113,32 @@ package final class APIServer: Sendable {
         }
     }
 
-    /// Stops listening and removes the socket file.
+    /// Stops listening, closes every open connection, and removes the socket file. The event
+    /// loop stops only once `run()` has returned: a connection's task that still closed its
+    /// channel on a stopped loop would be an error (and a crash in later SwiftNIO).
     package func close() async {
         try? await server.channel.close()
-        try? await group.shutdownGracefully()
+        for channel in channels.withLock({ Array($0.values) }) { try? await channel.close() }
+        if running.load(ordering: .acquiring) {
+            // Every task was just given a closed channel; they end within milliseconds.
+            for _ in 0..<500 where !finished.load(ordering: .acquiring) {
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+        }
+        if finished.load(ordering: .acquiring) || !running.load(ordering: .acquiring) {
+            try? await group.shutdownGracefully()
+        }
         HostIO.removeFile(path)
     }
 
     private func serve(_ connection: Connection) async {
         let count = open.add(1, ordering: .relaxed).newValue
-        defer { open.subtract(1, ordering: .relaxed) }
+        let key = ObjectIdentifier(connection.channel)
+        channels.withLock { $0[key] = connection.channel }
+        defer {
+            channels.withLock { _ = $0.removeValue(forKey: key) }
+            open.subtract(1, ordering: .relaxed)
+        }
         // Every exit path of the handler below writes only after a request head: NIO's
         // pipeline handler traps on a response to no request.
         try? await connection.executeThenClose { inbound, outbound in

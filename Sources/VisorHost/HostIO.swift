@@ -1,6 +1,7 @@
 // Public only so that the clock below can be inlined into the vCPU loop, as it was when
 // it lived in the same module.
 public import Glibc
+import Synchronization
 
 /// Small host helpers over libc, so the VMM needs no Foundation.
 ///
@@ -78,6 +79,66 @@ public enum HostIO {
     package static func removeFile(_ path: String) {
         // SAFETY: the path is passed as a NUL-terminated copy that lives for the call.
         _ = unsafe unlink(path)
+    }
+
+    /// Names the process (its main thread; at most 15 bytes, as Linux keeps) as `ps` and
+    /// `/proc/PID/comm` show it. Threads started afterwards inherit the name.
+    package static func nameProcess(_ name: String) {
+        // SAFETY: the path is passed as a NUL-terminated copy that lives for the call.
+        let fd = unsafe Glibc.open("/proc/self/comm", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        let bytes = Array(name.utf8.prefix(15))
+        // SAFETY: the buffer is a local array that lives for the call; write reads at most
+        // `bytes.count` bytes of it.
+        _ = unsafe bytes.withUnsafeBytes { unsafe Glibc.write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+
+    /// When a launcher bound the API socket and passed it down, removes its file when the
+    /// process exits, whatever the way (an argument error included): a process that ends
+    /// leaves no socket behind. Called once at start-up, before the variables are taken.
+    package static func removeInheritedSocketAtExit() {
+        // SAFETY: getenv's pointer points into the environment and is copied at once.
+        guard let path = unsafe getenv("SWIFTVISOR_API_SOCKET_PATH").map({ unsafe String(cString: $0) }) else {
+            return
+        }
+        inheritedSocketPath.withLock { $0 = path }
+        _ = atexit {
+            if let path = inheritedSocketPath.withLock({ $0 }) { HostIO.removeFile(path) }
+        }
+    }
+
+    /// The listening Unix socket a launcher bound at `path` and passed down (its descriptor
+    /// and path in `SWIFTVISOR_API_SOCKET_FD` and `SWIFTVISOR_API_SOCKET_PATH`), or nil
+    /// when there is none, it was bound at another path, or the descriptor is not a
+    /// listening socket. The variables are removed either way; a socket for another path
+    /// is closed and its file removed, so nothing the launcher made is left behind.
+    package static func takeInheritedListeningSocket(path: String) -> Int32? {
+        // SAFETY: getenv's pointers point into the environment and are copied into Strings
+        // at once, before unsetenv below changes it; the names are NUL-terminated copies
+        // that live for each call. Called once, on one thread, at start-up.
+        guard let text = unsafe getenv("SWIFTVISOR_API_SOCKET_FD").map({ unsafe String(cString: $0) }) else {
+            return nil
+        }
+        let inheritedPath = unsafe getenv("SWIFTVISOR_API_SOCKET_PATH").map { unsafe String(cString: $0) }
+        _ = unsafe unsetenv("SWIFTVISOR_API_SOCKET_FD")
+        _ = unsafe unsetenv("SWIFTVISOR_API_SOCKET_PATH")
+        guard let fd = Int32(text), fd > 2 else { return nil }
+        var listening: Int32 = 0
+        var size = socklen_t(MemoryLayout<Int32>.size)
+        // SAFETY: `listening` and `size` are local and live for the call; the kernel writes
+        // at most `size` bytes into `listening`.
+        let status = unsafe getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size)
+        guard status == 0, listening == 1, inheritedPath == path else {
+            if status == 0 {
+                close(fd)
+                if let inheritedPath { removeFile(inheritedPath) }
+            }
+            return nil
+        }
+        // Close-on-exec from now on: nothing this process starts should hold the socket.
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        return fd
     }
 
     /// Checks that `path` opens for reading and is a regular file, without reading it: a
@@ -224,3 +285,6 @@ package struct HostFileError: Error {
     package init(reason: String) { self.reason = reason }
     package init(errno code: Int32) { self.reason = HostIO.errnoText(code) }
 }
+
+/// The launcher's socket file, removed at exit (`HostIO.removeInheritedSocketAtExit`).
+private let inheritedSocketPath = Mutex<String?>(nil)

@@ -141,7 +141,12 @@ struct Firecracker: ParsableCommand {
             var limits = APIServer.Limits()
             limits.maxPayload = httpAPIMaxPayloadSize
             do {
-                server = try await APIServer.bind(path: apiSock, limits: limits, controller: controller)
+                if let descriptor = HostIO.takeInheritedListeningSocket(path: apiSock) {
+                    server = try await APIServer.adopt(
+                        descriptor: descriptor, path: apiSock, limits: limits, controller: controller)
+                } else {
+                    server = try await APIServer.bind(path: apiSock, limits: limits, controller: controller)
+                }
             } catch {
                 fail(error.description)
             }

@@ -1,4 +1,5 @@
 import Glibc
+import VisorHost
 import VisorKVM
 
 if SwiftVisorCommand.servesFirecracker {
@@ -11,6 +12,10 @@ if SwiftVisorCommand.servesFirecracker {
     // would kill the process there. `Firecracker.run` parks this thread the same way while
     // the server runs on Swift's task pool, and exits the process when it is done.
     VCPUSignals.block(SignalRouter.controlSignals)
+    HostIO.removeInheritedSocketAtExit()
+    // Started by swiftvisor-firecracker, the process is named after this file; clients
+    // that look for a process named `firecracker` (`/proc/PID/comm`) still find it.
+    HostIO.nameProcess("firecracker")
     Firecracker.main(SwiftVisorCommand.firecrackerArguments)
 } else {
     SwiftVisorCommand.main()

@@ -11,12 +11,16 @@ final class FirecrackerProcess {
     /// From spawn to a socket that accepts a request.
     private(set) var readyAfter: TimeInterval = 0
 
-    init(arguments: [String] = [], executableName: String? = nil) throws {
+    /// `executableName`: started through a link of that name to swiftvisor; `launcher`:
+    /// started as swiftvisor-firecracker, which binds the socket and then runs swiftvisor.
+    init(arguments: [String] = [], executableName: String? = nil, launcher: Bool = false) throws {
         directory = NSTemporaryDirectory() + "swiftvisor-fc-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         socket = directory + "/api.sock"
         var executable = KVMIntegration.CLITests.binary
-        if let executableName {
+        if launcher {
+            executable = FirecrackerProcess.launcher
+        } else if let executableName {
             let link = directory + "/" + executableName
             try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: executable.path)
             executable = URL(fileURLWithPath: link)
@@ -41,6 +45,11 @@ final class FirecrackerProcess {
             usleep(500)
         }
         readyAfter = Date().timeIntervalSince(started)
+    }
+
+    /// swiftvisor-firecracker, beside swiftvisor in the build folder.
+    static var launcher: URL {
+        KVMIntegration.CLITests.binary.deletingLastPathComponent().appendingPathComponent("swiftvisor-firecracker")
     }
 
     deinit {
@@ -229,6 +238,45 @@ extension KVMIntegration {
             defer { try? FileManager.default.removeItem(atPath: badFile) }
             let bad = try cli.run(["firecracker", "--no-api", "--config-file", badFile])
             cli.expectOneLineError(bad, mentioning: "boot-source")
+        }
+
+        /// The launcher binds before swiftvisor has loaded: a request sent the moment the
+        /// socket appears waits in its backlog and is answered; the process is named
+        /// `firecracker`; an argument error or a socket path that exists leaves nothing behind.
+        @Test(
+            "swiftvisor-firecracker: the socket is bound before swiftvisor loads, early requests are answered, errors leave no socket"
+        )
+        func launcher() throws {
+            let fc = try FirecrackerProcess(launcher: true)
+            let early = try fc.request("GET", "/")
+            #expect(early.status == 200, "\(early.body) \(fc.errors.text)")
+            #expect(early.json?["state"] as? String == "Not started")
+            let comm = try String(contentsOfFile: "/proc/\(fc.process.processIdentifier)/comm", encoding: .utf8)
+            #expect(comm == "firecracker\n")
+            fc.process.terminate()
+            #expect(fc.waitForExit(seconds: 10) == 143)
+            #expect(!FileManager.default.fileExists(atPath: fc.socket), "the socket file is removed at exit")
+
+            let bad = try FirecrackerProcess(arguments: ["--id", "not valid!"], launcher: true)
+            #expect(bad.waitForExit(seconds: 10) == 64)
+            #expect(bad.errors.text.contains("--id"), "\(bad.errors.text)")
+            #expect(!FileManager.default.fileExists(atPath: bad.socket), "an argument error leaves no socket")
+
+            // A path that exists: the launcher cannot bind, and swiftvisor says why.
+            let taken = NSTemporaryDirectory() + "swiftvisor-taken-\(getpid()).sock"
+            #expect(FileManager.default.createFile(atPath: taken, contents: Data()))
+            defer { try? FileManager.default.removeItem(atPath: taken) }
+            let process = Process()
+            process.executableURL = FirecrackerProcess.launcher
+            process.arguments = ["--api-sock", taken]
+            let err = Pipe()
+            process.standardError = err
+            try process.run()
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 1)
+            let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(message.contains("cannot listen on the API socket"), "\(message)")
+            #expect(FileManager.default.fileExists(atPath: taken), "a file that was there is left alone")
         }
 
         @Test("lifecycle on the test kernel: configure, start, Running, pause, Paused, resume, Ctrl-Alt-Del, exit 0")
