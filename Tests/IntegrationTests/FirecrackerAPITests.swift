@@ -240,6 +240,74 @@ extension KVMIntegration {
             cli.expectOneLineError(bad, mentioning: "boot-source")
         }
 
+        /// API/openapi.json against the server, both ways: every operation it lists is
+        /// served (not "Invalid request method and/or path") and answers only with the
+        /// statuses it documents, a 200 with the members its schema requires and no others;
+        /// and every method and path the server serves, among Firecracker's resources and
+        /// a few that are not, is in the document.
+        @Test("the OpenAPI document lists exactly what the server serves, with the statuses and bodies it answers")
+        func openAPIDocument() throws {
+            let url = LinuxKernels.repository.appendingPathComponent("API/openapi.json")
+            let document = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+            let paths = try #require(document["paths"] as? [String: [String: Any]])
+            let schemas = try #require((document["components"] as? [String: Any])?["schemas"] as? [String: Any])
+            let fc = try FirecrackerProcess()
+            let invalidPrefix = "Invalid request method and/or path"
+            func concrete(_ template: String) -> String {
+                template.split(separator: "/").map { $0.hasPrefix("{") ? "probe_1" : String($0) }.reduce("") { $0 + "/" + $1 }
+            }
+            for (template, operations) in paths {
+                for (method, value) in operations {
+                    let operation = try #require(value as? [String: Any])
+                    let documented = Set((operation["responses"] as? [String: Any] ?? [:]).keys.compactMap { Int($0) })
+                    let verb = method.uppercased()
+                    let path = template == "/" ? "/" : concrete(template)
+                    let response = try fc.request(verb, path, verb == "GET" ? nil : "{}")
+                    #expect(documented.contains(response.status), "\(verb) \(path): \(response.status) \(response.body)")
+                    #expect(response.fault?.hasPrefix(invalidPrefix) != true, "\(verb) \(path) is documented but not served")
+                    guard response.status == 200,
+                        let reference =
+                            ((((operation["responses"] as? [String: Any])?["200"] as? [String: Any])?["content"]
+                            as? [String: Any])?["application/json"] as? [String: Any])?["schema"] as? [String: Any],
+                        let name = (reference["$ref"] as? String)?.split(separator: "/").last,
+                        let schema = schemas[String(name)] as? [String: Any]
+                    else { continue }
+                    let keys = Set(response.json?.keys.map { $0 } ?? [])
+                    let properties = Set((schema["properties"] as? [String: Any] ?? [:]).keys)
+                    let required = Set(schema["required"] as? [String] ?? [])
+                    #expect(required.isSubset(of: keys), "\(verb) \(path) lacks \(required.subtracting(keys))")
+                    #expect(keys.isSubset(of: properties), "\(verb) \(path) has undocumented \(keys.subtracting(properties))")
+                }
+            }
+            // The other way round. Like Firecracker, the server routes on the first path
+            // segment (and an ID or operation after it) and ignores any further segments,
+            // so a served method on a resource must be documented for that resource; the
+            // refusals of resources SwiftVisor does not implement are not service.
+            func isDocumented(_ method: String, _ resource: String) -> Bool {
+                paths.contains { template, operations in
+                    operations[method.lowercased()] != nil && template.split(separator: "/").first.map(String.init) == resource
+                }
+            }
+            let resources = Set(paths.keys.compactMap { $0.split(separator: "/").first.map(String.init) }).union([
+                "vm", "snapshot", "actions", "version", "drives", "network-interfaces", "machine-config", "boot-source",
+                "vsock", "entropy", "logger", "metrics", "serial", "balloon", "mmds", "hotplug", "pmem", "cpu-config",
+                "memory", "instance", "unknown",
+            ])
+            for resource in resources.sorted() {
+                for path in ["/\(resource)", "/\(resource)/probe_1"] {
+                    for method in ["GET", "PUT", "PATCH", "POST", "DELETE"] {
+                        let response = try fc.request(method, path, method == "GET" ? nil : "{}")
+                        let fault = response.fault ?? ""
+                        let served = !fault.hasPrefix(invalidPrefix) && !fault.hasSuffix("is not implemented by SwiftVisor.")
+                        #expect(
+                            !served || isDocumented(method, resource),
+                            "\(method) \(path) is served (\(response.status) \(response.body)) but not documented")
+                    }
+                }
+            }
+            #expect(try fc.request("GET", "/").status == 200, "the server lives on")
+        }
+
         /// The launcher binds before swiftvisor has loaded: a request sent the moment the
         /// socket appears waits in its backlog and is answered; the process is named
         /// `firecracker`; an argument error or a socket path that exists leaves nothing behind.
