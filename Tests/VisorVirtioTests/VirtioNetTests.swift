@@ -27,13 +27,17 @@ final class NetHarness {
     var interrupts: Int { raised.value.load(ordering: .relaxed) }
     static let mac: [UInt8] = [0x06, 0x00, 0xAC, 0x10, 0x00, 0x01]
 
-    init(receiveSize: UInt16 = 8) throws {
+    init(
+        receiveSize: UInt16 = 8, receiveLimiter: RateLimiter = RateLimiter(), transmitLimiter: RateLimiter = RateLimiter(),
+        clock: @escaping @Sendable () -> UInt64 = { 0 }
+    ) throws {
         memory = try FakeDriver.memory()
         receive = FakeDriver(memory: memory, size: receiveSize, descriptors: 0x1000, available: 0x2000, used: 0x3000)
         transmit = FakeDriver(memory: memory, descriptors: 0x4000, available: 0x5000, used: 0x6000)
         let (tap, peer) = try HostTap.socketPair()
         self.peer = peer
-        device = VirtioNetDevice(tap: tap, mac: Self.mac)
+        device = VirtioNetDevice(
+            tap: tap, mac: Self.mac, receiveLimiter: receiveLimiter, transmitLimiter: transmitLimiter, clock: clock)
         let interrupt = VirtioInterrupt { [raised] level in if level { raised.value.add(1, ordering: .relaxed) } }
         try device.activate(
             features: 0, queues: [try receive.queue(), try transmit.queue()], memory: memory, interrupt: interrupt)
