@@ -53,10 +53,12 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
     /// checksum or segmentation offloads. Frames longer than 65,535 bytes or than the
     /// guest's receive buffer are dropped and counted. Needs the I/O thread
     /// (`MachineConfiguration.virtioIOThread`). `receiveLimiter` and `transmitLimiter` limit
-    /// each direction (bandwidth: frame bytes; ops: frames).
+    /// each direction (bandwidth: frame bytes; ops: frames). `mtu` (68 to 65,535), when
+    /// given, is offered to the guest with VIRTIO_NET_F_MTU; the TAP's own MTU is the
+    /// host's to set to match (`ip link set TAP mtu N`).
     case net(
         tap: String, mac: [UInt8]?, receiveLimiter: RateLimiterConfiguration? = nil,
-        transmitLimiter: RateLimiterConfiguration? = nil)
+        transmitLimiter: RateLimiterConfiguration? = nil, mtu: UInt16? = nil)
 
     /// A network device given as `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]` (the form of
     /// `swiftvisor --net`). Throws `MachineError.invalidDevices` with a one-line reason for
@@ -350,7 +352,8 @@ extension MachineBuilder {
         var macs: Set<[UInt8]> = []
         var taps: Set<String> = []
         for (index, device) in configuration.virtioDevices.enumerated() {
-            guard case .net(let tap, let mac, _, _) = device else { continue }
+            guard case .net(let tap, let mac, _, _, let mtu) = device else { continue }
+            if let mtu, mtu < 68 { throw .invalidDevices("TAP \(tap): an MTU of \(mtu) is below the minimum of 68") }
             guard configuration.virtioIOThread else {
                 throw .invalidDevices("the network device needs the I/O thread (virtioIOThread)")
             }
@@ -409,7 +412,7 @@ extension MachineBuilder {
                 model = VirtioVsockDevice(guestCID: cid, host: VsockUnixHost(listener: listener, thread: thread))
             case .console:
                 model = VirtioConsoleDevice(output: consoleOutput)
-            case .net(let name, let mac, let receiveLimit, let transmitLimit):
+            case .net(let name, let mac, let receiveLimit, let transmitLimit, let mtu):
                 guard let fastPath else {
                     throw .invalidDevices(
                         "the network device needs the I/O thread (ioeventfd, irqfd and the interrupt controller)")
@@ -418,7 +421,7 @@ extension MachineBuilder {
                 if let opened = configuration.openedTaps[index] { tap = opened } else { tap = try Self.openTap(name) }
                 let now = HostIO.monotonicNanoseconds()
                 let net = VirtioNetDevice(
-                    tap: tap, mac: mac ?? VirtioDeviceConfiguration.defaultMAC(index: index),
+                    tap: tap, mac: mac ?? VirtioDeviceConfiguration.defaultMAC(index: index), mtu: mtu,
                     receiveLimiter: receiveLimit?.limiter(now: now) ?? RateLimiter(),
                     transmitLimiter: transmitLimit?.limiter(now: now) ?? RateLimiter())
                 do throws(HostFileError) { try net.attach(to: fastPath.thread) } catch {
@@ -560,7 +563,7 @@ extension MachineConfiguration {
         // Duplicates are refused before a TAP is opened (or created).
         try MachineBuilder.validateVirtio(self)
         for (index, device) in virtioDevices.enumerated() {
-            if case .net(let name, _, _, _) = device, openedTaps[index] == nil {
+            if case .net(let name, _, _, _, _) = device, openedTaps[index] == nil {
                 openedTaps[index] = try MachineBuilder.openTap(name)
             }
         }

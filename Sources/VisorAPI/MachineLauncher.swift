@@ -65,7 +65,7 @@ package struct MachineLauncher: VMLauncher {
                 .net(
                     tap: interface.hostDevName, mac: interface.guestMAC,
                     receiveLimiter: interface.rxRateLimiter?.configuration,
-                    transmitLimiter: interface.txRateLimiter?.configuration))
+                    transmitLimiter: interface.txRateLimiter?.configuration, mtu: interface.mtu.flatMap { UInt16(exactly: $0) }))
         }
         if let vsock = resources.vsock {
             config.virtioDevices.append(.vsock(cid: UInt64(vsock.guestCID), udsPath: vsock.udsPath))

@@ -291,11 +291,6 @@ package struct NetworkInterfaceConfig: Sendable, Equatable {
         if let mtu, mtu < 68 {
             throw .badRequest("Network config error: The MTU \(mtu) is invalid: it must be between 68 and 65535.")
         }
-        if mtu != nil {
-            throw .badRequest(
-                "Network config error: `mtu` is not supported by SwiftVisor yet: the device offers no MTU and the guest uses 1500."
-            )
-        }
         rxRateLimiter = try RateLimiterConfig(parsing: reader.object("rx_rate_limiter"), field: "rx_rate_limiter")
         txRateLimiter = try RateLimiterConfig(parsing: reader.object("tx_rate_limiter"), field: "tx_rate_limiter")
         guard !hostDevName.isEmpty, hostDevName.utf8.count < 16 else {

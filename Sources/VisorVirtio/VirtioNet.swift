@@ -8,7 +8,7 @@ import Synchronization
 /// writes (`HostTap`).
 ///
 /// Offered: VIRTIO_NET_F_MAC (the configuration's MAC address) and VIRTIO_NET_F_STATUS
-/// (the link always up). Left out, on purpose: checksum and segmentation offloads,
+/// (the link always up), and VIRTIO_NET_F_MTU when an MTU is configured. Left out, on purpose: checksum and segmentation offloads,
 /// mergeable receive buffers, the control queue and multiqueue. Without offloads the header
 /// carries nothing, so the device writes it as zeros both ways (`num_buffers` 1 to the
 /// guest), and a driver's header fields that ask for offloads never reach the host kernel.
@@ -43,6 +43,7 @@ package final class VirtioNetDevice: VirtioDevice {
 
     /// Device feature bits (5.1.3).
     package enum Feature {
+        package static let mtu: UInt64 = 1 << 3
         package static let mac: UInt64 = 1 << 5
         package static let status: UInt64 = 1 << 16
     }
@@ -82,15 +83,19 @@ package final class VirtioNetDevice: VirtioDevice {
     private let tap: HostTap
     /// The monotonic clock in nanoseconds, for the rate limiters (a fake one in tests).
     private let clock: @Sendable () -> UInt64
-    /// The configuration space: mac[6], status (little-endian 16 bits).
+    /// The configuration space: mac[6], status, max_virtqueue_pairs (1) and, with an MTU,
+    /// mtu (little-endian 16 bits each).
     private let configuration: [UInt8]
+    /// The MTU offered with VIRTIO_NET_F_MTU, if any.
+    package let mtu: UInt16?
 
-    /// A network device on `tap` with MAC address `mac` (6 bytes). `receiveLimiter` and
+    /// A network device on `tap` with MAC address `mac` (6 bytes), offering `mtu` (68 to
+    /// 65,535) with VIRTIO_NET_F_MTU when given. `receiveLimiter` and
     /// `transmitLimiter` limit each direction (bandwidth: frame bytes without the header;
     /// ops: frames), on `clock` (monotonic nanoseconds); a throttled direction resumes from a
     /// timer of the I/O thread (`attach(to:)`).
     package init(
-        tap: HostTap, mac: [UInt8], receiveLimiter: RateLimiter = RateLimiter(),
+        tap: HostTap, mac: [UInt8], mtu: UInt16? = nil, receiveLimiter: RateLimiter = RateLimiter(),
         transmitLimiter: RateLimiter = RateLimiter(), clock: @escaping @Sendable () -> UInt64 = HostIO.monotonicNanoseconds
     ) {
         precondition(mac.count == 6, "a MAC address has 6 bytes")
@@ -100,7 +105,10 @@ package final class VirtioNetDevice: VirtioDevice {
             state.receiveLimiter = receiveLimiter
             state.transmitLimiter = transmitLimiter
         }
-        configuration = mac + [UInt8(truncatingIfNeeded: Self.linkUp), UInt8(truncatingIfNeeded: Self.linkUp >> 8)]
+        self.mtu = mtu
+        var configuration = mac + [UInt8(truncatingIfNeeded: Self.linkUp), UInt8(truncatingIfNeeded: Self.linkUp >> 8)]
+        if let mtu { configuration += [1, 0, UInt8(truncatingIfNeeded: mtu), UInt8(truncatingIfNeeded: mtu >> 8)] }
+        self.configuration = configuration
     }
 
     deinit {
@@ -175,7 +183,7 @@ package final class VirtioNetDevice: VirtioDevice {
     }
 
     package var deviceType: UInt32 { 1 }
-    package var deviceFeatures: UInt64 { Feature.mac | Feature.status }
+    package var deviceFeatures: UInt64 { Feature.mac | Feature.status | (mtu != nil ? Feature.mtu : 0) }
     package var queueMaximumSizes: [UInt16] { [Self.queueSize, Self.queueSize] }
 
     /// Chains completed both ways (malformed ones among them), frame bytes moved, and

@@ -380,7 +380,7 @@ struct JSONTextTests {
 
 @Suite("Firecracker API: what is refused until it works (no KVM)")
 struct NotYetTests {
-    @Test func rateLimitersAreAcceptedAndMTURefused() async {
+    @Test func rateLimitersAndMTUAreAccepted() async {
         let controller = makeController()
         let limited =
             #"{"drive_id": "d", "path_on_host": "/d", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#
@@ -397,13 +397,24 @@ struct NotYetTests {
             #"{"iface_id": "e", "host_dev_name": "tap0", "tx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}, "x": 1}}"#
         #expect(
             await controller.send("PUT", "/network-interfaces/e", unknown).faultMessage?.contains("unknown field `x`") == true)
-        let mtu = #"{"iface_id": "f", "host_dev_name": "tap1", "mtu": 9000}"#
-        #expect(await controller.send("PUT", "/network-interfaces/f", mtu).faultMessage?.contains("`mtu`") == true)
+        let lowMTU = #"{"iface_id": "f", "host_dev_name": "tap1", "mtu": 67}"#
+        #expect(
+            await controller.send("PUT", "/network-interfaces/f", lowMTU).faultMessage
+                == "Network config error: The MTU 67 is invalid: it must be between 68 and 65535.")
         let missingRefill = #"{"iface_id": "f", "host_dev_name": "tap1", "rx_rate_limiter": {"ops": {"size": 5}}}"#
         #expect(
             await controller.send("PUT", "/network-interfaces/f", missingRefill).faultMessage?.contains(
                 "missing field `refill_time`") == true)
         #expect(await controller.resources.networkInterfaces.count == 1)
+        let mtu = #"{"iface_id": "f", "host_dev_name": "tap1", "mtu": 9000}"#
+        #expect(await controller.send("PUT", "/network-interfaces/f", mtu).status == 204)
+        #expect(await controller.resources.networkInterfaces.last?.mtu == 9000)
+        let interfaces = json(await controller.send("GET", "/vm/config"))?["network-interfaces"]
+        guard case .array(let list)? = interfaces, list.count == 2 else {
+            Issue.record("network-interfaces: \(String(describing: interfaces))")
+            return
+        }
+        #expect(list[1]["mtu"] == .integer(9000))
     }
 }
 

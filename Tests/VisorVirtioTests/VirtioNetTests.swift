@@ -113,6 +113,17 @@ struct VirtioNetTests {
         #expect(h.device.readConfiguration(offset: 0, width: 4) == 0x10AC_0006)
     }
 
+    @Test("configuration with an MTU: VIRTIO_NET_F_MTU offered, max_virtqueue_pairs 1 and the MTU after the status")
+    func configurationWithMTU() throws {
+        let (tap, _) = try HostTap.socketPair()
+        let device = VirtioNetDevice(tap: tap, mac: NetHarness.mac, mtu: 9000)
+        #expect(device.deviceFeatures == F.mac | F.status | F.mtu)
+        #expect(device.readConfiguration(offset: 6, width: 2) == 1)
+        #expect(device.readConfiguration(offset: 8, width: 2) == 1)
+        #expect(device.readConfiguration(offset: 10, width: 2) == 9000)
+        #expect(device.readConfiguration(offset: 12, width: 2) == 0)
+    }
+
     @Test("receive: a frame from the TAP lands in a chain of two buffers, with a clean header")
     func receiveFrame() throws {
         let h = try NetHarness()
