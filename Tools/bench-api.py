@@ -73,6 +73,46 @@ def ready_time(command, path):
             os.unlink(path)
 
 
+def request(path, method, target, body):
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    data = body.encode()
+    sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+    status = read_response(sock)
+    sock.close()
+    return status
+
+
+def start_time(command, path, kernel, initrd):
+    """Returns (InstanceStart sent to its 204, InstanceStart sent to the first console byte)."""
+    process = subprocess.Popen(command + ["--api-sock", path], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                request(path, "PUT", "/machine-config", '{"vcpu_count": 1, "mem_size_mib": 128}')
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                time.sleep(0.001)
+        boot = {"kernel_image_path": kernel, "boot_args": "console=ttyS0 reboot=k panic=1 kunit.enable=0"}
+        if initrd:
+            boot["initrd_path"] = initrd
+        import json
+        status = request(path, "PUT", "/boot-source", json.dumps(boot))
+        assert b" 204" in status, status
+        start = time.perf_counter()
+        status = request(path, "PUT", "/actions", '{"action_type": "InstanceStart"}')
+        answered = time.perf_counter() - start
+        assert b" 204" in status, status
+        process.stdout.read(1)
+        return answered, time.perf_counter() - start
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+        if os.path.exists(path):
+            os.unlink(path)
+
+
 def version_time(binary):
     start = time.perf_counter()
     subprocess.run([binary, "firecracker", "--version"], stdout=subprocess.DEVNULL, check=True)
@@ -88,6 +128,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", default=".build/release/swiftvisor")
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--kernel", help="a bzImage: also time InstanceStart")
+    parser.add_argument("--initrd")
+    parser.add_argument("--start-runs", type=int, default=10)
     args = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="swiftvisor-api-bench-")
     path = os.path.join(directory, "api.sock")
@@ -110,6 +153,12 @@ def main():
         print(f"{name}: spawn to a connect that succeeds: {summary(connect)}")
         print(f"{name}: spawn to the first GET / answered: {summary(answer)}; "
               f"ratio to --version (medians) {statistics.median(answer) / statistics.median(floor):.2f}x")
+
+    if args.kernel:
+        command = [launcher] if os.path.exists(launcher) else [args.binary, "firecracker"]
+        starts = [start_time(command, path, args.kernel, args.initrd) for _ in range(args.start_runs)]
+        print(f"InstanceStart sent to its 204 (vCPUs started): {summary([a for a, _ in starts])} ({args.start_runs} runs)")
+        print(f"InstanceStart sent to the guest's first console byte: {summary([b for _, b in starts])}")
 
     process = subprocess.Popen([args.binary, "firecracker", "--api-sock", path],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

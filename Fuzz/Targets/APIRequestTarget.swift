@@ -73,6 +73,12 @@ func fuzzAPIRequest(_ data: [UInt8]) {
             case (.pause, .started): phase = .started(paused: true)
             case (.resume, .started): phase = .started(paused: false)
             case (.sendCtrlAltDel, .started), (.flushMetrics, .started): break
+            case (.updateDrive(let index, let update), .started):
+                precondition(resources.drives.indices.contains(index), "PATCH of a drive that is not there")
+                precondition(resources.drives[index].driveID == update.driveID, "PATCH of another drive")
+            case (.updateInterface(let index, let update), .started):
+                precondition(resources.networkInterfaces.indices.contains(index), "PATCH of an interface that is not there")
+                precondition(resources.networkInterfaces[index].ifaceID == update.ifaceID, "PATCH of another interface")
             default: preconditionFailure("\(runtime) allowed in phase \(phase)")
             }
         }

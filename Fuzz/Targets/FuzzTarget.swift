@@ -127,6 +127,12 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// nothing; the configuration keeps its invariants (one root drive, first; unique IDs,
     /// MACs and TAPs; machine limits); runtime requests only in their phase.
     case apiRequest = "api-request"
+    /// The devices' token-bucket rate limiter (`RateLimiter` of `VisorVirtio`) with buckets
+    /// of any 64-bit values, over requests, clock steps and bucket updates. Checks: no
+    /// trap; budgets within sizes; a blocked limiter refuses; a refusal blocks past now, at
+    /// most 100 ms when newly refused, and keeps the ops budget (the refund); the requests
+    /// admitted never exceed the ops bucket's size, burst and refill over the time elapsed.
+    case rateLimiter = "rate-limiter"
 
     /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
     /// which is slow in a debug build.
@@ -165,6 +171,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .virtioConsole: fuzzVirtioConsole(data)
         case .virtioNet: fuzzVirtioNet(data)
         case .apiRequest: fuzzAPIRequest(data)
+        case .rateLimiter: fuzzRateLimiter(data)
         }
     }
 }

@@ -25,7 +25,9 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
     /// same file may back several read-only disks but only one writable one (the image is
     /// locked while the machine holds it). `id` is what the guest's GET_ID request returns
     /// (at most 20 bytes; by default `swiftvisor-disk<N>`, N the device's index).
-    case block(path: String, readOnly: Bool, id: String? = nil)
+    /// `rateLimiter` limits its requests (bandwidth: data bytes read or written; ops:
+    /// requests); a rate-limited disk needs the I/O thread (`MachineConfiguration.virtioIOThread`).
+    case block(path: String, readOnly: Bool, id: String? = nil, rateLimiter: RateLimiterConfiguration? = nil)
 
     /// The socket device (ID 19) for the guest context ID `cid` (3 to 2^32 - 2), in
     /// Firecracker's hybrid design: the machine listens on the Unix socket `udsPath`
@@ -50,8 +52,13 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
     /// (`VirtioDeviceConfiguration.defaultMAC(index:)`), and a link that is always up; no
     /// checksum or segmentation offloads. Frames longer than 65,535 bytes or than the
     /// guest's receive buffer are dropped and counted. Needs the I/O thread
-    /// (`MachineConfiguration.virtioIOThread`).
-    case net(tap: String, mac: [UInt8]?)
+    /// (`MachineConfiguration.virtioIOThread`). `receiveLimiter` and `transmitLimiter` limit
+    /// each direction (bandwidth: frame bytes; ops: frames). `mtu` (68 to 65,535), when
+    /// given, is offered to the guest with VIRTIO_NET_F_MTU; the TAP's own MTU is the
+    /// host's to set to match (`ip link set TAP mtu N`).
+    case net(
+        tap: String, mac: [UInt8]?, receiveLimiter: RateLimiterConfiguration? = nil,
+        transmitLimiter: RateLimiterConfiguration? = nil, mtu: UInt16? = nil)
 
     /// A network device given as `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]` (the form of
     /// `swiftvisor --net`). Throws `MachineError.invalidDevices` with a one-line reason for
@@ -185,6 +192,64 @@ public enum VirtioDeviceConfiguration: Sendable, Equatable {
     }
 }
 
+/// A token bucket of a device's rate limiter, with Firecracker's meaning: `size` tokens
+/// (bytes for a bandwidth bucket, requests or frames for an operations bucket), refilled at
+/// `size` per `refillTimeMilliseconds`, plus a `oneTimeBurst` of extra tokens spent first and
+/// never refilled. The bucket starts full. A `size` or refill time of 0 limits nothing. Any
+/// values are accepted: the arithmetic never overflows.
+public struct TokenBucketConfiguration: Sendable, Equatable {
+    /// The bucket's capacity in tokens.
+    public var size: UInt64
+    /// Tokens spent before the bucket's own, once.
+    public var oneTimeBurst: UInt64
+    /// The time the bucket takes to refill from empty.
+    public var refillTimeMilliseconds: UInt64
+
+    /// A bucket of `size` tokens refilled every `refillTimeMilliseconds`, with `oneTimeBurst`.
+    public init(size: UInt64, oneTimeBurst: UInt64 = 0, refillTimeMilliseconds: UInt64) {
+        self.size = size
+        self.oneTimeBurst = oneTimeBurst
+        self.refillTimeMilliseconds = refillTimeMilliseconds
+    }
+
+    /// Whether the bucket limits anything (size and refill time both above 0).
+    public var isEnabled: Bool { size > 0 && refillTimeMilliseconds > 0 }
+
+    /// The device-side bucket, full at `now`; nil when it limits nothing.
+    func bucket(now: UInt64) -> TokenBucket? {
+        TokenBucket(size: size, oneTimeBurst: oneTimeBurst, refillTimeMilliseconds: refillTimeMilliseconds, now: now)
+    }
+}
+
+/// A device's rate limiter, as Firecracker's `rate_limiter`: a bandwidth bucket (bytes) and
+/// an operations bucket, each optional. A request that finds a bucket short waits in its
+/// queue (not dropped, not failed) until the bucket has the tokens, checked again at most
+/// 100 ms later. A single request larger than the bandwidth bucket goes through and blocks
+/// the device for the time its excess takes to refill.
+///
+/// In `Machine.updateRateLimiter(device:_:)`, a nil bucket is left as it is, and a bucket
+/// with size or refill time 0 turns that limit off.
+public struct RateLimiterConfiguration: Sendable, Equatable {
+    /// The bucket of bytes moved.
+    public var bandwidth: TokenBucketConfiguration?
+    /// The bucket of requests (or frames).
+    public var ops: TokenBucketConfiguration?
+
+    /// A limiter with the given buckets.
+    public init(bandwidth: TokenBucketConfiguration? = nil, ops: TokenBucketConfiguration? = nil) {
+        self.bandwidth = bandwidth
+        self.ops = ops
+    }
+
+    /// Whether any bucket limits anything.
+    public var isEnabled: Bool { bandwidth?.isEnabled == true || ops?.isEnabled == true }
+
+    /// The device-side limiter, full at `now`.
+    func limiter(now: UInt64) -> RateLimiter {
+        RateLimiter(bandwidth: bandwidth?.bucket(now: now), ops: ops?.bucket(now: now))
+    }
+}
+
 /// Where virtio devices sit.
 public enum VirtioLayout {
     /// The first device's register window.
@@ -287,7 +352,8 @@ extension MachineBuilder {
         var macs: Set<[UInt8]> = []
         var taps: Set<String> = []
         for (index, device) in configuration.virtioDevices.enumerated() {
-            guard case .net(let tap, let mac) = device else { continue }
+            guard case .net(let tap, let mac, _, _, let mtu) = device else { continue }
+            if let mtu, mtu < 68 { throw .invalidDevices("TAP \(tap): an MTU of \(mtu) is below the minimum of 68") }
             guard configuration.virtioIOThread else {
                 throw .invalidDevices("the network device needs the I/O thread (virtioIOThread)")
             }
@@ -319,10 +385,19 @@ extension MachineBuilder {
             switch device {
             case .entropy:
                 model = VirtioEntropyDevice()
-            case .block(let path, let readOnly, let id):
+            case .block(let path, let readOnly, let id, let limit):
                 let file = try Self.openDisk(
                     path, readOnly: readOnly, disks: &disks, opened: configuration.openedDisks[index])
-                model = VirtioBlockDevice(file: file, readOnly: readOnly, identifier: id ?? "swiftvisor-disk\(index)")
+                let block = VirtioBlockDevice(
+                    file: file, readOnly: readOnly, identifier: id ?? "swiftvisor-disk\(index)",
+                    rateLimiter: limit?.limiter(now: HostIO.monotonicNanoseconds()) ?? RateLimiter())
+                if let thread = fastPath?.thread {
+                    block.attach(to: thread)
+                } else if limit?.isEnabled == true {
+                    throw .invalidDevices(
+                        "disk \(path): a rate limiter needs the I/O thread (virtioIOThread, with KVM's ioeventfd and irqfd)")
+                }
+                model = block
             case .vsock(let cid, let path):
                 guard let thread = fastPath?.thread else {
                     throw .invalidDevices(
@@ -337,14 +412,18 @@ extension MachineBuilder {
                 model = VirtioVsockDevice(guestCID: cid, host: VsockUnixHost(listener: listener, thread: thread))
             case .console:
                 model = VirtioConsoleDevice(output: consoleOutput)
-            case .net(let name, let mac):
+            case .net(let name, let mac, let receiveLimit, let transmitLimit, let mtu):
                 guard let fastPath else {
                     throw .invalidDevices(
                         "the network device needs the I/O thread (ioeventfd, irqfd and the interrupt controller)")
                 }
                 let tap: HostTap
                 if let opened = configuration.openedTaps[index] { tap = opened } else { tap = try Self.openTap(name) }
-                let net = VirtioNetDevice(tap: tap, mac: mac ?? VirtioDeviceConfiguration.defaultMAC(index: index))
+                let now = HostIO.monotonicNanoseconds()
+                let net = VirtioNetDevice(
+                    tap: tap, mac: mac ?? VirtioDeviceConfiguration.defaultMAC(index: index), mtu: mtu,
+                    receiveLimiter: receiveLimit?.limiter(now: now) ?? RateLimiter(),
+                    transmitLimiter: transmitLimit?.limiter(now: now) ?? RateLimiter())
                 do throws(HostFileError) { try net.attach(to: fastPath.thread) } catch {
                     throw .invalidDevices("cannot watch TAP \(name): \(error.reason)")
                 }
@@ -459,7 +538,7 @@ extension MachineConfiguration {
     /// error.
     package mutating func openDisks() throws(MachineError) {
         for (index, device) in virtioDevices.enumerated() {
-            if case .block(let path, let readOnly, _) = device, openedDisks[index] == nil {
+            if case .block(let path, let readOnly, _, _) = device, openedDisks[index] == nil {
                 openedDisks[index] = try MachineBuilder.openDisk(path, readOnly: readOnly)
             }
         }
@@ -484,9 +563,59 @@ extension MachineConfiguration {
         // Duplicates are refused before a TAP is opened (or created).
         try MachineBuilder.validateVirtio(self)
         for (index, device) in virtioDevices.enumerated() {
-            if case .net(let name, _) = device, openedTaps[index] == nil {
+            if case .net(let name, _, _, _, _) = device, openedTaps[index] == nil {
                 openedTaps[index] = try MachineBuilder.openTap(name)
             }
         }
+    }
+}
+
+extension Machine {
+    /// The device model of `configuration.virtioDevices[index]`, when it is a `T`.
+    private func virtioModel<T>(_ index: Int, as type: T.Type, what: String) throws(MachineError) -> T {
+        guard index >= 0, index < parts.virtio.count, let model = parts.virtio[index].transport.device as? T else {
+            throw .invalidDevices("virtio device \(index) is not \(what)")
+        }
+        return model
+    }
+
+    /// Swaps the disk image of the block device at `index` of
+    /// `configuration.virtioDevices` for the file at `path`, opened now as the disk was
+    /// configured (read-only or not; a file in use elsewhere is refused, as at build). The
+    /// device takes it between two requests: the guest sees the new capacity in the
+    /// configuration space and gets a configuration-change interrupt. The old file is
+    /// closed. Throws `MachineError.invalidDevices` with the reason.
+    public func replaceDisk(device index: Int, path: String) throws(MachineError) {
+        let block = try virtioModel(index, as: VirtioBlockDevice.self, what: "a block device")
+        guard case .block(_, let readOnly, _, _) = configuration.virtioDevices[index] else {
+            throw .invalidDevices("virtio device \(index) is not a block device")
+        }
+        block.replaceFile(try MachineBuilder.openDisk(path, readOnly: readOnly))
+    }
+
+    /// Changes the rate limiter of the block device at `index` of
+    /// `configuration.virtioDevices`: each bucket given replaces the old one and starts
+    /// full (a bucket with size or refill time 0 turns that limit off); a nil bucket is left
+    /// as it is. A queue waiting on the old limiter is served again at once.
+    public func updateRateLimiter(device index: Int, _ limiter: RateLimiterConfiguration) throws(MachineError) {
+        let block = try virtioModel(index, as: VirtioBlockDevice.self, what: "a block device")
+        let now = HostIO.monotonicNanoseconds()
+        block.updateRateLimiter(
+            bandwidth: limiter.bandwidth.map { $0.bucket(now: now) }, ops: limiter.ops.map { $0.bucket(now: now) })
+    }
+
+    /// Changes the receive and transmit rate limiters of the network device at `index` of
+    /// `configuration.virtioDevices`, as `updateRateLimiter(device:_:)` does a disk's: a nil
+    /// limiter or bucket is left as it is.
+    public func updateRateLimiters(
+        device index: Int, receive: RateLimiterConfiguration?, transmit: RateLimiterConfiguration?
+    ) throws(MachineError) {
+        let net = try virtioModel(index, as: VirtioNetDevice.self, what: "a network device")
+        let now = HostIO.monotonicNanoseconds()
+        net.updateRateLimiters(
+            receiveBandwidth: receive?.bandwidth.map { $0.bucket(now: now) },
+            receiveOps: receive?.ops.map { $0.bucket(now: now) },
+            transmitBandwidth: transmit?.bandwidth.map { $0.bucket(now: now) },
+            transmitOps: transmit?.ops.map { $0.bucket(now: now) })
     }
 }

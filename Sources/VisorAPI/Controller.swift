@@ -51,6 +51,13 @@ package protocol RunningVM: Sendable {
     func sendCtrlAltDel() -> Bool
     /// Returns when the VM has ended, with the process's exit status.
     func wait() async -> Int32
+    /// Swaps the backing file of virtio device `device` (a block device) for `path` and/or
+    /// changes its rate limiter (given buckets replace the old ones; absent ones stay).
+    /// Throws with the reason, Firecracker's `Drive config error: ...` message.
+    func updateDrive(device: Int, path: String?, rateLimiter: RateLimiterConfig?) throws(APIError)
+    /// Changes the receive and transmit rate limiters of virtio device `device` (a network
+    /// device), as `updateDrive` does a disk's.
+    func updateInterface(device: Int, rx: RateLimiterConfig?, tx: RateLimiterConfig?) throws(APIError)
 }
 
 /// Builds and starts a VM from what clients configured.
@@ -151,6 +158,24 @@ package actor VMMController {
         case .resume:
             vm?.resume()
             paused = false
+        case .updateDrive(let index, let update):
+            try vm?.updateDrive(device: index, path: update.pathOnHost, rateLimiter: update.rateLimiter)
+            if let path = update.pathOnHost { resources.drives[index].pathOnHost = path }
+            if let limiter = update.rateLimiter {
+                resources.drives[index].rateLimiter = resources.drives[index].rateLimiter?.patched(with: limiter) ?? limiter
+            }
+        case .updateInterface(let index, let update):
+            // Network devices follow the drives (`MachineLauncher.configuration`).
+            try vm?.updateInterface(
+                device: resources.drives.count + index, rx: update.rxRateLimiter, tx: update.txRateLimiter)
+            if let limiter = update.rxRateLimiter {
+                let old = resources.networkInterfaces[index].rxRateLimiter
+                resources.networkInterfaces[index].rxRateLimiter = old?.patched(with: limiter) ?? limiter
+            }
+            if let limiter = update.txRateLimiter {
+                let old = resources.networkInterfaces[index].txRateLimiter
+                resources.networkInterfaces[index].txRateLimiter = old?.patched(with: limiter) ?? limiter
+            }
         }
     }
 }

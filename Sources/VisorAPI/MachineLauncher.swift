@@ -56,10 +56,16 @@ package struct MachineLauncher: VMLauncher {
         for drive in resources.drives {
             // The guest reads the drive ID as the disk's serial (virtio-blk GET_ID: 20 bytes).
             config.virtioDevices.append(
-                .block(path: drive.pathOnHost, readOnly: drive.isReadOnly, id: String(drive.driveID.utf8.prefix(20))!))
+                .block(
+                    path: drive.pathOnHost, readOnly: drive.isReadOnly, id: String(drive.driveID.utf8.prefix(20))!,
+                    rateLimiter: drive.rateLimiter?.configuration))
         }
         for interface in resources.networkInterfaces {
-            config.virtioDevices.append(.net(tap: interface.hostDevName, mac: interface.guestMAC))
+            config.virtioDevices.append(
+                .net(
+                    tap: interface.hostDevName, mac: interface.guestMAC,
+                    receiveLimiter: interface.rxRateLimiter?.configuration,
+                    transmitLimiter: interface.txRateLimiter?.configuration, mtu: interface.mtu.flatMap { UInt16(exactly: $0) }))
         }
         if let vsock = resources.vsock {
             config.virtioDevices.append(.vsock(cid: UInt64(vsock.guestCID), udsPath: vsock.udsPath))
@@ -109,5 +115,23 @@ struct RunningMachine: RunningVM {
     func wait() async -> Int32 {
         let report = await machine.wait()
         return report.exitStatus
+    }
+
+    func updateDrive(device: Int, path: String?, rateLimiter: RateLimiterConfig?) throws(APIError) {
+        do throws(MachineError) {
+            if let path { try machine.replaceDisk(device: device, path: path) }
+            if let rateLimiter { try machine.updateRateLimiter(device: device, rateLimiter.configuration) }
+        } catch {
+            throw .badRequest(
+                "Drive config error: Unable to patch the block device: \(error.description) Please verify the request arguments.")
+        }
+    }
+
+    func updateInterface(device: Int, rx: RateLimiterConfig?, tx: RateLimiterConfig?) throws(APIError) {
+        do throws(MachineError) {
+            try machine.updateRateLimiters(device: device, receive: rx?.configuration, transmit: tx?.configuration)
+        } catch {
+            throw .badRequest("Network config error: Unable to update the net device: \(error.description)")
+        }
     }
 }

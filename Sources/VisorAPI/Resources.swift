@@ -139,6 +139,11 @@ package struct TokenBucketConfig: Sendable, Equatable {
         refillTime = try reader.requiredUnsigned("refill_time", maximum: UInt64(Int64.max))
     }
 
+    /// The machine's form of the bucket.
+    var configuration: TokenBucketConfiguration {
+        TokenBucketConfiguration(size: size, oneTimeBurst: oneTimeBurst ?? 0, refillTimeMilliseconds: refillTime)
+    }
+
     var json: JSONValue {
         .members([
             "size": .unsigned(size), "one_time_burst": oneTimeBurst.flatMap { $0 == 0 ? nil : .unsigned($0) } ?? .null,
@@ -157,13 +162,22 @@ package struct RateLimiterConfig: Sendable, Equatable {
         let reader = try FieldReader(body, known: ["bandwidth", "ops"])
         bandwidth = try reader.object("bandwidth").map { (value) throws(APIError) in try TokenBucketConfig(parsing: value) }
         ops = try reader.object("ops").map { (value) throws(APIError) in try TokenBucketConfig(parsing: value) }
-        // A bucket with size or refill time 0 limits nothing (Firecracker's rule). One that
-        // would limit is refused until the devices enforce it: accepting it would be a
-        // silent lie.
-        for bucket in [bandwidth, ops].compactMap({ $0 }) where bucket.size > 0 && bucket.refillTime > 0 {
-            throw .badRequest(
-                "The requested operation is not supported: `\(field)` buckets are not enforced by SwiftVisor yet.")
-        }
+        // A bucket with size or refill time 0 limits nothing (Firecracker's rule); the
+        // devices enforce the others.
+    }
+
+    /// The machine's form of the limiter.
+    var configuration: RateLimiterConfiguration {
+        RateLimiterConfiguration(bandwidth: bandwidth?.configuration, ops: ops?.configuration)
+    }
+
+    /// This limiter after a PATCH with `update`: each bucket given replaces its own (a
+    /// disabling one included, kept to be shown back); an absent one is left as it is.
+    func patched(with update: RateLimiterConfig) -> RateLimiterConfig {
+        var result = self
+        if let bandwidth = update.bandwidth { result.bandwidth = bandwidth }
+        if let ops = update.ops { result.ops = ops }
+        return result
     }
 
     /// An empty limiter shows as null, as Firecracker shows it.
@@ -223,6 +237,34 @@ package struct DriveConfig: Sendable, Equatable {
     }
 }
 
+/// `PATCH /drives/{drive_id}` after start: a new backing file, a new rate limiter, or both.
+package struct DriveUpdate: Sendable, Equatable {
+    package var driveID: String
+    package var pathOnHost: String?
+    package var rateLimiter: RateLimiterConfig?
+
+    package init(parsing body: JSONValue) throws(APIError) {
+        let reader = try FieldReader(body, known: ["drive_id", "path_on_host", "rate_limiter"])
+        driveID = try reader.requiredString("drive_id")
+        pathOnHost = try reader.string("path_on_host")
+        rateLimiter = try RateLimiterConfig(parsing: reader.object("rate_limiter"))
+    }
+}
+
+/// `PATCH /network-interfaces/{iface_id}` after start: new rate limiters.
+package struct NetworkInterfaceUpdate: Sendable, Equatable {
+    package var ifaceID: String
+    package var rxRateLimiter: RateLimiterConfig?
+    package var txRateLimiter: RateLimiterConfig?
+
+    package init(parsing body: JSONValue) throws(APIError) {
+        let reader = try FieldReader(body, known: ["iface_id", "rx_rate_limiter", "tx_rate_limiter"])
+        ifaceID = try reader.requiredString("iface_id")
+        rxRateLimiter = try RateLimiterConfig(parsing: reader.object("rx_rate_limiter"), field: "rx_rate_limiter")
+        txRateLimiter = try RateLimiterConfig(parsing: reader.object("tx_rate_limiter"), field: "tx_rate_limiter")
+    }
+}
+
 /// `/network-interfaces/{iface_id}`.
 package struct NetworkInterfaceConfig: Sendable, Equatable {
     package var ifaceID: String
@@ -248,11 +290,6 @@ package struct NetworkInterfaceConfig: Sendable, Equatable {
         mtu = try reader.unsigned("mtu", maximum: 65_535)
         if let mtu, mtu < 68 {
             throw .badRequest("Network config error: The MTU \(mtu) is invalid: it must be between 68 and 65535.")
-        }
-        if mtu != nil {
-            throw .badRequest(
-                "Network config error: `mtu` is not supported by SwiftVisor yet: the device offers no MTU and the guest uses 1500."
-            )
         }
         rxRateLimiter = try RateLimiterConfig(parsing: reader.object("rx_rate_limiter"), field: "rx_rate_limiter")
         txRateLimiter = try RateLimiterConfig(parsing: reader.object("tx_rate_limiter"), field: "tx_rate_limiter")

@@ -27,6 +27,12 @@ package enum Phase: Sendable, Equatable {
 /// A request that needs the VM, which only the controller can do.
 package enum RuntimeRequest: Sendable, Equatable {
     case instanceStart, sendCtrlAltDel, flushMetrics, pause, resume
+    /// `PATCH /drives/{id}` of the drive at `index` of `VMResources.drives` (its virtio
+    /// device index too: drives come first).
+    case updateDrive(index: Int, DriveUpdate)
+    /// `PATCH /network-interfaces/{id}` of the interface at `index` of
+    /// `VMResources.networkInterfaces`.
+    case updateInterface(index: Int, NetworkInterfaceUpdate)
 }
 
 /// What `RequestRules.apply` decided.
@@ -157,12 +163,36 @@ package struct RequestRules: Sendable {
                 resources.machine = try MachineConfig(parsing: json, current: resources.machine, patch: true)
             case "vm":
                 return .runtime(try changeState(try JSON.parse(body), phase: phase))
-            case "drives", "network-interfaces":
-                _ = try checkedID(second)
+            case "drives":
+                let id = try checkedID(second)
+                let update = try DriveUpdate(parsing: try JSON.parse(body))
+                guard update.driveID == id else {
+                    throw .badRequest("The id from the path does not match the id from the body!")
+                }
                 try phase.postBoot()
-                throw .badRequest(
-                    "The requested operation is not supported: PATCH /\(resource) after start is not implemented by SwiftVisor yet."
-                )
+                let prefix = "Drive config error: Unable to patch the block device: "
+                guard let index = resources.drives.firstIndex(where: { $0.driveID == id }) else {
+                    throw .badRequest(prefix + "No drive `\(id)` was configured. Please verify the request arguments.")
+                }
+                guard update.pathOnHost != nil || update.rateLimiter != nil else {
+                    throw .badRequest(
+                        prefix
+                            + "Drive `\(id)` is a virtio block device, with no vhost-user configuration to refresh. Please verify the request arguments."
+                    )
+                }
+                return .runtime(.updateDrive(index: index, update))
+            case "network-interfaces":
+                let id = try checkedID(second)
+                let update = try NetworkInterfaceUpdate(parsing: try JSON.parse(body))
+                guard update.ifaceID == id else {
+                    throw .badRequest("The id from the path [\(id)] does not match the id from the body [\(update.ifaceID)]!")
+                }
+                try phase.postBoot()
+                guard let index = resources.networkInterfaces.firstIndex(where: { $0.ifaceID == id }) else {
+                    throw .badRequest(
+                        "Network config error: Unable to update the net device: No interface `\(id)` was configured.")
+                }
+                return .runtime(.updateInterface(index: index, update))
             case "balloon", "mmds", "pmem", "hotplug":
                 throw unsupported(method, path)
             default:

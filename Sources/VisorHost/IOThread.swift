@@ -49,6 +49,11 @@ package struct IOWatch: Hashable, Sendable {
     fileprivate var tag: UInt64 { UInt64(generation) << 32 | UInt64(slot) }
 }
 
+/// A timer of an `IOThread` (`addTimer`).
+package struct IOTimer: Hashable, Sendable {
+    let index: Int
+}
+
 /// A thread that waits on descriptors with epoll and runs each one's handler when it is
 /// ready: where device work runs, off the vCPU threads. Watches are level-triggered and
 /// may be added, changed and removed at any time, from any thread, handlers included (a
@@ -68,6 +73,9 @@ package final class IOThread: Sendable {
         var thread: pthread_t?
         /// Work `perform` queued for the thread, oldest first.
         var work: [@Sendable () -> Void] = []
+        /// Timers by `IOTimer.index`: each handler and, while armed, its deadline.
+        var timers: [(handler: @Sendable () -> Void, deadline: UInt64?)] = []
+        var armedTimers = 0
     }
     private let state = Mutex(State())
     private let epoll: Int32
@@ -169,6 +177,68 @@ package final class IOThread: Sendable {
         if queued { workEvent.signal() } else { work() }
     }
 
+    /// A new timer whose `handler` runs on this thread each time an `arm` deadline passes.
+    /// Timers last as long as the thread (a device makes one or two when it is attached).
+    package func addTimer(_ handler: @escaping @Sendable () -> Void) -> IOTimer {
+        state.withLock { state in
+            state.timers.append((handler, nil))
+            return IOTimer(index: state.timers.count - 1)
+        }
+    }
+
+    /// Runs `timer`'s handler once, on this thread, when the monotonic clock
+    /// (`HostIO.monotonicNanoseconds()`) reaches `deadline`, or at once if it has; an armed
+    /// timer moves to the new deadline. The thread's wait is the timer: no timerfd.
+    package func arm(_ timer: IOTimer, at deadline: UInt64) {
+        state.withLock { state in
+            guard timer.index < state.timers.count else { return }
+            if state.timers[timer.index].deadline == nil { state.armedTimers += 1 }
+            state.timers[timer.index].deadline = deadline
+        }
+        // Wakes the thread (if it runs) to wait again with the new deadline.
+        workEvent.signal()
+    }
+
+    /// Stops `timer` from firing until it is armed again.
+    package func disarm(_ timer: IOTimer) {
+        state.withLock { state in
+            guard timer.index < state.timers.count, state.timers[timer.index].deadline != nil else { return }
+            state.timers[timer.index].deadline = nil
+            state.armedTimers -= 1
+        }
+    }
+
+    /// The epoll_wait timeout for the earliest armed timer: -1 with none, else the
+    /// milliseconds left, rounded up (0 when a deadline passed).
+    private func timeoutMilliseconds() -> Int32 {
+        state.withLock { state in
+            guard state.armedTimers > 0 else { return -1 }
+            var earliest = UInt64.max
+            for timer in state.timers { if let deadline = timer.deadline { earliest = min(earliest, deadline) } }
+            let now = HostIO.monotonicNanoseconds()
+            guard earliest > now else { return 0 }
+            let left = (earliest - now) / 1_000_000 + 1
+            return Int32(clamping: left)
+        }
+    }
+
+    /// Disarms the timers whose deadline passed and runs their handlers, outside the lock.
+    private func fireTimers() {
+        let due: [@Sendable () -> Void] = state.withLock { state in
+            guard state.armedTimers > 0 else { return [] }
+            let now = HostIO.monotonicNanoseconds()
+            var due: [@Sendable () -> Void] = []
+            for index in state.timers.indices {
+                guard let deadline = state.timers[index].deadline, deadline <= now else { continue }
+                state.timers[index].deadline = nil
+                state.armedTimers -= 1
+                due.append(state.timers[index].handler)
+            }
+            return due
+        }
+        due.forEach { $0() }
+    }
+
     /// How many times the thread woke for a ready descriptor.
     package var wakeUpCount: UInt64 { wakeUps.load(ordering: .relaxed) }
 
@@ -189,15 +259,16 @@ package final class IOThread: Sendable {
         var tags = [UInt64](repeating: 0, count: 16)
         var ready = [UInt32](repeating: 0, count: 16)
         while true {
+            let timeout = timeoutMilliseconds()
             // SAFETY: `tags` and `ready` hold 16 slots each, and chost_epoll_wait writes at
             // most `capacity` (16) entries into each.
             let n = unsafe tags.withUnsafeMutableBufferPointer { tags in
                 unsafe ready.withUnsafeMutableBufferPointer { ready in
-                    unsafe chost_epoll_wait(epoll, tags.baseAddress!, ready.baseAddress!, Int32(tags.count), -1)
+                    unsafe chost_epoll_wait(epoll, tags.baseAddress!, ready.baseAddress!, Int32(tags.count), timeout)
                 }
             }
             if n == -EINTR { continue }
-            guard n > 0 else { return }
+            guard n >= 0 else { return }
             for i in 0..<Int(n) {
                 let tag = tags[i]
                 if tag == Self.stopTag { return }
@@ -218,6 +289,7 @@ package final class IOThread: Sendable {
                 wakeUps.add(1, ordering: .relaxed)
                 handler(IOEvents(rawValue: ready[i]))
             }
+            fireTimers()
         }
     }
 

@@ -55,35 +55,101 @@ package final class VirtioBlockDevice: VirtioDevice {
         var interrupt: VirtioInterrupt?
         var chain = DescriptorChain(capacity: Int(VirtioBlockDevice.queueSize))
         var counters = VirtioCounters()
+        /// The disk image; `replaceFile` swaps it between requests.
+        var file: HostDiskFile
+        var limiter = RateLimiter()
+        /// Whether the queue stopped at a request the limiter refused (the timer is armed).
+        var throttled = false
+        /// The I/O thread and its timer that serves a throttled queue again, once attached.
+        var thread: IOThread?
+        var timer: IOTimer?
     }
-    private let state = Mutex(State())
-    private let file: HostDiskFile
+    private let state: Mutex<State>
+    /// The monotonic clock in nanoseconds, for the rate limiter (a fake one in tests).
+    private let clock: @Sendable () -> UInt64
     /// Whether writes are refused: the file was opened read-only, or the disk was configured so.
     package let readOnly: Bool
-    /// The capacity in 512-byte sectors.
-    package let capacity: UInt64
+    /// The capacity in 512-byte sectors (it changes when `replaceFile` swaps the image).
+    package var capacity: UInt64 { state.withLock { $0.file.size } / Self.sectorSize }
     /// The ID string, exactly `identifierLength` bytes (zero-padded).
     private let identifier: [UInt8]
-    /// The configuration space: capacity, size_max, seg_max, geometry, blk_size.
-    private let configuration: [UInt8]
 
     /// A block device on `file`, read-only when `readOnly` or when the file was opened so;
-    /// `identifier` is the GET_ID string (cut to 20 bytes).
-    package init(file: HostDiskFile, readOnly: Bool = false, identifier: String = "swiftvisor") {
-        self.file = file
+    /// `identifier` is the GET_ID string (cut to 20 bytes). `rateLimiter` limits its
+    /// requests (bandwidth: data bytes; ops: requests), on `clock` (monotonic nanoseconds);
+    /// a throttled queue is served again by a timer of the I/O thread (`attach(to:)`).
+    package init(
+        file: HostDiskFile, readOnly: Bool = false, identifier: String = "swiftvisor",
+        rateLimiter: RateLimiter = RateLimiter(), clock: @escaping @Sendable () -> UInt64 = HostIO.monotonicNanoseconds
+    ) {
+        var initial = State(file: file)
+        initial.limiter = rateLimiter
+        self.state = Mutex(initial)
+        self.clock = clock
         self.readOnly = readOnly || file.readOnly
-        self.capacity = file.size / Self.sectorSize
         var id = Array(identifier.utf8.prefix(Self.identifierLength))
         id.append(contentsOf: repeatElement(0, count: Self.identifierLength - id.count))
         self.identifier = id
-        var configuration = [UInt8](repeating: 0, count: 24)
-        func put(_ value: UInt64, at offset: Int, width: Int) {
-            for i in 0..<width { configuration[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
+    }
+
+    /// Serves a throttled queue again from a timer of `thread` (the thread that serves the
+    /// queue's notifications); without one, only the driver's next notification does.
+    package func attach(to thread: IOThread) {
+        let timer = thread.addTimer { [weak self] in self?.timerFired() }
+        state.withLock { state in
+            state.thread = thread
+            state.timer = timer
         }
-        put(file.size / Self.sectorSize, at: 0, width: 8)
-        put(UInt64(Self.segmentMaximum), at: 12, width: 4)
-        put(Self.sectorSize, at: 20, width: 4)
-        self.configuration = configuration
+    }
+
+    /// The throttle timer fired (the I/O thread calls this; tests may too): serves the
+    /// queue again if it was throttled.
+    package func timerFired() {
+        guard state.withLock({ $0.throttled }) else { return }
+        notify(queue: 0)
+    }
+
+    /// When a throttled queue is served again (monotonic nanoseconds), or nil when it is not
+    /// throttled (for tests).
+    package var throttledUntil: UInt64? {
+        state.withLock { $0.throttled ? $0.limiter.blockedUntil : nil }
+    }
+
+    /// The rate limiter as it stands (for tests).
+    package var rateLimiter: RateLimiter { state.withLock { $0.limiter } }
+
+    /// Replaces the limiter's buckets (see `RateLimiter.update`: new buckets start full,
+    /// nil leaves a bucket as it is) and serves a throttled queue again at once.
+    package func updateRateLimiter(bandwidth: TokenBucket?? = nil, ops: TokenBucket?? = nil) {
+        let resume = state.withLock { state in
+            state.limiter.update(bandwidth: bandwidth, ops: ops)
+            return state.throttled
+        }
+        if resume { wake() }
+    }
+
+    /// Swaps the disk image for `file` (opened by the caller as this disk was: read-only or
+    /// not) between requests, on the I/O thread when there is one, so the old file is closed
+    /// there. The capacity follows the new file, and an active device raises a
+    /// configuration-change interrupt (a new configuration generation), as Firecracker does.
+    package func replaceFile(_ file: HostDiskFile) {
+        let work: @Sendable () -> Void = { [weak self] in
+            guard let self else { return }
+            var replaced = file
+            let interrupt = state.withLock { state in
+                swap(&state.file, &replaced)
+                return state.interrupt
+            }
+            interrupt?.signalConfigurationChange()
+            // `replaced`, the old file, is released (closed) here.
+        }
+        if let thread = state.withLock({ $0.thread }) { thread.perform(work) } else { work() }
+    }
+
+    /// Serves the queue again soon: through the I/O thread's timer when attached.
+    private func wake() {
+        let (thread, timer) = state.withLock { ($0.thread, $0.timer) }
+        if let thread, let timer { thread.arm(timer, at: 0) } else { timerFired() }
     }
 
     package var deviceType: UInt32 { 2 }
@@ -96,12 +162,22 @@ package final class VirtioBlockDevice: VirtioDevice {
     /// Requests completed, malformed chains among them, and data bytes moved.
     package var counters: VirtioCounters { state.withLock { $0.counters } }
 
+    /// The configuration space (5.2.4): capacity (8 bytes at 0), seg_max (4 at 12) and
+    /// blk_size (4 at 20); the rest reads 0.
     package func readConfiguration(offset: UInt64, width: UInt8) -> UInt64 {
+        let capacity = self.capacity
         var value: UInt64 = 0
         for i in 0..<UInt64(min(width, 8)) {
             let (at, overflow) = offset.addingReportingOverflow(i)
-            guard !overflow, at < UInt64(configuration.count) else { break }
-            value |= UInt64(configuration[Int(at)]) << (8 * i)
+            guard !overflow, at < 24 else { break }
+            let byte: UInt64
+            switch at {
+            case 0..<8: byte = capacity >> (8 * at)
+            case 12..<16: byte = UInt64(Self.segmentMaximum) >> (8 * (at - 12))
+            case 20..<24: byte = Self.sectorSize >> (8 * (at - 20))
+            default: byte = 0
+            }
+            value |= (byte & 0xFF) << (8 * i)
         }
         return value
     }
@@ -125,27 +201,61 @@ package final class VirtioBlockDevice: VirtioDevice {
             state.queue = nil
             state.memory = nil
             state.interrupt = nil
+            state.throttled = false
         }
     }
 
     package func notify(queue index: Int) {
         let interrupt: VirtioInterrupt? = state.withLock { state in
             guard var queue = state.queue, let memory = state.memory else { return nil }
-            let served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters) {
-                serve($0, memory: memory)
+            var work = Work(file: state.file, limiter: state.limiter, now: 0)
+            let served: Virtqueue.Served
+            if work.limiter.isEnabled {
+                work.now = clock()
+                served = queue.serveAvailable(
+                    memory: memory, chain: &state.chain, counters: &state.counters, context: &work,
+                    admit: { chain, work in admit(chain, &work, memory: memory) },
+                    { chain, work in serve(chain, file: work.file, memory: memory) })
+                state.limiter = work.limiter
+            } else {
+                served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters, context: &work) {
+                    chain, work in serve(chain, file: work.file, memory: memory)
+                }
             }
             state.queue = queue
+            state.throttled = served.throttled
+            if served.throttled, let thread = state.thread, let timer = state.timer {
+                thread.arm(timer, at: state.limiter.blockedUntil ?? 0)
+            }
             if served.more { state.interrupt?.reschedule(queue: index) }
             return served.interrupt ? state.interrupt : nil
         }
         interrupt?.signalUsedBuffer()
     }
 
-    /// Serves the request in `chain`: the bytes written into its writable buffers (data and
-    /// status) and the data bytes moved, or nil when the chain is malformed.
-    private func serve(_ chain: borrowing DescriptorChain, memory: GuestMemory) -> VirtioCompletion? {
+    /// What a request is served with: the disk image, and the limiter at time `now`.
+    private struct Work {
+        let file: HostDiskFile
+        var limiter: RateLimiter
+        var now: UInt64
+    }
+
+    /// Whether the limiter lets the request in `chain` go: one operation, and for a read or
+    /// write its data bytes (Firecracker charges nothing else to the bandwidth bucket). A
+    /// malformed request goes through, to be completed as such.
+    private func admit(_ chain: borrowing DescriptorChain, _ work: inout Work, memory: GuestMemory) -> Bool {
+        var bytes: UInt64 = 0
+        if let (type, _) = header(chain, memory: memory) {
+            if type == RequestType.write, chain.readableLength >= 16 { bytes = UInt64(chain.readableLength) - 16 }
+            if type == RequestType.read, chain.writableLength >= 1 { bytes = UInt64(chain.writableLength) - 1 }
+        }
+        return work.limiter.consume(bytes: bytes, now: work.now)
+    }
+
+    /// The request's type and sector, from its 16-byte header copied byte by byte whatever
+    /// buffers it spans; nil when the chain is malformed.
+    private func header(_ chain: borrowing DescriptorChain, memory: GuestMemory) -> (UInt32, UInt64)? {
         guard chain.readableLength >= 16, let last = chain.writable.last, last.length > 0 else { return nil }
-        // The header, copied once, byte by byte, whatever buffers it spans.
         var low: UInt64 = 0
         var high: UInt64 = 0
         var got: UInt64 = 0
@@ -157,8 +267,13 @@ package final class VirtioBlockDevice: VirtioDevice {
                 got += 1
             }
         }
-        let type = UInt32(truncatingIfNeeded: low)
-        let sector = high
+        return (UInt32(truncatingIfNeeded: low), high)
+    }
+
+    /// Serves the request in `chain`: the bytes written into its writable buffers (data and
+    /// status) and the data bytes moved, or nil when the chain is malformed.
+    private func serve(_ chain: borrowing DescriptorChain, file: HostDiskFile, memory: GuestMemory) -> VirtioCompletion? {
+        guard let (type, sector) = header(chain, memory: memory), let last = chain.writable.last else { return nil }
         // The chain was checked to lie in RAM, so the status address cannot wrap.
         let statusAddress = last.address + UInt64(last.length) - 1
         var status = Status.ok
@@ -168,9 +283,9 @@ package final class VirtioBlockDevice: VirtioDevice {
         case RequestType.read, RequestType.write:
             let isWrite = type == RequestType.write
             let length = isWrite ? UInt64(chain.readableLength) - 16 : UInt64(chain.writableLength) - 1
-            if let start = range(sector: sector, length: length), !(isWrite && readOnly) {
+            if let start = range(sector: sector, length: length, size: file.size), !(isWrite && readOnly) {
                 let complete: Bool
-                (moved, complete) = transfer(chain, write: isWrite, start: start, length: length, memory: memory)
+                (moved, complete) = transfer(chain, write: isWrite, start: start, length: length, file: file, memory: memory)
                 if !isWrite { dataWritten = UInt32(moved) }
                 if !complete { status = Status.ioError }
             } else {
@@ -189,12 +304,12 @@ package final class VirtioBlockDevice: VirtioDevice {
 
     /// The byte offset of `length` bytes at `sector` when they are whole sectors and lie
     /// within the capacity, else nil.
-    private func range(sector: UInt64, length: UInt64) -> UInt64? {
+    private func range(sector: UInt64, length: UInt64, size: UInt64) -> UInt64? {
         guard length % Self.sectorSize == 0 else { return nil }
         let (start, overflow) = sector.multipliedReportingOverflow(by: Self.sectorSize)
         guard !overflow else { return nil }
         let (end, overflow2) = start.addingReportingOverflow(length)
-        guard !overflow2, end <= file.size else { return nil }
+        guard !overflow2, end <= size else { return nil }
         return start
     }
 
@@ -202,7 +317,8 @@ package final class VirtioBlockDevice: VirtioDevice {
     /// for a write, the readable buffers after the 16-byte header; for a read, the writable
     /// buffers before the status byte. Returns the bytes moved and whether that was all.
     private func transfer(
-        _ chain: borrowing DescriptorChain, write: Bool, start: UInt64, length: UInt64, memory: GuestMemory
+        _ chain: borrowing DescriptorChain, write: Bool, start: UInt64, length: UInt64, file: HostDiskFile,
+        memory: GuestMemory
     ) -> (UInt64, Bool) {
         var skip: UInt64 = write ? 16 : 0
         var left = length

@@ -8,7 +8,7 @@ import Synchronization
 /// writes (`HostTap`).
 ///
 /// Offered: VIRTIO_NET_F_MAC (the configuration's MAC address) and VIRTIO_NET_F_STATUS
-/// (the link always up). Left out, on purpose: checksum and segmentation offloads,
+/// (the link always up), and VIRTIO_NET_F_MTU when an MTU is configured. Left out, on purpose: checksum and segmentation offloads,
 /// mergeable receive buffers, the control queue and multiqueue. Without offloads the header
 /// carries nothing, so the device writes it as zeros both ways (`num_buffers` 1 to the
 /// guest), and a driver's header fields that ask for offloads never reach the host kernel.
@@ -43,6 +43,7 @@ package final class VirtioNetDevice: VirtioDevice {
 
     /// Device feature bits (5.1.3).
     package enum Feature {
+        package static let mtu: UInt64 = 1 << 3
         package static let mac: UInt64 = 1 << 5
         package static let status: UInt64 = 1 << 16
     }
@@ -65,17 +66,49 @@ package final class VirtioNetDevice: VirtioDevice {
         /// Whether the watch asks for readability (as epoll has it: a change that failed
         /// leaves it as it was).
         var receiving = false
+        /// The transmit side's buffer for one frame, apart from `scratch`, which may hold a
+        /// received frame the receive limiter deferred; allocated once.
+        var transmitScratch = [UInt8](repeating: 0, count: HostTap.headerSize + VirtioNetDevice.maximumFrame + 1)
+        /// The length (with the header) of a frame read from the TAP and kept in `scratch`
+        /// because the receive limiter refused it: delivered before anything else is read.
+        var deferredFrame: Int?
+        var receiveLimiter = RateLimiter()
+        var transmitLimiter = RateLimiter()
+        /// Whether a direction stopped at a frame its limiter refused (the timer is armed).
+        var receiveThrottled = false
+        var transmitThrottled = false
+        var timer: IOTimer?
     }
     private let state = Mutex(State())
     private let tap: HostTap
-    /// The configuration space: mac[6], status (little-endian 16 bits).
+    /// The monotonic clock in nanoseconds, for the rate limiters (a fake one in tests).
+    private let clock: @Sendable () -> UInt64
+    /// The configuration space: mac[6], status, max_virtqueue_pairs (1) and, with an MTU,
+    /// mtu (little-endian 16 bits each).
     private let configuration: [UInt8]
+    /// The MTU offered with VIRTIO_NET_F_MTU, if any.
+    package let mtu: UInt16?
 
-    /// A network device on `tap` with MAC address `mac` (6 bytes).
-    package init(tap: HostTap, mac: [UInt8]) {
+    /// A network device on `tap` with MAC address `mac` (6 bytes), offering `mtu` (68 to
+    /// 65,535) with VIRTIO_NET_F_MTU when given. `receiveLimiter` and
+    /// `transmitLimiter` limit each direction (bandwidth: frame bytes without the header;
+    /// ops: frames), on `clock` (monotonic nanoseconds); a throttled direction resumes from a
+    /// timer of the I/O thread (`attach(to:)`).
+    package init(
+        tap: HostTap, mac: [UInt8], mtu: UInt16? = nil, receiveLimiter: RateLimiter = RateLimiter(),
+        transmitLimiter: RateLimiter = RateLimiter(), clock: @escaping @Sendable () -> UInt64 = HostIO.monotonicNanoseconds
+    ) {
         precondition(mac.count == 6, "a MAC address has 6 bytes")
         self.tap = tap
-        configuration = mac + [UInt8(truncatingIfNeeded: Self.linkUp), UInt8(truncatingIfNeeded: Self.linkUp >> 8)]
+        self.clock = clock
+        state.withLock { state in
+            state.receiveLimiter = receiveLimiter
+            state.transmitLimiter = transmitLimiter
+        }
+        self.mtu = mtu
+        var configuration = mac + [UInt8(truncatingIfNeeded: Self.linkUp), UInt8(truncatingIfNeeded: Self.linkUp >> 8)]
+        if let mtu { configuration += [1, 0, UInt8(truncatingIfNeeded: mtu), UInt8(truncatingIfNeeded: mtu >> 8)] }
+        self.configuration = configuration
     }
 
     deinit {
@@ -93,11 +126,64 @@ package final class VirtioNetDevice: VirtioDevice {
                 self?.backendReady(events)
             }
             state.thread = thread
+            state.timer = thread.addTimer { [weak self] in self?.timerFired() }
         }
     }
 
+    /// The throttle timer fired (the I/O thread calls this; tests may too): each throttled
+    /// direction is served again (and throttles again if its limiter still refuses).
+    package func timerFired() {
+        let (receive, transmit) = state.withLock { state in
+            defer {
+                state.receiveThrottled = false
+                state.transmitThrottled = false
+            }
+            // The TAP is watched again (the receive side stopped watching it when throttled).
+            if state.receiveThrottled, state.receive != nil { setReceiving(true, &state) }
+            return (state.receiveThrottled, state.transmitThrottled)
+        }
+        if receive { backendReady(.readable) }
+        if transmit { self.transmit() }
+    }
+
+    /// When each direction is served again (monotonic nanoseconds), or nil when it is not
+    /// throttled (for tests).
+    package var throttledUntil: (receive: UInt64?, transmit: UInt64?) {
+        state.withLock { state in
+            (
+                state.receiveThrottled ? state.receiveLimiter.blockedUntil : nil,
+                state.transmitThrottled ? state.transmitLimiter.blockedUntil : nil
+            )
+        }
+    }
+
+    /// Replaces buckets of the receive and transmit limiters (see `RateLimiter.update`: new
+    /// buckets start full, nil leaves a bucket as it is), and serves a throttled direction
+    /// again at once.
+    package func updateRateLimiters(
+        receiveBandwidth: TokenBucket?? = nil, receiveOps: TokenBucket?? = nil, transmitBandwidth: TokenBucket?? = nil,
+        transmitOps: TokenBucket?? = nil
+    ) {
+        let (thread, timer, throttled) = state.withLock { state in
+            state.receiveLimiter.update(bandwidth: receiveBandwidth, ops: receiveOps)
+            state.transmitLimiter.update(bandwidth: transmitBandwidth, ops: transmitOps)
+            return (state.thread, state.timer, state.receiveThrottled || state.transmitThrottled)
+        }
+        guard throttled else { return }
+        if let thread, let timer { thread.arm(timer, at: 0) } else { timerFired() }
+    }
+
+    /// Arms the timer for the earliest deadline of the throttled directions.
+    private func armTimer(_ state: inout State) {
+        guard let thread = state.thread, let timer = state.timer else { return }
+        var deadline = UInt64.max
+        if state.receiveThrottled { deadline = min(deadline, state.receiveLimiter.blockedUntil ?? 0) }
+        if state.transmitThrottled { deadline = min(deadline, state.transmitLimiter.blockedUntil ?? 0) }
+        thread.arm(timer, at: deadline)
+    }
+
     package var deviceType: UInt32 { 1 }
-    package var deviceFeatures: UInt64 { Feature.mac | Feature.status }
+    package var deviceFeatures: UInt64 { Feature.mac | Feature.status | (mtu != nil ? Feature.mtu : 0) }
     package var queueMaximumSizes: [UInt16] { [Self.queueSize, Self.queueSize] }
 
     /// Chains completed both ways (malformed ones among them), frame bytes moved, and
@@ -142,6 +228,9 @@ package final class VirtioNetDevice: VirtioDevice {
             state.transmit = nil
             state.memory = nil
             state.interrupt = nil
+            state.deferredFrame = nil
+            state.receiveThrottled = false
+            state.transmitThrottled = false
             return state.thread
         }
         followQueues(on: thread)
@@ -164,10 +253,14 @@ package final class VirtioNetDevice: VirtioDevice {
     package func notify(queue index: Int) {
         switch index {
         case Self.receiveQueue:
-            // New receive buffers: watch the TAP again; its readiness moves the frames.
-            state.withLock { state in
-                if state.receive != nil { setReceiving(true, &state) }
+            // New receive buffers: watch the TAP again; its readiness moves the frames. A
+            // deferred frame is not in the TAP any more: it is moved now.
+            let deferred = state.withLock { state in
+                guard state.receive != nil, !state.receiveThrottled else { return false }
+                setReceiving(true, &state)
+                return state.deferredFrame != nil
             }
+            if deferred { backendReady(.readable) }
         case Self.transmitQueue:
             transmit()
         default:
@@ -197,6 +290,8 @@ package final class VirtioNetDevice: VirtioDevice {
                 return nil
             }
             var completed = false
+            if state.receiveThrottled { return nil }
+            let now = state.receiveLimiter.isEnabled ? clock() : 0
             for _ in 0..<Self.framesPerWakeUp {
                 guard var queue = state.receive, let memory = state.memory else {
                     // Reset: stop watching (the reset's own change may have been refused).
@@ -211,19 +306,34 @@ package final class VirtioNetDevice: VirtioDevice {
                     break
                 }
                 let length: Int
-                switch tap.receive(into: &state.scratch) {
-                case .wouldBlock:
-                    return completed ? interruptIfWanted(&state, memory: memory) : nil
-                case .failed, .done(0):
-                    backendFailed(&state)
-                    return completed ? interruptIfWanted(&state, memory: memory) : nil
-                case .done(let n):
-                    length = n
+                if let deferred = state.deferredFrame {
+                    length = deferred
+                    state.deferredFrame = nil
+                } else {
+                    switch tap.receive(into: &state.scratch) {
+                    case .wouldBlock:
+                        return completed ? interruptIfWanted(&state, memory: memory) : nil
+                    case .failed, .done(0):
+                        backendFailed(&state)
+                        return completed ? interruptIfWanted(&state, memory: memory) : nil
+                    case .done(let n):
+                        length = n
+                    }
+                    guard length >= HostTap.headerSize, length < state.scratch.count else {
+                        // Shorter than a header (not from a TAP), or cut to the scratch buffer.
+                        state.counters.dropped += 1
+                        continue
+                    }
                 }
-                guard length >= HostTap.headerSize, length < state.scratch.count else {
-                    // Shorter than a header (not from a TAP), or cut to the scratch buffer.
-                    state.counters.dropped += 1
-                    continue
+                if state.receiveLimiter.isEnabled,
+                    !state.receiveLimiter.consume(bytes: UInt64(length - HostTap.headerSize), now: now)
+                {
+                    // Kept for later, and the TAP left unwatched until the timer fires.
+                    state.deferredFrame = length
+                    state.receiveThrottled = true
+                    setReceiving(false, &state)
+                    armTimer(&state)
+                    break
                 }
                 let result = queue.pop(into: &state.chain, memory: memory)
                 if result == .empty {  // pending said otherwise: the memory map changed
@@ -290,15 +400,34 @@ package final class VirtioNetDevice: VirtioDevice {
             guard var queue = state.transmit, let memory = state.memory else { return nil }
             // The scratch buffer is lent to the loop (a swap, not a copy), with the count of
             // frames the TAP refused.
-            var work = TransmitWork()
-            swap(&work.scratch, &state.scratch)
-            let served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters, context: &work) {
-                chain, work in
-                send(chain, &work, memory: memory)
+            var work = TransmitWork(limiter: state.transmitLimiter)
+            swap(&work.scratch, &state.transmitScratch)
+            let served: Virtqueue.Served
+            if work.limiter.isEnabled {
+                work.now = clock()
+                served = queue.serveAvailable(
+                    memory: memory, chain: &state.chain, counters: &state.counters, context: &work,
+                    admit: { chain, work in
+                        // A malformed chain goes through, to be completed as such.
+                        let total = Int(chain.readableLength)
+                        let frame = UInt64(total >= HostTap.headerSize ? total - HostTap.headerSize : 0)
+                        return work.limiter.consume(bytes: frame, now: work.now)
+                    },
+                    { chain, work in send(chain, &work, memory: memory) })
+                state.transmitLimiter = work.limiter
+            } else {
+                served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters, context: &work) {
+                    chain, work in
+                    send(chain, &work, memory: memory)
+                }
             }
-            swap(&work.scratch, &state.scratch)
+            swap(&work.scratch, &state.transmitScratch)
             state.counters.dropped += work.dropped
             state.transmit = queue
+            if served.throttled {
+                state.transmitThrottled = true
+                armTimer(&state)
+            }
             // No EVENT_IDX here (supportsEventIndex is false), so nothing is ever left over.
             return served.interrupt ? state.interrupt : nil
         }
@@ -308,6 +437,8 @@ package final class VirtioNetDevice: VirtioDevice {
     private struct TransmitWork {
         var scratch: [UInt8] = []
         var dropped: UInt64 = 0
+        var limiter: RateLimiter
+        var now: UInt64 = 0
     }
 
     /// Writes a transmit chain's header (zeroed) and frame to the TAP as one frame. Nil when

@@ -226,15 +226,25 @@ package struct Virtqueue: Sendable {
         }
     }
 
-    /// What `serveAvailable` did: whether the driver wants an interrupt, and whether entries
-    /// were left when the bound was reached (the device must then reschedule the queue).
+    /// What `serveAvailable` did: whether the driver wants an interrupt, whether entries
+    /// were left when the bound was reached (the device must then reschedule the queue), and
+    /// whether it stopped at a chain its `admit` refused (a rate limiter: the chain stays in
+    /// the available ring, and the device serves the queue again when its timer fires).
     package struct Served: Equatable, Sendable {
         package var interrupt: Bool
         package var more: Bool
-        package init(interrupt: Bool, more: Bool) {
+        package var throttled: Bool
+        package init(interrupt: Bool, more: Bool, throttled: Bool = false) {
             self.interrupt = interrupt
             self.more = more
+            self.throttled = throttled
         }
+    }
+
+    /// Puts the chain `pop` just took back in the available ring: the next `pop` takes it
+    /// again. Only right after a `pop` that returned `.chain`.
+    package mutating func unpop() {
+        nextAvailable &-= 1
     }
 
     /// Serves up to one queue's worth of available chains, the bounded work of one
@@ -249,16 +259,26 @@ package struct Virtqueue: Sendable {
     /// the next entry) and looks again, since the driver may have added entries meanwhile
     /// without notifying; if entries are still there when the bound is reached, `more` says
     /// so and the caller must reschedule the queue.
+    ///
+    /// `admit` sees each valid chain first; when it refuses, the chain goes back to the
+    /// available ring untouched and serving stops (`throttled`).
     package mutating func serveAvailable<Context>(
         memory: GuestMemory, chain: inout DescriptorChain, counters: inout VirtioCounters,
-        context: inout Context, _ serve: (borrowing DescriptorChain, inout Context) -> VirtioCompletion?
+        context: inout Context, admit: (borrowing DescriptorChain, inout Context) -> Bool,
+        _ serve: (borrowing DescriptorChain, inout Context) -> VirtioCompletion?
     ) -> Served {
         var served = 0
         var more = false
-        while true {
+        var throttled = false
+        outer: while true {
             while served < Int(size) {
                 let result = pop(into: &chain, memory: memory)
                 if result == .empty { break }
+                if result == .chain, !admit(chain, &context) {
+                    unpop()
+                    throttled = true
+                    break outer
+                }
                 var written: UInt32 = 0
                 if result == .chain, let completion = serve(chain, &context) {
                     written = completion.written
@@ -281,7 +301,15 @@ package struct Virtqueue: Sendable {
                 break
             }
         }
-        return Served(interrupt: served > 0 && needsInterrupt(memory: memory), more: more)
+        return Served(interrupt: served > 0 && needsInterrupt(memory: memory), more: more, throttled: throttled)
+    }
+
+    /// `serveAvailable` that admits every chain.
+    package mutating func serveAvailable<Context>(
+        memory: GuestMemory, chain: inout DescriptorChain, counters: inout VirtioCounters,
+        context: inout Context, _ serve: (borrowing DescriptorChain, inout Context) -> VirtioCompletion?
+    ) -> Served {
+        serveAvailable(memory: memory, chain: &chain, counters: &counters, context: &context, admit: { _, _ in true }, serve)
     }
 
     /// `serveAvailable` for a device with no working state of its own.

@@ -20,7 +20,11 @@ struct VirtioRound {
 ) -> VirtioRound {
     var config = MachineConfiguration(guest: .elf(GuestImages.virtioBlkBench))
     config.commandLine = "\(guestMode) \(count)"
-    config.virtioDevices = [.block(path: disk, readOnly: true)]
+    // Buckets of 2^62 tokens never run out: the limiter is checked on every request and
+    // never throttles (with --rate-limit; the I/O thread only, which a limiter needs).
+    let unlimited = TokenBucketConfiguration(size: 1 << 62, refillTimeMilliseconds: 1000)
+    let limiter = rateLimit && ioThread ? RateLimiterConfiguration(bandwidth: unlimited, ops: unlimited) : nil
+    config.virtioDevices = [.block(path: disk, readOnly: true, rateLimiter: limiter)]
     config.virtioIOThread = ioThread
     config.virtioEventIndex = eventIndex
     config.collectStatistics = statistics

@@ -49,6 +49,8 @@ var referencePath = "../shared/bench/reference"
 var cliPath: String?
 var noIrqchip = false
 var noSeccomp = false
+/// virtio-blk with a rate limiter that never runs out, so every request pays for the check.
+var rateLimit = false
 var arguments = CommandLine.arguments.dropFirst()
 while let argument = arguments.popFirst() {
     switch argument {
@@ -58,10 +60,11 @@ while let argument = arguments.popFirst() {
     case "--cli": cliPath = arguments.popFirst()
     case "--no-irqchip": noIrqchip = true
     case "--no-seccomp": noSeccomp = true
+    case "--rate-limit": rateLimit = true
     case "pio", "mmio", "startup", "memory", "dispatch", "virtio-blk", "all": mode = argument
     default:
         print(
-            "usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|virtio-blk|all] [--exits N] [--rounds R] [--no-irqchip] [--no-seccomp] [--reference PATH] [--cli PATH]"
+            "usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|virtio-blk|all] [--exits N] [--rounds R] [--no-irqchip] [--no-seccomp] [--rate-limit] [--reference PATH] [--cli PATH]"
         )
         print("       swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ... (Linux boot; see BENCHMARKS.md)")
         exit(2)

@@ -347,12 +347,28 @@ extension KVMIntegration {
             #expect(FileManager.default.fileExists(atPath: taken), "a file that was there is left alone")
         }
 
-        @Test("lifecycle on the test kernel: configure, start, Running, pause, Paused, resume, Ctrl-Alt-Del, exit 0")
+        @Test(
+            "lifecycle on the test kernel: configure, start, Running, PATCH a drive, pause, Paused, resume, Ctrl-Alt-Del, exit 0"
+        )
         func lifecycle() throws {
             let kernel = try LinuxKernels.testKernel.get() + "/bzImage"
             let initrd = try LinuxKernels.guestImages.get() + "/initramfs.cpio.gz"
             let fc = try FirecrackerProcess()
             #expect(try fc.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#).status == 204)
+            // A rate-limited data drive of 16 sectors, swapped for one of 32 after start.
+            let small = NSTemporaryDirectory() + "swiftvisor-fc-\(UUID().uuidString).img"
+            let large = NSTemporaryDirectory() + "swiftvisor-fc-\(UUID().uuidString).img"
+            try Data(count: 16 * 512).write(to: URL(fileURLWithPath: small))
+            try Data(count: 32 * 512).write(to: URL(fileURLWithPath: large))
+            defer { [small, large].forEach { try? FileManager.default.removeItem(atPath: $0) } }
+            let drive = try fc.request(
+                "PUT", "/drives/data",
+                #"{"drive_id": "data", "path_on_host": "\#(small)", "is_root_device": false, "is_read_only": true, "rate_limiter": {"ops": {"size": 1000, "refill_time": 100}}}"#
+            )
+            #expect(drive.status == 204, "\(drive.body)")
+            #expect(
+                try fc.request("PATCH", "/drives/data", #"{"drive_id": "data", "path_on_host": "\#(large)"}"#).fault
+                    == "The requested operation is not supported before starting the microVM.")
             let boot = try fc.request(
                 "PUT", "/boot-source",
                 #"{"kernel_image_path": "\#(kernel)", "initrd_path": "\#(initrd)", "boot_args": "console=ttyS0 reboot=k panic=1 kunit.enable=0"}"#
@@ -372,6 +388,22 @@ extension KVMIntegration {
                 usleep(100_000)
             }
             #expect(fc.output.text.contains(keyboard), "\(fc.output.text.suffix(2000))")
+            // PATCH after start: the new file's capacity reaches the guest through a
+            // configuration-change interrupt; the limiter changes; /vm/config shows both.
+            let patch = try fc.request(
+                "PATCH", "/drives/data",
+                #"{"drive_id": "data", "path_on_host": "\#(large)", "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100}}}"#
+            )
+            #expect(patch.status == 204, "\(patch.body) \(fc.errors.text)")
+            let resized = "[vda] new size: 32 512-byte logical blocks"
+            let resizeDeadline = Date().addingTimeInterval(60)
+            while !fc.output.text.contains(resized), Date() < resizeDeadline { usleep(100_000) }
+            #expect(fc.output.text.contains(resized), "\(fc.output.text.suffix(2000))")
+            let config = try fc.request("GET", "/vm/config")
+            #expect(config.body.contains(large), "\(config.body)")
+            #expect(
+                try fc.request("PATCH", "/drives/data", #"{"drive_id": "data", "path_on_host": "/nonexistent"}"#).fault?
+                    .hasPrefix("Drive config error: Unable to patch the block device: ") == true)
             #expect(try fc.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
             #expect(try fc.request("GET", "/").json?["state"] as? String == "Paused")
             let pausedAt = fc.output.text.utf8.count

@@ -93,6 +93,34 @@ extension KVMIntegration {
             if ioThread { #expect(mmioWrites == 18, "mmio writes \(mmioWrites)") } else { #expect(mmioWrites > 18) }
         }
 
+        /// An ops limit of 20 requests per 100 ms: the first 20 of the guest's 100 reads
+        /// come from the full bucket, the other 80 at 200 a second, so the run takes at
+        /// least 400 ms (less a refill period of slack), and every request still completes.
+        @Test("a rate-limited disk holds the benchmark guest to its ops limit; every request completes")
+        func rateLimitedDisk() throws {
+            let path = NSTemporaryDirectory() + "swiftvisor-bench-\(UUID().uuidString).img"
+            try Data(count: 4 << 20).write(to: URL(fileURLWithPath: path))
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let console = ConsoleCapture()
+            var config = MachineConfiguration(guest: .elf(GuestImages.virtioBlkBench))
+            config.commandLine = "qd1 100"
+            config.consoleOutput = console.sink
+            let ops = TokenBucketConfiguration(size: 20, refillTimeMilliseconds: 100)
+            config.virtioDevices = [.block(path: path, readOnly: true, rateLimiter: RateLimiterConfiguration(ops: ops))]
+            let machine = try Machine(config)
+            let start = HostIO.monotonicNanoseconds()
+            let report = try machine.run()
+            let milliseconds = (HostIO.monotonicNanoseconds() - start) / 1_000_000
+            #expect(report.outcome == .stopped(.guestExit(status: 0)), "\(console.text)")
+            #expect(machine.virtioStatistics.first?.requests == 100)
+            #expect(milliseconds >= 350, "took \(milliseconds) ms")
+            #expect(milliseconds < 5000, "took \(milliseconds) ms")
+
+            // Without the I/O thread nothing would resume a throttled queue: refused.
+            config.virtioIOThread = false
+            #expect(throws: MachineError.self) { _ = try Machine(config) }
+        }
+
         /// A disk of 8 sectors, sector 0 holding byte i = i * 7 + 3, the rest zero.
         static func makeDisk() throws -> (path: String, contents: [UInt8]) {
             let path = NSTemporaryDirectory() + "swiftvisor-blk-\(UUID().uuidString).img"

@@ -57,6 +57,28 @@ struct IOThreadTests {
         #expect(IOEvents(rawValue: reported.load(ordering: .relaxed)).contains(.readable))
     }
 
+    @Test("a timer fires once, on the thread, no sooner than its deadline; a disarmed one never fires")
+    func timers() throws {
+        let thread = try IOThread()
+        #expect(thread.start() == 0)
+        defer { thread.stop() }
+        let fired = Mutex<[UInt64]>([])
+        let late = thread.addTimer { fired.withLock { $0.append(HostIO.monotonicNanoseconds()) } }
+        let never = thread.addTimer { fired.withLock { $0.append(0) } }
+        let armed = HostIO.monotonicNanoseconds()
+        thread.arm(never, at: armed + 20_000_000)
+        thread.arm(late, at: armed + 30_000_000)
+        thread.disarm(never)
+        #expect(Self.eventually { !fired.withLock { $0 }.isEmpty })
+        usleep(50_000)
+        let times = fired.withLock { $0 }
+        #expect(times.count == 1)
+        #expect(times.allSatisfy { $0 >= armed + 30_000_000 })
+        // Armed again, for a deadline already past: at once.
+        thread.arm(late, at: 0)
+        #expect(Self.eventually { fired.withLock { $0 }.count == 2 })
+    }
+
     @Test("an ended watch never runs again, and its slot serves a new watch")
     func unwatch() throws {
         let thread = try IOThread()

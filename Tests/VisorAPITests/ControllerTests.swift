@@ -22,6 +22,16 @@ final class FakeVM: RunningVM {
         return -1
     }
     func end(_ status: Int32) { ended.continuation.yield(status) }
+    /// Set to make the next update fail with this message.
+    let updateFailure = Mutex<String?>(nil)
+    func updateDrive(device: Int, path: String?, rateLimiter: RateLimiterConfig?) throws(APIError) {
+        if let failure = updateFailure.withLock({ $0 }) { throw .badRequest(failure) }
+        let limiter = rateLimiter.map { "\($0.bandwidth?.size ?? 0)/\($0.ops?.size ?? 0)" } ?? "-"
+        calls.withLock { $0.append("drive \(device) \(path ?? "-") \(limiter)") }
+    }
+    func updateInterface(device: Int, rx: RateLimiterConfig?, tx: RateLimiterConfig?) throws(APIError) {
+        calls.withLock { $0.append("net \(device) \(rx?.ops?.size ?? 0) \(tx?.bandwidth?.size ?? 0)") }
+    }
 }
 
 /// Starts `FakeVM`s (or fails) and remembers the resources it was given.
@@ -370,24 +380,113 @@ struct JSONTextTests {
 
 @Suite("Firecracker API: what is refused until it works (no KVM)")
 struct NotYetTests {
-    @Test func limitingRateLimitersAndMTUAreRefusedDisabledOnesAccepted() async {
+    @Test func rateLimitersAndMTUAreAccepted() async {
         let controller = makeController()
         let limited =
             #"{"drive_id": "d", "path_on_host": "/d", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#
-        let response = await controller.send("PUT", "/drives/d", limited)
-        #expect(response.faultMessage?.contains("`rate_limiter` buckets are not enforced") == true)
+        #expect(await controller.send("PUT", "/drives/d", limited).status == 204)
+        #expect(await controller.resources.drives.first?.rateLimiter?.bandwidth?.size == 1000)
         let disabled =
             #"{"drive_id": "d", "path_on_host": "/d", "is_root_device": false, "rate_limiter": {"ops": {"size": 0, "refill_time": 100}}}"#
         #expect(await controller.send("PUT", "/drives/d", disabled).status == 204)
-        let net = #"{"iface_id": "e", "host_dev_name": "tap0", "tx_rate_limiter": {"ops": {"size": 5, "refill_time": 10}}}"#
+        let huge =
+            #"{"ops": {"size": 9223372036854775807, "one_time_burst": 9223372036854775807, "refill_time": 9223372036854775807}}"#
+        let net = #"{"iface_id": "e", "host_dev_name": "tap0", "tx_rate_limiter": "# + huge + "}"
+        #expect(await controller.send("PUT", "/network-interfaces/e", net).status == 204)
+        let unknown =
+            #"{"iface_id": "e", "host_dev_name": "tap0", "tx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}, "x": 1}}"#
         #expect(
-            await controller.send("PUT", "/network-interfaces/e", net).faultMessage?.contains("`tx_rate_limiter`") == true)
-        let mtu = #"{"iface_id": "e", "host_dev_name": "tap0", "mtu": 9000}"#
-        #expect(await controller.send("PUT", "/network-interfaces/e", mtu).faultMessage?.contains("`mtu`") == true)
-        let missingRefill = #"{"iface_id": "e", "host_dev_name": "tap0", "rx_rate_limiter": {"ops": {"size": 5}}}"#
+            await controller.send("PUT", "/network-interfaces/e", unknown).faultMessage?.contains("unknown field `x`") == true)
+        let lowMTU = #"{"iface_id": "f", "host_dev_name": "tap1", "mtu": 67}"#
         #expect(
-            await controller.send("PUT", "/network-interfaces/e", missingRefill).faultMessage?.contains(
+            await controller.send("PUT", "/network-interfaces/f", lowMTU).faultMessage
+                == "Network config error: The MTU 67 is invalid: it must be between 68 and 65535.")
+        let missingRefill = #"{"iface_id": "f", "host_dev_name": "tap1", "rx_rate_limiter": {"ops": {"size": 5}}}"#
+        #expect(
+            await controller.send("PUT", "/network-interfaces/f", missingRefill).faultMessage?.contains(
                 "missing field `refill_time`") == true)
-        #expect(await controller.resources.networkInterfaces.isEmpty)
+        #expect(await controller.resources.networkInterfaces.count == 1)
+        let mtu = #"{"iface_id": "f", "host_dev_name": "tap1", "mtu": 9000}"#
+        #expect(await controller.send("PUT", "/network-interfaces/f", mtu).status == 204)
+        #expect(await controller.resources.networkInterfaces.last?.mtu == 9000)
+        let interfaces = json(await controller.send("GET", "/vm/config"))?["network-interfaces"]
+        guard case .array(let list)? = interfaces, list.count == 2 else {
+            Issue.record("network-interfaces: \(String(describing: interfaces))")
+            return
+        }
+        #expect(list[1]["mtu"] == .integer(9000))
+    }
+}
+
+@Suite("Firecracker API: PATCH of drives and interfaces after start (no KVM)")
+struct PatchTests {
+    func started() async -> (VMMController, FakeLauncher) {
+        let launcher = FakeLauncher()
+        let controller = makeController(launcher)
+        _ = await controller.send("PUT", "/boot-source", bootSource)
+        _ = await controller.send(
+            "PUT", "/drives/data", #"{"drive_id": "data", "path_on_host": "/d", "is_root_device": false}"#)
+        _ = await controller.send(
+            "PUT", "/drives/root",
+            #"{"drive_id": "root", "path_on_host": "/r", "is_root_device": true, "rate_limiter": {"ops": {"size": 7, "refill_time": 100}, "bandwidth": {"size": 9, "refill_time": 100}}}"#
+        )
+        _ = await controller.send("PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "tap0"}"#)
+        #expect(await controller.send("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
+        return (controller, launcher)
+    }
+
+    @Test func patchDriveSwapsThePathAndMergesTheLimiter() async throws {
+        let (controller, launcher) = await started()
+        // The root drive is first: device 0; "data" is device 1.
+        #expect(
+            await controller.send("PATCH", "/drives/data", #"{"drive_id": "data", "path_on_host": "/new"}"#).status == 204)
+        #expect(
+            await controller.send(
+                "PATCH", "/drives/root", #"{"drive_id": "root", "rate_limiter": {"ops": {"size": 3, "refill_time": 10}}}"#
+            ).status == 204)
+        #expect(
+            await controller.send(
+                "PATCH", "/network-interfaces/eth0",
+                #"{"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 4, "refill_time": 10}}}"#
+            ).status == 204)
+        #expect(launcher.vm.calls.withLock { $0 } == ["drive 1 /new -", "drive 0 - 0/3", "net 2 4 0"])
+        let drives = await controller.resources.drives
+        #expect(drives[1].pathOnHost == "/new")
+        // The ops bucket is replaced, the bandwidth bucket kept.
+        #expect(drives[0].rateLimiter?.ops?.size == 3)
+        #expect(drives[0].rateLimiter?.bandwidth?.size == 9)
+        #expect(await controller.resources.networkInterfaces[0].rxRateLimiter?.ops?.size == 4)
+    }
+
+    @Test func patchErrorsUseFirecrackersWording() async {
+        let (controller, launcher) = await started()
+        #expect(
+            await controller.send("PATCH", "/drives/data", #"{"drive_id": "other", "path_on_host": "/x"}"#).faultMessage
+                == "The id from the path does not match the id from the body!")
+        #expect(
+            await controller.send("PATCH", "/drives/data", #"{"drive_id": "data", "is_read_only": true}"#).faultMessage?
+                .contains("unknown field `is_read_only`") == true)
+        #expect(
+            await controller.send("PATCH", "/drives/none", #"{"drive_id": "none", "path_on_host": "/x"}"#).faultMessage?
+                .hasPrefix("Drive config error: Unable to patch the block device: ") == true)
+        #expect(
+            await controller.send("PATCH", "/drives/data", #"{"drive_id": "data"}"#).faultMessage?.hasPrefix(
+                "Drive config error: Unable to patch the block device: ") == true)
+        #expect(
+            await controller.send("PATCH", "/network-interfaces/eth0", #"{"iface_id": "eth1"}"#).faultMessage
+                == "The id from the path [eth0] does not match the id from the body [eth1]!")
+        #expect(
+            await controller.send("PATCH", "/network-interfaces/eth1", #"{"iface_id": "eth1"}"#).faultMessage?.hasPrefix(
+                "Network config error: Unable to update the net device: ") == true)
+        #expect(
+            await controller.send("PATCH", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "t"}"#)
+                .faultMessage?.contains("unknown field `host_dev_name`") == true)
+        // A failure in the VM leaves the configuration as it was.
+        launcher.vm.updateFailure.withLock { $0 = "Drive config error: Unable to patch the block device: nope" }
+        #expect(
+            await controller.send("PATCH", "/drives/data", #"{"drive_id": "data", "path_on_host": "/x"}"#).faultMessage
+                == "Drive config error: Unable to patch the block device: nope")
+        #expect(await controller.resources.drives[1].pathOnHost == "/d")
+        #expect(launcher.vm.calls.withLock { $0 }.isEmpty)
     }
 }

@@ -11,18 +11,24 @@ final class BlockHarness {
     var fake: FakeDriver
     let device: VirtioBlockDevice
     let path: String
+    let interrupt = VirtioInterrupt { _ in }
     static let header: UInt64 = 0x10_000
     static let data: UInt64 = 0x20_000
     static let status: UInt64 = 0x30_000
     typealias T = VirtioBlockDevice.RequestType
 
-    init(sectors: Int = 8, readOnly: Bool = false, openReadOnly: Bool = false) throws {
+    init(
+        sectors: Int = 8, readOnly: Bool = false, openReadOnly: Bool = false, rateLimiter: RateLimiter = RateLimiter(),
+        clock: @escaping @Sendable () -> UInt64 = { 0 }
+    ) throws {
         path = NSTemporaryDirectory() + "swiftvisor-block-\(UUID().uuidString).img"
         try Data(Self.pattern(sectors * 512)).write(to: URL(fileURLWithPath: path))
         memory = try FakeDriver.memory()
         fake = FakeDriver(memory: memory)
-        device = VirtioBlockDevice(file: try HostDiskFile.open(path, readOnly: openReadOnly), readOnly: readOnly)
-        try device.activate(features: 0, queues: [try fake.queue()], memory: memory, interrupt: VirtioInterrupt { _ in })
+        device = VirtioBlockDevice(
+            file: try HostDiskFile.open(path, readOnly: openReadOnly), readOnly: readOnly, rateLimiter: rateLimiter,
+            clock: clock)
+        try device.activate(features: 0, queues: [try fake.queue()], memory: memory, interrupt: interrupt)
     }
 
     deinit { try? FileManager.default.removeItem(atPath: path) }

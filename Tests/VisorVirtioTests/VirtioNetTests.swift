@@ -27,13 +27,17 @@ final class NetHarness {
     var interrupts: Int { raised.value.load(ordering: .relaxed) }
     static let mac: [UInt8] = [0x06, 0x00, 0xAC, 0x10, 0x00, 0x01]
 
-    init(receiveSize: UInt16 = 8) throws {
+    init(
+        receiveSize: UInt16 = 8, receiveLimiter: RateLimiter = RateLimiter(), transmitLimiter: RateLimiter = RateLimiter(),
+        clock: @escaping @Sendable () -> UInt64 = { 0 }
+    ) throws {
         memory = try FakeDriver.memory()
         receive = FakeDriver(memory: memory, size: receiveSize, descriptors: 0x1000, available: 0x2000, used: 0x3000)
         transmit = FakeDriver(memory: memory, descriptors: 0x4000, available: 0x5000, used: 0x6000)
         let (tap, peer) = try HostTap.socketPair()
         self.peer = peer
-        device = VirtioNetDevice(tap: tap, mac: Self.mac)
+        device = VirtioNetDevice(
+            tap: tap, mac: Self.mac, receiveLimiter: receiveLimiter, transmitLimiter: transmitLimiter, clock: clock)
         let interrupt = VirtioInterrupt { [raised] level in if level { raised.value.add(1, ordering: .relaxed) } }
         try device.activate(
             features: 0, queues: [try receive.queue(), try transmit.queue()], memory: memory, interrupt: interrupt)
@@ -107,6 +111,17 @@ struct VirtioNetTests {
         #expect(h.device.readConfiguration(offset: UInt64.max, width: 8) == 0)
         h.device.writeConfiguration(offset: 0, width: 4, value: 0xFFFF_FFFF)
         #expect(h.device.readConfiguration(offset: 0, width: 4) == 0x10AC_0006)
+    }
+
+    @Test("configuration with an MTU: VIRTIO_NET_F_MTU offered, max_virtqueue_pairs 1 and the MTU after the status")
+    func configurationWithMTU() throws {
+        let (tap, _) = try HostTap.socketPair()
+        let device = VirtioNetDevice(tap: tap, mac: NetHarness.mac, mtu: 9000)
+        #expect(device.deviceFeatures == F.mac | F.status | F.mtu)
+        #expect(device.readConfiguration(offset: 6, width: 2) == 1)
+        #expect(device.readConfiguration(offset: 8, width: 2) == 1)
+        #expect(device.readConfiguration(offset: 10, width: 2) == 9000)
+        #expect(device.readConfiguration(offset: 12, width: 2) == 0)
     }
 
     @Test("receive: a frame from the TAP lands in a chain of two buffers, with a clean header")
