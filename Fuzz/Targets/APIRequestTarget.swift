@@ -73,6 +73,7 @@ func fuzzAPIRequest(_ data: [UInt8]) {
             case (.pause, .started): phase = .started(paused: true)
             case (.resume, .started): phase = .started(paused: false)
             case (.sendCtrlAltDel, .started), (.flushMetrics, .started): break
+            case (.configureLogger, .notStarted), (.configureMetrics, .notStarted): break
             default: preconditionFailure("\(runtime) allowed in phase \(phase)")
             }
         }

@@ -27,6 +27,9 @@ package enum Phase: Sendable, Equatable {
 /// A request that needs the VM, which only the controller can do.
 package enum RuntimeRequest: Sendable, Equatable {
     case instanceStart, sendCtrlAltDel, flushMetrics, pause, resume
+    /// `PUT /logger` and `PUT /metrics`: they open files, so the controller does them.
+    case configureLogger(LoggerConfig)
+    case configureMetrics(MetricsConfig)
 }
 
 /// What `RequestRules.apply` decided.
@@ -138,7 +141,15 @@ package struct RequestRules: Sendable {
                 throw .badRequest(
                     "The requested operation is not supported: snapshots (PUT /snapshot/\(operation)) are not implemented by SwiftVisor yet."
                 )
-            case "logger", "metrics", "serial":
+            case "logger":
+                let config = try LoggerConfig(parsing: try JSON.parse(body))
+                try phase.preBoot()
+                return .runtime(.configureLogger(config))
+            case "metrics":
+                let config = try MetricsConfig(parsing: try JSON.parse(body))
+                try phase.preBoot()
+                return .runtime(.configureMetrics(config))
+            case "serial":
                 throw .badRequest(
                     "The requested operation is not supported: PUT /\(resource) is not implemented by SwiftVisor yet.")
             case "balloon", "cpu-config", "pmem", "mmds", "hotplug":
