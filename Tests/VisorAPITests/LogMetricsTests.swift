@@ -172,6 +172,36 @@ struct LogMetricsTests {
         #expect(second["vcpu"]?["exit_io_in"] == .integer(0))
     }
 
+    @Test func metricsArePeriodicWhileTheVMRunsAndWrittenAtItsEnd() async throws {
+        let path = temporaryFile("metrics")
+        let launcher = FakeLauncher()
+        let exits = Exits()
+        let logs = LogSink(instanceID: "vm")
+        try logs.configure(LoggerConfig(level: .off))
+        let controller = VMMController(
+            instanceID: "vm", version: "1.12.0", launcher: launcher, logs: logs, metricsPeriod: .milliseconds(20),
+            onExit: { status in exits.statuses.withLock { $0.append(status) } })
+        #expect(await controller.send("PUT", "/metrics", #"{"metrics_path": "\#(path)"}"#).status == 204)
+        _ = await controller.send("PUT", "/boot-source", bootSource)
+        #expect(await controller.send("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
+        var waited = 0
+        while lines(path).count < 3, waited < 500 {
+            try await Task.sleep(for: .milliseconds(10))
+            waited += 1
+        }
+        #expect(lines(path).count >= 3)
+        launcher.vm.end(0)
+        while exits.statuses.withLock({ $0.isEmpty }), waited < 1000 {
+            try await Task.sleep(for: .milliseconds(10))
+            waited += 1
+        }
+        #expect(exits.statuses.withLock { $0 } == [0])
+        // The line at the end comes before onExit, and the periodic lines stop with the VM.
+        let atEnd = lines(path).count
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(lines(path).count == atEnd)
+    }
+
     @Test func metricsLineDeltasAndShape() {
         var previous: [String: UInt64] = [:]
         let groups = [MetricGroup("vcpu", [("exit_io_in", 10), ("exit_io_out", 3)])]
