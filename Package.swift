@@ -4,11 +4,12 @@
 //
 // The import graph, by layer from the top: a target depends on, and imports, only targets
 // on lower layers. Each line draws exactly the package targets its target depends on
-// (external products, ArgumentParser and Histogram, are not drawn); a target may take
-// several lines of its layer. Tools/check-imports reads this block and fails CI when it
-// differs from the targets below, when a Swift file imports a module its target does not
-// declare, or when an import goes up. Every library target has a line; test targets are
-// not drawn (they sit above everything and import what they declare).
+// (external products, ArgumentParser, Histogram, the NIO modules and Logging, are not
+// drawn); a target may take several lines of its layer. Tools/check-imports reads this
+// block and fails CI when it differs from the targets below, when a Swift file imports a
+// module its target does not declare, or when an import goes up. Every library target
+// has a line; test targets are not drawn (they sit above everything and import what they
+// declare).
 //
 // import graph:
 //  7  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
@@ -68,6 +69,8 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
         // HTTP/1.1 for the control API: SwiftNIO's codec, not hand-written parsing.
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        // Logging API for the Firecracker-compatible front end's log lines.
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .target(name: "CKVM"),
@@ -120,6 +123,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         .plugin(name: "GuestBuilder", capability: .buildTool()),
@@ -130,6 +134,7 @@ let package = Package(
             dependencies: [
                 "SwiftVisor", "SwiftVisorGuests", "VisorKVM", "VisorHost", "VisorAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         // A small static C launcher that binds the API socket before swiftvisor has loaded,
@@ -168,7 +173,10 @@ let package = Package(
             name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport", "VisorLinux"], path: "Fuzz/Tests",
             swiftSettings: strictTests),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
-        .testTarget(name: "VisorAPITests", dependencies: ["VisorAPI"], swiftSettings: strictTests),
+        .testTarget(
+            name: "VisorAPITests",
+            dependencies: ["VisorAPI", "SwiftVisor", "VisorHost", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictTests),
         .testTarget(
             name: "VisorVirtioTests", dependencies: ["VisorVirtio", "VisorCore", "VisorMemory", "VisorHost", "VisorKVM"],
             swiftSettings: strictTests),

@@ -163,6 +163,9 @@ public final class Machine: Sendable {
     /// What each virtio device did so far, in configuration order.
     public var virtioStatistics: [VirtioDeviceStatistics] { parts.virtio.map(\.statistics) }
 
+    /// Every vCPU's port and MMIO exits so far, by direction (read racily while they run).
+    package var liveExitCounts: LiveExitCounts { runner.liveExitCounts }
+
     /// Guest RDMSR/WRMSR accesses that raised #GP so far.
     public var deniedMSRAccesses: UInt64 { parts.msrEmulator.deniedAccesses }
 

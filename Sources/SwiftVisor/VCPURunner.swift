@@ -24,6 +24,8 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
     /// Confines each vCPU thread before its first run (`Seccomp.install(.vcpu)` on KVM);
     /// nil leaves the threads unconfined. A thrown error ends the VM before guest code runs.
     let confine: (@Sendable () throws(SeccompError) -> Void)?
+    /// Each vCPU's running exit counts, by index (always on: two plain stores per exit).
+    let liveExits: [LiveExitCounter]
 
     init(
         vcpus: [VCPU], dispatcher: ExitDispatcher, control: RunControl, collectStatistics: Bool = false,
@@ -40,6 +42,7 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
         self.diagnose = diagnose
         self.sendSignal = sendSignal
         self.confine = confine
+        self.liveExits = vcpus.map { _ in LiveExitCounter() }
         VCPUSignals.installKickHandler()
     }
 
@@ -68,6 +71,13 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
     }
 
     func wait() async -> RunReport { await control.report() }
+
+    /// Every vCPU's exits so far, added up (read racily while they run).
+    var liveExitCounts: LiveExitCounts {
+        var total = LiveExitCounts()
+        for counter in liveExits { counter.add(to: &total) }
+        return total
+    }
 
     /// Stops every vCPU and returns the report; a machine that never started gets a
     /// `.requested` report at once.
@@ -180,6 +190,7 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
         VCPUSignals.unblock([VCPUSignals.kick])
         control.threadStarted(index)
         let vcpu = vcpus[index]
+        let live = liveExits[index]
         var statistics: ExitStatistics? = collectStatistics ? ExitStatistics() : nil
         defer { control.threadExited(index, statistics) }
         // The vCPU's filter goes on here, after set-up and before the first KVM_RUN: from
@@ -224,6 +235,7 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
                 return finish(.fatal(.runFailed(error.description)), vcpu, index)
             }
             if case .interrupted = exit { continue }
+            live.record(exit)
             let exitTime = statistics == nil ? 0 : HostIO.monotonicNanoseconds()
             let outcome = dispatcher.dispatch(exit, vcpu: vcpu)
             if statistics != nil {

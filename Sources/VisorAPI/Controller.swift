@@ -1,3 +1,6 @@
+import Logging
+import VisorHost
+
 /// A refused request: Firecracker answers every one with 400 and `{"fault_message": ...}`.
 package enum APIError: Error, Equatable, CustomStringConvertible {
     case badRequest(String)
@@ -58,6 +61,15 @@ package protocol RunningVM: Sendable {
     /// Changes the receive and transmit rate limiters of virtio device `device` (a network
     /// device), as `updateDrive` does a disk's.
     func updateInterface(device: Int, rx: RateLimiterConfig?, tx: RateLimiterConfig?) throws(APIError)
+    /// `wait()`, with why the VM ended when known.
+    func waitForEnd() async -> (status: Int32, reason: String?)
+    /// What the VM counted so far (read while it runs).
+    func counters() -> VMCounters
+}
+
+extension RunningVM {
+    package func waitForEnd() async -> (status: Int32, reason: String?) { (await wait(), nil) }
+    package func counters() -> VMCounters { VMCounters() }
 }
 
 /// Builds and starts a VM from what clients configured.
@@ -83,28 +95,70 @@ package actor VMMController {
     private var vm: (any RunningVM)?
     private var starting = false
     private var paused = false
+    /// The log and the metrics, shared with the entry point (which logs start and exit).
+    package nonisolated let logs: LogSink
+    package nonisolated let metrics: MetricsSink
+    private let apiLog: Logger
+    private let vmmLog: Logger
+    private var requestCounts = APIRequestCounts()
+    private var periodicMetrics: Task<Void, Never>?
+    /// Whether the configuration came from a file (for the start line).
+    private var startedFromFile = false
+    /// How often metrics are written while the VM runs (Firecracker: 60 s).
+    private let metricsPeriod: Duration
+    /// Wall-clock milliseconds for a metrics line.
+    private let clock: @Sendable () -> UInt64
 
     package init(
-        instanceID: String, version: String, launcher: any VMLauncher, onExit: @escaping @Sendable (Int32) -> Void
+        instanceID: String, version: String, launcher: any VMLauncher, logs: LogSink? = nil,
+        metrics: MetricsSink = MetricsSink(), metricsPeriod: Duration = .seconds(60),
+        clock: @escaping @Sendable () -> UInt64 = {
+            let (seconds, nanoseconds) = HostIO.realtime()
+            return UInt64(max(seconds, 0)) &* 1000 &+ UInt64(nanoseconds / 1_000_000)
+        },
+        onExit: @escaping @Sendable (Int32) -> Void
     ) {
         self.instanceID = instanceID
         self.version = version
         self.launcher = launcher
         self.rules = RequestRules(instanceID: instanceID, version: version, unreadable: { launcher.unreadable($0) })
         self.onExit = onExit
+        let logs = logs ?? LogSink(instanceID: instanceID)
+        self.logs = logs
+        self.metrics = metrics
+        self.metricsPeriod = metricsPeriod
+        self.clock = clock
+        apiLog = logs.logger(thread: "fc_api")
+        vmmLog = logs.logger(thread: "fc_vmm")
     }
+
+    deinit { periodicMetrics?.cancel() }
 
     package var state: InstanceState { phase.state }
 
-    /// Replaces the configuration (from a configuration file) before the VM starts.
+    /// Replaces the configuration (from a configuration file) before the VM starts; its
+    /// `logger` and `metrics` are applied first, as Firecracker does.
     package func configure(_ resources: VMResources) throws(APIError) {
         try phase.preBoot()
+        if let logger = resources.logger { try logs.configure(logger) }
+        if let metrics = resources.metrics { try self.metrics.configure(metrics) }
         self.resources = resources
+        startedFromFile = true
+    }
+
+    /// Writes a metrics line now (when a destination is set); returns it.
+    @discardableResult
+    package func flushMetrics() -> [UInt8]? {
+        let groups = MetricsSink.groups(
+            vm: vm?.counters(), api: requestCounts, missedLogLines: logs.missedLines,
+            missedMetricsLines: metrics.missedLines, resources: resources)
+        return metrics.flush(groups, timestampMilliseconds: clock())
     }
 
     /// Serves one request. `path` is the request target as sent (Firecracker ignores a
     /// query string, so a `?` stays part of the path).
     package func handle(method: String, path: String, body: [UInt8]) async -> APIResponse {
+        apiLog.info("The API server received a \(Self.describe(method: method, path: path, body: body)).")
         var deprecated = false
         var response: APIResponse
         do {
@@ -120,8 +174,58 @@ package actor VMMController {
             response = .fault(error.description)
         }
         // Firecracker flags a deprecated field whatever the answer.
-        if deprecated { response.headers.append(("Deprecation", "true")) }
+        if deprecated {
+            response.headers.append(("Deprecation", "true"))
+            requestCounts.deprecatedCalls &+= 1
+        }
+        requestCounts.record(method: method, resource: Self.resource(path), failed: response.status >= 400)
+        if let message = response.faultMessage {
+            apiLog.error("Received Error. Status code: 400 Bad Request. Message: \(message)")
+        } else {
+            apiLog.info(
+                "The request was executed successfully. Status code: \(response.status == 200 ? "200 OK" : "204 No Content").")
+        }
         return response
+    }
+
+    /// The first path segment, which picks the resource.
+    static func resource(_ path: String) -> String {
+        var trimmed = Substring(path)
+        if trimmed.hasPrefix("/") { trimmed = trimmed.dropFirst() }
+        return String(trimmed.prefix(while: { $0 != "/" }))
+    }
+
+    /// Firecracker's description of a request for its log: `Put request on "/drives/rootfs"
+    /// with body "{...}"`, strings quoted and escaped as Rust's `Debug` does.
+    package static func describe(method: String, path: String, body: [UInt8]) -> String {
+        let name = method.prefix(1).uppercased() + method.dropFirst().lowercased()
+        var text = "\(name) request on \(debugQuoted(path))"
+        if !body.isEmpty {
+            // MMDS contents may be secrets: Firecracker leaves them out too.
+            if resource(path) == "mmds" { return text }
+            text += " with body " + debugQuoted(String(validating: body, as: UTF8.self) ?? "inconsistent body")
+        }
+        return text
+    }
+
+    static func debugQuoted(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 || scalar.value == 0x7F {
+                    out += "\\u{" + String(scalar.value, radix: 16) + "}"
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out + "\""
     }
 
     private var phase: Phase {
@@ -137,27 +241,46 @@ package actor VMMController {
             }
             starting = true
             defer { starting = false }
-            let vm = try await launcher.launch(resources)
-            self.vm = vm
-            let onExit = self.onExit
-            Task.detached {
-                let status = await vm.wait()
-                onExit(status)
+            let vm: any RunningVM
+            do throws(APIError) { vm = try await launcher.launch(resources) } catch {
+                vmmLog.error("\(error.description)")
+                throw error
             }
+            self.vm = vm
+            vmmLog.info(
+                "Successfully started microvm that was configured from \(startedFromFile ? "one single json" : "API requests").")
+            flushMetrics()
+            let period = metricsPeriod
+            periodicMetrics = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: period)
+                    guard !Task.isCancelled, let self else { return }
+                    await self.flushMetrics()
+                }
+            }
+            Task.detached { [self] in
+                let (status, reason) = await vm.waitForEnd()
+                await self.vmEnded(status: status, reason: reason)
+            }
+        case .configureLogger(let config):
+            try logs.configure(config)
+        case .configureMetrics(let config):
+            try metrics.configure(config)
         case .sendCtrlAltDel:
             guard let vm, vm.sendCtrlAltDel() else {
                 throw .badRequest("Internal VMM error: Failed to send CTRL+ALT+DEL: i8042 internal buffer full.")
             }
         case .flushMetrics:
-            // Firecracker answers 204 even when no metrics file was configured; with no
-            // metrics support yet there is nothing to write.
-            break
+            // Firecracker answers 204 even when no metrics file was configured.
+            flushMetrics()
         case .pause:
             await vm?.pause()
             paused = true
+            vmmLog.info("The microVM is paused.")
         case .resume:
             vm?.resume()
             paused = false
+            vmmLog.info("The microVM is resumed.")
         case .updateDrive(let index, let update):
             try vm?.updateDrive(device: index, path: update.pathOnHost, rateLimiter: update.rateLimiter)
             if let path = update.pathOnHost { resources.drives[index].pathOnHost = path }
@@ -177,5 +300,15 @@ package actor VMMController {
                 resources.networkInterfaces[index].txRateLimiter = old?.patched(with: limiter) ?? limiter
             }
         }
+    }
+
+    /// The VM ended: its reason is logged, a last metrics line written, then `onExit`.
+    private func vmEnded(status: Int32, reason: String?) {
+        periodicMetrics?.cancel()
+        periodicMetrics = nil
+        let text = "Vmm is stopping" + (reason.map { " (\($0))" } ?? "") + ", exit status \(status)."
+        if status == 0 { vmmLog.info("\(text)") } else { vmmLog.error("\(text)") }
+        flushMetrics()
+        onExit(status)
     }
 }

@@ -98,7 +98,7 @@ package struct MachineLauncher: VMLauncher {
             let machine = try Machine(config)
             onStart?(machine)
             try machine.start()
-            return RunningMachine(machine: machine)
+            return RunningMachine(machine: machine, resources: resources)
         } catch {
             throw .badRequest("Start microvm error: \(error.description)")
         }
@@ -108,13 +108,40 @@ package struct MachineLauncher: VMLauncher {
 /// A started `Machine` behind the controller's protocol.
 struct RunningMachine: RunningVM {
     let machine: Machine
+    let resources: VMResources
 
     func pause() async { await machine.pause() }
     func resume() { machine.resume() }
     func sendCtrlAltDel() -> Bool { machine.pressCtrlAltDelete() }
-    func wait() async -> Int32 {
+    func wait() async -> Int32 { await waitForEnd().status }
+
+    func waitForEnd() async -> (status: Int32, reason: String?) {
         let report = await machine.wait()
-        return report.exitStatus
+        let reason: String
+        switch report.outcome {
+        case .stopped(let why): reason = "stopped: \(why)"
+        case .fatal(let fatal): reason = "fatal: \(fatal)"
+        }
+        return (report.exitStatus, reason)
+    }
+
+    /// The devices are in `MachineLauncher.configuration`'s order: drives, interfaces,
+    /// vsock, entropy.
+    func counters() -> VMCounters {
+        var counters = VMCounters()
+        counters.exits = machine.liveExitCounts
+        var devices = machine.virtioStatistics[...]
+        for drive in resources.drives {
+            guard let next = devices.popFirst() else { break }
+            counters.drives.append((drive.driveID, next))
+        }
+        for interface in resources.networkInterfaces {
+            guard let next = devices.popFirst() else { break }
+            counters.interfaces.append((interface.ifaceID, next))
+        }
+        if resources.vsock != nil { counters.vsock = devices.popFirst() }
+        if resources.entropy != nil { counters.entropy = devices.popFirst() }
+        return counters
     }
 
     func updateDrive(device: Int, path: String?, rateLimiter: RateLimiterConfig?) throws(APIError) {

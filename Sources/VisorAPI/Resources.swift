@@ -369,6 +369,10 @@ package struct VMResources: Sendable, Equatable {
     package var networkInterfaces: [NetworkInterfaceConfig] = []
     package var vsock: VsockConfig?
     package var entropy: EntropyConfig?
+    /// The configuration file's `logger` and `metrics`: applied by the controller, and
+    /// (as in Firecracker) never shown in `GET /vm/config`.
+    package var logger: LoggerConfig?
+    package var metrics: MetricsConfig?
 
     package init() {}
 
@@ -433,9 +437,11 @@ extension VMResources {
             guard let found = members.last(where: { $0.key == key })?.value, found != .null else { return nil }
             return found
         }
-        for key in ["balloon", "mmds-config", "cpu-config", "logger", "metrics"] where value(key) != nil {
+        for key in ["balloon", "mmds-config", "cpu-config"] where value(key) != nil {
             throw .badRequest("The configuration file's `\(key)` is not supported by SwiftVisor yet.")
         }
+        if let logger = value("logger") { self.logger = try LoggerConfig(parsing: logger) }
+        if let metrics = value("metrics") { self.metrics = try MetricsConfig(parsing: metrics) }
         if let machine = value("machine-config") {
             self.machine = try MachineConfig(parsing: machine, current: MachineConfig(), patch: false)
         }

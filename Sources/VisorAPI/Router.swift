@@ -33,6 +33,9 @@ package enum RuntimeRequest: Sendable, Equatable {
     /// `PATCH /network-interfaces/{id}` of the interface at `index` of
     /// `VMResources.networkInterfaces`.
     case updateInterface(index: Int, NetworkInterfaceUpdate)
+    /// `PUT /logger` and `PUT /metrics`: they open files, so the controller does them.
+    case configureLogger(LoggerConfig)
+    case configureMetrics(MetricsConfig)
 }
 
 /// What `RequestRules.apply` decided.
@@ -144,7 +147,15 @@ package struct RequestRules: Sendable {
                 throw .badRequest(
                     "The requested operation is not supported: snapshots (PUT /snapshot/\(operation)) are not implemented by SwiftVisor yet."
                 )
-            case "logger", "metrics", "serial":
+            case "logger":
+                let config = try LoggerConfig(parsing: try JSON.parse(body))
+                try phase.preBoot()
+                return .runtime(.configureLogger(config))
+            case "metrics":
+                let config = try MetricsConfig(parsing: try JSON.parse(body))
+                try phase.preBoot()
+                return .runtime(.configureMetrics(config))
+            case "serial":
                 throw .badRequest(
                     "The requested operation is not supported: PUT /\(resource) is not implemented by SwiftVisor yet.")
             case "balloon", "cpu-config", "pmem", "mmds", "hotplug":

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Logging
 import SwiftVisor
 import VisorAPI
 import VisorHost
@@ -34,22 +35,22 @@ struct Firecracker: ParsableCommand {
     @Flag(name: .customLong("no-api"), help: "Serve no API (needs --config-file).")
     var noAPI = false
 
-    @Option(name: .customLong("log-path"), help: "Accepted; not yet honoured (diagnostics go to standard error).")
+    @Option(name: .customLong("log-path"), help: "An existing file or FIFO for the log (default: standard error).")
     var logPath: String?
 
-    @Option(name: .customLong("level"), help: "Accepted; not yet honoured.")
+    @Option(name: .customLong("level"), help: "The log level: Off, Error, Warning, Info (default), Debug or Trace.")
     var level: String?
 
-    @Option(name: .customLong("module"), help: "Accepted; not yet honoured.")
+    @Option(name: .customLong("module"), help: "Log only lines from Swift modules whose name starts with this.")
     var module: String?
 
-    @Flag(name: .customLong("show-level"), help: "Accepted; not yet honoured.")
+    @Flag(name: .customLong("show-level"), help: "Show each log line's level.")
     var showLevel = false
 
-    @Flag(name: .customLong("show-log-origin"), help: "Accepted; not yet honoured.")
+    @Flag(name: .customLong("show-log-origin"), help: "Show each log line's source file and line.")
     var showLogOrigin = false
 
-    @Option(name: .customLong("metrics-path"), help: "Accepted; not yet honoured.")
+    @Option(name: .customLong("metrics-path"), help: "An existing file or FIFO for the metrics, one JSON object per line.")
     var metricsPath: String?
 
     @Flag(name: .customLong("boot-timer"), help: "Accepted; not yet honoured.")
@@ -89,6 +90,9 @@ struct Firecracker: ParsableCommand {
         if seccompFilter != nil, noSeccomp {
             throw ValidationError("give either --seccomp-filter or --no-seccomp, not both")
         }
+        if let level, LogLevelFilter(name: level) == nil {
+            throw ValidationError("--level must be one of Off, Error, Warning, Info, Debug, Trace")
+        }
         if httpAPIMaxPayloadSize < 1 { throw ValidationError("--http-api-max-payload-size must be at least 1") }
         if id.isEmpty || id.utf8.count > 64 || !id.allSatisfy({ $0 == "_" || $0 == "-" || $0.isLetter || $0.isNumber }) {
             throw ValidationError("--id must be 1 to 64 letters, digits, '-' or '_'")
@@ -113,12 +117,27 @@ struct Firecracker: ParsableCommand {
 
     /// Returns the process's exit status.
     private func serve() async -> Int32 {
-        let log: @Sendable (String) -> Void = { HostIO.printError("swiftvisor: " + $0) }
-        reportIgnoredOptions(log)
-
-        // Read and checked before the socket is bound: a bad file ends the process at once,
-        // with nothing left behind.
+        // Read and checked before anything else: a bad file ends the process at once, with
+        // one line on standard error and nothing left behind.
         let fileResources = configFile.map(readConfigurationFile)
+
+        // Then the log, as Firecracker sets it up before anything else it logs.
+        let logs = LogSink(instanceID: id)
+        let cliLogger = LoggerConfig(
+            logPath: logPath, level: level.flatMap(LogLevelFilter.init(name:)), showLevel: showLevel,
+            showLogOrigin: showLogOrigin, module: module)
+        do throws(APIError) { try logs.configure(cliLogger) } catch { fail(error.description) }
+        let mainLog = logs.logger(thread: "main")
+        mainLog.info("Running Firecracker v\(firecrackerAPIVersion)")
+        let metrics = MetricsSink()
+        if let metricsPath {
+            do throws(APIError) { try metrics.configure(MetricsConfig(metricsPath: metricsPath)) } catch {
+                fail(error.description)
+            }
+        }
+        let vmmLog = logs.logger(thread: "fc_vmm")
+        let log: @Sendable (String) -> Void = { vmmLog.warning("\($0)") }
+        reportIgnoredOptions { mainLog.warning("\($0)") }
 
         let exit = ExitSignal()
         // SIGINT and SIGTERM stop a running VM (the process then ends with 128 + the
@@ -133,7 +152,7 @@ struct Firecracker: ParsableCommand {
         let launcher = MachineLauncher(
             seccomp: !noSeccomp, log: log, onStart: { machine in signals.attach(machine) })
         let controller = VMMController(
-            instanceID: id, version: firecrackerAPIVersion, launcher: launcher,
+            instanceID: id, version: firecrackerAPIVersion, launcher: launcher, logs: logs, metrics: metrics,
             onExit: { status in exit.fire(status) })
 
         var server: APIServer?
@@ -173,8 +192,13 @@ struct Firecracker: ParsableCommand {
         await shutDown(server)
         serving?.cancel()
         if let signal = signals.interruptedBy {
-            HostIO.printError("swiftvisor: stopped by signal \(signal)")
+            mainLog.warning("Stopped by signal \(signal).")
             status = 128 + signal
+        }
+        if status == 0 {
+            mainLog.info("Firecracker exiting successfully. exit_code=0")
+        } else {
+            mainLog.error("Firecracker exiting with error. exit_code=\(status)")
         }
         return status
     }
@@ -186,12 +210,6 @@ struct Firecracker: ParsableCommand {
 
     private func reportIgnoredOptions(_ log: (String) -> Void) {
         var ignored: [String] = []
-        if logPath != nil { ignored.append("--log-path") }
-        if level != nil { ignored.append("--level") }
-        if module != nil { ignored.append("--module") }
-        if showLevel { ignored.append("--show-level") }
-        if showLogOrigin { ignored.append("--show-log-origin") }
-        if metricsPath != nil { ignored.append("--metrics-path") }
         if bootTimer { ignored.append("--boot-timer") }
         if seccompFilter != nil { ignored.append("--seccomp-filter (SwiftVisor's own filters apply)") }
         if mmdsSizeLimit != nil || metadata != nil { ignored.append("--mmds-size-limit/--metadata (no MMDS)") }

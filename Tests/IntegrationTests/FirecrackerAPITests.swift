@@ -348,12 +348,36 @@ extension KVMIntegration {
         }
 
         @Test(
-            "lifecycle on the test kernel: configure, start, Running, PATCH a drive, pause, Paused, resume, Ctrl-Alt-Del, exit 0"
+            "lifecycle on the test kernel: configure, start, Running, PATCH a drive, pause, Paused, resume, FlushMetrics, Ctrl-Alt-Del, exit 0; the log (a FIFO) and the metrics (a file)"
         )
         func lifecycle() throws {
             let kernel = try LinuxKernels.testKernel.get() + "/bzImage"
             let initrd = try LinuxKernels.guestImages.get() + "/initramfs.cpio.gz"
-            let fc = try FirecrackerProcess()
+            // The log goes to a FIFO (read by a thread here), the metrics to a file; both
+            // exist before the process starts, as Firecracker requires.
+            let outside = NSTemporaryDirectory() + "swiftvisor-fclog-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: outside) }
+            let logFIFO = outside + "/log.fifo", metricsFile = outside + "/metrics.json", disk = outside + "/scratch.img"
+            // SAFETY: mkfifo reads the path, a NUL-terminated copy valid for the call.
+            #expect(unsafe mkfifo(logFIFO, 0o600) == 0)
+            _ = FileManager.default.createFile(atPath: metricsFile, contents: nil)
+            _ = FileManager.default.createFile(atPath: disk, contents: Data(count: 1 << 20))
+            let log = ConsoleCapture()
+            let logSink = log.sink
+            let logDone = DispatchSemaphore(value: 0)
+            Thread {
+                // Opens once the server has the FIFO open; reads until it closes it at exit.
+                if let reader = FileHandle(forReadingAtPath: logFIFO) {
+                    while case let data = reader.availableData, !data.isEmpty { data.forEach(logSink) }
+                }
+                logDone.signal()
+            }.start()
+            let fc = try FirecrackerProcess(arguments: [
+                "--log-path", logFIFO, "--level", "Info", "--show-level", "--metrics-path", metricsFile,
+            ])
+            let scratch = #"{"drive_id": "scratch", "path_on_host": "\#(disk)", "is_root_device": false, "is_read_only": true}"#
+            #expect(try fc.request("PUT", "/drives/scratch", scratch).status == 204)
             #expect(try fc.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#).status == 204)
             // A rate-limited data drive of 16 sectors, swapped for one of 32 after start.
             let small = NSTemporaryDirectory() + "swiftvisor-fc-\(UUID().uuidString).img"
@@ -395,7 +419,8 @@ extension KVMIntegration {
                 #"{"drive_id": "data", "path_on_host": "\#(large)", "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100}}}"#
             )
             #expect(patch.status == 204, "\(patch.body) \(fc.errors.text)")
-            let resized = "[vda] new size: 32 512-byte logical blocks"
+            // The second drive added, after `scratch`: /dev/vdb.
+            let resized = "[vdb] new size: 32 512-byte logical blocks"
             let resizeDeadline = Date().addingTimeInterval(60)
             while !fc.output.text.contains(resized), Date() < resizeDeadline { usleep(100_000) }
             #expect(fc.output.text.contains(resized), "\(fc.output.text.suffix(2000))")
@@ -412,12 +437,49 @@ extension KVMIntegration {
             #expect(
                 try fc.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#).fault
                     == "The requested operation is not supported after starting the microVM.")
+            #expect(try fc.request("PUT", "/actions", #"{"action_type": "FlushMetrics"}"#).status == 204)
             #expect(try fc.request("PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#).status == 204)
             let status = fc.waitForExit(seconds: 300)
             #expect(status == 0, "\(fc.errors.text)\n\(fc.output.text.suffix(1500))")
             #expect(fc.output.text.utf8.count >= pausedAt)
             #expect(fc.output.text.contains("reboot: Restarting system"), "\(fc.output.text.suffix(1500))")
             #expect(!FileManager.default.fileExists(atPath: fc.socket), "the socket file is removed at exit")
+
+            // The log: the first line, the requests, the exit line, with their levels.
+            #expect(logDone.wait(timeout: .now() + 10) == .success)
+            let logText = log.text
+            let logLines = logText.split(separator: "\n")
+            #expect(logLines.first?.hasSuffix("[anonymous-instance:main:INFO] Running Firecracker v1.12.0") == true, "\(logText)")
+            #expect(
+                logText.contains(
+                    #"[anonymous-instance:fc_api:INFO] The API server received a Put request on "/actions" with body "{\"action_type\": \"FlushMetrics\"}"."#
+                ), "\(logText)")
+            #expect(logText.contains("The request was executed successfully. Status code: 204 No Content."))
+            #expect(logText.contains("[anonymous-instance:fc_vmm:INFO] The microVM is paused."))
+            #expect(
+                logLines.last?.hasSuffix("[anonymous-instance:main:INFO] Firecracker exiting successfully. exit_code=0") == true)
+            // Local time, nine digits of nanoseconds.
+            #expect(logLines.first?.wholeMatch(of: /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9} \[.*/) != nil)
+
+            // The metrics: a line at start, one for FlushMetrics, one at exit, each a JSON object.
+            let metrics = ((try? String(contentsOfFile: metricsFile, encoding: .utf8)) ?? "").split(separator: "\n")
+            #expect(metrics.count >= 3, "\(metrics)")
+            let objects = metrics.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+            #expect(objects.count == metrics.count)
+            // Counters are deltas: the flush line counts what the guest did while booting.
+            if objects.count >= 2 {
+                let flushed = objects[1]
+                let vcpu = flushed["vcpu"] as? [String: Int] ?? [:]
+                #expect((vcpu["exit_io_out"] ?? 0) > 0, "\(metrics[1])")
+                #expect((vcpu["exit_mmio_read"] ?? 0) > 0 || (vcpu["exit_mmio_write"] ?? 0) > 0, "\(metrics[1])")
+                let block = flushed["block_scratch"] as? [String: Int] ?? [:]
+                #expect((block["request_count"] ?? 0) > 0, "\(metrics[1])")
+                #expect((block["queue_event_count"] ?? 0) > 0, "\(metrics[1])")
+                #expect((flushed["block"] as? [String: Int])?["request_count"] == block["request_count"])
+                let puts = flushed["put_api_requests"] as? [String: Int] ?? [:]
+                #expect(puts["actions_count"] == 1, "InstanceStart, counted after the start line")
+                #expect(flushed["entropy"] != nil)
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 import Synchronization
 import Testing
 
+import SwiftVisor
+
 @testable import VisorAPI
 
 /// A VM that records what the controller asked of it.
@@ -32,6 +34,22 @@ final class FakeVM: RunningVM {
     func updateInterface(device: Int, rx: RateLimiterConfig?, tx: RateLimiterConfig?) throws(APIError) {
         calls.withLock { $0.append("net \(device) \(rx?.ops?.size ?? 0) \(tx?.bandwidth?.size ?? 0)") }
     }
+    /// Its drives (by the IDs configured) each served 5 requests, and its vCPU made 7 port reads.
+    func counters() -> VMCounters {
+        var counters = VMCounters()
+        counters.exits.ioIn = 7
+        let drives = launched.withLock { $0 }
+        counters.drives = drives.map {
+            (
+                $0.driveID,
+                VirtioDeviceStatistics(
+                    name: "virtio-blk", notifications: 5, interrupts: 5, requests: 5, malformedRequests: 0, bytes: 512)
+            )
+        }
+        return counters
+    }
+    /// The drives of the resources it was launched with.
+    let launched = Mutex<[DriveConfig]>([])
 }
 
 /// Starts `FakeVM`s (or fails) and remembers the resources it was given.
@@ -50,6 +68,7 @@ final class FakeLauncher: VMLauncher {
     func launch(_ resources: VMResources) async throws(APIError) -> any RunningVM {
         if let failure { throw .badRequest("Start microvm error: " + failure) }
         launched.withLock { $0.append(resources) }
+        vm.launched.withLock { $0 = resources.drives }
         return vm
     }
 
@@ -64,8 +83,11 @@ final class Exits: Sendable {
 }
 
 func makeController(_ launcher: FakeLauncher = FakeLauncher(), exits: Exits? = nil) -> VMMController {
-    VMMController(
-        instanceID: "test-vm", version: "1.12.0", launcher: launcher,
+    // Quiet unless a test asks for a log.
+    let logs = LogSink(instanceID: "test-vm")
+    try? logs.configure(LoggerConfig(level: .off))
+    return VMMController(
+        instanceID: "test-vm", version: "1.12.0", launcher: launcher, logs: logs,
         onExit: { status in exits?.statuses.withLock { $0.append(status) } })
 }
 
