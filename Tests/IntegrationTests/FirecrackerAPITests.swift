@@ -475,7 +475,11 @@ extension KVMIntegration {
                 let block = flushed["block_scratch"] as? [String: Int] ?? [:]
                 #expect((block["request_count"] ?? 0) > 0, "\(metrics[1])")
                 #expect((block["queue_event_count"] ?? 0) > 0, "\(metrics[1])")
-                #expect((flushed["block"] as? [String: Int])?["request_count"] == block["request_count"])
+                // The aggregate `block` is the sum over both drives.
+                let data = flushed["block_data"] as? [String: Int] ?? [:]
+                #expect(
+                    (flushed["block"] as? [String: Int])?["request_count"]
+                        == (block["request_count"] ?? 0) + (data["request_count"] ?? 0), "\(metrics[1])")
                 let puts = flushed["put_api_requests"] as? [String: Int] ?? [:]
                 #expect(puts["actions_count"] == 1, "InstanceStart, counted after the start line")
                 #expect(flushed["entropy"] != nil)
