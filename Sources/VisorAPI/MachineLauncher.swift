@@ -92,13 +92,22 @@ package struct MachineLauncher: VMLauncher {
             var config = Self.configuration(
                 resources, request: request, cpuid: quirks.linuxPolicy(from: CPUIDPolicy()), seccomp: seccomp)
             config.log = log
+            var serialOutput: SerialOutput?
+            if let path = resources.serial?.serialOutPath {
+                do {
+                    serialOutput = SerialOutput(descriptor: try HostIO.openOutputFile(path))
+                } catch {
+                    throw MachineError.cannotWriteFile(path: path, reason: "the serial output: \(error.reason)")
+                }
+                config.consoleDescriptor = serialOutput?.descriptor ?? 1
+            }
             try config.openDisks()
             try config.openTaps()
             try config.openVsock()
             let machine = try Machine(config)
             onStart?(machine)
             try machine.start()
-            return RunningMachine(machine: machine, resources: resources)
+            return RunningMachine(machine: machine, resources: resources, serialOutput: serialOutput)
         } catch {
             throw .badRequest("Start microvm error: \(error.description)")
         }
@@ -106,9 +115,18 @@ package struct MachineLauncher: VMLauncher {
 }
 
 /// A started `Machine` behind the controller's protocol.
+/// The file or FIFO the guest's serial output goes to (`PUT /serial`), closed when the
+/// last holder lets go: a launch that fails, or the VM's end.
+final class SerialOutput: Sendable {
+    let descriptor: Int32
+    init(descriptor: Int32) { self.descriptor = descriptor }
+    deinit { HostIO.closeDescriptor(descriptor) }
+}
+
 struct RunningMachine: RunningVM {
     let machine: Machine
     let resources: VMResources
+    let serialOutput: SerialOutput?
 
     func pause() async { await machine.pause() }
     func resume() { machine.resume() }

@@ -338,6 +338,17 @@ package struct VsockConfig: Sendable, Equatable {
     var json: JSONValue { .members(["guest_cid": .unsigned(UInt64(guestCID)), "uds_path": .string(udsPath)]) }
 }
 
+/// `/serial` (Firecracker 1.13): where the guest's serial output goes instead of
+/// standard output, an existing file or FIFO opened at start.
+package struct SerialConfig: Sendable, Equatable {
+    package var serialOutPath: String?
+
+    package init(parsing body: JSONValue) throws(APIError) {
+        let reader = try FieldReader(body, known: ["serial_out_path"])
+        serialOutPath = try reader.string("serial_out_path")
+    }
+}
+
 /// `/entropy`.
 package struct EntropyConfig: Sendable, Equatable {
     package var rateLimiter: RateLimiterConfig?
@@ -369,6 +380,8 @@ package struct VMResources: Sendable, Equatable {
     package var networkInterfaces: [NetworkInterfaceConfig] = []
     package var vsock: VsockConfig?
     package var entropy: EntropyConfig?
+    /// `PUT /serial`; not part of `GET /vm/config`, as in Firecracker 1.12's shape.
+    package var serial: SerialConfig?
     /// The configuration file's `logger` and `metrics`: applied by the controller, and
     /// (as in Firecracker) never shown in `GET /vm/config`.
     package var logger: LoggerConfig?
@@ -441,6 +454,7 @@ extension VMResources {
             throw .badRequest("The configuration file's `\(key)` is not supported by SwiftVisor yet.")
         }
         if let logger = value("logger") { self.logger = try LoggerConfig(parsing: logger) }
+        if let serial = value("serial") { self.serial = try SerialConfig(parsing: serial) }
         if let metrics = value("metrics") { self.metrics = try MetricsConfig(parsing: metrics) }
         if let machine = value("machine-config") {
             self.machine = try MachineConfig(parsing: machine, current: MachineConfig(), patch: false)

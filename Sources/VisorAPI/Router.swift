@@ -156,8 +156,9 @@ package struct RequestRules: Sendable {
                 try phase.preBoot()
                 return .runtime(.configureMetrics(config))
             case "serial":
-                throw .badRequest(
-                    "The requested operation is not supported: PUT /\(resource) is not implemented by SwiftVisor yet.")
+                let serial = try SerialConfig(parsing: try JSON.parse(body))
+                try phase.preBoot()
+                resources.serial = serial
             case "balloon", "cpu-config", "pmem", "mmds", "hotplug":
                 throw unsupported(method, path)
             default:

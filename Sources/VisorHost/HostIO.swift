@@ -141,6 +141,28 @@ public enum HostIO {
         return fd
     }
 
+    /// Opens an existing file or FIFO to write the guest's serial output to, appending,
+    /// without creating it (Firecracker's `serial_out_path`). A FIFO that no process reads
+    /// yet is opened for reading and writing, which keeps it open until a reader comes.
+    /// Writes block as they do on standard output; the machine gives up a blocked write
+    /// when it pauses or stops. The caller closes the descriptor.
+    package static func openOutputFile(_ path: String) throws(HostFileError) -> Int32 {
+        // SAFETY: open(2) reads the path, a NUL-terminated copy valid for the call; no O_CREAT.
+        var fd = unsafe Glibc.open(path, O_WRONLY | O_APPEND | O_NONBLOCK | O_CLOEXEC)
+        if fd < 0, errno == ENXIO {
+            // SAFETY: as above.
+            fd = unsafe Glibc.open(path, O_RDWR | O_APPEND | O_NONBLOCK | O_CLOEXEC)
+        }
+        guard fd >= 0 else { throw HostFileError(errno: errno) }
+        // Opened non-blocking only so that a FIFO without a reader does not hang the open;
+        // writes block from here on.
+        _ = fcntl(fd, F_SETFL, O_WRONLY | O_APPEND)
+        return fd
+    }
+
+    /// Closes a descriptor this process opened (`openOutputFile`).
+    package static func closeDescriptor(_ fd: Int32) { _ = close(fd) }
+
     /// Checks that `path` opens for reading and is a regular file, without reading it: a
     /// control-API client naming a kernel learns at once if it cannot be used.
     package static func checkReadableFile(_ path: String) throws(HostFileError) {

@@ -308,6 +308,36 @@ extension KVMIntegration {
             #expect(try fc.request("GET", "/").status == 200, "the server lives on")
         }
 
+        /// `PUT /serial`: the guest's console goes to the file, not to standard output; a
+        /// file that does not exist fails `InstanceStart` with the reason, nothing started.
+        @Test("PUT /serial sends the test kernel's console to a file instead of standard output")
+        func serialOutput() throws {
+            let kernel = try LinuxKernels.testKernel.get() + "/bzImage"
+            let initrd = try LinuxKernels.guestImages.get() + "/initramfs.cpio.gz"
+            let fc = try FirecrackerProcess()
+            let file = fc.directory + "/serial.out"
+            let boot =
+                #"{"kernel_image_path": "\#(kernel)", "initrd_path": "\#(initrd)", "boot_args": "console=ttyS0 kunit.enable=0"}"#
+            #expect(try fc.request("PUT", "/boot-source", boot).status == 204)
+            #expect(try fc.request("PUT", "/serial", #"{"serial_out_path": "\#(fc.directory)/missing"}"#).status == 204)
+            let failed = try fc.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
+            #expect(
+                failed.fault?.hasPrefix("Start microvm error: cannot write \(fc.directory)/missing") == true, "\(failed.body)")
+            #expect(try fc.request("GET", "/").json?["state"] as? String == "Not started")
+            #expect(FileManager.default.createFile(atPath: file, contents: Data()))
+            #expect(try fc.request("PUT", "/serial", #"{"serial_out_path": "\#(file)"}"#).status == 204)
+            #expect(try fc.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
+            let deadline = Date().addingTimeInterval(300)
+            var text = ""
+            while Date() < deadline, fc.process.isRunning {
+                text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+                if text.contains("Linux version") { break }
+                usleep(100_000)
+            }
+            #expect(text.contains("Linux version"), "\(text.suffix(1000)) \(fc.errors.text)")
+            #expect(!fc.output.text.contains("Linux version"), "the console went to standard output too")
+        }
+
         /// The launcher binds before swiftvisor has loaded: a request sent the moment the
         /// socket appears waits in its backlog and is answered; the process is named
         /// `firecracker`; an argument error or a socket path that exists leaves nothing behind.
