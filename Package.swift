@@ -40,6 +40,7 @@
 //     SwiftVisorGuests                                                -- test guests, from Guests/
 //     SwiftVisorProbes                                                -- the host-quirk probe, from Guests/
 //  0  CKVM CSeccomp CGuestAtomics CDecoder CDecompress CHost          -- C shims
+//     VisorSnapshot                                                   -- snapshot state encoding and file
 //     CBenchSupport CNativeOps                                        -- C for benchmarks, tests
 // end of import graph
 import PackageDescription
@@ -103,6 +104,7 @@ let package = Package(
             name: "CDecompress",
             linkerSettings: [.linkedLibrary("z"), .linkedLibrary("lzma"), .linkedLibrary("lz4"), .linkedLibrary("zstd")]),
         .target(name: "VisorFirmware", swiftSettings: strict),
+        .target(name: "VisorSnapshot", swiftSettings: strict),
         .target(
             name: "VisorLinux", dependencies: ["VisorMemory", "VisorLoader", "CDecompress", "VisorHost"],
             swiftSettings: strict),
@@ -200,6 +202,7 @@ let package = Package(
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "TestSupport"], swiftSettings: strictTests),
         .testTarget(
             name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"], swiftSettings: strictTests),
+        .testTarget(name: "VisorSnapshotTests", dependencies: ["VisorSnapshot"], swiftSettings: strictTests),
         .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware", "VisorDevices"], swiftSettings: strictTests),
         .testTarget(
             name: "VisorLinuxTests", dependencies: ["VisorLinux", "VisorLoader", "VisorMemory", "TestSupport"],
