@@ -25,6 +25,7 @@
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost VisorDecoder VisorVirtio
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
+//     VisorDevices        -> VisorSnapshot
 //     VisorVirtio         -> VisorCore VisorMemory VisorHost          -- virtio-mmio, virtqueues, virtio devices
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
@@ -92,7 +93,9 @@ let package = Package(
         // Host system calls (files, clocks, sleeping, threads, the terminal) for the layers above.
         .target(name: "CHost"),
         .target(name: "VisorHost", dependencies: ["CHost"], swiftSettings: strict),
-        .target(name: "VisorDevices", dependencies: ["VisorCore", "VisorFirmware", "VisorHost"], swiftSettings: strict),
+        .target(
+            name: "VisorDevices", dependencies: ["VisorCore", "VisorFirmware", "VisorHost", "VisorSnapshot"],
+            swiftSettings: strict),
         .target(name: "VisorVirtio", dependencies: ["VisorCore", "VisorMemory", "VisorHost"], swiftSettings: strict),
         .target(
             name: "VisorEmulator",
@@ -197,7 +200,8 @@ let package = Package(
             ],
             swiftSettings: strictTests),
         .testTarget(
-            name: "VisorDevicesTests", dependencies: ["VisorDevices", "VisorCore", "VisorFirmware", "TestSupport"],
+            name: "VisorDevicesTests",
+            dependencies: ["VisorDevices", "VisorCore", "VisorFirmware", "VisorSnapshot", "TestSupport"],
             swiftSettings: strictTests),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "TestSupport"], swiftSettings: strictTests),
         .testTarget(

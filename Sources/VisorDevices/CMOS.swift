@@ -1,4 +1,5 @@
 public import VisorCore
+public import VisorSnapshot
 import Synchronization
 import VisorHost
 
@@ -166,6 +167,50 @@ package struct CMOS: Sendable {
 
     /// Register B's SET bit: the clock is stopped for setting.
     package var clockStopped: Bool { frozen != nil }
+
+    /// Appends the RAM, the index port, the offset from the host's clock, the stopped time
+    /// (if SET is on) and the second of the last register C read. The offset, not the time,
+    /// is saved: a restored clock shows the host's time plus the same offset, so it is
+    /// right however long the snapshot waited.
+    package func saveState(to writer: inout SnapshotWriter) {
+        writer.write(bytes: ram)
+        writer.write(indexPort)
+        writer.write(offset)
+        writer.write(frozen != nil)
+        if let frozen {
+            for field in [frozen.year, frozen.month, frozen.day, frozen.hour, frozen.minute, frozen.second] {
+                writer.write(Int64(field))
+            }
+        }
+        writer.write(secondAtLastCRead)
+    }
+
+    /// Reads what `saveState` wrote, into a CMOS with this one's clock. A stopped time's
+    /// fields must be in the ranges a guest's writes can give them.
+    package mutating func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let ram = try reader.readBytes("the CMOS RAM", exactly: 128)
+        let indexPort = try reader.readUInt8("the CMOS index port")
+        let offset = try reader.readInt64("the RTC offset")
+        var frozen: CivilTime?
+        if try reader.readBool("whether the RTC is stopped") {
+            // Any Int64 of seconds is within 300 billion years of 1970.
+            let limits: [(String, ClosedRange<Int64>)] = [
+                ("year", -300_000_000_000...300_000_000_000), ("month", 1...12), ("day", 1...31),
+                ("hour", 0...23), ("minute", 0...59), ("second", 0...59),
+            ]
+            var fields: [Int] = []
+            for (name, range) in limits {
+                let value = try reader.readInt64("the stopped RTC's \(name)")
+                guard range.contains(value) else { throw .invalid("the stopped RTC's \(name)", reason: "is \(value)") }
+                fields.append(Int(value))
+            }
+            frozen = CivilTime(
+                year: fields[0], month: fields[1], day: fields[2], hour: fields[3], minute: fields[4], second: fields[5])
+        }
+        let secondAtLastCRead = try reader.readInt64("the RTC's last register C read")
+        (self.ram, self.indexPort, self.offset) = (ram, indexPort, offset)
+        (self.frozen, self.secondAtLastCRead) = (frozen, secondAtLastCRead)
+    }
 
     /// The time the guest's clock shows, in seconds since the epoch (UTC).
     package var guestTime: Int64 {
@@ -495,6 +540,16 @@ extension CMOSDevice {
             aml: try deviceAML(
                 "RTC", hid: "PNP0B00",
                 resources: [.ports(Self.base, length: UInt8(Self.portCount)), .irq([Int(Self.rtcIRQ)])]),
-            fixedHardware: [.rtcCentury(index: CMOS.Register.century)])
+            fixedHardware: [.rtcCentury(index: CMOS.Register.century)], state: self)
+    }
+}
+
+extension CMOSDevice: SnapshotStateful {
+    public func saveState(to writer: inout SnapshotWriter) { state.withLock { $0.saveState(to: &writer) } }
+
+    public func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        var cmos = state.withLock { $0 }
+        try cmos.restoreState(from: &reader)
+        state.withLock { $0 = cmos }
     }
 }

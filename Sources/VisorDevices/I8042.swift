@@ -1,4 +1,5 @@
 public import VisorCore
+public import VisorSnapshot
 import Synchronization
 
 // A register-level model of the PC keyboard controller (Intel 8042 and compatibles) with a
@@ -159,6 +160,79 @@ package struct I8042: Sendable {
         ram = [UInt8](repeating: 0, count: 32)
         ram[0] = Self.initialCommandByte
         queue = [Output](repeating: Output(byte: 0, aux: false, timeout: false), count: Self.queueCapacity)
+    }
+
+    // MARK: Snapshot
+
+    /// Appends the controller's RAM, its output queue (oldest first), its pending parameter
+    /// and output port, and the keyboard's state.
+    package func saveState(to writer: inout SnapshotWriter) {
+        writer.write(bytes: ram)
+        writer.write(UInt8(queueCount))
+        for i in 0..<queueCount {
+            let entry = queue[(queueHead + i) % Self.queueCapacity]
+            writer.write(entry.byte)
+            writer.write(entry.aux)
+            writer.write(entry.timeout)
+        }
+        writer.write(lastData)
+        switch pendingParameter {
+        case nil: writer.write(UInt8(0))
+        case .ram(let index): writer.write(UInt8(1)); writer.write(UInt8(index))
+        case .outputPort: writer.write(UInt8(2))
+        case .keyboardOutput: writer.write(UInt8(3))
+        case .auxOutput: writer.write(UInt8(4))
+        case .auxDevice: writer.write(UInt8(5))
+        }
+        writer.write(lastWriteWasCommand)
+        writer.write(outputPortLatch)
+        writer.write(optional: keyboardPendingCommand)
+        writer.write(keyboardLastSent)
+        writer.write(keyboardScanning)
+        writer.write(keyboardLEDs)
+        writer.write(keyboardScanSet)
+        writer.write(keyboardTypematic)
+    }
+
+    /// The controller that `saveState` saved; every value must be one the model can hold.
+    package init(restoring reader: inout SnapshotReader) throws(SnapshotError) {
+        self.init()
+        ram = try reader.readBytes("the i8042 RAM", exactly: 32)
+        let count = Int(try reader.readUInt8("the i8042 output queue's length"))
+        guard count <= Self.queueCapacity else {
+            throw .invalid("the i8042 output queue", reason: "holds \(count) bytes, more than \(Self.queueCapacity)")
+        }
+        for i in 0..<count {
+            queue[i] = Output(
+                byte: try reader.readUInt8("an i8042 output byte"), aux: try reader.readBool("an i8042 output's port"),
+                timeout: try reader.readBool("an i8042 output's timeout flag"))
+        }
+        queueCount = count
+        lastData = try reader.readUInt8("the i8042's last data byte")
+        switch try reader.readUInt8("the i8042's pending parameter") {
+        case 0: pendingParameter = nil
+        case 1: pendingParameter = .ram(index: Int(try reader.readUInt8("the i8042 RAM index", allowedBits: 0x1F)))
+        case 2: pendingParameter = .outputPort
+        case 3: pendingParameter = .keyboardOutput
+        case 4: pendingParameter = .auxOutput
+        case 5: pendingParameter = .auxDevice
+        case let other: throw .invalid("the i8042's pending parameter", reason: "is \(other), not 0 to 5")
+        }
+        lastWriteWasCommand = try reader.readBool("the i8042's last write port")
+        outputPortLatch = try reader.readUInt8("the i8042 output port")
+        keyboardPendingCommand = try reader.readOptionalUInt8("the keyboard's pending command")
+        if let command = keyboardPendingCommand, ![0xED, 0xF0, 0xF3].contains(command) {
+            throw .invalid(
+                "the keyboard's pending command", reason: "is 0x\(String(command, radix: 16)), which takes no parameter")
+        }
+        keyboardLastSent = try reader.readUInt8("the keyboard's last byte")
+        keyboardScanning = try reader.readBool("whether the keyboard scans")
+        keyboardLEDs = try reader.readUInt8("the keyboard LEDs", allowedBits: 0x07)
+        keyboardScanSet = try reader.readUInt8("the keyboard's scan-code set")
+        guard (1...3).contains(keyboardScanSet) else {
+            throw .invalid("the keyboard's scan-code set", reason: "is \(keyboardScanSet), not 1, 2 or 3")
+        }
+        keyboardTypematic = try reader.readUInt8("the keyboard's typematic rate")
     }
 
     // MARK: Read-only views (no side effects)
@@ -560,6 +634,30 @@ extension I8042Device {
                 resources: [
                     .ports(Self.dataPort, length: 1), .ports(Self.commandPort, length: 1), .irq([Int(Self.keyboardIRQ)]),
                 ]),
-            fixedHardware: [.i8042])
+            fixedHardware: [.i8042], state: self)
+    }
+}
+
+extension I8042Device: SnapshotStateful {
+    /// The controller and the levels of IRQ 1 and IRQ 12.
+    public func saveState(to writer: inout SnapshotWriter) {
+        state.withLock { state in
+            state.controller.saveState(to: &writer)
+            writer.write(state.keyboardLine)
+            writer.write(state.auxLine)
+        }
+    }
+
+    /// Puts back a saved controller; a line that was high is raised again (the interrupt
+    /// controller's restored state does not hold the level the device drove).
+    public func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let controller = try I8042(restoring: &reader)
+        let keyboardLine = try reader.readBool("the i8042 keyboard line")
+        let auxLine = try reader.readBool("the i8042 AUX line")
+        state.withLock { state in
+            state = (controller, keyboardLine, auxLine)
+            if keyboardLine { interruptLine?(Self.keyboardIRQ, true) }
+            if auxLine { interruptLine?(Self.auxIRQ, true) }
+        }
     }
 }

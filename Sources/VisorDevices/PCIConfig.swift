@@ -1,4 +1,5 @@
 public import VisorCore
+public import VisorSnapshot
 import Synchronization
 
 /// PCI configuration mechanism #1 with no devices behind it.
@@ -73,6 +74,16 @@ extension PCIConfigDevice {
                 try .ports("pci-config-address", Self.addressUpperBase, count: Self.addressUpperCount),
                 try .ports("pci-config-data", Self.dataBase, count: Self.dataPortCount),
             ],
-            portDevice: self)
+            portDevice: self, state: self)
+    }
+}
+
+extension PCIConfigDevice: SnapshotStateful {
+    /// CONFIG_ADDRESS, which a guest reads back.
+    public func saveState(to writer: inout SnapshotWriter) { writer.write(configAddress) }
+
+    public func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let value = try reader.readUInt32("the PCI CONFIG_ADDRESS register")
+        address.withLock { $0 = value }
     }
 }

@@ -1,4 +1,5 @@
 public import VisorCore
+public import VisorSnapshot
 import Synchronization
 import VisorFirmware
 
@@ -63,6 +64,25 @@ package struct PM1Registers: Sendable {
     /// - Parameter s5SleepType: the SLP_TYP value for S5 (bits 2:0 are used).
     package init(s5SleepType: UInt8 = 5) {
         self.s5SleepType = s5SleepType & 0x07
+    }
+
+    /// Appends PM1_STS, PM1_EN and PM1_CNT.
+    package func saveState(to writer: inout SnapshotWriter) {
+        writer.write(status)
+        writer.write(enable)
+        writer.write(controlBits)
+    }
+
+    /// Reads what `saveState` wrote into registers for the same S5 type. PM1_CNT's
+    /// write-only bits and SCI_EN are never stored, so they must be clear.
+    package mutating func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let status = try reader.readUInt16("PM1_STS")
+        let enable = try reader.readUInt16("PM1_EN")
+        let control = try reader.readUInt16("PM1_CNT")
+        guard control & (Self.sleepEnable | Self.globalRelease | Self.sciEnable) == 0 else {
+            throw .invalid("PM1_CNT", reason: "is 0x\(String(control, radix: 16)), which sets bits never stored")
+        }
+        (self.status, self.enable, controlBits) = (status, enable, control)
     }
 
     /// PM1_CNT as the guest reads it.
@@ -224,6 +244,17 @@ extension PM1Device {
             fixedHardware: [
                 .pm1aEventBlock(port: eventBlockBase),
                 .pm1aControlBlock(port: controlBlockBase, s5SleepType: registers.s5SleepType),
-            ])
+            ],
+            state: self)
+    }
+}
+
+extension PM1Device: SnapshotStateful {
+    public func saveState(to writer: inout SnapshotWriter) { state.withLock { $0.saveState(to: &writer) } }
+
+    public func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        var registers = state.withLock { $0 }
+        try registers.restoreState(from: &reader)
+        state.withLock { $0 = registers }
     }
 }

@@ -1,5 +1,6 @@
 package import VisorCore
 package import VisorFirmware
+package import VisorSnapshot
 
 /// One device as a machine places it: where it sits on the buses, which interrupts it
 /// raises and how the ACPI tables describe it. Each device file makes its own with its
@@ -40,11 +41,14 @@ package struct PlatformDevice: Sendable {
     package var aml: [AMLTerm]
     /// The ACPI fixed-hardware registers it implements, which the FADT points at.
     package var fixedHardware: [ACPIFixedHardware]
+    /// What a snapshot saves of it (its section is named after the device); nil for a
+    /// device with no state a guest can see.
+    package var state: (any SnapshotStateful)?
 
     package init(
         name: String, ports: [PortRegion] = [], portDevice: (any PortDevice)? = nil,
         mmio: [MMIORegion] = [], mmioDevice: (any MMIODevice)? = nil, irqs: [UInt32] = [],
-        aml: [AMLTerm] = [], fixedHardware: [ACPIFixedHardware] = []
+        aml: [AMLTerm] = [], fixedHardware: [ACPIFixedHardware] = [], state: (any SnapshotStateful)? = nil
     ) {
         self.name = name
         self.ports = ports
@@ -54,6 +58,7 @@ package struct PlatformDevice: Sendable {
         self.irqs = irqs
         self.aml = aml
         self.fixedHardware = fixedHardware
+        self.state = state
     }
 
     /// What the ACPI tables need of the device.

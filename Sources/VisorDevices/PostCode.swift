@@ -1,4 +1,5 @@
 public import VisorCore
+public import VisorSnapshot
 import Synchronization
 
 /// Port 0x80, the POST-code port: a sink that counts the guest's writes and remembers the
@@ -42,6 +43,21 @@ extension PostCodeDevice {
     package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "post-code", ports: [try .ports("post-code", Self.defaultPort, count: Self.portCount)],
-            portDevice: self)
+            portDevice: self, state: self)
+    }
+}
+
+extension PostCodeDevice: SnapshotStateful {
+    /// The last code and the count, so a restored VM reports what the guest wrote before.
+    public func saveState(to writer: inout SnapshotWriter) {
+        writer.write(lastCode)
+        writer.write(writes)
+    }
+
+    public func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let last = try reader.readUInt8("the last POST code")
+        let count = try reader.readUInt64("the POST-code write count")
+        code.store(last, ordering: .relaxed)
+        writeCount.store(count, ordering: .relaxed)
     }
 }

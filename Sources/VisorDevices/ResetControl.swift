@@ -1,4 +1,5 @@
 public import VisorCore
+public import VisorSnapshot
 import Synchronization
 
 // The reset control register at port 0xCF9, which the FADT's reset register names. A panic
@@ -21,6 +22,11 @@ package struct ResetControl: Sendable {
     package private(set) var value: UInt8 = 0
 
     package init() {}
+
+    /// The register as a snapshot restores it (bit 2 is never kept).
+    package init(restoring reader: inout SnapshotReader) throws(SnapshotError) {
+        value = try reader.readUInt8("the reset control register", allowedBits: ~Self.resetCPU)
+    }
 
     /// A guest write. Returns true when it asks for a reset.
     package mutating func write(_ byte: UInt8) -> Bool {
@@ -64,6 +70,16 @@ extension ResetControlDevice {
     package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "reset-control", ports: [try .ports("reset-control", Self.defaultPort, count: Self.portCount)],
-            portDevice: self, fixedHardware: [.resetRegister(port: Self.defaultPort, value: Self.fadtResetValue)])
+            portDevice: self, fixedHardware: [.resetRegister(port: Self.defaultPort, value: Self.fadtResetValue)],
+            state: self)
+    }
+}
+
+extension ResetControlDevice: SnapshotStateful {
+    public func saveState(to writer: inout SnapshotWriter) { writer.write(state.withLock { $0.value }) }
+
+    public func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let restored = try ResetControl(restoring: &reader)
+        state.withLock { $0 = restored }
     }
 }

@@ -1,4 +1,5 @@
 public import VisorCore
+public import VisorSnapshot
 import Synchronization
 
 // A register-level model of a 16550A UART.
@@ -406,6 +407,37 @@ package struct Serial16550: Sendable {
     }
 }
 
+// MARK: Snapshot
+
+extension Serial16550 {
+    /// Appends the UART's registers and its receive FIFO (oldest byte first).
+    package func saveState(to writer: inout SnapshotWriter) {
+        writer.write(bytes: (0..<fifoCount).map { fifo[(fifoHead + $0) % Self.fifoCapacity] })
+        for register in [ier, lcr, mcr, scr, fcr, dll, dlm, msrDeltas] { writer.write(register) }
+        writer.write(overrun)
+        writer.write(thrEmptyLatched)
+    }
+
+    /// The UART that `saveState` saved. Reserved register bits must be clear, as the model
+    /// never sets them.
+    package init(restoring reader: inout SnapshotReader) throws(SnapshotError) {
+        self.init()
+        let queued = try reader.readBytes("the 16550 receive FIFO", maxCount: Self.fifoCapacity)
+        for (index, byte) in queued.enumerated() { fifo[index] = byte }
+        fifoCount = queued.count
+        ier = try reader.readUInt8("the 16550 IER", allowedBits: 0x0F)
+        lcr = try reader.readUInt8("the 16550 LCR")
+        mcr = try reader.readUInt8("the 16550 MCR", allowedBits: 0x1F)
+        scr = try reader.readUInt8("the 16550 SCR")
+        fcr = try reader.readUInt8("the 16550 FCR", allowedBits: ~(Self.fcrClearReceive | Self.fcrClearTransmit))
+        dll = try reader.readUInt8("the 16550 DLL")
+        dlm = try reader.readUInt8("the 16550 DLM")
+        msrDeltas = try reader.readUInt8("the 16550 MSR deltas", allowedBits: 0x0F)
+        overrun = try reader.readBool("the 16550 overrun flag")
+        thrEmptyLatched = try reader.readBool("the 16550 THR-empty latch")
+    }
+}
+
 /// The 16550 model on the port bus: a thin adapter that turns port accesses into register
 /// accesses by offset and sends transmitted bytes to `output`.
 ///
@@ -506,6 +538,28 @@ public final class Serial16550Device: PortDevice {
     public var receiveSpace: Int { state.withLock { $0.uart.receiveSpace } }
 }
 
+extension Serial16550Device: SnapshotStateful {
+    /// The UART and the level of its interrupt line.
+    public func saveState(to writer: inout SnapshotWriter) {
+        state.withLock { state in
+            state.uart.saveState(to: &writer)
+            writer.write(state.line)
+        }
+    }
+
+    /// Puts back a saved UART. A line that was high is raised again: the interrupt
+    /// controller's restored state does not hold the level the device drove.
+    public func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let uart = try Serial16550(restoring: &reader)
+        let line = try reader.readBool("the COM1 interrupt line")
+        state.withLock { state in
+            state.uart = uart
+            state.line = line
+            if line { interruptLine?(true) }
+        }
+    }
+}
+
 extension Serial16550Device {
     /// The UART at a PC serial port's place, COM1 unless told otherwise: 8 ports from
     /// `base`, IRQ `irq`, and a DSDT device with _HID PNP0501. `irq` only describes the line;
@@ -518,6 +572,7 @@ extension Serial16550Device {
             name: name, ports: [try .ports(name, base, count: Self.portCount)], portDevice: self, irqs: [irq],
             aml: try deviceAML(
                 amlName, hid: "PNP0501", uid: uid,
-                resources: [.ports(base, length: UInt8(Self.portCount)), .irq([Int(irq)])]))
+                resources: [.ports(base, length: UInt8(Self.portCount)), .irq([Int(irq)])]),
+            state: self)
     }
 }

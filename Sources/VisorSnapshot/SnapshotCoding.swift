@@ -42,6 +42,14 @@ public protocol SnapshotCodable {
     init(from reader: inout SnapshotReader) throws(SnapshotError)
 }
 
+/// A live component (a device) whose state a snapshot saves and a restore puts back into
+/// a component built from the same configuration. `restoreState` checks everything before
+/// it changes anything: on an error the component is as it was.
+public protocol SnapshotStateful: AnyObject, Sendable {
+    func saveState(to writer: inout SnapshotWriter)
+    func restoreState(from reader: inout SnapshotReader) throws(SnapshotError)
+}
+
 /// Appends values to a growing byte array, little-endian.
 public struct SnapshotWriter: Sendable {
     /// The bytes written so far.
@@ -58,6 +66,12 @@ public struct SnapshotWriter: Sendable {
     public mutating func write(_ value: UInt32) { writeLittleEndian(UInt64(value), count: 4) }
     public mutating func write(_ value: UInt64) { writeLittleEndian(value, count: 8) }
     public mutating func write(_ value: Int64) { write(UInt64(bitPattern: value)) }
+
+    /// Writes an optional byte: 0, or 1 and the byte.
+    public mutating func write(optional value: UInt8?) {
+        write(value != nil)
+        if let value { write(value) }
+    }
 
     /// Writes a byte string: its length as a 32-bit count, then the bytes.
     /// Precondition: fewer than 2^32 bytes (state is small; memory goes to its own file).
@@ -122,6 +136,20 @@ public struct SnapshotReader: Sendable {
 
     public mutating func readUInt8(_ what: String) throws(SnapshotError) -> UInt8 {
         bytes[try take(1, what).lowerBound]
+    }
+
+    /// Reads a byte whose set bits must all lie in `allowedBits` (a register with reserved bits).
+    public mutating func readUInt8(_ what: String, allowedBits: UInt8) throws(SnapshotError) -> UInt8 {
+        let value = try readUInt8(what)
+        guard value & ~allowedBits == 0 else {
+            throw .invalid(what, reason: "is 0x\(String(value, radix: 16)), which sets reserved bits")
+        }
+        return value
+    }
+
+    /// Reads a byte that is either 0 (nil) or 1 followed by the value.
+    public mutating func readOptionalUInt8(_ what: String) throws(SnapshotError) -> UInt8? {
+        try readBool("whether \(what) is present") ? try readUInt8(what) : nil
     }
 
     public mutating func readBool(_ what: String) throws(SnapshotError) -> Bool {
