@@ -15,7 +15,6 @@ same host, two cores here, where the server, the bridge and wrk compete with the
 the CPU.
 """
 import argparse
-import json
 import os
 import re
 import signal
@@ -27,21 +26,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def request(path, method, target, body=""):
-    sock = socket.socket(socket.AF_UNIX)
-    sock.connect(path)
-    data = body.encode()
-    sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        reply += chunk
-    sock.close()
-    return reply.split(b"\r\n")[0]
+sys.path.insert(0, os.path.join(HERE, "api"))
+from apiclient import configure_linux, request  # noqa: E402
 
 
 def boot(launcher, kernel, initrd, directory, load):
@@ -50,15 +36,7 @@ def boot(launcher, kernel, initrd, directory, load):
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     bridge = wrk = None
     try:
-        while True:
-            try:
-                request(path, "PUT", "/machine-config", '{"vcpu_count": 1, "mem_size_mib": 128}')
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                time.sleep(0.001)
-        boot_source = {"kernel_image_path": kernel, "initrd_path": initrd,
-                       "boot_args": "console=ttyS0 reboot=k panic=1 kunit.enable=0"}
-        assert b" 204" in request(path, "PUT", "/boot-source", json.dumps(boot_source))
+        configure_linux(path, kernel, initrd, "console=ttyS0 reboot=k panic=1 kunit.enable=0")
         if load:
             bridge = subprocess.Popen([sys.executable, os.path.join(HERE, "api", "bridge.py"), path],
                                       stdout=subprocess.PIPE)

@@ -22,25 +22,10 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "api"))
+from apiclient import configure_linux, read_response, request  # noqa: E402
+
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
-
-
-def read_response(sock):
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        body += sock.recv(4096)
-    return head.split(b"\r\n")[0]
 
 
 def ready_time(command, path):
@@ -73,33 +58,12 @@ def ready_time(command, path):
             os.unlink(path)
 
 
-def request(path, method, target, body):
-    sock = socket.socket(socket.AF_UNIX)
-    sock.connect(path)
-    data = body.encode()
-    sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-    status = read_response(sock)
-    sock.close()
-    return status
-
-
 def start_time(command, path, kernel, initrd):
     """Returns (InstanceStart sent to its 204, InstanceStart sent to the first console byte)."""
     process = subprocess.Popen(command + ["--api-sock", path], stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        while True:
-            try:
-                request(path, "PUT", "/machine-config", '{"vcpu_count": 1, "mem_size_mib": 128}')
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                time.sleep(0.001)
-        boot = {"kernel_image_path": kernel, "boot_args": "console=ttyS0 reboot=k panic=1 kunit.enable=0"}
-        if initrd:
-            boot["initrd_path"] = initrd
-        import json
-        status = request(path, "PUT", "/boot-source", json.dumps(boot))
-        assert b" 204" in status, status
+        configure_linux(path, kernel, initrd, "console=ttyS0 reboot=k panic=1 kunit.enable=0")
         start = time.perf_counter()
         status = request(path, "PUT", "/actions", '{"action_type": "InstanceStart"}')
         answered = time.perf_counter() - start
