@@ -10,6 +10,10 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
     case cannotMap(size: UInt64, errno: Int32)
     /// An access falls outside guest RAM or straddles the end of a region.
     case outOfBounds(address: UInt64, count: UInt64)
+    /// A memory file to restore from is shorter than the regions it must back.
+    case backingFileTooSmall(fileSize: UInt64, required: UInt64)
+    /// The host refused to inspect (`fstat`) or map a memory file to restore from.
+    case cannotMapFile(size: UInt64, offset: UInt64, errno: Int32)
 
     public var description: String {
         switch self {
@@ -19,6 +23,11 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
             return "cannot allocate \(size / 1024 / 1024) MiB of guest memory: \(Self.reason(errno))"
         case .outOfBounds(let address, let count):
             return "guest memory access of \(count) bytes at 0x\(String(address, radix: 16)) is outside guest RAM"
+        case .backingFileTooSmall(let fileSize, let required):
+            return "the memory file holds \(fileSize) bytes but the guest's memory regions need \(required): "
+                + "it is truncated or belongs to a machine with more memory"
+        case .cannotMapFile(let size, let offset, let errno):
+            return "cannot map \(size) bytes of the memory file at offset \(offset): \(Self.reason(errno))"
         }
     }
 }
@@ -46,8 +55,9 @@ public struct GuestRegion: Sendable, Equatable {
     }
 }
 
-/// Guest RAM: one or more anonymous host mappings, each backing a guest-physical region.
-/// The mappings are advised `MADV_DONTDUMP`, so a core file of the VMM holds no guest RAM.
+/// Guest RAM: one or more host mappings, each backing a guest-physical region. The
+/// mappings are anonymous, or (to restore a snapshot) private copy-on-write mappings of a
+/// memory file. They are advised `MADV_DONTDUMP`, so a core file of the VMM holds no guest RAM.
 ///
 /// Every access is bounds-checked against the regions and fails with
 /// `GuestMemoryError.outOfBounds` rather than touching host memory outside them. No raw
@@ -78,6 +88,8 @@ public final class GuestMemory: @unchecked Sendable {
         /// The dirty bitmap: bit `p % 64` of word `p / 64` is page `p` of the region;
         /// `bitmapWords` words, valid until `deinit`.
         let dirty: UnsafeMutablePointer<UInt64>
+        /// Where the region starts in a memory file: the sum of the earlier regions' sizes.
+        let fileOffset: UInt64
 
         var pageCount: UInt64 { region.size >> GuestMemory.pageShift }
         var bitmapWords: Int { Int((pageCount + 63) / 64) }
@@ -86,6 +98,8 @@ public final class GuestMemory: @unchecked Sendable {
     let mappings: [Mapping]
     /// Whether writes mark pages dirty.
     private let tracking = Atomic<Bool>(false)
+    /// The device and inode of the memory file the regions were mapped from, if any.
+    let backingFile: (device: UInt64, inode: UInt64)?
 
     /// The regions, ordered by address.
     public var regions: [GuestRegion] { mappings.map(\.region) }
@@ -93,11 +107,41 @@ public final class GuestMemory: @unchecked Sendable {
     /// Total RAM in bytes.
     public var totalSize: UInt64 { mappings.reduce(0) { $0 + $1.region.size } }
 
-    /// Maps `regions` (any order; they must not overlap).
+    /// Maps `regions` (any order; they must not overlap) as fresh zeroed anonymous memory.
     /// On failure nothing stays mapped.
     public init(regions: [GuestRegion]) throws(GuestMemoryError) {
         let sorted = try Self.validate(regions)
-        mappings = try Self.map(sorted)
+        mappings = try Self.map(sorted, file: nil)
+        backingFile = nil
+    }
+
+    /// Maps `regions` (any order; they must not overlap) from the memory file `fd`, to
+    /// restore a snapshot lazily.
+    ///
+    /// The memory file holds the regions concatenated in address order: region i starts
+    /// at the file offset equal to the sum of the sizes of the regions before it. Each
+    /// region is mapped `MAP_PRIVATE`, copy-on-write: nothing is read now, a page loads
+    /// from the file when first touched (by the guest or the VMM), and writes go to
+    /// private copies, never to the file. So mapping takes microseconds whatever the size.
+    ///
+    /// `fd` may be closed once this returns (the mappings keep the file). The file must
+    /// not be truncated while the memory lives (the guest would take SIGBUS) and should
+    /// not be modified (pages not yet copied would show the change).
+    ///
+    /// - Throws: `backingFileTooSmall` when the file is shorter than the regions' total
+    ///   size, `cannotMapFile` when it cannot be inspected or mapped, `invalidLayout` as
+    ///   `init(regions:)` does. On failure nothing stays mapped.
+    public init(regions: [GuestRegion], backingFile fd: Int32) throws(GuestMemoryError) {
+        let sorted = try Self.validate(regions)
+        let total = sorted.reduce(UInt64(0)) { $0 + $1.size }
+        var info = stat()
+        // SAFETY: fstat writes one struct stat into `info`, which is pinned for the call.
+        guard unsafe fstat(fd, &info) == 0 else { throw .cannotMapFile(size: total, offset: 0, errno: errno) }
+        let fileSize = UInt64(max(info.st_size, 0))
+        // This also keeps every file offset below Int64.max, as st_size is.
+        guard fileSize >= total else { throw .backingFileTooSmall(fileSize: fileSize, required: total) }
+        mappings = try Self.map(sorted, file: fd)
+        backingFile = (UInt64(info.st_dev), UInt64(info.st_ino))
     }
 
     /// The regions sorted by address, or why they are unusable. (Their total size cannot
@@ -122,9 +166,10 @@ public final class GuestMemory: @unchecked Sendable {
         return sorted
     }
 
-    /// Maps each of `sorted` (validated) as fresh anonymous memory with a zeroed dirty
-    /// bitmap. On failure everything made so far is released.
-    private static func map(_ sorted: [GuestRegion]) throws(GuestMemoryError) -> [Mapping] {
+    /// Maps each of `sorted` (validated): anonymous when `file` is nil, else privately
+    /// from `file` at the sum of the earlier regions' sizes. Each mapping gets a zeroed
+    /// dirty bitmap. On failure everything made so far is released.
+    private static func map(_ sorted: [GuestRegion], file: Int32?) throws(GuestMemoryError) -> [Mapping] {
         var made: [Mapping] = []
         func release() {
             // SAFETY: each mapping and bitmap in `made` was made below with these sizes
@@ -134,28 +179,33 @@ public final class GuestMemory: @unchecked Sendable {
                 unsafe m.dirty.deallocate()
             }
         }
+        var fileOffset: UInt64 = 0
         for r in sorted {
-            // SAFETY: mmap makes a fresh anonymous mapping of exactly r.size bytes, checked
-            // against MAP_FAILED before it is kept.
+            let flags = file == nil ? MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE : MAP_PRIVATE | MAP_NORESERVE
+            // SAFETY: mmap makes a fresh mapping of exactly r.size bytes (anonymous, or
+            // private copy-on-write of the file, so writes never reach the file), checked
+            // against MAP_FAILED before it is kept. With a file, fileOffset is a sum of
+            // page-aligned sizes below the file's size (checked by the caller), so it fits off_t.
             guard r.size <= UInt64(Int.max),
                 let base = unsafe mmap(
-                    nil, Int(r.size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+                    nil, Int(r.size), PROT_READ | PROT_WRITE, flags, file ?? -1, file == nil ? 0 : off_t(fileOffset)),
                 unsafe base != MAP_FAILED
             else {
                 // A size beyond Int.max never reached mmap, so errno would be stale.
                 let code = r.size > UInt64(Int.max) ? ENOMEM : errno
                 release()
+                if file != nil { throw .cannotMapFile(size: r.size, offset: fileOffset, errno: code) }
                 throw .cannotMap(size: r.size, errno: code)
             }
             let words = Int((r.size / Self.pageSize + 63) / 64)
             let dirty = UnsafeMutablePointer<UInt64>.allocate(capacity: words)
             // SAFETY: `dirty` was just allocated with `words` elements.
             unsafe dirty.initialize(repeating: 0, count: words)
-            unsafe made.append(Mapping(region: r, base: base, dirty: dirty))
+            unsafe made.append(Mapping(region: r, base: base, dirty: dirty, fileOffset: fileOffset))
+            fileOffset += r.size
             // Guest RAM stays out of core dumps: a crash of the VMM must not write the
             // guest's memory (its keys, its users' data) into a core file. The advice
-            // cannot fail on a fresh anonymous mapping; if it does, no RAM is handed out
-            // without it.
+            // cannot fail on a fresh mapping; if it does, no RAM is handed out without it.
             // SAFETY: `base` is the mapping of `r.size` bytes made just above; madvise only
             // changes how the kernel treats it. On failure every mapping made so far is
             // unmapped, and none of them has been handed out.
@@ -171,6 +221,12 @@ public final class GuestMemory: @unchecked Sendable {
     /// A single region at guest-physical 0.
     public convenience init(size: UInt64) throws(GuestMemoryError) {
         try self.init(regions: [GuestRegion(start: 0, size: size)])
+    }
+
+    /// A single region at guest-physical 0, mapped from a memory file as
+    /// `init(regions:backingFile:)` does.
+    public convenience init(size: UInt64, backingFile fd: Int32) throws(GuestMemoryError) {
+        try self.init(regions: [GuestRegion(start: 0, size: size)], backingFile: fd)
     }
 
     deinit {
