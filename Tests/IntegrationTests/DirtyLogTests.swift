@@ -1,5 +1,6 @@
 import Glibc
 import SwiftVisor
+import SwiftVisorGuests
 import Testing
 import VisorKVM
 
@@ -82,6 +83,39 @@ extension KVMIntegration {
             try vm.setMemoryRegion(
                 slot: 0, guestPhysical: 0, size: mapping.region.size, hostAddress: mapping.hostAddress)
             #expect(throws: KVMError.self) { try vm.dirtyLog(slot: 0, pageCount: 256) }
+        }
+    }
+}
+
+extension KVMIntegration {
+    @Suite("Machine dirty pages")
+    struct MachineDirtyPageTests {
+        @Test("a tracking machine reports the guest's and the VMM's writes together, and a take clears both")
+        func machineDirtyPages() throws {
+            var config = MachineConfiguration(guest: .elf(GuestImages.hello))
+            config.consoleOutput = { _ in }
+            config.trackDirtyPages = true
+            let machine = try Machine(config)
+            _ = try machine.run()
+            // The VMM's part (the loaded image, the boot data) taken alone: what is left is
+            // KVM's log of the guest's own writes (its stack, at least).
+            let vmm = machine.memory.takeDirtyPages()
+            #expect(vmm.flatMap(setPages).count > 0, "the loader's writes are marked")
+            let guest = try machine.dirtyPages()
+            #expect(guest.flatMap(setPages).count > 0, "the guest's writes are logged")
+            #expect(try machine.dirtyPages().flatMap(setPages) == [], "a take clears both")
+
+            try machine.memory.write(UInt32(7), at: 0x3F_FFFE)  // pages 0x3FF and 0x400
+            #expect(try machine.dirtyPages().flatMap(setPages) == [0x3FF, 0x400])
+        }
+
+        @Test("a machine built without tracking refuses to report dirty pages")
+        func untracked() throws {
+            var config = MachineConfiguration(guest: .elf(GuestImages.hello))
+            config.consoleOutput = { _ in }
+            let machine = try Machine(config)
+            #expect(throws: MachineError.self) { try machine.dirtyPages() }
+            #expect(machine.memory.dirtyTracking == false)
         }
     }
 }
