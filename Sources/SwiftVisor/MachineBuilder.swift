@@ -122,6 +122,7 @@ struct MachineBuilder {
         do { memory = try GuestMemory(regions: Self.guestRegions(memorySize: configuration.memorySize)) } catch {
             throw .memory(error)
         }
+        memory.dirtyTracking = configuration.trackDirtyPages
         let consoleOutput: ConsoleOutput
         if let perByte = configuration.consoleOutput {
             consoleOutput = { bytes in
@@ -209,7 +210,8 @@ struct MachineBuilder {
             for (slot, mapping) in memory.hostMappings.enumerated() {
                 try vm.setMemoryRegion(
                     slot: UInt32(slot), guestPhysical: mapping.region.start,
-                    size: mapping.region.size, hostAddress: mapping.hostAddress)
+                    size: mapping.region.size, hostAddress: mapping.hostAddress,
+                    logDirtyPages: configuration.trackDirtyPages)
             }
             if !configuration.msrs.rules.isEmpty {
                 guard system.check(.userSpaceMSR) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_USER_SPACE_MSR") }

@@ -68,6 +68,11 @@ public struct MachineConfiguration: Sendable {
     public var unclaimedMMIO: UnclaimedAccessPolicy = .block
     /// Count exits by kind and port.
     public var collectStatistics = false
+    /// Track the pages written since the last `Machine.dirtyPages()`, for diff snapshots:
+    /// KVM logs the guest's writes to each memory slot, and guest memory marks the VMM's
+    /// own (devices, the emulator, loaders). Off by default: logging makes the guest's
+    /// first write to each page after a take fault into KVM.
+    public var trackDirtyPages = false
     /// Receives one line per exit when set.
     public var trace: (@Sendable (String) -> Void)?
     /// Receives every byte the guest sends to COM1 (and the console-write hypercall). nil,

@@ -6,6 +6,8 @@ import Synchronization
 package final class VMHandle: Sendable {
     let fd: Int32
     private let interruptController = Atomic<Bool>(false)
+    /// The page count of each slot registered with dirty logging (see DirtyLog.swift).
+    let dirtyLogSlots = Mutex<[UInt32: UInt64]>([:])
 
     /// Whether `createInterruptController()` succeeded.
     package var hasInterruptController: Bool { interruptController.load(ordering: .acquiring) }
@@ -29,14 +31,18 @@ package final class VMHandle: Sendable {
     /// - Parameter hostAddress: the start of a host mapping of at least `size` bytes that
     ///   stays mapped while the VM exists. The caller (the machine, with guest memory it
     ///   owns for the VM's lifetime) guarantees this; the kernel accesses the memory.
+    /// - Parameter logDirtyPages: have KVM log the guest's writes to the slot
+    ///   (`KVM_MEM_LOG_DIRTY_PAGES`), for `dirtyLog(slot:pageCount:)`.
     package func setMemoryRegion(
         slot: UInt32, guestPhysical: UInt64, size: UInt64,
-        hostAddress: UInt, readOnly: Bool = false
+        hostAddress: UInt, readOnly: Bool = false, logDirtyPages: Bool = false
     ) throws(KVMError) {
+        let flags = (readOnly ? UInt32(KVM_MEM_READONLY) : 0) | (logDirtyPages ? CKVM_MEM_LOG_DIRTY_PAGES : 0)
         var region = kvm_userspace_memory_region(
-            slot: slot, flags: readOnly ? UInt32(KVM_MEM_READONLY) : 0,
+            slot: slot, flags: flags,
             guest_phys_addr: guestPhysical, memory_size: size, userspace_addr: UInt64(hostAddress))
         try ioctlStruct(fd, CKVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION", &region)
+        recordDirtyLogSlot(slot, size: logDirtyPages ? size : 0)
     }
 
     /// Places the three pages Intel's real-mode support needs (`KVM_SET_TSS_ADDR`).

@@ -4,6 +4,7 @@
 // Usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|virtio-blk|all] [--exits N] [--rounds R]
 //                         [--no-irqchip] [--no-seccomp] [--reference PATH] [--cli PATH]
 //        swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ...  (LinuxBench.swift)
+//        swiftvisor-bench snapshot-memory [--dir PATH] [--rounds R]  (SnapshotMemoryBench.swift)
 //
 // Exit round trip: the pio_loop/mmio_loop guests drop to CPL3 (IOPL=3) and make N exits to a
 // registered device. Our figure is the time between the device's first and last access
@@ -33,6 +34,11 @@ if CommandLine.arguments.count >= 2, CommandLine.arguments[1] == "startup-child"
         print("startup-child: \(error)")
         exit(1)
     }
+}
+
+// Memory files for snapshots (SnapshotMemoryBench.swift): no VM, no reference.
+if CommandLine.arguments.count >= 2, CommandLine.arguments[1] == SnapshotMemoryBench.mode {
+    exit(SnapshotMemoryBench.main(Array(CommandLine.arguments.dropFirst())))
 }
 
 // Linux boot benchmarks (LinuxBench.swift) take their own options and need no reference.

@@ -19,4 +19,19 @@ static inline int cga_compare_exchange_16(void *address, uint64_t *expected_lo, 
     return equal;
 }
 
+/// Sets `bits` in the 64-bit word at `word` (a dirty bitmap), atomically with respect to
+/// other threads setting or taking bits. Skips the read-modify-write when every bit is
+/// already set, so re-dirtying a page costs one load and does not bounce the cache line.
+static inline void cga_bitmap_set(uint64_t *word, uint64_t bits) {
+    if ((__atomic_load_n(word, __ATOMIC_RELAXED) & bits) != bits) {
+        __atomic_fetch_or(word, bits, __ATOMIC_RELAXED);
+    }
+}
+
+/// Returns the 64-bit word at `word` and clears it, atomically (one `xchg`), so a bit set
+/// concurrently is either returned now or left for the next take, never lost.
+static inline uint64_t cga_bitmap_take(uint64_t *word) {
+    return __atomic_exchange_n(word, 0, __ATOMIC_ACQ_REL);
+}
+
 #endif

@@ -39,6 +39,7 @@ static const unsigned long CKVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
 static const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
 static const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long CKVM_X86_SET_MSR_FILTER = KVM_X86_SET_MSR_FILTER;
+static const unsigned long CKVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
 
 static const unsigned long CKVM_RUN = KVM_RUN;
 static const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
@@ -72,6 +73,8 @@ static const uint64_t CKVM_MSR_EXIT_REASON_UNKNOWN = KVM_MSR_EXIT_REASON_UNKNOWN
 static const uint64_t CKVM_MSR_EXIT_REASON_FILTER = KVM_MSR_EXIT_REASON_FILTER;
 static const int CKVM_MSR_FILTER_MAX_RANGES = KVM_MSR_FILTER_MAX_RANGES;
 static const uint32_t CKVM_PIT_SPEAKER_DUMMY = KVM_PIT_SPEAKER_DUMMY;
+static const uint32_t CKVM_MEM_LOG_DIRTY_PAGES = KVM_MEM_LOG_DIRTY_PAGES;
+static const uint32_t CKVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2;
 
 /// CPUID as the host CPU answers it to this process.
 void ckvm_host_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t registers[4]);
@@ -170,6 +173,17 @@ static inline void ckvm_run_set_msr_data(struct kvm_run *run, uint64_t data) { r
 /// At most CKVM_MSR_FILTER_MAX_RANGES ranges of at most 0x600 * 8 MSRs each. Returns the
 /// ioctl's result (-1 with errno on failure).
 int ckvm_set_msr_exit_ranges(int vmfd, const uint32_t *bases, const uint32_t *counts, int count);
+
+/// KVM_GET_DIRTY_LOG for memory slot `slot` of `vmfd`: the kernel writes the slot's dirty
+/// bitmap (one bit per page, rounded up to whole 64-bit words) to `bitmap` and clears its
+/// own. The caller owns a buffer at least that long.
+static inline int ckvm_get_dirty_log(int vmfd, uint32_t slot, uint64_t *bitmap) {
+    struct kvm_dirty_log log;
+    __builtin_memset(&log, 0, sizeof log);
+    log.slot = slot;
+    log.dirty_bitmap = bitmap;
+    return ioctl(vmfd, KVM_GET_DIRTY_LOG, &log);
+}
 
 _Static_assert(sizeof(struct kvm_regs) == 18 * 8, "kvm_regs layout");
 _Static_assert(sizeof(struct kvm_segment) == 24, "kvm_segment layout");
