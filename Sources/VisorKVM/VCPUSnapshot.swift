@@ -45,8 +45,9 @@ extension VCPUHandle {
     /// Puts `state` into this vCPU, which must be fresh (never run) and belong to a VM
     /// built like the one the state came from (same irqchip, guest memory restored).
     ///
-    /// Refuses first, changing nothing, when the state's CPUID gives the guest a feature
-    /// this host's KVM lacks, or its TSC frequency cannot be had. Then writes in the order
+    /// Refuses first, having changed only the fresh vCPU's CPUID table (`offeredCPUID()`),
+    /// when the state's CPUID gives the guest a feature this host's KVM does not offer, or
+    /// a vCPU register block does not fit. Then writes in the order
     /// KVM needs: CPUID (it decides which MSRs and XSAVE components exist), the TSC
     /// frequency, the MP state, general and special registers (the APIC base among them),
     /// FPU and XSAVE, XCRs, debug registers, the local APIC (after the APIC base), the MSRs

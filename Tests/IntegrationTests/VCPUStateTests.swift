@@ -235,6 +235,8 @@ extension KVMIntegration {
             let savedTSC = try #require(savedVCPU.msr(VCPUState.tscMSR))
             let tscAfter = try #require(second.vcpu.readMSRs([VCPUState.tscMSR]).first?.value)
             #expect(tscAfter > savedTSC)
+            // The KVM clock resumed at the saved value and went on from there.
+            #expect(try second.vm.captureState().clock > savedVM.clock)
         }
 
         @Test("state is refused by a VM built differently, with the reason")
