@@ -19,7 +19,7 @@
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
 //  6  FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
 //     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
-//     FuzzTargets         -> VisorHost VisorAPI
+//     FuzzTargets         -> VisorHost VisorAPI VisorSnapshot
 //  5  VisorAPI            -> SwiftVisor VisorHost                      -- the Firecracker-compatible control API
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
@@ -33,7 +33,7 @@
 //     VisorEmulator       -> VisorCore VisorKVM VisorMemory VisorDecoder  -- instruction emulator, page walks
 //  2  VisorCore           -> VisorKVM VisorMemory                     -- exits, buses, dispatch, policy
 //     VisorLoader         -> VisorMemory                              -- ELF, flat, boot layout
-//  1  VisorKVM            -> CKVM CSeccomp                            -- /dev/kvm, VM, vCPU handles, seccomp
+//  1  VisorKVM            -> CKVM CSeccomp VisorSnapshot              -- /dev/kvm, VM, vCPU handles, seccomp
 //     VisorMemory         -> CGuestAtomics                            -- guest RAM
 //     VisorDecoder        -> CDecoder                                 -- x86 decoding (Zydis)
 //     VisorHost           -> CHost                                    -- host system calls, threads, I/O threads
@@ -77,7 +77,7 @@ let package = Package(
     targets: [
         .target(name: "CKVM"),
         .target(name: "CSeccomp"),
-        .target(name: "VisorKVM", dependencies: ["CKVM", "CSeccomp"], swiftSettings: strict),
+        .target(name: "VisorKVM", dependencies: ["CKVM", "CSeccomp", "VisorSnapshot"], swiftSettings: strict),
         .target(name: "CGuestAtomics"),
         .target(name: "VisorMemory", dependencies: ["CGuestAtomics"], swiftSettings: strict),
         // Zydis from Debian's libzydis-dev (no pkg-config file there, so the library is named).
@@ -168,7 +168,7 @@ let package = Package(
             name: "FuzzTargets",
             dependencies: [
                 "VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "VisorEmulator",
-                "VisorDecoder", "TestSupport", "VisorVirtio", "VisorHost", "VisorAPI",
+                "VisorDecoder", "TestSupport", "VisorVirtio", "VisorHost", "VisorAPI", "VisorSnapshot",
             ],
             path: "Fuzz/Targets", swiftSettings: strict),
         // The libFuzzer entry point. A plain build makes a replay tool (run a target over
@@ -177,7 +177,7 @@ let package = Package(
         .testTarget(
             name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport", "VisorLinux"], path: "Fuzz/Tests",
             swiftSettings: strictTests),
-        .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM"], swiftSettings: strictTests),
+        .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM", "VisorSnapshot"], swiftSettings: strictTests),
         .testTarget(
             name: "VisorAPITests",
             dependencies: ["VisorAPI", "SwiftVisor", "VisorHost", .product(name: "Logging", package: "swift-log")],
@@ -213,7 +213,9 @@ let package = Package(
             swiftSettings: strictTests),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "VisorKVM", "VisorHost", "CBenchSupport", "CNativeOps"],
+            dependencies: [
+                "SwiftVisor", "SwiftVisorGuests", "VisorKVM", "VisorHost", "CBenchSupport", "CNativeOps", "VisorSnapshot",
+            ],
             swiftSettings: strictTests),
     ],
     swiftLanguageModes: [.v6]

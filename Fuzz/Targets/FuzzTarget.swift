@@ -133,6 +133,11 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// most 100 ms when newly refused, and keeps the ops budget (the refund); the requests
     /// admitted never exceed the ops bucket's size, burst and refill over the time elapsed.
     case rateLimiter = "rate-limiter"
+    /// The decoders of a snapshot's KVM state (`VCPUState` and `VMState` of `VisorKVM`):
+    /// the first byte picks one (even: vCPU, odd: VM), the rest is its encoding. Checks: a
+    /// decode fails with a `SnapshotError` or gives a state whose kernel blocks have their
+    /// structures' sizes and lists their bounds, and which encodes to exactly the bytes read.
+    case kvmState = "kvm-state"
 
     /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
     /// which is slow in a debug build.
@@ -172,6 +177,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .virtioNet: fuzzVirtioNet(data)
         case .apiRequest: fuzzAPIRequest(data)
         case .rateLimiter: fuzzRateLimiter(data)
+        case .kvmState: fuzzKVMState(data)
         }
     }
 }

@@ -15,6 +15,14 @@ public enum KVMError: Error, Equatable, CustomStringConvertible {
     case mapRunPage(errno: Int32)
     /// The kernel reported something the shared run page cannot hold.
     case malformedRunPage(String)
+    /// Saved vCPU state gives the guest a CPU feature this host's KVM does not offer:
+    /// CPUID `leaf`.`subleaf`, `register`, `bit`.
+    case incompatibleCPU(leaf: UInt32, subleaf: UInt32, register: String, bit: Int)
+    /// Saved vCPU state ran its TSC at `savedKHz`; this host's vCPU runs at `hostKHz` and
+    /// KVM cannot scale it, for `reason`.
+    case tscFrequencyMismatch(savedKHz: UInt32, hostKHz: UInt32, reason: String)
+    /// Saved VM or vCPU state does not fit the VM or vCPU it is restored into.
+    case stateMismatch(String)
 
     public var description: String {
         switch self {
@@ -36,6 +44,15 @@ public enum KVMError: Error, Equatable, CustomStringConvertible {
             return "mapping the vCPU run page failed: \(errnoText(errno))"
         case .malformedRunPage(let what):
             return "the kernel's run page is malformed: \(what)"
+        case .incompatibleCPU(let leaf, let subleaf, let register, let bit):
+            return "the saved vCPU was given CPUID leaf 0x\(String(leaf, radix: 16)) subleaf \(subleaf) "
+                + "\(register) bit \(bit), a CPU feature this host's KVM does not offer; restore on a host "
+                + "whose CPU has it, or snapshot a guest whose CPU policy hides it"
+        case .tscFrequencyMismatch(let saved, let host, let reason):
+            return "the saved vCPU's TSC ran at \(saved) kHz and this host's runs at \(host) kHz, and \(reason); "
+                + "restore on a host with the same TSC frequency or with TSC scaling"
+        case .stateMismatch(let what):
+            return "the saved state does not fit this VM: \(what)"
         }
     }
 }

@@ -24,6 +24,10 @@ package struct KVMCapability: Sendable, Hashable, CustomStringConvertible {
     package static let ioEventFD = KVMCapability(Int32(KVM_CAP_IOEVENTFD), name: "KVM_CAP_IOEVENTFD")
     package static let irqFD = KVMCapability(Int32(KVM_CAP_IRQFD), name: "KVM_CAP_IRQFD")
     package static let nrMemslots = KVMCapability(Int32(KVM_CAP_NR_MEMSLOTS), name: "KVM_CAP_NR_MEMSLOTS")
+    /// Answers the size of the vCPU XSAVE area `KVM_GET_XSAVE2` uses (0 when absent).
+    package static let xsave2 = KVMCapability(CKVM_CAP_XSAVE2, name: "KVM_CAP_XSAVE2")
+    package static let tscControl = KVMCapability(CKVM_CAP_TSC_CONTROL, name: "KVM_CAP_TSC_CONTROL")
+    package static let getTSCKHz = KVMCapability(CKVM_CAP_GET_TSC_KHZ, name: "KVM_CAP_GET_TSC_KHZ")
 }
 
 /// One CPUID leaf/subleaf as KVM reports and accepts it (`struct kvm_cpuid_entry2`).
@@ -52,6 +56,8 @@ package final class KVMSystem: Sendable {
     package static let requiredAPIVersion: Int32 = 12
 
     let fd: Int32
+    /// The MSR indices `KVM_GET_MSR_INDEX_LIST` returned, read once.
+    private let saveableMSRs = Mutex<[UInt32]?>(nil)
     /// Size of each vCPU's shared `kvm_run` mapping.
     package let vcpuMapSize: Int
 
@@ -124,6 +130,39 @@ package final class KVMSystem: Sendable {
             }
             return unsafe readCPUID(buffer)
         }
+    }
+
+    /// The most MSR indices `saveableMSRIndices()` accepts from the kernel (it lists a
+    /// few hundred).
+    package static let maxSaveableMSRs = 4096
+
+    /// The MSRs KVM lists as vCPU state to save and restore (`KVM_GET_MSR_INDEX_LIST`):
+    /// the MSRs it keeps for the guest and those it emulates. Some of them a given vCPU
+    /// cannot read (its CPUID lacks the feature); `VCPUHandle.captureState()` keeps only
+    /// those it can. Read from the kernel once and remembered.
+    package func saveableMSRIndices() throws(KVMError) -> [UInt32] {
+        if let known = saveableMSRs.withLock({ $0 }) { return known }
+        // First ask with room for none: the kernel answers E2BIG and the count it needs.
+        var probe: [UInt32] = [0]
+        let first = unsafe probe.withUnsafeMutableBytes { raw in
+            // SAFETY: nmsrs (probe[0]) is 0, so the kernel writes only the count word.
+            unsafe ckvm_ioctl_pointer(fd, CKVM_GET_MSR_INDEX_LIST, raw.baseAddress)
+        }
+        if first < 0 && errno != E2BIG { throw .ioctl(name: "KVM_GET_MSR_INDEX_LIST", errno: errno) }
+        let count = Int(probe[0])
+        guard count <= Self.maxSaveableMSRs else {
+            throw .stateMismatch("KVM lists \(count) saveable MSRs, more than the \(Self.maxSaveableMSRs) SwiftVisor reads")
+        }
+        var list = [UInt32](repeating: 0, count: count + 1)
+        list[0] = UInt32(count)
+        _ = try checkedIoctl("KVM_GET_MSR_INDEX_LIST") {
+            // SAFETY: the array holds the count word and `count` index slots after it, and
+            // the count word tells the kernel exactly that capacity; pinned for the call.
+            unsafe list.withUnsafeMutableBytes { unsafe ckvm_ioctl_pointer(fd, CKVM_GET_MSR_INDEX_LIST, $0.baseAddress) }
+        }
+        let indices = Array(list[1..<(1 + min(Int(list[0]), count))])
+        saveableMSRs.withLock { $0 = indices }
+        return indices
     }
 
     /// Creates a virtual machine (`KVM_CREATE_VM`).

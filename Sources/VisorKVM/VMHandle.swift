@@ -8,6 +8,10 @@ package final class VMHandle: Sendable {
     private let interruptController = Atomic<Bool>(false)
     /// The page count of each slot registered with dirty logging (see DirtyLog.swift).
     let dirtyLogSlots = Mutex<[UInt32: UInt64]>([:])
+    private let pit = Atomic<Bool>(false)
+
+    /// Whether `createPIT()` succeeded.
+    package var hasPIT: Bool { pit.load(ordering: .acquiring) }
 
     /// Whether `createInterruptController()` succeeded.
     package var hasInterruptController: Bool { interruptController.load(ordering: .acquiring) }
@@ -101,6 +105,7 @@ package final class VMHandle: Sendable {
         var config = kvm_pit_config()
         config.flags = CKVM_PIT_SPEAKER_DUMMY
         try ioctlStruct(fd, CKVM_CREATE_PIT2, "KVM_CREATE_PIT2", &config)
+        pit.store(true, ordering: .releasing)
     }
 
     /// Sets the level of interrupt line `irq` (GSI) of the in-kernel PIC and IOAPIC

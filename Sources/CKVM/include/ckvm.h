@@ -58,6 +58,25 @@ static const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
 static const unsigned long CKVM_NMI = KVM_NMI;
 static const unsigned long CKVM_INTERRUPT = KVM_INTERRUPT;
 
+// Snapshot state: every vCPU and VM ioctl that reads or writes state a snapshot keeps.
+static const unsigned long CKVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+static const unsigned long CKVM_GET_CPUID2 = KVM_GET_CPUID2;
+static const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+static const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;
+static const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long CKVM_GET_XSAVE2 = KVM_GET_XSAVE2;
+static const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
+static const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long CKVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+static const unsigned long CKVM_SET_TSC_KHZ = KVM_SET_TSC_KHZ;
+static const unsigned long CKVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+static const unsigned long CKVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+static const unsigned long CKVM_GET_PIT2 = KVM_GET_PIT2;
+static const unsigned long CKVM_SET_PIT2 = KVM_SET_PIT2;
+static const unsigned long CKVM_GET_CLOCK = KVM_GET_CLOCK;
+static const unsigned long CKVM_SET_CLOCK = KVM_SET_CLOCK;
+
 // MARK: constants that are macros in the kernel header
 
 static const int CKVM_API_VERSION = KVM_API_VERSION;
@@ -75,6 +94,12 @@ static const int CKVM_MSR_FILTER_MAX_RANGES = KVM_MSR_FILTER_MAX_RANGES;
 static const uint32_t CKVM_PIT_SPEAKER_DUMMY = KVM_PIT_SPEAKER_DUMMY;
 static const uint32_t CKVM_MEM_LOG_DIRTY_PAGES = KVM_MEM_LOG_DIRTY_PAGES;
 static const uint32_t CKVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2;
+static const uint32_t CKVM_IRQCHIP_PIC_MASTER = KVM_IRQCHIP_PIC_MASTER;
+static const uint32_t CKVM_IRQCHIP_PIC_SLAVE = KVM_IRQCHIP_PIC_SLAVE;
+static const uint32_t CKVM_IRQCHIP_IOAPIC = KVM_IRQCHIP_IOAPIC;
+static const int CKVM_CAP_XSAVE2 = KVM_CAP_XSAVE2;
+static const int CKVM_CAP_TSC_CONTROL = KVM_CAP_TSC_CONTROL;
+static const int CKVM_CAP_GET_TSC_KHZ = KVM_CAP_GET_TSC_KHZ;
 
 /// CPUID as the host CPU answers it to this process.
 void ckvm_host_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t registers[4]);
