@@ -118,16 +118,20 @@ extension VCPUHandle {
         let supported = try vm.system.supportedCPUID()
         try setCPUID(supported)
         let given = try cpuidTable()
-        let merged = given.map { entry in
-            guard let listed = VCPUState.entry(entry.function, entry.index, in: supported) else { return entry }
-            var offered = entry
-            offered.eax |= listed.eax
-            offered.ebx |= listed.ebx
-            offered.ecx |= listed.ecx
-            offered.edx |= listed.edx
-            return offered
+        var listed: [UInt64: CPUIDEntry] = [:]
+        for entry in supported { listed[VCPUState.key(entry.function, entry.index)] = entry }
+        var offered: [CPUIDEntry] = []
+        offered.reserveCapacity(given.count + supported.count)
+        for var entry in given {
+            if let table = listed.removeValue(forKey: VCPUState.key(entry.function, entry.index)) {
+                entry.eax |= table.eax
+                entry.ebx |= table.ebx
+                entry.ecx |= table.ecx
+                entry.edx |= table.edx
+            }
+            offered.append(entry)
         }
-        return merged + supported.filter { VCPUState.entry($0.function, $0.index, in: given) == nil }
+        return offered + supported.filter { listed[VCPUState.key($0.function, $0.index)] != nil }
     }
 
     /// The TSC frequency in kHz (`KVM_GET_TSC_KHZ`), or 0 where KVM cannot tell it.
