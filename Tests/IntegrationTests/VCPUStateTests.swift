@@ -244,6 +244,28 @@ extension KVMIntegration {
             #expect(try second.vm.captureState().clock > savedVM.clock)
         }
 
+        @Test("with two vCPUs, an application processor waiting for SIPI is still waiting after restore")
+        func waitingProcessorStaysWaiting() throws {
+            let first = try BareVM(irqchip: true, image: StateGuests.counter)
+            let ap = try first.vm.createVCPU(id: 1)
+            try ap.setCPUID(KVMSystem.shared().supportedCPUID())
+            try ap.setMPState(VCPUHandle.mpStateWaitForSIPI)
+            _ = try (1...3).map { _ in try first.nextWrite(to: StateGuests.counterPort) }
+            let states = try [first.vcpu.captureState(), ap.captureState()]
+            let vmState = try first.vm.captureState()
+            #expect(states[1].mpState == VCPUHandle.mpStateWaitForSIPI)
+
+            let second = try BareVM(irqchip: true, image: nil, ram: first.ram)
+            let secondAP = try second.vm.createVCPU(id: 1)
+            try second.vm.restoreState(decode(encode(vmState)))
+            try second.vcpu.restoreState(decode(encode(states[0])))
+            try secondAP.restoreState(decode(encode(states[1])))
+            #expect(try secondAP.mpState() == VCPUHandle.mpStateWaitForSIPI)
+            #expect(try secondAP.registers() == ap.registers())
+            #expect(try second.nextWrite(to: StateGuests.counterPort) == 4 * 64)
+            #expect(try secondAP.mpState() == VCPUHandle.mpStateWaitForSIPI)
+        }
+
         @Test("state is refused by a VM built differently, with the reason")
         func mismatchRefused() throws {
             let first = try BareVM(irqchip: true, image: StateGuests.counter)
