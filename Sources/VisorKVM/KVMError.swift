@@ -23,6 +23,9 @@ public enum KVMError: Error, Equatable, CustomStringConvertible {
     case tscFrequencyMismatch(savedKHz: UInt32, hostKHz: UInt32, reason: String)
     /// Saved VM or vCPU state does not fit the VM or vCPU it is restored into.
     case stateMismatch(String)
+    /// The vCPU's state cannot be read yet: finishing its last instruction produced this
+    /// exit, whose data is in the run page; handle it, then capture again.
+    case exitPending(VMExit)
 
     public var description: String {
         switch self {
@@ -53,6 +56,9 @@ public enum KVMError: Error, Equatable, CustomStringConvertible {
                 + "restore on a host with the same TSC frequency or with TSC scaling"
         case .stateMismatch(let what):
             return "the saved state does not fit this VM: \(what)"
+        case .exitPending(let exit):
+            return "the vCPU's state cannot be saved in the middle of an instruction: handle its exit \(exit) "
+                + "(VCPUHandle.completePendingExit) and save again"
         }
     }
 }

@@ -58,6 +58,8 @@ package final class KVMSystem: Sendable {
     let fd: Int32
     /// The MSR indices `KVM_GET_MSR_INDEX_LIST` returned, read once.
     private let saveableMSRs = Mutex<[UInt32]?>(nil)
+    /// The table `KVM_GET_SUPPORTED_CPUID` returned, read once.
+    private let supportedCPUIDTable = Mutex<[CPUIDEntry]?>(nil)
     /// Size of each vCPU's shared `kvm_run` mapping.
     package let vcpuMapSize: Int
 
@@ -120,16 +122,21 @@ package final class KVMSystem: Sendable {
         max(0, ckvm_ioctl_value(fd, CKVM_CHECK_EXTENSION, UInt(capability.rawValue)))
     }
 
-    /// The CPUID entries KVM can offer a guest (`KVM_GET_SUPPORTED_CPUID`).
+    /// The CPUID entries KVM can offer a guest (`KVM_GET_SUPPORTED_CPUID`). Read from the
+    /// kernel once and remembered: the table does not change while the module is loaded,
+    /// and the ioctl costs a few hundred microseconds, which a restore would pay per vCPU.
     package func supportedCPUID() throws(KVMError) -> [CPUIDEntry] {
+        if let known = supportedCPUIDTable.withLock({ $0 }) { return known }
         // SAFETY: withCPUIDBuffer gives a header with room for nent entries, which is all the
         // kernel writes; readCPUID reads back at most the nent the kernel left there.
-        unsafe try withCPUIDBuffer(capacity: Int(CKVM_MAX_CPUID_ENTRIES)) { (buffer) throws(KVMError) in
+        let table = unsafe try withCPUIDBuffer(capacity: Int(CKVM_MAX_CPUID_ENTRIES)) { (buffer) throws(KVMError) in
             _ = try checkedIoctl("KVM_GET_SUPPORTED_CPUID") {
                 unsafe ckvm_ioctl_pointer(fd, CKVM_GET_SUPPORTED_CPUID, buffer)
             }
             return unsafe readCPUID(buffer)
         }
+        supportedCPUIDTable.withLock { $0 = table }
+        return table
     }
 
     /// The most MSR indices `saveableMSRIndices()` accepts from the kernel (it lists a

@@ -9,10 +9,12 @@ extension VCPUHandle {
     ///
     /// First it lets KVM finish the instruction of the last exit (`completePendingExit()`):
     /// until then an OUT or an MMIO access is half done, RIP still on it, and a restored
-    /// guest would run it twice. Then the MP state, because reading it makes KVM process a
+    /// guest would run it twice. When that needs user space once more (a string I/O or
+    /// MMIO access that goes on), it throws `.exitPending` with that exit: the caller
+    /// handles it like any exit and captures again. Then the MP state, because reading it makes KVM process a
     /// pending INIT or SIPI, which changes the registers and the APIC; then the rest.
     package func captureState() throws(KVMError) -> VCPUState {
-        try completePendingExit()
+        if let exit = try completePendingExit() { throw .exitPending(exit) }
         let mp = try mpState()
         var regs = kvm_regs()
         try ioctlStruct(fd, CKVM_GET_REGS, "KVM_GET_REGS", &regs)
@@ -98,13 +100,17 @@ extension VCPUHandle {
     /// Enters `KVM_RUN` with an immediate exit requested, which completes the instruction
     /// of the last I/O, MMIO or MSR exit without running the guest further, as the KVM API
     /// asks before reading a vCPU's state. Leaves the immediate-exit request as it found it.
-    package func completePendingExit() throws(KVMError) {
+    ///
+    /// Returns nil when the vCPU is at an instruction boundary; or the next exit, when
+    /// completing the last one needs user space again (a string I/O or an MMIO access that
+    /// continues): the caller handles it like any exit and calls this again.
+    package func completePendingExit() throws(KVMError) -> VMExit? {
         let requested = immediateExitRequested
         requestImmediateExit(true)
         defer { requestImmediateExit(requested) }
         switch try run() {
-        case .interrupted: return
-        case let exit: throw .stateMismatch("completing the last exit before a snapshot gave \(exit)")
+        case .interrupted: return nil
+        case let exit: return exit
         }
     }
 
@@ -118,16 +124,20 @@ extension VCPUHandle {
         let supported = try vm.system.supportedCPUID()
         try setCPUID(supported)
         let given = try cpuidTable()
-        let merged = given.map { entry in
-            guard let listed = VCPUState.entry(entry.function, entry.index, in: supported) else { return entry }
-            var offered = entry
-            offered.eax |= listed.eax
-            offered.ebx |= listed.ebx
-            offered.ecx |= listed.ecx
-            offered.edx |= listed.edx
-            return offered
+        var listed: [UInt64: CPUIDEntry] = [:]
+        for entry in supported { listed[VCPUState.key(entry.function, entry.index)] = entry }
+        var offered: [CPUIDEntry] = []
+        offered.reserveCapacity(given.count + supported.count)
+        for var entry in given {
+            if let table = listed.removeValue(forKey: VCPUState.key(entry.function, entry.index)) {
+                entry.eax |= table.eax
+                entry.ebx |= table.ebx
+                entry.ecx |= table.ecx
+                entry.edx |= table.edx
+            }
+            offered.append(entry)
         }
-        return merged + supported.filter { VCPUState.entry($0.function, $0.index, in: given) == nil }
+        return offered + supported.filter { listed[VCPUState.key($0.function, $0.index)] != nil }
     }
 
     /// The TSC frequency in kHz (`KVM_GET_TSC_KHZ`), or 0 where KVM cannot tell it.

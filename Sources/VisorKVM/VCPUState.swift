@@ -209,6 +209,9 @@ package struct VCPUState: Sendable, Equatable, SnapshotCodable {
         }
     }
 
+    /// A dictionary key for a leaf and subleaf.
+    static func key(_ leaf: UInt32, _ subleaf: UInt32) -> UInt64 { UInt64(leaf) << 32 | UInt64(subleaf) }
+
     /// The entry for `leaf`; for leaves 7 and 0xD (indexed by subleaf) the one for `subleaf`.
     static func entry(_ leaf: UInt32, _ subleaf: UInt32, in table: [CPUIDEntry]) -> CPUIDEntry? {
         let indexed = leaf == 7 || leaf == 0xD

@@ -250,5 +250,6 @@ struct CPUCompatibilityTests {
         #expect(
             KVMError.stateMismatch("the PIT state has the wrong size").description.hasPrefix(
                 "the saved state does not fit this VM"))
+        #expect(KVMError.exitPending(.halt(interruptsEnabled: false)).description.contains("handle its exit halt"))
     }
 }
