@@ -79,6 +79,9 @@ public enum MemoryFile {
             while offset < end {
                 let chunk = Int(min(end - offset, UInt64(buffer.count)))
                 let got = try read(diff, into: &buffer, count: chunk, at: offset)
+                // A data range ends before the file's size, so only a file cut short meanwhile
+                // reads nothing here.
+                guard got > 0 else { throw .io(operation: "read (the diff shrank)", offset: offset, errno: EIO) }
                 // SAFETY: `buffer` holds at least `got` <= chunk bytes and is pinned for the call.
                 let failure: MemoryFileError? = unsafe buffer.withUnsafeBytes { bytes in
                     do throws(MemoryFileError) {
