@@ -280,7 +280,7 @@ package struct MultibootPlan: Sendable, Equatable {
         // flags: mem (0), cmdline (2), mods (3), mmap (6), boot_loader_name (9).
         put32(1 << 0 | 1 << 2 | 1 << 3 | 1 << 6 | 1 << 9, info)
         put32(UInt32(Self.conventionalEnd / 1024), info + 4)
-        put32(UInt32((low.upperBound - Self.upperStart) / 1024), info + 8)
+        put32(UInt32(clamping: (low.upperBound - Self.upperStart) / 1024), info + 8)
         put32(putString(cmdline), info + 16)
         put32(UInt32(modules.count), info + 20)
         put32(address(modsOffset), info + 24)

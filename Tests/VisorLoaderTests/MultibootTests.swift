@@ -233,6 +233,13 @@ struct MultibootPlanTests {
         #expect(try memory.read(b.count, at: 0x10000) == b)
     }
 
+    @Test("RAM beyond what mem_upper can count clamps it instead of trapping")
+    func hugeRAM() throws {
+        let bytes = MultibootImages.elf32(entry: 0x10_0000, segments: [(0x100, 0x10_0000, 0x10_0000, 8, 8)])
+        let plan = try MultibootPlan(image: bytes, ram: [0..<(8 << 40)], commandLine: "", modules: [])
+        #expect(le32(plan.block, 32 + 8) == UInt32.max)
+    }
+
     @Test("bad input: each a typed error")
     func badInput() throws {
         func plan(_ bytes: [UInt8], ram: [Range<UInt64>] = Self.ram, modules: [MultibootModule] = []) throws {
