@@ -244,7 +244,7 @@ extension SwiftVisorCommand {
             abstract: "Run a guest: a 64-bit ELF, a multiboot image, a raw real-mode binary, or the built-in greeting guest.",
             discussion: """
                 With no GUEST, runs the built-in 'hello' guest. Exit status: the guest's \
-                debug-exit status (port 0x501), 0 when it halts, 120 when an unclaimed access \
+                debug-exit status (port 0x501; through QEMU's port 0xF4, (V << 1) | 1), 0 when it halts, 120 when an unclaimed access \
                 stopped it, 121 triple fault, 122 KVM internal error, 123 failed VM entry, \
                 124 unhandled exit, 125 KVM_RUN failure, 1 for a bad file, flag or host.
                 """)
