@@ -12,6 +12,11 @@
 #   NAME.c        64-bit ELF guest in C, linked with common/crt0.S   -> OUTDIR/NAME.elf
 #   NAME.S        64-bit ELF guest in assembly, defines _start        -> OUTDIR/NAME.elf
 #   NAME.16.S     16-bit real-mode flat binary, loaded anywhere       -> OUTDIR/NAME.bin
+#   NAME.mb.c     32-bit multiboot guest in C, linked with multiboot/entry.S (the header)
+#                 and multiboot/multiboot.ld                           -> OUTDIR/NAME.mb
+#                 A line "// multiboot-load: elf ADDRESS" or "// multiboot-load: flat ADDRESS"
+#                 in the source says how: an ELF32 file linked at ADDRESS, or a flat image
+#                 at ADDRESS that the loader places by the header's address fields.
 # ELF guests are also linked with every common/*.S except crt0.S (COM1 output, boot-info
 # parsing, the ring-3 switch); --gc-sections drops whatever a guest does not use.
 # The first line of a guest's source is a comment describing it: it becomes the doc
@@ -64,6 +69,10 @@ cflags="$target -std=c11 -ffreestanding -fno-builtin -nostdlibinc -fno-pic -fno-
     -fno-asynchronous-unwind-tables -fno-unwind-tables -ffunction-sections -fdata-sections
     -Wall -Wextra"
 asflags="$target"
+# The multiboot guests: the same, for 32-bit protected mode.
+target32="-target i386-unknown-none-elf"
+cflags32=$(echo "$cflags" | sed "s/$target/$target32/; s/-mno-red-zone//")
+asflags32="$target32"
 # One RWX PT_LOAD at 0x100000 (guest.ld); -N packs it right after the headers in the file,
 # -s drops symbols, so an image is a few hundred bytes.
 ldflags="-static -nostdlib -N -s --build-id=none -z max-page-size=4096 -z noexecstack --gc-sections"
@@ -102,6 +111,7 @@ for src in "$here"/*.c "$here"/*.S; do
     file=$(basename "$src")
     case "$file" in
         *.16.S) echo "${file%.16.S} real $src" >>"$list" ;;
+        *.mb.c) echo "${file%.mb.c} mb $src" >>"$list" ;;
         *.S) echo "${file%.S} asm $src" >>"$list" ;;
         *.c) echo "${file%.c} c $src" >>"$list" ;;
     esac
@@ -146,6 +156,23 @@ while read -r name kind src; do
             "$clang" $asflags -c "$src" -o "$obj/$name.o"
             "$lld" --oformat=binary -Ttext=0 --image-base=0 --build-id=none -o "$out/$name.bin" "$obj/$name.o"
             ;;
+        mb)
+            spec=$(sed -n 's,^// multiboot-load: \(elf\|flat\) \(0x[0-9a-fA-F]*\)$,\1 \2,p' "$src")
+            layout=${spec%% *}
+            address=${spec#* }
+            case "$layout" in
+                elf) defines= ; format= ;;
+                flat) defines=-DMB_FLAT ; format=--oformat=binary ;;
+                *) echo "$0: $src has no '// multiboot-load: elf|flat ADDRESS' line" >&2; exit 65 ;;
+            esac
+            # shellcheck disable=SC2086
+            "$clang" $cflags32 -I "$here/multiboot" -c "$src" -o "$obj/$name.o"
+            # shellcheck disable=SC2086
+            "$clang" $asflags32 $defines -c "$here/multiboot/entry.S" -o "$obj/${name}_entry.o"
+            sed "s/^\( *\. = \)LOAD_ADDRESS;/\1$address;/" "$here/multiboot/multiboot.ld" >"$obj/$name.ld"
+            # shellcheck disable=SC2086
+            "$lld" $ldflags $format -T "$obj/$name.ld" -o "$out/$name.mb" "$obj/${name}_entry.o" "$obj/$name.o"
+            ;;
     esac
 done <"$list"
 
@@ -175,11 +202,13 @@ swift="$out/GuestImages.swift.tmp"
     echo "/// The guest programs in Guests/, built from source by \`swift build\`."
     echo "///"
     echo "/// ELF images (magic 0x7F 'E' 'L' 'F') are 64-bit guests linked at 0x100000 with"
-    echo "/// p_paddr == p_vaddr; the others are 16-bit real-mode flat binaries."
+    echo "/// p_paddr == p_vaddr, unless they carry a multiboot header (32-bit multiboot guests,"
+    echo "/// see \`GuestImages.format(of:)\`); the others are 16-bit real-mode flat binaries."
     echo "public enum $enum_name {"
     while read -r name kind src; do
         case "$kind" in
             real) image="$out/$name.bin"; what="16-bit real-mode flat binary" ;;
+            mb) image="$out/$name.mb"; what="32-bit multiboot image" ;;
             *) image="$out/$name.elf"; what="64-bit ELF" ;;
         esac
         size=$(wc -c <"$image" | tr -d ' ')

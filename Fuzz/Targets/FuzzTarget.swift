@@ -68,6 +68,14 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: RAM changes only inside the loaded segments' ranges, and not at all when
     /// loading fails.
     case elf
+    /// The multiboot loader's planning (`MultibootPlan`): RAM of 1-17 MiB, sometimes with a
+    /// region at 4 GiB, up to three modules of chosen sizes and strings, a command line,
+    /// then the image (ELF32, ELF64 or a flat image with the header's address fields).
+    /// Checks: every accepted image's segments lie in RAM below 4 GiB and do not overlap
+    /// each other, the loader's block or the modules; the block and the modules lie in free
+    /// RAM below 4 GiB, apart; the entry lies in a segment; the information's pointers
+    /// (command line, module list, memory map, loader name) point into the block.
+    case multiboot
     /// The Linux loader end to end on a kernel image (bzImage or vmlinux), with or without
     /// host decompression, into 2 MiB of guest RAM.
     /// Checks: guest RAM changes only inside the ranges the plan and the loader's boot-data
@@ -167,6 +175,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .runPage: fuzzRunPage(data)
         case .emulator: fuzzEmulator(data)
         case .elf: fuzzELF(data)
+        case .multiboot: fuzzMultiboot(data)
         case .linux: fuzzLinux(data)
         case .translator: fuzzTranslator(data)
         case .virtqueue: fuzzVirtqueue(data)

@@ -49,6 +49,7 @@ struct EntryRegisters: Equatable {
         general.rdi = entry.rdi
         general.rsi = entry.rsi
         general.rbx = entry.rbx
+        general.rax = entry.rax
         general.rflags = entry.rflags
     }
 

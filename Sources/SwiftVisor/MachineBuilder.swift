@@ -94,6 +94,26 @@ struct MachineBuilder {
         return regions
     }
 
+    /// Guest RAM as address ranges.
+    static func ramRanges(_ memory: GuestMemory) -> [Range<UInt64>] {
+        memory.regions.map { $0.start..<$0.end }
+    }
+
+    /// fw_cfg with the standard items for this configuration and "etc/e820" (the multiboot
+    /// memory map, 20-byte little-endian entries: base, length, type).
+    static func firmwareConfig(_ configuration: MachineConfiguration) -> FirmwareConfigDevice {
+        let ram = guestRegions(memorySize: configuration.memorySize).map { $0.start..<$0.end }
+        var e820: [UInt8] = []
+        for entry in MultibootPlan.memoryMap(ram: ram) {
+            for (value, count) in [(entry.base, 8), (entry.length, 8), (UInt64(entry.type), 4)] {
+                e820 += (0..<count).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) }
+            }
+        }
+        return FirmwareConfigDevice(
+            memorySize: configuration.memorySize, cpuCount: UInt16(clamping: configuration.vcpuCount),
+            commandLine: configuration.commandLine, files: [.init(name: "etc/e820", contents: e820)])
+    }
+
     /// Passes the first `logLimit` messages to `log`, then one notice, then nothing.
     static func rateLimited(_ log: @escaping @Sendable (String) -> Void) -> @Sendable (String) -> Void {
         final class Counter: Sendable { let value = Atomic<Int>(0) }
@@ -180,6 +200,10 @@ struct MachineBuilder {
                 return (entry, nil)
             case .flat(let bytes, let address):
                 return (try FlatBinaryLoader.load(bytes, at: address, into: memory), nil)
+            case .multiboot(let bytes, let modules):
+                let plan = try MultibootPlan(
+                    image: bytes, ram: Self.ramRanges(memory), commandLine: configuration.commandLine, modules: modules)
+                return (try plan.load(image: bytes, modules: modules, into: memory), nil)
             case .linux(var request):
                 // The kernel finds the virtio devices on its command line, too.
                 let parameters = configuration.virtioDevices.indices.map { VirtioLayout.commandLineParameter(index: $0) }
@@ -258,7 +282,9 @@ struct MachineBuilder {
             let platform = try Platform(
                 kind: kind, memoryBelow4GiB: low, memoryAbove4GiB: size - low,
                 consoleOutput: consoleOutput, irqLine: irqLine, cmos: configuration.batteryBackedCMOS,
-                debugExit: configuration.debugExitPort, extraDevices: virtio.map(\.platformDevice))
+                debugExit: configuration.debugExitPort, qemuDebugExit: configuration.qemuDebugExitPort,
+                firmwareConfig: configuration.firmwareConfig ? Self.firmwareConfig(configuration) : nil,
+                extraDevices: virtio.map(\.platformDevice))
             return (platform, virtio)
         } catch { throw MachineError(error) }
     }

@@ -19,6 +19,17 @@ public struct MachineConfiguration: Sendable {
         /// registers, the reset register at 0xCF9, port 0x80 and an empty PCI bus.
         /// `commandLine` of the configuration is not used; the request carries its own.
         case linux(LinuxBootRequest)
+        /// A multiboot (version 1) image: an ELF32 or ELF64 file, or a flat image with the
+        /// header's address fields, whose multiboot header lies in its first 8 KiB. Its
+        /// segments load at their physical addresses (below 1 MiB too), `modules` are loaded
+        /// page-aligned, and vCPU 0 enters in 32-bit protected mode, paging off, with
+        /// EAX = 0x2BADB002 and EBX = the multiboot information (see the README's
+        /// "Multiboot guests" section). `commandLine` of the configuration is the guest's.
+        case multiboot([UInt8], modules: [MultibootModule] = [])
+
+        /// Whether `bytes` carry a multiboot header's magic (0x1BADB002, 4-byte aligned, in
+        /// the first 8 KiB): such an image is meant for `.multiboot`, even if it is ELF64.
+        public static func isMultiboot(_ bytes: [UInt8]) -> Bool { MultibootHeader.hasMagic(bytes) }
     }
 
     /// For a Linux guest: the CMOS/RTC of a previous machine (`machine.platform.cmos`), so
@@ -62,7 +73,8 @@ public struct MachineConfiguration: Sendable {
     /// KVM's in-kernel interrupt controllers (PICs, IOAPIC, local APICs) and PIT. With them,
     /// `hlt` waits for an interrupt; without them (one vCPU only), `hlt` ends the VM.
     public var interruptController = true
-    /// Passed to ELF guests through the boot-info block.
+    /// Passed to ELF guests through the boot-info block, and to multiboot guests through the
+    /// multiboot information and fw_cfg.
     public var commandLine = ""
     public var unclaimedPorts: UnclaimedAccessPolicy = .block
     public var unclaimedMMIO: UnclaimedAccessPolicy = .block
@@ -100,6 +112,16 @@ public struct MachineConfiguration: Sendable {
     /// through it), off for Linux, which powers off through ACPI; off, the port is an
     /// ordinary unclaimed port.
     public var debugExitPort: Bool
+    /// Whether QEMU's isa-debug-exit is on the bus at ports 0xF4-0xF7 (as kvm-unit-tests
+    /// configures it, `iosize=4`): a write of V of any width ends the VM with status
+    /// `(V << 1) | 1` (8 bits), so 1 is pass, 3 fail and 77 skip. Default: on for multiboot
+    /// guests, off for the others; it gives guest code the same power as `debugExitPort`.
+    public var qemuDebugExitPort: Bool
+    /// Whether QEMU's fw_cfg interface is on the bus at ports 0x510 (selector) and 0x511
+    /// (data), without DMA: the signature, interface ID, RAM size, CPU count, the command
+    /// line and a file directory with "etc/e820" (see `FirmwareConfigDevice`). Default: on for
+    /// multiboot guests, off for the others.
+    public var firmwareConfig: Bool
     /// Hypercall handlers added to (or replacing) the built-in ones, by call number.
     public var hypercallHandlers: [UInt64: HypercallHandler] = [:]
     public var mmioDevices: [MMIORegistration] = []
@@ -142,10 +164,17 @@ public struct MachineConfiguration: Sendable {
     public var kvmPath = "/dev/kvm"
 
     /// A configuration with the defaults for `guest`: the debug-exit and hypercall ports on
-    /// for ELF and flat guests, off for Linux. Changing `guest` later keeps the ports as
-    /// they are.
+    /// for ELF, flat and multiboot guests, off for Linux; QEMU's debug-exit and fw_cfg on for
+    /// multiboot guests only. Changing `guest` later keeps the ports as they are.
     public init(guest: Guest) {
         self.guest = guest
+        if case .multiboot = guest {
+            qemuDebugExitPort = true
+            firmwareConfig = true
+        } else {
+            qemuDebugExitPort = false
+            firmwareConfig = false
+        }
         if case .linux = guest {
             hypercallPort = nil
             debugExitPort = false

@@ -22,6 +22,10 @@ public final class Platform: Sendable {
     public let serial: Serial16550Device
     /// The debug-exit port (0x501); nil when the platform was built without it.
     public let debugExit: DebugExitDevice?
+    /// QEMU's debug-exit (ports 0xF4-0xF7); nil unless the platform was built with it.
+    public let qemuDebugExit: QEMUDebugExitDevice?
+    /// QEMU's fw_cfg (ports 0x510-0x511); nil unless the platform was built with it.
+    public let firmwareConfig: FirmwareConfigDevice?
     /// The PC devices, nil on a minimal platform.
     public let i8042: I8042Device?
     /// The CMOS/RTC; pass it to the next platform to keep it across a reboot.
@@ -43,13 +47,16 @@ public final class Platform: Sendable {
     ///   - debugExit: whether to place the debug-exit port. It lets any guest code with I/O
     ///     privilege end the VM with a status it picks, so a machine for an untrusted guest
     ///     leaves it out; the port is then an ordinary unclaimed port.
+    ///   - qemuDebugExit: whether to place QEMU's debug-exit at 0xF4 (the same caution).
+    ///   - firmwareConfig: QEMU's fw_cfg with its items, placed at 0x510 when given.
     ///   - extraDevices: devices made by a higher layer (the virtio-mmio transports),
     ///     placed on the buses and in the ACPI tables after the platform's own.
     package init(
         kind: Kind, memoryBelow4GiB: UInt64 = 0, memoryAbove4GiB: UInt64 = 0,
         consoleOutput: @escaping ConsoleOutput,
         irqLine: (@Sendable (_ irq: UInt32, _ level: Bool) -> Void)?,
-        cmos: CMOSDevice? = nil, debugExit: Bool = true, extraDevices: [PlatformDevice] = []
+        cmos: CMOSDevice? = nil, debugExit: Bool = true, qemuDebugExit: Bool = false,
+        firmwareConfig: FirmwareConfigDevice? = nil, extraDevices: [PlatformDevice] = []
     ) throws(PlatformError) {
         self.kind = kind
         var com1Line: (@Sendable (Bool) -> Void)?
@@ -65,6 +72,15 @@ public final class Platform: Sendable {
         } else {
             self.debugExit = nil
         }
+        if qemuDebugExit {
+            let device = QEMUDebugExitDevice()
+            devices.append(try device.platformDevice())
+            self.qemuDebugExit = device
+        } else {
+            self.qemuDebugExit = nil
+        }
+        if let firmwareConfig { devices.append(try firmwareConfig.platformDevice()) }
+        self.firmwareConfig = firmwareConfig
         switch kind {
         case .minimal:
             i8042 = nil

@@ -21,8 +21,10 @@ public struct EntryState: Sendable, Equatable {
     public var rdi: UInt64
     /// RSI: the zero page for the Linux 64-bit boot protocol.
     public var rsi: UInt64 = 0
-    /// RBX: the start-info block for PVH.
+    /// RBX: the start-info block for PVH, the multiboot information for multiboot.
     public var rbx: UInt64 = 0
+    /// RAX: the multiboot boot magic (0x2BADB002) for multiboot, 0 otherwise.
+    public var rax: UInt64 = 0
     public var rflags: UInt64 = 0x2
 
     public init(mode: Mode, rip: UInt64, rsp: UInt64, rdi: UInt64 = 0, rsi: UInt64 = 0, rbx: UInt64 = 0) {

@@ -17,6 +17,15 @@ public enum LoaderError: Error, Equatable, CustomStringConvertible {
     case memoryTooSmall(needed: UInt64, have: UInt64)
     case memoryTooLarge(end: UInt64, limit: UInt64)
     case commandLineTooLong(length: Int, limit: Int)
+    case multibootNoHeader
+    case multibootChecksum(offset: Int)
+    case multibootUnsupportedFlags(UInt32)
+    case multibootAddressFields(String)
+    case multibootNotELF
+    case segmentsOverlap(first: UInt64, second: UInt64)
+    case moduleDoesNotFit(index: Int, size: Int)
+    case multibootNoRoom(size: Int)
+    case tooManyModules(count: Int, limit: Int)
 
     public var description: String {
         switch self {
@@ -52,6 +61,24 @@ public enum LoaderError: Error, Equatable, CustomStringConvertible {
             "guest RAM ending at 0x\(hex(end)) exceeds what the boot page tables can map (0x\(hex(limit)))"
         case .commandLineTooLong(let length, let limit):
             "command line of \(length) bytes is longer than the \(limit) bytes allowed"
+        case .multibootNoHeader:
+            "no multiboot header (magic 0x1BADB002) in the first 8 KiB of the file"
+        case .multibootChecksum(let offset):
+            "multiboot header at offset 0x\(hex(offset)) has a bad checksum (magic + flags + checksum must be 0 mod 2^32)"
+        case .multibootUnsupportedFlags(let bits):
+            "multiboot header requires flags 0x\(hex(bits)) that SwiftVisor cannot honour (it honours bits 0 and 1 of 0-15)"
+        case .multibootAddressFields(let what):
+            "multiboot header's address fields are invalid: \(what)"
+        case .multibootNotELF:
+            "multiboot image is not ELF and its header has no address fields (flag bit 16)"
+        case .segmentsOverlap(let first, let second):
+            "segments at 0x\(hex(first)) and 0x\(hex(second)) overlap"
+        case .moduleDoesNotFit(let index, let size):
+            "module \(index + 1) of \(size) bytes does not fit in free guest RAM below 4 GiB; give the guest more memory (--memory)"
+        case .multibootNoRoom(let size):
+            "no free guest RAM below 4 GiB for the \(size)-byte multiboot information; give the guest more memory (--memory)"
+        case .tooManyModules(let count, let limit):
+            "\(count) modules are more than the \(limit) allowed"
         }
     }
 }

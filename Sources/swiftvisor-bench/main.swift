@@ -297,6 +297,7 @@ struct Round {
 @MainActor func startupBenchmark() {
     var reference: [Double] = [], referenceFirstExit: [Double] = []
     var bare: [Double] = [], withChip: [Double] = [], tool: [Double] = [], toolBare: [Double] = []
+    var multiboot: [Double] = []
     let me = siblingExecutable("swiftvisor-bench")
     func time(_ argv: [String], into list: inout [Double]) {
         let run = spawn(argv)
@@ -311,6 +312,7 @@ struct Round {
         time([me, "startup-child"], into: &withChip)
         time([cli, "--builtin", "first_exit", "--no-irqchip"], into: &toolBare)
         time([cli, "--builtin", "first_exit"], into: &tool)
+        time([cli, "--builtin", "multiboot_first_exit", "--no-irqchip"], into: &multiboot)
     }
     let r = median(reference)
     func ratio(_ list: [Double]) -> String { "\(format(median(list)))us ratio=\(format(median(list) / r, 2))" }
@@ -321,6 +323,7 @@ struct Round {
     print("  embedding, in-kernel irqchip + PIT:       \(ratio(withChip))")
     print("  cli, no irqchip:                          \(ratio(toolBare))")
     print("  cli, default (irqchip):                   \(ratio(tool))")
+    print("  cli, multiboot guest, no irqchip:         \(ratio(multiboot))")
 }
 
 /// Peak RSS of a program in KiB, as /usr/bin/time reports it. (wait4's ru_maxrss of a

@@ -106,6 +106,18 @@ struct ConfinementOptions: ParsableArguments {
     @Flag(inversion: .prefixedNo, help: "The hypercall port (0x502) (default: on for run, off for boot).")
     var hypercalls: Bool?
 
+    @Flag(
+        inversion: .prefixedNo,
+        help:
+            "QEMU's isa-debug-exit at ports 0xF4-0xF7: a write of V ends the VM with status (V << 1) | 1 (default: on for multiboot guests)."
+    )
+    var qemuDebugExit: Bool?
+
+    @Flag(
+        name: .customLong("fw-cfg"), inversion: .prefixedNo,
+        help: "QEMU's fw_cfg interface at ports 0x510-0x511, without DMA (default: on for multiboot guests).")
+    var firmwareConfig: Bool?
+
     @Flag(help: "Do not confine the VMM's threads (main, signal, console, vCPU) with their seccomp filters (for strace or gdb).")
     var noSeccomp = false
 
@@ -113,6 +125,8 @@ struct ConfinementOptions: ParsableArguments {
     func apply(to config: inout MachineConfiguration) {
         if let debugExitPort { config.debugExitPort = debugExitPort }
         if let hypercalls { config.hypercallPort = hypercalls ? HypercallTable.defaultPort : nil }
+        if let qemuDebugExit { config.qemuDebugExitPort = qemuDebugExit }
+        if let firmwareConfig { config.firmwareConfig = firmwareConfig }
         if noSeccomp { config.seccomp = false }
     }
 }
@@ -227,16 +241,26 @@ struct CPUIDOptions: ParsableArguments {
 extension SwiftVisorCommand {
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Run a guest: a 64-bit ELF, a raw real-mode binary, or the built-in greeting guest.",
+            abstract: "Run a guest: a 64-bit ELF, a multiboot image, a raw real-mode binary, or the built-in greeting guest.",
             discussion: """
                 With no GUEST, runs the built-in 'hello' guest. Exit status: the guest's \
-                debug-exit status (port 0x501), 0 when it halts, 120 when an unclaimed access \
+                debug-exit status (port 0x501; through QEMU's port 0xF4, (V << 1) | 1), 0 when it halts, 120 when an unclaimed access \
                 stopped it, 121 triple fault, 122 KVM internal error, 123 failed VM entry, \
                 124 unhandled exit, 125 KVM_RUN failure, 1 for a bad file, flag or host.
                 """)
 
-        @Argument(help: "Guest image: a 64-bit ELF file, or a raw binary with --load-address.")
+        @Argument(
+            help:
+                "Guest image: a 64-bit ELF file, a multiboot image (a multiboot header in its first 8 KiB), or a raw binary with --load-address."
+        )
         var guest: String?
+
+        @Option(
+            name: .customLong("module"),
+            help: ArgumentHelp(
+                "A module for a multiboot guest: FILE, then optionally ',TEXT', its string (default: FILE) (repeatable).",
+                valueName: "file[,text]"))
+        var modules: [String] = []
 
         @Option(help: "Run a built-in guest by name instead of a file (see 'swiftvisor guests').")
         var builtin: String?
@@ -256,7 +280,7 @@ extension SwiftVisorCommand {
         )
         var loadAddress: Address?
 
-        @Option(help: "Command line passed to ELF guests in the boot-info block.")
+        @Option(help: "Command line passed to ELF guests in the boot-info block (multiboot guests: the multiboot information).")
         var cmdline: String = ""
 
         @Option(help: "Unclaimed port accesses: block (reads all ones, writes dropped), log, or stop.")
@@ -292,8 +316,26 @@ extension SwiftVisorCommand {
             if loadAddress != nil, guest == nil {
                 throw ValidationError("--load-address needs a GUEST file")
             }
+            if !modules.isEmpty, loadAddress != nil {
+                throw ValidationError("--module is for multiboot guests, not with --load-address")
+            }
+            if modules.contains(where: { $0.isEmpty || $0.hasPrefix(",") }) {
+                throw ValidationError("--module needs a FILE before any ',TEXT'")
+            }
             if cpus < 1 { throw ValidationError("--cpus must be at least 1") }
             if cpus > 1, noIrqchip { throw ValidationError("--cpus above 1 needs the interrupt controller; drop --no-irqchip") }
+        }
+
+        /// The `--module` files with their strings, read whole (each at most the guest's RAM).
+        func readModules() throws(MachineError) -> [MultibootModule] {
+            var result: [MultibootModule] = []
+            for argument in modules {
+                let parts = argument.split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false)
+                let path = String(parts[0])
+                let text = parts.count > 1 ? String(parts[1]) : path
+                result.append(MultibootModule(bytes: try HostIO.readFile(path, limit: Int(clamping: memory.bytes)), string: text))
+            }
+            return result
         }
 
         func run() throws {
@@ -303,16 +345,27 @@ extension SwiftVisorCommand {
                     let bytes = try HostIO.readFile(guest, limit: Int(clamping: memory.bytes))
                     if let loadAddress {
                         image = .flat(bytes, loadAddress: loadAddress.value)
+                    } else if MachineConfiguration.Guest.isMultiboot(bytes) {
+                        image = .multiboot(bytes, modules: try readModules())
                     } else {
                         image = .elf(bytes)
                     }
                 } else {
                     let name = builtin ?? GuestImages.defaultName
                     let bytes = GuestImages.named(name)!
-                    image = GuestImages.format(of: bytes) == .elf64 ? .elf(bytes) : .flat(bytes, loadAddress: 0x7C00)
+                    switch GuestImages.format(of: bytes) {
+                    case .elf64: image = .elf(bytes)
+                    case .multiboot: image = .multiboot(bytes, modules: try readModules())
+                    case .realModeFlat: image = .flat(bytes, loadAddress: 0x7C00)
+                    }
                 }
             } catch {
                 fail(error.description)
+            }
+            if !modules.isEmpty {
+                guard case .multiboot = image else {
+                    fail("--module is for multiboot guests; this guest has no multiboot header")
+                }
             }
             var config = MachineConfiguration(guest: image)
             config.memorySize = memory.bytes

@@ -42,8 +42,12 @@ func runGuest(
     configure: (inout MachineConfiguration) -> Void = { _ in }
 ) throws -> (report: RunReport, console: String) {
     let console = ConsoleCapture()
-    let guest: MachineConfiguration.Guest =
-        GuestImages.format(of: image) == .elf64 ? .elf(image) : .flat(image, loadAddress: 0x7C00)
+    let guest: MachineConfiguration.Guest
+    switch GuestImages.format(of: image) {
+    case .elf64: guest = .elf(image)
+    case .multiboot: guest = .multiboot(image)
+    case .realModeFlat: guest = .flat(image, loadAddress: 0x7C00)
+    }
     var config = MachineConfiguration(guest: guest)
     config.memorySize = memory
     config.commandLine = commandLine

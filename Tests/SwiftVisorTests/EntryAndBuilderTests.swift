@@ -58,6 +58,46 @@ struct EntryRegistersTests {
         #expect(regs.special.tr == Segment(base: 0, limit: 0x67, selector: 0, type: 0xB, s: false))
         #expect(regs.special.cr0 == 0x11 && regs.special.cr3 == 0 && regs.special.cr4 == 0 && regs.special.efer == 0)
         #expect(regs.general.rbx == 0x6000)
+        #expect(regs.general.rax == 0, "EAX is the multiboot magic only when the entry asks")
+    }
+
+    @Test("multiboot: EAX = 0x2BADB002 and EBX = the information, in the same 32-bit state")
+    func multiboot() {
+        var entry = EntryState(
+            mode: .protected32(gdtBase: 0x10000, gdtLimit: 23, codeSelector: 0x8, dataSelector: 0x10),
+            rip: 0x8000, rsp: 0, rbx: 0x10020)
+        entry.rax = 0x2BAD_B002
+        let regs = EntryRegisters(entry, over: base)
+        #expect(regs.general.rax == 0x2BAD_B002 && regs.general.rbx == 0x10020 && regs.general.rip == 0x8000)
+        #expect(regs.general.rflags == 2)
+        #expect(regs.special.cs.selector == 8 && regs.special.ds.selector == 0x10 && regs.special.cr0 == 0x11)
+    }
+}
+
+@Suite("Machine configuration: defaults for multiboot guests")
+struct MultibootConfigurationTests {
+    @Test("QEMU's debug-exit and fw_cfg are on for multiboot guests only; 0x501 stays on beside them")
+    func defaults() {
+        let multiboot = MachineConfiguration(guest: .multiboot([]))
+        #expect(multiboot.qemuDebugExitPort && multiboot.firmwareConfig && multiboot.debugExitPort)
+        let elf = MachineConfiguration(guest: .elf([]))
+        #expect(!elf.qemuDebugExitPort && !elf.firmwareConfig)
+    }
+
+    @Test("fw_cfg's items follow the configuration; etc/e820 is the multiboot memory map")
+    func firmwareConfigItems() {
+        var config = MachineConfiguration(guest: .multiboot([]))
+        config.memorySize = 32 << 20
+        config.vcpuCount = 3
+        config.commandLine = "abc"
+        let device = MachineBuilder.firmwareConfig(config)
+        #expect(device.item(0x03) == [0, 0, 0, 2, 0, 0, 0, 0])
+        #expect(device.item(0x05) == [3, 0])
+        #expect(device.item(0x15) == Array("abc\0".utf8))
+        let e820 = device.item(0x20) ?? []
+        #expect(e820.count == 4 * 20)
+        // The last entry: 1 MiB to 32 MiB, available.
+        #expect(Array(e820[60..<80]) == [0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0xF0, 1, 0, 0, 0, 0, 1, 0, 0, 0])
     }
 }
 
