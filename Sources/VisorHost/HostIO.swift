@@ -147,6 +147,16 @@ public enum HostIO {
     /// Writes block as they do on standard output; the machine gives up a blocked write
     /// when it pauses or stops. The caller closes the descriptor.
     package static func openOutputFile(_ path: String) throws(HostFileError) -> Int32 {
+        try openForAppending(path, blockingWrites: true)
+    }
+
+    /// Opens an existing file or FIFO for appending, without creating it and without
+    /// blocking in the open, as Firecracker opens its log, metrics and serial outputs. A
+    /// FIFO that no process reads yet cannot be opened write-only (ENXIO), so it is then
+    /// opened for reading and writing, which keeps it open until a reader comes. With
+    /// `blockingWrites`, writes block from then on; without, they fail with EAGAIN when
+    /// the reader lags (a log must never stall the VMM).
+    package static func openForAppending(_ path: String, blockingWrites: Bool) throws(HostFileError) -> Int32 {
         // SAFETY: open(2) reads the path, a NUL-terminated copy valid for the call; no O_CREAT.
         var fd = unsafe Glibc.open(path, O_WRONLY | O_APPEND | O_NONBLOCK | O_CLOEXEC)
         if fd < 0, errno == ENXIO {
@@ -154,9 +164,7 @@ public enum HostIO {
             fd = unsafe Glibc.open(path, O_RDWR | O_APPEND | O_NONBLOCK | O_CLOEXEC)
         }
         guard fd >= 0 else { throw HostFileError(errno: errno) }
-        // Opened non-blocking only so that a FIFO without a reader does not hang the open;
-        // writes block from here on.
-        _ = fcntl(fd, F_SETFL, O_WRONLY | O_APPEND)
+        if blockingWrites { _ = fcntl(fd, F_SETFL, O_APPEND) }
         return fd
     }
 

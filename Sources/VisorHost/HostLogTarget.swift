@@ -18,19 +18,11 @@ package final class HostLogTarget: Sendable {
     /// The process's standard error.
     package static let standardError = HostLogTarget(fd: 2, owned: false)
 
-    /// Opens an existing file or FIFO for appending, without blocking and without creating
-    /// it, as Firecracker does. A FIFO that no process reads yet cannot be opened write-only
-    /// (ENXIO), so it is then opened for reading and writing, which keeps it open until a
-    /// reader comes.
+    /// Opens an existing file or FIFO for appending, without blocking, without creating it
+    /// (`HostIO.openForAppending`): a write that would block fails and the line is counted
+    /// as missed, as in Firecracker.
     package static func open(_ path: String) throws(HostFileError) -> HostLogTarget {
-        // SAFETY: open(2) reads the path, a NUL-terminated copy valid for the call; no O_CREAT.
-        var fd = unsafe Glibc.open(path, O_WRONLY | O_NONBLOCK | O_APPEND | O_CLOEXEC)
-        if fd < 0, errno == ENXIO {
-            // SAFETY: as above.
-            fd = unsafe Glibc.open(path, O_RDWR | O_NONBLOCK | O_APPEND | O_CLOEXEC)
-        }
-        guard fd >= 0 else { throw HostFileError(errno: errno) }
-        return HostLogTarget(fd: fd, owned: true)
+        HostLogTarget(fd: try HostIO.openForAppending(path, blockingWrites: false), owned: true)
     }
 
     /// Writes `bytes` (one whole line); false when any part of it could not be written.
