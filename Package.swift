@@ -19,14 +19,15 @@
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
 //  6  FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
 //     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
-//     FuzzTargets         -> VisorHost VisorAPI VisorSnapshot
+//     FuzzTargets         -> VisorHost VisorAPI SwiftVisor VisorSnapshot
 //  5  VisorAPI            -> SwiftVisor VisorHost                      -- the Firecracker-compatible control API
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
-//     SwiftVisor          -> VisorHost VisorDecoder VisorVirtio
+//     SwiftVisor          -> VisorHost VisorDecoder VisorVirtio VisorSnapshot
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     VisorDevices        -> VisorSnapshot
 //     VisorVirtio         -> VisorCore VisorMemory VisorHost          -- virtio-mmio, virtqueues, virtio devices
+//     VisorVirtio         -> VisorSnapshot
 //     TestSupport         -> VisorCore VisorKVM VisorMemory           -- fakes for tests and the bench
 //     VisorLinux          -> VisorLoader VisorMemory CDecompress      -- bzImage, vmlinux, PVH
 //     VisorLinux          -> VisorHost
@@ -96,7 +97,9 @@ let package = Package(
         .target(
             name: "VisorDevices", dependencies: ["VisorCore", "VisorFirmware", "VisorHost", "VisorSnapshot"],
             swiftSettings: strict),
-        .target(name: "VisorVirtio", dependencies: ["VisorCore", "VisorMemory", "VisorHost"], swiftSettings: strict),
+        .target(
+            name: "VisorVirtio", dependencies: ["VisorCore", "VisorMemory", "VisorHost", "VisorSnapshot"],
+            swiftSettings: strict),
         .target(
             name: "VisorEmulator",
             dependencies: ["VisorCore", "VisorKVM", "VisorMemory", "VisorDecoder"],
@@ -116,7 +119,7 @@ let package = Package(
             dependencies: [
                 "VisorKVM", "VisorMemory", "VisorCore", "VisorEmulator", "VisorDevices", "VisorLoader", "VisorFirmware",
                 "VisorLinux",
-                "SwiftVisorProbes", "VisorHost", "VisorDecoder", "VisorVirtio",
+                "SwiftVisorProbes", "VisorHost", "VisorDecoder", "VisorVirtio", "VisorSnapshot",
             ],
             swiftSettings: strict),
         // The Firecracker-compatible control plane: its REST API on a Unix socket (SwiftNIO's
@@ -168,7 +171,7 @@ let package = Package(
             name: "FuzzTargets",
             dependencies: [
                 "VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "VisorEmulator",
-                "VisorDecoder", "TestSupport", "VisorVirtio", "VisorHost", "VisorAPI", "VisorSnapshot",
+                "VisorDecoder", "TestSupport", "VisorVirtio", "VisorHost", "VisorAPI", "SwiftVisor", "VisorSnapshot",
             ],
             path: "Fuzz/Targets", swiftSettings: strict),
         // The libFuzzer entry point. A plain build makes a replay tool (run a target over
@@ -183,7 +186,8 @@ let package = Package(
             dependencies: ["VisorAPI", "SwiftVisor", "VisorHost", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictTests),
         .testTarget(
-            name: "VisorVirtioTests", dependencies: ["VisorVirtio", "VisorCore", "VisorMemory", "VisorHost", "VisorKVM"],
+            name: "VisorVirtioTests",
+            dependencies: ["VisorVirtio", "VisorCore", "VisorMemory", "VisorHost", "VisorKVM", "VisorSnapshot"],
             swiftSettings: strictTests),
         .testTarget(name: "VisorMemoryTests", dependencies: ["VisorMemory"], swiftSettings: strictTests),
         .testTarget(
@@ -197,6 +201,7 @@ let package = Package(
             name: "SwiftVisorTests",
             dependencies: [
                 "SwiftVisor", "VisorCore", "VisorHost", "VisorKVM", "VisorLoader", "TestSupport", "VisorFirmware", "VisorMemory",
+                "VisorSnapshot",
             ],
             swiftSettings: strictTests),
         .testTarget(

@@ -177,6 +177,26 @@ package final class IOThread: Sendable {
         if queued { workEvent.signal() } else { work() }
     }
 
+    /// Runs `body` on the caller's thread while this thread waits between two handlers, so
+    /// that nothing it serves (queues, sockets, timers) runs meanwhile: a snapshot of the
+    /// devices it serves sees them quiet. Without a running thread, `body` just runs.
+    package func whileParked<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        let gate = ParkGate()
+        let queued = state.withLock { state in
+            guard state.thread != nil else { return false }
+            state.work.append {
+                gate.parked.store(true, ordering: .releasing)
+                while !gate.released.load(ordering: .acquiring) { HostIO.sleep(nanoseconds: 50_000) }
+            }
+            return true
+        }
+        guard queued else { return try body() }
+        workEvent.signal()
+        while !gate.parked.load(ordering: .acquiring) { HostIO.sleep(nanoseconds: 20_000) }
+        defer { gate.released.store(true, ordering: .releasing) }
+        return try body()
+    }
+
     /// A new timer whose `handler` runs on this thread each time an `arm` deadline passes.
     /// Timers last as long as the thread (a device makes one or two when it is attached).
     package func addTimer(_ handler: @escaping @Sendable () -> Void) -> IOTimer {
@@ -315,4 +335,11 @@ package final class IOThread: Sendable {
         }
         batch.forEach { $0() }
     }
+}
+
+/// The handshake of `IOThread.whileParked`: the thread says it is parked, the caller
+/// releases it.
+private final class ParkGate: Sendable {
+    let parked = Atomic<Bool>(false)
+    let released = Atomic<Bool>(false)
 }

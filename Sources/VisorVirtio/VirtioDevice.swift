@@ -49,11 +49,16 @@ package protocol VirtioDevice: AnyObject, Sendable {
     /// it left unfinished (`VirtioInterrupt.reschedule(queue:)`), since under EVENT_IDX the
     /// driver does not notify for entries the device could already see. False by default.
     var supportsEventIndex: Bool { get }
+    /// The device was activated from a snapshot, in a new process: what it held outside
+    /// guest memory (host connections) is gone, and it tells the driver so if it must.
+    /// Nothing by default.
+    func resumedFromSnapshot()
 }
 
 extension VirtioDevice {
     package func servesNotificationsOnVCPU(queue: Int) -> Bool { false }
     package var supportsEventIndex: Bool { false }
+    package func resumedFromSnapshot() {}
 }
 
 /// A device's work, for statistics: requests completed (the malformed ones among them,
@@ -149,6 +154,13 @@ package final class VirtioInterrupt: Sendable {
                 line(false)
             }
         }
+    }
+
+    /// A restored interrupt: the saved status (the line raised if any bit is set) and the
+    /// configuration generation.
+    package func restore(status: UInt32, generation: UInt32) {
+        self.generation.store(generation, ordering: .releasing)
+        if status != 0 { signal(status) }
     }
 
     /// Device reset: no status, line low.

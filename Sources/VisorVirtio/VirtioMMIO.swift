@@ -1,5 +1,6 @@
 package import VisorCore
 package import VisorMemory
+package import VisorSnapshot
 import Synchronization
 
 /// The virtio-mmio transport, version 2 (modern only; virtio 1.2, section 4.2.2): a 4 KiB
@@ -93,6 +94,9 @@ package final class VirtioMMIOTransport: MMIODevice {
     private let queueMaximumSizes: [UInt16]
     /// Notifications received, for statistics.
     private let notifications = Atomic<UInt64>(0)
+    /// How a restored queue is served once: on the I/O thread (its eventfd), or, nil, on
+    /// the restoring thread.
+    private let rescheduleOnRestore: (@Sendable (Int) -> Void)?
 
     /// - Parameters:
     ///   - eventIndex: whether to offer VIRTIO_F_EVENT_IDX; only for a device that
@@ -102,12 +106,13 @@ package final class VirtioMMIOTransport: MMIODevice {
     ///   - line: raises or lowers the device's interrupt line.
     package init(
         device: any VirtioDevice, memory: GuestMemory, eventIndex: Bool = false,
-        reschedule: @escaping @Sendable (Int) -> Void = { _ in },
+        reschedule: (@Sendable (Int) -> Void)? = nil,
         line: @escaping @Sendable (Bool) -> Void
     ) {
         self.device = device
         self.memory = memory
-        self.interrupt = VirtioInterrupt(line: line, reschedule: reschedule)
+        self.interrupt = VirtioInterrupt(line: line, reschedule: reschedule ?? { _ in })
+        rescheduleOnRestore = reschedule
         queueMaximumSizes = device.queueMaximumSizes
         offeredFeatures =
             device.deviceFeatures | VirtioFeature.version1 | VirtioFeature.indirectDescriptors
@@ -288,7 +293,7 @@ package final class VirtioMMIOTransport: MMIODevice {
         }
     }
 
-    private func activate(features: UInt64, queues: [QueueRegisters]) {
+    private func activate(features: UInt64, queues: [QueueRegisters], resumingAt positions: [UInt16] = []) {
         var virtqueues: [Virtqueue?] = []
         var failure: String?
         for (index, queue) in queues.enumerated() {
@@ -302,7 +307,8 @@ package final class VirtioMMIOTransport: MMIODevice {
                         size: queue.size, maximum: queueMaximumSizes[index], descriptors: queue.descriptors,
                         available: queue.driver, used: queue.device,
                         indirect: features & VirtioFeature.indirectDescriptors != 0,
-                        eventIndex: features & VirtioFeature.eventIndex != 0, memory: memory))
+                        eventIndex: features & VirtioFeature.eventIndex != 0, memory: memory,
+                        resumingAt: index < positions.count ? positions[index] : 0))
             } catch {
                 failure = "queue \(index): \(error)"
                 break
@@ -331,7 +337,89 @@ package final class VirtioMMIOTransport: MMIODevice {
         }
     }
 
+    // MARK: Snapshot
+
+    /// Saves the registers, the interrupt status and, for an active device, where each
+    /// queue's device side stands. Call it with the device quiet (vCPUs paused, its I/O
+    /// thread parked): every entry the device took from a queue is then back in the used
+    /// ring, so the used ring's index in guest memory is how far the device got.
+    package func saveState(to writer: inout SnapshotWriter) {
+        let state = self.state.withLock { $0 }
+        writer.write(state.status)
+        writer.write(state.deviceFeaturesSelect)
+        writer.write(state.driverFeaturesSelect)
+        writer.write(state.driverFeatures)
+        writer.write(state.queueSelect)
+        writer.write(state.active)
+        writer.write(UInt32(state.queues.count))
+        for queue in state.queues {
+            writer.write(queue.size)
+            writer.write(queue.ready)
+            writer.write(queue.descriptors)
+            writer.write(queue.driver)
+            writer.write(queue.device)
+            let taken = state.active && queue.ready ? (try? memory.readUInt16(at: queue.device &+ 2)) ?? 0 : 0
+            writer.write(taken)
+        }
+        writer.write(interrupt.status)
+        writer.write(interrupt.configurationGeneration)
+    }
+
+    /// Puts back saved registers into a transport for the same device, and, for a device
+    /// that was active, activates it on queues resuming where they stood, then serves each
+    /// queue once (a notification the old process took is not sent again). Refuses states
+    /// the handshake could not have reached.
+    package func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        var restored = State(queues: [])
+        restored.status = try reader.readUInt32("the virtio status")
+        restored.deviceFeaturesSelect = try reader.readUInt32("the virtio device-features page")
+        restored.driverFeaturesSelect = try reader.readUInt32("the virtio driver-features page")
+        restored.driverFeatures = try reader.readUInt64("the virtio driver features")
+        restored.queueSelect = try reader.readUInt32("the virtio queue selector")
+        restored.active = try reader.readBool("the virtio activation flag")
+        let count = Int(try reader.readUInt32("the virtio queue count"))
+        guard count == queueMaximumSizes.count else {
+            throw .invalid("the virtio queue count", reason: "is \(count); the device has \(queueMaximumSizes.count)")
+        }
+        var resumeAt: [UInt16] = []
+        for index in 0..<count {
+            var queue = QueueRegisters(size: try reader.readUInt16("the size of virtio queue \(index)"))
+            queue.ready = try reader.readBool("the ready flag of virtio queue \(index)")
+            queue.descriptors = try reader.readUInt64("the descriptor table of virtio queue \(index)")
+            queue.driver = try reader.readUInt64("the available ring of virtio queue \(index)")
+            queue.device = try reader.readUInt64("the used ring of virtio queue \(index)")
+            resumeAt.append(try reader.readUInt16("the position of virtio queue \(index)"))
+            restored.queues.append(queue)
+        }
+        let interruptStatus = try reader.readUInt32("the virtio interrupt status", )
+        let generation = try reader.readUInt32("the virtio configuration generation")
+        guard interruptStatus & ~3 == 0 else { throw .invalid("the virtio interrupt status", reason: "sets reserved bits") }
+        let negotiated = restored.status & Status.featuresOK != 0
+        guard !negotiated || restored.driverFeatures & ~offeredFeatures == 0 else {
+            throw .invalid("the virtio driver features", reason: "include features the device does not offer")
+        }
+        if restored.active {
+            guard negotiated, restored.status & Status.driverOK != 0, restored.status & Status.deviceNeedsReset == 0 else {
+                throw .invalid("the virtio status", reason: "is 0x\(String(restored.status, radix: 16)) for an active device")
+            }
+        }
+        let active = restored.active
+        restored.active = false
+        state.withLock { $0 = restored }
+        interrupt.restore(status: interruptStatus, generation: generation)
+        guard active else { return }
+        activate(features: restored.driverFeatures, queues: restored.queues, resumingAt: resumeAt)
+        guard isActive else {
+            throw .invalid("the virtio device", reason: "did not start again: \(activationFailure ?? "unknown reason")")
+        }
+        device.resumedFromSnapshot()
+        for queue in restored.queues.indices where restored.queues[queue].ready {
+            if let reschedule = rescheduleOnRestore { reschedule(queue) } else { device.notify(queue: queue) }
+        }
+    }
+
     private let lastFailure = Mutex<String?>(nil)
     /// Why the last activation failed, if one did (for diagnostics).
     package var activationFailure: String? { lastFailure.withLock { $0 } }
 }
+extension VirtioMMIOTransport: SnapshotStateful {}

@@ -119,6 +119,8 @@ package final class VirtioVsockDevice: VirtioDevice {
     private struct State {
         var rx: Virtqueue?
         var tx: Virtqueue?
+        /// The event queue, used once: the transport reset after a snapshot's restore.
+        var event: Virtqueue?
         var memory: GuestMemory?
         var interrupt: VirtioInterrupt?
         var chain = DescriptorChain(capacity: Int(VirtioVsockDevice.queueSize))
@@ -203,12 +205,47 @@ package final class VirtioVsockDevice: VirtioDevice {
         state.withLock { state in
             state.rx = rx
             state.tx = tx
+            state.event = queues.count > 2 ? queues[2] : nil
             state.memory = memory
             state.interrupt = interrupt
             if state.packet.isEmpty {
                 state.packet = [UInt8](repeating: 0, count: VsockHeader.size + Int(Self.maximumPayload))
             }
         }
+    }
+
+    /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, the event the device sends after a restore.
+    package static let transportResetEvent: UInt32 = 0
+
+    /// After a restore the host connections of the old process are gone: the device tells
+    /// the driver with a transport-reset event (5.10.6.6) on the event queue, and the guest
+    /// closes every connection and reads its CID again, as after a Firecracker restore. No
+    /// buffer on the event queue: nothing is sent (the driver keeps one there).
+    package func resumedFromSnapshot() {
+        let interrupt: VirtioInterrupt? = state.withLock { state in
+            guard var event = state.event, let memory = state.memory else { return nil }
+            var chain = DescriptorChain(capacity: 4)
+            let written: UInt32
+            switch event.pop(into: &chain, memory: memory) {
+            case .empty:
+                return nil
+            case .invalid:
+                written = 0
+            case .chain:
+                if let buffer = chain.writable.first, buffer.length >= 4,
+                    (try? memory.write(Self.transportResetEvent, at: buffer.address)) != nil
+                {
+                    written = 4
+                } else {
+                    written = 0
+                }
+            }
+            _ = event.push(head: chain.head, length: written, memory: memory)
+            let signal = event.needsInterrupt(memory: memory)
+            state.event = event
+            return signal ? state.interrupt : nil
+        }
+        interrupt?.signalUsedBuffer()
     }
 
     /// Forgets the queues and ends every connection; host connections still sending their
@@ -229,6 +266,7 @@ package final class VirtioVsockDevice: VirtioDevice {
             state.hasSpare = false
             state.rx = nil
             state.tx = nil
+            state.event = nil
             state.memory = nil
             state.interrupt = nil
             let resume = state.listenerPaused && state.connectionCount < Self.maximumConnections

@@ -65,9 +65,11 @@ package struct Virtqueue: Sendable {
 
     /// Checks a driver's queue layout (2.7, 4.2.3.2): a size that is a non-zero power of two
     /// no larger than `maximum`, each ring aligned (16, 2 and 4 bytes) and wholly in RAM.
+    /// `resumingAt` is where a restored queue's device side stands: the entries it took
+    /// and returned so far (a fresh queue starts at 0).
     package init(
         size: UInt16, maximum: UInt16, descriptors: UInt64, available: UInt64, used: UInt64,
-        indirect: Bool = false, eventIndex: Bool = false, memory: GuestMemory
+        indirect: Bool = false, eventIndex: Bool = false, memory: GuestMemory, resumingAt index: UInt16 = 0
     ) throws(LayoutError) {
         guard size != 0, size <= maximum, size & (size &- 1) == 0 else { throw .size(size, maximum: maximum) }
         let n = UInt64(size)
@@ -89,6 +91,9 @@ package struct Virtqueue: Sendable {
         self.usedRing = used
         self.indirectAllowed = indirect
         self.eventIndex = eventIndex
+        nextAvailable = index
+        nextUsed = index
+        signalledUsed = index
     }
 
     /// What `pop(into:memory:)` found.
