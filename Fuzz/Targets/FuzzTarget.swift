@@ -26,6 +26,11 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// Checks: a read returns the last byte written without RST_CPU, with ones above it at
     /// wider widths; a write stops the VM with a reset exactly when it sets RST_CPU.
     case resetControl = "reset"
+    /// Snapshot state as a restore reads it: a whole state file, the saved machine
+    /// configuration, or one PC device's state, picked by the first byte.
+    /// Checks: everything accepted is canonical (re-encodes or saves to exactly the input);
+    /// a refused device restore leaves the device as it was.
+    case snapshotState = "snapshot-state"
     /// The PCI configuration ports 0xCF8-0xCFF on their port adapter, at every width.
     /// Checks: 0xCF8 read as a dword returns the last dword written there; every other read
     /// is all ones (no device behind any address); no write stops the VM.
@@ -167,6 +172,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .cmos: fuzzCMOS(data)
         case .pm1: fuzzPM1(data)
         case .resetControl: fuzzResetControl(data)
+        case .snapshotState: fuzzSnapshotState(data)
         case .pciConfig: fuzzPCIConfig(data)
         case .cpuidOverride: fuzzCPUIDOverride(data)
         case .msrOption: fuzzMSROption(data)

@@ -95,7 +95,8 @@ static const unsigned long vcpu_ioctls[] = {
 static const unsigned long console_ioctls[] = { KVM_IRQ_LINE };
 
 // The main thread builds the machine after a guest reset on the /dev/kvm it already holds
-// (the system, VM and vCPU set-up ioctls), and restores the terminal (TCGETS, TCSETS).
+// (the system, VM and vCPU set-up ioctls), restores the terminal (TCGETS, TCSETS) and
+// reads a paused machine's state for a snapshot (the KVM_GET_* calls at the end).
 // Every vCPU ioctl is here too, first, since a vCPU thread inherits this filter: KVM_RUN
 // leads, as it is the call made most.
 static const unsigned long main_ioctls[] = {
@@ -109,6 +110,10 @@ static const unsigned long main_ioctls[] = {
     KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_SET_USER_MEMORY_REGION, KVM_X86_SET_MSR_FILTER,
     KVM_SET_CPUID2, KVM_IOEVENTFD, KVM_IRQFD,
     TCGETS, TCSETS,
+    // A snapshot, taken on the signal thread (SIGHUP) of a paused machine: the vCPUs' and
+    // the VM's whole state, read only, and the dirty-page log.
+    KVM_GET_XSAVE, KVM_GET_XSAVE2, KVM_GET_LAPIC, KVM_GET_CPUID2, KVM_GET_TSC_KHZ, KVM_GET_MSR_INDEX_LIST,
+    KVM_GET_IRQCHIP, KVM_GET_PIT2, KVM_GET_CLOCK, KVM_GET_DIRTY_LOG,
 };
 
 // prctl only to set no-new-privileges, which a new thread does before its own filter.

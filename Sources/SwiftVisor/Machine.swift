@@ -19,6 +19,17 @@ public struct RunReport: Sendable {
     /// Exit counts of each vCPU, by index, when statistics were on.
     public var vcpuStatistics: [ExitStatistics] = []
 
+    /// A report as a run gives it (for tools and tests that build one themselves).
+    public init(
+        outcome: Outcome, diagnostic: String? = nil, statistics: ExitStatistics? = nil,
+        vcpuStatistics: [ExitStatistics] = []
+    ) {
+        self.outcome = outcome
+        self.diagnostic = diagnostic
+        self.statistics = statistics
+        self.vcpuStatistics = vcpuStatistics
+    }
+
     /// The process exit status for this outcome (see the README's table).
     public var exitStatus: Int32 {
         switch outcome {
@@ -107,7 +118,9 @@ public final class Machine: Sendable {
     }
 
     /// Starts the vCPU threads and returns at once; `wait()` or `stop()` collect the report.
-    public func start() throws(MachineError) { try runner.start() }
+    /// With `paused`, the threads park before running guest code, as after `pause()`,
+    /// until `resume()` (a restored machine that should not run yet).
+    public func start(paused: Bool = false) throws(MachineError) { try runner.start(paused: paused) }
 
     /// Waits until the VM has stopped, and returns its report.
     public func wait() async -> RunReport { await runner.wait() }
@@ -122,6 +135,9 @@ public final class Machine: Sendable {
 
     /// Parks every vCPU outside KVM_RUN, and returns once all are parked (or the VM ended).
     public func pause() async { await runner.pause() }
+
+    /// `pause()` for a thread that cannot await: blocks until every vCPU is parked.
+    package func pauseBlocking() { runner.pauseBlocking() }
 
     /// Lets paused vCPUs run again.
     public func resume() { runner.resume() }

@@ -7,6 +7,7 @@ import VisorKVM
 import VisorLinux
 import VisorLoader
 import VisorMemory
+import VisorSnapshot
 
 /// Everything a machine is made of, built and loaded, with nothing running yet.
 struct MachineParts: Sendable {
@@ -137,12 +138,9 @@ struct MachineBuilder {
         try Self.checkVCPULimit(
             configuration.vcpuCount, maxVCPUs: Int(system.check(.maxVCPUs)),
             recommendedVCPUs: Int(system.check(.nrVCPUs)))
+        let restoring = try RestoredState(configuration: configuration)
         let vm = try createVM(system)
-        let memory: GuestMemory
-        do { memory = try GuestMemory(regions: Self.guestRegions(memorySize: configuration.memorySize)) } catch {
-            throw .memory(error)
-        }
-        memory.dirtyTracking = configuration.trackDirtyPages
+        let memory = try makeMemory(restoring: restoring)
         let consoleOutput: ConsoleOutput
         if let perByte = configuration.consoleOutput {
             consoleOutput = { bytes in
@@ -157,10 +155,19 @@ struct MachineBuilder {
         }
         let ioThread = try makeIOThread(system)
         let (platform, virtio) = try makePlatform(vm, memory: memory, consoleOutput: consoleOutput, ioThread: ioThread)
-        let (entry, linuxBootPlan) = try loadGuest(into: memory, platform: platform)
-        if let linuxBootPlan { configuration.onLinuxBootPlan?(linuxBootPlan) }
-        let (vcpus, guestCPUID0) = try createVCPUs(vm, system: system, memory: memory, entry: entry)
+        let vcpus: [VCPUHandle], guestCPUID0: [CPUIDEntry], linuxBootPlan: LinuxBootPlan?
+        if let restoring {
+            (vcpus, guestCPUID0) = try restoring.restore(
+                vm: vm, system: system, memory: memory, platform: platform, builder: self)
+            linuxBootPlan = nil
+        } else {
+            let entry: EntryState
+            (entry, linuxBootPlan) = try loadGuest(into: memory, platform: platform)
+            if let linuxBootPlan { configuration.onLinuxBootPlan?(linuxBootPlan) }
+            (vcpus, guestCPUID0) = try createVCPUs(vm, system: system, memory: memory, entry: entry)
+        }
         let msrEmulator = MSREmulator(policy: configuration.msrs)
+        if let restoring { msrEmulator.restoreRecordedValues(restoring.recordedMSRs) }
         let emulator = makeEmulator(memory: memory, guestCPUID0: guestCPUID0)
         let dispatcher = try makeDispatcher(
             platform: platform, memory: memory, consoleOutput: consoleOutput,
@@ -204,6 +211,8 @@ struct MachineBuilder {
                 let plan = try MultibootPlan(
                     image: bytes, ram: Self.ramRanges(memory), commandLine: configuration.commandLine, modules: modules)
                 return (try plan.load(image: bytes, modules: modules, into: memory), nil)
+            case .snapshot:
+                throw MachineError.snapshotRefused("a snapshot has no guest image to load")
             case .linux(var request):
                 // The kernel finds the virtio devices on its command line, too.
                 let parameters = configuration.virtioDevices.indices.map { VirtioLayout.commandLineParameter(index: $0) }
@@ -230,18 +239,8 @@ struct MachineBuilder {
         entry: EntryState
     ) throws(MachineError) -> ([VCPUHandle], [CPUIDEntry]) {
         let count = configuration.vcpuCount
+        try mapMemory(vm, system: system, memory: memory)
         do throws(KVMError) {
-            for (slot, mapping) in memory.hostMappings.enumerated() {
-                try vm.setMemoryRegion(
-                    slot: UInt32(slot), guestPhysical: mapping.region.start,
-                    size: mapping.region.size, hostAddress: mapping.hostAddress,
-                    logDirtyPages: configuration.trackDirtyPages)
-            }
-            if !configuration.msrs.rules.isEmpty {
-                guard system.check(.userSpaceMSR) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_USER_SPACE_MSR") }
-                guard system.check(.msrFilter) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_MSR_FILTER") }
-                try vm.routeMSRsToUserSpace(configuration.msrs.routedRanges)
-            }
             let supported = try system.supportedCPUID()
             let guestCPUID0 = configuration.cpuid.normalize(supported, apicID: 0, vcpuCount: UInt32(count))
             var vcpus: [VCPUHandle] = []
@@ -261,6 +260,39 @@ struct MachineBuilder {
         } catch { throw .kvm(error) }
     }
 
+    /// Maps guest memory into the VM (logging dirty pages if asked) and routes the MSRs
+    /// the policy handles to user space.
+    func mapMemory(_ vm: VMHandle, system: KVMSystem, memory: GuestMemory) throws(MachineError) {
+        do throws(KVMError) {
+            for (slot, mapping) in memory.hostMappings.enumerated() {
+                try vm.setMemoryRegion(
+                    slot: UInt32(slot), guestPhysical: mapping.region.start,
+                    size: mapping.region.size, hostAddress: mapping.hostAddress,
+                    logDirtyPages: configuration.trackDirtyPages)
+            }
+            if !configuration.msrs.rules.isEmpty {
+                guard system.check(.userSpaceMSR) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_USER_SPACE_MSR") }
+                guard system.check(.msrFilter) > 0 else { throw KVMError.missingCapability("KVM_CAP_X86_MSR_FILTER") }
+                try vm.routeMSRsToUserSpace(configuration.msrs.routedRanges)
+            }
+        } catch { throw .kvm(error) }
+    }
+
+    /// Guest RAM: anonymous memory, or a snapshot's memory file mapped privately so that
+    /// pages load when first touched and guest writes never reach the file.
+    func makeMemory(restoring: RestoredState?) throws(MachineError) -> GuestMemory {
+        let regions = Self.guestRegions(memorySize: configuration.memorySize)
+        let memory: GuestMemory
+        if let restoring {
+            memory = try restoring.mapMemory(regions: regions)
+        } else {
+            do { memory = try GuestMemory(regions: regions) } catch { throw .memory(error) }
+        }
+        // The VMM's own writes (loaders, devices, the emulator) are logged beside KVM's.
+        memory.dirtyTracking = configuration.trackDirtyPages
+        return memory
+    }
+
     /// The devices: the PC platform for a Linux guest, the minimal one (COM1, debug exit)
     /// for test guests. Their IRQs reach the in-kernel interrupt controller, if there is one.
     func makePlatform(
@@ -275,7 +307,11 @@ struct MachineBuilder {
         let size = configuration.memorySize
         let low = min(size, Self.lowMemoryLimit)
         let kind: Platform.Kind
-        if case .linux = configuration.guest { kind = .pc } else { kind = .minimal }
+        switch configuration.guest {
+        case .linux: kind = .pc
+        case .snapshot(let snapshot): kind = snapshot.shape.pcPlatform ? .pc : .minimal
+        case .elf, .flat, .multiboot: kind = .minimal
+        }
         let virtio = try makeVirtioDevices(
             memory: memory, irqLine: irqLine, consoleOutput: consoleOutput, fastPath: ioThread.map { (vm: vm, thread: $0) })
         do throws(PlatformError) {

@@ -30,6 +30,11 @@ public struct MachineConfiguration: Sendable {
         /// Whether `bytes` carry a multiboot header's magic (0x1BADB002, 4-byte aligned, in
         /// the first 8 KiB): such an image is meant for `.multiboot`, even if it is ELF64.
         public static func isMultiboot(_ bytes: [UInt8]) -> Bool { MultibootHeader.hasMagic(bytes) }
+
+        /// A machine saved by `Machine.snapshot`, resumed where it stopped. Build the
+        /// configuration with `MachineConfiguration(restoring:)`, which sets what must
+        /// match the snapshot.
+        case snapshot(MachineSnapshot)
     }
 
     /// For a Linux guest: the CMOS/RTC of a previous machine (`machine.platform.cmos`), so

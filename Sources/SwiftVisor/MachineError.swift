@@ -3,6 +3,7 @@ public import VisorMemory
 public import VisorCore
 public import VisorLoader
 public import VisorLinux
+public import VisorSnapshot
 
 /// An error from building or running a machine. Each wraps the failing layer's error, whose
 /// message says what to do about it.
@@ -31,6 +32,10 @@ public enum MachineError: Error, CustomStringConvertible {
     case hostProbeFailed(String)
     /// Devices the machine cannot give what they need (interrupts, the interrupt controller).
     case invalidDevices(String)
+    /// A snapshot's files are damaged, of another version, or do not fit this host.
+    case snapshot(SnapshotError)
+    /// The machine cannot be snapshotted or restored now, for the reason given.
+    case snapshotRefused(String)
 
     public var description: String {
         switch self {
@@ -48,6 +53,8 @@ public enum MachineError: Error, CustomStringConvertible {
         case .firmware(let why): "cannot build the ACPI tables: \(why)"
         case .hostProbeFailed(let why): "host-quirk probe failed: \(why)"
         case .invalidDevices(let why): "invalid devices: \(why)"
+        case .snapshot(let e): e.description
+        case .snapshotRefused(let why): "cannot snapshot or restore: \(why)"
         }
     }
 }

@@ -5,7 +5,7 @@ import VisorHost
 
 /// Where a machine is in its life: one value, read with one atomic load per exit.
 ///
-///     created ──start──▶ running ◀──resume── paused
+///     created ──start──▶ running ◀──resume── paused   (start(paused:) goes to paused)
 ///        │                  │ └────pause────▶ │
 ///        │                  ▼                 ▼
 ///        └──stop──────▶ stopping ◀────────────┘   (a stop, a guest exit or a fatal exit)
@@ -79,9 +79,12 @@ final class RunControl: Sendable {
     /// Claims the one run: created → running. A stop requested before the start
     /// (`requestStop()`) leaves the phase at stopping, so the vCPUs leave at once and the run
     /// reports `.requested`; a machine that was stopped or ran before throws.
-    func claimStart() throws(MachineError) {
+    /// With `paused`, created → paused instead: the vCPU threads start and park before
+    /// running any guest code (a restored machine that waits for `resume()`).
+    func claimStart(paused: Bool = false) throws(MachineError) {
         guard !startClaimed.exchange(true, ordering: .sequentiallyConsistent) else { throw .alreadyRan }
-        _ = phase.compareExchange(expected: .created, desired: .running, ordering: .sequentiallyConsistent)
+        _ = phase.compareExchange(
+            expected: .created, desired: paused ? .paused : .running, ordering: .sequentiallyConsistent)
     }
 
     /// Claims the one run for a stop before start (the caller then publishes the report);

@@ -57,8 +57,8 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
     }
 
     /// Starts the vCPU threads from a helper thread and returns at once.
-    func start() throws(MachineError) {
-        try control.claimStart()
+    func start(paused: Bool = false) throws(MachineError) {
+        try control.claimStart(paused: paused)
         let rc = VCPUThread.start { [self] in
             control.finish(runThreads())
         }
@@ -108,6 +108,18 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
         guard control.requestPause() else { return }
         kickAll()
         await untilAllOut { control.allParkedOrDone }
+    }
+
+    /// `pause()` for a thread that cannot await (the command line's signal thread).
+    func pauseBlocking() {
+        guard control.requestPause() else { return }
+        kickAll()
+        var polls = 0
+        while !control.allParkedOrDone {
+            HostIO.sleep(nanoseconds: 100_000)
+            polls += 1
+            if polls % (Self.rekickMilliseconds * 10) == 0, !control.allParkedOrDone { kickAll() }
+        }
     }
 
     /// Waits until `done`, looking every 100 us and kicking the vCPUs again every
@@ -217,9 +229,19 @@ final class VCPURunner<VCPU: RunnableVCPU>: Sendable {
             case .paused:
                 // Let KVM finish the access the last exit started (an IN's result into
                 // RAX, RIP past the instruction) without running guest code, so that the
-                // state seen while paused is an instruction boundary.
+                // state seen while paused (and saved by a snapshot) is an instruction
+                // boundary. Finishing can take one more exit (the next element of a string
+                // I/O or MMIO access): it is served like any other, then KVM is asked again.
                 vcpu.requestImmediateExit(true)
-                _ = try? vcpu.run()
+                finishing: while let exit = try? vcpu.run() {
+                    if case .interrupted = exit { break finishing }
+                    live.record(exit)
+                    switch dispatcher.dispatch(exit, vcpu: vcpu) {
+                    case .handled: continue finishing
+                    case .stop(let reason): return finish(.stopped(reason), vcpu, index)
+                    case .fatal(let fatal): return finish(.fatal(fatal), vcpu, index)
+                    }
+                }
                 control.park()
                 continue
             case .created, .stopping, .stopped:

@@ -479,8 +479,12 @@ extension MachineBuilder {
                                 ])),
                         ])
                 ]
+                // A snapshot saves the transport (registers, queue positions); the device
+                // models keep nothing a restore needs beyond their configuration, except the
+                // vsock device's connections, which a snapshot refuses for now.
                 let platformDevice = PlatformDevice(
-                    name: name, mmio: [.init(name: name, range: range)], mmioDevice: transport, irqs: [irq], aml: aml)
+                    name: name, mmio: [.init(name: name, range: range)], mmioDevice: transport, irqs: [irq], aml: aml,
+                    state: transport)
                 attachments.append(VirtioAttachment(configuration: device, transport: transport, platformDevice: platformDevice))
             } catch let error as BusError {
                 throw .bus(error)

@@ -98,6 +98,21 @@ public final class MSREmulator: Sendable {
         recorded = Mutex(initial)
     }
 
+    /// The values `recorded` rules hold now, by MSR number (for a snapshot).
+    public var recordedValues: [(index: UInt32, value: UInt64)] {
+        recorded.withLock { values in values.keys.sorted().map { ($0, values[$0] ?? 0) } }
+    }
+
+    /// Puts back values saved from `recordedValues`. Only MSRs whose rule here is
+    /// `recorded` take a value; others are ignored, as a guest write would be.
+    public func restoreRecordedValues(_ saved: [(index: UInt32, value: UInt64)]) {
+        recorded.withLock { values in
+            for (index, value) in saved {
+                if case .recorded? = policy.rules[index] { values[index] = value }
+            }
+        }
+    }
+
     /// Accesses that raised #GP so far.
     public var deniedAccesses: UInt64 { denials.load(ordering: .relaxed) }
 

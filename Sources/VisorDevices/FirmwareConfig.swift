@@ -1,4 +1,5 @@
 public import VisorCore
+public import VisorSnapshot
 import Synchronization
 
 /// QEMU's firmware-configuration interface (fw_cfg), the I/O-port variant without DMA: a
@@ -114,6 +115,25 @@ extension FirmwareConfigDevice {
     /// needed by the guests that read it).
     package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
-            name: "fw-cfg", ports: [try .ports("fw-cfg", Self.defaultPort, count: Self.portCount)], portDevice: self)
+            name: "fw-cfg", ports: [try .ports("fw-cfg", Self.defaultPort, count: Self.portCount)], portDevice: self,
+            state: self)
+    }
+}
+
+extension FirmwareConfigDevice: SnapshotStateful {
+    /// The selected item and how far the guest has read it (the items come from the
+    /// machine's configuration, which a snapshot saves).
+    public func saveState(to writer: inout SnapshotWriter) {
+        let cursor = self.cursor.withLock { $0 }
+        writer.write(cursor.selector)
+        writer.write(UInt64(cursor.offset))
+    }
+
+    public func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let selector = try reader.readUInt16("the fw_cfg selector")
+        let offset = try reader.readUInt64("the fw_cfg read offset")
+        // Reads past an item's end return 0 whatever the offset; a bound keeps it an Int.
+        guard offset <= UInt64(UInt32.max) else { throw .invalid("the fw_cfg read offset", reason: "is \(offset)") }
+        cursor.withLock { $0 = Cursor(selector: selector, offset: Int(offset)) }
     }
 }

@@ -197,13 +197,21 @@ public enum HostIO {
         return (fd, Int(info.st_size))
     }
 
+    /// Opens a regular file read-only; the caller closes the descriptor.
+    package static func openReadOnly(_ path: String) throws(HostFileError) -> Int32 {
+        try openRegularFile(path).0
+    }
+
     /// Reads a whole regular file, refusing anything larger than `limit` bytes. The error is
     /// the reason, for the caller's own error type.
-    package static func readRegularFile(_ path: String, limit: Int) throws(HostFileError) -> [UInt8] {
+    /// `limitName` says what the limit is, for the error ("guest RAM").
+    package static func readRegularFile(_ path: String, limit: Int, limitName: String = "guest RAM") throws(HostFileError)
+        -> [UInt8]
+    {
         let (fd, size) = try openRegularFile(path)
         defer { close(fd) }
         guard size <= limit else {
-            throw HostFileError(reason: "\(size) bytes is larger than guest RAM")
+            throw HostFileError(reason: "\(size) bytes is larger than \(limitName)")
         }
         var bytes = [UInt8](repeating: 0, count: size)
         var done = 0
@@ -234,10 +242,38 @@ public enum HostIO {
         }
     }
 
+    /// Writes `bytes` to a new file beside `path` and renames it over `path`, so that a
+    /// reader finds either the old file or the whole new one, never a part.
+    package static func replaceFile(_ path: String, _ bytes: [UInt8]) throws(HostFileError) {
+        let temporary = path + ".partial"
+        try createFile(temporary, bytes)
+        // SAFETY: rename(2) reads two NUL-terminated copies of the paths, valid for the call.
+        guard unsafe rename(temporary, path) == 0 else {
+            let error = HostFileError(errno: errno)
+            _ = unsafe unlink(temporary)
+            throw error
+        }
+    }
+
     /// Creates or truncates `path` and keeps it open for `HostOutputFile.replaceContents`,
     /// so that a file can be written again after the thread has given up `open`.
     package static func openOutputFile(_ path: String) throws(HostFileError) -> HostOutputFile {
         let fd = unsafe open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw HostFileError(errno: errno) }
+        return HostOutputFile(fd: fd)
+    }
+
+    /// Creates or truncates `path` for reading and writing (a snapshot's memory file,
+    /// written with holes) and keeps it open.
+    package static func openReadWriteFile(_ path: String) throws(HostFileError) -> HostOutputFile {
+        let fd = unsafe open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw HostFileError(errno: errno) }
+        return HostOutputFile(fd: fd)
+    }
+
+    /// Opens an existing regular file for reading and writing, without truncating it.
+    package static func openExistingForWriting(_ path: String) throws(HostFileError) -> HostOutputFile {
+        let fd = unsafe open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw HostFileError(errno: errno) }
         return HostOutputFile(fd: fd)
     }
@@ -290,6 +326,9 @@ package final class HostOutputFile: Sendable {
     private let fd: Int32
 
     fileprivate init(fd: Int32) { self.fd = fd }
+
+    /// The open descriptor, for writers that place bytes themselves (a memory file).
+    package var descriptor: Int32 { fd }
 
     deinit { close(fd) }
 

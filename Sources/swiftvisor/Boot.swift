@@ -64,6 +64,8 @@ extension SwiftVisorCommand {
 
         @OptionGroup(title: "Virtio devices") var devices: DeviceOptions
 
+        @OptionGroup(title: "Snapshots") var snapshots: SnapshotOptions
+
         @OptionGroup var cpuid: CPUIDOptions
 
         func validate() throws {
@@ -129,6 +131,7 @@ extension SwiftVisorCommand {
             config.collectStatistics = output.collectsStatistics
             confinement.apply(to: &config)
             devices.apply(to: &config)
+            snapshots.apply(to: &config)
             if output.trace {
                 config.trace = log
                 config.onLinuxBootPlan = { plan in plan.summary.forEach(log) }
@@ -144,10 +147,11 @@ extension SwiftVisorCommand {
             do { try config.openVsock() } catch { fail(error.description) }
             recordListeningPaths(config)
             let session = CommandSession(config, output: output)
+            let snapshot = snapshots.handler()
             var boots = 0
             while true {
                 boots += 1
-                let report = try runMachine(config, output: output, session: session) { machine in
+                let report = try runMachine(config, output: output, session: session, snapshot: snapshot) { machine in
                     // The next boot keeps the CMOS clock and RAM, as a battery would.
                     config.batteryBackedCMOS = machine.platform.cmos
                 }

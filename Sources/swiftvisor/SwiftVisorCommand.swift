@@ -10,7 +10,9 @@ struct SwiftVisorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftvisor",
         abstract: "A KVM virtual machine monitor with a programmable VM-exit layer.",
-        subcommands: [Run.self, Boot.self, Firecracker.self, CPUID.self, ProbeEmulation.self, Guests.self],
+        subcommands: [
+            Run.self, Boot.self, Restore.self, MergeSnapshot.self, Firecracker.self, CPUID.self, ProbeEmulation.self, Guests.self,
+        ],
         defaultSubcommand: Run.self)
 
     /// Whether this process serves the Firecracker API: started as `firecracker` (a
@@ -298,6 +300,8 @@ extension SwiftVisorCommand {
 
         @OptionGroup(title: "Virtio devices") var devices: DeviceOptions
 
+        @OptionGroup(title: "Snapshots") var snapshots: SnapshotOptions
+
         @OptionGroup var cpuid: CPUIDOptions
 
         @Option(
@@ -381,10 +385,11 @@ extension SwiftVisorCommand {
             do { config.cpuid = try cpuid.policy() } catch { fail("\(error)") }
             for rule in msr { config.msrs.apply(rule) }
             if output.trace { config.trace = { HostIO.printError($0) } }
+            snapshots.apply(to: &config)
             // A bad TAP is reported before anything else is built.
             do { try config.openTaps() } catch { fail(error.description) }
 
-            let report = try runMachine(config, output: output)
+            let report = try runMachine(config, output: output, snapshot: snapshots.handler())
             if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
         }
     }
@@ -497,10 +502,11 @@ final class CommandSession {
 @discardableResult
 func runMachine(
     _ config: MachineConfiguration, output: OutputOptions,
-    session: CommandSession? = nil, ran: ((Machine) -> Void)? = nil
+    session: CommandSession? = nil, snapshot: (@Sendable (Machine) -> Void)? = nil, ran: ((Machine) -> Void)? = nil
 ) throws -> RunReport {
     let session = session ?? CommandSession(config, output: output)
     let signals = session.signals
+    if let snapshot { signals.snapshotHandler.withLock { $0 = snapshot } }
     let report: RunReport
     let machine: Machine
     do throws(MachineError) {
@@ -556,12 +562,15 @@ func runMachine(
     return report
 }
 
-/// Routes SIGINT and SIGTERM to a clean stop of the running machine and SIGUSR1 to an NMI
-/// for its vCPU 0, from one thread that waits for them; and feeds the terminal to its COM1.
+/// Routes SIGINT and SIGTERM to a clean stop of the running machine, SIGUSR1 to an NMI
+/// for its vCPU 0 and SIGHUP to a snapshot (with the snapshot options), from one thread
+/// that waits for them; and feeds the terminal to its COM1.
 /// A second SIGINT or SIGTERM, for a VM that does not stop (say, a vCPU blocked writing to a
 /// full pipe), restores the terminal and exits at once.
 final class SignalRouter: Sendable {
-    static let controlSignals = [SIGINT, SIGTERM, SIGUSR1]
+    static let controlSignals = [SIGINT, SIGTERM, SIGUSR1, SIGHUP]
+    /// What SIGHUP does to the attached machine (nil: nothing).
+    let snapshotHandler = Mutex<(@Sendable (Machine) -> Void)?>(nil)
     private struct State {
         var machine: Machine?
         var interruptedBy: Int32?
@@ -597,13 +606,20 @@ final class SignalRouter: Sendable {
                 } else {
                     signal = VCPUSignals.wait(for: Self.controlSignals)
                 }
+                // SIGHUP takes a snapshot when the snapshot options are given, and is a
+                // stop like SIGTERM otherwise (a closed terminal still ends the VMM).
+                let snapshot = signal == SIGHUP ? snapshotHandler.withLock { $0 } : nil
                 let (machine, again) = state.withLock { state in
                     let again = state.interruptedBy != nil
-                    if signal != SIGUSR1, !again { state.interruptedBy = signal }
+                    if signal != SIGUSR1, snapshot == nil, !again { state.interruptedBy = signal }
                     return (state.machine, again)
                 }
                 if signal == SIGUSR1 {
                     machine?.injectNMI(vcpu: 0)
+                    continue
+                }
+                if let snapshot {
+                    if let machine { snapshot(machine) }
                     continue
                 }
                 if again {

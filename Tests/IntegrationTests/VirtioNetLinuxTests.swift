@@ -116,5 +116,62 @@ extension KVMIntegration {
             #expect(net.interrupts >= 1, "\(net.summary)")
             print("virtio-net, \(cpus) vCPU(s): \(net.summary)")
         }
+
+        /// The same kernel with a network device and its ext4 root disk, snapshotted while
+        /// idle and restored in a new machine: the restored kernel answers pings through
+        /// the TAP it reopened, and its disk device serves again.
+        @Test(
+            "the test kernel with a network device and an ext4 root, snapshotted and restored, answers pings again",
+            .enabled(if: TAPAccess.available, "needs root and /dev/net/tun (a TAP and a raw ICMP socket): skipped"))
+        func snapshotRestoreAnswersPings() async throws {
+            let name = "swvtap\(getpid() % 10_000)s"
+            let tap = try HostTAPInterface(name: name, hostAddress: Self.host + "/24")
+            defer { tap.remove() }
+            let disk = try VirtioLinuxTests.rootImageCopy()
+            defer { try? FileManager.default.removeItem(atPath: disk) }
+            let quirks = try LinuxKernels.quirks.get()
+            let console = ConsoleCapture()
+            let request = LinuxBootRequest(
+                kernel: try LinuxKernels.testKernelFile("bzImage"),
+                commandLine: LinuxDefaults.commandLine(
+                    quirks: quirks,
+                    appending: "kunit.enable=0 root=/dev/vda rw ip=\(Self.guest)::\(Self.host):255.255.255.0::eth0:off"))
+            var config = MachineConfiguration(guest: .linux(request))
+            config.memorySize = 128 << 20
+            config.cpuid = quirks.linuxPolicy(from: CPUIDPolicy())
+            config.consoleOutput = console.sink
+            config.virtioDevices = [.block(path: disk, readOnly: false), .net(tap: name, mac: nil)]
+            let original = try Machine(config)
+            try original.start()
+            let deadline = Date().addingTimeInterval(900)
+            while Date() < deadline, !console.text.contains("Run /sbin/init as init process") {
+                try await Task.sleep(for: .milliseconds(250))
+            }
+            #expect(console.text.contains("Run /sbin/init as init process"), "\(console.text.suffix(3000))")
+            // SAFETY: the C function only reads the NUL-terminated address during the call.
+            #expect(unsafe net_probe_ping(Self.guest, 2, 500, 60_000) == 2)
+            await original.pause()
+            let state = NSTemporaryDirectory() + "swiftvisor-net-\(UUID().uuidString).state"
+            let memory = state + ".mem"
+            defer { removeFile(state); removeFile(memory) }
+            try original.snapshot(statePath: state, memoryPath: memory)
+            await original.stop()
+
+            let snapshot = try MachineSnapshot(statePath: state, memoryPath: memory)
+            #expect(snapshot.shape.virtioDevices == config.virtioDevices)
+            let restoredConsole = ConsoleCapture()
+            var restoredConfig = MachineConfiguration(restoring: snapshot)
+            restoredConfig.consoleOutput = restoredConsole.sink
+            let restored = try Machine(restoredConfig)
+            try restored.start()
+            // SAFETY: as above.
+            let replies = unsafe net_probe_ping(Self.guest, 5, 500, 60_000)
+            #expect(replies == 5, "\(replies) of 5 echo requests answered after the restore")
+            restored.requestStop()
+            _ = await restored.wait()
+            #expect(!restoredConsole.text.contains("Kernel panic"), "\(restoredConsole.text.suffix(2000))")
+            let net = try #require(restored.virtioStatistics.last)
+            #expect(net.requests >= 10 && net.malformedRequests == 0, "\(net.summary)")
+        }
     }
 }
