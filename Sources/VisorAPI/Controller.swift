@@ -65,11 +65,33 @@ package protocol RunningVM: Sendable {
     func waitForEnd() async -> (status: Int32, reason: String?)
     /// What the VM counted so far (read while it runs).
     func counters() -> VMCounters
+    /// Saves the paused VM to a state file and a memory file (all of it, or with `diff`
+    /// only the pages written since the last snapshot). Throws Firecracker's
+    /// `Create snapshot error: ...`.
+    func snapshot(statePath: String, memoryPath: String, diff: Bool) throws(APIError)
 }
 
 extension RunningVM {
     package func waitForEnd() async -> (status: Int32, reason: String?) { (await wait(), nil) }
     package func counters() -> VMCounters { VMCounters() }
+    package func snapshot(statePath: String, memoryPath: String, diff: Bool) throws(APIError) {
+        throw .badRequest("Create snapshot error: this VM cannot be snapshotted.")
+    }
+}
+
+/// A VM built from a snapshot, with what the snapshot says of its machine.
+package struct RestoredVM: Sendable {
+    package var vm: any RunningVM
+    package var vcpuCount: Int
+    package var memoryMiB: UInt64
+    package var trackDirtyPages: Bool
+
+    package init(vm: any RunningVM, vcpuCount: Int, memoryMiB: UInt64, trackDirtyPages: Bool) {
+        self.vm = vm
+        self.vcpuCount = vcpuCount
+        self.memoryMiB = memoryMiB
+        self.trackDirtyPages = trackDirtyPages
+    }
 }
 
 /// Builds and starts a VM from what clients configured.
@@ -79,6 +101,15 @@ package protocol VMLauncher: Sendable {
     func launch(_ resources: VMResources) async throws(APIError) -> any RunningVM
     /// Why `path` cannot be read, or nil when it can (checked when a client names a file).
     func unreadable(_ path: String) -> String?
+    /// Builds and starts (paused unless `resume_vm`) the VM a snapshot describes. Throws
+    /// Firecracker's `Load snapshot error: ...`; nothing is left running or open then.
+    func restore(_ load: SnapshotLoadConfig, resources: VMResources) async throws(APIError) -> RestoredVM
+}
+
+extension VMLauncher {
+    package func restore(_ load: SnapshotLoadConfig, resources: VMResources) async throws(APIError) -> RestoredVM {
+        throw .badRequest("Load snapshot error: this launcher cannot restore snapshots.")
+    }
 }
 
 /// Firecracker's request rules over one VM: what may be configured before `InstanceStart`,
@@ -249,19 +280,26 @@ package actor VMMController {
             self.vm = vm
             vmmLog.info(
                 "Successfully started microvm that was configured from \(startedFromFile ? "one single json" : "API requests").")
-            flushMetrics()
-            let period = metricsPeriod
-            periodicMetrics = Task { [weak self] in
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: period)
-                    guard !Task.isCancelled, let self else { return }
-                    await self.flushMetrics()
-                }
+            startWatching(vm)
+        case .createSnapshot(let config):
+            guard let vm else { throw .badRequest(Phase.notBeforeStart) }
+            try vm.snapshot(statePath: config.snapshotPath, memoryPath: config.memFilePath, diff: config.snapshotType == "Diff")
+            vmmLog.info("The microVM's \(config.snapshotType.lowercased()) snapshot was written to \(config.snapshotPath).")
+        case .loadSnapshot(let config):
+            starting = true
+            defer { starting = false }
+            let restored: RestoredVM
+            do throws(APIError) { restored = try await launcher.restore(config, resources: resources) } catch {
+                vmmLog.error("\(error.description)")
+                throw error
             }
-            Task.detached { [self] in
-                let (status, reason) = await vm.waitForEnd()
-                await self.vmEnded(status: status, reason: reason)
-            }
+            resources.machine.vcpuCount = restored.vcpuCount
+            resources.machine.memSizeMiB = restored.memoryMiB
+            resources.machine.trackDirtyPages = restored.trackDirtyPages
+            vm = restored.vm
+            paused = !config.resumeVM
+            vmmLog.info("Successfully loaded a microVM from the snapshot \(config.snapshotPath).")
+            startWatching(restored.vm)
         case .configureLogger(let config):
             try logs.configure(config)
         case .configureMetrics(let config):
@@ -299,6 +337,23 @@ package actor VMMController {
                 let old = resources.networkInterfaces[index].txRateLimiter
                 resources.networkInterfaces[index].txRateLimiter = old?.patched(with: limiter) ?? limiter
             }
+        }
+    }
+
+    /// Writes metrics now and then periodically, and ends the process when `vm` ends.
+    private func startWatching(_ vm: any RunningVM) {
+        flushMetrics()
+        let period = metricsPeriod
+        periodicMetrics = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: period)
+                guard !Task.isCancelled, let self else { return }
+                await self.flushMetrics()
+            }
+        }
+        Task.detached { [self] in
+            let (status, reason) = await vm.waitForEnd()
+            await self.vmEnded(status: status, reason: reason)
         }
     }
 

@@ -53,6 +53,7 @@ package struct MachineLauncher: VMLauncher {
         config.vcpuCount = resources.machine.vcpuCount
         config.cpuid = cpuid
         config.seccomp = seccomp
+        config.trackDirtyPages = resources.machine.trackDirtyPages
         for drive in resources.drives {
             // The guest reads the drive ID as the disk's serial (virtio-blk GET_ID: 20 bytes).
             config.virtioDevices.append(
@@ -114,6 +115,47 @@ package struct MachineLauncher: VMLauncher {
     }
 }
 
+extension MachineLauncher {
+    /// Builds the machine a snapshot describes, its memory mapped from the memory file, and
+    /// starts it paused or running. Nothing is left running or open on an error.
+    package func restore(_ load: SnapshotLoadConfig, resources: VMResources) async throws(APIError) -> RestoredVM {
+        do throws(MachineError) {
+            let snapshot = try MachineSnapshot(statePath: load.snapshotPath, memoryPath: load.memFilePath)
+            var config = MachineConfiguration(restoring: snapshot)
+            config.seccomp = seccomp
+            config.log = log
+            config.trackDirtyPages = load.trackDirtyPages || snapshot.shape.trackDirtyPages
+            if let path = load.vsockUDSPath {
+                config.virtioDevices = config.virtioDevices.map { device in
+                    if case .vsock(let cid, _) = device { return .vsock(cid: cid, udsPath: path) }
+                    return device
+                }
+            }
+            try config.openDisks()
+            try config.openTaps()
+            try config.openVsock()
+            var serialOutput: SerialOutput?
+            if let path = resources.serial?.serialOutPath {
+                do {
+                    serialOutput = SerialOutput(descriptor: try HostIO.openOutputFile(path))
+                } catch {
+                    throw MachineError.cannotWriteFile(path: path, reason: "the serial output: \(error.reason)")
+                }
+                config.consoleDescriptor = serialOutput?.descriptor ?? 1
+            }
+            let machine = try Machine(config)
+            onStart?(machine)
+            try machine.start(paused: !load.resumeVM)
+            return RestoredVM(
+                vm: RunningMachine(machine: machine, resources: resources, serialOutput: serialOutput),
+                vcpuCount: snapshot.shape.vcpuCount, memoryMiB: snapshot.shape.memorySize >> 20,
+                trackDirtyPages: config.trackDirtyPages)
+        } catch {
+            throw .badRequest("Load snapshot error: \(error.description)")
+        }
+    }
+}
+
 /// A started `Machine` behind the controller's protocol.
 /// The file or FIFO the guest's serial output goes to (`PUT /serial`), closed when the
 /// last holder lets go: a launch that fails, or the VM's end.
@@ -160,6 +202,14 @@ struct RunningMachine: RunningVM {
         if resources.vsock != nil { counters.vsock = devices.popFirst() }
         if resources.entropy != nil { counters.entropy = devices.popFirst() }
         return counters
+    }
+
+    func snapshot(statePath: String, memoryPath: String, diff: Bool) throws(APIError) {
+        do throws(MachineError) {
+            try machine.snapshot(statePath: statePath, memoryPath: memoryPath, kind: diff ? .diff : .full)
+        } catch {
+            throw .badRequest("Create snapshot error: \(error.description)")
+        }
     }
 
     func updateDrive(device: Int, path: String?, rateLimiter: RateLimiterConfig?) throws(APIError) {

@@ -389,6 +389,13 @@ package struct VMResources: Sendable, Equatable {
 
     package init() {}
 
+    /// Whether nothing that builds a machine was configured (a snapshot load is allowed
+    /// only then; the logger, metrics and serial output do not count).
+    package var hasNoBootResources: Bool {
+        machine == MachineConfig() && bootSource == nil && drives.isEmpty && networkInterfaces.isEmpty && vsock == nil
+            && entropy == nil
+    }
+
     /// Adds or replaces (same ID) a drive, keeping at most one root device.
     package mutating func put(_ drive: DriveConfig) throws(APIError) {
         if drive.isRootDevice, drives.contains(where: { $0.isRootDevice && $0.driveID != drive.driveID }) {
@@ -483,5 +490,77 @@ extension VMResources {
         }
         if let vsock = value("vsock") { self.vsock = try VsockConfig(parsing: vsock) }
         if let entropy = value("entropy") { self.entropy = try EntropyConfig(parsing: entropy) }
+    }
+}
+
+/// `PUT /snapshot/create`: where the state and the memory go, and which memory.
+package struct SnapshotCreateConfig: Sendable, Equatable {
+    package var snapshotPath: String
+    package var memFilePath: String
+    /// "Full" or "Diff".
+    package var snapshotType: String
+
+    package init(parsing body: JSONValue) throws(APIError) {
+        let reader = try FieldReader(body, known: ["snapshot_type", "snapshot_path", "mem_file_path"])
+        snapshotType = try reader.enumeration("snapshot_type", cases: ["Full", "Diff"]) ?? "Full"
+        snapshotPath = try reader.requiredString("snapshot_path")
+        memFilePath = try reader.requiredString("mem_file_path")
+    }
+}
+
+/// `PUT /snapshot/load`: the state file, the memory (`mem_backend` with a `File`, or the
+/// deprecated `mem_file_path`), whether to log dirty pages and whether to resume at once.
+package struct SnapshotLoadConfig: Sendable, Equatable {
+    package var snapshotPath: String
+    package var memFilePath: String
+    package var trackDirtyPages: Bool
+    package var resumeVM: Bool
+    /// `vsock_override.uds_path`: where the restored vsock device listens instead.
+    package var vsockUDSPath: String?
+    /// Whether the deprecated `mem_file_path` was used (answered with `Deprecation: true`).
+    package var usedDeprecatedField: Bool
+
+    package init(parsing body: JSONValue) throws(APIError) {
+        let reader = try FieldReader(
+            body,
+            known: [
+                "snapshot_path", "mem_file_path", "mem_backend", "enable_diff_snapshots", "track_dirty_pages",
+                "resume_vm", "network_overrides", "vsock_override",
+            ])
+        snapshotPath = try reader.requiredString("snapshot_path")
+        let prefix = "An error occurred when deserializing the json body of a request: "
+        switch (reader.object("mem_backend"), try reader.string("mem_file_path")) {
+        case (nil, nil):
+            throw .badRequest(prefix + "missing field: either `mem_backend` or `mem_file_path` is required.")
+        case (.some, .some):
+            throw .badRequest(prefix + "too many fields: either `mem_backend` or `mem_file_path` exclusively is required.")
+        case (nil, let path?):
+            memFilePath = path
+            usedDeprecatedField = true
+        case (let backend?, nil):
+            let backendReader = try FieldReader(backend, known: ["backend_type", "backend_path"])
+            let type = try backendReader.enumeration("backend_type", cases: ["File", "Uffd"])
+            guard let type else { throw .badRequest(prefix + "missing field `backend_type`.") }
+            guard type == "File" else {
+                throw .badRequest(
+                    "The requested operation is not supported: the Uffd memory backend (SwiftVisor maps the memory file privately, so pages load lazily without a page-fault handler process)."
+                )
+            }
+            memFilePath = try backendReader.requiredString("backend_path")
+            usedDeprecatedField = false
+        }
+        let deprecatedDiff = try reader.bool("enable_diff_snapshots")
+        trackDirtyPages = try reader.bool("track_dirty_pages") ?? deprecatedDiff ?? false
+        resumeVM = try reader.bool("resume_vm") ?? false
+        if case .array(let overrides)? = reader.object("network_overrides"), !overrides.isEmpty {
+            throw .badRequest(
+                "The requested operation is not supported: network_overrides (a restored interface reopens its saved TAP).")
+        }
+        if let override = reader.object("vsock_override") {
+            let overrideReader = try FieldReader(override, known: ["uds_path"])
+            vsockUDSPath = try overrideReader.requiredString("uds_path")
+        } else {
+            vsockUDSPath = nil
+        }
     }
 }

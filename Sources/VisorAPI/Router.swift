@@ -36,6 +36,10 @@ package enum RuntimeRequest: Sendable, Equatable {
     /// `PUT /logger` and `PUT /metrics`: they open files, so the controller does them.
     case configureLogger(LoggerConfig)
     case configureMetrics(MetricsConfig)
+    /// `PUT /snapshot/create` of the paused VM.
+    case createSnapshot(SnapshotCreateConfig)
+    /// `PUT /snapshot/load` into this fresh process.
+    case loadSnapshot(SnapshotLoadConfig)
 }
 
 /// What `RequestRules.apply` decided.
@@ -141,12 +145,27 @@ package struct RequestRules: Sendable {
                 return .runtime(try action(try JSON.parse(body), phase: phase))
             case "snapshot":
                 guard let operation = second else { throw .badRequest("Missing snapshot operation type.") }
-                guard operation == "create" || operation == "load" else {
+                switch operation {
+                case "create":
+                    let config = try SnapshotCreateConfig(parsing: try JSON.parse(body))
+                    try phase.postBoot()
+                    guard phase == .started(paused: true) else {
+                        throw .badRequest("Create snapshot error: the microVM must be paused (PATCH /vm) before a snapshot.")
+                    }
+                    return .runtime(.createSnapshot(config))
+                case "load":
+                    let config = try SnapshotLoadConfig(parsing: try JSON.parse(body))
+                    deprecated = config.usedDeprecatedField
+                    try phase.preBoot()
+                    guard resources.hasNoBootResources else {
+                        throw .badRequest(
+                            "Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources."
+                        )
+                    }
+                    return .runtime(.loadSnapshot(config))
+                default:
                     throw .badRequest("Invalid request method and/or path: PUT /snapshot/\(operation).")
                 }
-                throw .badRequest(
-                    "The requested operation is not supported: snapshots (PUT /snapshot/\(operation)) are not implemented by SwiftVisor yet."
-                )
             case "logger":
                 let config = try LoggerConfig(parsing: try JSON.parse(body))
                 try phase.preBoot()

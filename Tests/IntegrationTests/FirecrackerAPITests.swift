@@ -1,4 +1,5 @@
 import Foundation
+import SwiftVisor
 import Testing
 
 /// A `swiftvisor firecracker` process and a real HTTP client (curl) on its socket.
@@ -310,6 +311,58 @@ extension KVMIntegration {
 
         /// `PUT /serial`: the guest's console goes to the file, not to standard output; a
         /// file that does not exist fails `InstanceStart` with the reason, nothing started.
+        @Test("PUT /snapshot/create of the paused test kernel, then PUT /snapshot/load in a new process: it finishes KUnit")
+        func snapshotCreateAndLoad() throws {
+            let kernel = try LinuxKernels.testKernel.get() + "/bzImage"
+            let fc = try FirecrackerProcess()
+            let state = fc.directory + "/vm.state", memory = fc.directory + "/vm.mem"
+            let boot = #"{"kernel_image_path": "\#(kernel)", "boot_args": "console=ttyS0 kunit_shutdown=poweroff"}"#
+            let create = #"{"snapshot_path": "\#(state)", "mem_file_path": "\#(memory)", "snapshot_type": "Full"}"#
+            let early = try fc.request("PUT", "/snapshot/create", create)
+            #expect(early.status == 400 && early.fault == "The requested operation is not supported before starting the microVM.")
+            #expect(try fc.request("PUT", "/boot-source", boot).status == 204)
+            #expect(try fc.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#).status == 204)
+            #expect(try fc.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
+            let deadline = Date().addingTimeInterval(600)
+            while Date() < deadline, fc.process.isRunning, !fc.output.text.contains("KTAP version 1") { usleep(100_000) }
+            let running = try fc.request("PUT", "/snapshot/create", create)
+            #expect(
+                running.status == 400 && running.fault?.hasPrefix("Create snapshot error: the microVM must be paused") == true)
+            #expect(try fc.request("PATCH", "/vm", #"{"state": "Paused"}"#).status == 204)
+            let created = try fc.request("PUT", "/snapshot/create", create)
+            #expect(created.status == 204, "\(created.body)")
+            let before = fc.output.text
+            fc.process.terminate()
+            fc.process.waitUntilExit()
+
+            let restored = try FirecrackerProcess()
+            let notAfterConfig = try FirecrackerProcess()
+            #expect(try notAfterConfig.request("PUT", "/boot-source", boot).status == 204)
+            let refused = try notAfterConfig.request(
+                "PUT", "/snapshot/load",
+                #"{"snapshot_path": "\#(state)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memory)"}}"#)
+            #expect(
+                refused.fault
+                    == "Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.")
+            let bad = try restored.request(
+                "PUT", "/snapshot/load", #"{"snapshot_path": "\#(memory)", "mem_file_path": "\#(memory)"}"#)
+            #expect(bad.status == 400 && bad.fault?.contains("is it a memory file?") == true, "\(bad.body)")
+            #expect(bad.headers.contains { $0.lowercased() == "deprecation: true" })
+            let load = try restored.request(
+                "PUT", "/snapshot/load",
+                #"{"snapshot_path": "\#(state)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memory)"}, "resume_vm": false}"#
+            )
+            #expect(load.status == 204, "\(load.body)")
+            #expect(try restored.request("GET", "/").json?["state"] as? String == "Paused")
+            let config = try restored.request("GET", "/machine-config").json
+            #expect(config?["mem_size_mib"] as? Int == 128 && config?["vcpu_count"] as? Int == 1)
+            #expect(try restored.request("PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
+            #expect(restored.waitForExit(seconds: 900) == 0, "\(restored.errors.text.suffix(2000))")
+            let boot2 = LinuxBoot(
+                report: RunReport(outcome: .stopped(.halted)), console: before + restored.output.text, seconds: 0)
+            boot2.expectAllKUnitSuitesPassed()
+        }
+
         @Test("PUT /serial sends the test kernel's console to a file instead of standard output")
         func serialOutput() throws {
             let kernel = try LinuxKernels.testKernel.get() + "/bzImage"

@@ -197,7 +197,43 @@ struct ControllerTests {
         }
         let snapshot = await controller.send("PUT", "/snapshot/create", #"{"snapshot_path": "s", "mem_file_path": "m"}"#)
         #expect(snapshot.status == 400)
-        #expect(snapshot.faultMessage?.contains("not implemented by SwiftVisor yet") == true)
+        #expect(snapshot.faultMessage == "The requested operation is not supported before starting the microVM.")
+        #expect(
+            await controller.send("PUT", "/snapshot/delete", "{}").faultMessage
+                == "Invalid request method and/or path: PUT /snapshot/delete.")
+    }
+
+    @Test func snapshotRequestsFollowFirecrackersRules() async {
+        let prefix = "An error occurred when deserializing the json body of a request: "
+        let controller = makeController()
+        let neither = await controller.send("PUT", "/snapshot/load", #"{"snapshot_path": "s"}"#)
+        #expect(neither.faultMessage == prefix + "missing field: either `mem_backend` or `mem_file_path` is required.")
+        let both = await controller.send(
+            "PUT", "/snapshot/load",
+            #"{"snapshot_path": "s", "mem_file_path": "m", "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#)
+        #expect(both.faultMessage == prefix + "too many fields: either `mem_backend` or `mem_file_path` exclusively is required.")
+        let uffd = await controller.send(
+            "PUT", "/snapshot/load", #"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#)
+        #expect(uffd.faultMessage?.hasPrefix("The requested operation is not supported: the Uffd memory backend") == true)
+        let overrides = await controller.send(
+            "PUT", "/snapshot/load",
+            #"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}]}"#)
+        #expect(overrides.faultMessage?.hasPrefix("The requested operation is not supported: network_overrides") == true)
+        let type = await controller.send(
+            "PUT", "/snapshot/create", #"{"snapshot_path": "s", "mem_file_path": "m", "snapshot_type": "Partial"}"#)
+        #expect(type.faultMessage == prefix + "unknown variant `Partial` for `snapshot_type`, expected `Full` or `Diff`.")
+        // The deprecated field is flagged whatever the answer; this launcher cannot restore.
+        let deprecated = await controller.send("PUT", "/snapshot/load", #"{"snapshot_path": "s", "mem_file_path": "m"}"#)
+        #expect(deprecated.headers.contains { $0.0 == "Deprecation" && $0.1 == "true" })
+        #expect(deprecated.faultMessage == "Load snapshot error: this launcher cannot restore snapshots.")
+        #expect(await controller.state == .notStarted)
+        // Once a boot resource is configured, a load is refused.
+        _ = await controller.send("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256}"#)
+        let late = await controller.send(
+            "PUT", "/snapshot/load", #"{"snapshot_path": "s", "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#)
+        #expect(
+            late.faultMessage
+                == "Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.")
     }
 
     @Test func drivesKeepOneRootFirstAndReplaceByID() async {
