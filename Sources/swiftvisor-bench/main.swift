@@ -5,6 +5,7 @@
 //                         [--no-irqchip] [--no-seccomp] [--reference PATH] [--cli PATH]
 //        swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ...  (LinuxBench.swift)
 //        swiftvisor-bench snapshot-memory [--dir PATH] [--rounds R]  (SnapshotMemoryBench.swift)
+//        swiftvisor-bench snapshot [--sizes 64M,256M,1G] [--rounds N]      (SnapshotBench.swift)
 //
 // Exit round trip: the pio_loop/mmio_loop guests drop to CPL3 (IOPL=3) and make N exits to a
 // registered device. Our figure is the time between the device's first and last access
@@ -39,6 +40,11 @@ if CommandLine.arguments.count >= 2, CommandLine.arguments[1] == "startup-child"
 // Memory files for snapshots (SnapshotMemoryBench.swift): no VM, no reference.
 if CommandLine.arguments.count >= 2, CommandLine.arguments[1] == SnapshotMemoryBench.mode {
     exit(SnapshotMemoryBench.main(Array(CommandLine.arguments.dropFirst())))
+}
+
+// Snapshot benchmarks (SnapshotBench.swift) take their own options.
+if CommandLine.arguments.count >= 2, SnapshotBench.modes.contains(CommandLine.arguments[1]) {
+    exit(SnapshotBench.main(Array(CommandLine.arguments.dropFirst())))
 }
 
 // Linux boot benchmarks (LinuxBench.swift) take their own options and need no reference.
