@@ -93,15 +93,7 @@ package struct MachineLauncher: VMLauncher {
             var config = Self.configuration(
                 resources, request: request, cpuid: quirks.linuxPolicy(from: CPUIDPolicy()), seccomp: seccomp)
             config.log = log
-            var serialOutput: SerialOutput?
-            if let path = resources.serial?.serialOutPath {
-                do {
-                    serialOutput = SerialOutput(descriptor: try HostIO.openOutputFile(path))
-                } catch {
-                    throw MachineError.cannotWriteFile(path: path, reason: "the serial output: \(error.reason)")
-                }
-                config.consoleDescriptor = serialOutput?.descriptor ?? 1
-            }
+            let serialOutput = try SerialOutput.open(resources, into: &config)
             try config.openDisks()
             try config.openTaps()
             try config.openVsock()
@@ -134,15 +126,7 @@ extension MachineLauncher {
             try config.openDisks()
             try config.openTaps()
             try config.openVsock()
-            var serialOutput: SerialOutput?
-            if let path = resources.serial?.serialOutPath {
-                do {
-                    serialOutput = SerialOutput(descriptor: try HostIO.openOutputFile(path))
-                } catch {
-                    throw MachineError.cannotWriteFile(path: path, reason: "the serial output: \(error.reason)")
-                }
-                config.consoleDescriptor = serialOutput?.descriptor ?? 1
-            }
+            let serialOutput = try SerialOutput.open(resources, into: &config)
             let machine = try Machine(config)
             onStart?(machine)
             try machine.start(paused: !load.resumeVM)
@@ -163,6 +147,20 @@ final class SerialOutput: Sendable {
     let descriptor: Int32
     init(descriptor: Int32) { self.descriptor = descriptor }
     deinit { HostIO.closeDescriptor(descriptor) }
+
+    /// Opens `PUT /serial`'s file, if one was given, and points the machine's console at
+    /// it; nil (the console stays on standard output) without one.
+    static func open(_ resources: VMResources, into config: inout MachineConfiguration) throws(MachineError)
+        -> SerialOutput?
+    {
+        guard let path = resources.serial?.serialOutPath else { return nil }
+        let output: SerialOutput
+        do { output = SerialOutput(descriptor: try HostIO.openOutputFile(path)) } catch {
+            throw .cannotWriteFile(path: path, reason: "the serial output: \(error.reason)")
+        }
+        config.consoleDescriptor = output.descriptor
+        return output
+    }
 }
 
 struct RunningMachine: RunningVM {
