@@ -365,6 +365,13 @@ extension KVMIntegration {
                 for cpu in 0..<cpus { vm.injectNMI(vcpu: cpu) }
             }
             let stormTime = secondsSince(start)
+            // At least one of each vCPU's storm NMIs must be handled. Wait for that before
+            // stopping: a vCPU kicked out of KVM_RUN by every NMI of the storm may not have
+            // re-entered the guest yet when the storm ends, and the BSP's exit would end it.
+            let stormHandled = await eventually(10) {
+                ((try? counts()) ?? []).allSatisfy { $0 > UInt64(lockstep) }
+            }
+            #expect(stormHandled, "after the storm: \((try? counts()) ?? [])")
 
             // Stop: the flag, then one more NMI to wake the BSP, which reports and exits.
             try vm.memory.write(UInt64(1), at: 0x1F0F0)
