@@ -313,17 +313,34 @@ package final class IOThread: Sendable {
         }
     }
 
-    /// Ends the thread and waits for it. Safe to call more than once, or before `start()`.
+    /// Ends the thread, waits for it, and drops every handler and timer: nothing runs them
+    /// again. Safe to call more than once, or before `start()`.
     package func stop() {
-        guard
-            let thread = state.withLock({ state in
-                defer { state.thread = nil }; return state.thread
-            })
-        else { return }
-        stopEvent.signal()
-        VCPUThread.join(thread)
-        // Queued before the thread stopped, and not reached: nothing else will run it.
-        runQueuedWork()
+        let thread = state.withLock { state in
+            defer { state.thread = nil }
+            return state.thread
+        }
+        if let thread {
+            stopEvent.signal()
+            VCPUThread.join(thread)
+            // Queued before the thread stopped, and not reached: nothing else will run it.
+            runQueuedWork()
+        }
+        // Nothing will call a handler again: drop them, and with them what they hold. A
+        // queue's notification handler holds its transport, which holds the device, which
+        // holds this thread; kept, that cycle would keep the device's files (a TAP, a
+        // disk) open after its machine is gone. Also for a thread that never started.
+        let dropped: ([(@Sendable (IOEvents) -> Void)?], [@Sendable () -> Void]) = state.withLock { state in
+            defer {
+                for index in state.slots.indices { state.slots[index].handler = nil }
+                for index in state.timers.indices { state.timers[index] = ({}, nil) }
+                state.armedTimers = 0
+            }
+            // Released outside the lock: a handler's captures may end in deinits that
+            // call back into this thread (unwatch).
+            return (state.slots.map(\.handler), state.timers.map(\.handler))
+        }
+        withExtendedLifetime(dropped) {}
     }
 
     /// Runs the work queued so far, oldest first, outside the lock (work may queue more,

@@ -185,4 +185,31 @@ struct IOThreadTests {
         thread.perform { late.withLock { $0 = pthread_self() } }
         #expect(late.withLock { $0 } == me)
     }
+
+    /// Holds the I/O thread, as a device does, and is held by its handlers, as a transport
+    /// is by its queue's notification handler.
+    final class Holder: Sendable {
+        let thread: IOThread
+        init(_ thread: IOThread) { self.thread = thread }
+        deinit { IOThreadTests.releasedHolders.add(1, ordering: .relaxed) }
+    }
+    static let releasedHolders = Atomic<Int>(0)
+
+    @Test(
+        "stop() drops every handler and timer, so a device that holds the thread and is held by its handlers is freed",
+        arguments: [false, true])
+    func stopBreaksCycles(started: Bool) throws {
+        let before = Self.releasedHolders.load(ordering: .relaxed)
+        let event = try EventFD()
+        do {
+            let thread = try IOThread()
+            let holder = Holder(thread)
+            try thread.add(event) { _ = holder }
+            let timer = thread.addTimer { _ = holder }
+            thread.arm(timer, at: .max)
+            if started { #expect(thread.start() == 0) }
+            thread.stop()
+        }
+        #expect(Self.releasedHolders.load(ordering: .relaxed) == before + 1)
+    }
 }
