@@ -2,6 +2,7 @@ import CNativeOps
 import Foundation
 import Glibc
 import SwiftVisor
+import VisorHost
 import Testing
 
 /// Whether this process may make TAP interfaces and raw sockets: root with /dev/net/tun.
@@ -115,6 +116,119 @@ extension KVMIntegration {
             #expect(net.requests >= 14 && net.malformedRequests == 0, "\(net.summary)")
             #expect(net.interrupts >= 1, "\(net.summary)")
             print("virtio-net, \(cpus) vCPU(s): \(net.summary)")
+        }
+
+        /// Connects to the vsock device's socket and asks for the guest's port 1234, where
+        /// the test kernel (no user space, so no listener) must answer with a reset: the
+        /// host's connection ends without "OK". True once it has ended so; false if it
+        /// is still open after `seconds` (no guest answered) or the guest accepted.
+        static func vsockGuestAnswers(_ udsPath: String, within seconds: Double = 60) async throws -> Bool {
+            guard let client = HostSocket.connect(path: udsPath) else { return false }
+            defer { HostSocket.close(client) }
+            _ = HostSocket.send(client, Array("CONNECT 1234\n".utf8)[...])
+            var buffer = [UInt8](repeating: 0, count: 64)
+            let deadline = Date().addingTimeInterval(seconds)
+            while Date() < deadline {
+                switch HostSocket.receive(client, into: &buffer, count: buffer.count) {
+                case .transferred(0), .failed: return true
+                case .transferred: return false  // "OK ...": something listens, which cannot be
+                case .wouldBlock: try await Task.sleep(for: .milliseconds(20))
+                }
+            }
+            return false
+        }
+
+        /// `e2fsck` on the host: replays the journal (as the next mount would, since the
+        /// VM was stopped, not shut down), then checks everything read-only. The status of
+        /// the check: 0 when the file system is clean.
+        static func e2fsckAfterReplay(_ path: String) throws -> (status: Int32, output: String) {
+            func run(_ arguments: [String]) throws -> (Int32, String) {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: "/sbin/e2fsck")
+                process.arguments = arguments + [path]
+                let out = Pipe()
+                process.standardOutput = out
+                process.standardError = out
+                try process.run()
+                let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                process.waitUntilExit()
+                return (process.terminationStatus, text)
+            }
+            let (replayed, replayText) = try run(["-E", "journal_only", "-y"])
+            guard replayed == 0 || replayed == 1 else { return (replayed, replayText) }
+            return try run(["-f", "-n"])
+        }
+
+        /// The test kernel with its ext4 root on a virtio disk, a network device and vsock,
+        /// snapshotted while idle and restored in a new machine once the first is gone (its
+        /// TAP must be free to open again): the restored kernel answers pings through the
+        /// TAP, its vsock driver answers a connection, and after it is stopped its disk is
+        /// clean. The guest has no user space, so nothing writes files; the disk check is
+        /// of what the kernel wrote (the mount, the journal).
+        @Test(
+            "the test kernel with a disk, a network device and vsock, restored in a new machine, answers pings and vsock; its disk is clean",
+            .enabled(if: TAPAccess.available, "needs root and /dev/net/tun (a TAP and a raw ICMP socket): skipped"))
+        func snapshotRestoreWithDevices() async throws {
+            let name = "swvtap\(getpid() % 10_000)s"
+            let tap = try HostTAPInterface(name: name, hostAddress: Self.host + "/24")
+            defer { tap.remove() }
+            let disk = try VirtioLinuxTests.rootImageCopy()
+            defer { removeFile(disk) }
+            let directory = NSTemporaryDirectory() + "swiftvisor-netsnap-" + UUID().uuidString.prefix(8)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let uds = directory + "/v.sock", state = directory + "/vm.state", memory = directory + "/vm.mem"
+            let quirks = try LinuxKernels.quirks.get()
+            let console = ConsoleCapture()
+            let request = LinuxBootRequest(
+                kernel: try LinuxKernels.testKernelFile("bzImage"),
+                commandLine: LinuxDefaults.commandLine(
+                    quirks: quirks,
+                    appending: "kunit.enable=0 root=/dev/vda rw ip=\(Self.guest)::\(Self.host):255.255.255.0::eth0:off"))
+            var config = MachineConfiguration(guest: .linux(request))
+            config.memorySize = 128 << 20
+            config.cpuid = quirks.linuxPolicy(from: CPUIDPolicy())
+            config.consoleOutput = console.sink
+            config.virtioDevices = [.block(path: disk, readOnly: false), .net(tap: name, mac: nil), .vsock(cid: 3, udsPath: uds)]
+
+            do {
+                let original = try Machine(config)
+                try original.start()
+                let deadline = Date().addingTimeInterval(900)
+                while Date() < deadline, !console.text.contains("Run /sbin/init as init process") {
+                    try await Task.sleep(for: .milliseconds(250))
+                }
+                try #require(console.text.contains("Run /sbin/init as init process"), "\(console.text.suffix(3000))")
+                // SAFETY: the C function only reads the NUL-terminated address during the call.
+                let before = unsafe net_probe_ping(Self.guest, 3, 500, 60_000)
+                #expect(before == 3, "\(before) of 3 echo requests answered before the snapshot")
+                #expect(try await Self.vsockGuestAnswers(uds), "vsock before the snapshot")
+                await original.pause()
+                try original.snapshot(statePath: state, memoryPath: memory)
+                _ = await original.stop()
+            }
+            // The first machine is gone: its TAP, disk and socket are closed, so the restored
+            // machine can open them again.
+            removeFile(uds)
+
+            let snapshot = try MachineSnapshot(statePath: state, memoryPath: memory)
+            #expect(snapshot.shape.virtioDevices == config.virtioDevices)
+            let restoredConsole = ConsoleCapture()
+            var restoredConfig = MachineConfiguration(restoring: snapshot)
+            restoredConfig.consoleOutput = restoredConsole.sink
+            let restored = try Machine(restoredConfig)
+            try restored.start()
+            // SAFETY: as above.
+            let after = unsafe net_probe_ping(Self.guest, 5, 500, 60_000)
+            #expect(after == 5, "\(after) of 5 echo requests answered after the restore")
+            #expect(try await Self.vsockGuestAnswers(uds), "vsock after the restore")
+            _ = await restored.stop()
+            #expect(!restoredConsole.text.contains("Kernel panic"), "\(restoredConsole.text.suffix(2000))")
+            let statistics = restored.virtioStatistics
+            let net = try #require(statistics.first { $0.name.hasPrefix("virtio-net") })
+            #expect(net.requests >= 10 && net.malformedRequests == 0, "\(net.summary)")
+            let fsck = try Self.e2fsckAfterReplay(disk)
+            #expect(fsck.status == 0, "\(fsck.output)")
         }
     }
 }
