@@ -213,6 +213,17 @@ public struct MachineSnapshot: Sendable {
         self.statePath = statePath
         self.memoryPath = memoryPath
     }
+
+    /// What the program that took the snapshot stored with it (`Machine.snapshot`'s
+    /// `notes`), by name: opaque to the machine, checksummed like the rest.
+    package var notes: [String: [UInt8]] {
+        let prefix = MachineSnapshotLayout.note("")
+        var notes: [String: [UInt8]] = [:]
+        for section in file.sections where section.tag.hasPrefix(prefix) {
+            notes[String(section.tag.dropFirst(prefix.count))] = section.contents
+        }
+        return notes
+    }
 }
 
 /// The names of a state file's sections.
@@ -222,6 +233,8 @@ enum MachineSnapshotLayout {
     static let msrValues = "msr-values"
     static func vcpu(_ index: Int) -> String { "vcpu.\(index)" }
     static func device(_ name: String) -> String { "device.\(name)" }
+    /// What the embedding program stored (the API's drive and interface IDs).
+    static func note(_ name: String) -> String { "note.\(name)" }
 }
 
 /// The values recorded by `MSRRule.recorded` rules at snapshot time.
@@ -284,6 +297,14 @@ extension Machine {
     /// A `.diff` snapshot writes only the pages written since the previous snapshot (or
     /// the start); it needs `trackDirtyPages`. Either way the dirty-page log starts again.
     public func snapshot(statePath: String, memoryPath: String, kind: SnapshotKind = .full) throws(MachineError) {
+        try snapshot(statePath: statePath, memoryPath: memoryPath, kind: kind, notes: [:])
+    }
+
+    /// `snapshot(statePath:memoryPath:kind:)`, with `notes` stored in the state file for
+    /// the program that restores it (`MachineSnapshot.notes`).
+    package func snapshot(
+        statePath: String, memoryPath: String, kind: SnapshotKind, notes: [String: [UInt8]]
+    ) throws(MachineError) {
         let state: HostOutputFile, memoryFile: HostOutputFile
         do { state = try HostIO.openOutputFile(statePath) } catch {
             throw .cannotWriteFile(path: statePath, reason: error.reason)
@@ -293,7 +314,8 @@ extension Machine {
             throw .cannotWriteFile(path: memoryPath, reason: error.reason)
         }
         do {
-            try snapshot(state: state, statePath: statePath, memory: memoryFile, memoryPath: memoryPath, kind: kind)
+            try snapshot(
+                state: state, statePath: statePath, memory: memoryFile, memoryPath: memoryPath, kind: kind, notes: notes)
         } catch {
             HostIO.removeFile(statePath)
             HostIO.removeFile(memoryPath)
@@ -305,7 +327,7 @@ extension Machine {
     /// opens them before its seccomp filter forbids `open`). The paths are for messages.
     package func snapshot(
         state: HostOutputFile, statePath: String, memory memoryFile: HostOutputFile, memoryPath: String,
-        kind: SnapshotKind
+        kind: SnapshotKind, notes: [String: [UInt8]] = [:]
     ) throws(MachineError) {
         guard isPaused else { throw .snapshotRefused("the machine is not paused; pause it first") }
         guard !hasStopped else { throw .snapshotRefused("the machine has stopped") }
@@ -316,16 +338,18 @@ extension Machine {
         // request a device took is complete, and no frame or timer changes memory.
         if let ioThread = parts.ioThread {
             try ioThread.whileParked { () throws(MachineError) in
-                try capture(state: state, statePath: statePath, memory: memoryFile, memoryPath: memoryPath, kind: kind)
+                try capture(
+                    state: state, statePath: statePath, memory: memoryFile, memoryPath: memoryPath, kind: kind, notes: notes)
             }
         } else {
-            try capture(state: state, statePath: statePath, memory: memoryFile, memoryPath: memoryPath, kind: kind)
+            try capture(
+                state: state, statePath: statePath, memory: memoryFile, memoryPath: memoryPath, kind: kind, notes: notes)
         }
     }
 
     private func capture(
         state: HostOutputFile, statePath: String, memory memoryFile: HostOutputFile, memoryPath: String,
-        kind: SnapshotKind
+        kind: SnapshotKind, notes: [String: [UInt8]]
     ) throws(MachineError) {
         var file = SnapshotFile()
         file.append(MachineSnapshotLayout.machine, SavedMachineShape(configuration))
@@ -342,6 +366,9 @@ extension Machine {
             file.sections.append(.init(tag: MachineSnapshotLayout.device(device.name), contents: writer.bytes))
         }
         file.append(MachineSnapshotLayout.msrValues, RecordedMSRValues(values: parts.msrEmulator.recordedValues))
+        for (name, contents) in notes.sorted(by: { $0.key < $1.key }) {
+            file.sections.append(.init(tag: MachineSnapshotLayout.note(name), contents: contents))
+        }
         try writeMemory(to: memoryFile.descriptor, path: memoryPath, kind: kind)
         do { try state.replaceContents(file.encoded()) } catch {
             throw .cannotWriteFile(path: statePath, reason: error.reason)

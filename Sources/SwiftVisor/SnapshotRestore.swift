@@ -33,7 +33,8 @@ struct RestoredState {
             [MachineSnapshotLayout.machine, MachineSnapshotLayout.vm, MachineSnapshotLayout.msrValues]
                 + (0..<snapshot.shape.vcpuCount).map(MachineSnapshotLayout.vcpu))
         let devicePrefix = MachineSnapshotLayout.device("")
-        for section in file.sections where !fixed.contains(section.tag) {
+        let notePrefix = MachineSnapshotLayout.note("")
+        for section in file.sections where !fixed.contains(section.tag) && !section.tag.hasPrefix(notePrefix) {
             guard section.tag.hasPrefix(devicePrefix) else {
                 throw .snapshot(.invalid("the state file", reason: "has an unknown section '\(section.tag)'"))
             }
