@@ -85,12 +85,18 @@ package struct RestoredVM: Sendable {
     package var vcpuCount: Int
     package var memoryMiB: UInt64
     package var trackDirtyPages: Bool
+    /// The configuration the snapshot kept (drives, interfaces with their IDs, vsock,
+    /// entropy, boot source), after the load's overrides; nil when it kept none.
+    package var savedResources: VMResources?
 
-    package init(vm: any RunningVM, vcpuCount: Int, memoryMiB: UInt64, trackDirtyPages: Bool) {
+    package init(
+        vm: any RunningVM, vcpuCount: Int, memoryMiB: UInt64, trackDirtyPages: Bool, savedResources: VMResources? = nil
+    ) {
         self.vm = vm
         self.vcpuCount = vcpuCount
         self.memoryMiB = memoryMiB
         self.trackDirtyPages = trackDirtyPages
+        self.savedResources = savedResources
     }
 }
 
@@ -293,6 +299,7 @@ package actor VMMController {
                 vmmLog.error("\(error.description)")
                 throw error
             }
+            if let saved = restored.savedResources { resources.adoptMachine(of: saved) }
             resources.machine.vcpuCount = restored.vcpuCount
             resources.machine.memSizeMiB = restored.memoryMiB
             resources.machine.trackDirtyPages = restored.trackDirtyPages

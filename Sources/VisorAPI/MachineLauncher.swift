@@ -111,9 +111,16 @@ extension MachineLauncher {
     /// Builds the machine a snapshot describes, its memory mapped from the memory file, and
     /// starts it paused or running. Nothing is left running or open on an error.
     package func restore(_ load: SnapshotLoadConfig, resources: VMResources) async throws(APIError) -> RestoredVM {
+        let snapshot: MachineSnapshot
         do throws(MachineError) {
-            let snapshot = try MachineSnapshot(statePath: load.snapshotPath, memoryPath: load.memFilePath)
-            var config = MachineConfiguration(restoring: snapshot)
+            snapshot = try MachineSnapshot(statePath: load.snapshotPath, memoryPath: load.memFilePath)
+        } catch {
+            throw .badRequest("Load snapshot error: \(error.description)")
+        }
+        var saved = try Self.savedResources(snapshot)
+        var config = MachineConfiguration(restoring: snapshot)
+        try Self.apply(load.networkOverrides, to: &config, saved: &saved)
+        do throws(MachineError) {
             config.seccomp = seccomp
             config.log = log
             config.trackDirtyPages = load.trackDirtyPages || snapshot.shape.trackDirtyPages
@@ -123,6 +130,9 @@ extension MachineLauncher {
                     return device
                 }
             }
+            if let path = load.vsockUDSPath { saved?.vsock?.udsPath = path }
+            var resources = resources
+            if let saved { resources.adoptMachine(of: saved) }
             try config.openDisks()
             try config.openTaps()
             try config.openVsock()
@@ -133,10 +143,57 @@ extension MachineLauncher {
             return RestoredVM(
                 vm: RunningMachine(machine: machine, resources: resources, serialOutput: serialOutput),
                 vcpuCount: snapshot.shape.vcpuCount, memoryMiB: snapshot.shape.memorySize >> 20,
-                trackDirtyPages: config.trackDirtyPages)
+                trackDirtyPages: config.trackDirtyPages, savedResources: saved)
         } catch {
             throw .badRequest("Load snapshot error: \(error.description)")
         }
+    }
+
+    /// The name of the note in which a snapshot taken through the API keeps the VM's
+    /// configuration (`GET /vm/config`'s JSON): its drive and interface IDs, for
+    /// `network_overrides`, the metrics and the PATCH endpoints of the restored VM.
+    package static let configurationNote = "api.vm-config"
+
+    /// The configuration a snapshot taken through the API kept; nil for one taken by the
+    /// command line or from Swift.
+    package static func savedResources(_ snapshot: MachineSnapshot) throws(APIError) -> VMResources? {
+        guard let bytes = snapshot.notes[configurationNote] else { return nil }
+        do throws(APIError) {
+            return try VMResources(configFile: try JSON.parse(bytes))
+        } catch {
+            throw .badRequest("Load snapshot error: the snapshot's saved configuration is invalid: \(error.description)")
+        }
+    }
+
+    /// Points each overridden interface at its new TAP: in the machine's configuration
+    /// (interfaces follow the drives, in order) and in the saved resources.
+    package static func apply(
+        _ overrides: [SnapshotLoadConfig.NetworkOverride], to config: inout MachineConfiguration,
+        saved: inout VMResources?
+    ) throws(APIError) {
+        guard !overrides.isEmpty else { return }
+        guard var resources = saved else {
+            throw .badRequest(
+                "Load snapshot error: network_overrides needs interface IDs, and this snapshot has none (it was not taken through the API)."
+            )
+        }
+        for override in overrides {
+            guard let index = resources.networkInterfaces.firstIndex(where: { $0.ifaceID == override.ifaceID }) else {
+                throw .badRequest(
+                    "Load snapshot error: network_overrides names the interface `\(override.ifaceID)`, which the snapshot does not have."
+                )
+            }
+            let device = resources.drives.count + index
+            guard config.virtioDevices.indices.contains(device),
+                case .net(_, let mac, let receive, let transmit, let mtu) = config.virtioDevices[device]
+            else {
+                throw .badRequest("Load snapshot error: the snapshot's devices do not match its saved configuration.")
+            }
+            config.virtioDevices[device] = .net(
+                tap: override.hostDevName, mac: mac, receiveLimiter: receive, transmitLimiter: transmit, mtu: mtu)
+            resources.networkInterfaces[index].hostDevName = override.hostDevName
+        }
+        saved = resources
     }
 }
 
@@ -204,7 +261,9 @@ struct RunningMachine: RunningVM {
 
     func snapshot(statePath: String, memoryPath: String, diff: Bool) throws(APIError) {
         do throws(MachineError) {
-            try machine.snapshot(statePath: statePath, memoryPath: memoryPath, kind: diff ? .diff : .full)
+            try machine.snapshot(
+                statePath: statePath, memoryPath: memoryPath, kind: diff ? .diff : .full,
+                notes: [MachineLauncher.configurationNote: resources.json.text])
         } catch {
             throw .badRequest("Create snapshot error: \(error.description)")
         }

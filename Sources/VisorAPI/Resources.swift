@@ -396,6 +396,17 @@ package struct VMResources: Sendable, Equatable {
             && entropy == nil
     }
 
+    /// Takes what built a machine from `saved` (the configuration a snapshot kept), and
+    /// keeps this one's logger, metrics and serial output.
+    package mutating func adoptMachine(of saved: VMResources) {
+        machine = saved.machine
+        bootSource = saved.bootSource
+        drives = saved.drives
+        networkInterfaces = saved.networkInterfaces
+        vsock = saved.vsock
+        entropy = saved.entropy
+    }
+
     /// Adds or replaces (same ID) a drive, keeping at most one root device.
     package mutating func put(_ drive: DriveConfig) throws(APIError) {
         if drive.isRootDevice, drives.contains(where: { $0.isRootDevice && $0.driveID != drive.driveID }) {
@@ -519,6 +530,19 @@ package struct SnapshotLoadConfig: Sendable, Equatable {
     package var vsockUDSPath: String?
     /// Whether the deprecated `mem_file_path` was used (answered with `Deprecation: true`).
     package var usedDeprecatedField: Bool
+    /// `network_overrides`: the TAP each named interface opens instead of its saved one.
+    package var networkOverrides: [NetworkOverride] = []
+
+    /// One of `network_overrides`.
+    package struct NetworkOverride: Sendable, Equatable {
+        package var ifaceID: String
+        package var hostDevName: String
+
+        package init(ifaceID: String, hostDevName: String) {
+            self.ifaceID = ifaceID
+            self.hostDevName = hostDevName
+        }
+    }
 
     package init(parsing body: JSONValue) throws(APIError) {
         let reader = try FieldReader(
@@ -552,9 +576,21 @@ package struct SnapshotLoadConfig: Sendable, Equatable {
         let deprecatedDiff = try reader.bool("enable_diff_snapshots")
         trackDirtyPages = try reader.bool("track_dirty_pages") ?? deprecatedDiff ?? false
         resumeVM = try reader.bool("resume_vm") ?? false
-        if case .array(let overrides)? = reader.object("network_overrides"), !overrides.isEmpty {
-            throw .badRequest(
-                "The requested operation is not supported: network_overrides (a restored interface reopens its saved TAP).")
+        switch reader.object("network_overrides") {
+        case nil: break
+        case .array(let overrides)?:
+            for override in overrides {
+                let overrideReader = try FieldReader(override, known: ["iface_id", "host_dev_name"])
+                let entry = NetworkOverride(
+                    ifaceID: try overrideReader.requiredString("iface_id"),
+                    hostDevName: try overrideReader.requiredString("host_dev_name"))
+                guard !networkOverrides.contains(where: { $0.ifaceID == entry.ifaceID }) else {
+                    throw .badRequest(prefix + "network_overrides names the interface `\(entry.ifaceID)` twice.")
+                }
+                networkOverrides.append(entry)
+            }
+        case let other?:
+            throw .badRequest(prefix + "invalid type: `network_overrides` is \(other.kind), expected a sequence.")
         }
         if let override = reader.object("vsock_override") {
             let overrideReader = try FieldReader(override, known: ["uds_path"])

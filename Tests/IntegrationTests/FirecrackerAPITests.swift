@@ -322,6 +322,15 @@ extension KVMIntegration {
             #expect(early.status == 400 && early.fault == "The requested operation is not supported before starting the microVM.")
             #expect(try fc.request("PUT", "/boot-source", boot).status == 204)
             #expect(try fc.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#).status == 204)
+            // A network interface on a TAP the VMM creates (root only), to be moved to
+            // another TAP by the load's network_overrides.
+            let (tapA, tapB) = ("swvfa\(getpid() % 10_000)", "swvfb\(getpid() % 10_000)")
+            if TAPAccess.available {
+                let nic = #"{"iface_id": "eth0", "host_dev_name": "\#(tapA)"}"#
+                #expect(try fc.request("PUT", "/network-interfaces/eth0", nic).status == 204)
+            } else {
+                print("snapshot through the API: no network interface (needs root and /dev/net/tun)")
+            }
             #expect(try fc.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#).status == 204)
             let deadline = Date().addingTimeInterval(600)
             while Date() < deadline, fc.process.isRunning, !fc.output.text.contains("KTAP version 1") { usleep(100_000) }
@@ -348,14 +357,30 @@ extension KVMIntegration {
                 "PUT", "/snapshot/load", #"{"snapshot_path": "\#(memory)", "mem_file_path": "\#(memory)"}"#)
             #expect(bad.status == 400 && bad.fault?.contains("is it a memory file?") == true, "\(bad.body)")
             #expect(bad.headers.contains { $0.lowercased() == "deprecation: true" })
-            let load = try restored.request(
+            let memoryBackend = #""mem_backend": {"backend_type": "File", "backend_path": "\#(memory)"}"#
+            let unknownInterface = try restored.request(
                 "PUT", "/snapshot/load",
-                #"{"snapshot_path": "\#(state)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memory)"}, "resume_vm": false}"#
+                #"{"snapshot_path": "\#(state)", \#(memoryBackend), "network_overrides": [{"iface_id": "eth7", "host_dev_name": "x"}]}"#
             )
+            #expect(
+                unknownInterface.fault?.hasPrefix("Load snapshot error: network_overrides names the interface `eth7`") == true,
+                "\(unknownInterface.body)")
+            let overrides =
+                TAPAccess.available ? #", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "\#(tapB)"}]"# : ""
+            let load = try restored.request(
+                "PUT", "/snapshot/load", #"{"snapshot_path": "\#(state)", \#(memoryBackend), "resume_vm": false\#(overrides)}"#)
             #expect(load.status == 204, "\(load.body)")
             #expect(try restored.request("GET", "/").json?["state"] as? String == "Paused")
             let config = try restored.request("GET", "/machine-config").json
             #expect(config?["mem_size_mib"] as? Int == 128 && config?["vcpu_count"] as? Int == 1)
+            // The restored VM's configuration is the saved one, with the override applied.
+            let vmConfig = try restored.request("GET", "/vm/config").json
+            #expect((vmConfig?["boot-source"] as? [String: Any])?["kernel_image_path"] as? String == kernel)
+            if TAPAccess.available {
+                let interfaces = vmConfig?["network-interfaces"] as? [[String: Any]]
+                #expect(interfaces?.count == 1 && interfaces?.first?["iface_id"] as? String == "eth0")
+                #expect(interfaces?.first?["host_dev_name"] as? String == tapB, "\(String(describing: interfaces))")
+            }
             #expect(try restored.request("PATCH", "/vm", #"{"state": "Resumed"}"#).status == 204)
             #expect(restored.waitForExit(seconds: 900) == 0, "\(restored.errors.text.suffix(2000))")
             let boot2 = LinuxBoot(

@@ -203,7 +203,7 @@ struct ControllerTests {
                 == "Invalid request method and/or path: PUT /snapshot/delete.")
     }
 
-    @Test func snapshotRequestsFollowFirecrackersRules() async {
+    @Test func snapshotRequestsFollowFirecrackersRules() async throws {
         let prefix = "An error occurred when deserializing the json body of a request: "
         let controller = makeController()
         let neither = await controller.send("PUT", "/snapshot/load", #"{"snapshot_path": "s"}"#)
@@ -215,10 +215,24 @@ struct ControllerTests {
         let uffd = await controller.send(
             "PUT", "/snapshot/load", #"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#)
         #expect(uffd.faultMessage?.hasPrefix("The requested operation is not supported: the Uffd memory backend") == true)
-        let overrides = await controller.send(
+        // network_overrides: a list of {iface_id, host_dev_name}, each interface once.
+        let twice = await controller.send(
             "PUT", "/snapshot/load",
-            #"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}]}"#)
-        #expect(overrides.faultMessage?.hasPrefix("The requested operation is not supported: network_overrides") == true)
+            #"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}, {"iface_id": "a", "host_dev_name": "u"}]}"#
+        )
+        #expect(twice.faultMessage == prefix + "network_overrides names the interface `a` twice.")
+        let notList = await controller.send(
+            "PUT", "/snapshot/load", #"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": {"iface_id": "a"}}"#)
+        #expect(notList.faultMessage == prefix + "invalid type: `network_overrides` is map, expected a sequence.")
+        let noTap = await controller.send(
+            "PUT", "/snapshot/load", #"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "a"}]}"#)
+        #expect(noTap.status == 400 && noTap.faultMessage?.contains("host_dev_name") == true, "\(noTap.body)")
+        let parsed = try SnapshotLoadConfig(
+            parsing: JSON.parse(
+                Array(
+                    #"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}, {"iface_id": "b", "host_dev_name": "u"}]}"#
+                        .utf8)))
+        #expect(parsed.networkOverrides == [.init(ifaceID: "a", hostDevName: "t"), .init(ifaceID: "b", hostDevName: "u")])
         let type = await controller.send(
             "PUT", "/snapshot/create", #"{"snapshot_path": "s", "mem_file_path": "m", "snapshot_type": "Partial"}"#)
         #expect(type.faultMessage == prefix + "unknown variant `Partial` for `snapshot_type`, expected `Full` or `Diff`.")
@@ -553,5 +567,61 @@ struct PatchTests {
                 == "Drive config error: Unable to patch the block device: nope")
         #expect(await controller.resources.drives[1].pathOnHost == "/d")
         #expect(launcher.vm.calls.withLock { $0 }.isEmpty)
+    }
+}
+
+@Suite("Firecracker API: network_overrides on a snapshot load (no KVM)")
+struct NetworkOverrideTests {
+    /// What a snapshot taken through the API keeps: one drive, two interfaces.
+    static let saved = try! VMResources(
+        configFile: JSON.parse(
+            Array(
+                #"""
+                {"boot-source": {"kernel_image_path": "k"},
+                 "drives": [{"drive_id": "root", "path_on_host": "d", "is_root_device": true, "is_read_only": false}],
+                 "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}, {"iface_id": "eth1", "host_dev_name": "tap1"}]}
+                """#.utf8)))
+
+    static func machine() -> MachineConfiguration {
+        var config = MachineConfiguration(guest: .elf([]))
+        config.virtioDevices = [
+            .block(path: "d", readOnly: false, id: "root"), .net(tap: "tap0", mac: nil),
+            .net(tap: "tap1", mac: [6, 0, 0, 0, 0, 9]),
+        ]
+        return config
+    }
+
+    @Test("an override names an interface by its ID: its device opens the new TAP, and the saved configuration says so")
+    func overridesByID() throws {
+        var config = Self.machine()
+        var saved: VMResources? = Self.saved
+        try MachineLauncher.apply([.init(ifaceID: "eth1", hostDevName: "tapB")], to: &config, saved: &saved)
+        #expect(config.virtioDevices[1] == .net(tap: "tap0", mac: nil))
+        #expect(config.virtioDevices[2] == .net(tap: "tapB", mac: [6, 0, 0, 0, 0, 9]))
+        #expect(saved?.networkInterfaces.map(\.hostDevName) == ["tap0", "tapB"])
+        #expect(saved?.networkInterfaces.map(\.ifaceID) == ["eth0", "eth1"])
+    }
+
+    @Test("an unknown interface, or a snapshot without interface IDs, is refused and nothing changes")
+    func refusals() {
+        var config = Self.machine()
+        var saved: VMResources? = Self.saved
+        do {
+            try MachineLauncher.apply([.init(ifaceID: "eth9", hostDevName: "tapB")], to: &config, saved: &saved)
+            Issue.record("an override of an unknown interface was accepted")
+        } catch {
+            #expect(error.description.contains("`eth9`, which the snapshot does not have"), "\(error)")
+        }
+        var none: VMResources? = nil
+        do {
+            try MachineLauncher.apply([.init(ifaceID: "eth0", hostDevName: "tapB")], to: &config, saved: &none)
+            Issue.record("an override without saved IDs was accepted")
+        } catch {
+            #expect(error.description.contains("it was not taken through the API"), "\(error)")
+        }
+        #expect(config.virtioDevices == Self.machine().virtioDevices)
+        #expect(saved == Self.saved)
+        // No overrides: nothing is needed, not even saved IDs.
+        #expect(throws: Never.self) { try MachineLauncher.apply([], to: &config, saved: &none) }
     }
 }
