@@ -100,7 +100,6 @@ struct RestoredState {
     func restore(
         vm: VMHandle, system: KVMSystem, memory: GuestMemory, platform: Platform, builder: MachineBuilder
     ) throws(MachineError) -> ([VCPUHandle], [CPUIDEntry]) {
-        try builder.mapMemory(vm, system: system, memory: memory)
         var handles: [VCPUHandle] = []
         do throws(KVMError) {
             try vm.restoreState(self.vm)

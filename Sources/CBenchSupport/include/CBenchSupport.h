@@ -28,4 +28,11 @@ int bench_set_dumpable(int value);
 /// User and system CPU time of the calling thread, in nanoseconds.
 void bench_thread_cpu_time(uint64_t *user, uint64_t *system);
 
+/// The floor under a restore on this host, in C: the nanoseconds from opening /dev/kvm
+/// to the first exit of a VM with the in-kernel irqchip and PIT, `memory_size` bytes of
+/// RAM and one vCPU that runs `out 0x10, al` in real mode; everything is torn down after.
+/// With `memory_first` the memory slot is added before the irqchip and PIT are created,
+/// else after. Returns 0 when a step fails. (No VMM work: what KVM itself costs.)
+uint64_t bench_kvm_vm_floor_ns(uint64_t memory_size, int memory_first);
+
 #endif
