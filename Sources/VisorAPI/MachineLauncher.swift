@@ -15,6 +15,12 @@ package struct MachineLauncher: VMLauncher {
     package var log: @Sendable (String) -> Void
     /// Called with the machine once it is built, before it starts (console input wiring).
     package var onStart: (@Sendable (Machine) -> Void)?
+    /// `--boot-timer`: a booted (not a restored) VM gets Firecracker's boot timer at port
+    /// 0x3F0 (`BootTimer`).
+    package var bootTimer = false
+    /// Where the boot timer's line goes (Firecracker logs it at the info level); `log`
+    /// when nil.
+    package var bootTimerLog: (@Sendable (String) -> Void)?
 
     package init(seccomp: Bool = true, log: @escaping @Sendable (String) -> Void, onStart: (@Sendable (Machine) -> Void)? = nil) {
         self.seccomp = seccomp
@@ -93,6 +99,11 @@ package struct MachineLauncher: VMLauncher {
             var config = Self.configuration(
                 resources, request: request, cpuid: quirks.linuxPolicy(from: CPUIDPolicy()), seccomp: seccomp)
             config.log = log
+            let timer = bootTimer ? BootTimer(log: bootTimerLog ?? log) : nil
+            if let timer {
+                config.portDevices.append(
+                    .init(name: "boot-timer", range: try! PortRange(base: BootTimer.port, count: 1), device: timer))
+            }
             let serialOutput = try SerialOutput.open(resources, into: &config)
             try config.openDisks()
             try config.openTaps()
@@ -100,7 +111,7 @@ package struct MachineLauncher: VMLauncher {
             let machine = try Machine(config)
             onStart?(machine)
             try machine.start()
-            return RunningMachine(machine: machine, resources: resources, serialOutput: serialOutput)
+            return RunningMachine(machine: machine, resources: resources, serialOutput: serialOutput, bootTimer: timer)
         } catch {
             throw .badRequest("Start microvm error: \(error.description)")
         }
@@ -224,6 +235,7 @@ struct RunningMachine: RunningVM {
     let machine: Machine
     let resources: VMResources
     let serialOutput: SerialOutput?
+    var bootTimer: BootTimer? = nil
 
     func pause() async { await machine.pause() }
     func resume() { machine.resume() }
@@ -256,6 +268,7 @@ struct RunningMachine: RunningVM {
         }
         if resources.vsock != nil { counters.vsock = devices.popFirst() }
         if resources.entropy != nil { counters.entropy = devices.popFirst() }
+        counters.bootTime = bootTimer?.bootTime
         return counters
     }
 

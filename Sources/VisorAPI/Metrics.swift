@@ -169,6 +169,9 @@ package struct VMCounters: Sendable {
     package var interfaces: [(id: String, statistics: VirtioDeviceStatistics)] = []
     package var vsock: VirtioDeviceStatistics?
     package var entropy: VirtioDeviceStatistics?
+    /// The boot timer's figure (`--boot-timer`), once the guest signalled: microseconds of
+    /// wall clock and of the process's CPU time from the VM's build.
+    package var bootTime: (wall: UInt64, cpu: UInt64)?
 
     package init() {}
 }
@@ -177,7 +180,8 @@ extension MetricsSink {
     /// The groups of one metrics line, in Firecracker's order, with only what SwiftVisor
     /// counts: `block_<id>` and `block`, `deprecated_api`, `get_api_requests`, `logger`,
     /// `net_<id>` and `net`, `patch_api_requests`, `put_api_requests`, `vcpu`, and `vsock`
-    /// and `entropy` when configured. `vm` is nil before the VM starts.
+    /// and `entropy` when configured, and SwiftVisor's `boot_timer` (`guest_boot_time_us`,
+    /// `guest_boot_cpu_us`) once a guest signalled it. `vm` is nil before the VM starts.
     package static func groups(
         vm: VMCounters?, api: APIRequestCounts, missedLogLines: UInt64, missedMetricsLines: UInt64, resources: VMResources
     ) -> [MetricGroup] {
@@ -216,6 +220,9 @@ extension MetricsSink {
                 ]))
         if resources.vsock != nil { groups.append(device("vsock", vm.vsock.map { [$0] } ?? [])) }
         if resources.entropy != nil { groups.append(device("entropy", vm.entropy.map { [$0] } ?? [])) }
+        if let boot = vm.bootTime {
+            groups.append(MetricGroup("boot_timer", [("guest_boot_time_us", boot.wall), ("guest_boot_cpu_us", boot.cpu)]))
+        }
         return groups
     }
 }

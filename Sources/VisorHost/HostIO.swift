@@ -293,6 +293,14 @@ public enum HostIO {
         return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
     }
 
+    /// The CPU time this process has used so far, all threads, in nanoseconds.
+    package static func processCPUNanoseconds() -> UInt64 {
+        var t = timespec()
+        // SAFETY: clock_gettime(2) writes only `t`, a local that outlives the call.
+        _ = unsafe clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+    }
+
     /// The host's real time: whole seconds since 1970-01-01 00:00:00 UTC.
     package static func realtimeSeconds() -> Int64 {
         var t = timespec()

@@ -53,7 +53,9 @@ struct Firecracker: ParsableCommand {
     @Option(name: .customLong("metrics-path"), help: "An existing file or FIFO for the metrics, one JSON object per line.")
     var metricsPath: String?
 
-    @Flag(name: .customLong("boot-timer"), help: "Accepted; not yet honoured.")
+    @Flag(
+        name: .customLong("boot-timer"),
+        help: "Log the guest's boot time when it writes 123 to port 0x3F0 (Firecracker's boot timer).")
     var bootTimer = false
 
     @Option(name: .customLong("seccomp-filter"), help: "Accepted and ignored: SwiftVisor installs its own per-thread filters.")
@@ -149,8 +151,10 @@ struct Firecracker: ParsableCommand {
                 if let socketPath { HostIO.removeFile(socketPath) }
                 _exit(128 + signal)
             })
-        let launcher = MachineLauncher(
+        var launcher = MachineLauncher(
             seccomp: !noSeccomp, log: log, onStart: { machine in signals.attach(machine) })
+        launcher.bootTimer = bootTimer
+        launcher.bootTimerLog = { vmmLog.info("\($0)") }
         let controller = VMMController(
             instanceID: id, version: firecrackerAPIVersion, launcher: launcher, logs: logs, metrics: metrics,
             onExit: { status in exit.fire(status) })
@@ -210,7 +214,6 @@ struct Firecracker: ParsableCommand {
 
     private func reportIgnoredOptions(_ log: (String) -> Void) {
         var ignored: [String] = []
-        if bootTimer { ignored.append("--boot-timer") }
         if seccompFilter != nil { ignored.append("--seccomp-filter (SwiftVisor's own filters apply)") }
         if mmdsSizeLimit != nil || metadata != nil { ignored.append("--mmds-size-limit/--metadata (no MMDS)") }
         if !ignored.isEmpty { log("accepted but not honoured: " + ignored.joined(separator: ", ")) }

@@ -1,5 +1,6 @@
 import Foundation
 import SwiftVisor
+import SwiftVisorGuests
 import Testing
 
 /// A `swiftvisor firecracker` process and a real HTTP client (curl) on its socket.
@@ -414,6 +415,46 @@ extension KVMIntegration {
             }
             #expect(text.contains("Linux version"), "\(text.suffix(1000)) \(fc.errors.text)")
             #expect(!fc.output.text.contains("Linux version"), "the console went to standard output too")
+        }
+
+        /// `--boot-timer`: a guest (booted as a vmlinux) writes Firecracker's signal to port
+        /// 0x3F0 twice, then resets; the log has one boot-time line, the last metrics line
+        /// the same figure. Without the option the port is an ordinary unclaimed one.
+        @Test("--boot-timer: the guest's signal at port 0x3F0 logs its boot time once and reaches the metrics")
+        func bootTimer() throws {
+            for enabled in [true, false] {
+                let probe = try FirecrackerProcess()
+                let kernel = probe.directory + "/boot_timer.elf"
+                let logFile = probe.directory + "/fc.log", metricsFile = probe.directory + "/fc.metrics"
+                #expect(FileManager.default.createFile(atPath: kernel, contents: Data(GuestImages.bootTimer)))
+                #expect(FileManager.default.createFile(atPath: logFile, contents: nil))
+                #expect(FileManager.default.createFile(atPath: metricsFile, contents: nil))
+                let fc = try FirecrackerProcess(
+                    arguments: ["--log-path", logFile, "--level", "Info", "--metrics-path", metricsFile]
+                        + (enabled ? ["--boot-timer"] : []))
+                #expect(try fc.request("PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#).status == 204)
+                #expect(try fc.request("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#).status == 204)
+                let start = try fc.request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
+                #expect(start.status == 204, "\(start.body)")
+                #expect(fc.waitForExit(seconds: 120) == 0, "\(fc.errors.text)")
+                let log = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+                let lines = log.split(separator: "\n").filter { $0.contains("Guest-boot-time = ") }
+                let metrics = (try? String(contentsOfFile: metricsFile, encoding: .utf8)) ?? ""
+                let last = metrics.split(separator: "\n").last.map(String.init) ?? ""
+                let timer =
+                    ((try? JSONSerialization.jsonObject(with: Data(last.utf8))) as? [String: Any])?["boot_timer"]
+                    as? [String: Any]
+                if enabled {
+                    #expect(lines.count == 1, "\(log)")
+                    // "Guest-boot-time =  NNNNN us N ms,  NNNNN CPU us N CPU ms"
+                    let words = lines.first.map { $0.split(separator: " ") } ?? []
+                    let wall = words.firstIndex(of: "=").flatMap { words.indices.contains($0 + 1) ? UInt64(words[$0 + 1]) : nil }
+                    #expect(wall != nil && timer?["guest_boot_time_us"] as? UInt64 == wall, "\(log)\n\(last)")
+                    #expect((timer?["guest_boot_cpu_us"] as? UInt64) != nil, "\(last)")
+                } else {
+                    #expect(lines.isEmpty && timer == nil, "\(log)\n\(last)")
+                }
+            }
         }
 
         /// The launcher binds before swiftvisor has loaded: a request sent the moment the
