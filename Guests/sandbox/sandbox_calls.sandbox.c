@@ -87,6 +87,57 @@ static int bump(const sv_value *args, uint16_t count, sv_value *result) {
     return SV_OK;
 }
 
+/* Exercises the runtime's heap and memory functions; returns the number of failed checks. */
+static int heap_check(const sv_value *args, uint16_t count, sv_value *result) {
+    (void)args;
+    if (count != 0) return SV_ERROR_ARGUMENTS;
+    int64_t failures = 0;
+    uint8_t *blocks[64];
+    for (int i = 0; i < 64; i++) {
+        blocks[i] = malloc((size_t)(i * 37 + 1));
+        if (!blocks[i] || ((uintptr_t)blocks[i] & 15) != 0) failures++;
+        else memset(blocks[i], i, (size_t)(i * 37 + 1));
+    }
+    for (int i = 0; i < 64; i++) {
+        if (!blocks[i]) continue;
+        for (int k = 0; k < i * 37 + 1; k++)
+            if (blocks[i][k] != (uint8_t)i) { failures++; break; }
+    }
+    for (int i = 0; i < 64; i += 2) free(blocks[i]);
+    for (int i = 0; i < 32; i++) { /* reuses the freed blocks */
+        uint8_t *p = malloc(16);
+        if (!p) failures++;
+        free(p);
+    }
+    uint8_t *grown = realloc(blocks[1], 10000);
+    if (!grown || grown[0] != 1 || grown[37] != 1) failures++;
+    free(grown);
+    void *aligned = 0;
+    if (posix_memalign(&aligned, 4096, 100) != 0 || ((uintptr_t)aligned & 4095) != 0) failures++;
+    else memset(aligned, 0xAB, 100);
+    free(aligned);
+    if (posix_memalign(&aligned, 3, 8) == 0) failures++; /* not a power of two */
+    void *a64 = aligned_alloc(64, 64);
+    if (!a64 || ((uintptr_t)a64 & 63) != 0) failures++;
+    free(a64);
+    if (calloc((size_t)-1 / 2, 4) != 0) failures++; /* overflow */
+    if (malloc((size_t)-1) != 0) failures++;
+    if (malloc((size_t)1 << 40) != 0) failures++; /* more than the heap */
+    uint8_t *zeroed = calloc(100, 10);
+    if (!zeroed) failures++;
+    else
+        for (int k = 0; k < 1000; k++)
+            if (zeroed[k] != 0) { failures++; break; }
+    char text[16] = "abcdefghij";
+    memmove(text + 2, text, 8);
+    if (memcmp(text, "ababcdefgh", 10) != 0) failures++;
+    memmove(text, text + 2, 8);
+    if (memcmp(text, "abcdefghgh", 10) != 0) failures++;
+    if (strlen("sandbox") != 7 || memcmp("a", "b", 1) >= 0) failures++;
+    *result = sv_int64(failures);
+    return SV_OK;
+}
+
 static int hello(const sv_value *args, uint16_t count, sv_value *result) {
     (void)args;
     (void)count;
@@ -105,4 +156,5 @@ void sandbox_init(void) {
     sv_export("touch", touch);
     sv_export("bump", bump);
     sv_export("hello", hello);
+    sv_export("heap_check", heap_check);
 }

@@ -49,6 +49,13 @@ extension KVMIntegration {
             #expect(try sandbox.call("via_host", 2) as Int == 7)
         }
 
+        @Test("the guest runtime's heap and memory functions work inside the sandbox")
+        func guestRuntime() throws {
+            let sandbox = try Self.calls()
+            #expect(try sandbox.call("heap_check") as Int == 0)
+            #expect(try sandbox.call("heap_check") as Int == 0)  // again, on a used heap
+        }
+
         @Test("printed text reaches the output handler")
         func printing() throws {
             let lines = Mutex<[String]>([])
