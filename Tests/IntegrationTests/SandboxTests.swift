@@ -154,6 +154,20 @@ extension KVMIntegration {
             #expect(elapsed < 1000, "took \(elapsed) ms")
         }
 
+        @Test("the time limit covers host functions: a slow one ends the call when it returns")
+        func slowHostFunction() throws {
+            var configuration = SandboxConfiguration()
+            configuration.timeLimit = .milliseconds(30)
+            let sandbox = try Self.calls(configuration)
+            sandbox.register("double") { (x: Int) in
+                HostIO.sleep(nanoseconds: 100_000_000)
+                return 2 * x
+            }
+            #expect(throws: SandboxError.timeLimit(nanoseconds: 30_000_000)) { try sandbox.call("via_host", 1) as Int }
+            sandbox.register("double") { (x: Int) in 2 * x }
+            #expect(try sandbox.call("via_host", 1) as Int == 3)
+        }
+
         @Test("bad memory accesses: null, read-only, code, supervisor structures, the guard page; each a #PF")
         func memoryFaults() throws {
             let sandbox = try Self.hostile()
