@@ -4,21 +4,27 @@ import VisorHost
 import VisorKVM
 
 /// A sandbox's time limit per call: armed when a call starts, disarmed when it ends. A
-/// process-wide watchdog thread looks at every armed timer every `tick` and kicks a vCPU
-/// whose call is past its deadline out of `KVM_RUN`: the immediate-exit flag first (for a
-/// vCPU about to enter), then the kick signal to the calling thread (for one inside). The
-/// call then sees `.interrupted` with `fired` set.
+/// process-wide watchdog thread looks at every armed timer every `tick`; it notes the tick
+/// at which it first sees a call (by its generation) and kicks the vCPU out of `KVM_RUN`
+/// once the call is older than its limit: the immediate-exit flag first (for a vCPU about
+/// to enter), then the kick signal to the calling thread (for one inside). The call then
+/// sees `.interrupted` with `fired` set.
 ///
-/// Arming and disarming take an uncontended lock and make no system call, so a call pays
-/// nothing for its limit; the price is precision: a call may run up to one tick longer.
+/// Arming and disarming take an uncontended lock and read no clock, so a call pays a few
+/// nanoseconds for its limit; the price is precision: a call may run up to two ticks longer
+/// than its limit (the watchdog starts counting at the first tick that sees it).
 final class CallTimer: Sendable {
     private struct State {
         var armed = false
         var fired = false
-        var deadline: UInt64 = 0
+        var generation: UInt64 = 0
+        var limit: UInt64 = 0
         var thread = pthread_t()
         /// The last thread that called, whose mask lets the kick signal in.
         var unblocked: pthread_t? = nil
+        /// The watchdog's: the generation it last saw armed, and when.
+        var seenGeneration: UInt64 = 0
+        var seenAt: UInt64 = 0
     }
     private let state = Mutex(State())
     private let vcpu: VCPUHandle
@@ -31,21 +37,21 @@ final class CallTimer: Sendable {
     /// Starts the limit for a call on the calling thread.
     func arm(nanoseconds: UInt64) {
         vcpu.requestImmediateExit(false)
-        let now = HostIO.monotonicNanoseconds()
-        let (deadline, overflow) = now.addingReportingOverflow(nanoseconds)
         let me = pthread_self()
+        let newThread = state.withLock { s -> Bool in
+            s.generation &+= 1
+            s.limit = nanoseconds
+            s.thread = me
+            s.fired = false
+            s.armed = true
+            if let last = s.unblocked, pthread_equal(last, me) != 0 { return false }
+            s.unblocked = me
+            return true
+        }
         // A thread may have inherited a mask that blocks the kick (SwiftVisor blocks it
-        // outside vCPU threads); the first call on each new thread lets it in.
-        if state.withLock({ $0.unblocked.map { pthread_equal($0, me) == 0 } ?? true }) {
-            VCPUSignals.unblock([VCPUSignals.kick])
-            state.withLock { $0.unblocked = me }
-        }
-        state.withLock {
-            $0.deadline = overflow ? .max : deadline
-            $0.thread = me
-            $0.fired = false
-            $0.armed = true
-        }
+        // outside vCPU threads); the first call on each new thread lets it in. A kick sent
+        // before this stays pending and arrives now; the immediate-exit flag covers it too.
+        if newThread { VCPUSignals.unblock([VCPUSignals.kick]) }
     }
 
     /// Ends the limit; returns whether it fired. After this returns, no kick is sent for
@@ -61,10 +67,16 @@ final class CallTimer: Sendable {
     /// Whether the limit fired during the current call.
     var fired: Bool { state.withLock { $0.fired } }
 
-    /// Called by the watchdog: kicks the vCPU when the call is past its deadline.
+    /// Called by the watchdog every tick: kicks the vCPU when the call is past its limit.
     func check(now: UInt64) {
         state.withLock {
-            guard $0.armed, !$0.fired, now >= $0.deadline else { return }
+            guard $0.armed, !$0.fired else { return }
+            if $0.seenGeneration != $0.generation {
+                $0.seenGeneration = $0.generation
+                $0.seenAt = now
+                return
+            }
+            guard now &- $0.seenAt >= $0.limit else { return }
             $0.fired = true
             vcpu.requestImmediateExit(true)
             // The thread is inside the call (armed, and disarm waits for this lock), so it exists.
