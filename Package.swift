@@ -15,6 +15,7 @@
 //  7  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
 //     swiftvisor          -> VisorHost VisorAPI
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
+//     swiftvisor-bench    -> SwiftVisorSandbox VisorHost
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
 //  6  FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
@@ -24,6 +25,7 @@
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost VisorDecoder VisorVirtio VisorSnapshot
+//     SwiftVisorSandbox   -> VisorKVM VisorMemory VisorLoader VisorHost  -- sandboxes: guest functions in micro-VMs
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     VisorDevices        -> VisorSnapshot
 //     VisorVirtio         -> VisorCore VisorMemory VisorHost          -- virtio-mmio, virtqueues, virtio devices
@@ -64,6 +66,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SwiftVisor", targets: ["SwiftVisor"]),
+        .library(name: "SwiftVisorSandbox", targets: ["SwiftVisorSandbox"]),
         .executable(name: "swiftvisor", targets: ["swiftvisor"]),
         .executable(name: "swiftvisor-firecracker", targets: ["swiftvisor-firecracker"]),
     ],
@@ -122,6 +125,10 @@ let package = Package(
                 "SwiftVisorProbes", "VisorHost", "VisorDecoder", "VisorVirtio", "VisorSnapshot",
             ],
             swiftSettings: strict),
+        // Sandboxes: a guest's functions called by name in a CPL 3 micro-VM (Guests/sandbox/ABI.md).
+        .target(
+            name: "SwiftVisorSandbox", dependencies: ["VisorKVM", "VisorMemory", "VisorLoader", "VisorHost"],
+            swiftSettings: strict),
         // The Firecracker-compatible control plane: its REST API on a Unix socket (SwiftNIO's
         // HTTP/1.1), its configuration file, and the rules over one VM's life.
         .target(
@@ -156,7 +163,9 @@ let package = Package(
         .target(name: "CBenchSupport"),
         .executableTarget(
             name: "swiftvisor-bench",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorKVM"],
+            dependencies: [
+                "SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorKVM", "SwiftVisorSandbox", "VisorHost",
+            ],
             swiftSettings: strict),
         .target(
             name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),
@@ -211,6 +220,7 @@ let package = Package(
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "TestSupport"], swiftSettings: strictTests),
         .testTarget(
             name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"], swiftSettings: strictTests),
+        .testTarget(name: "SwiftVisorSandboxTests", dependencies: ["SwiftVisorSandbox"], swiftSettings: strictTests),
         .testTarget(name: "VisorSnapshotTests", dependencies: ["VisorSnapshot"], swiftSettings: strictTests),
         .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware", "VisorDevices"], swiftSettings: strictTests),
         .testTarget(
@@ -220,6 +230,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "SwiftVisor", "SwiftVisorGuests", "VisorKVM", "VisorHost", "CBenchSupport", "CNativeOps", "VisorSnapshot",
+                "SwiftVisorSandbox",
             ],
             swiftSettings: strictTests),
     ],

@@ -17,6 +17,10 @@
 #                 A line "// multiboot-load: elf ADDRESS" or "// multiboot-load: flat ADDRESS"
 #                 in the source says how: an ELF32 file linked at ADDRESS, or a flat image
 #                 at ADDRESS that the loader places by the header's address fields.
+#   sandbox/NAME.sandbox.c  64-bit sandbox guest in C (Guests/sandbox/ABI.md): CPL 3 code
+#                 linked with the sandbox runtime (sandbox/runtime/) and the C SDK
+#                 (sandbox/c/sandbox.c) by sandbox/runtime/sandbox.ld at 0x400000, one
+#                 page-aligned PT_LOAD per permission                 -> OUTDIR/NAME.elf
 # ELF guests are also linked with every common/*.S except crt0.S (COM1 output, boot-info
 # parsing, the ring-3 switch); --gc-sections drops whatever a guest does not use.
 # The first line of a guest's source is a comment describing it: it becomes the doc
@@ -77,9 +81,30 @@ asflags32="$target32"
 # -s drops symbols, so an image is a few hundred bytes.
 ldflags="-static -nostdlib -N -s --build-id=none -z max-page-size=4096 -z noexecstack --gc-sections"
 
+# Sandbox guests run at CPL 3 only, where SSE and x87 run natively, so they may use them;
+# the VMM enables OSFXSR. Each segment gets its own pages (no -N) so that the VMM can map
+# text R+X, read-only data R and data R+W.
+sandbox_cflags=$(echo "$cflags" | sed "s/-mno-sse//; s/-mno-mmx//; s/-mno-80387//; s/-mgeneral-regs-only//")
+sandbox_ldflags="-static -nostdlib -s --build-id=none -z max-page-size=4096 -z noexecstack --gc-sections"
+
 obj="$out/obj"
 rm -rf "$obj"
 mkdir -p "$obj"
+
+# The sandbox runtime (entry point, memory functions, heap) that every sandbox guest links
+# with, whatever its SDK, and the C SDK that C sandbox guests add to it.
+sandbox_runtime_objs=
+sandbox_c_objs=
+build_sandbox_runtime() {
+    [ -z "$sandbox_runtime_objs" ] || return 0
+    "$clang" $asflags -c "$here/sandbox/runtime/start.S" -o "$obj/sandbox_start.o"
+    # shellcheck disable=SC2086
+    "$clang" $sandbox_cflags -c "$here/sandbox/runtime/libc.c" -o "$obj/sandbox_libc.o"
+    # shellcheck disable=SC2086
+    "$clang" $sandbox_cflags -c "$here/sandbox/c/sandbox.c" -o "$obj/sandbox_c.o"
+    sandbox_runtime_objs="$obj/sandbox_start.o $obj/sandbox_libc.o"
+    sandbox_c_objs="$obj/sandbox_c.o"
+}
 
 # The objects every ELF guest links with.
 common_objs=
@@ -106,10 +131,11 @@ link_elf() { # NAME OBJECT...
 # The guests, as "NAME KIND SOURCE" lines, sorted by name.
 list="$obj/guests.txt"
 : >"$list"
-for src in "$here"/*.c "$here"/*.S; do
+for src in "$here"/*.c "$here"/*.S "$here"/sandbox/*.sandbox.c; do
     [ -e "$src" ] || continue
     file=$(basename "$src")
     case "$file" in
+        *.sandbox.c) echo "${file%.sandbox.c} sandbox_c $src" >>"$list" ;;
         *.16.S) echo "${file%.16.S} real $src" >>"$list" ;;
         *.mb.c) echo "${file%.mb.c} mb $src" >>"$list" ;;
         *.S) echo "${file%.S} asm $src" >>"$list" ;;
@@ -145,6 +171,14 @@ while read -r name kind src; do
             "$clang" $cflags -I "$here/common" -c "$src" -o "$obj/$name.o"
             [ -n "$crt0_obj" ] || { echo "$0: common/crt0.S is missing" >&2; exit 66; }
             link_elf "$name" "$crt0_obj" "$obj/$name.o"
+            ;;
+        sandbox_c)
+            build_sandbox_runtime
+            # shellcheck disable=SC2086
+            "$clang" $sandbox_cflags -I "$here/sandbox/include" -c "$src" -o "$obj/$name.o"
+            # shellcheck disable=SC2086
+            "$lld" $sandbox_ldflags -T "$here/sandbox/runtime/sandbox.ld" -o "$out/$name.elf" \
+                $sandbox_runtime_objs $sandbox_c_objs "$obj/$name.o"
             ;;
         asm)
             # shellcheck disable=SC2086
@@ -209,12 +243,13 @@ swift="$out/GuestImages.swift.tmp"
         case "$kind" in
             real) image="$out/$name.bin"; what="16-bit real-mode flat binary" ;;
             mb) image="$out/$name.mb"; what="32-bit multiboot image" ;;
+            sandbox_c) image="$out/$name.elf"; what="64-bit sandbox ELF (Guests/sandbox/ABI.md)" ;;
             *) image="$out/$name.elf"; what="64-bit ELF" ;;
         esac
         size=$(wc -c <"$image" | tr -d ' ')
         echo "    /// $(describe "$src")"
         echo "    ///"
-        echo "    /// \`$name\`: $what, $size bytes, from \`Guests/$(basename "$src")\`."
+        echo "    /// \`$name\`: $what, $size bytes, from \`Guests/${src#"$here"/}\`."
         echo "    public static let $(swift_name "$name"): [UInt8] = ["
         od -An -v -tx1 "$image" | awk 'NF > 0 {
             line = "       "
