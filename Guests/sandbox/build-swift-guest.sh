@@ -53,7 +53,14 @@ if [ -z "$runtime" ]; then
     runtime="$work/sandbox_start.o $work/sandbox_libc.o"
 fi
 
+# String comparison, `count` and other grapheme- or normalization-aware operations need the
+# toolchain's Unicode tables; as an archive, only what the guest uses is linked (none of it
+# for most guests).
+toolchain=$(dirname "$(readlink -f "$swiftc" 2>/dev/null || echo "$swiftc")")
+unicode="$toolchain/../lib/swift/embedded/x86_64-unknown-none-elf/libswiftUnicodeDataTables.a"
+[ -f "$unicode" ] || unicode=
+
 # One page-aligned PT_LOAD per permission (sandbox.ld), symbols stripped.
 # shellcheck disable=SC2086
 "$lld" -static -nostdlib -s --build-id=none -z max-page-size=4096 -z noexecstack --gc-sections \
-    -T "$here/runtime/sandbox.ld" -o "$out" $runtime "$work/$name.o"
+    -T "$here/runtime/sandbox.ld" -o "$out" $runtime "$work/$name.o" $unicode
