@@ -210,7 +210,8 @@ let package = Package(
             swiftSettings: strictTests),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "TestSupport"], swiftSettings: strictTests),
         .testTarget(
-            name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"], swiftSettings: strictTests),
+            name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport", "SwiftVisorGuests"],
+            swiftSettings: strictTests),
         .testTarget(name: "VisorSnapshotTests", dependencies: ["VisorSnapshot"], swiftSettings: strictTests),
         .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware", "VisorDevices"], swiftSettings: strictTests),
         .testTarget(
