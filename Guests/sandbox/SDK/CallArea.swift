@@ -250,7 +250,8 @@ func findExport(where matches: (Export) -> Bool) -> Export? {
 nonisolated(unsafe) private var printBuffer: [UInt8] = []
 private let printBufferSize = 256
 
-/// `putchar` for Swift's `print` (and the message of `fatalError` before its trap).
+/// `putchar` for Swift's `print`. (An optimized Embedded Swift build prints no message for
+/// `fatalError` or a failed check: it traps at once.)
 @_cdecl("putchar")
 func putchar(_ character: Int32) -> Int32 {
     // SAFETY: single-threaded, see `checkedArea`.
