@@ -24,6 +24,7 @@
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost VisorDecoder VisorVirtio VisorSnapshot
+//     SwiftVisorSandbox   -> VisorKVM VisorMemory VisorLoader VisorHost  -- sandboxes: guest functions in micro-VMs
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     VisorDevices        -> VisorSnapshot
 //     VisorVirtio         -> VisorCore VisorMemory VisorHost          -- virtio-mmio, virtqueues, virtio devices
@@ -64,6 +65,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SwiftVisor", targets: ["SwiftVisor"]),
+        .library(name: "SwiftVisorSandbox", targets: ["SwiftVisorSandbox"]),
         .executable(name: "swiftvisor", targets: ["swiftvisor"]),
         .executable(name: "swiftvisor-firecracker", targets: ["swiftvisor-firecracker"]),
     ],
@@ -121,6 +123,10 @@ let package = Package(
                 "VisorLinux",
                 "SwiftVisorProbes", "VisorHost", "VisorDecoder", "VisorVirtio", "VisorSnapshot",
             ],
+            swiftSettings: strict),
+        // Sandboxes: a guest's functions called by name in a CPL 3 micro-VM (Guests/sandbox/ABI.md).
+        .target(
+            name: "SwiftVisorSandbox", dependencies: ["VisorKVM", "VisorMemory", "VisorLoader", "VisorHost"],
             swiftSettings: strict),
         // The Firecracker-compatible control plane: its REST API on a Unix socket (SwiftNIO's
         // HTTP/1.1), its configuration file, and the rules over one VM's life.
@@ -212,6 +218,7 @@ let package = Package(
         .testTarget(
             name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport", "SwiftVisorGuests"],
             swiftSettings: strictTests),
+        .testTarget(name: "SwiftVisorSandboxTests", dependencies: ["SwiftVisorSandbox"], swiftSettings: strictTests),
         .testTarget(name: "VisorSnapshotTests", dependencies: ["VisorSnapshot"], swiftSettings: strictTests),
         .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware", "VisorDevices"], swiftSettings: strictTests),
         .testTarget(
@@ -221,6 +228,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "SwiftVisor", "SwiftVisorGuests", "VisorKVM", "VisorHost", "CBenchSupport", "CNativeOps", "VisorSnapshot",
+                "SwiftVisorSandbox",
             ],
             swiftSettings: strictTests),
     ],

@@ -28,19 +28,27 @@ extension VMHandle {
     /// - Throws: `KVMError.ioctl` when `slot` was not registered with `logDirtyPages`, or
     ///   `pageCount` is not its page count (`EINVAL`), or the ioctl fails.
     package func dirtyLog(slot: UInt32, pageCount: UInt64) throws(KVMError) -> [UInt64] {
+        var bitmap: [UInt64] = []
+        try dirtyLog(slot: slot, pageCount: pageCount, into: &bitmap)
+        return bitmap
+    }
+
+    /// As `dirtyLog(slot:pageCount:)`, into `bitmap`, which is resized to the slot's word
+    /// count (no allocation when it already has that count, as on every call after the first).
+    package func dirtyLog(slot: UInt32, pageCount: UInt64, into bitmap: inout [UInt64]) throws(KVMError) {
         let registered = dirtyLogSlots.withLock { $0[slot] }
         guard let pages = registered, pages == pageCount else {
             let why =
                 registered.map { "slot \(slot) has \($0) pages, not \(pageCount)" } ?? "slot \(slot) does not log dirty pages"
             throw .ioctl(name: "KVM_GET_DIRTY_LOG (\(why))", errno: EINVAL)
         }
-        var bitmap = [UInt64](repeating: 0, count: Int((pages + 63) / 64))
+        let words = Int((pages + 63) / 64)
+        if bitmap.count != words { bitmap = [UInt64](repeating: 0, count: words) }
         _ = try checkedIoctl("KVM_GET_DIRTY_LOG") {
             // SAFETY: the kernel writes ALIGN(npages, 64) / 8 bytes for the slot, and the slot
             // has exactly `pages` pages (recorded when it was registered), so the bitmap's
             // (pages + 63) / 64 words hold it; the array is pinned for the call.
             unsafe bitmap.withUnsafeMutableBufferPointer { unsafe ckvm_get_dirty_log(fd, slot, $0.baseAddress!) }
         }
-        return bitmap
     }
 }

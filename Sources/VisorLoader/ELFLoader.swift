@@ -8,6 +8,8 @@ package struct ELFSegment: Sendable, Equatable {
     package let fileSize: UInt64
     package let memorySize: UInt64
     package let executable: Bool
+    /// PF_W: the segment asks to be writable.
+    package let writable: Bool
 }
 
 /// A parsed 64-bit x86 ELF executable: its entry point and loadable segments.
@@ -48,7 +50,7 @@ package struct ELFImage: Sendable, Equatable {
             let segment = ELFSegment(
                 physicalAddress: le64(bytes, at + 24), virtualAddress: le64(bytes, at + 16),
                 fileOffset: le64(bytes, at + 8), fileSize: le64(bytes, at + 32),
-                memorySize: le64(bytes, at + 40), executable: flags & 1 != 0)
+                memorySize: le64(bytes, at + 40), executable: flags & 1 != 0, writable: flags & 2 != 0)
             guard segment.fileSize <= segment.memorySize else {
                 throw .malformed(
                     "segment \(i) has more file bytes (\(segment.fileSize)) than memory bytes (\(segment.memorySize))")

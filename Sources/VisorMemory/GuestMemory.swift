@@ -329,6 +329,22 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
+    /// Copies `[address, address + count)` of `source` to the same addresses here: how a
+    /// sandbox puts back the pages a call dirtied from its snapshot. Both memories must hold
+    /// the whole range (in one region each); with tracking on the pages are marked dirty.
+    package func copy(from source: GuestMemory, at address: UInt64, count: Int) throws(GuestMemoryError) {
+        guard count >= 0, let (from, fromOffset) = source.locate(address, UInt64(count)) else {
+            throw .outOfBounds(address: address, count: UInt64(max(count, 0)))
+        }
+        guard count > 0 else { return }
+        unsafe try withWritableBytes(at: address, count: count) { target in
+            // SAFETY: locate proved fromOffset + count <= the source region's size, the length
+            // of its mapping; the target buffer is exactly `count` bytes of this memory. The
+            // two memories are distinct mappings (or the same bytes, which copyMemory allows).
+            unsafe target.baseAddress!.copyMemory(from: from.base + fromOffset, byteCount: count)
+        }
+    }
+
     // MARK: Bytes
 
     // SAFETY (every accessor below): withBytes proved the range lies in one mapping and

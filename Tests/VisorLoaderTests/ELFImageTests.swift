@@ -13,10 +13,10 @@ struct ELFValidTests {
             image.segments == [
                 ELFSegment(
                     physicalAddress: 0x20_0000, virtualAddress: 0x20_0000, fileOffset: 0x200,
-                    fileSize: 16, memorySize: 16, executable: true),
+                    fileSize: 16, memorySize: 16, executable: true, writable: false),
                 ELFSegment(
                     physicalAddress: 0x20_1000, virtualAddress: 0x20_1000, fileOffset: 0x210,
-                    fileSize: 8, memorySize: 0x100, executable: false),
+                    fileSize: 8, memorySize: 0x100, executable: false, writable: true),
             ])
         #expect(ELFImage.isELF(ELFBuilder.valid().bytes()))
     }

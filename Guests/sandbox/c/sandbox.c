@@ -268,6 +268,15 @@ void sv_abort(const char *message) {
     sandbox_trap();
 }
 
+volatile uint8_t *sv_call_area(void) { return area_header; }
+
+uint8_t *sv_output_buffer(uint32_t *capacity) {
+    if (capacity) *capacity = output_capacity;
+    return output_buffer;
+}
+
+void sv_raw_signal(uint32_t operation, uint32_t output_length) { signal_output(operation, output_length); }
+
 /* The input length the host wrote, checked against the input capacity. */
 static bool input_length(uint32_t *length) {
     *length = load32(area_header + 24);

@@ -105,6 +105,12 @@ void sv_puts(const char *text);
 /* Gives up: the call fails with SandboxError.guestAbort(message). Never returns. */
 void sv_abort(const char *message) __attribute__((noreturn));
 
+/* Raw access, for guests that test the host's checks: the call area, the output buffer
+ * and its capacity, and a signal with a given output length. */
+volatile uint8_t *sv_call_area(void);
+uint8_t *sv_output_buffer(uint32_t *capacity);
+void sv_raw_signal(uint32_t operation, uint32_t output_length);
+
 /* Value constructors. */
 static inline sv_value sv_void(void) { sv_value v = {.tag = SV_VOID}; return v; }
 static inline sv_value sv_bool(bool x) { sv_value v = {.tag = SV_BOOL}; v.b = x; return v; }
