@@ -16,6 +16,7 @@
 //     swiftvisor          -> VisorHost VisorAPI
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
+//     swiftvisor-sandbox-example -> SwiftVisorSandbox SwiftVisorGuests  -- plugins in pools of sandboxes
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
 //  6  FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
 //     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
@@ -158,6 +159,12 @@ let package = Package(
             name: "swiftvisor-example",
             dependencies: ["SwiftVisor", "SwiftVisorGuests"],
             path: "Examples/Embedding",
+            swiftSettings: strict),
+        // Untrusted plugins in pools of sandboxes, called from several threads.
+        .executableTarget(
+            name: "swiftvisor-sandbox-example",
+            dependencies: ["SwiftVisorSandbox", "SwiftVisorGuests"],
+            path: "Examples/Sandbox",
             swiftSettings: strict),
         .target(name: "CBenchSupport"),
         .executableTarget(

@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 import SwiftVisorGuests
 import SwiftVisorSandbox
@@ -260,6 +261,22 @@ extension KVMIntegration {
             #expect(try sandbox.call("bump") as Int == 2)
             try sandbox.restore(snapshot)
             #expect(try sandbox.call("bump") as Int == 2)
+        }
+
+        @Test("the example program runs plugins from pools of sandboxes on several threads")
+        func exampleProgram() throws {
+            let binary = CLITests.binary.deletingLastPathComponent().appendingPathComponent("swiftvisor-sandbox-example")
+            let process = Process()
+            process.executableURL = binary
+            process.arguments = ["2", "32"]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0, "\(text)")
+            #expect(text.contains("all 32 jobs on 2 threads gave what they should"), "\(text)")
         }
     }
 }
