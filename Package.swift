@@ -15,6 +15,7 @@
 //  7  swiftvisor          -> SwiftVisor SwiftVisorGuests VisorKVM      -- the command-line tool
 //     swiftvisor          -> VisorHost VisorAPI
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
+//     swiftvisor-bench    -> SwiftVisorSandbox VisorHost
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //     swiftvisor-sandbox-example -> SwiftVisorSandbox SwiftVisorGuests  -- plugins in pools of sandboxes
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
@@ -169,7 +170,9 @@ let package = Package(
         .target(name: "CBenchSupport"),
         .executableTarget(
             name: "swiftvisor-bench",
-            dependencies: ["SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorKVM"],
+            dependencies: [
+                "SwiftVisor", "SwiftVisorGuests", "CBenchSupport", "VisorFirmware", "VisorKVM", "SwiftVisorSandbox", "VisorHost",
+            ],
             swiftSettings: strict),
         .target(
             name: "CNativeOps", path: "Tests/CNativeOps", cSettings: [.unsafeFlags(["-mbmi", "-mbmi2", "-madx", "-msse4.2"])]),

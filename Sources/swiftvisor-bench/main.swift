@@ -6,6 +6,7 @@
 //        swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ...  (LinuxBench.swift)
 //        swiftvisor-bench snapshot-memory [--dir PATH] [--rounds R]  (SnapshotMemoryBench.swift)
 //        swiftvisor-bench snapshot [--sizes 64M,256M,1G] [--rounds N]      (SnapshotBench.swift)
+//        swiftvisor-bench sandbox [--calls N] [--rounds R] [--reference PATH]  (SandboxBench.swift)
 //
 // Exit round trip: the pio_loop/mmio_loop guests drop to CPL3 (IOPL=3) and make N exits to a
 // registered device. Our figure is the time between the device's first and last access
@@ -45,6 +46,11 @@ if CommandLine.arguments.count >= 2, CommandLine.arguments[1] == SnapshotMemoryB
 // Snapshot benchmarks (SnapshotBench.swift) take their own options.
 if CommandLine.arguments.count >= 2, SnapshotBench.modes.contains(CommandLine.arguments[1]) {
     exit(SnapshotBench.main(Array(CommandLine.arguments.dropFirst())))
+}
+
+// Sandbox benchmarks (SandboxBench.swift) take their own options and run the reference themselves.
+if CommandLine.arguments.count >= 2, SandboxBench.modes.contains(CommandLine.arguments[1]) {
+    exit(SandboxBench.main(Array(CommandLine.arguments.dropFirst())))
 }
 
 // Linux boot benchmarks (LinuxBench.swift) take their own options and need no reference.
