@@ -17,6 +17,7 @@
 //     swiftvisor-bench    -> SwiftVisor SwiftVisorGuests VisorKVM VisorFirmware CBenchSupport
 //     swiftvisor-bench    -> SwiftVisorSandbox VisorHost
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
+//     swiftvisor-sandbox-example -> SwiftVisorSandbox SwiftVisorGuests  -- plugins in pools of sandboxes
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
 //  6  FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
 //     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
@@ -160,6 +161,12 @@ let package = Package(
             dependencies: ["SwiftVisor", "SwiftVisorGuests"],
             path: "Examples/Embedding",
             swiftSettings: strict),
+        // Untrusted plugins in pools of sandboxes, called from several threads.
+        .executableTarget(
+            name: "swiftvisor-sandbox-example",
+            dependencies: ["SwiftVisorSandbox", "SwiftVisorGuests"],
+            path: "Examples/Sandbox",
+            swiftSettings: strict),
         .target(name: "CBenchSupport"),
         .executableTarget(
             name: "swiftvisor-bench",
@@ -219,7 +226,8 @@ let package = Package(
             swiftSettings: strictTests),
         .testTarget(name: "VisorDecoderTests", dependencies: ["VisorDecoder", "TestSupport"], swiftSettings: strictTests),
         .testTarget(
-            name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport"], swiftSettings: strictTests),
+            name: "VisorLoaderTests", dependencies: ["VisorLoader", "VisorMemory", "TestSupport", "SwiftVisorGuests"],
+            swiftSettings: strictTests),
         .testTarget(name: "SwiftVisorSandboxTests", dependencies: ["SwiftVisorSandbox"], swiftSettings: strictTests),
         .testTarget(name: "VisorSnapshotTests", dependencies: ["VisorSnapshot"], swiftSettings: strictTests),
         .testTarget(name: "VisorFirmwareTests", dependencies: ["VisorFirmware", "VisorDevices"], swiftSettings: strictTests),

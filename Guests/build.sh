@@ -1,10 +1,11 @@
 #!/bin/sh
-# Builds every guest in Guests/ and writes OUTDIR/GuestImages.swift, which embeds them as byte arrays.
+# Builds every guest in Guests/ and writes OUTDIR/GuestImages.swift, which embeds them as byte
+# arrays (written as hex text, decoded on first use: see decodeHex in the output).
 #
-# Usage: Guests/build.sh OUTDIR [CLANG] [LD_LLD]
+# Usage: Guests/build.sh OUTDIR [CLANG] [LD_LLD] [SWIFTC]
 #
-# CLANG and LD_LLD default to the clang and ld.lld next to the swiftc on PATH (the Swift
-# toolchain's own), then to whatever clang and ld.lld PATH finds. Nothing else is used: no
+# CLANG, LD_LLD and SWIFTC default to the clang, ld.lld and swiftc next to the swiftc on PATH
+# (the Swift toolchain's own), then to whatever PATH finds. Nothing else is used: no
 # system assembler, no objcopy. The GuestBuilder plugin runs this script on every
 # `swift build` whose inputs changed; see Guests/README.md.
 #
@@ -21,6 +22,9 @@
 #                 linked with the sandbox runtime (sandbox/runtime/) and the C SDK
 #                 (sandbox/c/sandbox.c) by sandbox/runtime/sandbox.ld at 0x400000, one
 #                 page-aligned PT_LOAD per permission                 -> OUTDIR/NAME.elf
+#   sandbox/NAME.sandbox.swift  the same in Embedded Swift: compiled with the Swift SDK
+#                 (sandbox/SDK/*.swift) by SWIFTC, linked with the same runtime by
+#                 sandbox/build-swift-guest.sh (several at once)       -> OUTDIR/NAME.elf
 # ELF guests are also linked with every common/*.S except crt0.S (COM1 output, boot-info
 # parsing, the ring-3 switch); --gc-sections drops whatever a guest does not use.
 # The first line of a guest's source is a comment describing it: it becomes the doc
@@ -34,10 +38,10 @@ LC_ALL=C
 export LC_ALL
 
 usage() {
-    echo "usage: $0 OUTDIR [CLANG] [LD_LLD]" >&2
+    echo "usage: $0 OUTDIR [CLANG] [LD_LLD] [SWIFTC]" >&2
     exit 64
 }
-[ $# -ge 1 ] && [ $# -le 3 ] || usage
+[ $# -ge 1 ] && [ $# -le 4 ] || usage
 [ -n "$1" ] || usage
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -55,7 +59,7 @@ find_tool() {
     elif command -v "$1" >/dev/null 2>&1; then
         command -v "$1"
     else
-        echo "$0: cannot find $1; pass it as an argument (usage: $0 OUTDIR [CLANG] [LD_LLD])" >&2
+        echo "$0: cannot find $1; pass it as an argument (usage: $0 OUTDIR [CLANG] [LD_LLD] [SWIFTC])" >&2
         exit 69
     fi
 }
@@ -63,6 +67,8 @@ clang=${2:-}
 lld=${3:-}
 [ -n "$clang" ] || clang=$(find_tool clang)
 [ -n "$lld" ] || lld=$(find_tool ld.lld)
+# swiftc only for Embedded Swift sandbox guests: looked up when the first one is built.
+swiftc=${4:-}
 
 target="-target x86_64-unknown-none-elf"
 # Freestanding, no PIC, no red zone, integer registers only: CPL0 guest code is interpreted
@@ -131,11 +137,12 @@ link_elf() { # NAME OBJECT...
 # The guests, as "NAME KIND SOURCE" lines, sorted by name.
 list="$obj/guests.txt"
 : >"$list"
-for src in "$here"/*.c "$here"/*.S "$here"/sandbox/*.sandbox.c; do
+for src in "$here"/*.c "$here"/*.S "$here"/sandbox/*.sandbox.c "$here"/sandbox/*.sandbox.swift; do
     [ -e "$src" ] || continue
     file=$(basename "$src")
     case "$file" in
         *.sandbox.c) echo "${file%.sandbox.c} sandbox_c $src" >>"$list" ;;
+        *.sandbox.swift) echo "${file%.sandbox.swift} sandbox_swift $src" >>"$list" ;;
         *.16.S) echo "${file%.16.S} real $src" >>"$list" ;;
         *.mb.c) echo "${file%.mb.c} mb $src" >>"$list" ;;
         *.S) echo "${file%.S} asm $src" >>"$list" ;;
@@ -157,6 +164,7 @@ if [ -n "$dups" ]; then
     exit 65
 fi
 
+swift_jobs=
 while read -r name kind src; do
     case "$name" in
         [a-z]*) ;;
@@ -179,6 +187,15 @@ while read -r name kind src; do
             # shellcheck disable=SC2086
             "$lld" $sandbox_ldflags -T "$here/sandbox/runtime/sandbox.ld" -o "$out/$name.elf" \
                 $sandbox_runtime_objs $sandbox_c_objs "$obj/$name.o"
+            ;;
+        sandbox_swift)
+            # swiftc takes seconds where clang takes milliseconds: these build in the
+            # background, all at once, and are waited for after the loop.
+            build_sandbox_runtime
+            [ -n "$swiftc" ] || swiftc=$(find_tool swiftc)
+            SANDBOX_RUNTIME_OBJS=$sandbox_runtime_objs /bin/sh "$here/sandbox/build-swift-guest.sh" \
+                "$swiftc" "$clang" "$lld" "$obj/swift_$name" "$out/$name.elf" "$src" </dev/null &
+            swift_jobs="$swift_jobs $!"
             ;;
         asm)
             # shellcheck disable=SC2086
@@ -209,6 +226,11 @@ while read -r name kind src; do
             ;;
     esac
 done <"$list"
+failed=0
+for job in $swift_jobs; do
+    wait "$job" || failed=1
+done
+[ "$failed" -eq 0 ] || { echo "$0: an Embedded Swift sandbox guest failed to build (see above)" >&2; exit 1; }
 
 # NAME -> the Swift property name: snake_case to lowerCamelCase.
 swift_name() {
@@ -239,24 +261,49 @@ swift="$out/GuestImages.swift.tmp"
     echo "/// p_paddr == p_vaddr, unless they carry a multiboot header (32-bit multiboot guests,"
     echo "/// see \`GuestImages.format(of:)\`); the others are 16-bit real-mode flat binaries."
     echo "public enum $enum_name {"
+    echo "    /// Decodes an image embedded as hex digits (newlines between them are ignored). A string"
+    echo "    /// literal compiles many times faster than an array literal of the same bytes, which"
+    echo "    /// matters for the sandbox guests' images of 100 KB; the text is decoded once, on first use."
+    echo "    private static func decodeHex(_ text: String) -> [UInt8] {"
+    echo "        var bytes: [UInt8] = []"
+    echo "        bytes.reserveCapacity(text.utf8.count / 2)"
+    echo "        var high: UInt8? = nil"
+    echo "        for character in text.utf8 {"
+    echo "            let digit: UInt8"
+    echo "            switch character {"
+    echo "            case UInt8(ascii: \"0\")...UInt8(ascii: \"9\"): digit = character - UInt8(ascii: \"0\")"
+    echo "            case UInt8(ascii: \"a\")...UInt8(ascii: \"f\"): digit = character - UInt8(ascii: \"a\") + 10"
+    echo "            case 0x0A: continue  // a newline between lines of digits"
+    echo "            default: preconditionFailure(\"$enum_name: an embedded image holds a byte that is not a hex digit\")"
+    echo "            }"
+    echo "            if let first = high {"
+    echo "                bytes.append(first << 4 | digit)"
+    echo "                high = nil"
+    echo "            } else {"
+    echo "                high = digit"
+    echo "            }"
+    echo "        }"
+    echo "        precondition(high == nil, \"$enum_name: an embedded image has an odd number of hex digits\")"
+    echo "        return bytes"
+    echo "    }"
+    echo
     while read -r name kind src; do
         case "$kind" in
             real) image="$out/$name.bin"; what="16-bit real-mode flat binary" ;;
             mb) image="$out/$name.mb"; what="32-bit multiboot image" ;;
             sandbox_c) image="$out/$name.elf"; what="64-bit sandbox ELF (Guests/sandbox/ABI.md)" ;;
+            sandbox_swift) image="$out/$name.elf"; what="64-bit sandbox ELF in Embedded Swift (Guests/sandbox/ABI.md)" ;;
             *) image="$out/$name.elf"; what="64-bit ELF" ;;
         esac
         size=$(wc -c <"$image" | tr -d ' ')
         echo "    /// $(describe "$src")"
         echo "    ///"
         echo "    /// \`$name\`: $what, $size bytes, from \`Guests/${src#"$here"/}\`."
-        echo "    public static let $(swift_name "$name"): [UInt8] = ["
-        od -An -v -tx1 "$image" | awk 'NF > 0 {
-            line = "       "
-            for (i = 1; i <= NF; i++) line = line " 0x" $i ","
-            print line
-        }'
-        echo "    ]"
+        echo "    public static let $(swift_name "$name"): [UInt8] = decodeHex("
+        echo "        \"\"\""
+        od -An -v -tx1 "$image" | tr -d ' \n' | fold -w 128 | sed 's/^/        /'
+        echo
+        echo "        \"\"\")"
         echo
     done <"$list"
     echo "    /// The guests' names, as their source files spell them (\"exit_status\"), sorted."

@@ -1,14 +1,15 @@
 // GuestBuilder: the build-tool plugin that builds the guest programs in Guests/ from source
 // and hands the SwiftVisorGuests target the generated GuestImages.swift.
 //
-// It adds one build command: `/bin/sh Guests/build.sh <work>/out <clang> <ld.lld>`. Every
+// It adds one build command: `/bin/sh Guests/build.sh <work>/out <clang> <ld.lld> <swiftc>`. Every
 // file under Guests/ is an input, so editing any guest source, the linker script or the
 // script itself rebuilds the images on the next `swift build`; the output is
 // <work>/out/GuestImages.swift, which SwiftPM compiles into the target.
 //
-// clang and ld.lld are the Swift toolchain's own (found with `context.tool(named:)`, which
-// searches the toolchain's directory and then PATH); if that fails the plugin searches
-// PATH itself. Nothing else is needed: no system assembler, no objcopy.
+// clang, ld.lld and swiftc (for the Embedded Swift sandbox guests) are the Swift toolchain's
+// own (found with `context.tool(named:)`, which searches the toolchain's directory and then
+// PATH); if that fails the plugin searches PATH itself. Nothing else is needed: no system
+// assembler, no objcopy.
 
 import Foundation
 import PackagePlugin
@@ -36,14 +37,15 @@ struct GuestBuilder: BuildToolPlugin {
 
         let clang = try Self.findTool("clang", context: context)
         let linker = try Self.findTool("ld.lld", context: context)
+        let swiftc = try Self.findTool("swiftc", context: context)
 
         return [
             .buildCommand(
                 displayName: "Building guest images from Guests/ for \(target.name)",
                 executable: URL(filePath: "/bin/sh"),
-                arguments: [script.path(), outputDirectory.path(), clang.path(), linker.path()],
+                arguments: [script.path(), outputDirectory.path(), clang.path(), linker.path(), swiftc.path()],
                 environment: environment,
-                inputFiles: try Self.inputFiles(under: guests) + [clang, linker],
+                inputFiles: try Self.inputFiles(under: guests) + [clang, linker, swiftc],
                 outputFiles: [generated])
         ]
     }
@@ -105,8 +107,8 @@ enum GuestBuilderError: Error, CustomStringConvertible {
     var description: String {
         switch self {
         case .missingTool(let name):
-            "GuestBuilder cannot find '\(name)': it needs the clang and ld.lld that ship with the Swift toolchain "
-                + "(next to swiftc) or on PATH"
+            "GuestBuilder cannot find '\(name)': it needs the clang, ld.lld and swiftc that ship with the Swift "
+                + "toolchain or on PATH"
         case .missingGuestsDirectory(let path):
             "GuestBuilder cannot find the guest sources: no \(path)/build.sh"
         }
