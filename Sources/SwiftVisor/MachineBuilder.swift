@@ -320,7 +320,7 @@ struct MachineBuilder {
                 consoleOutput: consoleOutput, irqLine: irqLine, cmos: configuration.batteryBackedCMOS,
                 debugExit: configuration.debugExitPort, qemuDebugExit: configuration.qemuDebugExitPort,
                 firmwareConfig: configuration.firmwareConfig ? Self.firmwareConfig(configuration) : nil,
-                extraDevices: virtio.map(\.platformDevice))
+                qemuTestDevices: configuration.qemuTestDevices, extraDevices: virtio.map(\.platformDevice))
             return (platform, virtio)
         } catch { throw MachineError(error) }
     }

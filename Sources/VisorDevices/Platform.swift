@@ -26,6 +26,9 @@ public final class Platform: Sendable {
     public let qemuDebugExit: QEMUDebugExitDevice?
     /// QEMU's fw_cfg (ports 0x510-0x511); nil unless the platform was built with it.
     public let firmwareConfig: FirmwareConfigDevice?
+    /// QEMU's test devices (the latch at 0xE0, interrupt lines at 0x2000, MMIO at
+    /// 0xFF000000); nil unless the platform was built with them.
+    public let qemuTestDevice: QEMUTestDevice?
     /// The PC devices, nil on a minimal platform.
     public let i8042: I8042Device?
     /// The CMOS/RTC; pass it to the next platform to keep it across a reboot.
@@ -49,6 +52,9 @@ public final class Platform: Sendable {
     ///     leaves it out; the port is then an ordinary unclaimed port.
     ///   - qemuDebugExit: whether to place QEMU's debug-exit at 0xF4 (the same caution).
     ///   - firmwareConfig: QEMU's fw_cfg with its items, placed at 0x510 when given.
+    ///   - qemuTestDevices: whether to place QEMU's test devices, whose interrupt-line
+    ///     ports drive `irqLine` (the same caution: any guest code with I/O privilege can
+    ///     raise any line).
     ///   - extraDevices: devices made by a higher layer (the virtio-mmio transports),
     ///     placed on the buses and in the ACPI tables after the platform's own.
     package init(
@@ -56,7 +62,8 @@ public final class Platform: Sendable {
         consoleOutput: @escaping ConsoleOutput,
         irqLine: (@Sendable (_ irq: UInt32, _ level: Bool) -> Void)?,
         cmos: CMOSDevice? = nil, debugExit: Bool = true, qemuDebugExit: Bool = false,
-        firmwareConfig: FirmwareConfigDevice? = nil, extraDevices: [PlatformDevice] = []
+        firmwareConfig: FirmwareConfigDevice? = nil, qemuTestDevices: Bool = false,
+        extraDevices: [PlatformDevice] = []
     ) throws(PlatformError) {
         self.kind = kind
         var com1Line: (@Sendable (Bool) -> Void)?
@@ -81,6 +88,13 @@ public final class Platform: Sendable {
         }
         if let firmwareConfig { devices.append(try firmwareConfig.platformDevice()) }
         self.firmwareConfig = firmwareConfig
+        if qemuTestDevices {
+            let device = QEMUTestDevice(interruptLine: irqLine)
+            devices.append(try device.platformDevice())
+            qemuTestDevice = device
+        } else {
+            qemuTestDevice = nil
+        }
         switch kind {
         case .minimal:
             i8042 = nil

@@ -1,3 +1,4 @@
+import Foundation
 import SwiftVisor
 import SwiftVisorGuests
 import Testing
@@ -57,6 +58,36 @@ extension KVMIntegration {
                 config.unclaimedPorts = .stop
             }
             #expect(report.exitStatus == 120)
+        }
+
+        @Test("QEMU's test devices: the latch and the MMIO window at every width, an interrupt from line 10 via the IOAPIC")
+        func testDevices() throws {
+            let (report, console) = try runGuest(GuestImages.testDev) { $0.qemuTestDevices = true }
+            #expect(report.exitStatus == 1, "\(console)")
+            #expect(console == "latch ok\niomem ok\nirq line ok\ntest_dev ok\n")
+            // Without them the same guest finds nothing there.
+            let (without, withoutConsole) = try runGuest(GuestImages.testDev)
+            #expect(without.exitStatus == 3)
+            #expect(withoutConsole.contains("FAIL latch 8"))
+        }
+
+        @Test("a machine with QEMU's test devices refuses to snapshot")
+        func testDevicesSnapshot() async throws {
+            var config = MachineConfiguration(guest: .multiboot(GuestImages.testDev))
+            config.qemuTestDevices = true
+            config.commandLine = "host"
+            config.consoleOutput = { _ in }
+            let vm = try Machine(config)
+            try vm.start()
+            await vm.pause()
+            let directory = FileManager.default.temporaryDirectory.path
+            let name = "swiftvisor-testdev-\(UInt64.random(in: 0...UInt64.max))"
+            #expect {
+                try vm.snapshot(statePath: "\(directory)/\(name).state", memoryPath: "\(directory)/\(name).mem")
+            } throws: { error in
+                "\(error)".contains("QEMU's test devices")
+            }
+            _ = await vm.stop()
         }
     }
 }
