@@ -71,6 +71,30 @@ extension KVMIntegration {
             #expect(withoutConsole.contains("FAIL latch 8"))
         }
 
+        @Test("an embedding program raises a line with setInterruptLine; bad lines and no irqchip are typed errors")
+        func hostInterruptLine() async throws {
+            let console = ConsoleCapture()
+            var config = MachineConfiguration(guest: .multiboot(GuestImages.testDev))
+            config.qemuTestDevices = true
+            config.commandLine = "host"
+            config.consoleOutput = console.sink
+            let vm = try Machine(config)
+            #expect(throws: InterruptLineError.noSuchLine(24)) { try vm.setInterruptLine(24, high: true) }
+            try vm.start()
+            #expect(await eventually { console.text.hasSuffix("waiting for line 11\n") })
+            try await Task.sleep(for: .milliseconds(20))  // let it reach hlt
+            try vm.setInterruptLine(11, high: true)
+            let report = await vm.wait()
+            try vm.setInterruptLine(11, high: false)
+            #expect(report.exitStatus == 1, "\(console.text)")
+            #expect(console.text.hasSuffix("waiting for line 11\nhost line ok\n"))
+
+            var noChip = MachineConfiguration(guest: .multiboot(GuestImages.qemuExit))
+            noChip.interruptController = false
+            let plain = try Machine(noChip)
+            #expect(throws: InterruptLineError.noInterruptController) { try plain.setInterruptLine(4, high: true) }
+        }
+
         @Test("a machine with QEMU's test devices refuses to snapshot")
         func testDevicesSnapshot() async throws {
             var config = MachineConfiguration(guest: .multiboot(GuestImages.testDev))
