@@ -4,7 +4,9 @@ package import VisorFirmware
 /// The devices of a machine, placed and wired: the one list a machine registers on its
 /// buses and builds its ACPI tables from.
 ///
-/// - `.minimal`, for test guests: COM1 and the debug-exit port.
+/// - `.minimal`, for test guests: COM1 and the debug-exit port, and the ACPI fixed
+///   hardware the tables name: the PM1a blocks at 0xB000 and 0xB004 and the PM timer at
+///   0xB008 (where QEMU's PIIX4 puts them, clear of the ports the test guests use).
 /// - `.pc`, for Linux: those two, plus CMOS/RTC, the i8042, the ACPI PM1a blocks, the
 ///   reset register at 0xCF9, the POST-code port 0x80 and PCI configuration mechanism #1
 ///   with no devices behind it.
@@ -33,7 +35,10 @@ public final class Platform: Sendable {
     public let i8042: I8042Device?
     /// The CMOS/RTC; pass it to the next platform to keep it across a reboot.
     public let cmos: CMOSDevice?
+    /// The ACPI PM1a blocks: at 0x600 on the PC platform, at 0xB000 on the minimal one.
     public let powerManagement: PM1Device?
+    /// The ACPI PM timer (minimal platform only).
+    public let pmTimer: ACPIPMTimerDevice?
     public let resetControl: ResetControlDevice?
     public let postCodes: PostCodeDevice?
     public let pciConfiguration: PCIConfigDevice?
@@ -97,9 +102,14 @@ public final class Platform: Sendable {
         }
         switch kind {
         case .minimal:
+            let powerManagement = PM1Device(
+                eventBlockBase: Self.minimalPM1EventBlock, controlBlockBase: Self.minimalPM1ControlBlock)
+            let pmTimer = ACPIPMTimerDevice()
+            devices += [try powerManagement.platformDevice(), try pmTimer.platformDevice()]
+            self.powerManagement = powerManagement
+            self.pmTimer = pmTimer
             i8042 = nil
             self.cmos = nil
-            powerManagement = nil
             resetControl = nil
             postCodes = nil
             pciConfiguration = nil
@@ -119,10 +129,15 @@ public final class Platform: Sendable {
                 try pciConfiguration.platformDevice(),
             ]
             (self.cmos, self.i8042, self.powerManagement) = (cmos, i8042, powerManagement)
+            pmTimer = nil
             (self.resetControl, self.postCodes, self.pciConfiguration) = (resetControl, postCodes, pciConfiguration)
         }
         self.devices = devices + extraDevices
     }
+
+    /// The minimal platform's PM1a event block (4 ports) and control block (2 ports).
+    public static let minimalPM1EventBlock: UInt16 = 0xB000
+    public static let minimalPM1ControlBlock: UInt16 = 0xB004
 
     /// Registers every device's ranges on the buses; an overlap fails with
     /// `BusError.overlap`, naming both devices' ranges.
