@@ -62,7 +62,7 @@ public final class Machine: Sendable {
     public let serial: Serial16550Device
     /// Where the Linux loader put the kernel, initrd and boot data (Linux guests only).
     public let linuxBootPlan: LinuxBootPlan?
-    /// The devices: a PC platform for a Linux guest, a minimal one (COM1, debug exit)
+    /// The devices: a PC platform for a Linux guest, a minimal one (COM1, debug exit, ACPI)
     /// otherwise.
     public let platform: Platform
     let parts: MachineParts
