@@ -1,4 +1,4 @@
-// Exception injection and hypercalls: installs a 64-bit IDT, then runs the mode its command line names (identity, print, unknown, inject or wait); handlers for vectors 2, 6, 13, 14 and 0x40 print the event and exit 0.
+// Exception injection and hypercalls: installs a 64-bit IDT, then runs the mode its command line names (identity, print, unknown, inject, wait, softint or invalid); handlers for vectors 2, 6, 13, 14 and 0x40 print the event and exit 0.
 //
 // The IDT has 256 interrupt gates (selector 0x08, type 0x8E, IST 0). Vectors 2 (NMI),
 // 6 (#UD), 13 (#GP), 14 (#PF) and 0x40 (external interrupt) each print one line
@@ -28,6 +28,11 @@
 //             event arrives. An NMI from the host (KVM_NMI, or an NMI IPI/MSI, which KVM
 //             delivers only to a software-enabled APIC) ends it through the NMI handler
 //             ("vector=02 ...", status 0).
+//   softint   int 0x40 at CPL0, which the host's KVM cannot finish in long mode; the VMM
+//             delivers it through the IDT ("vector=40 ..."). If it returns: prints
+//             "no interrupt", status 1.
+//   invalid   the byte 0x06 (PUSH ES, no instruction in 64-bit mode) at CPL0: the VMM
+//             should inject #UD ("vector=06 ..."). If it returns: prints "no #UD", status 1.
 //   other     prints "bad command line", status 254.
 // A bad boot-info block prints "bad boot info ..." and ends with status 3.
 
@@ -82,6 +87,14 @@ _start:
     call cmdline_is
     testl %eax, %eax
     jnz do_wait
+    leaq mode_softint(%rip), %rsi
+    call cmdline_is
+    testl %eax, %eax
+    jnz do_softint
+    leaq mode_invalid(%rip), %rsi
+    call cmdline_is
+    testl %eax, %eax
+    jnz do_invalid
     leaq text_bad_command_line(%rip), %rsi
     movb $EXIT_BAD_COMMAND_LINE, %r12b
     jmp fail
@@ -166,6 +179,18 @@ do_unknown:
     xorl %edi, %edi
     movl $HC_UNKNOWN, %eax
     hypercall
+    leaq text_no_ud(%rip), %rsi
+    movb $EXIT_FALLTHROUGH, %r12b
+    jmp fail
+
+do_softint:
+    int $0x40
+    leaq text_no_interrupt(%rip), %rsi
+    movb $EXIT_FALLTHROUGH, %r12b
+    jmp fail
+
+do_invalid:
+    .byte 0x06
     leaq text_no_ud(%rip), %rsi
     movb $EXIT_FALLTHROUGH, %r12b
     jmp fail
@@ -307,6 +332,8 @@ mode_print:             .asciz "print"
 mode_unknown:           .asciz "unknown"
 mode_inject:            .asciz "inject"
 mode_wait:              .asciz "wait"
+mode_softint:           .asciz "softint"
+mode_invalid:           .asciz "invalid"
 text_waiting:           .asciz "waiting\n"
 text_identity_rax:      .asciz "identity rax="
 text_identity_rbx:      .asciz " rbx="
@@ -316,6 +343,7 @@ text_result:            .asciz "result="
 text_exit_returned:     .asciz "exit returned\n"
 text_no_ud:             .asciz "no #UD\n"
 text_no_event:          .asciz "no event\n"
+text_no_interrupt:      .asciz "no interrupt\n"
 text_bad_command_line:  .asciz "bad command line\n"
 text_vector:            .asciz "vector="
 text_error:             .asciz " error="

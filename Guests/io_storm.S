@@ -19,7 +19,8 @@
 // 0x4D1), and the ones that could end the VM: the i8042 command port 0x64 (0xFE pulses reset,
 // 0xD1 writes the output port), debug exit 0x501, hypercalls 0x502, this guest's report port
 // 0x503, PM1a 0x601-0x605 (PM1a control, and the event block's ports from which a wide
-// write reaches it) and the reset register 0xCF9. So every operation is at
+// write reaches it; the PC platform's), the same at 0xB001-0xB005 (the minimal platform's)
+// and the reset register 0xCF9. So every operation is at
 // least one exit to the VMM, and only the final write ends the VM.
 //
 // At CPL0 it installs an IDT (any vector: "unexpected vector", status 99), its own GDT and a
@@ -366,6 +367,7 @@ excluded_ports:
     .word 0x4D0, 0x4D1
     .word 0x501, 0x503
     .word 0x601, 0x605
+    .word 0xB001, 0xB005
     .word 0xCF9, 0xCF9
     .word 0, 0
 storm_bad_command_line:

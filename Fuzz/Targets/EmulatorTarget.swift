@@ -11,11 +11,12 @@ import VisorMemory
 /// addresses from 0x9000.
 private let ramSize = 0x10000
 private let codeAddress: UInt64 = 0x8000
+private let idtAddress: UInt64 = 0x7000
 
 /// Instruction templates, before the ModRM byte, biased toward what the emulator handles.
 /// A VEX template's second and third bytes are completed from the input.
 private let templates: [[UInt8]] = [
-    [0xCC], [0x0F, 0x01, 0xCA], [0x0F, 0x01, 0xCB], [0x0F, 0x01, 0xD0], [0x9B],
+    [0xCC], [0xCD], [0x0F, 0x01, 0xCA], [0x0F, 0x01, 0xCB], [0x0F, 0x01, 0xD0], [0x9B],
     [0xF3, 0x0F, 0xB8], [0xF3, 0x0F, 0xBD], [0xF3, 0x0F, 0xBC], [0xF3, 0x48, 0x0F, 0xB8], [0x66, 0xF3, 0x0F, 0xBC],
     [0x48, 0x0F, 0xC7], [0xF0, 0x48, 0x0F, 0xC7], [0x0F, 0xC7],
     [0x66, 0x0F, 0x38, 0xF6], [0xF3, 0x0F, 0x38, 0xF6], [0x66, 0x48, 0x0F, 0x38, 0xF6],
@@ -31,7 +32,7 @@ private let changeableFlags: UInt64 = 0x8D5 | 1 << 18
 /// The input: a setup byte (code mode: real, 16- or 32-bit protected without paging, 32-bit
 /// with 4 MiB pages, PAE, 64-bit or compatibility mode; whether KVM's exit data carries the
 /// bytes), CPL and control-register bits (CR0.WP/TS/MP, CR4.OSXSAVE, SMAP offered), the
-/// page-table permission bits, XCR0, segment bases, the 16 general registers (mostly
+/// page-table permission bits, XCR0 (which also gives the IDT's limit and gates), segment bases, the 16 general registers (mostly
 /// addresses in RAM or small numbers) and RFLAGS; then the instruction: 0-2 prefixes, a
 /// template (or raw bytes) with its ModRM byte and up to 8 more bytes. Identity page tables
 /// map the 64 KiB of RAM in the paged modes.
@@ -43,7 +44,9 @@ private let changeableFlags: UInt64 = 0x8D5 | 1 << 18
 /// arithmetic flags and AC, and writes RAM only for CMPXCHG16B: there, with ZF set, the
 /// changed bytes lie in one 16-byte-aligned block that held RDX:RAX and now holds RCX:RBX;
 /// with ZF clear no byte changes and RDX:RAX changed to the differing block. A fault
-/// injects one event and changes no register and no byte; INT3 traps with RIP advanced.
+/// injects one event and changes no register and no byte; INT3 and INT n trap with RIP
+/// advanced (INT n with its own vector, after the IDT gate checks). Bytes that decode to no
+/// instruction inject #UD and change nothing.
 func fuzzEmulator(_ data: [UInt8]) {
     var input = ByteReader(data)
     let setup = input.byte()
@@ -101,6 +104,14 @@ func fuzzEmulator(_ data: [UInt8]) {
         let base = input.byte()
         sregs[keyPath: keyPath].base = base < 0xC0 ? 0 : UInt64(base & 0x3F) << 8
     }
+    // An IDT at 0x7000 for INT n: the limit is XCR0's top 16 bits, and byte 5 (P, DPL,
+    // type) of the 8-byte slot k is byte k % 8 of XCR0 (a 16-byte gate v is slot 2v).
+    sregs.idt = DescriptorTable(base: idtAddress, limit: UInt16(truncatingIfNeeded: xcr0 >> 48))
+    do {
+        for slot in 0..<512 {
+            try memory.write([UInt8(truncatingIfNeeded: xcr0 >> (8 * UInt64(slot % 8)))], at: idtAddress + UInt64(slot) * 8 + 5)
+        }
+    } catch { preconditionFailure("emulator: the IDT does not fit: \(error)") }
     vcpu.sregs = sregs
 
     var regs = Registers()
@@ -160,11 +171,18 @@ func fuzzEmulator(_ data: [UInt8]) {
         sregs.cr0 & 1 == 0 ? .real16 : sregs.cs.l && sregs.efer & 0x400 != 0 ? .long64 : sregs.cs.db ? .protected32 : .real16
     let seen = viaExitData ? bytes : bytes + [UInt8](repeating: 0, count: 15 - bytes.count)
     let instruction: DecodedInstruction
-    do { instruction = try X86Decoder.decode(seen, mode: mode, address: codeAddress) } catch {
-        preconditionFailure("emulator: handled \(result.instruction), which does not decode from \(bytes)")
+    do throws(DecodeError) { instruction = try X86Decoder.decode(seen, mode: mode, address: codeAddress) } catch {
+        // Bytes that are no instruction: #UD as a fault, nothing else changes.
+        precondition(error == .invalid, "emulator: handled \(result.instruction), which is cut short: \(bytes)")
+        precondition(vcpu.injections == [.invalidOpcode], "emulator: invalid \(bytes) injected \(vcpu.injections)")
+        precondition(vcpu.regs == regs, "emulator: invalid \(bytes) changed registers")
+        precondition(ramAfter == ramBefore, "emulator: invalid \(bytes) wrote RAM")
+        return
     }
     let after = vcpu.regs
-    if vcpu.injections.isEmpty || instruction.mnemonic == "int3" {
+    let softwareInterrupt: Bool
+    if case .softwareInterrupt? = vcpu.injections.first { softwareInterrupt = true } else { softwareInterrupt = false }
+    if vcpu.injections.isEmpty || instruction.mnemonic == "int3" || softwareInterrupt {
         precondition(
             after.rip == regs.rip &+ UInt64(instruction.length),
             "emulator: \(instruction.text) moved RIP to \(after.rip), length \(instruction.length)")
@@ -176,6 +194,16 @@ func fuzzEmulator(_ data: [UInt8]) {
             var expected = regs
             expected.rip = after.rip
             precondition(after == expected, "emulator: int3 changed registers")
+        } else if softwareInterrupt {
+            guard case .immediate(let vector)? = instruction.operands.first?.operand, instruction.mnemonic == "int" else {
+                preconditionFailure("emulator: \(instruction.text) delivered \(vcpu.injections)")
+            }
+            precondition(
+                vcpu.injections == [.softwareInterrupt(vector: UInt8(truncatingIfNeeded: vector))],
+                "emulator: \(instruction.text) delivered \(vcpu.injections)")
+            var expected = regs
+            expected.rip = after.rip
+            precondition(after == expected, "emulator: int n changed registers")
         } else {
             precondition(after == regs, "emulator: \(instruction.text) faulted but changed registers")
         }

@@ -62,7 +62,7 @@ public final class Machine: Sendable {
     public let serial: Serial16550Device
     /// Where the Linux loader put the kernel, initrd and boot data (Linux guests only).
     public let linuxBootPlan: LinuxBootPlan?
-    /// The devices: a PC platform for a Linux guest, a minimal one (COM1, debug exit)
+    /// The devices: a PC platform for a Linux guest, a minimal one (COM1, debug exit, ACPI)
     /// otherwise.
     public let platform: Platform
     let parts: MachineParts
@@ -148,6 +148,21 @@ public final class Machine: Sendable {
     /// Queues a non-maskable interrupt for vCPU `index` and kicks it, so that it is
     /// delivered promptly even if the vCPU is halted.
     public func injectNMI(vcpu index: Int = 0) { runner.injectNMI(vcpu: index) }
+
+    /// The lines of the in-kernel interrupt controller: GSIs 0-23, the IOAPIC's pins (0-15
+    /// are also the 8259 PICs' IRQs).
+    public static let interruptLineCount: UInt32 = UInt32(QEMUTestDevice.interruptLineCount)
+
+    /// Raises (`high`) or lowers interrupt line `line` (a GSI, 0-23) of the in-kernel
+    /// interrupt controller, as a device would (`KVM_IRQ_LINE`): an edge-triggered IOAPIC
+    /// pin delivers on the rising edge, a level-triggered one while the line is high. The
+    /// lines the machine's own devices use (COM1's 4, the virtio devices') are shared with
+    /// them. Callable from any thread, also while the machine runs.
+    public func setInterruptLine(_ line: UInt32, high: Bool) throws(InterruptLineError) {
+        guard configuration.interruptController else { throw .noInterruptController }
+        guard line < Self.interruptLineCount else { throw .noSuchLine(line) }
+        do { try parts.vm.setIRQLine(line, high: high) } catch { throw .kvm(error) }
+    }
 
     /// Feeds bytes to the guest's console: the virtio console's receive buffers when the
     /// machine has one (as far as the driver has made buffers available), else COM1's

@@ -2,6 +2,7 @@ import Synchronization
 import VisorCore
 import VisorDevices
 import VisorEmulator
+import VisorFirmware
 import VisorHost
 import VisorKVM
 import VisorLinux
@@ -212,13 +213,21 @@ struct MachineBuilder {
                     memory: memory, entry: image.entry,
                     commandLine: configuration.commandLine,
                     vcpuCount: UInt32(configuration.vcpuCount))
+                // Segments load at 1 MiB or above; the stack grows down from 1 MiB to the tables.
+                try writeACPITables(platform, into: memory, avoiding: [])
                 return (entry, nil)
             case .flat(let bytes, let address):
-                return (try FlatBinaryLoader.load(bytes, at: address, into: memory), nil)
+                let entry = try FlatBinaryLoader.load(bytes, at: address, into: memory)
+                try writeACPITables(platform, into: memory, avoiding: [address..<address + UInt64(bytes.count)])
+                return (entry, nil)
             case .multiboot(let bytes, let modules):
                 let plan = try MultibootPlan(
                     image: bytes, ram: Self.ramRanges(memory), commandLine: configuration.commandLine, modules: modules)
-                return (try plan.load(image: bytes, modules: modules, into: memory), nil)
+                let entry = try plan.load(image: bytes, modules: modules, into: memory)
+                try writeACPITables(
+                    platform, into: memory,
+                    avoiding: plan.segments.map(\.range) + plan.placedRanges(moduleSizes: modules.map(\.bytes.count)))
+                return (entry, nil)
             case .snapshot:
                 throw MachineError.snapshotRefused("a snapshot has no guest image to load")
             case .linux(var request):
@@ -237,6 +246,31 @@ struct MachineBuilder {
         } catch {
             throw .firmware("\(error)")
         }
+    }
+
+    /// Writes the ACPI tables of a minimal platform (RSDP, XSDT, FADT with the PM1a blocks
+    /// and the PM timer, FACS, MADT, DSDT) at the start of the BIOS area, 0xE0000, as for a
+    /// Linux guest, unless what the guest's loader wrote (`avoiding`) lies there or RAM
+    /// does not reach it: then the guest gets no tables, and the log says why.
+    func writeACPITables(_ platform: Platform, into memory: GuestMemory, avoiding occupied: [Range<UInt64>])
+        throws(MachineError)
+    {
+        let tables: ACPITables
+        do { tables = try ACPITables.build(for: platform.acpiPlatform(processors: configuration.vcpuCount)) } catch {
+            throw .firmware(error.description)
+        }
+        let range = tables.rsdpAddress..<tables.rsdpAddress + UInt64(tables.bytes.count)
+        if let clash = occupied.first(where: { $0.overlaps(range) }) {
+            configuration.log(
+                "no ACPI tables: the guest's image at 0x\(String(clash.lowerBound, radix: 16))-0x\(String(clash.upperBound, radix: 16)) covers their place, 0x\(String(range.lowerBound, radix: 16))-0x\(String(range.upperBound, radix: 16))"
+            )
+            return
+        }
+        guard memory.contains(range.lowerBound, count: UInt64(range.count)) else {
+            configuration.log("no ACPI tables: RAM does not reach 0x\(String(range.upperBound, radix: 16))")
+            return
+        }
+        do { try memory.write(tables.bytes, at: tables.rsdpAddress) } catch { throw .memory(error) }
     }
 
     /// Applies the CPUID policy and creates the vCPUs: vCPU 0 at the entry state, the
@@ -299,7 +333,7 @@ struct MachineBuilder {
         return memory
     }
 
-    /// The devices: the PC platform for a Linux guest, the minimal one (COM1, debug exit)
+    /// The devices: the PC platform for a Linux guest, the minimal one (COM1, debug exit, ACPI)
     /// for test guests. Their IRQs reach the in-kernel interrupt controller, if there is one.
     func makePlatform(
         _ vm: VMHandle, memory: GuestMemory, consoleOutput: @escaping ConsoleOutput, ioThread: IOThread?
@@ -326,7 +360,7 @@ struct MachineBuilder {
                 consoleOutput: consoleOutput, irqLine: irqLine, cmos: configuration.batteryBackedCMOS,
                 debugExit: configuration.debugExitPort, qemuDebugExit: configuration.qemuDebugExitPort,
                 firmwareConfig: configuration.firmwareConfig ? Self.firmwareConfig(configuration) : nil,
-                extraDevices: virtio.map(\.platformDevice))
+                qemuTestDevices: configuration.qemuTestDevices, extraDevices: virtio.map(\.platformDevice))
             return (platform, virtio)
         } catch { throw MachineError(error) }
     }

@@ -127,6 +127,13 @@ public struct MachineConfiguration: Sendable {
     /// line and a file directory with "etc/e820" (see `FirmwareConfigDevice`). Default: on for
     /// multiboot guests, off for the others.
     public var firmwareConfig: Bool
+    /// Whether QEMU's test devices (pc-testdev) are on the buses: a latch at ports
+    /// 0xE0-0xE3, interrupt-line ports 0x2000 + n (writing 1 or 0 raises or lowers GSI n,
+    /// n < 24, through the in-kernel interrupt controller) and a 64 KiB RAM-like MMIO
+    /// window at 0xFF000000 (see `QEMUTestDevice`). They give guest code power over every
+    /// interrupt line, so they are for test guests only. Default: off. A machine with them
+    /// cannot be snapshotted.
+    public var qemuTestDevices = false
     /// Hypercall handlers added to (or replacing) the built-in ones, by call number.
     public var hypercallHandlers: [UInt64: HypercallHandler] = [:]
     public var mmioDevices: [MMIORegistration] = []

@@ -58,3 +58,24 @@ public enum MachineError: Error, CustomStringConvertible {
         }
     }
 }
+
+/// Why `Machine.setInterruptLine(_:high:)` did not set a line.
+public enum InterruptLineError: Error, Equatable, CustomStringConvertible {
+    /// The machine was built without the in-kernel interrupt controller
+    /// (`MachineConfiguration.interruptController`), so there are no lines to drive.
+    case noInterruptController
+    /// The line is not one of the interrupt controller's (GSIs 0 to 23).
+    case noSuchLine(UInt32)
+    /// KVM refused `KVM_IRQ_LINE`.
+    case kvm(KVMError)
+
+    public var description: String {
+        switch self {
+        case .noInterruptController:
+            "cannot set an interrupt line: the machine has no interrupt controller (interruptController is off)"
+        case .noSuchLine(let line):
+            "cannot set interrupt line \(line): the interrupt controller has lines 0-\(Machine.interruptLineCount - 1)"
+        case .kvm(let error): "cannot set an interrupt line: \(error)"
+        }
+    }
+}

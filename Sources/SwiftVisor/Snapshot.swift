@@ -331,6 +331,9 @@ extension Machine {
     ) throws(MachineError) {
         guard isPaused else { throw .snapshotRefused("the machine is not paused; pause it first") }
         guard !hasStopped else { throw .snapshotRefused("the machine has stopped") }
+        guard !configuration.qemuTestDevices else {
+            throw .snapshotRefused("QEMU's test devices (qemuTestDevices) are not saved; turn them off to snapshot")
+        }
         if kind == .diff, !configuration.trackDirtyPages {
             throw .snapshotRefused("a diff snapshot needs dirty-page tracking (track_dirty_pages) from the start")
         }

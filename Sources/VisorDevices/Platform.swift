@@ -4,7 +4,9 @@ package import VisorFirmware
 /// The devices of a machine, placed and wired: the one list a machine registers on its
 /// buses and builds its ACPI tables from.
 ///
-/// - `.minimal`, for test guests: COM1 and the debug-exit port.
+/// - `.minimal`, for test guests: COM1 and the debug-exit port, and the ACPI fixed
+///   hardware the tables name: the PM1a blocks at 0xB000 and 0xB004 and the PM timer at
+///   0xB008 (where QEMU's PIIX4 puts them, clear of the ports the test guests use).
 /// - `.pc`, for Linux: those two, plus CMOS/RTC, the i8042, the ACPI PM1a blocks, the
 ///   reset register at 0xCF9, the POST-code port 0x80 and PCI configuration mechanism #1
 ///   with no devices behind it.
@@ -26,11 +28,17 @@ public final class Platform: Sendable {
     public let qemuDebugExit: QEMUDebugExitDevice?
     /// QEMU's fw_cfg (ports 0x510-0x511); nil unless the platform was built with it.
     public let firmwareConfig: FirmwareConfigDevice?
+    /// QEMU's test devices (the latch at 0xE0, interrupt lines at 0x2000, MMIO at
+    /// 0xFF000000); nil unless the platform was built with them.
+    public let qemuTestDevice: QEMUTestDevice?
     /// The PC devices, nil on a minimal platform.
     public let i8042: I8042Device?
     /// The CMOS/RTC; pass it to the next platform to keep it across a reboot.
     public let cmos: CMOSDevice?
+    /// The ACPI PM1a blocks: at 0x600 on the PC platform, at 0xB000 on the minimal one.
     public let powerManagement: PM1Device?
+    /// The ACPI PM timer (minimal platform only).
+    public let pmTimer: ACPIPMTimerDevice?
     public let resetControl: ResetControlDevice?
     public let postCodes: PostCodeDevice?
     public let pciConfiguration: PCIConfigDevice?
@@ -49,6 +57,9 @@ public final class Platform: Sendable {
     ///     leaves it out; the port is then an ordinary unclaimed port.
     ///   - qemuDebugExit: whether to place QEMU's debug-exit at 0xF4 (the same caution).
     ///   - firmwareConfig: QEMU's fw_cfg with its items, placed at 0x510 when given.
+    ///   - qemuTestDevices: whether to place QEMU's test devices, whose interrupt-line
+    ///     ports drive `irqLine` (the same caution: any guest code with I/O privilege can
+    ///     raise any line).
     ///   - extraDevices: devices made by a higher layer (the virtio-mmio transports),
     ///     placed on the buses and in the ACPI tables after the platform's own.
     package init(
@@ -56,7 +67,8 @@ public final class Platform: Sendable {
         consoleOutput: @escaping ConsoleOutput,
         irqLine: (@Sendable (_ irq: UInt32, _ level: Bool) -> Void)?,
         cmos: CMOSDevice? = nil, debugExit: Bool = true, qemuDebugExit: Bool = false,
-        firmwareConfig: FirmwareConfigDevice? = nil, extraDevices: [PlatformDevice] = []
+        firmwareConfig: FirmwareConfigDevice? = nil, qemuTestDevices: Bool = false,
+        extraDevices: [PlatformDevice] = []
     ) throws(PlatformError) {
         self.kind = kind
         var com1Line: (@Sendable (Bool) -> Void)?
@@ -81,11 +93,23 @@ public final class Platform: Sendable {
         }
         if let firmwareConfig { devices.append(try firmwareConfig.platformDevice()) }
         self.firmwareConfig = firmwareConfig
+        if qemuTestDevices {
+            let device = QEMUTestDevice(interruptLine: irqLine)
+            devices.append(try device.platformDevice())
+            qemuTestDevice = device
+        } else {
+            qemuTestDevice = nil
+        }
         switch kind {
         case .minimal:
+            let powerManagement = PM1Device(
+                eventBlockBase: Self.minimalPM1EventBlock, controlBlockBase: Self.minimalPM1ControlBlock)
+            let pmTimer = ACPIPMTimerDevice()
+            devices += [try powerManagement.platformDevice(), try pmTimer.platformDevice()]
+            self.powerManagement = powerManagement
+            self.pmTimer = pmTimer
             i8042 = nil
             self.cmos = nil
-            powerManagement = nil
             resetControl = nil
             postCodes = nil
             pciConfiguration = nil
@@ -105,10 +129,15 @@ public final class Platform: Sendable {
                 try pciConfiguration.platformDevice(),
             ]
             (self.cmos, self.i8042, self.powerManagement) = (cmos, i8042, powerManagement)
+            pmTimer = nil
             (self.resetControl, self.postCodes, self.pciConfiguration) = (resetControl, postCodes, pciConfiguration)
         }
         self.devices = devices + extraDevices
     }
+
+    /// The minimal platform's PM1a event block (4 ports) and control block (2 ports).
+    public static let minimalPM1EventBlock: UInt16 = 0xB000
+    public static let minimalPM1ControlBlock: UInt16 = 0xB004
 
     /// Registers every device's ranges on the buses; an overlap fails with
     /// `BusError.overlap`, naming both devices' ranges.

@@ -279,7 +279,11 @@ public final class InstructionEmulator: EmulationFailureHandler {
             ?? translator.readBytes(at: rip, count: X86Decoder.maximumLength, memory: memory)
         let instruction: DecodedInstruction
         do throws(DecodeError) { instruction = try X86Decoder.decode(bytes, mode: special.codeMode, address: rip) } catch {
-            return nil
+            // Bytes that are no instruction in this mode raise #UD on a processor; KVM gave
+            // up on them only because it interprets the guest's code. Truncated bytes (RIP
+            // near the end of mapped memory) stay fatal: what follows them is unknown.
+            guard error == .invalid else { return nil }
+            return undefinedOpcode(bytes, at: rip, vcpu: vcpu)
         }
         guard let handler = handlers[instruction.mnemonic] else { return nil }
         let xcr0 = instruction.mnemonic == "xgetbv" ? try? vcpu.xcr0() : nil
@@ -307,6 +311,23 @@ public final class InstructionEmulator: EmulationFailureHandler {
         return (.handled, instruction.text)
     }
 
+    /// The name under which `emulatedCounts` counts bytes that decode to no instruction.
+    public static let invalidInstructionName = "(invalid)"
+
+    /// Injects #UD for bytes that decode to no instruction, RIP unchanged (a fault).
+    private func undefinedOpcode(
+        _ bytes: [UInt8], at rip: UInt64, vcpu: some VCPUContext
+    ) -> (outcome: ExitOutcome, instruction: String) {
+        let text =
+            "(invalid: " + bytes.prefix(X86Decoder.maximumLength).map { hexPad(UInt64($0), 2) }.joined(separator: " ") + ")"
+        counts.withLock { $0[Self.invalidInstructionName, default: 0] += 1 }
+        trace?("vcpu\(vcpu.id) emulated \(text) at rip=0x\(hex(rip)) -> fault(\(Injection.invalidOpcode))")
+        do throws(KVMError) { try vcpu.inject(.invalidOpcode) } catch {
+            return (.fatal(.runFailed("emulation: \(error)")), text)
+        }
+        return (.handled, text)
+    }
+
     // MARK: The standard handlers
 
     /// RFLAGS bits.
@@ -317,6 +338,9 @@ public final class InstructionEmulator: EmulationFailureHandler {
     public static let standardHandlers: [String: InstructionHandler] = [
         // INT3: #BP as a trap, RIP after the instruction.
         "int3": { _ in .trap(.exception(vector: 3, errorCode: nil)) },
+        // INT n: the IDT gate checks (#GP, #NP), then vector n as a trap, RIP after the
+        // instruction.
+        "int": { state in softwareInterrupt(&state) },
         // CLAC/STAC: clear or set RFLAGS.AC; #UD without SMAP or outside CPL0.
         "clac": { state in
             guard state.smapAvailable, state.cpl == 0 else { return .fault(.invalidOpcode) }

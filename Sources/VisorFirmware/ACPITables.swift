@@ -13,6 +13,9 @@ package enum ACPIFixedHardware: Sendable, Equatable {
     /// The FADT reset register, a byte-wide port in system I/O space, and the value that
     /// the OS writes to it to reset the machine.
     case resetRegister(port: UInt16, value: UInt8)
+    /// The ACPI PM timer: a 32-bit counter at 3.579545 MHz in a 4-byte port block
+    /// (PM_TMR_BLK, with TMR_VAL_EXT set in the FADT flags).
+    case pmTimer(port: UInt16)
     /// An 8042 keyboard controller at ports 0x60/0x64 (IAPC_BOOT_ARCH bit 1).
     case i8042
     /// The CMOS index of the RTC's century register (FADT CENTURY). Linux reads it when
@@ -97,6 +100,12 @@ package struct ACPIPlatform: Sendable, Equatable {
         for (_, register) in fixedHardware {
             if case .resetRegister(let port, let value) = register { return (port, value) }
         }
+        return nil
+    }
+
+    /// The PM timer's port block, if a device has it.
+    package var pmTimerBlock: UInt16? {
+        for (_, register) in fixedHardware { if case .pmTimer(let port) = register { return port } }
         return nil
     }
 
@@ -348,6 +357,7 @@ package struct ACPITables: Sendable {
         static let powerButtonNotFixed: UInt32 = 1 << 4
         static let sleepButtonNotFixed: UInt32 = 1 << 5
         static let rtcWakeNotFixed: UInt32 = 1 << 6
+        static let timerValueExtended: UInt32 = 1 << 8
         static let resetRegisterSupported: UInt32 = 1 << 10
     }
 
@@ -372,12 +382,14 @@ package struct ACPITables: Sendable {
         let pm1aControl = platform.pm1aControlBlock?.port ?? 0
         t.set(UInt64(pm1aEvent), at: 56, width: 4)  // PM1a_EVT_BLK
         t.set(UInt64(pm1aControl), at: 64, width: 4)  // PM1a_CNT_BLK
-        // 60 PM1b_EVT_BLK, 68 PM1b_CNT_BLK, 72 PM2_CNT_BLK, 76 PM_TMR_BLK, 80 GPE0_BLK,
-        // 84 GPE1_BLK: none.
+        // 60 PM1b_EVT_BLK, 68 PM1b_CNT_BLK, 72 PM2_CNT_BLK, 80 GPE0_BLK, 84 GPE1_BLK: none.
+        if let timer = platform.pmTimerBlock {
+            t.set(UInt64(timer), at: 76, width: 4)  // PM_TMR_BLK
+            t[91] = 4  // PM_TMR_LEN
+        }
         t[88] = UInt8(ACPIPM1.eventBlockLength)  // PM1_EVT_LEN
         t[89] = UInt8(ACPIPM1.controlBlockLength)  // PM1_CNT_LEN
-        // 90 PM2_CNT_LEN, 91 PM_TMR_LEN (no PM timer), 92/93 GPE block lengths, 94 GPE1_BASE,
-        // 95 CST_CNT: 0.
+        // 90 PM2_CNT_LEN, 92/93 GPE block lengths, 94 GPE1_BASE, 95 CST_CNT: 0.
         t.set(UInt64(101), at: 96, width: 2)  // P_LVL2_LAT > 100: no C2
         t.set(UInt64(1001), at: 98, width: 2)  // P_LVL3_LAT > 1000: no C3
         // 100 FLUSH_SIZE, 102 FLUSH_STRIDE, 104 DUTY_OFFSET, 105 DUTY_WIDTH, 106 DAY_ALRM,
@@ -395,6 +407,7 @@ package struct ACPITables: Sendable {
             t.set(gas: systemIO(port: reset.port, bitWidth: 8, accessSize: 1), at: 116)  // RESET_REG
             t[128] = reset.value  // RESET_VALUE
         }
+        if platform.pmTimerBlock != nil { flags |= FADTFlag.timerValueExtended }  // a 32-bit timer
         t.set(UInt64(flags), at: 112, width: 4)
         // 129 ARM_BOOT_ARCH: 0.
         t[131] = 5  // FADT minor version: ACPI 6.5
@@ -406,9 +419,12 @@ package struct ACPITables: Sendable {
         t.set(
             gas: systemIO(port: pm1aControl, bitWidth: 8 * ACPIPM1.controlBlockLength, accessSize: 2),
             at: 172)  // X_PM1a_CNT_BLK
-        // 160 X_PM1b_EVT_BLK, 184 X_PM1b_CNT_BLK, 196 X_PM2_CNT_BLK, 208 X_PM_TMR_BLK,
-        // 220 X_GPE0_BLK, 232 X_GPE1_BLK, 244 SLEEP_CONTROL_REG, 256 SLEEP_STATUS_REG,
-        // 268 hypervisor vendor identity: none.
+        if let timer = platform.pmTimerBlock {
+            t.set(gas: systemIO(port: timer, bitWidth: 32, accessSize: 3), at: 208)  // X_PM_TMR_BLK
+        }
+        // 160 X_PM1b_EVT_BLK, 184 X_PM1b_CNT_BLK, 196 X_PM2_CNT_BLK, 220 X_GPE0_BLK,
+        // 232 X_GPE1_BLK, 244 SLEEP_CONTROL_REG, 256 SLEEP_STATUS_REG, 268 hypervisor vendor
+        // identity: none.
         return sealed(t)
     }
 
@@ -501,6 +517,7 @@ extension ACPIFixedHardware {
         case .pm1aEventBlock: "PM1a event block"
         case .pm1aControlBlock: "PM1a control block"
         case .resetRegister: "reset register"
+        case .pmTimer: "PM timer"
         case .i8042: "8042 keyboard controller"
         case .rtcCentury: "RTC century register"
         }

@@ -11,6 +11,12 @@ public enum Injection: Sendable, Equatable, CustomStringConvertible {
     case nmi
     /// External interrupt `vector` (32-255), delivered once the guest has RFLAGS.IF set.
     case interrupt(vector: UInt8)
+    /// The delivery of a software interrupt (`int n`, any vector 0-255) whose instruction
+    /// the VMM finished: the VMM has made the gate checks and moved RIP past the
+    /// instruction. It goes in through `KVM_SET_VCPU_EVENTS` as an interrupt already
+    /// accepted, so neither RFLAGS.IF nor the local APIC's priority holds it back, and no
+    /// error code is pushed.
+    case softwareInterrupt(vector: UInt8)
 
     /// #UD.
     public static let invalidOpcode = Injection.exception(vector: 6, errorCode: nil)
@@ -31,6 +37,7 @@ public enum Injection: Sendable, Equatable, CustomStringConvertible {
         case .pageFault(let code, let address): "#PF error 0x\(hex(code)) at 0x\(hex(address))"
         case .nmi: "NMI"
         case .interrupt(let vector): "interrupt \(vector)"
+        case .softwareInterrupt(let vector): "int 0x\(hex(vector))"
         }
     }
 }
@@ -79,6 +86,15 @@ extension VCPUHandle {
             try injectNMI()
         case .interrupt(let vector):
             try injectInterrupt(vector: vector)
+        case .softwareInterrupt(let vector):
+            // Not `soft`: for a soft interrupt the kernel would take the instruction length
+            // from the last hardware exit, and RIP is already past the instruction.
+            var events = try self.events()
+            events.interrupt.injected = true
+            events.interrupt.vector = vector
+            events.interrupt.soft = false
+            events.flags = 0
+            try setEvents(events)
         }
     }
 }

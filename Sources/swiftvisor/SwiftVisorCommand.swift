@@ -120,6 +120,12 @@ struct ConfinementOptions: ParsableArguments {
         help: "QEMU's fw_cfg interface at ports 0x510-0x511, without DMA (default: on for multiboot guests).")
     var firmwareConfig: Bool?
 
+    @Flag(
+        help:
+            "QEMU's test devices: a latch at ports 0xE0-0xE3, interrupt lines at ports 0x2000-0x2017 (write 1 or 0 to raise or lower GSI n), a 64 KiB RAM-like MMIO window at 0xFF000000 (default: off)."
+    )
+    var qemuTestDevices = false
+
     @Flag(help: "Do not confine the VMM's threads (main, signal, console, vCPU) with their seccomp filters (for strace or gdb).")
     var noSeccomp = false
 
@@ -129,6 +135,7 @@ struct ConfinementOptions: ParsableArguments {
         if let hypercalls { config.hypercallPort = hypercalls ? HypercallTable.defaultPort : nil }
         if let qemuDebugExit { config.qemuDebugExitPort = qemuDebugExit }
         if let firmwareConfig { config.firmwareConfig = firmwareConfig }
+        if qemuTestDevices { config.qemuTestDevices = true }
         if noSeccomp { config.seccomp = false }
     }
 }

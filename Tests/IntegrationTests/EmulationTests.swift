@@ -82,6 +82,31 @@ extension KVMIntegration {
             }
         }
 
+        @Test("INT n through a 32-bit IDT (delivered, #NP, #GP) and invalid bytes (#UD) at CPL0, as the processor would")
+        func softwareInterrupts32() throws {
+            let interprets = try Self.hostInterprets()
+            let trace = LogCapture()
+            let (report, console) = try runGuest(GuestImages.softInt) { $0.trace = trace.sink }
+            #expect(report.exitStatus == 1, "QEMU debug-exit 0 is pass: \(console)")
+            #expect(
+                console == "int 0x40 ok\nint 0x41 ok\nint 0x42 #NP ok\nint 0x80 #GP ok\ninvalid #UD ok\nsoft_int ok\n")
+            if interprets {
+                // Each probe reached SwiftVisor: four INT n and the invalid bytes.
+                #expect(trace.all.filter { $0.contains("emulated int 0x") }.count == 4, "\(trace.all)")
+                #expect(trace.all.contains { $0.contains("emulated (invalid: 0f 04") })
+            }
+        }
+
+        @Test("INT n and invalid bytes at CPL0 in 64-bit mode reach the guest's IDT")
+        func softwareInterrupts64() throws {
+            let (report, console) = try runGuest(GuestImages.events, commandLine: "softint")
+            #expect(report.exitStatus == 0)
+            #expect(console == "vector=40 error=00000000 cr2=0000000000000000\n")
+            let (invalid, invalidConsole) = try runGuest(GuestImages.events, commandLine: "invalid")
+            #expect(invalid.exitStatus == 0)
+            #expect(invalidConsole == "vector=06 error=00000000 cr2=0000000000000000\n")
+        }
+
         @Test("with emulation off, the first such instruction stops the VM with its disassembly")
         func emulationOff() throws {
             let interprets = try Self.hostInterprets()

@@ -26,4 +26,12 @@ extension KVMIntegration.CLITests {
         expectOneLineError(try run([bad]), mentioning: "bad checksum")
         expectOneLineError(try run(["--builtin", "hello", "--module", bad]), mentioning: "multiboot")
     }
+
+    @Test("run: --qemu-test-devices puts QEMU's test devices on the buses")
+    func qemuTestDevices() throws {
+        let result = try run(["--builtin", "test_dev", "--qemu-test-devices"])
+        #expect(result.status == 1, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.hasSuffix("test_dev ok\n"))
+        #expect(try run(["--builtin", "test_dev"]).status == 3)
+    }
 }

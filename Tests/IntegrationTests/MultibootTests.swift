@@ -1,3 +1,4 @@
+import Foundation
 import SwiftVisor
 import SwiftVisorGuests
 import Testing
@@ -57,6 +58,60 @@ extension KVMIntegration {
                 config.unclaimedPorts = .stop
             }
             #expect(report.exitStatus == 120)
+        }
+
+        @Test("QEMU's test devices: the latch and the MMIO window at every width, an interrupt from line 10 via the IOAPIC")
+        func testDevices() throws {
+            let (report, console) = try runGuest(GuestImages.testDev) { $0.qemuTestDevices = true }
+            #expect(report.exitStatus == 1, "\(console)")
+            #expect(console == "latch ok\niomem ok\nirq line ok\ntest_dev ok\n")
+            // Without them the same guest finds nothing there.
+            let (without, withoutConsole) = try runGuest(GuestImages.testDev)
+            #expect(without.exitStatus == 3)
+            #expect(withoutConsole.contains("FAIL latch 8"))
+        }
+
+        @Test("an embedding program raises a line with setInterruptLine; bad lines and no irqchip are typed errors")
+        func hostInterruptLine() async throws {
+            let console = ConsoleCapture()
+            var config = MachineConfiguration(guest: .multiboot(GuestImages.testDev))
+            config.qemuTestDevices = true
+            config.commandLine = "host"
+            config.consoleOutput = console.sink
+            let vm = try Machine(config)
+            #expect(throws: InterruptLineError.noSuchLine(24)) { try vm.setInterruptLine(24, high: true) }
+            try vm.start()
+            #expect(await eventually { console.text.hasSuffix("waiting for line 11\n") })
+            try await Task.sleep(for: .milliseconds(20))  // let it reach hlt
+            try vm.setInterruptLine(11, high: true)
+            let report = await vm.wait()
+            try vm.setInterruptLine(11, high: false)
+            #expect(report.exitStatus == 1, "\(console.text)")
+            #expect(console.text.hasSuffix("waiting for line 11\nhost line ok\n"))
+
+            var noChip = MachineConfiguration(guest: .multiboot(GuestImages.qemuExit))
+            noChip.interruptController = false
+            let plain = try Machine(noChip)
+            #expect(throws: InterruptLineError.noInterruptController) { try plain.setInterruptLine(4, high: true) }
+        }
+
+        @Test("a machine with QEMU's test devices refuses to snapshot")
+        func testDevicesSnapshot() async throws {
+            var config = MachineConfiguration(guest: .multiboot(GuestImages.testDev))
+            config.qemuTestDevices = true
+            config.commandLine = "host"
+            config.consoleOutput = { _ in }
+            let vm = try Machine(config)
+            try vm.start()
+            await vm.pause()
+            let directory = FileManager.default.temporaryDirectory.path
+            let name = "swiftvisor-testdev-\(UInt64.random(in: 0...UInt64.max))"
+            #expect {
+                try vm.snapshot(statePath: "\(directory)/\(name).state", memoryPath: "\(directory)/\(name).mem")
+            } throws: { error in
+                "\(error)".contains("QEMU's test devices")
+            }
+            _ = await vm.stop()
         }
     }
 }

@@ -16,22 +16,28 @@ struct PlatformTests {
         return (0...(bytes.count - needle.count)).contains { bytes[$0..<$0 + needle.count].elementsEqual(needle) }
     }
 
-    @Test("the minimal platform is COM1 and the debug-exit port, nothing else")
+    @Test("the minimal platform is COM1, the debug-exit port and the ACPI blocks at 0xB000, nothing else")
     func minimal() throws {
         let platform = try Platform(kind: .minimal, consoleOutput: { _ in }, irqLine: nil)
-        #expect(platform.devices.map(\.name) == ["com1", "debug-exit"])
+        #expect(platform.devices.map(\.name) == ["com1", "debug-exit", "acpi-pm1a", "acpi-pm-timer"])
         #expect(
             platform.devices.flatMap(\.ports).map(\.range) == [
                 try PortRange(base: 0x3F8, count: 8), try PortRange(base: 0x501, count: 1),
+                try PortRange(base: 0xB000, count: 4), try PortRange(base: 0xB004, count: 2),
+                try PortRange(base: 0xB008, count: 4),
             ])
-        #expect(platform.i8042 == nil && platform.cmos == nil && platform.powerManagement == nil)
+        #expect(platform.i8042 == nil && platform.cmos == nil)
+        #expect(platform.powerManagement?.controlBlockBase == 0xB004 && platform.pmTimer?.port == 0xB008)
+        let acpi = platform.acpiPlatform(processors: 1)
+        #expect(acpi.pm1aEventBlock == 0xB000 && acpi.pm1aControlBlock?.port == 0xB004 && acpi.pmTimerBlock == 0xB008)
+        #expect(try pc().pmTimer == nil, "the PC platform (Linux) has no PM timer")
         #expect(platform.resetControl == nil && platform.postCodes == nil && platform.pciConfiguration == nil)
     }
 
     @Test("a platform built without the debug-exit port leaves 0x501 unclaimed")
     func withoutDebugExit() throws {
         let minimal = try Platform(kind: .minimal, consoleOutput: { _ in }, irqLine: nil, debugExit: false)
-        #expect(minimal.devices.map(\.name) == ["com1"])
+        #expect(minimal.devices.map(\.name) == ["com1", "acpi-pm1a", "acpi-pm-timer"])
         #expect(minimal.debugExit == nil)
         let pc = try Platform(kind: .pc, consoleOutput: { _ in }, irqLine: nil, debugExit: false)
         #expect(!pc.devices.map(\.name).contains("debug-exit"))
