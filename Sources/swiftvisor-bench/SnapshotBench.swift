@@ -89,6 +89,7 @@ enum SnapshotBench {
         // Cold start, the yardstick: build, load and run to the first exit.
         var cold: [Double] = []
         for _ in 0..<rounds {
+            settle()
             let probe = Probe()
             let start = HostIO.monotonicNanoseconds()
             let machine = try Machine(configuration(size: size, probe: probe, track: false))
@@ -104,37 +105,24 @@ enum SnapshotBench {
         var floor: [Double] = [], floorLate: [Double] = []
         for _ in 0..<rounds {
             for memoryFirst in [true, false] {
+                settle()
                 let nanoseconds = bench_kvm_vm_floor_ns(size, memoryFirst ? 1 : 0)
                 guard nanoseconds > 0 else { throw SnapshotMemoryBench.BenchError("the C floor's VM could not be built") }
                 if memoryFirst { floor.append(Double(nanoseconds) / 1e6) } else { floorLate.append(Double(nanoseconds) / 1e6) }
             }
         }
 
-        // The VM to save: it has run a while, with dirty-page tracking for the diff.
-        let probe = Probe()
-        let original = try Machine(configuration(size: size, probe: probe, track: true))
-        try original.start()
-        run(original, probe, writes: 100_000)
-        let steadyStart = probe.writes.load(ordering: .relaxed)
-        HostIO.sleep(nanoseconds: 1_000_000_000)
-        let steadyPerSecond = probe.writes.load(ordering: .relaxed) - steadyStart
-        original.pauseBlocking()
-        var started = HostIO.monotonicNanoseconds()
-        try original.snapshot(statePath: state, memoryPath: memory, kind: .full)
-        let fullMilliseconds = Double(HostIO.monotonicNanoseconds() - started) / 1e6
-        original.resume()
-        run(original, probe, writes: 10_000)
-        original.pauseBlocking()
-        started = HostIO.monotonicNanoseconds()
-        try original.snapshot(statePath: diffState, memoryPath: diffMemory, kind: .diff)
-        let diffMilliseconds = Double(HostIO.monotonicNanoseconds() - started) / 1e6
-        stop(original)
+        // The VM to save: it has run a while, with dirty-page tracking for the diff. It is
+        // gone before the restores.
+        let (fullMilliseconds, diffMilliseconds, steadyPerSecond) = try saveOriginal(
+            size: size, state: state, memory: memory, diffState: diffState, diffMemory: diffMemory)
 
         // Restores, each to the first exit.
         var restores: [Double] = []
         var faults: [Int] = []
         var firstSecond: [UInt64] = []
         for round in 0..<rounds {
+            settle()
             let probe = Probe()
             let faultsBefore = minorFaults()
             let start = HostIO.monotonicNanoseconds()
@@ -172,10 +160,42 @@ enum SnapshotBench {
         )
     }
 
+    /// Runs the VM to save, takes a full snapshot and, after 10,000 more exits, a diff;
+    /// returns both times in milliseconds and the exits per second it ran at.
+    static func saveOriginal(
+        size: UInt64, state: String, memory: String, diffState: String, diffMemory: String
+    ) throws -> (full: Double, diff: Double, perSecond: UInt64) {
+        let probe = Probe()
+        let original = try Machine(configuration(size: size, probe: probe, track: true))
+        try original.start()
+        run(original, probe, writes: 100_000)
+        let steadyStart = probe.writes.load(ordering: .relaxed)
+        HostIO.sleep(nanoseconds: 1_000_000_000)
+        let steadyPerSecond = probe.writes.load(ordering: .relaxed) - steadyStart
+        original.pauseBlocking()
+        var started = HostIO.monotonicNanoseconds()
+        try original.snapshot(statePath: state, memoryPath: memory, kind: .full)
+        let fullMilliseconds = Double(HostIO.monotonicNanoseconds() - started) / 1e6
+        original.resume()
+        run(original, probe, writes: 10_000)
+        original.pauseBlocking()
+        started = HostIO.monotonicNanoseconds()
+        try original.snapshot(statePath: diffState, memoryPath: diffMemory, kind: .diff)
+        let diffMilliseconds = Double(HostIO.monotonicNanoseconds() - started) / 1e6
+        stop(original)
+        return (fullMilliseconds, diffMilliseconds, steadyPerSecond)
+    }
+
     static func stop(_ machine: Machine) {
         machine.requestStop()
         while !machine.hasStopped { HostIO.sleep(nanoseconds: 100_000) }
     }
+
+    /// Before each timed round: lets the previous round's VM finish going away. KVM tears
+    /// a VM down partly after its descriptors close, and a VM built meanwhile waits for
+    /// that in its first memory-slot change (about 14 ms here), which a restore in a
+    /// fresh process on a quiet host would not see.
+    static func settle() { HostIO.sleep(nanoseconds: 100_000_000) }
 
     static func minorFaults() -> Int {
         var usage = rusage()
