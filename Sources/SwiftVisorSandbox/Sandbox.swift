@@ -135,7 +135,7 @@ public final class Sandbox: @unchecked Sendable {
             everDirty[i] |= word
         }
         memory.dirtyTracking = false
-        timer = CallTimer(vcpu: vcpu)
+        do { timer = try CallTimer(vcpu: vcpu) } catch { throw .hypervisor("creating the sandbox's time limit: \(error)") }
         Watchdog.shared.register(timer)
 
         // Run the guest's initialization up to READY.
@@ -433,6 +433,7 @@ public final class Sandbox: @unchecked Sendable {
                 }
                 return operation
             case .interrupted:
+                timer.takePendingKick()
                 if timer.fired { throw .timeLimit(nanoseconds: configuration.timeLimitNanoseconds ?? 0) }
             case .internalError(let suberror, _) where suberror == 1:
                 throw .guestTrap(try trapState())

@@ -3,6 +3,7 @@ import SwiftVisorGuests
 import SwiftVisorSandbox
 import Testing
 import VisorHost
+import VisorKVM
 
 extension KVMIntegration {
     /// Sandboxes (Guests/sandbox/ABI.md) on KVM: calls, host functions, resets, and guests
@@ -152,6 +153,51 @@ extension KVMIntegration {
             try expectError(sandbox, "spin") { $0 == .timeLimit(nanoseconds: 50_000_000) }
             let elapsed = (HostIO.monotonicNanoseconds() - start) / 1_000_000
             #expect(elapsed < 1000, "took \(elapsed) ms")
+        }
+
+        /// Runs `body` on a new thread and waits at most `seconds` for it; nil when it did not end.
+        static func onThread<R: Sendable>(seconds: Int, _ body: @escaping @Sendable () -> R) -> R? {
+            let result = Mutex<R?>(nil)
+            let done = Atomic<Bool>(false)
+            HostThread.detach {
+                let value = body()
+                result.withLock { $0 = value }
+                done.store(true, ordering: .releasing)
+            }
+            for _ in 0..<seconds * 100 where !done.load(ordering: .acquiring) { HostIO.sleep(nanoseconds: 10_000_000) }
+            return done.load(ordering: .acquiring) ? result.withLock { $0 } : nil
+        }
+
+        @Test("the time limit ends a call from a thread that blocks the kick signal, and from a Task")
+        func timeLimitWhateverTheMask() async throws {
+            let configuration = SandboxConfiguration(timeLimit: .milliseconds(20))
+            let outcome = Self.onThread(seconds: 10) { () -> SandboxError? in
+                do {
+                    let sandbox = try Self.hostile(configuration)
+                    // The thread has called once (READY); now it blocks the kick, as a worker thread does.
+                    VCPUSignals.block([VCPUSignals.kick])
+                    try sandbox.call("spin")
+                    return nil
+                } catch let error as SandboxError {
+                    return error
+                } catch {
+                    return .hypervisor("\(error)")
+                }
+            }
+            #expect(outcome == .some(.timeLimit(nanoseconds: 20_000_000)), "the call did not end: \(String(describing: outcome))")
+
+            let sandbox = try Self.hostile(configuration)
+            for _ in 0..<3 {
+                let error = await Task.detached { () -> SandboxError? in
+                    do throws(SandboxError) {
+                        try sandbox.call("spin")
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }.value
+                #expect(error == .timeLimit(nanoseconds: 20_000_000))
+            }
         }
 
         @Test("the time limit covers host functions: a slow one ends the call when it returns")
