@@ -63,6 +63,9 @@ public final class Sandbox: @unchecked Sendable {
     /// The snapshot restores go back to (taken after READY, or the last `snapshot()` or
     /// `restore(_:)`), and the pages written since it.
     private var base: SandboxSnapshot!
+    /// The snapshot taken after READY, which a pool resets to whatever `snapshot()` and
+    /// `restore(_:)` did to `base`.
+    private var initial: SandboxSnapshot!
     private var dirtySinceBase: [UInt64]
     /// Every page written since the sandbox was created (a superset of any snapshot's).
     private var everDirty: [UInt64]
@@ -152,6 +155,7 @@ public final class Sandbox: @unchecked Sendable {
                 }
             }
             base = try takeSnapshot()
+            initial = base
         } catch {
             Watchdog.shared.unregister(timer)
             throw error
@@ -336,6 +340,10 @@ public final class Sandbox: @unchecked Sendable {
 
     /// Restores the snapshot last taken or restored: what a pool does after each use.
     public func reset() throws(SandboxError) { try restore(base) }
+
+    /// Restores the snapshot taken after READY, whatever snapshots were taken or restored
+    /// since: what a pool does before handing the sandbox to its next user.
+    func resetToInitial() throws(SandboxError) { try restore(initial) }
 
     private func takeSnapshot() throws(SandboxError) -> SandboxSnapshot {
         do {

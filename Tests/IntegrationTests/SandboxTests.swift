@@ -362,6 +362,23 @@ extension KVMIntegration {
             #expect(pool.idleCount == 2)
         }
 
+        @Test("a pool resets to the state after READY even when its user moved the snapshot")
+        func poolIgnoresUserSnapshots() throws {
+            let pool = try SandboxPool(guest: GuestImages.sandboxCalls, count: 1)
+            try pool.withSandbox { sandbox throws(SandboxError) in
+                #expect(try sandbox.call("bump") as Int == 1)
+                _ = try sandbox.snapshot()
+                #expect(try sandbox.call("bump") as Int == 2)
+            }
+            try pool.withSandbox { sandbox throws(SandboxError) in
+                let one = try sandbox.call("bump") as Int
+                #expect(one == 1, "the pool handed out the previous user's state")
+                try sandbox.restore(try sandbox.snapshot())
+            }
+            #expect(pool.idleCount == 1)
+            #expect(try pool.withSandbox { sandbox throws(SandboxError) in try sandbox.call("bump") as Int } == 1)
+        }
+
         /// Calls with a reset after each in `swift test`; SWIFTVISOR_SANDBOX_CALLS overrides it.
         static let resetCalls = environmentCount("SWIFTVISOR_SANDBOX_CALLS", default: 10_000)
 
