@@ -43,6 +43,8 @@ public final class Sandbox: @unchecked Sendable {
     typealias HostFunction = (inout SandboxMessageReader, Int, inout SandboxMessageWriter) throws(SandboxMessageFault) -> Void
 
     public let configuration: SandboxConfiguration
+    /// The configuration's time limit in nanoseconds, or nil for none.
+    let timeLimitNanoseconds: UInt64?
     let layout: SandboxLayout
     let vm: VMHandle
     let vcpu: VCPUHandle
@@ -90,6 +92,7 @@ public final class Sandbox: @unchecked Sendable {
         guard configuration.memorySize > 0, configuration.stackSize > 0, configuration.callAreaSize > 0,
             configuration.outputLimit >= 0
         else { throw .invalidConfiguration("sizes must be positive") }
+        timeLimitNanoseconds = try configuration.timeLimitNanoseconds()
         let layout = try SandboxLayout(
             memorySize: UInt64(configuration.memorySize), stackSize: UInt64(configuration.stackSize),
             callAreaSize: UInt64(configuration.callAreaSize), entry: image.entry,
@@ -415,7 +418,7 @@ public final class Sandbox: @unchecked Sendable {
     // MARK: The exit loop
 
     private func withTimeLimit<R>(_ body: () throws(SandboxError) -> R) throws(SandboxError) -> R {
-        guard let limit = configuration.timeLimitNanoseconds else { return try body() }
+        guard let limit = timeLimitNanoseconds else { return try body() }
         timer.arm(nanoseconds: limit)
         defer { timer.disarm() }
         return try body()
@@ -442,7 +445,7 @@ public final class Sandbox: @unchecked Sendable {
                 return operation
             case .interrupted:
                 timer.takePendingKick()
-                if timer.fired { throw .timeLimit(nanoseconds: configuration.timeLimitNanoseconds ?? 0) }
+                if timer.fired { throw .timeLimit(nanoseconds: timeLimitNanoseconds ?? 0) }
             case .internalError(let suberror, _) where suberror == 1:
                 throw .guestTrap(try trapState())
             case .shutdown:
