@@ -81,6 +81,9 @@ public final class Sandbox: @unchecked Sendable {
     /// the instruction on the next `KVM_RUN` (for an emulated `in`, by writing RAX and RIP),
     /// which must happen before registers are read for a snapshot or written by a restore.
     private var pendingPortExit = false
+    /// A call, snapshot or restore is in progress: a host function that calls back into its
+    /// own sandbox gets `.busy` instead of corrupting the call in progress.
+    private var inUse = false
     private static let snapshotIDs = AtomicCounter()
 
     /// Creates a sandbox from a sandbox guest's ELF bytes and runs it until it signals
@@ -208,6 +211,8 @@ public final class Sandbox: @unchecked Sendable {
     public func call<R: SandboxValue, each A: SandboxValue>(
         _ name: String, _ arguments: repeat each A, as type: R.Type = R.self
     ) throws(SandboxError) -> R {
+        try enter()
+        defer { leave() }
         try encodeCall(name, repeat each arguments)
         return try finishCall { (reader) throws(SandboxError) -> R in
             do throws(SandboxMessageFault) {
@@ -222,6 +227,8 @@ public final class Sandbox: @unchecked Sendable {
 
     /// Calls the guest's function `name` and ignores its result (of any type).
     public func call<each A: SandboxValue>(_ name: String, _ arguments: repeat each A) throws(SandboxError) {
+        try enter()
+        defer { leave() }
         try encodeCall(name, repeat each arguments)
         try finishCall { (reader) throws(SandboxError) in
             do throws(SandboxMessageFault) {
@@ -233,8 +240,16 @@ public final class Sandbox: @unchecked Sendable {
         }
     }
 
+    /// Marks the sandbox in use, or throws `.busy` when it already is.
+    private func enter() throws(SandboxError) {
+        guard !inUse else { throw .busy }
+        inUse = true
+    }
+
+    private func leave() { inUse = false }
+
     private func encodeCall<each A: SandboxValue>(_ name: String, _ arguments: repeat each A) throws(SandboxError) {
-        if poisoned { try restore(base) }
+        if poisoned { try restoreInUse(base) }
         let nameLength = name.utf8.count
         guard nameLength >= 1, nameLength <= 255 else {
             throw .wrongArguments("a function name must have 1 to 255 bytes of UTF-8, not \(nameLength)")
@@ -308,7 +323,9 @@ public final class Sandbox: @unchecked Sendable {
     /// automatic restore after an error) then goes back to. Costs a copy of every page the
     /// guest ever wrote.
     public func snapshot() throws(SandboxError) -> SandboxSnapshot {
-        if poisoned { try restore(base) }
+        try enter()
+        defer { leave() }
+        if poisoned { try restoreInUse(base) }
         let snapshot = try takeSnapshot()
         base = snapshot
         return snapshot
@@ -318,6 +335,13 @@ public final class Sandbox: @unchecked Sendable {
     /// the pages written since the last snapshot or restore when `snapshot` is that one,
     /// else every page ever written; then the registers.
     public func restore(_ snapshot: SandboxSnapshot) throws(SandboxError) {
+        try enter()
+        defer { leave() }
+        try restoreInUse(snapshot)
+    }
+
+    /// `restore(_:)` for a caller that has entered the sandbox.
+    private func restoreInUse(_ snapshot: SandboxSnapshot) throws(SandboxError) {
         guard snapshot.owner == ObjectIdentifier(self) else {
             throw .invalidConfiguration("the snapshot belongs to another sandbox")
         }
@@ -342,11 +366,19 @@ public final class Sandbox: @unchecked Sendable {
     }
 
     /// Restores the snapshot last taken or restored: what a pool does after each use.
-    public func reset() throws(SandboxError) { try restore(base) }
+    public func reset() throws(SandboxError) {
+        try enter()
+        defer { leave() }
+        try restoreInUse(base)
+    }
 
     /// Restores the snapshot taken after READY, whatever snapshots were taken or restored
     /// since: what a pool does before handing the sandbox to its next user.
-    func resetToInitial() throws(SandboxError) { try restore(initial) }
+    func resetToInitial() throws(SandboxError) {
+        try enter()
+        defer { leave() }
+        try restoreInUse(initial)
+    }
 
     private func takeSnapshot() throws(SandboxError) -> SandboxSnapshot {
         do {

@@ -111,6 +111,39 @@ extension KVMIntegration {
             }
         }
 
+        @Test("a host function that calls back into its own sandbox gets .busy; the sandbox keeps working")
+        func reentrantUse() throws {
+            let sandbox = try Self.calls()
+            let seen = Mutex<[SandboxError?]>([])
+            let weak = WeakSandbox(sandbox)
+            sandbox.register("double") { (x: Int) in
+                guard let inner = weak.sandbox else { return 0 }
+                // Each way back in, one at a time (not as an array of closures: the 6.3
+                // compiler crashes on typed-throws closures stored in an array here).
+                do throws(SandboxError) {
+                    _ = try inner.call("add", 1, 2) as Int
+                    seen.withLock { $0.append(nil) }
+                } catch { seen.withLock { $0.append(error) } }
+                do throws(SandboxError) {
+                    try inner.call("bump")
+                    seen.withLock { $0.append(nil) }
+                } catch { seen.withLock { $0.append(error) } }
+                do throws(SandboxError) {
+                    _ = try inner.snapshot()
+                    seen.withLock { $0.append(nil) }
+                } catch { seen.withLock { $0.append(error) } }
+                do throws(SandboxError) {
+                    try inner.reset()
+                    seen.withLock { $0.append(nil) }
+                } catch { seen.withLock { $0.append(error) } }
+                return x * 2
+            }
+            #expect(try sandbox.call("via_host", 20) as Int == 41)
+            #expect(seen.withLock { $0 } == [.busy, .busy, .busy, .busy])
+            #expect(try sandbox.call("add", 2, 3) as Int == 5)
+            try sandbox.reset()
+        }
+
         // MARK: Hostile guests
 
         static func hostile(_ configuration: SandboxConfiguration = SandboxConfiguration()) throws -> Sandbox {
@@ -412,6 +445,13 @@ extension KVMIntegration {
             baseline.expectUnchanged(rssSlackKiB: 8 * 1024)
         }
     }
+}
+
+/// A sandbox a host function of its own can reach without keeping it alive.
+final class WeakSandbox: @unchecked Sendable {
+    // @unchecked: `sandbox` is set once, in init, and only read afterwards.
+    weak var sandbox: Sandbox?
+    init(_ sandbox: Sandbox) { self.sandbox = sandbox }
 }
 
 struct HostFailure: Error, CustomStringConvertible {
