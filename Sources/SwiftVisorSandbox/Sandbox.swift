@@ -84,7 +84,10 @@ public final class Sandbox: @unchecked Sendable {
     /// A call, snapshot or restore is in progress: a host function that calls back into its
     /// own sandbox gets `.busy` instead of corrupting the call in progress.
     private var inUse = false
-    private static let snapshotIDs = AtomicCounter()
+    /// Numbers the sandboxes of the process, so a snapshot names its owner by a value no
+    /// other sandbox ever has (an object's address is reused once it is freed).
+    private static let sandboxIDs = AtomicCounter()
+    private let id = Sandbox.sandboxIDs.next()
 
     /// Creates a sandbox from a sandbox guest's ELF bytes and runs it until it signals
     /// READY, then takes the snapshot that calls are reset to.
@@ -342,7 +345,7 @@ public final class Sandbox: @unchecked Sendable {
 
     /// `restore(_:)` for a caller that has entered the sandbox.
     private func restoreInUse(_ snapshot: SandboxSnapshot) throws(SandboxError) {
-        guard snapshot.owner == ObjectIdentifier(self) else {
+        guard snapshot.owner == id else {
             throw .invalidConfiguration("the snapshot belongs to another sandbox")
         }
         do {
@@ -389,7 +392,7 @@ public final class Sandbox: @unchecked Sendable {
                 try copy.copy(from: memory, at: first * 4096, count: Int(count * 4096))
             }
             let snapshot = SandboxSnapshot(
-                owner: ObjectIdentifier(self), memory: copy, registers: try vcpu.registers(),
+                owner: id, memory: copy, registers: try vcpu.registers(),
                 specialRegisters: try vcpu.specialRegisters(), fpu: try vcpu.fpu())
             for i in dirtySinceBase.indices { dirtySinceBase[i] = 0 }
             hostWrittenEnd = layout.callArea
@@ -677,14 +680,15 @@ extension SandboxMessageWriter {
 
 /// A sandbox's memory and registers at one moment, for `Sandbox.restore(_:)`.
 public final class SandboxSnapshot: Sendable {
-    let owner: ObjectIdentifier
+    /// The number of the sandbox it was taken from.
+    let owner: Int
     let memory: GuestMemory
     let registers: Registers
     let specialRegisters: SpecialRegisters
     let fpu: FPUState
 
     init(
-        owner: ObjectIdentifier, memory: GuestMemory, registers: Registers, specialRegisters: SpecialRegisters, fpu: FPUState
+        owner: Int, memory: GuestMemory, registers: Registers, specialRegisters: SpecialRegisters, fpu: FPUState
     ) {
         self.owner = owner
         self.memory = memory

@@ -144,6 +144,25 @@ extension KVMIntegration {
             try sandbox.reset()
         }
 
+        @Test("a snapshot of a dropped sandbox does not restore into a new one at the same address")
+        func snapshotOfDroppedSandbox() throws {
+            var reused = false
+            for _ in 0..<20 where !reused {
+                var first: Sandbox? = try Self.calls()
+                _ = try first!.call("bump") as Int
+                let snapshot = try first!.snapshot()
+                let address = ObjectIdentifier(first!)
+                first = nil
+                let second = try Self.calls()
+                reused = ObjectIdentifier(second) == address
+                #expect(throws: SandboxError.invalidConfiguration("the snapshot belongs to another sandbox")) {
+                    try second.restore(snapshot)
+                }
+                #expect(try second.call("bump") as Int == 1)
+            }
+            if !reused { print("snapshotOfDroppedSandbox: no address was reused in 20 tries") }
+        }
+
         // MARK: Hostile guests
 
         static func hostile(_ configuration: SandboxConfiguration = SandboxConfiguration()) throws -> Sandbox {
