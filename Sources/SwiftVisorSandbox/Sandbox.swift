@@ -77,6 +77,9 @@ public final class Sandbox: @unchecked Sendable {
     private var hostWrittenEnd: UInt64
     /// An error left the guest in an unknown state: restore before the next call.
     private var poisoned = false
+    /// A restore failed partway: its copies are in no dirty bitmap, so the next restore
+    /// copies every page ever written.
+    private var restoreIncomplete = false
     /// The last exit was a port exit the guest has not been resumed from: KVM finishes
     /// the instruction on the next `KVM_RUN` (for an emulated `in`, by writing RAX and RIP),
     /// which must happen before registers are read for a snapshot or written by a restore.
@@ -348,10 +351,14 @@ public final class Sandbox: @unchecked Sendable {
         guard snapshot.owner == id else {
             throw .invalidConfiguration("the snapshot belongs to another sandbox")
         }
+        // Until the restore is complete the guest is in neither state.
+        let full = restoreIncomplete || snapshot !== base
+        poisoned = true
+        restoreIncomplete = true
         do {
             try completePendingExit()
             try collectDirtyPages()
-            let pages = snapshot === base ? dirtySinceBase : everDirty
+            let pages = full ? everDirty : dirtySinceBase
             try Self.forEachRun(pages) { (first, count) throws(GuestMemoryError) in
                 try memory.copy(from: snapshot.memory, at: first * 4096, count: Int(count * 4096))
             }
@@ -365,6 +372,7 @@ public final class Sandbox: @unchecked Sendable {
         hostWrittenEnd = layout.callArea
         vcpu.requestImmediateExit(false)
         base = snapshot
+        restoreIncomplete = false
         poisoned = false
     }
 
