@@ -108,17 +108,24 @@ final class Watchdog: Sendable {
     }
     private let state = Mutex(State())
 
-    func register(_ timer: CallTimer) {
+    /// Adds `timer`, starting the watchdog thread when it is not running; returns the
+    /// error number when the thread cannot start (the timer is not added then: a limit
+    /// nobody enforces is worse than an error).
+    func register(_ timer: CallTimer) -> Int32? {
         let start = state.withLock { s -> Bool in
             s.timers[ObjectIdentifier(timer)] = timer
             if s.running { return false }
             s.running = true
             return true
         }
-        if start {
-            let rc = HostThread.detach { [self] in loop() }
-            if rc != 0 { state.withLock { $0.running = false } }
+        guard start else { return nil }
+        let rc = HostThread.detach { [self] in loop() }
+        guard rc != 0 else { return nil }
+        state.withLock {
+            $0.running = false
+            $0.timers.removeValue(forKey: ObjectIdentifier(timer))
         }
+        return rc
     }
 
     func unregister(_ timer: CallTimer) {

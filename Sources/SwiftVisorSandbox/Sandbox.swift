@@ -151,7 +151,9 @@ public final class Sandbox: @unchecked Sendable {
         }
         memory.dirtyTracking = false
         do { timer = try CallTimer(vcpu: vcpu) } catch { throw .hypervisor("creating the sandbox's time limit: \(error)") }
-        Watchdog.shared.register(timer)
+        if timeLimitNanoseconds != nil, let code = Watchdog.shared.register(timer) {
+            throw .hypervisor("the time limit's watchdog thread cannot start (error \(code))")
+        }
 
         // Run the guest's initialization up to READY.
         do {
