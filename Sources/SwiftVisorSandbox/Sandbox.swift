@@ -1,3 +1,4 @@
+import Synchronization
 import VisorHost
 import VisorKVM
 import VisorLoader
@@ -34,10 +35,12 @@ enum CallArea {
 /// first, the one taken when the guest signalled READY).
 ///
 /// A sandbox is used by one thread at a time (calls run `KVM_RUN` on the calling thread);
-/// it may move between threads, as `SandboxPool` moves them.
+/// it may move between threads, as `SandboxPool` moves them. A call, snapshot, restore or
+/// reset while another is in progress (from another thread, or from a host function)
+/// throws `SandboxError.busy`.
 public final class Sandbox: @unchecked Sendable {
     // @unchecked: the mutable state below is touched only by the thread that holds the
-    // sandbox (one at a time, as documented), and the watchdog reaches only `timer`, which
+    // sandbox (one at a time, enforced by `inUse`, except `register`), and the watchdog reaches only `timer`, which
     // is Sendable.
 
     typealias HostFunction = (inout SandboxMessageReader, Int, inout SandboxMessageWriter) throws(SandboxMessageFault) -> Void
@@ -85,8 +88,9 @@ public final class Sandbox: @unchecked Sendable {
     /// which must happen before registers are read for a snapshot or written by a restore.
     private var pendingPortExit = false
     /// A call, snapshot or restore is in progress: a host function that calls back into its
-    /// own sandbox gets `.busy` instead of corrupting the call in progress.
-    private var inUse = false
+    /// own sandbox, or a second thread, gets `.busy` instead of corrupting the call in
+    /// progress. Atomic, so that two threads cannot both enter.
+    private let inUse = Atomic<Bool>(false)
     /// Numbers the sandboxes of the process, so a snapshot names its owner by a value no
     /// other sandbox ever has (an object's address is reused once it is freed).
     private static let sandboxIDs = AtomicCounter()
@@ -250,11 +254,10 @@ public final class Sandbox: @unchecked Sendable {
 
     /// Marks the sandbox in use, or throws `.busy` when it already is.
     private func enter() throws(SandboxError) {
-        guard !inUse else { throw .busy }
-        inUse = true
+        guard inUse.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { throw .busy }
     }
 
-    private func leave() { inUse = false }
+    private func leave() { inUse.store(false, ordering: .releasing) }
 
     private func encodeCall<each A: SandboxValue>(_ name: String, _ arguments: repeat each A) throws(SandboxError) {
         if poisoned { try restoreInUse(base) }
@@ -774,8 +777,6 @@ extension Sandbox {
         return s
     }
 }
-
-import Synchronization
 
 final class AtomicCounter: Sendable {
     private let value = Atomic<Int>(0)

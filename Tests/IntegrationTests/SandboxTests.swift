@@ -163,6 +163,34 @@ extension KVMIntegration {
             if !reused { print("snapshotOfDroppedSandbox: no address was reused in 20 tries") }
         }
 
+        @Test("two threads using one sandbox at once: each call completes or gets .busy")
+        func concurrentUse() throws {
+            let sandbox = try Self.calls()
+            let wrong = Atomic<Int>(0)
+            let busy = Atomic<Int>(0)
+            let done = Atomic<Int>(0)
+            for t in 0..<2 {
+                HostThread.detach {
+                    for i in 0..<2000 {
+                        do {
+                            if try sandbox.call("add", t * 100_000 + i, 1) as Int != t * 100_000 + i + 1 {
+                                wrong.add(1, ordering: .relaxed)
+                            }
+                        } catch SandboxError.busy {
+                            busy.add(1, ordering: .relaxed)
+                        } catch {
+                            wrong.add(1, ordering: .relaxed)
+                        }
+                    }
+                    done.add(1, ordering: .relaxed)
+                }
+            }
+            while done.load(ordering: .relaxed) < 2 { HostIO.sleep(nanoseconds: 1_000_000) }
+            #expect(wrong.load(ordering: .relaxed) == 0)
+            print("concurrentUse: \(busy.load(ordering: .relaxed)) of 4000 calls found the sandbox busy")
+            #expect(try sandbox.call("add", 1, 1) as Int == 2)
+        }
+
         // MARK: Hostile guests
 
         static func hostile(_ configuration: SandboxConfiguration = SandboxConfiguration()) throws -> Sandbox {
