@@ -67,6 +67,28 @@ extension KVMIntegration {
             #expect(lines.withLock { $0 } == ["hello from the sandbox\n"])
         }
 
+        @Test("the C SDK: a status outside 1-4 becomes 4; messages and prints are cut between characters")
+        func cSDKEdges() throws {
+            let printed = Mutex<[String]>([])
+            var configuration = SandboxConfiguration()
+            configuration.output = { text in printed.withLock { $0.append(text) } }
+            let sandbox = try Self.calls(configuration)
+            for status in [5, 7, 255, 65537, -1] {
+                #expect(throws: SandboxError.guestFailed("the function failed"), "status \(status)") {
+                    try sandbox.call("odd_status", status)
+                }
+            }
+            #expect(throws: SandboxError.wrongArguments("wrong arguments")) { try sandbox.call("odd_status", 2) }
+            // 1 + 2 * 127 bytes: the longest whole-character prefix within 255.
+            #expect(throws: SandboxError.guestFailed("a" + String(repeating: "é", count: 127))) {
+                try sandbox.call("long_error")
+            }
+            try sandbox.call("print_wide")
+            let chunks = printed.withLock { $0 }
+            #expect(chunks.count >= 2)
+            #expect(chunks.joined() == "a" + String(repeating: "é", count: 20_000))
+        }
+
         @Test("errors the guest answers: unknown function, wrong arguments, a call too long")
         func answeredErrors() throws {
             let sandbox = try Self.calls()
