@@ -146,7 +146,52 @@ static int hello(const sv_value *args, uint16_t count, sv_value *result) {
     return SV_OK;
 }
 
+/* Fails with the status its argument gives and no message: the SDK maps a status outside
+   1-4 to 4. */
+static int odd_status(const sv_value *args, uint16_t count, sv_value *result) {
+    (void)result;
+    if (count != 1 || args[0].tag != SV_INT64) return SV_ERROR_ARGUMENTS;
+    return (int)args[0].i64;
+}
+
+static char wide_buffer[40001];
+
+/* Fills wide_buffer with `prefix` ASCII bytes, then two-byte characters (U+00E9). */
+static uint32_t fill_wide(uint32_t prefix, uint32_t length) {
+    uint32_t n = 0;
+    while (n < prefix && n < length) wide_buffer[n++] = 'a';
+    while (n + 2 <= length) {
+        wide_buffer[n++] = (char)0xC3;
+        wide_buffer[n++] = (char)0xA9;
+    }
+    return n;
+}
+
+/* Fails with a message of one ASCII byte and 200 two-byte characters: the 255-byte cut
+   falls inside a character unless the SDK backs up. */
+static int long_error(const sv_value *args, uint16_t count, sv_value *result) {
+    (void)args;
+    (void)count;
+    (void)result;
+    uint32_t n = fill_wide(1, 401);
+    wide_buffer[n] = 0;
+    return sv_fail(wide_buffer);
+}
+
+/* Prints one ASCII byte and then two-byte characters, 40001 bytes in all: more than the
+   output buffer, split where a chunk boundary would fall inside a character. */
+static int print_wide(const sv_value *args, uint16_t count, sv_value *result) {
+    (void)args;
+    (void)count;
+    sv_print(wide_buffer, fill_wide(1, sizeof wide_buffer));
+    *result = sv_void();
+    return SV_OK;
+}
+
 void sandbox_init(void) {
+    sv_export("odd_status", odd_status);
+    sv_export("long_error", long_error);
+    sv_export("print_wide", print_wide);
     sv_export("add", add);
     sv_export("scale", scale);
     sv_export("upper", upper);

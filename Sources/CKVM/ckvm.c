@@ -51,6 +51,23 @@ int ckvm_thread_signal_mask(int how, const int *signals, int count) {
     return pthread_sigmask(how, &set, NULL);
 }
 
+int ckvm_set_vcpu_signal_mask_allowing(int vcpufd, int signo) {
+    sigset_t set;
+    int rc = pthread_sigmask(SIG_SETMASK, NULL, &set);
+    if (rc != 0) return rc;
+    sigdelset(&set, signo);
+    // struct kvm_signal_mask is a length and the kernel's 8-byte sigset_t (the first 8
+    // bytes of glibc's, which holds signals 1-64 in the same bit order).
+    union {
+        struct kvm_signal_mask header;
+        unsigned char bytes[sizeof(struct kvm_signal_mask) + 8];
+    } mask;
+    memset(&mask, 0, sizeof mask);
+    mask.header.len = 8;
+    memcpy(mask.bytes + sizeof(struct kvm_signal_mask), &set, 8);
+    return ioctl(vcpufd, KVM_SET_SIGNAL_MASK, &mask) == 0 ? 0 : errno;
+}
+
 int ckvm_wait_for_signal(const int *signals, int count) {
     sigset_t set;
     sigemptyset(&set);

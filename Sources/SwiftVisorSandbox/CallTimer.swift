@@ -6,9 +6,17 @@ import VisorKVM
 /// A sandbox's time limit per call: armed when a call starts, disarmed when it ends. A
 /// process-wide watchdog thread looks at every armed timer every `tick`; it notes the tick
 /// at which it first sees a call (by its generation) and kicks the vCPU out of `KVM_RUN`
-/// once the call is older than its limit: the immediate-exit flag first (for a vCPU about
-/// to enter), then the kick signal to the calling thread (for one inside). The call then
-/// sees `.interrupted` with `fired` set.
+/// once the call is older than its limit: the immediate-exit flag (for a vCPU about to
+/// enter), then the kick signal to the calling thread (for one inside). It kicks again on
+/// every tick while the call stays armed past its limit, so a kick that came between two
+/// `KVM_RUN`s is not the last. The call then sees `.interrupted` with `fired` set.
+///
+/// The vCPU runs with a signal mask (`KVM_SET_SIGNAL_MASK`) that lets the kick in whatever
+/// the calling thread's own mask, so a call from any thread (a Swift concurrency worker
+/// blocks every signal) can be kicked. On a thread that blocks the kick, a kick that
+/// arrives outside `KVM_RUN` stays pending after it (the thread's mask is back) and would
+/// end every later `KVM_RUN` at once: the run loop takes it with `takePendingKick()` on
+/// every `.interrupted` exit, and runs the vCPU again unless the limit fired.
 ///
 /// Arming and disarming take an uncontended lock and read no clock, so a call pays a few
 /// nanoseconds for its limit; the price is precision: a call may run up to two ticks longer
@@ -20,8 +28,6 @@ final class CallTimer: Sendable {
         var generation: UInt64 = 0
         var limit: UInt64 = 0
         var thread = pthread_t()
-        /// The last thread that called, whose mask lets the kick signal in.
-        var unblocked: pthread_t? = nil
         /// The watchdog's: the generation it last saw armed, and when.
         var seenGeneration: UInt64 = 0
         var seenAt: UInt64 = 0
@@ -29,29 +35,23 @@ final class CallTimer: Sendable {
     private let state = Mutex(State())
     private let vcpu: VCPUHandle
 
-    init(vcpu: VCPUHandle) {
+    init(vcpu: VCPUHandle) throws(KVMError) {
         self.vcpu = vcpu
         VCPUSignals.installKickHandler()
+        try vcpu.allowSignalDuringRun(VCPUSignals.kick)
     }
 
     /// Starts the limit for a call on the calling thread.
     func arm(nanoseconds: UInt64) {
         vcpu.requestImmediateExit(false)
         let me = pthread_self()
-        let newThread = state.withLock { s -> Bool in
+        state.withLock { s in
             s.generation &+= 1
             s.limit = nanoseconds
             s.thread = me
             s.fired = false
             s.armed = true
-            if let last = s.unblocked, pthread_equal(last, me) != 0 { return false }
-            s.unblocked = me
-            return true
         }
-        // A thread may have inherited a mask that blocks the kick (SwiftVisor blocks it
-        // outside vCPU threads); the first call on each new thread lets it in. A kick sent
-        // before this stays pending and arrives now; the immediate-exit flag covers it too.
-        if newThread { VCPUSignals.unblock([VCPUSignals.kick]) }
     }
 
     /// Ends the limit; returns whether it fired. After this returns, no kick is sent for
@@ -64,20 +64,31 @@ final class CallTimer: Sendable {
         }
     }
 
+    private static let kickSignals = [VCPUSignals.kick]
+
+    /// Takes a kick left pending on the calling thread (one that blocks it); no effect
+    /// otherwise. A system call, made only after an `.interrupted` exit.
+    func takePendingKick() {
+        _ = VCPUSignals.wait(for: Self.kickSignals, milliseconds: 0)
+    }
+
     /// Whether the limit fired during the current call.
     var fired: Bool { state.withLock { $0.fired } }
 
-    /// Called by the watchdog every tick: kicks the vCPU when the call is past its limit.
+    /// Called by the watchdog every tick: kicks the vCPU when the call is past its limit,
+    /// and again on every later tick until the call ends.
     func check(now: UInt64) {
         state.withLock {
-            guard $0.armed, !$0.fired else { return }
-            if $0.seenGeneration != $0.generation {
-                $0.seenGeneration = $0.generation
-                $0.seenAt = now
-                return
+            guard $0.armed else { return }
+            if !$0.fired {
+                if $0.seenGeneration != $0.generation {
+                    $0.seenGeneration = $0.generation
+                    $0.seenAt = now
+                    return
+                }
+                guard now &- $0.seenAt >= $0.limit else { return }
+                $0.fired = true
             }
-            guard now &- $0.seenAt >= $0.limit else { return }
-            $0.fired = true
             vcpu.requestImmediateExit(true)
             // The thread is inside the call (armed, and disarm waits for this lock), so it exists.
             _ = pthread_kill($0.thread, VCPUSignals.kick)
@@ -97,17 +108,24 @@ final class Watchdog: Sendable {
     }
     private let state = Mutex(State())
 
-    func register(_ timer: CallTimer) {
+    /// Adds `timer`, starting the watchdog thread when it is not running; returns the
+    /// error number when the thread cannot start (the timer is not added then: a limit
+    /// nobody enforces is worse than an error).
+    func register(_ timer: CallTimer) -> Int32? {
         let start = state.withLock { s -> Bool in
             s.timers[ObjectIdentifier(timer)] = timer
             if s.running { return false }
             s.running = true
             return true
         }
-        if start {
-            let rc = HostThread.detach { [self] in loop() }
-            if rc != 0 { state.withLock { $0.running = false } }
+        guard start else { return nil }
+        let rc = HostThread.detach { [self] in loop() }
+        guard rc != 0 else { return nil }
+        state.withLock {
+            $0.running = false
+            $0.timers.removeValue(forKey: ObjectIdentifier(timer))
         }
+        return rc
     }
 
     func unregister(_ timer: CallTimer) {

@@ -8,7 +8,8 @@ public struct SandboxConfiguration: Sendable {
     /// The call area (ABI.md): a 64-byte header, then the input and output buffers, half
     /// each. Bounds the size of a call's arguments and results.
     public var callAreaSize: Int = 64 << 10
-    /// The longest a call may run (including its host calls), or nil for no limit.
+    /// The longest a call may run (including its host calls), or nil for no limit. A zero
+    /// or negative limit is an invalid configuration (`Sandbox.init` throws).
     public var timeLimit: Duration? = .seconds(1)
     /// The most bytes a call may print.
     public var outputLimit: Int = 64 << 10
@@ -30,11 +31,16 @@ public struct SandboxConfiguration: Sendable {
         self.output = output
     }
 
-    var timeLimitNanoseconds: UInt64? {
+    /// The time limit in nanoseconds (nil for none), rounded up to 1 ns and capped at
+    /// `UInt64.max`; a zero or negative limit is refused.
+    func timeLimitNanoseconds() throws(SandboxError) -> UInt64? {
         guard let timeLimit else { return nil }
         let (seconds, attoseconds) = timeLimit.components
-        guard seconds >= 0 else { return 0 }
+        guard seconds >= 0, attoseconds >= 0, seconds > 0 || attoseconds > 0 else {
+            throw .invalidConfiguration("the time limit \(timeLimit) must be positive (nil for none)")
+        }
         let (ns, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1_000_000_000)
-        return overflow ? .max : ns &+ UInt64(attoseconds / 1_000_000_000)
+        let (total, overflow2) = ns.addingReportingOverflow(UInt64((attoseconds + 999_999_999) / 1_000_000_000))
+        return overflow || overflow2 ? .max : total
     }
 }

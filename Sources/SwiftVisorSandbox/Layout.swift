@@ -108,8 +108,9 @@ package struct SandboxLayout: Equatable, Sendable {
         guard memorySize % page == 0, memorySize >= 8 << 20, memorySize <= 1 << 30 else {
             throw .invalidConfiguration("memory size \(memorySize) must be a multiple of 4096 from 8 MiB to 1 GiB")
         }
-        guard stackSize >= page, stackSize % page == 0 else {
-            throw .invalidConfiguration("stack size \(stackSize) must be a positive multiple of 4096")
+        guard stackSize >= page, stackSize % page == 0, stackSize < memorySize else {
+            throw .invalidConfiguration(
+                "stack size \(stackSize) must be a positive multiple of 4096 smaller than the memory size \(memorySize)")
         }
         guard callAreaSize >= 4096, callAreaSize % page == 0, callAreaSize <= 1 << 30 else {
             throw .invalidConfiguration("call area size \(callAreaSize) must be a multiple of 4096 from 4 KiB to 1 GiB")
@@ -152,7 +153,7 @@ package struct SandboxLayout: Equatable, Sendable {
         let stackBottom = memorySize - stackSize
         let callArea = imageEnd
         let (heap, overflow) = callArea.addingReportingOverflow(callAreaSize)
-        guard !overflow, stackSize <= memorySize, stackBottom >= page, heap <= stackBottom - page else {
+        guard !overflow, stackBottom >= page, heap <= stackBottom - page else {
             throw .invalidConfiguration(
                 "\(memorySize) bytes of memory cannot hold the image (up to 0x\(String(imageEnd, radix: 16))), "
                     + "a \(callAreaSize)-byte call area, a guard page and a \(stackSize)-byte stack")

@@ -1,3 +1,4 @@
+import Synchronization
 import VisorHost
 import VisorKVM
 import VisorLoader
@@ -34,15 +35,19 @@ enum CallArea {
 /// first, the one taken when the guest signalled READY).
 ///
 /// A sandbox is used by one thread at a time (calls run `KVM_RUN` on the calling thread);
-/// it may move between threads, as `SandboxPool` moves them.
+/// it may move between threads, as `SandboxPool` moves them. A call, snapshot, restore or
+/// reset while another is in progress (from another thread, or from a host function)
+/// throws `SandboxError.busy`.
 public final class Sandbox: @unchecked Sendable {
     // @unchecked: the mutable state below is touched only by the thread that holds the
-    // sandbox (one at a time, as documented), and the watchdog reaches only `timer`, which
+    // sandbox (one at a time, enforced by `inUse`, except `register`), and the watchdog reaches only `timer`, which
     // is Sendable.
 
     typealias HostFunction = (inout SandboxMessageReader, Int, inout SandboxMessageWriter) throws(SandboxMessageFault) -> Void
 
     public let configuration: SandboxConfiguration
+    /// The configuration's time limit in nanoseconds, or nil for none.
+    let timeLimitNanoseconds: UInt64?
     let layout: SandboxLayout
     let vm: VMHandle
     let vcpu: VCPUHandle
@@ -63,6 +68,9 @@ public final class Sandbox: @unchecked Sendable {
     /// The snapshot restores go back to (taken after READY, or the last `snapshot()` or
     /// `restore(_:)`), and the pages written since it.
     private var base: SandboxSnapshot!
+    /// The snapshot taken after READY, which a pool resets to whatever `snapshot()` and
+    /// `restore(_:)` did to `base`.
+    private var initial: SandboxSnapshot!
     private var dirtySinceBase: [UInt64]
     /// Every page written since the sandbox was created (a superset of any snapshot's).
     private var everDirty: [UInt64]
@@ -72,11 +80,21 @@ public final class Sandbox: @unchecked Sendable {
     private var hostWrittenEnd: UInt64
     /// An error left the guest in an unknown state: restore before the next call.
     private var poisoned = false
+    /// A restore failed partway: its copies are in no dirty bitmap, so the next restore
+    /// copies every page ever written.
+    private var restoreIncomplete = false
     /// The last exit was a port exit the guest has not been resumed from: KVM finishes
     /// the instruction on the next `KVM_RUN` (for an emulated `in`, by writing RAX and RIP),
     /// which must happen before registers are read for a snapshot or written by a restore.
     private var pendingPortExit = false
-    private static let snapshotIDs = AtomicCounter()
+    /// A call, snapshot or restore is in progress: a host function that calls back into its
+    /// own sandbox, or a second thread, gets `.busy` instead of corrupting the call in
+    /// progress. Atomic, so that two threads cannot both enter.
+    private let inUse = Atomic<Bool>(false)
+    /// Numbers the sandboxes of the process, so a snapshot names its owner by a value no
+    /// other sandbox ever has (an object's address is reused once it is freed).
+    private static let sandboxIDs = AtomicCounter()
+    private let id = Sandbox.sandboxIDs.next()
 
     /// Creates a sandbox from a sandbox guest's ELF bytes and runs it until it signals
     /// READY, then takes the snapshot that calls are reset to.
@@ -87,6 +105,7 @@ public final class Sandbox: @unchecked Sendable {
         guard configuration.memorySize > 0, configuration.stackSize > 0, configuration.callAreaSize > 0,
             configuration.outputLimit >= 0
         else { throw .invalidConfiguration("sizes must be positive") }
+        timeLimitNanoseconds = try configuration.timeLimitNanoseconds()
         let layout = try SandboxLayout(
             memorySize: UInt64(configuration.memorySize), stackSize: UInt64(configuration.stackSize),
             callAreaSize: UInt64(configuration.callAreaSize), entry: image.entry,
@@ -135,8 +154,10 @@ public final class Sandbox: @unchecked Sendable {
             everDirty[i] |= word
         }
         memory.dirtyTracking = false
-        timer = CallTimer(vcpu: vcpu)
-        Watchdog.shared.register(timer)
+        do { timer = try CallTimer(vcpu: vcpu) } catch { throw .hypervisor("creating the sandbox's time limit: \(error)") }
+        if timeLimitNanoseconds != nil, let code = Watchdog.shared.register(timer) {
+            throw .hypervisor("the time limit's watchdog thread cannot start (error \(code))")
+        }
 
         // Run the guest's initialization up to READY.
         do {
@@ -152,6 +173,7 @@ public final class Sandbox: @unchecked Sendable {
                 }
             }
             base = try takeSnapshot()
+            initial = base
         } catch {
             Watchdog.shared.unregister(timer)
             throw error
@@ -201,6 +223,8 @@ public final class Sandbox: @unchecked Sendable {
     public func call<R: SandboxValue, each A: SandboxValue>(
         _ name: String, _ arguments: repeat each A, as type: R.Type = R.self
     ) throws(SandboxError) -> R {
+        try enter()
+        defer { leave() }
         try encodeCall(name, repeat each arguments)
         return try finishCall { (reader) throws(SandboxError) -> R in
             do throws(SandboxMessageFault) {
@@ -215,6 +239,8 @@ public final class Sandbox: @unchecked Sendable {
 
     /// Calls the guest's function `name` and ignores its result (of any type).
     public func call<each A: SandboxValue>(_ name: String, _ arguments: repeat each A) throws(SandboxError) {
+        try enter()
+        defer { leave() }
         try encodeCall(name, repeat each arguments)
         try finishCall { (reader) throws(SandboxError) in
             do throws(SandboxMessageFault) {
@@ -226,8 +252,15 @@ public final class Sandbox: @unchecked Sendable {
         }
     }
 
+    /// Marks the sandbox in use, or throws `.busy` when it already is.
+    private func enter() throws(SandboxError) {
+        guard inUse.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { throw .busy }
+    }
+
+    private func leave() { inUse.store(false, ordering: .releasing) }
+
     private func encodeCall<each A: SandboxValue>(_ name: String, _ arguments: repeat each A) throws(SandboxError) {
-        if poisoned { try restore(base) }
+        if poisoned { try restoreInUse(base) }
         let nameLength = name.utf8.count
         guard nameLength >= 1, nameLength <= 255 else {
             throw .wrongArguments("a function name must have 1 to 255 bytes of UTF-8, not \(nameLength)")
@@ -301,7 +334,9 @@ public final class Sandbox: @unchecked Sendable {
     /// automatic restore after an error) then goes back to. Costs a copy of every page the
     /// guest ever wrote.
     public func snapshot() throws(SandboxError) -> SandboxSnapshot {
-        if poisoned { try restore(base) }
+        try enter()
+        defer { leave() }
+        if poisoned { try restoreInUse(base) }
         let snapshot = try takeSnapshot()
         base = snapshot
         return snapshot
@@ -311,13 +346,24 @@ public final class Sandbox: @unchecked Sendable {
     /// the pages written since the last snapshot or restore when `snapshot` is that one,
     /// else every page ever written; then the registers.
     public func restore(_ snapshot: SandboxSnapshot) throws(SandboxError) {
-        guard snapshot.owner == ObjectIdentifier(self) else {
+        try enter()
+        defer { leave() }
+        try restoreInUse(snapshot)
+    }
+
+    /// `restore(_:)` for a caller that has entered the sandbox.
+    private func restoreInUse(_ snapshot: SandboxSnapshot) throws(SandboxError) {
+        guard snapshot.owner == id else {
             throw .invalidConfiguration("the snapshot belongs to another sandbox")
         }
+        // Until the restore is complete the guest is in neither state.
+        let full = restoreIncomplete || snapshot !== base
+        poisoned = true
+        restoreIncomplete = true
         do {
             try completePendingExit()
             try collectDirtyPages()
-            let pages = snapshot === base ? dirtySinceBase : everDirty
+            let pages = full ? everDirty : dirtySinceBase
             try Self.forEachRun(pages) { (first, count) throws(GuestMemoryError) in
                 try memory.copy(from: snapshot.memory, at: first * 4096, count: Int(count * 4096))
             }
@@ -331,11 +377,24 @@ public final class Sandbox: @unchecked Sendable {
         hostWrittenEnd = layout.callArea
         vcpu.requestImmediateExit(false)
         base = snapshot
+        restoreIncomplete = false
         poisoned = false
     }
 
     /// Restores the snapshot last taken or restored: what a pool does after each use.
-    public func reset() throws(SandboxError) { try restore(base) }
+    public func reset() throws(SandboxError) {
+        try enter()
+        defer { leave() }
+        try restoreInUse(base)
+    }
+
+    /// Restores the snapshot taken after READY, whatever snapshots were taken or restored
+    /// since: what a pool does before handing the sandbox to its next user.
+    func resetToInitial() throws(SandboxError) {
+        try enter()
+        defer { leave() }
+        try restoreInUse(initial)
+    }
 
     private func takeSnapshot() throws(SandboxError) -> SandboxSnapshot {
         do {
@@ -346,7 +405,7 @@ public final class Sandbox: @unchecked Sendable {
                 try copy.copy(from: memory, at: first * 4096, count: Int(count * 4096))
             }
             let snapshot = SandboxSnapshot(
-                owner: ObjectIdentifier(self), memory: copy, registers: try vcpu.registers(),
+                owner: id, memory: copy, registers: try vcpu.registers(),
                 specialRegisters: try vcpu.specialRegisters(), fpu: try vcpu.fpu())
             for i in dirtySinceBase.indices { dirtySinceBase[i] = 0 }
             hostWrittenEnd = layout.callArea
@@ -407,7 +466,7 @@ public final class Sandbox: @unchecked Sendable {
     // MARK: The exit loop
 
     private func withTimeLimit<R>(_ body: () throws(SandboxError) -> R) throws(SandboxError) -> R {
-        guard let limit = configuration.timeLimitNanoseconds else { return try body() }
+        guard let limit = timeLimitNanoseconds else { return try body() }
         timer.arm(nanoseconds: limit)
         defer { timer.disarm() }
         return try body()
@@ -433,7 +492,8 @@ public final class Sandbox: @unchecked Sendable {
                 }
                 return operation
             case .interrupted:
-                if timer.fired { throw .timeLimit(nanoseconds: configuration.timeLimitNanoseconds ?? 0) }
+                timer.takePendingKick()
+                if timer.fired { throw .timeLimit(nanoseconds: timeLimitNanoseconds ?? 0) }
             case .internalError(let suberror, _) where suberror == 1:
                 throw .guestTrap(try trapState())
             case .shutdown:
@@ -633,14 +693,15 @@ extension SandboxMessageWriter {
 
 /// A sandbox's memory and registers at one moment, for `Sandbox.restore(_:)`.
 public final class SandboxSnapshot: Sendable {
-    let owner: ObjectIdentifier
+    /// The number of the sandbox it was taken from.
+    let owner: Int
     let memory: GuestMemory
     let registers: Registers
     let specialRegisters: SpecialRegisters
     let fpu: FPUState
 
     init(
-        owner: ObjectIdentifier, memory: GuestMemory, registers: Registers, specialRegisters: SpecialRegisters, fpu: FPUState
+        owner: Int, memory: GuestMemory, registers: Registers, specialRegisters: SpecialRegisters, fpu: FPUState
     ) {
         self.owner = owner
         self.memory = memory
@@ -716,8 +777,6 @@ extension Sandbox {
         return s
     }
 }
-
-import Synchronization
 
 final class AtomicCounter: Sendable {
     private let value = Atomic<Int>(0)

@@ -79,6 +79,10 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidGuest(String)
     /// The configuration cannot work: why.
     case invalidConfiguration(String)
+    /// The sandbox is already in a call, snapshot or restore: a host function called back
+    /// into its own sandbox, or another thread is using it. A sandbox serves one caller at
+    /// a time; use another sandbox (a `SandboxPool` hands them out).
+    case busy
     /// KVM refused something or the vCPU stopped in a way a sandbox never should (an exit
     /// other than the port and exceptions): what happened.
     case hypervisor(String)
@@ -96,6 +100,7 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
         case .invalidGuest(let why): "invalid sandbox guest: \(why)"
         case .invalidConfiguration(let why): "invalid sandbox configuration: \(why)"
         case .hypervisor(let why): "hypervisor: \(why)"
+        case .busy: "the sandbox is already in use (a host function called back into it, or another thread uses it)"
         }
     }
 }

@@ -47,10 +47,11 @@ public final class SandboxPool: Sendable {
         return try make()
     }
 
-    /// Resets `sandbox` and keeps it for the next checkout (or drops it when the pool is
-    /// full or the reset failed).
+    /// Resets `sandbox` to the state after READY (whatever snapshots its user took or
+    /// restored) and keeps it for the next checkout (or drops it when the pool is full or
+    /// the reset failed).
     public func checkIn(_ sandbox: Sandbox) {
-        do { try sandbox.reset() } catch { return }
+        do { try sandbox.resetToInitial() } catch { return }
         idle.withLock { if $0.count < capacity { $0.append(sandbox) } }
     }
 

@@ -75,6 +75,14 @@ import Glibc
     /// Makes the next (or current, when combined with a signal) `KVM_RUN` return at once.
     public func requestImmediateExit(_ flag: Bool) { runPage.requestImmediateExit(flag) }
 
+    /// Lets `signal` interrupt `KVM_RUN` on this vCPU whatever the running thread's mask
+    /// (`KVM_SET_SIGNAL_MASK`): `KVM_RUN` runs with the calling thread's current mask
+    /// minus `signal`.
+    package func allowSignalDuringRun(_ signal: Int32) throws(KVMError) {
+        let code = ckvm_set_vcpu_signal_mask_allowing(fd, signal)
+        if code != 0 { throw KVMError.ioctl(name: "KVM_SET_SIGNAL_MASK", errno: code) }
+    }
+
     // MARK: Registers and state
 
     public func registers() throws(KVMError) -> Registers {

@@ -3,6 +3,7 @@ import SwiftVisorGuests
 import SwiftVisorSandbox
 import Testing
 import VisorHost
+import VisorKVM
 
 extension KVMIntegration {
     /// Sandboxes (Guests/sandbox/ABI.md) on KVM: calls, host functions, resets, and guests
@@ -66,6 +67,28 @@ extension KVMIntegration {
             #expect(lines.withLock { $0 } == ["hello from the sandbox\n"])
         }
 
+        @Test("the C SDK: a status outside 1-4 becomes 4; messages and prints are cut between characters")
+        func cSDKEdges() throws {
+            let printed = Mutex<[String]>([])
+            var configuration = SandboxConfiguration()
+            configuration.output = { text in printed.withLock { $0.append(text) } }
+            let sandbox = try Self.calls(configuration)
+            for status in [5, 7, 255, 65537, -1] {
+                #expect(throws: SandboxError.guestFailed("the function failed"), "status \(status)") {
+                    try sandbox.call("odd_status", status)
+                }
+            }
+            #expect(throws: SandboxError.wrongArguments("wrong arguments")) { try sandbox.call("odd_status", 2) }
+            // 1 + 2 * 127 bytes: the longest whole-character prefix within 255.
+            #expect(throws: SandboxError.guestFailed("a" + String(repeating: "é", count: 127))) {
+                try sandbox.call("long_error")
+            }
+            try sandbox.call("print_wide")
+            let chunks = printed.withLock { $0 }
+            #expect(chunks.count >= 2)
+            #expect(chunks.joined() == "a" + String(repeating: "é", count: 20_000))
+        }
+
         @Test("errors the guest answers: unknown function, wrong arguments, a call too long")
         func answeredErrors() throws {
             let sandbox = try Self.calls()
@@ -110,6 +133,86 @@ extension KVMIntegration {
             }
         }
 
+        @Test("a host function that calls back into its own sandbox gets .busy; the sandbox keeps working")
+        func reentrantUse() throws {
+            let sandbox = try Self.calls()
+            let seen = Mutex<[SandboxError?]>([])
+            let weak = WeakSandbox(sandbox)
+            sandbox.register("double") { (x: Int) in
+                guard let inner = weak.sandbox else { return 0 }
+                // Each way back in, one at a time (not as an array of closures: the 6.3
+                // compiler crashes on typed-throws closures stored in an array here).
+                do throws(SandboxError) {
+                    _ = try inner.call("add", 1, 2) as Int
+                    seen.withLock { $0.append(nil) }
+                } catch { seen.withLock { $0.append(error) } }
+                do throws(SandboxError) {
+                    try inner.call("bump")
+                    seen.withLock { $0.append(nil) }
+                } catch { seen.withLock { $0.append(error) } }
+                do throws(SandboxError) {
+                    _ = try inner.snapshot()
+                    seen.withLock { $0.append(nil) }
+                } catch { seen.withLock { $0.append(error) } }
+                do throws(SandboxError) {
+                    try inner.reset()
+                    seen.withLock { $0.append(nil) }
+                } catch { seen.withLock { $0.append(error) } }
+                return x * 2
+            }
+            #expect(try sandbox.call("via_host", 20) as Int == 41)
+            #expect(seen.withLock { $0 } == [.busy, .busy, .busy, .busy])
+            #expect(try sandbox.call("add", 2, 3) as Int == 5)
+            try sandbox.reset()
+        }
+
+        @Test("a snapshot of a dropped sandbox does not restore into a new one at the same address")
+        func snapshotOfDroppedSandbox() throws {
+            var reused = false
+            for _ in 0..<20 where !reused {
+                var first: Sandbox? = try Self.calls()
+                _ = try first!.call("bump") as Int
+                let snapshot = try first!.snapshot()
+                let address = ObjectIdentifier(first!)
+                first = nil
+                let second = try Self.calls()
+                reused = ObjectIdentifier(second) == address
+                #expect(throws: SandboxError.invalidConfiguration("the snapshot belongs to another sandbox")) {
+                    try second.restore(snapshot)
+                }
+                #expect(try second.call("bump") as Int == 1)
+            }
+            if !reused { print("snapshotOfDroppedSandbox: no address was reused in 20 tries") }
+        }
+
+        @Test("two threads using one sandbox at once: each call completes or gets .busy")
+        func concurrentUse() throws {
+            let sandbox = try Self.calls()
+            let wrong = Atomic<Int>(0)
+            let busy = Atomic<Int>(0)
+            let done = Atomic<Int>(0)
+            for t in 0..<2 {
+                HostThread.detach {
+                    for i in 0..<2000 {
+                        do {
+                            if try sandbox.call("add", t * 100_000 + i, 1) as Int != t * 100_000 + i + 1 {
+                                wrong.add(1, ordering: .relaxed)
+                            }
+                        } catch SandboxError.busy {
+                            busy.add(1, ordering: .relaxed)
+                        } catch {
+                            wrong.add(1, ordering: .relaxed)
+                        }
+                    }
+                    done.add(1, ordering: .relaxed)
+                }
+            }
+            while done.load(ordering: .relaxed) < 2 { HostIO.sleep(nanoseconds: 1_000_000) }
+            #expect(wrong.load(ordering: .relaxed) == 0)
+            print("concurrentUse: \(busy.load(ordering: .relaxed)) of 4000 calls found the sandbox busy")
+            #expect(try sandbox.call("add", 1, 1) as Int == 2)
+        }
+
         // MARK: Hostile guests
 
         static func hostile(_ configuration: SandboxConfiguration = SandboxConfiguration()) throws -> Sandbox {
@@ -152,6 +255,51 @@ extension KVMIntegration {
             try expectError(sandbox, "spin") { $0 == .timeLimit(nanoseconds: 50_000_000) }
             let elapsed = (HostIO.monotonicNanoseconds() - start) / 1_000_000
             #expect(elapsed < 1000, "took \(elapsed) ms")
+        }
+
+        /// Runs `body` on a new thread and waits at most `seconds` for it; nil when it did not end.
+        static func onThread<R: Sendable>(seconds: Int, _ body: @escaping @Sendable () -> R) -> R? {
+            let result = Mutex<R?>(nil)
+            let done = Atomic<Bool>(false)
+            HostThread.detach {
+                let value = body()
+                result.withLock { $0 = value }
+                done.store(true, ordering: .releasing)
+            }
+            for _ in 0..<seconds * 100 where !done.load(ordering: .acquiring) { HostIO.sleep(nanoseconds: 10_000_000) }
+            return done.load(ordering: .acquiring) ? result.withLock { $0 } : nil
+        }
+
+        @Test("the time limit ends a call from a thread that blocks the kick signal, and from a Task")
+        func timeLimitWhateverTheMask() async throws {
+            let configuration = SandboxConfiguration(timeLimit: .milliseconds(20))
+            let outcome = Self.onThread(seconds: 10) { () -> SandboxError? in
+                do {
+                    let sandbox = try Self.hostile(configuration)
+                    // The thread has called once (READY); now it blocks the kick, as a worker thread does.
+                    VCPUSignals.block([VCPUSignals.kick])
+                    try sandbox.call("spin")
+                    return nil
+                } catch let error as SandboxError {
+                    return error
+                } catch {
+                    return .hypervisor("\(error)")
+                }
+            }
+            #expect(outcome == .some(.timeLimit(nanoseconds: 20_000_000)), "the call did not end: \(String(describing: outcome))")
+
+            let sandbox = try Self.hostile(configuration)
+            for _ in 0..<3 {
+                let error = await Task.detached { () -> SandboxError? in
+                    do throws(SandboxError) {
+                        try sandbox.call("spin")
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }.value
+                #expect(error == .timeLimit(nanoseconds: 20_000_000))
+            }
         }
 
         @Test("the time limit covers host functions: a slow one ends the call when it returns")
@@ -316,6 +464,23 @@ extension KVMIntegration {
             #expect(pool.idleCount == 2)
         }
 
+        @Test("a pool resets to the state after READY even when its user moved the snapshot")
+        func poolIgnoresUserSnapshots() throws {
+            let pool = try SandboxPool(guest: GuestImages.sandboxCalls, count: 1)
+            try pool.withSandbox { sandbox throws(SandboxError) in
+                #expect(try sandbox.call("bump") as Int == 1)
+                _ = try sandbox.snapshot()
+                #expect(try sandbox.call("bump") as Int == 2)
+            }
+            try pool.withSandbox { sandbox throws(SandboxError) in
+                let one = try sandbox.call("bump") as Int
+                #expect(one == 1, "the pool handed out the previous user's state")
+                try sandbox.restore(try sandbox.snapshot())
+            }
+            #expect(pool.idleCount == 1)
+            #expect(try pool.withSandbox { sandbox throws(SandboxError) in try sandbox.call("bump") as Int } == 1)
+        }
+
         /// Calls with a reset after each in `swift test`; SWIFTVISOR_SANDBOX_CALLS overrides it.
         static let resetCalls = environmentCount("SWIFTVISOR_SANDBOX_CALLS", default: 10_000)
 
@@ -349,6 +514,13 @@ extension KVMIntegration {
             baseline.expectUnchanged(rssSlackKiB: 8 * 1024)
         }
     }
+}
+
+/// A sandbox a host function of its own can reach without keeping it alive.
+final class WeakSandbox: @unchecked Sendable {
+    // @unchecked: `sandbox` is set once, in init, and only read afterwards.
+    weak var sandbox: Sandbox?
+    init(_ sandbox: Sandbox) { self.sandbox = sandbox }
 }
 
 struct HostFailure: Error, CustomStringConvertible {

@@ -15,6 +15,26 @@ struct LayoutTests {
             memorySize: memory, stackSize: 256 << 10, callAreaSize: 64 << 10, entry: 0x40_0000, segments: Self.segments)
     }
 
+    @Test("a stack as large as RAM or larger is an invalid configuration, not a crash")
+    func stackLargerThanMemory() {
+        for stack: UInt64 in [8 << 20, 16 << 20, 1 << 40, UInt64.max & ~4095] {
+            #expect(throws: SandboxError.self, "\(stack)") {
+                try SandboxLayout(
+                    memorySize: 8 << 20, stackSize: stack, callAreaSize: 64 << 10, entry: 0x40_0000, segments: Self.segments)
+            }
+            do {
+                _ = try SandboxLayout(
+                    memorySize: 8 << 20, stackSize: stack, callAreaSize: 64 << 10, entry: 0x40_0000, segments: Self.segments)
+            } catch {
+                guard case .invalidConfiguration(let why) = error else {
+                    Issue.record("\(stack): \(error)")
+                    continue
+                }
+                #expect(why.contains("stack size"))
+            }
+        }
+    }
+
     @Test("the map: image, call area, heap, guard page, stack, trap page")
     func memoryMap() throws {
         let l = try layout()

@@ -226,8 +226,18 @@ bool sv_export(const char *name, sv_function function) {
     return true;
 }
 
+/* The longest prefix of the `length` bytes at `text`, at most `limit`, that does not end
+   inside a UTF-8 character: a cut never leaves the receiver a broken character. Returns
+   `limit` itself when even one character does not fit in it (text that is no UTF-8 at all). */
+static uint32_t utf8_cut(const char *text, uint32_t length, uint32_t limit) {
+    if (length <= limit) return length;
+    uint32_t n = limit;
+    while (n > 0 && ((uint8_t)text[n] & 0xC0) == 0x80 && limit - n < 3) n--;
+    return n > 0 && ((uint8_t)text[n] & 0xC0) != 0x80 ? n : limit;
+}
+
 static void set_error(const char *message, uint32_t length) {
-    if (length > MAX_MESSAGE) length = MAX_MESSAGE;
+    length = utf8_cut(message, length, MAX_MESSAGE);
     memcpy(error_message, message, length);
     error_message[length] = 0;
     error_length = length;
@@ -250,7 +260,7 @@ static void signal_output(uint32_t operation, uint32_t length) {
 
 void sv_print(const char *text, size_t length) {
     while (length > 0) {
-        uint32_t chunk = length > output_capacity ? output_capacity : (uint32_t)length;
+        uint32_t chunk = length > output_capacity ? utf8_cut(text, output_capacity + 1, output_capacity) : (uint32_t)length;
         memcpy(output_buffer, text, chunk);
         signal_output(SANDBOX_OP_PRINT, chunk);
         text += chunk;
@@ -261,8 +271,7 @@ void sv_print(const char *text, size_t length) {
 void sv_puts(const char *text) { sv_print(text, strlen(text)); }
 
 void sv_abort(const char *message) {
-    uint32_t length = (uint32_t)strlen(message);
-    if (length > output_capacity) length = output_capacity;
+    uint32_t length = utf8_cut(message, (uint32_t)strlen(message), output_capacity);
     memcpy(output_buffer, message, length);
     signal_output(SANDBOX_OP_ABORT, length);
     sandbox_trap();
@@ -325,7 +334,7 @@ int sv_host_call(const char *name, const sv_value *args, uint16_t count, sv_valu
 
 static void respond_error(uint16_t code, const char *message, uint32_t length) {
     writer w = {output_buffer, output_capacity, 0, false};
-    if (length > 1024) length = 1024;
+    length = utf8_cut(message, length, 1024);
     put_u8(&w, 1);
     put_u16(&w, code);
     put_name(&w, message, length);
@@ -362,6 +371,8 @@ static void serve(uint32_t length) {
         sv_value result = sv_void();
         error_length = 0;
         int status = exports[i].function(args, count, &result);
+        /* Only codes 1-4 are in the convention: any other failure is code 4. */
+        if (status != SV_OK && (status < SV_ERROR_UNKNOWN_FUNCTION || status > SV_ERROR_FAILED)) status = SV_ERROR_FAILED;
         if (status != SV_OK) {
             if (error_length == 0) {
                 const char *what = status == SV_ERROR_ARGUMENTS ? "wrong arguments" : "the function failed";

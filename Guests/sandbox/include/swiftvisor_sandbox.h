@@ -94,7 +94,8 @@ int sv_host_call(const char *name, const sv_value *args, uint16_t count, sv_valu
 /* The message of the last failed host call (or ""), and its length. */
 const char *sv_last_error(uint32_t *length);
 
-/* Sets the message of an SV_ERROR_FAILED return (copied, truncated to 255 bytes); returns
+/* Sets the message of an SV_ERROR_FAILED return (copied, cut to at most 255 bytes at a
+ * UTF-8 character boundary); returns
  * SV_ERROR_FAILED. */
 int sv_fail(const char *message);
 

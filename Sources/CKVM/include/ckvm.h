@@ -112,6 +112,11 @@ int ckvm_install_kick_handler(int signo);
 /// Returns 0 or an errno value.
 int ckvm_thread_signal_mask(int how, const int *signals, int count);
 
+/// Sets the signal mask KVM_RUN on `vcpufd` runs with (KVM_SET_SIGNAL_MASK): the calling
+/// thread's mask without `signo`, so `signo` interrupts KVM_RUN whatever the mask of the
+/// thread that runs it. Returns 0 or errno.
+int ckvm_set_vcpu_signal_mask_allowing(int vcpufd, int signo);
+
 /// Waits for one of `count` signals (which the caller has blocked) and returns it, or -1.
 int ckvm_wait_for_signal(const int *signals, int count);
 
