@@ -36,8 +36,13 @@ public struct EmulationState {
     public let xcr0: UInt64?
     let translator: AddressTranslator
 
-    /// CPL, from CS's selector.
-    public var cpl: Int { Int(special.cs.selector & 3) }
+    /// CPL: 0 in real mode, 3 in virtual-8086 mode (where CS holds a real-mode segment
+    /// value, not a selector), else CS's RPL, which the processor keeps equal to the CPL.
+    public var cpl: Int {
+        if special.cr0 & 1 == 0 { return 0 }
+        if registers.rflags & (1 << 17) != 0 { return 3 }
+        return Int(special.cs.selector & 3)
+    }
 
     // MARK: Registers
 

@@ -130,6 +130,19 @@ struct SoftwareInterruptTests {
         #expect(short.vcpu.injections == [.generalProtection(0xFF << 3 | 2)])
     }
 
+    @Test("virtual-8086 mode runs at CPL3 whatever CS holds: a DPL-0 gate raises #GP(n*8+2)")
+    func virtual8086() throws {
+        let h = try protectedMode()
+        // VM and IOPL 3 (an INT with a lower IOPL faults before the IDT); CS holds a
+        // real-mode segment value whose low bits are 0.
+        h.vcpu.regs.rflags = 0x2 | 1 << 17 | 3 << 12
+        h.vcpu.sregs.cs = Segment(base: 0x10000, limit: 0xFFFF, selector: 0x1000, type: 0xB)
+        h.vcpu.regs.rip = 0
+        try writeGate(h, vector: 0x31, size: 8, access: gateAccess(dpl: 0))
+        #expect(try h.run([0xCD, 0x31]) == .handled)
+        #expect(h.vcpu.injections == [.generalProtection(0x31 << 3 | 2)])
+    }
+
     @Test("real mode: the vector is delivered when the IVT covers it, else #GP(0)")
     func realMode() throws {
         let h = try EmulatorHarness()
