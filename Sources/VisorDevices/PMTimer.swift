@@ -1,11 +1,14 @@
 public import VisorCore
+import Synchronization
 import VisorHost
+public import VisorSnapshot
 
 /// The ACPI power-management timer (ACPI 6.5, 4.8.3.3): a free-running counter at
 /// 3.579545 MHz that the guest reads from a 4-byte port block named by the FADT
 /// (PM_TMR_BLK). It is 32 bits wide, as the FADT announces (TMR_VAL_EXT), and counts the
-/// host's monotonic clock since the device was made, so it never goes backwards and
-/// needs no state of its own. Reads of any width see the low bytes of the counter from
+/// host's monotonic clock since the device was made, so it never goes backwards. A
+/// snapshot saves the counter and a restore continues from it, as the guest's other
+/// clocks do (time spent saved does not pass for the guest). Reads of any width see the low bytes of the counter from
 /// the accessed port's lane on (0xFF past the block); writes are ignored (the register is
 /// read-only). The timer's overflow status bit and interrupt (TMR_STS, TMR_EN) are not
 /// modelled.
@@ -20,6 +23,8 @@ public final class ACPIPMTimerDevice: PortDevice {
     public let port: UInt16
     private let clock: @Sendable () -> UInt64
     private let start: UInt64
+    /// Ticks added to those counted since `start`: what a restore continues from.
+    private let base = Atomic<UInt64>(0)
 
     /// - Parameters:
     ///   - port: the first port of the 4-byte block.
@@ -33,11 +38,13 @@ public final class ACPIPMTimerDevice: PortDevice {
 
     /// The counter: nanoseconds since the device was made, scaled to 3.579545 MHz without
     /// overflow (the product is 128 bits wide; the quotient fits 64 bits for 160 years).
-    public var counter: UInt32 {
+    public var counter: UInt32 { UInt32(truncatingIfNeeded: ticks) }
+
+    /// The full count: ticks since `start`, plus what a restore set.
+    private var ticks: UInt64 {
         let elapsed = clock() &- start
         let product = elapsed.multipliedFullWidth(by: Self.frequency)
-        let ticks = UInt64(1_000_000_000).dividingFullWidth(product).quotient
-        return UInt32(truncatingIfNeeded: ticks)
+        return UInt64(1_000_000_000).dividingFullWidth(product).quotient &+ base.load(ordering: .relaxed)
     }
 
     public func portRead(port: UInt16, offset: UInt16, width: UInt8) -> UInt32 {
@@ -59,6 +66,19 @@ extension ACPIPMTimerDevice {
     package func platformDevice() throws(PlatformError) -> PlatformDevice {
         PlatformDevice(
             name: "acpi-pm-timer", ports: [try .ports("acpi-pm-timer", port, count: Self.length)], portDevice: self,
-            fixedHardware: [.pmTimer(port: port)])
+            fixedHardware: [.pmTimer(port: port)], state: self)
+    }
+}
+
+extension ACPIPMTimerDevice: SnapshotStateful {
+    /// The count, so a restored timer goes on from it instead of starting again at 0
+    /// (which a guest's clocksource would read as a wrap of 20 minutes).
+    public func saveState(to writer: inout SnapshotWriter) { writer.write(ticks) }
+
+    public func restoreState(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let saved = try reader.readUInt64("the PM timer's count")
+        // Wrapping: any count a file holds is a count the timer may have reached.
+        let now = ticks &- base.load(ordering: .relaxed)
+        base.store(saved &- now, ordering: .relaxed)
     }
 }

@@ -1,6 +1,7 @@
 import Synchronization
 import Testing
 import VisorCore
+import VisorSnapshot
 @testable import VisorDevices
 
 @Suite("ACPI PM timer")
@@ -27,6 +28,33 @@ struct PMTimerTests {
         #expect(UInt64(timer.counter) == ticks & 0xFFFF_FFFF)
         clock.advance(UInt64(1) << 62)
         _ = timer.counter
+    }
+
+    @Test("a snapshot saves the count; a timer restored from it, made later, goes on from there")
+    func snapshot() throws {
+        let clock = Clock()
+        let timer = ACPIPMTimerDevice(clock: clock.read)
+        clock.advance(2_000_000_000)
+        var writer = SnapshotWriter()
+        timer.saveState(to: &writer)
+        // An hour later, a new machine: its timer starts at 0, then restores.
+        clock.advance(3_600_000_000_000)
+        let restored = ACPIPMTimerDevice(clock: clock.read)
+        var reader = SnapshotReader(writer.bytes)
+        try restored.restoreState(from: &reader)
+        #expect(restored.counter == 7_159_090)
+        clock.advance(1_000_000_000)
+        #expect(restored.counter == 7_159_090 + 3_579_545)
+        // A file's count near 2^64 wraps instead of trapping.
+        var far = SnapshotWriter()
+        far.write(UInt64.max)
+        var farReader = SnapshotReader(far.bytes)
+        try restored.restoreState(from: &farReader)
+        clock.advance(1_000_000_000)
+        #expect(restored.counter == UInt32(truncatingIfNeeded: UInt64.max &+ 3_579_545))
+        // Truncated state is refused.
+        var short = SnapshotReader([1, 2, 3])
+        #expect(throws: SnapshotError.self) { try restored.restoreState(from: &short) }
     }
 
     @Test("reads of width 1, 2 and 4 see the counter's lanes from the port on; past the block 0xFF; writes do nothing")
