@@ -12,16 +12,20 @@ public enum HostIO {
     /// Writes all of `bytes` to `fd`, retrying on EINTR and short writes, with one
     /// `write(2)` per try rather than per byte. Gives up silently on other errors (a closed
     /// terminal must not stop the guest), and whenever `giveUp` says so: it is asked before
-    /// every try, so a caller that sets its condition and then interrupts the writer with a
-    /// signal (again, if the first one came just before the writer blocked) gets it out of a
-    /// full pipe. By default it gives up when the calling thread's `WriteGiveUp` condition
-    /// holds (on a vCPU thread: its machine is being paused or stopped). Returns whether
-    /// every byte was written.
+    /// every try but the first, so a caller that sets its condition and then interrupts the
+    /// writer with a signal (again, if the first one came just before the writer blocked)
+    /// gets it out of a full pipe, while bytes that can go out at once always do (a byte
+    /// the guest sent just as its machine pauses for a snapshot is not lost). By default
+    /// it gives up when the calling thread's `WriteGiveUp` condition holds (on a vCPU
+    /// thread: its machine is being paused or stopped). Returns whether every byte was
+    /// written.
     @discardableResult
     public static func write(_ bytes: Span<UInt8>, to fd: Int32, giveUp: () -> Bool = { WriteGiveUp.holds }) -> Bool {
         var done = 0
+        var tried = false
         while done < bytes.count {
-            if giveUp() { return false }
+            if tried, giveUp() { return false }
+            tried = true
             // SAFETY: write(2) reads at most count - done bytes from offset done (< count) of
             // the span's buffer, which is valid for the closure's duration.
             let n = unsafe bytes.withUnsafeBufferPointer { buffer in
