@@ -101,13 +101,16 @@ static void ioapic_route(uint32_t pin, uint32_t vector) {
 
 static void lapic_eoi(void) { mmio_write32(LAPIC + 0xB0, 0); }
 
-// Waits, with interrupts on, until the handler has run `count` times (bounded).
+// Waits, with interrupts on, until the handler has run `count` times (bounded). Without
+// `halt`, each window with interrupts on holds an `out` to the unclaimed port 0x80: a host
+// that interprets CPL0 code delivers a pending interrupt when it enters the guest again, so
+// the window must contain an exit (a bare `sti; nop; cli` was seen to miss it).
 static bool wait_for_trap(uint32_t count, bool halt) {
     for (uint32_t i = 0; i < 100000 && mb_last_trap.count < count; i++) {
         if (halt)
             __asm__ volatile("sti; hlt; cli" ::: "memory");
         else
-            __asm__ volatile("sti; nop; cli" ::: "memory");
+            __asm__ volatile("sti; nop; outb %%al, $0x80; cli" ::: "memory", "eax");
     }
     return mb_last_trap.count >= count;
 }
