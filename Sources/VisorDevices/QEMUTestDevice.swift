@@ -78,8 +78,12 @@ public final class QEMUTestDevice: PortDevice, MMIODevice {
             let line = Int(offset) + lane
             guard line < Self.interruptLineCount else { break }
             let high = (value >> (8 * UInt32(lane))) & 0xFF != 0
-            state.withLock { $0.levels[line] = high }
-            interruptLine?(UInt32(line), high)
+            // Under the lock: two vCPUs writing the same port leave the stored level and
+            // the irqchip's line in agreement.
+            state.withLock { state in
+                state.levels[line] = high
+                interruptLine?(UInt32(line), high)
+            }
         }
         return .continue
     }
