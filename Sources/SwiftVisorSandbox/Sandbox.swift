@@ -621,6 +621,27 @@ public final class Sandbox: @unchecked Sendable {
 // it, encode its result. (Structs whose method is stored, rather than closures: the
 // compiler handles parameter packs captured by a method reference.)
 
+/// Decodes a host call's `count` arguments as `A...`: nil, with the error reply written,
+/// when the count or a type is wrong; throws when the message itself is malformed.
+func decodeHostArguments<each A: SandboxValue>(
+    _ types: (repeat (each A).Type), name: String, _ reader: inout SandboxMessageReader, _ count: Int,
+    _ writer: inout SandboxMessageWriter
+) throws(SandboxMessageFault) -> (repeat each A)? {
+    let arity = packTypeCount(repeat (each A).self)
+    guard count == arity else {
+        writer.hostError(2, "\(name) takes \(arity) arguments, not \(count)")
+        return nil
+    }
+    let arguments = (repeat reader.valueOrNil((each A).self))
+    if let failure = reader.failure {
+        guard case .typeMismatch = failure else { throw failure }
+        writer.hostError(2, "\(name): \(failure)")
+        return nil
+    }
+    guard reader.remaining == 0 else { throw .trailingBytes(reader.remaining) }
+    return (repeat (each arguments)!)
+}
+
 struct HostInvoker<each A: SandboxValue, R: SandboxValue> {
     let name: String
     let body: @Sendable (repeat each A) throws -> R
@@ -628,20 +649,11 @@ struct HostInvoker<each A: SandboxValue, R: SandboxValue> {
     func invoke(_ reader: inout SandboxMessageReader, _ count: Int, _ writer: inout SandboxMessageWriter)
         throws(SandboxMessageFault)
     {
-        let arity = packTypeCount(repeat (each A).self)
-        guard count == arity else {
-            writer.hostError(2, "\(name) takes \(arity) arguments, not \(count)")
-            return
-        }
-        let arguments = (repeat reader.valueOrNil((each A).self))
-        if let failure = reader.failure {
-            guard case .typeMismatch = failure else { throw failure }
-            writer.hostError(2, "\(name): \(failure)")
-            return
-        }
-        guard reader.remaining == 0 else { throw .trailingBytes(reader.remaining) }
+        guard
+            let arguments = try decodeHostArguments((repeat (each A).self), name: name, &reader, count, &writer)
+        else { return }
         do {
-            let result = try body(repeat (each arguments)!)
+            let result = try body(repeat each arguments)
             writer.reset()
             writer.u8(0)
             writer.value(result)
@@ -658,20 +670,11 @@ struct HostVoidInvoker<each A: SandboxValue> {
     func invoke(_ reader: inout SandboxMessageReader, _ count: Int, _ writer: inout SandboxMessageWriter)
         throws(SandboxMessageFault)
     {
-        let arity = packTypeCount(repeat (each A).self)
-        guard count == arity else {
-            writer.hostError(2, "\(name) takes \(arity) arguments, not \(count)")
-            return
-        }
-        let arguments = (repeat reader.valueOrNil((each A).self))
-        if let failure = reader.failure {
-            guard case .typeMismatch = failure else { throw failure }
-            writer.hostError(2, "\(name): \(failure)")
-            return
-        }
-        guard reader.remaining == 0 else { throw .trailingBytes(reader.remaining) }
+        guard
+            let arguments = try decodeHostArguments((repeat (each A).self), name: name, &reader, count, &writer)
+        else { return }
         do {
-            try body(repeat (each arguments)!)
+            try body(repeat each arguments)
             writer.reset()
             writer.u8(0)
             writer.u8(0)
