@@ -11,15 +11,24 @@ import VisorVirtio
 struct VirtioSnapshotTests {
     typealias R = VirtioMMIOTransport.Register
 
-    @Test("an active device restored into a new transport serves the next request where the old one stopped")
-    func activeDeviceContinues() throws {
+    /// An entropy device whose driver negotiated VERSION_1, set up queue 0 and said DRIVER_OK.
+    static func activeEntropy() throws -> (
+        memory: GuestMemory, transport: VirtioMMIOTransport, driver: MMIODriver, fake: FakeDriver
+    ) {
         let memory = try FakeDriver.memory()
-        let old = VirtioMMIOTransport(device: VirtioEntropyDevice(), memory: memory) { _ in }
-        let driver = MMIODriver(transport: old)
-        var fake = FakeDriver(memory: memory)
+        let transport = VirtioMMIOTransport(device: VirtioEntropyDevice(), memory: memory) { _ in }
+        let driver = MMIODriver(transport: transport)
+        let fake = FakeDriver(memory: memory)
         driver.negotiate(VirtioFeature.version1)
         driver.setUpQueue(0, fake)
         driver.driverOK()
+        return (memory, transport, driver, fake)
+    }
+
+    @Test("an active device restored into a new transport serves the next request where the old one stopped")
+    func activeDeviceContinues() throws {
+        let (memory, old, driver, setUp) = try Self.activeEntropy()
+        var fake = setUp
         for head: UInt16 in 0..<3 {
             try fake.setDescriptor(UInt64(head), address: 0x10_000 + 64 * UInt64(head), length: 16, flags: Virtqueue.flagWrite)
             try fake.makeAvailable(head)
@@ -65,13 +74,8 @@ struct VirtioSnapshotTests {
 
     @Test("states the handshake cannot reach are refused: an active device without DRIVER_OK, foreign features")
     func refusals() throws {
-        let memory = try FakeDriver.memory()
-        let old = VirtioMMIOTransport(device: VirtioEntropyDevice(), memory: memory) { _ in }
-        var fake = FakeDriver(memory: memory)
-        let driver = MMIODriver(transport: old)
-        driver.negotiate(VirtioFeature.version1)
-        driver.setUpQueue(0, fake)
-        driver.driverOK()
+        let (memory, old, _, setUp) = try Self.activeEntropy()
+        var fake = setUp
         try fake.setAvailableIndex(0)
         var writer = SnapshotWriter()
         old.saveState(to: &writer)
