@@ -21,7 +21,7 @@
 //     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
 //  6  FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
 //     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
-//     FuzzTargets         -> VisorHost VisorAPI SwiftVisor VisorSnapshot
+//     FuzzTargets         -> VisorHost VisorAPI SwiftVisor VisorSnapshot SwiftVisorSandbox
 //  5  VisorAPI            -> SwiftVisor VisorHost                      -- the Firecracker-compatible control API
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
@@ -188,6 +188,7 @@ let package = Package(
             dependencies: [
                 "VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "VisorEmulator",
                 "VisorDecoder", "TestSupport", "VisorVirtio", "VisorHost", "VisorAPI", "SwiftVisor", "VisorSnapshot",
+                "SwiftVisorSandbox",
             ],
             path: "Fuzz/Targets", swiftSettings: strict),
         // The libFuzzer entry point. A plain build makes a replay tool (run a target over

@@ -151,6 +151,10 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
     /// decode fails with a `SnapshotError` or gives a state whose kernel blocks have their
     /// structures' sizes and lists their bounds, and which encodes to exactly the bytes read.
     case kvmState = "kvm-state"
+    /// One tagged value of the sandbox calling convention as the host reads it from a
+    /// guest's call area; the first byte picks the expected type. Checks: whatever decodes
+    /// re-encodes to exactly the bytes read, and `skipValue` accepts it over the same bytes.
+    case sandboxMessage = "sandbox-message"
 
     /// Inputs a seeded pass in `swift test` runs: fewer where one run snapshots guest RAM,
     /// which is slow in a debug build.
@@ -193,6 +197,7 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .apiRequest: fuzzAPIRequest(data)
         case .rateLimiter: fuzzRateLimiter(data)
         case .kvmState: fuzzKVMState(data)
+        case .sandboxMessage: fuzzSandboxMessage(data)
         }
     }
 }
