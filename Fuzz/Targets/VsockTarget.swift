@@ -39,6 +39,9 @@ private final class FuzzVsockHost: VsockHostSide {
         var watchesFail = false
         /// Work the device handed to `perform`, held back as an I/O thread would hold it.
         var deferred: [@Sendable () -> Void] = []
+        /// The clock, moved by the input, and the deadline the device asked to be woken at.
+        var now: UInt64 = 1_000_000_000
+        var wake: UInt64?
     }
     let state = Mutex(State())
 
@@ -98,6 +101,18 @@ private final class FuzzVsockHost: VsockHostSide {
         }
         work.forEach { $0() }
     }
+    var now: UInt64 { state.withLock { $0.now } }
+    func wake(at deadline: UInt64) { state.withLock { $0.wake = deadline } }
+    /// Moves the clock on by `nanoseconds`; wakes the device when its deadline passed.
+    func advance(by nanoseconds: UInt64, device: VirtioVsockDevice) {
+        let due = state.withLock { state in
+            state.now += nanoseconds
+            guard let wake = state.wake, wake <= state.now else { return false }
+            state.wake = nil
+            return true
+        }
+        if due { device.deadlinePassed() }
+    }
     func watch(_ handle: Int32, readable: Bool, writable: Bool) -> Bool {
         state.withLock { state in
             precondition(state.sockets[handle]?.closed == false, "a watch on a closed socket")
@@ -120,7 +135,8 @@ private final class FuzzVsockHost: VsockHostSide {
 /// bytes and sends CREDIT_UPDATE; 7 the listener reports, after a byte says whether
 /// accepting fails, whether watches fail, whether the driver resets the device and sets it
 /// up again on fresh rings, and whether the I/O thread runs the work the device handed the
-/// host side (a reset's socket closes), which otherwise waits.
+/// host side (a reset's socket closes), which otherwise waits, and whether the clock moves
+/// on (by nothing, 0.5, 1.999, 2 or 5 seconds), waking the device if its deadline passed.
 ///
 /// The guest advertises a fixed buffer per connection (from its ports) and, as fwd_cnt,
 /// the bytes it consumed. Checks: the payload delivered on a connection, less what the
@@ -130,7 +146,9 @@ private final class FuzzVsockHost: VsockHostSide {
 /// resets, unless the guest asked for it again since, and none outlives a device reset;
 /// the fake host sees no use of a closed socket; at the end, once the held-back work has
 /// run, every host socket the device took and did not close is a connection's or a
-/// waiting line's (none leaks).
+/// waiting line's (none leaks). Deadlines: while a line or an unanswered host connection
+/// waits, the device has asked to be woken; once the clock moved 5 seconds past them, none
+/// waits.
 func fuzzVirtioVsock(_ data: [UInt8]) {
     typealias L = VsockLayout
     typealias Op = VsockHeader.Operation
@@ -379,7 +397,21 @@ func fuzzVirtioVsock(_ data: [UInt8]) {
             }
             if choice & 8 != 0 { host.runDeferred() }
             device.listenerReady()
+            if choice & 16 != 0 {
+                let steps: [UInt64] = [0, 500_000_000, 1_999_999_999, 2_000_000_000, 5_000_000_000]
+                let step = steps[Int(input.byte()) % steps.count]
+                host.advance(by: step, device: device)
+                if step >= 5_000_000_000 {
+                    precondition(device.waitingLineCount == 0, "a CONNECT line outlived its deadline")
+                    precondition(
+                        !device.connectionKeys.contains { device.isConnecting($0) },
+                        "a host connection's REQUEST outlived its deadline")
+                }
+                collect()
+            }
         }
+        let waiting = device.waitingLineCount > 0 || device.connectionKeys.contains { device.isConnecting($0) }
+        precondition(!waiting || host.state.withLock { $0.wake != nil }, "something waits with no wake-up asked for")
     }
     // Every socket the device took (accepted or connected) and still holds is a
     // connection's or a waiting line's; once its work has run, it holds no other open.

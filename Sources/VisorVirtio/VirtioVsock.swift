@@ -31,6 +31,11 @@ import Synchronization
 /// `maximumConnections` (host connections waiting for their line included),
 /// `bufferSize` bytes buffered per connection, `maximumControlPackets` packets waiting for
 /// rx buffers, and a queue's worth of packets per notification or host wake-up.
+///
+/// Deadlines (as Firecracker's muxer): a host program has `lineTimeout` to send its whole
+/// `CONNECT` line, and the guest `requestTimeout` to answer the REQUEST it caused; past
+/// either, the host connection is closed (and the guest sent a RST for the request), so
+/// a silent program or guest cannot hold one of the `maximumConnections` slots.
 package final class VirtioVsockDevice: VirtioDevice {
     package static let queueSize: UInt16 = 256
     /// The receive buffer each connection advertises (its host-bound bytes never exceed it).
@@ -48,6 +53,11 @@ package final class VirtioVsockDevice: VirtioDevice {
     package static let pendingLimit = Int(bufferSize) + 14
     /// The first host port a host-initiated connection gets.
     package static let firstHostPort: UInt32 = 1 << 30
+    /// How long a host program has for its `CONNECT` line, from its connection's accept.
+    package static let lineTimeout: UInt64 = 2_000_000_000
+    /// How long the guest has to answer a host connection's REQUEST (Firecracker's
+    /// `CONN_REQUEST_TIMEOUT_MS`).
+    package static let requestTimeout: UInt64 = 2_000_000_000
 
     /// A connection, by its two ports.
     package struct Key: Hashable, Sendable {
@@ -63,6 +73,8 @@ package final class VirtioVsockDevice: VirtioDevice {
         enum Phase { case connecting, established }
         var handle: Int32
         var phase: Phase
+        /// While `.connecting`: when the guest's answer is due (`VsockHostSide.now`).
+        var deadline: UInt64 = 0
         /// Tells this connection from an earlier one with the same ports, for the control
         /// packets queued for that one.
         var serial: UInt64
@@ -129,8 +141,11 @@ package final class VirtioVsockDevice: VirtioDevice {
         var hasSpare = false
         var connections: [Key: Connection] = [:]
         var keys: [Int32: Key] = [:]
-        /// Host connections still sending their `CONNECT` line, and what came of it.
-        var lines: [Int32: [UInt8]] = [:]
+        /// Host connections still sending their `CONNECT` line: what came of it, and when
+        /// the whole line is due.
+        var lines: [Int32: (bytes: [UInt8], deadline: UInt64)] = [:]
+        /// The deadline the host side was last asked to wake the device at, if still ahead.
+        var wake: UInt64?
         var control: [ControlPacket] = []
         var controlStart = 0
         var dataReady: [Key] = []
@@ -140,6 +155,8 @@ package final class VirtioVsockDevice: VirtioDevice {
         /// Header and payload on their way in or out.
         var packet: [UInt8] = []
         var counters = VirtioCounters()
+        /// Host connections closed for a missed deadline (line or guest answer).
+        var timeouts: UInt64 = 0
         var connectionCount: Int { connections.count + lines.count }
     }
     private let state = Mutex(State())
@@ -167,6 +184,9 @@ package final class VirtioVsockDevice: VirtioDevice {
 
     /// Packets completed (both ways, malformed ones among them) and payload bytes relayed.
     package var counters: VirtioCounters { state.withLock { $0.counters } }
+
+    /// Host connections closed because their line or the guest's answer came too late.
+    package var timeoutCount: UInt64 { state.withLock { $0.timeouts } }
 
     /// The connections open now (for tests).
     package var connectionKeys: [Key] { state.withLock { Array($0.connections.keys) } }
@@ -315,7 +335,9 @@ package final class VirtioVsockDevice: VirtioDevice {
                         host.close(handle)
                         continue
                     }
-                    state.lines[handle] = []
+                    let deadline = host.now &+ Self.lineTimeout
+                    state.lines[handle] = ([], deadline)
+                    scheduleWake(&state, at: deadline)
                 }
             }
         }
@@ -349,7 +371,7 @@ package final class VirtioVsockDevice: VirtioDevice {
     /// Reads what came of `handle`'s line, up to its newline and never past it; returns
     /// whether rx buffers were used.
     private func readLine(_ state: inout State, handle: Int32) -> Bool {
-        guard var line = state.lines[handle] else { return false }
+        guard var line = state.lines[handle]?.bytes else { return false }
         let room = Self.maximumLineLength - line.count
         var peeked = [UInt8](repeating: 0, count: room)
         let count: Int
@@ -370,7 +392,7 @@ package final class VirtioVsockDevice: VirtioDevice {
         }
         line += consumed
         guard newline != nil else {
-            if line.count >= Self.maximumLineLength { closeLine(&state, handle) } else { state.lines[handle] = line }
+            if line.count >= Self.maximumLineLength { closeLine(&state, handle) } else { state.lines[handle]?.bytes = line }
             return false
         }
         state.lines[handle] = nil
@@ -386,8 +408,10 @@ package final class VirtioVsockDevice: VirtioDevice {
         }
         state.nextHostPort = key.hostPort == UInt32.max ? Self.firstHostPort : key.hostPort + 1
         let serial = nextSerial(&state)
-        state.connections[key] = Connection(handle: handle, phase: .connecting, serial: serial)
+        let deadline = host.now &+ Self.requestTimeout
+        state.connections[key] = Connection(handle: handle, phase: .connecting, deadline: deadline, serial: serial)
         state.keys[handle] = key
+        scheduleWake(&state, at: deadline)
         _ = host.watch(handle, readable: false, writable: false)  // ending a watch cannot fail
         queueControl(&state, ControlPacket(key: key, operation: VsockHeader.Operation.request))
         return fillReceive(&state)
@@ -397,6 +421,52 @@ package final class VirtioVsockDevice: VirtioDevice {
         state.lines[handle] = nil
         host.close(handle)
         resumeListener(&state)
+    }
+
+    // MARK: Deadlines
+
+    /// Asks the host side to wake the device at `deadline` unless it will already wake it
+    /// at or before then. Deadlines are made in increasing order (now plus a fixed time),
+    /// so the earliest one pending is the one asked for.
+    private func scheduleWake(_ state: inout State, at deadline: UInt64) {
+        if let wake = state.wake, wake <= deadline { return }
+        state.wake = deadline
+        host.wake(at: deadline)
+    }
+
+    /// A deadline passed (on the host side's thread): host connections whose line did not
+    /// come in time are closed; a host connection whose REQUEST the guest has not answered
+    /// in time is closed and the guest gets a RST for it. Then the next deadline is asked
+    /// for.
+    package func deadlinePassed() {
+        let interrupt: VirtioInterrupt? = state.withLock { state in
+            let now = host.now
+            state.wake = nil
+            var next: UInt64?
+            for (handle, line) in state.lines {
+                if line.deadline <= now {
+                    closeLine(&state, handle)
+                    state.timeouts += 1
+                } else {
+                    next = min(next ?? line.deadline, line.deadline)
+                }
+            }
+            var expired: [Key] = []
+            for (key, connection) in state.connections where connection.phase == .connecting {
+                if connection.deadline <= now {
+                    expired.append(key)
+                } else {
+                    next = min(next ?? connection.deadline, connection.deadline)
+                }
+            }
+            for key in expired {
+                reset(&state, key)
+                state.timeouts += 1
+            }
+            if let next { scheduleWake(&state, at: next) }
+            return !expired.isEmpty && fillReceive(&state) ? state.interrupt : nil
+        }
+        interrupt?.signalUsedBuffer()
     }
 
     /// The port of a `CONNECT <port>\n` line: decimal, 1 to 10 digits, at most 2^32 - 1.

@@ -133,4 +133,9 @@ package protocol VsockHostSide: AnyObject, Sendable {
     /// makes, hands it the socket closes and listener watch a vCPU thread's seccomp filter
     /// refuses.
     func perform(_ work: @escaping @Sendable () -> Void)
+    /// The monotonic clock the device's deadlines are in, in nanoseconds.
+    var now: UInt64 { get }
+    /// Calls the device's `deadlinePassed()` where the reports run, once `now` reaches
+    /// `deadline`; a later call replaces the deadline asked before.
+    func wake(at deadline: UInt64)
 }

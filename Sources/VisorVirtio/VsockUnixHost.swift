@@ -16,6 +16,8 @@ package final class VsockUnixHost: VsockHostSide {
         var listenerWatch: IOWatch?
         weak var device: VirtioVsockDevice?
         weak var thread: IOThread?
+        /// The device's deadline timer, made on the first `wake(at:)`.
+        var timer: IOTimer?
     }
     private let state = Mutex(State())
 
@@ -72,6 +74,23 @@ package final class VsockUnixHost: VsockHostSide {
     package func perform(_ work: @escaping @Sendable () -> Void) {
         guard let thread = state.withLock({ $0.thread }) else { return work() }
         thread.perform(work)
+    }
+
+    package var now: UInt64 { HostIO.monotonicNanoseconds() }
+
+    package func wake(at deadline: UInt64) {
+        state.withLock { state in
+            guard let thread = state.thread else { return }
+            let timer: IOTimer
+            if let made = state.timer {
+                timer = made
+            } else {
+                let device = state.device
+                timer = thread.addTimer { [weak device] in device?.deadlinePassed() }
+                state.timer = timer
+            }
+            thread.arm(timer, at: deadline)
+        }
     }
 
     /// False when epoll refuses the watch or the change (or the thread is gone): the

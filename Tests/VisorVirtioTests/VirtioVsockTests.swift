@@ -37,6 +37,9 @@ final class FakeVsockHost: VsockHostSide {
         var deferred: [@Sendable () -> Void] = []
         /// The threads sockets were closed on.
         var closedOn: [pthread_t] = []
+        /// The clock, moved by `advance(by:)`, and the wake-up the device asked for.
+        var now: UInt64 = 1_000_000_000
+        var wake: UInt64?
     }
     let state = Mutex(State())
 
@@ -116,6 +119,21 @@ final class FakeVsockHost: VsockHostSide {
         }
         work.forEach { $0() }
     }
+
+    var now: UInt64 { state.withLock { $0.now } }
+    func wake(at deadline: UInt64) { state.withLock { $0.wake = deadline } }
+    /// Moves the clock on and, if the asked-for wake-up is due, wakes `device` as the
+    /// I/O thread's timer would.
+    func advance(by nanoseconds: UInt64, waking device: VirtioVsockDevice) {
+        let due = state.withLock { state in
+            state.now += nanoseconds
+            guard let wake = state.wake, wake <= state.now else { return false }
+            state.wake = nil
+            return true
+        }
+        if due { device.deadlinePassed() }
+    }
+    var wakeAt: UInt64? { state.withLock { $0.wake } }
 
     func socket(_ handle: Int32) -> Socket? { state.withLock { $0.sockets[handle] } }
     /// A host program connects and sends `input`; returns its handle.
@@ -315,6 +333,56 @@ struct VirtioVsockTests {
         #expect(h.device.connectionKeys.isEmpty)
         // No RST answers a RST.
         #expect(try h.received().isEmpty)
+    }
+
+    @Test("a host program that never finishes its CONNECT line is closed after the line timeout")
+    func lineTimeout() throws {
+        let h = try VsockHarness()
+        let start = h.host.now
+        let silent = h.hostConnects("")
+        let partial = h.hostConnects("CONNECT 12")
+        #expect(h.device.waitingLineCount == 2)
+        #expect(h.host.wakeAt == start + VirtioVsockDevice.lineTimeout)
+        // A line that arrives in time is served as usual; the others wait on.
+        h.host.advance(by: VirtioVsockDevice.lineTimeout - 1, waking: h.device)
+        #expect(h.device.waitingLineCount == 2)
+        #expect(h.host.socket(silent)?.closed == false)
+        h.host.advance(by: 1, waking: h.device)
+        #expect(h.host.socket(silent)?.closed == true)
+        #expect(h.host.socket(partial)?.closed == true)
+        #expect(h.device.waitingLineCount == 0)
+        #expect(h.device.timeoutCount == 2)
+        // Nothing left to wait for: no wake-up asked.
+        #expect(h.host.wakeAt == nil)
+    }
+
+    @Test("a REQUEST the guest never answers ends after the request timeout: the host side closes, the guest gets a RST")
+    func requestTimeout() throws {
+        let h = try VsockHarness()
+        try h.offerReceiveBuffers(4)
+        let first = h.hostConnects("CONNECT 1234\n")
+        h.host.advance(by: VirtioVsockDevice.requestTimeout / 2, waking: h.device)
+        let second = h.hostConnects("CONNECT 1235\n")
+        let requests = try h.received()
+        try #require(requests.count == 2)
+        #expect(requests.allSatisfy { $0.0.operation == Op.request })
+        // The guest answers the second one only.
+        try h.send(h.packet(Op.response, guestPort: 1235, hostPort: requests[1].0.sourcePort))
+        h.host.advance(by: VirtioVsockDevice.requestTimeout / 2, waking: h.device)
+        #expect(h.host.socket(first)?.closed == true)
+        #expect(h.host.socket(first)?.output == [])
+        let reset = try h.received()
+        try #require(reset.count == 1)
+        #expect(reset[0].0.operation == Op.reset)
+        #expect(reset[0].0.sourcePort == requests[0].0.sourcePort && reset[0].0.destinationPort == 1234)
+        // The answered connection lives on, past any deadline.
+        h.host.advance(by: 10 * VirtioVsockDevice.requestTimeout, waking: h.device)
+        #expect(h.host.socket(second)?.closed == false)
+        #expect(h.device.connectionKeys.count == 1)
+        #expect(h.device.timeoutCount == 1)
+        // A guest answer that comes after the RST names no connection: it gets a RST too.
+        try h.send(h.packet(Op.response, guestPort: 1234, hostPort: requests[0].0.sourcePort))
+        #expect(try h.received().map(\.0.operation) == [Op.reset])
     }
 
     @Test("bad CONNECT lines close the connection; a partial line waits, and a long one is cut")
@@ -867,6 +935,48 @@ struct VsockUnixSocketTests {
             #expect(FileManager.default.fileExists(atPath: path))
         }
         #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
+    @Test("on the I/O thread's timer: a silent host program and an unanswered REQUEST are closed after their deadlines")
+    func deadlinesOnTheIOThread() throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/v.sock"
+        let thread = try IOThread()
+        #expect(thread.start() == 0)
+        defer { thread.stop() }
+        let h = try VsockHarness(side: VsockUnixHost(listener: try HostUnixListener.listen(path: path), thread: thread))
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+        let started = HostIO.monotonicNanoseconds()
+        let silent = try #require(HostSocket.connect(path: path))
+        defer { HostSocket.close(silent) }
+        let unanswered = try #require(HostSocket.connect(path: path))
+        defer { HostSocket.close(unanswered) }
+        #expect(HostSocket.send(unanswered, Array("CONNECT 1234\n".utf8)[...]) == .transferred(13))
+        var packets: [(VsockHeader, [UInt8])] = []
+        #expect(
+            try eventually {
+                packets += try h.received(); return !packets.isEmpty
+            })
+        #expect(packets.first?.0.operation == Op.request)
+        // Both host sockets end (read gives the end of input) once their deadline passed:
+        // not before it, and well within a second after.
+        func ended(_ handle: Int32) -> Bool {
+            var buffer = [UInt8](repeating: 0, count: 16)
+            return HostSocket.receive(handle, into: &buffer, count: 16, peek: false) == .transferred(0)
+        }
+        #expect(eventually { ended(silent) && ended(unanswered) })
+        let elapsed = HostIO.monotonicNanoseconds() - started
+        #expect(elapsed >= VirtioVsockDevice.lineTimeout && elapsed < VirtioVsockDevice.requestTimeout + 1_000_000_000)
+        // The guest heard its REQUEST end with a RST.
+        #expect(
+            try eventually {
+                packets += try h.received(); return packets.count >= 2
+            })
+        #expect(packets.last?.0.operation == Op.reset)
+        #expect(h.device.timeoutCount == 2)
+        #expect(h.device.waitingLineCount == 0 && h.device.connectionKeys.isEmpty)
     }
 
     @Test("a host program's CONNECT gets OK and a relay; a guest reaches PATH_P; the guest's RST closes the host side")
