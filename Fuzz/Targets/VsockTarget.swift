@@ -73,13 +73,13 @@ private final class FuzzVsockHost: VsockHostSide {
             return .transferred(take)
         }
     }
-    func receive(_ handle: Int32, into buffer: inout [UInt8], count: Int, peek: Bool) -> SocketTransfer {
+    func receive(_ handle: Int32, into buffer: inout [UInt8], at offset: Int, count: Int, peek: Bool) -> SocketTransfer {
         state.withLock { state in
             guard var socket = state.sockets[handle] else { preconditionFailure("a receive on an unknown socket") }
             precondition(!socket.closed, "a receive on a closed socket")
-            let take = min(count, buffer.count, socket.input.count)
+            let take = min(count, buffer.count - offset, socket.input.count)
             if take == 0 { return socket.inputEnded ? .transferred(0) : .wouldBlock }
-            buffer.replaceSubrange(0..<take, with: socket.input[0..<take])
+            buffer.replaceSubrange(offset..<(offset + take), with: socket.input[0..<take])
             if !peek { socket.input.removeFirst(take) }
             state.sockets[handle] = socket
             return .transferred(take)

@@ -88,13 +88,17 @@ package enum HostSocket {
 
     /// Receives at most `count` bytes into the start of `buffer` (`count` is capped at its
     /// size); with `peek`, leaves them in the socket.
-    package static func receive(_ fd: Int32, into buffer: inout [UInt8], count: Int, peek: Bool = false) -> SocketTransfer {
-        let count = min(max(count, 0), buffer.count)
+    package static func receive(
+        _ fd: Int32, into buffer: inout [UInt8], at offset: Int = 0, count: Int, peek: Bool = false
+    ) -> SocketTransfer {
+        guard offset >= 0, offset <= buffer.count else { return .failed }
+        let count = min(max(count, 0), buffer.count - offset)
         guard count > 0 else { return .transferred(0) }
         while true {
-            // SAFETY: recv(2) writes at most count (<= buffer.count) bytes into the array's buffer.
+            // SAFETY: recv(2) writes at most count (<= buffer.count - offset) bytes into the
+            // array's buffer from offset on, which lies inside it (checked above).
             let n = unsafe buffer.withUnsafeMutableBytes {
-                unsafe Glibc.recv(fd, $0.baseAddress, count, peek ? Int32(MSG_PEEK) : 0)
+                unsafe Glibc.recv(fd, $0.baseAddress! + offset, count, peek ? Int32(MSG_PEEK) : 0)
             }
             if n >= 0 { return .transferred(n) }
             if errno == EINTR { continue }

@@ -375,7 +375,7 @@ package final class VirtioVsockDevice: VirtioDevice {
         let room = Self.maximumLineLength - line.count
         var peeked = [UInt8](repeating: 0, count: room)
         let count: Int
-        switch host.receive(handle, into: &peeked, count: room, peek: true) {
+        switch host.receive(handle, into: &peeked, at: 0, count: room, peek: true) {
         case .transferred(let n) where n > 0: count = n
         case .wouldBlock: return false
         default:
@@ -386,7 +386,7 @@ package final class VirtioVsockDevice: VirtioDevice {
         let take = newline.map { $0 + 1 } ?? count
         // Consumes what was peeked: the line's bytes only, so data after it stays queued.
         var consumed = [UInt8](repeating: 0, count: take)
-        guard host.receive(handle, into: &consumed, count: take, peek: false) == .transferred(take) else {
+        guard host.receive(handle, into: &consumed, at: 0, count: take, peek: false) == .transferred(take) else {
             closeLine(&state, handle)
             return false
         }
@@ -523,8 +523,9 @@ package final class VirtioVsockDevice: VirtioDevice {
             length -= skip
             skip = 0
             let take = min(length, count - done)
-            guard let bytes = try? memory.read(take, at: address) else { return false }
-            state.packet.replaceSubrange((at + done)..<(at + done + take), with: bytes)
+            do { try memory.read(into: &state.packet, startingAt: at + done, count: take, at: address) } catch {
+                return false
+            }
             done += take
         }
         return done == count
@@ -856,8 +857,8 @@ package final class VirtioVsockDevice: VirtioDevice {
                     state.connections[packet.key]?.updateQueued = false
                     state.connections[packet.key]?.updateAsked = false
                 }
-                let bytes = header(&state, packet.key, operation: packet.operation, flags: packet.flags).bytes
-                state.packet.replaceSubrange(0..<VsockHeader.size, with: bytes)
+                let made = header(&state, packet.key, operation: packet.operation, flags: packet.flags)
+                made.encode(into: &state.packet, at: 0)
                 deliver(&state, count: VsockHeader.size, queue: &queue, memory: memory)
                 completed = true
                 used += 1
@@ -893,20 +894,19 @@ package final class VirtioVsockDevice: VirtioDevice {
             state.connections[key] = connection
             let room = Int(state.chain.writableLength) - VsockHeader.size
             let count = min(room, Int(credit), Int(Self.maximumPayload))
-            var payload: [UInt8] = []
+            // Straight into the packet buffer, behind the header's room (`count` is at
+            // most `maximumPayload`, which the buffer holds after a header).
             var result = SocketTransfer.wouldBlock
             if count > 0 {
-                payload = [UInt8](repeating: 0, count: count)
-                result = host.receive(connection.handle, into: &payload, count: count, peek: false)
+                result = host.receive(connection.handle, into: &state.packet, at: VsockHeader.size, count: count, peek: false)
             }
             switch result {
             case .transferred(let n) where n > 0:
                 let n = min(n, count)
                 connection.sent &+= UInt32(n)
                 state.connections[key] = connection
-                let bytes = header(&state, key, operation: VsockHeader.Operation.readWrite, length: UInt32(n)).bytes
-                state.packet.replaceSubrange(0..<VsockHeader.size, with: bytes)
-                state.packet.replaceSubrange(VsockHeader.size..<(VsockHeader.size + n), with: payload[0..<n])
+                let made = header(&state, key, operation: VsockHeader.Operation.readWrite, length: UInt32(n))
+                made.encode(into: &state.packet, at: 0)
                 state.counters.bytes += UInt64(n)
                 deliver(&state, count: VsockHeader.size + n, queue: &queue, memory: memory)
                 completed = true
@@ -918,8 +918,8 @@ package final class VirtioVsockDevice: VirtioDevice {
                 // SEND alone (5.10.6.5): the host will send no more, but it may still take
                 // what the guest sends until the guest shuts down its side.
                 let flags = VsockHeader.ShutdownFlag.send
-                let bytes = header(&state, key, operation: VsockHeader.Operation.shutdown, flags: flags).bytes
-                state.packet.replaceSubrange(0..<VsockHeader.size, with: bytes)
+                let made = header(&state, key, operation: VsockHeader.Operation.shutdown, flags: flags)
+                made.encode(into: &state.packet, at: 0)
                 deliver(&state, count: VsockHeader.size, queue: &queue, memory: memory)
                 completed = true
                 used += 1

@@ -81,10 +81,19 @@ package struct VsockHeader: Equatable, Sendable {
 
     /// The 44 encoded bytes.
     package var bytes: [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(Self.size)
+        var out = [UInt8](repeating: 0, count: Self.size)
+        encode(into: &out, at: 0)
+        return out
+    }
+
+    /// Writes the 44 bytes into `buffer[index..<index + 44]`, which must lie inside it:
+    /// the device builds each packet in one buffer it keeps, with no array per packet.
+    package func encode(into buffer: inout [UInt8], at index: Int) {
+        precondition(index >= 0 && index <= buffer.count - Self.size, "a vsock header past its buffer")
+        var at = index
         func put(_ value: UInt64, _ width: Int) {
-            for i in 0..<width { out.append(UInt8(truncatingIfNeeded: value >> (8 * UInt64(i)))) }
+            for i in 0..<width { buffer[at + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
+            at += width
         }
         put(sourceCID, 8)
         put(destinationCID, 8)
@@ -96,7 +105,6 @@ package struct VsockHeader: Equatable, Sendable {
         put(UInt64(flags), 4)
         put(UInt64(bufferAllocation), 4)
         put(UInt64(forwardCount), 4)
-        return out
     }
 }
 
@@ -119,8 +127,9 @@ package protocol VsockHostSide: AnyObject, Sendable {
     /// A socket connected to the host's listener for `port`, or nil when none listens.
     func connect(port: UInt32) -> Int32?
     func send(_ handle: Int32, _ bytes: ArraySlice<UInt8>) -> SocketTransfer
-    /// At most `count` bytes into the start of `buffer`; `.transferred(0)` is the end of input.
-    func receive(_ handle: Int32, into buffer: inout [UInt8], count: Int, peek: Bool) -> SocketTransfer
+    /// At most `count` bytes into `buffer` from `offset` on (never past its end);
+    /// `.transferred(0)` is the end of input.
+    func receive(_ handle: Int32, into buffer: inout [UInt8], at offset: Int, count: Int, peek: Bool) -> SocketTransfer
     func shutdownOutput(_ handle: Int32)
     /// Closes the socket and ends its reports.
     func close(_ handle: Int32)

@@ -54,8 +54,10 @@ package final class VsockUnixHost: VsockHostSide {
 
     package func send(_ handle: Int32, _ bytes: ArraySlice<UInt8>) -> SocketTransfer { HostSocket.send(handle, bytes) }
 
-    package func receive(_ handle: Int32, into buffer: inout [UInt8], count: Int, peek: Bool) -> SocketTransfer {
-        HostSocket.receive(handle, into: &buffer, count: count, peek: peek)
+    package func receive(_ handle: Int32, into buffer: inout [UInt8], at offset: Int, count: Int, peek: Bool)
+        -> SocketTransfer
+    {
+        HostSocket.receive(handle, into: &buffer, at: offset, count: count, peek: peek)
     }
 
     package func shutdownOutput(_ handle: Int32) { HostSocket.shutdownOutput(handle) }
