@@ -18,15 +18,18 @@
 //     swiftvisor-bench    -> SwiftVisorSandbox VisorHost
 //     swiftvisor-example  -> SwiftVisor SwiftVisorGuests              -- the embedding example
 //     swiftvisor-sandbox-example -> SwiftVisorSandbox SwiftVisorGuests  -- plugins in pools of sandboxes
-//     swiftvisor-fuzz     -> FuzzTargets                              -- the libFuzzer entry
+//     swiftvisor-fuzz     -> FuzzTargets FuzzDeviceTargets            -- the libFuzzer entry
+//     swiftvisor-fuzz-devices -> FuzzDeviceTargets                    -- the same, device targets alone
 //  6  FuzzTargets         -> VisorCore VisorKVM VisorMemory VisorDevices VisorLoader  -- fuzz targets
 //     FuzzTargets         -> VisorLinux TestSupport VisorEmulator VisorDecoder VisorVirtio
 //     FuzzTargets         -> VisorHost VisorAPI SwiftVisor VisorSnapshot SwiftVisorSandbox
+//     FuzzTargets         -> FuzzDeviceTargets
 //  5  VisorAPI            -> SwiftVisor VisorHost                      -- the Firecracker-compatible control API
 //  4  SwiftVisor          -> VisorCore VisorEmulator VisorDevices VisorLinux VisorLoader  -- the machine facade
 //     SwiftVisor          -> VisorKVM VisorMemory VisorFirmware SwiftVisorProbes
 //     SwiftVisor          -> VisorHost VisorDecoder VisorVirtio VisorSnapshot
 //     SwiftVisorSandbox   -> VisorKVM VisorMemory VisorLoader VisorHost  -- sandboxes: guest functions in micro-VMs
+//     FuzzDeviceTargets   -> VisorCore VisorDevices                   -- device and parser fuzz targets
 //  3  VisorDevices        -> VisorCore VisorFirmware VisorHost        -- device models, Platform
 //     VisorDevices        -> VisorSnapshot
 //     VisorVirtio         -> VisorCore VisorMemory VisorHost          -- virtio-mmio, virtqueues, virtio devices
@@ -188,14 +191,26 @@ let package = Package(
             dependencies: [
                 "VisorCore", "VisorKVM", "VisorMemory", "VisorDevices", "VisorLoader", "VisorLinux", "VisorEmulator",
                 "VisorDecoder", "TestSupport", "VisorVirtio", "VisorHost", "VisorAPI", "SwiftVisor", "VisorSnapshot",
-                "SwiftVisorSandbox",
+                "SwiftVisorSandbox", "FuzzDeviceTargets",
             ],
             path: "Fuzz/Targets", swiftSettings: strict),
+        // The device-model and option-parser targets, on the lower layers alone, with the
+        // libFuzzer glue both fuzz executables share.
+        .target(
+            name: "FuzzDeviceTargets", dependencies: ["VisorCore", "VisorDevices"], path: "Fuzz/DeviceTargets",
+            swiftSettings: strict),
         // The libFuzzer entry point. A plain build makes a replay tool (run a target over
         // files); `Tools/fuzz` builds it with `-sanitize=fuzzer` and `-D SWIFTVISOR_LIBFUZZER`.
-        .executableTarget(name: "swiftvisor-fuzz", dependencies: ["FuzzTargets"], path: "Fuzz/Entry", swiftSettings: strict),
+        .executableTarget(
+            name: "swiftvisor-fuzz", dependencies: ["FuzzTargets", "FuzzDeviceTargets"], path: "Fuzz/Entry",
+            swiftSettings: strict),
+        // The same for `FuzzDeviceTargets` alone: a binary with far fewer coverage counters.
+        .executableTarget(
+            name: "swiftvisor-fuzz-devices", dependencies: ["FuzzDeviceTargets"], path: "Fuzz/DevicesEntry",
+            swiftSettings: strict),
         .testTarget(
-            name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "TestSupport", "VisorLinux"], path: "Fuzz/Tests",
+            name: "FuzzTargetsTests", dependencies: ["FuzzTargets", "FuzzDeviceTargets", "TestSupport", "VisorLinux"],
+            path: "Fuzz/Tests",
             swiftSettings: strictTests),
         .testTarget(name: "VisorKVMTests", dependencies: ["VisorKVM", "VisorSnapshot"], swiftSettings: strictTests),
         .testTarget(

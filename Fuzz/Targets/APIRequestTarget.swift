@@ -1,3 +1,4 @@
+import FuzzDeviceTargets
 import VisorAPI
 
 /// The paths a request picks from (byte 1 of each request); 0xFF reads a raw path instead.

@@ -1,4 +1,5 @@
 // Random exits through the PC platform's devices on the buses, with the exit dispatcher.
+import FuzzDeviceTargets
 import TestSupport
 import VisorCore
 import VisorDevices

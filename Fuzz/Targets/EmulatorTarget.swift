@@ -1,5 +1,6 @@
 // The instruction emulator (`InstructionEmulator.emulate`) over random instructions, code
 // modes, privilege levels, control and general registers, on a fake vCPU.
+import FuzzDeviceTargets
 import TestSupport
 import VisorCore
 import VisorDecoder

@@ -2,6 +2,8 @@
 // traps when it fails. The libFuzzer entry (`swiftvisor-fuzz`) and the seeded pass in
 // `swift test` both call `FuzzTarget.run(_:)`, so a crash found by one replays in the other.
 
+import FuzzDeviceTargets
+
 /// A guest- or file-facing entry point under fuzzing. Each case's doc comment says what
 /// the input means and which property its run checks beyond "no crash".
 package enum FuzzTarget: String, CaseIterable, Sendable {
@@ -199,32 +201,5 @@ package enum FuzzTarget: String, CaseIterable, Sendable {
         case .kvmState: fuzzKVMState(data)
         case .sandboxMessage: fuzzSandboxMessage(data)
         }
-    }
-}
-
-/// Reads fuzz input as a stream of small decisions; past the end every read is 0, so any
-/// input, even an empty one, is a complete program.
-struct ByteReader {
-    private let data: [UInt8]
-    private var position = 0
-
-    init(_ data: [UInt8]) { self.data = data }
-
-    var isAtEnd: Bool { position >= data.count }
-
-    mutating func byte() -> UInt8 {
-        guard position < data.count else { return 0 }
-        defer { position += 1 }
-        return data[position]
-    }
-
-    mutating func uint16() -> UInt16 { UInt16(byte()) | UInt16(byte()) << 8 }
-    mutating func uint32() -> UInt32 { UInt32(uint16()) | UInt32(uint16()) << 16 }
-    mutating func uint64() -> UInt64 { UInt64(uint32()) | UInt64(uint32()) << 32 }
-
-    /// Everything not read yet.
-    mutating func rest() -> [UInt8] {
-        defer { position = data.count }
-        return position < data.count ? Array(data[position...]) : []
     }
 }

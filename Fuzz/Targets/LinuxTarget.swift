@@ -1,4 +1,5 @@
 // The Linux loader end to end: detect, prepare (with or without host decompression), load.
+import FuzzDeviceTargets
 import VisorLinux
 import VisorMemory
 

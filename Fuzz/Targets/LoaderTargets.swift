@@ -1,4 +1,5 @@
 // File-facing loaders: the input is the file.
+import FuzzDeviceTargets
 import VisorLoader
 import VisorMemory
 

@@ -1,5 +1,6 @@
 // The devices' token-bucket rate limiter, whose bucket values come from API clients (any
 // 64-bit number) and whose clock may be anywhere in 64 bits.
+import FuzzDeviceTargets
 import VisorVirtio
 
 /// A 64-bit value: small, 16-bit, near the top of the range, or any.

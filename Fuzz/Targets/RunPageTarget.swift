@@ -1,5 +1,6 @@
 // Run-page decoding (`RunPage` in VisorKVM, which `VCPUHandle.run()` uses) over a fake
 // kvm_run page that ends at a guard page.
+import FuzzDeviceTargets
 import VisorKVM
 
 /// Offsets in `struct kvm_run` on x86-64 (linux/kvm.h), written here independently of the

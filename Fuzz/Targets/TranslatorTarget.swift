@@ -1,6 +1,7 @@
 // The guest address translator, checked differentially against a reference walker written
 // here from the Intel SDM's tables (vol. 3, 4.3-4.6, 4.8 and 4.13): one plain function per
 // paging mode, on its own copy of RAM as a byte array, clarity over speed.
+import FuzzDeviceTargets
 import VisorEmulator
 import VisorKVM
 import VisorMemory

@@ -1,5 +1,6 @@
 // The network device, driven by a hostile driver on one side and a TAP's stand-in (a
 // SOCK_SEQPACKET pair) on the other.
+import FuzzDeviceTargets
 import VisorHost
 import VisorMemory
 import VisorVirtio

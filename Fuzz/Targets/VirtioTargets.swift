@@ -1,4 +1,5 @@
 // Virtqueues and the virtio-mmio transport, driven by a hostile driver.
+import FuzzDeviceTargets
 import VisorCore
 import VisorHost
 import VisorMemory

@@ -1,4 +1,5 @@
 // The vsock device, driven by a hostile guest and by host programs, on a fake host side.
+import FuzzDeviceTargets
 import Synchronization
 import VisorHost
 import VisorMemory

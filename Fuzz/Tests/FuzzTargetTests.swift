@@ -1,6 +1,7 @@
 // A short seeded pass of every fuzz target, so that `swift test` exercises each one
 // without libFuzzer: the committed seeds, then mutants of them from the seeded LCG.
 import Foundation
+import FuzzDeviceTargets
 import FuzzTargets
 import Testing
 import TestSupport
@@ -26,6 +27,18 @@ struct FuzzTargetTests {
                 }
             }
             target.run(input)
+        }
+    }
+
+    @Test("each target of the device binary is one of the full binary's, under the same name, and holds on its seeds")
+    func deviceTargetsAreFullTargets() throws {
+        for device in DeviceFuzzTarget.allCases {
+            let target = try #require(FuzzTarget(rawValue: device.rawValue), "\(device.rawValue) is not a FuzzTarget")
+            // Both run the seeds (a property failure would trap, in either).
+            for seed in try Self.seeds(for: target) {
+                device.run(seed)
+                target.run(seed)
+            }
         }
     }
 

@@ -6,7 +6,7 @@ import VisorCore
 /// Checks: a parsed override names a field inside the register (bit + width <= 32) whose
 /// value fits it, and its description, as `--cpuid` would print it, parses back to the same
 /// override.
-func fuzzCPUIDOverride(_ data: [UInt8]) {
+package func fuzzCPUIDOverride(_ data: [UInt8]) {
     let text = String(decoding: data, as: UTF8.self)
     guard let parsed = try? CPUIDOverride(parsing: text) else { return }
     precondition(parsed.width >= 1 && Int(parsed.bit) + Int(parsed.width) <= 32, "CPUID: field \(parsed) leaves the register")

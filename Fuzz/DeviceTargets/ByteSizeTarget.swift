@@ -6,7 +6,7 @@ import VisorCore
 /// Checks: a parsed size's description is a number, times its unit (G, M, K or none) equal
 /// to the size without overflow, in the largest unit that divides it; and it parses back
 /// to the same size.
-func fuzzByteSize(_ data: [UInt8]) {
+package func fuzzByteSize(_ data: [UInt8]) {
     let text = String(decoding: data, as: UTF8.self)
     guard let parsed = ByteSize(parsing: text) else { return }
     let description = parsed.description

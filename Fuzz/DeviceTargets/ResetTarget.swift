@@ -7,7 +7,7 @@ import VisorDevices
 ///
 /// Checks: a read returns the last byte written with RST_CPU (bit 2) clear, and ones above
 /// the low byte; a write stops the VM with a reset exactly when it sets RST_CPU.
-func fuzzResetControl(_ data: [UInt8]) {
+package func fuzzResetControl(_ data: [UInt8]) {
     var input = ByteReader(data)
     let device = ResetControlDevice()
     let port = ResetControlDevice.defaultPort

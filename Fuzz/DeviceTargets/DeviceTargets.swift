@@ -5,7 +5,7 @@ import VisorDevices
 
 /// Each step is one op byte and its operands. Op (low 2 bits): 0 write, 1 read,
 /// 2 one received byte, 3 a burst of received bytes (count in the next byte).
-func fuzzSerial16550(_ data: [UInt8]) {
+package func fuzzSerial16550(_ data: [UInt8]) {
     var input = ByteReader(data)
     var uart = Serial16550()
     // The model: THR writes with DLAB clear and loopback off leave the UART, in order.
@@ -48,20 +48,21 @@ func fuzzSerial16550(_ data: [UInt8]) {
 }
 
 /// Records the level last driven on each interrupt line.
-final class LineRecorder: Sendable {
+package final class LineRecorder: Sendable {
     private let levels = Mutex<[UInt32: Bool]>([:])
-    func set(_ irq: UInt32, _ level: Bool) {
+    package init() {}
+    package func set(_ irq: UInt32, _ level: Bool) {
         levels.withLock { levels in
             precondition(levels[irq, default: false] != level, "IRQ \(irq) driven to \(level) twice in a row")
             levels[irq] = level
         }
     }
-    func level(_ irq: UInt32) -> Bool { levels.withLock { $0[irq, default: false] } }
+    package func level(_ irq: UInt32) -> Bool { levels.withLock { $0[irq, default: false] } }
 }
 
 /// Each step is an op byte: bit 0 read or write, bit 1 data or command port, bits 2-3
 /// the access width; a write takes the next byte as its value.
-func fuzzI8042(_ data: [UInt8]) {
+package func fuzzI8042(_ data: [UInt8]) {
     var input = ByteReader(data)
     let lines = LineRecorder()
     let device = I8042Device(interruptLine: { irq, level in lines.set(irq, level) })
@@ -88,7 +89,7 @@ func fuzzI8042(_ data: [UInt8]) {
 
 /// The first 5 bytes pick the clock (seconds since 1970, under 2^40); then each step is an
 /// op byte: bit 0 read or write, bit 1 index or data port; a write takes the next byte.
-func fuzzCMOS(_ data: [UInt8]) {
+package func fuzzCMOS(_ data: [UInt8]) {
     var input = ByteReader(data)
     var seconds: Int64 = 0
     for _ in 0..<5 { seconds = seconds << 8 | Int64(input.byte()) }

@@ -9,7 +9,7 @@ import VisorDevices
 /// sleep; enable: stored; control: SCI_EN always reads 1, SLP_EN and GBL_RLS never read back)
 /// must read exactly as the device does, lane by lane; lanes outside both blocks read 0xFF.
 /// A write that sets SLP_EN with SLP_TYP 5 must stop the VM with power-off, and no other.
-func fuzzPM1(_ data: [UInt8]) {
+package func fuzzPM1(_ data: [UInt8]) {
     var input = ByteReader(data)
     let device = PM1Device()
     let eventBase = Int(PM1Device.defaultEventBlockBase)

@@ -6,7 +6,7 @@ import VisorCore
 /// Checks: a parsed override's index is the 32-bit number before `=` and its value the
 /// 64-bit number after `:` (re-read independently of the parser), and its description, as
 /// `--msr` would print it, parses back to the same override. A malformed argument throws.
-func fuzzMSROption(_ data: [UInt8]) {
+package func fuzzMSROption(_ data: [UInt8]) {
     let text = String(decoding: data, as: UTF8.self)
     guard let parsed = try? MSROverride(parsing: text) else { return }
     // An independent reading of the two numbers: a parsed index fits 32 bits and a parsed

@@ -8,7 +8,7 @@ import VisorDevices
 /// Checks: a 32-bit read of 0xCF8 returns the last 32-bit value written there (a narrower
 /// write leaves it alone); every other read is all ones, since no device is behind any
 /// configuration address; a write never stops the VM.
-func fuzzPCIConfig(_ data: [UInt8]) {
+package func fuzzPCIConfig(_ data: [UInt8]) {
     var input = ByteReader(data)
     let device = PCIConfigDevice()
     var address: UInt32 = 0
