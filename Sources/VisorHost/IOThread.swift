@@ -54,6 +54,11 @@ package struct IOTimer: Hashable, Sendable {
     let index: Int
 }
 
+/// A poller made by `IOThread.addPoller`.
+package struct IOPoller: Hashable, Sendable {
+    let index: Int
+}
+
 /// A thread that waits on descriptors with epoll and runs each one's handler when it is
 /// ready: where device work runs, off the vCPU threads. Watches are level-triggered and
 /// may be added, changed and removed at any time, from any thread, handlers included (a
@@ -76,7 +81,26 @@ package final class IOThread: Sendable {
         /// Timers by `IOTimer.index`: each handler and, while armed, its deadline.
         var timers: [(handler: @Sendable () -> Void, deadline: UInt64?)] = []
         var armedTimers = 0
+        /// Pollers by `IOPoller.index`: what each runs, its window, and, while it polls, when
+        /// it last found work.
+        var pollers: [Poller] = []
+        var activePollers = 0
     }
+    private struct Poller {
+        var poll: @Sendable () -> Bool
+        var rest: @Sendable () -> Bool
+        /// The window now, adapted between 0 and `maximumWindow`.
+        var window: UInt64 = 0
+        var maximumWindow: UInt64
+        /// Whether the window adapts (else it is `maximumWindow` always).
+        var adaptive: Bool
+        /// While polling: when work was last found.
+        var lastWork: UInt64?
+        /// While not polling: since when (the rest, or work found with a window of 0).
+        var idleSince: UInt64?
+    }
+    /// The first window a poller grows to, and how windows shrink below it: to nothing.
+    private static let smallestWindow: UInt64 = 4_000
     private let state = Mutex(State())
     private let epoll: Int32
     private let stopEvent: EventFD
@@ -228,10 +252,113 @@ package final class IOThread: Sendable {
         }
     }
 
+    /// A poller (adaptive polling, as QEMU's I/O threads do): while it is polling, the
+    /// thread does not sleep in epoll_wait but checks its descriptors without waiting and
+    /// calls `poll`, which serves what it finds and returns whether it found anything.
+    /// Once `poll` has found nothing for the poller's window, the thread calls `rest`,
+    /// which turns the device's notifications back on and returns whether work came
+    /// meanwhile; polling goes on if it did, and ends if not. A device asks to poll with
+    /// `startPolling` when a notification found work, and tells its driver not to notify
+    /// while it polls: a request then costs the guest no exit at all.
+    ///
+    /// The window adapts to the time between bursts of work, up to `maximumWindow`
+    /// (nanoseconds), by QEMU's rule: it starts at 0 (no polling), grows (4 us, then
+    /// doubling) while work comes back within `maximumWindow` of the last, and halves
+    /// (then drops to 0) when it comes later. So a device whose work is sparse costs no
+    /// spinning, and one with a steady stream of requests is polled, at the cost of at
+    /// most one window of this thread's time after each burst. Not `adaptive`, the window
+    /// is `maximumWindow` always.
+    package func addPoller(
+        window maximumWindow: UInt64, adaptive: Bool = true, poll: @escaping @Sendable () -> Bool,
+        rest: @escaping @Sendable () -> Bool
+    ) -> IOPoller {
+        state.withLock { state in
+            state.pollers.append(
+                Poller(
+                    poll: poll, rest: rest, window: adaptive ? 0 : maximumWindow, maximumWindow: maximumWindow,
+                    adaptive: adaptive))
+            return IOPoller(index: state.pollers.count - 1)
+        }
+    }
+
+    /// A device's notification found work: adapts the poller's window to the time since it
+    /// was last busy, and starts polling if the window is not 0. Returns whether it polls
+    /// now (already, or from here on); only then may the device tell its driver not to
+    /// notify. From another thread (a vCPU thread serving a notification that exited to
+    /// user space), it also wakes this one, which could otherwise sleep on while the driver
+    /// has been told not to notify.
+    package func startPolling(_ poller: IOPoller) -> Bool {
+        let (polling, wake) = state.withLock { state -> (Bool, Bool) in
+            guard poller.index < state.pollers.count else { return (false, false) }
+            if state.pollers[poller.index].lastWork != nil { return (true, false) }
+            let now = HostIO.monotonicNanoseconds()
+            var entry = state.pollers[poller.index]
+            if entry.adaptive, let idle = entry.idleSince {
+                let blocked = now &- idle
+                if blocked > entry.maximumWindow {
+                    // Polling this long would not have found it: poll less.
+                    entry.window = entry.window / 2 < Self.smallestWindow ? 0 : entry.window / 2
+                } else if blocked > entry.window {
+                    // A longer window would have found it: poll longer.
+                    entry.window = min(max(entry.window * 2, Self.smallestWindow), entry.maximumWindow)
+                }
+            }
+            guard entry.window > 0 else {
+                entry.idleSince = now
+                state.pollers[poller.index] = entry
+                return (false, false)
+            }
+            entry.idleSince = nil
+            entry.lastWork = now
+            state.pollers[poller.index] = entry
+            state.activePollers += 1
+            guard let thread = state.thread else { return (true, false) }
+            return (true, pthread_equal(thread, pthread_self()) == 0)
+        }
+        if wake { workEvent.signal() }
+        return polling
+    }
+
+    /// The window `poller` polls for now (for tests).
+    package func pollWindow(_ poller: IOPoller) -> UInt64 {
+        state.withLock { poller.index < $0.pollers.count ? $0.pollers[poller.index].window : 0 }
+    }
+
+    /// Whether any poller is polling now (for tests).
+    package var isPolling: Bool { state.withLock { $0.activePollers > 0 } }
+
+    /// One round of the polling pollers, each outside the lock.
+    private func runPollers() {
+        let count = state.withLock { $0.pollers.count }
+        for index in 0..<count {
+            let poller: Poller? = state.withLock { state in
+                index < state.pollers.count && state.pollers[index].lastWork != nil ? state.pollers[index] : nil
+            }
+            guard let poller, let lastWork = poller.lastWork else { continue }
+            let now = HostIO.monotonicNanoseconds()
+            var next: UInt64? = lastWork
+            if poller.poll() {
+                next = now
+            } else if now &- lastWork >= poller.window {
+                next = poller.rest() ? now : nil
+            }
+            state.withLock { state in
+                // `stop()` may have dropped the pollers meanwhile.
+                guard index < state.pollers.count, state.pollers[index].lastWork != nil else { return }
+                state.pollers[index].lastWork = next
+                if next == nil {
+                    state.pollers[index].idleSince = now
+                    state.activePollers -= 1
+                }
+            }
+        }
+    }
+
     /// The epoll_wait timeout for the earliest armed timer: -1 with none, else the
-    /// milliseconds left, rounded up (0 when a deadline passed).
+    /// milliseconds left, rounded up (0 when a deadline passed or a poller is polling).
     private func timeoutMilliseconds() -> Int32 {
         state.withLock { state in
+            if state.activePollers > 0 { return 0 }
             guard state.armedTimers > 0 else { return -1 }
             var earliest = UInt64.max
             for timer in state.timers { if let deadline = timer.deadline { earliest = min(earliest, deadline) } }
@@ -310,6 +437,7 @@ package final class IOThread: Sendable {
                 handler(IOEvents(rawValue: ready[i]))
             }
             fireTimers()
+            runPollers()
         }
     }
 
@@ -340,7 +468,14 @@ package final class IOThread: Sendable {
             // call back into this thread (unwatch).
             return (state.slots.map(\.handler), state.timers.map(\.handler))
         }
-        withExtendedLifetime(dropped) {}
+        let pollers: [Poller] = state.withLock { state in
+            defer {
+                state.pollers = []
+                state.activePollers = 0
+            }
+            return state.pollers
+        }
+        withExtendedLifetime((dropped, pollers)) {}
     }
 
     /// Runs the work queued so far, oldest first, outside the lock (work may queue more,

@@ -213,3 +213,123 @@ struct IOThreadTests {
         #expect(Self.releasedHolders.load(ordering: .relaxed) == before + 1)
     }
 }
+
+@Suite("I/O thread pollers")
+struct IOThreadPollerTests {
+    /// What a poller saw: calls of poll and rest, and on which thread.
+    final class Record: Sendable {
+        let polls = Atomic<Int>(0)
+        let rests = Atomic<Int>(0)
+        /// poll finds work on its first `work` calls; rest reports work on its first `restWork` calls.
+        let work: Int
+        let restWork: Int
+        let onThread = Atomic<Bool>(true)
+        let thread = Mutex<pthread_t?>(nil)
+        init(work: Int, restWork: Int = 0) {
+            self.work = work
+            self.restWork = restWork
+        }
+        func note() {
+            let me = pthread_self()
+            thread.withLock { thread in
+                if let thread, pthread_equal(thread, me) == 0 { onThread.store(false, ordering: .relaxed) }
+                thread = me
+            }
+        }
+    }
+
+    @Test("a poller started from another thread polls while it finds work, rests after its window, and then stops")
+    func pollsThenRests() throws {
+        let thread = try IOThread()
+        #expect(thread.start() == 0)
+        defer { thread.stop() }
+        let record = Record(work: 50, restWork: 1)
+        let poller = thread.addPoller(
+            window: 20_000_000, adaptive: false,
+            poll: {
+                record.note()
+                return record.polls.add(1, ordering: .relaxed).newValue <= record.work
+            },
+            rest: {
+                record.note()
+                return record.rests.add(1, ordering: .relaxed).newValue <= record.restWork
+            })
+        #expect(!thread.isPolling)
+        // The thread sleeps in epoll_wait with nothing armed: only the start's wake-up
+        // can bring it to poll.
+        usleep(20_000)
+        let started = HostIO.monotonicNanoseconds()
+        #expect(thread.startPolling(poller))
+        #expect(IOThreadTests.eventually { !thread.isPolling && record.rests.load(ordering: .relaxed) == 2 })
+        let elapsed = HostIO.monotonicNanoseconds() - started
+        // The work, one window, a rest that found work (polling goes on), another window, a
+        // rest that did not: at least two windows.
+        let polls = record.polls.load(ordering: .relaxed)
+        #expect(polls > record.work)
+        #expect(elapsed >= 40_000_000)
+        let onThread = record.onThread.load(ordering: .relaxed)
+        #expect(onThread)
+        // Stopped: nothing more runs.
+        let pollsWhenStopped = record.polls.load(ordering: .relaxed)
+        usleep(50_000)
+        let pollsAfter = record.polls.load(ordering: .relaxed)
+        let rests = record.rests.load(ordering: .relaxed)
+        #expect(pollsAfter == pollsWhenStopped)
+        #expect(rests == 2)
+    }
+
+    @Test("starting a poller that polls already changes nothing; stop() drops the pollers")
+    func startTwiceAndStop() throws {
+        let thread = try IOThread()
+        #expect(thread.start() == 0)
+        let record = Record(work: Int.max)
+        let poller = thread.addPoller(
+            window: 1_000_000_000, adaptive: false,
+            poll: { record.polls.add(1, ordering: .relaxed).newValue <= record.work },
+            rest: { record.rests.add(1, ordering: .relaxed).newValue <= record.restWork })
+        #expect(thread.startPolling(poller))
+        #expect(thread.startPolling(poller))
+        #expect(IOThreadTests.eventually { record.polls.load(ordering: .relaxed) > 100 })
+        thread.stop()
+        #expect(!thread.isPolling)
+        let polls = record.polls.load(ordering: .relaxed)
+        usleep(20_000)
+        let pollsAfter = record.polls.load(ordering: .relaxed)
+        let rests = record.rests.load(ordering: .relaxed)
+        #expect(pollsAfter == polls)
+        #expect(rests == 0)
+    }
+
+    @Test("an adaptive window starts at 0, grows while work comes back within the maximum, and shrinks to 0 when it does not")
+    func adaptiveWindow() throws {
+        let thread = try IOThread()
+        #expect(thread.start() == 0)
+        defer { thread.stop() }
+        let maximum: UInt64 = 100_000_000
+        let poller = thread.addPoller(window: maximum, poll: { false }, rest: { false })
+        // The first work: nothing to judge by, no polling.
+        #expect(!thread.startPolling(poller))
+        #expect(thread.pollWindow(poller) == 0)
+        // Work again soon (well within the maximum) and later than each window: the window
+        // grows, 4 us and then doubling, and each time the thread polls and then rests.
+        var expected: UInt64 = 4_000
+        for _ in 0..<4 {
+            usleep(2_000)
+            #expect(thread.startPolling(poller))
+            #expect(thread.pollWindow(poller) == expected)
+            #expect(IOThreadTests.eventually { !thread.isPolling })
+            expected *= 2
+        }
+        // Work after longer than the maximum: the window halves, and below 4 us it is 0.
+        var window = thread.pollWindow(poller)
+        while window > 0 {
+            usleep(UInt32(maximum / 1000) + 20_000)
+            let polls = thread.startPolling(poller)
+            let halved = window / 2 < 4_000 ? 0 : window / 2
+            #expect(thread.pollWindow(poller) == halved)
+            #expect(polls == (halved > 0))
+            #expect(IOThreadTests.eventually { !thread.isPolling })
+            window = halved
+        }
+    }
+}
