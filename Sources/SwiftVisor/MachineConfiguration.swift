@@ -152,6 +152,13 @@ public struct MachineConfiguration: Sendable {
     /// (`avail_event`) and the device interrupts only when the driver asks (`used_event`).
     /// Off (for comparison), drivers notify for every batch. Default: on.
     public var virtioEventIndex = true
+    /// How long the I/O thread keeps polling a block device's queue after it last found a
+    /// request, in microseconds (adaptive polling, as QEMU's I/O threads do with
+    /// `poll-max-ns`): while it polls, the driver is asked not to notify, so a request
+    /// costs the guest no exit, and the thread spends at most this long spinning after each
+    /// burst of requests. 0 turns polling off: every request is notified. Needs
+    /// `virtioIOThread`. Default: 32.
+    public var virtioPollMicroseconds: UInt32 = 32
     /// Disk files opened ahead of the build by `openDisks()`, by device index.
     package var openedDisks: [Int: HostDiskFile] = [:]
     /// The vsock device's listening socket, made ahead of the build by `openVsock()`.

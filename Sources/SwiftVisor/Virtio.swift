@@ -392,7 +392,7 @@ extension MachineBuilder {
                     file: file, readOnly: readOnly, identifier: id ?? "swiftvisor-disk\(index)",
                     rateLimiter: limit?.limiter(now: HostIO.monotonicNanoseconds()) ?? RateLimiter())
                 if let thread = fastPath?.thread {
-                    block.attach(to: thread)
+                    block.attach(to: thread, pollWindow: UInt64(configuration.virtioPollMicroseconds) * 1000)
                 } else if limit?.isEnabled == true {
                     throw .invalidDevices(
                         "disk \(path): a rate limiter needs the I/O thread (virtioIOThread, with KVM's ioeventfd and irqfd)")

@@ -63,6 +63,8 @@ package final class VirtioBlockDevice: VirtioDevice {
         /// The I/O thread and its timer that serves a throttled queue again, once attached.
         var thread: IOThread?
         var timer: IOTimer?
+        /// The I/O thread's poller for the queue, when attached with a poll window.
+        var poller: IOPoller?
     }
     private let state: Mutex<State>
     /// The monotonic clock in nanoseconds, for the rate limiter (a fake one in tests).
@@ -94,11 +96,21 @@ package final class VirtioBlockDevice: VirtioDevice {
 
     /// Serves a throttled queue again from a timer of `thread` (the thread that serves the
     /// queue's notifications); without one, only the driver's next notification does.
-    package func attach(to thread: IOThread) {
+    /// With a `pollWindow` (nanoseconds), a notification that finds requests may start the
+    /// thread polling the queue (`IOThread.addPoller`, whose window adapts up to this one
+    /// unless not `adaptive`): the driver is asked not to notify, and the thread serves
+    /// what it finds until the queue has been empty for the window.
+    package func attach(to thread: IOThread, pollWindow: UInt64 = 0, adaptive: Bool = true) {
         let timer = thread.addTimer { [weak self] in self?.timerFired() }
+        let poller =
+            pollWindow > 0
+            ? thread.addPoller(
+                window: pollWindow, adaptive: adaptive, poll: { [weak self] in self?.poll() ?? false },
+                rest: { [weak self] in self?.rest() ?? false }) : nil
         state.withLock { state in
             state.thread = thread
             state.timer = timer
+            state.poller = poller
         }
     }
 
@@ -206,31 +218,70 @@ package final class VirtioBlockDevice: VirtioDevice {
     }
 
     package func notify(queue index: Int) {
-        let interrupt: VirtioInterrupt? = state.withLock { state in
-            guard var queue = state.queue, let memory = state.memory else { return nil }
-            var work = Work(file: state.file, limiter: state.limiter, now: 0)
-            let served: Virtqueue.Served
-            if work.limiter.isEnabled {
-                work.now = clock()
-                served = queue.serveAvailable(
-                    memory: memory, chain: &state.chain, counters: &state.counters, context: &work,
-                    admit: { chain, work in admit(chain, &work, memory: memory) },
-                    { chain, work in serve(chain, file: work.file, memory: memory) })
-                state.limiter = work.limiter
-            } else {
-                served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters, context: &work) {
-                    chain, work in serve(chain, file: work.file, memory: memory)
-                }
+        let interrupt = state.withLock { state in serveQueue(&state, index: index) }
+        interrupt?.signalUsedBuffer()
+    }
+
+    /// Serves the queue once (a notification's work, or a poll's) and returns the
+    /// interrupt to raise, if the driver wants one. When requests were found and the queue
+    /// is not polled yet, asks the I/O thread to poll it (`IOThread.startPolling`, which
+    /// decides by the time since the last ones), and if it does, tells the driver not to
+    /// notify.
+    private func serveQueue(_ state: inout State, index: Int) -> VirtioInterrupt? {
+        guard var queue = state.queue, let memory = state.memory else { return nil }
+        var work = Work(file: state.file, limiter: state.limiter, now: 0)
+        let served: Virtqueue.Served
+        if work.limiter.isEnabled {
+            work.now = clock()
+            served = queue.serveAvailable(
+                memory: memory, chain: &state.chain, counters: &state.counters, context: &work,
+                admit: { chain, work in admit(chain, &work, memory: memory) },
+                { chain, work in serve(chain, file: work.file, memory: memory) })
+            state.limiter = work.limiter
+        } else {
+            served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters, context: &work) {
+                chain, work in serve(chain, file: work.file, memory: memory)
             }
+        }
+        if served.count > 0, !served.throttled, !queue.suppressingNotifications, let thread = state.thread,
+            let poller = state.poller, thread.startPolling(poller)
+        {
+            queue.suppressNotifications(memory: memory)
+        }
+        state.queue = queue
+        state.throttled = served.throttled
+        if served.throttled, let thread = state.thread, let timer = state.timer {
+            thread.arm(timer, at: state.limiter.blockedUntil ?? 0)
+        }
+        if served.more { state.interrupt?.reschedule(queue: index) }
+        return served.interrupt ? state.interrupt : nil
+    }
+
+    /// The poller's round (on the I/O thread): serves what the driver made available
+    /// since; returns whether there was anything.
+    private func poll() -> Bool {
+        let (interrupt, found): (VirtioInterrupt?, Bool) = state.withLock { state in
+            guard var queue = state.queue, let memory = state.memory, queue.suppressingNotifications,
+                !state.throttled, let pending = queue.pending(memory: memory), pending > 0
+            else { return (nil, false) }
             state.queue = queue
-            state.throttled = served.throttled
-            if served.throttled, let thread = state.thread, let timer = state.timer {
-                thread.arm(timer, at: state.limiter.blockedUntil ?? 0)
-            }
-            if served.more { state.interrupt?.reschedule(queue: index) }
-            return served.interrupt ? state.interrupt : nil
+            return (serveQueue(&state, index: 0), true)
         }
         interrupt?.signalUsedBuffer()
+        return found
+    }
+
+    /// The poll window passed with nothing found: the driver is asked to notify again.
+    /// Returns whether requests came meanwhile (polling then goes on; the driver stays
+    /// told not to notify). A throttled queue stops polling: its timer serves it.
+    private func rest() -> Bool {
+        state.withLock { state in
+            guard var queue = state.queue, let memory = state.memory else { return false }
+            let more = queue.resumeNotifications(memory: memory)
+            if more, !state.throttled { queue.suppressNotifications(memory: memory) }
+            state.queue = queue
+            return more && !state.throttled
+        }
     }
 
     /// What a request is served with: the disk image, and the limiter at time `now`.

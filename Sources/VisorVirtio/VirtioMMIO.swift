@@ -302,13 +302,16 @@ package final class VirtioMMIOTransport: MMIODevice {
                 continue
             }
             do {
-                virtqueues.append(
-                    try Virtqueue(
-                        size: queue.size, maximum: queueMaximumSizes[index], descriptors: queue.descriptors,
-                        available: queue.driver, used: queue.device,
-                        indirect: features & VirtioFeature.indirectDescriptors != 0,
-                        eventIndex: features & VirtioFeature.eventIndex != 0, memory: memory,
-                        resumingAt: index < positions.count ? positions[index] : 0))
+                var virtqueue = try Virtqueue(
+                    size: queue.size, maximum: queueMaximumSizes[index], descriptors: queue.descriptors,
+                    available: queue.driver, used: queue.device,
+                    indirect: features & VirtioFeature.indirectDescriptors != 0,
+                    eventIndex: features & VirtioFeature.eventIndex != 0, memory: memory,
+                    resumingAt: index < positions.count ? positions[index] : 0)
+                // A device polling when the snapshot was taken left the driver told not
+                // to notify; the restored device polls nothing yet.
+                if !positions.isEmpty { virtqueue.resumeNotifications(memory: memory) }
+                virtqueues.append(virtqueue)
             } catch {
                 failure = "queue \(index): \(error)"
                 break

@@ -44,6 +44,9 @@ package struct Virtqueue: Sendable {
     /// `nextUsed` when the driver was last interrupted (for EVENT_IDX).
     private var signalledUsed: UInt16 = 0
     private var signalledOnce = false
+    /// The device polls this queue and has asked the driver not to notify it
+    /// (`suppressNotifications`).
+    package private(set) var suppressingNotifications = false
 
     /// Why a layout was refused at DRIVER_OK.
     package enum LayoutError: Error, Equatable, CustomStringConvertible {
@@ -239,10 +242,13 @@ package struct Virtqueue: Sendable {
         package var interrupt: Bool
         package var more: Bool
         package var throttled: Bool
-        package init(interrupt: Bool, more: Bool, throttled: Bool = false) {
+        /// The chains completed.
+        package var count: Int
+        package init(interrupt: Bool, more: Bool, throttled: Bool = false, count: Int = 0) {
             self.interrupt = interrupt
             self.more = more
             self.throttled = throttled
+            self.count = count
         }
     }
 
@@ -295,7 +301,7 @@ package struct Virtqueue: Sendable {
                 counters.requests &+= 1
                 served += 1
             }
-            guard eventIndex else { break }
+            guard eventIndex, !suppressingNotifications else { break }
             requestNotification(memory: memory)
             // avail_event must be visible before the index is read again (the driver's side
             // orders its index write before reading avail_event).
@@ -306,7 +312,10 @@ package struct Virtqueue: Sendable {
                 break
             }
         }
-        return Served(interrupt: served > 0 && needsInterrupt(memory: memory), more: more, throttled: throttled)
+        // Keeps avail_event just behind what was taken (see `suppressNotifications`).
+        if suppressingNotifications, eventIndex, served > 0 { writeAvailEvent(nextAvailable &- 1, memory: memory) }
+        return Served(
+            interrupt: served > 0 && needsInterrupt(memory: memory), more: more, throttled: throttled, count: served)
     }
 
     /// `serveAvailable` that admits every chain.
@@ -376,7 +385,43 @@ package struct Virtqueue: Sendable {
     /// `nextAvailable` (writes `avail_event`); without, does nothing.
     package func requestNotification(memory: GuestMemory) {
         guard eventIndex else { return }
-        try? memory.write(nextAvailable, at: usedRing + 4 + 8 * UInt64(size))
+        writeAvailEvent(nextAvailable, memory: memory)
+    }
+
+    private func writeAvailEvent(_ value: UInt16, memory: GuestMemory) {
+        try? memory.write(value, at: usedRing + 4 + 8 * UInt64(size))
+    }
+
+    /// Asks the driver not to notify, while the device polls the queue (2.7.10): with
+    /// EVENT_IDX, `avail_event` one behind the entries taken, which no new entry passes
+    /// (vring_need_event is then false; `serveAvailable` moves it along as entries are
+    /// taken); without, NO_NOTIFY in `used.flags`. The driver may still notify, which is
+    /// harmless. Until `resumeNotifications`.
+    package mutating func suppressNotifications(memory: GuestMemory) {
+        suppressingNotifications = true
+        if eventIndex {
+            writeAvailEvent(nextAvailable &- 1, memory: memory)
+        } else {
+            try? memory.write(Self.usedNoNotify, at: usedRing)
+        }
+    }
+
+    /// Asks the driver to notify again for the next entry, and returns whether entries
+    /// came while it was told not to (which it will not notify for: the device must serve
+    /// them). A restored queue calls this too: the saved guest RAM may hold the
+    /// suppression of a device that was polling when it was saved.
+    @discardableResult
+    package mutating func resumeNotifications(memory: GuestMemory) -> Bool {
+        suppressingNotifications = false
+        if eventIndex {
+            writeAvailEvent(nextAvailable, memory: memory)
+        } else {
+            try? memory.write(UInt16(0), at: usedRing)
+        }
+        // The request must be visible before the index is read again (the driver's side
+        // orders its index write before reading avail_event or used.flags).
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        return (pending(memory: memory) ?? 0) > 0
     }
 }
 

@@ -19,7 +19,7 @@ final class BlockHarness {
 
     init(
         sectors: Int = 8, readOnly: Bool = false, openReadOnly: Bool = false, rateLimiter: RateLimiter = RateLimiter(),
-        clock: @escaping @Sendable () -> UInt64 = { 0 }
+        clock: @escaping @Sendable () -> UInt64 = { 0 }, eventIndex: Bool = false
     ) throws {
         path = NSTemporaryDirectory() + "swiftvisor-block-\(UUID().uuidString).img"
         try Data(Self.pattern(sectors * 512)).write(to: URL(fileURLWithPath: path))
@@ -28,7 +28,8 @@ final class BlockHarness {
         device = VirtioBlockDevice(
             file: try HostDiskFile.open(path, readOnly: openReadOnly), readOnly: readOnly, rateLimiter: rateLimiter,
             clock: clock)
-        try device.activate(features: 0, queues: [try fake.queue()], memory: memory, interrupt: interrupt)
+        try device.activate(
+            features: 0, queues: [try fake.queue(eventIndex: eventIndex)], memory: memory, interrupt: interrupt)
     }
 
     deinit { try? FileManager.default.removeItem(atPath: path) }
@@ -44,6 +45,21 @@ final class BlockHarness {
         type: UInt32, sector: UInt64, dataLength: UInt32 = 0, dataWritable: Bool = false,
         headerLength: UInt32 = 16, statusReadable: Bool = false
     ) throws -> (length: UInt32, status: UInt8) {
+        let before = try makeAvailable(
+            type: type, sector: sector, dataLength: dataLength, dataWritable: dataWritable, headerLength: headerLength,
+            statusReadable: statusReadable)
+        device.notify(queue: 0)
+        #expect(fake.usedIndex == before &+ 1)
+        return (fake.usedElement(before).length, try memory.readUInt8(at: Self.status))
+    }
+
+    /// Writes a request as `submit` does and makes it available, with no notification;
+    /// returns the used index before it.
+    @discardableResult
+    func makeAvailable(
+        type: UInt32, sector: UInt64, dataLength: UInt32 = 0, dataWritable: Bool = false,
+        headerLength: UInt32 = 16, statusReadable: Bool = false
+    ) throws -> UInt16 {
         try memory.write(type, at: Self.header)
         try memory.write(UInt32(0), at: Self.header + 4)
         try memory.write(sector, at: Self.header + 8)
@@ -59,9 +75,7 @@ final class BlockHarness {
             UInt64(statusIndex), address: Self.status, length: 1, flags: statusReadable ? 0 : Virtqueue.flagWrite)
         let before = fake.usedIndex
         try fake.makeAvailable(0)
-        device.notify(queue: 0)
-        #expect(fake.usedIndex == before &+ 1)
-        return (fake.usedElement(before).length, try memory.readUInt8(at: Self.status))
+        return before
     }
 }
 

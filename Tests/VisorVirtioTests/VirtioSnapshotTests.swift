@@ -58,6 +58,21 @@ struct VirtioSnapshotTests {
         #expect(MMIODriver(transport: restored).read(R.status) == driver.read(R.status))
     }
 
+    @Test("a restored queue asks for notifications again, whatever suppression the saved rings held")
+    func restoreResumesNotifications() throws {
+        let (memory, old, _, fake) = try Self.activeEntropy()
+        // The old device was polling when it was saved: NO_NOTIFY in used.flags (this driver
+        // did not negotiate EVENT_IDX).
+        try memory.write(Virtqueue.usedNoNotify, at: fake.used)
+        var writer = SnapshotWriter()
+        old.saveState(to: &writer)
+        let restored = VirtioMMIOTransport(device: VirtioEntropyDevice(), memory: memory) { _ in }
+        var reader = SnapshotReader(writer.bytes)
+        try restored.restoreState(from: &reader)
+        #expect(restored.isActive)
+        #expect(try memory.readUInt16(at: fake.used) == 0)
+    }
+
     @Test("a device the driver never started comes back inactive, with its registers")
     func inactiveDevice() throws {
         let memory = try FakeDriver.memory()

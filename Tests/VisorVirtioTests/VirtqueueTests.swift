@@ -236,7 +236,7 @@ struct VirtqueueTests {
             return VirtioCompletion(written: 0, bytes: 4)
         }
         #expect(counters.requests == 2)
-        #expect(served == Virtqueue.Served(interrupt: true, more: false))
+        #expect(served == Virtqueue.Served(interrupt: true, more: false, count: 2))
         #expect(try memory.readUInt16(at: driver.used + 4 + 8 * 8) == 2)  // avail_event: notify for entry 2
         #expect(driver.usedIndex == 2)
     }
