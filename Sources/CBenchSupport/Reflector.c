@@ -20,6 +20,7 @@ struct bench_reflector {
     atomic_int stop;
     atomic_uint_fast64_t reflected;
     atomic_uint_fast64_t failed;
+    uint64_t dropped;
     unsigned char frame[65536];
 };
 
@@ -61,6 +62,11 @@ int bench_reflector_start(const char *interface, struct bench_reflector **result
     int size = 8 << 20;
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size);
+    // Straight to the TAP's transmit function: the qdisc is skipped, which matters most
+    // just after the TAP's descriptor is opened, when the kernel's link watch may leave the
+    // interface on its discard-everything qdisc for up to a second.
+    int one = 1;
+    (void)setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
     // A blocked receive looks at the stop flag every 50 ms.
     struct timeval timeout = {.tv_sec = 0, .tv_usec = 50000};
     struct sockaddr_ll address = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = (int)index};
@@ -80,6 +86,15 @@ int bench_reflector_start(const char *interface, struct bench_reflector **result
     }
     *result = reflector;
     return 0;
+}
+
+uint64_t bench_reflector_dropped(struct bench_reflector *reflector) {
+    struct tpacket_stats statistics;
+    socklen_t length = sizeof statistics;
+    if (getsockopt(reflector->fd, SOL_PACKET, PACKET_STATISTICS, &statistics, &length) != 0) return 0;
+    // The kernel resets the counts on each read: they add up here.
+    reflector->dropped += statistics.tp_drops;
+    return reflector->dropped;
 }
 
 uint64_t bench_reflector_stop(struct bench_reflector *reflector, uint64_t *failed) {

@@ -43,6 +43,10 @@ uint64_t bench_kvm_vm_floor_ns(uint64_t memory_size, int memory_first);
 struct bench_reflector;
 int bench_reflector_start(const char *interface, struct bench_reflector **result);
 
+/// The frames the reflector's socket dropped so far (its receive buffer was full), from
+/// PACKET_STATISTICS. Call it from the thread that started and stops the reflector.
+uint64_t bench_reflector_dropped(struct bench_reflector *reflector);
+
 /// Stops and frees a reflector; returns how many frames it sent back, and in `*failed`
 /// (when not NULL) how many sends failed.
 uint64_t bench_reflector_stop(struct bench_reflector *reflector, uint64_t *failed);
