@@ -92,6 +92,21 @@ struct BenchTAP {
     }
 
     func remove() { _ = spawn([Self.ipPath, "link", "del", name]) }
+
+    /// One of the interface's counters in /sys/class/net/NAME/statistics (0 if unreadable).
+    func counter(_ counter: String) -> UInt64 {
+        guard let fd = try? HostIO.openReadOnly("/sys/class/net/\(name)/statistics/\(counter)") else { return 0 }
+        defer { HostIO.closeDescriptor(fd) }
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let n = HostIO.read(from: fd, into: &buffer)
+        guard n > 0 else { return 0 }
+        return UInt64(String(decoding: buffer[0..<n], as: UTF8.self).split(separator: "\n").first ?? "") ?? 0
+    }
+
+    /// The counters that say where frames went missing.
+    var statistics: String {
+        ["rx_packets", "rx_dropped", "tx_packets", "tx_dropped"].map { "\($0)=\(counter($0))" }.joined(separator: " ")
+    }
 }
 
 /// The reflector thread (CBenchSupport) on one interface. `@safe`: its handle never leaves
@@ -109,6 +124,13 @@ struct BenchTAP {
                     "cannot start the reflector on \(interface): \(HostIO.errnoText(error)) (an AF_PACKET socket needs root: CAP_NET_RAW)"
             )
         }
+    }
+
+    /// The frames its socket dropped so far (a full receive buffer).
+    func dropped() -> UInt64 {
+        guard let reflector = unsafe self.reflector else { return 0 }
+        // SAFETY: the reflector is running (stop() clears the handle); the call reads its socket.
+        return unsafe bench_reflector_dropped(reflector)
     }
 
     /// Stops the thread; the frames it sent back and its failed sends.
@@ -218,11 +240,18 @@ func hostTapRound(tap name: String, count: Int, window: Int) throws(NetBenchFail
     let tap = try BenchTAP(name: "swvb\(getpid() % 100_000)r\(round % 100)")
     defer { tap.remove() }
     let reflector = try BenchReflector(interface: tap.name)
-    let host = try hostTapRound(tap: tap.name, count: netFrames, window: window)
-    let guest = try virtioNetRound(tap: tap.name, count: netFrames, window: window)
-    let (_, failed) = reflector.stop()
-    guard failed == 0 else { throw NetBenchFailure(message: "the reflector failed to send \(failed) frames") }
-    return (host, guest)
+    do {
+        let host = try hostTapRound(tap: tap.name, count: netFrames, window: window)
+        let guest = try virtioNetRound(tap: tap.name, count: netFrames, window: window)
+        return (host, guest)
+    } catch {
+        let dropped = reflector.dropped()
+        let (reflected, failed) = reflector.stop()
+        throw NetBenchFailure(
+            message:
+                "\(error.message) (window \(window); TAP \(tap.name): \(tap.statistics); reflector: \(reflected) frames sent back, \(failed) sends failed, \(dropped) dropped by its socket)"
+        )
+    }
 }
 
 @MainActor func virtioNetBenchmark() {
