@@ -280,7 +280,7 @@ func hostTapRound(tap name: String, count: Int, window: Int) throws(NetBenchFail
         let guest = median(guestRounds[window]!.map(\.nsPerFrame))
         let ratio = host / guest
         print(
-            "virtio-net window=\(window): guest_frames_per_s=\(format(1e9 / guest)) host_tap_frames_per_s=\(format(1e9 / host)) ratio=\(format(ratio, 2)) (target 0.8: \(ratio >= 0.8 ? "met" : "not met")) notifications_per_frame=\(format(median(guestRounds[window]!.map(\.notificationsPerFrame)), 3)) vcpu_user_ns_per_frame=\(format(median(guestRounds[window]!.map(\.userNsPerFrame))))"
+            "virtio-net window=\(window): guest_frames_per_s=\(format(1e9 / guest)) host_tap_frames_per_s=\(format(1e9 / host)) ratio=\(format(ratio, 3)) (target 0.8: \(ratio >= 0.8 ? "met" : "not met")) notifications_per_frame=\(format(median(guestRounds[window]!.map(\.notificationsPerFrame)), 3)) vcpu_user_ns_per_frame=\(format(median(guestRounds[window]!.map(\.userNsPerFrame))))"
         )
     }
 }
