@@ -20,9 +20,11 @@
 // host kernel's IPv6 router solicitations, is ignored) and put its buffer back on the
 // available ring; send frames while fewer than WINDOW are away (sent and not back) and a
 // transmit buffer is free. The device is notified once per batch: for the transmit queue
-// after each batch of sends, for the receive queue once 64 buffers were put back (the
-// device then still holds at least 192, more than any window leaves in flight), each only
+// after each batch of sends, for the receive queue once 64 buffers were put back, each only
 // when the device wants it (EVENT_IDX's avail_event, else the used ring's NO_NOTIFY flag).
+// Buffers put back without a notification are still the device's to use; it waits for one
+// only after it used all 256, and the driver then takes and puts back all 256, so the
+// count reaches 64 and it notifies: the receive side cannot stall.
 // If no frame comes back for GIVE_UP_SPINS passes of the loop, it gives up.
 //
 // Output (COM1, at the end): `virtio_net_bench: COUNT frames, N notifications, M returned`,
