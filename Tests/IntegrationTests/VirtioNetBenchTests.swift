@@ -34,13 +34,15 @@ extension KVMIntegration {
             return (report, console.text, machine)
         }
 
-        /// 2,000 frames with 8 away at a time, each sent back by a reflector on the TAP:
-        /// the guest counts every one of its frames back (and nothing else), from CPL3.
+        /// 2,000 frames with 8 away at a time (and 1, and 256: as many as there are receive
+        /// buffers, so the device may use them all before the guest looks), each sent back
+        /// by a reflector on the TAP: the guest counts every one of its frames back, from CPL3.
         @Test(
             "every frame the benchmark guest sends through the TAP comes back through a reflector",
-            .enabled(if: TAPAccess.available, "needs root and /dev/net/tun (a TAP and a packet socket): skipped"))
-        func everyFrameComesBack() throws {
-            let tap = try BareTAP(name: "swvbt\(getpid() % 100_000)")
+            .enabled(if: TAPAccess.available, "needs root and /dev/net/tun (a TAP and a packet socket): skipped"),
+            arguments: [8, 1, 256])
+        func everyFrameComesBack(window: Int) throws {
+            let tap = try BareTAP(name: "swvbt\(getpid() % 100_000)w\(window)")
             defer { tap.remove() }
             var reflector: OpaquePointer?
             // SAFETY: the C function reads the NUL-terminated name and writes one pointer
@@ -52,7 +54,7 @@ extension KVMIntegration {
                 // SAFETY: the reflector is stopped (and freed) once, here or below.
                 if !stopped, let reflector = unsafe reflector { _ = unsafe bench_reflector_stop(reflector, nil) }
             }
-            let run = try runBench(commandLine: "2000 8", tap: tap.name)
+            let run = try runBench(commandLine: "2000 \(window)", tap: tap.name)
             var failed: UInt64 = 0
             // SAFETY: as above; the count goes into a local.
             let reflected = unsafe bench_reflector_stop(reflector!, &failed)
