@@ -3,6 +3,7 @@
 //
 // Usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|virtio-blk|all] [--exits N] [--rounds R]
 //                         [--no-irqchip] [--no-seccomp] [--reference PATH] [--cli PATH]
+//        swiftvisor-bench virtio-net [--frames N] [--window W[,W...]] [--rounds R]  (VirtioNetBench.swift; root)
 //        swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ...  (LinuxBench.swift)
 //        swiftvisor-bench snapshot-memory [--dir PATH] [--rounds R]  (SnapshotMemoryBench.swift)
 //        swiftvisor-bench snapshot [--sizes 64M,256M,1G] [--rounds N]      (SnapshotBench.swift)
@@ -69,6 +70,9 @@ var noIrqchip = false
 var noSeccomp = false
 /// virtio-blk with a rate limiter that never runs out, so every request pays for the check.
 var rateLimit = false
+/// virtio-net: frames per round, and the windows (frames away at a time) to measure.
+var netFrames = 20_000
+var netWindows = [1, 16, 64]
 var arguments = CommandLine.arguments.dropFirst()
 while let argument = arguments.popFirst() {
     switch argument {
@@ -79,17 +83,26 @@ while let argument = arguments.popFirst() {
     case "--no-irqchip": noIrqchip = true
     case "--no-seccomp": noSeccomp = true
     case "--rate-limit": rateLimit = true
-    case "pio", "mmio", "startup", "memory", "dispatch", "virtio-blk", "all": mode = argument
+    case "--frames": netFrames = Int(arguments.popFirst() ?? "") ?? netFrames
+    case "--window":
+        let windows = (arguments.popFirst() ?? "").split(separator: ",").compactMap { Int($0) }
+        if !windows.isEmpty { netWindows = windows }
+    case "pio", "mmio", "startup", "memory", "dispatch", "virtio-blk", "virtio-net", "all": mode = argument
     default:
         print(
             "usage: swiftvisor-bench [pio|mmio|startup|memory|dispatch|virtio-blk|all] [--exits N] [--rounds R] [--no-irqchip] [--no-seccomp] [--rate-limit] [--reference PATH] [--cli PATH]"
         )
+        print("       swiftvisor-bench virtio-net [--frames N] [--window W[,W...]] [--rounds R] (as root)")
         print("       swiftvisor-bench linux-setup|linux-boot|linux-cmdline|timed-run ... (Linux boot; see BENCHMARKS.md)")
         exit(2)
     }
 }
 guard exits >= 2, rounds >= 1 else {
     print("swiftvisor-bench: --exits must be at least 2 and --rounds at least 1")
+    exit(2)
+}
+guard (1...8_388_608).contains(netFrames), netWindows.allSatisfy({ (1...256).contains($0) }) else {
+    print("swiftvisor-bench: --frames must be 1 to 8388608 and each --window 1 to 256")
     exit(2)
 }
 // SAFETY: access reads the NUL-terminated copy of the path Swift passes for the call.
@@ -101,8 +114,8 @@ let cli = cliPath ?? siblingExecutable("swiftvisor")
 
 // Pin this process, its vCPU threads and the reference it spawns to one CPU, so that both
 // sides see the same core and neither pays for migrations the other does not.
-// Not for virtio-blk, whose I/O thread must run beside the vCPU.
-if mode != "virtio-blk", bench_pin_to_cpu(1) != 0 {
+// Not for virtio-blk and virtio-net, whose I/O thread (and reflector) must run beside the vCPU.
+if mode != "virtio-blk", mode != "virtio-net", bench_pin_to_cpu(1) != 0 {
     print("note: could not pin to CPU 1; figures will be noisier")
 }
 
@@ -425,6 +438,7 @@ case "mmio": exitBenchmark(mmio: true)
 case "startup": startupBenchmark()
 case "memory": memoryBenchmark()
 case "virtio-blk": virtioBlockBenchmark()
+case "virtio-net": virtioNetBenchmark()
 default:
     dispatchBenchmark()
     exitBenchmark(mmio: false)

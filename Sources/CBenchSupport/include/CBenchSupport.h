@@ -35,4 +35,20 @@ void bench_thread_cpu_time(uint64_t *user, uint64_t *system);
 /// else after. Returns 0 when a step fails. (No VMM work: what KVM itself costs.)
 uint64_t bench_kvm_vm_floor_ns(uint64_t memory_size, int memory_first);
 
+/// A frame reflector for the virtio-net benchmark: a thread with an AF_PACKET raw socket
+/// bound to `interface` for every protocol (ETH_P_ALL), which sends each frame the
+/// interface received (not those it sent: PACKET_OUTGOING) back out of the same interface.
+/// On a TAP that means: a frame written to the TAP's descriptor comes back to be read from
+/// it. Needs CAP_NET_RAW. Returns 0 and the reflector in `*result`, or an errno value.
+struct bench_reflector;
+int bench_reflector_start(const char *interface, struct bench_reflector **result);
+
+/// The frames the reflector's socket dropped so far (its receive buffer was full), from
+/// PACKET_STATISTICS. Call it from the thread that started and stops the reflector.
+uint64_t bench_reflector_dropped(struct bench_reflector *reflector);
+
+/// Stops and frees a reflector; returns how many frames it sent back, and in `*failed`
+/// (when not NULL) how many sends failed.
+uint64_t bench_reflector_stop(struct bench_reflector *reflector, uint64_t *failed);
+
 #endif
