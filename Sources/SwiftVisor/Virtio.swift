@@ -424,7 +424,10 @@ extension MachineBuilder {
                     tap: tap, mac: mac ?? VirtioDeviceConfiguration.defaultMAC(index: index), mtu: mtu,
                     receiveLimiter: receiveLimit?.limiter(now: now) ?? RateLimiter(),
                     transmitLimiter: transmitLimit?.limiter(now: now) ?? RateLimiter())
-                do throws(HostFileError) { try net.attach(to: fastPath.thread) } catch {
+                do throws(HostFileError) {
+                    try net.attach(
+                        to: fastPath.thread, pollWindow: UInt64(configuration.virtioPollMicroseconds) * 1000)
+                } catch {
                     throw .invalidDevices("cannot watch TAP \(name): \(error.reason)")
                 }
                 model = net

@@ -78,6 +78,8 @@ package final class VirtioNetDevice: VirtioDevice {
         var receiveThrottled = false
         var transmitThrottled = false
         var timer: IOTimer?
+        /// The I/O thread's poller for the transmit queue, when attached with a poll window.
+        var poller: IOPoller?
     }
     private let state = Mutex(State())
     private let tap: HostTap
@@ -118,8 +120,16 @@ package final class VirtioNetDevice: VirtioDevice {
     }
 
     /// Serves the TAP on `thread` (asking for readability once the driver activated the
-    /// device). The device leaves the watch when it is released.
-    package func attach(to thread: IOThread) throws(HostFileError) {
+    /// device). The device leaves the watch when it is released. With a `pollWindow`
+    /// (nanoseconds), the thread polls a busy transmit queue as it does a disk's
+    /// (`VirtioBlockDevice.attach(to:pollWindow:adaptive:)`): the driver is told not to
+    /// notify while frames keep coming.
+    package func attach(to thread: IOThread, pollWindow: UInt64 = 0, adaptive: Bool = true) throws(HostFileError) {
+        let poller =
+            pollWindow > 0
+            ? thread.addPoller(
+                window: pollWindow, adaptive: adaptive, poll: { [weak self] in self?.pollTransmit() ?? false },
+                rest: { [weak self] in self?.restTransmit() ?? false }) : nil
         try state.withLock { (state) throws(HostFileError) in
             // The handler takes the device's lock, so it cannot run before this returns.
             state.watch = try thread.watch(tap.fd, for: state.receiving ? .readable : []) { [weak self] events in
@@ -127,6 +137,33 @@ package final class VirtioNetDevice: VirtioDevice {
             }
             state.thread = thread
             state.timer = thread.addTimer { [weak self] in self?.timerFired() }
+            state.poller = poller
+        }
+    }
+
+    /// The poller's round (on the I/O thread): sends what the driver made available since;
+    /// returns whether there was anything.
+    private func pollTransmit() -> Bool {
+        let (interrupt, found): (VirtioInterrupt?, Bool) = state.withLock { state in
+            guard var queue = state.transmit, let memory = state.memory, queue.suppressingNotifications,
+                !state.transmitThrottled, let pending = queue.pending(memory: memory), pending > 0
+            else { return (nil, false) }
+            state.transmit = queue
+            return (serveTransmit(&state), true)
+        }
+        interrupt?.signalUsedBuffer()
+        return found
+    }
+
+    /// The poll window passed with nothing sent: the driver is asked to notify again.
+    /// Returns whether frames came meanwhile (polling then goes on).
+    private func restTransmit() -> Bool {
+        state.withLock { state in
+            guard var queue = state.transmit, let memory = state.memory else { return false }
+            let more = queue.resumeNotifications(memory: memory)
+            if more, !state.transmitThrottled { queue.suppressNotifications(memory: memory) }
+            state.transmit = queue
+            return more && !state.transmitThrottled
         }
     }
 
@@ -396,42 +433,54 @@ package final class VirtioNetDevice: VirtioDevice {
 
     /// Sends the transmit queue's chains, at most one queue's worth.
     private func transmit() {
-        let interrupt: VirtioInterrupt? = state.withLock { state in
-            guard var queue = state.transmit, let memory = state.memory else { return nil }
-            // The scratch buffer is lent to the loop (a swap, not a copy), with the count of
-            // frames the TAP refused.
-            var work = TransmitWork(limiter: state.transmitLimiter)
-            swap(&work.scratch, &state.transmitScratch)
-            let served: Virtqueue.Served
-            if work.limiter.isEnabled {
-                work.now = clock()
-                served = queue.serveAvailable(
-                    memory: memory, chain: &state.chain, counters: &state.counters, context: &work,
-                    admit: { chain, work in
-                        // A malformed chain goes through, to be completed as such.
-                        let total = Int(chain.readableLength)
-                        let frame = UInt64(total >= HostTap.headerSize ? total - HostTap.headerSize : 0)
-                        return work.limiter.consume(bytes: frame, now: work.now)
-                    },
-                    { chain, work in send(chain, &work, memory: memory) })
-                state.transmitLimiter = work.limiter
-            } else {
-                served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters, context: &work) {
-                    chain, work in
-                    send(chain, &work, memory: memory)
-                }
-            }
-            swap(&work.scratch, &state.transmitScratch)
-            state.counters.dropped += work.dropped
-            state.transmit = queue
-            if served.throttled {
-                state.transmitThrottled = true
-                armTimer(&state)
-            }
-            // No EVENT_IDX here (supportsEventIndex is false), so nothing is ever left over.
-            return served.interrupt ? state.interrupt : nil
-        }
+        let interrupt = state.withLock { state in serveTransmit(&state) }
         interrupt?.signalUsedBuffer()
+    }
+
+    /// Sends the transmit queue's chains (a notification's work, or a poll's) and returns
+    /// the interrupt to raise, if the driver wants one. When frames were sent and the queue
+    /// is not polled yet, asks the I/O thread to poll it, and if it does, tells the driver
+    /// not to notify.
+    private func serveTransmit(_ state: inout State) -> VirtioInterrupt? {
+        guard var queue = state.transmit, let memory = state.memory else { return nil }
+        // The scratch buffer is lent to the loop (a swap, not a copy), with the count of
+        // frames the TAP refused.
+        var work = TransmitWork(limiter: state.transmitLimiter)
+        swap(&work.scratch, &state.transmitScratch)
+        let served: Virtqueue.Served
+        if work.limiter.isEnabled {
+            work.now = clock()
+            served = queue.serveAvailable(
+                memory: memory, chain: &state.chain, counters: &state.counters, context: &work,
+                admit: { chain, work in
+                    // A malformed chain goes through, to be completed as such.
+                    let total = Int(chain.readableLength)
+                    let frame = UInt64(total >= HostTap.headerSize ? total - HostTap.headerSize : 0)
+                    return work.limiter.consume(bytes: frame, now: work.now)
+                },
+                { chain, work in send(chain, &work, memory: memory) })
+            state.transmitLimiter = work.limiter
+        } else {
+            served = queue.serveAvailable(memory: memory, chain: &state.chain, counters: &state.counters, context: &work) {
+                chain, work in
+                send(chain, &work, memory: memory)
+            }
+        }
+        swap(&work.scratch, &state.transmitScratch)
+        state.counters.dropped += work.dropped
+        state.transmit = queue
+        if served.throttled {
+            state.transmitThrottled = true
+            armTimer(&state)
+        }
+        if served.count > 0, !served.throttled, !queue.suppressingNotifications, let thread = state.thread,
+            let poller = state.poller, thread.startPolling(poller)
+        {
+            queue.suppressNotifications(memory: memory)
+            state.transmit = queue
+        }
+        // No EVENT_IDX here (supportsEventIndex is false), so nothing is ever left over.
+        return served.interrupt ? state.interrupt : nil
     }
 
     private struct TransmitWork {

@@ -107,3 +107,40 @@ enum IOThreadPolling {
         return try condition()
     }
 }
+
+@Suite("Polled network transmit queue")
+struct NetPollingTests {
+    @Test("a polled transmit queue sends frames the driver never notified, with NO_NOTIFY set, then clears it")
+    func transmitPolls() throws {
+        let h = try NetHarness()
+        let thread = try IOThread()
+        try h.device.attach(to: thread, pollWindow: 200_000_000, adaptive: false)
+        #expect(thread.start() == 0)
+        defer { thread.stop() }
+        let flags = h.transmit.used
+        // A notified frame starts the poll: the driver is told not to notify.
+        try h.postTransmit([NetHarness.dirtyHeader, NetHarness.frame(60, seed: 0)])
+        h.device.notify(queue: VirtioNetDevice.transmitQueue)
+        #expect(h.hostReceives() == [UInt8](repeating: 0, count: 12) + NetHarness.frame(60, seed: 0))
+        #expect(try h.memory.readUInt16(at: flags) == Virtqueue.usedNoNotify)
+        #expect(IOThreadPolling.eventually { thread.isPolling })
+        // Frames made available with no notification go out.
+        for seed: UInt8 in 1...3 {
+            try h.postTransmit([NetHarness.dirtyHeader, NetHarness.frame(60, seed: seed)])
+            var got: [UInt8]?
+            #expect(
+                IOThreadPolling.eventually {
+                    got = h.hostReceives(); return got != nil
+                })
+            #expect(got == [UInt8](repeating: 0, count: 12) + NetHarness.frame(60, seed: seed))
+        }
+        // The window passes: notifications are asked for again, and nothing is polled.
+        #expect(IOThreadPolling.eventually { !thread.isPolling })
+        #expect(try h.memory.readUInt16(at: flags) == 0)
+        try h.postTransmit([NetHarness.dirtyHeader, NetHarness.frame(60, seed: 9)])
+        usleep(50_000)
+        #expect(h.hostReceives() == nil)
+        h.device.notify(queue: VirtioNetDevice.transmitQueue)
+        #expect(h.hostReceives() == [UInt8](repeating: 0, count: 12) + NetHarness.frame(60, seed: 9))
+    }
+}
