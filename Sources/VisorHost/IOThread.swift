@@ -335,13 +335,15 @@ package final class IOThread: Sendable {
                 index < state.pollers.count && state.pollers[index].lastWork != nil ? state.pollers[index] : nil
             }
             guard let poller, let lastWork = poller.lastWork else { continue }
-            let now = HostIO.monotonicNanoseconds()
             var next: UInt64? = lastWork
+            // The window runs from when work was last done (a request served may take a
+            // while: the next one is looked for a window after it ends, not after it began).
             if poller.poll() {
-                next = now
-            } else if now &- lastWork >= poller.window {
-                next = poller.rest() ? now : nil
+                next = HostIO.monotonicNanoseconds()
+            } else if HostIO.monotonicNanoseconds() &- lastWork >= poller.window {
+                next = poller.rest() ? HostIO.monotonicNanoseconds() : nil
             }
+            let now = HostIO.monotonicNanoseconds()
             state.withLock { state in
                 // `stop()` may have dropped the pollers meanwhile.
                 guard index < state.pollers.count, state.pollers[index].lastWork != nil else { return }
