@@ -152,13 +152,16 @@ public struct MachineConfiguration: Sendable {
     /// (`avail_event`) and the device interrupts only when the driver asks (`used_event`).
     /// Off (for comparison), drivers notify for every batch. Default: on.
     public var virtioEventIndex = true
-    /// How long the I/O thread keeps polling a block device's queue after it last found a
-    /// request, in microseconds (adaptive polling, as QEMU's I/O threads do with
+    /// How long the I/O thread keeps polling a block device's queue, or a network device's
+    /// transmit queue, after it last found a request, in microseconds (adaptive polling, as QEMU's I/O threads do with
     /// `poll-max-ns`): while it polls, the driver is asked not to notify, so a request
     /// costs the guest no exit, and the thread spends at most this long spinning after each
     /// burst of requests. 0 turns polling off: every request is notified. Needs
-    /// `virtioIOThread`. Default: 32.
-    public var virtioPollMicroseconds: UInt32 = 32
+    /// `virtioIOThread`; at most `maximumVirtioPollMicroseconds`. Default: 0, as polling
+    /// spends host CPU that a host full of machines may not have (BENCHMARKS.md).
+    public var virtioPollMicroseconds: UInt32 = 0
+    /// The longest poll window `virtioPollMicroseconds` may ask for: 1 ms.
+    public static let maximumVirtioPollMicroseconds: UInt32 = 1000
     /// Disk files opened ahead of the build by `openDisks()`, by device index.
     package var openedDisks: [Int: HostDiskFile] = [:]
     /// The vsock device's listening socket, made ahead of the build by `openVsock()`.

@@ -335,6 +335,11 @@ extension MachineBuilder {
 
     /// Checks the virtio devices against what the machine can give them.
     static func validateVirtio(_ configuration: MachineConfiguration) throws(MachineError) {
+        let poll = configuration.virtioPollMicroseconds
+        guard poll <= MachineConfiguration.maximumVirtioPollMicroseconds else {
+            throw .invalidDevices(
+                "a virtio poll window of \(poll) us; at most \(MachineConfiguration.maximumVirtioPollMicroseconds) us")
+        }
         let count = configuration.virtioDevices.count
         guard count > 0 else { return }
         guard count <= VirtioLayout.maximumDevices else {

@@ -16,7 +16,7 @@ struct VirtioRound {
 }
 
 @MainActor func virtioBlockRound(
-    _ guestMode: String, count: Int, disk: String, ioThread: Bool, eventIndex: Bool = true, poll: Bool = true,
+    _ guestMode: String, count: Int, disk: String, ioThread: Bool, eventIndex: Bool = true, poll: Bool = false,
     statistics: Bool
 ) -> VirtioRound {
     var config = MachineConfiguration(guest: .elf(GuestImages.virtioBlkBench))
@@ -28,7 +28,7 @@ struct VirtioRound {
     config.virtioDevices = [.block(path: disk, readOnly: true, rateLimiter: limiter)]
     config.virtioIOThread = ioThread
     config.virtioEventIndex = eventIndex
-    if !poll { config.virtioPollMicroseconds = 0 }
+    if poll { config.virtioPollMicroseconds = 32 }
     config.collectStatistics = statistics
     config.seccomp = !noSeccomp
     let console = BenchConsole()
@@ -140,10 +140,10 @@ func hostPread(disk: String, size: Int, sequential: Bool, count: Int, capacity: 
         }
         rows["qd32-no-event-idx", default: []].append(
             virtioBlockRound("qd32", count: small, disk: disk, ioThread: true, eventIndex: false, statistics: false))
-        // The I/O thread without polling: every request notified.
+        // The I/O thread polling the queue (--virtio-poll 32).
         for (name, guestMode, count) in [("qd1", "qd1", small), ("qd32", "qd32", small), ("seq", "seq", large)] {
-            rows[name + "-no-poll", default: []].append(
-                virtioBlockRound(guestMode, count: count, disk: disk, ioThread: true, poll: false, statistics: false))
+            rows[name + "-poll", default: []].append(
+                virtioBlockRound(guestMode, count: count, disk: disk, ioThread: true, poll: true, statistics: false))
         }
         rows["qd1-stats", default: []].append(
             virtioBlockRound("qd1", count: small, disk: disk, ioThread: true, statistics: true))
@@ -155,7 +155,7 @@ func hostPread(disk: String, size: Int, sequential: Bool, count: Int, capacity: 
     print(
         "virtio-blk: requests=\(small) (4 KiB) / \(large) (1 MiB) rounds=\(rounds) reference_exit_ns=\(format(exitNs)) host_pread_4k_ns=\(format(pread4K)) host_pread_1m_ns=\(format(pread1M))"
     )
-    for key in ["qd1", "qd1-no-poll", "qd1-vcpu"] {
+    for key in ["qd1", "qd1-poll", "qd1-vcpu"] {
         let ns = value(key, \.nsPerRequest)
         print(
             "virtio-blk \(key): 4k_random_read_ns=\(format(ns)) exit_plus_pread_ns=\(format(exitNs + pread4K)) ratio=\(format(ns / (exitNs + pread4K), 2)) vcpu_user_ns_per_request=\(format(value(key, \.userNsPerRequest))) notifications_per_request=\(format(value(key, \.notificationsPerRequest), 3))"
@@ -163,13 +163,13 @@ func hostPread(disk: String, size: Int, sequential: Bool, count: Int, capacity: 
     }
     let exitsPerRequest = median(rows["qd1-stats"]!.compactMap(\.exitsPerRequest))
     print("virtio-blk qd1 (statistics on): exits_to_user_space_per_request=\(format(exitsPerRequest, 3))")
-    for key in ["qd32", "qd32-no-poll", "qd32-no-event-idx", "qd32-vcpu"] {
+    for key in ["qd32", "qd32-poll", "qd32-no-event-idx", "qd32-vcpu"] {
         let ns = value(key, \.nsPerRequest)
         print(
             "virtio-blk \(key): 4k_random_read_iops=\(format(1e9 / ns)) host_pread_iops_qd1=\(format(1e9 / pread4K)) notifications_per_request=\(format(value(key, \.notificationsPerRequest), 3)) vcpu_user_ns_per_request=\(format(value(key, \.userNsPerRequest)))"
         )
     }
-    for key in ["seq", "seq-no-poll", "seq-vcpu"] {
+    for key in ["seq", "seq-poll", "seq-vcpu"] {
         let ns = value(key, \.nsPerRequest)
         let guestMBs = Double(1 << 20) / ns * 1e3
         let hostMBs = Double(1 << 20) / pread1M * 1e3

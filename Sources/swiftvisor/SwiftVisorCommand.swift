@@ -177,10 +177,26 @@ struct DeviceOptions: ParsableArguments {
             valueName: "cid=N,uds=PATH"))
     var vsock: [String] = []
 
+    @Option(
+        name: .customLong("virtio-poll"),
+        help: ArgumentHelp(
+            "Let the I/O thread poll a busy disk's queue and a network device's transmit queue for up to US "
+                + "microseconds after its last request, the driver told not to notify meanwhile; the window adapts "
+                + "to the traffic (default: 0, never; spends host CPU to save exits).",
+            valueName: "US"))
+    var virtioPoll: UInt32?
+
     /// Adds the devices asked for, in a fixed order: their windows and interrupts follow it
     /// (the console, the entropy device, the disks, the network devices, in the order
     /// given, then the socket device).
     func apply(to config: inout MachineConfiguration) {
+        if let virtioPoll {
+            guard virtioPoll <= MachineConfiguration.maximumVirtioPollMicroseconds else {
+                fail(
+                    "--virtio-poll \(virtioPoll) is more than \(MachineConfiguration.maximumVirtioPollMicroseconds) microseconds")
+            }
+            config.virtioPollMicroseconds = virtioPoll
+        }
         if console == .virtio { config.virtioDevices.append(.console) }
         if rng { config.virtioDevices.append(.entropy) }
         config.virtioDevices += disks.map(\.device)

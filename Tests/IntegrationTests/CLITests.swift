@@ -108,6 +108,22 @@ extension KVMIntegration {
         }
 
         @Test(
+            "--virtio-poll: the guest driver's disk works with the queue polled, under the CLI's seccomp filters; over 1 ms is a one-line error"
+        )
+        func virtioPollFlag() throws {
+            var contents = [UInt8](repeating: 0, count: 8 * 512)
+            for i in 0..<512 { contents[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 3) }
+            let path = try temporaryFile(contents)
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let result = try run(["--builtin", "virtio_blk", "--disk", path, "--virtio-poll", "1000", "--stats"])
+            #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+            #expect(result.stdout.contains("virtio-blk: read past the end: status 1\n"), "\(result.stdout)")
+            contents.replaceSubrange(512..<1024, with: (0..<512).map { UInt8(truncatingIfNeeded: $0 ^ 0x5A) })
+            #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == contents)
+            expectOneLineError(try run(["--disk", path, "--virtio-poll", "1001"]), mentioning: "1000")
+        }
+
+        @Test(
             "--vsock: reserved CIDs, a socket path that exists or is too long, and a second --vsock are one-line errors; the socket goes with the VMM"
         )
         func vsockFlag() throws {
