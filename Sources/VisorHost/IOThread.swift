@@ -98,6 +98,9 @@ package final class IOThread: Sendable {
         var lastWork: UInt64?
         /// While not polling: since when (the rest, or work found with a window of 0).
         var idleSince: UInt64?
+        /// `startPolling` came while polling, and its caller told its driver not to notify:
+        /// a rest in the same round must not end the polling.
+        var restartRequested = false
     }
     /// The first window a poller grows to, and how windows shrink below it: to nothing.
     private static let smallestWindow: UInt64 = 4_000
@@ -289,8 +292,14 @@ package final class IOThread: Sendable {
     /// has been told not to notify.
     package func startPolling(_ poller: IOPoller) -> Bool {
         let (polling, wake) = state.withLock { state -> (Bool, Bool) in
-            guard poller.index < state.pollers.count else { return (false, false) }
-            if state.pollers[poller.index].lastWork != nil { return (true, false) }
+            // Not started (or stopped): nothing would poll.
+            guard poller.index < state.pollers.count, let thread = state.thread else { return (false, false) }
+            if state.pollers[poller.index].lastWork != nil {
+                // Polling: it goes on, even if the thread is resting it right now (another
+                // thread's notification, served between the rest and its end).
+                state.pollers[poller.index].restartRequested = true
+                return (true, false)
+            }
             let now = HostIO.monotonicNanoseconds()
             var entry = state.pollers[poller.index]
             if entry.adaptive, let idle = entry.idleSince {
@@ -310,9 +319,9 @@ package final class IOThread: Sendable {
             }
             entry.idleSince = nil
             entry.lastWork = now
+            entry.restartRequested = false
             state.pollers[poller.index] = entry
             state.activePollers += 1
-            guard let thread = state.thread else { return (true, false) }
             return (true, pthread_equal(thread, pthread_self()) == 0)
         }
         if wake { workEvent.signal() }
@@ -347,6 +356,8 @@ package final class IOThread: Sendable {
             state.withLock { state in
                 // `stop()` may have dropped the pollers meanwhile.
                 guard index < state.pollers.count, state.pollers[index].lastWork != nil else { return }
+                if next == nil, state.pollers[index].restartRequested { next = now }
+                state.pollers[index].restartRequested = false
                 state.pollers[index].lastWork = next
                 if next == nil {
                     state.pollers[index].idleSince = now

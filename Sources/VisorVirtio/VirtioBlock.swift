@@ -218,17 +218,17 @@ package final class VirtioBlockDevice: VirtioDevice {
     }
 
     package func notify(queue index: Int) {
-        let interrupt = state.withLock { state in serveQueue(&state, index: index) }
+        let interrupt = state.withLock { state in serveQueue(&state, index: index).interrupt }
         interrupt?.signalUsedBuffer()
     }
 
     /// Serves the queue once (a notification's work, or a poll's) and returns the
-    /// interrupt to raise, if the driver wants one. When requests were found and the queue
+    /// interrupt to raise, if the driver wants one, and the requests completed. When requests were found and the queue
     /// is not polled yet, asks the I/O thread to poll it (`IOThread.startPolling`, which
     /// decides by the time since the last ones), and if it does, tells the driver not to
     /// notify.
-    private func serveQueue(_ state: inout State, index: Int) -> VirtioInterrupt? {
-        guard var queue = state.queue, let memory = state.memory else { return nil }
+    private func serveQueue(_ state: inout State, index: Int) -> (interrupt: VirtioInterrupt?, count: Int) {
+        guard var queue = state.queue, let memory = state.memory else { return (nil, 0) }
         var work = Work(file: state.file, limiter: state.limiter, now: 0)
         let served: Virtqueue.Served
         if work.limiter.isEnabled {
@@ -254,18 +254,20 @@ package final class VirtioBlockDevice: VirtioDevice {
             thread.arm(timer, at: state.limiter.blockedUntil ?? 0)
         }
         if served.more { state.interrupt?.reschedule(queue: index) }
-        return served.interrupt ? state.interrupt : nil
+        return (served.interrupt ? state.interrupt : nil, served.count)
     }
 
     /// The poller's round (on the I/O thread): serves what the driver made available
-    /// since; returns whether there was anything.
+    /// since; returns whether it completed anything (an index that moved and moved back,
+    /// or a throttled request, is nothing).
     private func poll() -> Bool {
         let (interrupt, found): (VirtioInterrupt?, Bool) = state.withLock { state in
             guard var queue = state.queue, let memory = state.memory, queue.suppressingNotifications,
                 !state.throttled, let pending = queue.pending(memory: memory), pending > 0
             else { return (nil, false) }
             state.queue = queue
-            return (serveQueue(&state, index: 0), true)
+            let served = serveQueue(&state, index: 0)
+            return (served.interrupt, served.count > 0)
         }
         interrupt?.signalUsedBuffer()
         return found

@@ -142,14 +142,15 @@ package final class VirtioNetDevice: VirtioDevice {
     }
 
     /// The poller's round (on the I/O thread): sends what the driver made available since;
-    /// returns whether there was anything.
+    /// returns whether it completed anything.
     private func pollTransmit() -> Bool {
         let (interrupt, found): (VirtioInterrupt?, Bool) = state.withLock { state in
             guard var queue = state.transmit, let memory = state.memory, queue.suppressingNotifications,
                 !state.transmitThrottled, let pending = queue.pending(memory: memory), pending > 0
             else { return (nil, false) }
             state.transmit = queue
-            return (serveTransmit(&state), true)
+            let served = serveTransmit(&state)
+            return (served.interrupt, served.count > 0)
         }
         interrupt?.signalUsedBuffer()
         return found
@@ -433,16 +434,16 @@ package final class VirtioNetDevice: VirtioDevice {
 
     /// Sends the transmit queue's chains, at most one queue's worth.
     private func transmit() {
-        let interrupt = state.withLock { state in serveTransmit(&state) }
+        let interrupt = state.withLock { state in serveTransmit(&state).interrupt }
         interrupt?.signalUsedBuffer()
     }
 
     /// Sends the transmit queue's chains (a notification's work, or a poll's) and returns
-    /// the interrupt to raise, if the driver wants one. When frames were sent and the queue
+    /// the interrupt to raise, if the driver wants one, and the chains completed. When frames were sent and the queue
     /// is not polled yet, asks the I/O thread to poll it, and if it does, tells the driver
     /// not to notify.
-    private func serveTransmit(_ state: inout State) -> VirtioInterrupt? {
-        guard var queue = state.transmit, let memory = state.memory else { return nil }
+    private func serveTransmit(_ state: inout State) -> (interrupt: VirtioInterrupt?, count: Int) {
+        guard var queue = state.transmit, let memory = state.memory else { return (nil, 0) }
         // The scratch buffer is lent to the loop (a swap, not a copy), with the count of
         // frames the TAP refused.
         var work = TransmitWork(limiter: state.transmitLimiter)
@@ -480,7 +481,7 @@ package final class VirtioNetDevice: VirtioDevice {
             state.transmit = queue
         }
         // No EVENT_IDX here (supportsEventIndex is false), so nothing is ever left over.
-        return served.interrupt ? state.interrupt : nil
+        return (served.interrupt ? state.interrupt : nil, served.count)
     }
 
     private struct TransmitWork {

@@ -312,8 +312,8 @@ package struct Virtqueue: Sendable {
                 break
             }
         }
-        // Keeps avail_event just behind what was taken (see `suppressNotifications`).
-        if suppressingNotifications, eventIndex, served > 0 { writeAvailEvent(nextAvailable &- 1, memory: memory) }
+        // Keeps avail_event half the index space away (see `suppressNotifications`).
+        if suppressingNotifications, eventIndex, served > 0 { writeAvailEvent(Self.farEvent(nextAvailable), memory: memory) }
         return Served(
             interrupt: served > 0 && needsInterrupt(memory: memory), more: more, throttled: throttled, count: served)
     }
@@ -392,15 +392,22 @@ package struct Virtqueue: Sendable {
         try? memory.write(value, at: usedRing + 4 + 8 * UInt64(size))
     }
 
+    /// An `avail_event` no driver's batch passes: half the index space past `index`. A
+    /// driver notifies when its new entries, from the index at its last notification, pass
+    /// the event (vring_need_event); from any index near `index`, that takes 32,768 entries,
+    /// where one just behind `index` would still be passed by a driver whose last
+    /// notification came before entries the device took while polling.
+    private static func farEvent(_ index: UInt16) -> UInt16 { index &+ 0x8000 }
+
     /// Asks the driver not to notify, while the device polls the queue (2.7.10): with
-    /// EVENT_IDX, `avail_event` one behind the entries taken, which no new entry passes
-    /// (vring_need_event is then false; `serveAvailable` moves it along as entries are
-    /// taken); without, NO_NOTIFY in `used.flags`. The driver may still notify, which is
-    /// harmless. Until `resumeNotifications`.
+    /// EVENT_IDX, `avail_event` half the index space away, which no batch passes
+    /// (`serveAvailable` moves it along as entries are taken); without, NO_NOTIFY in
+    /// `used.flags`. The driver may still notify, which is harmless. Until
+    /// `resumeNotifications`.
     package mutating func suppressNotifications(memory: GuestMemory) {
         suppressingNotifications = true
         if eventIndex {
-            writeAvailEvent(nextAvailable &- 1, memory: memory)
+            writeAvailEvent(Self.farEvent(nextAvailable), memory: memory)
         } else {
             try? memory.write(Self.usedNoNotify, at: usedRing)
         }

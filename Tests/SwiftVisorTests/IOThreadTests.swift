@@ -332,4 +332,30 @@ struct IOThreadPollerTests {
             window = halved
         }
     }
+
+    @Test("a start that comes while the thread rests the poller keeps it polling; before start(), nothing polls")
+    func startDuringRest() throws {
+        let thread = try IOThread()
+        let holder = Mutex<IOPoller?>(nil)
+        let rests = Atomic<Int>(0)
+        let poller = thread.addPoller(
+            window: 2_000_000, adaptive: false, poll: { false },
+            rest: {
+                // The first rest finds nothing, but a notification served meanwhile (here,
+                // from inside the rest) started polling again and silenced its driver.
+                if rests.add(1, ordering: .relaxed).newValue == 1, let poller = holder.withLock({ $0 }) {
+                    #expect(thread.startPolling(poller))
+                }
+                return false
+            })
+        holder.withLock { $0 = poller }
+        // Not started: a device must not silence its driver.
+        #expect(!thread.startPolling(poller))
+        #expect(thread.start() == 0)
+        defer { thread.stop() }
+        #expect(thread.startPolling(poller))
+        #expect(IOThreadTests.eventually { !thread.isPolling })
+        // Polling went on after the first rest, to a second one.
+        #expect(rests.load(ordering: .relaxed) == 2)
+    }
 }
