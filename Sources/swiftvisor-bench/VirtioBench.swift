@@ -13,6 +13,8 @@ struct VirtioRound {
     var userNsPerRequest: Double
     var notificationsPerRequest: Double
     var exitsPerRequest: Double?
+    /// Heap allocations on the vCPU thread per request (the vCPU path serves requests there).
+    var allocationsPerRequest: Double = 0
 }
 
 @MainActor func virtioBlockRound(
@@ -52,7 +54,8 @@ struct VirtioRound {
         nsPerRequest: Double(probe.lastTime - probe.firstTime) / n,
         userNsPerRequest: Double(probe.lastUser - probe.firstUser) / n,
         notificationsPerRequest: notifications / n,
-        exitsPerRequest: report.statistics.map { Double($0.total) / n })
+        exitsPerRequest: report.statistics.map { Double($0.total) / n },
+        allocationsPerRequest: Double(probe.lastAllocations - probe.firstAllocations) / n)
 }
 
 /// Collects the guest's console output.
@@ -158,7 +161,7 @@ func hostPread(disk: String, size: Int, sequential: Bool, count: Int, capacity: 
     for key in ["qd1", "qd1-poll", "qd1-vcpu"] {
         let ns = value(key, \.nsPerRequest)
         print(
-            "virtio-blk \(key): 4k_random_read_ns=\(format(ns)) exit_plus_pread_ns=\(format(exitNs + pread4K)) ratio=\(format(ns / (exitNs + pread4K), 2)) vcpu_user_ns_per_request=\(format(value(key, \.userNsPerRequest))) notifications_per_request=\(format(value(key, \.notificationsPerRequest), 3))"
+            "virtio-blk \(key): 4k_random_read_ns=\(format(ns)) exit_plus_pread_ns=\(format(exitNs + pread4K)) ratio=\(format(ns / (exitNs + pread4K), 2)) vcpu_user_ns_per_request=\(format(value(key, \.userNsPerRequest))) notifications_per_request=\(format(value(key, \.notificationsPerRequest), 3)) vcpu_allocations_per_request=\(format(value(key, \.allocationsPerRequest), 3))"
         )
     }
     let exitsPerRequest = median(rows["qd1-stats"]!.compactMap(\.exitsPerRequest))
