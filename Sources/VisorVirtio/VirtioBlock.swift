@@ -261,16 +261,12 @@ package final class VirtioBlockDevice: VirtioDevice {
     /// since; returns whether it completed anything (an index that moved and moved back,
     /// or a throttled request, is nothing).
     private func poll() -> Bool {
-        let (interrupt, found): (VirtioInterrupt?, Bool) = state.withLock { state in
-            guard var queue = state.queue, let memory = state.memory, queue.suppressingNotifications,
-                !state.throttled, let pending = queue.pending(memory: memory), pending > 0
-            else { return (nil, false) }
-            state.queue = queue
-            let served = serveQueue(&state, index: 0)
-            return (served.interrupt, served.count > 0)
+        let served = state.withLock { state in
+            state.queue?.suppressingNotifications == true && !state.throttled
+                ? serveQueue(&state, index: 0) : (interrupt: nil, count: 0)
         }
-        interrupt?.signalUsedBuffer()
-        return found
+        served.interrupt?.signalUsedBuffer()
+        return served.count > 0
     }
 
     /// The poll window passed with nothing found: the driver is asked to notify again.
@@ -279,10 +275,8 @@ package final class VirtioBlockDevice: VirtioDevice {
     private func rest() -> Bool {
         state.withLock { state in
             guard var queue = state.queue, let memory = state.memory else { return false }
-            let more = queue.resumeNotifications(memory: memory)
-            if more, !state.throttled { queue.suppressNotifications(memory: memory) }
-            state.queue = queue
-            return more && !state.throttled
+            defer { state.queue = queue }
+            return queue.endPollWindow(memory: memory, canServe: !state.throttled)
         }
     }
 

@@ -144,16 +144,12 @@ package final class VirtioNetDevice: VirtioDevice {
     /// The poller's round (on the I/O thread): sends what the driver made available since;
     /// returns whether it completed anything.
     private func pollTransmit() -> Bool {
-        let (interrupt, found): (VirtioInterrupt?, Bool) = state.withLock { state in
-            guard var queue = state.transmit, let memory = state.memory, queue.suppressingNotifications,
-                !state.transmitThrottled, let pending = queue.pending(memory: memory), pending > 0
-            else { return (nil, false) }
-            state.transmit = queue
-            let served = serveTransmit(&state)
-            return (served.interrupt, served.count > 0)
+        let served = state.withLock { state in
+            state.transmit?.suppressingNotifications == true && !state.transmitThrottled
+                ? serveTransmit(&state) : (interrupt: nil, count: 0)
         }
-        interrupt?.signalUsedBuffer()
-        return found
+        served.interrupt?.signalUsedBuffer()
+        return served.count > 0
     }
 
     /// The poll window passed with nothing sent: the driver is asked to notify again.
@@ -161,10 +157,8 @@ package final class VirtioNetDevice: VirtioDevice {
     private func restTransmit() -> Bool {
         state.withLock { state in
             guard var queue = state.transmit, let memory = state.memory else { return false }
-            let more = queue.resumeNotifications(memory: memory)
-            if more, !state.transmitThrottled { queue.suppressNotifications(memory: memory) }
-            state.transmit = queue
-            return more && !state.transmitThrottled
+            defer { state.transmit = queue }
+            return queue.endPollWindow(memory: memory, canServe: !state.transmitThrottled)
         }
     }
 

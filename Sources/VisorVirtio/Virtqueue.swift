@@ -413,6 +413,16 @@ package struct Virtqueue: Sendable {
         }
     }
 
+    /// The end of a poll window (a poller's rest, `IOThread.addPoller`): asks the driver to
+    /// notify again, and returns whether polling should go on instead: entries came
+    /// meanwhile and the device can serve them now (`canServe`; not while throttled), in
+    /// which case the driver is told again not to notify.
+    package mutating func endPollWindow(memory: GuestMemory, canServe: Bool) -> Bool {
+        guard resumeNotifications(memory: memory), canServe else { return false }
+        suppressNotifications(memory: memory)
+        return true
+    }
+
     /// Asks the driver to notify again for the next entry, and returns whether entries
     /// came while it was told not to (which it will not notify for: the device must serve
     /// them). A restored queue calls this too: the saved guest RAM may hold the
