@@ -85,13 +85,26 @@ extension KVMIntegration {
             #expect(result.stderr.contains(text), "stderr: \(result.stderr)", sourceLocation: sourceLocation)
         }
 
+        /// A disk of 8 sectors for the virtio_blk guest: a pattern in sector 0, zeros after.
+        func virtioBlkDisk() throws -> (contents: [UInt8], path: String) {
+            var contents = [UInt8](repeating: 0, count: 8 * 512)
+            for i in 0..<512 { contents[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 3) }
+            return (contents, try temporaryFile(contents))
+        }
+
+        /// The virtio_blk guest's write: sector 1 holds sector 0's pattern XOR 0x5A (here,
+        /// byte i of it is i XOR 0x5A), the rest as it was.
+        func expectVirtioBlkWrote(_ contents: [UInt8], at path: String) {
+            var expected = contents
+            expected.replaceSubrange(512..<1024, with: (0..<512).map { UInt8(truncatingIfNeeded: $0 ^ 0x5A) })
+            #expect((try? [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))) == expected)
+        }
+
         @Test(
             "--disk: the guest driver reads and writes the file under the CLI's seccomp filters; ,readonly refuses the write; ,id= names it"
         )
         func diskFlag() throws {
-            var contents = [UInt8](repeating: 0, count: 8 * 512)
-            for i in 0..<512 { contents[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 3) }
-            let path = try temporaryFile(contents)
+            let (contents, path) = try virtioBlkDisk()
             defer { try? FileManager.default.removeItem(atPath: path) }
             let readOnly = try run(["--builtin", "virtio_blk", "--disk", path + ",readonly"])
             #expect(readOnly.status == 9, "\(readOnly.stdout)\(readOnly.stderr)")
@@ -101,8 +114,7 @@ extension KVMIntegration {
             #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
             #expect(result.stdout.contains("virtio-blk: id rootdisk\n"), "\(result.stdout)")
             #expect(result.stdout.contains("virtio-blk: read past the end: status 1\n"))
-            contents.replaceSubrange(512..<1024, with: (0..<512).map { UInt8(truncatingIfNeeded: $0 ^ 0x5A) })
-            #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == contents)
+            expectVirtioBlkWrote(contents, at: path)
             expectOneLineError(try run(["--builtin", "virtio_blk", "--disk", path, "--disk", path]), mentioning: "in use")
             expectOneLineError(try run(["--disk", path + ".missing"]), mentioning: ".missing")
         }
@@ -111,15 +123,12 @@ extension KVMIntegration {
             "--virtio-poll: the guest driver's disk works with the queue polled, under the CLI's seccomp filters; over 1 ms is a one-line error"
         )
         func virtioPollFlag() throws {
-            var contents = [UInt8](repeating: 0, count: 8 * 512)
-            for i in 0..<512 { contents[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 3) }
-            let path = try temporaryFile(contents)
+            let (contents, path) = try virtioBlkDisk()
             defer { try? FileManager.default.removeItem(atPath: path) }
             let result = try run(["--builtin", "virtio_blk", "--disk", path, "--virtio-poll", "1000", "--stats"])
             #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
             #expect(result.stdout.contains("virtio-blk: read past the end: status 1\n"), "\(result.stdout)")
-            contents.replaceSubrange(512..<1024, with: (0..<512).map { UInt8(truncatingIfNeeded: $0 ^ 0x5A) })
-            #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))) == contents)
+            expectVirtioBlkWrote(contents, at: path)
             expectOneLineError(try run(["--disk", path, "--virtio-poll", "1001"]), mentioning: "1000")
         }
 

@@ -905,6 +905,21 @@ struct VsockUnixSocketTests {
         return path
     }
 
+    /// A vsock device on a real host side (a listener in a fresh folder, an I/O thread)
+    /// with 8 rx buffers offered; `body` gets it and the listener's path.
+    static func withUnixHarness(_ body: (VsockHarness, String) throws -> Void) throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/v.sock"
+        let thread = try IOThread()
+        #expect(thread.start() == 0)
+        defer { thread.stop() }
+        let h = try VsockHarness(side: VsockUnixHost(listener: try HostUnixListener.listen(path: path), thread: thread))
+        try h.offerReceiveBuffers(8)
+        h.device.notify(queue: 0)
+        try body(h, path)
+    }
+
     @Test("the listener refuses an existing or too long path, and removes its own when released")
     func listener() throws {
         let directory = try Self.directory()
@@ -939,15 +954,10 @@ struct VsockUnixSocketTests {
 
     @Test("on the I/O thread's timer: a silent host program and an unanswered REQUEST are closed after their deadlines")
     func deadlinesOnTheIOThread() throws {
-        let directory = try Self.directory()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let path = directory + "/v.sock"
-        let thread = try IOThread()
-        #expect(thread.start() == 0)
-        defer { thread.stop() }
-        let h = try VsockHarness(side: VsockUnixHost(listener: try HostUnixListener.listen(path: path), thread: thread))
-        try h.offerReceiveBuffers(8)
-        h.device.notify(queue: 0)
+        try Self.withUnixHarness { h, path in try Self.deadlines(h, path: path) }
+    }
+
+    static func deadlines(_ h: VsockHarness, path: String) throws {
         let started = HostIO.monotonicNanoseconds()
         let silent = try #require(HostSocket.connect(path: path))
         defer { HostSocket.close(silent) }
@@ -981,16 +991,10 @@ struct VsockUnixSocketTests {
 
     @Test("a host program's CONNECT gets OK and a relay; a guest reaches PATH_P; the guest's RST closes the host side")
     func endToEnd() throws {
-        let directory = try Self.directory()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let path = directory + "/v.sock"
-        let thread = try IOThread()
-        #expect(thread.start() == 0)
-        defer { thread.stop() }
-        let h = try VsockHarness(side: VsockUnixHost(listener: try HostUnixListener.listen(path: path), thread: thread))
-        try h.offerReceiveBuffers(8)
-        h.device.notify(queue: 0)
+        try Self.withUnixHarness { h, path in try Self.endToEnd(h, path: path) }
+    }
 
+    static func endToEnd(_ h: VsockHarness, path: String) throws {
         let client = try #require(HostSocket.connect(path: path))
         defer { HostSocket.close(client) }
         #expect(HostSocket.send(client, Array("CONNECT 1234\n".utf8)[...]) == .transferred(13))
