@@ -73,7 +73,8 @@ struct PollingTests {
         let thread = try IOThread()
         #expect(thread.start() == 0)
         defer { thread.stop() }
-        let window: UInt64 = 200_000_000
+        // Long enough that a test thread held up under load still finds the thread polling.
+        let window: UInt64 = 1_000_000_000
         h.device.attach(to: thread, pollWindow: window, adaptive: false)
         let availEvent = h.fake.used + 4 + 8 * UInt64(h.fake.size)
         // A notified request (served here, as on a vCPU thread's exit) starts the poll and
@@ -117,7 +118,7 @@ struct NetPollingTests {
     func transmitPolls() throws {
         let h = try NetHarness()
         let thread = try IOThread()
-        try h.device.attach(to: thread, pollWindow: 200_000_000, adaptive: false)
+        try h.device.attach(to: thread, pollWindow: 1_000_000_000, adaptive: false)
         #expect(thread.start() == 0)
         defer { thread.stop() }
         let flags = h.transmit.used
