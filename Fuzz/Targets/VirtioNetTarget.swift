@@ -15,7 +15,8 @@ private enum NetLayout {
     static var buffersSize: UInt64 { memorySize - buffers }
 }
 
-/// The first byte picks the two queue sizes (powers of two to 256); then each step is an op
+/// The first byte picks the two queue sizes (powers of two to 256) and, with a nibble past
+/// 8, EVENT_IDX; then each step is an op
 /// byte: 0/1 a receive/transmit descriptor (index, an address in the buffer area, a length
 /// from a list or any, NEXT/WRITE flags, any next), 2/3 a receive/transmit head made
 /// available, 4 a frame from the host (a length from a list around the limits, or any up
@@ -29,20 +30,23 @@ private enum NetLayout {
 /// complete with length 0; a receive chain's used length never exceeds its writable
 /// length, and a non-zero one holds the clean header and one of the host's frames, whole,
 /// in the order they were sent; the used indices move by exactly the chains completed, at
-/// most `framesPerWakeUp` per wake-up and a queue's worth per notification.
+/// most `framesPerWakeUp` per wake-up and a queue's worth per notification; with EVENT_IDX,
+/// a drained transmit queue has asked to be notified for the next entry.
 func fuzzVirtioNet(_ data: [UInt8]) {
     var input = ByteReader(data)
     let sizes = input.byte()
     let receiveSize = UInt16(1) << (sizes % 9)
     let transmitSize = UInt16(1) << ((sizes >> 4) % 9)
+    // A nibble past 8 (which picks a size modulo 9) also negotiates EVENT_IDX.
+    let eventIndex = sizes & 0x0F > 8 || sizes >> 4 > 8
     guard let memory = try? GuestMemory(size: NetLayout.memorySize),
         let (tap, peer) = try? HostTap.socketPair(),
         let receiveQueue = try? Virtqueue(
             size: receiveSize, maximum: VirtioNetDevice.queueSize, descriptors: NetLayout.receive.0,
-            available: NetLayout.receive.1, used: NetLayout.receive.2, memory: memory),
+            available: NetLayout.receive.1, used: NetLayout.receive.2, eventIndex: eventIndex, memory: memory),
         let transmitQueue = try? Virtqueue(
             size: transmitSize, maximum: VirtioNetDevice.queueSize, descriptors: NetLayout.transmit.0,
-            available: NetLayout.transmit.1, used: NetLayout.transmit.2, memory: memory)
+            available: NetLayout.transmit.1, used: NetLayout.transmit.2, eventIndex: eventIndex, memory: memory)
     else { preconditionFailure("cannot set up the net target") }
     // Recognisable guest bytes everywhere the buffers may be.
     let pattern = (0..<Int(NetLayout.buffersSize)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
@@ -195,6 +199,11 @@ func fuzzVirtioNet(_ data: [UInt8]) {
                 precondition(frame == expected, "a frame on the TAP is not its chain's bytes")
             }
             precondition(hostReceives() == nil, "the TAP got a frame no valid chain holds")
+            if eventIndex, after == transmitAvailable {
+                // Drained: the device asked to be notified for the next entry.
+                let event = try? memory.readUInt16(at: NetLayout.transmit.2 + 4 + 8 * UInt64(transmitSize))
+                precondition(event == transmitAvailable, "a drained transmit queue asked for no notification")
+            }
         case 7:
             device.notify(queue: VirtioNetDevice.receiveQueue)
         default:

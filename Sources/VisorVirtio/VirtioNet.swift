@@ -217,6 +217,9 @@ package final class VirtioNetDevice: VirtioDevice {
     package var deviceType: UInt32 { 1 }
     package var deviceFeatures: UInt64 { Feature.mac | Feature.status | (mtu != nil ? Feature.mtu : 0) }
     package var queueMaximumSizes: [UInt16] { [Self.queueSize, Self.queueSize] }
+    /// EVENT_IDX: the transmit queue publishes `avail_event` when drained and looks again
+    /// (`Virtqueue.serveAvailable`), the receive queue when it runs out of buffers.
+    package var supportsEventIndex: Bool { true }
 
     /// Chains completed both ways (malformed ones among them), frame bytes moved, and
     /// frames dropped.
@@ -331,9 +334,12 @@ package final class VirtioNetDevice: VirtioDevice {
                     break
                 }
                 guard let pending = queue.pending(memory: memory), pending > 0 else {
-                    // No buffers (or a broken queue): wait for the driver's notification.
-                    queue.requestNotification(memory: memory)
+                    // No buffers (or a broken queue): ask for the driver's notification and
+                    // look again, since under EVENT_IDX buffers added before the request
+                    // was seen are not notified; then wait for it.
+                    let came = queue.resumeNotifications(memory: memory)
                     state.receive = queue
+                    if came { continue }
                     setReceiving(false, &state)
                     break
                 }
@@ -474,7 +480,8 @@ package final class VirtioNetDevice: VirtioDevice {
             queue.suppressNotifications(memory: memory)
             state.transmit = queue
         }
-        // No EVENT_IDX here (supportsEventIndex is false), so nothing is ever left over.
+        // Under EVENT_IDX, entries left at the bound are served after the other devices.
+        if served.more { state.interrupt?.reschedule(queue: Self.transmitQueue) }
         return (served.interrupt ? state.interrupt : nil, served.count)
     }
 

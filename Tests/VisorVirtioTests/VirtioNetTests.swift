@@ -25,11 +25,13 @@ final class NetHarness {
     }
     let raised = Count()
     var interrupts: Int { raised.value.load(ordering: .relaxed) }
+    /// The device's interrupt (the driver acknowledges it here).
+    let interrupt: VirtioInterrupt
     static let mac: [UInt8] = [0x06, 0x00, 0xAC, 0x10, 0x00, 0x01]
 
     init(
         receiveSize: UInt16 = 8, receiveLimiter: RateLimiter = RateLimiter(), transmitLimiter: RateLimiter = RateLimiter(),
-        clock: @escaping @Sendable () -> UInt64 = { 0 }
+        clock: @escaping @Sendable () -> UInt64 = { 0 }, eventIndex: Bool = false
     ) throws {
         memory = try FakeDriver.memory()
         receive = FakeDriver(memory: memory, size: receiveSize, descriptors: 0x1000, available: 0x2000, used: 0x3000)
@@ -38,9 +40,10 @@ final class NetHarness {
         self.peer = peer
         device = VirtioNetDevice(
             tap: tap, mac: Self.mac, receiveLimiter: receiveLimiter, transmitLimiter: transmitLimiter, clock: clock)
-        let interrupt = VirtioInterrupt { [raised] level in if level { raised.value.add(1, ordering: .relaxed) } }
+        interrupt = VirtioInterrupt { [raised] level in if level { raised.value.add(1, ordering: .relaxed) } }
         try device.activate(
-            features: 0, queues: [try receive.queue(), try transmit.queue()], memory: memory, interrupt: interrupt)
+            features: 0, queues: [try receive.queue(eventIndex: eventIndex), try transmit.queue(eventIndex: eventIndex)],
+            memory: memory, interrupt: interrupt)
     }
 
     /// Sends one datagram from the host's side.
@@ -333,5 +336,58 @@ struct VirtioNetTests {
     func waitUntil(_ condition: () -> Bool) async throws {
         for _ in 0..<1000 where !condition() { try await Task.sleep(for: .milliseconds(5)) }
         #expect(condition())
+    }
+}
+
+@Suite("virtio net device with EVENT_IDX")
+struct VirtioNetEventIndexTests {
+    @Test("the device offers EVENT_IDX; a drained transmit queue asks to be notified for the next frame")
+    func transmitAsksForTheNext() throws {
+        let h = try NetHarness(eventIndex: true)
+        #expect(h.device.supportsEventIndex)
+        let availEvent = h.transmit.used + 4 + 8 * UInt64(h.transmit.size)
+        for seed: UInt8 in 0..<3 {
+            try h.postTransmit([NetHarness.dirtyHeader, NetHarness.frame(60, seed: seed)])
+            h.device.notify(queue: VirtioNetDevice.transmitQueue)
+            #expect(h.hostReceives() == [UInt8](repeating: 0, count: 12) + NetHarness.frame(60, seed: seed))
+            #expect(try h.memory.readUInt16(at: availEvent) == UInt16(seed) + 1)
+        }
+    }
+
+    @Test("a receive queue out of buffers asks to be notified, and serves buffers added meanwhile at once")
+    func receiveAsksWhenOut() throws {
+        let h = try NetHarness(eventIndex: true)
+        let availEvent = h.receive.used + 4 + 8 * UInt64(h.receive.size)
+        try h.postReceive([2048])
+        h.device.notify(queue: VirtioNetDevice.receiveQueue)
+        h.hostSends(NetHarness.dirtyHeader + NetHarness.frame(100, seed: 1))
+        h.hostSends(NetHarness.dirtyHeader + NetHarness.frame(100, seed: 2))
+        h.device.backendReady(.readable)
+        #expect(h.receive.usedIndex == 1)
+        // Out of buffers: it asked for the driver's next one and stopped reading the TAP.
+        #expect(try h.memory.readUInt16(at: availEvent) == 1)
+        #expect(!h.device.isReceiving)
+        // A buffer the driver adds, notified, takes the second frame.
+        try h.postReceive([2048], first: 2, address: 0x40_000)
+        h.device.notify(queue: VirtioNetDevice.receiveQueue)
+        h.device.backendReady(.readable)
+        #expect(h.receive.usedIndex == 2)
+        #expect(try h.memory.read(112, at: 0x40_000) == NetHarness.cleanHeader + NetHarness.frame(100, seed: 2))
+    }
+
+    @Test("interrupts follow the driver's used_event")
+    func interruptsFollowUsedEvent() throws {
+        let h = try NetHarness(eventIndex: true)
+        // The driver wants an interrupt only once the used index passes 2 (after the third).
+        try h.transmit.setUsedEvent(2)
+        var interrupts: [Int] = []
+        for seed: UInt8 in 0..<3 {
+            try h.postTransmit([NetHarness.dirtyHeader, NetHarness.frame(60, seed: seed)])
+            h.device.notify(queue: VirtioNetDevice.transmitQueue)
+            interrupts.append(h.interrupts)
+            h.interrupt.acknowledge(VirtioInterrupt.usedBuffer)
+        }
+        // The first push always signals (nothing signalled yet), then only past used_event.
+        #expect(interrupts == [1, 1, 2])
     }
 }
