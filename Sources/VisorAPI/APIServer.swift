@@ -38,6 +38,9 @@ package final class APIServer: Sendable {
     /// Set when `run()` has started, and when it has returned (every connection's task done).
     private let running = Atomic<Bool>(false)
     private let finished = Atomic<Bool>(false)
+    /// Requests read and not yet answered: `close()` lets them finish (an InstanceStart whose
+    /// guest ends at once must still get its 204 before the process exits).
+    private let answering = Atomic<Int>(0)
 
     /// Binds the socket at `path`, which must not exist (Firecracker refuses a stale one too).
     package static func bind(path: String, limits: Limits = Limits(), controller: VMMController) async throws(APIServerError)
@@ -113,11 +116,15 @@ package final class APIServer: Sendable {
         }
     }
 
-    /// Stops listening, closes every open connection, and removes the socket file. The event
-    /// loop stops only once `run()` has returned: a connection's task that still closed its
-    /// channel on a stopped loop would be an error (and a crash in later SwiftNIO).
+    /// Stops listening, lets requests being answered finish (for up to a second), closes
+    /// every open connection, and removes the socket file. The event loop stops only once
+    /// `run()` has returned: a connection's task that still closed its channel on a stopped
+    /// loop would be an error (and a crash in later SwiftNIO).
     package func close() async {
         try? await server.channel.close()
+        for _ in 0..<500 where answering.load(ordering: .acquiring) > 0 {
+            try? await Task.sleep(for: .milliseconds(2))
+        }
         for channel in channels.withLock({ Array($0.values) }) { try? await channel.close() }
         if running.load(ordering: .acquiring) {
             // Every task was just given a closed channel; they end within milliseconds.
@@ -175,6 +182,8 @@ package final class APIServer: Sendable {
                 case .end:
                     guard let request = head else { continue }
                     head = nil
+                    answering.add(1, ordering: .relaxed)
+                    defer { answering.subtract(1, ordering: .releasing) }
                     let response = await controller.handle(
                         method: request.method.rawValue, path: request.uri, body: body)
                     let keepAlive = request.isKeepAlive
