@@ -20,14 +20,18 @@ package struct MetricsConfig: Sendable, Equatable {
 package struct MetricGroup: Sendable, Equatable {
     package var name: String
     package var counters: [(String, UInt64)]
+    /// Values written as they are on every line (Firecracker's `SharedStoreMetric`, such as
+    /// the boot timer's), not as the change since the last line.
+    package var absolute: Bool
 
-    package init(_ name: String, _ counters: [(String, UInt64)]) {
+    package init(_ name: String, _ counters: [(String, UInt64)], absolute: Bool = false) {
         self.name = name
         self.counters = counters
+        self.absolute = absolute
     }
 
     package static func == (a: MetricGroup, b: MetricGroup) -> Bool {
-        a.name == b.name && a.counters.elementsEqual(b.counters, by: { $0 == $1 })
+        a.name == b.name && a.absolute == b.absolute && a.counters.elementsEqual(b.counters, by: { $0 == $1 })
     }
 }
 
@@ -85,7 +89,7 @@ package final class MetricsSink: Sendable {
 
     /// The JSON line for `groups`, each counter as its change since `previous`, which
     /// becomes the new totals. A total below the previous one (a device that was reset)
-    /// shows its whole value.
+    /// shows its whole value. An `absolute` group's values are written as they are.
     package static func line(_ groups: [MetricGroup], timestampMilliseconds: UInt64, previous: inout [String: UInt64])
         -> [UInt8]
     {
@@ -96,7 +100,8 @@ package final class MetricsSink: Sendable {
                 let key = group.name + "." + name
                 let before = previous[key] ?? 0
                 previous[key] = total
-                leaves.append(JSONValue.Member(key: name, value: .unsigned(total >= before ? total - before : total)))
+                let value = group.absolute || total < before ? total : total - before
+                leaves.append(JSONValue.Member(key: name, value: .unsigned(value)))
             }
             members.append(JSONValue.Member(key: group.name, value: .object(leaves)))
         }
@@ -221,7 +226,10 @@ extension MetricsSink {
         if resources.vsock != nil { groups.append(device("vsock", vm.vsock.map { [$0] } ?? [])) }
         if resources.entropy != nil { groups.append(device("entropy", vm.entropy.map { [$0] } ?? [])) }
         if let boot = vm.bootTime {
-            groups.append(MetricGroup("boot_timer", [("guest_boot_time_us", boot.wall), ("guest_boot_cpu_us", boot.cpu)]))
+            // A store, as Firecracker's: every line after the signal carries the boot time.
+            groups.append(
+                MetricGroup(
+                    "boot_timer", [("guest_boot_time_us", boot.wall), ("guest_boot_cpu_us", boot.cpu)], absolute: true))
         }
         return groups
     }

@@ -216,6 +216,24 @@ struct LogMetricsTests {
                 + "\n")
     }
 
+    @Test("a store metric (the boot timer) is written as it is on every line, not as a change")
+    func absoluteMetricsRepeat() {
+        var previous: [String: UInt64] = [:]
+        let groups = [
+            MetricGroup("vcpu", [("exit_io_in", 10)]),
+            MetricGroup("boot_timer", [("guest_boot_time_us", 4506), ("guest_boot_cpu_us", 2322)], absolute: true),
+        ]
+        for timestamp: UInt64 in [1000, 2000] {
+            let line = String(
+                decoding: MetricsSink.line(groups, timestampMilliseconds: timestamp, previous: &previous), as: UTF8.self)
+            let io = timestamp == 1000 ? 10 : 0
+            #expect(
+                line
+                    == #"{"utc_timestamp_ms":\#(timestamp),"vcpu":{"exit_io_in":\#(io)},"boot_timer":{"guest_boot_time_us":4506,"guest_boot_cpu_us":2322}}"#
+                    + "\n")
+        }
+    }
+
     @Test func configFileLoggerAndMetricsAreApplied() async throws {
         let log = temporaryFile("log")
         let metrics = temporaryFile("metrics")
