@@ -223,10 +223,10 @@ package final class VirtioBlockDevice: VirtioDevice {
     }
 
     /// Serves the queue once (a notification's work, or a poll's) and returns the
-    /// interrupt to raise, if the driver wants one, and the requests completed. When requests were found and the queue
-    /// is not polled yet, asks the I/O thread to poll it (`IOThread.startPolling`, which
-    /// decides by the time since the last ones), and if it does, tells the driver not to
-    /// notify.
+    /// interrupt to raise, if the driver wants one, and the requests completed. When
+    /// requests were found and the queue is not polled yet, asks the I/O thread to poll it
+    /// (`IOThread.startPolling`, which decides by the time since the last ones), and if it
+    /// does, tells the driver not to notify.
     private func serveQueue(_ state: inout State, index: Int) -> (interrupt: VirtioInterrupt?, count: Int) {
         guard var queue = state.queue, let memory = state.memory else { return (nil, 0) }
         var work = Work(file: state.file, limiter: state.limiter, now: 0)

@@ -439,9 +439,9 @@ package final class VirtioNetDevice: VirtioDevice {
     }
 
     /// Sends the transmit queue's chains (a notification's work, or a poll's) and returns
-    /// the interrupt to raise, if the driver wants one, and the chains completed. When frames were sent and the queue
-    /// is not polled yet, asks the I/O thread to poll it, and if it does, tells the driver
-    /// not to notify.
+    /// the interrupt to raise, if the driver wants one, and the chains completed. When
+    /// frames were sent and the queue is not polled yet, asks the I/O thread to poll it,
+    /// and if it does, tells the driver not to notify.
     private func serveTransmit(_ state: inout State) -> (interrupt: VirtioInterrupt?, count: Int) {
         guard var queue = state.transmit, let memory = state.memory else { return (nil, 0) }
         // The scratch buffer is lent to the loop (a swap, not a copy), with the count of
